@@ -1,0 +1,5 @@
+"""`python -m dashkanban`."""
+
+from dashkanban.cli import main
+
+raise SystemExit(main())

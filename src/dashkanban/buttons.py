@@ -1,0 +1,253 @@
+"""MACID.csv -> a Registry of Button values (design section 3), and MAC address notation.
+
+The original example's file is a header and one button a line, `Name, MAC-Address`. Optional columns
+carry a per-button dead time and, for Kanban, the bin the button belongs to.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dashkanban.errors import ConfigError
+
+ROLES = ("reorder", "refill")
+
+# Column names as a user may spell them -> our field. Matching ignores case, spaces, '-' and '_'.
+_COLUMN_ALIASES: Mapping[str, str] = {
+    "name": "name",
+    "macaddress": "mac",
+    "mac": "mac",
+    "deadtime": "dead_time",
+    "bin": "bin",
+    "part": "part",
+    "quantity": "quantity",
+    "location": "location",
+    "supplier": "supplier",
+    "leadtimedays": "lead_time_days",
+    "role": "role",
+}
+
+_HEX12 = re.compile(r"[0-9a-f]{12}")
+_SEPARATED = re.compile(r"[0-9a-f]{1,2}([:-])(?:[0-9a-f]{1,2}\1){4}[0-9a-f]{1,2}")
+_CISCO = re.compile(r"[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}")
+
+
+def normalize_mac(text: str) -> str:
+    """Return the MAC in `aa:bb:cc:dd:ee:ff` form, accepting every common notation.
+
+    Accepted: `ac:63:be:12:34:56`, `AC-63-BE-12-34-56`, `ac63.be12.3456`, `ac63be123456`, and octets
+    without a leading zero (`a:b:c:d:e:f`). Raises ValueError with the reason otherwise.
+    """
+    raw = text.strip().lower()
+    if _HEX12.fullmatch(raw):
+        digits = raw
+    elif _SEPARATED.fullmatch(raw):
+        digits = "".join(part.zfill(2) for part in re.split(r"[:-]", raw))
+    elif _CISCO.fullmatch(raw):
+        digits = raw.replace(".", "")
+    else:
+        raise ValueError(f"{text.strip()!r} is not a MAC address (expected e.g. ac:63:be:12:34:56)")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def serial_of(mac: str) -> str:
+    """A button's c8y_Serial: its MAC in lower-case hex without separators, as the original did.
+
+    A colon is not allowed in an MQTT client id (protocol notes 1.3), hence no separators.
+    """
+    return mac.replace(":", "")
+
+
+def format_mac(raw: bytes) -> str:
+    """Six raw bytes -> `aa:bb:cc:dd:ee:ff`."""
+    return raw.hex(":")
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """A known button: who it is and, optionally, the Kanban bin it signals for."""
+
+    name: str
+    mac: str
+    dead_time: float | None = None
+    bin: str | None = None
+    part: str | None = None
+    quantity: int | None = None
+    location: str | None = None
+    supplier: str | None = None
+    lead_time_days: float | None = None
+    role: str = "reorder"
+
+    @property
+    def serial(self) -> str:
+        return serial_of(self.mac)
+
+
+class Registry:
+    """The known buttons, looked up by MAC (the hot path), by name and by serial."""
+
+    __slots__ = ("_by_mac", "_by_name")
+
+    def __init__(self, buttons: Iterable[Button] = ()) -> None:
+        self._by_mac: dict[str, Button] = {}
+        self._by_name: dict[str, Button] = {}
+        for button in buttons:
+            self._by_mac[button.mac] = button
+            self._by_name[button.name.casefold()] = button
+
+    def get(self, mac: str) -> Button | None:
+        return self._by_mac.get(mac)
+
+    def __contains__(self, mac: object) -> bool:
+        return mac in self._by_mac
+
+    def __len__(self) -> int:
+        return len(self._by_mac)
+
+    def __iter__(self) -> Iterator[Button]:
+        return iter(self._by_mac.values())
+
+    def find(self, name_or_mac: str) -> Button | None:
+        """A button by its name (case-insensitive), MAC in any notation, or serial."""
+        by_name = self._by_name.get(name_or_mac.strip().casefold())
+        if by_name is not None:
+            return by_name
+        try:
+            return self._by_mac.get(normalize_mac(name_or_mac))
+        except ValueError:
+            return None
+
+
+def load_buttons(path: Path) -> Registry:
+    """Read MACID.csv. Errors name the file and line; nothing is silently dropped."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(
+            "buttons file not found (set [buttons] file in config.ini)", path
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read buttons file: {exc.strerror}", path) from None
+    return parse_buttons(text, path)
+
+
+def parse_buttons(text: str, path: Path) -> Registry:
+    lines = text.splitlines()
+    rows = list(enumerate(csv.reader(lines, skipinitialspace=True), start=1))
+    rows = [(n, row) for n, row in rows if any(cell.strip() for cell in row)]
+    rows = [(n, row) for n, row in rows if not row[0].lstrip().startswith("#")]
+    if not rows:
+        raise ConfigError("empty buttons file: expected the header 'Name, MAC-Address'", path, 1)
+    header_line, header = rows[0]
+    columns = _read_header(header, path, header_line)
+    buttons: list[Button] = []
+    seen_mac: dict[str, int] = {}
+    seen_name: dict[str, int] = {}
+    for line_no, row in rows[1:]:
+        button = _read_row(row, columns, path, line_no)
+        if button.mac in seen_mac:
+            raise ConfigError(
+                f"duplicate MAC {button.mac} (already on line {seen_mac[button.mac]})",
+                path,
+                line_no,
+            )
+        key = button.name.casefold()
+        if key in seen_name:
+            raise ConfigError(
+                f"duplicate name {button.name!r} (already on line {seen_name[key]})", path, line_no
+            )
+        seen_mac[button.mac] = line_no
+        seen_name[key] = line_no
+        buttons.append(button)
+    return Registry(buttons)
+
+
+def _read_header(header: list[str], path: Path, line: int) -> list[str]:
+    if len(header) == 1:
+        for delimiter, label in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+            if delimiter in header[0]:
+                raise ConfigError(
+                    f"the header uses {label} as the delimiter; MACID.csv is comma-separated "
+                    "('Name, MAC-Address')",
+                    path,
+                    line,
+                )
+    columns: list[str] = []
+    for cell in header:
+        key = re.sub(r"[\s_\-]", "", cell.strip().lower())
+        field = _COLUMN_ALIASES.get(key)
+        if field is None:
+            known = "Name, MAC-Address, dead_time, bin, part, quantity, location, supplier, "
+            known += "lead_time_days, role"
+            raise ConfigError(f"unknown column {cell.strip()!r} (known: {known})", path, line)
+        if field in columns:
+            raise ConfigError(f"column {cell.strip()!r} appears twice", path, line)
+        columns.append(field)
+    for required, label in (("name", "Name"), ("mac", "MAC-Address")):
+        if required not in columns:
+            raise ConfigError(
+                f"missing column {label!r}: the header must start 'Name, MAC-Address'", path, line
+            )
+    return columns
+
+
+def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Button:
+    if len(row) > len(columns):
+        raise ConfigError(
+            f"{len(row)} fields but the header has {len(columns)} columns", path, line
+        )
+    values = {col: row[i].strip() if i < len(row) else "" for i, col in enumerate(columns)}
+    name = values["name"]
+    if not name:
+        raise ConfigError("empty Name", path, line)
+    if not values["mac"]:
+        raise ConfigError(f"button {name!r} has no MAC-Address", path, line)
+    try:
+        mac = normalize_mac(values["mac"])
+    except ValueError as exc:
+        raise ConfigError(str(exc), path, line) from None
+    role = values.get("role") or "reorder"
+    if role.lower() not in ROLES:
+        raise ConfigError(f"role {role!r} is not one of: {', '.join(ROLES)}", path, line)
+    return Button(
+        name=name,
+        mac=mac,
+        dead_time=_number(values.get("dead_time"), "dead_time", path, line, positive=True),
+        bin=values.get("bin") or None,
+        part=values.get("part") or None,
+        quantity=_integer(values.get("quantity"), "quantity", path, line),
+        location=values.get("location") or None,
+        supplier=values.get("supplier") or None,
+        lead_time_days=_number(values.get("lead_time_days"), "lead_time_days", path, line),
+        role=role.lower(),
+    )
+
+
+def _number(
+    text: str | None, column: str, path: Path, line: int, *, positive: bool = False
+) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{column} {text!r} is not a number", path, line) from None
+    if value != value or value < 0 or (positive and value == 0) or value == float("inf"):
+        raise ConfigError(f"{column} {text!r} must be a positive number", path, line)
+    return value
+
+
+def _integer(text: str | None, column: str, path: Path, line: int) -> int | None:
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{column} {text!r} is not a whole number", path, line) from None
+    if value <= 0:
+        raise ConfigError(f"{column} {text!r} must be at least 1", path, line)
+    return value

@@ -1,0 +1,1 @@
+"""Cumulocity: SmartREST codec, MQTT uplink, REST identity look-up."""

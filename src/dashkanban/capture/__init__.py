@@ -1,0 +1,1 @@
+"""Frame sources: capture files and live raw sockets."""

@@ -1,0 +1,1 @@
+"""Kanban bins, reorder alarms, history and report (issue #8)."""

@@ -1,0 +1,1 @@
+"""The local Cumulocity stand-in (design section 6)."""

@@ -1,0 +1,30 @@
+"""A value that never shows itself in a repr, a log line or an exception message."""
+
+from __future__ import annotations
+
+
+class Secret:
+    """Holds a password. `str()` and `repr()` print `'***'`; `reveal()` is the only way in."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)

@@ -1,0 +1,60 @@
+"""Shared fixtures: real brokers, certificates and files made per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.brokers import Mosquitto, TlsFiles, free_port, make_tls_files, mosquitto_binary
+
+BROKER_USER = "t12345/dash-gateway"
+BROKER_PASSWORD = "s3cret-test-pw"
+
+
+def _need_mosquitto() -> None:
+    if mosquitto_binary() is None:
+        pytest.skip("Debian's mosquitto is not installed (make test installs it when run as root)")
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """Plain MQTT, anonymous."""
+    _need_mosquitto()
+    broker = Mosquitto(tmp_path / "mosquitto", free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mosquitto_password(tmp_path: Path) -> Iterator[Mosquitto]:
+    """Plain MQTT with a password file holding BROKER_USER / BROKER_PASSWORD."""
+    _need_mosquitto()
+    broker = Mosquitto(
+        tmp_path / "mosquitto", free_port(), users={BROKER_USER: BROKER_PASSWORD}
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Mosquitto]:
+    """MQTT over TLS (server certificate for localhost and 127.0.0.1) with password auth."""
+    _need_mosquitto()
+    broker = Mosquitto(
+        tmp_path / "mosquitto",
+        free_port(),
+        tls=tls_files,
+        users={BROKER_USER: BROKER_PASSWORD},
+    )
+    broker.start()
+    yield broker
+    broker.stop()
