@@ -1,0 +1,133 @@
+"""SmartREST 2.0 static-template lines: encode and decode (pure).
+
+Sending follows RFC 4180 as thin-edge does against real tenants (protocol notes 2.2): a field is
+quoted when it holds `,` `"` CR, LF, tab or edge whitespace, and an inner `"` is doubled. Other
+control characters are stripped (thin-edge's `sanitize_for_smartrest`). Parsing accepts both `""`
+and `\\"` inside quotes (the current docs use the backslash form) and newlines inside quoted fields,
+with several lines per message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# Cumulocity's limit is 16,184 bytes per message (impl.md); thin-edge keeps 16,000 as a buffer.
+MAX_MESSAGE_BYTES = 16_000
+
+_NEEDS_QUOTES = re.compile(r'[,"\r\n\t]|^\s|\s$')
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class SmartRestLine:
+    """One decoded line: the template id and its fields."""
+
+    template: str
+    fields: tuple[str, ...]
+
+    def field(self, index: int) -> str:
+        """Field `index` (0 = first after the template id), or "" when absent."""
+        return self.fields[index] if index < len(self.fields) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorLine:
+    """A line on `s/e`: `<code>,<template>,<message>`; the message keeps its commas."""
+
+    code: str
+    template: str
+    message: str
+
+
+def encode_field(value: object) -> str:
+    text = "" if value is None else str(value)
+    text = _CONTROL.sub("", text)
+    if _NEEDS_QUOTES.search(text):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def encode_line(template: int | str, *fields: object) -> str:
+    """`encode_line(400, "c8y_MAC_Event", 'a "b", c')` -> `400,c8y_MAC_Event,"a ""b"", c"`."""
+    return ",".join([str(template), *(encode_field(f) for f in fields)])
+
+
+def join_lines(lines: Iterable[str]) -> str:
+    """Several lines in one PUBLISH, separated by `\\n` (impl.md)."""
+    return "\n".join(lines)
+
+
+def fits(payload: str) -> bool:
+    return len(payload.encode("utf-8")) <= MAX_MESSAGE_BYTES
+
+
+def decode(payload: str | bytes) -> list[SmartRestLine]:
+    """Decode a message of one or more lines. Empty lines are skipped."""
+    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    records = _split_records(text)
+    result = []
+    for record in records:
+        if not record or (len(record) == 1 and not record[0]):
+            continue
+        result.append(SmartRestLine(record[0].strip(), tuple(record[1:])))
+    return result
+
+
+def decode_error(line: str) -> ErrorLine:
+    """An `s/e` line. Only the first two fields are split: the message is not comma-escaped
+    (`50,100,Error on device creation, message: ...`, protocol notes 2.7)."""
+    code, _, rest = line.partition(",")
+    template, _, message = rest.partition(",")
+    return ErrorLine(code.strip(), template.strip(), message.strip())
+
+
+def _split_records(text: str) -> list[list[str]]:
+    records: list[list[str]] = []
+    fields: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(text)
+    quoted = False
+    while i < n:
+        ch = text[i]
+        if quoted:
+            if ch == "\\" and i + 1 < n and text[i + 1] == '"':
+                current.append('"')
+                i += 2
+                continue
+            if ch == '"':
+                if i + 1 < n and text[i + 1] == '"':
+                    current.append('"')
+                    i += 2
+                    continue
+                quoted = False
+                i += 1
+                continue
+            current.append(ch)
+            i += 1
+            continue
+        if ch == '"' and not "".join(current).strip():
+            current = []
+            quoted = True
+        elif ch == ",":
+            fields.append("".join(current))
+            current = []
+        elif ch in "\r\n":
+            fields.append("".join(current))
+            records.append(fields)
+            fields, current = [], []
+            if ch == "\r" and i + 1 < n and text[i + 1] == "\n":
+                i += 1
+        else:
+            current.append(ch)
+        i += 1
+    if current or fields:
+        fields.append("".join(current))
+        records.append(fields)
+    return records
+
+
+def fields_of(lines: Sequence[SmartRestLine]) -> list[list[str]]:
+    """For tests and logs: each line as [template, *fields]."""
+    return [[line.template, *line.fields] for line in lines]
