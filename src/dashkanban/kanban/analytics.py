@@ -163,16 +163,21 @@ def classify(
 ) -> list[Observation]:
     """Replay (bin, time, role) presses in time order into reorders and repeats.
 
-    Used for presses read back from Cumulocity, where only the events are known: a reorder press
-    while the bin is open (no refill press since its last reorder) is a repeat. The same rule the
-    daemon applies live (`alarms.signal_for`).
+    Used for presses read back from Cumulocity, where only the events are known: in a bin whose
+    refill button was pressed in the window, a reorder press while the bin is open (no refill
+    press since its last reorder) is a repeat, the rule the daemon applies live
+    (`alarms.signal_for`). A bin refilled only by command or operation leaves no event, so there
+    every press counts as a reorder.
     """
+    ordered = sorted(presses, key=lambda p: p[1])
+    with_refills = {bin_ for bin_, _, role in ordered if role == "refill"}
     open_bins: set[str] = set()
     result = []
-    for bin_, time, role in sorted(presses, key=lambda p: p[1]):
+    for bin_, time, role in ordered:
         if role == "refill":
             open_bins.discard(bin_)
             continue
-        result.append(Observation(bin_, time, "repeat" if bin_ in open_bins else "reorder"))
+        repeat = bin_ in open_bins and bin_ in with_refills
+        result.append(Observation(bin_, time, "repeat" if repeat else "reorder"))
         open_bins.add(bin_)
     return result
