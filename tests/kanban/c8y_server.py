@@ -54,7 +54,7 @@ def _error(status: int, error: str, message: str) -> tuple[int, dict[str, Any]]:
 class _Handler(BaseHTTPRequestHandler):
     store: Store
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def _authorized(self) -> bool:
@@ -138,10 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
             }
         return _error(404, "general/Not Found", f"no route for {method} {path}")
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib's name
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._handle("PUT")
 
 

@@ -34,7 +34,7 @@ def rest(base: str, password: str = PASSWORD) -> CumulocityRest:
 
 
 def test_fragment_payload() -> None:
-    registry, bins = parse_bins(MACID, Path("MACID.csv"))
+    _, bins = parse_bins(MACID, Path("MACID.csv"))
     a3 = bins.get("A3")
     assert a3 is not None
     assert kanban_fragment(a3.reorder[0], a3, "gw-1") == {
@@ -81,9 +81,12 @@ def test_publish_fragments_puts_once_per_known_button() -> None:
 
 def test_wrong_password_is_one_line_without_the_password() -> None:
     store = Store(USER, PASSWORD)
-    with c8y_server(store) as base, rest(base, "wrong-pw") as client:
-        with pytest.raises(UplinkError) as caught:
-            client.managed_object_id("ac63be123456")
+    with (
+        c8y_server(store) as base,
+        rest(base, "wrong-pw") as client,
+        pytest.raises(UplinkError) as caught,
+    ):
+        client.managed_object_id("ac63be123456")
     assert str(caught.value) == (
         "Cumulocity refused the login of t12345/admin (401): check tenantID, user and password"
     )
