@@ -191,6 +191,12 @@ def test_refill_operation_variants(setup: tuple[dict[str, Button], Bins]) -> Non
         ("s/us/ac63be123456", ("306,c8y_KanbanReorder",)),
         ("s/us", ("503,c8y_Command,bin A3 refilled",)),
     ]
+    # A line with no fields at all fails cleanly.
+    outcome = handle_operation(decode("9101")[0], bins, "dashkanban-gw-01")
+    assert outcome is not None
+    assert outcome.publishes[-1].lines == (
+        "502,c8y_KanbanRefilled,device '' is not a button of any bin; give the bin",
+    )
     # Other commands and operations are not ours.
     assert handle_operation(decode("511,dashkanban-gw-01,reboot")[0], bins, "gw") is None
     assert handle_operation(decode("510,dashkanban-gw-01")[0], bins, "gw") is None

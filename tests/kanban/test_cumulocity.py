@@ -137,6 +137,9 @@ def test_fetch_history_pages_through_every_gateway() -> None:
     store.add_event("401", "2026-11-04T08:00:00.000Z")
     store.add_event("201", "2026-10-01T08:00:00.000Z")  # before dateFrom
     store.add_event("201", "2026-11-05T08:00:00.000Z", event_type="c8y_Other")
+    store.add_event("999", "2026-11-04T08:00:00.000Z")  # a device since deleted: 404
+    store.events.append({"id": "x", "type": "c8y_MAC_Event", "time": "2026-11-04T08:00:00Z",
+                         "source": "not-an-object"})  # hostile: counted, skipped
     with c8y_server(store) as base, rest(base) as client:
         remote = fetch_history(client, "c8y_MAC_Event", T0)
     pages = [q for m, p, q in store.requests if p == "/event/events"]
@@ -147,8 +150,10 @@ def test_fetch_history_pages_through_every_gateway() -> None:
     ]
     # Each source is looked up once.
     looked_up = [p for m, p, _ in store.requests if p.startswith("/inventory/")]
-    assert sorted(looked_up) == [f"/inventory/managedObjects/{i}" for i in (201, 202, 301, 401)]
-    assert (remote.events, remote.skipped) == (2105, 1)
+    assert sorted(looked_up) == [
+        f"/inventory/managedObjects/{i}" for i in (201, 202, 301, 401, 999)
+    ]
+    assert (remote.events, remote.skipped) == (2107, 3)
     assert remote.first == T0
     assert remote.bins == {
         "store-1/A3": BinInfo("store-1/A3", "M6 screws", 50, None, 2.0),

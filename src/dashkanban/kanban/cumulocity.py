@@ -120,13 +120,22 @@ class CumulocityRest:
         if response.status_code == 404:
             return None
         self._check(response, f"identity look-up of {serial}")
-        return str(response.json()["managedObject"]["id"])
+        body = _json(response)
+        try:
+            return str(body["managedObject"]["id"])
+        except (KeyError, TypeError):
+            raise UplinkError(
+                f"identity look-up of {serial}: no managedObject.id in the answer"
+            ) from None
 
-    def managed_object(self, mo_id: str) -> dict[str, Any]:
+    def managed_object(self, mo_id: str) -> dict[str, Any] | None:
+        """A managed object, or None when it is gone (404: a deleted button still has events)."""
         response = self._request("GET", f"/inventory/managedObjects/{quote(mo_id, safe='')}")
+        if response.status_code == 404:
+            return None
         self._check(response, f"reading managed object {mo_id}")
-        body: dict[str, Any] = response.json()
-        return body
+        body = _json(response)
+        return body if isinstance(body, dict) else None
 
     def update_managed_object(self, mo_id: str, fragments: Mapping[str, Any]) -> None:
         """PUT only the fragments (never the name: "Do not update the name of a device from an
@@ -150,8 +159,11 @@ class CumulocityRest:
             }
             response = self._request("GET", "/event/events", params=params)
             self._check(response, "reading events")
-            events = response.json().get("events", [])
-            yield from events
+            body = _json(response)
+            events = body.get("events") if isinstance(body, dict) else None
+            if not isinstance(events, list):
+                raise UplinkError(f"reading events: page {page} has no 'events' list")
+            yield from (e for e in events if isinstance(e, dict))
             if len(events) < PAGE_SIZE:
                 return
         log.warning("stopped reading events after %d pages", MAX_PAGES)
@@ -194,9 +206,11 @@ def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) ->
     count = skipped = 0
     for event in rest.events(event_type, date_from):
         count += 1
-        source = str(event.get("source", {}).get("id", ""))
+        origin = event.get("source")
+        source = str(origin.get("id", "")) if isinstance(origin, dict) else ""
         if source not in fragments:
-            fragment = rest.managed_object(source).get(FRAGMENT) if source else None
+            device = rest.managed_object(source) if source else None
+            fragment = device.get(FRAGMENT) if device else None
             fragments[source] = fragment if isinstance(fragment, dict) else None
         fragment = fragments[source]
         when = _parse_time(event.get("time"))
@@ -222,6 +236,15 @@ def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) ->
         rows.append((key, when, str(fragment.get("role", "reorder"))))
     first = min((when for _, when, _ in rows), default=None)
     return RemoteHistory(tuple(classify(rows)), infos, count, skipped, first)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise UplinkError(
+            f"{response.request.method} {response.request.url.path}: the answer is not JSON"
+        ) from None
 
 
 def _error_message(response: httpx.Response) -> str:
