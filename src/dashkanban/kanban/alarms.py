@@ -34,6 +34,8 @@ CLEAR_TEMPLATE = 306
 # only for Cumulocity's own fragments (510 c8y_Restart, 511 c8y_Command, ...), so a fragment of
 # our own needs a response template. docs/kanban.md explains the choice and its sources.
 TEMPLATE_XID = "dashkanban"
+TEMPLATE_TOPIC = f"s/ut/{TEMPLATE_XID}"  # publish template_lines() here once
+OPERATIONS_TOPIC = f"s/dc/{TEMPLATE_XID}"  # subscribe: `9101,<serial>,<bin>` arrives here
 REFILLED_TEMPLATE_ID = "9101"
 # Also accepted without any template: the device shell's c8y_Command, `kanban refilled A3`.
 COMMAND_TEMPLATE_ID = "511"
