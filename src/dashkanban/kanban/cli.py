@@ -1,15 +1,140 @@
-"""Placeholder: Kanban analytics lands with issue #8."""
+"""`dashkanban kanban report` and `dashkanban kanban refilled BIN`."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import re
+import sys
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
-from dashkanban.errors import NotAvailableError
+from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.errors import ConfigError, DashkanbanError
+from dashkanban.kanban.analytics import BinInfo, Report, analyze
+from dashkanban.kanban.bins import Bins, load_bins
+from dashkanban.kanban.history import History, history_path
+from dashkanban.kanban.loop import refill_from_cli
+
+log = logging.getLogger(__name__)
+
+_DAYS_BACK = re.compile(r"(\d+)\s*d?")
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """`--since`: a date (YYYY-MM-DD, midnight UTC), a full ISO time, or days back (`30d`, `30`)."""
+    if text is None:
+        return None
+    value = text.strip()
+    match = _DAYS_BACK.fullmatch(value)
+    if match:
+        return now - timedelta(days=int(match.group(1)))
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), time(), UTC)
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r}: expected a date (YYYY-MM-DD) or days back (e.g. 30d)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, Bins]:
+    settings = load_settings(find_config(args.config))
+    _, bins = load_bins(settings.buttons.file)
+    return settings, bins
+
+
+def local_report(settings: Settings, bins: Bins, since: datetime | None, now: datetime) -> Report:
+    path = history_path(settings.outbox.path)
+    if not path.exists():
+        raise DashkanbanError(
+            f"no Kanban history yet at {path} (the daemon and replay keep one with every press)"
+        )
+    with History.open(path, settings.kanban.history_days, now) as history:
+        observations = history.observations(since)
+        first = history.first_press()
+    start = _window_start(since, first, now)
+    infos = {b.name: BinInfo.of(b) for b in bins}
+    return analyze(observations, infos, start, now, settings.kanban.safety, "local history")
+
+
+def remote_report(settings: Settings, bins: Bins, since: datetime | None, now: datetime) -> Report:
+    from dashkanban.kanban.cumulocity import CumulocityRest, fetch_history
+
+    c8y = settings.c8y
+    if c8y.password is None:
+        raise ConfigError(
+            "--from-cumulocity needs a password in [C8YMQTT] (REST uses Basic auth)", settings.path
+        )
+    date_from = since or now - timedelta(days=settings.kanban.history_days)
+    verify: bool | str = str(c8y.ca_file) if c8y.ca_file else True
+    with CumulocityRest(c8y.rest_url, c8y.username, c8y.password.reveal(), verify=verify) as rest:
+        remote = fetch_history(rest, settings.event.type, date_from)
+    log.info(
+        "read %d events from Cumulocity, %d of devices without a c8y_Kanban fragment",
+        remote.events,
+        remote.skipped,
+    )
+    # The fragments say what each bin is; MACID.csv fills in for a fragment not yet updated.
+    infos = {b.name: BinInfo.of(b) for b in bins if b.name in remote.bins}
+    infos.update(remote.bins)
+    start = _window_start(date_from, remote.first, now)
+    source = f"Cumulocity ({remote.events} events)"
+    return analyze(remote.observations, infos, start, now, settings.kanban.safety, source)
+
+
+def _window_start(since: datetime | None, first: datetime | None, now: datetime) -> datetime:
+    """The later of --since and the first press on record: demand is measured only over time
+    that was actually watched."""
+    candidates = [t for t in (since, first) if t is not None]
+    return max(candidates) if candidates else now
 
 
 def report_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("Kanban analytics is not available yet (issue #8)")
+    from rich.console import Console
+
+    settings, bins = _load(args)
+    now = datetime.now(UTC)
+    since = parse_since(args.since, now)
+    if args.from_cumulocity:
+        report = remote_report(settings, bins, since, now)
+    else:
+        report = local_report(settings, bins, since, now)
+    Console(file=sys.stdout, width=160).print(_table(report))
+    if args.out is not None:
+        write_html(report, args.out, now)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _table(report: Report) -> object:
+    from dashkanban.kanban.report import terminal_table
+
+    return terminal_table(report)
+
+
+def write_html(report: Report, out: Path, now: datetime) -> None:
+    from dashkanban.kanban.report import render_html
+
+    page = render_html(report, now)
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise DashkanbanError(f"cannot write {out}: {exc.strerror}") from None
 
 
 def refilled_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("Kanban analytics is not available yet (issue #8)")
+    settings, bins = _load(args)
+    now = datetime.now(UTC)
+    path = history_path(settings.outbox.path)
+    with History.open(path, settings.kanban.history_days, now) as history:
+        name, _, signal = refill_from_cli(bins, args.bin, history, now)
+        pending = len(history.pending_clears())
+    print(f"bin {name} refilled at {now.isoformat(timespec='seconds')}")
+    for publish in signal.publishes:
+        for line in publish.lines:
+            print(f"  pending clear: {publish.topic} {line}")
+    print(f"{pending} refill(s) pending clear in {path}; the daemon's uplink sends them")
+    return 0

@@ -1,0 +1,199 @@
+"""The reorder signal as SmartREST lines (pure): raise, repeat, clear, and the refill operation.
+
+A Cumulocity alarm is unique per (device, type) while ACTIVE: raising it again only increments its
+count (protocol notes 2.5, `handling-of-ids.md`). That makes an active alarm of type
+`c8y_KanbanReorder` on a button's child device a natural Kanban card: it is "out" until the bin is
+refilled and the alarm is cleared with `306`.
+
+Nothing here sends anything. Each function returns `DeviceLines` in the order they must be
+published: `serial=None` means the gateway's own topic `s/us`, a serial the child's `s/us/<serial>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from dashkanban.c8y.smartrest import SmartRestLine, encode_line
+from dashkanban.config import KanbanSettings
+from dashkanban.kanban.bins import Bin, Bins
+from dashkanban.presses import Press
+
+log = logging.getLogger(__name__)
+
+ALARM_TYPE = "c8y_KanbanReorder"
+OPERATION = "c8y_KanbanRefilled"
+# Static alarm templates by severity (protocol notes 2.5, static.md).
+SEVERITY_TEMPLATES = {"CRITICAL": 301, "MAJOR": 302, "MINOR": 303, "WARNING": 304}
+CLEAR_TEMPLATE = 306
+
+# The operation arrives through a custom SmartREST 2.0 template collection: static templates exist
+# only for Cumulocity's own fragments (510 c8y_Restart, 511 c8y_Command, ...), so a fragment of
+# our own needs a response template. docs/kanban.md explains the choice and its sources.
+TEMPLATE_XID = "dashkanban"
+TEMPLATE_TOPIC = f"s/ut/{TEMPLATE_XID}"  # publish template_lines() here once
+OPERATIONS_TOPIC = f"s/dc/{TEMPLATE_XID}"  # subscribe: `9101,<serial>,<bin>` arrives here
+REFILLED_TEMPLATE_ID = "9101"
+# Also accepted without any template: the device shell's c8y_Command, `kanban refilled A3`.
+COMMAND_TEMPLATE_ID = "511"
+_COMMAND = re.compile(r"\s*kanban\s+refilled\s+(\S.*?)\s*", re.IGNORECASE)
+
+KIND_REORDER = "reorder"
+KIND_REPEAT = "repeat"
+KIND_REFILL = "refill"
+KIND_NONE = "press"  # a button without a bin: an event only
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLines:
+    """SmartREST lines for one device: the gateway (`serial=None`) or a child button."""
+
+    serial: str | None
+    lines: tuple[str, ...]
+
+    @property
+    def topic(self) -> str:
+        return "s/us" if self.serial is None else f"s/us/{self.serial}"
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """What a press means for its bin, and the lines that say so to Cumulocity."""
+
+    kind: str  # reorder, repeat, refill or press
+    bin: str | None
+    publishes: tuple[DeviceLines, ...] = ()
+
+    def lines_for(self, serial: str | None) -> tuple[str, ...]:
+        """The lines for one device: `extra_lines` next to that button's event."""
+        return tuple(line for p in self.publishes if p.serial == serial for line in p.lines)
+
+    def lines_elsewhere(self, serial: str | None) -> tuple[DeviceLines, ...]:
+        """The lines for the other devices (a refill clears the reorder buttons' alarms)."""
+        return tuple(p for p in self.publishes if p.serial != serial)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationOutcome:
+    """The handling of one `c8y_KanbanRefilled` (or shell) operation."""
+
+    bin: str | None  # the bin refilled, None when the operation failed
+    publishes: tuple[DeviceLines, ...]
+
+
+def alarm_text(bin_: Bin) -> str:
+    """`Reorder 50 x M6 screws for bin A3 (Aisle 2)`; parts left out when MACID.csv has none."""
+    if bin_.part and bin_.quantity is not None:
+        text = f"Reorder {bin_.quantity} x {bin_.part} for bin {bin_.name}"
+    elif bin_.part:
+        text = f"Reorder {bin_.part} for bin {bin_.name}"
+    elif bin_.quantity is not None:
+        text = f"Reorder {bin_.quantity} for bin {bin_.name}"
+    else:
+        text = f"Reorder bin {bin_.name}"
+    return f"{text} ({bin_.location})" if bin_.location else text
+
+
+def raise_line(bin_: Bin, severity: str, time: datetime) -> str:
+    """`302,c8y_KanbanReorder,<text>,<time>`: the press time, so a replay is deterministic."""
+    template = SEVERITY_TEMPLATES[severity.upper()]
+    when = time.isoformat(timespec="milliseconds")
+    return encode_line(template, ALARM_TYPE, alarm_text(bin_), when)
+
+
+def clear_line() -> str:
+    return encode_line(CLEAR_TEMPLATE, ALARM_TYPE)
+
+
+def clear_lines(bin_: Bin) -> tuple[DeviceLines, ...]:
+    """`306,c8y_KanbanReorder` on every reorder button of the bin (the alarm lives on each)."""
+    return tuple(DeviceLines(b.serial, (clear_line(),)) for b in bin_.reorder)
+
+
+def signal_for(
+    press: Press, bins: Bins, settings: KanbanSettings, active: Iterable[str]
+) -> Signal:
+    """Classify a press against the bins whose reorder is open (`active`) and give its lines.
+
+    A reorder press of a bin that is already open is a repeat: the alarm line is sent all the same
+    (Cumulocity de-duplicates it and counts the repeat on the alarm), but the history records it
+    as a repeat, not as a new reorder. With `[kanban] alarms = no` nothing is sent.
+    """
+    button = press.button
+    bin_ = bins.of(button)
+    if bin_ is None:
+        return Signal(KIND_NONE, None)
+    if button.role == "refill":
+        return Signal(KIND_REFILL, bin_.name, clear_lines(bin_) if settings.alarms else ())
+    kind = KIND_REPEAT if bin_.name in set(active) else KIND_REORDER
+    publishes: tuple[DeviceLines, ...] = ()
+    if settings.alarms:
+        line = raise_line(bin_, settings.severity, press.time)
+        publishes = (DeviceLines(button.serial, (line,)),)
+    return Signal(kind, bin_.name, publishes)
+
+
+def template_lines() -> tuple[str, ...]:
+    """The custom template collection, published once on `s/ut/dashkanban`.
+
+    `11,<msgId>,<base>,<condition>,<value paths>`: an operation with the fragment
+    `c8y_KanbanRefilled` reaches the agent on `s/dc/dashkanban` as `9101,<device serial>,<bin>`.
+    """
+    return (encode_line(11, REFILLED_TEMPLATE_ID, "", OPERATION, f"{OPERATION}.bin"),)
+
+
+def supported_operations(bins: Bins) -> tuple[DeviceLines, ...]:
+    """`114,c8y_KanbanRefilled` on each reorder button, so the UI offers the operation there."""
+    return tuple(
+        DeviceLines(button.serial, (encode_line(114, OPERATION),))
+        for bin_ in bins
+        for button in bin_.reorder
+    )
+
+
+def handle_operation(
+    line: SmartRestLine, bins: Bins, gateway_serial: str
+) -> OperationOutcome | None:
+    """A downstream line -> the status and clear lines to publish, or None if not ours.
+
+    `9101,<serial>,<bin>` (our template; the bin may be empty when the operation targets a button
+    of the bin) or `511,<serial>,kanban refilled <bin>` (the shell). Status lines go to the device
+    the operation was created for; a failure (an unknown bin) is reported with 502.
+    """
+    if line.template == REFILLED_TEMPLATE_ID:
+        fragment = OPERATION
+        target = line.field(0)
+        wanted = line.field(1).strip()
+    elif line.template == COMMAND_TEMPLATE_ID:
+        match = _COMMAND.fullmatch(line.field(1))
+        if match is None:
+            return None
+        fragment = "c8y_Command"
+        target = line.field(0)
+        wanted = match.group(1)
+    else:
+        return None
+    device = None if target in ("", gateway_serial) else target
+    executing = DeviceLines(device, (encode_line(501, fragment),))
+    bin_ = bins.find(wanted) if wanted else _bin_of_serial(bins, target)
+    if bin_ is None:
+        if wanted:
+            reason = f"unknown bin {wanted!r} (known: {', '.join(bins.names) or 'none'})"
+        else:
+            reason = f"device {target!r} is not a button of any bin; give the bin"
+        log.warning("%s operation failed: %s", fragment, reason)
+        failed = DeviceLines(device, (encode_line(502, fragment, reason),))
+        return OperationOutcome(None, (executing, failed))
+    result: tuple[object, ...] = (f"bin {bin_.name} refilled",) if fragment == "c8y_Command" else ()
+    done = DeviceLines(device, (encode_line(503, fragment, *result),))
+    return OperationOutcome(bin_.name, (executing, *clear_lines(bin_), done))
+
+
+def _bin_of_serial(bins: Bins, serial: str) -> Bin | None:
+    for bin_ in bins:
+        if any(b.serial == serial for b in bin_.buttons):
+            return bin_
+    return None

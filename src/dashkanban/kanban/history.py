@@ -1,0 +1,224 @@
+"""The local press history (SQLite, next to the outbox): presses, refills, pending clears.
+
+Every press of a known button is kept with what it meant for its bin (reorder, repeat, refill),
+and every refill with where it came from (the refill button, `dashkanban kanban refilled`, or the
+`c8y_KanbanRefilled` operation). A refill made on the command line is stored with its `306` lines
+as "pending clear" until the uplink has sent them. Rows older than `[kanban] history_days` are
+pruned when the history is opened; pending clears are kept until sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from dashkanban.errors import DashkanbanError
+from dashkanban.kanban.alarms import KIND_REFILL, DeviceLines
+from dashkanban.kanban.analytics import Observation
+from dashkanban.presses import Press
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "history.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS presses (
+    id     INTEGER PRIMARY KEY,
+    time   TEXT NOT NULL,   -- ISO 8601 with offset, as pressed
+    ts     REAL NOT NULL,   -- the same instant in epoch seconds, for ranges and retention
+    serial TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    bin    TEXT,
+    kind   TEXT NOT NULL    -- reorder, repeat, refill or press
+);
+CREATE INDEX IF NOT EXISTS presses_ts ON presses (ts);
+CREATE TABLE IF NOT EXISTS refills (
+    id      INTEGER PRIMARY KEY,
+    time    TEXT NOT NULL,
+    ts      REAL NOT NULL,
+    bin     TEXT NOT NULL,
+    source  TEXT NOT NULL,  -- button, cli or operation
+    pending TEXT            -- JSON [[serial or null, [line, ...]], ...] to send; NULL once sent
+);
+CREATE INDEX IF NOT EXISTS refills_ts ON refills (ts);
+"""
+
+
+class HistoryError(DashkanbanError):
+    """The history file could not be opened or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClear:
+    """A refill whose lines the uplink has still to send."""
+
+    id: int
+    bin: str
+    time: datetime
+    source: str
+    publishes: tuple[DeviceLines, ...]
+
+
+def history_path(outbox_path: Path) -> Path:
+    """`history.sqlite3` in the outbox's folder."""
+    return outbox_path.parent / FILE_NAME
+
+
+class History:
+    """The history file. Open with `History.open(path, history_days, now)`; close when done."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, history_days: int, now: datetime | None = None) -> History:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                # Owner-only: the history says when a store runs out of what.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise HistoryError(f"cannot open the Kanban history {path}: {exc}") from None
+        history = cls(db, path)
+        history.prune(now or datetime.now(UTC), history_days)
+        return history
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing
+
+    def record_press(self, press: Press, kind: str, bin_name: str | None) -> None:
+        """Keep a press; a refill-button press also closes its bin's open reorder."""
+        button = press.button
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO presses (time, ts, serial, name, bin, kind) VALUES (?,?,?,?,?,?)",
+                (_iso(press.time), press.time.timestamp(), button.serial, button.name, bin_name,
+                 kind),
+            )
+            if kind == KIND_REFILL and bin_name:
+                self._db.execute(
+                    "INSERT INTO refills (time, ts, bin, source, pending) VALUES (?,?,?,?,NULL)",
+                    (_iso(press.time), press.time.timestamp(), bin_name, "button"),
+                )
+
+    def record_refill(
+        self, bin_name: str, time: datetime, source: str, pending: Sequence[DeviceLines] = ()
+    ) -> int:
+        """Keep a refill; `pending` are the lines still to be sent (NULL when none)."""
+        payload = json.dumps([[p.serial, list(p.lines)] for p in pending]) if pending else None
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO refills (time, ts, bin, source, pending) VALUES (?,?,?,?,?)",
+                (_iso(time), time.timestamp(), bin_name, source, payload),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def mark_sent(self, refill_id: int) -> None:
+        with self._transaction():
+            self._db.execute("UPDATE refills SET pending = NULL WHERE id = ?", (refill_id,))
+
+    def prune(self, now: datetime, history_days: int) -> int:
+        cutoff = (now - timedelta(days=history_days)).timestamp()
+        with self._transaction():
+            gone = self._db.execute("DELETE FROM presses WHERE ts < ?", (cutoff,)).rowcount
+            gone += self._db.execute(
+                "DELETE FROM refills WHERE ts < ? AND pending IS NULL", (cutoff,)
+            ).rowcount
+        if gone:
+            log.info("pruned %d history rows older than %d days", gone, history_days)
+        return int(gone)
+
+    # -- reading
+
+    def active_bins(self) -> frozenset[str]:
+        """Bins whose last reorder came after their last refill: the open Kanban cards."""
+        last_reorder = dict(
+            self._db.execute(
+                "SELECT bin, MAX(ts) FROM presses WHERE kind = 'reorder' GROUP BY bin"
+            ).fetchall()
+        )
+        last_refill = dict(
+            self._db.execute("SELECT bin, MAX(ts) FROM refills GROUP BY bin").fetchall()
+        )
+        return frozenset(
+            bin_ for bin_, ts in last_reorder.items() if ts > last_refill.get(bin_, float("-inf"))
+        )
+
+    def observations(self, since: datetime | None = None) -> list[Observation]:
+        """Reorder and repeat presses, oldest first."""
+        rows = self._db.execute(
+            "SELECT bin, time, kind FROM presses WHERE kind IN ('reorder', 'repeat') "
+            "AND bin IS NOT NULL AND ts >= ? ORDER BY ts, id",
+            (since.timestamp() if since else float("-inf"),),
+        ).fetchall()
+        return [Observation(bin_, datetime.fromisoformat(time), kind) for bin_, time, kind in rows]
+
+    def first_press(self) -> datetime | None:
+        row = self._db.execute("SELECT time FROM presses ORDER BY ts, id LIMIT 1").fetchone()
+        return datetime.fromisoformat(row[0]) if row else None
+
+    def pending_clears(self) -> list[PendingClear]:
+        rows = self._db.execute(
+            "SELECT id, bin, time, source, pending FROM refills WHERE pending IS NOT NULL "
+            "ORDER BY ts, id"
+        ).fetchall()
+        return [
+            PendingClear(
+                id=row_id,
+                bin=bin_,
+                time=datetime.fromisoformat(time),
+                source=source,
+                publishes=tuple(DeviceLines(s, tuple(lines)) for s, lines in json.loads(pending)),
+            )
+            for row_id, bin_, time, source, pending in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per press kind (for `kanban report` and logs)."""
+        return dict(self._db.execute("SELECT kind, COUNT(*) FROM presses GROUP BY kind"))
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, so a refill from the CLI and the daemon never interleave."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _iso(time: datetime) -> str:
+    if time.tzinfo is None:
+        raise ValueError("history times must be timezone-aware")
+    return time.isoformat(timespec="microseconds")
+
+
+def iter_publishes(clears: Iterable[PendingClear]) -> Iterator[DeviceLines]:
+    for clear in clears:
+        yield from clear.publishes

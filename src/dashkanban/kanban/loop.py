@@ -1,0 +1,99 @@
+"""The Kanban loop in the pipeline: classify each press, keep it, and hand back its lines.
+
+The one piece with state: which bins have an open reorder. It starts from the history, so a
+restart of the daemon still knows that bin A3 is waiting for its refill.
+
+Wiring into the uplink (a one-liner per press):
+
+    signal = loop.on_press(press)
+    uplink.send(event, extra_lines=signal.lines_for(press.button.serial))
+    for other in signal.lines_elsewhere(press.button.serial):   # a refill's 306 lines
+        uplink.send_lines(other.serial, other.lines)
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from dashkanban.c8y.smartrest import SmartRestLine
+from dashkanban.config import KanbanSettings
+from dashkanban.errors import ConfigError
+from dashkanban.kanban.alarms import (
+    KIND_REFILL,
+    KIND_REORDER,
+    KIND_REPEAT,
+    OperationOutcome,
+    Signal,
+    clear_lines,
+    handle_operation,
+    signal_for,
+)
+from dashkanban.kanban.bins import Bins
+from dashkanban.kanban.history import History
+from dashkanban.presses import Press
+
+log = logging.getLogger(__name__)
+
+
+class KanbanLoop:
+    """Presses in, signals out; every press is recorded in the history when there is one."""
+
+    def __init__(self, bins: Bins, settings: KanbanSettings, history: History | None) -> None:
+        self.bins = bins
+        self.settings = settings
+        self.history = history
+        self._open: set[str] = set(history.active_bins()) if history else set()
+
+    @property
+    def open_bins(self) -> frozenset[str]:
+        return frozenset(self._open)
+
+    def on_press(self, press: Press) -> Signal:
+        signal = signal_for(press, self.bins, self.settings, self._open)
+        if signal.kind == KIND_REORDER and signal.bin:
+            self._open.add(signal.bin)
+            log.info("reorder: bin %s (%s)", signal.bin, press.button.name)
+        elif signal.kind == KIND_REPEAT:
+            log.info(
+                "repeat: bin %s pressed again by %s while its reorder is open",
+                signal.bin,
+                press.button.name,
+            )
+        elif signal.kind == KIND_REFILL and signal.bin:
+            self._open.discard(signal.bin)
+            log.info("refill: bin %s (%s)", signal.bin, press.button.name)
+        if self.history is not None:
+            self.history.record_press(press, signal.kind, signal.bin)
+        return signal
+
+    def on_operation(self, line: SmartRestLine, gateway_serial: str, now: datetime) -> (
+        OperationOutcome | None
+    ):
+        """A downstream line: if it is a refill operation, close the bin and return the lines.
+
+        The lines are published right away by the caller, so the refill is stored as sent.
+        """
+        outcome = handle_operation(line, self.bins, gateway_serial)
+        if outcome is not None and outcome.bin is not None:
+            self._open.discard(outcome.bin)
+            if self.history is not None:
+                self.history.record_refill(outcome.bin, now, "operation")
+            log.info("refill: bin %s (operation)", outcome.bin)
+        return outcome
+
+
+def refill_from_cli(bins: Bins, bin_name: str, history: History, now: datetime) -> tuple[
+    str, int, Signal
+]:
+    """`dashkanban kanban refilled BIN`: store the refill with its 306 lines as pending clear.
+
+    Returns the bin's name as written in MACID.csv, the refill's row id and the lines.
+    """
+    bin_ = bins.find(bin_name)
+    if bin_ is None:
+        known = ", ".join(bins.names) or "none (add a bin column to MACID.csv)"
+        raise ConfigError(f"unknown bin {bin_name!r} (known bins: {known})")
+    publishes = clear_lines(bin_)
+    row = history.record_refill(bin_.name, now, "cli", publishes)
+    return bin_.name, row, Signal(KIND_REFILL, bin_.name, publishes)
