@@ -102,6 +102,8 @@ def test_files_are_private_and_missing_folders_are_made_0750(tmp_path: Path) -> 
     try:
         with open_outbox(path) as outbox:
             outbox.put(event_for(0))
+            # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss.
+            assert outbox._db.execute("PRAGMA synchronous").fetchone() == (2,)
             modes = {
                 p.name: stat.S_IMODE(p.stat().st_mode)
                 for p in (path, path.with_name(path.name + "-wal"), path.parent, path.parent.parent)
