@@ -136,10 +136,15 @@ class _Collector:
         for name, value in self._metrics.snapshot().items():
             yield CounterMetricFamily(f"{PREFIX}_{name}", HELP[name], value=value)
         if self._outbox_rows is not None:
+            try:
+                rows = self._outbox_rows()
+            except Exception:  # a closed or failing outbox must not fail the whole scrape
+                log.debug("outbox row count failed", exc_info=True)
+                return
             yield GaugeMetricFamily(
                 f"{PREFIX}_outbox_events",
                 "Events waiting in the outbox.",
-                value=self._outbox_rows(),
+                value=rows,
             )
 
 
