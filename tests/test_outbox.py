@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -405,3 +406,16 @@ def test_flush_waits_for_the_uplink(tmp_path: Path, capsys: pytest.CaptureFixtur
     config = _config(tmp_path, tmp_path / "o.sqlite3")
     assert main(["outbox", "flush", "-c", str(config)]) == 1
     assert capsys.readouterr().err == "error: outbox flush lands with the uplink (issue #4)\n"
+
+
+def test_hostile_text_is_stored_not_crashed_on(tmp_path: Path) -> None:
+    """A NUL survives as is; a lone surrogate (undecodable bytes) is stored as a visible escape."""
+    nul = dataclasses.replace(event_for(0), name="evil\0name", text="a\0b")
+    bad = dataclasses.replace(event_for(1), name="bad\udcffname")
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        outbox.put(nul)
+        outbox.put(bad, ["302,x,\udcfe"])
+        stored = outbox.peek()
+    assert stored[0].event == nul
+    assert stored[1].event == dataclasses.replace(bad, name="bad\\udcffname")
+    assert stored[1].extra_lines == ("302,x,\\udcfe",)

@@ -20,6 +20,7 @@ they stay exact when two processes share the file (a `replay` next to the daemon
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -127,6 +128,35 @@ def row_bytes(event: Event, extra_lines: Sequence[str]) -> int:
     return total + sum(len(line.encode()) for line in extra_lines)
 
 
+def _storable(text: str) -> str:
+    """Text SQLite and Cumulocity can take: lone surrogates (bytes a decoder could not read, e.g.
+    from a hostile DHCP hostname) become visible `\\udcff` escapes instead of failing the put."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _storable_event(event: Event, extra: tuple[str, ...]) -> tuple[Event, tuple[str, ...]]:
+    fields = (event.mac, event.serial, event.name, event.type, event.text, event.trigger, *extra)
+    if all(_storable(f) is f for f in fields):
+        return event, extra
+    log.warning("event of %r has text that is not valid Unicode: stored escaped", event.mac)
+    return (
+        dataclasses.replace(
+            event,
+            mac=_storable(event.mac),
+            serial=_storable(event.serial),
+            name=_storable(event.name),
+            type=_storable(event.type),
+            text=_storable(event.text),
+            trigger=_storable(event.trigger),
+        ),
+        tuple(_storable(line) for line in extra),
+    )
+
+
 class Outbox:
     """The durable, bounded, ordered queue of events still owed to Cumulocity."""
 
@@ -197,7 +227,7 @@ class Outbox:
         Raises OutboxFullError when the cap is reached (the event is not queued, the refusal is
         counted) and OutboxError when the disk is full or failing (nothing already queued is lost).
         """
-        extra = tuple(extra_lines)
+        event, extra = _storable_event(event, tuple(extra_lines))
         size = row_bytes(event, extra)
         values = (
             event.time.isoformat(),
