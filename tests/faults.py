@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.brokers import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
@@ -156,6 +160,39 @@ class ResetProxy:
                         self._peers.pop(s, None)
                         clients.discard(s)
                         reset(s)
+
+
+# -- the broker ------------------------------------------------------------------------------
+
+
+def restart(broker: Mosquitto, down_for: float = 0.0) -> None:
+    """Stop the broker (SIGTERM, as systemd does), stay down `down_for` s, start it on the same
+    port. Clients see their connection close; mosquitto runs with `persistence false`, so like a
+    clean-session Cumulocity it remembers nothing of them."""
+    broker.stop()
+    if down_for:
+        time.sleep(down_for)
+    broker.start()
+
+
+def revoke_password(broker: Mosquitto, user: str) -> None:
+    """Change `user`'s password to a random one and make mosquitto reload (SIGHUP): new logins
+    with the old password get CONNACK "not authorised". Open connections are not closed by the
+    reload; cut them with a ResetProxy to force the client to log in again."""
+    assert broker.process is not None
+    assert broker.users
+    reloads = broker.log_text().count("Reloading config.")
+    subprocess.run(
+        ["mosquitto_passwd", "-b", str(broker.folder / "passwd"), user, os.urandom(12).hex()],
+        check=True,
+        capture_output=True,
+    )
+    broker.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while broker.log_text().count("Reloading config.") == reloads:
+        if time.monotonic() > deadline:
+            raise TimeoutError("mosquitto did not reload its password file")
+        time.sleep(0.01)
 
 
 # -- file systems ------------------------------------------------------------------------------

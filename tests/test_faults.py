@@ -20,7 +20,8 @@ import pytest
 from dashkanban.events import Event
 from dashkanban.outbox import Outbox, OutboxError, QueuedEvent
 from tests.brokers import Mosquitto
-from tests.faults import ResetProxy, small_filesystem, start_writer
+from tests.conftest import BROKER_PASSWORD, BROKER_USER
+from tests.faults import ResetProxy, restart, revoke_password, small_filesystem, start_writer
 from tests.outbox_writer import event_for
 
 # -- the disk fills up -------------------------------------------------------------------------
@@ -219,3 +220,62 @@ def test_proxy_cuts_a_real_mqtt_session(mosquitto: Mosquitto) -> None:
         finally:
             client.loop_stop()
             client.disconnect()
+
+
+def _connack(port: int, user: str | None = None, password: str | None = None) -> str:
+    """Log in once with paho and return the CONNACK reason as paho names it."""
+    result: list[str] = []
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fault-login")
+
+    def on_connect(c: object, u: object, f: object, rc: object, p: object) -> None:
+        result.append(str(rc))
+        done.set()
+
+    client.on_connect = on_connect
+    if user is not None:
+        client.username_pw_set(user, password)
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_start()
+    try:
+        assert done.wait(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return result[0]
+
+
+def test_revoked_credentials_are_refused_at_the_next_login(mosquitto_password: Mosquitto) -> None:
+    port = mosquitto_password.port
+    assert _connack(port, BROKER_USER, BROKER_PASSWORD) == "Success"
+    revoke_password(mosquitto_password, BROKER_USER)
+    assert _connack(port, BROKER_USER, BROKER_PASSWORD) == "Not authorized"
+
+
+def test_restart_brings_the_broker_back_on_the_same_port(mosquitto: Mosquitto) -> None:
+    """A paho client sees the broker go away and reconnects by itself when it is back."""
+    connects: list[int] = []
+    disconnected = threading.Event()
+    reconnected = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fault-restart")
+
+    def on_connect(c: object, u: object, f: object, rc: object, p: object) -> None:
+        connects.append(1)
+        if len(connects) == 2:
+            reconnected.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = lambda c, u, f, rc, p: disconnected.set()
+    client.reconnect_delay_set(min_delay=1, max_delay=1)
+    client.connect("127.0.0.1", mosquitto.port, keepalive=60)
+    client.loop_start()
+    try:
+        restart(mosquitto, down_for=0.2)
+        assert disconnected.wait(5)
+        assert reconnected.wait(10)
+        log = mosquitto.log_text()  # one file across both lives of the broker
+        assert log.count(" starting") == 2
+        assert log.count("New client connected from 127.0.0.1") == 2
+    finally:
+        client.loop_stop()
+        client.disconnect()
