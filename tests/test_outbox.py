@@ -45,6 +45,8 @@ def test_put_then_peek_returns_the_exact_events_in_press_order(tmp_path: Path) -
         ]
         assert [q.id for q in outbox.peek(limit=2, after_id=3)] == [4, 5]
         assert outbox.peek(after_id=6) == []
+        assert outbox.peek(limit=0) == []
+        assert outbox.peek(limit=-1) == []
         assert outbox.count() == 6
         assert outbox.oldest() == QueuedEvent(1, event_for(0), (), NOW, 0)
 
@@ -211,6 +213,13 @@ def test_put_and_ack_from_two_threads(tmp_path: Path) -> None:
 
 
 # -- bad files ---------------------------------------------------------------------------------
+
+
+def test_an_empty_file_left_by_a_crash_before_the_schema_becomes_an_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    path.touch(mode=0o600)
+    with open_outbox(path) as outbox:
+        assert outbox.put(event_for(0)) == 1
 
 
 def test_a_file_that_is_not_a_database_is_reported_as_corrupt(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ class QueuedEvent:
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
-    """What `outbox status` shows; read in one transaction."""
+    """What `outbox status` shows."""
 
     rows: int
     bytes: int
@@ -291,7 +291,7 @@ class Outbox:
             try:
                 rows = self._db.execute(
                     f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",  # noqa: S608
-                    (after_id, limit),
+                    (after_id, max(limit, 0)),  # a negative LIMIT means "all" to SQLite
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "reading") from None
