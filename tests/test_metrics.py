@@ -10,10 +10,12 @@ import urllib.request
 
 import pytest
 
+from dashkanban.config import MetricsSettings
 from dashkanban.errors import ConfigError
 from dashkanban.metrics import (
     COUNTERS,
     Metrics,
+    MetricsReporting,
     MetricsServer,
     MetricsSnapshot,
     SummaryLogger,
@@ -158,3 +160,25 @@ def test_a_busy_port_is_a_config_error() -> None:
         f"[metrics] port = {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
         "pick a free port"
     )
+
+
+def test_reporting_from_settings_serves_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dashkanban.metrics")
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free now; the server binds it right after
+    metrics = Metrics()
+    metrics.add("queued", 2)
+    reporting = MetricsReporting(MetricsSettings(port=port, log_interval=300), metrics, lambda: 2)
+    reporting.start()
+    try:
+        _, body = _scrape(port)
+        assert "dashkanban_queued_total 2.0" in body.splitlines()
+    finally:
+        reporting.stop()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"metrics on http://127.0.0.1:{port}/metrics",
+        "counters: frames=0 candidates=0 malformed=0 presses=0 queued=2 delivered=0 "
+        "reconnects=0 refused=0 outbox=2",
+    ]
+    without_port = MetricsReporting(MetricsSettings(port=None, log_interval=300), metrics)
+    assert without_port.server is None

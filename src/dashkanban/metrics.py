@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from dashkanban.config import MetricsSettings
+
 log = logging.getLogger(__name__)
 
 CounterName = Literal[
@@ -192,3 +194,36 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+class MetricsReporting:
+    """What `run` starts from `[metrics]`: the summary line always, the endpoint when a port is set.
+
+    ```python
+    reporting = MetricsReporting(settings.metrics, metrics, outbox.count)
+    reporting.start()  # ConfigError if the port is taken
+    ...
+    reporting.stop()  # logs a last summary line
+    ```
+    """
+
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        metrics: Metrics,
+        outbox_rows: Callable[[], int] | None = None,
+    ) -> None:
+        self.summary = SummaryLogger(metrics, settings.log_interval, outbox_rows)
+        self.server: MetricsServer | None = None
+        if settings.port is not None:
+            self.server = MetricsServer(metrics, settings.port, outbox_rows)
+
+    def start(self) -> None:
+        if self.server is not None:
+            self.server.start()
+        self.summary.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.summary.stop()
