@@ -1,15 +1,611 @@
-"""Placeholder: the outbox lands with issue #6."""
+"""The durable outbox: every event is a SQLite row before anything is sent (design 1 and 4).
+
+Guarantees, for the delivery loop that consumes it:
+- `put` returns only after the row is committed with `synchronous=FULL` in WAL mode, so a press
+  whose `put` returned survives a crash of the process and (given honest disks) a power loss.
+- Rows are deleted only by `ack`, which the uplink calls on the broker's PUBACK. Cumulocity
+  requires a clean MQTT session (protocol notes 1.4), so the broker keeps nothing for us across a
+  reconnect: this table is the only memory of what is still owed.
+- Ids come from `AUTOINCREMENT`, so they only ever grow, even after the table was drained. The
+  delivery loop's `peek(after_id=...)` cursor relies on that: with a plain rowid, an emptied table
+  would hand out id 1 again and the cursor would skip the new row.
+- A cap in rows and payload bytes keeps the oldest events and refuses new ones, with a loud warning
+  once per crossing; refusals are counted in the file, so `outbox status` shows them.
+
+One connection guarded by a lock: `put` runs on the capture thread, `ack` on the MQTT network
+thread. Counters live in a one-row table maintained by triggers inside the same transactions, so
+they stay exact when two processes share the file (a `replay` next to the daemon).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dashkanban.errors import NotAvailableError
+from dashkanban.errors import ConfigError, DashkanbanError, NotAvailableError
+from dashkanban.events import Event
+
+if TYPE_CHECKING:
+    from dashkanban.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_ROWS = 200_000
+DEFAULT_MAX_BYTES = 100_000_000
+BUSY_TIMEOUT_MS = 5_000  # another process (status, replay) holding the write lock briefly
+FOLDER_MODE = 0o750
+FILE_MODE = 0o600
+
+_SCHEMA = """
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    time        TEXT    NOT NULL,
+    mac         TEXT    NOT NULL,
+    serial      TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    type        TEXT    NOT NULL,
+    text        TEXT    NOT NULL,
+    trigger     TEXT    NOT NULL,
+    extra_lines TEXT    NOT NULL,
+    queued_at   TEXT    NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    size        INTEGER NOT NULL
+);
+CREATE TABLE stats (
+    one        INTEGER PRIMARY KEY CHECK (one = 1),
+    rows       INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    refused    INTEGER NOT NULL,
+    last_error TEXT,
+    last_error_at TEXT
+);
+INSERT INTO stats (one, rows, bytes, refused) VALUES (1, 0, 0, 0);
+CREATE TRIGGER events_added AFTER INSERT ON events BEGIN
+    UPDATE stats SET rows = rows + 1, bytes = bytes + NEW.size WHERE one = 1;
+END;
+CREATE TRIGGER events_removed AFTER DELETE ON events BEGIN
+    UPDATE stats SET rows = rows - 1, bytes = bytes - OLD.size WHERE one = 1;
+END;
+"""
+
+_COLUMNS = "id, time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts"
+
+
+class OutboxError(DashkanbanError):
+    """The outbox file cannot be used: corrupt, disk full, an I/O error. Exit code 1."""
+
+
+class OutboxFullError(OutboxError):
+    """The cap is reached: the new event is refused and the oldest are kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEvent:
+    id: int  # SQLite rowid, increasing in press order
+    event: Event
+    extra_lines: tuple[str, ...]  # more SmartREST lines for the same device, sent with the 400
+    queued_at: datetime  # aware UTC
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """What `outbox status` shows."""
+
+    rows: int
+    bytes: int
+    refused: int
+    last_error: str | None
+    last_error_at: datetime | None
+    oldest: QueuedEvent | None
+    file_bytes: int  # the database plus its WAL on disk
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def row_bytes(event: Event, extra_lines: Sequence[str]) -> int:
+    """The payload a row is charged against `max_bytes`: its text fields in UTF-8.
+
+    SQLite's own overhead (record headers, b-tree pages, indexes) comes on top; docs/outbox.md
+    gives the measured ratio of file size to payload.
+    """
+    fields = (event.mac, event.serial, event.name, event.type, event.text, event.trigger)
+    total = len(event.time.isoformat()) + sum(len(f.encode()) for f in fields)
+    return total + sum(len(line.encode()) for line in extra_lines)
+
+
+def _storable(text: str) -> str:
+    """Text SQLite and Cumulocity can take: lone surrogates (bytes a decoder could not read, e.g.
+    from a hostile DHCP hostname) become visible `\\udcff` escapes instead of failing the put."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _storable_event(event: Event, extra: tuple[str, ...]) -> tuple[Event, tuple[str, ...]]:
+    fields = (event.mac, event.serial, event.name, event.type, event.text, event.trigger, *extra)
+    if all(_storable(f) is f for f in fields):
+        return event, extra
+    log.warning("event of %r has text that is not valid Unicode: stored escaped", event.mac)
+    return (
+        dataclasses.replace(
+            event,
+            mac=_storable(event.mac),
+            serial=_storable(event.serial),
+            name=_storable(event.name),
+            type=_storable(event.type),
+            text=_storable(event.text),
+            trigger=_storable(event.trigger),
+        ),
+        tuple(_storable(line) for line in extra),
+    )
+
+
+class Outbox:
+    """The durable, bounded, ordered queue of events still owed to Cumulocity."""
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        clock: Callable[[], datetime],
+        metrics: Metrics | None,
+    ) -> None:
+        self._db = connection
+        self.path = path
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._over_cap = False  # warn once per crossing, not once per refused press
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], datetime] = _utc_now,
+        metrics: Metrics | None = None,
+    ) -> Outbox:
+        """Open (or create) the outbox at `path`. Raises ConfigError or OutboxError (one line)."""
+        path = Path(path)
+        existed = path.exists()
+        if existed and not path.is_file():
+            raise ConfigError("the outbox path is not a file; set [outbox] path to a file", path)
+        _make_folder(path.parent)
+        if existed:
+            _check_writable(path)
+        else:
+            _create_file(path)
+        try:
+            connection = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, path, "open") from None
+        try:
+            _prepare(connection, path, check=existed)
+        except BaseException:
+            connection.close()
+            raise
+        outbox = cls(
+            connection, path, max_rows=max_rows, max_bytes=max_bytes, clock=clock, metrics=metrics
+        )
+        log.debug("outbox %s open: %d queued", path, outbox.count())
+        return outbox
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def put(self, event: Event, extra_lines: Sequence[str] = ()) -> int:
+        """Queue one event; durable (fsynced) when this returns. Returns the row id.
+
+        Raises OutboxFullError when the cap is reached (the event is not queued, the refusal is
+        counted) and OutboxError when the disk is full or failing (nothing already queued is lost).
+        """
+        event, extra = _storable_event(event, tuple(extra_lines))
+        size = row_bytes(event, extra)
+        values = (
+            event.time.isoformat(),
+            event.mac,
+            event.serial,
+            event.name,
+            event.type,
+            event.text,
+            event.trigger,
+            json.dumps(extra, ensure_ascii=False),
+            self._clock().astimezone(UTC).isoformat(),
+            size,
+        )
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows, used = self._db.execute(
+                        "SELECT rows, bytes FROM stats WHERE one = 1"
+                    ).fetchone()
+                    if rows + 1 > self.max_rows or used + size > self.max_bytes:
+                        self._db.execute("UPDATE stats SET refused = refused + 1 WHERE one = 1")
+                        self._db.execute("COMMIT")
+                        refused = self._refuse(rows, used)
+                        raise refused
+                    cursor = self._db.execute(
+                        "INSERT INTO events (time, mac, serial, name, type, text, trigger,"
+                        " extra_lines, queued_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        values,
+                    )
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "queueing an event") from None
+            row_id = cursor.lastrowid
+        assert row_id is not None
+        if self._metrics is not None:
+            self._metrics.add("queued")
+        return row_id
+
+    def _refuse(self, rows: int, used: int) -> OutboxFullError:
+        if self._metrics is not None:
+            self._metrics.add("refused")
+        message = (
+            f"{self.path}: the outbox is full ({rows} events, {used} bytes; cap {self.max_rows} "
+            f"rows, {self.max_bytes} bytes): new events are refused and the oldest kept until "
+            "Cumulocity takes some; restore the uplink or raise [outbox] max_rows/max_bytes"
+        )
+        if not self._over_cap:
+            self._over_cap = True
+            log.warning("OUTBOX FULL: %s", message)
+        return OutboxFullError(message)
+
+    def peek(self, limit: int = 100, after_id: int = 0) -> list[QueuedEvent]:
+        """Up to `limit` queued events with id > after_id, oldest first."""
+        with self._lock:
+            self._check_open()
+            try:
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",  # noqa: S608
+                    (after_id, max(limit, 0)),  # a negative LIMIT means "all" to SQLite
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "reading") from None
+        return [_queued(row) for row in rows]
+
+    def ack(self, row_id: int) -> None:
+        """Delete a row after its PUBACK. Acking an id twice, or an unknown one, is a no-op."""
+        with self._lock:
+            self._check_open()
+            try:
+                cursor = self._db.execute("DELETE FROM events WHERE id = ?", (row_id,))
+                deleted = cursor.rowcount
+                if self._over_cap and deleted:
+                    rows, used = self._db.execute(
+                        "SELECT rows, bytes FROM stats WHERE one = 1"
+                    ).fetchone()
+                    if rows < self.max_rows and used < self.max_bytes:
+                        self._over_cap = False
+                        log.info("outbox below its cap again (%d events): queueing resumes", rows)
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "removing a delivered event") from None
+        if deleted and self._metrics is not None:
+            self._metrics.add("delivered")
+
+    def mark_attempt(self, row_id: int, error: str | None = None) -> None:
+        """Count a delivery attempt; an error is kept on the row and as the outbox's last error."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute(
+                        "UPDATE events SET attempts = attempts + 1,"
+                        " last_error = coalesce(?, last_error) WHERE id = ?",
+                        (error, row_id),
+                    )
+                    if error is not None:
+                        self._db.execute(
+                            "UPDATE stats SET last_error = ?, last_error_at = ? WHERE one = 1",
+                            (error, self._clock().astimezone(UTC).isoformat()),
+                        )
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "recording a delivery attempt") from None
+
+    def count(self) -> int:
+        return self.stats_row()[0]
+
+    def oldest(self) -> QueuedEvent | None:
+        found = self.peek(1)
+        return found[0] if found else None
+
+    def last_error(self) -> str | None:
+        return self.stats_row()[3]
+
+    def refused(self) -> int:
+        """Events refused by the cap since the file was made."""
+        return self.stats_row()[2]
+
+    def stats_row(self) -> tuple[int, int, int, str | None, str | None]:
+        with self._lock:
+            self._check_open()
+            try:
+                row = self._db.execute(
+                    "SELECT rows, bytes, refused, last_error, last_error_at"
+                    " FROM stats WHERE one = 1"
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "reading") from None
+        return (int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
+
+    def stats(self) -> OutboxStats:
+        rows, used, refused, error, error_at = self.stats_row()
+        return OutboxStats(
+            rows=rows,
+            bytes=used,
+            refused=refused,
+            last_error=error,
+            last_error_at=datetime.fromisoformat(error_at) if error_at else None,
+            oldest=self.oldest(),
+            file_bytes=sum(
+                p.stat().st_size
+                for p in (self.path, self.path.with_name(self.path.name + "-wal"))
+                if p.exists()
+            ),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OutboxError(f"{self.path}: the outbox is closed")
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.debug("rollback failed", exc_info=True)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _queued(row: tuple[object, ...]) -> QueuedEvent:
+    (row_id, time, mac, serial, name, type_, text, trigger, extra, queued_at, attempts) = row
+    event = Event(
+        time=datetime.fromisoformat(str(time)),
+        mac=str(mac),
+        serial=str(serial),
+        name=str(name),
+        type=str(type_),
+        text=str(text),
+        trigger=str(trigger),
+    )
+    return QueuedEvent(
+        id=int(row_id),  # type: ignore[call-overload]
+        event=event,
+        extra_lines=tuple(json.loads(str(extra))),
+        queued_at=datetime.fromisoformat(str(queued_at)),
+        attempts=int(attempts),  # type: ignore[call-overload]
+    )
+
+
+def _make_folder(folder: Path) -> None:
+    """Create missing folders with mode 0750 (not the umask's 0755): events name the buttons."""
+    missing = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for item in reversed(missing):
+        try:
+            item.mkdir(mode=FOLDER_MODE)
+            item.chmod(FOLDER_MODE)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the outbox folder: {exc.strerror}; create it for the service user "
+                f"(install -d -m 0750 {item}) or set [outbox] path",
+                item,
+            ) from None
+    if not folder.is_dir():
+        raise ConfigError("is not a folder; set [outbox] path to a file in a folder", folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            "the outbox folder is read-only (SQLite writes its -wal and -shm files next to the "
+            f"outbox); make it writable for the service user (chown/chmod 0750 {folder}) "
+            "or set [outbox] path",
+            folder,
+        )
+
+
+def _check_writable(path: Path) -> None:
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(
+            "the outbox file is read-only; make it writable for the service user "
+            f"(chown it, chmod 600 {path}) or set [outbox] path",
+            path,
+        )
+
+
+def _create_file(path: Path) -> None:
+    """Create the file 0600 ourselves: SQLite would use the umask, and gives -wal the same mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the outbox file: {exc.strerror}; set [outbox] path", path
+        ) from None
+    os.fchmod(fd, FILE_MODE)
+    os.close(fd)
+
+
+def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
+    try:
+        if check:
+            result = [str(r[0]) for r in db.execute("PRAGMA integrity_check").fetchall()]
+            if result != ["ok"]:
+                raise _corrupt(path, "; ".join(result)[:200])
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"{path}: SQLite refused WAL mode ({mode}); use a local file system")
+        # FULL: in WAL mode NORMAL may lose the last commits on power loss, and a returned put
+        # must survive that (https://www.sqlite.org/pragma.html#pragma_synchronous).
+        db.execute("PRAGMA synchronous = FULL")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0:
+            _create_schema(db, path)
+        elif version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"{path}: the outbox was written by a newer dashkanban (schema {version}, this "
+                f"one reads {SCHEMA_VERSION}); upgrade dashkanban or set [outbox] path"
+            )
+    except sqlite3.Error as exc:
+        raise _translate(exc, path, "open") from None
+
+
+def _create_schema(db: sqlite3.Connection, path: Path) -> None:
+    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    if tables:
+        raise OutboxError(
+            f"{path}: is an SQLite database but not a dashkanban outbox; set [outbox] path to "
+            "another file"
+        )
+    # One script, one transaction: a crash while creating leaves user_version 0 and no tables.
+    try:
+        db.executescript(
+            f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
+        )
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _corrupt(path: Path, detail: str) -> OutboxError:
+    return OutboxError(
+        f"{path}: the outbox is corrupt ({detail}); stop dashkanban, move it aside "
+        f"(mv {path} {path}.corrupt) and start again: a new one is made; "
+        f"`sqlite3 {path}.corrupt .recover` may save its events"
+    )
+
+
+def _translate(exc: sqlite3.Error, path: Path, action: str) -> DashkanbanError:
+    """One line for the user from an SQLite error; nothing already committed is touched."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return OutboxError(
+            f"{path}: the disk is full ({action} failed; everything queued before is kept); "
+            f"free space on the file system of {path.parent}"
+        )
+    if name.startswith("SQLITE_READONLY"):
+        return ConfigError(
+            f"the outbox is read-only ({action} failed); make the file and its folder writable "
+            "for the service user or set [outbox] path",
+            path,
+        )
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return _corrupt(path, str(exc))
+    if name.startswith("SQLITE_BUSY"):
+        return OutboxError(
+            f"{path}: the outbox stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s "
+            f"({action}); is a stuck dashkanban running?"
+        )
+    if name.startswith("SQLITE_CANTOPEN"):
+        return ConfigError(
+            f"cannot open the outbox ({exc}); check the path and its permissions", path
+        )
+    return OutboxError(f"{path}: {action} failed: {exc} ({name or type(exc).__name__})")
+
+
+# -- commands ----------------------------------------------------------------------------------
 
 
 def status_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("the outbox is not available yet (issue #6)")
+    """`dashkanban outbox status`: count, oldest press, bytes, refusals, last error. Exit 0."""
+    from dashkanban.config import find_config, load_settings
+
+    settings = load_settings(find_config(args.config))
+    path = settings.outbox.path
+    if not path.exists():
+        print(f"outbox: {path} (not created yet)")
+        print("queued: 0 events")
+        return 0
+    with Outbox.open(
+        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
+    ) as outbox:
+        print(format_status(outbox.path, outbox.stats(), outbox.max_rows, outbox.max_bytes))
+    return 0
+
+
+def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int) -> str:
+    lines = [
+        f"outbox: {path}",
+        f"queued: {stats.rows} events, {stats.bytes} bytes "
+        f"(cap {max_rows} events, {max_bytes} bytes; {stats.file_bytes} bytes on disk)",
+    ]
+    oldest = stats.oldest
+    if oldest is None:
+        lines.append("oldest: -")
+    else:
+        e = oldest.event
+        lines.append(
+            f"oldest: {e.c8y_time} {e.name} ({e.mac}), queued "
+            f"{oldest.queued_at.isoformat(timespec='seconds')}, {oldest.attempts} attempts"
+        )
+    lines.append(f"refused by the cap: {stats.refused}")
+    if stats.last_error is None:
+        lines.append("last error: -")
+    else:
+        when = stats.last_error_at.isoformat(timespec="seconds") if stats.last_error_at else "?"
+        lines.append(f"last error: {when} {stats.last_error}")
+    return "\n".join(lines)
 
 
 def flush_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("the outbox is not available yet (issue #6)")
+    raise NotAvailableError("outbox flush lands with the uplink (issue #4)")

@@ -1,0 +1,430 @@
+"""The outbox on real SQLite files: order, ids, ack, attempts, the cap, modes, bad files, status."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from dashkanban.cli import main
+from dashkanban.errors import ConfigError
+from dashkanban.events import Event
+from dashkanban.metrics import Metrics, MetricsSnapshot
+from dashkanban.outbox import Outbox, OutboxError, OutboxFullError, QueuedEvent, row_bytes
+from tests.faults import read_only_filesystem
+from tests.outbox_writer import event_for
+
+NOW = datetime(2026, 11, 26, 9, 30, 0, 500000, tzinfo=UTC)
+
+
+def clock() -> datetime:
+    return NOW
+
+
+def open_outbox(path: Path, **kwargs: object) -> Outbox:
+    return Outbox.open(path, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def test_put_then_peek_returns_the_exact_events_in_press_order(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        ids = [outbox.put(event_for(i)) for i in range(5)]
+        kanban = outbox.put(event_for(5), ["302,c8y_Kanban,\"Bin A3, reorder\""])
+        assert ids == [1, 2, 3, 4, 5]
+        assert kanban == 6
+        assert outbox.peek() == [
+            *(QueuedEvent(i + 1, event_for(i), (), NOW, 0) for i in range(5)),
+            QueuedEvent(6, event_for(5), ('302,c8y_Kanban,"Bin A3, reorder"',), NOW, 0),
+        ]
+        assert [q.id for q in outbox.peek(limit=2, after_id=3)] == [4, 5]
+        assert outbox.peek(after_id=6) == []
+        assert outbox.peek(limit=0) == []
+        assert outbox.peek(limit=-1) == []
+        assert outbox.count() == 6
+        assert outbox.oldest() == QueuedEvent(1, event_for(0), (), NOW, 0)
+
+
+def test_event_time_keeps_its_offset_through_the_file(tmp_path: Path) -> None:
+    from datetime import timezone
+
+    cet = timezone(timedelta(hours=1))
+    event = Event(
+        datetime(2026, 11, 26, 9, 0, 1, 234567, tzinfo=cet), "ac:63:be:12:34:56",
+        "ac63be123456", "Grüße ☃", "c8y_MAC_Event", 'text with "quotes", commas', "ndp",
+    )
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        outbox.put(event)
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        (queued,) = outbox.peek()
+    assert queued.event == event
+    assert queued.event.c8y_time == "2026-11-26T09:00:01.234+01:00"
+
+
+def test_ack_deletes_once_and_ids_never_come_back_after_a_drain(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        first = outbox.put(event_for(0))
+        second = outbox.put(event_for(1))
+        outbox.ack(first)
+        outbox.ack(first)  # a duplicate PUBACK
+        outbox.ack(999)  # never existed
+        assert [q.id for q in outbox.peek()] == [second]
+        outbox.ack(second)
+        assert outbox.count() == 0
+        assert outbox.oldest() is None
+        # A plain rowid would restart at 1 here and a delivery cursor at after_id=2 would skip it.
+        assert outbox.put(event_for(2)) == 3
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        assert outbox.put(event_for(3)) == 4
+
+
+def test_attempts_and_last_error_are_kept_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with open_outbox(path) as outbox:
+        row = outbox.put(event_for(0))
+        assert outbox.last_error() is None
+        outbox.mark_attempt(row)
+        outbox.mark_attempt(row, "connection refused (127.0.0.1:8883)")
+        outbox.mark_attempt(row)
+        outbox.mark_attempt(12345, "no such row: still the outbox's last error")
+    with open_outbox(path) as outbox:
+        (queued,) = outbox.peek()
+        assert queued.attempts == 3
+        assert outbox.last_error() == "no such row: still the outbox's last error"
+        assert outbox.stats().last_error_at == NOW
+
+
+def test_files_are_private_and_missing_folders_are_made_0750(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "dashkanban" / "outbox.sqlite3"
+    old = os.umask(0o022)
+    try:
+        with open_outbox(path) as outbox:
+            outbox.put(event_for(0))
+            # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss.
+            assert outbox._db.execute("PRAGMA synchronous").fetchone() == (2,)
+            modes = {
+                p.name: stat.S_IMODE(p.stat().st_mode)
+                for p in (path, path.with_name(path.name + "-wal"), path.parent, path.parent.parent)
+            }
+    finally:
+        os.umask(old)
+    assert modes == {
+        "outbox.sqlite3": 0o600, "outbox.sqlite3-wal": 0o600, "dashkanban": 0o750, "state": 0o750,
+    }
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    db.close()
+
+
+def test_row_cap_keeps_the_oldest_refuses_new_and_warns_once_per_crossing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    metrics = Metrics()
+    with open_outbox(path, max_rows=3, metrics=metrics) as outbox:
+        for i in range(3):
+            outbox.put(event_for(i))
+        caplog.set_level(logging.WARNING, logger="dashkanban.outbox")
+        message = (
+            f"{path}: the outbox is full (3 events, 398 bytes; cap 3 rows, 100000000 bytes): new"
+            " events are refused and the oldest kept until"
+            " Cumulocity takes some; restore the uplink or raise [outbox] max_rows/max_bytes"
+        )
+        for i in (3, 4):
+            with pytest.raises(OutboxFullError) as info:
+                outbox.put(event_for(i))
+            assert str(info.value) == message
+        assert [r.getMessage() for r in caplog.records] == [f"OUTBOX FULL: {message}"]
+        assert [q.event for q in outbox.peek()] == [event_for(0), event_for(1), event_for(2)]
+        assert outbox.refused() == 2
+        outbox.ack(1)
+        assert outbox.put(event_for(5)) == 4
+        with pytest.raises(OutboxFullError):
+            outbox.put(event_for(6))
+        assert len(caplog.records) == 2  # a second crossing, a second warning
+        assert metrics.snapshot() == MetricsSnapshot(queued=4, delivered=1, refused=3)
+    with open_outbox(path, max_rows=3) as outbox:
+        assert outbox.refused() == 3  # kept in the file for `outbox status`
+
+
+def test_byte_cap_counts_the_payload(tmp_path: Path) -> None:
+    size = row_bytes(event_for(0), ())
+    assert size == len(
+        "2026-11-26T08:00:01.234000+00:00" "ac:63:be:00:00:00" "ac63be000000" "dashButton_0"
+        "c8y_MAC_Event" "dashButton_0 pressed (ac:63:be:00:00:00) #0" "arp"
+    )
+    with open_outbox(tmp_path / "o.sqlite3", max_bytes=2 * size + 5) as outbox:
+        outbox.put(event_for(0))
+        outbox.put(event_for(0))
+        full = r"\(2 events, 264 bytes; cap 200000 rows, 269 bytes\)"
+        with pytest.raises(OutboxFullError, match=full):
+            outbox.put(event_for(0))
+        outbox.ack(1)
+        outbox.put(event_for(0))
+        assert outbox.stats().bytes == 2 * size
+
+
+def test_counters_stay_exact_with_two_processes_on_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with open_outbox(path, max_rows=4) as daemon, open_outbox(path, max_rows=4) as replay:
+        daemon.put(event_for(0))
+        replay.put(event_for(1))
+        daemon.put(event_for(2))
+        replay.put(event_for(3))
+        with pytest.raises(OutboxFullError):
+            daemon.put(event_for(4))
+        replay.ack(1)
+        assert daemon.count() == 3
+        assert [q.event for q in daemon.peek()] == [event_for(1), event_for(2), event_for(3)]
+
+
+def test_put_and_ack_from_two_threads(tmp_path: Path) -> None:
+    """The capture thread puts while the network thread acks; nothing is lost or doubled."""
+    total = 400
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        acked: list[int] = []
+        done = threading.Event()
+
+        def network_thread() -> None:
+            cursor = 0
+            while len(acked) < total:
+                batch = outbox.peek(limit=50, after_id=cursor)
+                for queued in batch:
+                    outbox.ack(queued.id)
+                    acked.append(queued.id)
+                    cursor = queued.id
+                if not batch and done.wait(0.001) and not outbox.peek(after_id=cursor):
+                    break
+
+        worker = threading.Thread(target=network_thread)
+        worker.start()
+        ids = [outbox.put(event_for(i)) for i in range(total)]
+        done.set()
+        worker.join(timeout=30)
+        assert acked == ids == list(range(1, total + 1))
+        assert outbox.count() == 0
+
+
+# -- bad files ---------------------------------------------------------------------------------
+
+
+def test_an_empty_file_left_by_a_crash_before_the_schema_becomes_an_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    path.touch(mode=0o600)
+    with open_outbox(path) as outbox:
+        assert outbox.put(event_for(0)) == 1
+
+
+def test_a_file_that_is_not_a_database_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    path.write_bytes(b"this is not SQLite at all, " * 200)
+    with pytest.raises(OutboxError) as info:
+        Outbox.open(path)
+    assert str(info.value) == (
+        f"{path}: the outbox is corrupt (file is not a database); stop dashkanban, move it aside "
+        f"(mv {path} {path}.corrupt) and start again: a new one is made; "
+        f"`sqlite3 {path}.corrupt .recover` may save its events"
+    )
+
+
+def test_a_damaged_page_fails_the_integrity_check(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    with Outbox.open(path) as outbox:
+        for i in range(300):
+            outbox.put(event_for(i))
+    db = sqlite3.connect(path)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    db.close()
+    with path.open("r+b") as f:  # scribble over the events table's root page (an interior page)
+        f.seek((root - 1) * page_size + 8)
+        f.write(b"\xff" * 64)
+    with pytest.raises(OutboxError) as info:
+        Outbox.open(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: the outbox is corrupt (")
+    assert text.endswith(f"(mv {path} {path}.corrupt) and start again: a new one is made; "
+                         f"`sqlite3 {path}.corrupt .recover` may save its events")
+    assert "\n" not in text
+
+
+def test_another_programs_database_is_not_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(OutboxError) as info:
+        Outbox.open(path)
+    assert str(info.value) == (
+        f"{path}: is an SQLite database but not a dashkanban outbox; set [outbox] path to another "
+        "file"
+    )
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    Outbox.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 7")
+    db.close()
+    with pytest.raises(OutboxError) as info:
+        Outbox.open(path)
+    assert str(info.value) == (
+        f"{path}: the outbox was written by a newer dashkanban (schema 7, this one reads 1); "
+        "upgrade dashkanban or set [outbox] path"
+    )
+
+
+def test_a_folder_as_path_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        Outbox.open(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: the outbox path is not a file; set [outbox] path to a file"
+    )
+
+
+def _populate(folder: Path) -> None:
+    with Outbox.open(folder / "o.sqlite3", clock=clock) as outbox:
+        outbox.put(event_for(0))
+
+
+def test_a_read_only_file_system_gives_a_clear_error(tmp_path: Path) -> None:
+    with read_only_filesystem(tmp_path / "ro", _populate) as folder:
+        with pytest.raises(ConfigError) as info:
+            Outbox.open(folder / "o.sqlite3")
+        assert info.value.exit_code == 2
+        assert str(info.value) == (
+            f"{folder}: the outbox folder is read-only (SQLite writes its -wal and -shm files "
+            f"next to the outbox); make it writable for the service user (chown/chmod 0750 "
+            f"{folder}) or set [outbox] path"
+        )
+        with pytest.raises(ConfigError) as info:
+            Outbox.open(folder / "new" / "o.sqlite3")
+        assert str(info.value) == (
+            f"{folder / 'new'}: cannot create the outbox folder: Read-only file system; create it "
+            f"for the service user (install -d -m 0750 {folder / 'new'}) or set [outbox] path"
+        )
+
+
+def test_a_read_only_file_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    _populate(tmp_path)
+    path.chmod(0o400)
+    immutable = False
+    if os.geteuid() == 0:  # root writes through file modes; the immutable flag stops even root
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("root writes through file modes and chattr +i is not supported here")
+        immutable = True
+    try:
+        with pytest.raises(ConfigError) as info:
+            Outbox.open(path)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert str(info.value) == (
+        f"{path}: the outbox file is read-only; make it writable for the service user "
+        f"(chown it, chmod 600 {path}) or set [outbox] path"
+    )
+    path.chmod(0o600)
+    with Outbox.open(path) as outbox:  # nothing was lost by the refused open
+        assert [q.event for q in outbox.peek()] == [event_for(0)]
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+CONFIG = """\
+[C8YMQTT]
+tenant = example.cumulocity.com
+tenantID = t12345
+user = t12345/dash-gateway
+password = secret
+port = 8883
+
+[outbox]
+path = {path}
+max_rows = 1000
+"""
+
+
+def _config(tmp_path: Path, outbox: Path) -> Path:
+    config = tmp_path / "config.ini"
+    config.write_text(CONFIG.format(path=outbox))
+    config.chmod(0o600)
+    return config
+
+
+def test_status_prints_count_oldest_bytes_refusals_and_last_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "state" / "outbox.sqlite3"
+    config = _config(tmp_path, path)
+    assert main(["outbox", "status", "-c", str(config)]) == 0
+    assert capsys.readouterr().out == f"outbox: {path} (not created yet)\nqueued: 0 events\n"
+    assert not path.exists()  # status creates nothing
+
+    with open_outbox(path, max_rows=1000) as outbox:
+        first = outbox.put(event_for(0))
+        outbox.put(event_for(1))
+        outbox.mark_attempt(first, "PUBACK timeout after 10 s")
+        outbox.mark_attempt(first, "connection reset by peer")
+        size = outbox.stats().bytes
+        disk = outbox.stats().file_bytes
+    with sqlite3.connect(path) as db:  # as a full outbox would have counted them
+        db.execute("UPDATE stats SET refused = 7")
+    db.close()
+    assert main(["outbox", "status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    disk_after = path.stat().st_size + sum(
+        p.stat().st_size for p in [path.with_name(path.name + "-wal")] if p.exists()
+    )
+    assert disk > 0
+    assert out == (
+        f"outbox: {path}\n"
+        f"queued: 2 events, {size} bytes (cap 1000 events, 100000000 bytes; "
+        f"{disk_after} bytes on disk)\n"
+        "oldest: 2026-11-26T08:00:01.234+00:00 dashButton_0 (ac:63:be:00:00:00), queued "
+        "2026-11-26T09:30:00+00:00, 2 attempts\n"
+        "refused by the cap: 7\n"
+        "last error: 2026-11-26T09:30:00+00:00 connection reset by peer\n"
+    )
+
+
+def test_status_of_a_corrupt_outbox_exits_1_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"\0garbage" * 1000)
+    assert main(["outbox", "status", "-c", str(_config(tmp_path, path))]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {path}: the outbox is corrupt (file is not a database); stop dashkanban, move it "
+        f"aside (mv {path} {path}.corrupt) and start again: a new one is made; "
+        f"`sqlite3 {path}.corrupt .recover` may save its events\n"
+    )
+
+
+def test_flush_waits_for_the_uplink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, tmp_path / "o.sqlite3")
+    assert main(["outbox", "flush", "-c", str(config)]) == 1
+    assert capsys.readouterr().err == "error: outbox flush lands with the uplink (issue #4)\n"
+
+
+def test_hostile_text_is_stored_not_crashed_on(tmp_path: Path) -> None:
+    """A NUL survives as is; a lone surrogate (undecodable bytes) is stored as a visible escape."""
+    nul = dataclasses.replace(event_for(0), name="evil\0name", text="a\0b")
+    bad = dataclasses.replace(event_for(1), name="bad\udcffname")
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        outbox.put(nul)
+        outbox.put(bad, ["302,x,\udcfe"])
+        stored = outbox.peek()
+    assert stored[0].event == nul
+    assert stored[1].event == dataclasses.replace(bad, name="bad\\udcffname")
+    assert stored[1].extra_lines == ("302,x,\\udcfe",)
