@@ -15,7 +15,7 @@ import queue
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -68,7 +68,7 @@ class Received:
 
 
 class Device:
-    """A paho MQTT 3.1.1 client used like a device: connect, publish with QoS 1, collect s/ds, s/e."""
+    """A paho MQTT 3.1.1 client used as a device: connect, publish QoS 1, collect s/ds and s/e."""
 
     def __init__(self, sandbox: Sandbox, client_id: str, *, username: str = SANDBOX_USER,
                  password: str = SANDBOX_PASSWORD, tls: TlsFiles | None = None,
@@ -146,8 +146,8 @@ class Device:
 
 
 @pytest.fixture
-def device_factory(sandbox: Sandbox) -> Iterator[type[Device] | object]:
-    """`device_factory("client-id", **kwargs)` -> a connected-later Device; all closed at the end."""
+def device_factory(sandbox: Sandbox) -> Iterator[Callable[..., Device]]:
+    """`device_factory("client-id", **kwargs)` -> a Device (not connected yet), closed after."""
     made: list[Device] = []
 
     def make(client_id: str, **kwargs: object) -> Device:

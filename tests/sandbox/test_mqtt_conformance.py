@@ -309,7 +309,8 @@ def test_mqtt_over_tls(sandbox_tls: Sandbox, tls_files: TlsFiles) -> None:
         assert device.expect() == Received("s/e", "41,100,Device already existing")
     finally:
         device.close()
-    assert sandbox_tls.mqtt_port is not None and sandbox_tls.mqtts_port is not None
+    assert sandbox_tls.mqtt_port is not None
+    assert sandbox_tls.mqtts_port is not None
 
 
 def test_rest_and_mqtt_share_the_login(sandbox: Sandbox) -> None:
