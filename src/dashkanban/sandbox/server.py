@@ -106,6 +106,7 @@ class Sandbox:
             ready.result(timeout=START_TIMEOUT)
         except BaseException:
             self._thread.join(timeout=START_TIMEOUT)
+            self._loop = self._thread = None
             raise
         return self
 
@@ -113,7 +114,7 @@ class Sandbox:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        if self._stopped is not None:
+        if self._stopped is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._stopped.set)
         thread.join(timeout=START_TIMEOUT)
         self._loop = self._thread = None
