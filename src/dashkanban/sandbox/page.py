@@ -127,9 +127,11 @@ async function refresh() {{
       fill("events", s.events.map(e => [e.time, e.sourceName, e.sourceSerial, e.type, e.text]),
         "no events yet");
       document.getElementById("count").textContent = s.eventCount;
+      document.body.dataset.version = s.version;
     }}
   }} catch (e) {{ /* the sandbox stopped; try again */ }}
 }}
+refresh();
 setInterval(refresh, 1000);
 </script>
 </body></html>
