@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ class BrokerRules:
     # Push PENDING operations when a device subscribes to `s/ds`; off by default, so `500`
     # is needed (the MQTT Service never pushes them; notes 2.6).
     push_pending_on_subscribe: bool = False
+    # Answer every CONNECT with this CONNACK code (3 server unavailable, 5 not authorised,
+    # which Cumulocity also sends on transient trouble; notes 1.7), to test reconnect paths.
+    refuse_with: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,8 @@ class Broker:
         self.authenticate = authenticate
         self.rules = rules or BrokerRules()
         self.sessions: dict[str, _Session] = {}
+        # connections, refused, malformed, oversized, timeouts, taken_over, messages_in/out
+        self.stats: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- connection lifecycle ---------------------------------------------------------------
@@ -116,6 +122,7 @@ class Broker:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = writer.get_extra_info("peername")
         session: _Session | None = None
+        self.stats["connections"] += 1
         try:
             session = await self._connect(reader, writer)
             if session is not None:
@@ -123,7 +130,11 @@ class Broker:
         except _DropError as exc:
             log.warning("closing MQTT connection from %s: %s",
                         session.client_id if session else peer, exc)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        except TimeoutError:
+            self.stats["timeouts"] += 1
+            log.info("closing MQTT connection from %s: no packet within 1.5 x keepalive",
+                     session.client_id if session else peer)
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
             # Only `close()` cancels: the sandbox stops, so no last will. Not re-raised, as
@@ -145,7 +156,11 @@ class Broker:
             header = b""
             while True:
                 header += await reader.readexactly(1)
-                decoded = mq.decode_remaining_length(header)
+                try:
+                    decoded = mq.decode_remaining_length(header)
+                except mq.MalformedPacketError as exc:
+                    self.stats["malformed"] += 1
+                    raise _DropError(f"malformed packet: {exc}") from None
                 if decoded is not None:
                     break
         length, used = decoded
@@ -153,11 +168,13 @@ class Broker:
         if total > self.rules.max_message_bytes:
             # Cumulocity's limit; the platform closes the connection (notes 1.6 and 6.1).
             limit = self.rules.max_message_bytes
+            self.stats["oversized"] += 1
             raise _DropError(f"message of {total} bytes exceeds the {limit}-byte limit")
         body = await reader.readexactly(length)
         try:
             return mq.decode_packet(first, body)
         except mq.MalformedPacketError as exc:
+            self.stats["malformed"] += 1
             raise _DropError(f"malformed packet: {exc}") from None
 
     async def _connect(self, reader: asyncio.StreamReader,
@@ -167,6 +184,7 @@ class Broker:
             raise _DropError("the first packet is not CONNECT")
         code = self._check_connect(packet)
         if code != mq.ACCEPTED:
+            self.stats["refused"] += 1
             writer.write(mq.connack(code))
             await writer.drain()
             log.info("refused MQTT client %r: CONNACK %d", packet.client_id, code)
@@ -178,9 +196,8 @@ class Broker:
             # Only one connection per device identifier: the newer one wins (notes 1.3).
             log.warning("client id %s connected again: dropping the older connection",
                         parsed.device)
-            older.dropped = True
-            older.writer.close()
-            self._end(older)
+            self.stats["taken_over"] += 1
+            self.drop(older)
         timeout = packet.keepalive * 1.5 if packet.keepalive else None
         session = _Session(packet.client_id, parsed.device, writer, packet.will, timeout=timeout)
         self.sessions[parsed.device] = session
@@ -197,11 +214,27 @@ class Broker:
             return mq.IDENTIFIER_REJECTED
         if not self.authenticate(packet.username, packet.password):
             return mq.BAD_CREDENTIALS
+        if self.rules.refuse_with is not None:
+            return self.rules.refuse_with
         if not packet.clean_session:
             # "Cumulocity IoT requires clean session to be set to '1'" (impl.md); the MQTT
             # Service rejects the connection. [UNVERIFIED] the code; 5 = not authorised.
             return mq.NOT_AUTHORIZED
         return mq.ACCEPTED
+
+    def drop(self, session: _Session) -> None:
+        """Close a connection as the platform does on trouble: no DISCONNECT, so the will fires."""
+        session.dropped = True
+        session.writer.close()
+        self._end(session)
+
+    def drop_device(self, device: str) -> bool:
+        session = self.sessions.get(device)
+        if session is None:
+            return False
+        log.info("dropping the connection of %s on request", session.client_id)
+        self.drop(session)
+        return True
 
     def _end(self, session: _Session) -> None:
         if self.sessions.get(session.device) is session:
@@ -253,6 +286,7 @@ class Broker:
             session.send(mq.ack(mq.PUBACK, packet.packet_id or 0))
 
     def _upstream(self, session: _Session, topic: str, payload: bytes) -> None:
+        self.stats["messages_in"] += 1
         self.store.record_message(session.client_id, "in", topic, payload)
         log.info("%s -> %s %s", session.client_id, topic, _show(payload))
         for downlink in self.processor.handle(session.device, topic, payload):
@@ -297,6 +331,7 @@ class Broker:
             return False
         payload = line.encode("utf-8")
         session.send(mq.publish(topic, payload, qos, session.packet_id() if qos else None))
+        self.stats["messages_out"] += 1
         self.store.record_message(session.client_id, "out", topic, payload)
         level = logging.WARNING if topic == DOWN_ERRORS else logging.INFO
         log.log(level, "%s <- %s %s", session.client_id, topic, _show(payload))

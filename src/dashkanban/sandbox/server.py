@@ -147,6 +147,16 @@ class Sandbox:
         result: Doc = self.call(create)
         return result
 
+    def drop_connection(self, serial: str) -> bool:
+        """Close the MQTT connection of a device uncleanly, as a flaky network would."""
+        dropped: bool = self.call(self.broker.drop_device, serial)
+        return dropped
+
+    def stats(self) -> dict[str, int]:
+        """Broker counters: connections, refused, malformed, oversized, timeouts, ..."""
+        counters: dict[str, int] = self.call(lambda: dict(self.broker.stats))
+        return counters
+
     # read access for tests and the demo ------------------------------------------------------
     def device_id(self, serial: str) -> str | None:
         return self.store.find_external(SERIAL, serial)
