@@ -189,6 +189,18 @@ def test_events_newest_first_filters_and_paging(client: httpx.Client, gateway: D
     assert page["prev"].endswith("pageSize=2&currentPage=1")
     first_page = client.get("/event/events", params={"pageSize": 2}).json()
     assert first_page["next"].endswith("pageSize=2&currentPage=2")
+    gateway.publish("s/us/btn-2", "400,c8y_MAC_Event,fourth,2026-11-26T11:00:00Z")
+    tree = client.get("/event/events", params={"source": "10000", "withSourceDevices": "true",
+                                                "pageSize": 10}).json()
+    assert [e["text"] for e in tree["events"]] == ["fourth", "third", "second", "first"]
+    assert client.get("/event/events", params={"source": "10000"}).json()["events"] == []
+    dated = client.get("/event/events", params={"dateFrom": "2026-11-26T08:00:00+00:00",
+                                                 "pageSize": 1}).json()
+    # `next` keeps the filter, with `+` encoded as %2B.
+    assert dated["next"].endswith("?dateFrom=2026-11-26T08%3A00%3A00%2B00%3A00"
+                                  "&pageSize=1&currentPage=2")
+    following = client.get(dated["next"]).json()
+    assert [e["text"] for e in following["events"]] == ["third"]
     huge = client.get("/event/events", params={"pageSize": 99999}).json()
     assert huge["statistics"]["pageSize"] == 2000
 

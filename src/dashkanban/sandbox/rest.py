@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 from dashkanban.sandbox import page
 from dashkanban.sandbox.http import Request, Response
@@ -171,9 +172,8 @@ class RestApi:
         query = {k: v for k, v in request.query.items() if k not in ("pageSize", "currentPage")}
 
         def link(page_number: int) -> str:
-            params = "&".join(f"{k}={v}" for k, v in query.items())
-            sep = "&" if params else ""
-            return f"{base}{request.path}?{params}{sep}pageSize={size}&currentPage={page_number}"
+            params = urlencode({**query, "pageSize": size, "currentPage": page_number})
+            return f"{base}{request.path}?{params}"
 
         statistics: Doc = {"currentPage": current, "pageSize": size}
         if request.query.get("withTotalPages") == "true":
@@ -334,10 +334,17 @@ class RestApi:
             raise ApiError(422, "undefined/validationError",
                            f"Cannot find managed object with id {source_id}") from None
 
+    def _with_source_devices(self, q: dict[str, str]) -> dict[str, str]:
+        """`withSourceDevices=true`: the source and its child devices (events-bundle)."""
+        if "source" not in q or q.get("withSourceDevices") != "true":
+            return q
+        return {**q, "source": ",".join(self.store.tree_ids(q["source"])) or q["source"]}
+
     async def list_events(self, request: Request, match: re.Match[str]) -> Response:
         with self.store.lock:
             events = [dict(e) for e in self.store.events]
-        items = _filter_timed(events, request.query, newest_first=True)
+        items = _filter_timed(events, self._with_source_devices(request.query),
+                              newest_first=True)
         base = self.base(request)
         rendered = [self.render_sourced(e, base, "event/events") for e in items]
         return self._collection(request, "events", rendered, "eventcollection")
@@ -362,7 +369,7 @@ class RestApi:
             alarms = [a for a in alarms if a["status"] in wanted]
         if "severity" in q:
             alarms = [a for a in alarms if a["severity"] == q["severity"]]
-        items = _filter_timed(alarms, q, newest_first=True)
+        items = _filter_timed(alarms, self._with_source_devices(q), newest_first=True)
         base = self.base(request)
         rendered = [self.render_sourced(a, base, "alarm/alarms") for a in items]
         return self._collection(request, "alarms", rendered, "alarmcollection")
@@ -495,7 +502,8 @@ def _query_time(q: dict[str, str], name: str) -> datetime | None:
 def _filter_timed(items: list[Doc], q: dict[str, str], *, newest_first: bool) -> list[Doc]:
     """source, type, dateFrom/dateTo (inclusive, on `time`), newest first unless revert=true."""
     if "source" in q:
-        items = [i for i in items if i["source"] == q["source"]]
+        sources = set(q["source"].split(","))
+        items = [i for i in items if i["source"] in sources]
     if "type" in q:
         items = [i for i in items if i["type"] == q["type"]]
     if "fragmentType" in q:
