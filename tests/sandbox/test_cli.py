@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 
+from tests.brokers import TlsFiles
+
 BANNER_END = "Ctrl-C stops it."
 
 
@@ -35,7 +37,7 @@ def running(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]
                 break
         text = "\n".join(lines)
         found = {
-            "mqtt": re.search(r"MQTT +mqtt://127\.0\.0\.1:(\d+)", text),
+            "mqtt": re.search(r"MQTT +mqtts?://127\.0\.0\.1:(\d+)", text),
             "rest": re.search(r"REST +(http://127\.0\.0\.1:\d+)", text),
             "password": re.search(r"password +(\S+)", text),
         }
@@ -91,6 +93,28 @@ def test_banner_messages_persistence_and_sigterm(tmp_path: Path) -> None:
         assert [e["text"] for e in events] == ["from the CLI test"]
         code, _ = stop(proc)
     assert code == 0
+
+
+def test_tls(tls_files: TlsFiles) -> None:
+    with running("--tls-cert", str(tls_files.server_cert), "--tls-key",
+                 str(tls_files.server_key)) as (proc, info):
+        assert f"MQTT      mqtts://127.0.0.1:{info['mqtt']}" in info["banner"]
+        assert "  tls = yes\n  rest_url" in info["banner"]
+        connacks: list[str] = []
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-tls")
+        client.username_pw_set("t12345/admin", info["password"])
+        client.tls_set(ca_certs=str(tls_files.ca_cert))
+        client.on_connect = lambda c, u, f, reason, p: connacks.append(str(reason))
+        client.connect("localhost", int(info["mqtt"]))
+        client.loop_start()
+        try:
+            client.publish("s/us", "100,TLS gateway", qos=1).wait_for_publish(5)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        code, stderr = stop(proc)
+    assert (code, connacks) == (0, ["Success"])
+    assert "gw-tls -> s/us 100,TLS gateway" in stderr
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
