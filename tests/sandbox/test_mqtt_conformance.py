@@ -142,6 +142,12 @@ def test_protocol_and_clean_session_refusals(sandbox: Sandbox) -> None:
     sock, answer = raw_connect(sandbox, connect_bytes("gw-01", name=b"MQIsdp", level=3, **ok))
     assert answer == b"\x20\x02\x00\x00"  # MQTT 3.1 is accepted
     sock.close()
+    sock, answer = raw_connect(sandbox, connect_bytes("x" * 24, name=b"MQIsdp", level=3, **ok))
+    assert answer == b"\x20\x02\x00\x05"  # ... with client ids up to 23 characters
+    sock.close()
+    sock, answer = raw_connect(sandbox, connect_bytes("x" * 24, **ok))
+    assert answer == b"\x20\x02\x00\x00"  # MQTT 3.1.1 has no such limit
+    sock.close()
 
 
 def test_duplicate_client_id_drops_the_first(sandbox: Sandbox, device_factory: MakeDevice) -> None:

@@ -163,14 +163,14 @@ class Broker:
                     raise _DropError(f"malformed packet: {exc}") from None
                 if decoded is not None:
                     break
-        length, used = decoded
-        total = 1 + used + length
-        if total > self.rules.max_message_bytes:
-            # Cumulocity's limit; the platform closes the connection (notes 1.6 and 6.1).
-            limit = self.rules.max_message_bytes
-            self.stats["oversized"] += 1
-            raise _DropError(f"message of {total} bytes exceeds the {limit}-byte limit")
-        body = await reader.readexactly(length)
+            length, used = decoded
+            total = 1 + used + length
+            if total > self.rules.max_message_bytes:
+                # Cumulocity's limit; the platform closes the connection (notes 1.6 and 6.1).
+                limit = self.rules.max_message_bytes
+                self.stats["oversized"] += 1
+                raise _DropError(f"message of {total} bytes exceeds the {limit}-byte limit")
+            body = await reader.readexactly(length)
         try:
             return mq.decode_packet(first, body)
         except mq.MalformedPacketError as exc:
@@ -212,6 +212,9 @@ class Broker:
             return mq.BAD_PROTOCOL
         if parse_client_id(packet.client_id) is None:
             return mq.IDENTIFIER_REJECTED
+        if packet.protocol_level == 3 and len(packet.client_id) >= 24:
+            # MQTT 3.1 limits client ids to 23 characters; Cumulocity answers 5 (notes 1.3).
+            return mq.NOT_AUTHORIZED
         if not self.authenticate(packet.username, packet.password):
             return mq.BAD_CREDENTIALS
         if self.rules.refuse_with is not None:
