@@ -1,1 +1,6 @@
-"""The local Cumulocity stand-in (design section 6)."""
+"""The local Cumulocity stand-in (design section 6): `Sandbox(SandboxOptions(...)).start()`."""
+
+from dashkanban.sandbox.broker import BrokerRules
+from dashkanban.sandbox.server import Sandbox, SandboxError, SandboxOptions
+
+__all__ = ["BrokerRules", "Sandbox", "SandboxError", "SandboxOptions"]

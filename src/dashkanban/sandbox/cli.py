@@ -1,11 +1,96 @@
-"""Placeholder: the sandbox lands with issue #5."""
+"""`dashkanban sandbox`: run the local Cumulocity stand-in until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import secrets
+import signal
+import sys
+import threading
+from types import FrameType
 
-from dashkanban.errors import NotAvailableError
+from dashkanban.errors import ConfigError, DashkanbanError
+from dashkanban.sandbox.server import Sandbox, SandboxError, SandboxOptions
+
+log = logging.getLogger(__name__)
+
+
+def options_from_args(args: argparse.Namespace) -> tuple[SandboxOptions, bool]:
+    """The options, and whether the password was generated (then it is printed)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+    for name in ("mqtt_port", "http_port"):
+        port = getattr(args, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--{name.replace('_', '-')} {port} is not a port (0 to 65535)")
+    generated = args.password is None
+    password = secrets.token_urlsafe(12) if generated else args.password
+    tls = args.tls_cert is not None
+    options = SandboxOptions(
+        password=password,
+        tenant=args.tenant,
+        user=args.user,
+        bind=args.bind,
+        mqtt_port=None if tls else args.mqtt_port,
+        mqtts_port=args.mqtt_port if tls else None,
+        http_port=args.http_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        data_file=args.data,
+    )
+    return options, generated
+
+
+def banner(sandbox: Sandbox, generated: bool) -> str:
+    o = sandbox.options
+    tls = sandbox.mqtts_port is not None
+    port = sandbox.mqtts_port if tls else sandbox.mqtt_port
+    shown = o.password if generated else "(the one given with --password)"
+    lines = [
+        "dashkanban sandbox: a local Cumulocity stand-in for trying and testing, not the platform",
+        f"  MQTT      {'mqtts' if tls else 'mqtt'}://{sandbox.host}:{port}",
+        f"  REST      {sandbox.http_url}",
+        f"  page      {sandbox.http_url}/",
+        f"  user      {o.username}",
+        f"  password  {shown}",
+        "",
+        "config.ini for it:",
+        "  [C8YMQTT]",
+        f"  tenant = {sandbox.host}",
+        f"  tenantID = {o.tenant}",
+        f"  user = {o.username}",
+        "  password = <the password above>",
+        f"  port = {port}",
+        f"  tls = {'yes' if tls else 'no'}",
+    ]
+    if not tls:
+        lines.append("  allow_insecure = yes")
+    lines += [f"  rest_url = {sandbox.http_url}", "", "Ctrl-C stops it."]
+    return "\n".join(lines)
 
 
 def sandbox_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("the sandbox is not available yet (issue #5)")
+    options, generated = options_from_args(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sandbox = Sandbox(options)
+    try:
+        try:
+            sandbox.start()
+        except SandboxError as exc:
+            raise DashkanbanError(str(exc)) from None
+        print(banner(sandbox, generated), flush=True)
+        while not stop.wait(0.5):
+            pass
+        log.info("stopping the sandbox")
+    finally:
+        sandbox.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("sandbox stopped", file=sys.stderr)
+    return 0

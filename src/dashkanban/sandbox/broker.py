@@ -1,0 +1,379 @@
+"""The sandbox's MQTT 3.1.1 broker, with Cumulocity's connection rules (notes 1 and 6.1).
+
+It is no general-purpose broker: devices cannot talk to each other. What a device publishes on
+`s/us` goes to the SmartREST processor; what the platform answers goes back on `s/ds` and `s/e` to
+that client only (a client sees only its own device tree). Everything runs on one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dashkanban.sandbox import packets as mq
+from dashkanban.sandbox.smartrest import DOWN_ERRORS, DOWN_OPERATIONS, SmartRestProcessor
+from dashkanban.sandbox.store import SERIAL, Doc, Store
+
+log = logging.getLogger(__name__)
+
+# "16184 bytes ... header included" (impl.md, notes 1.6).
+MAX_MESSAGE_BYTES = 16_184
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerRules:
+    """The knobs of Cumulocity's behaviour that tests may want to turn."""
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    # Before the device exists, refuse `s/ds` with SUBACK 0x80, as seen on a real tenant
+    # (notes 1.10, [FIELD]); off by default.
+    refuse_subscribe_before_device: bool = False
+    # Push PENDING operations when a device subscribes to `s/ds`; off by default, so `500`
+    # is needed (the MQTT Service never pushes them; notes 2.6).
+    push_pending_on_subscribe: bool = False
+    # Answer every CONNECT with this CONNACK code (3 server unavailable, 5 not authorised,
+    # which Cumulocity also sends on transient trouble; notes 1.7), to test reconnect paths.
+    refuse_with: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientId:
+    """`[d:]id[:xid]` (impl.md, notes 1.3)."""
+
+    device: str
+    template: str | None
+
+
+def parse_client_id(client_id: str) -> ClientId | None:
+    """The parts of a client id, or None when Cumulocity would refuse it (CONNACK 2).
+    `:` must not be used inside the device identifier; a template id needs the `d:` prefix."""
+    parts = client_id.split(":")
+    if len(parts) == 1:
+        device, template = parts[0], None
+    elif len(parts) == 2 and parts[0] == "d":
+        device, template = parts[1], None
+    elif len(parts) == 3 and parts[0] == "d" and parts[2]:
+        device, template = parts[1], parts[2]
+    else:
+        return None
+    if not device.strip():
+        return None
+    return ClientId(device, template)
+
+
+@dataclass(eq=False)
+class _Session:
+    client_id: str
+    device: str
+    writer: asyncio.StreamWriter
+    will: mq.Will | None
+    subscriptions: dict[str, int] = field(default_factory=dict)
+    next_packet_id: int = 0
+    qos2_seen: set[int] = field(default_factory=set)
+    # 1.5 x keepalive without a packet closes the connection (MQTT 3.1.1, notes 1.4).
+    timeout: float | None = None
+    clean_exit: bool = False
+    dropped: bool = False
+
+    def packet_id(self) -> int:
+        self.next_packet_id = self.next_packet_id % 65535 + 1
+        return self.next_packet_id
+
+    def send(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class _DropError(Exception):
+    """Close this connection (a protocol violation or a Cumulocity rule)."""
+
+
+class Broker:
+    """Serves one listener or more; `handle` is the asyncio stream callback."""
+
+    def __init__(self, store: Store, processor: SmartRestProcessor,
+                 authenticate: Callable[[str | None, bytes | None], bool],
+                 rules: BrokerRules | None = None) -> None:
+        self.store = store
+        self.processor = processor
+        self.authenticate = authenticate
+        self.rules = rules or BrokerRules()
+        self.sessions: dict[str, _Session] = {}
+        # connections, refused, malformed, oversized, timeouts, taken_over, messages_in/out
+        self.stats: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- connection lifecycle ---------------------------------------------------------------
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # paho does not set TCP_NODELAY; without it on both ends QoS 1 waits 40 ms
+            # (field notes).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = writer.get_extra_info("peername")
+        session: _Session | None = None
+        self.stats["connections"] += 1
+        try:
+            session = await self._connect(reader, writer)
+            if session is not None:
+                await self._serve(session, reader)
+        except _DropError as exc:
+            log.warning("closing MQTT connection from %s: %s",
+                        session.client_id if session else peer, exc)
+        except TimeoutError:
+            self.stats["timeouts"] += 1
+            log.info("closing MQTT connection from %s: no packet within 1.5 x keepalive",
+                     session.client_id if session else peer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # Only `close()` cancels: the sandbox stops, so no last will. Not re-raised, as
+            # Python 3.11's stream callback logs a cancelled handler task as an error.
+            if session is not None:
+                session.clean_exit = True
+        finally:
+            if session is not None:
+                self._end(session)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _read_packet(self, reader: asyncio.StreamReader, timeout: float | None) -> mq.Packet:
+        async with asyncio.timeout(timeout):
+            first = (await reader.readexactly(1))[0]
+            header = b""
+            while True:
+                header += await reader.readexactly(1)
+                try:
+                    decoded = mq.decode_remaining_length(header)
+                except mq.MalformedPacketError as exc:
+                    self.stats["malformed"] += 1
+                    raise _DropError(f"malformed packet: {exc}") from None
+                if decoded is not None:
+                    break
+            length, used = decoded
+            total = 1 + used + length
+            if total > self.rules.max_message_bytes:
+                # Cumulocity's limit; the platform closes the connection (notes 1.6 and 6.1).
+                limit = self.rules.max_message_bytes
+                self.stats["oversized"] += 1
+                raise _DropError(f"message of {total} bytes exceeds the {limit}-byte limit")
+            body = await reader.readexactly(length)
+        try:
+            return mq.decode_packet(first, body)
+        except mq.MalformedPacketError as exc:
+            self.stats["malformed"] += 1
+            raise _DropError(f"malformed packet: {exc}") from None
+
+    async def _connect(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> _Session | None:
+        packet = await self._read_packet(reader, CONNECT_TIMEOUT)
+        if not isinstance(packet, mq.Connect):
+            raise _DropError("the first packet is not CONNECT")
+        code = self._check_connect(packet)
+        if code != mq.ACCEPTED:
+            self.stats["refused"] += 1
+            writer.write(mq.connack(code))
+            await writer.drain()
+            log.info("refused MQTT client %r: CONNACK %d", packet.client_id, code)
+            return None
+        parsed = parse_client_id(packet.client_id)
+        assert parsed is not None  # checked above
+        older = self.sessions.get(parsed.device)
+        if older is not None:
+            # Only one connection per device identifier: the newer one wins (notes 1.3).
+            log.warning("client id %s connected again: dropping the older connection",
+                        parsed.device)
+            self.stats["taken_over"] += 1
+            self.drop(older)
+        timeout = packet.keepalive * 1.5 if packet.keepalive else None
+        session = _Session(packet.client_id, parsed.device, writer, packet.will, timeout=timeout)
+        self.sessions[parsed.device] = session
+        writer.write(mq.connack(mq.ACCEPTED))
+        await writer.drain()
+        log.info("MQTT client %s connected (keepalive %d s)", packet.client_id, packet.keepalive)
+        return session
+
+    def _check_connect(self, packet: mq.Connect) -> int:
+        # CONNACK codes as Cumulocity documents them (impl.md, notes 1.7).
+        if (packet.protocol_name, packet.protocol_level) not in (("MQTT", 4), ("MQIsdp", 3)):
+            return mq.BAD_PROTOCOL
+        if parse_client_id(packet.client_id) is None:
+            return mq.IDENTIFIER_REJECTED
+        if packet.protocol_level == 3 and len(packet.client_id) >= 24:
+            # MQTT 3.1 limits client ids to 23 characters; Cumulocity answers 5 (notes 1.3).
+            return mq.NOT_AUTHORIZED
+        if not self.authenticate(packet.username, packet.password):
+            return mq.BAD_CREDENTIALS
+        if self.rules.refuse_with is not None:
+            return self.rules.refuse_with
+        if not packet.clean_session:
+            # "Cumulocity IoT requires clean session to be set to '1'" (impl.md); the MQTT
+            # Service rejects the connection. [UNVERIFIED] the code; 5 = not authorised.
+            return mq.NOT_AUTHORIZED
+        return mq.ACCEPTED
+
+    def drop(self, session: _Session) -> None:
+        """Close a connection as the platform does on trouble: no DISCONNECT, so the will fires."""
+        session.dropped = True
+        session.writer.close()
+        self._end(session)
+
+    def drop_device(self, device: str) -> bool:
+        session = self.sessions.get(device)
+        if session is None:
+            return False
+        log.info("dropping the connection of %s on request", session.client_id)
+        self.drop(session)
+        return True
+
+    def _end(self, session: _Session) -> None:
+        if self.sessions.get(session.device) is session:
+            del self.sessions[session.device]
+        if session.will is not None and not session.clean_exit:
+            will, session.will = session.will, None
+            log.info("client %s left without DISCONNECT: last will on %s", session.client_id,
+                     will.topic)
+            self._upstream(session, will.topic, will.payload)
+
+    # -- packets ----------------------------------------------------------------------------
+    async def _serve(self, session: _Session, reader: asyncio.StreamReader) -> None:
+        while not session.dropped:
+            packet = await self._read_packet(reader, session.timeout)
+            if isinstance(packet, mq.Publish):
+                self._on_publish(session, packet)
+            elif isinstance(packet, mq.Subscribe):
+                self._on_subscribe(session, packet)
+            elif isinstance(packet, mq.Unsubscribe):
+                for name in packet.topics:
+                    session.subscriptions.pop(name, None)
+                session.send(mq.unsuback(packet.packet_id))
+            elif isinstance(packet, mq.Ack):
+                if packet.kind == mq.PUBREL:
+                    session.qos2_seen.discard(packet.packet_id)
+                    session.send(mq.ack(mq.PUBCOMP, packet.packet_id))
+                # PUBACK of our QoS 1 downlinks: nothing is kept to resend (clean session only).
+            elif isinstance(packet, mq.Simple):
+                if packet.kind == mq.PINGREQ:
+                    session.send(mq.PINGRESP_BYTES)
+                else:
+                    session.clean_exit = True
+                    log.info("MQTT client %s disconnected", session.client_id)
+                    return
+            else:
+                raise _DropError("a second CONNECT")
+            await session.writer.drain()
+
+    def _on_publish(self, session: _Session, packet: mq.Publish) -> None:
+        if packet.qos == 2:
+            duplicate = packet.packet_id in session.qos2_seen
+            session.qos2_seen.add(packet.packet_id or 0)
+            session.send(mq.ack(mq.PUBREC, packet.packet_id or 0))
+            if duplicate:
+                return
+        self._upstream(session, packet.topic, packet.payload)
+        if packet.qos == 1:
+            # PUBACK means accepted, not processed; errors come on s/e (impl.md, notes 1.5).
+            session.send(mq.ack(mq.PUBACK, packet.packet_id or 0))
+
+    def _upstream(self, session: _Session, topic: str, payload: bytes) -> None:
+        self.stats["messages_in"] += 1
+        self.store.record_message(session.client_id, "in", topic, payload)
+        log.info("%s -> %s %s", session.client_id, topic, _show(payload))
+        for downlink in self.processor.handle(session.device, topic, payload):
+            self.deliver(session.device, downlink.topic, downlink.line)
+
+    def _on_subscribe(self, session: _Session, packet: mq.Subscribe) -> None:
+        codes = []
+        for topic_filter, qos in packet.topics:
+            if mq.topic_matches(topic_filter, "s/us") or mq.topic_matches(topic_filter, "s/us/x"):
+                # Devices may not subscribe to upstream topics (impl.md, notes 1.4).
+                codes.append(mq.SUBACK_FAILURE)
+            elif (self.rules.refuse_subscribe_before_device
+                  and mq.topic_matches(topic_filter, DOWN_OPERATIONS)
+                  and self.store.find_external(SERIAL, session.device) is None):
+                codes.append(mq.SUBACK_FAILURE)
+            else:
+                granted = min(qos, 1)
+                session.subscriptions[topic_filter] = granted
+                codes.append(granted)
+        session.send(mq.suback(packet.packet_id, codes))
+        log.info("MQTT client %s subscribed %s: %s", session.client_id,
+                 [t for t, _ in packet.topics], codes)
+        if self.rules.push_pending_on_subscribe and any(
+            mq.topic_matches(t, DOWN_OPERATIONS) for t, _ in packet.topics
+        ):
+            root = self.store.find_external(SERIAL, session.device)
+            if root is not None:
+                for line in self.processor.pending_lines(root):
+                    self.deliver(session.device, DOWN_OPERATIONS, line)
+
+    # -- downstream -------------------------------------------------------------------------
+    def deliver(self, device: str, topic: str, line: str) -> bool:
+        """Send a line to the connected client of `device` if it subscribed to `topic`."""
+        session = self.sessions.get(device)
+        if session is None:
+            log.info("not delivered (%s is not connected): %s %s", device, topic, line)
+            return False
+        qos = max((q for f, q in session.subscriptions.items() if mq.topic_matches(f, topic)),
+                  default=None)
+        if qos is None:
+            log.info("not delivered (%s did not subscribe to %s): %s", device, topic, line)
+            return False
+        payload = line.encode("utf-8")
+        session.send(mq.publish(topic, payload, qos, session.packet_id() if qos else None))
+        self.stats["messages_out"] += 1
+        self.store.record_message(session.client_id, "out", topic, payload)
+        level = logging.WARNING if topic == DOWN_ERRORS else logging.INFO
+        log.log(level, "%s <- %s %s", session.client_id, topic, _show(payload))
+        return True
+
+    def operation_created(self, op: Doc) -> bool:
+        """An operation made over REST reaches its device tree's connection on `s/ds`."""
+        root = self.store.root_of(str(op["deviceId"]))
+        device = self.store.serial_of(root)
+        line = self.processor.operation_line(op)
+        if device is None or line is None:
+            return False
+        return self.deliver(device, DOWN_OPERATIONS, line)
+
+    async def close(self) -> None:
+        for session in list(self.sessions.values()):
+            session.clean_exit = True
+            session.writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _show(payload: bytes) -> str:
+    text = payload.decode("utf-8", errors="replace")
+    return text if len(text) <= 300 else text[:300] + f"... ({len(payload)} bytes)"
+
+
+def check_password(expected_user: str, expected_password: str) -> Callable[
+    [str | None, bytes | None], bool
+]:
+    """The sandbox's one user: `tenant/user` and its password, compared in constant time."""
+
+    def authenticate(username: str | None, password: bytes | None) -> bool:
+        if username is None or password is None:
+            return False
+        user_ok = hmac.compare_digest(username.encode(), expected_user.encode())
+        pw_ok = hmac.compare_digest(password, expected_password.encode())
+        return user_ok and pw_ok
+
+    return authenticate

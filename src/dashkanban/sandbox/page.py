@@ -1,0 +1,138 @@
+"""The sandbox's read-only status page: devices, children and recent events.
+
+`state()` is a pure view of the store as JSON; `render_html()` renders it on the server (so the
+page works without JavaScript and a headless browser sees the data at once), and a small script
+re-renders it from `/sandbox/state.json` every second. All text goes through escaping (server) or
+`textContent` (browser): device names and event texts come from devices.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from dashkanban.sandbox.store import Store
+
+RECENT_EVENTS = 50
+RECENT_MESSAGES = 30
+
+
+def state(store: Store) -> dict[str, Any]:
+    with store.lock:
+        names = {mo_id: doc.get("name", "") for mo_id, doc in store.managed_objects.items()}
+        serials = {mo_id: xid for (t, xid), mo_id in store.identities.items() if t == "c8y_Serial"}
+        devices = []
+        for mo_id, doc in store.managed_objects.items():
+            if doc["_parents"]:
+                continue
+            devices.append({
+                "id": mo_id, "name": doc.get("name", ""), "type": doc.get("type", ""),
+                "serial": serials.get(mo_id, ""),
+                "children": [
+                    {"id": c, "name": names.get(c, ""), "serial": serials.get(c, "")}
+                    for c in doc["_children"]
+                ],
+            })
+        events = sorted(store.events, key=lambda e: (e["time"], int(e["id"])), reverse=True)
+        recent = [
+            {"id": e["id"], "time": e["time"], "type": e["type"], "text": e["text"],
+             "source": e["source"], "sourceName": names.get(e["source"], ""),
+             "sourceSerial": serials.get(e["source"], "")}
+            for e in events[:RECENT_EVENTS]
+        ]
+        alarms = [
+            {"id": a["id"], "type": a["type"], "text": a["text"], "severity": a["severity"],
+             "count": a["count"], "sourceName": names.get(a["source"], "")}
+            for a in store.alarms if a["status"] == "ACTIVE"
+        ]
+        messages = [
+            {"time": m.time, "client": m.client_id, "direction": m.direction, "topic": m.topic,
+             "payload": m.payload}
+            for m in list(store.messages)[-RECENT_MESSAGES:]
+        ]
+        return {"version": store.version, "devices": devices, "events": recent,
+                "eventCount": len(store.events), "alarms": alarms, "messages": messages}
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _device_rows(data: dict[str, Any]) -> str:
+    rows = []
+    for d in data["devices"]:
+        children = ", ".join(f"{c['name']} ({c['serial']})" for c in d["children"]) or "–"
+        rows.append(f"<tr><td>{_e(d['id'])}</td><td>{_e(d['name'])}</td><td>{_e(d['serial'])}</td>"
+                    f"<td>{_e(d['type'])}</td><td>{_e(children)}</td></tr>")
+    return "".join(rows) or '<tr><td colspan="5">no devices yet</td></tr>'
+
+
+def _event_rows(data: dict[str, Any]) -> str:
+    rows = []
+    for ev in data["events"]:
+        rows.append(f"<tr><td>{_e(ev['time'])}</td><td>{_e(ev['sourceName'])}</td>"
+                    f"<td>{_e(ev['sourceSerial'])}</td><td>{_e(ev['type'])}</td>"
+                    f"<td>{_e(ev['text'])}</td></tr>")
+    return "".join(rows) or '<tr><td colspan="5">no events yet</td></tr>'
+
+
+def render_html(data: dict[str, Any]) -> str:
+    return _TEMPLATE.format(
+        devices=_device_rows(data), events=_event_rows(data), count=_e(data["eventCount"])
+    )
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dashkanban sandbox</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.1em; margin-top: 1.5em; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; font-size: 0.9em; }}
+th {{ background: #f3f3f3; }} .note {{ color: #666; font-size: 0.85em; }}
+</style></head>
+<body>
+<h1>dashkanban sandbox</h1>
+<p class="note">A local stand-in for Cumulocity IoT, not the platform. Refreshes every second.</p>
+<h2>Devices and children</h2>
+<table><thead><tr><th>id</th><th>name</th><th>c8y_Serial</th><th>type</th><th>children</th></tr>
+</thead><tbody id="devices">{devices}</tbody></table>
+<h2>Recent events (<span id="count">{count}</span> in all)</h2>
+<table><thead><tr><th>time</th><th>device</th><th>c8y_Serial</th><th>type</th><th>text</th></tr>
+</thead><tbody id="events">{events}</tbody></table>
+<script>
+"use strict";
+function row(cells) {{
+  const tr = document.createElement("tr");
+  for (const c of cells) {{
+    const td = document.createElement("td"); td.textContent = c; tr.appendChild(td);
+  }}
+  return tr;
+}}
+function fill(id, rows, empty) {{
+  const body = document.getElementById(id);
+  body.replaceChildren();
+  if (!rows.length) {{ body.appendChild(row([empty])).firstChild.colSpan = 5; return; }}
+  for (const r of rows) body.appendChild(row(r));
+}}
+let version = -1;
+async function refresh() {{
+  try {{
+    const r = await fetch("/sandbox/state.json", {{cache: "no-store"}});
+    const s = await r.json();
+    if (s.version !== version) {{
+      version = s.version;
+      fill("devices", s.devices.map(d => [d.id, d.name, d.serial, d.type,
+        d.children.map(c => c.name + " (" + c.serial + ")").join(", ") || "–"]), "no devices yet");
+      fill("events", s.events.map(e => [e.time, e.sourceName, e.sourceSerial, e.type, e.text]),
+        "no events yet");
+      document.getElementById("count").textContent = s.eventCount;
+      document.body.dataset.version = s.version;
+    }}
+  }} catch (e) {{ /* the sandbox stopped; try again */ }}
+}}
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body></html>
+"""

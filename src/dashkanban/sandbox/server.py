@@ -1,0 +1,275 @@
+"""`Sandbox`: the broker, the REST API and the page on one event loop in a background thread.
+
+For tests and the demo:
+
+    with Sandbox(SandboxOptions(password="pw")) as sandbox:   # free ports, loopback
+        ... sandbox.mqtt_port, sandbox.http_url, sandbox.store ...
+
+`start()` returns once every listener accepts; `stop()` closes them and ends the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from dashkanban.sandbox.broker import Broker, BrokerRules, check_password
+from dashkanban.sandbox.http import HttpServer
+from dashkanban.sandbox.rest import RestApi
+from dashkanban.sandbox.smartrest import SmartRestProcessor
+from dashkanban.sandbox.store import SERIAL, Doc, MessageRecord, Store
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0
+SAVE_DELAY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxOptions:
+    """Ports 0 pick free ports; None turns a listener off. TLS needs `tls_cert` and `tls_key`."""
+
+    password: str
+    tenant: str = "t12345"
+    user: str = "admin"
+    bind: str = "127.0.0.1"
+    mqtt_port: int | None = 0
+    mqtts_port: int | None = None
+    http_port: int | None = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    data_file: Path | None = None
+    rules: BrokerRules = field(default_factory=BrokerRules)
+
+    def __repr__(self) -> str:  # never print the password
+        return (f"SandboxOptions(tenant={self.tenant!r}, user={self.user!r}, bind={self.bind!r}, "
+                f"mqtt_port={self.mqtt_port}, mqtts_port={self.mqtts_port}, "
+                f"http_port={self.http_port})")
+
+    @property
+    def username(self) -> str:
+        return f"{self.tenant}/{self.user}"
+
+
+class SandboxError(Exception):
+    """The sandbox could not start (a port in use, an unreadable certificate or data file)."""
+
+
+class Sandbox:
+    def __init__(self, options: SandboxOptions) -> None:
+        self.options = options
+        self.store = Store()
+        self.processor = SmartRestProcessor(self.store, owner=options.user)
+        self.broker = Broker(self.store, self.processor,
+                             check_password(options.username, options.password), options.rules)
+        self.api = RestApi(self.store, options.username, options.password,
+                           self.broker.operation_created)
+        self.http = HttpServer(self.api)
+        self.mqtt_port: int | None = None
+        self.mqtts_port: int | None = None
+        self.http_port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.Server] = []
+        self._stopped: asyncio.Event | None = None
+        self._save_handle: asyncio.TimerHandle | None = None
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        return f"http://{_host(self.options.bind)}:{self.http_port}"
+
+    @property
+    def host(self) -> str:
+        return _host(self.options.bind)
+
+    def start(self) -> Sandbox:
+        if self.options.data_file is not None and self.options.data_file.exists():
+            try:
+                self.store.load_json(self.options.data_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise SandboxError(f"cannot read the sandbox data file "
+                                   f"{self.options.data_file}: {exc}") from None
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="sandbox",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            ready.result(timeout=START_TIMEOUT)
+        except BaseException:
+            self._thread.join(timeout=START_TIMEOUT)
+            self._loop = self._thread = None
+            raise
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if self._stopped is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stopped.set)
+        thread.join(timeout=START_TIMEOUT)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def call(self, function: Any, *args: Any) -> Any:
+        """Run `function(*args)` on the sandbox's loop and return its result (thread-safe)."""
+        if self._loop is None:
+            return function(*args)
+
+        async def run() -> Any:
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(START_TIMEOUT)
+
+    def create_operation(self, device_id: str, fragments: Doc) -> Doc:
+        """As `POST /devicecontrol/operations`: stored PENDING and pushed on `s/ds` if connected."""
+
+        def create() -> Doc:
+            op = self.store.create_operation(device_id, fragments)
+            self.broker.operation_created(op)
+            return op
+
+        result: Doc = self.call(create)
+        return result
+
+    def drop_connection(self, serial: str) -> bool:
+        """Close the MQTT connection of a device uncleanly, as a flaky network would."""
+        dropped: bool = self.call(self.broker.drop_device, serial)
+        return dropped
+
+    def stats(self) -> dict[str, int]:
+        """Broker counters: connections, refused, malformed, oversized, timeouts, ..."""
+        counters: dict[str, int] = self.call(lambda: dict(self.broker.stats))
+        return counters
+
+    # read access for tests and the demo ------------------------------------------------------
+    def device_id(self, serial: str) -> str | None:
+        return self.store.find_external(SERIAL, serial)
+
+    def device(self, serial: str) -> Doc | None:
+        mo_id = self.device_id(serial)
+        return self.store.get_managed_object(mo_id) if mo_id else None
+
+    def devices(self) -> list[Doc]:
+        """Devices without a parent (gateways and single devices)."""
+        return [d for d in self.store.list_managed_objects() if not d["_parents"]]
+
+    def children(self, serial: str) -> list[Doc]:
+        mo_id = self.device_id(serial)
+        if mo_id is None:
+            return []
+        return [self.store.get_managed_object(c) for c in self.store.children_ids(mo_id)]
+
+    def events(self, serial: str | None = None) -> list[Doc]:
+        """Events in the order they were created (of one device if `serial` is given)."""
+        source = self.device_id(serial) if serial is not None else None
+        with self.store.lock:
+            return [dict(e) for e in self.store.events if source is None or e["source"] == source]
+
+    def alarms(self) -> list[Doc]:
+        with self.store.lock:
+            return [dict(a) for a in self.store.alarms]
+
+    def messages(self) -> list[MessageRecord]:
+        with self.store.lock:
+            return list(self.store.messages)
+
+    # -- loop -------------------------------------------------------------------------------
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main(ready))
+        finally:
+            loop.close()
+
+    async def _main(self, ready: concurrent.futures.Future[None]) -> None:
+        self._stopped = asyncio.Event()
+        try:
+            await self._listen()
+        except (OSError, ssl.SSLError) as exc:
+            await self._close()
+            ready.set_exception(SandboxError(f"the sandbox cannot listen: {exc}"))
+            return
+        if self.options.data_file is not None:
+            loop = asyncio.get_running_loop()
+
+            def changed() -> None:
+                loop.call_soon_threadsafe(self._schedule_save)
+
+            self.store.on_change(changed)
+        ready.set_result(None)
+        await self._stopped.wait()
+        await self._close()
+
+    async def _listen(self) -> None:
+        bind = self.options.bind
+        if self.options.mqtt_port is not None:
+            server = await asyncio.start_server(self.broker.handle, bind, self.options.mqtt_port)
+            self._servers.append(server)
+            self.mqtt_port = _port(server)
+        if self.options.mqtts_port is not None:
+            if self.options.tls_cert is None or self.options.tls_key is None:
+                raise ssl.SSLError("an MQTT-over-TLS listener needs a certificate and its key")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
+            server = await asyncio.start_server(self.broker.handle, bind, self.options.mqtts_port,
+                                                ssl=context)
+            self._servers.append(server)
+            self.mqtts_port = _port(server)
+        if self.options.http_port is not None:
+            server = await asyncio.start_server(self.http.handle, bind, self.options.http_port)
+            self._servers.append(server)
+            self.http_port = _port(server)
+        log.info("sandbox listening: MQTT %s, MQTT/TLS %s, HTTP %s",
+                 self.mqtt_port, self.mqtts_port, self.http_port)
+
+    async def _close(self) -> None:
+        for server in self._servers:
+            server.close()
+        await self.broker.close()
+        await self.http.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+        self._save()
+
+    def _schedule_save(self) -> None:
+        # Coalesce bursts of changes into one write a second.
+        if self._save_handle is None and self._loop is not None:
+            self._save_handle = self._loop.call_later(SAVE_DELAY, self._save)
+
+    def _save(self) -> None:
+        self._save_handle = None
+        if self.options.data_file is None:
+            return
+        try:
+            self.store.save(self.options.data_file)
+        except OSError as exc:
+            log.error("cannot save the sandbox data to %s: %s", self.options.data_file, exc)
+
+
+def _port(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+def _host(bind: str) -> str:
+    return "127.0.0.1" if bind in ("", "0.0.0.0") else bind

@@ -1,0 +1,348 @@
+"""Cumulocity's SmartREST 2.0 static templates, as the sandbox processes them (pure-ish).
+
+A store and one upstream message in, the downstream lines (`s/ds`, `s/e`) for the publishing
+client out; the broker does all I/O. Behaviour and texts follow the protocol notes, section 2 and
+the list in 6.1; each rule names its source.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dashkanban.c8y.smartrest import SmartRestLine, decode, encode_line
+from dashkanban.sandbox.store import SERIAL, SEVERITIES, Doc, Store, parse_time
+
+log = logging.getLogger(__name__)
+
+DOWN_OPERATIONS = "s/ds"
+DOWN_ERRORS = "s/e"
+
+# `s/us` and `s/us/<child>`, and the transient/quiescent/CEP forms (notes 2.1). The sandbox
+# stores t/q/c data like s: it has no real-time notifications to skip.
+_UPSTREAM = re.compile(r"^([stqc])/us(?:/(.+))?$")
+
+# Error texts (notes 2.7; built-in response messages).
+NO_TEMPLATE = "No static template for this message id"
+ALREADY_EXISTS = "Device already existing"
+WRONG_ARGUMENTS = "Wrong number of arguments"
+
+
+@dataclass(frozen=True, slots=True)
+class Downlink:
+    """One line for the publishing client: on `s/ds` (operations, replies) or `s/e` (errors)."""
+
+    topic: str
+    line: str
+
+
+class TemplateError(Exception):
+    """A line the platform answers with an error on `s/e`."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class _Context:
+    store: Store
+    owner: str
+    root_xid: str
+    child_xid: str | None
+    downlinks: list[Downlink]
+
+    def reply(self, line: str) -> None:
+        self.downlinks.append(Downlink(DOWN_OPERATIONS, line))
+
+    def root(self) -> str:
+        """The device of the client id, created on its first data message (notes 1.10)."""
+        mo_id = self.store.find_external(SERIAL, self.root_xid)
+        if mo_id is None:
+            mo_id = _create_device(
+                self.store, self.owner, self.root_xid, None, None, "c8y_MQTTDevice"
+            )
+            log.info("created device %s for client id %s", mo_id, self.root_xid)
+        return mo_id
+
+    def target(self) -> str:
+        """The device the topic names: the client's device, or a child on `s/us/<child>`.
+        An unknown child becomes a first-level child of the client's device (notes 1.10)."""
+        root = self.root()
+        if self.child_xid is None:
+            return root
+        mo_id = self.store.find_external(SERIAL, self.child_xid)
+        if mo_id is None:
+            mo_id = _create_device(
+                self.store, self.owner, self.child_xid, None, None, "c8y_MQTTChildDevice"
+            )
+            self.store.link_child(root, mo_id)
+            log.info("created child device %s (%s) under %s", mo_id, self.child_xid, root)
+        return mo_id
+
+
+def _create_device(store: Store, owner: str, xid: str, name: str | None, dtype: str | None,
+                   default_type: str, is_device: bool = True) -> str:
+    # Defaults of template 100/101: name "MQTT Device <serial>" (static.md, notes 2.3).
+    fragments: Doc = {"name": name or f"MQTT Device {xid}", "type": dtype or default_type}
+    if is_device:
+        fragments["c8y_IsDevice"] = {}
+    doc = store.create_managed_object(fragments, owner=owner)
+    store.add_external(doc["id"], SERIAL, xid)
+    return str(doc["id"])
+
+
+def parse_topic(topic: str) -> tuple[str, str | None] | None:
+    """("s", child or None) for an upstream static-template topic, else None."""
+    match = _UPSTREAM.match(topic)
+    if match is None:
+        return None
+    return match.group(1), match.group(2)
+
+
+class SmartRestProcessor:
+    """Applies static-template lines to the store, as the platform does for one client id."""
+
+    def __init__(self, store: Store, owner: str = "") -> None:
+        self.store = store
+        self.owner = owner
+
+    def handle(self, root_xid: str, topic: str, payload: bytes) -> list[Downlink]:
+        parsed = parse_topic(topic)
+        if parsed is None:
+            log.warning("%s published on %s, which the sandbox does not serve", root_xid, topic)
+            return []
+        _, child = parsed
+        ctx = _Context(self.store, self.owner, root_xid, child, [])
+        for line in decode(payload):
+            try:
+                self._line(ctx, line)
+            except TemplateError as exc:
+                error = f"{exc.code},{line.template},{exc.message}"
+                ctx.downlinks.append(Downlink(DOWN_ERRORS, error))
+        return ctx.downlinks
+
+    def _line(self, ctx: _Context, line: SmartRestLine) -> None:
+        handler = _TEMPLATES.get(line.template)
+        if handler is None:
+            raise TemplateError(40, NO_TEMPLATE)
+        low, high, function = handler
+        fields = list(line.fields)
+        while fields and fields[-1] == "":  # `100,,` equals `100` (notes 2.2)
+            fields.pop()
+        if len(fields) < low or (high is not None and len(fields) > high):
+            raise TemplateError(45, WRONG_ARGUMENTS)
+        function(self, ctx, fields + [""] * ((high or len(fields)) - len(fields)))
+
+    # -- operations -------------------------------------------------------------------------
+    def operation_line(self, op: Doc) -> str | None:
+        """The `s/ds` line of an operation (notes 2.6), or None if no static template fits."""
+        xid = self.store.serial_of(str(op["deviceId"])) or ""
+        if "c8y_Restart" in op:
+            return encode_line(510, xid)
+        if isinstance(op.get("c8y_Command"), dict):
+            return encode_line(511, xid, op["c8y_Command"].get("text", ""))
+        if isinstance(op.get("c8y_Configuration"), dict):
+            return encode_line(513, xid, op["c8y_Configuration"].get("config", ""))
+        if isinstance(op.get("c8y_Firmware"), dict):
+            fw = op["c8y_Firmware"]
+            return encode_line(
+                515, xid, fw.get("name", ""), fw.get("version", ""), fw.get("url", "")
+            )
+        return None
+
+    def pending_lines(self, root_id: str) -> list[str]:
+        """All PENDING operations of a device tree, oldest first (reply to `500`)."""
+        ops = self.store.operations_of(self.store.tree_ids(root_id), status="PENDING")
+        return [line for op in ops if (line := self.operation_line(op)) is not None]
+
+    # -- templates --------------------------------------------------------------------------
+    def _t100(self, ctx: _Context, f: list[str]) -> None:
+        # Create the device if it does not exist, else `41,100,Device already existing`.
+        xid = ctx.child_xid or ctx.root_xid
+        if ctx.store.find_external(SERIAL, xid) is not None:
+            raise TemplateError(41, ALREADY_EXISTS)
+        if ctx.child_xid is None:
+            mo_id = _create_device(ctx.store, ctx.owner, xid, f[0], f[1], "c8y_MQTTDevice")
+            log.info("created device %s for client id %s", mo_id, xid)
+        else:
+            root = ctx.root()
+            mo_id = _create_device(ctx.store, ctx.owner, xid, f[0], f[1], "c8y_MQTTChildDevice")
+            ctx.store.link_child(root, mo_id)
+
+    def _t101(self, ctx: _Context, f: list[str]) -> None:
+        # The child's external id is `uniqueChildId` verbatim (notes 2.3).
+        parent = ctx.target()
+        child_xid, name, ctype, marker = f
+        if not child_xid:
+            raise TemplateError(45, WRONG_ARGUMENTS)
+        existing = ctx.store.find_external(SERIAL, child_xid)
+        if existing is not None:
+            ctx.store.link_child(parent, existing)
+            return
+        is_device = marker.strip().lower() != "false"
+        mo_id = _create_device(
+            ctx.store, ctx.owner, child_xid, name, ctype, "c8y_MQTTChildDevice", is_device
+        )
+        ctx.store.link_child(parent, mo_id)
+        log.info("created child device %s (%s) under %s", mo_id, child_xid, parent)
+
+    def _t105(self, ctx: _Context, f: list[str]) -> None:
+        target = ctx.target()
+        names = [self.store.serial_of(c) or c for c in ctx.store.children_ids(target)]
+        ctx.reply(encode_line(106, *names))
+
+    def _t110(self, ctx: _Context, f: list[str]) -> None:
+        keys = ("serialNumber", "model", "revision")
+        hardware = {k: v for k, v in zip(keys, f, strict=True) if v}
+        ctx.store.update_managed_object(ctx.target(), {"c8y_Hardware": hardware})
+
+    def _t114(self, ctx: _Context, f: list[str]) -> None:
+        # Replaces the whole list (static.md).
+        ctx.store.update_managed_object(ctx.target(), {"c8y_SupportedOperations": f})
+
+    def _t117(self, ctx: _Context, f: list[str]) -> None:
+        # Set only if absent: never overwrite what the UI set (static.md).
+        minutes = _integer(f[0]) if f[0] else None
+        target = ctx.target()
+        if minutes is not None:
+            ctx.store.set_if_absent(
+                target, "c8y_RequiredAvailability", {"responseInterval": minutes}
+            )
+
+    def _t123(self, ctx: _Context, f: list[str]) -> None:
+        ctx.reply(encode_line(124, ctx.target()))
+
+    def _t200(self, ctx: _Context, f: list[str]) -> None:
+        fragment, series, value, unit, time = f
+        if not fragment or not series:
+            raise TemplateError(45, WRONG_ARGUMENTS)
+        number = _number(value)
+        measurement: dict[str, Any] = {"value": number}
+        if unit:
+            measurement["unit"] = unit
+        # [UNVERIFIED] the stored type; the fragment name is what the UI shows.
+        ctx.store.create_measurement(
+            ctx.target(), fragment, _time(ctx, time), {fragment: {series: measurement}}
+        )
+
+    def _alarm(self, ctx: _Context, f: list[str], severity: str) -> None:
+        alarm_type, text, time = f
+        if not alarm_type:
+            raise TemplateError(45, WRONG_ARGUMENTS)
+        ctx.store.raise_alarm(
+            ctx.target(), alarm_type, text or f"Alarm of type {alarm_type} raised",
+            _time(ctx, time), severity,
+        )
+
+    def _t301(self, ctx: _Context, f: list[str]) -> None:
+        self._alarm(ctx, f, "CRITICAL")
+
+    def _t302(self, ctx: _Context, f: list[str]) -> None:
+        self._alarm(ctx, f, "MAJOR")
+
+    def _t303(self, ctx: _Context, f: list[str]) -> None:
+        self._alarm(ctx, f, "MINOR")
+
+    def _t304(self, ctx: _Context, f: list[str]) -> None:
+        self._alarm(ctx, f, "WARNING")
+
+    def _t305(self, ctx: _Context, f: list[str]) -> None:
+        alarm_type, severity = f
+        if severity not in SEVERITIES:
+            raise TemplateError(45, f"Value is not a SEVERITY: {severity}")
+        ctx.store.update_active_alarm(ctx.target(), alarm_type, severity=severity)
+
+    def _t306(self, ctx: _Context, f: list[str]) -> None:
+        ctx.store.update_active_alarm(ctx.target(), f[0], status="CLEARED")
+
+    def _t400(self, ctx: _Context, f: list[str]) -> None:
+        # type and text are mandatory (static.md); the exact error is [UNVERIFIED], 45 per 6.1.
+        event_type, text, time = f
+        if not event_type or not text:
+            raise TemplateError(45, WRONG_ARGUMENTS)
+        ctx.store.create_event(ctx.target(), event_type, text, _time(ctx, time))
+
+    def _t401(self, ctx: _Context, f: list[str]) -> None:
+        keys = ("lat", "lng", "alt", "accuracy")
+        position = {k: _number(v) for k, v in zip(keys, f[:4], strict=True) if v}
+        # [UNVERIFIED] type and text of the location event.
+        ctx.store.create_event(
+            ctx.target(), "c8y_LocationUpdate", "Location updated", _time(ctx, f[4]),
+            {"c8y_Position": position},
+        )
+
+    def _t500(self, ctx: _Context, f: list[str]) -> None:
+        for line in self.pending_lines(ctx.root()):
+            ctx.reply(line)
+
+    def _t501(self, ctx: _Context, f: list[str]) -> None:
+        ctx.store.advance_operation(ctx.target(), f[0], "PENDING", "EXECUTING")
+
+    def _t502(self, ctx: _Context, f: list[str]) -> None:
+        changes = {"failureReason": f[1]} if f[1] else {}
+        ctx.store.advance_operation(ctx.target(), f[0], "EXECUTING", "FAILED", **changes)
+
+    def _t503(self, ctx: _Context, f: list[str]) -> None:
+        op = ctx.store.advance_operation(ctx.target(), f[0], "EXECUTING", "SUCCESSFUL")
+        if op is not None and f[0] == "c8y_Command" and len(f) > 1:
+            command = dict(op.get("c8y_Command") or {})
+            command["result"] = f[1]
+            ctx.store.set_operation_fragment(op["id"], "c8y_Command", command)
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise TemplateError(45, f"Value is not a INTEGER: {value}") from None
+
+
+def _number(value: str) -> float | int:
+    try:
+        number = float(value)
+    except ValueError:
+        raise TemplateError(45, f"Value is not a NUMBER: {value}") from None
+    return int(number) if number.is_integer() and "." not in value else number
+
+
+def _time(ctx: _Context, value: str) -> datetime:
+    """An omitted time means server time (notes 2.2); a time needs an offset."""
+    if not value:
+        return ctx.store.now()
+    moment = parse_time(value)
+    if moment is None:
+        raise TemplateError(45, f"Value is not a DATE: {value}")
+    return moment
+
+
+_Handler = Callable[[SmartRestProcessor, _Context, list[str]], None]
+
+# template id -> (fewest fields, most fields or None for a list, handler)
+_TEMPLATES: dict[str, tuple[int, int | None, _Handler]] = {
+    "100": (0, 2, SmartRestProcessor._t100),
+    "101": (1, 4, SmartRestProcessor._t101),
+    "105": (0, 0, SmartRestProcessor._t105),
+    "110": (0, 3, SmartRestProcessor._t110),
+    "114": (0, None, SmartRestProcessor._t114),
+    "117": (0, 1, SmartRestProcessor._t117),
+    "123": (0, 0, SmartRestProcessor._t123),
+    "200": (3, 5, SmartRestProcessor._t200),
+    "301": (1, 3, SmartRestProcessor._t301),
+    "302": (1, 3, SmartRestProcessor._t302),
+    "303": (1, 3, SmartRestProcessor._t303),
+    "304": (1, 3, SmartRestProcessor._t304),
+    "305": (2, 2, SmartRestProcessor._t305),
+    "306": (1, 1, SmartRestProcessor._t306),
+    "400": (2, 3, SmartRestProcessor._t400),
+    "401": (0, 5, SmartRestProcessor._t401),
+    "500": (0, 0, SmartRestProcessor._t500),
+    "501": (1, 1, SmartRestProcessor._t501),
+    "502": (1, 2, SmartRestProcessor._t502),
+    "503": (1, None, SmartRestProcessor._t503),
+}
