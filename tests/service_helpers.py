@@ -87,12 +87,23 @@ def tree(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def as_user_prefix(uid: int, *, net_raw: bool = False) -> list[str]:
+    """setpriv argv that runs a command as `uid` (group = uid, no supplementary groups), holding
+    CAP_NET_RAW and no other capability when `net_raw`: what the unit grants the daemon."""
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    if net_raw:
+        prefix += [
+            "--inh-caps=-all,+net_raw",
+            "--ambient-caps=-all,+net_raw",
+            "--bounding-set=-all,+net_raw",
+        ]
+    return prefix
+
+
 def run_cli(
     script: Path, *args: str, as_user: int | None = None
 ) -> subprocess.CompletedProcess[str]:
-    prefix: list[str] = []
-    if as_user is not None:
-        prefix = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups"]
+    prefix = [] if as_user is None else as_user_prefix(as_user)
     return subprocess.run(
         [*prefix, str(script), *args],
         capture_output=True, text=True, check=False, timeout=60,
