@@ -161,7 +161,9 @@ def _read_ini(text: str, path: Path) -> dict[str, _Section]:
             current = sections[key] = _Section(name, number)
             continue
         if "=" not in line:
-            raise ConfigError(f"expected 'key = value', got {line[:40]!r}", path, number)
+            # The line itself is not repeated: it may be a password (a continuation line, or
+            # configparser's 'password: ...').
+            raise ConfigError(_not_a_key_value(line), path, number)
         if current is None:
             raise ConfigError("a key before the first [section]", path, number)
         name, value = (part.strip() for part in line.split("=", 1))
@@ -178,6 +180,14 @@ def _read_ini(text: str, path: Path) -> dict[str, _Section]:
         current.entries[key] = _Entry(_unquote(value), number)
         current.spelled[key] = name
     return sections
+
+
+def _not_a_key_value(line: str) -> str:
+    if line.startswith("["):
+        return "a section header needs a closing ']'"
+    if ":" in line:
+        return "expected 'key = value'; use '=' rather than ':'"
+    return "expected 'key = value'"
 
 
 def _unquote(value: str) -> str:
@@ -572,6 +582,10 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) ->
         except OSError as exc:
             raise ConfigError(
                 f"password_file {password_file}: {exc.strerror}", v.path, line
+            ) from None
+        except UnicodeDecodeError:  # its message would quote a byte of the password
+            raise ConfigError(
+                f"password_file {password_file} is not UTF-8 text", v.path, line
             ) from None
         _check_private(password_file, None, "is a password file")
         if not content:

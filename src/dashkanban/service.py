@@ -607,6 +607,9 @@ def apply(action: Action, root: Path) -> None:
 
 
 def _carry_out(actions: Sequence[Action], root: Path, dry_run: bool, what: str) -> int:
+    log.debug(
+        "service %s: %d steps under %s%s", what, len(actions), root, " (dry run)" if dry_run else ""
+    )
     if dry_run:
         print(f"# dashkanban service {what} --dry-run: nothing is changed; it would do this:")
         for action in actions:
