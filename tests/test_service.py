@@ -184,20 +184,20 @@ def test_mask_password_hides_only_the_password_value() -> None:
         (
             "/home/pi/.local/bin/dashkanban", "/usr/bin/python3.11",
             "/home/pi/.local/bin/dashkanban is under /home, which the service cannot see "
-            "(ProtectHome=yes); install dashkanban system-wide first (sudo pipx install --global "
-            "dashkanban, or a venv under /opt) and run that one's `service install`",
+            "(ProtectHome=yes); install dashkanban system-wide first (a venv under /opt, "
+            "see docs/install.md) and run that one's `service install`",
         ),
         (
             "/opt/dk/bin/dashkanban", "/root/.pyenv/versions/3.11.7/bin/python3.11",
             "/root/.pyenv/versions/3.11.7/bin/python3.11 is under /root, which the service cannot "
-            "see (ProtectHome=yes); install dashkanban system-wide first (sudo pipx install "
-            "--global dashkanban, or a venv under /opt) and run that one's `service install`",
+            "see (ProtectHome=yes); install dashkanban system-wide first (a venv under /opt, "
+            "see docs/install.md) and run that one's `service install`",
         ),
         (
             "/tmp/venv/bin/dashkanban", "/usr/bin/python3.11",
             "/tmp/venv/bin/dashkanban is under /tmp, which the service cannot see "
-            "(PrivateTmp=yes); install dashkanban system-wide first (sudo pipx install --global "
-            "dashkanban, or a venv under /opt) and run that one's `service install`",
+            "(PrivateTmp=yes); install dashkanban system-wide first (a venv under /opt, "
+            "see docs/install.md) and run that one's `service install`",
         ),
         (
             "/opt/my tools/dashkanban", "/usr/bin/python3.11",

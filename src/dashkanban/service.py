@@ -372,8 +372,8 @@ def executable_problem(executable: PurePosixPath, interpreter: PurePosixPath) ->
             if path.is_relative_to(hidden):
                 return (
                     f"{path} is under {hidden}, which the service cannot see ({directive}); "
-                    "install dashkanban system-wide first (sudo pipx install --global dashkanban, "
-                    "or a venv under /opt) and run that one's `service install`"
+                    "install dashkanban system-wide first (a venv under /opt, see docs/install.md) "
+                    "and run that one's `service install`"
                 )
     return None
 
