@@ -54,6 +54,8 @@ Group=kanban
 ExecStart=/opt/dashkanban/bin/dashkanban run -c /etc/dashkanban/config.ini
 Restart=always
 RestartSec=5
+# Exit code 2 is a configuration error: restarting cannot fix it, so stop and say so once.
+RestartPreventExitStatus=2
 # The one privilege live capture needs (a raw AF_PACKET socket), and no way to gain more.
 AmbientCapabilities=CAP_NET_RAW
 CapabilityBoundingSet=CAP_NET_RAW
@@ -340,7 +342,7 @@ def test_verify_catches_a_misspelt_directive(tmp_path: Path, dashkanban_exe: Pat
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
     )
     assert verify.stderr == (
-        f"{unit}:24: Unknown key 'ProtectHme' in section [Service], ignoring.\n"
+        f"{unit}:26: Unknown key 'ProtectHme' in section [Service], ignoring.\n"
     )
 
 

@@ -89,6 +89,8 @@ Group={group}
 ExecStart={exec_start}
 Restart=always
 RestartSec=5
+# Exit code 2 is a configuration error: restarting cannot fix it, so stop and say so once.
+RestartPreventExitStatus=2
 # The one privilege live capture needs (a raw AF_PACKET socket), and no way to gain more.
 AmbientCapabilities=CAP_NET_RAW
 CapabilityBoundingSet=CAP_NET_RAW
