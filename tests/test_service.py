@@ -566,3 +566,35 @@ def test_root_without_account_database(dashkanban_exe: Path, tmp_path: Path, con
         f"error: {empty}/etc/passwd not found: --root must hold a system image with /etc/passwd "
         "and /etc/group\n"
     ))
+
+
+def test_certificates_copied_unless_public_where_they_are(
+    dashkanban_exe: Path, root: Path, config: Path
+) -> None:
+    system_ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    if not system_ca.exists():
+        pytest.skip("no system CA bundle")
+    site = config.parent
+    (site / "client.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (site / "client.pem").chmod(0o644)
+    (site / "client.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (site / "client.key").chmod(0o600)
+    config.write_text(CONFIG.replace(
+        f"password = {PASSWORD}   ; inline, as in the original example",
+        f"ca_file = {system_ca}\ncert_file = client.pem\nkey_file = client.key",
+    ))
+    result = run_cli(dashkanban_exe, "service", "install", "-c", str(config), "--root", str(root))
+    assert result.returncode == 0, result.stderr
+    gid = int(passwd_entry(root, "dashkanban")[3])  # type: ignore[index]
+    files = tree(root)
+    installed = files["etc/dashkanban/config.ini"][3].decode()
+    # The system bundle stays where apt keeps it up to date; the files under /tmp (hidden from the
+    # service by PrivateTmp=) are copied, the key as a secret.
+    assert (
+        f"ca_file = {system_ca}\ncert_file = /etc/dashkanban/client.pem\n"
+        "key_file = /etc/dashkanban/client.key\n"
+    ) in installed
+    assert files["etc/dashkanban/client.pem"][:3] == (0o100640, 0, gid)
+    assert files["etc/dashkanban/client.key"] == (
+        0o100640, 0, gid, b"-----BEGIN PRIVATE KEY-----\n")
+    assert "etc/dashkanban/ca-certificates.crt" not in files

@@ -246,6 +246,9 @@ class NamedFile:
     source: Path
     content: bytes
     secret: bool
+    # A public file the service can already read where it is (a system CA bundle) stays there,
+    # so it keeps receiving updates; everything else is copied to /etc/dashkanban.
+    in_place: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +278,9 @@ def plan_install(inputs: InstallInputs) -> list[Action]:
     taken = {CONFIG_PATH.name: "the config file"}
     named = ([inputs.buttons] if inputs.buttons else []) + list(inputs.files)
     for item in named:
+        if item.in_place:
+            values[(item.section, item.key)] = str(item.source)
+            continue
         name = installed_name(item.source)
         if name in taken:
             raise ConfigError(
@@ -457,14 +463,30 @@ def _check_user_name(name: str) -> None:
         raise ConfigError("--user root: the service never runs as root; pick a system user name")
 
 
-def _read_named(settings: Settings, section: str, key: str, path: Path, secret: bool) -> NamedFile:
+def _read_named(
+    settings: Settings, section: str, key: str, path: Path, secret: bool, *, may_stay: bool = True
+) -> NamedFile:
     try:
         content = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"{key} {path}: {exc.strerror}", settings.path, settings.lines.get((section, key))
         ) from None
-    return NamedFile(section, key, path, content, secret)
+    in_place = may_stay and not secret and _public(path)
+    return NamedFile(section, key, path.absolute(), content, secret, in_place)
+
+
+def _public(path: Path) -> bool:
+    """Whether any user, so the service too, can read the file where it is."""
+    real = PurePosixPath(os.path.realpath(path))
+    if any(real.is_relative_to(hidden) for hidden in HIDDEN_FROM_SERVICE):
+        return False
+    try:
+        if not os.stat(real).st_mode & 0o004:
+            return False
+        return all(os.stat(folder).st_mode & 0o001 for folder in real.parents)
+    except OSError:
+        return False
 
 
 def gather_install(args: argparse.Namespace) -> InstallInputs:
@@ -477,7 +499,10 @@ def gather_install(args: argparse.Namespace) -> InstallInputs:
     buttons = None
     if settings.buttons.source in ("csv", "both") or settings.buttons.file.exists():
         load_buttons(settings.buttons.file)  # refuse to install a buttons file the daemon rejects
-        buttons = _read_named(settings, "buttons", "file", settings.buttons.file, False)
+        # Always copied: it is part of the service's configuration, edited with it.
+        buttons = _read_named(
+            settings, "buttons", "file", settings.buttons.file, False, may_stay=False
+        )
     c8y = settings.c8y
     paths = {
         "password_file": _password_file(settings),
