@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +35,18 @@ def system_python_usable() -> str | None:
 
 
 def make_system_venv(folder: Path) -> Path:
-    """A venv of /usr/bin/python3 that imports dashkanban from src/; returns its bin/dashkanban.
+    """A venv of /usr/bin/python3 that imports dashkanban from src/ and its dependencies from the
+    running venv; returns its bin/dashkanban. Users other than root can run it, unlike an
+    interpreter under /root.
 
     The entry script is the one pip writes for a console script.
     """
     subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(folder)], check=True)
     site = next(folder.glob("lib/python3*/site-packages"))
-    (site / "dashkanban-src.pth").write_text(f"{REPO / 'src'}\n")
+    # src/ first, then this test run's own packages (paho-mqtt, httpx, ...), so the venv can run
+    # the daemon too; the interpreters share the 3.11 ABI.
+    deps = sysconfig.get_paths()["purelib"]
+    (site / "dashkanban-src.pth").write_text(f"{REPO / 'src'}\n{deps}\n")
     script = folder / "bin" / "dashkanban"
     script.write_text(
         f"#!{folder / 'bin' / 'python'}\n"

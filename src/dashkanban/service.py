@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from dashkanban.buttons import load_buttons
-from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.config import Settings, _read_ini, find_config, load_settings
 from dashkanban.errors import ConfigError, DashkanbanError
 
 log = logging.getLogger(__name__)
@@ -537,31 +537,15 @@ def gather_install(args: argparse.Namespace) -> InstallInputs:
 
 
 def _password_file(settings: Settings) -> Path | None:
-    # Settings keeps the password, not where it came from; the key's line says it was set.
-    if ("C8YMQTT", "password_file") not in settings.lines:
+    # Settings keeps the password, not where it came from: read the key again, with the reader
+    # that validated it, so both agree on quoting and comments.
+    sections = _read_ini(settings.path.read_text(encoding="utf-8-sig"), settings.path)
+    c8y = sections.get("c8ymqtt")
+    entry = c8y.entries.get("password_file") if c8y else None
+    if entry is None or not entry.value:
         return None
-    text = _raw_value(settings.path, "C8YMQTT", "password_file")
-    if not text:
-        return None
-    candidate = Path(text).expanduser()
+    candidate = Path(entry.value).expanduser()
     return candidate if candidate.is_absolute() else settings.path.parent / candidate
-
-
-def _raw_value(path: Path, section: str, key: str) -> str:
-    # config.py validated the file already, so a simple scan finds the one value.
-    current = ""
-    for raw in path.read_text(encoding="utf-8-sig").splitlines():
-        line = raw.strip()
-        if line.startswith("[") and "]" in line:
-            current = line[1 : line.index("]")].strip().casefold()
-        elif "=" in line and current == section.casefold():
-            name, value = (part.strip() for part in line.split("=", 1))
-            if name.casefold() == key.casefold():
-                value = re.split(r"\s[;#]", value, maxsplit=1)[0].rstrip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                    value = value[1:-1]
-                return value
-    return ""
 
 
 def _ids(root: Path, owner: str, group: str) -> tuple[int, int]:
