@@ -54,7 +54,7 @@ def test_setup_logging_replaces_handlers_and_sets_level(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
+    handlers, level = root.handlers[:], root.level
     try:
         setup_logging("warning", "json")
         setup_logging("warning", "json")  # twice: still one handler, no doubled lines
@@ -65,8 +65,8 @@ def test_setup_logging_replaces_handlers_and_sets_level(
         assert {k: v for k, v in json.loads(err[0]).items() if k != "time"} == {
             "level": "warning", "logger": "dashkanban.x", "message": "shown"}
     finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def scratch_root(tmp_path: Path) -> Path:

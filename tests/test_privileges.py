@@ -5,6 +5,7 @@ veth pair in a network namespace the test creates."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -144,7 +145,7 @@ def venv_python() -> Iterator[Path]:
     reason = system_python_usable()
     if reason:
         pytest.skip(reason)
-    folder = REPO / "build" / f"test-privileges-venv-{id(object())}"
+    folder = REPO / "build" / f"test-privileges-venv-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     yield make_system_venv(folder).parent / "python"
     shutil.rmtree(folder, ignore_errors=True)
