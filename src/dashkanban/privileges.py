@@ -1,0 +1,85 @@
+"""Least privilege at run time: never root, and know whether we hold CAP_NET_RAW.
+
+Live capture needs one capability, CAP_NET_RAW (a raw AF_PACKET socket). Root holds every
+capability, so a bug or a hostile packet in a root process owns the machine; the service runs as a
+system user with only CAP_NET_RAW (see `service.py`), and `run` refuses uid 0 unless told.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dashkanban.errors import EXIT_USAGE, DashkanbanError
+
+log = logging.getLogger(__name__)
+
+CAP_NET_RAW = 13  # linux/capability.h
+PROC_STATUS = Path("/proc/self/status")
+
+
+class RootRefusedError(DashkanbanError):
+    """`run` as root without --allow-root: a usage problem, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def effective_capabilities(status_text: str) -> int:
+    """The CapEff bit mask from the text of /proc/<pid>/status (0 if the line is missing)."""
+    for line in status_text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "CapEff":
+            try:
+                return int(value.strip(), 16)
+            except ValueError:
+                return 0
+    return 0
+
+
+def has_cap_net_raw(status_path: Path = PROC_STATUS) -> bool:
+    """Whether this process holds CAP_NET_RAW in its effective set right now."""
+    try:
+        text = status_path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return bool(effective_capabilities(text) >> CAP_NET_RAW & 1)
+
+
+def interpreter() -> Path:
+    """The real Python binary: file capabilities (setcap) work on it, never on a script."""
+    return Path(os.path.realpath(sys.executable))
+
+
+def grant_hint() -> str:
+    """How to get CAP_NET_RAW without root, for the end of a one-line error."""
+    return (
+        "run it as the service (sudo dashkanban service install) or grant the capability "
+        f"with: sudo setcap cap_net_raw+ep {interpreter()}"
+    )
+
+
+def refuse_root(allow_root: bool, euid: int | None = None) -> None:
+    """Raise RootRefusedError when running as uid 0, unless `allow_root` (`run --allow-root`)."""
+    uid = os.geteuid() if euid is None else euid
+    if uid != 0:
+        return
+    if allow_root:
+        log.warning("running as root (--allow-root); CAP_NET_RAW alone is enough")
+        return
+    raise RootRefusedError(
+        "refusing to run as root: live capture needs only CAP_NET_RAW; "
+        f"{grant_hint()}, or pass --allow-root"
+    )
+
+
+def capture_permission_message(interface: str, status_path: Path = PROC_STATUS) -> str:
+    """One line for a raw socket refused with EPERM/EACCES, saying whether we hold CAP_NET_RAW."""
+    if has_cap_net_raw(status_path):
+        return (
+            f"cannot capture on {interface}: the kernel refused a raw socket although this process "
+            "holds CAP_NET_RAW (a seccomp filter, or a network namespace owned by another user "
+            "namespace?)"
+        )
+    return f"cannot capture on {interface}: this process lacks CAP_NET_RAW; {grant_hint()}"

@@ -1,0 +1,122 @@
+"""Real parts for the service tests: a system-Python venv with a `dashkanban` script, and a scratch
+system root with its own account database.
+
+The venv matters: `service install` refuses an executable the unit could not start (under /home,
+/root or /tmp, which ProtectHome= and PrivateTmp= hide), so the tests run a venv made by the
+system's Python in the repository's build/ folder, as `pipx install --global` or a venv under /opt
+would be on a real machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow", "login.defs")
+
+
+def system_python_usable() -> str | None:
+    """Why the system venv cannot be made, or None."""
+    if not SYSTEM_PYTHON.exists():
+        return "no /usr/bin/python3"
+    version = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info >= (3, 11))"],
+        capture_output=True, text=True, check=False,
+    )
+    if version.stdout.strip() != "True":
+        return "/usr/bin/python3 is older than 3.11"
+    return None
+
+
+def make_system_venv(folder: Path) -> Path:
+    """A venv of /usr/bin/python3 that imports dashkanban from src/ and its dependencies from the
+    running venv; returns its bin/dashkanban. Users other than root can run it, unlike an
+    interpreter under /root.
+
+    The entry script is the one pip writes for a console script.
+    """
+    subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(folder)], check=True)
+    site = next(folder.glob("lib/python3*/site-packages"))
+    # src/ first, then this test run's own packages (paho-mqtt, httpx, ...), so the venv can run
+    # the daemon too; the interpreters share the 3.11 ABI.
+    deps = sysconfig.get_paths()["purelib"]
+    (site / "dashkanban-src.pth").write_text(f"{REPO / 'src'}\n{deps}\n")
+    script = folder / "bin" / "dashkanban"
+    script.write_text(
+        f"#!{folder / 'bin' / 'python'}\n"
+        "import sys\nfrom dashkanban.cli import main\nsys.exit(main())\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def make_scratch_root(root: Path) -> Path:
+    """A system root holding a copy of this machine's account database, as an image would."""
+    etc = root / "etc"
+    etc.mkdir(parents=True)
+    for name in ACCOUNT_FILES:
+        source = Path("/etc") / name
+        if source.exists():
+            shutil.copy2(source, etc / name)
+    return root
+
+
+def passwd_entry(root: Path, name: str) -> list[str] | None:
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return fields
+    return None
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
+    """Every path under root with its mode, owner, group and content (a link's target)."""
+    result: dict[str, tuple[int, int, int, bytes]] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        if path.is_symlink():
+            content = os.readlink(path).encode()
+        elif path.is_file():
+            content = path.read_bytes()
+        else:
+            content = b""
+        result[str(path.relative_to(root))] = (info.st_mode, info.st_uid, info.st_gid, content)
+    return result
+
+
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def as_user_prefix(uid: int, *, net_raw: bool = False) -> list[str]:
+    """setpriv argv that runs a command as `uid` (group = uid, no supplementary groups), holding
+    CAP_NET_RAW and no other capability when `net_raw`: what the unit grants the daemon."""
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    if net_raw:
+        prefix += [
+            "--inh-caps=-all,+net_raw",
+            "--ambient-caps=-all,+net_raw",
+            "--bounding-set=-all,+net_raw",
+        ]
+    return prefix
+
+
+def run_cli(
+    script: Path, *args: str, as_user: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    prefix = [] if as_user is None else as_user_prefix(as_user)
+    return subprocess.run(
+        [*prefix, str(script), *args],
+        capture_output=True, text=True, check=False, timeout=60,
+        env={"PATH": SBIN_PATH, "LANG": "C.UTF-8"},
+        cwd="/",
+    )
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0 and sys.platform == "linux"
