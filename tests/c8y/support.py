@@ -110,5 +110,5 @@ class Recorder:
         self._client.publish(topic, payload, qos=1).wait_for_publish(5)
 
     def close(self) -> None:
-        self._client.loop_stop()
         self._client.disconnect()
+        self._client.loop_stop()

@@ -92,7 +92,7 @@ def test_gateway_sequence_over_tls(tmp_path: Path, mosquitto_tls: Mosquitto,
         send(uplink, event(1, text='said "hi", twice'), acks, "b")
         send(uplink, event(2), acks, "c")
         assert acks.wait(3) == ["a", "b", "c"]
-        assert recorder.wait_for(10) == [
+        assert recorder.wait_for(9) == [
             *GATEWAY_HELLO,
             ("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton"),
             ("s/us/ac63be123456",
