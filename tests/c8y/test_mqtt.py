@@ -18,9 +18,11 @@ from dashkanban.c8y.mqtt import (
     describe_error_line,
 )
 from dashkanban.c8y.smartrest import SmartRestLine
+from dashkanban.config import load_settings
 from dashkanban.events import Event
-from tests.brokers import Mosquitto, TlsFiles
+from tests.brokers import Mosquitto, TlsFiles, free_port
 from tests.c8y.support import Recorder, settings_for
+from tests.conftest import _need_mosquitto
 
 FAST = (0.05, 0.2)  # reconnect backoff for tests
 
@@ -274,3 +276,67 @@ def test_error_lines_in_words() -> None:
         "41,,MqttAuth: Cannot publish token for device that do not use certificate authentication"
     ) == ("Cumulocity error 41 (template or creation error): MqttAuth: Cannot publish token for "
           "device that do not use certificate authentication")
+
+
+@pytest.fixture
+def mosquitto_cert(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Mosquitto]:
+    """TLS that requires a client certificate signed by the test CA (no password file)."""
+    _need_mosquitto()
+    broker = Mosquitto(tmp_path / "mosquitto-cert", free_port(), tls=tls_files,
+                       require_certificate=True)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def cert_config(folder: Path, broker: Mosquitto, tls: TlsFiles, *, with_cert: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "MACID.csv").write_text("Name, MAC-Address\n")
+    cert = f"cert_file = {tls.client_cert}\nkey_file = {tls.client_key}\n" if with_cert else (
+        "password = unused\n"
+    )
+    path = folder / "config.ini"
+    path.write_text(
+        f"[C8YMQTT]\ntenant = localhost\ntenantID = t12345\nuser = dash-gateway\n"
+        f"port = {broker.port}\nca_file = {tls.ca_cert}\n{cert}"
+        # With a certificate the client id must equal its CN (protocol notes 1.3).
+        "[gateway]\nserial = dashkanban-gw-test\nname = cert gateway\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_client_certificate_instead_of_a_password(
+    tmp_path: Path, mosquitto_cert: Mosquitto, tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DASHKANBAN_PASSWORD", raising=False)
+    settings = load_settings(cert_config(tmp_path / "ok", mosquitto_cert, tls_files,
+                                         with_cert=True))
+    assert settings.c8y.password is None
+    uplink = Uplink(settings, backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        acks = Acks()
+        send(uplink, event(1), acks, "a")
+        assert acks.wait(1) == ["a"]
+    finally:
+        uplink.stop()
+    assert ("New client connected from 127.0.0.1" in mosquitto_cert.log_text())
+    assert "as dashkanban-gw-test (p2, c1, k60, u'dashkanban-gw-test')" in (
+        mosquitto_cert.log_text()
+    )
+    # Without the certificate the broker ends the handshake: a connection error, retried.
+    no_cert = Uplink(load_settings(cert_config(tmp_path / "no", mosquitto_cert, tls_files,
+                                               with_cert=False)), backoff=FAST)
+    no_cert.start()
+    try:
+        assert not no_cert.wait_connected(1)
+        assert str(no_cert.last_error) == (
+            f"localhost:{mosquitto_cert.port} closed the connection before CONNACK (Unspecified "
+            "error); check port and tls, and cert_file if the broker requires a client "
+            "certificate"
+        )
+    finally:
+        no_cert.stop()

@@ -395,6 +395,11 @@ class _Link:
             return None
         if self._refusal is not None:
             return self._refusal
+        if not self._connected_once:
+            return UnreachableError(
+                f"{self._address} closed the connection before CONNACK ({self._down_reason}); "
+                "check port and tls, and cert_file if the broker requires a client certificate"
+            )
         return UnreachableError(f"connection to {self._address} lost ({self._down_reason})")
 
     def _run_timers(self) -> None:
