@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dashkanban.c8y import mqtt
 from dashkanban.c8y.mqtt import (
     LoginRefusedError,
     MessageTooLargeError,
@@ -342,3 +343,16 @@ def test_client_certificate_instead_of_a_password(
         )
     finally:
         no_cert.stop()
+
+
+@pytest.mark.parametrize(("code", "text"), [
+    (134, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),
+    (133, "client id rejected (CONNACK 2); check [gateway] serial (with a client certificate it "
+          "must equal the certificate's CN)"),
+    (136, "server unavailable (CONNACK 3); Cumulocity is temporarily unavailable; dashkanban "
+          "retries"),
+    (4, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),
+])
+def test_connack_refusals_in_words(code: int, text: str) -> None:
+    error = LoginRefusedError(mqtt.connack_code(code), "h:8883", "t1/u")
+    assert str(error) == f"h:8883 refused the login for t1/u: {text}"

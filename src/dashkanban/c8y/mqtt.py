@@ -459,9 +459,10 @@ class _Link:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
+        log.debug("SUBACK %s", [str(r) for r in reasons])
         refused = [r for r in reasons if r.is_failure]
         if refused and self._subscribe_attempts < SUBSCRIBE_ATTEMPTS:
-            log.warning("subscription to s/ds and s/e refused (SUBACK 0x80), retrying in %.0f s",
+            log.warning("subscription to s/ds and s/e refused (SUBACK 0x80), retrying in %g s",
                         SUBSCRIBE_RETRY)
             with self._lock:
                 self._timers.append((time.monotonic() + SUBSCRIBE_RETRY, self._subscribe))
