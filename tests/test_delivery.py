@@ -161,3 +161,23 @@ def test_per_device_mode_keeps_each_buttons_order(
     finally:
         courier.stop()
         uplink.stop()
+
+
+def test_drain_returns_at_once_when_the_login_is_refused(tmp_path: Path,
+                                                         mosquitto_tls: Mosquitto) -> None:
+    outbox = MemoryOutbox()
+    outbox.put(press(1))
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, password="wrong"), max_refusals=1)
+    courier = Courier(outbox, uplink)
+    uplink.start()
+    courier.start()
+    try:
+        assert not courier.drain(30)  # would take 30 s if it did not notice
+        assert uplink.failed is not None
+        assert outbox.count() == 1
+        assert str(uplink.failed).endswith("not authorised (CONNACK 5); check user and password "
+                                           "in [C8YMQTT] and that the user may connect devices "
+                                           "(with a certificate: that the tenant trusts its CA)")
+    finally:
+        courier.stop()
+        uplink.stop()

@@ -91,12 +91,13 @@ class Courier:
         return row_id
 
     def drain(self, timeout: float) -> bool:
-        """Wait until the outbox is empty. False when `timeout` seconds pass first."""
+        """Wait until the outbox is empty. False when `timeout` seconds pass first, or at once
+        when the uplink has given up (a refused login: see `uplink.failed`)."""
         deadline = time.monotonic() + timeout
         self.wake()
         while self._outbox.count() > 0:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._uplink.failed is not None:
                 return False
             with self._cond:
                 self._cond.wait(min(remaining, IDLE_POLL))

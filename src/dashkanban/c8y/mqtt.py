@@ -443,6 +443,7 @@ class _Link:
             self._refusal = LoginRefusedError(code, self._address, username)
             return
         self._connected_once = True
+        self._subscribe_attempts = 0
         self.last_error = None
         log.info("connected to %s as client id %s", self._address, self.plan.client_id)
         # Create (or confirm) the device first: Cumulocity refuses subscriptions of a client id
