@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from dashkanban.c8y.mqtt import Uplink
-from dashkanban.delivery import Courier
+from dashkanban.delivery import Courier, deliver
+from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
 from tests.brokers import Mosquitto, TlsFiles
 from tests.c8y.support import Recorder, settings_for
@@ -181,3 +182,26 @@ def test_drain_returns_at_once_when_the_login_is_refused(tmp_path: Path,
     finally:
         courier.stop()
         uplink.stop()
+
+
+def test_deliver_for_one_shot_commands(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                       recorder: Recorder) -> None:
+    outbox = MemoryOutbox()
+    settings = settings_for(tmp_path, mosquitto_tls)
+    assert deliver(settings, outbox, [press(1), press(2)], timeout=10) == 2
+    assert outbox.count() == 0
+    assert events_of(recorder.wait_for(7)) == [line(1), line(2)]
+
+
+def test_deliver_broker_down_raises_undelivered(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    outbox = MemoryOutbox()
+    settings = settings_for(tmp_path, mosquitto_tls)
+    mosquitto_tls.stop()
+    with pytest.raises(UndeliveredError) as info:
+        deliver(settings, outbox, [press(1), press(2)], timeout=0.5)
+    assert info.value.exit_code == 3
+    assert str(info.value) == (
+        "2 event(s) not delivered within 0.5 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay queued in the outbox"
+    )
+    assert outbox.count() == 2

@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Protocol
 
 from dashkanban.c8y.mqtt import MessageTooLargeError, Uplink
+from dashkanban.config import Settings
+from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
 
 log = logging.getLogger(__name__)
@@ -187,3 +189,34 @@ class Courier:
             self.resent += 1
             self._dirty = True
             self._cond.notify_all()
+
+
+def deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
+            timeout: float, extra_lines: Callable[[Event], Sequence[str]] | None = None) -> int:
+    """Queue `events`, deliver everything in the outbox, and wait up to `timeout` seconds.
+
+    For one-shot commands (`replay`, `outbox flush`). Returns how many rows were delivered.
+    Raises the uplink's refusal (exit 1) when the login is refused, and UndeliveredError
+    (exit 3) when rows are still queued at the deadline; they stay in the outbox.
+    """
+    uplink = Uplink(settings)
+    courier = Courier(outbox, uplink)
+    for event in events:
+        outbox.put(event, extra_lines(event) if extra_lines is not None else ())
+    uplink.start()
+    courier.start()
+    try:
+        drained = courier.drain(timeout)
+    finally:
+        courier.stop()
+        uplink.stop()
+    if uplink.failed is not None:
+        raise uplink.failed
+    if not drained:
+        left = outbox.count()
+        why = f" ({uplink.last_error})" if uplink.last_error is not None else ""
+        raise UndeliveredError(
+            f"{left} event(s) not delivered within {timeout:g} s{why}; they stay queued in the "
+            "outbox"
+        )
+    return courier.delivered
