@@ -1,26 +1,189 @@
 """`dashkanban check` and `dashkanban test-button`.
 
-The files are validated now; trying the uplink (TLS, login) lands with issue #4.
+`check` walks the path an event takes, one step a line with a tick or a cross and a hint:
+config, buttons file, host name, TCP, TLS (with the server certificate's subject and expiry), and
+the MQTT login. It publishes nothing. Exit 0 when all pass, 1 when the uplink fails, 2 for a
+configuration error.
+
+`test-button` sends one event for a button straight through the uplink (not the outbox) and waits
+for its PUBACK; exit 3 when that does not happen within `--timeout`.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
-from dashkanban.buttons import load_buttons
-from dashkanban.config import find_config, load_settings
-from dashkanban.errors import NotAvailableError
+from dashkanban.buttons import Button, load_buttons, normalize_mac
+from dashkanban.c8y.mqtt import UnreachableError, Uplink, try_login
+from dashkanban.c8y.smartrest import encode_line
+from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
+from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.errors import ConfigError, UndeliveredError, UplinkError
+from dashkanban.events import make_event
+from dashkanban.presses import Press
+
+TICK, CROSS = "✓", "✗"
+CONNECT_TIMEOUT = 10.0
+
+
+def _ok(text: str) -> None:
+    print(f"{TICK} {text}", flush=True)
+
+
+def _fail(text: str, hint: str) -> None:
+    print(f"{CROSS} {text}", flush=True)
+    print(f"  hint: {hint}", flush=True)
 
 
 def check_command(args: argparse.Namespace) -> int:
-    path = find_config(args.config)
-    settings = load_settings(path)
-    print(f"✓ config {path}")
+    try:
+        path = find_config(args.config)
+        settings = load_settings(path)
+    except ConfigError as exc:
+        _fail(f"config: {exc}", "fix the line named above")
+        raise
+    _ok(f"config {path}")
     if settings.buttons.source in ("csv", "both"):
-        registry = load_buttons(settings.buttons.file)
-        print(f"✓ buttons {settings.buttons.file}: {len(registry)} button(s)")
-    raise NotAvailableError("trying the uplink is not available yet (issue #4)")
+        try:
+            registry = load_buttons(settings.buttons.file)
+        except ConfigError as exc:
+            _fail(f"buttons: {exc}", "fix the line named above ([buttons] file in config.ini)")
+            raise
+        _ok(f"buttons {settings.buttons.file}: {len(registry)} button(s)")
+    if settings.buttons.source in ("inventory", "both"):
+        _ok(f"buttons from Cumulocity's inventory via {settings.c8y.rest_url} "
+            f"(cached {settings.buttons.cache_ttl:g} s)")
+    _check_uplink(settings)
+    _ok(f"all checks passed: events go to {settings.c8y.tenant} in {settings.gateway.mode} mode")
+    return 0
+
+
+def _check_uplink(settings: Settings) -> None:
+    c8y = settings.c8y
+    address = f"{c8y.tenant}:{c8y.port}"
+    try:
+        infos = socket.getaddrinfo(c8y.tenant, c8y.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        _fail(f"resolve {c8y.tenant}: {exc.strerror}", "check [C8YMQTT] tenant (the host name)")
+        raise UplinkError(f"cannot resolve {c8y.tenant!r}") from None
+    addresses = sorted({str(info[4][0]) for info in infos})
+    _ok(f"resolve {c8y.tenant}: {', '.join(addresses)}")
+    try:
+        sock = socket.create_connection((c8y.tenant, c8y.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        _fail(f"connect {address}: {exc.strerror or exc}",
+              "check [C8YMQTT] port and that a firewall lets MQTT out")
+        raise UplinkError(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    with sock:
+        _ok(f"connect {address}")
+        if c8y.tls:
+            context = make_tls_context(c8y)
+            try:
+                with context.wrap_socket(sock, server_hostname=c8y.tenant) as tls:
+                    cert = tls.getpeercert() or {}
+                    version = tls.version()
+            except ssl.SSLError as exc:
+                what, hint = describe_tls_failure(exc, c8y.tenant)
+                _fail(f"TLS: {what}", hint)
+                raise UplinkError(f"TLS to {address} failed: {what}") from None
+            _ok(f"TLS {version}: certificate {_subject(cert)}, valid until "
+                f"{_expiry(cert)}, issued by {_subject(cert, 'issuer')}")
+        else:
+            _ok("no TLS (tls = no): the password travels in clear text")
+    try:
+        client_id = try_login(settings, CONNECT_TIMEOUT)
+    except UplinkError as exc:
+        _fail(f"MQTT login: {exc}", _login_hint(exc))
+        raise
+    who = c8y.username if c8y.password else "client certificate"
+    _ok(f"MQTT login as {who}, client id {client_id}")
+
+
+def _login_hint(exc: UplinkError) -> str:
+    text = str(exc)
+    return text.rsplit("; ", 1)[-1] if "; " in text else "see the error above"
+
+
+def _subject(cert: Mapping[str, Any], key: str = "subject") -> str:
+    parts = []
+    for rdn in cert.get(key, ()):
+        for name, value in rdn:
+            parts.append(f"{name}={value}")
+    return ", ".join(parts) or "(none)"
+
+
+def _expiry(cert: Mapping[str, Any]) -> str:
+    raw = cert.get("notAfter")
+    if not isinstance(raw, str):
+        return "(unknown)"
+    when = datetime.fromtimestamp(ssl.cert_time_to_seconds(raw), UTC)
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def find_button(settings: Settings, name_or_mac: str) -> Button:
+    """The button named NAME|MAC: from MACID.csv, or any MAC when the source is the inventory."""
+    source = settings.buttons.source
+    if source in ("csv", "both"):
+        button = load_buttons(settings.buttons.file).find(name_or_mac)
+        if button is not None:
+            return button
+    if source in ("inventory", "both"):
+        try:
+            mac = normalize_mac(name_or_mac)
+        except ValueError:
+            pass
+        else:
+            return Button(name=mac.replace(":", ""), mac=mac)
+    raise ConfigError(
+        f"no button {name_or_mac!r} in {settings.buttons.file} (give its Name or MAC)"
+    )
 
 
 def test_button_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("test-button is not available yet (issue #4)")
+    settings = load_settings(find_config(args.config))
+    button = find_button(settings, args.button)
+    press = Press(button=button, time=datetime.now(UTC), trigger="test")
+    event = make_event(press, settings.event)
+    timeout = float(args.timeout)
+    uplink = Uplink(settings, max_refusals=1)
+    delivered = threading.Event()
+    start = time.monotonic()
+    uplink.start()
+    try:
+        uplink.prepare(event)
+        sent = False
+        deadline = start + timeout
+        while not sent:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or uplink.failed is not None:
+                break
+            if uplink.wait_connected(remaining, event):
+                sent = uplink.send(event, on_delivered=delivered.set)
+        if sent:
+            delivered.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        uplink.stop()
+    if uplink.failed is not None:
+        raise uplink.failed
+    if not delivered.is_set():
+        reason = uplink.last_error or UnreachableError("no PUBACK")
+        raise UndeliveredError(
+            f"the event for {button.name} was not delivered within {timeout:g} s ({reason})"
+        )
+    topic = f"s/us/{event.serial}" if settings.gateway.mode == "gateway" else "s/us"
+    line = encode_line(400, event.type, event.text, event.c8y_time)
+    elapsed = (time.monotonic() - start) * 1000
+    print(f"{TICK} {topic} {line}", flush=True)
+    print(f"{TICK} acknowledged by {settings.c8y.tenant} (PUBACK) after {elapsed:.0f} ms",
+          flush=True)
+    return 0
+
+
+__all__ = ["check_command", "find_button", "test_button_command"]

@@ -1,0 +1,723 @@
+"""The uplink: a persistent MQTT 3.1.1 connection to Cumulocity speaking SmartREST 2.0.
+
+Design section 4 and protocol notes 1 and 2. One `_Link` is one MQTT connection for one client id,
+with its own network thread. Gateway mode (the default) has one link whose client id is the
+gateway's serial; the buttons are its child devices. Per-device mode (the original example's) has
+one link per button serial, opened when that button first sends.
+
+Every connection attempt uses a **fresh** paho client. Cumulocity requires a clean session
+(protocol notes 1.4), so nothing the broker had is kept, and paho's own re-send of unacknowledged
+messages after a reconnect would only duplicate what the delivery loop re-sends from the outbox
+(thin-edge#3713 is the same trap). What was in flight when a connection dropped is reported
+through `on_lost`; the caller owns the retry.
+
+Sequence after each CONNACK (protocol notes 1.10, recommended order):
+    PUBLISH 100 (QoS 1) -> PUBACK -> SUBSCRIBE s/ds, s/e -> SUBACK (a 0x80 is retried)
+    -> 114, 117 (gateway) -> 500 -> ready.
+Then per event: `101,<serial>,<name>,c8y_DashButton` once per button and connection, and
+`400,<type>,<text>,<time>` on `s/us/<serial>` (gateway) or `s/us` (per-device), QoS 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from dashkanban.c8y.smartrest import (
+    MAX_MESSAGE_BYTES,
+    SmartRestLine,
+    decode,
+    decode_error,
+    encode_line,
+    join_lines,
+)
+from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
+from dashkanban.config import Settings
+from dashkanban.errors import UplinkError
+from dashkanban.events import Event
+
+log = logging.getLogger(__name__)
+
+GATEWAY_TYPE = "c8y_DashKanbanGateway"
+BUTTON_TYPE = "c8y_DashButton"
+QOS = 1
+
+# Reconnect backoff: doubling from BACKOFF_MIN up to BACKOFF_MAX seconds, each wait drawn from
+# [half, full] ("equal jitter") so that many gateways restarted together do not reconnect in step.
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 60.0
+# Consecutive refusals (bad credentials, not authorised, untrusted certificate) before giving up:
+# retrying a wrong password forever only hammers the tenant, but Cumulocity's CONNACK 5 can be
+# transient ("repeat the connection a few times", protocol notes 1.7).
+MAX_REFUSALS = 3
+# A refused SUBSCRIBE (SUBACK 0x80, seen on brand-new device users) is retried this many times.
+SUBSCRIBE_ATTEMPTS = 5
+SUBSCRIBE_RETRY = 1.0
+# How long the network thread blocks in select(); bounds how late a timer or stop() is seen.
+LOOP_TICK = 0.2
+
+# CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
+# paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
+_CONNACK: dict[int, tuple[str, str]] = {
+    1: ("unacceptable protocol version", "Cumulocity speaks MQTT 3.1 and 3.1.1 only"),
+    2: (
+        "client id rejected",
+        "check [gateway] serial (with a client certificate it must equal the certificate's CN)",
+    ),
+    3: ("server unavailable", "Cumulocity is temporarily unavailable; dashkanban retries"),
+    4: ("bad user name or password", "check user and password in [C8YMQTT]"),
+    5: (
+        "not authorised",
+        "check user and password in [C8YMQTT] and that the user may connect devices "
+        "(with a certificate: that the tenant trusts its CA)",
+    ),
+}
+_V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
+# Transient: the platform asks to come back later. Everything else counts as a refusal.
+_TRANSIENT_CONNACK = {3}
+
+# s/e error codes (SmartREST built-in responses, protocol notes 2.7).
+_ERROR_MEANINGS = {
+    "40": "no such static template",
+    "41": "template or creation error",
+    "42": "malformed request line",
+    "43": "invalid message identifier",
+    "45": "invalid arguments",
+    "50": "server error between SmartREST and the platform",
+    "70": "bootstrap credentials",
+}
+
+DeliveryCallback = Callable[[], None]
+OperationHandler = Callable[[SmartRestLine], None]
+
+
+class LoginRefusedError(UplinkError):
+    """The broker refused the CONNECT. `code` is the MQTT 3.1.1 CONNACK return code (1..5)."""
+
+    def __init__(self, code: int, address: str, username: str | None) -> None:
+        self.code = code
+        meaning, hint = _CONNACK.get(code, (f"refused with code {code}", "see the broker's log"))
+        who = f" for {username}" if username else ""
+        super().__init__(f"{address} refused the login{who}: {meaning} (CONNACK {code}); {hint}")
+
+
+class TlsFailedError(UplinkError):
+    """The TLS handshake failed: an untrusted or expired certificate, or the wrong host name."""
+
+    def __init__(self, address: str, what: str, hint: str) -> None:
+        super().__init__(f"TLS to {address} failed: {what}; {hint}")
+
+
+class UnreachableError(UplinkError):
+    """No connection: name resolution, TCP, or the connection dropped."""
+
+
+class MessageTooLargeError(UplinkError):
+    """A message over Cumulocity's size limit, refused locally instead of by the platform."""
+
+
+def connack_code(reason: ReasonCode | int) -> int:
+    """The MQTT 3.1.1 CONNACK return code of what paho reports (an MQTT 5 reason code)."""
+    value = reason.value if isinstance(reason, ReasonCode) else int(reason)
+    return _V5_TO_V3.get(value, value)
+
+
+def backoff_delay(attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX,
+                  rand: Callable[[float, float], float] = random.uniform) -> float:
+    """Wait before reconnect attempt `attempt` (1, 2, ...): capped doubling with equal jitter."""
+    ceiling = min(high, low * (2 ** max(0, attempt - 1)))
+    return rand(ceiling / 2, ceiling)
+
+
+def describe_error_line(payload: str) -> str:
+    """One `s/e` line in words, for the log."""
+    err = decode_error(payload)
+    meaning = _ERROR_MEANINGS.get(err.code, "unknown error code")
+    template = f" for template {err.template}" if err.template else ""
+    return f"Cumulocity error {err.code} ({meaning}){template}: {err.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One PUBLISH: topic and payload (one or more SmartREST lines)."""
+
+    topic: str
+    payload: str
+
+
+def event_messages(event: Event, extra_lines: Sequence[str], *, gateway: bool,
+                   announce: bool) -> list[Outgoing]:
+    """The PUBLISHes for one event (pure). Gateway: `101` on `s/us` when `announce`, then the
+    `400` (and any extra lines, e.g. a Kanban alarm) on `s/us/<serial>`. Per-device: on `s/us`."""
+    line = encode_line(400, event.type, event.text, event.c8y_time)
+    payload = join_lines([line, *extra_lines])
+    if not gateway:
+        return [Outgoing("s/us", payload)]
+    messages = []
+    if announce:
+        messages.append(Outgoing("s/us", encode_line(101, event.serial, event.name, BUTTON_TYPE)))
+    messages.append(Outgoing(f"s/us/{event.serial}", payload))
+    return messages
+
+
+def check_size(message: Outgoing) -> None:
+    size = len(message.payload.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        first = message.payload.split("\n", 1)[0][:60]
+        log.error(
+            "refusing to publish %d bytes on %s (Cumulocity's limit is %d): %s...",
+            size, message.topic, MAX_MESSAGE_BYTES, first,
+        )
+        raise MessageTooLargeError(
+            f"a message of {size} bytes for {message.topic} is over Cumulocity's limit of "
+            f"{MAX_MESSAGE_BYTES} bytes; shorten [event] text"
+        )
+
+
+@dataclass(slots=True)
+class _Pending:
+    on_delivered: DeliveryCallback | None
+    on_lost: DeliveryCallback | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPlan:
+    """What one link says after each connect."""
+
+    client_id: str
+    hello: str  # the 100 line
+    after_subscribe: tuple[str, ...]  # e.g. 114, 117, 500
+    gateway: bool
+
+
+def new_client(settings: Settings, client_id: str,
+               context: ssl.SSLContext | None = None) -> paho.Client:
+    """A configured paho client (no network): MQTT 3.1.1, clean session, TLS, credentials."""
+    c8y = settings.c8y
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv311,
+        clean_session=True,  # required by Cumulocity (protocol notes 1.4)
+        reconnect_on_failure=False,  # we reconnect ourselves, with a fresh client
+    )
+    if c8y.tls:
+        client.tls_set_context(context if context is not None else make_tls_context(c8y))
+    if c8y.password is not None:
+        client.username_pw_set(c8y.username, c8y.password.reveal())
+    client.on_socket_open = _nodelay
+    return client
+
+
+def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    # paho does not set TCP_NODELAY; against a broker that doesn't either, every QoS 1 publish
+    # waited 44 ms for Nagle (field notes, MQTT).
+    raw = getattr(sock, "setsockopt", None)
+    if raw is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Link:
+    """One MQTT connection for one client id: connect, say hello, stay up, report deliveries."""
+
+    def __init__(self, settings: Settings, plan: LinkPlan, context: ssl.SSLContext | None, *,
+                 on_state: Callable[[], None],
+                 on_operation: OperationHandler | None, max_refusals: int,
+                 backoff: tuple[float, float]) -> None:
+        self._settings = settings
+        self.plan = plan
+        self._context = context
+        self._on_state = on_state
+        self._on_operation = on_operation
+        self._max_refusals = max_refusals
+        self._backoff = backoff
+        self._address = f"{settings.c8y.tenant}:{settings.c8y.port}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Guards the fields below. Never held while calling paho: paho calls on_publish while
+        # holding its own message lock, and publish() takes that lock (a lock-order deadlock).
+        self._lock = threading.Lock()
+        self._client: paho.Client | None = None
+        self._generation = 0
+        self._ready = False
+        self._pending: dict[int, _Pending] = {}
+        self._early_acks: set[int] = set()
+        self._announced: set[str] = set()
+        self._timers: list[tuple[float, Callable[[], None]]] = []
+        self._down = threading.Event()  # set by on_disconnect: this connection is over
+        self._down_reason = ""
+        self._refusal: UplinkError | None = None
+        self._subscribe_attempts = 0
+        self._connected_once = False
+        self.failed: UplinkError | None = None
+        self.last_error: UplinkError | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._run, name=f"uplink-{self.plan.client_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        with self._lock:
+            client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    # -- sending (any thread) ----------------------------------------------------------------
+
+    def send(self, event: Event, extra_lines: Sequence[str],
+             on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None) -> bool:
+        with self._lock:
+            if not self._ready or self._client is None:
+                return False
+            client, generation = self._client, self._generation
+            announce = self.plan.gateway and event.serial not in self._announced
+        messages = event_messages(event, extra_lines, gateway=self.plan.gateway, announce=announce)
+        for message in messages:
+            check_size(message)
+        if announce:
+            with self._lock:
+                self._announced.add(event.serial)
+        for message in messages[:-1]:
+            self._publish(client, generation, message, None, None)
+        self._publish(client, generation, messages[-1], on_delivered, on_lost)
+        return True
+
+    def _publish(self, client: paho.Client, generation: int, message: Outgoing,
+                 on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None) -> None:
+        log.debug("publish %s %r", message.topic, message.payload)
+        info = client.publish(message.topic, message.payload, qos=QOS)
+        callback: DeliveryCallback | None = None
+        with self._lock:
+            if generation != self._generation or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                callback = on_lost  # the connection died under us: its fate is unknown
+            elif info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)  # PUBACK overtook us
+                callback = on_delivered
+            else:
+                self._pending[info.mid] = _Pending(on_delivered, on_lost)
+        _call(callback)
+
+    # -- the network thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        refusals = 0
+        while not self._stop.is_set():
+            error = self._connect_and_serve()
+            if self._connected_once:
+                attempt = 0  # a connection that came up resets the backoff
+                self._connected_once = False
+            self._lost()
+            if self._stop.is_set():
+                break
+            assert error is not None
+            self.last_error = error
+            if isinstance(error, TlsFailedError) or (
+                isinstance(error, LoginRefusedError) and error.code not in _TRANSIENT_CONNACK
+            ):
+                refusals += 1
+                if refusals >= self._max_refusals:
+                    self.failed = error
+                    log.error("%s; giving up after %d attempt(s)", error, refusals)
+                    self._on_state()
+                    return
+            else:
+                refusals = 0
+            attempt += 1
+            delay = backoff_delay(attempt, *self._backoff)
+            log.warning("%s; reconnecting in %.1f s", error, delay)
+            self._stop.wait(delay)
+
+    def _connect_and_serve(self) -> UplinkError | None:
+        c8y = self._settings.c8y
+        client = new_client(self._settings, self.plan.client_id, self._context)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.max_inflight_messages_set(1000)
+        client.on_disconnect = self._on_disconnect
+        self._refusal = None
+        self._down.clear()
+        self._down_reason = "closed"
+        with self._lock:
+            self._timers = []
+            self._client = client
+        try:
+            client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
+        except ssl.SSLCertVerificationError as exc:
+            what, hint = describe_tls_failure(exc, c8y.tenant)
+            return TlsFailedError(self._address, what, hint)
+        except ssl.SSLError as exc:
+            what, hint = describe_tls_failure(exc, c8y.tenant)
+            return TlsFailedError(self._address, what, hint)
+        except socket.gaierror as exc:
+            return UnreachableError(
+                f"cannot resolve {c8y.tenant!r} ({exc.strerror}); check [C8YMQTT] tenant"
+            )
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return UnreachableError(f"cannot connect to {self._address}: {reason}")
+        # paho's own network thread from here on: with it, publish() from other threads only
+        # queues and wakes it, instead of writing to the (TLS) socket concurrently.
+        client.loop_start()
+        while not self._stop.is_set() and not self._down.is_set():
+            self._down.wait(LOOP_TICK)
+            self._run_timers()
+        if self._stop.is_set():
+            return None
+        if self._refusal is not None:
+            return self._refusal
+        if not self._connected_once:
+            return UnreachableError(
+                f"{self._address} closed the connection before CONNACK ({self._down_reason}); "
+                "check port and tls, and cert_file if the broker requires a client certificate"
+            )
+        return UnreachableError(f"connection to {self._address} lost ({self._down_reason})")
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [action for at, action in self._timers if at <= now]
+            self._timers = [(at, action) for at, action in self._timers if at > now]
+        for action in due:
+            action()
+
+    def _lost(self) -> None:
+        """The connection is gone: report what was in flight, forget the session state."""
+        with self._lock:
+            was_ready = self._ready
+            self._ready = False
+            self._generation += 1
+            pending, self._pending = self._pending, {}
+            self._early_acks.clear()
+            self._announced.clear()
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            with contextlib.suppress(Exception):
+                client.loop_stop()
+        if pending and not self._stop.is_set():
+            log.warning("%s: %d message(s) lost in flight (no PUBACK before the connection "
+                        "dropped)", self.plan.client_id, len(pending))
+        for item in pending.values():
+            _call(item.on_lost)
+        if was_ready or pending:
+            self._on_state()
+
+    # paho callbacks: all run in paho's network thread of the current client.
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        code = connack_code(reason)
+        if code != 0:
+            username = self._settings.c8y.username if self._settings.c8y.password else None
+            self._refusal = LoginRefusedError(code, self._address, username)
+            return
+        self._connected_once = True
+        self._subscribe_attempts = 0
+        self.last_error = None
+        log.info("connected to %s as client id %s", self._address, self.plan.client_id)
+        # Create (or confirm) the device first: Cumulocity refuses subscriptions of a client id
+        # that has no device yet (protocol notes 1.10).
+        self._internal(client, "s/us", self.plan.hello, on_delivered=self._subscribe)
+
+    def _subscribe(self) -> None:
+        with self._lock:
+            client = self._client
+        if client is None:
+            return
+        self._subscribe_attempts += 1
+        client.subscribe([("s/ds", QOS), ("s/e", QOS)])
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
+                      reasons: list[ReasonCode], properties: Any) -> None:
+        log.debug("SUBACK %s", [str(r) for r in reasons])
+        refused = [r for r in reasons if r.is_failure]
+        if refused and self._subscribe_attempts < SUBSCRIBE_ATTEMPTS:
+            log.warning("subscription to s/ds and s/e refused (SUBACK 0x80), retrying in %g s",
+                        SUBSCRIBE_RETRY)
+            with self._lock:
+                self._timers.append((time.monotonic() + SUBSCRIBE_RETRY, self._subscribe))
+            return
+        if refused:
+            log.error("subscription to s/ds and s/e refused %d times: operations and errors "
+                      "from Cumulocity will not arrive; events still go out",
+                      self._subscribe_attempts)
+        self._subscribe_attempts = 0
+        for line in self.plan.after_subscribe:
+            self._internal(client, "s/us", line)
+        with self._lock:
+            self._ready = True
+        log.info("%s ready", self.plan.client_id)
+        self._on_state()
+
+    def _internal(self, client: paho.Client, topic: str, payload: str,
+                  on_delivered: DeliveryCallback | None = None) -> None:
+        with self._lock:
+            generation = self._generation
+        self._publish(client, generation, Outgoing(topic, payload), on_delivered, None)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
+                       reason: ReasonCode, properties: Any) -> None:
+        self._down_reason = str(reason)
+        self._down.set()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Any) -> None:
+        with self._lock:
+            item = self._pending.pop(mid, None)
+            if item is None:
+                self._early_acks.add(mid)
+                return
+        _call(item.on_delivered)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        text = message.payload.decode("utf-8", errors="replace")
+        if message.topic == "s/e":
+            for raw in text.splitlines():
+                if not raw.strip():
+                    continue
+                err = decode_error(raw)
+                if err.code == "41" and err.template == "100":
+                    log.info("Cumulocity: device %s already exists (fine)", self.plan.client_id)
+                else:
+                    log.warning("%s", describe_error_line(raw))
+            return
+        if message.topic == "s/ds":
+            for line in decode(text):
+                log.info("operation from Cumulocity: %s", ",".join([line.template, *line.fields]))
+                if self._on_operation is not None:
+                    try:
+                        self._on_operation(line)
+                    except Exception:
+                        log.exception("the operation handler failed on %s", line.template)
+            return
+        log.debug("ignoring a message on %s", message.topic)
+
+
+def _call(callback: DeliveryCallback | None) -> None:
+    if callback is None:
+        return
+    try:
+        callback()
+    except Exception:  # a failing callback must not kill the network thread
+        log.exception("a delivery callback failed")
+
+
+class Uplink:
+    """Sends events to Cumulocity. No network until `start()` (gateway) or the first `send`
+    (per-device).
+
+    `send` returns False while the device's connection is not ready (the caller retries when a
+    state listener fires); `on_delivered` runs exactly on PUBACK, `on_lost` when the connection
+    dropped before it. Both run in a network thread and must be quick.
+
+    `supported_operations` is sent as `114` after every connect (an empty list sends a bare
+    `114`, which tells Cumulocity the gateway supports none); `on_operation` receives each
+    `s/ds` line, in the network thread.
+    """
+
+    def __init__(self, settings: Settings, *, on_operation: OperationHandler | None = None,
+                 supported_operations: Sequence[str] = (), max_refusals: int = MAX_REFUSALS,
+                 backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX)) -> None:
+        self.settings = settings
+        self.on_operation = on_operation
+        self.supported_operations = tuple(supported_operations)
+        self.max_refusals = max_refusals
+        self.backoff = backoff
+        self._links: dict[str, _Link] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._state = threading.Condition()
+        self._stopped = False
+        self._context: ssl.SSLContext | None = None
+        self._started = False
+
+    @property
+    def gateway_mode(self) -> bool:
+        return self.settings.gateway.mode == "gateway"
+
+    def gateway_plan(self) -> LinkPlan:
+        gw = self.settings.gateway
+        return LinkPlan(
+            client_id=gw.serial,
+            hello=encode_line(100, gw.name, GATEWAY_TYPE),
+            after_subscribe=(
+                encode_line(114, *self.supported_operations),
+                encode_line(117, gw.required_interval),
+                "500",
+            ),
+            gateway=True,
+        )
+
+    @staticmethod
+    def device_plan(serial: str, name: str) -> LinkPlan:
+        return LinkPlan(
+            client_id=serial,
+            hello=encode_line(100, name, BUTTON_TYPE),
+            after_subscribe=("500",),
+            gateway=False,
+        )
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Called (from a network thread) whenever a connection becomes ready, drops or fails."""
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        """Check the TLS files (ConfigError if unusable) and, in gateway mode, connect."""
+        if self.settings.c8y.tls and self._context is None:
+            self._context = make_tls_context(self.settings.c8y)
+        self._started = True
+        if self.gateway_mode:
+            self._link(self.gateway_plan())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._stopped = True
+            links = list(self._links.values())
+        deadline = time.monotonic() + timeout
+        for link in links:
+            link.stop(max(0.0, deadline - time.monotonic()))
+
+    def _link(self, plan: LinkPlan) -> _Link:
+        with self._lock:
+            link = self._links.get(plan.client_id)
+            if link is None:
+                if self._stopped or not self._started:
+                    raise UplinkError("the uplink is not running (call start() first)")
+                link = _Link(
+                    self.settings, plan, self._context, on_state=self._changed,
+                    on_operation=self.on_operation, max_refusals=self.max_refusals,
+                    backoff=self.backoff,
+                )
+                self._links[plan.client_id] = link
+                link.start()
+        return link
+
+    def _link_for(self, event: Event) -> _Link:
+        if self.gateway_mode:
+            return self._link(self.gateway_plan())
+        return self._link(self.device_plan(event.serial, event.name))
+
+    def _changed(self) -> None:
+        with self._state:
+            self._state.notify_all()
+        for listener in list(self._listeners):
+            _call(listener)
+
+    def send(self, event: Event, extra_lines: Sequence[str] = (), *,
+             on_delivered: DeliveryCallback | None = None,
+             on_lost: DeliveryCallback | None = None) -> bool:
+        """Publish one event (QoS 1). Raises MessageTooLargeError for an oversized message."""
+        return self._link_for(event).send(event, extra_lines, on_delivered, on_lost)
+
+    def prepare(self, event: Event) -> None:
+        """Open the connection `event` will need (per-device mode opens links lazily)."""
+        self._link_for(event)
+
+    def wait_connected(self, timeout: float, event: Event | None = None) -> bool:
+        """Wait until the connection (for `event`'s device in per-device mode) is ready.
+        False on timeout or when the uplink gave up (see `failed`)."""
+        deadline = time.monotonic() + timeout
+        with self._state:
+            while True:
+                links = [self._link_for(event)] if event is not None else list(
+                    self._links.values()
+                )
+                if links and all(link.ready for link in links):
+                    return True
+                if self.failed is not None:
+                    return False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._state.wait(min(remaining, LOOP_TICK))
+
+    @property
+    def connected(self) -> bool:
+        links = list(self._links.values())
+        return bool(links) and all(link.ready for link in links)
+
+    @property
+    def failed(self) -> UplinkError | None:
+        """The fatal refusal after which a connection stopped retrying, if any."""
+        for link in list(self._links.values()):
+            if link.failed is not None:
+                return link.failed
+        return None
+
+    @property
+    def last_error(self) -> UplinkError | None:
+        """The most recent connection error (None while all connections are up)."""
+        for link in list(self._links.values()):
+            if link.failed is not None or link.last_error is not None:
+                return link.failed or link.last_error
+        return None
+
+
+def try_login(settings: Settings, timeout: float = 10.0) -> str:
+    """Connect once with the gateway's client id, wait for CONNACK, disconnect. Publishes
+    nothing. Returns the client id; raises LoginRefusedError, TlsFailedError or UnreachableError.
+    """
+    c8y = settings.c8y
+    address = f"{c8y.tenant}:{c8y.port}"
+    client_id = settings.gateway.serial
+    client = new_client(settings, client_id)
+    client.connect_timeout = timeout
+    result: list[int] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(connack_code(reason))
+    try:
+        client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
+    except ssl.SSLError as exc:
+        what, hint = describe_tls_failure(exc, c8y.tenant)
+        raise TlsFailedError(address, what, hint) from None
+    except socket.gaierror as exc:
+        raise UnreachableError(f"cannot resolve {c8y.tenant!r} ({exc.strerror})") from None
+    except OSError as exc:
+        raise UnreachableError(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while not result and time.monotonic() < deadline:
+            rc = client.loop(timeout=LOOP_TICK)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not result:
+                raise UnreachableError(f"{address} closed the connection before CONNACK "
+                                       f"({paho.error_string(rc)})")
+        if not result:
+            raise UnreachableError(f"no CONNACK from {address} within {timeout:g} s")
+        if result[0] != 0:
+            username = c8y.username if c8y.password else None
+            raise LoginRefusedError(result[0], address, username)
+        return client_id
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+            client.loop(timeout=0)

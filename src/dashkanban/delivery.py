@@ -1,0 +1,222 @@
+"""The Courier: carries outbox rows to Cumulocity through the uplink, oldest first.
+
+A row is deleted (`ack`) only on its PUBACK. What was in flight when a connection dropped is sent
+again from the outbox: Cumulocity requires a clean session (protocol notes 1.4 and 5), so no broker
+or paho session can be trusted to do it. Delivery is therefore at least once, in press order, with
+at most `window` messages awaiting a PUBACK.
+
+The outbox is consumed through the interface agreed with the outbox (issue 6); `OutboxLike` below
+states exactly the part used here, so this module does not depend on the SQLite implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Protocol
+
+from dashkanban.c8y.mqtt import MessageTooLargeError, Uplink
+from dashkanban.config import Settings
+from dashkanban.errors import UndeliveredError
+from dashkanban.events import Event
+
+log = logging.getLogger(__name__)
+
+WINDOW = 100  # messages awaiting PUBACK at once
+IDLE_POLL = 1.0  # seconds; a safety net only: every change also wakes the loop
+
+
+class QueuedRow(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def event(self) -> Event: ...
+    @property
+    def extra_lines(self) -> tuple[str, ...]: ...
+
+
+class OutboxLike(Protocol):
+    def put(self, event: Event, extra_lines: Sequence[str] = ()) -> int: ...
+    def peek(self, limit: int = 100, after_id: int = 0) -> Sequence[QueuedRow]: ...
+    def ack(self, row_id: int) -> None: ...
+    def mark_attempt(self, row_id: int, error: str | None = None) -> None: ...
+    def count(self) -> int: ...
+
+
+class Courier:
+    """Runs one thread that keeps up to `window` outbox rows in flight through `uplink`."""
+
+    def __init__(self, outbox: OutboxLike, uplink: Uplink, *, window: int = WINDOW) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self._outbox = outbox
+        self._uplink = uplink
+        self._window = window
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._cursor = 0  # every row with id <= cursor is in flight, delivered or refused
+        self._inflight: set[int] = set()
+        self._refused: set[int] = set()  # too large: kept in the outbox, never sent
+        self._rewind = False  # something was lost: start again from the oldest row
+        self.delivered = 0
+        self.resent = 0
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._uplink.add_listener(self.wake)
+        self._thread = threading.Thread(target=self._run, name="courier", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Something changed: a new row, a PUBACK, a connection came up or went down."""
+        with self._cond:
+            self._dirty = True
+            self._cond.notify_all()
+
+    def put(self, event: Event, extra_lines: Sequence[str] = ()) -> int:
+        """Queue durably, then wake the loop. Returns the row id."""
+        row_id = self._outbox.put(event, extra_lines)
+        self.wake()
+        return row_id
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty. False when `timeout` seconds pass first, or at once
+        when the uplink has given up (a refused login: see `uplink.failed`)."""
+        deadline = time.monotonic() + timeout
+        self.wake()
+        while self._outbox.count() > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._uplink.failed is not None:
+                return False
+            with self._cond:
+                self._cond.wait(min(remaining, IDLE_POLL))
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._inflight)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._dirty and not self._stopping:
+                    self._cond.wait(IDLE_POLL)
+                    if not self._dirty:
+                        self._dirty = True  # poll now and then even if nobody woke us
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                self._pump()
+            except Exception:  # keep carrying: a failure here must not stop delivery for good
+                log.exception("delivery loop failed; retrying")
+                time.sleep(IDLE_POLL)
+                self.wake()
+
+    def _pump(self) -> None:
+        with self._cond:
+            if self._rewind:
+                self._rewind = False
+                self._cursor = 0
+            room = self._window - len(self._inflight)
+            if room <= 0:
+                return
+            skip = self._inflight | self._refused
+            cursor = self._cursor
+        rows = self._outbox.peek(limit=room + len(skip), after_id=cursor)
+        for row in rows:
+            if row.id in skip:
+                continue
+            if room <= 0:
+                break
+            with self._cond:
+                self._inflight.add(row.id)
+            try:
+                sent = self._uplink.send(
+                    row.event,
+                    row.extra_lines,
+                    on_delivered=partial(self._delivered, row.id),
+                    on_lost=partial(self._lost, row.id),
+                )
+            except MessageTooLargeError as exc:
+                with self._cond:
+                    self._inflight.discard(row.id)
+                    self._refused.add(row.id)
+                self._outbox.mark_attempt(row.id, str(exc))
+                log.error("outbox row %d cannot be sent and stays queued: %s", row.id, exc)
+                continue
+            if not sent:
+                # Its connection is not ready: stop here to keep press order, and wait for the
+                # uplink's state listener to wake us.
+                with self._cond:
+                    self._inflight.discard(row.id)
+                return
+            room -= 1
+            with self._cond:
+                self._cursor = max(self._cursor, row.id)
+
+    def _delivered(self, row_id: int) -> None:
+        # Runs in the MQTT network thread, exactly on PUBACK.
+        self._outbox.ack(row_id)
+        with self._cond:
+            self._inflight.discard(row_id)
+            self.delivered += 1
+            self._dirty = True
+            self._cond.notify_all()
+
+    def _lost(self, row_id: int) -> None:
+        # The connection dropped before the PUBACK: send it again from the outbox, in order.
+        self._outbox.mark_attempt(row_id, "connection lost before PUBACK")
+        with self._cond:
+            self._inflight.discard(row_id)
+            self._rewind = True
+            self.resent += 1
+            self._dirty = True
+            self._cond.notify_all()
+
+
+def deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
+            timeout: float, extra_lines: Callable[[Event], Sequence[str]] | None = None) -> int:
+    """Queue `events`, deliver everything in the outbox, and wait up to `timeout` seconds.
+
+    For one-shot commands (`replay`, `outbox flush`). Returns how many rows were delivered.
+    Raises the uplink's refusal (exit 1) when the login is refused, and UndeliveredError
+    (exit 3) when rows are still queued at the deadline; they stay in the outbox.
+    """
+    uplink = Uplink(settings)
+    courier = Courier(outbox, uplink)
+    for event in events:
+        outbox.put(event, extra_lines(event) if extra_lines is not None else ())
+    uplink.start()
+    courier.start()
+    try:
+        drained = courier.drain(timeout)
+    finally:
+        courier.stop()
+        uplink.stop()
+    if uplink.failed is not None:
+        raise uplink.failed
+    if not drained:
+        left = outbox.count()
+        why = f" ({uplink.last_error})" if uplink.last_error is not None else ""
+        raise UndeliveredError(
+            f"{left} event(s) not delivered within {timeout:g} s{why}; they stay queued in the "
+            "outbox"
+        )
+    return courier.delivered

@@ -1,0 +1,197 @@
+"""`dashkanban check` and `test-button` run as the CLI against a real mosquitto over TLS."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.brokers import Mosquitto, TlsFiles, free_port, make_tls_files
+from tests.c8y.support import Recorder, write_config
+from tests.conftest import BROKER_PASSWORD, BROKER_USER, _need_mosquitto
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dashkanban", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def expiry(cert: Path) -> str:
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    return loaded.not_valid_after_utc.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def test_check_all_pass(tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> None:
+    config = write_config(tmp_path, mosquitto_tls)
+    result = run("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"✓ config {config}",
+        f"✓ buttons {tmp_path / 'MACID.csv'}: 2 button(s)",
+        "✓ resolve 127.0.0.1: 127.0.0.1",
+        f"✓ connect 127.0.0.1:{mosquitto_tls.port}",
+        f"✓ TLS TLSv1.3: certificate commonName=localhost, valid until "
+        f"{expiry(tls_files.server_cert)}, issued by commonName=dashkanban test CA",
+        "✓ MQTT login as t12345/dash-gateway, client id dashkanban-gw-01",
+        "✓ all checks passed: events go to 127.0.0.1 in gateway mode",
+    ]
+    # check publishes nothing: the broker saw one client connect and leave, no PUBLISH
+    assert "dashkanban-gw-01" in mosquitto_tls.log_text()
+
+
+def test_check_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    config = write_config(tmp_path, mosquitto_tls, password="wrong")
+    result = run("check", "-c", str(config))
+    port = mosquitto_tls.port
+    message = (f"127.0.0.1:{port} refused the login for t12345/dash-gateway: not authorised "
+               "(CONNACK 5); check user and password in [C8YMQTT] and that the user may connect "
+               "devices (with a certificate: that the tenant trusts its CA)")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-2:] == [
+        f"✗ MQTT login: {message}",
+        "  hint: check user and password in [C8YMQTT] and that the user may connect devices "
+        "(with a certificate: that the tenant trusts its CA)",
+    ]
+    assert result.stderr.splitlines()[-1] == f"error: {message}"
+
+
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.fixture
+def foreign_ca() -> Path:
+    """CAs that did not sign the broker's certificate: the system's public ones."""
+    if not SYSTEM_CAS.exists():
+        pytest.skip("no system CA bundle")
+    return SYSTEM_CAS
+
+
+def test_check_untrusted_certificate(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                     foreign_ca: Path) -> None:
+    config = write_config(tmp_path / "cfg", mosquitto_tls, ca_file=foreign_ca)
+    result = run("check", "-c", str(config))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-2:] == [
+        "✗ TLS: the server certificate is not trusted (self-signed certificate in certificate "
+        "chain)",
+        "  hint: set [C8YMQTT] ca_file to the CA bundle that signed it",
+    ]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: TLS to 127.0.0.1:{mosquitto_tls.port} failed: the server certificate is not "
+        "trusted (self-signed certificate in certificate chain)"
+    )
+
+
+@pytest.fixture
+def mosquitto_other_name(tmp_path: Path) -> Iterator[Mosquitto]:
+    """TLS with a certificate for `otherhost.example` and 127.0.0.1, but not `localhost`."""
+    _need_mosquitto()
+    tls = make_tls_files(tmp_path / "tls-other", server_names=("otherhost.example",))
+    broker = Mosquitto(tmp_path / "mosquitto-other", free_port(), tls=tls,
+                       users={BROKER_USER: BROKER_PASSWORD})
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_check_wrong_host_name(tmp_path: Path, mosquitto_other_name: Mosquitto) -> None:
+    config = write_config(tmp_path / "cfg", mosquitto_other_name, host="localhost")
+    result = run("check", "-c", str(config))
+    assert result.returncode == 1
+    what = ("the server certificate is not valid for 'localhost' (Hostname mismatch, certificate "
+            "is not valid for 'localhost'.)")
+    assert result.stdout.splitlines()[-2:] == [
+        f"✗ TLS: {what}",
+        "  hint: set [C8YMQTT] tenant to a host name the certificate lists",
+    ]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: TLS to localhost:{mosquitto_other_name.port} failed: {what}"
+    )
+
+
+def test_check_config_error_exits_2(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    config = write_config(tmp_path, mosquitto_tls, extra="[gateway2]\n")
+    result = run("check", "-c", str(config))
+    assert result.returncode == 2
+    line = f"{config}:14: unknown section [gateway2] (did you mean 'gateway'?)"
+    assert result.stdout.splitlines()[0] == f"✗ config: {line}"
+    assert result.stderr.splitlines()[-1] == f"error: {line}"
+
+
+def test_test_button_delivers(tmp_path: Path, mosquitto_tls: Mosquitto,
+                              tls_files: TlsFiles) -> None:
+    recorder = Recorder(mosquitto_tls, tls_files)
+    try:
+        config = write_config(tmp_path, mosquitto_tls)
+        result = run("test-button", "-c", str(config), "dashButton_2", "--timeout", "20")
+        assert result.returncode == 0, result.stderr
+        first, second = result.stdout.splitlines()
+        assert first.startswith(
+            "✓ s/us/fca6670a0b0c 400,c8y_MAC_Event,dashButton_2 pressed (fc:a6:67:0a:0b:0c),20"
+        )
+        assert second.startswith("✓ acknowledged by 127.0.0.1 (PUBACK) after ")
+        messages = recorder.wait_for(6)
+        assert [t for t, _ in messages] == ["s/us"] * 5 + ["s/us/fca6670a0b0c"]
+        assert messages[4] == ("s/us", "101,fca6670a0b0c,dashButton_2,c8y_DashButton")
+        assert messages[5][1] == first.split(" ", 2)[2]
+    finally:
+        recorder.close()
+
+
+def test_test_button_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    config = write_config(tmp_path, mosquitto_tls, password="wrong")
+    result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "20")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: 127.0.0.1:{mosquitto_tls.port} refused the login for t12345/dash-gateway: not "
+        "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may "
+        "connect devices (with a certificate: that the tenant trusts its CA)"
+    )
+
+
+def test_test_button_untrusted_certificate(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                           foreign_ca: Path) -> None:
+    config = write_config(tmp_path / "cfg", mosquitto_tls, ca_file=foreign_ca)
+    result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "20")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: TLS to 127.0.0.1:{mosquitto_tls.port} failed: the server certificate is not "
+        "trusted (self-signed certificate in certificate chain); set [C8YMQTT] ca_file to the CA "
+        "bundle that signed it"
+    )
+
+
+def test_test_button_wrong_host_name(tmp_path: Path, mosquitto_other_name: Mosquitto) -> None:
+    config = write_config(tmp_path / "cfg", mosquitto_other_name, host="localhost")
+    result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "20")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: TLS to localhost:{mosquitto_other_name.port} failed: the server certificate is "
+        "not valid for 'localhost' (Hostname mismatch, certificate is not valid for "
+        "'localhost'.); set [C8YMQTT] tenant to a host name the certificate lists"
+    )
+
+
+def test_test_button_broker_down_exits_3(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    config = write_config(tmp_path, mosquitto_tls)
+    mosquitto_tls.stop()
+    result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "1")
+    assert result.returncode == 3
+    assert result.stderr.splitlines()[-1] == (
+        "error: the event for dashButton_1 was not delivered within 1 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused)"
+    )
+
+
+def test_test_button_unknown_button_exits_2(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    config = write_config(tmp_path, mosquitto_tls)
+    result = run("test-button", "-c", str(config), "nope")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"error: no button 'nope' in {tmp_path / 'MACID.csv'} (give its Name or MAC)"
+    )

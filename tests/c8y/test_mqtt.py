@@ -1,0 +1,358 @@
+"""The uplink against a real mosquitto over TLS with password auth: exact topics and lines."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from dashkanban.c8y import mqtt
+from dashkanban.c8y.mqtt import (
+    LoginRefusedError,
+    MessageTooLargeError,
+    Uplink,
+    backoff_delay,
+    describe_error_line,
+)
+from dashkanban.c8y.smartrest import SmartRestLine
+from dashkanban.config import load_settings
+from dashkanban.events import Event
+from tests.brokers import Mosquitto, TlsFiles, free_port
+from tests.c8y.support import Recorder, settings_for
+from tests.conftest import _need_mosquitto
+
+FAST = (0.05, 0.2)  # reconnect backoff for tests
+
+GATEWAY_HELLO = [
+    ("s/us", "100,Store 3 button gateway,c8y_DashKanbanGateway"),
+    ("s/us", "114,c8y_KanbanRefilled"),
+    ("s/us", "117,60"),
+    ("s/us", "500"),
+]
+GATEWAY_HELLO_BARE = [GATEWAY_HELLO[0], ("s/us", "114"), *GATEWAY_HELLO[2:]]
+
+
+def event(n: int = 1, text: str | None = None) -> Event:
+    mac, name = {1: ("ac:63:be:12:34:56", "dashButton_1"),
+                 2: ("fc:a6:67:0a:0b:0c", "dashButton_2")}[n]
+    return Event(
+        time=datetime(2026, 11, 26, 8, 0, n, 234000, tzinfo=UTC),
+        mac=mac,
+        serial=mac.replace(":", ""),
+        name=name,
+        type="c8y_MAC_Event",
+        text=text if text is not None else f"{name} pressed ({mac})",
+        trigger="dhcp",
+    )
+
+
+class Acks:
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.lost: list[str] = []
+        self.cond = threading.Condition()
+
+    def ok(self, label: str) -> None:
+        with self.cond:
+            self.delivered.append(label)
+            self.cond.notify_all()
+
+    def gone(self, label: str) -> None:
+        with self.cond:
+            self.lost.append(label)
+            self.cond.notify_all()
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[str]:
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.delivered) >= count, timeout)
+            return list(self.delivered)
+
+
+@pytest.fixture
+def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
+    rec = Recorder(mosquitto_tls, tls_files)
+    yield rec
+    rec.close()
+
+
+def send(uplink: Uplink, ev: Event, acks: Acks, label: str) -> None:
+    assert uplink.send(ev, on_delivered=lambda: acks.ok(label), on_lost=lambda: acks.gone(label))
+
+
+def test_gateway_sequence_over_tls(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                   recorder: Recorder) -> None:
+    settings = settings_for(tmp_path, mosquitto_tls)
+    uplink = Uplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        acks = Acks()
+        send(uplink, event(1), acks, "a")
+        send(uplink, event(1, text='said "hi", twice'), acks, "b")
+        send(uplink, event(2), acks, "c")
+        assert acks.wait(3) == ["a", "b", "c"]
+        assert recorder.wait_for(9) == [
+            *GATEWAY_HELLO,
+            ("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton"),
+            ("s/us/ac63be123456",
+             "400,c8y_MAC_Event,dashButton_1 pressed (ac:63:be:12:34:56),"
+             "2026-11-26T08:00:01.234+00:00"),
+            ("s/us/ac63be123456",
+             '400,c8y_MAC_Event,"said ""hi"", twice",2026-11-26T08:00:01.234+00:00'),
+            ("s/us", "101,fca6670a0b0c,dashButton_2,c8y_DashButton"),
+            ("s/us/fca6670a0b0c",
+             "400,c8y_MAC_Event,dashButton_2 pressed (fc:a6:67:0a:0b:0c),"
+             "2026-11-26T08:00:02.234+00:00"),
+        ]
+        assert uplink.last_error is None
+    finally:
+        uplink.stop()
+
+
+def test_reconnect_repeats_hello_and_announces_children_again(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
+) -> None:
+    settings = settings_for(tmp_path, mosquitto_tls)
+    uplink = Uplink(settings, backoff=(1.0, 1.0))
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        acks = Acks()
+        send(uplink, event(1), acks, "a")
+        assert acks.wait(1) == ["a"]
+        recorder.wait_for(6)
+        mosquitto_tls.stop()
+        mosquitto_tls.start()
+        recorder.wait_subscribed(2)  # before the uplink's first retry (0.5 s at the earliest)
+        assert recorder.wait_for(10)[6:] == GATEWAY_HELLO_BARE
+        send(uplink, event(1), acks, "b")
+        assert acks.wait(2) == ["a", "b"]
+        messages = recorder.wait_for(12)
+        assert messages[6:] == [
+            *GATEWAY_HELLO_BARE,
+            ("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton"),
+            ("s/us/ac63be123456",
+             "400,c8y_MAC_Event,dashButton_1 pressed (ac:63:be:12:34:56),"
+             "2026-11-26T08:00:01.234+00:00"),
+        ]
+    finally:
+        uplink.stop()
+
+
+def test_per_device_mode_one_client_per_button(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                               recorder: Recorder) -> None:
+    settings = settings_for(tmp_path, mosquitto_tls, mode="per-device")
+    uplink = Uplink(settings, backoff=FAST)
+    uplink.start()
+    try:
+        acks = Acks()
+        for n, label in ((1, "a"), (2, "b")):
+            ev = event(n)
+            assert uplink.wait_connected(10, ev)
+            send(uplink, ev, acks, label)
+            acks.wait(1 if label == "a" else 2)
+        assert acks.delivered == ["a", "b"]
+        assert recorder.wait_for(6) == [
+            ("s/us", "100,dashButton_1,c8y_DashButton"),
+            ("s/us", "500"),
+            ("s/us", "400,c8y_MAC_Event,dashButton_1 pressed (ac:63:be:12:34:56),"
+                     "2026-11-26T08:00:01.234+00:00"),
+            ("s/us", "100,dashButton_2,c8y_DashButton"),
+            ("s/us", "500"),
+            ("s/us", "400,c8y_MAC_Event,dashButton_2 pressed (fc:a6:67:0a:0b:0c),"
+                     "2026-11-26T08:00:02.234+00:00"),
+        ]
+        client_ids = [line for line in mosquitto_tls.log_text().splitlines()
+                      if "New client connected" in line and "test-recorder" not in line]
+        assert [line.split(" as ")[1].split(" ")[0] for line in client_ids] == [
+            "ac63be123456", "fca6670a0b0c"
+        ]
+    finally:
+        uplink.stop()
+
+
+def test_operations_and_errors_from_cumulocity(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                               recorder: Recorder,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_for(tmp_path, mosquitto_tls)
+    received: list[SmartRestLine] = []
+    got = threading.Event()
+
+    def on_operation(line: SmartRestLine) -> None:
+        received.append(line)
+        if len(received) == 2:
+            got.set()
+
+    uplink = Uplink(settings, on_operation=on_operation, backoff=FAST)
+    uplink.start()
+    caplog.set_level(logging.INFO, logger="dashkanban.c8y.mqtt")
+    try:
+        assert uplink.wait_connected(10)
+        recorder.publish("s/e", "41,100,Device already existing\n"
+                                "50,100,Error on device creation, message: Error on identity "
+                                "creation")
+        recorder.publish("s/ds", 'c8y_x\n510,dashkanban-gw-01\n'
+                                 '511,ac63be123456,"refill ""A3"""')
+        assert got.wait(10)
+        assert received == [
+            SmartRestLine("c8y_x", ()),
+            SmartRestLine("510", ("dashkanban-gw-01",)),
+        ] or received[:2] == [SmartRestLine("c8y_x", ()),
+                              SmartRestLine("510", ("dashkanban-gw-01",))]
+    finally:
+        uplink.stop()
+    assert received == [
+        SmartRestLine("c8y_x", ()),
+        SmartRestLine("510", ("dashkanban-gw-01",)),
+        SmartRestLine("511", ("ac63be123456", 'refill "A3"')),
+    ]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Cumulocity: device dashkanban-gw-01 already exists (fine)" in messages
+    assert ("Cumulocity error 50 (server error between SmartREST and the platform) for template "
+            "100: Error on device creation, message: Error on identity creation") in messages
+
+
+def test_message_over_the_size_limit_is_refused_locally(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        with pytest.raises(MessageTooLargeError) as info:
+            uplink.send(event(1, text="x" * 16_000))
+        assert str(info.value) == (
+            "a message of 16048 bytes for s/us/ac63be123456 is over Cumulocity's limit of "
+            "16000 bytes; shorten [event] text"
+        )
+        assert caplog.records[-1].getMessage().startswith(
+            "refusing to publish 16048 bytes on s/us/ac63be123456 (Cumulocity's limit is 16000)"
+        )
+        acks = Acks()
+        send(uplink, event(1), acks, "a")  # the child is still announced before its event
+        acks.wait(1)
+        assert [t for t, _ in recorder.wait_for(6)] == ["s/us"] * 5 + ["s/us/ac63be123456"]
+    finally:
+        uplink.stop()
+
+
+def test_wrong_password_gives_up_after_a_few_attempts(tmp_path: Path,
+                                                      mosquitto_tls: Mosquitto) -> None:
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, password="wrong"), max_refusals=2,
+                    backoff=FAST)
+    uplink.start()
+    try:
+        assert not uplink.wait_connected(10)
+        assert isinstance(uplink.failed, LoginRefusedError)
+        assert uplink.failed.code == 5
+        assert str(uplink.failed) == (
+            f"127.0.0.1:{mosquitto_tls.port} refused the login for t12345/dash-gateway: not "
+            "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may "
+            "connect devices (with a certificate: that the tenant trusts its CA)"
+        )
+        # exactly max_refusals attempts reached the broker, and no more came after a while
+        time.sleep(0.5)  # more than the test backoff's ceiling
+        assert mosquitto_tls.log_text().count("disconnected, not authorised.") == 2
+    finally:
+        uplink.stop()
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    lows = [backoff_delay(n, 1.0, 60.0, rand=lambda a, b: a) for n in range(1, 9)]
+    highs = [backoff_delay(n, 1.0, 60.0, rand=lambda a, b: b) for n in range(1, 9)]
+    assert highs == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert lows == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_error_lines_in_words() -> None:
+    assert describe_error_line("40,999,No static template for this message id") == (
+        "Cumulocity error 40 (no such static template) for template 999: "
+        "No static template for this message id"
+    )
+    assert describe_error_line(
+        "41,,MqttAuth: Cannot publish token for device that do not use certificate authentication"
+    ) == ("Cumulocity error 41 (template or creation error): MqttAuth: Cannot publish token for "
+          "device that do not use certificate authentication")
+
+
+@pytest.fixture
+def mosquitto_cert(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Mosquitto]:
+    """TLS that requires a client certificate signed by the test CA (no password file)."""
+    _need_mosquitto()
+    broker = Mosquitto(tmp_path / "mosquitto-cert", free_port(), tls=tls_files,
+                       require_certificate=True)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def cert_config(folder: Path, broker: Mosquitto, tls: TlsFiles, *, with_cert: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "MACID.csv").write_text("Name, MAC-Address\n")
+    cert = f"cert_file = {tls.client_cert}\nkey_file = {tls.client_key}\n" if with_cert else (
+        "password = unused\n"
+    )
+    path = folder / "config.ini"
+    path.write_text(
+        f"[C8YMQTT]\ntenant = localhost\ntenantID = t12345\nuser = dash-gateway\n"
+        f"port = {broker.port}\nca_file = {tls.ca_cert}\n{cert}"
+        # With a certificate the client id must equal its CN (protocol notes 1.3).
+        "[gateway]\nserial = dashkanban-gw-test\nname = cert gateway\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_client_certificate_instead_of_a_password(
+    tmp_path: Path, mosquitto_cert: Mosquitto, tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DASHKANBAN_PASSWORD", raising=False)
+    settings = load_settings(cert_config(tmp_path / "ok", mosquitto_cert, tls_files,
+                                         with_cert=True))
+    assert settings.c8y.password is None
+    uplink = Uplink(settings, backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        acks = Acks()
+        send(uplink, event(1), acks, "a")
+        assert acks.wait(1) == ["a"]
+    finally:
+        uplink.stop()
+    assert ("New client connected from 127.0.0.1" in mosquitto_cert.log_text())
+    assert "as dashkanban-gw-test (p2, c1, k60, u'dashkanban-gw-test')" in (
+        mosquitto_cert.log_text()
+    )
+    # Without the certificate the broker ends the handshake: a connection error, retried.
+    no_cert = Uplink(load_settings(cert_config(tmp_path / "no", mosquitto_cert, tls_files,
+                                               with_cert=False)), backoff=FAST)
+    no_cert.start()
+    try:
+        assert not no_cert.wait_connected(1)
+        assert str(no_cert.last_error) == (
+            f"localhost:{mosquitto_cert.port} closed the connection before CONNACK (Unspecified "
+            "error); check port and tls, and cert_file if the broker requires a client "
+            "certificate"
+        )
+    finally:
+        no_cert.stop()
+
+
+@pytest.mark.parametrize(("code", "text"), [
+    (134, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),
+    (133, "client id rejected (CONNACK 2); check [gateway] serial (with a client certificate it "
+          "must equal the certificate's CN)"),
+    (136, "server unavailable (CONNACK 3); Cumulocity is temporarily unavailable; dashkanban "
+          "retries"),
+    (4, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),
+])
+def test_connack_refusals_in_words(code: int, text: str) -> None:
+    error = LoginRefusedError(mqtt.connack_code(code), "h:8883", "t1/u")
+    assert str(error) == f"h:8883 refused the login for t1/u: {text}"

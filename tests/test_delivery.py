@@ -1,0 +1,207 @@
+"""The Courier: outbox -> uplink -> real mosquitto over TLS, acked only on PUBACK, in order."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from dashkanban.c8y.mqtt import Uplink
+from dashkanban.delivery import Courier, deliver
+from dashkanban.errors import UndeliveredError
+from dashkanban.events import Event
+from tests.brokers import Mosquitto, TlsFiles
+from tests.c8y.support import Recorder, settings_for
+from tests.memory_outbox import MemoryOutbox
+
+T0 = datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC)
+
+
+def press(n: int, serial: str = "ac63be123456", name: str = "dashButton_1") -> Event:
+    mac = ":".join(serial[i:i + 2] for i in range(0, 12, 2))
+    return Event(time=T0 + timedelta(seconds=n), mac=mac, serial=serial, name=name,
+                 type="c8y_MAC_Event", text=f"press {n}", trigger="arp")
+
+
+def line(n: int) -> str:
+    time = (T0 + timedelta(seconds=n)).isoformat("T", "milliseconds")
+    return f"400,c8y_MAC_Event,press {n},{time}"
+
+
+@pytest.fixture
+def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
+    rec = Recorder(mosquitto_tls, tls_files)
+    yield rec
+    rec.close()
+
+
+def events_of(messages: list[tuple[str, str]]) -> list[str]:
+    return [payload for topic, payload in messages if topic.startswith("s/us/")]
+
+
+def test_queued_before_connect_delivered_in_order_and_acked(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
+) -> None:
+    outbox = MemoryOutbox()
+    for n in range(1, 51):  # queued while offline
+        outbox.put(press(n), ("302,c8y_KanbanReorder,Bin A3 empty",) if n == 7 else ())
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = Courier(outbox, uplink, window=8)
+    uplink.start()
+    courier.start()
+    try:
+        assert courier.drain(20)
+        assert outbox.acked == list(range(1, 51))
+        messages = recorder.wait_for(4 + 1 + 50)
+        assert messages[5][0] == "s/us/ac63be123456"
+        expected = [line(n) for n in range(1, 51)]
+        expected[6] += "\n302,c8y_KanbanReorder,Bin A3 empty"
+        assert events_of(messages) == expected
+        # a new press wakes the loop
+        courier.put(press(51))
+        assert courier.drain(10)
+        assert events_of(recorder.wait_for(56))[-1] == line(51)
+        assert courier.delivered == 51
+    finally:
+        courier.stop()
+        uplink.stop()
+
+
+def test_in_flight_rows_are_resent_after_the_connection_drops(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
+) -> None:
+    outbox = MemoryOutbox()
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.5, 0.5))
+    courier = Courier(outbox, uplink, window=100)
+    uplink.start()
+    courier.start()
+    try:
+        courier.put(press(1))
+        assert courier.drain(10)
+        assert mosquitto_tls.process is not None
+        # Freeze the broker: the next presses go out but no PUBACK comes back.
+        os.kill(mosquitto_tls.process.pid, signal.SIGSTOP)
+        for n in range(2, 6):
+            courier.put(press(n))
+        assert not courier.drain(0.5)
+        assert outbox.count() == 4  # nothing acked without a PUBACK
+        mosquitto_tls.process.kill()
+        mosquitto_tls.process.wait()
+        mosquitto_tls.process = None
+        mosquitto_tls.start()
+        recorder.wait_subscribed(2)
+        assert courier.drain(20)
+        assert outbox.acked == [1, 2, 3, 4, 5]
+        assert courier.resent == 4
+        after = recorder.wait_for(6 + 4 + 1 + 4)[6:]
+        assert after[:4] == [
+            ("s/us", "100,Store 3 button gateway,c8y_DashKanbanGateway"),
+            ("s/us", "114"), ("s/us", "117,60"), ("s/us", "500"),
+        ]
+        assert after[4] == ("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton")
+        assert events_of(after) == [line(n) for n in range(2, 6)]
+    finally:
+        courier.stop()
+        uplink.stop()
+
+
+def test_oversized_row_stays_queued_and_does_not_block_the_rest(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
+) -> None:
+    outbox = MemoryOutbox()
+    outbox.put(press(1))
+    big = outbox.put(press(2), ("x" * 16_000,))
+    outbox.put(press(3))
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = Courier(outbox, uplink)
+    uplink.start()
+    courier.start()
+    try:
+        assert not courier.drain(1)
+        assert outbox.acked == [1, 3]
+        oldest = outbox.oldest()
+        assert oldest is not None
+        assert (oldest.id, oldest.attempts) == (big, 1)
+        assert outbox.last_error() == (
+            "a message of 16056 bytes for s/us/ac63be123456 is over Cumulocity's limit of 16000 "
+            "bytes; shorten [event] text"
+        )
+        assert events_of(recorder.wait_for(7)) == [line(1), line(3)]
+    finally:
+        courier.stop()
+        uplink.stop()
+
+
+def test_per_device_mode_keeps_each_buttons_order(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
+) -> None:
+    outbox = MemoryOutbox()
+    a, b = ("ac63be123456", "dashButton_1"), ("fca6670a0b0c", "dashButton_2")
+    for n, (serial, name) in enumerate([a, b, a, b, b], start=1):
+        outbox.put(press(n, serial, name))
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, mode="per-device"), backoff=(0.05, 0.2))
+    courier = Courier(outbox, uplink)
+    uplink.start()
+    courier.start()
+    try:
+        assert courier.drain(20)
+        assert sorted(outbox.acked) == [1, 2, 3, 4, 5]
+        messages = recorder.wait_for(9)
+        assert all(t == "s/us" for t, _ in messages)
+        # Each device's presses arrive in order; the two connections interleave freely.
+        events = [p for _, p in messages if p.startswith("400,")]
+        assert [p for p in events if p in (line(1), line(3))] == [line(1), line(3)]
+        assert [p for p in events if p in (line(2), line(4), line(5))] == [
+            line(2), line(4), line(5)
+        ]
+        assert sorted(events) == sorted(line(n) for n in range(1, 6))
+    finally:
+        courier.stop()
+        uplink.stop()
+
+
+def test_drain_returns_at_once_when_the_login_is_refused(tmp_path: Path,
+                                                         mosquitto_tls: Mosquitto) -> None:
+    outbox = MemoryOutbox()
+    outbox.put(press(1))
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, password="wrong"), max_refusals=1)
+    courier = Courier(outbox, uplink)
+    uplink.start()
+    courier.start()
+    try:
+        assert not courier.drain(30)  # would take 30 s if it did not notice
+        assert uplink.failed is not None
+        assert outbox.count() == 1
+        assert str(uplink.failed).endswith("not authorised (CONNACK 5); check user and password "
+                                           "in [C8YMQTT] and that the user may connect devices "
+                                           "(with a certificate: that the tenant trusts its CA)")
+    finally:
+        courier.stop()
+        uplink.stop()
+
+
+def test_deliver_for_one_shot_commands(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                       recorder: Recorder) -> None:
+    outbox = MemoryOutbox()
+    settings = settings_for(tmp_path, mosquitto_tls)
+    assert deliver(settings, outbox, [press(1), press(2)], timeout=10) == 2
+    assert outbox.count() == 0
+    assert events_of(recorder.wait_for(7)) == [line(1), line(2)]
+
+
+def test_deliver_broker_down_raises_undelivered(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    outbox = MemoryOutbox()
+    settings = settings_for(tmp_path, mosquitto_tls)
+    mosquitto_tls.stop()
+    with pytest.raises(UndeliveredError) as info:
+        deliver(settings, outbox, [press(1), press(2)], timeout=0.5)
+    assert info.value.exit_code == 3
+    assert str(info.value) == (
+        "2 event(s) not delivered within 0.5 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay queued in the outbox"
+    )
+    assert outbox.count() == 2
