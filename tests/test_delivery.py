@@ -16,7 +16,7 @@ from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
 from tests.brokers import Mosquitto, TlsFiles
 from tests.c8y.support import Recorder, settings_for
-from tests.memory_outbox import MemoryOutbox
+from tests.memory_outbox import recording_outbox
 
 T0 = datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC)
 
@@ -46,7 +46,7 @@ def events_of(messages: list[tuple[str, str]]) -> list[str]:
 def test_queued_before_connect_delivered_in_order_and_acked(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
-    outbox = MemoryOutbox()
+    outbox = recording_outbox(tmp_path)
     for n in range(1, 51):  # queued while offline
         outbox.put(press(n), ("302,c8y_KanbanReorder,Bin A3 empty",) if n == 7 else ())
     uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
@@ -74,7 +74,7 @@ def test_queued_before_connect_delivered_in_order_and_acked(
 def test_in_flight_rows_are_resent_after_the_connection_drops(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
-    outbox = MemoryOutbox()
+    outbox = recording_outbox(tmp_path)
     uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.5, 0.5))
     courier = Courier(outbox, uplink, window=100)
     uplink.start()
@@ -112,7 +112,7 @@ def test_in_flight_rows_are_resent_after_the_connection_drops(
 def test_oversized_row_stays_queued_and_does_not_block_the_rest(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
-    outbox = MemoryOutbox()
+    outbox = recording_outbox(tmp_path)
     outbox.put(press(1))
     big = outbox.put(press(2), ("x" * 16_000,))
     outbox.put(press(3))
@@ -139,7 +139,7 @@ def test_oversized_row_stays_queued_and_does_not_block_the_rest(
 def test_per_device_mode_keeps_each_buttons_order(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
-    outbox = MemoryOutbox()
+    outbox = recording_outbox(tmp_path)
     a, b = ("ac63be123456", "dashButton_1"), ("fca6670a0b0c", "dashButton_2")
     for n, (serial, name) in enumerate([a, b, a, b, b], start=1):
         outbox.put(press(n, serial, name))
@@ -166,7 +166,7 @@ def test_per_device_mode_keeps_each_buttons_order(
 
 def test_drain_returns_at_once_when_the_login_is_refused(tmp_path: Path,
                                                          mosquitto_tls: Mosquitto) -> None:
-    outbox = MemoryOutbox()
+    outbox = recording_outbox(tmp_path)
     outbox.put(press(1))
     uplink = Uplink(settings_for(tmp_path, mosquitto_tls, password="wrong"), max_refusals=1)
     courier = Courier(outbox, uplink)
@@ -186,7 +186,7 @@ def test_drain_returns_at_once_when_the_login_is_refused(tmp_path: Path,
 
 def test_deliver_for_one_shot_commands(tmp_path: Path, mosquitto_tls: Mosquitto,
                                        recorder: Recorder) -> None:
-    outbox = MemoryOutbox()
+    outbox = recording_outbox(tmp_path)
     settings = settings_for(tmp_path, mosquitto_tls)
     assert deliver(settings, outbox, [press(1), press(2)], timeout=10) == 2
     assert outbox.count() == 0
@@ -194,14 +194,16 @@ def test_deliver_for_one_shot_commands(tmp_path: Path, mosquitto_tls: Mosquitto,
 
 
 def test_deliver_broker_down_raises_undelivered(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
-    outbox = MemoryOutbox()
+    outbox = recording_outbox(tmp_path)
     settings = settings_for(tmp_path, mosquitto_tls)
     mosquitto_tls.stop()
     with pytest.raises(UndeliveredError) as info:
         deliver(settings, outbox, [press(1), press(2)], timeout=0.5)
     assert info.value.exit_code == 3
     assert str(info.value) == (
-        "2 event(s) not delivered within 0.5 s (cannot connect to "
-        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay queued in the outbox"
+        "2 events queued: not delivered within 0.5 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay in the outbox for "
+        "`dashkanban outbox flush` or the service"
     )
+    assert outbox.count() == 2
     assert outbox.count() == 2

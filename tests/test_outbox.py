@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from dashkanban.cli import main
+from dashkanban.config import load_settings
 from dashkanban.errors import ConfigError
 from dashkanban.events import Event
 from dashkanban.metrics import Metrics, MetricsSnapshot
 from dashkanban.outbox import Outbox, OutboxError, OutboxFullError, QueuedEvent, row_bytes
+from tests.brokers import Mosquitto, TlsFiles
+from tests.c8y.support import Recorder, write_config
 from tests.faults import read_only_filesystem
 from tests.outbox_writer import event_for
 
@@ -411,10 +414,52 @@ def test_status_of_a_corrupt_outbox_exits_1_with_one_line(
     )
 
 
-def test_flush_waits_for_the_uplink(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flush_delivers_what_is_queued(
+    tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: TlsFiles,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path / "etc", mosquitto_tls)
+    settings = load_settings(config)
+    recorder = Recorder(mosquitto_tls, tls_files)
+    try:
+        with open_outbox(settings.outbox.path) as outbox:
+            outbox.put(event_for(0))
+            outbox.put(event_for(1))
+        assert main(["outbox", "flush", "-c", str(config)]) == 0
+        assert capsys.readouterr().out == "outbox: delivered 2 events\n"
+        events = [p for t, p in recorder.wait_for(4 + 2 + 2) if t.startswith("s/us/")]
+        assert events == [
+            f"400,{event_for(n).type},{event_for(n).text},{event_for(n).c8y_time}"
+            for n in (0, 1)
+        ]
+    finally:
+        recorder.close()
+    with open_outbox(settings.outbox.path) as outbox:
+        assert outbox.count() == 0
+
+
+def test_flush_with_the_broker_down_exits_3_and_keeps_the_rows(
+    tmp_path: Path, mosquitto_tls: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path / "etc", mosquitto_tls)
+    settings = load_settings(config)
+    with open_outbox(settings.outbox.path) as outbox:
+        outbox.put(event_for(0))
+    mosquitto_tls.stop()
+    assert main(["outbox", "flush", "-c", str(config), "--timeout", "0.5"]) == 3
+    assert capsys.readouterr().err.splitlines()[-1] + "\n" == (
+        "error: 1 events queued: not delivered within 0.5 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay in the outbox for "
+        "`dashkanban outbox flush` or the service\n"
+    )
+    with open_outbox(settings.outbox.path) as outbox:
+        assert [row.event for row in outbox.peek()] == [event_for(0)]
+
+
+def test_flush_of_an_empty_outbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _config(tmp_path, tmp_path / "o.sqlite3")
-    assert main(["outbox", "flush", "-c", str(config)]) == 1
-    assert capsys.readouterr().err == "error: outbox flush lands with the uplink (issue #4)\n"
+    assert main(["outbox", "flush", "-c", str(config)]) == 0
+    assert capsys.readouterr().out == "outbox: nothing queued\n"
 
 
 def test_hostile_text_is_stored_not_crashed_on(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ class Courier:
         when the uplink has given up (a refused login: see `uplink.failed`)."""
         deadline = time.monotonic() + timeout
         self.wake()
-        while self._outbox.count() > 0:
+        while self._outbox.count() > 0 or self.in_flight > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._uplink.failed is not None:
                 return False
@@ -216,7 +216,7 @@ def deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
         left = outbox.count()
         why = f" ({uplink.last_error})" if uplink.last_error is not None else ""
         raise UndeliveredError(
-            f"{left} event(s) not delivered within {timeout:g} s{why}; they stay queued in the "
-            "outbox"
+            f"{left} events queued: not delivered within {timeout:g} s{why}; they stay in the "
+            "outbox for `dashkanban outbox flush` or the service"
         )
     return courier.delivered

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dashkanban.errors import ConfigError, DashkanbanError, NotAvailableError
+from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.events import Event
 
 if TYPE_CHECKING:
@@ -608,4 +608,22 @@ def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int)
 
 
 def flush_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("outbox flush lands with the uplink (issue #4)")
+    """`dashkanban outbox flush`: deliver what is queued now. Exit 0, or 3 when it cannot."""
+    from dashkanban.config import find_config, load_settings
+    from dashkanban.delivery import deliver
+
+    settings = load_settings(find_config(args.config))
+    path = settings.outbox.path
+    if not path.exists():
+        print("outbox: nothing queued")
+        return 0
+    with Outbox.open(
+        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
+    ) as outbox:
+        queued = outbox.count()
+        if queued == 0:
+            print("outbox: nothing queued")
+            return 0
+        delivered = deliver(settings, outbox, [], timeout=args.timeout)
+    print(f"outbox: delivered {delivered} events")
+    return 0
