@@ -16,7 +16,7 @@ from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
 from tests.brokers import Mosquitto, TlsFiles
 from tests.c8y.support import Recorder, settings_for
-from tests.memory_outbox import recording_outbox
+from tests.recording_outbox import recording_outbox
 
 T0 = datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC)
 

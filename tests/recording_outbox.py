@@ -1,4 +1,4 @@
-"""The real SQLite outbox, recording the order of acks that deleted a row, for the delivery tests."""
+"""The real SQLite outbox, recording the order of the acks that deleted a row (delivery tests)."""
 
 from __future__ import annotations
 
