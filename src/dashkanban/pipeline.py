@@ -77,7 +77,8 @@ class Pipeline:
                 self.presses += 1
                 yield make_event(press, self._event)
 
-    @property
-    def counts(self) -> Counts:
+    def counts(self, packets: int | None = None) -> Counts:
+        """The counters so far; `packets` = frames read, when a prefiltering reader skipped some."""
         d = self._decoder
-        return Counts(d.frames, d.candidates, d.sightings, d.malformed, self.presses)
+        read = d.frames if packets is None else packets
+        return Counts(read, d.candidates, d.sightings, d.malformed, self.presses)

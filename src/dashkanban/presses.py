@@ -80,7 +80,7 @@ class Debouncer:
         return Press(button, datetime.fromtimestamp(sighting.time, UTC), sighting.trigger)
 
     def _forget(self, now: float) -> None:
-        """Drop the windows that have ended; if all are live, the oldest quarter (bounded memory)."""
+        """Drop ended windows; if all are live, drop the oldest quarter (bounded memory)."""
         longest = max(self._dead_time, *(b.dead_time or 0.0 for b in self._registry))
         ended = [mac for mac, t in self._started.items() if abs(now - t) >= longest]
         for mac in ended:

@@ -1,4 +1,4 @@
-"""`dashkanban replay CAPTURE`: the pipeline over a pcap or pcapng file; packet time is the clock."""
+"""`dashkanban replay CAPTURE`: the pipeline over a capture file, packet time as the clock."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def replay_command(args: argparse.Namespace) -> int:
         raise NotAvailableError("sending lands with the uplink (issue #4); use --dry-run")
     registry = load_buttons(settings.buttons.file)
     pipeline = build_pipeline(settings, registry)
-    events = pipeline.run(open_capture(args.capture))
+    capture = open_capture(args.capture, prefilter=True)
+    events = pipeline.run(capture)
     try:
         if args.jsonl:
             _print_jsonl(events, sys.stdout)
@@ -42,7 +43,8 @@ def replay_command(args: argparse.Namespace) -> int:
             _print_table(events, sys.stdout)
     finally:
         # Also after a corrupt record: what was read before it has been printed, and counted.
-        print(f"{args.capture}: {pipeline.counts.summary()}", file=sys.stderr)
+        counts = pipeline.counts(capture.frames_read)
+        print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
     return 0
 
 

@@ -5,7 +5,7 @@ Every source yields `Frame` values; `open_capture` picks the file reader by the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,7 +34,33 @@ PCAP_MAGICS = frozenset(
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
-def open_capture(path: Path) -> Iterator[Frame]:
+class CaptureFile:
+    """The frames of a capture file, streamed; `frames_read` counts every frame read so far.
+
+    With `prefilter`, frames that cannot be a sighting (TCP, UDP to other ports than 67, IPv6
+    other than ICMPv6, other EtherTypes) are skipped inside the reader's loop and never become a
+    `Frame`: the file-replay equivalent of the live kernel filter, and where replay's speed comes
+    from. Every frame the decoder could count as a candidate or as malformed still comes through.
+    """
+
+    __slots__ = ("_reader", "frames_read", "path", "prefilter")
+
+    def __init__(
+        self,
+        path: Path,
+        reader: Callable[[CaptureFile], Iterator[Frame]],
+        prefilter: bool = False,
+    ) -> None:
+        self.path = path
+        self.prefilter = prefilter
+        self.frames_read = 0
+        self._reader = reader
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self._reader(self)
+
+
+def open_capture(path: Path, *, prefilter: bool = False) -> CaptureFile:
     """Stream the frames of a pcap or pcapng file; the format is told by its first four bytes.
 
     Raises CaptureError (with the byte offset where it applies) for a missing, unreadable,
@@ -52,11 +78,33 @@ def open_capture(path: Path) -> Iterator[Frame]:
     except OSError as exc:
         raise CaptureError(f"{path}: cannot read: {exc.strerror}") from None
     if magic in PCAP_MAGICS:
-        return pcap.read_pcap(path)
+        return CaptureFile(path, pcap.read_pcap, prefilter)
     if magic == PCAPNG_MAGIC:
-        return pcapng.read_pcapng(path)
+        return CaptureFile(path, pcapng.read_pcapng, prefilter)
     if len(magic) < 4:
         raise CaptureError(f"{path}: too short to be a capture file ({len(magic)} bytes)")
     raise CaptureError(
         f"{path}: not a pcap or pcapng file (starts with {magic.hex()}; at byte 0)"
     )
+
+
+def maybe_candidate(buf: bytes, s: int, n: int) -> bool:
+    """False only for a frame (at buf[s:s+n]) that the decoder would ignore without counting it.
+
+    The readers inline this same test in their loops (a call per frame costs as much as the
+    test); this function is its reference, and the tests hold the readers to it.
+    """
+    if n < 42:
+        return True
+    hi = buf[s + 12]
+    if hi == 8:
+        lo = buf[s + 13]
+        if lo == 0:  # IPv4: only UDP to port 67 with a plain 20-byte header is worth a look
+            return not (
+                buf[s + 14] == 0x45
+                and (buf[s + 23] != 17 or buf[s + 36] != 0 or buf[s + 37] != 67)
+            )
+        return lo == 6  # ARP
+    if hi == 0x86:
+        return not (buf[s + 13] == 0xDD and n >= 54 and buf[s + 20] != 58)
+    return hi == 0x81 or hi == 0x88 or hi == 0x91  # VLAN tags (0x8100, 0x88a8, 0x9100)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from pathlib import Path
+from typing import BinaryIO
 
-from dashkanban.capture import CHUNK, LINKTYPE_ETHERNET, MAX_FRAME, Frame
+from dashkanban.capture import CHUNK, LINKTYPE_ETHERNET, MAX_FRAME, CaptureFile, Frame
 from dashkanban.errors import CaptureError
 
 _MAGICS = {
@@ -21,8 +21,9 @@ _MAGICS = {
 }
 
 
-def read_pcap(path: Path) -> Iterator[Frame]:
+def read_pcap(source: CaptureFile) -> Iterator[Frame]:
     """Yield the frames of a classic pcap file, reading it in chunks (memory stays flat)."""
+    path = source.path
     with path.open("rb") as f:
         header = f.read(24)
         if len(header) < 24:
@@ -36,35 +37,67 @@ def read_pcap(path: Path) -> Iterator[Frame]:
                 f"{path}: link type {linktype} at byte 20 is not Ethernet (1); capture on an "
                 "Ethernet or Wi-Fi interface, not 'any'"
             )
-        yield from _records(f, path, endian, scale)
+        yield from _records(f, source, endian, scale)
 
 
-def _records(f: object, path: Path, endian: str, scale: float) -> Iterator[Frame]:
-    read = f.read  # type: ignore[attr-defined]
+def _records(f: BinaryIO, source: CaptureFile, endian: str, scale: float) -> Iterator[Frame]:
+    # The hot loop of a replay: one record header unpacked per frame, and with the prefilter the
+    # test of capture.maybe_candidate inlined, so ordinary traffic never becomes a Python object.
+    path = source.path
+    prefilter = source.prefilter
+    read = f.read
     unpack = struct.Struct(endian + "IIII").unpack_from
+    length = struct.Struct(endian + "I").unpack_from
     buf = b""
     pos = 0
     base = 24  # file offset of buf[0]
-    while True:
-        chunk = read(CHUNK)
-        if not chunk:
-            break
-        buf = buf[pos:] + chunk
-        base += pos
-        pos = 0
-        end = len(buf)
-        limit = end - 16
-        while pos <= limit:
-            sec, frac, incl, _orig = unpack(buf, pos)
-            if incl > MAX_FRAME:
-                raise CaptureError(
-                    f"{path}: corrupt record at byte {base + pos}: captured length {incl} "
-                    f"exceeds {MAX_FRAME}"
-                )
-            nxt = pos + 16 + incl
-            if nxt > end:
+    count = 0
+    try:
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
                 break
-            yield Frame(sec + frac * scale, buf[pos + 16 : nxt])
-            pos = nxt
-    if pos < len(buf):
-        raise CaptureError(f"{path}: file ends inside the record at byte {base + pos}")
+            buf = buf[pos:] + chunk
+            base += pos
+            pos = 0
+            end = len(buf)
+            limit = end - 16
+            while pos <= limit:
+                incl = length(buf, pos + 8)[0]
+                if incl > MAX_FRAME:
+                    raise CaptureError(
+                        f"{path}: corrupt record at byte {base + pos}: captured length {incl} "
+                        f"exceeds {MAX_FRAME}"
+                    )
+                nxt = pos + 16 + incl
+                if nxt > end:
+                    break
+                count += 1
+                if prefilter and incl >= 42:
+                    s = pos + 16
+                    hi = buf[s + 12]
+                    if hi == 8:
+                        lo = buf[s + 13]
+                        if lo == 0:
+                            if buf[s + 14] == 0x45 and (
+                                buf[s + 23] != 17 or buf[s + 36] != 0 or buf[s + 37] != 67
+                            ):
+                                pos = nxt
+                                continue
+                        elif lo != 6:
+                            pos = nxt
+                            continue
+                    elif hi == 0x86:
+                        if buf[s + 13] == 0xDD and incl >= 54 and buf[s + 20] != 58:
+                            pos = nxt
+                            continue
+                    elif hi != 0x81 and hi != 0x88 and hi != 0x91:
+                        pos = nxt
+                        continue
+                sec, frac, _incl, _orig = unpack(buf, pos)
+                yield Frame(sec + frac * scale, buf[pos + 16 : nxt])
+                pos = nxt
+        if pos < len(buf):
+            raise CaptureError(f"{path}: file ends inside the record at byte {base + pos}")
+    finally:
+        source.frames_read = count

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dashkanban.capture import CHUNK, LINKTYPE_ETHERNET, MAX_FRAME, Frame
+from dashkanban.capture import (
+    CHUNK,
+    LINKTYPE_ETHERNET,
+    MAX_FRAME,
+    CaptureFile,
+    Frame,
+    maybe_candidate,
+)
 from dashkanban.errors import CaptureError
 
 SHB = 0x0A0D0D0A
@@ -36,13 +43,17 @@ class Interface:
     offset: int  # seconds added to every timestamp (if_tsoffset)
 
 
-def read_pcapng(path: Path) -> Iterator[Frame]:
+def read_pcapng(source: CaptureFile) -> Iterator[Frame]:
     """Yield the frames of a pcapng file, reading it in chunks (memory stays flat)."""
-    with path.open("rb") as f:
-        yield from _blocks(f, path)
+    with source.path.open("rb") as f:
+        counter = [0]
+        try:
+            yield from _blocks(f, source.path, source.prefilter, counter)
+        finally:
+            source.frames_read = counter[0]
 
 
-def _blocks(f: BinaryIO, path: Path) -> Iterator[Frame]:
+def _blocks(f: BinaryIO, path: Path, prefilter: bool, counter: list[int]) -> Iterator[Frame]:
     buf = b""
     pos = 0
     base = 0  # file offset of buf[0]
@@ -107,13 +118,17 @@ def _blocks(f: BinaryIO, path: Path) -> Iterator[Frame]:
             if caplen > end - body - 20:
                 raise CaptureError(f"{path}: packet longer than its block at byte {at}")
             last_time = _time(interfaces, iface, (hi << 32) | lo, path, at)
-            yield Frame(last_time, buf[body + 20 : body + 20 + caplen])
+            counter[0] += 1
+            if not prefilter or maybe_candidate(buf, body + 20, caplen):
+                yield Frame(last_time, buf[body + 20 : body + 20 + caplen])
         elif btype == SPB:
             if end - body < 4:
                 raise CaptureError(f"{path}: simple packet block too short at byte {at}")
             _time(interfaces, 0, 0, path, at)  # checks interface 0 exists and is Ethernet
             length = min(u32(buf, body)[0], end - body - 4)
-            yield Frame(last_time, buf[body + 4 : body + 4 + length])
+            counter[0] += 1
+            if not prefilter or maybe_candidate(buf, body + 4, length):
+                yield Frame(last_time, buf[body + 4 : body + 4 + length])
         elif btype == OPB:
             if end - body < 20:
                 raise CaptureError(f"{path}: packet block too short at byte {at}")
@@ -122,6 +137,7 @@ def _blocks(f: BinaryIO, path: Path) -> Iterator[Frame]:
             if caplen > end - body - 20:
                 raise CaptureError(f"{path}: packet longer than its block at byte {at}")
             last_time = _time(interfaces, iface, (hi << 32) | lo, path, at)
+            counter[0] += 1
             yield Frame(last_time, buf[body + 20 : body + 20 + caplen])
         elif btype == IDB:
             interfaces.append(_interface(buf, body, end, endian, path, at))
