@@ -226,7 +226,7 @@ class Decoder:
         if msg_type != DHCP_DISCOVER and msg_type != DHCP_REQUEST:
             return None  # DECLINE, RELEASE, INFORM or plain BOOTP: no device waking up
         ciaddr = frame[b + 12 : b + 16]
-        if requested is not None:
+        if requested is not None and requested != b"\x00\x00\x00\x00":
             ip: str | None = _ipv4(requested)
         elif ciaddr != b"\x00\x00\x00\x00":
             ip = _ipv4(ciaddr)

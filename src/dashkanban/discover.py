@@ -127,7 +127,7 @@ def print_table(devices: Iterable[Device], registry: Registry, out: TextIO) -> N
             button.name if button else "",
             style=style,
         )
-    width = None if out.isatty() else 140
+    width = None if out.isatty() else 160
     Console(file=out, width=width, soft_wrap=False).print(table)
 
 

@@ -224,12 +224,17 @@ def write_pcap(
     record = struct.Struct(e + "IIII")
     count = 0
     for timestamp, data in frames:
-        ticks = round(timestamp * units)
-        sec, frac = divmod(ticks, units)
+        sec, frac = divmod(_ticks(timestamp, units), units)
         target.write(record.pack(sec, frac, len(data), len(data)))
         target.write(data)
         count += 1
     return count
+
+
+def _ticks(timestamp: float, units: int) -> int:
+    """Seconds -> ticks without the float error of `timestamp * 1e9` (1.7e18 > 2**53)."""
+    seconds = int(timestamp)
+    return seconds * units + round((timestamp - seconds) * units)
 
 
 def _option(code: int, value: bytes, e: str) -> bytes:
@@ -263,7 +268,7 @@ def pcapng_packet(
 ) -> bytes:
     e = ">" if big_endian else "<"
     units = 2 ** (tsresol & 0x7F) if tsresol & 0x80 else 10**tsresol
-    ticks = round(timestamp * units)
+    ticks = _ticks(timestamp, units)
     body = struct.pack(e + "IIIII", interface, ticks >> 32, ticks & 0xFFFFFFFF, len(data),
                        len(data)) + data
     return _block(6, body, e)
