@@ -294,3 +294,33 @@ def test_without_cap_net_raw_exits_2() -> None:
     assert last.startswith("error: live capture needs CAP_NET_RAW: run 'sudo setcap "
                            "cap_net_raw+ep")
     assert "dashkanban service install" in last
+
+
+def test_discover_live_in_a_namespace(veth_pair: Pair, tmp_path: Path) -> None:
+    """The command itself, as a process inside namespace B, while A's button keeps probing."""
+    button = "ac:63:be:12:34:56"
+    probe = forge.arp_frame(1, button, "0.0.0.0", "192.168.10.51")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", veth_pair.ns_b, sys.executable, "-m", "dashkanban", "discover",
+         "-i", veth_pair.if_b, "--seconds", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    sender = _sender(veth_pair)
+    try:
+        for _ in range(50):  # bounded: 2.5 s of probes, the capture opens within the first
+            sender.send(probe)
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        sender.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    rows = [line for line in out.splitlines() if button in line]
+    assert len(rows) == 1
+    assert [c.strip() for c in rows[0].split("│")[1:4]] == [
+        button, "Amazon Technologies Inc.", "arp"
+    ]
+    assert f"listening on {veth_pair.if_b} for 3 s..." in err
+    assert err.splitlines()[-1].startswith("1 devices, ")
