@@ -19,6 +19,8 @@ ARP = forge.arp_frame(1, "ac:63:be:12:34:56", "0.0.0.0", "192.168.10.51")
 TCP = forge.tcp_frame("3c:22:fb:8e:41:07", "00:0d:b9:4a:10:01", "192.168.10.31", "1.2.3.4",
                       50000, 443, payload=b"hello")
 DHCP = forge.dhcp_client_frame("ac:63:be:12:34:56", forge.DISCOVER, vlans=(20,))
+TAGGED = forge.tcp_frame("3c:22:fb:8e:41:07", "00:0d:b9:4a:10:01", "192.168.10.31", "1.2.3.4",
+                         50000, 443, vlans=(10,))
 FRAMES = [(T0 + 0.000001, ARP), (T0 + 1.5, TCP), (T0 + 2.25, DHCP)]
 
 
@@ -73,11 +75,17 @@ def test_pcapng_from_scapy_is_read(tmp_path: Path) -> None:
     assert [f.timestamp for f in frames] == pytest.approx([t for t, _ in FRAMES], abs=1e-6)
 
 
-def test_prefilter_skips_only_what_cannot_be_a_sighting(tmp_path: Path) -> None:
-    path = write_pcap(tmp_path / "a.pcap", FRAMES)
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+def test_prefilter_skips_only_what_cannot_be_a_sighting(tmp_path: Path, kind: str) -> None:
+    frames = [*FRAMES, (T0 + 3, TAGGED)]
+    if kind == "pcap":
+        path = write_pcap(tmp_path / "a.pcap", frames)
+    else:
+        path = tmp_path / "a.pcapng"
+        forge.write_pcapng(path, frames)
     capture = open_capture(path, prefilter=True)
     assert [f.data for f in capture] == [ARP, DHCP]
-    assert capture.frames_read == 3
+    assert capture.frames_read == 4
 
 
 def _pcapng(*blocks: bytes) -> bytes:
@@ -216,7 +224,7 @@ def test_pcapng_truncated(tmp_path: Path) -> None:
 
 
 @settings(max_examples=400)
-@given(st.binary(min_size=0, max_size=120), st.sampled_from([ARP, TCP, DHCP, b""]))
+@given(st.binary(min_size=0, max_size=120), st.sampled_from([ARP, TCP, DHCP, TAGGED, b""]))
 def test_maybe_candidate_is_a_superset(noise: bytes, base: bytes) -> None:
     from dashkanban.decode import Decoder
 

@@ -96,7 +96,11 @@ def maybe_candidate(buf: bytes, s: int, n: int) -> bool:
     """
     if n < 42:
         return True
+    end = s + n
     hi = buf[s + 12]
+    if hi == 0x81 and buf[s + 13] == 0 and n >= 46:
+        s += 4  # one 802.1Q tag: test what it carries
+        hi = buf[s + 12]
     if hi == 8:
         lo = buf[s + 13]
         if lo == 0:  # IPv4: only UDP to port 67 with a plain 20-byte header is worth a look
@@ -106,5 +110,5 @@ def maybe_candidate(buf: bytes, s: int, n: int) -> bool:
             )
         return lo == 6  # ARP
     if hi == 0x86:
-        return not (buf[s + 13] == 0xDD and n >= 54 and buf[s + 20] != 58)
+        return not (buf[s + 13] == 0xDD and s + 54 <= end and buf[s + 20] != 58)
     return hi == 0x81 or hi == 0x88 or hi == 0x91  # VLAN tags (0x8100, 0x88a8, 0x9100)

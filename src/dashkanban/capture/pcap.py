@@ -84,6 +84,9 @@ def _records(f: BinaryIO, source: CaptureFile, endian: str, scale: float) -> Ite
                 if prefilter and incl >= 42:
                     s = pos + 16
                     hi = buf[s + 12]
+                    if hi == 0x81 and buf[s + 13] == 0 and incl >= 46:
+                        s += 4  # one 802.1Q tag: test what it carries
+                        hi = buf[s + 12]
                     if hi == 8:
                         lo = buf[s + 13]
                         if lo == 0:
@@ -96,7 +99,7 @@ def _records(f: BinaryIO, source: CaptureFile, endian: str, scale: float) -> Ite
                             pos = nxt
                             continue
                     elif hi == 0x86:
-                        if buf[s + 13] == 0xDD and incl >= 54 and buf[s + 20] != 58:
+                        if buf[s + 13] == 0xDD and s + 54 <= nxt and buf[s + 20] != 58:
                             pos = nxt
                             continue
                     elif hi != 0x81 and hi != 0x88 and hi != 0x91:
