@@ -94,21 +94,19 @@ def maybe_candidate(buf: bytes, s: int, n: int) -> bool:
     The readers inline this same test in their loops (a call per frame costs as much as the
     test); this function is its reference, and the tests hold the readers to it.
     """
-    if n < 42:
+    if n < 46:
         return True
     end = s + n
-    hi = buf[s + 12]
-    if hi == 0x81 and buf[s + 13] == 0 and n >= 46:
-        s += 4  # one 802.1Q tag: test what it carries
-        hi = buf[s + 12]
-    if hi == 8:
-        lo = buf[s + 13]
-        if lo == 0:  # IPv4: only UDP to port 67 with a plain 20-byte header is worth a look
-            return not (
-                buf[s + 14] == 0x45
-                and (buf[s + 23] != 17 or buf[s + 36] != 0 or buf[s + 37] != 67)
-            )
-        return lo == 6  # ARP
-    if hi == 0x86:
-        return not (buf[s + 13] == 0xDD and s + 54 <= end and buf[s + 20] != 58)
-    return hi == 0x81 or hi == 0x88 or hi == 0x91  # VLAN tags (0x8100, 0x88a8, 0x9100)
+    ethertype = (buf[s + 12] << 8) | buf[s + 13]
+    if ethertype == 0x8100:  # one 802.1Q tag: test what it carries
+        s += 4
+        ethertype = (buf[s + 12] << 8) | buf[s + 13]
+    if ethertype == 0x0800:
+        # IPv4 with a plain 20-byte header: only UDP to port 67 is worth a look
+        return not (
+            buf[s + 14] == 0x45
+            and (buf[s + 23] != 17 or buf[s + 36] != 0 or buf[s + 37] != 67)
+        )
+    if ethertype == 0x86DD:
+        return not (s + 54 <= end and buf[s + 20] != 58)
+    return ethertype in (0x0806, 0x8100, 0x88A8, 0x9100)

@@ -22,6 +22,11 @@ _MAGICS = {
 }
 
 
+# EtherTypes (as read little-endian) the prefilter hands on to the decoder: ARP, IPv4 with
+# options, 802.1Q (a second tag), 802.1ad, old QinQ.
+_PASS = frozenset((0x0608, 0x0008, 0x0081, 0xA888, 0x0091))
+
+
 def read_pcap(source: CaptureFile) -> Iterator[Frame]:
     """Yield the frames of a classic pcap file, reading it in chunks (memory stays flat)."""
     path = source.path
@@ -52,6 +57,7 @@ def _records(f: BinaryIO, source: CaptureFile, endian: str, scale: float) -> Ite
     read = f.read
     unpack = struct.Struct(endian + "IIII").unpack_from
     length = struct.Struct(endian + "I").unpack_from
+    le32 = struct.Struct("<I").unpack_from
     buf = b""
     pos = 0
     base = 24  # file offset of buf[0]
@@ -81,28 +87,24 @@ def _records(f: BinaryIO, source: CaptureFile, endian: str, scale: float) -> Ite
                         )
                     break
                 count += 1
-                if prefilter and incl >= 42:
+                if prefilter and incl >= 46:
+                    # EtherType and the IPv4 version/length byte in one little-endian read.
                     s = pos + 16
-                    hi = buf[s + 12]
-                    if hi == 0x81 and buf[s + 13] == 0 and incl >= 46:
-                        s += 4  # one 802.1Q tag: test what it carries
-                        hi = buf[s + 12]
-                    if hi == 8:
-                        lo = buf[s + 13]
-                        if lo == 0:
-                            if buf[s + 14] == 0x45 and (
-                                buf[s + 23] != 17 or buf[s + 36] != 0 or buf[s + 37] != 67
-                            ):
-                                pos = nxt
-                                continue
-                        elif lo != 6:
+                    r = pos + 28
+                    w = (views[r & 3][r >> 2] if native else le32(buf, r)[0]) & 0xFFFFFF
+                    if (w & 0xFFFF) == 0x0081:  # one 802.1Q tag: test what it carries
+                        s += 4
+                        r += 4
+                        w = (views[r & 3][r >> 2] if native else le32(buf, r)[0]) & 0xFFFFFF
+                    if w == 0x450008:  # IPv4, 20-byte header: only UDP to port 67 counts
+                        if buf[s + 23] != 17 or buf[s + 36] != 0 or buf[s + 37] != 67:
                             pos = nxt
                             continue
-                    elif hi == 0x86:
-                        if buf[s + 13] == 0xDD and s + 54 <= nxt and buf[s + 20] != 58:
+                    elif (w & 0xFFFF) == 0xDD86:  # IPv6: only ICMPv6
+                        if s + 54 <= nxt and buf[s + 20] != 58:
                             pos = nxt
                             continue
-                    elif hi != 0x81 and hi != 0x88 and hi != 0x91:
+                    elif (w & 0xFFFF) not in _PASS:
                         pos = nxt
                         continue
                 sec, frac, _incl, _orig = unpack(buf, pos)
