@@ -259,7 +259,7 @@ def test_reopens_when_the_interface_comes_back(veth_pair: Pair, caplog: pytest.L
 
 def test_bpf_program_shape() -> None:
     program = candidate_filter(("arp", "dhcp", "ndp"))
-    assert program[-2:] == [(0x06, 0, 0, 262144), (0x06, 0, 0, 0)]
+    assert program[-2:] == [(0x06, 0, 0, 65536), (0x06, 0, 0, 0)]
     assert all(0 <= jt < 256 and 0 <= jf < 256 for _, jt, jf, _ in program)
     assert len(candidate_filter(("arp",))) < len(program)
 

@@ -17,12 +17,11 @@ import os
 import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from dashkanban.capture import MAX_FRAME, Frame
+from dashkanban.capture import Frame
 from dashkanban.errors import CaptureError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,8 @@ PERMISSION_HINT = (
 
 RECOVER_MIN = 0.5  # seconds before reopening after a socket error; doubles up to RECOVER_MAX
 RECOVER_MAX = 30.0
-POLL_SECONDS = 1.0  # how long one wait for a frame may block before checking for stop()
+POLL_SECONDS = 1.0  # how long one wait for a frame may block before looking at stop() again
+RECEIVE_BUFFER = 65536  # the largest frame a candidate can be (the filter accepts no more)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def candidate_filter(detect: Iterable[str] = ("arp", "dhcp", "ndp")) -> list[Ins
             emit(_JEQ, 133, "accept", 0)
             emit(_JEQ, 135, "accept", "reject")
     label("accept")
-    emit(_RET, MAX_FRAME)
+    emit(_RET, RECEIVE_BUFFER)
     label("reject")
     emit(_RET, 0)
 
@@ -191,7 +191,9 @@ class LiveCapture:
         self.received = 0
         self.reopened = 0
         self._wall_clock = wall_clock
-        self._stop = threading.Event()
+        # A plain flag and a pipe, not a threading.Event: stop() may run in a signal handler,
+        # which must not take a lock the interrupted thread could hold.
+        self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._closed = False
@@ -218,7 +220,7 @@ class LiveCapture:
 
     def _receive(self, sock: socket.socket) -> tuple[bytes, int | None, int]:
         data, ancillary, _flags, address = sock.recvmsg(
-            MAX_FRAME, socket.CMSG_SPACE(_AUXDATA.size)
+            RECEIVE_BUFFER, socket.CMSG_SPACE(_AUXDATA.size)
         )
         vlan: int | None = None
         for level, kind, payload in ancillary:
@@ -232,13 +234,17 @@ class LiveCapture:
 
     def stop(self) -> None:
         """Make frames() return soon; safe from another thread or a signal handler."""
-        self._stop.set()
+        self._stopping = True
         with contextlib.suppress(OSError):  # a full or closed pipe: the flag alone is enough
             os.write(self._wake_w, b"x")
 
     @property
     def stopped(self) -> bool:
-        return self._stop.is_set()
+        return self._stopping
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for the backoff, or less when stop() is called."""
+        select.select([self._wake_r], [], [], seconds)
 
     def close(self) -> None:
         if not self._closed:
@@ -255,7 +261,7 @@ class LiveCapture:
 
     def frames(self) -> Iterator[Frame]:
         delay = RECOVER_MIN
-        while not self._stop.is_set():
+        while not self._stopping:
             try:
                 sock = self._open_socket()
             except PermissionDeniedError:
@@ -267,12 +273,12 @@ class LiveCapture:
                     "cannot capture on %s: %s; retrying in %.1f s",
                     self.interface, exc.strerror or exc, delay,
                 )
-                self._stop.wait(delay)
+                self._sleep(delay)
                 delay = min(delay * 2, RECOVER_MAX)
                 continue
             log.info("capturing on %s (%s)", self.interface, ", ".join(sorted(self.detect)))
             try:
-                while not self._stop.is_set():
+                while not self._stopping:
                     ready, _, _ = select.select([sock, self._wake_r], [], [], POLL_SECONDS)
                     if sock not in ready:
                         continue
@@ -288,7 +294,7 @@ class LiveCapture:
                     self.interface, exc.strerror or exc, delay,
                 )
                 self.reopened += 1
-                self._stop.wait(delay)
+                self._sleep(delay)
                 delay = min(delay * 2, RECOVER_MAX)
             finally:
                 sock.close()
