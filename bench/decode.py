@@ -143,9 +143,10 @@ def config(path: Path) -> None:
 
 
 def worker(method: str, capture: str, macid: str) -> None:
-    from scapy.all import ARP, DHCP, Ether, sniff  # noqa: F401 - scapy's own import cost counts
+    from scapy.all import ARP, DHCP, Ether, sniff  # scapy's own import time counts, as in use
 
-    known = {line.split(",")[1].strip().lower() for line in open(macid).read().splitlines()[1:]}
+    lines = Path(macid).read_text().splitlines()[1:]
+    known = {line.split(",")[1].strip().lower() for line in lines}
     started: dict[str, float] = {}
     presses: list[tuple[str, float]] = []
 
@@ -187,13 +188,14 @@ def worker(method: str, capture: str, macid: str) -> None:
 def measure(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MB (wait4 of that process), stdout."""
     out_file = OUT / "stdout.tmp"
-    with out_file.open("wb") as out:
+    err_file = OUT / "stderr.tmp"
+    with out_file.open("wb") as out, err_file.open("wb") as err:  # files: a full pipe would block
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
         _pid, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
+    stderr = err_file.read_text(errors="replace")
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip()[-400:]}")
     return elapsed, usage.ru_maxrss / 1024, out_file.read_text()
