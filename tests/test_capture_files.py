@@ -250,3 +250,46 @@ def test_readers_stream_in_chunks(tmp_path: Path) -> None:
     ng = tmp_path / "big.pcapng"
     forge.write_pcapng(ng, frames)
     assert [f.data for f in read(ng)] == [d for _, d in frames]
+
+
+def _sample_files() -> dict[str, bytes]:
+    buffer = io.BytesIO()
+    forge.write_pcap(buffer, FRAMES)
+    ng = (
+        forge.pcapng_header()
+        + forge.pcapng_interface("eth0", tsresol=9)
+        + forge.pcapng_packet(0, T0, ARP, tsresol=9)
+        + forge.pcapng_simple_packet(TCP)
+        + forge.pcapng_packet(0, T0 + 1, DHCP, tsresol=9)
+    )
+    return {"pcap": buffer.getvalue(), "pcapng": ng}
+
+
+SAMPLES = _sample_files()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(SAMPLES)),
+    st.lists(st.tuples(st.integers(0, 1200), st.integers(0, 255)), min_size=1, max_size=6),
+    st.integers(0, 1200),
+    st.booleans(),
+)
+def test_corrupt_files_raise_only_capture_error(
+    tmp_path_factory: pytest.TempPathFactory, kind: str, flips: list[tuple[int, int]], cut: int,
+    prefilter: bool,
+) -> None:
+    data = bytearray(SAMPLES[kind])
+    for index, value in flips:
+        if 4 <= index < len(data):  # keep the magic: the reader, not the sniffing, is tested
+            data[index] = value
+    path = tmp_path_factory.mktemp("corrupt") / f"x.{kind}"
+    path.write_bytes(bytes(data[: max(cut, 4)]))
+    try:
+        frames = list(open_capture(path, prefilter=prefilter))
+    except CaptureError as exc:
+        message = str(exc)
+        assert message.startswith(str(path))
+        assert "\n" not in message
+    else:
+        assert all(isinstance(f.data, bytes) and len(f.data) <= 262144 for f in frames)
