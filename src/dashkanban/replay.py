@@ -14,17 +14,22 @@ from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import DashkanbanError, NotAvailableError
 from dashkanban.events import Event
 from dashkanban.pipeline import Pipeline
+from dashkanban.presses import Lookup
 
 log = logging.getLogger(__name__)
 
 
-def build_pipeline(settings: Settings, registry: Registry) -> Pipeline:
-    """The pipeline as configured (the inventory look-up is added by the uplink)."""
+def build_pipeline(
+    settings: Settings, registry: Registry, lookup: Lookup | None = None
+) -> Pipeline:
+    """The pipeline as configured; `lookup` is the Cumulocity inventory look-up for MACs not in
+    MACID.csv (`[buttons] source = inventory|both`, provided by the uplink)."""
     return Pipeline(
         registry,
         settings.event,
         detect=settings.capture.detect,
         dead_time=settings.debounce_seconds,
+        lookup=lookup,
     )
 
 
