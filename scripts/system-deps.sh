@@ -7,6 +7,13 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# bench/decode.py's baselines: scapy's offline BPF filter runs tcpdump, which needs libpcap0.8;
+# tests/test_capture_files.py also reads a file tcpdump wrote. setpriv (util-linux) drops
+# CAP_NET_RAW for the permission test.
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+[[ -e /usr/lib/x86_64-linux-gnu/libpcap.so.0.8 || -e /usr/lib/aarch64-linux-gnu/libpcap.so.0.8 ]] \
+    || ldconfig -p 2>/dev/null | grep -q 'libpcap.so.0.8' || need+=(libpcap0.8)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if ((${#need[@]} == 0)); then
     exit 0
 fi

@@ -1,11 +1,243 @@
-"""Placeholder: discover lands with issue #3."""
+"""`dashkanban discover`: which devices join this network, and which of them are buttons?
+
+Listens live (`-i IFACE --seconds N`) or reads a capture (`--pcap FILE`), and lists every device
+seen by ARP, DHCP or IPv6 neighbour discovery with its vendor from an offline OUI list. Amazon's
+devices are highlighted: a Dash button is usually the Amazon MAC that showed up when you pressed it.
+`--csv` prints rows to paste into MACID.csv. The config file is optional here: with one, the
+configured buttons are marked "known" and its [capture] interface is the default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
 
-from dashkanban.errors import NotAvailableError
+from dashkanban.buttons import Registry, load_buttons
+from dashkanban.capture import Frame, open_capture
+from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
+from dashkanban.decode import TRIGGERS, Decoder, Sighting
+from dashkanban.errors import DashkanbanError
+from dashkanban.vendors import is_amazon, vendor_of
+
+log = logging.getLogger(__name__)
+
+MAX_DEVICES = 50_000  # a hostile flood of made-up MACs must not eat the memory
+
+
+@dataclass(slots=True)
+class Device:
+    """What was seen of one MAC (mutable: a running tally)."""
+
+    mac: str
+    first: float
+    last: float
+    count: int = 0
+    how: set[str] = field(default_factory=set)
+    hostname: str | None = None
+    vendor_class: str | None = None
+    ip: str | None = None
+    vlan: int | None = None
+
+
+class Census:
+    """Sightings -> one Device per MAC, in the order first seen (pure)."""
+
+    def __init__(self, max_devices: int = MAX_DEVICES) -> None:
+        self.devices: dict[str, Device] = {}
+        self.max_devices = max_devices
+        self.dropped = 0
+
+    def add(self, sighting: Sighting) -> None:
+        device = self.devices.get(sighting.mac)
+        if device is None:
+            if len(self.devices) >= self.max_devices:
+                self.dropped += 1
+                return
+            device = self.devices[sighting.mac] = Device(
+                sighting.mac, sighting.time, sighting.time
+            )
+        device.count += 1
+        device.first = min(device.first, sighting.time)
+        device.last = max(device.last, sighting.time)
+        device.how.add(sighting.trigger)
+        device.hostname = sighting.hostname or device.hostname
+        device.vendor_class = sighting.vendor_class or device.vendor_class
+        device.ip = sighting.ip or device.ip
+        device.vlan = sighting.vlan if sighting.vlan is not None else device.vlan
+
+
+def how_seen(device: Device) -> str:
+    """e.g. "dhcp (iPhone-Kasse), arp" in the fixed order dhcp, arp, ndp."""
+    parts = []
+    for trigger in ("dhcp", "arp", "ndp"):
+        if trigger in device.how:
+            if trigger == "dhcp" and (device.hostname or device.vendor_class):
+                parts.append(f"dhcp ({device.hostname or device.vendor_class})")
+            else:
+                parts.append(trigger)
+    return ", ".join(parts)
+
+
+def csv_name(device: Device, taken: set[str]) -> str:
+    """A name for MACID.csv: the DHCP hostname if any, else button_<last 6 hex digits>."""
+    base = re.sub(r"[^A-Za-z0-9_.\-]", "_", device.hostname or "") or (
+        "button_" + device.mac.replace(":", "")[6:]
+    )
+    name, n = base, 2
+    while name.casefold() in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name.casefold())
+    return name
+
+
+def _time(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(devices: Iterable[Device], registry: Registry, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Devices seen", title_justify="left")
+    for column in ("MAC", "vendor", "seen as", "count", "first seen (UTC)", "last seen (UTC)",
+                   "known"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for device in devices:
+        vendor = vendor_of(device.mac)
+        button = registry.get(device.mac)
+        style = "bold yellow" if is_amazon(vendor) else None
+        vlan = f" vlan {device.vlan}" if device.vlan is not None else ""
+        table.add_row(
+            device.mac,
+            vendor or "?",
+            how_seen(device) + vlan,
+            str(device.count),
+            _time(device.first),
+            _time(device.last),
+            button.name if button else "",
+            style=style,
+        )
+    width = None if out.isatty() else 160
+    Console(file=out, width=width, soft_wrap=False).print(table)
+
+
+def print_csv(devices: Iterable[Device], registry: Registry, out: TextIO) -> None:
+    """Rows for the devices not yet in MACID.csv, Amazon's first (likely buttons)."""
+    fresh = [d for d in devices if d.mac not in registry]
+    fresh.sort(key=lambda d: not is_amazon(vendor_of(d.mac)))  # stable: first-seen order stays
+    taken = {b.name.casefold() for b in registry}
+    writer = csv.writer(out, lineterminator="\n")
+    out.write("Name, MAC-Address\n")
+    for device in fresh:
+        writer.writerow([csv_name(device, taken), device.mac])
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _settings(config: Path | None) -> Settings | None:
+    if config is not None:
+        return load_settings(config)
+    for candidate in DEFAULT_PATHS:
+        if candidate.exists():
+            return load_settings(candidate)
+    return None
 
 
 def discover_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("discover is not available yet (issue #3)")
+    settings = _settings(args.config)
+    registry = load_buttons(settings.buttons.file) if settings else Registry()
+    decoder = Decoder(TRIGGERS)
+    census = Census()
+    if args.pcap is not None:
+        capture = open_capture(args.pcap, prefilter=True)
+        for frame in capture:
+            _feed(decoder, census, frame)
+        packets = capture.frames_read
+    else:
+        from dashkanban.capture.live import resolve_interface
+
+        name = args.interface or (settings.capture.interface if settings else "auto")
+        interface = resolve_interface(name)
+        promiscuous = settings.capture.promiscuous if settings else False
+        packets = listen(interface, args.seconds, decoder, census, promiscuous, sys.stderr)
+    devices = sorted(census.devices.values(), key=lambda d: d.first)
+    if args.csv:
+        print_csv(devices, registry, sys.stdout)
+    else:
+        print_table(devices, registry, sys.stdout)
+    extra = f", {census.dropped} sightings beyond {census.max_devices} devices dropped" if (
+        census.dropped) else ""
+    print(
+        f"{len(devices)} devices, {packets} packets read, {decoder.malformed} malformed{extra}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _feed(decoder: Decoder, census: Census, frame: Frame) -> None:
+    sighting = decoder.decode(frame.data, frame.timestamp, frame.vlan)
+    if sighting is not None:
+        census.add(sighting)
+
+
+def listen(
+    interface: str,
+    seconds: float,
+    decoder: Decoder,
+    census: Census,
+    promiscuous: bool,
+    progress: TextIO,
+) -> int:
+    """Capture live for `seconds`, showing a progress line; returns the frames received."""
+    from dashkanban.capture.live import LiveCapture
+
+    if not seconds > 0:
+        raise DashkanbanError("--seconds must be a positive number")
+    failure: list[BaseException] = []
+    with LiveCapture(interface, TRIGGERS, promiscuous=promiscuous) as live:
+
+        def work() -> None:
+            try:
+                for frame in live.frames():
+                    _feed(decoder, census, frame)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=work, name="discover-capture", daemon=True)
+        thread.start()
+        tty = progress.isatty()
+        deadline = time.monotonic() + seconds
+        if not tty:
+            progress.write(f"listening on {interface} for {seconds:g} s...\n")
+        try:
+            while thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if tty:
+                    progress.write(
+                        f"\rlistening on {interface}: {left:4.0f} s left, "
+                        f"{live.received} packets, {len(census.devices)} devices "
+                    )
+                    progress.flush()
+                time.sleep(min(0.5, left))
+        finally:
+            live.stop()
+            thread.join(timeout=5)
+            if tty:
+                progress.write("\n")
+        if failure:
+            raise failure[0]
+        return live.received

@@ -1,14 +1,24 @@
 """Sightings -> Presses: matching against the known buttons and the per-MAC dead time (pure).
 
-The value type lives here; the debounce logic lands with the capture issue (#3).
+A press wakes the button, which then sends several packets within a few seconds, and Amazon's
+buttons a second burst 15 to 20 seconds later. All sightings of one MAC within the dead time after
+the first one are one press; its time and trigger are those of that first packet. The clock is
+passed in: packet timestamps in a replay (deterministic), monotonic time live.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from dashkanban.buttons import Button
+from dashkanban.buttons import Button, Registry
+from dashkanban.decode import Sighting
+
+DEFAULT_DEAD_TIME = 30.0
+MAX_TRACKED = 100_000  # per-MAC state kept at most; beyond it the oldest windows are forgotten
+
+Lookup = Callable[[str], Button | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,3 +28,66 @@ class Press:
     button: Button
     time: datetime  # timezone-aware, the time of the first packet of the press
     trigger: str  # "arp", "dhcp" or "ndp": the kind of that first packet
+
+
+class Debouncer:
+    """Known button + outside its dead time = a press.
+
+    `lookup` is asked for MACs that are not in the registry (the Cumulocity inventory, for
+    `[buttons] source = inventory|both`); it should cache, as it is asked for every such sighting.
+    """
+
+    __slots__ = ("_dead_time", "_lookup", "_max_tracked", "_registry", "_started")
+
+    def __init__(
+        self,
+        registry: Registry,
+        dead_time: float = DEFAULT_DEAD_TIME,
+        lookup: Lookup | None = None,
+        max_tracked: int = MAX_TRACKED,
+    ) -> None:
+        if not dead_time > 0:
+            raise ValueError("dead_time must be positive")
+        self._registry = registry
+        self._lookup = lookup
+        self._dead_time = dead_time
+        self._max_tracked = max(1, max_tracked)
+        # MAC -> clock reading of the first packet of its current press; insertion-ordered, so the
+        # first entries are the oldest presses (an entry is re-inserted when a new press starts).
+        self._started: dict[str, float] = {}
+
+    def button_for(self, mac: str) -> Button | None:
+        button = self._registry.get(mac)
+        if button is None and self._lookup is not None:
+            button = self._lookup(mac)
+        return button
+
+    def feed(self, sighting: Sighting, now: float) -> Press | None:
+        """A Press when this sighting starts a new press of a known button, else None."""
+        button = self.button_for(sighting.mac)
+        if button is None:
+            return None
+        dead_time = button.dead_time or self._dead_time
+        started = self._started.get(button.mac)
+        # abs(): packets of several pcapng interfaces may come slightly out of order.
+        if started is not None and abs(now - started) < dead_time:
+            return None
+        if started is not None:
+            del self._started[button.mac]
+        elif len(self._started) >= self._max_tracked:
+            self._forget(now)
+        self._started[button.mac] = now
+        return Press(button, datetime.fromtimestamp(sighting.time, UTC), sighting.trigger)
+
+    def _forget(self, now: float) -> None:
+        """Drop ended windows; if all are live, drop the oldest quarter (bounded memory)."""
+        longest = max(self._dead_time, *(b.dead_time or 0.0 for b in self._registry))
+        ended = [mac for mac, t in self._started.items() if abs(now - t) >= longest]
+        for mac in ended:
+            del self._started[mac]
+        if len(self._started) >= self._max_tracked:
+            for mac in list(self._started)[: max(1, self._max_tracked // 4)]:
+                del self._started[mac]
+
+    def __len__(self) -> int:
+        return len(self._started)

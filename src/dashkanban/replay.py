@@ -1,11 +1,85 @@
-"""Placeholder: replay lands with issue #3."""
+"""`dashkanban replay CAPTURE`: the pipeline over a capture file, packet time as the clock."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from typing import TextIO
 
-from dashkanban.errors import NotAvailableError
+from dashkanban.buttons import Registry, load_buttons
+from dashkanban.capture import open_capture
+from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.errors import DashkanbanError, NotAvailableError
+from dashkanban.events import Event
+from dashkanban.pipeline import Pipeline
+from dashkanban.presses import Lookup
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(
+    settings: Settings, registry: Registry, lookup: Lookup | None = None
+) -> Pipeline:
+    """The pipeline as configured; `lookup` is the Cumulocity inventory look-up for MACs not in
+    MACID.csv (`[buttons] source = inventory|both`, provided by the uplink)."""
+    return Pipeline(
+        registry,
+        settings.event,
+        detect=settings.capture.detect,
+        dead_time=settings.debounce_seconds,
+        lookup=lookup,
+    )
 
 
 def replay_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("replay is not available yet (issue #3)")
+    settings = load_settings(find_config(args.config))
+    if not args.dry_run:
+        raise NotAvailableError("sending lands with the uplink (issue #4); use --dry-run")
+    registry = load_buttons(settings.buttons.file)
+    pipeline = build_pipeline(settings, registry)
+    capture = open_capture(args.capture, prefilter=True)
+    events = pipeline.run(capture)
+    try:
+        if args.jsonl:
+            _print_jsonl(events, sys.stdout)
+        else:
+            _print_table(events, sys.stdout)
+    finally:
+        # Also after a corrupt record: what was read before it has been printed, and counted.
+        counts = pipeline.counts(capture.frames_read)
+        print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
+    return 0
+
+
+def _print_jsonl(events: Iterator[Event], out: TextIO) -> None:
+    for event in events:
+        out.write(event.to_jsonl() + "\n")
+        out.flush()  # a consumer piping us sees each event as it is found
+
+
+def _print_table(events: Iterator[Event], out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Presses", title_justify="left")
+    for column in ("time (UTC)", "button", "MAC", "trigger", "text"):
+        table.add_column(column)
+    error: DashkanbanError | None = None
+    try:
+        for event in events:
+            table.add_row(
+                event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                event.name,
+                event.mac,
+                event.trigger,
+                event.text,
+            )
+    except DashkanbanError as exc:  # show what was found before the file went bad, then fail
+        error = exc
+    # A pipe gets a fixed width wide enough for the whole row (rich would assume 80 columns).
+    width = None if out.isatty() else 120
+    Console(file=out, width=width, soft_wrap=False).print(table)
+    if error is not None:
+        raise error

@@ -1,0 +1,100 @@
+"""`dashkanban discover --pcap`: devices, vendors, known buttons, MACID.csv rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dashkanban.buttons import Button, Registry
+from dashkanban.cli import main
+from dashkanban.decode import Sighting
+from dashkanban.discover import Census, csv_name, how_seen
+from dashkanban.vendors import is_amazon, vendor_of
+
+DATA = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data"
+SAMPLE = DATA / "sample-store.pcapng"
+
+
+def test_census_and_how_seen() -> None:
+    census = Census(max_devices=2)
+    census.add(Sighting("ac:63:be:12:34:56", "arp", 5.0, None, "10.0.0.5"))
+    census.add(Sighting("ac:63:be:12:34:56", "dhcp", 3.0, 20, None, "dash", "AmazonDash"))
+    census.add(Sighting("3c:22:fb:8e:41:07", "ndp", 4.0, None, "fe80::1"))
+    census.add(Sighting("00:0b:82:01:fc:42", "arp", 6.0, None, None))  # beyond the bound
+    device = census.devices["ac:63:be:12:34:56"]
+    assert (device.first, device.last, device.count, device.vlan, device.ip) == (
+        3.0, 5.0, 2, 20, "10.0.0.5"
+    )
+    assert how_seen(device) == "dhcp (dash), arp"
+    assert how_seen(census.devices["3c:22:fb:8e:41:07"]) == "ndp"
+    assert census.dropped == 1
+
+
+def test_csv_names_are_unique() -> None:
+    census = Census()
+    census.add(Sighting("ac:63:be:12:34:56", "dhcp", 1.0, None, None, "my host!"))
+    census.add(Sighting("fc:a6:67:0a:0b:0c", "arp", 1.0, None, None))
+    taken = {"my_host_"}
+    names = [csv_name(d, taken) for d in census.devices.values()]
+    assert names == ["my_host__2", "button_0a0b0c"]
+
+
+def test_vendors_offline() -> None:
+    assert vendor_of("ac:63:be:12:34:56") == "Amazon Technologies Inc."
+    assert vendor_of("b8:27:eb:3d:52:c0") == "Raspberry Pi Foundation"
+    assert vendor_of("02:11:22:33:44:55") is None  # locally administered
+    assert is_amazon(vendor_of("fc:a6:67:0a:0b:0c"))
+    assert not is_amazon(vendor_of("3c:22:fb:8e:41:07"))
+
+
+def test_discover_csv_without_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.ini here
+    if Path("/etc/dashkanban/config.ini").exists():
+        pytest.skip("a system config exists")
+    assert main(["discover", "--pcap", str(SAMPLE), "--csv"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "Name, MAC-Address",
+        "button_123456,ac:63:be:12:34:56",  # Amazon's first
+        "button_0a0b0c,fc:a6:67:0a:0b:0c",
+        "button_010203,68:54:fd:01:02:03",
+        "iPhone-Kasse,3c:22:fb:8e:41:07",
+        "DESKTOP-7Q2LK4M,9c:b6:d0:4f:2d:11",
+        "MacBook-Filiale,f8:ff:c2:19:72:3a",
+        "iPad-Lager,a4:83:e7:05:6b:e2",
+        "raspberrypi,b8:27:eb:3d:52:c0",
+        "button_4a1001,00:0d:b9:4a:10:01",
+        "label-printer,00:e0:4c:68:01:9a",
+    ]
+    assert err.splitlines()[-1] == "10 devices, 1211 packets read, 0 malformed"
+
+
+def test_discover_table_marks_known_buttons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\nuser = u\n"
+        f"password = pw\n[buttons]\nfile = {DATA / 'MACID.csv'}\n"
+    )
+    config.chmod(0o600)
+    assert main(["discover", "-c", str(config), "--pcap", str(SAMPLE)]) == 0
+    rows = {
+        cells[1].strip(): [c.strip() for c in cells[2:-1]]
+        for line in capsys.readouterr().out.splitlines()
+        if (cells := line.split("│")) and len(cells) == 9 and cells[1].strip()
+    }
+    assert rows["ac:63:be:12:34:56"] == [
+        "Amazon Technologies Inc.", "dhcp (AmazonDash), arp", "19", "2026-11-26 08:00:01",
+        "2026-11-26 09:10:23", "dashButton_1",
+    ]
+    assert rows["fc:a6:67:0a:0b:0c"][1:] == [
+        "dhcp, arp vlan 20", "9", "2026-11-26 08:05:12", "2026-11-26 08:45:31", "dashButton_2"
+    ]
+    assert rows["3c:22:fb:8e:41:07"][0] == "Apple, Inc."
+    assert rows["3c:22:fb:8e:41:07"][-1] == ""
+    assert len(rows) == 10
+    assert Registry([Button("x", "ac:63:be:12:34:56")]).get("ac:63:be:12:34:56") is not None

@@ -1,0 +1,155 @@
+"""`dashkanban replay`: the bundled sample capture gives exactly the presses put into it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dashkanban.capture import forge
+from dashkanban.cli import main
+
+DATA = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data"
+SAMPLE = DATA / "sample-store.pcapng"
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_sample_capture.py"
+
+
+def event(time: str, n: int, mac: str, trigger: str) -> dict[str, str]:
+    return {
+        "time": time,
+        "mac": mac,
+        "serial": mac.replace(":", ""),
+        "name": f"dashButton_{n}",
+        "type": "c8y_MAC_Event",
+        "text": f"dashButton_{n} pressed ({mac})",
+        "trigger": trigger,
+    }
+
+
+B1, B2, B3 = "ac:63:be:12:34:56", "fc:a6:67:0a:0b:0c", "68:54:fd:01:02:03"
+EXPECTED = [
+    event("2026-11-26T08:00:01.234000+00:00", 1, B1, "dhcp"),  # + a second burst at +17 s
+    event("2026-11-26T08:05:12.500000+00:00", 2, B2, "arp"),  # behind VLAN 20
+    event("2026-11-26T08:12:40.100000+00:00", 3, B3, "dhcp"),  # relayed: Ethernet src = relay
+    event("2026-11-26T08:13:05.100000+00:00", 3, B3, "arp"),  # 25 s later, its dead_time is 20
+    event("2026-11-26T08:30:00.750000+00:00", 1, B1, "arp"),
+    event("2026-11-26T08:45:30.000000+00:00", 2, B2, "dhcp"),
+    event("2026-11-26T09:10:05.500000+00:00", 1, B1, "dhcp"),
+]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.ini"
+    path.write_text(
+        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
+        "user = t12345/dash-gateway\npassword = secret\n\n"
+        f"[buttons]\nfile = {DATA / 'MACID.csv'}\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_sample_jsonl_is_exact(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["replay", "-c", str(config), str(SAMPLE), "--dry-run", "--jsonl"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    lines = out.splitlines()
+    assert [json.loads(line) for line in lines] == EXPECTED
+    assert list(json.loads(lines[0])) == ["time", "mac", "serial", "name", "type", "text",
+                                          "trigger"]
+    assert err.splitlines()[-1] == (
+        f"{SAMPLE}: 1211 packets read, 162 candidates, 0 malformed, 7 presses"
+    )
+
+
+def test_sample_capture_is_reproducible(tmp_path: Path) -> None:
+    out = tmp_path / "again.pcapng"
+    subprocess.run([sys.executable, str(SCRIPT), str(out)], check=True, capture_output=True,
+                   timeout=60)
+    assert out.read_bytes() == SAMPLE.read_bytes()
+    assert SAMPLE.stat().st_size < 300_000
+
+
+def test_table(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "-c", str(config), str(SAMPLE), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "pressed (" in line]
+    assert len(rows) == 7
+    assert rows[0].split("│")[1:6] == [
+        " 2026-11-26 08:00:01.234 ", " dashButton_1 ", " ac:63:be:12:34:56 ", " dhcp    ",
+        " dashButton_1 pressed (ac:63:be:12:34:56) ",
+    ]
+
+
+def test_detect_arp_only(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config.write_text(config.read_text() + "\n[capture]\ndetect = arp\n")
+    assert main(["replay", "-c", str(config), str(SAMPLE), "--dry-run", "--jsonl"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # The first ARP of each press. The relayed press and the last one send only DHCP.
+    assert [(e["time"][11:23], e["name"], e["trigger"]) for e in got] == [
+        ("08:00:01.900", "dashButton_1", "arp"),
+        ("08:05:12.500", "dashButton_2", "arp"),
+        ("08:13:05.100", "dashButton_3", "arp"),
+        ("08:30:00.750", "dashButton_1", "arp"),
+        ("08:45:30.600", "dashButton_2", "arp"),
+    ]
+
+
+def test_without_dry_run_says_what_to_do(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "-c", str(config), str(SAMPLE)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: sending lands with the uplink (issue #4); use --dry-run"
+    )
+
+
+def test_corrupt_capture_loses_nothing(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = SAMPLE.read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(data[: len(data) // 2 + 3])
+    assert main(["replay", "-c", str(config), str(cut), "--dry-run", "--jsonl"]) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == EXPECTED[:5]
+    lines = err.splitlines()
+    assert lines[-2].startswith(f"{cut}: ")
+    assert lines[-2].endswith(" 0 malformed, 5 presses")
+    assert lines[-1].startswith(f"error: {cut}: file ends inside the block at byte ")
+
+
+def test_missing_capture(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "-c", str(config), str(tmp_path / "x.pcap"), "--dry-run"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {tmp_path / 'x.pcap'}: no such capture file"
+    )
+
+
+def test_malformed_frames_are_counted(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = forge.dhcp_client_frame(B1, forge.DISCOVER)
+    no_cookie = forge.udp_frame(B1, forge.BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67,
+                                forge.dhcp(1, B1, forge.DISCOVER, cookie=b"\x00" * 4))
+    path = tmp_path / "m.pcap"
+    with path.open("wb") as f:
+        forge.write_pcap(f, [(1.0, b"\x00" * 5), (2.0, no_cookie), (3.0, good)])
+    assert main(["replay", "-c", str(config), str(path), "--dry-run", "--jsonl"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["time"] for line in out.splitlines()] == [
+        "1970-01-01T00:00:03.000000+00:00"
+    ]
+    assert err.splitlines()[-1] == f"{path}: 3 packets read, 2 candidates, 2 malformed, 1 presses"
+
+
+def test_console_script(config: Path) -> None:
+    exe = shutil.which("dashkanban", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    result = subprocess.run([exe, "replay", "-c", str(config), str(SAMPLE), "--dry-run",
+                             "--jsonl"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == EXPECTED
