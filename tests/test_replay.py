@@ -100,13 +100,6 @@ def test_detect_arp_only(config: Path, capsys: pytest.CaptureFixture[str]) -> No
     ]
 
 
-def test_without_dry_run_says_what_to_do(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["replay", "-c", str(config), str(SAMPLE)]) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        "error: sending lands with the uplink (issue #4); use --dry-run"
-    )
-
-
 def test_corrupt_capture_loses_nothing(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,7 +14,7 @@ from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
 from dashkanban.decode import Decoder
 from dashkanban.events import Event, make_event
-from dashkanban.presses import DEFAULT_DEAD_TIME, Debouncer, Lookup
+from dashkanban.presses import DEFAULT_DEAD_TIME, Debouncer, Lookup, Press
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,13 @@ class Pipeline:
         self, frames: Iterable[Frame], clock: Callable[[], float] | None = None
     ) -> Iterator[Event]:
         """Every event of a stream of frames, as it happens."""
+        for press in self.run_presses(frames, clock):
+            yield make_event(press, self._event)
+
+    def run_presses(
+        self, frames: Iterable[Frame], clock: Callable[[], float] | None = None
+    ) -> Iterator[Press]:
+        """Every press of a stream of frames (for stages that need the button, such as Kanban)."""
         decode = self._decoder.decode  # bound once: this loop sees every frame of a capture
         debounce = self._debouncer.feed
         for timestamp, data, vlan in frames:
@@ -75,7 +82,10 @@ class Pipeline:
             press = debounce(sighting, timestamp if clock is None else clock())
             if press is not None:
                 self.presses += 1
-                yield make_event(press, self._event)
+                yield press
+
+    def event_for(self, press: Press) -> Event:
+        return make_event(press, self._event)
 
     def counts(self, packets: int | None = None) -> Counts:
         """The counters so far; `packets` = frames read, when a prefiltering reader skipped some."""

@@ -11,7 +11,7 @@ from typing import TextIO
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import open_capture
 from dashkanban.config import Settings, find_config, load_settings
-from dashkanban.errors import DashkanbanError, NotAvailableError
+from dashkanban.errors import DashkanbanError
 from dashkanban.events import Event
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup
@@ -33,14 +33,29 @@ def build_pipeline(
     )
 
 
+def load_registry(settings: Settings) -> Registry:
+    """The CSV buttons, unless `[buttons] source = inventory` (then only Cumulocity knows them)."""
+    if settings.buttons.source == "inventory":
+        return Registry()
+    return load_buttons(settings.buttons.file)
+
+
+def inventory_lookup(settings: Settings) -> Lookup | None:
+    """The Cumulocity identity look-up for `[buttons] source = inventory | both`."""
+    if settings.buttons.source == "csv":
+        return None
+    from dashkanban.c8y.rest import InventorySource
+
+    return InventorySource(settings)
+
+
 def replay_command(args: argparse.Namespace) -> int:
     settings = load_settings(find_config(args.config))
-    if not args.dry_run:
-        raise NotAvailableError("sending lands with the uplink (issue #4); use --dry-run")
-    registry = load_buttons(settings.buttons.file)
-    pipeline = build_pipeline(settings, registry)
+    registry = load_registry(settings)
+    pipeline = build_pipeline(settings, registry, inventory_lookup(settings))
     capture = open_capture(args.capture, prefilter=True)
-    events = pipeline.run(capture)
+    found: list[Event] = []
+    events = _collect(pipeline.run(capture), found)
     try:
         if args.jsonl:
             _print_jsonl(events, sys.stdout)
@@ -50,6 +65,30 @@ def replay_command(args: argparse.Namespace) -> int:
         # Also after a corrupt record: what was read before it has been printed, and counted.
         counts = pipeline.counts(capture.frames_read)
         print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    return _send(settings, found, args.timeout)
+
+
+def _collect(events: Iterator[Event], into: list[Event]) -> Iterator[Event]:
+    for event in events:
+        into.append(event)
+        yield event
+
+
+def _send(settings: Settings, events: list[Event], timeout: float) -> int:
+    """Queue the events in the outbox and wait up to `timeout` s for their PUBACKs (exit 3 when
+    they could not all be delivered: they stay queued)."""
+    from dashkanban.delivery import deliver
+    from dashkanban.outbox import Outbox
+
+    with Outbox.open(
+        settings.outbox.path,
+        max_rows=settings.outbox.max_rows,
+        max_bytes=settings.outbox.max_bytes,
+    ) as outbox:
+        delivered = deliver(settings, outbox, events, timeout=timeout)
+    print(f"delivered {delivered} events to {settings.c8y.tenant}", file=sys.stderr)
     return 0
 
 
