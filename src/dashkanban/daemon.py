@@ -1,11 +1,198 @@
-"""Placeholder: the live daemon lands with issue #3/4."""
+"""`dashkanban run`: live capture -> decode -> match -> debounce -> events -> outbox -> uplink.
+
+The same pipeline as `replay` (see pipeline.py); only the frame source (a raw socket) and the
+clock (monotonic time for the dead time) differ. Capture never waits for the network: a press is
+committed to the outbox and the Courier carries it to Cumulocity on its own thread. SIGTERM stops
+the capture, gives in-flight messages a moment to be acknowledged, and exits 0; whatever is not
+acknowledged stays in the outbox for the next start.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import FrameType
+from typing import Protocol
 
-from dashkanban.errors import NotAvailableError
+from dashkanban.buttons import Button
+from dashkanban.capture import Frame
+from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.errors import EXIT_OK
+from dashkanban.metrics import Metrics
+from dashkanban.pipeline import Counts, Pipeline
+from dashkanban.presses import Lookup, Press
+
+log = logging.getLogger(__name__)
+
+DRAIN_ON_STOP = 5.0  # seconds SIGTERM waits for PUBACKs of what is in flight
+COUNT_SYNC = 5.0  # seconds between copies of the pipeline's counters into the metrics
+
+
+class FrameSource(Protocol):
+    def frames(self) -> Iterator[Frame]: ...
+    def stop(self) -> None: ...
+
+
+ExtraLines = Callable[[Press], Sequence[str]]
+
+
+class Daemon:
+    """Wires the stages for `run`. Nothing touches the network or the disk before `run()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: FrameSource,
+        *,
+        extra_lines: ExtraLines | None = None,
+        drain_on_stop: float = DRAIN_ON_STOP,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.extra_lines = extra_lines
+        self.drain_on_stop = drain_on_stop
+        self.metrics = Metrics()
+        self._stopping = threading.Event()
+        self._synced = Counts(0, 0, 0, 0, 0)
+
+    def stop(self) -> None:
+        """Safe from a signal handler or another thread."""
+        self._stopping.set()
+        self.source.stop()
+
+    def run(self) -> int:
+        from dashkanban.c8y.mqtt import Uplink
+        from dashkanban.delivery import Courier
+        from dashkanban.metrics import MetricsReporting
+        from dashkanban.outbox import Outbox, OutboxError
+        from dashkanban.replay import build_pipeline, inventory_lookup, load_registry
+
+        settings = self.settings
+        registry = load_registry(settings)
+        lookup = inventory_lookup(settings)
+        pipeline = build_pipeline(settings, registry, _tolerant(lookup) if lookup else None)
+        outbox = Outbox.open(
+            settings.outbox.path,
+            max_rows=settings.outbox.max_rows,
+            max_bytes=settings.outbox.max_bytes,
+            metrics=self.metrics,
+        )
+        uplink = Uplink(settings)
+        uplink.add_listener(self._count_reconnects(uplink))
+        courier = Courier(outbox, uplink)
+        reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count)
+        log.info(
+            "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",
+            len(registry), settings.buttons.source, settings.gateway.mode,
+            settings.gateway.serial, settings.c8y.tenant, settings.c8y.port, outbox.count(),
+        )
+        uplink.start()
+        courier.start()
+        reporting.start()
+        ticker = threading.Thread(target=self._sync_loop, args=(pipeline,), daemon=True,
+                                  name="count-sync")
+        ticker.start()
+        try:
+            for press in pipeline.run_presses(self.source.frames(), clock=time.monotonic):
+                event = pipeline.event_for(press)
+                extra = self.extra_lines(press) if self.extra_lines is not None else ()
+                try:
+                    courier.put(event, extra)
+                except OutboxError as exc:
+                    log.error("%s pressed at %s but could not be queued: %s",
+                              event.name, event.c8y_time, exc)
+                    continue
+                if not uplink.connected:
+                    why = f": {uplink.last_error}" if uplink.last_error is not None else ""
+                    log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
+                             event.name, event.mac, event.c8y_time, why)
+                self._sync(pipeline)
+        finally:
+            self._stopping.set()
+            self._sync(pipeline)
+            if not courier.drain(self.drain_on_stop):
+                log.warning("stopping with %d events queued; they are sent at the next start",
+                            outbox.count())
+            courier.stop()
+            uplink.stop()
+            reporting.stop()
+            outbox.close()
+            if lookup is not None:
+                close = getattr(lookup, "close", None)
+                if close is not None:
+                    close()
+        log.info("dashkanban stopped")
+        return EXIT_OK
+
+    def _count_reconnects(self, uplink: object) -> Callable[[], None]:
+        was = {"connected": False, "ever": False}
+
+        def listener() -> None:
+            now = bool(getattr(uplink, "connected", False))
+            if now and not was["connected"] and was["ever"]:
+                self.metrics.add("reconnects")
+            if now:
+                was["ever"] = True
+            was["connected"] = now
+
+        return listener
+
+    def _sync_loop(self, pipeline: Pipeline) -> None:
+        while not self._stopping.wait(COUNT_SYNC):
+            self._sync(pipeline)
+
+    def _sync(self, pipeline: Pipeline) -> None:
+        # The pipeline keeps plain counters on the hot path; the metrics get their increments.
+        now = pipeline.counts()
+        before, self._synced = self._synced, now
+        for name, value, old in (
+            ("frames", now.packets, before.packets),
+            ("candidates", now.candidates, before.candidates),
+            ("malformed", now.malformed, before.malformed),
+            ("presses", now.presses, before.presses),
+        ):
+            if value > old:
+                self.metrics.add(name, value - old)  # type: ignore[arg-type]
+
+
+def _tolerant(lookup: Lookup) -> Lookup:
+    """A failed inventory look-up must not stop the capture: log it, and count the MAC unknown
+    for this burst (the look-up's own hold-off decides when it is asked again)."""
+    from dashkanban.errors import UplinkError
+
+    def look_up(mac: str) -> Button | None:
+        try:
+            return lookup(mac)
+        except UplinkError as exc:
+            log.error("cannot tell whether %s is a button (inventory look-up failed: %s)", mac, exc)
+            return None
+
+    return look_up
 
 
 def run_command(args: argparse.Namespace) -> int:
-    raise NotAvailableError("the live daemon is not available yet (issue #3/4)")
+    from dashkanban.capture.live import LiveCapture, resolve_interface
+    from dashkanban.privileges import refuse_root
+
+    refuse_root(args.allow_root)
+    settings = load_settings(find_config(args.config))
+    interface = resolve_interface(args.interface or settings.capture.interface)
+    capture = LiveCapture(interface, settings.capture.detect,
+                          promiscuous=settings.capture.promiscuous)
+    daemon = Daemon(settings, capture)
+    _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    log.info("capturing on %s (%s)", interface, ", ".join(sorted(settings.capture.detect)))
+    return daemon.run()
+
+
+def _on_signals(stop: Callable[[], None], signals: Iterable[signal.Signals]) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop()
+
+    for sig in signals:
+        signal.signal(sig, handler)

@@ -151,7 +151,7 @@ class Courier:
                 sent = self._uplink.send(
                     row.event,
                     row.extra_lines,
-                    on_delivered=partial(self._delivered, row.id),
+                    on_delivered=partial(self._delivered, row.id, row.event),
                     on_lost=partial(self._lost, row.id),
                 )
             except MessageTooLargeError as exc:
@@ -171,9 +171,11 @@ class Courier:
             with self._cond:
                 self._cursor = max(self._cursor, row.id)
 
-    def _delivered(self, row_id: int) -> None:
+    def _delivered(self, row_id: int, event: Event) -> None:
         # Runs in the MQTT network thread, exactly on PUBACK.
         self._outbox.ack(row_id)
+        # The one line per press that says it arrived (issue 7): name, MAC, press time, result.
+        log.info("%s (%s) pressed at %s: delivered", event.name, event.mac, event.c8y_time)
         with self._cond:
             self._inflight.discard(row_id)
             self.delivered += 1

@@ -3,7 +3,6 @@ socket in one and captured by LiveCapture (kernel BPF, PACKET_AUXDATA) in the ot
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import shutil
@@ -12,102 +11,18 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from dashkanban.capture import Frame, forge
 from dashkanban.capture.live import LiveCapture, candidate_filter, default_interface
 from dashkanban.decode import Decoder, Sighting
+from tests.e2e.netns import Pair, enter, ip, sender
 
 pytestmark = pytest.mark.netns
 
-CLONE_NEWNET = 0x40000000
-R = TypeVar("R")
 
-
-@dataclass(frozen=True)
-class Pair:
-    ns_a: str
-    ns_b: str
-    if_a: str
-    if_b: str
-    mac_a: str
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
-
-
-def _in_netns(name: str, work: Callable[[], R]) -> R:
-    """Run `work` in a thread that has entered namespace `name` (only that thread moves)."""
-    result: list[R] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            _enter(name)
-            result.append(work())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            failure.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=30)
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def _enter(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
-@pytest.fixture
-def veth_pair() -> Iterator[Pair]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (ip netns add)")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2's ip is not installed")
-    tag = uuid.uuid4().hex[:6]
-    pair = Pair(f"dk-a-{tag}", f"dk-b-{tag}", f"dka{tag}", f"dkb{tag}", "02:dd:00:00:00:0a")
-    try:
-        _ip("netns", "add", pair.ns_a)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace: {exc.stderr.decode().strip()}")
-    try:
-        _ip("netns", "add", pair.ns_b)
-        _ip("link", "add", pair.if_a, "netns", pair.ns_a, "type", "veth", "peer", "name",
-            pair.if_b, "netns", pair.ns_b)
-        for ns, iface in ((pair.ns_a, pair.if_a), (pair.ns_b, pair.if_b)):
-            # No IPv6 on the link: the kernel's own router solicitations would be candidates.
-            _ip("netns", "exec", ns, "sysctl", "-q", "-w",
-                f"net.ipv6.conf.{iface}.disable_ipv6=1")
-            _ip("-n", ns, "link", "set", iface, "up")
-        _ip("-n", pair.ns_a, "link", "set", pair.if_a, "address", pair.mac_a)
-        yield pair
-    finally:
-        for ns in (pair.ns_a, pair.ns_b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-
-
-def _sender(pair: Pair) -> socket.socket:
-    def make() -> socket.socket:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        sock.bind((pair.if_a, 0))
-        return sock
-
-    return _in_netns(pair.ns_a, make)
 
 
 class Receiver:
@@ -122,7 +37,7 @@ class Receiver:
 
     def _run(self, ns: str) -> None:
         try:
-            _enter(ns)
+            enter(ns)
             for frame in self.capture.frames():
                 self.frames.put(frame)
         except BaseException as exc:  # noqa: BLE001 - checked by the test
@@ -183,17 +98,17 @@ def test_kernel_filter_passes_only_candidates_with_vlan_from_auxdata(veth_pair: 
                         forge.dhcp(2, button, forge.OFFER)),
         forge.ethernet("01:80:c2:00:00:0e", button, 0x88CC, b"lldp" * 10),
     ]
-    sender = _sender(veth_pair)
+    frames_out = sender(veth_pair)
     receiver = Receiver(veth_pair)
     try:
-        _sync(sender, receiver)
+        _sync(frames_out, receiver)
         for frame in (noise[0], probe, noise[1], discover_tagged, noise[2], solicit, noise[3],
                       qinq, MARK):
-            sender.send(frame)
+            frames_out.send(frame)
         got = _until_mark(receiver)
     finally:
         receiver.stop()
-        sender.close()
+        frames_out.close()
     assert not receiver.failure
     # The kernel strips the outer tag into PACKET_AUXDATA; a QinQ inner tag stays in the frame.
     assert [(f.data, f.vlan) for f in got] == [
@@ -217,16 +132,16 @@ def test_filter_follows_detect(veth_pair: Pair) -> None:
     button = "ac:63:be:12:34:56"
     discover = forge.dhcp_client_frame(button, forge.DISCOVER)
     probe = forge.arp_frame(1, button, "0.0.0.0", "192.168.10.51")
-    sender = _sender(veth_pair)
+    frames_out = sender(veth_pair)
     receiver = Receiver(veth_pair, detect=("arp",))
     try:
-        _sync(sender, receiver)
+        _sync(frames_out, receiver)
         for frame in (discover, probe, MARK):
-            sender.send(frame)
+            frames_out.send(frame)
         got = _until_mark(receiver)
     finally:
         receiver.stop()
-        sender.close()
+        frames_out.close()
     assert [f.data for f in got] == [probe]
 
 
@@ -234,25 +149,25 @@ def test_reopens_when_the_interface_comes_back(veth_pair: Pair, caplog: pytest.L
                                                ) -> None:
     """Interface removed under a running capture: logged, reopened with backoff once it is
     back."""
-    sender = _sender(veth_pair)
+    frames_out = sender(veth_pair)
     receiver = Receiver(veth_pair)
     try:
-        _sync(sender, receiver)
-        _ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "name", "dkgone")
-        _ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "down")
+        _sync(frames_out, receiver)
+        ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "name", "dkgone")
+        ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "down")
         for _ in range(100):  # bounded: until the capture noticed
             if receiver.capture.reopened or "failed" in caplog.text or "cannot capture" in (
                 caplog.text
             ):
                 break
-            sender.send(MARK)
+            frames_out.send(MARK)
             time.sleep(0.05)
-        _ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "name", veth_pair.if_b)
-        _ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "up")
-        _sync(sender, receiver)
+        ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "name", veth_pair.if_b)
+        ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "up")
+        _sync(frames_out, receiver)
     finally:
         receiver.stop()
-        sender.close()
+        frames_out.close()
     assert not receiver.failure
     assert "reopening in" in caplog.text or "retrying in" in caplog.text
 
@@ -305,14 +220,14 @@ def test_discover_live_in_a_namespace(veth_pair: Pair, tmp_path: Path) -> None:
          "-i", veth_pair.if_b, "--seconds", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )
-    sender = _sender(veth_pair)
+    frames_out = sender(veth_pair)
     try:
         for _ in range(50):  # bounded: 2.5 s of probes, the capture opens within the first
-            sender.send(probe)
+            frames_out.send(probe)
             time.sleep(0.05)
         out, err = proc.communicate(timeout=30)
     finally:
-        sender.close()
+        frames_out.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
