@@ -1,19 +1,37 @@
-"""`dashkanban demo`: the whole product against the built-in sandbox.
+"""`dashkanban demo`: the whole product against the built-in sandbox, with nothing to set up.
 
-Until the sandbox (issue #5) and the uplink (issue #4) land, it runs what exists end to end: it
-loads the bundled sample buttons and shows how each maps to Cumulocity.
+It starts the sandbox on free loopback ports, writes a throw-away config for it (a private temp
+folder, mode 0600), replays the bundled sample capture, "a morning in a store", through the real
+pipeline: decode, debounce, the SQLite outbox, the uplink over real MQTT. Then it asks the
+sandbox's REST API what Cumulocity now holds and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import secrets
+import signal
+import sys
+import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
-from dashkanban.buttons import load_buttons
+from dashkanban.capture import open_capture
+from dashkanban.config import load_settings
+from dashkanban.delivery import deliver
+from dashkanban.events import Event
+from dashkanban.outbox import Outbox
+from dashkanban.replay import build_pipeline, load_registry
+
+GATEWAY_SERIAL = "dashkanban-demo"
+GATEWAY_NAME = "Demo store gateway"
 
 
 def sample_path(name: str) -> Path:
@@ -21,14 +39,113 @@ def sample_path(name: str) -> Path:
     return Path(str(resources.files("dashkanban") / "data" / name))
 
 
+def demo_config(folder: Path, host: str, mqtt_port: int, http_url: str, password: str) -> Path:
+    """A config.ini for the sandbox: plain MQTT on loopback is the one place that is fine."""
+    path = folder / "config.ini"
+    path.touch(mode=0o600)
+    path.write_text(
+        "[C8YMQTT]\n"
+        f"tenant = {host}\n"
+        "tenantID = t12345\n"
+        "user = t12345/admin\n"
+        f"password = {password}\n"
+        f"port = {mqtt_port}\n"
+        "tls = no\n"
+        "allow_insecure = yes  ; the sandbox on loopback only\n"
+        f"rest_url = {http_url}\n"
+        "\n[gateway]\n"
+        f"serial = {GATEWAY_SERIAL}\n"
+        f"name = {GATEWAY_NAME}\n"
+        "\n[buttons]\n"
+        f"file = {sample_path('MACID.csv')}\n"
+        "\n[outbox]\n"
+        f"path = {folder / 'outbox.sqlite3'}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
 def demo_command(args: argparse.Namespace) -> int:
-    registry = load_buttons(sample_path("MACID.csv"))
-    table = Table(title="Sample buttons and their Cumulocity identity")
-    for column in ("name", "MAC", "c8y_Serial (child device)", "bin", "part"):
-        table.add_column(column)
-    for button in registry:
-        table.add_row(button.name, button.mac, button.serial, button.bin or "", button.part or "")
-    console = Console()
-    console.print(table)
-    console.print("The sandbox and the replay of the sample capture come with issues #3 to #5.")
+    from dashkanban.sandbox import Sandbox, SandboxOptions
+
+    # The sandbox logs every message it handles and httpx every request: useful in `dashkanban
+    # sandbox`, noise in a demo. --log-level debug shows them again.
+    if logging.getLogger().level > logging.DEBUG:
+        for noisy in ("dashkanban.sandbox", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    password = secrets.token_urlsafe(12)
+    with tempfile.TemporaryDirectory(prefix="dashkanban-demo-") as tmp, Sandbox(
+        SandboxOptions(password=password)
+    ) as sandbox:
+        folder = Path(tmp)
+        assert sandbox.mqtt_port is not None
+        config = demo_config(folder, sandbox.host, sandbox.mqtt_port, sandbox.http_url, password)
+        settings = load_settings(config, environ={})
+        console.print(
+            f"[bold]Sandbox[/] (a local Cumulocity stand-in): MQTT {sandbox.host}:"
+            f"{sandbox.mqtt_port}, REST and status page {sandbox.http_url}/"
+        )
+        capture_file = sample_path("sample-store.pcapng")
+        pipeline = build_pipeline(settings, load_registry(settings))
+        capture = open_capture(capture_file, prefilter=True)
+        events = list(pipeline.run(capture))
+        counts = pipeline.counts(capture.frames_read)
+        console.print(f"Replayed [bold]{capture_file.name}[/]: {counts.summary()}")
+        with Outbox.open(settings.outbox.path) as outbox:
+            delivered = deliver(settings, outbox, events, timeout=30)
+        console.print(f"Delivered {delivered} events over MQTT (SmartREST 2.0), each on PUBACK.\n")
+        _show(console, sandbox.http_url, "t12345/admin", password, events)
+        if args.keep:
+            console.print(
+                f"\nThe sandbox keeps running: open [bold]{sandbox.http_url}/[/] "
+                f"(user t12345/admin, password {password}). Ctrl-C stops it."
+            )
+            _wait_for_interrupt()
     return 0
+
+
+def _show(console: Console, base: str, user: str, password: str, sent: list[Event]) -> None:
+    """What Cumulocity holds now, read back over its REST API like any other client would."""
+    with httpx.Client(base_url=base, auth=(user, password), timeout=10) as http:
+        devices = http.get("/inventory/managedObjects", params={"pageSize": 100}).json()
+        objects: list[dict[str, Any]] = devices.get("managedObjects", [])
+        table = Table(title="Devices in Cumulocity", title_justify="left")
+        for column in ("id", "name", "type", "c8y_Serial", "children"):
+            table.add_column(column)
+        by_id = {str(mo["id"]): mo for mo in objects}
+        for mo in objects:
+            serial = _serial(http, str(mo["id"]))
+            children = mo.get("childDevices", {}).get("references", [])
+            names = ", ".join(
+                str(by_id.get(str(ref["managedObject"]["id"]), {}).get("name", "?"))
+                for ref in children
+            )
+            table.add_row(str(mo["id"]), str(mo.get("name", "")), str(mo.get("type", "")),
+                          serial, names)
+        console.print(table)
+        events = http.get(
+            "/event/events", params={"type": "c8y_MAC_Event", "pageSize": 100, "revert": "true"}
+        ).json().get("events", [])
+        table = Table(title=f"Events in Cumulocity ({len(events)} of {len(sent)} sent)",
+                      title_justify="left")
+        for column in ("time", "source", "type", "text"):
+            table.add_column(column)
+        for event in events:
+            source = by_id.get(str(event["source"]["id"]), {}).get("name", event["source"]["id"])
+            table.add_row(str(event["time"]), str(source), str(event["type"]), str(event["text"]))
+        console.print(table)
+
+
+def _serial(http: httpx.Client, mo_id: str) -> str:
+    ids = http.get(f"/identity/globalIds/{mo_id}/externalIds").json().get("externalIds", [])
+    return ", ".join(str(x["externalId"]) for x in ids if x.get("type") == "c8y_Serial")
+
+
+def _wait_for_interrupt() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1):
+        pass
+    print("stopped", file=sys.stderr)

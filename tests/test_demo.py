@@ -1,0 +1,30 @@
+"""`dashkanban demo` as a new user runs it: no config, no root, no tenant; a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_demo_shows_what_cumulocity_holds(tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dashkanban", "demo"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Replayed sample-store.pcapng: 1211 packets read, 162 candidates, 0 malformed, " \
+           "7 presses" in out
+    assert "Delivered 7 events over MQTT (SmartREST 2.0), each on PUBACK." in out
+    assert "Events in Cumulocity (7 of 7 sent)" in out
+    for name, serial in (("dashButton_1", "ac63be123456"), ("dashButton_2", "fca6670a0b0c"),
+                         ("dashButton_3", "6854fd010203")):
+        row = next(line for line in out.splitlines() if f"│ {name} " in line and serial in line)
+        assert "c8y_DashButton" in row
+    gateway = next(line for line in out.splitlines() if "dashkanban-demo" in line)
+    assert "Demo store gateway" in gateway
+    assert out.count("pressed (ac:63:be:12:34:56)") == 3
+    assert out.count("pressed (fc:a6:67:0a:0b:0c)") == 2
+    assert out.count("pressed (68:54:fd:01:02:03)") == 2
+    # One "delivered" log line per press on stderr.
+    assert result.stderr.count(": delivered") == 7
