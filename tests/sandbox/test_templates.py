@@ -171,6 +171,15 @@ def test_operations_go_to_s_ds_and_or_s_dc(store: Store, proc: SmartRestProcesso
     ]
 
 
+def test_an_x_id_with_a_comma_is_quoted(proc: SmartRestProcessor) -> None:
+    assert send(proc, "s/ut/a,b", "") == [Downlink("s/dt", '41,"a,b"')]
+    assert send(proc, "s/ut/a,b", KANBAN) == []
+    assert send(proc, "s/ut/a,b", "") == [Downlink("s/dt", '20,"a,b",10000')]
+    assert send(proc, "s/ut/a,b", KANBAN) == [
+        Downlink("s/e", '41,"a,b",Cannot create templates for already existing template object')
+    ]
+
+
 def test_collections_survive_the_data_file(store: Store, proc: SmartRestProcessor) -> None:
     assert send(proc, "s/ut/dashkanban", KANBAN) == []
     again = Store(clock=lambda: NOW)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dashkanban.c8y.smartrest import SmartRestLine, decode, encode_line
+from dashkanban.c8y.smartrest import SmartRestLine, decode, encode_field, encode_line
 from dashkanban.sandbox.store import SERIAL, SEVERITIES, Doc, Store, parse_time
 from dashkanban.sandbox.templates import (
     ALREADY_EXISTS as COLLECTION_EXISTS,
@@ -174,7 +174,7 @@ class SmartRestProcessor:
                     return [Downlink(DOWN_TEMPLATES, encode_line(41, xid))]
                 return [Downlink(DOWN_TEMPLATES, encode_line(20, xid, existing))]
             if existing is not None:
-                return [Downlink(DOWN_ERRORS, f"41,{xid},{COLLECTION_EXISTS}")]
+                return [Downlink(DOWN_ERRORS, f"41,{encode_field(xid)},{COLLECTION_EXISTS}")]
             collection, errors = parse_collection(xid, lines)
             if collection is None:
                 log.warning("%s: template collection %s not created (%d bad lines)",
