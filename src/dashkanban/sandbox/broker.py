@@ -312,13 +312,15 @@ class Broker:
         session.send(mq.suback(packet.packet_id, codes))
         log.info("MQTT client %s subscribed %s: %s", session.client_id,
                  [t for t, _ in packet.topics], codes)
-        if self.rules.push_pending_on_subscribe and any(
-            mq.topic_matches(t, DOWN_OPERATIONS) for t, _ in packet.topics
-        ):
+        if self.rules.push_pending_on_subscribe:
+            # Only what the new subscriptions cover: s/ds and/or s/dc/<X-ID>.
+            accepted = [t for (t, _), code in zip(packet.topics, codes, strict=True)
+                        if code != mq.SUBACK_FAILURE]
             root = self.store.find_external(SERIAL, session.device)
-            if root is not None:
-                for line in self.processor.pending_lines(root):
-                    self.deliver(session.device, DOWN_OPERATIONS, line)
+            if root is not None and accepted:
+                for downlink in self.processor.pending_downlinks(root):
+                    if any(mq.topic_matches(f, downlink.topic) for f in accepted):
+                        self.deliver(session.device, downlink.topic, downlink.line)
 
     # -- downstream -------------------------------------------------------------------------
     def deliver(self, device: str, topic: str, line: str) -> bool:
@@ -341,13 +343,15 @@ class Broker:
         return True
 
     def operation_created(self, op: Doc) -> bool:
-        """An operation made over REST reaches its device tree's connection on `s/ds`."""
+        """An operation made over REST reaches its device tree's connection: on `s/ds` if a
+        static template fits, on `s/dc/<X-ID>` for each response template that matches."""
         root = self.store.root_of(str(op["deviceId"]))
         device = self.store.serial_of(root)
-        line = self.processor.operation_line(op)
-        if device is None or line is None:
+        if device is None:
             return False
-        return self.deliver(device, DOWN_OPERATIONS, line)
+        delivered = [self.deliver(device, d.topic, d.line)
+                     for d in self.processor.operation_downlinks(op)]
+        return any(delivered)
 
     async def close(self) -> None:
         for session in list(self.sessions.values()):

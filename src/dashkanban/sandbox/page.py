@@ -12,6 +12,7 @@ import html
 from typing import Any
 
 from dashkanban.sandbox.store import Store
+from dashkanban.sandbox.templates import COLLECTION_TYPE
 
 RECENT_EVENTS = 50
 RECENT_MESSAGES = 30
@@ -23,7 +24,7 @@ def state(store: Store) -> dict[str, Any]:
         serials = {mo_id: xid for (t, xid), mo_id in store.identities.items() if t == "c8y_Serial"}
         devices = []
         for mo_id, doc in store.managed_objects.items():
-            if doc["_parents"]:
+            if doc["_parents"] or doc.get("type") == COLLECTION_TYPE:
                 continue
             devices.append({
                 "id": mo_id, "name": doc.get("name", ""), "type": doc.get("type", ""),

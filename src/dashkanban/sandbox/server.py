@@ -26,6 +26,7 @@ from dashkanban.sandbox.http import HttpServer
 from dashkanban.sandbox.rest import RestApi
 from dashkanban.sandbox.smartrest import SmartRestProcessor
 from dashkanban.sandbox.store import SERIAL, Doc, MessageRecord, Store
+from dashkanban.sandbox.templates import COLLECTION_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,10 @@ class Sandbox:
         return self.store.get_managed_object(mo_id) if mo_id else None
 
     def devices(self) -> list[Doc]:
-        """Devices without a parent (gateways and single devices)."""
-        return [d for d in self.store.list_managed_objects() if not d["_parents"]]
+        """Devices without a parent (gateways and single devices); template collections are
+        managed objects too, but no devices."""
+        return [d for d in self.store.list_managed_objects()
+                if not d["_parents"] and d.get("type") != COLLECTION_TYPE]
 
     def children(self, serial: str) -> list[Doc]:
         mo_id = self.device_id(serial)

@@ -1,8 +1,10 @@
-"""Cumulocity's SmartREST 2.0 static templates, as the sandbox processes them (pure-ish).
+"""Cumulocity's SmartREST 2.0 static templates and custom template collections, as the sandbox
+processes them (pure-ish).
 
-A store and one upstream message in, the downstream lines (`s/ds`, `s/e`) for the publishing
-client out; the broker does all I/O. Behaviour and texts follow the protocol notes, section 2 and
-the list in 6.1; each rule names its source.
+A store and one upstream message in, the downstream lines (`s/ds`, `s/dc/<X-ID>`, `s/dt`, `s/e`)
+for the publishing client out; the broker does all I/O. Behaviour and texts follow the protocol
+notes, section 2 and the list in 6.1, and for collections `smartrest-two.md` (templates.py); each
+rule names its source.
 """
 
 from __future__ import annotations
@@ -14,17 +16,32 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dashkanban.c8y.smartrest import SmartRestLine, decode, encode_line
+from dashkanban.c8y.smartrest import SmartRestLine, decode, encode_field, encode_line
 from dashkanban.sandbox.store import SERIAL, SEVERITIES, Doc, Store, parse_time
+from dashkanban.sandbox.templates import (
+    ALREADY_EXISTS as COLLECTION_EXISTS,
+)
+from dashkanban.sandbox.templates import (
+    COLLECTION_FRAGMENT,
+    COLLECTION_ID_TYPE,
+    COLLECTION_TYPE,
+    Collection,
+    parse_collection,
+    response_lines,
+)
 
 log = logging.getLogger(__name__)
 
 DOWN_OPERATIONS = "s/ds"
 DOWN_ERRORS = "s/e"
+DOWN_TEMPLATES = "s/dt"
+DOWN_CUSTOM = "s/dc/"  # + X-ID
 
 # `s/us` and `s/us/<child>`, and the transient/quiescent/CEP forms (notes 2.1). The sandbox
 # stores t/q/c data like s: it has no real-time notifications to skip.
 _UPSTREAM = re.compile(r"^([stqc])/us(?:/(.+))?$")
+# `s/ut/<X-ID>` creates a template collection or asks whether it exists (smartrest-two.md).
+_TEMPLATES_UP = re.compile(r"^s/ut/([^/]+)$")
 
 # Error texts (notes 2.7; built-in response messages).
 NO_TEMPLATE = "No static template for this message id"
@@ -113,6 +130,9 @@ class SmartRestProcessor:
         self.owner = owner
 
     def handle(self, root_xid: str, topic: str, payload: bytes) -> list[Downlink]:
+        collection = _TEMPLATES_UP.match(topic)
+        if collection is not None:
+            return self.template_collection(root_xid, collection.group(1), payload)
         parsed = parse_topic(topic)
         if parsed is None:
             log.warning("%s published on %s, which the sandbox does not serve", root_xid, topic)
@@ -139,7 +159,72 @@ class SmartRestProcessor:
             raise TemplateError(45, WRONG_ARGUMENTS)
         function(self, ctx, fields + [""] * ((high or len(fields)) - len(fields)))
 
+    # -- custom template collections ---------------------------------------------------------
+    def template_collection(self, root_xid: str, xid: str, payload: bytes) -> list[Downlink]:
+        """`s/ut/<X-ID>`: empty asks (`20,<X-ID>,<id>` / `41,<X-ID>` on `s/dt`), else creates.
+
+        A collection cannot be changed over MQTT once created (smartrest-two.md); a bad line
+        creates nothing and each bad line gets its `41` on `s/e` (built-in-messages.md).
+        """
+        lines = decode(payload)
+        with self.store.lock:
+            existing = self.store.find_external(COLLECTION_ID_TYPE, xid)
+            if not lines:
+                if existing is None:
+                    return [Downlink(DOWN_TEMPLATES, encode_line(41, xid))]
+                return [Downlink(DOWN_TEMPLATES, encode_line(20, xid, existing))]
+            if existing is not None:
+                return [Downlink(DOWN_ERRORS, f"41,{encode_field(xid)},{COLLECTION_EXISTS}")]
+            collection, errors = parse_collection(xid, lines)
+            if collection is None:
+                log.warning("%s: template collection %s not created (%d bad lines)",
+                            root_xid, xid, len(errors))
+                return [Downlink(DOWN_ERRORS, error.line) for error in errors]
+            doc = self.store.create_managed_object(
+                {"name": xid, "type": COLLECTION_TYPE, "__externalId": xid,
+                 COLLECTION_FRAGMENT: collection.fragment()},
+                owner=self.owner,
+            )
+            self.store.add_external(doc["id"], COLLECTION_ID_TYPE, xid)
+        log.info("%s created template collection %s (%s): %d request, %d response templates",
+                 root_xid, xid, doc["id"], len(collection.requests), len(collection.responses))
+        # [UNVERIFIED] whether creation itself answers on s/dt; clients ask with an empty publish.
+        return []
+
+    def collections(self) -> list[Collection]:
+        """Every template collection of the tenant, oldest first."""
+        with self.store.lock:
+            found = []
+            for (id_type, xid), mo_id in self.store.identities.items():
+                doc = self.store.managed_objects.get(mo_id)
+                if id_type == COLLECTION_ID_TYPE and doc is not None:
+                    found.append((int(mo_id), xid, doc.get(COLLECTION_FRAGMENT) or {}))
+            return [Collection.from_fragment(xid, fragment) for _, xid, fragment in sorted(found)]
+
     # -- operations -------------------------------------------------------------------------
+    def operation_downlinks(self, op: Doc) -> list[Downlink]:
+        """What an operation becomes downstream: its static line on `s/ds` if one fits, and the
+        line of every response template whose condition it meets, on `s/dc/<X-ID>`.
+
+        The two are independent: response templates "will be used for every operation"
+        (smartrest-two.md), static templates only for their fragments (notes 2.6). The broker
+        delivers each line only to a client subscribed to its topic.
+        """
+        downlinks = []
+        line = self.operation_line(op)
+        if line is not None:
+            downlinks.append(Downlink(DOWN_OPERATIONS, line))
+        xid = self.store.serial_of(str(op["deviceId"])) or ""
+        for collection in self.collections():
+            downlinks.extend(Downlink(DOWN_CUSTOM + collection.xid, custom)
+                             for custom in response_lines(collection, op, xid))
+        return downlinks
+
+    def pending_downlinks(self, root_id: str) -> list[Downlink]:
+        """`operation_downlinks` of every PENDING operation of a device tree, oldest first."""
+        ops = self.store.operations_of(self.store.tree_ids(root_id), status="PENDING")
+        return [downlink for op in ops for downlink in self.operation_downlinks(op)]
+
     def operation_line(self, op: Doc) -> str | None:
         """The `s/ds` line of an operation (notes 2.6), or None if no static template fits."""
         xid = self.store.serial_of(str(op["deviceId"])) or ""
@@ -155,11 +240,6 @@ class SmartRestProcessor:
                 515, xid, fw.get("name", ""), fw.get("version", ""), fw.get("url", "")
             )
         return None
-
-    def pending_lines(self, root_id: str) -> list[str]:
-        """All PENDING operations of a device tree, oldest first (reply to `500`)."""
-        ops = self.store.operations_of(self.store.tree_ids(root_id), status="PENDING")
-        return [line for op in ops if (line := self.operation_line(op)) is not None]
 
     # -- templates --------------------------------------------------------------------------
     def _t100(self, ctx: _Context, f: list[str]) -> None:
@@ -278,8 +358,8 @@ class SmartRestProcessor:
         )
 
     def _t500(self, ctx: _Context, f: list[str]) -> None:
-        for line in self.pending_lines(ctx.root()):
-            ctx.reply(line)
+        # Static lines on s/ds and custom ones on s/dc/<X-ID> (the broker filters by subscription).
+        ctx.downlinks.extend(self.pending_downlinks(ctx.root()))
 
     def _t501(self, ctx: _Context, f: list[str]) -> None:
         ctx.store.advance_operation(ctx.target(), f[0], "PENDING", "EXECUTING")
