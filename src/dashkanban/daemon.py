@@ -187,6 +187,7 @@ def run_command(args: argparse.Namespace) -> int:
     interface = resolve_interface(args.interface or settings.capture.interface)
     capture = LiveCapture(interface, settings.capture.detect,
                           promiscuous=settings.capture.promiscuous)
+    capture.check_permission()  # before connecting anywhere: exit 2 with the fix
     daemon = Daemon(settings, capture)
     _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     log.info("capturing on %s (%s)", interface, ", ".join(sorted(settings.capture.detect)))
