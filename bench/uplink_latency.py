@@ -23,24 +23,31 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.brokers import Mosquitto, free_port, make_tls_files
-from tests.memory_outbox import MemoryOutbox
 
 from dashkanban.c8y.mqtt import Uplink
 from dashkanban.config import load_settings
 from dashkanban.delivery import Courier
 from dashkanban.events import Event
+from dashkanban.outbox import Outbox
 
 USER, PASSWORD = "t12345/bench", "bench-pw"
 TARGET_P99_MS = 10.0
 GAP = 0.002  # seconds between presses: one press at a time, not a burst
 
 
-class TimedOutbox(MemoryOutbox):
-    def __init__(self) -> None:
-        super().__init__()
-        self.acked_at: dict[int, float] = {}
-        self.done = threading.Event()
-        self.expect = 0
+class TimedOutbox(Outbox):
+    """The real SQLite outbox, noting when each row's PUBACK deleted it."""
+
+    acked_at: dict[int, float]
+    done: threading.Event
+    expect: int
+
+    @classmethod
+    def timed(cls, path: Path, expect: int) -> TimedOutbox:
+        outbox = cls.open(path)
+        assert isinstance(outbox, TimedOutbox)
+        outbox.acked_at, outbox.done, outbox.expect = {}, threading.Event(), expect
+        return outbox
 
     def ack(self, row_id: int) -> None:
         self.acked_at[row_id] = time.perf_counter()
@@ -62,8 +69,7 @@ def bench_uplink(folder: Path, broker: Mosquitto, ca: Path, count: int) -> list[
     )
     config.chmod(0o600)
     settings = load_settings(config)
-    outbox = TimedOutbox()
-    outbox.expect = count
+    outbox = TimedOutbox.timed(folder / "outbox.sqlite3", count)
     uplink = Uplink(settings)
     courier = Courier(outbox, uplink)
     uplink.start()
@@ -84,6 +90,7 @@ def bench_uplink(folder: Path, broker: Mosquitto, ca: Path, count: int) -> list[
     finally:
         courier.stop()
         uplink.stop()
+        outbox.close()
 
 
 def bench_paho(broker: Mosquitto, ca: Path, count: int) -> list[float]:

@@ -152,6 +152,7 @@ class Mosquitto:
     users: dict[str, str] | None = None
     require_certificate: bool = False
     process: subprocess.Popen[bytes] | None = None
+    netns: str | None = None  # run it inside this network namespace (`ip netns exec`), on its lo
 
     @property
     def host(self) -> str:
@@ -203,11 +204,18 @@ class Mosquitto:
             raise RuntimeError("mosquitto is not installed (make test installs it as root)")
         self.folder.mkdir(parents=True, exist_ok=True)
         conf = self._write_config()
+        # `ip netns exec` execs the broker in place (no fork), so stop() still ends it by PID.
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.process = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*prefix, binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         try:
-            wait_listening(self.port)
+            if self.netns:
+                from tests.e2e.netns import in_netns
+
+                in_netns(self.netns, lambda: wait_listening(self.port))
+            else:
+                wait_listening(self.port)
         except TimeoutError:
             self.stop()
             raise

@@ -207,3 +207,31 @@ def test_deliver_broker_down_raises_undelivered(tmp_path: Path, mosquitto_tls: M
     )
     assert outbox.count() == 2
     assert outbox.count() == 2
+
+
+def test_on_delivered_observes_each_event_on_its_puback_even_if_it_fails(
+    tmp_path: Path, mosquitto_tls: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = recording_outbox(tmp_path)
+    seen: list[tuple[str, int]] = []
+
+    def observer(event: Event) -> None:
+        seen.append((event.text, outbox.count()))  # the row is still there: before the ack
+        if event.text == "press 2":
+            raise RuntimeError("observer broke")
+
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = Courier(outbox, uplink, window=1, on_delivered=observer)
+    for n in (1, 2, 3):
+        outbox.put(press(n))
+    uplink.start()
+    courier.start()
+    try:
+        assert courier.drain(20)
+    finally:
+        courier.stop()
+        uplink.stop()
+    assert seen == [("press 1", 3), ("press 2", 2), ("press 3", 1)]
+    assert outbox.acked == [1, 2, 3]  # a failing observer costs no delivery
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "the on_delivered observer failed"]

@@ -108,3 +108,78 @@ def test_cli_text_lines_have_no_colour_when_not_a_tty(tmp_path: Path) -> None:
         + re.escape(f"3 steps under {root} (dry run)") + "\n",
         result.stderr,
     )
+
+
+def test_final_error_line_is_json_in_json_mode(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.ini"
+    result = run("--log-format", "json", "outbox", "status", "-c", str(missing))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    data = json.loads(lines[0])
+    assert list(data) == ["time", "level", "logger", "message"]
+    assert (data["level"], data["logger"], data["message"]) == (
+        "error", "dashkanban.cli", f"{missing}: config file not found")
+
+
+def test_final_error_line_stays_plain_text_in_text_mode(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.ini"
+    result = run("outbox", "status", "-c", str(missing))
+    assert (result.returncode, result.stderr) == (2, f"error: {missing}: config file not found\n")
+
+
+def test_final_line_shapes() -> None:
+    from dashkanban.cli import final_line
+
+    assert final_line("broken", "text") == "error: broken"
+    assert final_line("interrupted", "text", logging.WARNING) == "interrupted"
+    data = json.loads(final_line("interrupted", "json", logging.WARNING))
+    assert (data["level"], data["message"]) == ("warning", "interrupted")
+
+
+def run_to_file(tmp_path: Path, journal_stream: str | None, *args: str) -> str:
+    """Run with stderr on a file, as systemd hands the journal's stream to a service."""
+    import os
+
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("w") as err:
+        info = os.fstat(err.fileno())
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        if journal_stream is not None:
+            env["JOURNAL_STREAM"] = journal_stream.format(dev=info.st_dev, ino=info.st_ino)
+        result = subprocess.run(
+            [sys.executable, "-m", "dashkanban", "--log-level", "debug", *args],
+            stdout=subprocess.PIPE, stderr=err, text=True, check=False, timeout=60, env=env,
+        )
+    assert result.returncode == 0
+    return err_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("journal_stream", "stamped"),
+    [
+        ("{dev}:{ino}", False),  # stderr is the journal's stream: journald adds the time
+        (None, True),
+        ("{dev}:1", True),  # inherited by a process whose stderr goes elsewhere
+        ("garbage", True),
+    ],
+    ids=["journal", "unset", "other-stream", "malformed"],
+)
+def test_text_format_drops_the_time_only_on_the_journal_stream(
+    tmp_path: Path, journal_stream: str | None, stamped: bool
+) -> None:
+    root = scratch_root(tmp_path)
+    err = run_to_file(tmp_path, journal_stream, "service", "uninstall", "--dry-run",
+                      "--root", str(root))
+    line = "DEBUG   dashkanban.service: " + re.escape(
+        f"service uninstall: 3 steps under {root} (dry run)") + "\n"
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} " if stamped else ""
+    assert re.fullmatch(stamp + line, err), err
+
+
+def test_json_format_keeps_its_time_on_the_journal_stream(tmp_path: Path) -> None:
+    root = scratch_root(tmp_path)
+    err = run_to_file(tmp_path, "{dev}:{ino}", "--log-format", "json", "service", "uninstall",
+                      "--dry-run", "--root", str(root))
+    assert list(json.loads(err)) == ["time", "level", "logger", "message"]

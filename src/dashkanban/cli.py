@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -39,12 +40,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+JOURNAL_TEXT_FORMAT = "%(levelname)-7s %(name)s: %(message)s"  # journald stamps each line itself
+
+
+def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
+    """Whether stderr is systemd's journal stream: $JOURNAL_STREAM holds its "device:inode",
+    and it must match stderr's own (a child whose stderr was redirected inherits the variable;
+    see systemd.exec(5), $JOURNAL_STREAM)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+        return (info.st_dev, info.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or no real stderr
+        return False
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(JOURNAL_TEXT_FORMAT if stderr_is_journal() else TEXT_FORMAT)
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -194,27 +214,36 @@ def _resolve(spec: str) -> Handler:
     return handler
 
 
+def final_line(message: str, fmt: str, level: int = logging.ERROR) -> str:
+    """The last line `main` writes on failure: `error: ...` for people, or one JSON object like
+    every other line when --log-format json (a log shipper must not choke on the one that
+    matters most). Written whatever --log-level says."""
+    if fmt != "json":
+        return f"error: {message}" if level >= logging.ERROR else message
+    record = logging.LogRecord(__name__, level, __file__, 0, message, None, None)
+    return JsonFormatter().format(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    fmt = args.log_format
     try:
         return _resolve(args.handler)(args)
     except DashkanbanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(final_line(str(exc), fmt), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(final_line("interrupted", fmt, logging.WARNING), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
-    except Exception:  # the last line of defence: one line for the user, details in debug
+    except Exception as exc:  # the last line of defence: one line for the user, details in debug
         log.debug("unexpected failure", exc_info=True)
-        print(
-            f"error: unexpected {sys.exc_info()[0].__name__}: {sys.exc_info()[1]} "  # type: ignore[union-attr]
-            "(run with --log-level debug for details)",
-            file=sys.stderr,
-        )
+        message = (f"unexpected {type(exc).__name__}: {exc} "
+                   "(run with --log-level debug for details)")
+        print(final_line(message, fmt), file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -22,6 +22,7 @@ from dashkanban.buttons import Button
 from dashkanban.capture import Frame
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import EXIT_OK
+from dashkanban.events import Event
 from dashkanban.metrics import Metrics
 from dashkanban.pipeline import Counts, Pipeline
 from dashkanban.presses import Lookup, Press
@@ -50,10 +51,13 @@ class Daemon:
         *,
         extra_lines: ExtraLines | None = None,
         drain_on_stop: float = DRAIN_ON_STOP,
+        on_delivered: Callable[[Event], None] | None = None,
     ) -> None:
+        """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing."""
         self.settings = settings
         self.source = source
         self.extra_lines = extra_lines
+        self.on_delivered = on_delivered
         self.drain_on_stop = drain_on_stop
         self.metrics = Metrics()
         self._stopping = threading.Event()
@@ -83,7 +87,7 @@ class Daemon:
         )
         uplink = Uplink(settings)
         uplink.add_listener(self._count_reconnects(uplink))
-        courier = Courier(outbox, uplink)
+        courier = Courier(outbox, uplink, on_delivered=self.on_delivered)
         reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count)
         log.info(
             "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",
@@ -183,6 +187,7 @@ def run_command(args: argparse.Namespace) -> int:
     interface = resolve_interface(args.interface or settings.capture.interface)
     capture = LiveCapture(interface, settings.capture.detect,
                           promiscuous=settings.capture.promiscuous)
+    capture.check_permission()  # before connecting anywhere: exit 2 with the fix
     daemon = Daemon(settings, capture)
     _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     log.info("capturing on %s (%s)", interface, ", ".join(sorted(settings.capture.detect)))

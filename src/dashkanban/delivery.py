@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 WINDOW = 100  # messages awaiting PUBACK at once
 IDLE_POLL = 1.0  # seconds; a safety net only: every change also wakes the loop
 
+DeliveredObserver = Callable[[Event], None]
+
 
 class QueuedRow(Protocol):
     @property
@@ -49,10 +51,15 @@ class OutboxLike(Protocol):
 class Courier:
     """Runs one thread that keeps up to `window` outbox rows in flight through `uplink`."""
 
-    def __init__(self, outbox: OutboxLike, uplink: Uplink, *, window: int = WINDOW) -> None:
+    def __init__(self, outbox: OutboxLike, uplink: Uplink, *, window: int = WINDOW,
+                 on_delivered: DeliveredObserver | None = None) -> None:
+        """`on_delivered(event)`, if given, is told of each event the moment its PUBACK arrives
+        (in the MQTT network thread, before its row is removed): for measurements such as
+        bench/latency.py. It must be quick; an exception from it is logged and ignored."""
         if window < 1:
             raise ValueError("window must be at least 1")
         self._outbox = outbox
+        self._observer = on_delivered
         self._uplink = uplink
         self._window = window
         self._cond = threading.Condition()
@@ -173,6 +180,11 @@ class Courier:
 
     def _delivered(self, row_id: int, event: Event) -> None:
         # Runs in the MQTT network thread, exactly on PUBACK.
+        if self._observer is not None:
+            try:
+                self._observer(event)
+            except Exception:  # an observer must never cost a delivery
+                log.exception("the on_delivered observer failed")
         self._outbox.ack(row_id)
         # The one line per press that says it arrived (issue 7): name, MAC, press time, result.
         log.info("%s (%s) pressed at %s: delivered", event.name, event.mac, event.c8y_time)

@@ -19,6 +19,7 @@ from dashkanban.capture.live import LiveCapture
 from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
+from dashkanban.events import Event
 from dashkanban.outbox import Outbox
 from tests.brokers import Mosquitto, TlsFiles
 from tests.c8y.support import Recorder, write_config
@@ -71,7 +72,8 @@ def test_burst_becomes_one_event_delivered_and_removed_from_the_outbox(
     caplog.set_level("INFO")
     settings = load_settings(write_config(tmp_path, mosquitto_tls))
     source = NamespacedSource(veth_pair)
-    daemon = Daemon(settings, source)
+    observed: list[Event] = []
+    daemon = Daemon(settings, source, on_delivered=observed.append)
     runner = threading.Thread(target=daemon.run, daemon=True)
     runner.start()
     frames_out = sender(veth_pair)
@@ -117,6 +119,11 @@ def test_burst_becomes_one_event_delivered_and_removed_from_the_outbox(
     delivered = [r.getMessage() for r in caplog.records if r.getMessage().endswith(": delivered")]
     assert [m.split(" pressed at ")[0] for m in delivered] == [
         f"dashButton_1 ({BUTTON})", f"dashButton_2 ({OTHER})"]
+    # The observer saw each event on its PUBACK (bench/latency.py stamps it there).
+    assert [(e.name, e.mac, e.c8y_time) for e in observed] == [
+        ("dashButton_1", BUTTON, messages[5][1].rsplit(",", 1)[1]),
+        ("dashButton_2", OTHER, more[7][1].rsplit(",", 1)[1]),
+    ]
     snapshot = daemon.metrics.snapshot()
     assert (snapshot.presses, snapshot.queued, snapshot.delivered) == (2, 2, 2)
 

@@ -208,8 +208,9 @@ def test_without_cap_net_raw_exits_2() -> None:
     )
     assert result.returncode == 2
     last = result.stderr.splitlines()[-1]
-    assert last.startswith("error: live capture needs CAP_NET_RAW: run 'sudo setcap "
-                           "cap_net_raw+ep")
+    assert last.startswith("error: cannot capture on lo: this process lacks CAP_NET_RAW; run it "
+                           "as the service (sudo dashkanban service install) or grant the "
+                           "capability with: sudo setcap cap_net_raw+ep /")
     assert "dashkanban service install" in last
 
 

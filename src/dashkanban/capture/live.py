@@ -37,12 +37,6 @@ PACKET_OUTGOING = 4  # sll_pkttype of frames this host sends
 TP_STATUS_VLAN_VALID = 1 << 4
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 
-PERMISSION_HINT = (
-    "live capture needs CAP_NET_RAW: run 'sudo setcap cap_net_raw+ep \"$(readlink -f "
-    "$(command -v python3))\"' or, better, run it as the service ('dashkanban service install' "
-    "grants AmbientCapabilities=CAP_NET_RAW)"
-)
-
 RECOVER_MIN = 0.5  # seconds before reopening after a socket error; doubles up to RECOVER_MAX
 RECOVER_MAX = 30.0
 POLL_SECONDS = 1.0  # how long one wait for a frame may block before looking at stop() again
@@ -200,11 +194,25 @@ class LiveCapture:
 
     # -- the two places that touch the system (tests may swap exactly these) --------------------
 
+    def _refused(self) -> PermissionDeniedError:
+        from dashkanban.privileges import capture_permission_message
+
+        return PermissionDeniedError(capture_permission_message(self.interface))
+
+    def check_permission(self) -> None:
+        """Raise PermissionDeniedError now if a raw socket is refused, so that `run` says so
+        before it connects anywhere. Any other problem (no such interface yet) is left to
+        frames(), which retries."""
+        try:
+            socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+        except PermissionError:
+            raise self._refused() from None
+
     def _open_socket(self) -> socket.socket:
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError:
-            raise PermissionDeniedError(PERMISSION_HINT) from None
+            raise self._refused() from None
         try:
             attach_filter(sock, candidate_filter(self.detect))
             sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
@@ -268,7 +276,7 @@ class LiveCapture:
                 raise
             except OSError as exc:
                 if exc.errno in (errno.EPERM, errno.EACCES):
-                    raise PermissionDeniedError(PERMISSION_HINT) from None
+                    raise self._refused() from None
                 log.warning(
                     "cannot capture on %s: %s; retrying in %.1f s",
                     self.interface, exc.strerror or exc, delay,
