@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from tests.brokers import Mosquitto, TlsFiles, free_port, make_tls_files, mosqui
 
 BROKER_USER = "t12345/dash-gateway"
 BROKER_PASSWORD = "s3cret-test-pw"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`cli.main()` run in-process sets up the root logger on a stream pytest later closes; put
+    the root logger back after each test so no later test logs into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in ("dashkanban.sandbox", "httpx")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
 
 
 def _need_mosquitto() -> None:
