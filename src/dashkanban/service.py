@@ -519,7 +519,11 @@ def gather_install(args: argparse.Namespace) -> InstallInputs:
     interpreter = PurePosixPath(os.path.realpath(sys.executable))
     problem = executable_problem(PurePosixPath(os.path.realpath(executable)), interpreter)
     if problem:
-        raise ConfigError(problem)
+        if root == Path("/"):
+            raise ConfigError(problem)
+        # A scratch root is for staging and inspection: the unit is written as asked, and the
+        # problem is said once, since a real install from this executable would not start.
+        log.warning("%s (writing it anyway: --root %s is not the running system)", problem, root)
     existing = lookup_user(root, args.user)
     group = args.user
     if existing is not None:
