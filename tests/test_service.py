@@ -4,7 +4,6 @@ file modes and owners, and the installed config read back as the service user.""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -26,13 +25,13 @@ from dashkanban.service import (
     unit_text,
 )
 from tests.service_helpers import (
-    REPO,
     is_root,
     make_scratch_root,
     make_system_venv,
     passwd_entry,
     run_cli,
     system_python_usable,
+    system_venv_folder,
     tree,
 )
 
@@ -239,7 +238,7 @@ def dashkanban_exe() -> Iterator[Path]:
     reason = system_python_usable()
     if reason:
         pytest.skip(reason)
-    folder = REPO / "build" / f"test-service-venv-{os.getpid()}"
+    folder = system_venv_folder("test-service-venv")
     shutil.rmtree(folder, ignore_errors=True)
     yield make_system_venv(folder)
     shutil.rmtree(folder, ignore_errors=True)

@@ -33,11 +33,11 @@ from tests.c8y.support import BUTTONS_CSV, Recorder
 from tests.conftest import BROKER_PASSWORD, BROKER_USER
 from tests.e2e.netns import Pair, in_netns, ip, sender
 from tests.service_helpers import (
-    REPO,
     SBIN_PATH,
     as_user_prefix,
     make_system_venv,
     system_python_usable,
+    system_venv_folder,
 )
 
 pytestmark = pytest.mark.netns
@@ -63,7 +63,7 @@ def script() -> Iterator[Path]:
     reason = system_python_usable()
     if reason:
         pytest.skip(reason)
-    folder = REPO / "build" / f"test-run-venv-{os.getpid()}"
+    folder = system_venv_folder("test-run-venv")
     shutil.rmtree(folder, ignore_errors=True)
     yield make_system_venv(folder)
     shutil.rmtree(folder, ignore_errors=True)
@@ -84,7 +84,7 @@ class Site:
 
 @pytest.fixture
 def site(tls_files: TlsFiles, veth_pair: Pair) -> Iterator[Site]:
-    folder = REPO / "build" / f"test-run-site-{uuid.uuid4().hex[:8]}"
+    folder = system_venv_folder(f"test-run-site-{uuid.uuid4().hex[:8]}")
     folder.mkdir(parents=True, mode=0o700)
     try:
         shutil.copy(tls_files.ca_cert, folder / "ca.pem")
