@@ -84,7 +84,6 @@ class Daemon:
 
         settings = self.settings
         registry = load_registry(settings)
-        kanban = wiring.open_loop(settings)
         lookup = inventory_lookup(settings)
         pipeline = build_pipeline(settings, registry, _tolerant(lookup) if lookup else None)
         outbox = Outbox.open(
@@ -93,6 +92,11 @@ class Daemon:
             max_bytes=settings.outbox.max_bytes,
             metrics=self.metrics,
         )
+        try:
+            kanban = wiring.open_loop(settings)  # after the outbox: it makes the state folder
+        except BaseException:
+            outbox.close()
+            raise
         uplink, router = wiring.make_uplink(settings, kanban)
         uplink.add_listener(self._count_reconnects(uplink))
         courier = Courier(outbox, uplink, on_delivered=self.on_delivered)

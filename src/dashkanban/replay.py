@@ -91,20 +91,20 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float) 
     from dashkanban.kanban.wiring import open_loop, press_lines
     from dashkanban.outbox import Outbox
 
-    loop = open_loop(settings)
-    try:
-        with Outbox.open(
-            settings.outbox.path,
-            max_rows=settings.outbox.max_rows,
-            max_bytes=settings.outbox.max_bytes,
-        ) as outbox:
+    with Outbox.open(
+        settings.outbox.path,
+        max_rows=settings.outbox.max_rows,
+        max_bytes=settings.outbox.max_bytes,
+    ) as outbox:
+        loop = open_loop(settings)  # after the outbox, which makes the state folder
+        try:
             for press, event in found:
                 extra, others = press_lines(loop, press) if loop is not None else ((), ())
                 outbox.put(event, extra, others)
-            delivered = deliver(settings, outbox, [], timeout=timeout)
-    finally:
-        if loop is not None and loop.history is not None:
-            loop.history.close()
+        finally:
+            if loop is not None and loop.history is not None:
+                loop.history.close()
+        delivered = deliver(settings, outbox, [], timeout=timeout)
     print(f"delivered {delivered} events to {settings.c8y.tenant}", file=sys.stderr)
     return 0
 

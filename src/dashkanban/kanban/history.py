@@ -86,7 +86,7 @@ class History:
     @classmethod
     def open(cls, path: Path, history_days: int, now: datetime | None = None) -> History:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private_folders(path.parent)
             if not path.exists():
                 # Owner-only: the history says when a store runs out of what.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -233,6 +233,22 @@ class _Transaction:
             self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._lock.release()
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Missing folders 0750, as the outbox makes them (docs/outbox.md): whichever of the two is
+    opened first, the state folder is not left readable by others."""
+    missing = []
+    current = folder
+    while not current.exists() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for item in reversed(missing):
+        try:
+            item.mkdir(mode=0o750)
+        except FileExistsError:
+            continue
+        item.chmod(0o750)  # mkdir's mode is subject to the umask
 
 
 def _iso(time: datetime) -> str:
