@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dashkanban.c8y.mqtt import Outgoing, UnsendableError, event_messages, lines_messages
-from dashkanban.c8y.smartrest import SmartRestLine
+from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine
 from dashkanban.config import KanbanSettings, load_settings
 from dashkanban.errors import ConfigError
 from dashkanban.events import Event
@@ -43,9 +43,9 @@ def test_startup_publishes_collection_children_then_supported_operations() -> No
     _, bins = parse_bins(MACID, Path("MACID.csv"))
     assert startup_publishes(bins) == [
         ("s/ut/dashkanban", "11,9101,,c8y_KanbanRefilled,c8y_KanbanRefilled.bin"),
-        ("s/us", "101,ac63be123456,screws,c8y_DashButton"),
-        ("s/us", "101,ac63be123458,screws-full,c8y_DashButton"),
-        ("s/us", "101,fca6670a0b0c,ties,c8y_DashButton"),
+        ("s/us", "101,ac63be123456,screws,c8y_DashButton\n"
+                 "101,ac63be123458,screws-full,c8y_DashButton\n"
+                 "101,fca6670a0b0c,ties,c8y_DashButton"),
         ("s/us/ac63be123456", "114,c8y_KanbanRefilled"),
         ("s/us/fca6670a0b0c", "114,c8y_KanbanRefilled"),
     ]
@@ -119,3 +119,15 @@ def test_alarms_need_gateway_mode(tmp_path: Path) -> None:
         f"{config}: [kanban] alarms = yes needs [gateway] mode = gateway (a refill clears alarms "
         "on other buttons' devices, which per-device mode cannot address)"
     )
+
+
+def test_startup_children_are_split_within_the_size_limit() -> None:
+    rows = "".join(f"b{i:03d}-{'x' * 40}, 02:00:00:00:{i // 256:02x}:{i % 256:02x}, B{i}\n"
+                   for i in range(400))
+    _, bins = parse_bins("Name, MAC-Address, bin\n" + rows, Path("MACID.csv"))
+    children = [p for t, p in startup_publishes(bins) if t == "s/us"]
+    assert len(children) > 1
+    assert all(len(p.encode()) <= MAX_MESSAGE_BYTES for p in children)
+    lines = [line for p in children for line in p.split("\n")]
+    assert lines == [f"101,02000000{i // 256:02x}{i % 256:02x},b{i:03d}-{'x' * 40},c8y_DashButton"
+                     for i in range(400)]

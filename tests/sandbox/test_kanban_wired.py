@@ -20,6 +20,7 @@ from dashkanban.capture import Frame, forge
 from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
+from dashkanban.kanban.alarms import clear_lines
 from dashkanban.kanban.cli import local_report
 from dashkanban.kanban.history import History
 from dashkanban.kanban.wiring import load_kanban_bins
@@ -188,6 +189,13 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
 ) -> None:
     caplog.set_level(logging.INFO, logger="dashkanban")
     settings = load_settings(write_config(tmp_path, sandbox))
+    # A refill left pending clear (an older `kanban refilled`, or one killed before queueing):
+    # the daemon queues it at start, behind nothing, and marks it sent.
+    bins = load_kanban_bins(settings)
+    ties_bin = bins.find("B1")
+    assert ties_bin is not None
+    with History.open(tmp_path / "state" / "history.sqlite3", 730) as h:
+        h.record_refill("B1", datetime.now(UTC), "cli", clear_lines(ties_bin))
     source = OpenSource()
     daemon = Daemon(settings, source, drain_on_stop=5.0)
     runner = threading.Thread(target=daemon.run, daemon=True)
@@ -202,6 +210,8 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
             ]
 
         wait_until(offered, "114 on the reorder button")
+        wait_until(lambda: any(m.topic == f"s/us/{TIES}" and m.payload == "306,c8y_KanbanReorder"
+                               for m in sandbox.messages()), "the pending clear")
         assert (sandbox.device(TIES) or {})["c8y_SupportedOperations"] == ["c8y_KanbanRefilled"]
         assert "c8y_SupportedOperations" not in (sandbox.device(SCREWS_FULL) or {"x": 1})
         wait_until(lambda: "c8y_Kanban" in (sandbox.device(SCREWS_FULL) or {}), "fragments")
@@ -253,3 +263,4 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
     with History.open(tmp_path / "state" / "history.sqlite3", 730) as h:
         assert h.counts() == {"reorder": 1}
         assert h.active_bins() == frozenset()
+        assert h.pending_clears() == []

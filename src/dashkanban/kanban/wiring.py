@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from dashkanban.c8y.mqtt import BUTTON_TYPE, DeviceLine
-from dashkanban.c8y.smartrest import SmartRestLine, encode_line, join_lines
+from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine, encode_line, join_lines
 from dashkanban.config import Settings
 from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.kanban.alarms import (
@@ -116,9 +116,21 @@ def startup_publishes(bins: Bins) -> list[tuple[str, str]]:
     """What the gateway publishes after each connect, in this order: the template collection,
     a `101` per button of a bin, and `114,c8y_KanbanRefilled` on each reorder button."""
     publishes = [(TEMPLATE_TOPIC, join_lines(template_lines()))]
-    for bin_ in bins:
-        for button in bin_.buttons:
-            publishes.append(("s/us", encode_line(101, button.serial, button.name, BUTTON_TYPE)))
+    children = [
+        encode_line(101, button.serial, button.name, BUTTON_TYPE)
+        for bin_ in bins
+        for button in bin_.buttons
+    ]
+    # Several lines per message (SmartREST takes one line per row), within the size limit: a
+    # store with 300 bins should not cost 300 messages per connect for this.
+    chunk: list[str] = []
+    for line in children:
+        if chunk and len(join_lines([*chunk, line]).encode()) > MAX_MESSAGE_BYTES:
+            publishes.append(("s/us", join_lines(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        publishes.append(("s/us", join_lines(chunk)))
     publishes.extend((p.topic, join_lines(p.lines)) for p in supported_operations(bins))
     return publishes
 
