@@ -26,5 +26,17 @@ def test_demo_shows_what_cumulocity_holds(tmp_path: object) -> None:
     assert out.count("pressed (ac:63:be:12:34:56)") == 3
     assert out.count("pressed (fc:a6:67:0a:0b:0c)") == 2
     assert out.count("pressed (68:54:fd:01:02:03)") == 2
+    # The bundled MACID.csv has bins and the demo turns alarms on: one ACTIVE reorder alarm per
+    # bin, the repeat presses counted on it (Cumulocity de-duplicates by type and device).
+    table = out[out.index("Kanban reorder alarms in Cumulocity (one per bin; repeats counted)"):]
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert rows == [
+        "│ dashButton_1 │ ACTIVE │ MAJOR    │ 3     │ Reorder 50 x M6 screws for bin A3 (Aisle 2)"
+        "         │",
+        "│ dashButton_2 │ ACTIVE │ MAJOR    │ 2     │ Reorder 100 x Cable ties 200mm for bin B1 "
+        "(Aisle 4) │",
+        "│ dashButton_3 │ ACTIVE │ MAJOR    │ 2     │ Reorder 12 x Safety gloves L for bin C7 "
+        "(Gate 1)    │",
+    ]
     # One "delivered" log line per press on stderr.
     assert result.stderr.count(": delivered") == 7

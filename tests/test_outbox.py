@@ -19,7 +19,14 @@ from dashkanban.config import load_settings
 from dashkanban.errors import ConfigError
 from dashkanban.events import Event
 from dashkanban.metrics import Metrics, MetricsSnapshot
-from dashkanban.outbox import Outbox, OutboxError, OutboxFullError, QueuedEvent, row_bytes
+from dashkanban.outbox import (
+    Outbox,
+    OutboxError,
+    OutboxFullError,
+    QueuedEvent,
+    format_status,
+    row_bytes,
+)
 from tests.brokers import Mosquitto, TlsFiles
 from tests.c8y.support import Recorder, write_config
 from tests.faults import read_only_filesystem
@@ -122,7 +129,7 @@ def test_files_are_private_and_missing_folders_are_made_0750(tmp_path: Path) -> 
     }
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
     db.close()
 
 
@@ -281,7 +288,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutboxError) as info:
         Outbox.open(path)
     assert str(info.value) == (
-        f"{path}: the outbox was written by a newer dashkanban (schema 7, this one reads 1); "
+        f"{path}: the outbox was written by a newer dashkanban (schema 7, this one reads 2); "
         "upgrade dashkanban or set [outbox] path"
     )
 
@@ -473,3 +480,77 @@ def test_hostile_text_is_stored_not_crashed_on(tmp_path: Path) -> None:
     assert stored[0].event == nul
     assert stored[1].event == dataclasses.replace(bad, name="bad\\udcffname")
     assert stored[1].extra_lines == ("302,x,\\udcfe",)
+
+
+# Schema 1 as dashkanban 0.x wrote it (before rows could carry lines for other devices).
+_SCHEMA_1 = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, mac TEXT NOT NULL,
+    serial TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, text TEXT NOT NULL,
+    trigger TEXT NOT NULL, extra_lines TEXT NOT NULL, queued_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, size INTEGER NOT NULL
+);
+CREATE TABLE stats (
+    one INTEGER PRIMARY KEY CHECK (one = 1), rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    refused INTEGER NOT NULL, last_error TEXT, last_error_at TEXT
+);
+INSERT INTO stats (one, rows, bytes, refused) VALUES (1, 0, 0, 0);
+CREATE TRIGGER events_added AFTER INSERT ON events BEGIN
+    UPDATE stats SET rows = rows + 1, bytes = bytes + NEW.size WHERE one = 1;
+END;
+CREATE TRIGGER events_removed AFTER DELETE ON events BEGIN
+    UPDATE stats SET rows = rows - 1, bytes = bytes - OLD.size WHERE one = 1;
+END;
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_outbox_is_migrated_keeping_its_rows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA_1)
+    e = event_for(0)
+    db.execute(
+        "INSERT INTO events (time, mac, serial, name, type, text, trigger, extra_lines, queued_at,"
+        " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (e.time.isoformat(), e.mac, e.serial, e.name, e.type, e.text, e.trigger,
+         '["302,c8y_KanbanReorder,x"]', NOW.isoformat(), 150),
+    )
+    db.commit()
+    db.close()
+    caplog.set_level("INFO", logger="dashkanban.outbox")
+    with open_outbox(path) as outbox:
+        assert outbox.peek() == [QueuedEvent(1, e, ("302,c8y_KanbanReorder,x",), NOW, 0)]
+        assert outbox.put_lines([("btn", "306,c8y_KanbanReorder")], NOW) == 2
+        assert outbox.count() == 2
+    assert f"{path}: outbox schema upgraded from 1 to 2" in caplog.messages
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    db.close()
+    caplog.clear()
+    with open_outbox(path) as outbox:  # opening again changes nothing
+        assert outbox.count() == 2
+    assert "upgraded" not in " ".join(caplog.messages)
+
+
+def test_rows_carry_lines_for_other_devices_and_rows_of_lines_only(tmp_path: Path) -> None:
+    clears = [("ac63be123456", "306,c8y_KanbanReorder"), ("ac63be123457", "306,c8y_KanbanReorder")]
+    with open_outbox(tmp_path / "o.sqlite3", max_rows=3) as outbox:
+        assert outbox.put(event_for(0), ["302,x"], clears) == 1
+        assert outbox.put_lines([(None, "501,c8y_KanbanRefilled")], NOW) == 2
+        assert outbox.peek() == [
+            QueuedEvent(1, event_for(0), ("302,x",), NOW, 0, tuple(clears)),
+            QueuedEvent(2, None, (), NOW, 0, ((None, "501,c8y_KanbanRefilled"),)),
+        ]
+        # Lines count against the cap like events.
+        assert outbox.stats_row()[:2] == (2, row_bytes(event_for(0), ["302,x"], clears) + 32 + 22)
+        outbox.put_lines([("x", "306,y")], NOW)
+        with pytest.raises(OutboxFullError):
+            outbox.put_lines([("x", "306,y")], NOW)
+        with pytest.raises(ValueError, match="at least one line"):
+            outbox.put_lines([], NOW)
+        outbox.ack(1)
+        text = format_status(outbox.path, outbox.stats(), 3, 100)
+    assert "oldest: 1 SmartREST lines, queued 2026-11-26T09:30:00+00:00, 0 attempts" in text

@@ -203,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = kanban_sub.add_parser("refilled", help="mark a bin refilled (clears its reorder alarm)")
     _common(q)
     q.add_argument("bin", metavar="BIN", help="the bin, as in MACID.csv")
+    q.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the broker's acknowledgements (default: 30; 0 only queues)",
+    )
     q.set_defaults(handler="dashkanban.kanban.cli:refilled_command")
     return parser
 

@@ -5,6 +5,10 @@ clock (monotonic time for the dead time) differ. Capture never waits for the net
 committed to the outbox and the Courier carries it to Cumulocity on its own thread. SIGTERM stops
 the capture, gives in-flight messages a moment to be acknowledged, and exits 0; whatever is not
 acknowledged stays in the outbox for the next start.
+
+With bins in MACID.csv every press also goes through the Kanban loop (kanban/wiring.py): its alarm
+and clear lines travel in the press's outbox row, and with `[kanban] alarms = yes` the uplink
+publishes the template collection, subscribes `s/dc/dashkanban` and answers refill operations.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dashkanban.buttons import Button
 from dashkanban.capture import Frame
@@ -26,6 +30,9 @@ from dashkanban.events import Event
 from dashkanban.metrics import Metrics
 from dashkanban.pipeline import Counts, Pipeline
 from dashkanban.presses import Lookup, Press
+
+if TYPE_CHECKING:
+    from dashkanban.kanban.bins import Bins
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,8 @@ class Daemon:
         self.source.stop()
 
     def run(self) -> int:
-        from dashkanban.c8y.mqtt import Uplink
         from dashkanban.delivery import Courier
+        from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
         from dashkanban.outbox import Outbox, OutboxError
         from dashkanban.replay import build_pipeline, inventory_lookup, load_registry
@@ -85,9 +92,21 @@ class Daemon:
             max_bytes=settings.outbox.max_bytes,
             metrics=self.metrics,
         )
-        uplink = Uplink(settings)
+        try:
+            kanban = wiring.open_loop(settings)  # after the outbox: it makes the state folder
+        except BaseException:
+            outbox.close()
+            raise
+        uplink, router = wiring.make_uplink(settings, kanban)
         uplink.add_listener(self._count_reconnects(uplink))
         courier = Courier(outbox, uplink, on_delivered=self.on_delivered)
+        if router is not None:
+            router.queue = courier.put_lines
+        if kanban is not None and kanban.history is not None:
+            queued = wiring.queue_pending_clears(kanban.history, courier.put_lines)
+            if queued:
+                log.info("%d refill(s) from the command line queued for Cumulocity", queued)
+            uplink.add_listener(self._fragments_once(uplink, kanban.bins))
         reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count)
         log.info(
             "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",
@@ -103,9 +122,13 @@ class Daemon:
         try:
             for press in pipeline.run_presses(self.source.frames(), clock=time.monotonic):
                 event = pipeline.event_for(press)
-                extra = self.extra_lines(press) if self.extra_lines is not None else ()
+                extra = tuple(self.extra_lines(press)) if self.extra_lines is not None else ()
+                others: tuple[tuple[str | None, str], ...] = ()
+                if kanban is not None:
+                    own, others = wiring.press_lines(kanban, press)
+                    extra = own + extra
                 try:
-                    courier.put(event, extra)
+                    courier.put(event, extra, others)
                 except OutboxError as exc:
                     log.error("%s pressed at %s but could not be queued: %s",
                               event.name, event.c8y_time, exc)
@@ -125,12 +148,30 @@ class Daemon:
             uplink.stop()
             reporting.stop()
             outbox.close()
+            if kanban is not None and kanban.history is not None:
+                kanban.history.close()
             if lookup is not None:
                 close = getattr(lookup, "close", None)
                 if close is not None:
                     close()
         log.info("dashkanban stopped")
         return EXIT_OK
+
+    def _fragments_once(self, uplink: object, bins: Bins) -> Callable[[], None]:
+        """On the first connect: the c8y_Kanban fragments over REST, on a thread of their own
+        (REST may be slow or unreachable; capture and delivery never wait for it)."""
+        from dashkanban.kanban.wiring import publish_fragments
+
+        started = threading.Event()
+
+        def listener() -> None:
+            if started.is_set() or not getattr(uplink, "connected", False):
+                return
+            started.set()
+            threading.Thread(target=publish_fragments, args=(self.settings, bins, self._stopping),
+                             name="kanban-fragments", daemon=True).start()
+
+        return listener
 
     def _count_reconnects(self, uplink: object) -> Callable[[], None]:
         was = {"connected": False, "ever": False}

@@ -15,10 +15,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Protocol
 
-from dashkanban.c8y.mqtt import MessageTooLargeError, Uplink
+from dashkanban.c8y.mqtt import DeviceLine, UnsendableError, Uplink
 from dashkanban.config import Settings
 from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
@@ -35,13 +36,17 @@ class QueuedRow(Protocol):
     @property
     def id(self) -> int: ...
     @property
-    def event(self) -> Event: ...
+    def event(self) -> Event | None: ...
     @property
     def extra_lines(self) -> tuple[str, ...]: ...
+    @property
+    def other_lines(self) -> tuple[DeviceLine, ...]: ...
 
 
 class OutboxLike(Protocol):
-    def put(self, event: Event, extra_lines: Sequence[str] = ()) -> int: ...
+    def put(self, event: Event, extra_lines: Sequence[str] = (),
+            other_lines: Sequence[DeviceLine] = ()) -> int: ...
+    def put_lines(self, lines: Sequence[DeviceLine], time: datetime) -> int: ...
     def peek(self, limit: int = 100, after_id: int = 0) -> Sequence[QueuedRow]: ...
     def ack(self, row_id: int) -> None: ...
     def mark_attempt(self, row_id: int, error: str | None = None) -> None: ...
@@ -93,9 +98,16 @@ class Courier:
             self._dirty = True
             self._cond.notify_all()
 
-    def put(self, event: Event, extra_lines: Sequence[str] = ()) -> int:
+    def put(self, event: Event, extra_lines: Sequence[str] = (),
+            other_lines: Sequence[DeviceLine] = ()) -> int:
         """Queue durably, then wake the loop. Returns the row id."""
-        row_id = self._outbox.put(event, extra_lines)
+        row_id = self._outbox.put(event, extra_lines, other_lines)
+        self.wake()
+        return row_id
+
+    def put_lines(self, lines: Sequence[DeviceLine], time: datetime) -> int:
+        """Queue lines without an event durably, then wake the loop. Returns the row id."""
+        row_id = self._outbox.put_lines(lines, time)
         self.wake()
         return row_id
 
@@ -155,13 +167,21 @@ class Courier:
             with self._cond:
                 self._inflight.add(row.id)
             try:
-                sent = self._uplink.send(
-                    row.event,
-                    row.extra_lines,
-                    on_delivered=partial(self._delivered, row.id, row.event),
-                    on_lost=partial(self._lost, row.id),
-                )
-            except MessageTooLargeError as exc:
+                if row.event is None:
+                    sent = self._uplink.send_lines(
+                        row.other_lines,
+                        on_delivered=partial(self._delivered, row.id, None),
+                        on_lost=partial(self._lost, row.id),
+                    )
+                else:
+                    sent = self._uplink.send(
+                        row.event,
+                        row.extra_lines,
+                        on_delivered=partial(self._delivered, row.id, row.event),
+                        on_lost=partial(self._lost, row.id),
+                        other_lines=row.other_lines,
+                    )
+            except UnsendableError as exc:
                 with self._cond:
                     self._inflight.discard(row.id)
                     self._refused.add(row.id)
@@ -178,8 +198,13 @@ class Courier:
             with self._cond:
                 self._cursor = max(self._cursor, row.id)
 
-    def _delivered(self, row_id: int, event: Event) -> None:
+    def _delivered(self, row_id: int, event: Event | None) -> None:
         # Runs in the MQTT network thread, exactly on PUBACK.
+        if event is None:  # a row of lines only
+            self._outbox.ack(row_id)
+            log.info("outbox row %d (SmartREST lines) delivered", row_id)
+            self._done(row_id)
+            return
         if self._observer is not None:
             try:
                 self._observer(event)
@@ -188,6 +213,9 @@ class Courier:
         self._outbox.ack(row_id)
         # The one line per press that says it arrived (issue 7): name, MAC, press time, result.
         log.info("%s (%s) pressed at %s: delivered", event.name, event.mac, event.c8y_time)
+        self._done(row_id)
+
+    def _done(self, row_id: int) -> None:
         with self._cond:
             self._inflight.discard(row_id)
             self.delivered += 1

@@ -2,8 +2,9 @@
 
 It starts the sandbox on free loopback ports, writes a throw-away config for it (a private temp
 folder, mode 0600), replays the bundled sample capture, "a morning in a store", through the real
-pipeline: decode, debounce, the SQLite outbox, the uplink over real MQTT. Then it asks the
-sandbox's REST API what Cumulocity now holds and prints it.
+pipeline: decode, debounce, the Kanban loop (the bundled MACID.csv has bins, and the demo turns
+`[kanban] alarms` on), the SQLite outbox, the uplink over real MQTT. Then it asks the sandbox's
+REST API what Cumulocity now holds and prints it: devices, events and the reorder alarms.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dashkanban.capture import open_capture
 from dashkanban.config import load_settings
 from dashkanban.delivery import deliver
 from dashkanban.events import Event
+from dashkanban.kanban.wiring import open_loop, press_lines
 from dashkanban.outbox import Outbox
 from dashkanban.replay import build_pipeline, load_registry
 
@@ -59,7 +61,8 @@ def demo_config(folder: Path, host: str, mqtt_port: int, http_url: str, password
         "\n[buttons]\n"
         f"file = {sample_path('MACID.csv')}\n"
         "\n[outbox]\n"
-        f"path = {folder / 'outbox.sqlite3'}\n",
+        f"path = {folder / 'outbox.sqlite3'}\n"
+        "\n[kanban]\nalarms = yes\n",
         encoding="utf-8",
     )
     return path
@@ -89,11 +92,20 @@ def demo_command(args: argparse.Namespace) -> int:
         capture_file = sample_path("sample-store.pcapng")
         pipeline = build_pipeline(settings, load_registry(settings))
         capture = open_capture(capture_file, prefilter=True)
-        events = list(pipeline.run(capture))
+        presses = list(pipeline.run_presses(capture))
+        events = [pipeline.event_for(press) for press in presses]
         counts = pipeline.counts(capture.frames_read)
         console.print(f"Replayed [bold]{capture_file.name}[/]: {counts.summary()}")
         with Outbox.open(settings.outbox.path) as outbox:
-            delivered = deliver(settings, outbox, events, timeout=30)
+            loop = open_loop(settings)
+            try:
+                for press, event in zip(presses, events, strict=True):
+                    extra, others = press_lines(loop, press) if loop else ((), ())
+                    outbox.put(event, extra, others)
+            finally:
+                if loop is not None and loop.history is not None:
+                    loop.history.close()
+            delivered = deliver(settings, outbox, [], timeout=30)
         console.print(f"Delivered {delivered} events over MQTT (SmartREST 2.0), each on PUBACK.\n")
         _show(console, sandbox.http_url, "t12345/admin", password, events)
         if args.keep:
@@ -134,6 +146,21 @@ def _show(console: Console, base: str, user: str, password: str, sent: list[Even
         for event in events:
             source = by_id.get(str(event["source"]["id"]), {}).get("name", event["source"]["id"])
             table.add_row(str(event["time"]), str(source), str(event["type"]), str(event["text"]))
+        console.print(table)
+        alarms = http.get(
+            "/alarm/alarms", params={"type": "c8y_KanbanReorder", "pageSize": 100}
+        ).json().get("alarms", [])
+        table = Table(title="Kanban reorder alarms in Cumulocity (one per bin; repeats counted)",
+                      title_justify="left")
+        for column in ("source", "status", "severity", "count", "text"):
+            table.add_column(column)
+        rows = sorted(
+            (str(by_id.get(str(a["source"]["id"]), {}).get("name", a["source"]["id"])),
+             str(a["status"]), str(a["severity"]), str(a["count"]), str(a["text"]))
+            for a in alarms
+        )
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
 
 

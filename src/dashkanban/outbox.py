@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+KIND_EVENT = "event"  # a press: the event, its extra lines, then any lines for other devices
+KIND_LINES = "lines"  # SmartREST lines only (e.g. a Kanban refill's clears from the CLI)
 DEFAULT_MAX_ROWS = 200_000
 DEFAULT_MAX_BYTES = 100_000_000
 BUSY_TIMEOUT_MS = 5_000  # another process (status, replay) holding the write lock briefly
@@ -61,7 +63,9 @@ CREATE TABLE events (
     queued_at   TEXT    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
-    size        INTEGER NOT NULL
+    size        INTEGER NOT NULL,
+    kind        TEXT    NOT NULL DEFAULT 'event',
+    other_lines TEXT    NOT NULL DEFAULT '[]'
 );
 CREATE TABLE stats (
     one        INTEGER PRIMARY KEY CHECK (one = 1),
@@ -80,7 +84,18 @@ CREATE TRIGGER events_removed AFTER DELETE ON events BEGIN
 END;
 """
 
-_COLUMNS = "id, time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts"
+_COLUMNS = (
+    "id, time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts, kind,"
+    " other_lines"
+)
+# Schema 1 -> 2: a row may carry lines for other child devices, or be lines only.
+_MIGRATE_1_TO_2 = """
+ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'event';
+ALTER TABLE events ADD COLUMN other_lines TEXT NOT NULL DEFAULT '[]';
+"""
+
+# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway.
+DeviceLine = tuple[str | None, str]
 
 
 class OutboxError(DashkanbanError):
@@ -94,10 +109,13 @@ class OutboxFullError(OutboxError):
 @dataclass(frozen=True, slots=True)
 class QueuedEvent:
     id: int  # SQLite rowid, increasing in press order
-    event: Event
+    event: Event | None  # None for a row of lines only (`put_lines`)
     extra_lines: tuple[str, ...]  # more SmartREST lines for the same device, sent with the 400
     queued_at: datetime  # aware UTC
     attempts: int
+    # Lines for other devices of the same gateway, sent after the event in this order: e.g. a
+    # refill button's press clears the alarm on its bin's reorder button.
+    other_lines: tuple[DeviceLine, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +135,9 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def row_bytes(event: Event, extra_lines: Sequence[str]) -> int:
+def row_bytes(
+    event: Event, extra_lines: Sequence[str], other_lines: Sequence[DeviceLine] = ()
+) -> int:
     """The payload a row is charged against `max_bytes`: its text fields in UTF-8.
 
     SQLite's own overhead (record headers, b-tree pages, indexes) comes on top; docs/outbox.md
@@ -125,7 +145,12 @@ def row_bytes(event: Event, extra_lines: Sequence[str]) -> int:
     """
     fields = (event.mac, event.serial, event.name, event.type, event.text, event.trigger)
     total = len(event.time.isoformat()) + sum(len(f.encode()) for f in fields)
-    return total + sum(len(line.encode()) for line in extra_lines)
+    total += sum(len(line.encode()) for line in extra_lines)
+    return total + _lines_bytes(other_lines)
+
+
+def _lines_bytes(lines: Sequence[DeviceLine]) -> int:
+    return sum(len((serial or "").encode()) + len(line.encode()) for serial, line in lines)
 
 
 def _storable(text: str) -> str:
@@ -154,6 +179,12 @@ def _storable_event(event: Event, extra: tuple[str, ...]) -> tuple[Event, tuple[
             trigger=_storable(event.trigger),
         ),
         tuple(_storable(line) for line in extra),
+    )
+
+
+def _storable_lines(lines: Sequence[DeviceLine]) -> tuple[DeviceLine, ...]:
+    return tuple(
+        (None if serial is None else _storable(serial), _storable(line)) for serial, line in lines
     )
 
 
@@ -221,14 +252,23 @@ class Outbox:
 
     # -- the queue -----------------------------------------------------------------------------
 
-    def put(self, event: Event, extra_lines: Sequence[str] = ()) -> int:
+    def put(
+        self,
+        event: Event,
+        extra_lines: Sequence[str] = (),
+        other_lines: Sequence[DeviceLine] = (),
+    ) -> int:
         """Queue one event; durable (fsynced) when this returns. Returns the row id.
+
+        `extra_lines` go with the event to its own device; `other_lines` are (child serial or
+        None for the gateway, line) pairs sent after it, in order, acknowledged with the row.
 
         Raises OutboxFullError when the cap is reached (the event is not queued, the refusal is
         counted) and OutboxError when the disk is full or failing (nothing already queued is lost).
         """
         event, extra = _storable_event(event, tuple(extra_lines))
-        size = row_bytes(event, extra)
+        others = _storable_lines(other_lines)
+        size = row_bytes(event, extra, others)
         values = (
             event.time.isoformat(),
             event.mac,
@@ -240,7 +280,28 @@ class Outbox:
             json.dumps(extra, ensure_ascii=False),
             self._clock().astimezone(UTC).isoformat(),
             size,
+            KIND_EVENT,
+            json.dumps(others, ensure_ascii=False),
         )
+        return self._insert(values, size, "queueing an event")
+
+    def put_lines(self, lines: Sequence[DeviceLine], time: datetime) -> int:
+        """Queue SmartREST lines without an event (same guarantees and cap as `put`).
+
+        `time` is when they were made (shown by `outbox status`). Returns the row id.
+        """
+        if not lines:
+            raise ValueError("put_lines needs at least one line")
+        others = _storable_lines(lines)
+        size = len(time.isoformat()) + _lines_bytes(others)
+        values = (
+            time.isoformat(), "", "", "", "", "", "", "[]",
+            self._clock().astimezone(UTC).isoformat(), size, KIND_LINES,
+            json.dumps(others, ensure_ascii=False),
+        )
+        return self._insert(values, size, "queueing lines")
+
+    def _insert(self, values: tuple[object, ...], size: int, action: str) -> int:
         with self._lock:
             self._check_open()
             try:
@@ -256,7 +317,8 @@ class Outbox:
                         raise refused
                     cursor = self._db.execute(
                         "INSERT INTO events (time, mac, serial, name, type, text, trigger,"
-                        " extra_lines, queued_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " extra_lines, queued_at, size, kind, other_lines)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         values,
                     )
                     self._db.execute("COMMIT")
@@ -264,7 +326,7 @@ class Outbox:
                     self._rollback()
                     raise
             except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "queueing an event") from None
+                raise _translate(exc, self.path, action) from None
             row_id = cursor.lastrowid
         assert row_id is not None
         if self._metrics is not None:
@@ -410,8 +472,9 @@ class Outbox:
 
 
 def _queued(row: tuple[object, ...]) -> QueuedEvent:
-    (row_id, time, mac, serial, name, type_, text, trigger, extra, queued_at, attempts) = row
-    event = Event(
+    (row_id, time, mac, serial, name, type_, text, trigger, extra, queued_at, attempts, kind,
+     others) = row
+    event = None if kind == KIND_LINES else Event(
         time=datetime.fromisoformat(str(time)),
         mac=str(mac),
         serial=str(serial),
@@ -426,6 +489,7 @@ def _queued(row: tuple[object, ...]) -> QueuedEvent:
         extra_lines=tuple(json.loads(str(extra))),
         queued_at=datetime.fromisoformat(str(queued_at)),
         attempts=int(attempts),  # type: ignore[call-overload]
+        other_lines=tuple((s, str(line)) for s, line in json.loads(str(others))),
     )
 
 
@@ -500,6 +564,8 @@ def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version == 0:
             _create_schema(db, path)
+        elif version == 1:
+            _migrate(db, path)
         elif version > SCHEMA_VERSION:
             raise OutboxError(
                 f"{path}: the outbox was written by a newer dashkanban (schema {version}, this "
@@ -521,6 +587,27 @@ def _create_schema(db: sqlite3.Connection, path: Path) -> None:
         db.executescript(
             f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
         )
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Schema 1 -> 2 in one transaction: every queued row stays, as an event row.
+
+    The version is read again under the write lock: another process (a `replay` next to the
+    daemon) may have migrated the file since we looked.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if int(db.execute("PRAGMA user_version").fetchone()[0]) == 1:
+            for statement in _MIGRATE_1_TO_2.strip().split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            log.info("%s: outbox schema upgraded from 1 to %d", path, SCHEMA_VERSION)
+        db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
@@ -594,8 +681,12 @@ def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int)
         lines.append("oldest: -")
     else:
         e = oldest.event
+        what = (
+            f"{len(oldest.other_lines)} SmartREST lines" if e is None
+            else f"{e.c8y_time} {e.name} ({e.mac})"
+        )
         lines.append(
-            f"oldest: {e.c8y_time} {e.name} ({e.mac}), queued "
+            f"oldest: {what}, queued "
             f"{oldest.queued_at.isoformat(timespec='seconds')}, {oldest.attempts} attempts"
         )
     lines.append(f"refused by the cap: {stats.refused}")

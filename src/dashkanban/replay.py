@@ -1,4 +1,9 @@
-"""`dashkanban replay CAPTURE`: the pipeline over a capture file, packet time as the clock."""
+"""`dashkanban replay CAPTURE`: the pipeline over a capture file, packet time as the clock.
+
+Without --dry-run the presses also go through the Kanban loop when MACID.csv has bins (history,
+and with `[kanban] alarms = yes` the alarm and clear lines in each press's outbox row), exactly as
+in the daemon; a dry run touches neither the outbox nor the history.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import DashkanbanError
 from dashkanban.events import Event
 from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Lookup
+from dashkanban.presses import Lookup, Press
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,8 @@ def replay_command(args: argparse.Namespace) -> int:
     registry = load_registry(settings)
     pipeline = build_pipeline(settings, registry, inventory_lookup(settings))
     capture = open_capture(args.capture, prefilter=True)
-    found: list[Event] = []
-    events = _collect(pipeline.run(capture), found)
+    found: list[tuple[Press, Event]] = []
+    events = _collect(pipeline, pipeline.run_presses(capture), found)
     try:
         if args.jsonl:
             _print_jsonl(events, sys.stdout)
@@ -70,16 +75,20 @@ def replay_command(args: argparse.Namespace) -> int:
     return _send(settings, found, args.timeout)
 
 
-def _collect(events: Iterator[Event], into: list[Event]) -> Iterator[Event]:
-    for event in events:
-        into.append(event)
+def _collect(
+    pipeline: Pipeline, presses: Iterator[Press], into: list[tuple[Press, Event]]
+) -> Iterator[Event]:
+    for press in presses:
+        event = pipeline.event_for(press)
+        into.append((press, event))
         yield event
 
 
-def _send(settings: Settings, events: list[Event], timeout: float) -> int:
-    """Queue the events in the outbox and wait up to `timeout` s for their PUBACKs (exit 3 when
-    they could not all be delivered: they stay queued)."""
+def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float) -> int:
+    """Queue the events (with their Kanban lines) in the outbox and wait up to `timeout` s for
+    their PUBACKs (exit 3 when they could not all be delivered: they stay queued)."""
     from dashkanban.delivery import deliver
+    from dashkanban.kanban.wiring import open_loop, press_lines
     from dashkanban.outbox import Outbox
 
     with Outbox.open(
@@ -87,7 +96,15 @@ def _send(settings: Settings, events: list[Event], timeout: float) -> int:
         max_rows=settings.outbox.max_rows,
         max_bytes=settings.outbox.max_bytes,
     ) as outbox:
-        delivered = deliver(settings, outbox, events, timeout=timeout)
+        loop = open_loop(settings)  # after the outbox, which makes the state folder
+        try:
+            for press, event in found:
+                extra, others = press_lines(loop, press) if loop is not None else ((), ())
+                outbox.put(event, extra, others)
+        finally:
+            if loop is not None and loop.history is not None:
+                loop.history.close()
+        delivered = deliver(settings, outbox, [], timeout=timeout)
     print(f"delivered {delivered} events to {settings.c8y.tenant}", file=sys.stderr)
     return 0
 

@@ -14,6 +14,7 @@ from dashkanban.kanban.bins import parse_bins
 from dashkanban.kanban.cli import parse_since
 from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop
+from dashkanban.outbox import Outbox
 from dashkanban.presses import Press
 from tests.kanban.c8y_server import Store, c8y_server
 
@@ -39,22 +40,43 @@ def make_config(folder: Path, rest_url: str = "http://127.0.0.1:9") -> Path:
     return config
 
 
-def test_refilled_records_a_pending_clear(
+def test_refilled_queues_the_clears_in_the_outbox_exit_3_when_not_delivered(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = make_config(tmp_path)
-    assert main(["kanban", "refilled", "-c", str(config), "a3"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    assert main(["kanban", "refilled", "-c", str(config), "a3", "--timeout", "0"]) == 3
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     history = tmp_path / "state" / "history.sqlite3"
+    outbox_path = tmp_path / "state" / "outbox.sqlite3"
     assert re.fullmatch(r"bin A3 refilled at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", out[0])
     assert out[1:] == [
-        "  pending clear: s/us/ac63be123456 306,c8y_KanbanReorder",
-        f"1 refill(s) pending clear in {history}; the daemon's uplink sends them",
+        "  clear: s/us/ac63be123456 306,c8y_KanbanReorder",
+        f"1 refill(s) queued in {outbox_path}",
     ]
+    last = captured.err.splitlines()[-1]
+    assert last.startswith("error: 1 events queued: not delivered within 0 s")
+    assert last.endswith("they stay in the outbox for `dashkanban outbox flush` or the service")
     assert history.stat().st_mode & 0o777 == 0o600
     with History.open(history, 730) as h:
-        [pending] = h.pending_clears()
-        assert (pending.bin, pending.source) == ("A3", "cli")
+        assert h.pending_clears() == []  # handed to the outbox
+    with Outbox.open(outbox_path) as outbox:
+        [row] = outbox.peek()
+    assert (row.event, row.other_lines) == (None, (("ac63be123456", "306,c8y_KanbanReorder"),))
+
+
+def test_refilled_without_alarms_records_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_config(tmp_path)
+    config.write_text(config.read_text().replace("alarms = yes", "alarms = no"))
+    assert main(["kanban", "refilled", "-c", str(config), "B1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == ["[kanban] alarms = no: no alarm to clear"]
+    with History.open(tmp_path / "state" / "history.sqlite3", 730) as h:
+        assert h.pending_clears() == []
+        assert h.active_bins() == frozenset()
+    assert not (tmp_path / "state" / "outbox.sqlite3").exists()
 
 
 def test_refilled_unknown_bin_is_a_usage_error(

@@ -33,6 +33,7 @@ def test_retention_prunes_old_rows_but_keeps_pending_clears(tmp_path: Path) -> N
             "A3", old, "cli", [DeviceLines("ac63be123456", ("306,c8y_KanbanReorder",))]
         )
     assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o750  # made as the outbox makes it
     with History.open(path, 30, NOW) as history:  # a shorter retention: 30 days
         assert history.observations() == [
             Observation("A3", NOW - timedelta(days=1), "repeat")

@@ -16,6 +16,12 @@ Sequence after each CONNACK (protocol notes 1.10, recommended order):
     -> 114, 117 (gateway) -> 500 -> ready.
 Then per event: `101,<serial>,<name>,c8y_DashButton` once per button and connection, and
 `400,<type>,<text>,<time>` on `s/us/<serial>` (gateway) or `s/us` (per-device), QoS 1.
+
+Hooks for features on top (the Kanban loop uses them; this module knows nothing of it):
+`extra_subscriptions` are subscribed next to s/ds and s/e, `startup_publishes` are published after
+the SUBACK and before 114/117/500 on every connect, and `on_operation` receives each line of any
+subscribed downstream topic (everything but s/e). An event may carry lines for other child devices
+of the gateway (`other_lines`), and `send_lines` sends such lines without an event.
 """
 
 from __future__ import annotations
@@ -101,6 +107,8 @@ _ERROR_MEANINGS = {
 
 DeliveryCallback = Callable[[], None]
 OperationHandler = Callable[[SmartRestLine], None]
+# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway itself.
+DeviceLine = tuple[str | None, str]
 
 
 class LoginRefusedError(UplinkError):
@@ -124,7 +132,11 @@ class UnreachableError(UplinkError):
     """No connection: name resolution, TCP, or the connection dropped."""
 
 
-class MessageTooLargeError(UplinkError):
+class UnsendableError(UplinkError):
+    """A message this uplink can never send as it is: kept in the outbox, never retried."""
+
+
+class MessageTooLargeError(UnsendableError):
     """A message over Cumulocity's size limit, refused locally instead of by the platform."""
 
 
@@ -158,18 +170,45 @@ class Outgoing:
 
 
 def event_messages(event: Event, extra_lines: Sequence[str], *, gateway: bool,
-                   announce: bool) -> list[Outgoing]:
+                   announce: bool, other_lines: Sequence[DeviceLine] = ()) -> list[Outgoing]:
     """The PUBLISHes for one event (pure). Gateway: `101` on `s/us` when `announce`, then the
-    `400` (and any extra lines, e.g. a Kanban alarm) on `s/us/<serial>`. Per-device: on `s/us`."""
+    `400` (and any extra lines, e.g. a Kanban alarm) on `s/us/<serial>`, then `other_lines`.
+    Per-device: on `s/us`, and no other lines (they belong to other connections)."""
     line = encode_line(400, event.type, event.text, event.c8y_time)
     payload = join_lines([line, *extra_lines])
     if not gateway:
+        if other_lines:
+            raise UnsendableError(
+                "lines for other devices need [gateway] mode = gateway (in per-device mode each "
+                "button has its own connection)"
+            )
         return [Outgoing("s/us", payload)]
     messages = []
     if announce:
         messages.append(Outgoing("s/us", encode_line(101, event.serial, event.name, BUTTON_TYPE)))
     messages.append(Outgoing(f"s/us/{event.serial}", payload))
+    return messages + lines_messages(other_lines)
+
+
+def lines_messages(lines: Sequence[DeviceLine]) -> list[Outgoing]:
+    """(serial, line) pairs as PUBLISHes, in order: consecutive lines of one device share one
+    message (`s/us/<serial>`, or `s/us` for None, the gateway)."""
+    messages: list[Outgoing] = []
+    group: list[str] = []
+    current: str | None = None
+    for serial, line in lines:
+        if group and serial != current:
+            messages.append(Outgoing(_topic(current), join_lines(group)))
+            group = []
+        current = serial
+        group.append(line)
+    if group:
+        messages.append(Outgoing(_topic(current), join_lines(group)))
     return messages
+
+
+def _topic(serial: str | None) -> str:
+    return "s/us" if serial is None else f"s/us/{serial}"
 
 
 def check_size(message: Outgoing) -> None:
@@ -200,6 +239,13 @@ class LinkPlan:
     hello: str  # the 100 line
     after_subscribe: tuple[str, ...]  # e.g. 114, 117, 500
     gateway: bool
+    subscriptions: tuple[str, ...] = ("s/ds", "s/e")
+    startup: tuple[Outgoing, ...] = ()  # published after the SUBACK, before after_subscribe
+
+    @property
+    def collections(self) -> frozenset[str]:
+        """The X-IDs of the template collections published at start-up (`s/ut/<X-ID>`)."""
+        return frozenset(m.topic[5:] for m in self.startup if m.topic.startswith("s/ut/"))
 
 
 def new_client(settings: Settings, client_id: str,
@@ -291,17 +337,30 @@ class _Link:
 
     # -- sending (any thread) ----------------------------------------------------------------
 
-    def send(self, event: Event, extra_lines: Sequence[str],
-             on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None) -> bool:
+    def send(self, event: Event | None, extra_lines: Sequence[str],
+             on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None,
+             other_lines: Sequence[DeviceLine] = ()) -> bool:
+        """Publish an event (or, with `event=None`, only `other_lines`); the PUBACK of the last
+        message stands for all (a QoS 1 broker acknowledges in order, MQTT 3.1.1 4.6)."""
         with self._lock:
             if not self._ready or self._client is None:
                 return False
             client, generation = self._client, self._generation
-            announce = self.plan.gateway and event.serial not in self._announced
-        messages = event_messages(event, extra_lines, gateway=self.plan.gateway, announce=announce)
+            announce = (
+                event is not None and self.plan.gateway and event.serial not in self._announced
+            )
+        if event is None:
+            if not self.plan.gateway:
+                raise UnsendableError("lines without an event need [gateway] mode = gateway")
+            messages = lines_messages(other_lines)
+        else:
+            messages = event_messages(event, extra_lines, gateway=self.plan.gateway,
+                                      announce=announce, other_lines=other_lines)
+        if not messages:
+            raise UnsendableError("nothing to send: a row with neither an event nor lines")
         for message in messages:
             check_size(message)
-        if announce:
+        if announce and event is not None:
             with self._lock:
                 self._announced.add(event.serial)
         for message in messages[:-1]:
@@ -456,7 +515,7 @@ class _Link:
         if client is None:
             return
         self._subscribe_attempts += 1
-        client.subscribe([("s/ds", QOS), ("s/e", QOS)])
+        client.subscribe([(topic, QOS) for topic in self.plan.subscriptions])
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
@@ -473,6 +532,8 @@ class _Link:
                       "from Cumulocity will not arrive; events still go out",
                       self._subscribe_attempts)
         self._subscribe_attempts = 0
+        for message in self.plan.startup:
+            self._internal(client, message.topic, message.payload)
         for line in self.plan.after_subscribe:
             self._internal(client, "s/us", line)
         with self._lock:
@@ -509,19 +570,23 @@ class _Link:
                 err = decode_error(raw)
                 if err.code == "41" and err.template == "100":
                     log.info("Cumulocity: device %s already exists (fine)", self.plan.client_id)
+                elif err.code == "41" and err.template.strip('"') in self.plan.collections:
+                    # Publishing the collection again on every connect is how we make sure it
+                    # exists; Cumulocity refuses to re-create it (protocol notes 2.1).
+                    log.info("Cumulocity: template collection %s already exists (fine)",
+                             err.template.strip('"'))
                 else:
                     log.warning("%s", describe_error_line(raw))
             return
-        if message.topic == "s/ds":
-            for line in decode(text):
-                log.info("operation from Cumulocity: %s", ",".join([line.template, *line.fields]))
-                if self._on_operation is not None:
-                    try:
-                        self._on_operation(line)
-                    except Exception:
-                        log.exception("the operation handler failed on %s", line.template)
-            return
-        log.debug("ignoring a message on %s", message.topic)
+        # s/ds and any extra subscription (a custom template collection's s/dc/<X-ID>).
+        for line in decode(text):
+            log.info("operation from Cumulocity on %s: %s", message.topic,
+                     ",".join([line.template, *line.fields]))
+            if self._on_operation is not None:
+                try:
+                    self._on_operation(line)
+                except Exception:
+                    log.exception("the operation handler failed on %s", line.template)
 
 
 def _call(callback: DeliveryCallback | None) -> None:
@@ -543,14 +608,23 @@ class Uplink:
 
     `supported_operations` is sent as `114` after every connect (an empty list sends a bare
     `114`, which tells Cumulocity the gateway supports none); `on_operation` receives each
-    `s/ds` line, in the network thread.
+    line of s/ds and of the `extra_subscriptions`, in the network thread. `startup_publishes`
+    ((topic, payload) pairs, e.g. a custom template collection on `s/ut/<X-ID>`) go out after
+    the SUBACK and before 114/117/500 on every connect of the gateway link; a `41` refusal to
+    re-create a collection published there is logged as fine.
     """
 
     def __init__(self, settings: Settings, *, on_operation: OperationHandler | None = None,
                  supported_operations: Sequence[str] = (), max_refusals: int = MAX_REFUSALS,
-                 backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX)) -> None:
+                 backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
+                 extra_subscriptions: Sequence[str] = (),
+                 startup_publishes: Sequence[tuple[str, str]] = ()) -> None:
         self.settings = settings
         self.on_operation = on_operation
+        self.extra_subscriptions = tuple(extra_subscriptions)
+        self.startup_publishes = tuple(Outgoing(t, p) for t, p in startup_publishes)
+        for message in self.startup_publishes:
+            check_size(message)
         self.supported_operations = tuple(supported_operations)
         self.max_refusals = max_refusals
         self.backoff = backoff
@@ -577,6 +651,8 @@ class Uplink:
                 "500",
             ),
             gateway=True,
+            subscriptions=("s/ds", "s/e", *self.extra_subscriptions),
+            startup=self.startup_publishes,
         )
 
     @staticmethod
@@ -636,9 +712,21 @@ class Uplink:
 
     def send(self, event: Event, extra_lines: Sequence[str] = (), *,
              on_delivered: DeliveryCallback | None = None,
-             on_lost: DeliveryCallback | None = None) -> bool:
-        """Publish one event (QoS 1). Raises MessageTooLargeError for an oversized message."""
-        return self._link_for(event).send(event, extra_lines, on_delivered, on_lost)
+             on_lost: DeliveryCallback | None = None,
+             other_lines: Sequence[DeviceLine] = ()) -> bool:
+        """Publish one event (QoS 1), then `other_lines` for other child devices (gateway mode).
+        Raises MessageTooLargeError for an oversized message, UnsendableError for other lines
+        in per-device mode."""
+        return self._link_for(event).send(event, extra_lines, on_delivered, on_lost, other_lines)
+
+    def send_lines(self, lines: Sequence[DeviceLine], *,
+                   on_delivered: DeliveryCallback | None = None,
+                   on_lost: DeliveryCallback | None = None) -> bool:
+        """Publish SmartREST lines without an event, (child serial or None, line) in order, on
+        the gateway's connection. UnsendableError in per-device mode."""
+        if not self.gateway_mode:
+            raise UnsendableError("lines without an event need [gateway] mode = gateway")
+        return self._link(self.gateway_plan()).send(None, (), on_delivered, on_lost, lines)
 
     def prepare(self, event: Event) -> None:
         """Open the connection `event` will need (per-device mode opens links lazily)."""

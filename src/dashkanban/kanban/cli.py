@@ -126,15 +126,34 @@ def write_html(report: Report, out: Path, now: datetime) -> None:
 
 
 def refilled_command(args: argparse.Namespace) -> int:
+    """Record the refill, queue its clears in the outbox and deliver them like `outbox flush`:
+    exit 0 when delivered, 3 when they stay queued (for the daemon or a later flush)."""
+    from dashkanban.delivery import deliver
+    from dashkanban.kanban.wiring import check_mode, queue_pending_clears
+    from dashkanban.outbox import Outbox
+
     settings, bins = _load(args)
+    check_mode(settings)
     now = datetime.now(UTC)
     path = history_path(settings.outbox.path)
     with History.open(path, settings.kanban.history_days, now) as history:
-        name, _, signal = refill_from_cli(bins, args.bin, history, now)
-        pending = len(history.pending_clears())
-    print(f"bin {name} refilled at {now.isoformat(timespec='seconds')}")
-    for publish in signal.publishes:
-        for line in publish.lines:
-            print(f"  pending clear: {publish.topic} {line}")
-    print(f"{pending} refill(s) pending clear in {path}; the daemon's uplink sends them")
+        name, row, signal = refill_from_cli(bins, args.bin, history, now)
+        print(f"bin {name} refilled at {now.isoformat(timespec='seconds')}")
+        if not settings.kanban.alarms:
+            history.mark_sent(row)  # no alarm was raised, so there is nothing to clear
+            print("[kanban] alarms = no: no alarm to clear")
+            return 0
+        for publish in signal.publishes:
+            for line in publish.lines:
+                print(f"  clear: {publish.topic} {line}")
+        with Outbox.open(
+            settings.outbox.path,
+            max_rows=settings.outbox.max_rows,
+            max_bytes=settings.outbox.max_bytes,
+        ) as outbox:
+            # This refill and any earlier one still pending (an interrupted run).
+            queued = queue_pending_clears(history, outbox.put_lines)
+            print(f"{queued} refill(s) queued in {settings.outbox.path}")
+            deliver(settings, outbox, [], timeout=args.timeout)
+    print(f"delivered to {settings.c8y.tenant}")
     return 0

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -71,20 +72,25 @@ def history_path(outbox_path: Path) -> Path:
 
 
 class History:
-    """The history file. Open with `History.open(path, history_days, now)`; close when done."""
+    """The history file. Open with `History.open(path, history_days, now)`; close when done.
+
+    Thread-safe: the daemon records presses on the capture thread and operations on the MQTT
+    network thread, through one connection behind a lock.
+    """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, path: Path, history_days: int, now: datetime | None = None) -> History:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private_folders(path.parent)
             if not path.exists():
                 # Owner-only: the history says when a store runs out of what.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            db = sqlite3.connect(path, isolation_level=None)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -95,7 +101,8 @@ class History:
         return history
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> History:
         return self
@@ -151,36 +158,40 @@ class History:
 
     def active_bins(self) -> frozenset[str]:
         """Bins whose last reorder came after their last refill: the open Kanban cards."""
-        last_reorder = dict(
-            self._db.execute(
-                "SELECT bin, MAX(ts) FROM presses WHERE kind = 'reorder' GROUP BY bin"
-            ).fetchall()
-        )
-        last_refill = dict(
-            self._db.execute("SELECT bin, MAX(ts) FROM refills GROUP BY bin").fetchall()
-        )
+        with self._lock:
+            last_reorder = dict(
+                self._db.execute(
+                    "SELECT bin, MAX(ts) FROM presses WHERE kind = 'reorder' GROUP BY bin"
+                ).fetchall()
+            )
+            last_refill = dict(
+                self._db.execute("SELECT bin, MAX(ts) FROM refills GROUP BY bin").fetchall()
+            )
         return frozenset(
             bin_ for bin_, ts in last_reorder.items() if ts > last_refill.get(bin_, float("-inf"))
         )
 
     def observations(self, since: datetime | None = None) -> list[Observation]:
         """Reorder and repeat presses, oldest first."""
-        rows = self._db.execute(
-            "SELECT bin, time, kind FROM presses WHERE kind IN ('reorder', 'repeat') "
-            "AND bin IS NOT NULL AND ts >= ? ORDER BY ts, id",
-            (since.timestamp() if since else float("-inf"),),
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT bin, time, kind FROM presses WHERE kind IN ('reorder', 'repeat') "
+                "AND bin IS NOT NULL AND ts >= ? ORDER BY ts, id",
+                (since.timestamp() if since else float("-inf"),),
+            ).fetchall()
         return [Observation(bin_, datetime.fromisoformat(time), kind) for bin_, time, kind in rows]
 
     def first_press(self) -> datetime | None:
-        row = self._db.execute("SELECT time FROM presses ORDER BY ts, id LIMIT 1").fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT time FROM presses ORDER BY ts, id LIMIT 1").fetchone()
         return datetime.fromisoformat(row[0]) if row else None
 
     def pending_clears(self) -> list[PendingClear]:
-        rows = self._db.execute(
-            "SELECT id, bin, time, source, pending FROM refills WHERE pending IS NOT NULL "
-            "ORDER BY ts, id"
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, bin, time, source, pending FROM refills WHERE pending IS NOT NULL "
+                "ORDER BY ts, id"
+            ).fetchall()
         return [
             PendingClear(
                 id=row_id,
@@ -194,23 +205,50 @@ class History:
 
     def counts(self) -> dict[str, int]:
         """Rows per press kind (for `kanban report` and logs)."""
-        return dict(self._db.execute("SELECT kind, COUNT(*) FROM presses GROUP BY kind"))
+        with self._lock:
+            return dict(self._db.execute("SELECT kind, COUNT(*) FROM presses GROUP BY kind"))
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._lock)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, so a refill from the CLI and the daemon never interleave."""
+    """BEGIN IMMEDIATE ... COMMIT, so a refill from the CLI and the daemon never interleave;
+    the lock keeps this process's threads apart on the one connection."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
         self._db = db
+        self._lock = lock
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._lock.release()
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Missing folders 0750, as the outbox makes them (docs/outbox.md): whichever of the two is
+    opened first, the state folder is not left readable by others."""
+    missing = []
+    current = folder
+    while not current.exists() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for item in reversed(missing):
+        try:
+            item.mkdir(mode=0o750)
+        except FileExistsError:
+            continue
+        item.chmod(0o750)  # mkdir's mode is subject to the umask
 
 
 def _iso(time: datetime) -> str:

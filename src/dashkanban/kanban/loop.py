@@ -3,17 +3,20 @@
 The one piece with state: which bins have an open reorder. It starts from the history, so a
 restart of the daemon still knows that bin A3 is waiting for its refill.
 
-Wiring into the uplink (a one-liner per press):
+Wiring (kanban/wiring.py does it for the daemon, `replay` and `kanban refilled`): each press's
+lines travel with its event through the outbox, the lines for other devices (a refill's 306s)
+in the same row:
 
     signal = loop.on_press(press)
-    uplink.send(event, extra_lines=signal.lines_for(press.button.serial))
-    for other in signal.lines_elsewhere(press.button.serial):   # a refill's 306 lines
-        uplink.send_lines(other.serial, other.lines)
+    outbox.put(event, signal.lines_for(serial), device_lines(signal.lines_elsewhere(serial)))
+
+Thread-safe: presses arrive on the capture thread, operations on the MQTT network thread.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime
 
 from dashkanban.c8y.smartrest import SmartRestLine
@@ -44,12 +47,17 @@ class KanbanLoop:
         self.settings = settings
         self.history = history
         self._open: set[str] = set(history.active_bins()) if history else set()
+        self._lock = threading.Lock()
 
     @property
     def open_bins(self) -> frozenset[str]:
         return frozenset(self._open)
 
     def on_press(self, press: Press) -> Signal:
+        with self._lock:
+            return self._on_press(press)
+
+    def _on_press(self, press: Press) -> Signal:
         signal = signal_for(press, self.bins, self.settings, self._open)
         if signal.kind == KIND_REORDER and signal.bin:
             self._open.add(signal.bin)
@@ -72,8 +80,14 @@ class KanbanLoop:
     ):
         """A downstream line: if it is a refill operation, close the bin and return the lines.
 
-        The lines are published right away by the caller, so the refill is stored as sent.
+        The caller queues the lines in the outbox at once, so the refill is stored as sent.
         """
+        with self._lock:
+            return self._on_operation(line, gateway_serial, now)
+
+    def _on_operation(self, line: SmartRestLine, gateway_serial: str, now: datetime) -> (
+        OperationOutcome | None
+    ):
         outcome = handle_operation(line, self.bins, gateway_serial)
         if outcome is not None and outcome.bin is not None:
             self._open.discard(outcome.bin)

@@ -1,0 +1,212 @@
+"""The Kanban loop wired into the product: the daemon, `replay` and `dashkanban kanban refilled`.
+
+What goes where, and why it is at-least-once:
+
+- A press of a button with a bin goes through `KanbanLoop.on_press` (and into the history). Its
+  alarm line rides in the event's outbox row (`extra_lines`, the button's own device), and a
+  refill button's `306` clears for the reorder buttons ride in the same row as lines for other
+  child devices (`other_lines`). One row, one PUBACK: the event and its Kanban lines are
+  delivered together, at least once, in press order.
+- A refill from the command line or an operation from Cumulocity has no event: its lines are a
+  row of lines only (`Outbox.put_lines`), queued behind everything pressed before.
+- At every connect of the gateway (alarms on): the custom template collection on `s/ut/dashkanban`,
+  a `101` for every button of a bin (so the children exist before anything addresses them),
+  `114,c8y_KanbanRefilled` on each reorder button, and a subscription to `s/dc/dashkanban`.
+
+The history is kept whenever MACID.csv has bins (the report needs it even without alarms); the
+alarm lines, the template collection and the operations only with `[kanban] alarms = yes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from dashkanban.c8y.mqtt import BUTTON_TYPE, DeviceLine
+from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine, encode_line, join_lines
+from dashkanban.config import Settings
+from dashkanban.errors import ConfigError, DashkanbanError
+from dashkanban.kanban.alarms import (
+    OPERATIONS_TOPIC,
+    TEMPLATE_TOPIC,
+    DeviceLines,
+    supported_operations,
+    template_lines,
+)
+from dashkanban.kanban.bins import Bins, load_bins
+from dashkanban.kanban.history import History, history_path
+from dashkanban.kanban.loop import KanbanLoop
+from dashkanban.presses import Press
+
+if TYPE_CHECKING:
+    from dashkanban.c8y.mqtt import Uplink
+
+log = logging.getLogger(__name__)
+
+FRAGMENT_PASSES = 3  # a child announced at this connect may show in the inventory a moment later
+FRAGMENT_RETRY = 1.0  # seconds between passes
+
+QueueLines = Callable[[Sequence[DeviceLine], datetime], object]
+
+
+def device_lines(publishes: Iterable[DeviceLines]) -> tuple[DeviceLine, ...]:
+    """`DeviceLines` as the outbox's (serial, line) pairs, in order."""
+    return tuple((p.serial, line) for p in publishes for line in p.lines)
+
+
+def load_kanban_bins(settings: Settings) -> Bins:
+    """The bins of MACID.csv (none when the buttons come only from the inventory)."""
+    if settings.buttons.source == "inventory":
+        return Bins({})
+    _, bins = load_bins(settings.buttons.file)
+    return bins
+
+
+def check_mode(settings: Settings) -> None:
+    """Alarms need the gateway: a refill clears the alarm on another button's child device, and
+    in per-device mode every button is a connection of its own."""
+    if settings.kanban.alarms and settings.gateway.mode != "gateway":
+        raise ConfigError(
+            "[kanban] alarms = yes needs [gateway] mode = gateway (a refill clears alarms on "
+            "other buttons' devices, which per-device mode cannot address)",
+            settings.path,
+        )
+
+
+def open_loop(settings: Settings, now: datetime | None = None) -> KanbanLoop | None:
+    """The Kanban loop with its history next to the outbox, or None when there are no bins.
+
+    The caller closes `loop.history`.
+    """
+    bins = load_kanban_bins(settings)
+    if not len(bins):
+        return None
+    check_mode(settings)
+    history = History.open(
+        history_path(settings.outbox.path), settings.kanban.history_days, now or datetime.now(UTC)
+    )
+    return KanbanLoop(bins, settings.kanban, history)
+
+
+def press_lines(loop: KanbanLoop, press: Press) -> tuple[tuple[str, ...], tuple[DeviceLine, ...]]:
+    """A press's Kanban lines: (for its own device, for other devices), recorded in the history."""
+    signal = loop.on_press(press)
+    serial = press.button.serial
+    return signal.lines_for(serial), device_lines(signal.lines_elsewhere(serial))
+
+
+def queue_pending_clears(history: History, queue: QueueLines) -> int:
+    """Hand the refills still pending clear (e.g. recorded by an older `kanban refilled`, or one
+    interrupted before queueing) to the outbox, and mark them sent. Returns how many."""
+    done = 0
+    for pending in history.pending_clears():
+        lines = device_lines(pending.publishes)
+        if lines:
+            queue(lines, pending.time)
+        # After the outbox has it: a crash in between sends the clear twice, which is harmless.
+        history.mark_sent(pending.id)
+        done += 1
+    return done
+
+
+def startup_publishes(bins: Bins) -> list[tuple[str, str]]:
+    """What the gateway publishes after each connect, in this order: the template collection,
+    a `101` per button of a bin, and `114,c8y_KanbanRefilled` on each reorder button."""
+    publishes = [(TEMPLATE_TOPIC, join_lines(template_lines()))]
+    children = [
+        encode_line(101, button.serial, button.name, BUTTON_TYPE)
+        for bin_ in bins
+        for button in bin_.buttons
+    ]
+    # Several lines per message (SmartREST takes one line per row), within the size limit: a
+    # store with 300 bins should not cost 300 messages per connect for this.
+    chunk: list[str] = []
+    for line in children:
+        if chunk and len(join_lines([*chunk, line]).encode()) > MAX_MESSAGE_BYTES:
+            publishes.append(("s/us", join_lines(chunk)))
+            chunk = []
+        chunk.append(line)
+    if chunk:
+        publishes.append(("s/us", join_lines(chunk)))
+    publishes.extend((p.topic, join_lines(p.lines)) for p in supported_operations(bins))
+    return publishes
+
+
+class OperationRouter:
+    """The uplink's `on_operation`: refill operations to the loop, their lines to the outbox.
+
+    Runs in the MQTT network thread. The status and clear lines are queued as one row of lines
+    (durable, in order behind earlier presses); `queue` is set once the Courier exists. A line
+    that is not a refill operation is left alone.
+    """
+
+    def __init__(self, loop: KanbanLoop, gateway_serial: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.loop = loop
+        self.gateway_serial = gateway_serial
+        self.queue: QueueLines | None = None
+        self._clock = clock
+
+    def __call__(self, line: SmartRestLine) -> None:
+        now = self._clock()
+        outcome = self.loop.on_operation(line, self.gateway_serial, now)
+        if outcome is None:
+            return
+        if self.queue is None:
+            log.error("operation %s arrived before the outbox was ready: Cumulocity sends it "
+                      "again after the next connect", line.template)
+            return
+        self.queue(device_lines(outcome.publishes), now)
+
+
+def make_uplink(settings: Settings, loop: KanbanLoop | None) -> tuple[
+    Uplink, OperationRouter | None
+]:
+    """The uplink, with the Kanban hooks when there are bins and alarms are on, and the router
+    whose `queue` the caller sets once the Courier exists."""
+    from dashkanban.c8y.mqtt import Uplink
+
+    if loop is None or not settings.kanban.alarms:
+        return Uplink(settings), None
+    router = OperationRouter(loop, settings.gateway.serial)
+    uplink = Uplink(
+        settings,
+        on_operation=router,
+        extra_subscriptions=(OPERATIONS_TOPIC,),
+        startup_publishes=startup_publishes(loop.bins),
+    )
+    return uplink, router
+
+
+def publish_fragments(settings: Settings, bins: Bins, stop: threading.Event) -> None:
+    """Write the `c8y_Kanban` fragment on each button's child device over REST; fail soft.
+
+    Buttons not yet in the inventory are tried again a few times (their `101` went out at this
+    connect), then left for the next start.
+    """
+    from dashkanban.kanban.cumulocity import CumulocityRest, publish_kanban_fragments
+
+    c8y = settings.c8y
+    if c8y.password is None:
+        log.info("c8y_Kanban fragments not written: REST needs a password in [C8YMQTT]")
+        return
+    verify: bool | str = str(c8y.ca_file) if c8y.ca_file else True
+    try:
+        with CumulocityRest(c8y.rest_url, c8y.username, c8y.password.reveal(),
+                            verify=verify) as rest:
+            for attempt in range(1, FRAGMENT_PASSES + 1):
+                done = publish_kanban_fragments(rest, bins, settings.gateway.serial)
+                missing = [serial for serial, mo_id in done.items() if mo_id is None]
+                if not missing:
+                    log.info("c8y_Kanban fragment written on %d button(s)", len(done))
+                    return
+                if attempt == FRAGMENT_PASSES or stop.wait(FRAGMENT_RETRY):
+                    log.info("c8y_Kanban fragment written on %d button(s); %d not in Cumulocity "
+                             "yet, done at the next start", len(done) - len(missing),
+                             len(missing))
+                    return
+    except (DashkanbanError, OSError) as exc:  # CumulocityRest turns httpx errors into these
+        log.warning("c8y_Kanban fragments not written (%s); tried again at the next start", exc)

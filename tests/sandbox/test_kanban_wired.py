@@ -1,0 +1,266 @@
+"""The Kanban loop wired into the product, end to end against the sandbox, checked over its REST
+API: `replay` of a capture with bins raises and clears the reorder alarms, `kanban refilled`
+clears another bin's, and the daemon answers a `c8y_KanbanRefilled` operation created over REST.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashkanban.capture import Frame, forge
+from dashkanban.cli import main
+from dashkanban.config import load_settings
+from dashkanban.daemon import Daemon
+from dashkanban.kanban.alarms import clear_lines
+from dashkanban.kanban.cli import local_report
+from dashkanban.kanban.history import History
+from dashkanban.kanban.wiring import load_kanban_bins
+from dashkanban.outbox import Outbox
+from dashkanban.sandbox import Sandbox
+from tests.sandbox_fixture import SANDBOX_PASSWORD, rest
+
+MACID = (
+    "Name, MAC-Address, bin, part, quantity, location, supplier, lead_time_days, role\n"
+    "screws, ac:63:be:12:34:56, A3, M6 screws, 50, Aisle 2, Würth, 2,\n"
+    "screws-full, ac:63:be:12:34:58, A3, , , , , , refill\n"
+    'ties, fc:a6:67:0a:0b:0c, B1, "Cable ties, 200mm", 100, Aisle 4, , 3,\n'
+)
+SCREWS, SCREWS_FULL, TIES = "ac63be123456", "ac63be123458", "fca6670a0b0c"
+GATEWAY = "dashkanban-gw-01"
+T0 = datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC).timestamp()
+SCREWS_TEXT = "Reorder 50 x M6 screws for bin A3 (Aisle 2)"
+TIES_TEXT = "Reorder 100 x Cable ties, 200mm for bin B1 (Aisle 4)"
+WAIT = 10.0
+
+
+def write_config(folder: Path, sandbox: Sandbox) -> Path:
+    (folder / "MACID.csv").write_text(MACID, encoding="utf-8")
+    config = folder / "config.ini"
+    config.touch(mode=0o600)
+    config.write_text(
+        f"[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        f"password = {SANDBOX_PASSWORD}\nport = {sandbox.mqtt_port}\ntls = no\n"
+        f"allow_insecure = yes\nrest_url = {sandbox.http_url}\n\n"
+        f"[gateway]\nserial = {GATEWAY}\nname = Store 3 button gateway\n\n"
+        f"[buttons]\nfile = {folder / 'MACID.csv'}\n\n"
+        f"[outbox]\npath = {folder / 'state' / 'outbox.sqlite3'}\n\n"
+        # 100 years: the capture's fixed 2026 times must never be pruned by a later clock.
+        "[kanban]\nalarms = yes\nseverity = MINOR\nhistory_days = 36500\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def press(mac: str, at: float) -> tuple[float, bytes]:
+    return at, forge.dhcp_client_frame(mac, forge.DISCOVER)
+
+
+def get(sandbox: Sandbox, url: str, **params: Any) -> Any:
+    with rest(sandbox) as client:
+        answer = client.get(url, params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def alarms_of(sandbox: Sandbox, serial: str) -> list[tuple[str, str, str, str, int]]:
+    """(type, status, severity, text, count) of a device's alarms, over REST."""
+    source = sandbox.device_id(serial)
+    assert source is not None, f"no device {serial}"
+    found = get(sandbox, "/alarm/alarms", source=source, pageSize=100)["alarms"]
+    return [(a["type"], a["status"], a["severity"], a["text"], a["count"]) for a in found]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_replay_with_bins_raises_dedups_and_clears_then_kanban_refilled_clears_b1(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    capture = tmp_path / "store.pcap"
+    with capture.open("wb") as out:
+        forge.write_pcap(out, [
+            press("ac:63:be:12:34:56", T0),  # A3 reorder
+            press("ac:63:be:12:34:56", T0 + 60),  # A3 again while open: a repeat
+            press("fc:a6:67:0a:0b:0c", T0 + 120),  # B1 reorder
+            press("ac:63:be:12:34:58", T0 + 180),  # A3's refill button
+        ])
+    assert main(["replay", "-c", str(config), str(capture), "--timeout", "10"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "delivered 4 events to 127.0.0.1"
+
+    events = get(sandbox, "/event/events", pageSize=100)["events"]
+    assert sorted(((e["type"], e["text"], e["time"]) for e in events), key=lambda e: e[2]) == [
+        ("c8y_MAC_Event", f"{name} pressed ({mac})", f"2026-11-26T08:0{minute}:01.234Z")
+        for name, mac, minute in [
+            ("screws", "ac:63:be:12:34:56", 0),
+            ("screws", "ac:63:be:12:34:56", 1),
+            ("ties", "fc:a6:67:0a:0b:0c", 2),
+            ("screws-full", "ac:63:be:12:34:58", 3),
+        ]
+    ]
+    # One alarm for the two A3 presses (Cumulocity counted the repeat), cleared by the refill.
+    assert alarms_of(sandbox, SCREWS) == [
+        ("c8y_KanbanReorder", "CLEARED", "MINOR", SCREWS_TEXT, 2)
+    ]
+    assert alarms_of(sandbox, TIES) == [("c8y_KanbanReorder", "ACTIVE", "MINOR", TIES_TEXT, 1)]
+    assert alarms_of(sandbox, SCREWS_FULL) == []
+    history = tmp_path / "state" / "history.sqlite3"
+    with History.open(history, 730, datetime.fromtimestamp(T0, UTC)) as h:
+        assert h.counts() == {"reorder": 2, "repeat": 1, "refill": 1}
+        assert h.active_bins() == frozenset({"B1"})
+
+    assert main(["kanban", "refilled", "-c", str(config), "b1", "--timeout", "10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        f"  clear: s/us/{TIES} 306,c8y_KanbanReorder",
+        f"1 refill(s) queued in {tmp_path / 'state' / 'outbox.sqlite3'}",
+        "delivered to 127.0.0.1",
+    ]
+    assert alarms_of(sandbox, TIES) == [("c8y_KanbanReorder", "CLEARED", "MINOR", TIES_TEXT, 1)]
+    with History.open(history, 730, datetime.fromtimestamp(T0, UTC)) as h:
+        assert h.active_bins() == frozenset()
+        assert h.pending_clears() == []
+    with Outbox.open(tmp_path / "state" / "outbox.sqlite3") as outbox:
+        assert outbox.count() == 0
+
+    # The report from that history, by hand, two days after the first press (the window):
+    # A3: 1 reorder (the repeat is not demand) x 50 / 2 days = 25 a day;
+    #     cards = ceil(25 x 2 (lead time) x 1.2 / 50) = ceil(1.2) = 2.
+    # B1: 1 x 100 / 2 = 50 a day; cards = ceil(50 x 3 x 1.2 / 100) = ceil(1.8) = 2.
+    settings = load_settings(config)
+    now = datetime.fromtimestamp(T0 + 2 * 86400, UTC)
+    report = local_report(settings, load_kanban_bins(settings), None, now)
+    assert [(b.name, b.reorders, b.repeats, b.demand_per_day, b.recommended_cards)
+            for b in report.bins] == [("A3", 1, 1, 25.0, 2), ("B1", 1, 0, 50.0, 2)]
+
+    # The gateway sent exactly these Kanban lines, in press order, on the children's topics.
+    kanban = [
+        (m.topic, m.payload) for m in sandbox.messages()
+        if m.direction == "in" and m.client_id == GATEWAY and "c8y_Kanban" in m.payload
+    ]
+    assert kanban == [
+        (f"s/us/{SCREWS}", f"400,c8y_MAC_Event,screws pressed (ac:63:be:12:34:56),"
+                           f"2026-11-26T08:00:01.234+00:00\n303,c8y_KanbanReorder,"
+                           f"{SCREWS_TEXT},2026-11-26T08:00:01.234+00:00"),
+        (f"s/us/{SCREWS}", f"400,c8y_MAC_Event,screws pressed (ac:63:be:12:34:56),"
+                           f"2026-11-26T08:01:01.234+00:00\n303,c8y_KanbanReorder,"
+                           f"{SCREWS_TEXT},2026-11-26T08:01:01.234+00:00"),
+        (f"s/us/{TIES}", f"400,c8y_MAC_Event,ties pressed (fc:a6:67:0a:0b:0c),"
+                         f"2026-11-26T08:02:01.234+00:00\n303,c8y_KanbanReorder,"
+                         f'"{TIES_TEXT}",2026-11-26T08:02:01.234+00:00'),
+        (f"s/us/{SCREWS}", "306,c8y_KanbanReorder"),
+        (f"s/us/{TIES}", "306,c8y_KanbanReorder"),
+    ]
+
+
+class OpenSource:
+    """A frame source that stays open until stopped, fed by the test."""
+
+    def __init__(self) -> None:
+        self._frames: queue.Queue[Frame | None] = queue.Queue()
+
+    def put(self, data: bytes) -> None:
+        self._frames.put(Frame(time.time(), data))
+
+    def frames(self) -> Iterator[Frame]:
+        while (frame := self._frames.get()) is not None:
+            yield frame
+
+    def stop(self) -> None:
+        self._frames.put(None)
+
+
+def test_daemon_answers_a_refill_operation_created_over_rest(
+    tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dashkanban")
+    settings = load_settings(write_config(tmp_path, sandbox))
+    # A refill left pending clear (an older `kanban refilled`, or one killed before queueing):
+    # the daemon queues it at start, behind nothing, and marks it sent.
+    bins = load_kanban_bins(settings)
+    ties_bin = bins.find("B1")
+    assert ties_bin is not None
+    with History.open(tmp_path / "state" / "history.sqlite3", 730) as h:
+        h.record_refill("B1", datetime.now(UTC), "cli", clear_lines(ties_bin))
+    source = OpenSource()
+    daemon = Daemon(settings, source, drain_on_stop=5.0)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        # At connect: the children of every bin button exist and the reorder buttons offer the
+        # operation; the fragment with the bin's data is written over REST.
+        def offered() -> bool:
+            doc = sandbox.device(SCREWS)
+            return doc is not None and doc.get("c8y_SupportedOperations") == [
+                "c8y_KanbanRefilled"
+            ]
+
+        wait_until(offered, "114 on the reorder button")
+        wait_until(lambda: any(m.topic == f"s/us/{TIES}" and m.payload == "306,c8y_KanbanReorder"
+                               for m in sandbox.messages()), "the pending clear")
+        assert (sandbox.device(TIES) or {})["c8y_SupportedOperations"] == ["c8y_KanbanRefilled"]
+        assert "c8y_SupportedOperations" not in (sandbox.device(SCREWS_FULL) or {"x": 1})
+        wait_until(lambda: "c8y_Kanban" in (sandbox.device(SCREWS_FULL) or {}), "fragments")
+        assert (sandbox.device(SCREWS) or {})["c8y_Kanban"] == {
+            "bin": "A3", "role": "reorder", "part": "M6 screws", "quantity": 50,
+            "location": "Aisle 2", "supplier": "Würth", "leadTimeDays": 2, "gateway": GATEWAY,
+        }
+
+        source.put(forge.dhcp_client_frame("ac:63:be:12:34:56", forge.DISCOVER))
+        wait_until(lambda: alarms_of(sandbox, SCREWS) != [], "the reorder alarm")
+        assert alarms_of(sandbox, SCREWS) == [
+            ("c8y_KanbanReorder", "ACTIVE", "MINOR", SCREWS_TEXT, 1)
+        ]
+
+        child = sandbox.device_id(SCREWS) or ""
+        with rest(sandbox) as client:
+            created = client.post(
+                "/devicecontrol/operations", headers={"Accept": "application/json"},
+                json={"deviceId": child, "description": "Bin A3 refilled",
+                      "c8y_KanbanRefilled": {"bin": "A3"}},
+            )
+        assert created.status_code == 201
+        op_id = created.json()["id"]
+
+        def done() -> bool:
+            op = get(sandbox, f"/devicecontrol/operations/{op_id}")
+            return bool(op["status"] == "SUCCESSFUL")
+
+        wait_until(done, "the operation to succeed")
+        assert alarms_of(sandbox, SCREWS) == [
+            ("c8y_KanbanReorder", "CLEARED", "MINOR", SCREWS_TEXT, 1)
+        ]
+        # EXECUTING, the clear, then SUCCESSFUL: one row of lines, one message on the child.
+        answers = [
+            m.payload for m in sandbox.messages()
+            if m.direction == "in" and m.topic == f"s/us/{SCREWS}" and "501" in m.payload
+        ]
+        assert answers == ["501,c8y_KanbanRefilled\n306,c8y_KanbanReorder\n503,c8y_KanbanRefilled"]
+
+        # A reconnect publishes the collection again: Cumulocity's 41 is fine, not a warning.
+        assert sandbox.drop_connection(GATEWAY)
+        wait_until(lambda: any("template collection dashkanban already exists (fine)" in m
+                               for m in caplog.messages), "the 41 after reconnecting")
+    finally:
+        daemon.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    with History.open(tmp_path / "state" / "history.sqlite3", 730) as h:
+        assert h.counts() == {"reorder": 1}
+        assert h.active_bins() == frozenset()
+        assert h.pending_clears() == []
