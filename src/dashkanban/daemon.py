@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dashkanban.buttons import Button
 from dashkanban.capture import Frame
@@ -25,6 +25,11 @@ from dashkanban.errors import EXIT_OK
 from dashkanban.metrics import Metrics
 from dashkanban.pipeline import Counts, Pipeline
 from dashkanban.presses import Lookup, Press
+
+if TYPE_CHECKING:
+    from dashkanban.c8y.mqtt import Uplink
+    from dashkanban.delivery import Courier
+    from dashkanban.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,11 @@ class Daemon:
         self.metrics = Metrics()
         self._stopping = threading.Event()
         self._synced = Counts(0, 0, 0, 0, 0)
+        # The running parts, for health checks and tests (None outside `run()`'s lifetime).
+        self.pipeline: Pipeline | None = None
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.courier: Courier | None = None
 
     def stop(self) -> None:
         """Safe from a signal handler or another thread."""
@@ -84,6 +94,7 @@ class Daemon:
         uplink = Uplink(settings)
         uplink.add_listener(self._count_reconnects(uplink))
         courier = Courier(outbox, uplink)
+        self.pipeline, self.outbox, self.uplink, self.courier = pipeline, outbox, uplink, courier
         reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count)
         log.info(
             "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",
