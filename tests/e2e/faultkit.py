@@ -44,13 +44,13 @@ def buttons_csv(path: Path, count: int) -> Path:
 
 @dataclass(frozen=True)
 class Press:
-    """Press number `i`: button i, one DHCP DISCOVER at T0 + i/100 s."""
+    """Press number `i`: button i, one DHCP DISCOVER at T0 + i * 5 ms (10,000 in 50 s)."""
 
     i: int
 
     @property
     def stamp(self) -> float:
-        return T0 + self.i / 100
+        return T0 + self.i / 200
 
     def frame(self) -> Frame:
         return Frame(self.stamp, forge.dhcp_client_frame(button(self.i).mac, forge.DISCOVER))
