@@ -473,3 +473,13 @@ def test_hostile_text_is_stored_not_crashed_on(tmp_path: Path) -> None:
     assert stored[0].event == nul
     assert stored[1].event == dataclasses.replace(bad, name="bad\\udcffname")
     assert stored[1].extra_lines == ("302,x,\\udcfe",)
+
+
+def test_a_delete_does_not_wait_for_fsync_but_every_put_still_does(tmp_path: Path) -> None:
+    """A lost delete only repeats a delivered event (at least once); a lost put loses a press.
+    So `ack` commits with synchronous=NORMAL and puts keep FULL (2)."""
+    with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
+        row = outbox.put(event_for(1))
+        outbox.ack(row)
+        assert outbox._db.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert outbox.count() == 0
