@@ -139,9 +139,12 @@ def test_connections_reset_during_a_burst_lose_nothing(
     finally:
         assert run.stop() == 0
     check_delivered(recorder.messages, burst, lost_pubacks=lost)
-    assert proxy.accepted == 4
+    # One connection per cut, but the last cut may find everything acknowledged already (the
+    # subscriber lags the daemon): then the daemon stops before it needs to reconnect.
+    assert proxy.accepted in (3, 4)
     snapshot = run.daemon.metrics.snapshot()
-    assert (snapshot.queued, snapshot.delivered, snapshot.reconnects) == (300, 300, 3)
+    assert (snapshot.queued, snapshot.delivered, snapshot.reconnects) == (
+        300, 300, proxy.accepted - 1)
 
 
 # -- (c) SIGKILL between queueing and PUBACK ---------------------------------------------------
