@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,7 +129,7 @@ def check_delivered(messages: Iterable[Message], expected: Iterable[Press], *,
     wanted = [m for m in sorted({*required, *optional}, key=_order)
               if m not in optional or m in first]
     assert first == wanted, _diff(first, wanted)
-    repeated = {m for m in arrived if arrived.count(m) > 1}
+    repeated = {m for m, n in Counter(arrived).items() if n > 1}
     assert repeated <= lost_pubacks, f"duplicates without a lost PUBACK: {repeated - lost_pubacks}"
 
 

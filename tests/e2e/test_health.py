@@ -5,16 +5,23 @@ in flight before it exits 0. The heartbeat (`125`) is tested on the uplink (test
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from dashkanban.events import Event
+from dashkanban.outbox import Outbox
 from tests.brokers import Mosquitto, TlsFiles, free_port
 from tests.c8y.support import Recorder
 from tests.e2e.faultkit import (
     ChildDaemon,
+    Press,
+    button,
     by_serial,
     check_delivered,
     events_of,
@@ -23,7 +30,7 @@ from tests.e2e.faultkit import (
     wait_until,
     write_config,
 )
-from tests.faults import ResetProxy
+from tests.faults import REPO, ResetProxy
 
 
 @pytest.fixture
@@ -92,3 +99,49 @@ def test_metrics_of_a_running_daemon_and_sigterm_drains_before_exit_0(
     assert log[-1].endswith("dashkanban.daemon: dashkanban stopped")
     assert log[-2].endswith("counters: frames=5 candidates=5 malformed=0 presses=5 queued=5 "
                             "delivered=5 reconnects=0 refused=0 outbox=0")
+
+
+def test_dashkanban_run_on_sigterm_waits_for_in_flight_pubacks_and_exits_0(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
+) -> None:
+    """The real `dashkanban run` process (live capture on `lo`, which no test frame reaches):
+    events another process queued are picked up, reach the broker, their PUBACKs are held; on
+    SIGTERM it waits for them, and exits 0 once they come, with the outbox empty."""
+    outbox = tmp_path / "outbox.sqlite3"
+    log = tmp_path / "run.log"
+    with ResetProxy(mosquitto_tls.port) as proxy, log.open("wb") as err:
+        config = write_config(tmp_path, mosquitto_tls, port=proxy.port, buttons=3)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "dashkanban", "run", "-c", str(config), "-i", "lo",
+             "--allow-root"],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        )
+        try:
+            wait_until(lambda: "dashkanban-gw-01 ready" in log.read_text(), 20, "ready")
+            proxy.hold(True)
+            with Outbox.open(outbox) as queue:  # another process queues (a replay, say)
+                for press in presses(0, 3):
+                    queue.put(event_of(press))
+            wait_until(lambda: len(events_of(recorder.messages)) == 3, what="3 events")
+            assert queued_serials(outbox) == list(by_serial(presses(0, 3)))
+            run.send_signal(signal.SIGTERM)
+            wait_until(lambda: "SIGTERM: stopping" in log.read_text(), what="the signal")
+            assert run.poll() is None  # waiting for the PUBACKs
+            proxy.hold(False)
+            assert run.wait(30) == 0
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert queued_serials(outbox) == []
+    check_delivered(recorder.messages, presses(0, 3))
+    lines = log.read_text().splitlines()
+    assert lines[-1].endswith("dashkanban.daemon: dashkanban stopped")
+    assert any(line.endswith("dashkanban.daemon: capturing on lo (arp, dhcp)") for line in lines)
+
+
+def event_of(press: Press) -> Event:
+    b = button(press.i)
+    return Event(time=datetime.fromtimestamp(press.stamp, UTC), mac=b.mac, serial=b.serial,
+                 name=b.name, type="c8y_MAC_Event", text=f"{b.name} pressed ({b.mac})",
+                 trigger="dhcp")
