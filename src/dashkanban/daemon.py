@@ -63,7 +63,7 @@ class Daemon:
         self.metrics = Metrics()
         self._stopping = threading.Event()
         self._synced = Counts(0, 0, 0, 0, 0)
-        # The running parts, for health checks and tests (None outside `run()`'s lifetime).
+        # The running parts, for health checks and tests: None until `run()` has built them.
         self.pipeline: Pipeline | None = None
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None

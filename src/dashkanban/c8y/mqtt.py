@@ -270,7 +270,6 @@ class _Link:
         self._subscribe_attempts = 0
         self._connected_once = False
         self._last_own_publish = time.monotonic()  # the last PUBLISH on s/us (the gateway's topic)
-        self.heartbeats = 0
         self.failed: UplinkError | None = None
         self.last_error: UplinkError | None = None
 
@@ -435,7 +434,6 @@ class _Link:
         if client is None:
             return
         log.debug("%s: nothing sent for %g s: heartbeat", self.plan.client_id, interval)
-        self.heartbeats += 1
         self._internal(client, "s/us", HEARTBEAT)
 
     def _lost(self) -> None:
