@@ -48,8 +48,11 @@ class ResetProxy:
 
     `cut()` resets every open connection on both sides (the client sees ECONNRESET, the broker a
     dropped client) and returns how many it cut. `refuse(True)` models the network being down:
-    new connections are accepted and reset at once, until `refuse(False)`. One thread runs a
-    select loop; commands reach it through a socket pair, so `cut()` returns only when done.
+    new connections are accepted and reset at once, until `refuse(False)`. `hold(True)` keeps
+    everything the broker sends (PUBACKs) from reaching the client, which still gets through:
+    the broker has the message, the client never hears so; `hold(False)` delivers what was held,
+    a `cut()` or the client's death drops it (a lost PUBACK). One thread runs a select loop;
+    commands reach it through a socket pair, so `cut()` returns only when done.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
@@ -93,6 +96,11 @@ class ResetProxy:
     def refuse(self, on: bool) -> None:
         self._refusing = on
 
+    def hold(self, on: bool) -> int:
+        """Hold (True) or release (False) the broker-to-client direction; returns the bytes
+        held at the moment of the call (released ones are sent on)."""
+        return self._send("hold" if on else "release")
+
     @property
     def open_connections(self) -> int:
         return self._send("count")
@@ -108,6 +116,8 @@ class ResetProxy:
 
     def _loop(self) -> None:
         clients: set[socket.socket] = set()
+        held: dict[socket.socket, bytearray] = {}  # client -> bytes the broker sent it, held
+        holding = False
         running = True
         while running:
             watched = [self._listener, self._wake_r, *self._peers]
@@ -124,9 +134,20 @@ class ResetProxy:
                                 reset(peer)
                             self._peers.clear()
                             clients.clear()
+                            held.clear()
                             running = running and command.name != "stop"
                         elif command.name == "count":
                             command.result = len(clients)
+                        elif command.name == "hold":
+                            holding = True
+                            command.result = sum(len(b) for b in held.values())
+                        elif command.name == "release":
+                            holding = False
+                            command.result = sum(len(b) for b in held.values())
+                            for client_sock, data in held.items():
+                                with contextlib.suppress(OSError):
+                                    client_sock.sendall(data)
+                            held.clear()
                         command.done.set()
                 elif sock is self._listener:
                     client, _ = self._listener.accept()
@@ -150,6 +171,9 @@ class ResetProxy:
                     peer = self._peers[sock]
                     try:
                         data = sock.recv(65536)
+                        if data and holding and peer in clients:
+                            held.setdefault(peer, bytearray()).extend(data)
+                            continue
                         if data:
                             peer.sendall(data)
                             continue
@@ -159,6 +183,7 @@ class ResetProxy:
                     for s in (sock, peer):
                         self._peers.pop(s, None)
                         clients.discard(s)
+                        held.pop(s, None)
                         reset(s)
 
 
@@ -179,11 +204,21 @@ def revoke_password(broker: Mosquitto, user: str) -> None:
     """Change `user`'s password to a random one and make mosquitto reload (SIGHUP): new logins
     with the old password get CONNACK "not authorised". Open connections are not closed by the
     reload; cut them with a ResetProxy to force the client to log in again."""
+    set_password(broker, user, os.urandom(12).hex())
+
+
+def restore_password(broker: Mosquitto, user: str) -> None:
+    """Give `user` back the password the broker was started with."""
+    assert broker.users
+    set_password(broker, user, broker.users[user])
+
+
+def set_password(broker: Mosquitto, user: str, password: str) -> None:
     assert broker.process is not None
     assert broker.users
     reloads = broker.log_text().count("Reloading config.")
     subprocess.run(
-        ["mosquitto_passwd", "-b", str(broker.folder / "passwd"), user, os.urandom(12).hex()],
+        ["mosquitto_passwd", "-b", str(broker.folder / "passwd"), user, password],
         check=True,
         capture_output=True,
     )

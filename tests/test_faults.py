@@ -279,3 +279,33 @@ def test_restart_brings_the_broker_back_on_the_same_port(mosquitto: Mosquitto) -
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_after_a_full_disk_the_write_ahead_log_gives_its_space_back(tmp_path: Path) -> None:
+    """SQLite checkpoints only at 1,000 pages: on a full disk the WAL would eat every byte freed
+    and even the deletes that make room would fail for good. After a failure for lack of space
+    the outbox checkpoints (TRUNCATE) before its next write, so freeing a little is enough."""
+    with small_filesystem(tmp_path / "disk", "512k") as disk:
+        ballast = disk / "ballast"
+        ballast.write_bytes(b"\0" * 160 * 1024)
+        path = disk / "outbox.sqlite3"
+        wal = disk / "outbox.sqlite3-wal"
+        outbox = Outbox.open(path)
+        committed: list[int] = []
+        error = ""
+        for seq in range(300):  # bounded: 300 commits of ~12 KiB of WAL cannot fit
+            try:
+                committed.append(outbox.put(event_for(seq)))
+            except OutboxError as exc:
+                error = str(exc)
+                break
+        assert "the disk is full" in error
+        assert len(committed) >= 10
+        full_wal = wal.stat().st_size
+        ballast.unlink()
+        for row_id in committed:  # every delete succeeds: the first one cut the WAL first
+            outbox.ack(row_id)
+        assert outbox.count() == 0
+        assert wal.stat().st_size < full_wal
+        assert outbox.put(event_for(0)) > committed[-1]
+        outbox.close()

@@ -554,3 +554,13 @@ def test_rows_carry_lines_for_other_devices_and_rows_of_lines_only(tmp_path: Pat
         outbox.ack(1)
         text = format_status(outbox.path, outbox.stats(), 3, 100)
     assert "oldest: 1 SmartREST lines, queued 2026-11-26T09:30:00+00:00, 0 attempts" in text
+
+
+def test_a_delete_does_not_wait_for_fsync_but_every_put_still_does(tmp_path: Path) -> None:
+    """A lost delete only repeats a delivered event (at least once); a lost put loses a press.
+    So `ack` commits with synchronous=NORMAL and puts keep FULL (2)."""
+    with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
+        row = outbox.put(event_for(1))
+        outbox.ack(row)
+        assert outbox._db.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert outbox.count() == 0

@@ -32,7 +32,10 @@ from dashkanban.pipeline import Counts, Pipeline
 from dashkanban.presses import Lookup, Press
 
 if TYPE_CHECKING:
+    from dashkanban.c8y.mqtt import Uplink
+    from dashkanban.delivery import Courier
     from dashkanban.kanban.bins import Bins
+    from dashkanban.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,11 @@ class Daemon:
         self.metrics = Metrics()
         self._stopping = threading.Event()
         self._synced = Counts(0, 0, 0, 0, 0)
+        # The running parts, for health checks and tests: None until `run()` has built them.
+        self.pipeline: Pipeline | None = None
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.courier: Courier | None = None
 
     def stop(self) -> None:
         """Safe from a signal handler or another thread."""
@@ -107,6 +115,7 @@ class Daemon:
             if queued:
                 log.info("%d refill(s) from the command line queued for Cumulocity", queued)
             uplink.add_listener(self._fragments_once(uplink, kanban.bins))
+        self.pipeline, self.outbox, self.uplink, self.courier = pipeline, outbox, uplink, courier
         reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count)
         log.info(
             "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",

@@ -23,6 +23,7 @@ from dashkanban.c8y.mqtt import DeviceLine, UnsendableError, Uplink
 from dashkanban.config import Settings
 from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
+from dashkanban.outbox import OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class Courier:
         self._cursor = 0  # every row with id <= cursor is in flight, delivered or refused
         self._inflight: set[int] = set()
         self._refused: set[int] = set()  # too large: kept in the outbox, never sent
+        # PUBACK came but the row could not be deleted (a full disk): delivered, so never sent
+        # again by this process; the delete is retried before anything new goes out.
+        self._unsaved_acks: set[int] = set()
         self._rewind = False  # something was lost: start again from the oldest row
         self.delivered = 0
         self.resent = 0
@@ -149,6 +153,8 @@ class Courier:
                 self.wake()
 
     def _pump(self) -> None:
+        if self._unsaved_acks and not self._save_acks():
+            return  # the outbox cannot be written: sending more would only pile up such rows
         with self._cond:
             if self._rewind:
                 self._rewind = False
@@ -156,7 +162,7 @@ class Courier:
             room = self._window - len(self._inflight)
             if room <= 0:
                 return
-            skip = self._inflight | self._refused
+            skip = self._inflight | self._refused | self._unsaved_acks
             cursor = self._cursor
         rows = self._outbox.peek(limit=room + len(skip), after_id=cursor)
         for row in rows:
@@ -200,17 +206,24 @@ class Courier:
 
     def _delivered(self, row_id: int, event: Event | None) -> None:
         # Runs in the MQTT network thread, exactly on PUBACK.
-        if event is None:  # a row of lines only
-            self._outbox.ack(row_id)
-            log.info("outbox row %d (SmartREST lines) delivered", row_id)
-            self._done(row_id)
-            return
-        if self._observer is not None:
+        if event is not None and self._observer is not None:
             try:
                 self._observer(event)
             except Exception:  # an observer must never cost a delivery
                 log.exception("the on_delivered observer failed")
-        self._outbox.ack(row_id)
+        try:
+            self._outbox.ack(row_id)
+        except OutboxError as exc:
+            # Delivered all the same. Keep the row out of this process's sends and retry the
+            # delete from the loop; if we die first, the next start sends it again (a duplicate
+            # for a PUBACK that never reached the file, docs/outbox.md).
+            log.error("outbox row %d was delivered but cannot be removed yet: %s", row_id, exc)
+            with self._cond:
+                self._unsaved_acks.add(row_id)
+        if event is None:  # a row of lines only
+            log.info("outbox row %d (SmartREST lines) delivered", row_id)
+            self._done(row_id)
+            return
         # The one line per press that says it arrived (issue 7): name, MAC, press time, result.
         log.info("%s (%s) pressed at %s: delivered", event.name, event.mac, event.c8y_time)
         self._done(row_id)
@@ -221,6 +234,20 @@ class Courier:
             self.delivered += 1
             self._dirty = True
             self._cond.notify_all()
+
+    def _save_acks(self) -> bool:
+        """Retry the deletes of delivered rows; True when none is left to do."""
+        with self._cond:
+            pending = sorted(self._unsaved_acks)
+        for row_id in pending:
+            try:
+                self._outbox.ack(row_id)
+            except OutboxError:
+                return False  # the loop polls again within IDLE_POLL
+            with self._cond:
+                self._unsaved_acks.discard(row_id)
+        log.info("the outbox is writable again: %d delivered rows removed", len(pending))
+        return True
 
     def _lost(self, row_id: int) -> None:
         # The connection dropped before the PUBACK: send it again from the outbox, in order.

@@ -84,6 +84,11 @@ class Pipeline:
                 self.presses += 1
                 yield press
 
+    @property
+    def tracked(self) -> int:
+        """MACs whose dead time the debouncer remembers (bounded by presses.MAX_TRACKED)."""
+        return len(self._debouncer)
+
     def event_for(self, press: Press) -> Event:
         return make_event(press, self._event)
 

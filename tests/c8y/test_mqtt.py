@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -356,3 +357,41 @@ def test_client_certificate_instead_of_a_password(
 def test_connack_refusals_in_words(code: int, text: str) -> None:
     error = LoginRefusedError(mqtt.connack_code(code), "h:8883", "t1/u")
     assert str(error) == f"h:8883 refused the login for t1/u: {text}"
+
+
+def test_heartbeat_keeps_an_idle_gateway_available(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                                   recorder: Recorder) -> None:
+    """Nothing on s/us for `heartbeat` seconds: a `125` (protocol notes 2.3). Events on a child's
+    topic do not count as the gateway's own traffic; a `101` on s/us does."""
+    settings = settings_for(tmp_path, mosquitto_tls)
+    uplink = Uplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST,
+                    heartbeat=0.3)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        assert recorder.wait_for(6)[:6] == [*GATEWAY_HELLO, ("s/us", "125"), ("s/us", "125")]
+        acks = Acks()
+        send(uplink, event(1), acks, "a")
+        assert acks.wait(1) == ["a"]
+        messages = recorder.wait_for(10)
+        start = messages.index(("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton"))
+        assert messages[start + 1][0] == "s/us/ac63be123456"
+        assert messages[start + 2:start + 4] == [("s/us", "125"), ("s/us", "125")]
+        assert {m for m in messages[4:] if m[0] == "s/us"} == {
+            ("s/us", "125"), ("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton")}
+    finally:
+        uplink.stop()
+
+
+def test_heartbeat_defaults_to_half_the_required_interval(tmp_path: Path,
+                                                          mosquitto_tls: Mosquitto) -> None:
+    settings = settings_for(tmp_path, mosquitto_tls)
+    assert settings.gateway.required_interval == 60  # minutes
+    assert Uplink(settings).heartbeat == 1800.0
+    assert Uplink(settings).gateway_plan().heartbeat == 1800.0
+    assert Uplink(settings, heartbeat=0).gateway_plan().heartbeat is None
+    with pytest.raises(ValueError, match="heartbeat must be 0"):
+        Uplink(settings, heartbeat=-1)
+    off = dataclasses.replace(
+        settings, gateway=dataclasses.replace(settings.gateway, required_interval=0))
+    assert Uplink(off).gateway_plan().heartbeat is None

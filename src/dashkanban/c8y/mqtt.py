@@ -73,6 +73,12 @@ SUBSCRIBE_ATTEMPTS = 5
 SUBSCRIBE_RETRY = 1.0
 # How long the network thread blocks in select(); bounds how late a timer or stop() is seen.
 LOOP_TICK = 0.2
+# The heartbeat (`125`, protocol notes 2.3) goes out when the gateway published nothing on its own
+# topic for this fraction of its required interval (`117`): Cumulocity marks a device unavailable
+# when it sent nothing for the whole interval, and a quiet store is the normal case. Half leaves a
+# full beat of margin for a reconnect or a late timer.
+HEARTBEAT_FRACTION = 0.5
+HEARTBEAT = "125"
 
 # CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
 # paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
@@ -246,6 +252,7 @@ class LinkPlan:
     def collections(self) -> frozenset[str]:
         """The X-IDs of the template collections published at start-up (`s/ut/<X-ID>`)."""
         return frozenset(m.topic[5:] for m in self.startup if m.topic.startswith("s/ut/"))
+    heartbeat: float | None = None  # seconds without a publish on s/us before a `125`
 
 
 def new_client(settings: Settings, client_id: str,
@@ -308,6 +315,7 @@ class _Link:
         self._refusal: UplinkError | None = None
         self._subscribe_attempts = 0
         self._connected_once = False
+        self._last_own_publish = time.monotonic()  # the last PUBLISH on s/us (the gateway's topic)
         self.failed: UplinkError | None = None
         self.last_error: UplinkError | None = None
 
@@ -372,6 +380,10 @@ class _Link:
                  on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None) -> None:
         log.debug("publish %s %r", message.topic, message.payload)
         info = client.publish(message.topic, message.payload, qos=QOS)
+        if message.topic == "s/us":
+            # Only the gateway's own topic counts: a `400` on s/us/<child> keeps the *child*
+            # available, not the gateway.
+            self._last_own_publish = time.monotonic()
         callback: DeliveryCallback | None = None
         with self._lock:
             if generation != self._generation or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -450,6 +462,7 @@ class _Link:
         while not self._stop.is_set() and not self._down.is_set():
             self._down.wait(LOOP_TICK)
             self._run_timers()
+            self._beat_if_idle()
         if self._stop.is_set():
             return None
         if self._refusal is not None:
@@ -468,6 +481,19 @@ class _Link:
             self._timers = [(at, action) for at, action in self._timers if at > now]
         for action in due:
             action()
+
+    def _beat_if_idle(self) -> None:
+        interval = self.plan.heartbeat
+        if not interval or not self._ready:
+            return
+        if time.monotonic() - self._last_own_publish < interval:
+            return
+        with self._lock:
+            client = self._client
+        if client is None:
+            return
+        log.debug("%s: nothing sent for %g s: heartbeat", self.plan.client_id, interval)
+        self._internal(client, "s/us", HEARTBEAT)
 
     def _lost(self) -> None:
         """The connection is gone: report what was in flight, forget the session state."""
@@ -612,13 +638,24 @@ class Uplink:
     ((topic, payload) pairs, e.g. a custom template collection on `s/ut/<X-ID>`) go out after
     the SUBACK and before 114/117/500 on every connect of the gateway link; a `41` refusal to
     re-create a collection published there is logged as fine.
+
+    `heartbeat`: seconds without a publish on the gateway's own topic after which a `125` keeps
+    it "available". None (the default) means half of `[gateway] required_interval` (none when
+    that is 0); 0 turns it off. Gateway mode only: in per-device mode the buttons are the
+    devices, and a button is rightly unavailable while asleep.
     """
 
     def __init__(self, settings: Settings, *, on_operation: OperationHandler | None = None,
                  supported_operations: Sequence[str] = (), max_refusals: int = MAX_REFUSALS,
                  backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
                  extra_subscriptions: Sequence[str] = (),
-                 startup_publishes: Sequence[tuple[str, str]] = ()) -> None:
+                 startup_publishes: Sequence[tuple[str, str]] = (),
+                 heartbeat: float | None = None) -> None:
+        if heartbeat is None:
+            heartbeat = settings.gateway.required_interval * 60 * HEARTBEAT_FRACTION
+        if heartbeat < 0:
+            raise ValueError("heartbeat must be 0 (off) or a number of seconds")
+        self.heartbeat = heartbeat
         self.settings = settings
         self.on_operation = on_operation
         self.extra_subscriptions = tuple(extra_subscriptions)
@@ -653,6 +690,7 @@ class Uplink:
             gateway=True,
             subscriptions=("s/ds", "s/e", *self.extra_subscriptions),
             startup=self.startup_publishes,
+            heartbeat=self.heartbeat or None,
         )
 
     @staticmethod
