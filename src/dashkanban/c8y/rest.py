@@ -16,12 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
 from dashkanban.buttons import Button, serial_of
-from dashkanban.c8y.tls import make_tls_context
+from dashkanban.c8y.tls import rest_verify
 from dashkanban.config import Settings
 from dashkanban.errors import UplinkError
 
@@ -72,7 +71,7 @@ class InventorySource:
         if self._client is None:
             c8y = self._settings.c8y
             auth = (c8y.username, c8y.password.reveal()) if c8y.password is not None else None
-            verify: Any = make_tls_context(c8y) if c8y.rest_url.startswith("https:") else True
+            verify = rest_verify(c8y)
             self._client = httpx.Client(
                 base_url=c8y.rest_url, auth=auth, timeout=TIMEOUT, verify=verify,
                 transport=self._transport,

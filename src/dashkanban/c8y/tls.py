@@ -58,3 +58,9 @@ def describe_tls_failure(exc: BaseException, host: str) -> tuple[str, str]:
             "set [C8YMQTT] ca_file to the CA bundle that signed it",
         )
     return (f"TLS handshake failed ({exc})", "check port and tls in [C8YMQTT]")
+
+
+def rest_verify(c8y: C8yMqttSettings) -> ssl.SSLContext | bool:
+    """What httpx's `verify` gets for the REST side: the same CA and client certificate as
+    MQTT over TLS (an https URL), or True for plain http, where there is nothing to verify."""
+    return make_tls_context(c8y) if c8y.rest_url.startswith("https:") else True

@@ -14,6 +14,7 @@ Timeouts are explicit; 429 and 5xx are retried with a short backoff (3.5); other
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class CumulocityRest:
         username: str,
         password: str,
         *,
-        verify: bool | str = True,
+        verify: ssl.SSLContext | bool = True,
         timeout: httpx.Timeout = TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

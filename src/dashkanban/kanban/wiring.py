@@ -187,13 +187,14 @@ def publish_fragments(settings: Settings, bins: Bins, stop: threading.Event) -> 
     Buttons not yet in the inventory are tried again a few times (their `101` went out at this
     connect), then left for the next start.
     """
+    from dashkanban.c8y.tls import rest_verify
     from dashkanban.kanban.cumulocity import CumulocityRest, publish_kanban_fragments
 
     c8y = settings.c8y
     if c8y.password is None:
         log.info("c8y_Kanban fragments not written: REST needs a password in [C8YMQTT]")
         return
-    verify: bool | str = str(c8y.ca_file) if c8y.ca_file else True
+    verify = rest_verify(c8y)
     try:
         with CumulocityRest(c8y.rest_url, c8y.username, c8y.password.reveal(),
                             verify=verify) as rest:
