@@ -126,6 +126,14 @@ def test_inventory_templates(proc: SmartRestProcessor, store: Store) -> None:
     assert send(proc, "105") == [Downlink("s/ds", "106,c1,c2")]
 
 
+def test_heartbeat_125_marks_the_device_available(proc: SmartRestProcessor, store: Store) -> None:
+    assert send(proc, "100\n125") == []
+    availability = store.get_managed_object("10000")["c8y_Availability"]
+    assert availability["status"] == "AVAILABLE"
+    assert availability["lastMessage"] == store.now()
+    assert send(proc, "125,extra") == [Downlink("s/e", "45,125,Wrong number of arguments")]
+
+
 def test_measurement_200(proc: SmartRestProcessor, store: Store) -> None:
     send(proc, "200,c8y_Temperature,T,25\n200,c8y_Temperature,T,25.5,C,2026-11-26T08:00:00Z")
     assert [(m["type"], m["c8y_Temperature"], m["time"]) for m in store.measurements] == [

@@ -295,6 +295,14 @@ class SmartRestProcessor:
                 target, "c8y_RequiredAvailability", {"responseInterval": minutes}
             )
 
+    def _t125(self, ctx: _Context, f: list[str]) -> None:
+        # The heartbeat (static.md): no data, it only says the device is alive. The platform
+        # computes availability itself; the sandbox records the fragment it would show.
+        ctx.store.update_managed_object(
+            ctx.target(), {"c8y_Availability": {"status": "AVAILABLE",
+                                                "lastMessage": ctx.store.now()}}
+        )
+
     def _t123(self, ctx: _Context, f: list[str]) -> None:
         ctx.reply(encode_line(124, ctx.target()))
 
@@ -412,6 +420,7 @@ _TEMPLATES: dict[str, tuple[int, int | None, _Handler]] = {
     "114": (0, None, SmartRestProcessor._t114),
     "117": (0, 1, SmartRestProcessor._t117),
     "123": (0, 0, SmartRestProcessor._t123),
+    "125": (0, 0, SmartRestProcessor._t125),
     "200": (3, 5, SmartRestProcessor._t200),
     "301": (1, 3, SmartRestProcessor._t301),
     "302": (1, 3, SmartRestProcessor._t302),
