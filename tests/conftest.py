@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.brokers import Mosquitto, TlsFiles, free_port, make_tls_files, mosquitto_binary
+
+if TYPE_CHECKING:
+    from tests.c8y.support import Recorder
 
 BROKER_USER = "t12345/dash-gateway"
 BROKER_PASSWORD = "s3cret-test-pw"
@@ -73,3 +77,13 @@ def mosquitto_tls(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
+    """An independent subscriber to `#` on the TLS broker: what Cumulocity would have received."""
+    from tests.c8y.support import Recorder
+
+    rec = Recorder(mosquitto_tls, tls_files)
+    yield rec
+    rec.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from dashkanban.c8y.mqtt import Uplink
 from dashkanban.delivery import Courier, deliver
 from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
-from tests.brokers import Mosquitto, TlsFiles
+from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, settings_for
 from tests.recording_outbox import recording_outbox
 
@@ -31,12 +30,6 @@ def line(n: int) -> str:
     time = (T0 + timedelta(seconds=n)).isoformat("T", "milliseconds")
     return f"400,c8y_MAC_Event,press {n},{time}"
 
-
-@pytest.fixture
-def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
-    rec = Recorder(mosquitto_tls, tls_files)
-    yield rec
-    rec.close()
 
 
 def events_of(messages: list[tuple[str, str]]) -> list[str]:

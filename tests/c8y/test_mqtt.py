@@ -74,12 +74,6 @@ class Acks:
             return list(self.delivered)
 
 
-@pytest.fixture
-def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
-    rec = Recorder(mosquitto_tls, tls_files)
-    yield rec
-    rec.close()
-
 
 def send(uplink: Uplink, ev: Event, acks: Acks, label: str) -> None:
     assert uplink.send(ev, on_delivered=lambda: acks.ok(label), on_lost=lambda: acks.gone(label))

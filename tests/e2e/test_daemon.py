@@ -21,7 +21,7 @@ from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.events import Event
 from dashkanban.outbox import Outbox
-from tests.brokers import Mosquitto, TlsFiles
+from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, write_config
 from tests.e2e.netns import Pair, enter, sender
 
@@ -57,12 +57,6 @@ class NamespacedSource:
     def stop(self) -> None:
         self.capture.stop()
 
-
-@pytest.fixture
-def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
-    rec = Recorder(mosquitto_tls, tls_files)
-    yield rec
-    rec.close()
 
 
 def test_burst_becomes_one_event_delivered_and_removed_from_the_outbox(

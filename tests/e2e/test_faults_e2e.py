@@ -42,13 +42,6 @@ from tests.faults import ResetProxy, revoke_password, small_filesystem
 
 
 @pytest.fixture
-def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
-    rec = Recorder(mosquitto_tls, tls_files)
-    yield rec
-    rec.close()
-
-
-@pytest.fixture
 def proxy(mosquitto_tls: Mosquitto) -> Iterator[ResetProxy]:
     with ResetProxy(mosquitto_tls.port) as p:
         yield p

@@ -8,15 +8,12 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from dashkanban.events import Event
 from dashkanban.outbox import Outbox
-from tests.brokers import Mosquitto, TlsFiles, free_port
+from tests.brokers import Mosquitto, free_port
 from tests.c8y.support import Recorder
 from tests.e2e.faultkit import (
     ChildDaemon,
@@ -31,13 +28,6 @@ from tests.e2e.faultkit import (
     write_config,
 )
 from tests.faults import REPO, ResetProxy
-
-
-@pytest.fixture
-def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
-    rec = Recorder(mosquitto_tls, tls_files)
-    yield rec
-    rec.close()
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -3,13 +3,12 @@ uplink, over TLS to a real mosquitto; a separate subscriber sees the contract's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dashkanban.cli import main
-from tests.brokers import Mosquitto, TlsFiles
+from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, write_config
 from tests.test_replay import DATA, EXPECTED, SAMPLE
 
@@ -21,12 +20,6 @@ def c8y_time(iso: str) -> str:
     """The --jsonl time (microseconds) as SmartREST sends it (milliseconds)."""
     return iso[:23] + iso[26:]
 
-
-@pytest.fixture
-def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder]:
-    rec = Recorder(mosquitto_tls, tls_files)
-    yield rec
-    rec.close()
 
 
 def config_for(tmp_path: Path, broker: Mosquitto, mode: str) -> Path:
