@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dashkanban.cli import main
-from dashkanban.config import load_settings
+from dashkanban.config import default_outbox_path, load_settings
 from dashkanban.errors import ConfigError
 
 GOOD = """\
@@ -56,7 +56,18 @@ def test_original_five_keys_load_with_defaults(tmp_path: Path) -> None:
     assert settings.debounce_seconds == 30.0
     assert settings.event.type == "c8y_MAC_Event"
     assert settings.event.text == "{name} pressed ({mac})"
-    assert settings.outbox.path == Path("/var/lib/dashkanban/outbox.sqlite3")
+    assert settings.outbox.path == default_outbox_path({})  # /var/lib/dashkanban for root
+
+
+def test_default_outbox_path() -> None:
+    assert default_outbox_path({"STATE_DIRECTORY": "/var/lib/dashkanban"}, euid=999) == Path(
+        "/var/lib/dashkanban/outbox.sqlite3")
+    assert default_outbox_path({}, euid=0) == Path("/var/lib/dashkanban/outbox.sqlite3")
+    if not os.access("/var/lib/dashkanban", os.W_OK):
+        assert default_outbox_path({"HOME": "/home/pi"}, euid=1000) == Path(
+            "/home/pi/.local/state/dashkanban/outbox.sqlite3")
+        assert default_outbox_path({"XDG_STATE_HOME": "/srv/st"}, euid=1000) == Path(
+            "/srv/st/dashkanban/outbox.sqlite3")
 
 
 def test_bare_user_is_accepted(tmp_path: Path) -> None:

@@ -229,7 +229,7 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
     "debounce": {"seconds": "30"},
     "event": {"type": "c8y_MAC_Event", "text": "{name} pressed ({mac})"},
     "outbox": {
-        "path": "/var/lib/dashkanban/outbox.sqlite3",
+        "path": "",  # see default_outbox_path()
         "max_rows": "200000",
         "max_bytes": "100000000",
     },
@@ -384,6 +384,27 @@ def _serial(text: str) -> str:
     return text
 
 
+SYSTEM_STATE = Path("/var/lib/dashkanban")
+
+
+def default_outbox_path(environ: Mapping[str, str], euid: int | None = None) -> Path:
+    """Where the outbox lives when `[outbox] path` is not set.
+
+    The service's state folder (systemd's $STATE_DIRECTORY, /var/lib/dashkanban); for root, that
+    folder too; for anyone else who cannot write there (someone trying `replay` on a laptop), the
+    XDG state folder, ~/.local/state/dashkanban, rather than a permission error.
+    """
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / "outbox.sqlite3"
+    uid = os.geteuid() if euid is None else euid
+    if uid == 0 or os.access(SYSTEM_STATE, os.W_OK):
+        return SYSTEM_STATE / "outbox.sqlite3"
+    xdg = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "~")).expanduser()
+                                               / ".local" / "state")
+    return Path(xdg) / "dashkanban" / "outbox.sqlite3"
+
+
 def default_gateway_serial() -> str:
     host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname()) or "host"
     return f"dashkanban-{host}"[:128]
@@ -429,8 +450,7 @@ def parse_settings(text: str, path: Path, environ: Mapping[str, str]) -> Setting
         )
     v = _Values(sections, path)
     c8y = _c8y_settings(v, environ)
-    outbox_path = v.path_value("outbox", "path")
-    assert outbox_path is not None  # it has a default
+    outbox_path = v.path_value("outbox", "path") or default_outbox_path(environ)
     metrics_port = v.raw("metrics", "port")
     return Settings(
         path=path,
