@@ -112,6 +112,14 @@ def test_bad_role_and_quantity(tmp_path: Path) -> None:
     assert error_of(path) == f"{path}:2: quantity 'lots' is not a whole number"
 
 
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "MACID.csv"
+    path.write_bytes("Name, MAC-Address\nW\u00fcrth bin, ac63be123456\n".encode("cp1252"))
+    assert error_of(path) == (
+        f'{path}:2: not UTF-8 text (byte 0xfc); save MACID.csv as "CSV UTF-8"'
+    )
+
+
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "none.csv"
     assert error_of(path) == f"{path}: buttons file not found (set [buttons] file in config.ini)"

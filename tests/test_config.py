@@ -70,6 +70,14 @@ def test_default_outbox_path() -> None:
             "/srv/st/dashkanban/outbox.sqlite3")
 
 
+def test_password_is_verbatim(tmp_path: Path) -> None:
+    """As configparser read it in the original: no inline comment, no quote stripping."""
+    text = GOOD.replace("password = secret", 'password = "ab #cd ;ef"')
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.c8y.password is not None
+    assert settings.c8y.password.reveal() == '"ab #cd ;ef"'
+
+
 def test_bare_user_is_accepted(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, GOOD.replace("t12345/dash", "dash")), {})
     assert settings.c8y.username == "t12345/dash-gateway"
@@ -115,6 +123,18 @@ path = state/outbox.sqlite3
 
 def test_missing_file(tmp_path: Path) -> None:
     assert error_of(tmp_path / "nope.ini") == f"{tmp_path / 'nope.ini'}: config file not found"
+
+
+def test_no_config_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    if Path("/etc/dashkanban/config.ini").exists():
+        pytest.skip("this machine has /etc/dashkanban/config.ini")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: config.ini: no config file (also tried /etc/dashkanban/config.ini); "
+        "give one with -c FILE"
+    )
 
 
 def test_missing_section(tmp_path: Path) -> None:

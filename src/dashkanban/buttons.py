@@ -122,17 +122,30 @@ class Registry:
             return None
 
 
-def load_buttons(path: Path) -> Registry:
-    """Read MACID.csv. Errors name the file and line; nothing is silently dropped."""
+def read_buttons_text(path: Path) -> str:
+    """The text of MACID.csv, or a ConfigError naming the file (and the line of a bad byte)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             "buttons file not found (set [buttons] file in config.ini)", path
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read buttons file: {exc.strerror}", path) from None
-    return parse_buttons(text, path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Excel saves "Würth" as cp1252 unless told otherwise.
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save MACID.csv as "
+            "\"CSV UTF-8\"", path, line
+        ) from None
+
+
+def load_buttons(path: Path) -> Registry:
+    """Read MACID.csv. Errors name the file and line; nothing is silently dropped."""
+    return parse_buttons(read_buttons_text(path), path)
 
 
 def parse_buttons(text: str, path: Path) -> Registry:

@@ -141,6 +141,7 @@ class _Section:
 
 _SECTION = re.compile(r"\[\s*([^\]]+?)\s*\]\s*(?:[;#].*)?")
 _INLINE_COMMENT = re.compile(r"\s[;#]")
+_VERBATIM = frozenset({"password"})
 
 
 def _read_ini(text: str, path: Path) -> dict[str, _Section]:
@@ -177,7 +178,9 @@ def _read_ini(text: str, path: Path) -> dict[str, _Section]:
                 path,
                 number,
             )
-        current.entries[key] = _Entry(_unquote(value), number)
+        # The password is taken verbatim, as the original example's configparser read it: a
+        # ' #' or quotes may be part of it.
+        current.entries[key] = _Entry(value if key in _VERBATIM else _unquote(value), number)
         current.spelled[key] = name
     return sections
 
@@ -421,8 +424,10 @@ def find_config(explicit: Path | None) -> Path:
     for candidate in DEFAULT_PATHS:
         if candidate.exists():
             return candidate
-    tried = " and ".join(str(p) for p in DEFAULT_PATHS)
-    raise ConfigError(f"no config file: tried {tried} (give one with -c FILE)")
+    others = ", ".join(str(p) for p in DEFAULT_PATHS[1:])
+    raise ConfigError(
+        f"no config file (also tried {others}); give one with -c FILE", DEFAULT_PATHS[0]
+    )
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashkanban.buttons import Button, Registry, load_buttons, parse_buttons
+from dashkanban.buttons import Button, Registry, parse_buttons, read_buttons_text
 from dashkanban.errors import ConfigError
 
 # The Kanban columns a button may carry, and the Bin attribute each one fills.
@@ -161,9 +161,7 @@ def parse_bins(text: str, path: Path) -> tuple[Registry, Bins]:
 
 
 def load_bins(path: Path) -> tuple[Registry, Bins]:
-    registry = load_buttons(path)  # reports a missing or unreadable file
-    text = path.read_text(encoding="utf-8-sig")
-    return registry, build_bins(registry, path, button_lines(text))
+    return parse_bins(read_buttons_text(path), path)
 
 
 def _value(values: Mapping[str, Any], field: str) -> Any:
