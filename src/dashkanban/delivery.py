@@ -116,17 +116,24 @@ class Courier:
         return row_id
 
     def drain(self, timeout: float) -> bool:
-        """Wait until the outbox is empty. False when `timeout` seconds pass first, or at once
-        when the uplink has given up (a refused login: see `uplink.failed`)."""
+        """Wait until the outbox is empty but for refused rows. False when `timeout` seconds pass
+        first, or at once when the uplink has given up (a refused login: see `uplink.failed`)."""
         deadline = time.monotonic() + timeout
         self.wake()
-        while self._outbox.count() > 0 or self.in_flight > 0:
+        while self._outbox.count() > self.refused or self.in_flight > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._uplink.failed is not None:
                 return False
             with self._cond:
                 self._cond.wait(min(remaining, IDLE_POLL))
         return True
+
+    @property
+    def refused(self) -> int:
+        """Rows that can never be sent as they are (too large): they stay queued, and waiting
+        for them would only run out the clock (`outbox status` shows them)."""
+        with self._cond:
+            return len(self._refused)
 
     @property
     def in_flight(self) -> int:
@@ -194,6 +201,13 @@ class Courier:
                 self._outbox.mark_attempt(row.id, str(exc))
                 log.error("outbox row %d cannot be sent and stays queued: %s", row.id, exc)
                 continue
+            except Exception:
+                # Anything else (the uplink stopping under us, say): the row is not in flight,
+                # so send it again from the oldest, in order, on the next turn of the loop.
+                with self._cond:
+                    self._inflight.discard(row.id)
+                    self._rewind = True
+                raise
             if not sent:
                 # Its connection is not ready: stop here to keep press order, and wait for the
                 # uplink's state listener to wake us.
@@ -287,5 +301,10 @@ def deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
         raise UndeliveredError(
             f"{left} events queued: not delivered within {timeout:g} s{why}; they stay in the "
             "outbox for `dashkanban outbox flush` or the service"
+        )
+    if courier.refused:
+        raise UndeliveredError(
+            f"{outbox.count()} events queued: {courier.refused} cannot be sent as they are "
+            "(over Cumulocity's size limit: see `dashkanban outbox status`)"
         )
     return courier.delivered
