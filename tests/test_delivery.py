@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -248,3 +249,29 @@ def test_deliver_reports_a_row_that_can_never_be_sent(
     )
     assert outbox.acked == [2]
     assert events_of(recorder.wait_for(6)) == [line(2)]
+
+
+def test_a_send_that_raises_is_sent_again_not_stranded(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbox = recording_outbox(tmp_path)
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = Courier(outbox, uplink)
+    courier.start()  # before the uplink: its send raises "the uplink is not running"
+    try:
+        courier.put(press(1))
+        for _ in range(100):  # bounded: until the loop has met the failure
+            if "delivery loop failed" in caplog.text:
+                break
+            courier.wake()
+            time.sleep(0.02)
+        assert "the uplink is not running" in caplog.text
+        assert courier.in_flight == 0
+        uplink.start()
+        assert courier.drain(10)
+        assert outbox.acked == [1]
+        assert events_of(recorder.wait_for(6)) == [line(1)]
+    finally:
+        courier.stop()
+        uplink.stop()
