@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from dashkanban.buttons import Button, load_buttons, normalize_mac
-from dashkanban.c8y.mqtt import UnreachableError, Uplink, try_login
+from dashkanban.c8y.mqtt import try_login
 from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
 from dashkanban.config import Settings, find_config, load_settings
-from dashkanban.errors import ConfigError, UndeliveredError, UplinkError
+from dashkanban.errors import ConfigError, UplinkError
 from dashkanban.events import make_event
 from dashkanban.presses import Press
 
@@ -147,40 +146,28 @@ def find_button(settings: Settings, name_or_mac: str) -> Button:
 
 
 def test_button_command(args: argparse.Namespace) -> int:
+    """One event as if the button had been pressed: queued in the outbox like a press, then
+    delivered (exit 0), or left queued (exit 3); with `dashkanban run` running, queued for it."""
+    from dashkanban.delivery import deliver
+    from dashkanban.outbox import Outbox
+
     settings = load_settings(find_config(args.config))
     button = find_button(settings, args.button)
     press = Press(button=button, time=datetime.now(UTC), trigger="test")
     event = make_event(press, settings.event)
-    timeout = float(args.timeout)
-    uplink = Uplink(settings, max_refusals=1)
-    delivered = threading.Event()
-    start = time.monotonic()
-    uplink.start()
-    try:
-        uplink.prepare(event)
-        sent = False
-        deadline = start + timeout
-        while not sent:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or uplink.failed is not None:
-                break
-            if uplink.wait_connected(remaining, event):
-                sent = uplink.send(event, on_delivered=delivered.set)
-        if sent:
-            delivered.wait(max(0.0, deadline - time.monotonic()))
-    finally:
-        uplink.stop()
-    if uplink.failed is not None:
-        raise uplink.failed
-    if not delivered.is_set():
-        reason = uplink.last_error or UnreachableError("no PUBACK")
-        raise UndeliveredError(
-            f"the event for {button.name} was not delivered within {timeout:g} s ({reason})"
-        )
     topic = f"s/us/{event.serial}" if settings.gateway.mode == "gateway" else "s/us"
     line = encode_line(400, event.type, event.text, event.c8y_time)
-    elapsed = (time.monotonic() - start) * 1000
+    start = time.monotonic()
+    with Outbox.open(settings.outbox.path, max_rows=settings.outbox.max_rows,
+                     max_bytes=settings.outbox.max_bytes) as outbox:
+        delivered = deliver(settings, outbox, [event], timeout=float(args.timeout),
+                            max_refusals=1)
     print(f"{TICK} {topic} {line}", flush=True)
+    if delivered is None:
+        print(f"{TICK} queued in {settings.outbox.path}: the running dashkanban service "
+              "delivers it", flush=True)
+        return 0
+    elapsed = (time.monotonic() - start) * 1000
     print(f"{TICK} acknowledged by {settings.c8y.tenant} (PUBACK) after {elapsed:.0f} ms",
           flush=True)
     return 0

@@ -87,7 +87,7 @@ class Daemon:
         from dashkanban.delivery import Courier
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
-        from dashkanban.outbox import Outbox, OutboxError
+        from dashkanban.outbox import Outbox, OutboxError, delivery_lock
         from dashkanban.replay import build_pipeline, inventory_lookup, load_registry
 
         settings = self.settings
@@ -100,9 +100,13 @@ class Daemon:
             max_bytes=settings.outbox.max_bytes,
             metrics=self.metrics,
         )
+        # The daemon is the one that carries this outbox to Cumulocity (see delivery_lock).
+        owner = delivery_lock(settings.outbox.path, wait=True)
         try:
+            owner.__enter__()
             kanban = wiring.open_loop(settings)  # after the outbox: it makes the state folder
         except BaseException:
+            owner.__exit__(None, None, None)
             outbox.close()
             raise
         uplink, router = wiring.make_uplink(settings, kanban)
@@ -157,6 +161,7 @@ class Daemon:
             uplink.stop()
             reporting.stop()
             outbox.close()
+            owner.__exit__(None, None, None)
             if kanban is not None and kanban.history is not None:
                 kanban.history.close()
             if lookup is not None:

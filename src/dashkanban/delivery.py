@@ -19,7 +19,7 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol
 
-from dashkanban.c8y.mqtt import DeviceLine, UnsendableError, Uplink
+from dashkanban.c8y.mqtt import MAX_REFUSALS, DeviceLine, UnsendableError, Uplink
 from dashkanban.config import Settings
 from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
@@ -275,14 +275,32 @@ class Courier:
 
 
 def deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
-            timeout: float, extra_lines: Callable[[Event], Sequence[str]] | None = None) -> int:
+            timeout: float, extra_lines: Callable[[Event], Sequence[str]] | None = None,
+            max_refusals: int = MAX_REFUSALS) -> int | None:
     """Queue `events`, deliver everything in the outbox, and wait up to `timeout` seconds.
 
-    For one-shot commands (`replay`, `outbox flush`). Returns how many rows were delivered.
-    Raises the uplink's refusal (exit 1) when the login is refused, and UndeliveredError
-    (exit 3) when rows are still queued at the deadline; they stay in the outbox.
+    For one-shot commands (`replay`, `outbox flush`, `test-button`). Returns how many rows were
+    delivered, or None when a running `dashkanban run` holds the outbox (see `delivery_lock`):
+    then the events are only queued, and it sends them. Raises the uplink's refusal (exit 1)
+    when the login is refused, and UndeliveredError (exit 3) when rows are still queued at the
+    deadline; they stay in the outbox.
     """
-    uplink = Uplink(settings)
+    from dashkanban.outbox import delivery_lock
+
+    with delivery_lock(settings.outbox.path, wait=False) as ours:
+        if not ours:
+            for event in events:
+                outbox.put(event, extra_lines(event) if extra_lines is not None else ())
+            log.info("dashkanban run is delivering from %s: queued for it", settings.outbox.path)
+            return None
+        return _deliver(settings, outbox, events, timeout=timeout, extra_lines=extra_lines,
+                        max_refusals=max_refusals)
+
+
+def _deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
+             timeout: float, extra_lines: Callable[[Event], Sequence[str]] | None,
+             max_refusals: int) -> int:
+    uplink = Uplink(settings, max_refusals=max_refusals)
     courier = Courier(outbox, uplink)
     for event in events:
         outbox.put(event, extra_lines(event) if extra_lines is not None else ())

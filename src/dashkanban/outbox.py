@@ -20,13 +20,15 @@ they stay exact when two processes share the file (a `replay` next to the daemon
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -712,6 +714,32 @@ def _translate(exc: sqlite3.Error, path: Path, action: str) -> DashkanbanError:
 # -- commands ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def delivery_lock(path: Path, *, wait: bool) -> Iterator[bool]:
+    """Who carries this outbox to Cumulocity: True when we hold `<outbox>.lock`.
+
+    Cumulocity allows one connection per client id and drops the older one (protocol notes 1.3),
+    so the daemon and a one-shot command (`replay`, `outbox flush`, `test-button`, `kanban
+    refilled`) must not both connect as the gateway. The daemon holds the lock while it runs
+    (`wait=True`: it waits for a command that is busy delivering); a command that finds it held
+    (`wait=False` yields False) only queues, and the daemon sends what it queued.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            log.info("waiting for another dashkanban command to finish with %s", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def status_command(args: argparse.Namespace) -> int:
     """`dashkanban outbox status`: count, oldest press, bytes, refusals, last error. Exit 0."""
     from dashkanban.config import find_config, load_settings
@@ -775,5 +803,8 @@ def flush_command(args: argparse.Namespace) -> int:
             print("outbox: nothing queued")
             return 0
         delivered = deliver(settings, outbox, [], timeout=args.timeout)
-    print(f"outbox: delivered {delivered} events")
+    if delivered is None:
+        print(f"outbox: {queued} events queued; the running dashkanban service is delivering them")
+    else:
+        print(f"outbox: delivered {delivered} events")
     return 0

@@ -105,7 +105,11 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float) 
             if loop is not None and loop.history is not None:
                 loop.history.close()
         delivered = deliver(settings, outbox, [], timeout=timeout)
-    print(f"delivered {delivered} events to {settings.c8y.tenant}", file=sys.stderr)
+    if delivered is None:
+        print(f"queued {len(found)} events: the running dashkanban service delivers them",
+              file=sys.stderr)
+    else:
+        print(f"delivered {delivered} events to {settings.c8y.tenant}", file=sys.stderr)
     return 0
 
 

@@ -183,8 +183,9 @@ def test_test_button_broker_down_exits_3(tmp_path: Path, mosquitto_tls: Mosquitt
     result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "1")
     assert result.returncode == 3
     assert result.stderr.splitlines()[-1] == (
-        "error: the event for dashButton_1 was not delivered within 1 s (cannot connect to "
-        f"127.0.0.1:{mosquitto_tls.port}: Connection refused)"
+        "error: 1 events queued: not delivered within 1 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay in the outbox for "
+        "`dashkanban outbox flush` or the service"
     )
 
 

@@ -155,6 +155,9 @@ def refilled_command(args: argparse.Namespace) -> int:
             # This refill and any earlier one still pending (an interrupted run).
             queued = queue_pending_clears(history, outbox.put_lines)
             print(f"{queued} refill(s) queued in {settings.outbox.path}")
-            deliver(settings, outbox, [], timeout=args.timeout)
-    print(f"delivered to {settings.c8y.tenant}")
+            delivered = deliver(settings, outbox, [], timeout=args.timeout)
+    if delivered is None:
+        print("the running dashkanban service delivers it")
+    else:
+        print(f"delivered to {settings.c8y.tenant}")
     return 0
