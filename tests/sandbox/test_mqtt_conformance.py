@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from dashkanban.sandbox import BrokerRules, Sandbox
+from dashkanban.sandbox.broker import SubscribeRecord
 from tests.brokers import TlsFiles
 from tests.sandbox.test_packets import connect_bytes
 from tests.sandbox_fixture import (
@@ -323,3 +324,21 @@ def test_rest_and_mqtt_share_the_login(sandbox: Sandbox) -> None:
     response = httpx.get(f"{sandbox.http_url}/inventory/managedObjects",
                          auth=(SANDBOX_USER, SANDBOX_PASSWORD), timeout=5)
     assert response.status_code == 200
+
+
+def test_subscriptions_are_recorded_in_their_place_among_the_messages(
+    sandbox: Sandbox, device_factory: MakeDevice
+) -> None:
+    gw = device_factory("d:dashkanban-gw-01")
+    gw.connect()
+    gw.publish("s/us", "100,Store 3 gateway,c8y_DashKanbanGateway")
+    # A refused filter (devices may not subscribe upstream) is recorded with its 0x80.
+    assert gw.subscribe("s/e", "s/us") == [1, 0x80]
+    gw.publish("s/us", "500")
+    assert gw.subscribe("s/ds") == [1]
+    assert sandbox.subscriptions() == [
+        SubscribeRecord("d:dashkanban-gw-01", ("s/e", "s/us"), (1, 0x80), 1),
+        SubscribeRecord("d:dashkanban-gw-01", ("s/ds",), (1,), 2),
+    ]
+    assert [m.payload for m in sandbox.messages()] == [
+        "100,Store 3 gateway,c8y_DashKanbanGateway", "500"]

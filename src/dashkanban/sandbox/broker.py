@@ -12,13 +12,13 @@ import contextlib
 import hmac
 import logging
 import socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dashkanban.sandbox import packets as mq
 from dashkanban.sandbox.smartrest import DOWN_ERRORS, DOWN_OPERATIONS, SmartRestProcessor
-from dashkanban.sandbox.store import SERIAL, Doc, Store
+from dashkanban.sandbox.store import MESSAGE_LOG_SIZE, SERIAL, Doc, Store
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,17 @@ def parse_client_id(client_id: str) -> ClientId | None:
     return ClientId(device, template)
 
 
+@dataclass(frozen=True, slots=True)
+class SubscribeRecord:
+    """One SUBSCRIBE the broker answered. The message log holds only PUBLISHes, so `after` (how
+    many messages the store had recorded when it came) places it within `Sandbox.messages()`."""
+
+    client_id: str
+    topics: tuple[str, ...]
+    granted: tuple[int, ...]
+    after: int
+
+
 @dataclass(eq=False)
 class _Session:
     client_id: str
@@ -108,6 +119,8 @@ class Broker:
         self.sessions: dict[str, _Session] = {}
         # connections, refused, malformed, oversized, timeouts, taken_over, messages_in/out
         self.stats: Counter[str] = Counter()
+        # Read by tests through `Sandbox.subscriptions()`; bounded like the message log.
+        self.subscribe_log: deque[SubscribeRecord] = deque(maxlen=MESSAGE_LOG_SIZE)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- connection lifecycle ---------------------------------------------------------------
@@ -310,6 +323,10 @@ class Broker:
                 session.subscriptions[topic_filter] = granted
                 codes.append(granted)
         session.send(mq.suback(packet.packet_id, codes))
+        with self.store.lock:
+            after = len(self.store.messages)
+        self.subscribe_log.append(SubscribeRecord(
+            session.client_id, tuple(t for t, _ in packet.topics), tuple(codes), after))
         log.info("MQTT client %s subscribed %s: %s", session.client_id,
                  [t for t, _ in packet.topics], codes)
         if self.rules.push_pending_on_subscribe:

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from dashkanban.sandbox.broker import Broker, BrokerRules, check_password
+from dashkanban.sandbox.broker import Broker, BrokerRules, SubscribeRecord, check_password
 from dashkanban.sandbox.http import HttpServer
 from dashkanban.sandbox.rest import RestApi
 from dashkanban.sandbox.smartrest import SmartRestProcessor
@@ -191,6 +191,11 @@ class Sandbox:
     def messages(self) -> list[MessageRecord]:
         with self.store.lock:
             return list(self.store.messages)
+
+    def subscriptions(self) -> list[SubscribeRecord]:
+        """Every SUBSCRIBE since start, in order; `after` is its place in `messages()`."""
+        records: list[SubscribeRecord] = self.call(lambda: list(self.broker.subscribe_log))
+        return records
 
     # -- loop -------------------------------------------------------------------------------
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
