@@ -57,7 +57,3 @@ class UndeliveredError(DashkanbanError):
     """Events could not be delivered in time; they stay queued in the outbox (exit code 3)."""
 
     exit_code = EXIT_UNDELIVERED
-
-
-class NotAvailableError(DashkanbanError):
-    """A command whose implementation has not landed yet."""
