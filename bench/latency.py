@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
@@ -39,14 +38,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.brokers import Mosquitto, free_port, make_tls_files, mosquitto_binary
 from tests.e2e.netns import Pair, enter, in_netns, ip, sender
 
+from bench.baseline import paho_round_trips
 from dashkanban.capture import forge
 from dashkanban.capture.live import LiveCapture
 from dashkanban.config import load_settings
@@ -202,28 +199,8 @@ def bench_paho(ns: Pair, broker: Mosquitto, ca: Path, count: int) -> list[float]
     """A bare paho client in namespace B: publish QoS 1, wait for PUBACK, one at a time."""
 
     def measure() -> list[float]:
-        done = threading.Event()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-baseline",
-                             protocol=paho.MQTTv311)
-        client.tls_set_context(ssl.create_default_context(cafile=str(ca)))
-        client.username_pw_set(USER, PASSWORD)
-        client.on_publish = lambda *_a: done.set()
-        client.connect("127.0.0.1", broker.port)
-        client.loop_start()
-        samples = []
-        try:
-            for n in range(count):
-                done.clear()
-                started = time.perf_counter()
-                client.publish("s/us/ac63be000000", f"400,c8y_MAC_Event,press {n}", qos=1)
-                if not done.wait(5):
-                    raise SystemExit("the baseline got no PUBACK within 5 s")
-                samples.append((time.perf_counter() - started) * 1000)
-                time.sleep(GAP)
-        finally:
-            client.disconnect()
-            client.loop_stop()
-        return samples
+        return paho_round_trips(broker.port, ca, USER, PASSWORD, count, GAP,
+                                topic="s/us/ac63be000000")
 
     return in_netns(ns.ns_b, measure)
 

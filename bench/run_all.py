@@ -9,7 +9,8 @@ from pathlib import Path
 
 def main() -> int:
     here = Path(__file__).parent
-    scripts = sorted(p for p in here.glob("*.py") if p.name not in ("run_all.py", "__init__.py"))
+    helpers = ("run_all.py", "__init__.py", "baseline.py")
+    scripts = sorted(p for p in here.glob("*.py") if p.name not in helpers)
     failed = 0
     for script in scripts:
         print(f"== {script.name}", flush=True)

@@ -8,7 +8,6 @@ mosquitto. Run: .venv/bin/python bench/uplink_latency.py [N]
 
 from __future__ import annotations
 
-import ssl
 import statistics
 import sys
 import tempfile
@@ -17,13 +16,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.brokers import Mosquitto, free_port, make_tls_files
 
+from bench.baseline import paho_round_trips
 from dashkanban.c8y.mqtt import Uplink
 from dashkanban.config import load_settings
 from dashkanban.delivery import Courier
@@ -94,27 +91,7 @@ def bench_uplink(folder: Path, broker: Mosquitto, ca: Path, count: int) -> list[
 
 
 def bench_paho(broker: Mosquitto, ca: Path, count: int) -> list[float]:
-    done = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-baseline",
-                         protocol=paho.MQTTv311)
-    client.tls_set_context(ssl.create_default_context(cafile=str(ca)))
-    client.username_pw_set(USER, PASSWORD)
-    client.on_publish = lambda *_a: done.set()
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    samples = []
-    try:
-        for n in range(count):
-            done.clear()
-            started = time.perf_counter()
-            client.publish("s/us/ac63be123456", f"400,c8y_MAC_Event,press {n}", qos=1)
-            done.wait(5)
-            samples.append((time.perf_counter() - started) * 1000)
-            time.sleep(GAP)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return samples
+    return paho_round_trips(broker.port, ca, USER, PASSWORD, count, GAP)
 
 
 def main() -> None:
