@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashkanban.capture import Frame, forge, maybe_candidate, open_capture
-from dashkanban.errors import CaptureError
+from dashkanban.errors import CaptureError, ConfigError
 
 T0 = 1764144000.0
 ARP = forge.arp_frame(1, "ac:63:be:12:34:56", "0.0.0.0", "192.168.10.51")
@@ -127,9 +127,11 @@ def test_pcapng_skips_unknown_blocks(tmp_path: Path) -> None:
 # Errors: one line, with the byte offset
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(CaptureError, match=r"nope\.pcap: no such capture file$"):
+def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
         open_capture(tmp_path / "nope.pcap")
+    assert str(info.value) == f"{tmp_path / 'nope.pcap'}: no such capture file"
+    assert info.value.exit_code == 2
 
 
 def test_not_a_capture(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def test_corrupt_capture_loses_nothing(
 
 
 def test_missing_capture(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["replay", "-c", str(config), str(tmp_path / "x.pcap"), "--dry-run"]) == 1
+    assert main(["replay", "-c", str(config), str(tmp_path / "x.pcap"), "--dry-run"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: {tmp_path / 'x.pcap'}: no such capture file"
     )

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from dashkanban.errors import CaptureError
+from dashkanban.errors import CaptureError, ConfigError
 
 LINKTYPE_ETHERNET = 1
 CHUNK = 1 << 20  # file read size: large enough to amortise the read, small enough to stay flat
@@ -72,9 +72,10 @@ def open_capture(path: Path, *, prefilter: bool = False) -> CaptureFile:
         with path.open("rb") as probe:
             magic = probe.read(4)
     except FileNotFoundError:
-        raise CaptureError(f"{path}: no such capture file") from None
+        # A wrong argument, like any usage error: exit code 2.
+        raise ConfigError("no such capture file", path) from None
     except IsADirectoryError:
-        raise CaptureError(f"{path}: is a folder, not a capture file") from None
+        raise ConfigError("is a folder, not a capture file", path) from None
     except OSError as exc:
         raise CaptureError(f"{path}: cannot read: {exc.strerror}") from None
     if magic in PCAP_MAGICS:
