@@ -237,8 +237,8 @@ class Lookups:
             self.given_up += 1
             stopping = self._stopping
         log.error(
-            "gave up asking Cumulocity whether %s is a button after %d attempts in %.0f s (%s): "
-            "its press at %s could not be attributed", mac, waiting.failures, self._give_up, exc,
+            "gave up asking Cumulocity whether %s is a button after %.0f s (%s): its press at %s "
+            "could not be attributed", mac, self._give_up, exc,
             datetime.fromtimestamp(first.time, UTC).isoformat(timespec="milliseconds"),
         )
         if not stopping and self.notify is not None:

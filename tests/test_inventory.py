@@ -1,0 +1,248 @@
+"""Inventory look-ups off the capture thread: the pipeline with `inventory.Lookups` over the real
+InventorySource and REST client, against a real local HTTP server (tests/kanban/c8y_server.py)
+that can be held (a slow tenant) or made to fail and recover."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from dashkanban.buttons import Button
+from dashkanban.c8y.rest import CumulocityRest, InventorySource
+from dashkanban.capture import Frame, forge
+from dashkanban.config import Settings, load_settings
+from dashkanban.decode import Decoder
+from dashkanban.inventory import PENDING, Lookups
+from dashkanban.pipeline import Pipeline
+from dashkanban.presses import Press
+from dashkanban.replay import build_pipeline, load_registry
+from tests.kanban.c8y_server import Store, c8y_server
+
+USER, PASSWORD = "t12345/dash-gateway", "s3cret"
+CSV_BUTTON = Button("screws", "ac:63:be:12:34:56")
+INVENTORY_MAC, INVENTORY_SERIAL = "fc:a6:67:0a:0b:0c", "fca6670a0b0c"
+INVENTORY_BUTTON = Button("Aisle 4 ties", INVENTORY_MAC)
+PHONE = "3c:22:fb:8e:41:07"
+T0 = datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC).timestamp()
+WAIT = 10.0
+
+
+def at(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def arp(mac: str, t: float) -> Frame:
+    return Frame(t, forge.arp_frame(1, mac, "0.0.0.0", "192.168.1.23"))
+
+
+def dhcp(mac: str, t: float) -> Frame:
+    return Frame(t, forge.dhcp_client_frame(mac, forge.DISCOVER))
+
+
+def config(folder: Path, rest_url: str) -> Settings:
+    (folder / "MACID.csv").write_text(f"Name, MAC-Address\n{CSV_BUTTON.name}, {CSV_BUTTON.mac}\n")
+    path = folder / "config.ini"
+    path.touch(mode=0o600)
+    path.write_text(
+        "[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        f"password = {PASSWORD}\nport = 1883\ntls = no\nallow_insecure = yes\n"
+        f"rest_url = {rest_url}\n[buttons]\nfile = MACID.csv\nsource = both\ncache_ttl = 300\n"
+    )
+    return load_settings(path)
+
+
+def tenant() -> Store:
+    store = Store(USER, PASSWORD)
+    store.add_device("201", INVENTORY_SERIAL, name=INVENTORY_BUTTON.name)
+    return store
+
+
+class Wired:
+    """The pipeline as the daemon wires it: Lookups notifies, the answers are collected."""
+
+    def __init__(self, settings: Settings, **options: float) -> None:
+        # Backoff inside one call is the client's; 0 keeps the test fast (the policy is tested
+        # in tests/c8y/test_rest.py).
+        rest = CumulocityRest.from_settings(settings.c8y, backoff=0.0)
+        self.source = InventorySource(settings, rest=rest)
+        self.ready = threading.Semaphore(0)
+        self.lookups = Lookups(self.source, notify=self.ready.release, **options)  # type: ignore[arg-type]
+        self.pipeline: Pipeline = build_pipeline(settings, load_registry(settings),
+                                                 inventory=self.lookups)
+        self.lookups.start()
+
+    def feed(self, *frames: Frame) -> list[Press]:
+        return list(self.pipeline.run_presses(frames))
+
+    def collect(self, until: Callable[[], bool]) -> list[Press]:
+        """Presses from the answers, as the daemon's notify hook would collect them."""
+        got: list[Press] = []
+        deadline = time.monotonic() + WAIT
+        while True:
+            self.pipeline.answered(got.append)
+            if until():
+                return got
+            assert time.monotonic() < deadline, "no answer from the inventory worker"
+            self.ready.acquire(timeout=0.5)
+
+    def close(self) -> None:
+        self.lookups.stop()
+        self.source.close()
+
+
+@pytest.fixture
+def wired_factory(tmp_path: Path) -> Iterator[Callable[..., Wired]]:
+    made: list[Wired] = []
+
+    def make(rest_url: str, **options: float) -> Wired:
+        made.append(Wired(config(tmp_path, rest_url), **options))
+        return made[-1]
+
+    yield make
+    for wired in made:
+        wired.close()
+
+
+def identity_requests(store: Store, serial: str) -> int:
+    path = f"/identity/externalIds/c8y_Serial/{serial}"
+    return sum(1 for _, p, _ in store.requests if p == path)
+
+
+def test_a_slow_tenant_does_not_delay_the_csv_buttons(
+    wired_factory: Callable[..., Wired],
+) -> None:
+    store = tenant()
+    store.hold = threading.Event()  # the tenant answers nothing until released
+    with c8y_server(store) as base:
+        wired = wired_factory(base)
+        try:
+            # An inventory button's burst, a phone, then a CSV button: the CSV press comes out
+            # at once although both look-ups are still unanswered.
+            presses = wired.feed(
+                arp(INVENTORY_MAC, T0), dhcp(INVENTORY_MAC, T0 + 0.4), arp(PHONE, T0 + 0.5),
+                dhcp(CSV_BUTTON.mac, T0 + 1.0), dhcp(INVENTORY_MAC, T0 + 2.0),
+            )
+            assert presses == [Press(CSV_BUTTON, at(T0 + 1.0), "dhcp")]
+            assert not store.hold.is_set()  # so the look-ups cannot have been answered
+            assert wired.lookups.pending == 2
+        finally:
+            store.hold.set()
+        answered = wired.collect(lambda: wired.lookups.pending == 0)
+        # Exactly one press, with the first packet's time and trigger.
+        assert answered == [Press(INVENTORY_BUTTON, at(T0), "arp")]
+        # One look-up per MAC, however many packets; later sightings read the cache.
+        assert identity_requests(store, INVENTORY_SERIAL) == 1
+        assert identity_requests(store, "3c22fb8e4107") == 1
+        later = wired.feed(arp(INVENTORY_MAC, T0 + 45), arp(PHONE, T0 + 46))
+        assert later == [Press(INVENTORY_BUTTON, at(T0 + 45), "arp")]
+        assert len(store.requests) == 3  # two identity look-ups and one managed object
+        assert wired.pipeline.presses == 3
+
+
+def test_a_failing_then_recovering_tenant_loses_no_press(
+    wired_factory: Callable[..., Wired], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dashkanban")
+    store = tenant()
+    # Four failures: the first look-up's three attempts and the retry's first one.
+    store.fail_next = [503, 503, 503, 503]
+    with c8y_server(store) as base:
+        wired = wired_factory(base, retry_first=0.01)
+        # The whole burst and the Amazon button's second burst 17 s later, all parked.
+        assert wired.feed(arp(INVENTORY_MAC, T0), dhcp(INVENTORY_MAC, T0 + 0.3),
+                          dhcp(CSV_BUTTON.mac, T0 + 1.0), dhcp(INVENTORY_MAC, T0 + 17.0)) == [
+            Press(CSV_BUTTON, at(T0 + 1.0), "dhcp")
+        ]
+        answered = wired.collect(lambda: wired.lookups.pending == 0)
+    assert answered == [Press(INVENTORY_BUTTON, at(T0), "arp")]
+    assert identity_requests(store, INVENTORY_SERIAL) == 5
+    assert [r.getMessage() for r in caplog.records if r.name == "dashkanban.inventory"] == [
+        "cannot tell whether fc:a6:67:0a:0b:0c is a button yet (identity look-up of "
+        "fca6670a0b0c: 503 general/tooManyRequests: Requests rate exceeds the limit (GET "
+        "/identity/externalIds/c8y_Serial/fca6670a0b0c, 3 attempts)); asking again in 0 s"
+    ]
+
+
+def test_giving_up_logs_one_error_naming_the_mac(
+    wired_factory: Callable[..., Wired], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dashkanban")
+    store = tenant()
+    store.fail_next = [503] * 10_000
+    with c8y_server(store) as base:
+        wired = wired_factory(base, retry_first=0.02, give_up=0.2)
+        assert wired.feed(arp(INVENTORY_MAC, T0), arp(INVENTORY_MAC, T0 + 1)) == []
+        assert wired.collect(lambda: wired.lookups.pending == 0) == []
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [
+            "gave up asking Cumulocity whether fc:a6:67:0a:0b:0c is a button after 0 s "
+            "(identity look-up of fca6670a0b0c: 503 general/tooManyRequests: Requests rate "
+            "exceeds the limit (GET /identity/externalIds/c8y_Serial/fca6670a0b0c, 3 attempts)): "
+            "its press at 2026-11-26T08:00:01.234+00:00 could not be attributed"
+        ]
+        assert wired.lookups.given_up == 1
+        # Given up is not "not a button": the next sighting asks again.
+        store.fail_next = []
+        assert wired.feed(arp(INVENTORY_MAC, T0 + 60)) == []
+        assert wired.collect(lambda: wired.lookups.pending == 0) == [
+            Press(INVENTORY_BUTTON, at(T0 + 60), "arp")
+        ]
+
+
+def test_unknown_macs_are_dropped_and_cached(wired_factory: Callable[..., Wired]) -> None:
+    store = tenant()
+    with c8y_server(store) as base:
+        wired = wired_factory(base)
+        assert wired.feed(arp(PHONE, T0), arp(PHONE, T0 + 50)) == []
+        assert wired.collect(lambda: wired.lookups.pending == 0) == []
+        assert wired.feed(arp(PHONE, T0 + 100)) == []
+        assert wired.lookups.pending == 0  # answered from the cache
+        assert identity_requests(store, "3c22fb8e4107") == 1
+
+
+def test_bounds_one_look_up_per_mac_parked_and_pending(
+    wired_factory: Callable[..., Wired],
+) -> None:
+    store = tenant()
+    store.hold = threading.Event()
+    with c8y_server(store) as base:
+        wired = wired_factory(base, max_pending=2, max_parked=3)
+        try:
+            frames = [arp(INVENTORY_MAC, T0 + i) for i in range(5)]
+            frames += [arp(PHONE, T0 + 6), arp("3c:22:fb:8e:41:08", T0 + 7)]
+            assert wired.feed(*frames) == []
+            assert (wired.lookups.pending, wired.lookups.dropped, wired.lookups.refused) == (
+                2, 2, 1)
+        finally:
+            store.hold.set()
+        assert wired.collect(lambda: wired.lookups.pending == 0) == [
+            Press(INVENTORY_BUTTON, at(T0), "arp")
+        ]
+        assert identity_requests(store, INVENTORY_SERIAL) == 1
+        assert identity_requests(store, "3c22fb8e4108") == 0  # refused: not asked
+
+
+def test_ask_answers_from_the_cache_without_the_worker(tmp_path: Path) -> None:
+    store = tenant()
+    with c8y_server(store) as base:
+        settings = config(tmp_path, base)
+        source = InventorySource(settings)
+        try:
+            assert source(INVENTORY_MAC) == INVENTORY_BUTTON  # fills the cache
+            lookups = Lookups(source)  # not started: a cache hit needs no worker
+            decode = Decoder(("arp",)).decode
+            sighting = decode(arp(INVENTORY_MAC, T0).data, T0, None)
+            assert sighting is not None
+            assert lookups.ask(sighting, T0) == INVENTORY_BUTTON
+            phone = decode(arp(PHONE, T0).data, T0, None)
+            assert phone is not None
+            assert lookups.ask(phone, T0) is PENDING
+            assert lookups.pending == 1
+        finally:
+            source.close()
