@@ -4,6 +4,7 @@ that can be held (a slow tenant) or made to fail and recover."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -246,3 +247,55 @@ def test_ask_answers_from_the_cache_without_the_worker(tmp_path: Path) -> None:
             assert lookups.pending == 1
         finally:
             source.close()
+
+
+def test_replay_asks_synchronously_and_is_deterministic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replay: packet time is the clock, so waiting for each answer changes nothing; the same
+    events come out every time, in packet order."""
+    from dashkanban.cli import main
+
+    capture = tmp_path / "burst.pcap"
+    with capture.open("wb") as out:
+        forge.write_pcap(out, [(f.timestamp, f.data) for f in (
+            arp(PHONE, T0), arp(INVENTORY_MAC, T0 + 0.5), dhcp(INVENTORY_MAC, T0 + 0.9),
+            dhcp(CSV_BUTTON.mac, T0 + 1.0), arp(PHONE, T0 + 2.0),
+        )])
+    store = tenant()
+    with c8y_server(store) as base:
+        config(tmp_path, base)
+        runs = []
+        for _ in range(2):
+            code = main(["replay", "-c", str(tmp_path / "config.ini"), str(capture), "--dry-run",
+                         "--jsonl"])
+            runs.append((code, capsys.readouterr().out))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == 0
+    assert [(e["name"], e["mac"], e["time"], e["trigger"])
+            for e in map(json.loads, runs[0][1].splitlines())] == [
+        ("Aisle 4 ties", INVENTORY_MAC, "2026-11-26T08:00:01.734000+00:00", "arp"),
+        ("screws", CSV_BUTTON.mac, "2026-11-26T08:00:02.234000+00:00", "dhcp"),
+    ]
+
+
+def test_replay_fails_rather_than_take_a_failed_look_up_as_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dashkanban.cli import main
+
+    capture = tmp_path / "burst.pcap"
+    with capture.open("wb") as out:
+        forge.write_pcap(out, [(T0, arp(INVENTORY_MAC, T0).data)])
+    store = tenant()
+    store.fail_next = [503] * 3
+    with c8y_server(store) as base:
+        config(tmp_path, base)
+        code = main(["replay", "-c", str(tmp_path / "config.ini"), str(capture), "--dry-run",
+                     "--jsonl"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.splitlines()[-1] == (
+        "error: identity look-up of fca6670a0b0c: 503 general/tooManyRequests: Requests rate "
+        "exceeds the limit (GET /identity/externalIds/c8y_Serial/fca6670a0b0c, 3 attempts)"
+    )

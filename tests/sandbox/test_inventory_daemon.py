@@ -1,0 +1,105 @@
+"""`dashkanban run` with `[buttons] source = both` against the sandbox as MQTT broker and REST API:
+a button the sandbox knows (created with `100`, so it has its c8y_Serial) is found by the
+inventory look-up on the worker thread, and its press goes the daemon's one way (pipeline ->
+event -> outbox -> uplink) next to a CSV button's."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dashkanban.capture import Frame, forge
+from dashkanban.config import load_settings
+from dashkanban.daemon import Daemon
+from dashkanban.events import Event
+from dashkanban.sandbox import Sandbox
+from tests.sandbox_fixture import SANDBOX_PASSWORD, Device
+
+CSV_MAC = "ac:63:be:12:34:56"
+INVENTORY_MAC, INVENTORY_SERIAL = "fc:a6:67:0a:0b:0c", "fca6670a0b0c"
+PHONE = "3c:22:fb:8e:41:07"
+WAIT = 10.0
+
+
+class OpenSource:
+    """A frame source that stays open until stopped, fed by the test."""
+
+    def __init__(self) -> None:
+        self._frames: queue.Queue[Frame | None] = queue.Queue()
+
+    def put(self, frame: Frame) -> None:
+        self._frames.put(frame)
+
+    def frames(self) -> Iterator[Frame]:
+        while (frame := self._frames.get()) is not None:
+            yield frame
+
+    def stop(self) -> None:
+        self._frames.put(None)
+
+
+def write_config(folder: Path, sandbox: Sandbox) -> Path:
+    (folder / "MACID.csv").write_text(f"Name, MAC-Address\nscrews, {CSV_MAC}\n")
+    config = folder / "config.ini"
+    config.touch(mode=0o600)
+    config.write_text(
+        f"[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        f"password = {SANDBOX_PASSWORD}\nport = {sandbox.mqtt_port}\ntls = no\n"
+        f"allow_insecure = yes\nrest_url = {sandbox.http_url}\n\n"
+        "[gateway]\nserial = dashkanban-gw-01\nname = Store 3 button gateway\n\n"
+        f"[buttons]\nfile = {folder / 'MACID.csv'}\nsource = both\n\n"
+        f"[outbox]\npath = {folder / 'state' / 'outbox.sqlite3'}\n"
+    )
+    return config
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_daemon_sends_presses_of_inventory_and_csv_buttons(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    # The button registers itself as a device (the original's way): the sandbox then has a
+    # managed object with c8y_Serial = its serial.
+    button = Device(sandbox, INVENTORY_SERIAL)
+    assert button.connect() == "Success"
+    button.publish("s/us", "100,Aisle 4 ties,c8y_DashButton")
+    button.close()
+    assert sandbox.device_id(INVENTORY_SERIAL) is not None
+
+    settings = load_settings(write_config(tmp_path, sandbox))
+    source = OpenSource()
+    delivered: list[Event] = []
+    daemon = Daemon(settings, source, drain_on_stop=5.0, on_delivered=delivered.append)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    t0 = time.time()
+    try:
+        source.put(Frame(t0, forge.arp_frame(1, PHONE, "0.0.0.0", "192.168.1.40")))
+        source.put(Frame(t0 + 0.001, forge.arp_frame(1, INVENTORY_MAC, "0.0.0.0", "192.168.1.23")))
+        source.put(Frame(t0 + 0.002, forge.dhcp_client_frame(INVENTORY_MAC, forge.DISCOVER)))
+        source.put(Frame(t0 + 0.003, forge.dhcp_client_frame(CSV_MAC, forge.DISCOVER)))
+        wait_until(lambda: len(delivered) >= 2, "two events acknowledged")
+        time.sleep(0.3)  # nothing more may come (the phone is no button)
+    finally:
+        daemon.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    got = sorted((e.time, e.name, e.mac, e.trigger) for e in delivered)
+    assert got == [
+        (datetime.fromtimestamp(t0 + 0.001, UTC), "Aisle 4 ties", INVENTORY_MAC, "arp"),
+        (datetime.fromtimestamp(t0 + 0.003, UTC), "screws", CSV_MAC, "dhcp"),
+    ]
+    events = [m.payload for m in sandbox.messages()
+              if m.direction == "in" and m.topic == f"s/us/{INVENTORY_SERIAL}"
+              and m.payload.startswith("400,")]
+    when = next(e.c8y_time for e in delivered if e.mac == INVENTORY_MAC)
+    assert events == [f"400,c8y_MAC_Event,Aisle 4 ties pressed (fc:a6:67:0a:0b:0c),{when}"]
