@@ -299,3 +299,47 @@ def test_replay_fails_rather_than_take_a_failed_look_up_as_unknown(
         "error: identity look-up of fca6670a0b0c: 503 general/tooManyRequests: Requests rate "
         "exceeds the limit (GET /identity/externalIds/c8y_Serial/fca6670a0b0c, 3 attempts)"
     )
+
+
+def test_the_source_holds_its_lock_only_around_the_cache(tmp_path: Path) -> None:
+    """While one look-up waits for a held tenant, the cache still answers at once."""
+    store = tenant()
+    store.hold = threading.Event()
+    with c8y_server(store) as base:
+        source = InventorySource(config(tmp_path, base))
+        asked = threading.Thread(target=source, args=(INVENTORY_MAC,), daemon=True)
+        # A bound for a broken implementation: release the tenant after a while, so that a
+        # cache blocked by the HTTP call shows up as "released first" instead of hanging.
+        guard = threading.Timer(5.0, store.hold.set)
+        try:
+            asked.start()
+            wait = time.monotonic() + WAIT
+            while not store.requests:  # the look-up is in flight at the tenant
+                assert time.monotonic() < wait
+                time.sleep(0.01)
+            guard.start()
+            assert source.cached(PHONE) is not None  # MISS, answered...
+            assert not store.hold.is_set()  # ...while the tenant still holds the look-up
+        finally:
+            guard.cancel()
+            store.hold.set()
+            asked.join(WAIT)
+            source.close()
+        assert source.cached(INVENTORY_MAC) == INVENTORY_BUTTON
+
+
+def test_the_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashkanban.c8y import rest
+
+    monkeypatch.setattr(rest, "MAX_CACHED", 8)
+    store = tenant()
+    with c8y_server(store) as base:
+        source = InventorySource(config(tmp_path, base))
+        try:
+            macs = [f"3c:22:fb:8e:41:{i:02x}" for i in range(20)]
+            for mac in macs:
+                assert source(mac) is None
+                assert len(source._cache) <= 8
+            assert source.cached(macs[-1]) is None  # the newest answers are kept
+        finally:
+            source.close()

@@ -71,6 +71,7 @@ class Daemon:
         self.metrics = Metrics()
         self._stopping = threading.Event()
         self._synced = Counts(0, 0, 0, 0, 0)
+        self._sync_lock = threading.Lock()  # capture, inventory and ticker threads all sync
         # The running parts, for health checks and tests: None until `run()` has built them.
         self.pipeline: Pipeline | None = None
         self.outbox: Outbox | None = None
@@ -222,8 +223,9 @@ class Daemon:
 
     def _sync(self, pipeline: Pipeline) -> None:
         # The pipeline keeps plain counters on the hot path; the metrics get their increments.
-        now = pipeline.counts()
-        before, self._synced = self._synced, now
+        with self._sync_lock:
+            now = pipeline.counts()
+            before, self._synced = self._synced, now
         for name, value, old in (
             ("frames", now.packets, before.packets),
             ("candidates", now.candidates, before.candidates),

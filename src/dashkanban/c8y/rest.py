@@ -36,6 +36,7 @@ TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 ATTEMPTS = 3  # per call
 BACKOFF = 0.5  # seconds before the 2nd attempt, doubled for each further one
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_CACHED = 50_000  # MACs the inventory source remembers; every phone on the LAN is one
 
 
 class RestError(UplinkError):
@@ -282,8 +283,17 @@ class InventorySource:
         button = self._look_up(mac)  # no lock held: HTTP may take seconds
         if self._ttl > 0:
             with self._lock:
-                self._cache[mac] = _Entry(button, self._clock() + self._ttl)
+                now = self._clock()
+                if len(self._cache) >= MAX_CACHED:
+                    self._evict(now)
+                self._cache[mac] = _Entry(button, now + self._ttl)
         return button
+
+    def _evict(self, now: float) -> None:
+        """Bounded memory: drop expired answers; if none expired, the oldest quarter."""
+        expired = [mac for mac, entry in self._cache.items() if entry.until <= now]
+        for mac in expired or list(self._cache)[: MAX_CACHED // 4]:
+            del self._cache[mac]
 
     def _look_up(self, mac: str) -> Button | None:
         serial = serial_of(mac)
