@@ -177,7 +177,7 @@ def test_giving_up_logs_one_error_naming_the_mac(
     store = tenant()
     store.fail_next = [503] * 10_000
     with c8y_server(store) as base:
-        wired = wired_factory(base, retry_first=0.02, give_up=0.2)
+        wired = wired_factory(base, retry_first=0.05, give_up=0.5)
         assert wired.feed(arp(INVENTORY_MAC, T0), arp(INVENTORY_MAC, T0 + 1)) == []
         assert wired.collect(lambda: wired.lookups.pending == 0) == []
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -188,6 +188,9 @@ def test_giving_up_logs_one_error_naming_the_mac(
             "its press at 2026-11-26T08:00:01.234+00:00 could not be attributed"
         ]
         assert wired.lookups.given_up == 1
+        # One WARNING for the MAC, however many retries (an outage must not flood the log).
+        assert [r.levelno for r in caplog.records if r.name == "dashkanban.inventory"] == [
+            logging.WARNING, logging.ERROR]
         # Given up is not "not a button": the next sighting asks again.
         store.fail_next = []
         assert wired.feed(arp(INVENTORY_MAC, T0 + 60)) == []

@@ -228,8 +228,10 @@ class Lookups:
                     self._retry_max, self._retry_first * 2 ** (waiting.failures - 1))
                 delay = min(delay, deadline - now)  # the last try falls on the deadline
                 self._schedule(mac, now + delay)
-                log.warning("cannot tell whether %s is a button yet (%s); asking again in %.0f s",
-                            mac, exc, delay)
+                # WARNING once per MAC; an outage's further retries would flood the log.
+                log.log(logging.WARNING if waiting.failures == 1 else logging.DEBUG,
+                        "cannot tell whether %s is a button yet (%s); asking again in %.0f s",
+                        mac, exc, delay)
                 return
             first = waiting.parked[0].sighting
             waiting.button, waiting.answered = None, True
