@@ -22,14 +22,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from dashkanban.buttons import Button
 from dashkanban.capture import Frame
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import EXIT_OK
 from dashkanban.events import Event
 from dashkanban.metrics import Metrics
 from dashkanban.pipeline import Counts, Pipeline
-from dashkanban.presses import Lookup, Press
+from dashkanban.presses import Press
 
 if TYPE_CHECKING:
     from dashkanban.c8y.mqtt import Uplink
@@ -72,6 +71,7 @@ class Daemon:
         self.metrics = Metrics()
         self._stopping = threading.Event()
         self._synced = Counts(0, 0, 0, 0, 0)
+        self._sync_lock = threading.Lock()  # capture, inventory and ticker threads all sync
         # The running parts, for health checks and tests: None until `run()` has built them.
         self.pipeline: Pipeline | None = None
         self.outbox: Outbox | None = None
@@ -85,6 +85,7 @@ class Daemon:
 
     def run(self) -> int:
         from dashkanban.delivery import Courier
+        from dashkanban.inventory import Lookups
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
         from dashkanban.outbox import Outbox, OutboxError, delivery_lock
@@ -92,8 +93,11 @@ class Daemon:
 
         settings = self.settings
         registry = load_registry(settings)
-        lookup = inventory_lookup(settings)
-        pipeline = build_pipeline(settings, registry, _tolerant(lookup) if lookup else None)
+        source = inventory_lookup(settings)
+        # Inventory look-ups run on their own thread; capture only parks the sightings of a MAC
+        # being looked up, and the answers' presses come back through `handle` below.
+        lookups = Lookups(source) if source is not None else None
+        pipeline = build_pipeline(settings, registry, inventory=lookups)
         outbox = Outbox.open(
             settings.outbox.path,
             max_rows=settings.outbox.max_rows,
@@ -132,9 +136,11 @@ class Daemon:
         ticker = threading.Thread(target=self._sync_loop, args=(pipeline,), daemon=True,
                                   name="count-sync")
         ticker.start()
-        try:
-            for press in pipeline.run_presses(self.source.frames(), clock=time.monotonic):
-                event = pipeline.event_for(press)
+        handling = threading.Lock()  # presses come from the capture and the inventory threads
+
+        def handle(press: Press) -> None:
+            event = pipeline.event_for(press)
+            with handling:
                 extra = tuple(self.extra_lines(press)) if self.extra_lines is not None else ()
                 others: tuple[tuple[str | None, str], ...] = ()
                 if kanban is not None:
@@ -145,14 +151,23 @@ class Daemon:
                 except OutboxError as exc:
                     log.error("%s pressed at %s but could not be queued: %s",
                               event.name, event.c8y_time, exc)
-                    continue
-                if not uplink.connected:
-                    why = f": {uplink.last_error}" if uplink.last_error is not None else ""
-                    log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
-                             event.name, event.mac, event.c8y_time, why)
-                self._sync(pipeline)
+                    return
+            if not uplink.connected:
+                why = f": {uplink.last_error}" if uplink.last_error is not None else ""
+                log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
+                         event.name, event.mac, event.c8y_time, why)
+            self._sync(pipeline)
+
+        if lookups is not None:
+            lookups.notify = lambda: self._answered(pipeline, handle)
+            lookups.start()
+        try:
+            for press in pipeline.run_presses(self.source.frames(), clock=time.monotonic):
+                handle(press)
         finally:
             self._stopping.set()
+            if lookups is not None:
+                lookups.stop()
             self._sync(pipeline)
             if not courier.drain(self.drain_on_stop):
                 log.warning("stopping with %d events queued; they are sent at the next start",
@@ -164,12 +179,19 @@ class Daemon:
             owner.__exit__(None, None, None)
             if kanban is not None and kanban.history is not None:
                 kanban.history.close()
-            if lookup is not None:
-                close = getattr(lookup, "close", None)
-                if close is not None:
-                    close()
+            if source is not None:
+                source.close()
         log.info("dashkanban stopped")
         return EXIT_OK
+
+    def _answered(self, pipeline: Pipeline, handle: Callable[[Press], None]) -> None:
+        """On the inventory thread: the presses of the MACs just answered, through `handle`."""
+        if self._stopping.is_set():
+            return
+        try:
+            pipeline.answered(handle)
+        except Exception:  # the worker thread must survive a failing press (logged, like capture)
+            log.exception("a press from the inventory look-up could not be handled")
 
     def _fragments_once(self, uplink: object, bins: Bins) -> Callable[[], None]:
         """On the first connect: the c8y_Kanban fragments over REST, on a thread of their own
@@ -206,8 +228,9 @@ class Daemon:
 
     def _sync(self, pipeline: Pipeline) -> None:
         # The pipeline keeps plain counters on the hot path; the metrics get their increments.
-        now = pipeline.counts()
-        before, self._synced = self._synced, now
+        with self._sync_lock:
+            now = pipeline.counts()
+            before, self._synced = self._synced, now
         for name, value, old in (
             ("frames", now.packets, before.packets),
             ("candidates", now.candidates, before.candidates),
@@ -216,21 +239,6 @@ class Daemon:
         ):
             if value > old:
                 self.metrics.add(name, value - old)  # type: ignore[arg-type]
-
-
-def _tolerant(lookup: Lookup) -> Lookup:
-    """A failed inventory look-up must not stop the capture: log it, and count the MAC unknown
-    for this burst (the look-up's own hold-off decides when it is asked again)."""
-    from dashkanban.errors import UplinkError
-
-    def look_up(mac: str) -> Button | None:
-        try:
-            return lookup(mac)
-        except UplinkError as exc:
-            log.error("cannot tell whether %s is a button (inventory look-up failed: %s)", mac, exc)
-            return None
-
-    return look_up
 
 
 def run_command(args: argparse.Namespace) -> int:

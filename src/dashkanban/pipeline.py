@@ -2,19 +2,29 @@
 
 Only the frame source and the clock differ: a replay passes no clock, so each frame's own
 timestamp is the clock and a replay is deterministic; live capture passes monotonic time.
+
+Inventory buttons live (`inventory`, an `inventory.Lookups`): a MAC the cache cannot answer is
+parked and looked up on a worker thread, so matching never waits for HTTP; `answered()` debounces
+the parked sightings once the answers are in. The debouncer is then shared by two threads, so
+matching takes a lock (only with `inventory`: the CSV-only hot path has none).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from dashkanban.buttons import Registry
+from dashkanban.buttons import Button, Registry
 from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
-from dashkanban.decode import Decoder
+from dashkanban.decode import Decoder, Sighting
 from dashkanban.events import Event, make_event
 from dashkanban.presses import DEFAULT_DEAD_TIME, Debouncer, Lookup, Press
+
+if TYPE_CHECKING:
+    from dashkanban.inventory import Lookups
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +45,7 @@ class Counts:
 class Pipeline:
     """Feeds frames through decode, match and debounce, and makes the events."""
 
-    __slots__ = ("_debouncer", "_decoder", "_event", "presses")
+    __slots__ = ("_debouncer", "_decoder", "_event", "_inventory", "_lock", "_registry", "presses")
 
     def __init__(
         self,
@@ -45,9 +55,17 @@ class Pipeline:
         detect: Iterable[str] = ("arp", "dhcp"),
         dead_time: float = DEFAULT_DEAD_TIME,
         lookup: Lookup | None = None,
+        inventory: Lookups | None = None,
     ) -> None:
+        """`lookup`: a synchronous look-up for MACs not in `registry` (replay); `inventory`: the
+        asynchronous one (live). At most one of them."""
+        if lookup is not None and inventory is not None:
+            raise ValueError("give lookup or inventory, not both")
         self._decoder = Decoder(detect)
         self._debouncer = Debouncer(registry, dead_time, lookup)
+        self._registry = registry
+        self._inventory = inventory
+        self._lock = threading.Lock()
         self._event = event
         self.presses = 0
 
@@ -56,11 +74,8 @@ class Pipeline:
         sighting = self._decoder.decode(frame.data, frame.timestamp, frame.vlan)
         if sighting is None:
             return None
-        press = self._debouncer.feed(sighting, frame.timestamp if now is None else now)
-        if press is None:
-            return None
-        self.presses += 1
-        return make_event(press, self._event)
+        press = self._match(sighting, frame.timestamp if now is None else now)
+        return None if press is None else make_event(press, self._event)
 
     def run(
         self, frames: Iterable[Frame], clock: Callable[[], float] | None = None
@@ -74,6 +89,14 @@ class Pipeline:
     ) -> Iterator[Press]:
         """Every press of a stream of frames (for stages that need the button, such as Kanban)."""
         decode = self._decoder.decode  # bound once: this loop sees every frame of a capture
+        if self._inventory is not None:
+            for timestamp, data, vlan in frames:
+                sighting = decode(data, timestamp, vlan)
+                if sighting is not None:
+                    press = self._match(sighting, timestamp if clock is None else clock())
+                    if press is not None:
+                        yield press
+            return
         debounce = self._debouncer.feed
         for timestamp, data, vlan in frames:
             sighting = decode(data, timestamp, vlan)
@@ -83,6 +106,44 @@ class Pipeline:
             if press is not None:
                 self.presses += 1
                 yield press
+
+    def _match(self, sighting: Sighting, now: float) -> Press | None:
+        if self._inventory is None:
+            press = self._debouncer.feed(sighting, now)
+            if press is not None:
+                self.presses += 1
+            return press
+        with self._lock:
+            button = self._registry.get(sighting.mac)
+            if button is None:
+                answer = self._inventory.ask(sighting, now)  # never blocks
+                if not isinstance(answer, Button):  # None: not a button; PENDING: parked
+                    return None
+                button = answer
+            press = self._debouncer.feed_button(sighting, button, now)
+            if press is not None:
+                self.presses += 1
+            return press
+
+    def answered(self, handle: Callable[[Press], None]) -> int:
+        """Debounce the parked sightings of the inventory's answers, in order, and hand each
+        press to `handle` (under the matching lock: a later sighting of the same MAC cannot
+        overtake it). Returns the number of presses; 0 without `inventory`."""
+        if self._inventory is None:
+            return 0
+        count = 0
+        with self._lock:
+            for answer in self._inventory.answers():
+                if answer.button is None:
+                    continue
+                for parked in answer.parked:
+                    press = self._debouncer.feed_button(parked.sighting, answer.button,
+                                                        parked.now)
+                    if press is not None:
+                        self.presses += 1
+                        count += 1
+                        handle(press)
+        return count
 
     @property
     def tracked(self) -> int:

@@ -33,8 +33,9 @@ class Press:
 class Debouncer:
     """Known button + outside its dead time = a press.
 
-    `lookup` is asked for MACs that are not in the registry (the Cumulocity inventory, for
-    `[buttons] source = inventory|both`); it should cache, as it is asked for every such sighting.
+    `lookup` is asked for MACs that are not in the registry; it must answer at once (a replay's
+    cached inventory, a test). Live capture resolves inventory buttons asynchronously instead
+    (inventory.Lookups) and hands the answer to `feed_button` with the sighting's own clock reading.
     """
 
     __slots__ = ("_dead_time", "_lookup", "_max_tracked", "_registry", "_started")
@@ -67,6 +68,10 @@ class Debouncer:
         button = self.button_for(sighting.mac)
         if button is None:
             return None
+        return self.feed_button(sighting, button, now)
+
+    def feed_button(self, sighting: Sighting, button: Button, now: float) -> Press | None:
+        """Debounce a sighting already known to be `button`'s (`now`: its clock reading)."""
         dead_time = button.dead_time or self._dead_time
         started = self._started.get(button.mac)
         # abs(): packets of several pcapng interfaces may come slightly out of order.

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import open_capture
@@ -21,20 +21,31 @@ from dashkanban.events import Event
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
 
+if TYPE_CHECKING:
+    from dashkanban.c8y.rest import InventorySource
+    from dashkanban.inventory import Lookups
+
 log = logging.getLogger(__name__)
 
 
 def build_pipeline(
-    settings: Settings, registry: Registry, lookup: Lookup | None = None
+    settings: Settings,
+    registry: Registry,
+    lookup: Lookup | None = None,
+    *,
+    inventory: Lookups | None = None,
 ) -> Pipeline:
-    """The pipeline as configured; `lookup` is the Cumulocity inventory look-up for MACs not in
-    MACID.csv (`[buttons] source = inventory|both`, provided by the uplink)."""
+    """The pipeline as configured. For MACs not in MACID.csv (`[buttons] source =
+    inventory|both`): `lookup` asks Cumulocity synchronously (replay: packet time is the clock,
+    so waiting changes nothing and the result is deterministic), `inventory` asynchronously
+    (live: capture never waits for HTTP)."""
     return Pipeline(
         registry,
         settings.event,
         detect=settings.capture.detect,
         dead_time=settings.debounce_seconds,
         lookup=lookup,
+        inventory=inventory,
     )
 
 
@@ -45,8 +56,9 @@ def load_registry(settings: Settings) -> Registry:
     return load_buttons(settings.buttons.file)
 
 
-def inventory_lookup(settings: Settings) -> Lookup | None:
-    """The Cumulocity identity look-up for `[buttons] source = inventory | both`."""
+def inventory_lookup(settings: Settings) -> InventorySource | None:
+    """The Cumulocity identity look-up for `[buttons] source = inventory | both` (blocking,
+    cached; raises RestError when Cumulocity cannot tell, which fails a replay)."""
     if settings.buttons.source == "csv":
         return None
     from dashkanban.c8y.rest import InventorySource
@@ -57,7 +69,16 @@ def inventory_lookup(settings: Settings) -> Lookup | None:
 def replay_command(args: argparse.Namespace) -> int:
     settings = load_settings(find_config(args.config))
     registry = load_registry(settings)
-    pipeline = build_pipeline(settings, registry, inventory_lookup(settings))
+    source = inventory_lookup(settings)
+    pipeline = build_pipeline(settings, registry, source)
+    try:
+        return _replay(args, settings, pipeline)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
     capture = open_capture(args.capture, prefilter=True)
     found: list[tuple[Press, Event]] = []
     events = _collect(pipeline, pipeline.run_presses(capture), found)

@@ -26,6 +26,8 @@ class Store:
     bodies: list[Any] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)  # statuses to answer before serving
     base: str = ""
+    # While set and not released, every request waits (a slow tenant); tests release it.
+    hold: threading.Event | None = None
 
     def add_device(self, mo_id: str, serial: str, **fragments: Any) -> None:
         self.identities[serial] = mo_id
@@ -76,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         self.store.requests.append((method, url.path, query))
+        if self.store.hold is not None:
+            self.store.hold.wait(30)  # bounded: a test that forgets to release still ends
         body = None
         length = int(self.headers.get("Content-Length") or 0)
         if length:

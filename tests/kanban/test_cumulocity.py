@@ -103,18 +103,35 @@ def test_rate_limit_is_retried_then_reported() -> None:
             client.managed_object_id("ac63be123456")
     assert str(caught.value) == (
         "identity look-up of ac63be123456: 429 general/tooManyRequests: Requests rate exceeds "
-        "the limit"
+        "the limit (GET /identity/externalIds/c8y_Serial/ac63be123456, 3 attempts)"
     )
+    assert len(store.requests) == 2 + 1 + 3  # 429, 503, answer; then three 429s
 
 
-def test_unreachable_is_one_line() -> None:
+def test_forbidden_is_not_retried() -> None:
+    store = Store(USER, PASSWORD, fail_next=[403])
+    with c8y_server(store) as base, rest(base) as client, pytest.raises(UplinkError) as caught:
+        client.managed_object("101")
+    assert str(caught.value) == (
+        "reading managed object 101: Cumulocity refused it to t12345/admin (403 "
+        "general/tooManyRequests: Requests rate exceeds the limit): the user lacks a role "
+        "(identity and inventory read, or admin for updates)"
+    )
+    assert len(store.requests) == 1
+
+
+def test_unreachable_is_retried_then_one_line() -> None:
     from tests.brokers import free_port
 
-    with rest(f"http://127.0.0.1:{free_port()}") as client, pytest.raises(UplinkError) as caught:
+    slept: list[float] = []
+    client = CumulocityRest(f"http://127.0.0.1:{free_port()}", USER, PASSWORD,
+                            sleep=slept.append)
+    with client, pytest.raises(UplinkError) as caught:
         client.managed_object("1")
-    assert str(caught.value).startswith(
-        "cannot reach Cumulocity for GET /inventory/managedObjects/1: "
-    )
+    message = str(caught.value)
+    assert message.startswith("reading managed object 1: cannot reach Cumulocity: ConnectError: ")
+    assert message.endswith(" (GET /inventory/managedObjects/1, 3 attempts)")
+    assert (slept, client.requests) == ([0.5, 1.0], 3)
 
 
 def test_fetch_history_pages_through_every_gateway() -> None:

@@ -1,163 +1,307 @@
-"""The inventory source for `[buttons] source = inventory | both` (design section 3).
+"""Cumulocity's REST API: one client for every REST call dashkanban makes, and the inventory source
+for `[buttons] source = inventory | both` (design section 3).
 
-A MAC that is not in MACID.csv is a button when Cumulocity knows its serial as a `c8y_Serial`
-external id: `GET /identity/externalIds/c8y_Serial/<serial>` (protocol notes 3.2), then the managed
-object for its name. 404 means "not a button"; any other failure is retried with backoff and is
-never taken as "not a button". Answers are cached for `[buttons] cache_ttl` seconds, positive and
-negative, so a busy MAC costs one request per TTL; after a failed look-up the same MAC raises
-without a request until the retry hold-off passes, so an outage does not stall capture on every
-packet.
+`CumulocityRest` is the only place that speaks HTTP to Cumulocity, with one policy (protocol notes
+3.5): explicit timeouts; transport errors (connect, read timeout, reset) and 408, 429 and 5xx are
+retried with backoff (0.5 s, then doubled); 401 and 403 fail at once with one line that never
+holds the password (retrying a wrong password only risks locking the user); any other status is one
+`RestError` line with Cumulocity's own message. 404 means "unknown" only for the identity look-up
+(`managed_object_id`); a missing managed object is "gone" (`managed_object` returns None).
+
+`InventorySource` answers "is this MAC a button?" with a cache (TTL, positive and negative). It
+blocks while it asks Cumulocity, so live capture never calls it directly: `inventory.Lookups` runs
+it on a worker thread.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from dashkanban.buttons import Button, serial_of
-from dashkanban.c8y.tls import rest_verify
-from dashkanban.config import Settings
+from dashkanban.config import C8yMqttSettings, Settings
 from dashkanban.errors import UplinkError
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=5.0)
-ATTEMPTS = 3  # per look-up
+TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+ATTEMPTS = 3  # per call
 BACKOFF = 0.5  # seconds before the 2nd attempt, doubled for each further one
-HOLD_OFF = 30.0  # seconds a failed MAC raises from the cache before it is asked again
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_CACHED = 50_000  # MACs the inventory source remembers; every phone on the LAN is one
 
 
-class InventoryError(UplinkError):
-    """The inventory could not answer; the MAC is neither a button nor known not to be one."""
+class RestError(UplinkError):
+    """A REST call failed (after its retries); one line for the user, without the password."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    button: Button | None
-    error: InventoryError | None
-    until: float
+class RestRefusedError(RestError):
+    """401 or 403: the credentials or the user's roles; not retried."""
 
 
-class InventorySource:
-    """A callable `(mac) -> Button | None` backed by Cumulocity's identity API, with a cache.
+# The inventory source's failures are RestErrors: "could not tell", never "not a button".
+InventoryError = RestError
 
-    Thread-safe. No network until the first call.
+
+class CumulocityRest:
+    """A few REST calls, Basic auth `tenantID/user`. Opens no connection until the first call.
+
+    Thread-safe as far as httpx.Client is (one connection pool; calls may come from any thread).
     """
 
-    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, attempts: int = ATTEMPTS,
-                 backoff: float = BACKOFF, hold_off: float = HOLD_OFF) -> None:
-        self._settings = settings
-        self._transport = transport
-        self._clock = clock
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str | None,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        timeout: httpx.Timeout = TIMEOUT,
+        sleep: Callable[[float], None] = time.sleep,
+        attempts: int = ATTEMPTS,
+        backoff: float = BACKOFF,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=base_url,
+            # No password: a client certificate (in `verify`'s context) identifies the device.
+            auth=httpx.BasicAuth(username, password) if password is not None else None,
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            # Devices must not send X-Cumulocity-Application-Key (protocol notes 3.1).
+            headers={"Accept": "application/json"},
+        )
+        self._username = username
         self._sleep = sleep
-        self._attempts = attempts
+        self._attempts = max(1, attempts)
         self._backoff = backoff
-        self._hold_off = hold_off
-        self._ttl = settings.buttons.cache_ttl
-        self._cache: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
-        self._client: httpx.Client | None = None
-        self.requests = 0
+        self.requests = 0  # HTTP requests made, retries included
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            c8y = self._settings.c8y
-            auth = (c8y.username, c8y.password.reveal()) if c8y.password is not None else None
-            verify = rest_verify(c8y)
-            self._client = httpx.Client(
-                base_url=c8y.rest_url, auth=auth, timeout=TIMEOUT, verify=verify,
-                transport=self._transport,
-                # Devices must not send X-Cumulocity-Application-Key (protocol notes 3.1).
-                headers={"Accept": "application/json"},
-            )
-        return self._client
+    @classmethod
+    def from_settings(cls, c8y: C8yMqttSettings, **kwargs: Any) -> CumulocityRest:
+        """The client for `[C8YMQTT]`: rest_url, `tenantID/user`, and the same TLS as MQTT."""
+        from dashkanban.c8y.tls import rest_verify
+
+        password = c8y.password.reveal() if c8y.password is not None else None
+        return cls(c8y.rest_url, c8y.username, password, verify=rest_verify(c8y), **kwargs)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._client.close()
 
-    def __call__(self, mac: str) -> Button | None:
-        now = self._clock()
-        with self._lock:
-            entry = self._cache.get(mac)
-            if entry is not None and entry.until > now:
-                if entry.error is not None:
-                    raise entry.error
-                return entry.button
-            try:
-                button = self._look_up(mac)
-            except InventoryError as exc:
-                self._cache[mac] = _Entry(None, exc, self._clock() + self._hold_off)
-                raise
-            if self._ttl > 0:
-                self._cache[mac] = _Entry(button, None, self._clock() + self._ttl)
-            return button
+    def __enter__(self) -> CumulocityRest:
+        return self
 
-    def _look_up(self, mac: str) -> Button | None:
-        serial = serial_of(mac)
-        response = self._get(f"/identity/externalIds/c8y_Serial/{serial}", expect_404=True)
-        if response is None:
-            log.info("%s (c8y_Serial %s) is not in Cumulocity's inventory", mac, serial)
-            return None
-        try:
-            mo_id = str(response.json()["managedObject"]["id"])
-        except (ValueError, KeyError, TypeError):
-            raise InventoryError(
-                f"unexpected answer to the identity look-up of {serial}: {response.text[:100]}"
-            ) from None
-        managed = self._get(f"/inventory/managedObjects/{mo_id}", expect_404=True)
-        name = serial
-        if managed is not None:
-            try:
-                name = str(managed.json().get("name") or serial)
-            except ValueError:
-                name = serial
-        log.info("%s is button %r (c8y_Serial %s, managed object %s)", mac, name, serial, mo_id)
-        return Button(name=name, mac=mac)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def _get(self, path: str, *, expect_404: bool) -> httpx.Response | None:
+    def request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One call with the retry policy. Returns any answer that is neither retryable nor a
+        refusal (the caller decides what 404 means); raises RestError otherwise."""
         last = ""
         for attempt in range(1, self._attempts + 1):
             if attempt > 1:
                 self._sleep(self._backoff * 2 ** (attempt - 2))
             self.requests += 1
             try:
-                response = self._http().get(path)
+                response = self._client.request(method, url, **kwargs)
+            except httpx.TimeoutException:
+                last = "no answer in time"
             except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                log.warning("GET %s failed (%s), attempt %d of %d", path, last, attempt,
-                            self._attempts)
-                continue
-            if response.status_code == 200:
-                return response
-            if response.status_code == 404 and expect_404:
-                return None
-            last = f"HTTP {response.status_code} {_error_text(response)}"
-            if response.status_code in (401, 403):
-                raise InventoryError(
-                    f"Cumulocity refused the inventory look-up ({last}); check user and password "
-                    "in [C8YMQTT] and that the user has ROLE_IDENTITY_READ"
-                )
-            if response.status_code not in _RETRY_STATUS:
-                break
-            log.warning("GET %s: %s, attempt %d of %d", path, last, attempt, self._attempts)
-        raise InventoryError(f"the inventory look-up GET {path} failed ({last})")
+                last = f"cannot reach Cumulocity: {type(exc).__name__}: {exc}"
+            else:
+                if response.status_code in (401, 403):
+                    raise self._refused(response, what)
+                if response.status_code not in RETRY_STATUS:
+                    return response
+                last = f"{response.status_code} {_error_message(response)}"
+            if attempt < self._attempts:
+                log.info("%s (%s %s): %s; attempt %d of %d", what, method, url, last, attempt,
+                         self._attempts)
+        raise RestError(f"{what}: {last} ({method} {url}, {self._attempts} attempts)")
+
+    def _refused(self, response: httpx.Response, what: str) -> RestRefusedError:
+        if response.status_code == 401:
+            return RestRefusedError(
+                f"Cumulocity refused the login of {self._username} (401): check tenantID, user "
+                "and password"
+            )
+        return RestRefusedError(
+            f"{what}: Cumulocity refused it to {self._username} (403 {_error_message(response)}): "
+            "the user lacks a role (identity and inventory read, or admin for updates)"
+        )
+
+    def _check(self, response: httpx.Response, what: str) -> None:
+        if not response.is_success:
+            raise RestError(f"{what}: {response.status_code} {_error_message(response)}")
+
+    def managed_object_id(self, serial: str) -> str | None:
+        """The managed object of a c8y_Serial external id, or None when there is none (404)."""
+        what = f"identity look-up of {serial}"
+        url = f"/identity/externalIds/c8y_Serial/{quote(serial, safe='')}"
+        response = self.request("GET", url, what)
+        if response.status_code == 404:
+            return None
+        self._check(response, what)
+        body = _json(response, what)
+        try:
+            return str(body["managedObject"]["id"])
+        except (KeyError, TypeError):
+            raise RestError(f"{what}: no managedObject.id in the answer") from None
+
+    def managed_object(self, mo_id: str) -> dict[str, Any] | None:
+        """A managed object, or None when it is gone (404: a deleted button still has events)."""
+        what = f"reading managed object {mo_id}"
+        response = self.request("GET", f"/inventory/managedObjects/{quote(mo_id, safe='')}", what)
+        if response.status_code == 404:
+            return None
+        self._check(response, what)
+        body = _json(response, what)
+        return body if isinstance(body, dict) else None
+
+    def update_managed_object(self, mo_id: str, fragments: Mapping[str, Any]) -> None:
+        """PUT only the fragments (never the name: "Do not update the name of a device from an
+        agent!", protocol notes 3.3)."""
+        what = f"updating managed object {mo_id}"
+        response = self.request(
+            "PUT",
+            f"/inventory/managedObjects/{quote(mo_id, safe='')}",
+            what,
+            json=dict(fragments),
+            headers={"Content-Type": "application/vnd.com.nsn.cumulocity.managedobject+json"},
+        )
+        self._check(response, what)
+
+    def get_json(self, url: str, what: str, params: Mapping[str, str | int]) -> Any:
+        """GET a collection (e.g. `/event/events`) and its JSON body; any non-2xx is an error."""
+        response = self.request("GET", url, what, params=dict(params))
+        self._check(response, what)
+        return _json(response, what)
 
 
-def _error_text(response: httpx.Response) -> str:
+def _json(response: httpx.Response, what: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise RestError(f"{what}: the answer is not JSON") from None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """Cumulocity's error body (`{"error": ..., "message": ...}`) as one line, else the reason."""
     try:
         body = response.json()
     except ValueError:
         return response.reason_phrase
-    if isinstance(body, dict) and "error" in body:
-        return f"{body.get('error')}: {body.get('message', '')}".strip()
+    if isinstance(body, dict) and body.get("message"):
+        return f"{body.get('error', '')}: {body['message']}".lstrip(": ")
     return response.reason_phrase
+
+
+# ---------------------------------------------------------------------------------------------
+# The inventory source
+
+
+class _Miss:
+    """The cache has no answer (or only an expired one) for a MAC."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+MISS = _Miss()
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    button: Button | None
+    until: float
+
+
+class InventorySource:
+    """`(mac) -> Button | None` backed by Cumulocity's identity API, with a cache.
+
+    A call may block (HTTP, with retries): it is meant for a worker thread (`inventory.Lookups`).
+    `cached(mac)` never blocks. Thread-safe; the lock guards only the cache, never an HTTP call,
+    so `cached` answers at once while a look-up is in flight. No network until the first call.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rest: CumulocityRest | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._rest = rest
+        self._clock = clock
+        self._ttl = settings.buttons.cache_ttl
+        self._cache: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def rest(self) -> CumulocityRest:
+        if self._rest is None:
+            self._rest = CumulocityRest.from_settings(self._settings.c8y)
+        return self._rest
+
+    @property
+    def requests(self) -> int:
+        return self._rest.requests if self._rest is not None else 0
+
+    def close(self) -> None:
+        if self._rest is not None:
+            self._rest.close()
+
+    def cached(self, mac: str) -> Button | _Miss | None:
+        """The cached answer, or MISS; never blocks on the network."""
+        with self._lock:
+            entry = self._cache.get(mac)
+            if entry is None:
+                return MISS
+            if entry.until <= self._clock():
+                del self._cache[mac]
+                return MISS
+            return entry.button
+
+    def __call__(self, mac: str) -> Button | None:
+        """A Button, None when Cumulocity does not know the serial; raises RestError when it
+        could not tell (nothing is cached then: the caller decides when to ask again)."""
+        answer = self.cached(mac)
+        if not isinstance(answer, _Miss):
+            return answer
+        button = self._look_up(mac)  # no lock held: HTTP may take seconds
+        if self._ttl > 0:
+            with self._lock:
+                now = self._clock()
+                if len(self._cache) >= MAX_CACHED:
+                    self._evict(now)
+                self._cache[mac] = _Entry(button, now + self._ttl)
+        return button
+
+    def _evict(self, now: float) -> None:
+        """Bounded memory: drop expired answers; if none expired, the oldest quarter."""
+        expired = [mac for mac, entry in self._cache.items() if entry.until <= now]
+        for mac in expired or list(self._cache)[: MAX_CACHED // 4]:
+            del self._cache[mac]
+
+    def _look_up(self, mac: str) -> Button | None:
+        serial = serial_of(mac)
+        mo_id = self.rest.managed_object_id(serial)
+        if mo_id is None:
+            log.info("%s (c8y_Serial %s) is not in Cumulocity's inventory", mac, serial)
+            return None
+        managed = self.rest.managed_object(mo_id)
+        name = str(managed.get("name") or serial) if managed is not None else serial
+        log.info("%s is button %r (c8y_Serial %s, managed object %s)", mac, name, serial, mo_id)
+        return Button(name=name, mac=mac)

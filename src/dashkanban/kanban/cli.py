@@ -61,8 +61,8 @@ def local_report(settings: Settings, bins: Bins, since: datetime | None, now: da
 
 
 def remote_report(settings: Settings, bins: Bins, since: datetime | None, now: datetime) -> Report:
-    from dashkanban.c8y.tls import rest_verify
-    from dashkanban.kanban.cumulocity import CumulocityRest, fetch_history
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.cumulocity import fetch_history
 
     c8y = settings.c8y
     if c8y.password is None:
@@ -70,8 +70,7 @@ def remote_report(settings: Settings, bins: Bins, since: datetime | None, now: d
             "--from-cumulocity needs a password in [C8YMQTT] (REST uses Basic auth)", settings.path
         )
     date_from = since or now - timedelta(days=settings.kanban.history_days)
-    verify = rest_verify(c8y)
-    with CumulocityRest(c8y.rest_url, c8y.username, c8y.password.reveal(), verify=verify) as rest:
+    with CumulocityRest.from_settings(c8y) as rest:
         remote = fetch_history(rest, settings.event.type, date_from)
     log.info(
         "read %d events from Cumulocity, %d of devices without a c8y_Kanban fragment",

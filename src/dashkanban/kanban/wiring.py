@@ -187,17 +187,15 @@ def publish_fragments(settings: Settings, bins: Bins, stop: threading.Event) -> 
     Buttons not yet in the inventory are tried again a few times (their `101` went out at this
     connect), then left for the next start.
     """
-    from dashkanban.c8y.tls import rest_verify
-    from dashkanban.kanban.cumulocity import CumulocityRest, publish_kanban_fragments
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.cumulocity import publish_kanban_fragments
 
     c8y = settings.c8y
     if c8y.password is None:
         log.info("c8y_Kanban fragments not written: REST needs a password in [C8YMQTT]")
         return
-    verify = rest_verify(c8y)
     try:
-        with CumulocityRest(c8y.rest_url, c8y.username, c8y.password.reveal(),
-                            verify=verify) as rest:
+        with CumulocityRest.from_settings(c8y) as rest:
             for attempt in range(1, FRAGMENT_PASSES + 1):
                 done = publish_kanban_fragments(rest, bins, settings.gateway.serial)
                 missing = [serial for serial, mo_id in done.items() if mo_id is None]

@@ -1,0 +1,147 @@
+"""`dashkanban run` with `[buttons] source = both` against the sandbox as MQTT broker and REST API:
+a button the sandbox knows (created with `100`, so it has its c8y_Serial) is found by the
+inventory look-up on the worker thread, and its press goes the daemon's one way (pipeline ->
+event -> outbox -> uplink) next to a CSV button's."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dashkanban.capture import Frame, forge
+from dashkanban.config import load_settings
+from dashkanban.daemon import Daemon
+from dashkanban.events import Event
+from dashkanban.sandbox import Sandbox
+from tests.kanban.c8y_server import Store, c8y_server
+from tests.sandbox_fixture import SANDBOX_PASSWORD, SANDBOX_USER, Device
+
+CSV_MAC = "ac:63:be:12:34:56"
+INVENTORY_MAC, INVENTORY_SERIAL = "fc:a6:67:0a:0b:0c", "fca6670a0b0c"
+PHONE = "3c:22:fb:8e:41:07"
+WAIT = 10.0
+
+
+class OpenSource:
+    """A frame source that stays open until stopped, fed by the test."""
+
+    def __init__(self) -> None:
+        self._frames: queue.Queue[Frame | None] = queue.Queue()
+
+    def put(self, frame: Frame) -> None:
+        self._frames.put(frame)
+
+    def frames(self) -> Iterator[Frame]:
+        while (frame := self._frames.get()) is not None:
+            yield frame
+
+    def stop(self) -> None:
+        self._frames.put(None)
+
+
+def write_config(folder: Path, sandbox: Sandbox, rest_url: str | None = None) -> Path:
+    (folder / "MACID.csv").write_text(f"Name, MAC-Address\nscrews, {CSV_MAC}\n")
+    config = folder / "config.ini"
+    config.touch(mode=0o600)
+    config.write_text(
+        f"[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        f"password = {SANDBOX_PASSWORD}\nport = {sandbox.mqtt_port}\ntls = no\n"
+        f"allow_insecure = yes\nrest_url = {rest_url or sandbox.http_url}\n\n"
+        "[gateway]\nserial = dashkanban-gw-01\nname = Store 3 button gateway\n\n"
+        f"[buttons]\nfile = {folder / 'MACID.csv'}\nsource = both\n\n"
+        f"[outbox]\npath = {folder / 'state' / 'outbox.sqlite3'}\n"
+    )
+    return config
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_daemon_sends_presses_of_inventory_and_csv_buttons(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    # The button registers itself as a device (the original's way): the sandbox then has a
+    # managed object with c8y_Serial = its serial.
+    button = Device(sandbox, INVENTORY_SERIAL)
+    assert button.connect() == "Success"
+    button.publish("s/us", "100,Aisle 4 ties,c8y_DashButton")
+    button.close()
+    assert sandbox.device_id(INVENTORY_SERIAL) is not None
+
+    settings = load_settings(write_config(tmp_path, sandbox))
+    source = OpenSource()
+    delivered: list[Event] = []
+    daemon = Daemon(settings, source, drain_on_stop=5.0, on_delivered=delivered.append)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    t0 = time.time()
+    try:
+        source.put(Frame(t0, forge.arp_frame(1, PHONE, "0.0.0.0", "192.168.1.40")))
+        source.put(Frame(t0 + 0.001, forge.arp_frame(1, INVENTORY_MAC, "0.0.0.0", "192.168.1.23")))
+        source.put(Frame(t0 + 0.002, forge.dhcp_client_frame(INVENTORY_MAC, forge.DISCOVER)))
+        source.put(Frame(t0 + 0.003, forge.dhcp_client_frame(CSV_MAC, forge.DISCOVER)))
+        wait_until(lambda: len(delivered) >= 2, "two events acknowledged")
+        time.sleep(0.3)  # nothing more may come (the phone is no button)
+    finally:
+        daemon.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    got = sorted((e.time, e.name, e.mac, e.trigger) for e in delivered)
+    assert got == [
+        (datetime.fromtimestamp(t0 + 0.001, UTC), "Aisle 4 ties", INVENTORY_MAC, "arp"),
+        (datetime.fromtimestamp(t0 + 0.003, UTC), "screws", CSV_MAC, "dhcp"),
+    ]
+    events = [m.payload for m in sandbox.messages()
+              if m.direction == "in" and m.topic == f"s/us/{INVENTORY_SERIAL}"
+              and m.payload.startswith("400,")]
+    when = next(e.c8y_time for e in delivered if e.mac == INVENTORY_MAC)
+    assert events == [f"400,c8y_MAC_Event,Aisle 4 ties pressed (fc:a6:67:0a:0b:0c),{when}"]
+
+
+def test_a_slow_tenant_does_not_hold_up_the_csv_press_in_the_daemon(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """REST on a tenant that answers nothing until released, MQTT on the sandbox: the CSV
+    button's press is acknowledged while the inventory look-up is still unanswered; after the
+    release the inventory button's press follows, with its first packet's time."""
+    store = Store(SANDBOX_USER, SANDBOX_PASSWORD)
+    store.add_device("201", INVENTORY_SERIAL, name="Aisle 4 ties")
+    store.hold = threading.Event()
+    with c8y_server(store) as base:
+        settings = load_settings(write_config(tmp_path, sandbox, base))
+        source = OpenSource()
+        delivered: list[Event] = []
+        daemon = Daemon(settings, source, drain_on_stop=5.0, on_delivered=delivered.append)
+        runner = threading.Thread(target=daemon.run, daemon=True)
+        runner.start()
+        t0 = time.time()
+        try:
+            source.put(Frame(t0, forge.arp_frame(1, INVENTORY_MAC, "0.0.0.0", "192.168.1.23")))
+            source.put(Frame(t0 + 0.001, forge.dhcp_client_frame(CSV_MAC, forge.DISCOVER)))
+            source.put(Frame(t0 + 0.002, forge.dhcp_client_frame(INVENTORY_MAC,
+                                                                 forge.DISCOVER)))
+            wait_until(lambda: len(delivered) >= 1, "the CSV press acknowledged")
+            assert not store.hold.is_set()  # the look-up cannot have been answered
+            assert [(e.name, e.mac) for e in delivered] == [("screws", CSV_MAC)]
+            store.hold.set()
+            wait_until(lambda: len(delivered) >= 2, "the inventory press acknowledged")
+            time.sleep(0.3)  # and no second press from the parked DHCP packet
+        finally:
+            store.hold.set()
+            daemon.stop()
+            runner.join(timeout=20)
+    assert not runner.is_alive()
+    assert [(e.time, e.name, e.mac, e.trigger) for e in delivered] == [
+        (datetime.fromtimestamp(t0 + 0.001, UTC), "screws", CSV_MAC, "dhcp"),
+        (datetime.fromtimestamp(t0, UTC), "Aisle 4 ties", INVENTORY_MAC, "arp"),
+    ]
+    identity = [p for _, p, _ in store.requests if p.startswith("/identity/")]
+    assert identity == [f"/identity/externalIds/c8y_Serial/{INVENTORY_SERIAL}"]
