@@ -68,6 +68,8 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: noise in a daemon's journal; --log-level debug shows it.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

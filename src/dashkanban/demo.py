@@ -71,11 +71,10 @@ def demo_config(folder: Path, host: str, mqtt_port: int, http_url: str, password
 def demo_command(args: argparse.Namespace) -> int:
     from dashkanban.sandbox import Sandbox, SandboxOptions
 
-    # The sandbox logs every message it handles and httpx every request: useful in `dashkanban
-    # sandbox`, noise in a demo. --log-level debug shows them again.
+    # The sandbox logs every message it handles: useful in `dashkanban sandbox`, noise in a
+    # demo. --log-level debug shows it again.
     if logging.getLogger().level > logging.DEBUG:
-        for noisy in ("dashkanban.sandbox", "httpx"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("dashkanban.sandbox").setLevel(logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 110)
     password = secrets.token_urlsafe(12)
     with tempfile.TemporaryDirectory(prefix="dashkanban-demo-") as tmp, Sandbox(
