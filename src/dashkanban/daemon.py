@@ -14,6 +14,7 @@ publishes the template collection, subscribes `s/dc/dashkanban` and answers refi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import threading
@@ -31,9 +32,12 @@ from dashkanban.pipeline import Counts, Pipeline
 from dashkanban.presses import Press
 
 if TYPE_CHECKING:
+    from dashkanban.buttons import Registry
     from dashkanban.c8y.mqtt import Uplink
     from dashkanban.delivery import Courier
+    from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
+    from dashkanban.kanban.loop import KanbanLoop
     from dashkanban.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -84,11 +88,9 @@ class Daemon:
         self.source.stop()
 
     def run(self) -> int:
-        from dashkanban.delivery import Courier
         from dashkanban.inventory import Lookups
         from dashkanban.kanban import wiring
-        from dashkanban.metrics import MetricsReporting
-        from dashkanban.outbox import Outbox, OutboxError, delivery_lock
+        from dashkanban.outbox import Outbox, delivery_lock
         from dashkanban.replay import build_pipeline, inventory_lookup, load_registry
 
         settings = self.settings
@@ -98,21 +100,32 @@ class Daemon:
         # being looked up, and the answers' presses come back through `handle` below.
         lookups = Lookups(source) if source is not None else None
         pipeline = build_pipeline(settings, registry, inventory=lookups)
-        outbox = Outbox.open(
-            settings.outbox.path,
-            max_rows=settings.outbox.max_rows,
-            max_bytes=settings.outbox.max_bytes,
-            metrics=self.metrics,
-        )
-        # The daemon is the one that carries this outbox to Cumulocity (see delivery_lock).
-        owner = delivery_lock(settings.outbox.path, wait=True)
-        try:
-            owner.__enter__()
+        with contextlib.ExitStack() as resources:  # closed in reverse order, also on errors
+            if source is not None:
+                resources.callback(source.close)
+            outbox = resources.enter_context(Outbox.open(
+                settings.outbox.path,
+                max_rows=settings.outbox.max_rows,
+                max_bytes=settings.outbox.max_bytes,
+                metrics=self.metrics,
+            ))
+            # The daemon is the one that carries this outbox to Cumulocity (see delivery_lock).
+            resources.enter_context(delivery_lock(settings.outbox.path, wait=True))
             kanban = wiring.open_loop(settings)  # after the outbox: it makes the state folder
-        except BaseException:
-            owner.__exit__(None, None, None)
-            outbox.close()
-            raise
+            if kanban is not None and kanban.history is not None:
+                resources.callback(kanban.history.close)
+            self._serve(settings, registry, pipeline, lookups, outbox, kanban)
+        log.info("dashkanban stopped")
+        return EXIT_OK
+
+    def _serve(self, settings: Settings, registry: Registry, pipeline: Pipeline,
+               lookups: Lookups | None, outbox: Outbox, kanban: KanbanLoop | None) -> None:
+        """Start delivery, run the capture until stopped, then drain and stop delivery."""
+        from dashkanban.delivery import Courier
+        from dashkanban.kanban import wiring
+        from dashkanban.metrics import MetricsReporting
+        from dashkanban.outbox import OutboxError
+
         uplink, router = wiring.make_uplink(settings, kanban)
         uplink.add_listener(self._count_reconnects(uplink))
         courier = Courier(outbox, uplink, on_delivered=self.on_delivered)
@@ -175,14 +188,6 @@ class Daemon:
             courier.stop()
             uplink.stop()
             reporting.stop()
-            outbox.close()
-            owner.__exit__(None, None, None)
-            if kanban is not None and kanban.history is not None:
-                kanban.history.close()
-            if source is not None:
-                source.close()
-        log.info("dashkanban stopped")
-        return EXIT_OK
 
     def _answered(self, pipeline: Pipeline, handle: Callable[[Press], None]) -> None:
         """On the inventory thread: the presses of the MACs just answered, through `handle`."""
