@@ -38,3 +38,10 @@ def test_usage_error_exits_2() -> None:
     )
     assert result.returncode == 2
     assert "the following arguments are required: CAPTURE" in result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_takes_config(command: list[str]) -> None:
+    """Design section 2: every command takes -c/--config FILE."""
+    args = build_parser().parse_args([*command, "-c", "x.ini"])
+    assert str(args.config) == "x.ini"

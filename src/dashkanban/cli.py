@@ -72,14 +72,16 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, *, used: bool = True) -> None:
+    # Every command takes -c (design section 2); sandbox and demo need no config and say so.
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
         default=None,
         metavar="FILE",
-        help="config file (default: ./config.ini, then /etc/dashkanban/config.ini)",
+        help="config file (default: ./config.ini, then /etc/dashkanban/config.ini)"
+        if used else "accepted for symmetry; this command needs no config file",
     )
 
 
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler="dashkanban.outbox:flush_command")
 
     p = sub.add_parser("sandbox", help="a local Cumulocity stand-in for trying and testing")
+    _common(p, used=False)
     p.add_argument("--mqtt-port", type=int, default=1883, metavar="P", help="default 1883")
     p.add_argument("--http-port", type=int, default=8111, metavar="H", help="default 8111")
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -177,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="dashkanban.sandbox.cli:sandbox_command")
 
     p = sub.add_parser("demo", help="the whole pipeline against the built-in sandbox")
+    _common(p, used=False)
     p.add_argument("--keep", action="store_true", help="keep the sandbox running afterwards")
     p.set_defaults(handler="dashkanban.demo:demo_command")
 
