@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from dashkanban import __version__
 from dashkanban.errors import EXIT_FAILURE, EXIT_USAGE, DashkanbanError
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,20 @@ def _common(parser: argparse.ArgumentParser, *, used: bool = True) -> None:
     )
 
 
+class _Version(argparse.Action):
+    """`--version`, reading the installed version only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        import dashkanban
+
+        print(f"dashkanban {dashkanban.__version__}")  # on stdout, as argparse's own does
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dashkanban",
@@ -92,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 failure, 2 usage or configuration error, "
         "3 events not delivered in time (they stay queued in the outbox).",
     )
-    parser.add_argument("--version", action="version", version=f"dashkanban {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument(
         "--log-level",
         default="info",
