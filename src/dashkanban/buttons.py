@@ -7,6 +7,7 @@ carry a per-button dead time and, for Kanban, the bin the button belongs to.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -148,19 +149,35 @@ def load_buttons(path: Path) -> Registry:
     return parse_buttons(read_buttons_text(path), path)
 
 
+def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every row that is neither blank nor a `#` comment, streamed:
+    a file of 10,000 buttons is never held as a list of rows (the daemon's memory, issue 6)."""
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+    for row in reader:
+        if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#"):
+            yield reader.line_num, row
+
+
+def header_fields(text: str) -> frozenset[str]:
+    """The fields the header names (`name`, `mac`, `bin`, ...), without reading the rows."""
+    first = next(_rows(text), None)
+    if first is None:
+        return frozenset()
+    keys = (re.sub(r"[\s_\-]", "", cell.strip().lower()) for cell in first[1])
+    return frozenset(_COLUMN_ALIASES[k] for k in keys if k in _COLUMN_ALIASES)
+
+
 def parse_buttons(text: str, path: Path) -> Registry:
-    lines = text.splitlines()
-    rows = list(enumerate(csv.reader(lines, skipinitialspace=True), start=1))
-    rows = [(n, row) for n, row in rows if any(cell.strip() for cell in row)]
-    rows = [(n, row) for n, row in rows if not row[0].lstrip().startswith("#")]
-    if not rows:
+    rows = _rows(text)
+    first = next(rows, None)
+    if first is None:
         raise ConfigError("empty buttons file: expected the header 'Name, MAC-Address'", path, 1)
-    header_line, header = rows[0]
+    header_line, header = first
     columns = _read_header(header, path, header_line)
     buttons: list[Button] = []
     seen_mac: dict[str, int] = {}
     seen_name: dict[str, int] = {}
-    for line_no, row in rows[1:]:
+    for line_no, row in rows:
         button = _read_row(row, columns, path, line_no)
         if button.mac in seen_mac:
             raise ConfigError(

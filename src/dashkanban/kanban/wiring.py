@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from dashkanban.buttons import header_fields, read_buttons_text
 from dashkanban.c8y.mqtt import BUTTON_TYPE, DeviceLine
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine, encode_line, join_lines
 from dashkanban.config import Settings
@@ -61,6 +62,8 @@ def load_kanban_bins(settings: Settings) -> Bins:
     """The bins of MACID.csv (none when the buttons come only from the inventory)."""
     if settings.buttons.source == "inventory":
         return Bins({})
+    if "bin" not in header_fields(read_buttons_text(settings.buttons.file)):
+        return Bins({})  # no bin column: no need to read 10,000 buttons a second time
     _, bins = load_bins(settings.buttons.file)
     return bins
 
