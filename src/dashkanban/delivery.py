@@ -171,7 +171,10 @@ class Courier:
                 return
             skip = self._inflight | self._refused | self._unsaved_acks
             cursor = self._cursor
-        rows = self._outbox.peek(limit=room + len(skip), after_id=cursor)
+        # Only skipped rows past the cursor take room in the page: reading `window` rows (and
+        # decoding them) for every single PUBACK held the drain under 1,000 events/s.
+        ahead = sum(1 for row_id in skip if row_id > cursor)
+        rows = self._outbox.peek(limit=room + ahead, after_id=cursor)
         for row in rows:
             if row.id in skip:
                 continue
