@@ -25,6 +25,12 @@ def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     levels = {name: logging.getLogger(name).level for name in ("dashkanban.sandbox", "httpx")}
+    # A handler bound to a stream pytest has closed would print "--- Logging error ---" for
+    # every line a background thread (the sandbox, say) logs: leave such handlers out meanwhile.
+    root.handlers[:] = [
+        h for h in handlers
+        if not (isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False))
+    ]
     yield
     root.handlers[:] = handlers
     root.setLevel(level)

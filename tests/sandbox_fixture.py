@@ -17,6 +17,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -158,3 +159,23 @@ def device_factory(sandbox: Sandbox) -> Iterator[Callable[..., Device]]:
     yield make
     for device in made:
         device.close()
+
+
+def sandbox_config(folder: Path, sandbox: Sandbox, buttons: Path, *, mode: str = "gateway",
+                   source: str = "csv", rest_url: str | None = None,
+                   outbox: Path | None = None, gateway: str = "dashkanban-gw-01",
+                   gateway_name: str = "Store 3 button gateway", extra: str = "") -> Path:
+    """A config.ini (mode 0600) for a gateway talking to `sandbox`: plain MQTT on loopback,
+    REST at `rest_url` (default: the sandbox's own), `extra` appended as further sections."""
+    config = folder / "config.ini"
+    config.touch(mode=0o600)
+    config.write_text(
+        f"[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = {SANDBOX_TENANT}\nuser = dash-gateway\n"
+        f"password = {SANDBOX_PASSWORD}\nport = {sandbox.mqtt_port}\ntls = no\n"
+        f"allow_insecure = yes\nrest_url = {rest_url or sandbox.http_url}\n\n"
+        f"[gateway]\nserial = {gateway}\nname = {gateway_name}\nmode = {mode}\n\n"
+        f"[buttons]\nfile = {buttons}\nsource = {source}\n\n"
+        f"[outbox]\npath = {outbox or folder / 'state' / 'outbox.sqlite3'}\n\n" + extra,
+        encoding="utf-8",
+    )
+    return config

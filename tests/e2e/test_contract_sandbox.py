@@ -6,8 +6,6 @@ Cumulocity would have made of the lines (devices, child devices, events).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,56 +16,22 @@ from dashkanban.cli import main
 from dashkanban.sandbox import Sandbox
 from dashkanban.sandbox.broker import SubscribeRecord
 from dashkanban.sandbox.store import MessageRecord
-from tests.sandbox_fixture import SANDBOX_PASSWORD, rest, sandbox
+from tests.e2e.sample_contract import GATEWAY_NAME, SERIALS, event_line, gateway_sequence
+from tests.sandbox_fixture import rest, sandbox, sandbox_config
 from tests.test_replay import DATA, EXPECTED, SAMPLE
 
 __all__ = ["sandbox"]
 
 GATEWAY = "dashkanban-gw-01"
-GATEWAY_NAME = "Store 3 button gateway"
-# Name -> c8y_Serial (the MAC without colons), in the order the capture first presses them.
-BUTTONS = {"dashButton_1": "ac63be123456", "dashButton_2": "fca6670a0b0c",
-           "dashButton_3": "6854fd010203"}
 DELIVERED = "delivered 7 events to 127.0.0.1"
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_root_handlers() -> Iterator[None]:
-    """Earlier in-process `main()` calls leave a root handler on a capture stream pytest has
-    closed; the sandbox thread logging to it prints "--- Logging error ---" (as in
-    tests/sandbox/conftest.py)."""
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers[:] = [
-        h for h in saved
-        if not (isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False))
-    ]
-    yield
-    root.handlers[:] = saved
-
 
 def write_config(folder: Path, sandbox: Sandbox, mode: str) -> Path:
-    config = folder / "config.ini"
-    config.touch(mode=0o600)
-    config.write_text(
-        f"[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
-        f"password = {SANDBOX_PASSWORD}\nport = {sandbox.mqtt_port}\ntls = no\n"
-        f"allow_insecure = yes\nrest_url = {sandbox.http_url}\n\n"
-        f"[gateway]\nserial = {GATEWAY}\nname = {GATEWAY_NAME}\nmode = {mode}\n\n"
-        f"[buttons]\nfile = {DATA / 'MACID.csv'}\n\n"
-        f"[outbox]\npath = {folder / 'outbox.sqlite3'}\n",
-        encoding="utf-8",
-    )
-    return config
+    return sandbox_config(folder, sandbox, DATA / "MACID.csv", mode=mode,
+                          outbox=folder / "outbox.sqlite3", gateway=GATEWAY,
+                          gateway_name=GATEWAY_NAME)
 
-
-def c8y_time(iso: str) -> str:
-    """The --jsonl time (microseconds) as SmartREST sends it (milliseconds)."""
-    return iso[:23] + iso[26:]
-
-
-def event_line(event: dict[str, str]) -> str:
-    return f"400,c8y_MAC_Event,{event['text']},{c8y_time(event['time'])}"
 
 
 def replay(config: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -118,23 +82,6 @@ def all_events(sandbox: Sandbox) -> list[Any]:
     return found
 
 
-def gateway_sequence() -> list[tuple[str, str]]:
-    """Section 4, gateway mode, for the sample capture: (topic, payload) in order."""
-    expected = [
-        ("s/us", f"100,{GATEWAY_NAME},c8y_DashKanbanGateway"),
-        ("s/us", "114"),
-        ("s/us", "117,60"),
-        ("s/us", "500"),
-    ]
-    announced: set[str] = set()
-    for event in EXPECTED:
-        serial = BUTTONS[event["name"]]
-        if serial not in announced:
-            announced.add(serial)
-            expected.append(("s/us", f"101,{serial},{event['name']},c8y_DashButton"))
-        expected.append((f"s/us/{serial}", event_line(event)))
-    return expected
-
 
 def test_gateway_mode_one_client_the_contract_sequence_and_what_rest_shows(
     tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
@@ -152,8 +99,8 @@ def test_gateway_mode_one_client_the_contract_sequence_and_what_rest_shows(
         GATEWAY_NAME, "c8y_DashKanbanGateway", {})
     assert gateway["c8y_RequiredAvailability"] == {"responseInterval": 60}
     children = [ref["managedObject"]["id"] for ref in gateway["childDevices"]["references"]]
-    assert len(children) == len(BUTTONS)
-    for (name, serial), child_id in zip(BUTTONS.items(), children, strict=True):
+    assert len(children) == len(SERIALS)
+    for (name, serial), child_id in zip(SERIALS.items(), children, strict=True):
         child = device_by_serial(sandbox, serial)
         assert child["id"] == child_id
         assert (child["name"], child["type"], child["c8y_IsDevice"]) == (
@@ -173,17 +120,17 @@ def test_per_device_mode_one_client_per_button_and_three_root_devices(
     replay(write_config(tmp_path, sandbox, "per-device"), capsys)
 
     messages = inbound(sandbox)
-    assert {m.client_id for m in messages} == set(BUTTONS.values())
+    assert {m.client_id for m in messages} == set(SERIALS.values())
     assert {m.topic for m in messages} == {"s/us"}
     # Connections interleave, so the order is asserted per client id: each button creates
     # itself, asks for its operations, then sends its own presses in press order.
-    for name, serial in BUTTONS.items():
+    for name, serial in SERIALS.items():
         mine = [m.payload for m in messages if m.client_id == serial]
         assert mine == [f"100,{name},c8y_DashButton", "500",
                         *(event_line(e) for e in EXPECTED if e["name"] == name)]
     subscribed = sandbox.subscriptions()
     assert sorted((s.client_id, s.topics, s.granted) for s in subscribed) == sorted(
-        (serial, ("s/ds", "s/e"), (1, 1)) for serial in BUTTONS.values())
+        (serial, ("s/ds", "s/e"), (1, 1)) for serial in SERIALS.values())
     for record in subscribed:
         # After the client's 100, before its 500.
         before = [m.payload for m in messages[:record.after] if m.client_id == record.client_id]
@@ -192,8 +139,8 @@ def test_per_device_mode_one_client_per_button_and_three_root_devices(
     assert not any(m.client_id == GATEWAY for m in messages)
     assert sandbox.device_id(GATEWAY) is None
     roots = sandbox.devices()
-    assert len(roots) == len(BUTTONS)
-    for name, serial in BUTTONS.items():
+    assert len(roots) == len(SERIALS)
+    for name, serial in SERIALS.items():
         device = device_by_serial(sandbox, serial)
         assert (device["name"], device["type"], device["c8y_IsDevice"]) == (
             name, "c8y_DashButton", {})
@@ -201,12 +148,12 @@ def test_per_device_mode_one_client_per_button_and_three_root_devices(
         assert device["childDevices"]["references"] == []
         assert events_of(sandbox, device["id"]) == expected_events(name)
     assert sorted(d["id"] for d in roots) == sorted(
-        device_by_serial(sandbox, s)["id"] for s in BUTTONS.values())
+        device_by_serial(sandbox, s)["id"] for s in SERIALS.values())
     assert len(all_events(sandbox)) == len(EXPECTED)
 
 
 def _name_of(serial: str) -> str:
-    return next(name for name, s in BUTTONS.items() if s == serial)
+    return next(name for name, s in SERIALS.items() if s == serial)
 
 
 def test_second_run_gets_41_100_and_is_fine(
@@ -233,8 +180,8 @@ def test_second_run_gets_41_100_and_is_fine(
     # No second gateway or button devices: the same four managed objects, events twice.
     gateway = device_by_serial(sandbox, GATEWAY)
     assert [d["id"] for d in sandbox.devices()] == [gateway["id"]]
-    assert len(gateway["childDevices"]["references"]) == len(BUTTONS)
-    for name, serial in BUTTONS.items():
+    assert len(gateway["childDevices"]["references"]) == len(SERIALS)
+    for name, serial in SERIALS.items():
         child = device_by_serial(sandbox, serial)
         assert events_of(sandbox, child["id"]) == sorted(
             expected_events(name) * 2, key=lambda e: e[2])

@@ -10,16 +10,8 @@ import pytest
 from dashkanban.cli import main
 from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, write_config
+from tests.e2e.sample_contract import SERIALS, event_line, gateway_sequence
 from tests.test_replay import DATA, EXPECTED, SAMPLE
-
-SERIALS = {"dashButton_1": "ac63be123456", "dashButton_2": "fca6670a0b0c",
-           "dashButton_3": "6854fd010203"}
-
-
-def c8y_time(iso: str) -> str:
-    """The --jsonl time (microseconds) as SmartREST sends it (milliseconds)."""
-    return iso[:23] + iso[26:]
-
 
 
 def config_for(tmp_path: Path, broker: Mosquitto, mode: str) -> Path:
@@ -36,20 +28,7 @@ def test_gateway_mode_sends_the_contract_sequence(
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == len(EXPECTED)
     assert err.splitlines()[-1] == "delivered 7 events to 127.0.0.1"
-    expected: list[tuple[str, str]] = [
-        ("s/us", "100,Store 3 button gateway,c8y_DashKanbanGateway"),
-        ("s/us", "114"),
-        ("s/us", "117,60"),
-        ("s/us", "500"),
-    ]
-    announced: set[str] = set()
-    for event in EXPECTED:
-        serial = SERIALS[event["name"]]
-        if serial not in announced:
-            announced.add(serial)
-            expected.append(("s/us", f"101,{serial},{event['name']},c8y_DashButton"))
-        expected.append((f"s/us/{serial}", f"400,c8y_MAC_Event,{event['text']},"
-                                           f"{c8y_time(event['time'])}"))
+    expected = gateway_sequence()
     assert recorder.wait_for(len(expected)) == expected
 
 
@@ -69,12 +48,12 @@ def test_per_device_mode_uses_one_client_per_button(
     assert [payload for _, payload in messages].count("500") == len(SERIALS)
     event_lines = [payload for topic, payload in messages if payload.startswith("400,")]
     assert sorted(event_lines) == sorted(
-        f"400,c8y_MAC_Event,{e['text']},{c8y_time(e['time'])}" for e in events
+        event_line(e) for e in events
     )
     assert all(topic == "s/us" for topic, _ in messages)
     for name in SERIALS:
         mine = [p for p in event_lines if f"{name} pressed" in p]
-        assert mine == [f"400,c8y_MAC_Event,{e['text']},{c8y_time(e['time'])}"
+        assert mine == [event_line(e)
                         for e in events if e["name"] == name]
 
 

@@ -18,7 +18,7 @@ from dashkanban.daemon import Daemon
 from dashkanban.events import Event
 from dashkanban.sandbox import Sandbox
 from tests.kanban.c8y_server import Store, c8y_server
-from tests.sandbox_fixture import SANDBOX_PASSWORD, SANDBOX_USER, Device
+from tests.sandbox_fixture import SANDBOX_PASSWORD, SANDBOX_USER, Device, sandbox_config
 
 CSV_MAC = "ac:63:be:12:34:56"
 INVENTORY_MAC, INVENTORY_SERIAL = "fc:a6:67:0a:0b:0c", "fca6670a0b0c"
@@ -45,17 +45,8 @@ class OpenSource:
 
 def write_config(folder: Path, sandbox: Sandbox, rest_url: str | None = None) -> Path:
     (folder / "MACID.csv").write_text(f"Name, MAC-Address\nscrews, {CSV_MAC}\n")
-    config = folder / "config.ini"
-    config.touch(mode=0o600)
-    config.write_text(
-        f"[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
-        f"password = {SANDBOX_PASSWORD}\nport = {sandbox.mqtt_port}\ntls = no\n"
-        f"allow_insecure = yes\nrest_url = {rest_url or sandbox.http_url}\n\n"
-        "[gateway]\nserial = dashkanban-gw-01\nname = Store 3 button gateway\n\n"
-        f"[buttons]\nfile = {folder / 'MACID.csv'}\nsource = both\n\n"
-        f"[outbox]\npath = {folder / 'state' / 'outbox.sqlite3'}\n"
-    )
-    return config
+    return sandbox_config(folder, sandbox, folder / "MACID.csv", source="both",
+                          rest_url=rest_url)
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:

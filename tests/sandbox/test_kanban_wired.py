@@ -26,7 +26,7 @@ from dashkanban.kanban.history import History
 from dashkanban.kanban.wiring import load_kanban_bins
 from dashkanban.outbox import Outbox
 from dashkanban.sandbox import Sandbox
-from tests.sandbox_fixture import SANDBOX_PASSWORD, rest
+from tests.sandbox_fixture import rest, sandbox_config
 
 MACID = (
     "Name, MAC-Address, bin, part, quantity, location, supplier, lead_time_days, role\n"
@@ -44,20 +44,9 @@ WAIT = 10.0
 
 def write_config(folder: Path, sandbox: Sandbox) -> Path:
     (folder / "MACID.csv").write_text(MACID, encoding="utf-8")
-    config = folder / "config.ini"
-    config.touch(mode=0o600)
-    config.write_text(
-        f"[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
-        f"password = {SANDBOX_PASSWORD}\nport = {sandbox.mqtt_port}\ntls = no\n"
-        f"allow_insecure = yes\nrest_url = {sandbox.http_url}\n\n"
-        f"[gateway]\nserial = {GATEWAY}\nname = Store 3 button gateway\n\n"
-        f"[buttons]\nfile = {folder / 'MACID.csv'}\n\n"
-        f"[outbox]\npath = {folder / 'state' / 'outbox.sqlite3'}\n\n"
-        # 100 years: the capture's fixed 2026 times must never be pruned by a later clock.
-        "[kanban]\nalarms = yes\nseverity = MINOR\nhistory_days = 36500\n",
-        encoding="utf-8",
-    )
-    return config
+    # 100 years: the capture's fixed 2026 times must never be pruned by a later clock.
+    kanban = "[kanban]\nalarms = yes\nseverity = MINOR\nhistory_days = 36500\n"
+    return sandbox_config(folder, sandbox, folder / "MACID.csv", gateway=GATEWAY, extra=kanban)
 
 
 def press(mac: str, at: float) -> tuple[float, bytes]:
