@@ -93,3 +93,21 @@ def recorder(mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> Iterator[Recorder
     rec = Recorder(mosquitto_tls, tls_files)
     yield rec
     rec.close()
+
+
+@pytest.fixture(scope="session")
+def system_dashkanban() -> Iterator[Path]:
+    """`bin/dashkanban` of a venv made by the system's Python under /opt/dashkanban-tests (as
+    root), holding its own copy of the package: what `service install` accepts and what `nobody`
+    can run, wherever the checkout lives. Made once per test run."""
+    import shutil
+
+    from tests.service_helpers import make_system_venv, system_python_usable, system_venv_folder
+
+    reason = system_python_usable()
+    if reason:
+        pytest.skip(reason)
+    folder = system_venv_folder("test-venv")
+    shutil.rmtree(folder, ignore_errors=True)
+    yield make_system_venv(folder)
+    shutil.rmtree(folder, ignore_errors=True)

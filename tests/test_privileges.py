@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,6 @@ from dashkanban.privileges import (
 from tests.service_helpers import (
     as_user_prefix,
     is_root,
-    make_system_venv,
-    system_python_usable,
-    system_venv_folder,
 )
 
 NOBODY = 65534
@@ -138,16 +134,10 @@ print("captured", frame[:42].hex(), addr[0])
 """
 
 
-@pytest.fixture(scope="module")
-def venv_python() -> Iterator[Path]:
-    """A system-Python venv, since `nobody` cannot reach an interpreter under /root."""
-    reason = system_python_usable()
-    if reason:
-        pytest.skip(reason)
-    folder = system_venv_folder("test-privileges-venv")
-    shutil.rmtree(folder, ignore_errors=True)
-    yield make_system_venv(folder).parent / "python"
-    shutil.rmtree(folder, ignore_errors=True)
+@pytest.fixture
+def venv_python(system_dashkanban: Path) -> Path:
+    """A system-Python venv's interpreter, since `nobody` cannot reach one under /root."""
+    return system_dashkanban.parent / "python"
 
 
 def in_netns_as_nobody(python: Path, *, net_raw: bool) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -27,11 +26,8 @@ from dashkanban.service import (
 from tests.service_helpers import (
     is_root,
     make_scratch_root,
-    make_system_venv,
     passwd_entry,
     run_cli,
-    system_python_usable,
-    system_venv_folder,
     tree,
 )
 
@@ -233,15 +229,9 @@ def test_uninstall_plan_keeps_outbox_unless_purge() -> None:
 # Whole installs into a scratch root
 
 
-@pytest.fixture(scope="module")
-def dashkanban_exe() -> Iterator[Path]:
-    reason = system_python_usable()
-    if reason:
-        pytest.skip(reason)
-    folder = system_venv_folder("test-service-venv")
-    shutil.rmtree(folder, ignore_errors=True)
-    yield make_system_venv(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+@pytest.fixture
+def dashkanban_exe(system_dashkanban: Path) -> Path:
+    return system_dashkanban
 
 
 @pytest.fixture

@@ -35,8 +35,6 @@ from tests.e2e.netns import Pair, in_netns, ip, sender
 from tests.service_helpers import (
     SBIN_PATH,
     as_user_prefix,
-    make_system_venv,
-    system_python_usable,
     system_venv_folder,
 )
 
@@ -55,18 +53,12 @@ STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
 TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) +(\S+): (.*)")
 
 
-@pytest.fixture(scope="module")
-def script() -> Iterator[Path]:
+@pytest.fixture
+def script(system_dashkanban: Path) -> Path:
     """`dashkanban` in a system-Python venv: nobody cannot reach an interpreter under /root."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and util-linux's setpriv to drop to nobody")
-    reason = system_python_usable()
-    if reason:
-        pytest.skip(reason)
-    folder = system_venv_folder("test-run-venv")
-    shutil.rmtree(folder, ignore_errors=True)
-    yield make_system_venv(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+    return system_dashkanban
 
 
 @dataclass
