@@ -8,15 +8,14 @@ that client only (a client sees only its own device tree). Everything runs on on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
-import socket
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dashkanban.sandbox import packets as mq
+from dashkanban.sandbox.connections import Connections
 from dashkanban.sandbox.smartrest import DOWN_ERRORS, DOWN_OPERATIONS, SmartRestProcessor
 from dashkanban.sandbox.store import MESSAGE_LOG_SIZE, SERIAL, Doc, Store
 
@@ -121,18 +120,14 @@ class Broker:
         self.stats: Counter[str] = Counter()
         # Read by tests through `Sandbox.subscriptions()`; bounded like the message log.
         self.subscribe_log: deque[SubscribeRecord] = deque(maxlen=MESSAGE_LOG_SIZE)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections = Connections()
 
     # -- connection lifecycle ---------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # paho does not set TCP_NODELAY; without it on both ends QoS 1 waits 40 ms
-            # (field notes).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        async with self._connections.serving(writer):
+            await self._handle(reader, writer)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         session: _Session | None = None
         self.stats["connections"] += 1
@@ -157,11 +152,6 @@ class Broker:
         finally:
             if session is not None:
                 self._end(session)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            if task is not None:
-                self._tasks.discard(task)
 
     async def _read_packet(self, reader: asyncio.StreamReader, timeout: float | None) -> mq.Packet:
         async with asyncio.timeout(timeout):
@@ -374,10 +364,7 @@ class Broker:
         for session in list(self.sessions.values()):
             session.clean_exit = True
             session.writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._connections.close_all()
 
 
 def _show(payload: bytes) -> str:

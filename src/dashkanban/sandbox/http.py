@@ -7,12 +7,12 @@ Content-Length body (no chunked uploads), bounded header and body sizes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from dashkanban.sandbox.connections import Connections
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,13 @@ class HttpServer:
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections = Connections()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        async with self._connections.serving(writer):
+            await self._handle(reader, writer)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
@@ -141,15 +139,6 @@ class HttpServer:
             pass
         except asyncio.CancelledError:
             pass  # only `close()` cancels; see Broker.handle
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            if task is not None:
-                self._tasks.discard(task)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._connections.close_all()
