@@ -22,29 +22,34 @@ BUTTONS_CSV = (
 
 
 def write_config(folder: Path, broker: Mosquitto, *, host: str = "127.0.0.1",
+                 port: int | None = None, user: str = BROKER_USER,
                  password: str = BROKER_PASSWORD, ca_file: Path | None = None,
-                 mode: str = "gateway", extra: str = "") -> Path:
-    """A config.ini (mode 0600) pointing at `broker` over TLS."""
+                 mode: str = "gateway", buttons: Path | None = None,
+                 outbox: Path | None = None, extra: str = "") -> Path:
+    """A config.ini (mode 0600) pointing at `broker` over TLS (or at `port`, a proxy's).
+
+    Without `buttons`, a MACID.csv of two buttons is written next to it and found by default."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "MACID.csv").write_text(BUTTONS_CSV)
+    if buttons is None:
+        (folder / "MACID.csv").write_text(BUTTONS_CSV)
     tls = broker.tls
     assert tls is not None
     ca = ca_file if ca_file is not None else tls.ca_cert
-    user = BROKER_USER.split("/", 1)[1]
     text = (
         "[C8YMQTT]\n"
         f"tenant = {host}\n"
         "tenantID = t12345\n"
-        f"user = {user}\n"
+        f"user = {user.split('/', 1)[1]}\n"
         f"password = {password}\n"
-        f"port = {broker.port}\n"
+        f"port = {port if port is not None else broker.port}\n"
         f"ca_file = {ca}\n"
         "[gateway]\n"
         "serial = dashkanban-gw-01\n"
         "name = Store 3 button gateway\n"
         f"mode = {mode}\n"
-        "[outbox]\n"
-        f"path = {folder / 'outbox.sqlite3'}\n"
+        + (f"[buttons]\nfile = {buttons}\n" if buttons is not None else "")
+        + "[outbox]\n"
+        f"path = {outbox if outbox is not None else folder / 'outbox.sqlite3'}\n"
         + extra
     )
     path = folder / "config.ini"

@@ -24,6 +24,7 @@ from dashkanban.capture import Frame, forge
 from dashkanban.config import Settings, load_settings
 from dashkanban.daemon import Daemon
 from tests.brokers import Mosquitto
+from tests.c8y import support
 from tests.conftest import BROKER_PASSWORD, BROKER_USER
 from tests.faults import REPO
 
@@ -83,30 +84,9 @@ def write_config(folder: Path, broker: Mosquitto, *, port: int | None = None, bu
     """A config.ini (0600) for the TLS broker, `buttons` generated buttons, the outbox under
     `folder` unless given; `port` defaults to the broker's (pass a proxy's)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tls = broker.tls
-    assert tls is not None
     csv = buttons_csv(folder / "MACID.csv", buttons)
-    text = (
-        "[C8YMQTT]\n"
-        "tenant = 127.0.0.1\n"
-        "tenantID = t12345\n"
-        f"user = {user.split('/', 1)[1]}\n"
-        f"password = {password}\n"
-        f"port = {port if port is not None else broker.port}\n"
-        f"ca_file = {tls.ca_cert}\n"
-        "[gateway]\n"
-        "serial = dashkanban-gw-01\n"
-        "name = Store 3 button gateway\n"
-        "[buttons]\n"
-        f"file = {csv}\n"
-        "[outbox]\n"
-        f"path = {outbox if outbox is not None else folder / 'outbox.sqlite3'}\n"
-        + extra
-    )
-    path = folder / "config.ini"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
+    return support.write_config(folder, broker, port=port, user=user, password=password,
+                                buttons=csv, outbox=outbox, extra=extra)
 
 
 # -- what arrived -------------------------------------------------------------------------------
