@@ -60,22 +60,19 @@ def test_original_five_keys_load_with_defaults(tmp_path: Path) -> None:
 
 
 def test_default_outbox_path() -> None:
+    def no(_path: Path) -> bool:
+        return False
+
     assert default_outbox_path({"STATE_DIRECTORY": "/var/lib/dashkanban"}, euid=999) == Path(
         "/var/lib/dashkanban/outbox.sqlite3")
-    assert default_outbox_path({}, euid=0) == Path("/var/lib/dashkanban/outbox.sqlite3")
-    if not os.access("/var/lib/dashkanban", os.W_OK):
-        assert default_outbox_path({"HOME": "/home/pi"}, euid=1000) == Path(
-            "/home/pi/.local/state/dashkanban/outbox.sqlite3")
-        assert default_outbox_path({"XDG_STATE_HOME": "/srv/st"}, euid=1000) == Path(
-            "/srv/st/dashkanban/outbox.sqlite3")
-
-
-def test_password_is_verbatim(tmp_path: Path) -> None:
-    """As configparser read it in the original: no inline comment, no quote stripping."""
-    text = GOOD.replace("password = secret", 'password = "ab #cd ;ef"')
-    settings = load_settings(write(tmp_path, text), {})
-    assert settings.c8y.password is not None
-    assert settings.c8y.password.reveal() == '"ab #cd ;ef"'
+    assert default_outbox_path({}, euid=0, writable=no) == Path(
+        "/var/lib/dashkanban/outbox.sqlite3")
+    assert default_outbox_path({}, euid=1000, writable=lambda _p: True) == Path(
+        "/var/lib/dashkanban/outbox.sqlite3")
+    assert default_outbox_path({"HOME": "/home/pi"}, euid=1000, writable=no) == Path(
+        "/home/pi/.local/state/dashkanban/outbox.sqlite3")
+    assert default_outbox_path({"XDG_STATE_HOME": "/srv/st", "HOME": "/home/pi"}, euid=1000,
+                               writable=no) == Path("/srv/st/dashkanban/outbox.sqlite3")
 
 
 def test_bare_user_is_accepted(tmp_path: Path) -> None:

@@ -390,7 +390,12 @@ def _serial(text: str) -> str:
 SYSTEM_STATE = Path("/var/lib/dashkanban")
 
 
-def default_outbox_path(environ: Mapping[str, str], euid: int | None = None) -> Path:
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)
+
+
+def default_outbox_path(environ: Mapping[str, str], euid: int | None = None,
+                        writable: Callable[[Path], bool] = _writable) -> Path:
     """Where the outbox lives when `[outbox] path` is not set.
 
     The service's state folder (systemd's $STATE_DIRECTORY, /var/lib/dashkanban); for root, that
@@ -401,7 +406,7 @@ def default_outbox_path(environ: Mapping[str, str], euid: int | None = None) -> 
     if state:
         return Path(state) / "outbox.sqlite3"
     uid = os.geteuid() if euid is None else euid
-    if uid == 0 or os.access(SYSTEM_STATE, os.W_OK):
+    if uid == 0 or writable(SYSTEM_STATE):
         return SYSTEM_STATE / "outbox.sqlite3"
     xdg = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "~")).expanduser()
                                                / ".local" / "state")
