@@ -55,7 +55,7 @@ def test_garbage_is_counted_and_the_broker_keeps_serving(sandbox: Sandbox,
             while sock.recv(64):  # read until the broker closes
                 pass
     stats = sandbox.stats()
-    assert stats["malformed"] >= 3
+    assert stats["malformed"] == len(hostile)  # each counted once, none crashed the broker
     gw = device_factory("gw-01")
     assert gw.connect() == "Success"
     gw.subscribe("s/e")

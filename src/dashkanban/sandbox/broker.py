@@ -184,6 +184,7 @@ class Broker:
                        writer: asyncio.StreamWriter) -> _Session | None:
         packet = await self._read_packet(reader, CONNECT_TIMEOUT)
         if not isinstance(packet, mq.Connect):
+            self.stats["malformed"] += 1  # a protocol violation (MQTT 3.1.1, 3.1.0-1)
             raise _DropError("the first packet is not CONNECT")
         code = self._check_connect(packet)
         if code != mq.ACCEPTED:
