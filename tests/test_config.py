@@ -75,6 +75,14 @@ def test_default_outbox_path() -> None:
                                writable=no) == Path("/srv/st/dashkanban/outbox.sqlite3")
 
 
+def test_password_is_verbatim(tmp_path: Path) -> None:
+    """As configparser read it in the original: no inline comment, no quote stripping."""
+    text = GOOD.replace("password = secret", 'password = "ab #cd ;ef"')
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.c8y.password is not None
+    assert settings.c8y.password.reveal() == '"ab #cd ;ef"'
+
+
 def test_bare_user_is_accepted(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, GOOD.replace("t12345/dash", "dash")), {})
     assert settings.c8y.username == "t12345/dash-gateway"
