@@ -155,10 +155,10 @@ def test_pcap_truncated_record(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:-10])
     offset = 24 + 16 + len(ARP) + 16 + len(TCP)
-    frames: list[Frame] = []
-    with pytest.raises(CaptureError, match=rf"file ends inside the record at byte {offset}$"):
-        frames.extend(open_capture(path))
+    capture = open_capture(path)
+    frames = list(capture)  # a cut-off file is read to the cut: no error (issue 14)
     assert [f.data for f in frames] == [ARP, TCP]  # what came before is not lost
+    assert capture.cut_off == offset
 
 
 def test_pcap_corrupt_length(tmp_path: Path) -> None:
@@ -217,8 +217,15 @@ def test_pcapng_truncated(tmp_path: Path) -> None:
     header = forge.pcapng_header() + forge.pcapng_interface("eth0")
     path = tmp_path / "cut.pcapng"
     path.write_bytes(header + forge.pcapng_packet(0, T0, ARP)[:-5])
-    with pytest.raises(CaptureError, match=rf"file ends inside the block at byte {len(header)}$"):
-        read(path)
+    capture = open_capture(path)
+    assert list(capture) == []
+    assert capture.cut_off == len(header)
+    whole = tmp_path / "whole-then-cut.pcapng"
+    first = forge.pcapng_packet(0, T0, ARP)
+    whole.write_bytes(header + first + forge.pcapng_packet(0, T0, TCP)[:9])
+    capture = open_capture(whole)
+    assert [f.data for f in capture] == [ARP]
+    assert capture.cut_off == len(header) + len(first)
 
 
 # ---------------------------------------------------------------------------------------------

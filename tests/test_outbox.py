@@ -455,9 +455,10 @@ def test_flush_with_the_broker_down_exits_3_and_keeps_the_rows(
     mosquitto_tls.stop()
     assert main(["outbox", "flush", "-c", str(config), "--timeout", "0.5"]) == 3
     assert capsys.readouterr().err.splitlines()[-1] + "\n" == (
-        "error: 1 events queued: not delivered within 0.5 s (cannot connect to "
-        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay in the outbox for "
-        "`dashkanban outbox flush` or the service\n"
+        "error: not delivered within 0.5 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); 1 event stays queued in "
+        f"{settings.outbox.path}: `dashkanban outbox flush` delivers it, `dashkanban outbox drop "
+        "--all` (or --button NAME|MAC, --before TIME) discards it\n"
     )
     with open_outbox(settings.outbox.path) as outbox:
         assert [row.event for row in outbox.peek()] == [event_for(0)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -100,19 +101,39 @@ def test_detect_arp_only(config: Path, capsys: pytest.CaptureFixture[str]) -> No
     ]
 
 
-def test_corrupt_capture_loses_nothing(
+def test_cut_off_capture_is_read_to_the_cut(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Issue 14: a file cut off in its last record is a warning and exit 0 (it was exit 1)."""
     data = SAMPLE.read_bytes()
     cut = tmp_path / "cut.pcapng"
     cut.write_bytes(data[: len(data) // 2 + 3])
-    assert main(["replay", "-c", str(config), str(cut), "--dry-run", "--jsonl"]) == 1
+    assert main(["replay", "-c", str(config), str(cut), "--dry-run", "--jsonl"]) == 0
     out, err = capsys.readouterr()
     assert [json.loads(line) for line in out.splitlines()] == EXPECTED[:5]
     lines = err.splitlines()
     assert lines[-2].startswith(f"{cut}: ")
     assert lines[-2].endswith(" 0 malformed, 5 presses")
-    assert lines[-1].startswith(f"error: {cut}: file ends inside the block at byte ")
+    assert re.fullmatch(
+        rf"warning: {re.escape(str(cut))}: ends inside a record at byte \d+ "
+        r"\(the capture was cut off\)", lines[-1])
+
+
+def test_corrupt_capture_loses_nothing(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray(SAMPLE.read_bytes())
+    half = len(data) // 2
+    block = data.index(b"\x06\x00\x00\x00", half)  # an enhanced packet block in the middle
+    data[block + 4 : block + 8] = (7).to_bytes(4, "little")  # a length that is no block's
+    bad = tmp_path / "bad.pcapng"
+    bad.write_bytes(bytes(data))
+    assert main(["replay", "-c", str(config), str(bad), "--dry-run", "--jsonl"]) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == EXPECTED[:5]
+    lines = err.splitlines()
+    assert lines[-2].endswith(" 0 malformed, 5 presses")
+    assert lines[-1] == f"error: {bad}: corrupt block at byte {block}: length 7"
 
 
 def test_missing_capture(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

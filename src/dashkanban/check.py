@@ -12,11 +12,13 @@ for its PUBACK; exit 3 when that does not happen within `--timeout`.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import ssl
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from dashkanban.buttons import Button, load_buttons, normalize_mac
@@ -24,7 +26,7 @@ from dashkanban.c8y.mqtt import try_login
 from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
 from dashkanban.config import Settings, find_config, load_settings
-from dashkanban.errors import ConfigError, UplinkError
+from dashkanban.errors import ConfigError, DashkanbanError, UplinkError
 from dashkanban.events import make_event
 from dashkanban.presses import Press
 
@@ -41,27 +43,134 @@ def _fail(text: str, hint: str) -> None:
     print(f"  hint: {hint}", flush=True)
 
 
+class CheckFailedError(DashkanbanError):
+    """Some steps of `check` failed; each was printed once, with its hint, above."""
+
+    def __init__(self, failed: list[str]) -> None:
+        steps = ", ".join(failed)
+        super().__init__(f"check: {len(failed)} step{'s' if len(failed) > 1 else ''} failed "
+                         f"({steps}); see the lines marked {CROSS} above")
+
+
 def check_command(args: argparse.Namespace) -> int:
-    try:
-        path = find_config(args.config)
-        settings = load_settings(path)
-    except ConfigError as exc:
-        _fail(f"config: {exc}", "fix the line named above")
-        raise
+    """Every step the configuration's features need, and only those (issue 14): config and
+    buttons, capture (for `run`), the outbox, DNS, TCP, TLS, the MQTT login, and REST when it is
+    used. A failed step is printed once: a configuration error as the one `error: FILE:LINE:`
+    line of every command (exit 2), any other as ✗ with a hint, then a last line that sums up."""
+    path = find_config(args.config)
+    settings = load_settings(path)
     _ok(f"config {path}")
+    failed: list[str] = []
     if settings.buttons.source in ("csv", "both"):
-        try:
-            registry = load_buttons(settings.buttons.file)
-        except ConfigError as exc:
-            _fail(f"buttons: {exc}", "fix the line named above ([buttons] file in config.ini)")
-            raise
+        registry = load_buttons(settings.buttons.file)
         _ok(f"buttons {settings.buttons.file}: {len(registry)} button(s)")
     if settings.buttons.source in ("inventory", "both"):
         _ok(f"buttons from Cumulocity's inventory via {settings.c8y.rest_url} "
             f"(cached {settings.buttons.cache_ttl:g} s)")
-    _check_uplink(settings)
+    for name, step in (("capture", _check_capture), ("outbox", _check_outbox)):
+        if not step(settings):
+            failed.append(name)
+    try:
+        _check_uplink(settings)
+    except UplinkError:
+        failed.append("uplink")
+    else:
+        if rest_used(settings) and not _check_rest(settings):
+            failed.append("REST")
+    if failed:
+        raise CheckFailedError(failed)
     _ok(f"all checks passed: events go to {settings.c8y.tenant} in {settings.gateway.mode} mode")
     return 0
+
+
+def rest_used(settings: Settings) -> bool:
+    """Whether a feature of this configuration talks REST: buttons from the inventory, or bins
+    (the c8y_Kanban fragment, and with alarms the refill operations)."""
+    if settings.buttons.source != "csv" or settings.kanban.alarms:
+        return True
+    try:
+        from dashkanban.buttons import header_fields, read_buttons_text
+
+        return "bin" in header_fields(read_buttons_text(settings.buttons.file))
+    except ConfigError:
+        return False  # the buttons step has said what is wrong with the file
+
+
+def _check_capture(settings: Settings) -> bool:
+    """What `run` needs to capture: the interface, and CAP_NET_RAW for this user."""
+    from dashkanban.capture.live import resolve_interface
+    from dashkanban.privileges import grant_hint, has_cap_net_raw
+
+    name = settings.capture.interface
+    try:
+        interface = resolve_interface(name)
+    except DashkanbanError as exc:
+        _fail(f"capture: {exc}", "name the interface in [capture] interface")
+        return False
+    how = " (interface = auto: the default route's)" if name == "auto" else ""
+    if not Path("/sys/class/net", interface).exists():
+        _fail(f"capture: no interface {interface!r}{how}",
+              "set [capture] interface to one `ip link` lists")
+        return False
+    if not has_cap_net_raw():
+        _fail(f"capture on {interface}{how}: this user lacks CAP_NET_RAW, so `run` cannot "
+              "capture", grant_hint())
+        return False
+    _ok(f"capture on {interface}{how}: CAP_NET_RAW held")
+    return True
+
+
+def _check_outbox(settings: Settings) -> bool:
+    """The outbox file (or the folder it will be made in) is writable; creates nothing."""
+    path = settings.outbox.path
+    problem = outbox_problem(path)
+    if problem is not None:
+        _fail(f"outbox {path}: {problem}",
+              "make it writable for the user that runs dashkanban, or set [outbox] path")
+        return False
+    _ok(f"outbox {path}: writable")
+    return True
+
+
+def outbox_problem(path: Path) -> str | None:
+    """Why the outbox at `path` could not be written, or None."""
+    if path.exists():
+        if not path.is_file():
+            return "not a file"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return "the file is read-only"
+        folder = path.parent
+    else:
+        folder = path.parent
+        while not folder.exists() and folder.parent != folder:
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is read-only (SQLite writes its -wal and -shm files there)"
+    return None
+
+
+def _check_rest(settings: Settings) -> bool:
+    """REST as the features use it: reachable, and our credentials accepted."""
+    from dashkanban.c8y.rest import CumulocityRest, RestError
+
+    c8y = settings.c8y
+    try:
+        with CumulocityRest.from_settings(c8y, attempts=1) as rest:
+            response = rest.request("GET", "/inventory/managedObjects", "REST check",
+                                    params={"pageSize": 1})
+    except (RestError, OSError, ValueError) as exc:
+        _fail(f"REST {c8y.rest_url}: {exc}",
+              "check [C8YMQTT] rest_url (default https://<tenant>) and the credentials")
+        return False
+    if response.status_code != 200:
+        _fail(f"REST {c8y.rest_url}: answered {response.status_code} to GET "
+              "/inventory/managedObjects", "check [C8YMQTT] rest_url")
+        return False
+    who = c8y.username if c8y.password else "client certificate"
+    _ok(f"REST {c8y.rest_url}: logged in as {who}")
+    return True
 
 
 def _check_uplink(settings: Settings) -> None:
@@ -92,10 +201,11 @@ def _check_uplink(settings: Settings) -> None:
                 what, hint = describe_tls_failure(exc, c8y.tenant)
                 _fail(f"TLS: {what}", hint)
                 raise UplinkError(f"TLS to {address} failed: {what}") from None
-            _ok(f"TLS {version}: certificate {_subject(cert)}, valid until "
+            _ok(f"TLS {version or '?'}: certificate {_subject(cert)}, valid until "
                 f"{_expiry(cert)}, issued by {_subject(cert, 'issuer')}")
         else:
-            _ok("no TLS (tls = no): the password travels in clear text")
+            print("! no TLS (tls = no, allow_insecure = yes): the password travels in clear text",
+                  flush=True)
     try:
         client_id = try_login(settings, CONNECT_TIMEOUT)
     except UplinkError as exc:
@@ -148,8 +258,7 @@ def find_button(settings: Settings, name_or_mac: str) -> Button:
 def test_button_command(args: argparse.Namespace) -> int:
     """One event as if the button had been pressed: queued in the outbox like a press, then
     delivered (exit 0), or left queued (exit 3); with `dashkanban run` running, queued for it."""
-    from dashkanban.delivery import deliver
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox import Outbox, deliver_explained
 
     settings = load_settings(find_config(args.config))
     button = find_button(settings, args.button)
@@ -160,8 +269,8 @@ def test_button_command(args: argparse.Namespace) -> int:
     start = time.monotonic()
     with Outbox.open(settings.outbox.path, max_rows=settings.outbox.max_rows,
                      max_bytes=settings.outbox.max_bytes) as outbox:
-        delivered = deliver(settings, outbox, [event], timeout=float(args.timeout),
-                            max_refusals=1)
+        delivered = deliver_explained(settings, outbox, [event], timeout=float(args.timeout),
+                                      max_refusals=1)
     print(f"{TICK} {topic} {line}", flush=True)
     if delivered is None:
         print(f"{TICK} queued in {settings.outbox.path}: the running dashkanban service "

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The command line (design section 2): the only place that parses arguments, sets up logging
 and maps errors to exit codes.
 
@@ -8,10 +9,12 @@ and imports it only when that command runs, so `dashkanban --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -72,17 +75,107 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
-def _common(parser: argparse.ArgumentParser, *, used: bool = True) -> None:
-    # Every command takes -c (design section 2); sandbox and demo need no config and say so.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a misspelt command or option (difflib), and an unknown
+    option named as such rather than reported as a missing COMMAND."""
+
+    argv: Sequence[str] = ()
+
+    def error(self, message: str) -> Any:
+        unknown = [w for w in self.argv if w.startswith("-") and w != "-"
+                   and w.split("=", 1)[0] not in self._option_string_actions]
+        if "required: COMMAND" in message and unknown:
+            message = f"unknown option {unknown[0]}"
+            message += _suggest(unknown[0].split("=", 1)[0], self._option_string_actions)
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2))
+            message = (f"unknown command {match.group(1)!r}{_suggest(match.group(1), choices)}"
+                       f" (commands: {', '.join(choices)})")
+        match = re.fullmatch(r"unrecognized arguments: (.*)", message)
+        if match:
+            word = match.group(1).split()[0]
+            options = [o for a in _all_actions(self) for o in a.option_strings]
+            message += _suggest(word.split("=", 1)[0], options) if word.startswith("-") else ""
+        return super().error(message)
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's actions and those of the subcommand parsers under it."""
+    found = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _all_actions(child)
+    return found
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _global(parser: argparse.ArgumentParser, *, top: bool, used: bool = True) -> None:
+    """-c, --log-level and --log-format, before or after the command (design section 8).
+
+    On a command's parser their default is SUPPRESS, so a value given before the command is not
+    overwritten by the command parser's default."""
+    default: Any = None if top else argparse.SUPPRESS
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
-        default=None,
+        default=default,
         metavar="FILE",
         help="config file (default: ./config.ini, then /etc/dashkanban/config.ini)"
         if used else "accepted for symmetry; this command needs no config file",
     )
+    parser.add_argument(
+        "--log-level",
+        default="info" if top else argparse.SUPPRESS,
+        choices=LOG_LEVELS,
+        help="log verbosity on stderr (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text" if top else argparse.SUPPRESS,
+        choices=LOG_FORMATS,
+        help="text for people, json for journald and log shippers (default: text)",
+    )
+
+
+def _common(parser: argparse.ArgumentParser, *, used: bool = True) -> None:
+    # Every command takes -c (design section 2); sandbox and demo need no config and say so.
+    _global(parser, top=False, used=used)
+
+
+def number(low: float, high: float = float("inf"), *, whole: bool = False,
+           low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (or (low, high] with low_open); argparse turns
+    the ValueError into `error: argument --x: ...` and exit 2."""
+
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {'whole ' if whole else ''}number") from None
+        too_low = value <= low if low_open else value < low
+        if value != value or too_low or value > high:
+            bound = f"more than {low:g}" if low_open else f"at least {low:g}"
+            upper = f" and at most {high:g}" if high != float("inf") else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({bound}{upper})")
+        return value
+
+    return parse
+
+
+SECONDS = number(0, 86400)  # a timeout: 0 only queues, a day is plenty
+PORT = number(0, 65535, whole=True)
 
 
 class _Version(argparse.Action):
@@ -100,88 +193,98 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dashkanban",
         description="Watch the LAN for Wi-Fi button presses and send them to Cumulocity IoT.",
         epilog="Exit codes: 0 ok, 1 failure, 2 usage or configuration error, "
         "3 events not delivered in time (they stay queued in the outbox).",
     )
-    parser.add_argument("--version", action=_Version, help="show the version and exit")
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity on stderr (default: info)",
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="text for people, json for journald and log shippers (default: text)",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("-V", "--version", action=_Version, help="show the version and exit")
+    _global(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=Parser)
+    add = _adder(sub)
 
-    p = sub.add_parser("run", help="the daemon: live capture to Cumulocity")
-    _common(p)
+    p = add("run", "the daemon: live capture to Cumulocity",
+            "dashkanban run -c /etc/dashkanban/config.ini")
     p.add_argument("-i", "--interface", help="network interface (default: [capture] interface)")
     p.add_argument(
         "--allow-root", action="store_true", help="run as root although CAP_NET_RAW is enough"
     )
     p.set_defaults(handler="dashkanban.daemon:run_command")
 
-    p = sub.add_parser("replay", help="run the pipeline over a pcap or pcapng file")
-    _common(p)
+    p = add("replay", "run the pipeline over a pcap or pcapng file",
+            "dashkanban replay store.pcapng --dry-run --jsonl")
     p.add_argument("capture", type=Path, metavar="CAPTURE", help="a pcap or pcapng file")
-    p.add_argument("--dry-run", action="store_true", help="send nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="send nothing (needs no [C8YMQTT] section)")
     p.add_argument("--jsonl", action="store_true", help="print one JSON object per event")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=SECONDS,
         default=30.0,
         metavar="S",
         help="seconds to wait for the broker's acknowledgements (default: 30)",
     )
+    p.add_argument("--again", action="store_true",
+                   help="queue presses already queued or delivered once more")
     p.set_defaults(handler="dashkanban.replay:replay_command")
 
-    p = sub.add_parser("discover", help="list the devices seen on the network")
-    _common(p)
+    p = add("discover", "list the devices seen on the network",
+            "dashkanban discover --seconds 120 --add-to MACID.csv")
     source = p.add_mutually_exclusive_group()
     source.add_argument("-i", "--interface", help="listen live on this interface")
     source.add_argument("--pcap", type=Path, metavar="FILE", help="read a capture file instead")
     p.add_argument(
-        "--seconds", type=float, default=60.0, metavar="N", help="listen for N seconds (default 60)"
+        "--seconds", type=number(0, 86400, low_open=True), default=60.0, metavar="N",
+        help="listen for N seconds (default 60)",
     )
-    p.add_argument("--csv", action="store_true", help="print rows ready to paste into MACID.csv")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true",
+                     help="print a new MACID.csv (header and rows) on stdout")
+    out.add_argument("--add-to", type=Path, metavar="MACID.csv",
+                     help="append the devices not listed yet to this file (no second header)")
     p.set_defaults(handler="dashkanban.discover:discover_command")
 
-    p = sub.add_parser("check", help="validate config and buttons, then try the uplink")
-    _common(p)
+    p = add("check", "validate config and buttons, then try every connection they need",
+            "dashkanban check -c config.ini --log-level debug")
     p.set_defaults(handler="dashkanban.check:check_command")
 
-    p = sub.add_parser("test-button", help="send one event as if that button had been pressed")
-    _common(p)
+    p = add("test-button", "send one event as if that button had been pressed",
+            "dashkanban test-button dashButton_1")
     p.add_argument("button", metavar="NAME|MAC", help="a button's name or MAC")
     p.add_argument(
-        "--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default: 30)"
+        "--timeout", type=SECONDS, default=30.0, metavar="S", help="seconds to wait (default: 30)"
     )
     p.set_defaults(handler="dashkanban.check:test_button_command")
 
-    p = sub.add_parser("outbox", help="what is queued for Cumulocity")
-    outbox_sub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
-    q = outbox_sub.add_parser("status", help="what is queued")
-    _common(q)
+    p = add("outbox", "what is queued for Cumulocity", "dashkanban outbox status", common=False)
+    outbox_sub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True,
+                                  parser_class=Parser)
+    add_outbox = _adder(outbox_sub, "outbox ")
+    q = add_outbox("status", "what is queued", "dashkanban outbox status")
     q.set_defaults(handler="dashkanban.outbox:status_command")
-    q = outbox_sub.add_parser("flush", help="deliver what is queued now")
-    _common(q)
+    q = add_outbox("flush", "deliver what is queued now", "dashkanban outbox flush --timeout 60")
     q.add_argument(
-        "--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default: 30)"
+        "--timeout", type=SECONDS, default=30.0, metavar="S", help="seconds to wait (default: 30)"
     )
     q.set_defaults(handler="dashkanban.outbox:flush_command")
+    q = add_outbox("drop", "discard queued events (prints what it dropped)",
+                   "dashkanban outbox drop --button dashButton_1")
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="everything queued")
+    which.add_argument("--button", metavar="NAME|MAC", help="the events of this button")
+    which.add_argument("--before", metavar="TIME",
+                       help="events pressed before this time (YYYY-MM-DD or ISO 8601; UTC "
+                       "unless it has an offset)")
+    q.set_defaults(handler="dashkanban.outbox:drop_command")
 
-    p = sub.add_parser("sandbox", help="a local Cumulocity stand-in for trying and testing")
-    _common(p, used=False)
-    p.add_argument("--mqtt-port", type=int, default=1883, metavar="P", help="default 1883")
-    p.add_argument("--http-port", type=int, default=8111, metavar="H", help="default 8111")
+    p = add("sandbox", "a local Cumulocity stand-in for trying and testing",
+            "dashkanban sandbox --password s3cret", used=False)
+    p.add_argument("--mqtt-port", type=PORT, default=1883, metavar="P",
+                   help="default 1883 (0: any free port)")
+    p.add_argument("--http-port", type=PORT, default=8111, metavar="H",
+                   help="default 8111 (0: any free port)")
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--tenant", default="t12345", metavar="T", help="tenant id (default t12345)")
     p.add_argument("--user", default="admin", metavar="U", help="user name (default admin)")
@@ -193,16 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, metavar="FILE", help="keep the store in this JSON file")
     p.set_defaults(handler="dashkanban.sandbox.cli:sandbox_command")
 
-    p = sub.add_parser("demo", help="the whole pipeline against the built-in sandbox")
-    _common(p, used=False)
-    p.add_argument("--keep", action="store_true", help="keep the sandbox running afterwards")
+    p = add("demo", "the whole pipeline against the built-in sandbox", "dashkanban demo --keep",
+            used=False)
+    p.add_argument("--keep", action="store_true",
+                   help="keep the sandbox and its status page running until Ctrl-C")
     p.set_defaults(handler="dashkanban.demo:demo_command")
 
-    p = sub.add_parser("service", help="install or remove the systemd service")
-    service_sub = p.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+    p = add("service", "install or remove the systemd service",
+            "sudo dashkanban service install -c config.ini", common=False)
+    service_sub = p.add_subparsers(dest="service_command", metavar="ACTION", required=True,
+                                   parser_class=Parser)
+    add_service = _adder(service_sub, "service ")
     for action, text in (("install", "install and enable"), ("uninstall", "stop and remove")):
-        q = service_sub.add_parser(action, help=f"{text} the systemd unit")
-        _common(q)
+        q = add_service(action, f"{text} the systemd unit",
+                        f"sudo dashkanban service {action} --dry-run")
         q.add_argument("--user", default="dashkanban", metavar="NAME", help="service user")
         q.add_argument("--root", type=Path, default=Path("/"), metavar="DIR", help="install root")
         q.add_argument("--dry-run", action="store_true", help="print files and commands only")
@@ -210,28 +317,50 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--purge", action="store_true", help="also delete the outbox")
         q.set_defaults(handler=f"dashkanban.service:{action}_command")
 
-    p = sub.add_parser("kanban", help="Kanban bins: report and replenishment")
-    kanban_sub = p.add_subparsers(dest="kanban_command", metavar="ACTION", required=True)
-    q = kanban_sub.add_parser("report", help="Kanban analytics from the press history")
-    _common(q)
+    p = add("kanban", "Kanban bins: report and replenishment",
+            "dashkanban kanban report --since 90d", common=False)
+    kanban_sub = p.add_subparsers(dest="kanban_command", metavar="ACTION", required=True,
+                                  parser_class=Parser)
+    add_kanban = _adder(kanban_sub, "kanban ")
+    q = add_kanban("report", "Kanban analytics from the press history",
+                   "dashkanban kanban report --since 90d --out report.html")
     q.add_argument("--since", metavar="D", help="start date (YYYY-MM-DD) or days back (e.g. 30d)")
     q.add_argument("--out", type=Path, metavar="FILE", help="write a self-contained HTML report")
     q.add_argument(
         "--from-cumulocity", action="store_true", help="read the events from Cumulocity over REST"
     )
     q.set_defaults(handler="dashkanban.kanban.cli:report_command")
-    q = kanban_sub.add_parser("refilled", help="mark a bin refilled (clears its reorder alarm)")
-    _common(q)
+    q = add_kanban("refilled", "mark a bin refilled (clears its reorder alarm)",
+                   "dashkanban kanban refilled A3")
     q.add_argument("bin", metavar="BIN", help="the bin, as in MACID.csv")
     q.add_argument(
         "--timeout",
-        type=float,
+        type=SECONDS,
         default=30.0,
         metavar="S",
         help="seconds to wait for the broker's acknowledgements (default: 30; 0 only queues)",
     )
     q.set_defaults(handler="dashkanban.kanban.cli:refilled_command")
     return parser
+
+
+def _adder(sub: Any, prefix: str = "") -> Callable[..., argparse.ArgumentParser]:
+    """`add(name, summary, example)`: a command parser whose --help starts with the summary and
+    ends with an example, taking the global options (unless `common=False`: a parser of
+    actions, whose actions take them)."""
+
+    def add(name: str, summary: str, example: str, *, used: bool = True,
+            common: bool = True) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name, help=summary, description=f"dashkanban {prefix}{name}: {summary}.",
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if common:
+            _common(parser, used=used)
+        return parser
+
+    return add
 
 
 def _resolve(spec: str) -> Handler:
@@ -251,9 +380,23 @@ def final_line(message: str, fmt: str, level: int = logging.ERROR) -> str:
     return JsonFormatter().format(record)
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion (bash, zsh) through argcomplete, docs/cli.md; only when a shell asks."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:  # completion is a convenience: never a failure
+        return
+    argcomplete.autocomplete(parser)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    _complete(parser)
+    Parser.argv = words
+    args = parser.parse_args(words)
     setup_logging(args.log_level, args.log_format)
     fmt = args.log_format
     try:

@@ -435,8 +435,13 @@ def find_config(explicit: Path | None) -> Path:
     )
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate config.ini. Raises ConfigError naming file, line and key."""
+def load_settings(path: Path, environ: Mapping[str, str] | None = None, *,
+                  uplink: bool = True) -> Settings:
+    """Read and validate config.ini. Raises ConfigError naming file, line and key.
+
+    `uplink=False` for a command that does not connect (`replay --dry-run`, `discover`, `kanban
+    report`): then `[C8YMQTT]` may be missing (`settings.c8y.tenant` is empty) and needs no
+    password; what is there is still checked."""
     env = os.environ if environ is None else environ
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -448,21 +453,29 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(f"cannot read config file: {exc.strerror}", path) from None
     except UnicodeDecodeError:
         raise ConfigError("config file is not UTF-8 text", path) from None
-    return parse_settings(text, path.absolute(), env)
+    return parse_settings(text, path.absolute(), env, uplink=uplink)
 
 
-def parse_settings(text: str, path: Path, environ: Mapping[str, str]) -> Settings:
+# `[C8YMQTT]` of a command that does not connect, when the section is missing.
+NO_UPLINK = C8yMqttSettings(
+    tenant="", tenant_id="", user="", password=None, port=8883, tls=True, allow_insecure=False,
+    ca_file=None, cert_file=None, key_file=None, rest_url="", keepalive=60,
+)
+
+
+def parse_settings(text: str, path: Path, environ: Mapping[str, str], *,
+                   uplink: bool = True) -> Settings:
     sections = _read_ini(text, path)
     _check_names(sections, path)
-    if "c8ymqtt" not in sections:
+    if "c8ymqtt" not in sections and uplink:
         raise ConfigError(
             "missing section [C8YMQTT] (tenant, tenantID, user, password, port)", path, 1
         )
     v = _Values(sections, path)
-    c8y = _c8y_settings(v, environ)
+    c8y = _c8y_settings(v, environ, uplink) if "c8ymqtt" in sections else NO_UPLINK
     outbox_path = v.path_value("outbox", "path") or default_outbox_path(environ)
     metrics_port = v.raw("metrics", "port")
-    return Settings(
+    settings = Settings(
         path=path,
         c8y=c8y,
         gateway=GatewaySettings(
@@ -505,6 +518,19 @@ def parse_settings(text: str, path: Path, environ: Mapping[str, str]) -> Setting
         ),
         lines=v.lines,
     )
+    _check_conflicts(settings, v)
+    return settings
+
+
+def _check_conflicts(settings: Settings, v: _Values) -> None:
+    """Settings that are each valid but not together: refused here, so every command (not only
+    the one that would trip over it later) says so alike, with the line."""
+    if settings.kanban.alarms and settings.gateway.mode != "gateway":
+        raise v.error(
+            "kanban", "alarms",
+            "[kanban] alarms = yes needs [gateway] mode = gateway (a refill clears alarms on "
+            "other buttons' devices, which per-device mode cannot address)",
+        )
 
 
 def _event_type(text: str) -> str:
@@ -535,7 +561,8 @@ def _check_names(sections: dict[str, _Section], path: Path) -> None:
                 )
 
 
-def _c8y_settings(v: _Values, environ: Mapping[str, str]) -> C8yMqttSettings:
+def _c8y_settings(v: _Values, environ: Mapping[str, str], uplink: bool = True
+                  ) -> C8yMqttSettings:
     s = "C8YMQTT"
     tenant = v.raw(s, "tenant").strip()
     if not tenant or "/" in tenant or " " in tenant:
@@ -574,7 +601,7 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str]) -> C8yMqttSettings:
     key_file = v.path_value(s, "key_file")
     if key_file is not None and cert_file is None:
         raise v.error(s, "key_file", "key_file needs a cert_file")
-    password = _password(v, environ, cert_file)
+    password = _password(v, environ, cert_file, uplink)
     rest_url = v.raw(s, "rest_url").strip().rstrip("/")
     if rest_url and not re.match(r"https?://[^/\s]+", rest_url):
         raise v.error(s, "rest_url", f"rest_url = {rest_url}: expected http(s)://host[:port]")
@@ -596,7 +623,8 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str]) -> C8yMqttSettings:
     )
 
 
-def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) -> Secret | None:
+def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None,
+              uplink: bool = True) -> Secret | None:
     s = "C8YMQTT"
     plain = v.raw(s, "password")
     password_file = v.path_value(s, "password_file")
@@ -624,7 +652,7 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) ->
     from_env = environ.get(PASSWORD_ENV, "")
     if from_env:
         return Secret(from_env)
-    if cert_file is not None:
+    if cert_file is not None or not uplink:
         return None
     raise ConfigError(
         f"[C8YMQTT] needs a password (or password_file, ${PASSWORD_ENV}, or cert_file for "

@@ -317,15 +317,12 @@ def _deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
     if uplink.failed is not None:
         raise uplink.failed
     if not drained:
-        left = outbox.count()
         why = f" ({uplink.last_error})" if uplink.last_error is not None else ""
-        raise UndeliveredError(
-            f"{left} events queued: not delivered within {timeout:g} s{why}; they stay in the "
-            "outbox for `dashkanban outbox flush` or the service"
-        )
+        # How many stay queued and the ways out: outbox.deliver_explained adds them.
+        raise UndeliveredError(f"not delivered within {timeout:g} s{why}")
     if courier.refused:
         raise UndeliveredError(
-            f"{outbox.count()} events queued: {courier.refused} cannot be sent as they are "
+            f"{courier.refused} cannot be sent as they are "
             "(over Cumulocity's size limit: see `dashkanban outbox status`)"
         )
     return courier.delivered

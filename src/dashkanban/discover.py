@@ -148,10 +148,10 @@ def print_csv(devices: Iterable[Device], registry: Registry, out: TextIO) -> Non
 
 def _settings(config: Path | None) -> Settings | None:
     if config is not None:
-        return load_settings(config)
+        return load_settings(config, uplink=False)  # discover connects nowhere
     for candidate in DEFAULT_PATHS:
         if candidate.exists():
-            return load_settings(candidate)
+            return load_settings(candidate, uplink=False)
     return None
 
 

@@ -28,9 +28,9 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,6 +38,7 @@ from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.events import Event
 
 if TYPE_CHECKING:
+    from dashkanban.config import Settings
     from dashkanban.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,18 @@ ALTER TABLE events ADD COLUMN other_lines TEXT NOT NULL DEFAULT '[]';
 
 # A SmartREST line for one device of the gateway: (child serial, line); None is the gateway.
 DeviceLine = tuple[str | None, str]
+# A press's identity: (serial, time to the millisecond in UTC, event type); see press_key.
+PressKey = tuple[str, str, str]
+PRESS_IDS_DAYS = 800  # how long a queued press is remembered (a capture replayed next year)
+_PRESS_IDS = """
+CREATE TABLE IF NOT EXISTS press_ids (
+    serial     TEXT NOT NULL,
+    time       TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    remembered TEXT NOT NULL,
+    PRIMARY KEY (serial, time, type)
+) WITHOUT ROWID
+"""
 
 
 class OutboxError(DashkanbanError):
@@ -525,7 +538,133 @@ class Outbox:
             log.debug("rollback failed", exc_info=True)
 
 
+    # -- press identity and dropping (issue 14) -----------------------------------------------
+
+    def seen(self, keys: Iterable[PressKey]) -> dict[PressKey, str]:
+        """Which of these presses were queued before: "queued" (still in the outbox) or
+        "delivered" (queued once and gone since: delivered, as `outbox drop` forgets what it
+        drops). Presses not seen are left out."""
+        wanted = set(keys)
+        with self._lock:
+            self._check_open()
+            try:
+                self._ledger()
+                rows = self._db.execute(
+                    "SELECT serial, time, type FROM events WHERE kind = ?", (KIND_EVENT,)
+                ).fetchall()
+                queued = {_key(str(serial), str(time), str(type_)) for serial, time, type_ in rows}
+                found = dict.fromkeys(wanted & queued, "queued")
+                for key in sorted(wanted - queued):
+                    if self._db.execute(
+                        "SELECT 1 FROM press_ids WHERE serial = ? AND time = ? AND type = ?", key
+                    ).fetchone():
+                        found[key] = "delivered"
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "reading") from None
+        return found
+
+    def remember(self, keys: Iterable[PressKey]) -> None:
+        """Keep the identities of presses just queued (`seen` knows them after delivery);
+        identities older than PRESS_IDS_DAYS are forgotten."""
+        now = self._clock().astimezone(UTC)
+        stamp = now.isoformat()
+        cutoff = (now - timedelta(days=PRESS_IDS_DAYS)).isoformat()
+
+        def write() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO press_ids (serial, time, type, remembered)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(*key, stamp) for key in keys],
+                )
+                self._db.execute("DELETE FROM press_ids WHERE remembered < ?", (cutoff,))
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+
+        with self._lock:
+            self._check_open()
+            try:
+                self._ledger()
+                self._with_room(write)
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "remembering presses") from None
+
+    def drop(self, *, button: str | None = None,
+             before: datetime | None = None) -> list[QueuedEvent]:
+        """Delete queued rows: all of them, those of one button (its serial, MAC or name), or
+        those pressed before a time; their identities are forgotten, so a replay queues them
+        again. Returns the rows dropped, oldest first."""
+        serial = None
+        if button is not None:
+            from dashkanban.buttons import normalize_mac, serial_of
+
+            try:
+                serial = serial_of(normalize_mac(button))
+            except ValueError:
+                serial = None
+
+        def matches(row: QueuedEvent) -> bool:
+            event = row.event
+            if button is not None:
+                return event is not None and (
+                    event.serial == serial or event.name.casefold() == button.casefold()
+                )
+            if before is not None:
+                time = event.time if event is not None else row.queued_at
+                return time < before
+            return True
+
+        with self._lock:
+            self._check_open()
+            try:
+                rows = [_queued(r) for r in self._db.execute(
+                    f"SELECT {_COLUMNS} FROM events ORDER BY id"  # noqa: S608
+                ).fetchall()]
+                dropped = [row for row in rows if matches(row)]
+
+                def delete() -> None:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.executemany(
+                            "DELETE FROM events WHERE id = ?", [(r.id,) for r in dropped]
+                        )
+                        self._db.executemany(
+                            "DELETE FROM press_ids WHERE serial = ? AND time = ? AND type = ?",
+                            [press_key(r.event) for r in dropped if r.event is not None],
+                        )
+                        self._db.execute("COMMIT")
+                    except sqlite3.Error:
+                        self._rollback()
+                        raise
+
+                self._ledger()
+                self._with_room(delete)
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "dropping events") from None
+        return dropped
+
+    def _ledger(self) -> None:
+        # Its own table, made when first needed and outside the schema version: an older
+        # dashkanban ignores it, and it needs no migration of the queue (called with the lock).
+        self._db.execute(_PRESS_IDS)
+
+
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def press_key(event: Event) -> PressKey:
+    """A press's identity (design section 8): its button's serial, its time to the millisecond
+    (in UTC, so the same instant written with another offset is the same press), its type."""
+    return (event.serial, event.time.astimezone(UTC).isoformat(timespec="milliseconds"),
+            event.type)
+
+
+def _key(serial: str, time: str, type_: str) -> PressKey:
+    utc = datetime.fromisoformat(time).astimezone(UTC)
+    return (serial, utc.isoformat(timespec="milliseconds"), type_)
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -788,7 +927,6 @@ def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int)
 def flush_command(args: argparse.Namespace) -> int:
     """`dashkanban outbox flush`: deliver what is queued now. Exit 0, or 3 when it cannot."""
     from dashkanban.config import find_config, load_settings
-    from dashkanban.delivery import deliver
 
     settings = load_settings(find_config(args.config))
     path = settings.outbox.path
@@ -802,9 +940,97 @@ def flush_command(args: argparse.Namespace) -> int:
         if queued == 0:
             print("outbox: nothing queued")
             return 0
-        delivered = deliver(settings, outbox, [], timeout=args.timeout)
+        delivered = deliver_explained(settings, outbox, timeout=args.timeout)
     if delivered is None:
         print(f"outbox: {queued} events queued; the running dashkanban service is delivering them")
     else:
         print(f"outbox: delivered {delivered} events")
+    return 0
+
+
+def plural(count: int, word: str) -> str:
+    """"1 event", "2 events"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def ways_out(count: int) -> str:
+    """The two ways out of events left queued: send them, or discard them."""
+    them = "it" if count == 1 else "them"
+    return (f"`dashkanban outbox flush` delivers {them}, `dashkanban outbox drop --all` "
+            f"(or --button NAME|MAC, --before TIME) discards {them}")
+
+
+class StillQueuedError(DashkanbanError):
+    """A delivery failed and events stay queued: the failure's own exit code (1 for a refused
+    login, 3 for a timeout), and a message that says how many and the two ways out."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def deliver_explained(settings: Settings, outbox: Outbox, events: Sequence[Event] = (), *,
+                      timeout: float, max_refusals: int | None = None) -> int | None:
+    """`delivery.deliver` for a one-shot command: when it fails, the error also says how many
+    events stay queued and how to send (`outbox flush`) or discard (`outbox drop`) them, so
+    nothing is left behind silently (issue 14)."""
+    from dashkanban.delivery import deliver
+
+    try:
+        if max_refusals is None:
+            return deliver(settings, outbox, events, timeout=timeout)
+        return deliver(settings, outbox, events, timeout=timeout, max_refusals=max_refusals)
+    except DashkanbanError as exc:
+        try:
+            left = outbox.count()
+        except DashkanbanError:
+            raise exc from None
+        if not left:
+            raise
+        raise StillQueuedError(
+            f"{exc}; {plural(left, 'event')} {'stays' if left == 1 else 'stay'} queued in "
+            f"{outbox.path}: {ways_out(left)}",
+            exc.exit_code,
+        ) from None
+
+
+def parse_time(text: str) -> datetime:
+    """`--before`: a date (midnight UTC) or an ISO 8601 time (UTC unless it has an offset)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--before {text!r}: expected a date (YYYY-MM-DD) or a time "
+            "(e.g. 2026-11-26T08:00:00+01:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+MAX_LISTED = 50  # dropped events listed one a line; beyond that, counted
+
+
+def drop_command(args: argparse.Namespace) -> int:
+    """`dashkanban outbox drop --all | --button NAME|MAC | --before TIME`: discard queued
+    events, printing each one dropped. Exit 0 (also when nothing matched)."""
+    from dashkanban.config import find_config, load_settings
+
+    settings = load_settings(find_config(args.config), uplink=False)
+    before = parse_time(args.before) if args.before is not None else None
+    path = settings.outbox.path
+    if not path.exists():
+        print("outbox: nothing queued, nothing dropped")
+        return 0
+    with Outbox.open(
+        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
+    ) as outbox:
+        dropped = outbox.drop(button=args.button, before=before)
+        left = outbox.count()
+    for row in dropped[:MAX_LISTED]:
+        e = row.event
+        what = (f"{len(row.other_lines)} SmartREST lines" if e is None
+                else f"{e.c8y_time} {e.name} ({e.mac}) {e.type}")
+        print(f"dropped: {what}")
+    if len(dropped) > MAX_LISTED:
+        print(f"dropped: ... and {len(dropped) - MAX_LISTED} more")
+    print(f"outbox: dropped {plural(len(dropped), 'event')}, {left} still queued")
     return 0

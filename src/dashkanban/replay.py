@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, TextIO
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import open_capture
 from dashkanban.config import Settings, find_config, load_settings
-from dashkanban.errors import DashkanbanError
+from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.events import Event
+from dashkanban.outbox import plural
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
 
@@ -67,7 +68,7 @@ def inventory_lookup(settings: Settings) -> InventorySource | None:
 
 
 def replay_command(args: argparse.Namespace) -> int:
-    settings = load_settings(find_config(args.config))
+    settings = load_settings(find_config(args.config), uplink=_connects(args))
     registry = load_registry(settings)
     source = inventory_lookup(settings)
     pipeline = build_pipeline(settings, registry, source)
@@ -78,22 +79,50 @@ def replay_command(args: argparse.Namespace) -> int:
             source.close()
 
 
+def _connects(args: argparse.Namespace) -> bool:
+    """Whether this replay talks to Cumulocity: to send, or to look buttons up in the inventory
+    (known only after reading the config, so a dry run reads it as needing no uplink first)."""
+    if not args.dry_run:
+        return True
+    settings = load_settings(find_config(args.config), uplink=False)
+    return settings.buttons.source != "csv"
+
+
 def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
     capture = open_capture(args.capture, prefilter=True)
     found: list[tuple[Press, Event]] = []
     events = _collect(pipeline, pipeline.run_presses(capture), found)
+    corrupt: CaptureError | None = None
     try:
         if args.jsonl:
             _print_jsonl(events, sys.stdout)
         else:
             _print_table(events, sys.stdout)
+    except CaptureError as exc:  # corrupt in the middle: what came before is still sent
+        corrupt = exc
     finally:
         # Also after a corrupt record: what was read before it has been printed, and counted.
         counts = pipeline.counts(capture.frames_read)
         print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
+        if capture.cut_off is not None:
+            print(f"warning: {args.capture}: ends inside a record at byte {capture.cut_off} "
+                  "(the capture was cut off)", file=sys.stderr)
     if args.dry_run:
+        if corrupt is not None:
+            raise corrupt
         return 0
-    return _send(settings, found, args.timeout)
+    try:
+        delivered = _send(settings, found, args.timeout, again=args.again)
+    except DashkanbanError as exc:
+        if corrupt is not None:
+            raise CaptureError(f"{corrupt}; and the presses before it: {exc}") from None
+        raise
+    if corrupt is not None:
+        raise CaptureError(
+            f"{corrupt}; {plural(delivered, 'press')} before it "
+            f"{'was' if delivered == 1 else 'were'} delivered"
+        ) from None
+    return 0
 
 
 def _collect(
@@ -105,33 +134,53 @@ def _collect(
         yield event
 
 
-def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float) -> int:
-    """Queue the events (with their Kanban lines) in the outbox and wait up to `timeout` s for
-    their PUBACKs (exit 3 when they could not all be delivered: they stay queued)."""
-    from dashkanban.delivery import deliver
+def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float, *,
+          again: bool = False) -> int:
+    """Queue the events (with their Kanban lines) in the outbox, each press once (design 8: a
+    press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
+    for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
+    Returns how many of the file's presses were delivered (or queued for the service)."""
     from dashkanban.kanban.wiring import open_loop, press_lines
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox import Outbox, deliver_explained, press_key
 
     with Outbox.open(
         settings.outbox.path,
         max_rows=settings.outbox.max_rows,
         max_bytes=settings.outbox.max_bytes,
     ) as outbox:
-        loop = open_loop(settings)  # after the outbox, which makes the state folder
+        fresh = found
+        if not again:
+            seen = outbox.seen(press_key(event) for _, event in found)
+            fresh = [(p, e) for p, e in found if press_key(e) not in seen]
+            if seen:
+                print(_skipped(len(found), list(seen.values())), file=sys.stderr)
+        loop = open_loop(settings) if fresh else None  # after the outbox: it makes the folder
         try:
-            for press, event in found:
+            for press, event in fresh:
                 extra, others = press_lines(loop, press) if loop is not None else ((), ())
                 outbox.put(event, extra, others)
         finally:
             if loop is not None and loop.history is not None:
                 loop.history.close()
-        delivered = deliver(settings, outbox, [], timeout=timeout)
+        outbox.remember(press_key(event) for _, event in fresh)
+        delivered = deliver_explained(settings, outbox, timeout=timeout)
     if delivered is None:
-        print(f"queued {len(found)} events: the running dashkanban service delivers them",
-              file=sys.stderr)
+        print(f"queued {plural(len(fresh), 'event')}: the running dashkanban service "
+              "delivers them", file=sys.stderr)
     else:
-        print(f"delivered {delivered} events to {settings.c8y.tenant}", file=sys.stderr)
-    return 0
+        print(f"delivered {plural(delivered, 'event')} to {settings.c8y.tenant}", file=sys.stderr)
+    return len(fresh)
+
+
+def _skipped(total: int, states: list[str]) -> str:
+    """e.g. "7 presses, 7 already delivered: skipped" (stderr, before sending)."""
+    parts = []
+    for state in ("queued", "delivered"):
+        n = states.count(state)
+        if n:
+            parts.append(f"{n} already {state}")
+    return (f"{plural(total, 'press')}, {' and '.join(parts)}: skipped "
+            "(--again queues them once more)")
 
 
 def _print_jsonl(events: Iterator[Event], out: TextIO) -> None:

@@ -26,13 +26,28 @@ def expiry(cert: Path) -> str:
     return loaded.not_valid_after_utc.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+PLAIN_CSV = "Name, MAC-Address\ndashButton_1, ac:63:be:12:34:56\ndashButton_2, FC-A6-67-0A-0B-0C\n"
+
+
+def capture_line() -> str:
+    """The capture step as this machine answers it (check runs it for `run`'s sake)."""
+    from dashkanban.capture.live import default_interface
+
+    return f"✓ capture on {default_interface()} (interface = auto: the default route's): " \
+        "CAP_NET_RAW held"
+
+
 def test_check_all_pass(tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: TlsFiles) -> None:
-    config = write_config(tmp_path, mosquitto_tls)
+    buttons = tmp_path / "plain.csv"  # no bins: nothing uses REST, so check does not try it
+    buttons.write_text(PLAIN_CSV)
+    config = write_config(tmp_path, mosquitto_tls, buttons=buttons)
     result = run("check", "-c", str(config))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         f"✓ config {config}",
-        f"✓ buttons {tmp_path / 'MACID.csv'}: 2 button(s)",
+        f"✓ buttons {buttons}: 2 button(s)",
+        capture_line(),
+        f"✓ outbox {tmp_path / 'outbox.sqlite3'}: writable",
         "✓ resolve 127.0.0.1: 127.0.0.1",
         f"✓ connect 127.0.0.1:{mosquitto_tls.port}",
         f"✓ TLS TLSv1.3: certificate commonName=localhost, valid until "
@@ -57,7 +72,10 @@ def test_check_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
         "  hint: check user and password in [C8YMQTT] and that the user may connect devices "
         "(with a certificate: that the tenant trusts its CA)",
     ]
-    assert result.stderr.splitlines()[-1] == f"error: {message}"
+    # Printed once (issue 14): the last line sums up instead of repeating it.
+    assert result.stderr.splitlines()[-1] == (
+        "error: check: 1 step failed (uplink); see the lines marked ✗ above")
+    assert message not in result.stderr
 
 
 SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -82,9 +100,7 @@ def test_check_untrusted_certificate(tmp_path: Path, mosquitto_tls: Mosquitto,
         "  hint: set [C8YMQTT] ca_file to the CA bundle that signed it",
     ]
     assert result.stderr.splitlines()[-1] == (
-        f"error: TLS to 127.0.0.1:{mosquitto_tls.port} failed: the server certificate is not "
-        "trusted (self-signed certificate in certificate chain)"
-    )
+        "error: check: 1 step failed (uplink); see the lines marked ✗ above")
 
 
 @pytest.fixture
@@ -110,8 +126,7 @@ def test_check_wrong_host_name(tmp_path: Path, mosquitto_other_name: Mosquitto) 
         "  hint: set [C8YMQTT] tenant to a host name the certificate lists",
     ]
     assert result.stderr.splitlines()[-1] == (
-        f"error: TLS to localhost:{mosquitto_other_name.port} failed: {what}"
-    )
+        "error: check: 1 step failed (uplink); see the lines marked ✗ above")
 
 
 def test_check_config_error_exits_2(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
@@ -119,8 +134,26 @@ def test_check_config_error_exits_2(tmp_path: Path, mosquitto_tls: Mosquitto) ->
     result = run("check", "-c", str(config))
     assert result.returncode == 2
     line = f"{config}:14: unknown section [gateway2] (did you mean 'gateway'?)"
-    assert result.stdout.splitlines()[0] == f"✗ config: {line}"
-    assert result.stderr.splitlines()[-1] == f"error: {line}"
+    # Printed once (issue 14): the error line every command prints for a config error.
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {line}"]
+
+
+def test_check_tries_rest_when_bins_use_it(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    """MACID.csv has bins, so the daemon writes c8y_Kanban over REST: check tries it too, and a
+    dead rest_url fails the check instead of passing it (issue 14)."""
+    config = write_config(tmp_path, mosquitto_tls, extra="")
+    text = config.read_text().replace("[gateway]", "rest_url = http://127.0.0.1:9\n[gateway]")
+    config.write_text(text)
+    result = run("check", "-c", str(config))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[-3] == "✓ MQTT login as t12345/dash-gateway, client id dashkanban-gw-01"
+    assert lines[-2].startswith("✗ REST http://127.0.0.1:9: REST check: cannot reach Cumulocity: ")
+    assert lines[-1] == ("  hint: check [C8YMQTT] rest_url (default https://<tenant>) and the "
+                         "credentials")
+    assert result.stderr.splitlines()[-1] == (
+        "error: check: 1 step failed (REST); see the lines marked ✗ above")
 
 
 def test_test_button_delivers(tmp_path: Path, mosquitto_tls: Mosquitto,
@@ -151,6 +184,9 @@ def test_test_button_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) ->
         f"error: 127.0.0.1:{mosquitto_tls.port} refused the login for t12345/dash-gateway: not "
         "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may "
         "connect devices (with a certificate: that the tenant trusts its CA)"
+        f"; 1 event stays queued in {tmp_path / 'outbox.sqlite3'}: "
+        "`dashkanban outbox flush` delivers it, `dashkanban outbox drop --all` (or --button "
+        "NAME|MAC, --before TIME) discards it"
     )
 
 
@@ -163,6 +199,9 @@ def test_test_button_untrusted_certificate(tmp_path: Path, mosquitto_tls: Mosqui
         f"error: TLS to 127.0.0.1:{mosquitto_tls.port} failed: the server certificate is not "
         "trusted (self-signed certificate in certificate chain); set [C8YMQTT] ca_file to the CA "
         "bundle that signed it"
+        f"; 1 event stays queued in {tmp_path / 'cfg' / 'outbox.sqlite3'}: "
+        "`dashkanban outbox flush` delivers it, `dashkanban outbox drop --all` (or --button "
+        "NAME|MAC, --before TIME) discards it"
     )
 
 
@@ -174,6 +213,9 @@ def test_test_button_wrong_host_name(tmp_path: Path, mosquitto_other_name: Mosqu
         f"error: TLS to localhost:{mosquitto_other_name.port} failed: the server certificate is "
         "not valid for 'localhost' (Hostname mismatch, certificate is not valid for "
         "'localhost'.); set [C8YMQTT] tenant to a host name the certificate lists"
+        f"; 1 event stays queued in {tmp_path / 'cfg' / 'outbox.sqlite3'}: "
+        "`dashkanban outbox flush` delivers it, `dashkanban outbox drop --all` (or --button "
+        "NAME|MAC, --before TIME) discards it"
     )
 
 
@@ -183,9 +225,12 @@ def test_test_button_broker_down_exits_3(tmp_path: Path, mosquitto_tls: Mosquitt
     result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "1")
     assert result.returncode == 3
     assert result.stderr.splitlines()[-1] == (
-        "error: 1 events queued: not delivered within 1 s (cannot connect to "
-        f"127.0.0.1:{mosquitto_tls.port}: Connection refused); they stay in the outbox for "
-        "`dashkanban outbox flush` or the service"
+        "error: not delivered within 1 s (cannot connect to "
+        f"127.0.0.1:{mosquitto_tls.port}: Connection refused)"
+        f"; 1 event stays queued in {tmp_path / 'outbox.sqlite3'}: "
+        "`dashkanban outbox flush` delivers it, `dashkanban outbox drop --all` (or --button "
+        "NAME|MAC, --before TIME) discards it"
+
     )
 
 

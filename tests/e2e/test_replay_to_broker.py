@@ -63,7 +63,10 @@ def test_unreachable_broker_exits_3_and_keeps_the_events(
     config = config_for(tmp_path, mosquitto_tls, "gateway")
     mosquitto_tls.stop()
     assert main(["replay", "-c", str(config), str(SAMPLE), "--timeout", "0.5"]) == 3
-    assert capsys.readouterr().err.splitlines()[-1].startswith("error: 7 events queued: ")
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "; 7 events stay queued in " + str(tmp_path / "outbox.sqlite3") + ": `dashkanban outbox "
+        "flush` delivers them, `dashkanban outbox drop --all` (or --button NAME|MAC, --before "
+        "TIME) discards them")
     assert main(["outbox", "status", "-c", str(config)]) == 0
     assert "queued: 7 events" in capsys.readouterr().out
     mosquitto_tls.start()

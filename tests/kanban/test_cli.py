@@ -55,8 +55,10 @@ def test_refilled_queues_the_clears_in_the_outbox_exit_3_when_not_delivered(
         f"1 refill(s) queued in {outbox_path}",
     ]
     last = captured.err.splitlines()[-1]
-    assert last.startswith("error: 1 events queued: not delivered within 0 s")
-    assert last.endswith("they stay in the outbox for `dashkanban outbox flush` or the service")
+    assert last.startswith("error: not delivered within 0 s")
+    assert last.endswith(f"; 1 event stays queued in {outbox_path}: `dashkanban outbox flush` "
+                         "delivers it, `dashkanban outbox drop --all` (or --button NAME|MAC, "
+                         "--before TIME) discards it")
     assert history.stat().st_mode & 0o777 == 0o600
     with History.open(history, 730) as h:
         assert h.pending_clears() == []  # handed to the outbox

@@ -11,6 +11,15 @@ from typing import NamedTuple
 
 from dashkanban.errors import CaptureError, ConfigError
 
+
+class CutOffError(CaptureError):
+    """The file ends inside its last record (an interrupted tcpdump, a full disk): a reader
+    raises it, and `CaptureFile` turns it into `cut_off` (a warning, design section 8)."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        super().__init__(f"{path}: ends inside a record at byte {offset} (the capture was cut off)")
+        self.offset = offset
+
 LINKTYPE_ETHERNET = 1
 CHUNK = 1 << 20  # file read size: large enough to amortise the read, small enough to stay flat
 MAX_FRAME = 1 << 18  # 262144, libpcap's largest snapshot length; a bigger record is corruption
@@ -43,7 +52,7 @@ class CaptureFile:
     from. Every frame the decoder could count as a candidate or as malformed still comes through.
     """
 
-    __slots__ = ("_reader", "frames_read", "path", "prefilter")
+    __slots__ = ("_reader", "cut_off", "frames_read", "path", "prefilter")
 
     def __init__(
         self,
@@ -54,10 +63,15 @@ class CaptureFile:
         self.path = path
         self.prefilter = prefilter
         self.frames_read = 0
+        self.cut_off: int | None = None  # the byte where a cut-off file ends inside a record
         self._reader = reader
 
     def __iter__(self) -> Iterator[Frame]:
-        return self._reader(self)
+        try:
+            yield from self._reader(self)
+        except CutOffError as exc:
+            # Every frame before the cut has been yielded; the caller warns (design section 8).
+            self.cut_off = exc.offset
 
 
 def open_capture(path: Path, *, prefilter: bool = False) -> CaptureFile:

@@ -11,7 +11,14 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from dashkanban.capture import CHUNK, LINKTYPE_ETHERNET, MAX_FRAME, CaptureFile, Frame
+from dashkanban.capture import (
+    CHUNK,
+    LINKTYPE_ETHERNET,
+    MAX_FRAME,
+    CaptureFile,
+    CutOffError,
+    Frame,
+)
 from dashkanban.errors import CaptureError
 
 _MAGICS = {
@@ -111,6 +118,6 @@ def _records(f: BinaryIO, source: CaptureFile, endian: str, scale: float) -> Ite
                 yield Frame(sec + frac * scale, buf[pos + 16 : nxt])
                 pos = nxt
         if pos < len(buf):
-            raise CaptureError(f"{path}: file ends inside the record at byte {base + pos}")
+            raise CutOffError(path, base + pos)
     finally:
         source.frames_read = count

@@ -19,6 +19,7 @@ from dashkanban.capture import (
     LINKTYPE_ETHERNET,
     MAX_FRAME,
     CaptureFile,
+    CutOffError,
     Frame,
     maybe_candidate,
 )
@@ -75,7 +76,7 @@ def _blocks(f: BinaryIO, path: Path, prefilter: bool, counter: list[int]) -> Ite
         if len(buf) - pos == 0 and eof:
             return
         if len(buf) - pos < 12:
-            raise CaptureError(f"{path}: file ends inside the block at byte {base + pos}")
+            raise CutOffError(path, base + pos)
         btype = u32(buf, pos)[0]
         if btype == SHB:
             magic = buf[pos + 8 : pos + 12]
@@ -103,7 +104,7 @@ def _blocks(f: BinaryIO, path: Path, prefilter: bool, counter: list[int]) -> Ite
             pos = 0
             eof = not chunk
         if len(buf) - pos < total:
-            raise CaptureError(f"{path}: file ends inside the block at byte {base + pos}")
+            raise CutOffError(path, base + pos)
         if u32(buf, pos + total - 4)[0] != total:
             raise CaptureError(
                 f"{path}: corrupt block at byte {base + pos}: trailing length differs"

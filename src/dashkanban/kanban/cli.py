@@ -40,8 +40,8 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _load(args: argparse.Namespace) -> tuple[Settings, Bins]:
-    settings = load_settings(find_config(args.config))
+def _load(args: argparse.Namespace, *, uplink: bool = True) -> tuple[Settings, Bins]:
+    settings = load_settings(find_config(args.config), uplink=uplink)
     _, bins = load_bins(settings.buttons.file)
     return settings, bins
 
@@ -95,7 +95,7 @@ def _window_start(since: datetime | None, first: datetime | None, now: datetime)
 def report_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    settings, bins = _load(args)
+    settings, bins = _load(args, uplink=args.from_cumulocity)  # a local report connects nowhere
     now = datetime.now(UTC)
     since = parse_since(args.since, now)
     if args.from_cumulocity:
@@ -128,9 +128,8 @@ def write_html(report: Report, out: Path, now: datetime) -> None:
 def refilled_command(args: argparse.Namespace) -> int:
     """Record the refill, queue its clears in the outbox and deliver them like `outbox flush`:
     exit 0 when delivered, 3 when they stay queued (for the daemon or a later flush)."""
-    from dashkanban.delivery import deliver
     from dashkanban.kanban.wiring import check_mode, queue_pending_clears
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox import Outbox, deliver_explained
 
     settings, bins = _load(args)
     check_mode(settings)
@@ -154,7 +153,7 @@ def refilled_command(args: argparse.Namespace) -> int:
             # This refill and any earlier one still pending (an interrupted run).
             queued = queue_pending_clears(history, outbox.put_lines)
             print(f"{queued} refill(s) queued in {settings.outbox.path}")
-            delivered = deliver(settings, outbox, [], timeout=args.timeout)
+            delivered = deliver_explained(settings, outbox, timeout=args.timeout)
     if delivered is None:
         print("the running dashkanban service delivers it")
     else:
