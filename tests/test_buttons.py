@@ -92,11 +92,22 @@ def test_missing_column(tmp_path: Path) -> None:
     )
 
 
-def test_wrong_delimiter(tmp_path: Path) -> None:
-    path = write(tmp_path, "Name; MAC-Address\nb1; ac63be123456\n")
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_semicolon_and_tab_delimiters(tmp_path: Path, delimiter: str) -> None:
+    """Issue 14: the delimiter comes from the header line (German Excel writes ';'), and a
+    comma inside a field of such a file is just a character."""
+    d = delimiter
+    path = write(tmp_path, f"Name{d} MAC-Address{d}location\nb1{d} ac63be123456{d}Aisle 2, left\n")
+    assert list(load_buttons(path)) == [
+        Button(name="b1", mac="ac:63:be:12:34:56", location="Aisle 2, left")
+    ]
+
+
+def test_other_delimiter_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "Name| MAC-Address\nb1| ac63be123456\n")
     assert error_of(path) == (
-        f"{path}:1: the header uses ';' as the delimiter; MACID.csv is comma-separated "
-        "('Name, MAC-Address')"
+        f"{path}:1: the header uses '|' as the delimiter; MACID.csv is separated by commas, "
+        "semicolons or tabs ('Name, MAC-Address')"
     )
 
 
@@ -112,11 +123,51 @@ def test_bad_role_and_quantity(tmp_path: Path) -> None:
     assert error_of(path) == f"{path}:2: quantity 'lots' is not a whole number"
 
 
-def test_not_utf8(tmp_path: Path) -> None:
+EXCEL = (
+    "Name;MAC-Address;bin;part;location\r\n"
+    "Würth Schrauben;AC-63-BE-12-34-56;A3;M6 Schrauben für Möbel;Gang 2 (Süd)\r\n"
+    "Dübel;fc:a6:67:0a:0b:0c;B1;Dübel 8 mm;Gang 3\r\n"
+)
+
+
+def test_excel_csv_semicolon_windows_1252_bom_crlf(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """German Excel's "CSV": ';', Windows-1252, CRLF; here with a UTF-8 BOM in front too.
+    Read with the umlauts intact and one warning line naming the file (issue 14)."""
     path = tmp_path / "MACID.csv"
-    path.write_bytes("Name, MAC-Address\nW\u00fcrth bin, ac63be123456\n".encode("cp1252"))
+    path.write_bytes(b"\xef\xbb\xbf" + EXCEL.encode("cp1252"))
+    with caplog.at_level("WARNING", logger="dashkanban.buttons"):
+        buttons = list(load_buttons(path))
+        load_buttons(path)  # read again (the daemon does): still one warning
+    assert buttons == [
+        Button(name="Würth Schrauben", mac="ac:63:be:12:34:56", bin="A3",
+               part="M6 Schrauben für Möbel", location="Gang 2 (Süd)"),
+        Button(name="Dübel", mac="fc:a6:67:0a:0b:0c", bin="B1", part="Dübel 8 mm",
+               location="Gang 3"),
+    ]
+    offset = 3 + EXCEL.encode("cp1252").index(b"\xfc")  # the BOM counts
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: not UTF-8 (byte 0xfc at offset {offset}, line 2): read as Windows-1252; "
+        'save it as "CSV UTF-8" to be sure'
+    ]
+
+
+def test_utf8_with_bom_needs_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "MACID.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + EXCEL.encode("utf-8"))
+    with caplog.at_level("WARNING"):
+        assert [b.name for b in load_buttons(path)] == ["Würth Schrauben", "Dübel"]
+    assert caplog.records == []
+
+
+def test_neither_utf8_nor_windows_1252(tmp_path: Path) -> None:
+    """0x81 is undefined in Windows-1252; the offset and line count from byte 0, BOM included."""
+    path = tmp_path / "MACID.csv"
+    path.write_bytes(b"\xef\xbb\xbfName, MAC-Address\nb\x81, ac63be123456\n")
     assert error_of(path) == (
-        f'{path}:2: not UTF-8 text (byte 0xfc); save MACID.csv as "CSV UTF-8"'
+        f"{path}:2: neither UTF-8 nor Windows-1252 text (byte 0x81 at offset 22); save "
+        'MACID.csv as "CSV UTF-8"'
     )
 
 

@@ -98,3 +98,98 @@ def test_discover_table_marks_known_buttons(
     assert rows["3c:22:fb:8e:41:07"][-1] == ""
     assert len(rows) == 10
     assert Registry([Button("x", "ac:63:be:12:34:56")]).get("ac:63:be:12:34:56") is not None
+
+
+def test_table_at_80_columns_never_cuts_mac_or_name() -> None:
+    """Issue 14: in an 80-column terminal the MAC was cut to `ac:63:be…`."""
+    import io
+
+    from dashkanban.buttons import load_buttons
+    from dashkanban.capture import open_capture
+    from dashkanban.decode import TRIGGERS, Decoder
+    from dashkanban.discover import print_table
+
+    decoder, census = Decoder(TRIGGERS), Census()
+    for frame in open_capture(SAMPLE, prefilter=True):
+        sighting = decoder.decode(frame.data, frame.timestamp, frame.vlan)
+        if sighting is not None:
+            census.add(sighting)
+    out = io.StringIO()
+    print_table(census.devices.values(), load_buttons(DATA / "MACID.csv"), out, width=80)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    first = [cells[1].strip() for line in lines
+             if (cells := line.split("│")) and len(cells) == 8 and cells[1].strip()]
+    assert first == [d.mac for d in census.devices.values()]  # every MAC whole
+    text = out.getvalue()
+    assert "…" not in text
+    for name in ("dashButton_1", "dashButton_2", "dashButton_3"):
+        assert f"│{name}│" in text
+
+
+def test_add_to_appends_without_a_second_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`discover --add-to` keeps the file's delimiter, encoding and line ends (an Excel file:
+    ';', Windows-1252, CRLF) and adds only devices not listed yet (issue 14)."""
+    monkeypatch.chdir(tmp_path)
+    macid = tmp_path / "MACID.csv"
+    before = "Name;MAC-Address\r\nWürth;ac:63:be:12:34:56\r\n".encode("cp1252")
+    macid.write_bytes(before)
+    assert main(["discover", "--pcap", str(SAMPLE), "--add-to", str(macid)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "added: button_0a0b0c, fc:a6:67:0a:0b:0c"
+    assert out[-1] == f"{macid}: 9 devices added, 1 listed before"
+    data = macid.read_bytes()
+    assert data.startswith(before)
+    assert data[len(before):].decode("ascii").split("\r\n")[:2] == [
+        "button_0a0b0c;fc:a6:67:0a:0b:0c", "button_010203;68:54:fd:01:02:03"
+    ]
+    assert data.count(b"MAC-Address") == 1
+    # Run again: nothing new, the file is unchanged.
+    assert main(["discover", "--pcap", str(SAMPLE), "--add-to", str(macid)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{macid}: 0 devices added, 10 listed before"]
+    assert macid.read_bytes() == data
+
+
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+def test_discover_shows_what_a_cut_off_capture_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    from dashkanban.capture import forge
+
+    monkeypatch.chdir(tmp_path)
+    frame = forge.dhcp_client_frame("ac:63:be:12:34:56", forge.DISCOVER)
+    path = tmp_path / f"cut.{kind}"
+    with path.open("wb") as f:
+        if kind == "pcap":
+            forge.write_pcap(f, [(1.0, frame), (2.0, frame)])
+        else:
+            f.write(forge.pcapng_header() + forge.pcapng_interface("eth0")
+                    + forge.pcapng_packet(0, 1.0, frame)
+                    + forge.pcapng_packet(0, 2.0, frame))
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])
+    assert main(["discover", "--pcap", str(path), "--csv"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["Name, MAC-Address", "button_123456,ac:63:be:12:34:56"]
+    last = len(frame) + 16 if kind == "pcap" else len(forge.pcapng_packet(0, 2.0, frame))
+    cut = len(data) - last
+    assert err.splitlines()[-1] == (
+        f"warning: {path}: ends inside a record at byte {cut} (the capture was cut off)")
+
+
+def test_discover_empty_names_likely_causes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dashkanban.capture import forge
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "empty.pcap"
+    with path.open("wb") as f:
+        forge.write_pcap(f, [])
+    assert main(["discover", "--pcap", str(path)]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"no devices in {path}: it holds no ARP, DHCP or IPv6 neighbour discovery packets (was "
+        "it captured with a filter, or on another network?)")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from dashkanban.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ROLES = ("reorder", "refill")
 
@@ -123,8 +126,16 @@ class Registry:
             return None
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+_warned_cp1252: set[Path] = set()  # one warning per file and process (the daemon reads it twice)
+
+
 def read_buttons_text(path: Path) -> str:
-    """The text of MACID.csv, or a ConfigError naming the file (and the line of a bad byte)."""
+    """The text of MACID.csv, or a ConfigError naming the file (and the line of a bad byte).
+
+    UTF-8, with or without a BOM, is the norm. Anything else is read as Windows-1252, which is
+    what Excel writes for "CSV" on a German or Western European Windows (one warning line naming
+    the file). Byte offsets in errors count from the start of the file, BOM included."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -133,15 +144,40 @@ def read_buttons_text(path: Path) -> str:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read buttons file: {exc.strerror}", path) from None
+    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        # Excel saves "Würth" as cp1252 unless told otherwise.
-        line = data.count(b"\n", 0, exc.start) + 1
+        bad = start + exc.start  # the decoder counts from after the BOM; people from byte 0
+    try:
+        text = data[start:].decode("cp1252")
+    except UnicodeDecodeError as exc:  # bytes Windows-1252 leaves undefined (0x81, 0x8d, ...)
+        offset = start + exc.start
+        line = data.count(b"\n", 0, offset) + 1
         raise ConfigError(
-            f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save MACID.csv as "
-            "\"CSV UTF-8\"", path, line
+            f"neither UTF-8 nor Windows-1252 text (byte 0x{data[offset]:02x} at offset "
+            f"{offset}); save MACID.csv as \"CSV UTF-8\"", path, line
         ) from None
+    if path not in _warned_cp1252:
+        _warned_cp1252.add(path)
+        line = data.count(b"\n", 0, bad) + 1
+        log.warning(
+            "%s: not UTF-8 (byte 0x%02x at offset %d, line %d): read as Windows-1252; save it "
+            "as \"CSV UTF-8\" to be sure", path, data[bad], bad, line,
+        )
+    return text
+
+
+def delimiter_of(text: str) -> str:
+    """The delimiter the header line uses: ',' (the original's), ';' (Excel where the decimal
+    separator is a comma, e.g. German) or a tab; the one that splits the header most."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            counts = {d: line.count(d) for d in (",", ";", "\t")}
+            best = max(counts, key=lambda d: counts[d])  # ties keep the first: ','
+            return best if counts[best] else ","
+    return ","
 
 
 def load_buttons(path: Path) -> Registry:
@@ -152,7 +188,7 @@ def load_buttons(path: Path) -> Registry:
 def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of every row that is neither blank nor a `#` comment, streamed:
     a file of 10,000 buttons is never held as a list of rows (the daemon's memory, issue 6)."""
-    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter_of(text), skipinitialspace=True)
     for row in reader:
         if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#"):
             yield reader.line_num, row
@@ -198,11 +234,11 @@ def parse_buttons(text: str, path: Path) -> Registry:
 
 def _read_header(header: list[str], path: Path, line: int) -> list[str]:
     if len(header) == 1:
-        for delimiter, label in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+        for delimiter, label in (("|", "'|'"),):
             if delimiter in header[0]:
                 raise ConfigError(
-                    f"the header uses {label} as the delimiter; MACID.csv is comma-separated "
-                    "('Name, MAC-Address')",
+                    f"the header uses {label} as the delimiter; MACID.csv is separated by "
+                    "commas, semicolons or tabs ('Name, MAC-Address')",
                     path,
                     line,
                 )

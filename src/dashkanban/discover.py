@@ -26,7 +26,7 @@ from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import Frame, open_capture
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
 from dashkanban.decode import TRIGGERS, Decoder, Sighting
-from dashkanban.errors import DashkanbanError
+from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.vendors import is_amazon, vendor_of
 
 log = logging.getLogger(__name__)
@@ -104,42 +104,113 @@ def _time(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def print_table(devices: Iterable[Device], registry: Registry, out: TextIO) -> None:
+def print_table(devices: Iterable[Device], registry: Registry, out: TextIO,
+                width: int | None = None) -> None:
+    """The devices as a table. The MAC and the button's name are never cut, even at 80 columns
+    (issue 14): vendor and "seen as" wrap instead, and the times shrink to the time of day."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Devices seen", title_justify="left")
-    for column in ("MAC", "vendor", "seen as", "count", "first seen (UTC)", "last seen (UTC)",
-                   "known"):
-        table.add_column(column, justify="right" if column == "count" else "left")
-    for device in devices:
+    width = width or (None if out.isatty() else 160)
+    console = Console(file=out, width=width, soft_wrap=False)
+    narrow = console.width < 120
+    rows = list(devices)
+    table = Table(title="Devices seen", title_justify="left", pad_edge=not narrow,
+                  collapse_padding=narrow)
+    table.add_column("MAC", no_wrap=True, min_width=17)
+    table.add_column("vendor", ratio=1, overflow="fold")
+    table.add_column("seen as", ratio=2, overflow="fold")
+    table.add_column("count", justify="right", no_wrap=True)
+    stamp = _clock if narrow else _time
+    if not narrow:
+        table.add_column("first seen (UTC)", no_wrap=True)
+    table.add_column("last seen (UTC)" if not narrow else "last (UTC)", no_wrap=True)
+    names = [b.name for d in rows if (b := registry.get(d.mac)) is not None]
+    table.add_column("known", no_wrap=True, min_width=max((len(n) for n in names), default=5))
+    for device in rows:
         vendor = vendor_of(device.mac)
         button = registry.get(device.mac)
         style = "bold yellow" if is_amazon(vendor) else None
         vlan = f" vlan {device.vlan}" if device.vlan is not None else ""
-        table.add_row(
-            device.mac,
-            vendor or "?",
-            how_seen(device) + vlan,
-            str(device.count),
-            _time(device.first),
-            _time(device.last),
-            button.name if button else "",
-            style=style,
-        )
-    width = None if out.isatty() else 160
-    Console(file=out, width=width, soft_wrap=False).print(table)
+        cells = [device.mac, escape(vendor or "?"), escape(how_seen(device) + vlan),
+                 str(device.count)]
+        if not narrow:
+            cells.append(_time(device.first))
+        cells += [stamp(device.last), escape(button.name) if button else ""]
+        table.add_row(*cells, style=style)
+    console.print(table)
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+
+
+def escape(text: str) -> str:
+    """Network strings (DHCP host names) are data, never rich markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def fresh_rows(devices: Iterable[Device], registry: Registry) -> list[tuple[str, str]]:
+    """(name, MAC) for the devices not in `registry`, Amazon's first (likely buttons)."""
+    fresh = [d for d in devices if d.mac not in registry]
+    fresh.sort(key=lambda d: not is_amazon(vendor_of(d.mac)))  # stable: first-seen order stays
+    taken = {b.name.casefold() for b in registry}
+    return [(csv_name(device, taken), device.mac) for device in fresh]
 
 
 def print_csv(devices: Iterable[Device], registry: Registry, out: TextIO) -> None:
     """Rows for the devices not yet in MACID.csv, Amazon's first (likely buttons)."""
-    fresh = [d for d in devices if d.mac not in registry]
-    fresh.sort(key=lambda d: not is_amazon(vendor_of(d.mac)))  # stable: first-seen order stays
-    taken = {b.name.casefold() for b in registry}
     writer = csv.writer(out, lineterminator="\n")
     out.write("Name, MAC-Address\n")
-    for device in fresh:
-        writer.writerow([csv_name(device, taken), device.mac])
+    for row in fresh_rows(devices, registry):
+        writer.writerow(row)
+
+
+def add_to(path: Path, devices: Iterable[Device], out: TextIO) -> int:
+    """`--add-to MACID.csv`: append the devices not listed yet, in the file's own delimiter and
+    line ends, never a second header; a missing file is made with the header. Prints each row
+    added; returns how many."""
+    from dashkanban.buttons import delimiter_of, parse_buttons, read_buttons_text
+
+    if path.exists():
+        text = read_buttons_text(path)
+        registry = parse_buttons(text, path)
+        raw = path.read_bytes()
+        newline = "\r\n" if b"\r\n" in raw else "\n"
+        head = "" if not raw or raw.endswith(b"\n") else newline
+        delimiter = delimiter_of(text)
+    else:
+        registry, newline, delimiter = Registry(), "\n", ","
+        head = "Name, MAC-Address\n"
+    rows = fresh_rows(devices, registry)
+    lines = [delimiter.join(row) + newline for row in rows]
+    if rows or head:
+        try:
+            with path.open("a", encoding="ascii", newline="") as f:  # names are made ASCII
+                f.write(head + "".join(lines))
+        except OSError as exc:
+            raise DashkanbanError(f"cannot write {path}: {exc.strerror}") from None
+    for name, mac in rows:
+        out.write(f"added: {name}, {mac}\n")
+    listed = len(registry)
+    out.write(f"{path}: {len(rows)} device{'' if len(rows) == 1 else 's'} added, "
+              f"{listed} listed before\n")
+    return len(rows)
+
+
+def empty_hint(interface: str | None, pcap: Path | None, seconds: float) -> str:
+    """What to look at when nothing was seen."""
+    if pcap is not None:
+        return (f"no devices in {pcap}: it holds no ARP, DHCP or IPv6 neighbour discovery "
+                "packets (was it captured with a filter, or on another network?)")
+    return (
+        f"no devices seen on {interface} in {seconds:g} s; likely causes: the buttons join "
+        "another network than this interface's (-i IFACE); a raw socket that sees nothing but "
+        "this host's own traffic (a switch port without the Wi-Fi's broadcasts); the button "
+        "blocked (a router's MAC filter) or asleep: press it while discover listens"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,11 +231,18 @@ def discover_command(args: argparse.Namespace) -> int:
     registry = load_buttons(settings.buttons.file) if settings else Registry()
     decoder = Decoder(TRIGGERS)
     census = Census()
+    failure: CaptureError | None = None
+    cut_off: int | None = None
+    interface: str | None = None
     if args.pcap is not None:
         capture = open_capture(args.pcap, prefilter=True)
-        for frame in capture:
-            _feed(decoder, census, frame)
+        try:
+            for frame in capture:
+                _feed(decoder, census, frame)
+        except CaptureError as exc:  # show what was read before the file went bad, then fail
+            failure = exc
         packets = capture.frames_read
+        cut_off = capture.cut_off
     else:
         from dashkanban.capture.live import resolve_interface
 
@@ -173,7 +251,9 @@ def discover_command(args: argparse.Namespace) -> int:
         promiscuous = settings.capture.promiscuous if settings else False
         packets = listen(interface, args.seconds, decoder, census, promiscuous, sys.stderr)
     devices = sorted(census.devices.values(), key=lambda d: d.first)
-    if args.csv:
+    if args.add_to is not None:
+        add_to(args.add_to, devices, sys.stdout)
+    elif args.csv:
         print_csv(devices, registry, sys.stdout)
     else:
         print_table(devices, registry, sys.stdout)
@@ -183,6 +263,13 @@ def discover_command(args: argparse.Namespace) -> int:
         f"{len(devices)} devices, {packets} packets read, {decoder.malformed} malformed{extra}",
         file=sys.stderr,
     )
+    if cut_off is not None:
+        print(f"warning: {args.pcap}: ends inside a record at byte {cut_off} "
+              "(the capture was cut off)", file=sys.stderr)
+    if failure is not None:
+        raise failure
+    if not devices:
+        print(empty_hint(interface, args.pcap, args.seconds), file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashkanban.buttons import Button, Registry, parse_buttons, read_buttons_text
+from dashkanban.buttons import (
+    Button,
+    Registry,
+    delimiter_of,
+    parse_buttons,
+    read_buttons_text,
+)
 from dashkanban.errors import ConfigError
 
 # The Kanban columns a button may carry, and the Bin attribute each one fills.
@@ -77,7 +83,8 @@ class Bins:
 def button_lines(text: str) -> dict[str, int]:
     """Button name (case-folded) -> its line in MACID.csv, read the way `parse_buttons` reads it."""
     lines: dict[str, int] = {}
-    for number, row in enumerate(csv.reader(text.splitlines(), skipinitialspace=True), start=1):
+    rows = csv.reader(text.splitlines(), delimiter=delimiter_of(text), skipinitialspace=True)
+    for number, row in enumerate(rows, start=1):
         if row and row[0].strip() and not row[0].lstrip().startswith("#"):
             lines.setdefault(row[0].strip().casefold(), number)
     return lines
