@@ -25,6 +25,7 @@ from dashkanban.presses import Lookup, Press
 if TYPE_CHECKING:
     from dashkanban.c8y.rest import InventorySource
     from dashkanban.inventory import Lookups
+    from dashkanban.kanban.bins import Bins
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +165,38 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float, 
                 loop.history.close()
         outbox.remember(press_key(event) for _, event in fresh)
         delivered = deliver_explained(settings, outbox, timeout=timeout)
+    if delivered is not None and loop is not None:
+        write_fragments(settings, loop.bins, [press for press, _ in fresh])
     if delivered is None:
         print(f"queued {plural(len(fresh), 'event')}: the running dashkanban service "
               "delivers them", file=sys.stderr)
     else:
         print(f"delivered {plural(delivered, 'event')} to {settings.c8y.tenant}", file=sys.stderr)
     return len(fresh)
+
+
+def write_fragments(settings: Settings, bins: Bins, presses: list[Press]) -> None:
+    """The `c8y_Kanban` fragment on the devices of the bins just pressed, as `run` writes it at
+    its start: whatever delivers a bin button's press writes it, so `kanban report
+    --from-cumulocity` knows the bins after a replay too (issue 14). Their children were made
+    by this delivery. One attempt per call and a warning when REST fails: the events are in."""
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.bins import Bins
+    from dashkanban.kanban.cumulocity import publish_kanban_fragments
+
+    pressed = {bins.of(p.button) for p in presses} - {None}
+    if not pressed or settings.c8y.password is None:
+        return
+    subset = Bins({b.name: b for b in bins if b in pressed})
+    try:
+        with CumulocityRest.from_settings(settings.c8y, attempts=1) as rest:
+            done = publish_kanban_fragments(rest, subset, settings.gateway.serial)
+    except (DashkanbanError, OSError) as exc:
+        log.warning("c8y_Kanban fragments not written (%s): `kanban report --from-cumulocity` "
+                    "knows these bins once `dashkanban run` has written them", exc)
+        return
+    log.info("c8y_Kanban fragment written on %d button(s)",
+             sum(1 for mo in done.values() if mo is not None))
 
 
 def _skipped(total: int, states: list[str]) -> str:

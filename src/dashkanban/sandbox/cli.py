@@ -43,6 +43,12 @@ def options_from_args(args: argparse.Namespace) -> tuple[SandboxOptions, bool]:
 
 
 def banner(sandbox: Sandbox, generated: bool) -> str:
+    """What `dashkanban sandbox` prints: its endpoints, and a config.ini block that works as
+    pasted (issue 14): the real password, and the bundled sample's buttons, so that `check` and
+    `replay` of the sample capture work at once. A password given with --password is not echoed
+    (it may be one the user uses elsewhere); the block then says where it goes."""
+    from dashkanban.demo import sample_path
+
     o = sandbox.options
     tls = sandbox.mqtts_port is not None
     port = sandbox.mqtts_port if tls else sandbox.mqtt_port
@@ -55,18 +61,29 @@ def banner(sandbox: Sandbox, generated: bool) -> str:
         f"  user      {o.username}",
         f"  password  {shown}",
         "",
-        "config.ini for it:",
+        "config.ini for it (paste it as it is; chmod 600 config.ini, it holds the password):",
         "  [C8YMQTT]",
         f"  tenant = {sandbox.host}",
         f"  tenantID = {o.tenant}",
         f"  user = {o.username}",
-        "  password = <the password above>",
+        f"  password = {o.password if generated else '<the one given with --password>'}",
         f"  port = {port}",
         f"  tls = {'yes' if tls else 'no'}",
     ]
     if not tls:
         lines.append("  allow_insecure = yes")
-    lines += [f"  rest_url = {sandbox.http_url}", "", "Ctrl-C stops it."]
+    capture = sample_path("sample-store.pcapng")
+    lines += [
+        f"  rest_url = {sandbox.http_url}",
+        "  [buttons]",
+        f"  file = {sample_path('MACID.csv')}",
+        "",
+        "then try it with the bundled sample capture:",
+        "  dashkanban check -c config.ini",
+        f"  dashkanban replay {capture} -c config.ini",
+        "",
+        "Ctrl-C stops it.",
+    ]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The sandbox's read-only status page: devices, children and recent events.
+"""The sandbox's read-only status page: devices, children, recent events and the alarms
+(active, acknowledged and cleared, with their counts).
 
 `state()` is a pure view of the store as JSON; `render_html()` renders it on the server (so the
 page works without JavaScript and a headless browser sees the data at once), and a small script
@@ -16,6 +17,7 @@ from dashkanban.sandbox.templates import COLLECTION_TYPE
 
 RECENT_EVENTS = 50
 RECENT_MESSAGES = 30
+RECENT_ALARMS = 100
 
 
 def state(store: Store) -> dict[str, Any]:
@@ -41,18 +43,26 @@ def state(store: Store) -> dict[str, Any]:
              "sourceSerial": serials.get(e["source"], "")}
             for e in events[:RECENT_EVENTS]
         ]
+        # Active first (the open Kanban cards), then acknowledged and cleared; newest first.
+        order = {"ACTIVE": 0, "ACKNOWLEDGED": 1, "CLEARED": 2}
+        listed = sorted(store.alarms, key=lambda a: (order.get(a["status"], 3),
+                                                    -int(a["id"])))
         alarms = [
             {"id": a["id"], "type": a["type"], "text": a["text"], "severity": a["severity"],
-             "count": a["count"], "sourceName": names.get(a["source"], "")}
-            for a in store.alarms if a["status"] == "ACTIVE"
+             "count": a["count"], "status": a["status"], "time": a.get("time", ""),
+             "sourceName": names.get(a["source"], "")}
+            for a in listed[:RECENT_ALARMS]
         ]
+        statuses = [a["status"] for a in store.alarms]
+        alarm_counts = {status: statuses.count(status) for status in order}
         messages = [
             {"time": m.time, "client": m.client_id, "direction": m.direction, "topic": m.topic,
              "payload": m.payload}
             for m in list(store.messages)[-RECENT_MESSAGES:]
         ]
         return {"version": store.version, "devices": devices, "events": recent,
-                "eventCount": len(store.events), "alarms": alarms, "messages": messages}
+                "eventCount": len(store.events), "alarms": alarms, "alarmCounts": alarm_counts,
+                "messages": messages}
 
 
 def _e(value: object) -> str:
@@ -77,9 +87,24 @@ def _event_rows(data: dict[str, Any]) -> str:
     return "".join(rows) or '<tr><td colspan="5">no events yet</td></tr>'
 
 
+def _alarm_rows(data: dict[str, Any]) -> str:
+    rows = []
+    for a in data["alarms"]:
+        rows.append(f"<tr><td>{_e(a['status'])}</td><td>{_e(a['severity'])}</td>"
+                    f"<td>{_e(a['count'])}</td><td>{_e(a['sourceName'])}</td>"
+                    f"<td>{_e(a['type'])}</td><td>{_e(a['text'])}</td></tr>")
+    return "".join(rows) or '<tr><td colspan="6">no alarms yet</td></tr>'
+
+
+def _alarm_counts(data: dict[str, Any]) -> str:
+    counts = data["alarmCounts"]
+    return ", ".join(f"{counts[s]} {s.lower()}" for s in ("ACTIVE", "ACKNOWLEDGED", "CLEARED"))
+
+
 def render_html(data: dict[str, Any]) -> str:
     return _TEMPLATE.format(
-        devices=_device_rows(data), events=_event_rows(data), count=_e(data["eventCount"])
+        devices=_device_rows(data), events=_event_rows(data), count=_e(data["eventCount"]),
+        alarms=_alarm_rows(data), alarm_counts=_e(_alarm_counts(data)),
     )
 
 
@@ -101,6 +126,9 @@ th {{ background: #f3f3f3; }} .note {{ color: #666; font-size: 0.85em; }}
 <h2>Recent events (<span id="count">{count}</span> in all)</h2>
 <table><thead><tr><th>time</th><th>device</th><th>c8y_Serial</th><th>type</th><th>text</th></tr>
 </thead><tbody id="events">{events}</tbody></table>
+<h2>Alarms (<span id="alarm-counts">{alarm_counts}</span>)</h2>
+<table><thead><tr><th>status</th><th>severity</th><th>count</th><th>device</th><th>type</th>
+<th>text</th></tr></thead><tbody id="alarms">{alarms}</tbody></table>
 <script>
 "use strict";
 function row(cells) {{
@@ -110,10 +138,10 @@ function row(cells) {{
   }}
   return tr;
 }}
-function fill(id, rows, empty) {{
+function fill(id, rows, empty, span = 5) {{
   const body = document.getElementById(id);
   body.replaceChildren();
-  if (!rows.length) {{ body.appendChild(row([empty])).firstChild.colSpan = 5; return; }}
+  if (!rows.length) {{ body.appendChild(row([empty])).firstChild.colSpan = span; return; }}
   for (const r of rows) body.appendChild(row(r));
 }}
 let version = -1;
@@ -128,6 +156,11 @@ async function refresh() {{
       fill("events", s.events.map(e => [e.time, e.sourceName, e.sourceSerial, e.type, e.text]),
         "no events yet");
       document.getElementById("count").textContent = s.eventCount;
+      fill("alarms", s.alarms.map(a => [a.status, a.severity, a.count, a.sourceName, a.type,
+        a.text]), "no alarms yet", 6);
+      const n = s.alarmCounts;
+      document.getElementById("alarm-counts").textContent = n.ACTIVE + " active, " +
+        n.ACKNOWLEDGED + " acknowledged, " + n.CLEARED + " cleared";
       document.body.dataset.version = s.version;
     }}
   }} catch (e) {{ /* the sandbox stopped; try again */ }}

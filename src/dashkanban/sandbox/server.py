@@ -244,8 +244,10 @@ class Sandbox:
             server = await asyncio.start_server(self.http.handle, bind, self.options.http_port)
             self._servers.append(server)
             self.http_port = _port(server)
-        log.info("sandbox listening: MQTT %s, MQTT/TLS %s, HTTP %s",
-                 self.mqtt_port, self.mqtts_port, self.http_port)
+        listening = [f"{name} {port}" for name, port in (
+            ("MQTT", self.mqtt_port), ("MQTT/TLS", self.mqtts_port), ("HTTP", self.http_port)
+        ) if port is not None]
+        log.info("sandbox listening: %s", ", ".join(listening))
 
     async def _close(self) -> None:
         for server in self._servers:
