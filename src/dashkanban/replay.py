@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
-from dashkanban.capture import open_capture
+from dashkanban.capture import Frame, open_capture
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import DashkanbanError
 from dashkanban.events import Event
@@ -81,7 +82,8 @@ def replay_command(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
     capture = open_capture(args.capture, prefilter=True)
     found: list[tuple[Press, Event]] = []
-    events = _collect(pipeline, pipeline.run_presses(capture), found)
+    clock = PacketClock()  # the end of the capture, for the Kanban overdue check
+    events = _collect(pipeline, pipeline.run_presses(clock.frames(capture)), found)
     try:
         if args.jsonl:
             _print_jsonl(events, sys.stdout)
@@ -93,7 +95,24 @@ def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) ->
         print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
     if args.dry_run:
         return 0
-    return _send(settings, found, args.timeout)
+    return _send(settings, found, args.timeout, clock.last)
+
+
+class PacketClock:
+    """The time of the last frame read: where the capture ends."""
+
+    def __init__(self) -> None:
+        self.last: datetime | None = None
+
+    def frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
+        last = None
+        try:
+            for frame in frames:
+                last = frame[0]
+                yield frame
+        finally:
+            if last is not None:
+                self.last = datetime.fromtimestamp(last, UTC)
 
 
 def _collect(
@@ -105,11 +124,12 @@ def _collect(
         yield event
 
 
-def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float) -> int:
+def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
+          end: datetime | None = None) -> int:
     """Queue the events (with their Kanban lines) in the outbox and wait up to `timeout` s for
     their PUBACKs (exit 3 when they could not all be delivered: they stay queued)."""
     from dashkanban.delivery import deliver
-    from dashkanban.kanban.wiring import open_loop, press_lines
+    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue
     from dashkanban.outbox import Outbox
 
     with Outbox.open(
@@ -120,8 +140,12 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float) 
         loop = open_loop(settings)  # after the outbox, which makes the state folder
         try:
             for press, event in found:
+                if loop is not None:  # the packet clock: a replay raises the same alarms
+                    queue_overdue(loop, outbox.put_lines, press.time)
                 extra, others = press_lines(loop, press) if loop is not None else ((), ())
                 outbox.put(event, extra, others)
+            if loop is not None and end is not None:
+                queue_overdue(loop, outbox.put_lines, end)
         finally:
             if loop is not None and loop.history is not None:
                 loop.history.close()

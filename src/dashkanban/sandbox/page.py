@@ -77,9 +77,18 @@ def _event_rows(data: dict[str, Any]) -> str:
     return "".join(rows) or '<tr><td colspan="5">no events yet</td></tr>'
 
 
+def _email_rows(data: dict[str, Any]) -> str:
+    rows = []
+    for m in data.get("emails", []):
+        rows.append(f"<tr><td>{_e(m['time'])}</td><td>{_e(m['to'])}</td>"
+                    f"<td>{_e(m['subject'])}</td><td>{_e(m['rule'])}</td></tr>")
+    return "".join(rows) or '<tr><td colspan="4">no e-mails yet</td></tr>'
+
+
 def render_html(data: dict[str, Any]) -> str:
     return _TEMPLATE.format(
-        devices=_device_rows(data), events=_event_rows(data), count=_e(data["eventCount"])
+        devices=_device_rows(data), events=_event_rows(data), count=_e(data["eventCount"]),
+        emails=_email_rows(data),
     )
 
 
@@ -101,6 +110,9 @@ th {{ background: #f3f3f3; }} .note {{ color: #666; font-size: 0.85em; }}
 <h2>Recent events (<span id="count">{count}</span> in all)</h2>
 <table><thead><tr><th>time</th><th>device</th><th>c8y_Serial</th><th>type</th><th>text</th></tr>
 </thead><tbody id="events">{events}</tbody></table>
+<h2>E-mails Smart Rules would send (recorded, not sent)</h2>
+<table><thead><tr><th>time</th><th>to</th><th>subject</th><th>rule</th></tr>
+</thead><tbody id="emails">{emails}</tbody></table>
 <script>
 "use strict";
 function row(cells) {{
@@ -127,6 +139,8 @@ async function refresh() {{
         d.children.map(c => c.name + " (" + c.serial + ")").join(", ") || "–"]), "no devices yet");
       fill("events", s.events.map(e => [e.time, e.sourceName, e.sourceSerial, e.type, e.text]),
         "no events yet");
+      fill("emails", (s.emails || []).map(m => [m.time, m.to, m.subject, m.rule]),
+        "no e-mails yet");
       document.getElementById("count").textContent = s.eventCount;
       document.body.dataset.version = s.version;
     }}
