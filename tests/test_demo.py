@@ -38,5 +38,17 @@ def test_demo_shows_what_cumulocity_holds(tmp_path: object) -> None:
         "│ dashButton_3 │ ACTIVE │ MAJOR    │ 2     │ Reorder 12 x Safety gloves L for bin C7 "
         "(Gate 1)    │",
     ]
-    # One "delivered" log line per press on stderr.
-    assert result.stderr.count(": delivered") == 7
+    # The supplier told (issue 18): the rules installed, the next day's reorder of A3 mailed.
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("Smart Rule ")] == [
+        f"Smart Rule create: dashkanban dashkanban-demo: {kind} mail to {email} (1 button, "
+        f"bins {bin_})"
+        for email, bin_ in (("gloves@ansell.example", "C7"), ("orders@wuerth.example", "A3"),
+                            ("sales@hellermann.example", "B1"))
+        for kind in ("reorder", "overdue")
+    ]
+    assert lines[-1] == ("email to orders@wuerth.example: Kanban reorder: Reorder 50 x M6 screws "
+                         "for bin A3 (Aisle 2)")
+    # One "delivered" log line per press on stderr, the next day's press of A3 included (its
+    # refill is a row of lines, which has no press to log).
+    assert result.stderr.count(": delivered") == 8

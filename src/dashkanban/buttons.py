@@ -33,6 +33,8 @@ _COLUMN_ALIASES: Mapping[str, str] = {
     "supplier": "supplier",
     "leadtimedays": "lead_time_days",
     "role": "role",
+    "cards": "cards",
+    "supplieremail": "supplier_email",
 }
 
 _HEX12 = re.compile(r"[0-9a-f]{12}")
@@ -85,6 +87,8 @@ class Button:
     supplier: str | None = None
     lead_time_days: float | None = None
     role: str = "reorder"
+    cards: int | None = None  # Kanban cards the bin circulates today
+    supplier_email: str | None = None  # who the Smart Rules mail (kanban rules install)
 
     @property
     def serial(self) -> str:
@@ -248,7 +252,7 @@ def _read_header(header: list[str], path: Path, line: int) -> list[str]:
         field = _COLUMN_ALIASES.get(key)
         if field is None:
             known = "Name, MAC-Address, dead_time, bin, part, quantity, location, supplier, "
-            known += "lead_time_days, role"
+            known += "lead_time_days, role, cards, supplier_email"
             raise ConfigError(f"unknown column {cell.strip()!r} (known: {known})", path, line)
         if field in columns:
             raise ConfigError(f"column {cell.strip()!r} appears twice", path, line)
@@ -290,6 +294,8 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
         supplier=values.get("supplier") or None,
         lead_time_days=_number(values.get("lead_time_days"), "lead_time_days", path, line),
         role=role.lower(),
+        cards=_integer(values.get("cards"), "cards", path, line),
+        supplier_email=_email(values.get("supplier_email"), path, line),
     )
 
 
@@ -305,6 +311,19 @@ def _number(
     if value != value or value < 0 or (positive and value == 0) or value == float("inf"):
         raise ConfigError(f"{column} {text!r} must be a positive number", path, line)
     return value
+
+
+def _email(text: str | None, path: Path, line: int) -> str | None:
+    """An address a Smart Rule can send to: one `local@domain`, nothing that could add a header."""
+    if not text:
+        return None
+    if not re.fullmatch(r"[^@\s,;<>\"]+@[^@\s,;<>\"]+\.[^@\s,;<>\"]+", text):
+        raise ConfigError(
+            f"supplier_email {text!r} is not an e-mail address (expected e.g. orders@example.com)",
+            path,
+            line,
+        )
+    return text
 
 
 def _integer(text: str | None, column: str, path: Path, line: int) -> int | None:

@@ -329,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--from-cumulocity", action="store_true", help="read the events from Cumulocity over REST"
     )
+    q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     q.set_defaults(handler="dashkanban.kanban.cli:report_command")
     q = add_kanban("refilled", "mark a bin refilled (clears its reorder alarm)",
                    "dashkanban kanban refilled A3")
@@ -341,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the broker's acknowledgements (default: 30; 0 only queues)",
     )
     q.set_defaults(handler="dashkanban.kanban.cli:refilled_command")
+    q = kanban_sub.add_parser("rules", help="Cumulocity Smart Rules that mail the suppliers")
+    rules_sub = q.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    for action, text in (("install", "create or update one rule per supplier_email"),
+                         ("uninstall", "remove the rules `install` made")):
+        r = rules_sub.add_parser(action, help=text)
+        _common(r)
+        r.add_argument("--dry-run", action="store_true",
+                       help="show what would change, change nothing")
+        r.set_defaults(handler=f"dashkanban.kanban.rules:{action}_command")
     return parser
 
 

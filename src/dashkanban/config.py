@@ -104,6 +104,8 @@ class KanbanSettings:
     severity: str
     safety: float
     history_days: int
+    min_samples: int = 3  # measured replenishments before the median replaces lead_time_days
+    overdue_severity: str = "CRITICAL"  # of the c8y_KanbanOverdue alarm
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +239,8 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
         "max_bytes": "100000000",
     },
     "metrics": {"port": "", "log_interval": "300"},
-    "kanban": {"alarms": "no", "severity": "MAJOR", "safety": "0.2", "history_days": "730"},
+    "kanban": {"alarms": "no", "severity": "MAJOR", "safety": "0.2", "history_days": "730",
+               "min_samples": "3", "overdue_severity": "CRITICAL"},
 }
 
 
@@ -515,6 +518,10 @@ def parse_settings(text: str, path: Path, environ: Mapping[str, str], *,
             severity=v.parsed("kanban", "severity", _one_of(SEVERITIES, upper=True)),
             safety=v.parsed("kanban", "safety", _non_negative_float),
             history_days=v.parsed("kanban", "history_days", _int_in(1, 36500)),
+            min_samples=v.parsed("kanban", "min_samples", _int_in(1, 1000)),
+            overdue_severity=v.parsed(
+                "kanban", "overdue_severity", _one_of(SEVERITIES, upper=True)
+            ),
         ),
         lines=v.lines,
     )

@@ -5,6 +5,8 @@ folder, mode 0600), replays the bundled sample capture, "a morning in a store", 
 pipeline: decode, debounce, the Kanban loop (the bundled MACID.csv has bins, and the demo turns
 `[kanban] alarms` on), the SQLite outbox, the uplink over real MQTT. Then it asks the sandbox's
 REST API what Cumulocity now holds and prints it: devices, events and the reorder alarms.
+Last, it installs the Smart Rules that mail each bin's supplier and lets the next reorder
+happen: the sandbox records the e-mail Cumulocity would send, and the demo prints it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,11 +28,12 @@ from rich.console import Console
 from rich.table import Table
 
 from dashkanban.capture import open_capture
-from dashkanban.config import load_settings
+from dashkanban.config import Settings, load_settings
 from dashkanban.delivery import deliver
 from dashkanban.events import Event
 from dashkanban.kanban.wiring import open_loop, press_lines
 from dashkanban.outbox import Outbox
+from dashkanban.pipeline import Pipeline
 from dashkanban.replay import build_pipeline, load_registry
 
 GATEWAY_SERIAL = "dashkanban-demo"
@@ -107,6 +111,9 @@ def demo_command(args: argparse.Namespace) -> int:
             delivered = deliver(settings, outbox, [], timeout=30)
         console.print(f"Delivered {delivered} events over MQTT (SmartREST 2.0), each on PUBACK.\n")
         _show(console, sandbox.http_url, "t12345/admin", password, events)
+        if presses:
+            _supplier_told(console, settings, pipeline, presses[-1].time, sandbox.http_url,
+                           password)
         if args.keep:
             console.print(
                 f"\nThe sandbox keeps running: open [bold]{sandbox.http_url}/[/] "
@@ -161,6 +168,53 @@ def _show(console: Console, base: str, user: str, password: str, sent: list[Even
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+def _supplier_told(console: Console, settings: Settings, pipeline: Pipeline, last: datetime,
+                   base: str, password: str) -> None:
+    """Issue 18's loop closed: Smart Rules that mail each supplier_email are installed, and
+    the next day bin A3 is refilled and emptied again: its new reorder alarm is mailed. The
+    sandbox records the e-mail instead of sending it (GET /sandbox/emails)."""
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.history import History, history_path
+    from dashkanban.kanban.loop import refill_from_cli
+    from dashkanban.kanban.rules import install
+    from dashkanban.kanban.wiring import load_kanban_bins, queue_overdue, queue_pending_clears
+    from dashkanban.presses import Press
+
+    bins = load_kanban_bins(settings)
+    bin_ = bins.get("A3")
+    if bin_ is None or not bin_.reorder:
+        return
+    with CumulocityRest.from_settings(settings.c8y) as rest:
+        for line in install(rest, bins, settings.gateway.serial, dry_run=False):
+            console.print(f"Smart Rule {line}", markup=False, highlight=False)
+    refilled = last + timedelta(days=1)
+    pressed = refilled + timedelta(hours=3)
+    with Outbox.open(settings.outbox.path) as outbox:
+        path = history_path(settings.outbox.path)
+        with History.open(path, settings.kanban.history_days, refilled) as history:
+            refill_from_cli(bins, bin_.name, history, refilled)
+            queue_pending_clears(history, outbox.put_lines)
+        loop = open_loop(settings, refilled)
+        if loop is None:  # pragma: no cover - the bins are there
+            return
+        try:
+            queue_overdue(loop, outbox.put_lines, pressed)
+            press = Press(bin_.reorder[0], pressed, "dhcp")
+            extra, others = press_lines(loop, press)
+            outbox.put(pipeline.event_for(press), extra, others)
+        finally:
+            if loop.history is not None:
+                loop.history.close()
+        deliver(settings, outbox, [], timeout=30)
+    console.print(f"The next day bin {bin_.name} is refilled, and emptied again at "
+                  f"{pressed:%Y-%m-%d %H:%M} UTC: a new reorder alarm.", highlight=False)
+    with httpx.Client(base_url=base, auth=("t12345/admin", password), timeout=10) as http:
+        emails = http.get("/sandbox/emails").json().get("emails", [])
+    for email in emails:
+        console.print(f"email to {email['to']}: {email['subject']}", markup=False,
+                      highlight=False)
 
 
 def _serial(http: httpx.Client, mo_id: str) -> str:

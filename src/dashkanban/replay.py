@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
-from dashkanban.capture import open_capture
+from dashkanban.capture import Frame, open_capture
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.events import Event
@@ -92,7 +93,8 @@ def _connects(args: argparse.Namespace) -> bool:
 def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
     capture = open_capture(args.capture, prefilter=True)
     found: list[tuple[Press, Event]] = []
-    events = _collect(pipeline, pipeline.run_presses(capture), found)
+    clock = PacketClock()  # the end of the capture, for the Kanban overdue check
+    events = _collect(pipeline, pipeline.run_presses(clock.frames(capture)), found)
     corrupt: CaptureError | None = None
     try:
         if args.jsonl:
@@ -113,7 +115,7 @@ def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) ->
             raise corrupt
         return 0
     try:
-        delivered = _send(settings, found, args.timeout, again=args.again)
+        delivered = _send(settings, found, args.timeout, clock.last, again=args.again)
     except DashkanbanError as exc:
         if corrupt is not None:
             raise CaptureError(f"{corrupt}; and the presses before it: {exc}") from None
@@ -126,6 +128,23 @@ def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) ->
     return 0
 
 
+class PacketClock:
+    """The time of the last frame read: where the capture ends."""
+
+    def __init__(self) -> None:
+        self.last: datetime | None = None
+
+    def frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
+        last = None
+        try:
+            for frame in frames:
+                last = frame[0]
+                yield frame
+        finally:
+            if last is not None:
+                self.last = datetime.fromtimestamp(last, UTC)
+
+
 def _collect(
     pipeline: Pipeline, presses: Iterator[Press], into: list[tuple[Press, Event]]
 ) -> Iterator[Event]:
@@ -135,13 +154,13 @@ def _collect(
         yield event
 
 
-def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float, *,
-          again: bool = False) -> int:
+def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
+          end: datetime | None = None, *, again: bool = False) -> int:
     """Queue the events (with their Kanban lines) in the outbox, each press once (design 8: a
     press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns how many of the file's presses were delivered (or queued for the service)."""
-    from dashkanban.kanban.wiring import open_loop, press_lines
+    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue
     from dashkanban.outbox import Outbox, deliver_explained, press_key
 
     with Outbox.open(
@@ -158,8 +177,12 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float, 
         loop = open_loop(settings) if fresh else None  # after the outbox: it makes the folder
         try:
             for press, event in fresh:
+                if loop is not None:  # the packet clock: a replay raises the same alarms
+                    queue_overdue(loop, outbox.put_lines, press.time)
                 extra, others = press_lines(loop, press) if loop is not None else ((), ())
                 outbox.put(event, extra, others)
+            if loop is not None and end is not None:
+                queue_overdue(loop, outbox.put_lines, end)
         finally:
             if loop is not None and loop.history is not None:
                 loop.history.close()

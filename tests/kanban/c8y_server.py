@@ -22,6 +22,7 @@ class Store:
     identities: dict[str, str] = field(default_factory=dict)  # c8y_Serial -> id
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, list[str]]]] = field(default_factory=list)
     bodies: list[Any] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)  # statuses to answer before serving
@@ -41,6 +42,20 @@ class Store:
                 "type": event_type,
                 "text": "pressed",
                 "time": time,
+            }
+        )
+
+
+    def add_alarm(self, source: str, first: str, status: str = "ACTIVE",
+                  last_updated: str | None = None, count: int = 1,
+                  alarm_type: str = "c8y_KanbanReorder") -> None:
+        self.alarms.append(
+            {
+                "id": str(len(self.alarms) + 5000),
+                "source": {"id": source, "self": f"{self.base}/inventory/managedObjects/{source}"},
+                "type": alarm_type, "text": "Reorder", "severity": "MAJOR", "status": status,
+                "count": count, "time": first, "firstOccurrenceTime": first,
+                "creationTime": first, "lastUpdated": last_updated or first,
             }
         )
 
@@ -123,8 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "PUT":
                 mo.update(body)
             return 200, mo
-        if method == "GET" and parts == ["event", "events"]:
-            events = [e for e in store.events if e["type"] == query.get("type", [""])[0]]
+        if method == "GET" and parts in (["event", "events"], ["alarm", "alarms"]):
+            key = parts[1]
+            every = store.events if key == "events" else store.alarms
+            events = [e for e in every if e["type"] == query.get("type", [""])[0]]
             if "dateFrom" in query:
                 start = datetime.fromisoformat(query["dateFrom"][0].replace("Z", "+00:00"))
                 events = [
@@ -136,8 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
             page = int(query.get("currentPage", ["1"])[0])
             chunk = events[(page - 1) * size : page * size]
             return 200, {
-                "self": f"{store.base}/event/events?pageSize={size}&currentPage={page}",
-                "events": chunk,
+                "self": f"{store.base}/{path.strip('/')}?pageSize={size}&currentPage={page}",
+                key: chunk,
                 "statistics": {"currentPage": page, "pageSize": size},
             }
         return _error(404, "general/Not Found", f"no route for {method} {path}")

@@ -116,8 +116,10 @@ def test_parse_since() -> None:
 
 
 def test_report_from_local_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Five A3 reorders two days apart, refilled by its button each time, the first 10 days ago:
-    D = 5 x 50 / 10 = 25 a day, cards = ceil(25 x 2 x 1.2 / 50) = ceil(1.2) = 2."""
+    """Five A3 reorders two days apart, each refilled by its button a day later, the first 10
+    days ago. The data covers 9 days (first press to last refill): D = 5 x 50 / 9 = 27.78 a
+    day. Five replenishments of 1 day (>= min_samples 3): L = 1 measured, not the configured 2.
+    Cards = ceil(27.78 x 1 x 1.2 / 50) = ceil(0.67) = 1."""
     config = make_config(tmp_path)
     registry, bins = parse_bins(MACID, Path("MACID.csv"))
     button = {b.name: b for b in registry}
@@ -133,15 +135,17 @@ def test_report_from_local_history(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["kanban", "report", "-c", str(config), "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert re.search(
-        r"│ A3 +│ M6 screws +│ Aisle 2 +│ +5 │ +5 │ +2\.0 │ +0\.0 │ +25\.00 │ +2 │ +50 │ +2 │", out
+        r"│ A3 +│ M6 screws +│ Aisle 2 +│ Würth +│ +5 │ +5 │ +2\.0 │ +0\.0 │ +27\.78 │ "
+        r"1 measured \(5\) +│ +no │ +50 │ +— │ +1 │ — +│", out
     ), out
     assert re.search(
-        r"│ B1 +│ Cable ties +│ Aisle 4 +│ +0 │ +0 │ +— │ +— │ +0 │ +3 │ +100 │ +— │", out
+        r"│ B1 +│ Cable ties +│ Aisle 4 +│ — +│ +0 │ +0 │ +— │ +— │ +0 │ 3 configured +│ +no │ "
+        r"+100 │ +— │ +— │ — +│", out
     ), out
     assert out.rstrip().endswith(f"wrote {out_file}")
     page = out_file.read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == 2
-    assert '<td class="cards n">2</td>' in page
+    assert page.count('src="data:image/png;base64,') == 3
+    assert '<td class="cards n">1</td>' in page
 
 
 def test_report_from_cumulocity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,17 +154,26 @@ def test_report_from_cumulocity(tmp_path: Path, capsys: pytest.CaptureFixture[st
     store.add_device("201", "ac63be123456", c8y_Kanban={
         "bin": "A3", "role": "reorder", "part": "M6 screws", "quantity": 50, "location": "Aisle 2",
         "leadTimeDays": 2, "gateway": "gw-1"})
+    def ago(days: float) -> str:
+        return (now - timedelta(days=days)).isoformat(timespec="milliseconds")
+
     for days in (9, 6, 3):
-        store.add_event("201", (now - timedelta(days=days)).isoformat(timespec="milliseconds"))
+        store.add_event("201", ago(days))
+    # The three reorder alarms, cleared 1, 0.5 and 1 day after they were raised.
+    for raised, cleared in ((9, 8), (6, 5.5), (3, 2)):
+        store.add_alarm("201", ago(raised), "CLEARED", ago(cleared))
     with c8y_server(store) as base:
         config = make_config(tmp_path, base)
         assert main(["kanban", "report", "-c", str(config), "--from-cumulocity", "--since",
                      "30d"]) == 0
     out = capsys.readouterr().out
     assert "from Cumulocity (3 events)" in out
-    # Window: the first press 9 days ago to now. D = 3 x 50 / 9 = 16.67; cards ceil(0.8) = 1.
+    # The data covers the first press 9 days ago to the last clear 2 days ago: 7 days.
+    # D = 3 x 50 / 7 = 21.43; L = median(1, 0.5, 1) = 1 measured (3 samples);
+    # cards = ceil(21.43 x 1 x 1.2 / 50) = ceil(0.51) = 1.
     assert re.search(
-        r"│ A3 +│ M6 screws +│ Aisle 2 +│ +3 │ +0 │ +3\.0 │ +0\.0 │ +16\.67 │ +2 │ +50 │ +1 │", out
+        r"│ A3 +│ M6 screws +│ Aisle 2 +│ — +│ +3 │ +0 │ +3\.0 │ +0\.0 │ +21\.43 │ "
+        r"1 measured \(3\) +│ +no │ +50 │ +— │ +1 │ — +│", out
     ), out
     [(_, _, query)] = [r for r in store.requests if r[1] == "/event/events"]
     assert query["pageSize"] == ["2000"]

@@ -6,6 +6,7 @@ clears another bin's, and the daemon answers a `c8y_KanbanRefilled` operation cr
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -126,15 +127,29 @@ def test_replay_with_bins_raises_dedups_and_clears_then_kanban_refilled_clears_b
     with Outbox.open(tmp_path / "state" / "outbox.sqlite3") as outbox:
         assert outbox.count() == 0
 
-    # The report from that history, by hand, two days after the first press (the window):
-    # A3: 1 reorder (the repeat is not demand) x 50 / 2 days = 25 a day;
-    #     cards = ceil(25 x 2 (lead time) x 1.2 / 50) = ceil(1.2) = 2.
-    # B1: 1 x 100 / 2 = 50 a day; cards = ceil(50 x 3 x 1.2 / 100) = ceil(1.8) = 2.
+    # The report from that history, by hand. The data covers the first press (T0) to the last
+    # record, B1's refill by `kanban refilled` just now (issue 14 item 8: not to the report's
+    # `now`), T days:
+    # A3: 1 reorder (the repeat is not demand) x 50 / T a day;
+    #     cards = ceil(D x 2 (lead time) x 1.2 / 50).
+    # B1: 1 x 100 / T a day; cards = ceil(D x 3 x 1.2 / 100).
     settings = load_settings(config)
+    with History.open(history, 36500) as h:
+        last = h.last_record()
+    assert last is not None
+    days = (last.timestamp() - T0) / 86400
     now = datetime.fromtimestamp(T0 + 2 * 86400, UTC)
     report = local_report(settings, load_kanban_bins(settings), None, now)
+    assert (report.start, report.end) == (datetime.fromtimestamp(T0, UTC), last)
+    a3, b1 = 50 / days, 100 / days
     assert [(b.name, b.reorders, b.repeats, b.demand_per_day, b.recommended_cards)
-            for b in report.bins] == [("A3", 1, 1, 25.0, 2), ("B1", 1, 0, 50.0, 2)]
+            for b in report.bins] == [
+        ("A3", 1, 1, pytest.approx(a3), math.ceil(a3 * 2 * 1.2 / 50)),
+        ("B1", 1, 0, pytest.approx(b1), math.ceil(b1 * 3 * 1.2 / 100)),
+    ]
+    # A3 was refilled 3 minutes after its reorder: one replenishment, fewer than min_samples.
+    assert [(b.name, b.lead.samples, b.lead.used) for b in report.bins] == [
+        ("A3", 1, "configured"), ("B1", 1, "configured")]
 
     # The gateway sent exactly these Kanban lines, in press order, on the children's topics.
     kanban = [

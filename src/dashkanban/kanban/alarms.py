@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from dashkanban.c8y.smartrest import SmartRestLine, encode_line
 from dashkanban.config import KanbanSettings
@@ -25,6 +25,7 @@ from dashkanban.presses import Press
 log = logging.getLogger(__name__)
 
 ALARM_TYPE = "c8y_KanbanReorder"
+OVERDUE_TYPE = "c8y_KanbanOverdue"  # a reorder open longer than the bin's lead time
 OPERATION = "c8y_KanbanRefilled"
 # Static alarm templates by severity (protocol notes 2.5, static.md).
 SEVERITY_TEMPLATES = {"CRITICAL": 301, "MAJOR": 302, "MINOR": 303, "WARNING": 304}
@@ -106,6 +107,38 @@ def raise_line(bin_: Bin, severity: str, time: datetime) -> str:
 
 def clear_line() -> str:
     return encode_line(CLEAR_TEMPLATE, ALARM_TYPE)
+
+
+def _days_text(days: float) -> str:
+    rounded = round(days, 1)
+    number = str(int(rounded)) if rounded.is_integer() else f"{rounded:.1f}"
+    return f"{number} day" if number == "1" else f"{number} days"
+
+
+def overdue_text(bin_: Bin, reordered: datetime, lead_days: float, late_days: float) -> str:
+    """`Bin A3 (M6 screws, Würth) overdue by 1.5 days: reordered 2026-11-26 08:00 UTC, lead
+    time 2 days`; part and supplier left out when MACID.csv has none."""
+    about = ", ".join(v for v in (bin_.part, bin_.supplier) if v)
+    name = f"Bin {bin_.name} ({about})" if about else f"Bin {bin_.name}"
+    when = reordered.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{name} overdue by {_days_text(late_days)}: reordered {when}, "
+            f"lead time {_days_text(lead_days)}")
+
+
+def overdue_lines(
+    bin_: Bin, serial: str, severity: str, reordered: datetime, lead_days: float, now: datetime
+) -> DeviceLines:
+    """`301,c8y_KanbanOverdue,<text>,<now>` on the device of the button that made the reorder."""
+    late = (now - reordered).total_seconds() / 86_400.0 - lead_days
+    template = SEVERITY_TEMPLATES[severity.upper()]
+    text = overdue_text(bin_, reordered, lead_days, late)
+    when = now.isoformat(timespec="milliseconds")
+    return DeviceLines(serial, (encode_line(template, OVERDUE_TYPE, text, when),))
+
+
+def overdue_clear(serial: str) -> DeviceLines:
+    """`306,c8y_KanbanOverdue` on the device that carries the overdue alarm."""
+    return DeviceLines(serial, (encode_line(CLEAR_TEMPLATE, OVERDUE_TYPE),))
 
 
 def clear_lines(bin_: Bin) -> tuple[DeviceLines, ...]:

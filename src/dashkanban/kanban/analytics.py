@@ -7,9 +7,13 @@ window of T days with n reorders:
     recommended cards   K = ceil(D x L x (1 + safety) / C)      (L: lead time in days)
 
 the classic Kanban sizing: enough containers to cover the demand during the lead time, plus a
-safety margin. The time between consecutive reorders is summarised by its median and its spread,
-the interquartile range (IQR = Q3 - Q1, quartiles by linear interpolation between order
+safety margin. The time between consecutive reorders is summarised by its median and its typical
+spread, Q3 - Q1: the range of the middle half (quartiles by linear interpolation between order
 statistics, numpy's default and `statistics.quantiles(method="inclusive")`).
+
+L is measured when it can be: each reorder a refill cleared is one replenishment, refill time
+minus reorder time. With at least `[kanban] min_samples` of them, L is their median; otherwise
+the configured `lead_time_days`. A reorder still open longer than L is overdue.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from dashkanban.kanban.bins import Bin
 
@@ -35,10 +40,103 @@ class BinInfo:
     quantity: int | None = None
     location: str | None = None
     lead_time_days: float | None = None
+    supplier: str | None = None
+    cards: int | None = None  # cards in the loop today (MACID.csv `cards`)
 
     @classmethod
     def of(cls, bin_: Bin) -> BinInfo:
-        return cls(bin_.name, bin_.part, bin_.quantity, bin_.location, bin_.lead_time_days)
+        return cls(bin_.name, bin_.part, bin_.quantity, bin_.location, bin_.lead_time_days,
+                   bin_.supplier, bin_.cards)
+
+
+LeadSource = Literal["measured", "configured"]
+
+
+@dataclass(frozen=True, slots=True)
+class Replenishment:
+    """One reorder that a refill cleared."""
+
+    bin: str
+    reordered: datetime
+    refilled: datetime
+
+    @property
+    def days(self) -> float:
+        return (self.refilled - self.reordered).total_seconds() / SECONDS_PER_DAY
+
+
+@dataclass(frozen=True, slots=True)
+class LeadTime:
+    """The lead time of a bin: configured, measured (median of the replenishments) and used."""
+
+    configured: float | None
+    measured: float | None  # median replenishment time, None without any
+    spread: float | None  # Q3 - Q1 of the replenishment times
+    samples: int
+    used: LeadSource | None  # which of the two the card formula and the overdue check use
+
+    @property
+    def days(self) -> float | None:
+        """The value used, None when there is neither."""
+        if self.used == "measured":
+            return self.measured
+        if self.used == "configured":
+            return self.configured
+        return None
+
+
+def lead_time(
+    configured: float | None, replenishment_days: Sequence[float], min_samples: int
+) -> LeadTime:
+    """Measured wins with at least `min_samples` replenishments; else configured, if any."""
+    measured = spread = None
+    if replenishment_days:
+        q1, measured, q3 = quartiles(sorted(replenishment_days))
+        spread = q3 - q1
+    used: LeadSource | None
+    if measured is not None and len(replenishment_days) >= min_samples:
+        used = "measured"
+    elif configured is not None:
+        used = "configured"
+    else:
+        used = None
+    return LeadTime(configured, measured, spread, len(replenishment_days), used)
+
+
+def replenishments(
+    reorders: Iterable[tuple[str, datetime]], refills: Iterable[tuple[str, datetime]]
+) -> tuple[list[Replenishment], dict[str, datetime]]:
+    """Pair reorders with the refills that cleared them, per bin, in time order.
+
+    A refill clears the bin's open reorder (the first reorder since the last refill: repeats
+    are not reorders); a refill with no open reorder (a bin refilled twice) measures nothing.
+    Returns the replenishments and, per bin still open at the end, when its reorder was made.
+    At one and the same instant the reorder comes first.
+    """
+    merged = sorted(
+        [(t, 0, b) for b, t in reorders] + [(t, 1, b) for b, t in refills],
+        key=lambda item: (item[0], item[1]),
+    )
+    opened: dict[str, datetime] = {}
+    done: list[Replenishment] = []
+    for time, kind, bin_ in merged:
+        if kind == 0:
+            opened.setdefault(bin_, time)
+        elif bin_ in opened:
+            done.append(Replenishment(bin_, opened.pop(bin_), time))
+    return done, opened
+
+
+def card_action(current: int | None, recommended: int | None) -> str | None:
+    """`add 1 card`, `remove 2 cards` or `ok`; None when either count is unknown."""
+    if current is None or recommended is None:
+        return None
+    change = recommended - current
+    if change == 0:
+        return "ok"
+    count = abs(change)
+    noun = "card" if count == 1 else "cards"
+    return f"add {count} {noun}" if change > 0 else f"remove {count} {noun}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +151,23 @@ class BinStats:
     q3_days: float | None
     demand_per_day: float | None  # pieces a day; None without a quantity
     recommended_cards: int | None  # None without quantity, lead time or any reorder
+    lead: LeadTime = LeadTime(None, None, None, 0, None)
+    replenishment_days: tuple[float, ...] = ()  # each cleared reorder, oldest first
+    overdue: bool = False  # a reorder open longer than the lead time used, at the report's time
+    open_since: datetime | None = None  # when the open reorder was made
+
+    @property
+    def card_action(self) -> str | None:
+        return card_action(self.info.cards, self.recommended_cards)
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def spread_days(self) -> float | None:
+        """The typical spread of the time between reorders: Q3 - Q1."""
+        return self.iqr_days
 
     @property
     def iqr_days(self) -> float | None:
@@ -110,10 +221,24 @@ def analyze(
     end: datetime,
     safety: float,
     source: str = "local history",
+    *,
+    cleared: Iterable[Replenishment] = (),
+    open_reorders: Mapping[str, datetime] | None = None,
+    now: datetime | None = None,
+    min_samples: int = 3,
 ) -> Report:
     """Per-bin statistics over [start, end]. Bins without presses are listed with zero reorders;
-    presses for bins not in `bins` (a bin since removed from MACID.csv) are kept, unsized."""
+    presses for bins not in `bins` (a bin since removed from MACID.csv) are kept, unsized.
+
+    `cleared` are the replenishments on record (all of them: a lead time is not a rate, so it is
+    not cut to the window), `open_reorders` the bins open at `now` (default `end`) and since
+    when: overdue when open longer than the lead time used."""
     days = (end - start).total_seconds() / SECONDS_PER_DAY
+    at = now or end
+    opened = dict(open_reorders or {})
+    measured: dict[str, list[float]] = {}
+    for item in sorted(cleared, key=lambda r: r.refilled):
+        measured.setdefault(item.bin, []).append(item.days)
     times: dict[str, list[datetime]] = {name: [] for name in bins}
     repeats: dict[str, int] = dict.fromkeys(bins, 0)
     for obs in observations:
@@ -135,12 +260,19 @@ def analyze(
         q1 = median = q3 = None
         if intervals:
             q1, median, q3 = quartiles(intervals)
+        samples = tuple(measured.get(name, ()))
+        lead = lead_time(info.lead_time_days, samples, min_samples)
         demand = None
         cards = None
         if info.quantity is not None and days > 0:
             demand = len(stamps) * info.quantity / days
-            if info.lead_time_days is not None and stamps:
-                cards = recommended_cards(demand, info.lead_time_days, safety, info.quantity)
+            if lead.days is not None and stamps:
+                cards = recommended_cards(demand, lead.days, safety, info.quantity)
+        since = opened.get(name)
+        overdue = (
+            since is not None and lead.days is not None
+            and (at - since).total_seconds() > lead.days * SECONDS_PER_DAY
+        )
         stats.append(
             BinStats(
                 info=info,
@@ -153,6 +285,10 @@ def analyze(
                 q3_days=q3,
                 demand_per_day=demand,
                 recommended_cards=cards,
+                lead=lead,
+                replenishment_days=samples,
+                overdue=overdue,
+                open_since=since,
             )
         )
     return Report(start=start, end=end, safety=safety, bins=tuple(stats), source=source)

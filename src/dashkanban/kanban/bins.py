@@ -25,7 +25,9 @@ from dashkanban.buttons import (
 from dashkanban.errors import ConfigError
 
 # The Kanban columns a button may carry, and the Bin attribute each one fills.
-_BIN_FIELDS = ("part", "quantity", "location", "supplier", "lead_time_days")
+_BIN_FIELDS = (
+    "part", "quantity", "location", "supplier", "lead_time_days", "cards", "supplier_email"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,8 @@ class Bin:
     lead_time_days: float | None
     reorder: tuple[Button, ...]  # the buttons that raise the reorder signal
     refill: tuple[Button, ...] = ()  # the buttons that clear it
+    cards: int | None = None  # Kanban cards (containers) in the loop today
+    supplier_email: str | None = None  # where `kanban rules install` sends the reorder mail
 
     @property
     def buttons(self) -> tuple[Button, ...]:
@@ -157,6 +161,8 @@ def build_bins(
             lead_time_days=_value(values, "lead_time_days"),
             reorder=tuple(buttons),
             refill=tuple(refill.get(bin_name, ())),
+            cards=_value(values, "cards"),
+            supplier_email=_value(values, "supplier_email"),
         )
     return Bins(bins)
 

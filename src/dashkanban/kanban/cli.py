@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import ConfigError, DashkanbanError
-from dashkanban.kanban.analytics import BinInfo, Report, analyze
+from dashkanban.kanban.analytics import BinInfo, Report, analyze, replenishments
 from dashkanban.kanban.bins import Bins, load_bins
 from dashkanban.kanban.history import History, history_path
 from dashkanban.kanban.loop import refill_from_cli
@@ -55,9 +56,15 @@ def local_report(settings: Settings, bins: Bins, since: datetime | None, now: da
     with History.open(path, settings.kanban.history_days, now) as history:
         observations = history.observations(since)
         first = history.first_press()
-    start = _window_start(since, first, now)
+        last = history.last_record()
+        presses = history.reorder_presses()
+        refills = history.refill_times()
+    start, end = data_period(since, first, last, now)
     infos = {b.name: BinInfo.of(b) for b in bins}
-    return analyze(observations, infos, start, now, settings.kanban.safety, "local history")
+    cleared, opened = replenishments([(b, t) for b, t, _ in presses], refills)
+    return analyze(observations, infos, start, end, settings.kanban.safety, "local history",
+                   cleared=cleared, open_reorders=opened, now=now,
+                   min_samples=settings.kanban.min_samples)
 
 
 def remote_report(settings: Settings, bins: Bins, since: datetime | None, now: datetime) -> Report:
@@ -80,16 +87,28 @@ def remote_report(settings: Settings, bins: Bins, since: datetime | None, now: d
     # The fragments say what each bin is; MACID.csv fills in for a fragment not yet updated.
     infos = {b.name: BinInfo.of(b) for b in bins if b.name in remote.bins}
     infos.update(remote.bins)
-    start = _window_start(date_from, remote.first, now)
+    start, end = data_period(date_from, remote.first, remote.last, now)
     source = f"Cumulocity ({remote.events} events)"
-    return analyze(remote.observations, infos, start, now, settings.kanban.safety, source)
+    return analyze(remote.observations, infos, start, end, settings.kanban.safety, source,
+                   cleared=remote.cleared, open_reorders=remote.open_reorders, now=now,
+                   min_samples=settings.kanban.min_samples)
 
 
-def _window_start(since: datetime | None, first: datetime | None, now: datetime) -> datetime:
-    """The later of --since and the first press on record: demand is measured only over time
-    that was actually watched."""
+MIN_PERIOD = timedelta(days=1)
+
+
+def data_period(
+    since: datetime | None, first: datetime | None, last: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    """The period the data covers: from the later of --since and the first press on record to
+    the last press or refill on record, and at least one day. Not to `now`: a replayed capture
+    gives the same demand every day it is reported, and time nobody watched is not counted as
+    time without demand. The one-day floor keeps two presses a minute apart from reading as
+    thousands a day."""
     candidates = [t for t in (since, first) if t is not None]
-    return max(candidates) if candidates else now
+    start = max(candidates) if candidates else now
+    end = max(last, start) if last is not None else start
+    return start, max(end, start + MIN_PERIOD)
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -102,10 +121,16 @@ def report_command(args: argparse.Namespace) -> int:
         report = remote_report(settings, bins, since, now)
     else:
         report = local_report(settings, bins, since, now)
-    Console(file=sys.stdout, width=160).print(_table(report))
+    as_json = getattr(args, "json", False)
+    if as_json:
+        from dashkanban.kanban.report import report_json
+
+        print(json.dumps(report_json(report), ensure_ascii=False, indent=2))
+    else:
+        Console(file=sys.stdout, width=200).print(_table(report))
     if args.out is not None:
         write_html(report, args.out, now)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}", file=sys.stderr if as_json else sys.stdout)
     return 0
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from dashkanban.buttons import Button
 from dashkanban.c8y.rest import CumulocityRest, RestError
-from dashkanban.kanban.analytics import BinInfo, Observation, classify
+from dashkanban.kanban.alarms import ALARM_TYPE
+from dashkanban.kanban.analytics import BinInfo, Observation, Replenishment, classify
 from dashkanban.kanban.bins import Bin, Bins
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def kanban_fragment(button: Button, bin_: Bin, gateway_serial: str) -> dict[str,
         "location": bin_.location,
         "supplier": bin_.supplier,
         "leadTimeDays": bin_.lead_time_days,
+        "cards": bin_.cards,
         "gateway": gateway_serial,
     }
     return {FRAGMENT: {k: v for k, v in values.items() if v is not None}}
@@ -60,21 +62,34 @@ def read_events(
     rest: CumulocityRest, event_type: str, date_from: datetime
 ) -> Iterator[dict[str, Any]]:
     """All events of a type since `date_from` (inclusive), page after page."""
+    return _read_pages(rest, "/event/events", "events", event_type, date_from)
+
+
+def read_alarms(
+    rest: CumulocityRest, alarm_type: str, date_from: datetime
+) -> Iterator[dict[str, Any]]:
+    """All alarms of a type since `date_from`, any status, page after page."""
+    return _read_pages(rest, "/alarm/alarms", "alarms", alarm_type, date_from)
+
+
+def _read_pages(
+    rest: CumulocityRest, url: str, key: str, item_type: str, date_from: datetime
+) -> Iterator[dict[str, Any]]:
     for page in range(1, MAX_PAGES + 1):
         params: dict[str, str | int] = {
-            "type": event_type,
+            "type": item_type,
             "dateFrom": date_from.isoformat(timespec="milliseconds"),  # httpx sends + as %2B
             "pageSize": PAGE_SIZE,
             "currentPage": page,
         }
-        body = rest.get_json("/event/events", "reading events", params)
-        events = body.get("events") if isinstance(body, dict) else None
+        body = rest.get_json(url, f"reading {key}", params)
+        events = body.get(key) if isinstance(body, dict) else None
         if not isinstance(events, list):
-            raise RestError(f"reading events: page {page} has no 'events' list")
+            raise RestError(f"reading {key}: page {page} has no '{key}' list")
         yield from (e for e in events if isinstance(e, dict))
         if len(events) < PAGE_SIZE:
             return
-    log.warning("stopped reading events after %d pages", MAX_PAGES)
+    log.warning("stopped reading %s after %d pages", key, MAX_PAGES)
 
 
 def publish_kanban_fragments(
@@ -101,6 +116,9 @@ class RemoteHistory:
     events: int  # events read
     skipped: int  # events of devices without a c8y_Kanban fragment
     first: datetime | None
+    cleared: tuple[Replenishment, ...] = ()  # from the c8y_KanbanReorder alarms
+    open_reorders: Mapping[str, datetime] | None = None  # bin -> oldest active reorder alarm
+    last: datetime | None = None  # the latest event or alarm change: where the data ends
 
 
 def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) -> RemoteHistory:
@@ -140,10 +158,53 @@ def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) ->
                 quantity=_int(fragment.get("quantity")),
                 location=_str(fragment.get("location")),
                 lead_time_days=_float(fragment.get("leadTimeDays")),
+                supplier=_str(fragment.get("supplier")),
+                cards=_int(fragment.get("cards")),
             )
         rows.append((key, when, str(fragment.get("role", "reorder"))))
     first = min((when for _, when, _ in rows), default=None)
-    return RemoteHistory(tuple(classify(rows)), infos, count, skipped, first)
+    last = max((when for _, when, _ in rows), default=None)
+    cleared, opened, alarm_last = _replenishments(rest, date_from, fragments, several)
+    if alarm_last is not None and (last is None or alarm_last > last):
+        last = alarm_last
+    return RemoteHistory(tuple(classify(rows)), infos, count, skipped, first, tuple(cleared),
+                         opened, last)
+
+
+def _replenishments(
+    rest: CumulocityRest,
+    date_from: datetime,
+    fragments: dict[str, dict[str, Any] | None],
+    several: bool,
+) -> tuple[list[Replenishment], dict[str, datetime], datetime | None]:
+    """Replenishment times from the reorder alarms: `firstOccurrenceTime` is the reorder (the
+    first raise; repeats only count up), and a CLEARED alarm's `lastUpdated` its refill: the
+    306 clear is the alarm's last change, and Cumulocity has no field of its own for the time
+    of clearing (docs/kanban.md). Active alarms are the open reorders."""
+    cleared: list[Replenishment] = []
+    opened: dict[str, datetime] = {}
+    last: datetime | None = None
+    for alarm in read_alarms(rest, ALARM_TYPE, date_from):
+        origin = alarm.get("source")
+        source = str(origin.get("id", "")) if isinstance(origin, dict) else ""
+        if source not in fragments:
+            device = rest.managed_object(source) if source else None
+            fragment = device.get(FRAGMENT) if device else None
+            fragments[source] = fragment if isinstance(fragment, dict) else None
+        fragment = fragments[source]
+        first = _parse_time(alarm.get("firstOccurrenceTime") or alarm.get("time"))
+        if fragment is None or not fragment.get("bin") or first is None:
+            continue
+        name = str(fragment["bin"])
+        key = f"{fragment.get('gateway', '')}/{name}" if several else name
+        if alarm.get("status") == "CLEARED":
+            done = _parse_time(alarm.get("lastUpdated"))
+            if done is not None and done >= first:
+                cleared.append(Replenishment(key, first, done))
+                last = done if last is None or done > last else last
+        elif key not in opened or first < opened[key]:
+            opened[key] = first
+    return cleared, opened, last
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS refills (
     pending TEXT            -- JSON [[serial or null, [line, ...]], ...] to send; NULL once sent
 );
 CREATE INDEX IF NOT EXISTS refills_ts ON refills (ts);
+CREATE TABLE IF NOT EXISTS overdue (
+    id       INTEGER PRIMARY KEY,
+    bin      TEXT NOT NULL,
+    serial   TEXT NOT NULL, -- the reorder button whose device carries the c8y_KanbanOverdue alarm
+    reorder  REAL NOT NULL, -- epoch seconds of the open reorder it is about
+    time     TEXT NOT NULL, -- when it was raised
+    ts       REAL NOT NULL,
+    cleared  INTEGER NOT NULL DEFAULT 0  -- 1 once a refill cleared it
+);
 """
 
 
@@ -126,6 +135,7 @@ class History:
                     "INSERT INTO refills (time, ts, bin, source, pending) VALUES (?,?,?,?,NULL)",
                     (_iso(press.time), press.time.timestamp(), bin_name, "button"),
                 )
+                self._clear_overdue(bin_name)
 
     def record_refill(
         self, bin_name: str, time: datetime, source: str, pending: Sequence[DeviceLines] = ()
@@ -137,7 +147,22 @@ class History:
                 "INSERT INTO refills (time, ts, bin, source, pending) VALUES (?,?,?,?,?)",
                 (_iso(time), time.timestamp(), bin_name, source, payload),
             )
+            self._clear_overdue(bin_name)
         return int(cursor.lastrowid or 0)
+
+    def record_overdue(self, bin_name: str, serial: str, reordered: datetime,
+                       time: datetime) -> None:
+        """Keep a raised c8y_KanbanOverdue alarm, so it is raised once per open reorder, also
+        across a restart, and the refill knows which device's alarm to clear."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO overdue (bin, serial, reorder, time, ts) VALUES (?,?,?,?,?)",
+                (bin_name, serial, reordered.timestamp(), _iso(time), time.timestamp()),
+            )
+
+    def _clear_overdue(self, bin_name: str) -> None:
+        self._db.execute("UPDATE overdue SET cleared = 1 WHERE bin = ? AND cleared = 0",
+                         (bin_name,))
 
     def mark_sent(self, refill_id: int) -> None:
         with self._transaction():
@@ -149,6 +174,9 @@ class History:
             gone = self._db.execute("DELETE FROM presses WHERE ts < ?", (cutoff,)).rowcount
             gone += self._db.execute(
                 "DELETE FROM refills WHERE ts < ? AND pending IS NULL", (cutoff,)
+            ).rowcount
+            gone += self._db.execute(
+                "DELETE FROM overdue WHERE ts < ? AND cleared = 1", (cutoff,)
             ).rowcount
         if gone:
             log.info("pruned %d history rows older than %d days", gone, history_days)
@@ -180,6 +208,41 @@ class History:
                 (since.timestamp() if since else float("-inf"),),
             ).fetchall()
         return [Observation(bin_, datetime.fromisoformat(time), kind) for bin_, time, kind in rows]
+
+    def reorder_presses(self) -> list[tuple[str, datetime, str]]:
+        """(bin, time, serial) of every reorder press (repeats are not reorders), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT bin, time, serial FROM presses WHERE kind = 'reorder' AND bin IS NOT NULL "
+                "ORDER BY ts, id"
+            ).fetchall()
+        return [(b, datetime.fromisoformat(t), serial) for b, t, serial in rows]
+
+    def refill_times(self) -> list[tuple[str, datetime]]:
+        """(bin, time) of every refill, from any source, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT bin, time FROM refills ORDER BY ts, id").fetchall()
+        return [(b, datetime.fromisoformat(t)) for b, t in rows]
+
+    def open_overdue(self) -> dict[str, str]:
+        """Bin -> the serial carrying its raised, not yet cleared c8y_KanbanOverdue alarm."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT bin, serial FROM overdue WHERE cleared = 0 ORDER BY ts, id"
+            ).fetchall()
+        return dict(rows)
+
+    def last_record(self) -> datetime | None:
+        """The latest press or refill on record: where the data ends."""
+        with self._lock:
+            rows = [
+                self._db.execute("SELECT time FROM presses ORDER BY ts DESC, id DESC LIMIT 1")
+                .fetchone(),
+                self._db.execute("SELECT time FROM refills ORDER BY ts DESC, id DESC LIMIT 1")
+                .fetchone(),
+            ]
+        times = [datetime.fromisoformat(r[0]) for r in rows if r]
+        return max(times) if times else None
 
     def first_press(self) -> datetime | None:
         with self._lock:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from dashkanban.c8y.smartrest import SmartRestLine
@@ -26,17 +28,54 @@ from dashkanban.kanban.alarms import (
     KIND_REFILL,
     KIND_REORDER,
     KIND_REPEAT,
+    DeviceLines,
     OperationOutcome,
     Signal,
     clear_lines,
     handle_operation,
+    overdue_clear,
+    overdue_lines,
     signal_for,
 )
+from dashkanban.kanban.analytics import SECONDS_PER_DAY, lead_time, replenishments
 from dashkanban.kanban.bins import Bins
 from dashkanban.kanban.history import History
 from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A reorder open longer than its bin's lead time, not yet flagged."""
+
+    bin: str
+    serial: str  # the reorder button that made it: its device gets the alarm
+    reordered: datetime
+    lead_days: float
+
+
+def find_overdue(
+    bins: Bins,
+    opened: Mapping[str, tuple[datetime, str]],
+    samples: Mapping[str, Sequence[float]],
+    raised: Mapping[str, str],
+    min_samples: int,
+    now: datetime,
+) -> list[Due]:
+    """The open reorders (`opened`: bin -> reorder time and button serial) older than the lead
+    time used (measured median with `min_samples` replenishments, else `lead_time_days`), and
+    not yet flagged (`raised`). Pure: the daemon calls it on a timer, replay on the packet clock.
+    A bin with neither lead time is never overdue."""
+    found = []
+    for name, (since, serial) in sorted(opened.items()):
+        bin_ = bins.get(name)
+        if bin_ is None or name in raised:
+            continue
+        lead = lead_time(bin_.lead_time_days, samples.get(name, ()), min_samples).days
+        if lead is not None and (now - since).total_seconds() > lead * SECONDS_PER_DAY:
+            found.append(Due(name, serial, since, lead))
+    return found
 
 
 class KanbanLoop:
@@ -48,6 +87,57 @@ class KanbanLoop:
         self.history = history
         self._open: set[str] = set(history.active_bins()) if history else set()
         self._lock = threading.Lock()
+        # For measured lead times and overdue bins: each open reorder (bin -> its time and the
+        # button that made it), the replenishment times so far, the overdue alarms raised.
+        self._opened: dict[str, tuple[datetime, str]] = {}
+        self._samples: dict[str, list[float]] = {}
+        self._overdue: dict[str, str] = {}
+        if history is not None:
+            presses = history.reorder_presses()
+            done, opened = replenishments(
+                [(b, t) for b, t, _ in presses], history.refill_times()
+            )
+            serial_at = {(b, t): serial for b, t, serial in reversed(presses)}
+            self._opened = {b: (t, serial_at[(b, t)]) for b, t in opened.items()}
+            for item in done:
+                self._samples.setdefault(item.bin, []).append(item.days)
+            self._overdue = history.open_overdue()
+
+    def overdue(self, now: datetime) -> tuple[DeviceLines, ...]:
+        """Raise `c8y_KanbanOverdue` for each reorder open longer than its lead time at `now`,
+        once per open reorder (kept in the history, so also once across restarts). The caller
+        queues the lines in the outbox (`wiring.queue_overdue`). Nothing with alarms off."""
+        if not self.settings.alarms:
+            return ()
+        with self._lock:
+            due = find_overdue(self.bins, self._opened, self._samples, self._overdue,
+                               self.settings.min_samples, now)
+            found = []
+            for item in due:
+                bin_ = self.bins.get(item.bin)
+                if bin_ is None:  # pragma: no cover - find_overdue only returns known bins
+                    continue
+                found.append(overdue_lines(bin_, item.serial, self.settings.overdue_severity,
+                                           item.reordered, item.lead_days, now))
+                self._overdue[item.bin] = item.serial
+                if self.history is not None:
+                    self.history.record_overdue(item.bin, item.serial, item.reordered, now)
+                log.warning("overdue: bin %s reordered %s, lead time %.1f days",
+                            item.bin, item.reordered.isoformat(timespec="seconds"),
+                            item.lead_days)
+            return tuple(found)
+
+    def _refilled(self, bin_name: str, time: datetime) -> tuple[DeviceLines, ...]:
+        """Bookkeeping of a refill: one more replenishment measured, and the overdue alarm's
+        clear when one was raised."""
+        opened = self._opened.pop(bin_name, None)
+        if opened is not None:
+            days = (time - opened[0]).total_seconds() / SECONDS_PER_DAY
+            self._samples.setdefault(bin_name, []).append(days)
+        serial = self._overdue.pop(bin_name, None)
+        if serial is None or not self.settings.alarms:
+            return ()
+        return (overdue_clear(serial),)
 
     @property
     def open_bins(self) -> frozenset[str]:
@@ -61,6 +151,7 @@ class KanbanLoop:
         signal = signal_for(press, self.bins, self.settings, self._open)
         if signal.kind == KIND_REORDER and signal.bin:
             self._open.add(signal.bin)
+            self._opened.setdefault(signal.bin, (press.time, press.button.serial))
             log.info("reorder: bin %s (%s)", signal.bin, press.button.name)
         elif signal.kind == KIND_REPEAT:
             log.info(
@@ -70,6 +161,9 @@ class KanbanLoop:
             )
         elif signal.kind == KIND_REFILL and signal.bin:
             self._open.discard(signal.bin)
+            extra = self._refilled(signal.bin, press.time)
+            if extra:
+                signal = Signal(signal.kind, signal.bin, signal.publishes + extra)
             log.info("refill: bin %s (%s)", signal.bin, press.button.name)
         if self.history is not None:
             self.history.record_press(press, signal.kind, signal.bin)
@@ -90,10 +184,14 @@ class KanbanLoop:
     ):
         outcome = handle_operation(line, self.bins, gateway_serial)
         if outcome is not None and outcome.bin is not None:
-            self._open.discard(outcome.bin)
+            bin_name = outcome.bin
+            self._open.discard(bin_name)
+            extra = self._refilled(bin_name, now)
+            if extra:
+                outcome = OperationOutcome(bin_name, outcome.publishes + extra)
             if self.history is not None:
-                self.history.record_refill(outcome.bin, now, "operation")
-            log.info("refill: bin %s (operation)", outcome.bin)
+                self.history.record_refill(bin_name, now, "operation")
+            log.info("refill: bin %s (operation)", bin_name)
         return outcome
 
 
@@ -109,5 +207,8 @@ def refill_from_cli(bins: Bins, bin_name: str, history: History, now: datetime) 
         known = ", ".join(bins.names) or "none (add a bin column to MACID.csv)"
         raise ConfigError(f"unknown bin {bin_name!r} (known bins: {known})")
     publishes = clear_lines(bin_)
+    serial = history.open_overdue().get(bin_.name)
+    if serial is not None:
+        publishes += (overdue_clear(serial),)
     row = history.record_refill(bin_.name, now, "cli", publishes)
     return bin_.name, row, Signal(KIND_REFILL, bin_.name, publishes)

@@ -101,6 +101,18 @@ def press_lines(loop: KanbanLoop, press: Press) -> tuple[tuple[str, ...], tuple[
     return signal.lines_for(serial), device_lines(signal.lines_elsewhere(serial))
 
 
+def queue_overdue(loop: KanbanLoop, queue: QueueLines, now: datetime) -> int:
+    """The overdue check: raise `c8y_KanbanOverdue` for every reorder open longer than its lead
+    time at `now`, each as a row of lines in the outbox (`queue`, e.g. `Outbox.put_lines`).
+    Returns how many. The daemon calls it on a timer with the wall clock; `replay` with the
+    packet clock before each press and at the end of the capture, so a replay is deterministic.
+    """
+    raised = loop.overdue(now)
+    for publish in raised:
+        queue(device_lines((publish,)), now)
+    return len(raised)
+
+
 def queue_pending_clears(history: History, queue: QueueLines) -> int:
     """Hand the refills still pending clear (e.g. recorded by an older `kanban refilled`, or one
     interrupted before queueing) to the outbox, and mark them sent. Returns how many."""

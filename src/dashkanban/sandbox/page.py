@@ -101,10 +101,19 @@ def _alarm_counts(data: dict[str, Any]) -> str:
     return ", ".join(f"{counts[s]} {s.lower()}" for s in ("ACTIVE", "ACKNOWLEDGED", "CLEARED"))
 
 
+def _email_rows(data: dict[str, Any]) -> str:
+    rows = []
+    for m in data.get("emails", []):
+        rows.append(f"<tr><td>{_e(m['time'])}</td><td>{_e(m['to'])}</td>"
+                    f"<td>{_e(m['subject'])}</td><td>{_e(m['rule'])}</td></tr>")
+    return "".join(rows) or '<tr><td colspan="4">no e-mails yet</td></tr>'
+
+
 def render_html(data: dict[str, Any]) -> str:
     return _TEMPLATE.format(
         devices=_device_rows(data), events=_event_rows(data), count=_e(data["eventCount"]),
         alarms=_alarm_rows(data), alarm_counts=_e(_alarm_counts(data)),
+        emails=_email_rows(data),
     )
 
 
@@ -129,6 +138,9 @@ th {{ background: #f3f3f3; }} .note {{ color: #666; font-size: 0.85em; }}
 <h2>Alarms (<span id="alarm-counts">{alarm_counts}</span>)</h2>
 <table><thead><tr><th>status</th><th>severity</th><th>count</th><th>device</th><th>type</th>
 <th>text</th></tr></thead><tbody id="alarms">{alarms}</tbody></table>
+<h2>E-mails Smart Rules would send (recorded, not sent)</h2>
+<table><thead><tr><th>time</th><th>to</th><th>subject</th><th>rule</th></tr>
+</thead><tbody id="emails">{emails}</tbody></table>
 <script>
 "use strict";
 function row(cells) {{
@@ -155,6 +167,8 @@ async function refresh() {{
         d.children.map(c => c.name + " (" + c.serial + ")").join(", ") || "–"]), "no devices yet");
       fill("events", s.events.map(e => [e.time, e.sourceName, e.sourceSerial, e.type, e.text]),
         "no events yet");
+      fill("emails", (s.emails || []).map(m => [m.time, m.to, m.subject, m.rule]),
+        "no e-mails yet", 4);
       document.getElementById("count").textContent = s.eventCount;
       fill("alarms", s.alarms.map(a => [a.status, a.severity, a.count, a.sourceName, a.type,
         a.text]), "no alarms yet", 6);

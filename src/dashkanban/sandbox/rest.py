@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 from dashkanban.sandbox import page
 from dashkanban.sandbox.http import Request, Response
+from dashkanban.sandbox.smartrules import RuleError, SmartRules
 from dashkanban.sandbox.store import (
     SEVERITIES,
     ConflictError,
@@ -76,6 +77,7 @@ class RestApi:
         self._username = username
         self._password = password
         self.operation_created = operation_created
+        self.smart_rules = SmartRules(store)
         self._routes: list[tuple[str, re.Pattern[str], Route, bool]] = [
             (m, re.compile(p), f, auth) for m, p, f, auth in _ROUTES
         ]
@@ -462,11 +464,58 @@ class RestApi:
 
     # -- page -------------------------------------------------------------------------------
     async def status_page(self, request: Request, match: re.Match[str]) -> Response:
-        return Response(200, page.render_html(page.state(self.store)).encode("utf-8"),
+        return Response(200, page.render_html(self._state()).encode("utf-8"),
                         "text/html; charset=utf-8", (("Cache-Control", "no-store"),))
 
     async def status_json(self, request: Request, match: re.Match[str]) -> Response:
-        return Response(200, _dump(page.state(self.store)), "application/json",
+        return Response(200, _dump(self._state()), "application/json",
+                        (("Cache-Control", "no-store"),))
+
+    def _state(self) -> Doc:
+        state = page.state(self.store)
+        state["emails"] = self.smart_rules.recorded()[-page.RECENT_EVENTS:][::-1]
+        return state
+
+    # -- Smart Rules (sandbox/smartrules.py) -------------------------------------------------
+    async def list_smart_rules(self, request: Request, match: re.Match[str]) -> Response:
+        context = match.groupdict().get("mo")
+        private = request.query.get("withPrivateRules", "false") == "true"
+        rules = self.smart_rules.find(context, private)
+        return Response(200, _dump({"rules": rules}), "application/json")
+
+    async def post_smart_rule(self, request: Request, match: re.Match[str]) -> Response:
+        context = match.groupdict().get("mo")
+        if context is not None:
+            self._source(context)
+        try:
+            rule = self.smart_rules.create(_json_object(request), context)
+        except RuleError as exc:
+            raise ApiError(422, "undefined/validationError", str(exc)) from None
+        return Response(201, _dump(rule), "application/json")
+
+    async def get_smart_rule(self, request: Request, match: re.Match[str]) -> Response:
+        rule = self.smart_rules.get(match["id"])
+        if rule is None:
+            raise _no_rule(match["id"])
+        return Response(200, _dump(rule), "application/json")
+
+    async def put_smart_rule(self, request: Request, match: re.Match[str]) -> Response:
+        try:
+            rule = self.smart_rules.update(match["id"], _json_object(request))
+        except RuleError as exc:
+            raise ApiError(422, "undefined/validationError", str(exc)) from None
+        if rule is None:
+            raise _no_rule(match["id"])
+        return Response(200, _dump(rule), "application/json")
+
+    async def delete_smart_rule(self, request: Request, match: re.Match[str]) -> Response:
+        if not self.smart_rules.delete(match["id"]):
+            raise _no_rule(match["id"])
+        return Response(204)
+
+    async def list_emails(self, request: Request, match: re.Match[str]) -> Response:
+        """The sandbox's own: the e-mails Smart Rules would have sent, oldest first."""
+        return Response(200, _dump({"emails": self.smart_rules.recorded()}), "application/json",
                         (("Cache-Control", "no-store"),))
 
     async def openapi(self, request: Request, match: re.Match[str]) -> Response:
@@ -533,6 +582,11 @@ def _json_object(request: Request) -> Doc:
     return data
 
 
+def _no_rule(rule_id: str) -> ApiError:
+    # [UNVERIFIED] the Smart Rules service's wording for an unknown id.
+    return ApiError(404, "smartrule/Not Found", f"No smart rule for id '{rule_id}'!")
+
+
 def _validation(missing: list[str]) -> ApiError:
     # The platform's wording for missing mandatory fields (json-via-mqtt.md, notes 2.8).
     return ApiError(422, "undefined/validationError",
@@ -565,4 +619,14 @@ _ROUTES: list[tuple[str, str, Route, bool]] = [
     ("GET", r"/devicecontrol/operations", RestApi.list_operations, True),
     ("POST", r"/devicecontrol/operations", RestApi.post_operation, True),
     ("GET", rf"/devicecontrol/operations/{_ID}", RestApi.get_operation, True),
+    ("GET", r"/sandbox/emails", RestApi.list_emails, False),
+    ("GET", r"/service/smartrule/smartrules", RestApi.list_smart_rules, True),
+    ("POST", r"/service/smartrule/smartrules", RestApi.post_smart_rule, True),
+    ("GET", rf"/service/smartrule/smartrules/{_ID}", RestApi.get_smart_rule, True),
+    ("PUT", rf"/service/smartrule/smartrules/{_ID}", RestApi.put_smart_rule, True),
+    ("DELETE", rf"/service/smartrule/smartrules/{_ID}", RestApi.delete_smart_rule, True),
+    ("GET", r"/service/smartrule/managedObjects/(?P<mo>[^/]+)/smartrules",
+     RestApi.list_smart_rules, True),
+    ("POST", r"/service/smartrule/managedObjects/(?P<mo>[^/]+)/smartrules",
+     RestApi.post_smart_rule, True),
 ]

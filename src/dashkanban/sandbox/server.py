@@ -188,6 +188,10 @@ class Sandbox:
         with self.store.lock:
             return [dict(a) for a in self.store.alarms]
 
+    def emails(self) -> list[Doc]:
+        """The e-mails the Smart Rules would have sent, oldest first (also GET /sandbox/emails)."""
+        return self.api.smart_rules.recorded()
+
     def messages(self) -> list[MessageRecord]:
         with self.store.lock:
             return list(self.store.messages)
