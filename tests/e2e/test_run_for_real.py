@@ -80,7 +80,10 @@ def site(tls_files: TlsFiles, veth_pair: Pair) -> Iterator[Site]:
     folder.mkdir(parents=True, mode=0o700)
     try:
         shutil.copy(tls_files.ca_cert, folder / "ca.pem")
-        (folder / "MACID.csv").write_text(BUTTONS_CSV)
+        # No bins: this site uses no REST, so `check` has no REST step to fail (nothing serves
+        # REST in namespace B).
+        (folder / "MACID.csv").write_text(BUTTONS_CSV.replace(", bin", "").replace(", A3", "")
+                                          .replace(", B1", ""))
         outbox = folder / "state" / "outbox.sqlite3"  # the outbox makes state/ itself
         port = free_port()
 
@@ -139,11 +142,12 @@ def command(pair: Pair, script: Path, fmt: str, *args: str, net_raw: bool = Fals
 ENV = {"PATH": SBIN_PATH, "LANG": "C.UTF-8"}
 
 
-def dk(site: Site, pair: Pair, script: Path, fmt: str, *args: str
+def dk(site: Site, pair: Pair, script: Path, fmt: str, *args: str, net_raw: bool = False
        ) -> subprocess.CompletedProcess[str]:
     """One command as nobody in namespace B; its output is kept for the password search."""
-    done = subprocess.run(command(pair, script, fmt, *args), capture_output=True, text=True,
-                          check=False, timeout=60, env=ENV, cwd="/")
+    done = subprocess.run(command(pair, script, fmt, *args, net_raw=net_raw),
+                          capture_output=True, text=True, check=False, timeout=60, env=ENV,
+                          cwd="/")
     site.outputs += [done.stdout, done.stderr]
     return done
 
@@ -295,7 +299,8 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
          f"400,c8y_MAC_Event,dashButton_2 pressed (fc:a6:67:0a:0b:0c),{t2}"),
     ]
 
-    check = dk(site, veth_pair, script, fmt, "check", "-c", str(site.config))
+    # check runs as the service would: nobody with CAP_NET_RAW (its capture step asks for it).
+    check = dk(site, veth_pair, script, fmt, "check", "-c", str(site.config), net_raw=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.splitlines()[0] == f"✓ config {site.config}"
 
@@ -322,13 +327,15 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
     ]
 
     # -- a refused login -------------------------------------------------------------------------
-    refused = dk(site, veth_pair, script, fmt, "check", "-c", str(site.wrong))
+    refused = dk(site, veth_pair, script, fmt, "check", "-c", str(site.wrong), net_raw=True)
     assert refused.returncode == 1
     # mosquitto answers a wrong password with CONNACK 5 on MQTT 3.1.1, as Cumulocity does.
+    assert f"✗ MQTT login: 127.0.0.1:{broker.port} refused the login for {BROKER_USER}: not " \
+        "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may " \
+        "connect devices (with a certificate: that the tenant trusts its CA)" \
+        in refused.stdout.splitlines()
     assert final_message(refused.stderr, fmt) == (
-        f"127.0.0.1:{broker.port} refused the login for {BROKER_USER}: not authorised (CONNACK "
-        "5); check user and password in [C8YMQTT] and that the user may connect devices (with a "
-        "certificate: that the tenant trusts its CA)")
+        "check: 1 step failed (uplink); see the lines marked ✗ above")
 
     # -- every line of every command in the format asked, and no password anywhere ------------
     for command_output in (status, flush, check, tested):
