@@ -28,6 +28,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,8 +53,10 @@ BUSY_TIMEOUT_MS = 5_000  # another process (status, replay) holding the write lo
 FOLDER_MODE = 0o750
 FILE_MODE = 0o600
 
+# Every statement is idempotent: two processes opening a new file together both run it, one
+# after the other under the write lock (issue 13, hole 5).
 _SCHEMA = """
-CREATE TABLE events (
+CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     time        TEXT    NOT NULL,
     mac         TEXT    NOT NULL,
@@ -70,7 +73,7 @@ CREATE TABLE events (
     kind        TEXT    NOT NULL DEFAULT 'event',
     other_lines TEXT    NOT NULL DEFAULT '[]'
 );
-CREATE TABLE stats (
+CREATE TABLE IF NOT EXISTS stats (
     one        INTEGER PRIMARY KEY CHECK (one = 1),
     rows       INTEGER NOT NULL,
     bytes      INTEGER NOT NULL,
@@ -78,11 +81,11 @@ CREATE TABLE stats (
     last_error TEXT,
     last_error_at TEXT
 );
-INSERT INTO stats (one, rows, bytes, refused) VALUES (1, 0, 0, 0);
-CREATE TRIGGER events_added AFTER INSERT ON events BEGIN
+INSERT OR IGNORE INTO stats (one, rows, bytes, refused) VALUES (1, 0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS events_added AFTER INSERT ON events BEGIN
     UPDATE stats SET rows = rows + 1, bytes = bytes + NEW.size WHERE one = 1;
 END;
-CREATE TRIGGER events_removed AFTER DELETE ON events BEGIN
+CREATE TRIGGER IF NOT EXISTS events_removed AFTER DELETE ON events BEGIN
     UPDATE stats SET rows = rows - 1, bytes = bytes - OLD.size WHERE one = 1;
 END;
 """
@@ -616,7 +619,7 @@ def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
             if result != ["ok"]:
                 raise _corrupt(path, "; ".join(result)[:200])
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _journal_mode_wal(db)
         if str(mode).lower() != "wal":
             raise OutboxError(f"{path}: SQLite refused WAL mode ({mode}); use a local file system")
         # FULL: in WAL mode NORMAL may lose the last commits on power loss, and a returned put
@@ -636,22 +639,56 @@ def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
         raise _translate(exc, path, "open") from None
 
 
+def _journal_mode_wal(db: sqlite3.Connection) -> object:
+    """`PRAGMA journal_mode = WAL`, tried again while another process holds the file: switching
+    a new file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once there
+    instead of calling the busy handler (two first runs started together, issue 13)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            busy = str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_BUSY")
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _create_schema(db: sqlite3.Connection, path: Path) -> None:
-    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    if tables:
-        raise OutboxError(
-            f"{path}: is an SQLite database but not a dashkanban outbox; set [outbox] path to "
-            "another file"
-        )
-    # One script, one transaction: a crash while creating leaves user_version 0 and no tables.
+    """Create the tables in one transaction taken with the write lock (`BEGIN IMMEDIATE`, which
+    waits up to the busy timeout for another process's). What was read before the lock is read
+    again under it: two first runs started together (two `replay`s on a new outbox) both arrive
+    here, and the second finds the first one's finished schema and leaves it alone."""
+    db.execute("BEGIN IMMEDIATE")
     try:
-        db.executescript(
-            f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
-        )
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            if tables:
+                raise OutboxError(
+                    f"{path}: is an SQLite database but not a dashkanban outbox; set [outbox] "
+                    "path to another file"
+                )
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+    if version == 1:
+        _migrate(db, path)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script one by one (`executescript` would commit our transaction)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
