@@ -234,6 +234,7 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
     name = values["name"]
     if not name:
         raise ConfigError("empty Name", path, line)
+    _check_sendable(name, path, line)
     if not values["mac"]:
         raise ConfigError(f"button {name!r} has no MAC-Address", path, line)
     try:
@@ -255,6 +256,27 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
         lead_time_days=_number(values.get("lead_time_days"), "lead_time_days", path, line),
         role=role.lower(),
     )
+
+
+def _check_sendable(name: str, path: Path, line: int) -> None:
+    """Refuse a name Cumulocity would not receive as written (issue 13): it becomes a field of
+    the button's `101` line, and a press must never be stuck behind a line that cannot be sent."""
+    from dashkanban.c8y import smartrest
+
+    reason = smartrest.unsendable_reason(name)
+    if reason is not None:
+        raise ConfigError(f"Name {name[:60]!r} cannot be sent to Cumulocity as written: {reason}; "
+                          "change it", path, line)
+    # The uplink's 101: `101,<serial>,<name>,c8y_DashButton` (c8y/mqtt.py, BUTTON_TYPE).
+    size = len(smartrest.encode_line(101, "0" * 12, name, "c8y_DashButton").encode("utf-8"))
+    if size > smartrest.MAX_MESSAGE_BYTES:
+        raise ConfigError(
+            f"Name is {len(name)} characters: the line that creates its device in Cumulocity "
+            f"would be {size} bytes, over the {smartrest.MAX_MESSAGE_BYTES} bytes dashkanban sends "
+            "in one message (Cumulocity's limit is 16,184); shorten it",
+            path,
+            line,
+        )
 
 
 def _number(
