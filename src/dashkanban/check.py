@@ -25,7 +25,7 @@ from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import ConfigError, UplinkError
-from dashkanban.events import make_event
+from dashkanban.events import check_event_text, make_event
 from dashkanban.presses import Press
 
 TICK, CROSS = "✓", "✗"
@@ -54,6 +54,11 @@ def check_command(args: argparse.Namespace) -> int:
             registry = load_buttons(settings.buttons.file)
         except ConfigError as exc:
             _fail(f"buttons: {exc}", "fix the line named above ([buttons] file in config.ini)")
+            raise
+        try:
+            check_event_text(settings, registry)
+        except ConfigError as exc:
+            _fail(f"config: {exc}", "fix [event] text on the line named above")
             raise
         _ok(f"buttons {settings.buttons.file}: {len(registry)} button(s)")
     if settings.buttons.source in ("inventory", "both"):

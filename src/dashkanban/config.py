@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dashkanban.buttons import Button
 from dashkanban.errors import ConfigError
 from dashkanban.secret import Secret
 
@@ -33,6 +34,7 @@ DETECT_METHODS = ("arp", "dhcp", "ndp")
 BUTTON_SOURCES = ("csv", "inventory", "both")
 GATEWAY_MODES = ("gateway", "per-device")
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
+DEFAULT_EVENT_TEXT = "{name} pressed ({mac})"
 EVENT_FIELDS = ("name", "mac", "serial", "trigger", "bin", "part", "quantity", "location")
 
 
@@ -230,7 +232,7 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
     "buttons": {"file": "MACID.csv", "source": "csv", "cache_ttl": "300"},
     "capture": {"interface": "auto", "detect": "arp, dhcp", "promiscuous": "no"},
     "debounce": {"seconds": "30"},
-    "event": {"type": "c8y_MAC_Event", "text": "{name} pressed ({mac})"},
+    "event": {"type": "c8y_MAC_Event", "text": DEFAULT_EVENT_TEXT},
     "outbox": {
         "path": "",  # see default_outbox_path()
         "max_rows": "200000",
@@ -358,21 +360,71 @@ def _detect(text: str) -> frozenset[str]:
     return frozenset(methods)
 
 
+# A width or precision in `[event] text` above this is refused: `{name:>999999999999}` asked
+# Python for a terabyte-wide string (MemoryError), and no event text can exceed 16,000 bytes.
+MAX_FORMAT_NUMBER = 1000
+
+
+def render_event_text(template: str, button: Button, trigger: str) -> str:
+    """The event text for a press of `button` (raises what `str.format` raises)."""
+    return template.format(
+        name=button.name,
+        mac=button.mac,
+        serial=button.serial,
+        trigger=trigger,
+        bin=button.bin or "",
+        part=button.part or "",
+        quantity="" if button.quantity is None else button.quantity,
+        location=button.location or "",
+    )
+
+
+# Buttons the template must render for whatever MACID.csv holds: every optional column filled
+# (quantity is a number), and none (every optional placeholder is "").
+_SAMPLES = (
+    ("a button with every optional column", Button(
+        name="dashButton_1", mac="ac:63:be:12:34:56", bin="A3", part="M6 screws", quantity=200,
+        location="Aisle 2", supplier="Würth", lead_time_days=3.0)),
+    ("a button without optional columns", Button(name="dashButton_1", mac="ac:63:be:12:34:56")),
+)
+
+
 def _event_text(text: str) -> str:
     if not text:
         raise ValueError("the event text may not be empty (Cumulocity requires one)")
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        parsed = [(name, spec) for _, name, spec, _ in string.Formatter().parse(text)
+                  if name is not None]
     except ValueError as exc:
         raise ValueError(f"bad placeholder: {exc}") from None
-    for name in names:
+    for name, spec in parsed:
         if name not in EVENT_FIELDS:
             raise ValueError(
                 f"unknown placeholder {{{name}}}; known: "
                 + ", ".join(f"{{{f}}}" for f in EVENT_FIELDS)
                 + _did_you_mean(name, list(EVENT_FIELDS))
             )
+        if spec and "{" in spec:
+            raise ValueError(f"a placeholder inside a format spec ({{{name}:{spec}}}) is not "
+                             "supported")
+        for number in re.findall(r"\d+", spec or ""):
+            if int(number) > MAX_FORMAT_NUMBER:
+                raise ValueError(f"the width or precision {number} in {{{name}:{spec}}} is over "
+                                 f"{MAX_FORMAT_NUMBER}")
+    for what, button in _SAMPLES:
+        problem = event_text_problem(text, button)
+        if problem is not None:
+            raise ValueError(f"cannot be rendered for {what}: {problem}")
     return text
+
+
+def event_text_problem(template: str, button: Button) -> str | None:
+    """Why `template` cannot be rendered for `button`, or None when it can."""
+    try:
+        render_event_text(template, button, "dhcp")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 _SERIAL_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")

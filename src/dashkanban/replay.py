@@ -17,7 +17,7 @@ from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import open_capture
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import DashkanbanError
-from dashkanban.events import Event
+from dashkanban.events import Event, check_event_text
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
 
@@ -53,7 +53,9 @@ def load_registry(settings: Settings) -> Registry:
     """The CSV buttons, unless `[buttons] source = inventory` (then only Cumulocity knows them)."""
     if settings.buttons.source == "inventory":
         return Registry()
-    return load_buttons(settings.buttons.file)
+    registry = load_buttons(settings.buttons.file)
+    check_event_text(settings, registry)  # exit 2 now rather than a lost press later
+    return registry
 
 
 def inventory_lookup(settings: Settings) -> InventorySource | None:
