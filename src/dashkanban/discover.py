@@ -27,6 +27,7 @@ from dashkanban.capture import Frame, open_capture
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
 from dashkanban.decode import TRIGGERS, Decoder, Sighting
 from dashkanban.errors import DashkanbanError
+from dashkanban.safetext import plain
 from dashkanban.vendors import is_amazon, vendor_of
 
 log = logging.getLogger(__name__)
@@ -117,14 +118,14 @@ def print_table(devices: Iterable[Device], registry: Registry, out: TextIO) -> N
         button = registry.get(device.mac)
         style = "bold yellow" if is_amazon(vendor) else None
         vlan = f" vlan {device.vlan}" if device.vlan is not None else ""
-        table.add_row(
-            device.mac,
-            vendor or "?",
-            how_seen(device) + vlan,
+        table.add_row(  # network and file strings are data, never markup (safetext)
+            plain(device.mac),
+            plain(vendor or "?"),
+            plain(how_seen(device) + vlan),
             str(device.count),
             _time(device.first),
             _time(device.last),
-            button.name if button else "",
+            plain(button.name if button else ""),
             style=style,
         )
     width = None if out.isatty() else 160

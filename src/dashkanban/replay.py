@@ -20,6 +20,7 @@ from dashkanban.errors import DashkanbanError
 from dashkanban.events import Event, check_event_text
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
+from dashkanban.safetext import plain
 
 if TYPE_CHECKING:
     from dashkanban.c8y.rest import InventorySource
@@ -152,12 +153,12 @@ def _print_table(events: Iterator[Event], out: TextIO) -> None:
     error: DashkanbanError | None = None
     try:
         for event in events:
-            table.add_row(
+            table.add_row(  # names and texts are data, never markup (safetext)
                 event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
-                event.name,
+                plain(event.name),
                 event.mac,
                 event.trigger,
-                event.text,
+                plain(event.text),
             )
     except DashkanbanError as exc:  # show what was found before the file went bad, then fail
         error = exc
