@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dashkanban.errors import ConfigError
+from dashkanban.files import MAX_BUTTONS_BYTES, read_regular
 
 ROLES = ("reorder", "refill")
 
@@ -126,7 +127,7 @@ class Registry:
 def read_buttons_text(path: Path) -> str:
     """The text of MACID.csv, or a ConfigError naming the file (and the line of a bad byte)."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, "buttons file", MAX_BUTTONS_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             "buttons file not found (set [buttons] file in config.ini)", path
@@ -149,11 +150,17 @@ def load_buttons(path: Path) -> Registry:
     return parse_buttons(read_buttons_text(path), path)
 
 
-def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
+def _rows(text: str, path: Path | None = None) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of every row that is neither blank nor a `#` comment, streamed:
     a file of 10,000 buttons is never held as a list of rows (the daemon's memory, issue 6)."""
     reader = csv.reader(io.StringIO(text), skipinitialspace=True)
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (131,072 characters)
+            raise ConfigError(f"unreadable CSV: {exc}", path, reader.line_num) from None
         if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#"):
             yield reader.line_num, row
 
@@ -168,7 +175,7 @@ def header_fields(text: str) -> frozenset[str]:
 
 
 def parse_buttons(text: str, path: Path) -> Registry:
-    rows = _rows(text)
+    rows = _rows(text, path)
     first = next(rows, None)
     if first is None:
         raise ConfigError("empty buttons file: expected the header 'Name, MAC-Address'", path, 1)

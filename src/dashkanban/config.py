@@ -25,6 +25,7 @@ from typing import Any
 
 from dashkanban.buttons import Button
 from dashkanban.errors import ConfigError
+from dashkanban.files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, check_owner, read_regular
 from dashkanban.secret import Secret
 
 DEFAULT_PATHS = (Path("config.ini"), Path("/etc/dashkanban/config.ini"))
@@ -491,7 +492,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     """Read and validate config.ini. Raises ConfigError naming file, line and key."""
     env = os.environ if environ is None else environ
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular(path, "config file", MAX_CONFIG_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError("config file not found", path) from None
     except IsADirectoryError:
@@ -654,13 +655,17 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) ->
     password_file = v.path_value(s, "password_file")
     if plain and password_file is not None:
         raise v.error(s, "password_file", "give either password or password_file, not both")
+    from_env = environ.get(PASSWORD_ENV, "")
+    if plain or password_file is not None or from_env:
+        _check_config_owner(v.path)  # it decides where the password goes
     if plain:
         _check_private(v.path, v.line_of(s, "password"), "holds a password")
         return Secret(plain)
     if password_file is not None:
         line = v.line_of(s, "password_file")
         try:
-            content = password_file.read_text(encoding="utf-8").strip()
+            data = read_regular(password_file, "password_file", MAX_SECRET_BYTES, owned=True)
+            content = data.decode("utf-8").strip()
         except OSError as exc:
             raise ConfigError(
                 f"password_file {password_file}: {exc.strerror}", v.path, line
@@ -673,7 +678,6 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) ->
         if not content:
             raise ConfigError(f"password_file {password_file} is empty", v.path, line)
         return Secret(content)
-    from_env = environ.get(PASSWORD_ENV, "")
     if from_env:
         return Secret(from_env)
     if cert_file is not None:
@@ -684,6 +688,15 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) ->
         v.path,
         v.line_of(s, "password"),
     )
+
+
+def _check_config_owner(path: Path) -> None:
+    """A config that sends a password somewhere must be ours or root's (files.py)."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return  # not a file on disk (parse_settings on text): nothing to own
+    check_owner(path, uid, "config file")
 
 
 def _check_private(path: Path, line: int | None, what: str) -> None:
