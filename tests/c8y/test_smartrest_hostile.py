@@ -22,12 +22,16 @@ from dashkanban.c8y.smartrest import (
     sendable,
     unsendable_reason,
 )
+from dashkanban.capture import forge
+from dashkanban.cli import main
+from dashkanban.sandbox import Sandbox
 from dashkanban.sandbox.smartrest import SmartRestProcessor
 from dashkanban.sandbox.store import Store
 from tests.c8y import test_rest
 from tests.c8y.test_rest import MANAGED, Clock, http_server, make_source, tenant
+from tests.sandbox_fixture import rest, sandbox, sandbox_config
 
-__all__ = ["http_server", "tenant"]  # fixtures shared with test_rest
+__all__ = ["http_server", "sandbox", "tenant"]  # fixtures shared with other tests
 
 T = datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC).isoformat(timespec="milliseconds")
 
@@ -114,4 +118,32 @@ def test_an_inventory_name_is_sanitised_with_one_warning(
     assert [r.getMessage() for r in caplog.records] == [
         f"ac:63:be:12:34:56: its name in Cumulocity's inventory, {hostile[:100]!r}, cannot be "
         f"sent back as written; using {expected[:100]!r}"
+    ]
+
+
+def test_replay_through_the_sandbox_keeps_every_field(
+    tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end over MQTT: a name with quotes, commas and safe backslashes arrives exactly; a
+    `\\"` in the event text cannot shift the 400's fields (the time stays the press time)."""
+    name = 'C:\\bins\\A3, "left"'
+    buttons = tmp_path / "MACID.csv"
+    buttons.write_text('Name, MAC-Address\n"C:\\bins\\A3, ""left""", ac:63:be:12:34:56\n')
+    text = '{name} pressed \\",2030-01-01T00:00:00.000Z'
+    config = sandbox_config(tmp_path, sandbox, buttons, gateway="dashkanban-gw-13",
+                            extra=f"[event]\ntext = {text}\n")
+    capture = tmp_path / "press.pcap"
+    pressed = datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC)
+    with capture.open("wb") as out:
+        forge.write_pcap(out, [(pressed.timestamp(),
+                                forge.dhcp_client_frame("ac:63:be:12:34:56", forge.DISCOVER))])
+    assert main(["replay", "-c", str(config), str(capture), "--timeout", "10"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "delivered 1 events to 127.0.0.1"
+    with rest(sandbox) as client:
+        device = client.get(f"/inventory/managedObjects/{sandbox.device_id('ac63be123456')}")
+        events = client.get("/event/events", params={"pageSize": 10}).json()["events"]
+    assert (device.json()["name"], device.json()["type"]) == (name, "c8y_DashButton")
+    assert [(e["type"], e["text"], e["time"]) for e in events] == [
+        ("c8y_MAC_Event", f'{name} pressed ＼",2030-01-01T00:00:00.000Z',
+         "2026-11-26T08:00:01.234Z")
     ]
