@@ -35,7 +35,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     """The real command in a child, with a timeout: a FIFO that blocked would hang it."""
     return subprocess.run([sys.executable, "-m", "dashkanban", *args], capture_output=True,
                           text=True, timeout=60, check=False,
-                          env={**os.environ, "DASHKANBAN_PASSWORD": "", **(env or {})})
+                          env={**os.environ, "DASHKANBAN_PASSWORD": "", "SUDO_UID": "",
+                               **(env or {})})
 
 
 def _config(tmp_path: Path, secret: str = "password = s", buttons: str = "MACID.csv") -> Path:  # noqa: S107
@@ -122,7 +123,7 @@ def test_check_owner_accepts_us_and_root_only(tmp_path: Path) -> None:
     check_owner(tmp_path, 0, "config file")
     other = 65534 if me != 65534 else 65533
     with pytest.raises(ConfigError) as info:
-        check_owner(tmp_path / "config.ini", other, "config file")
+        check_owner(tmp_path / "config.ini", other, "config file", {})
     try:
         other_name = pwd.getpwuid(other).pw_name
     except KeyError:
@@ -134,6 +135,18 @@ def test_check_owner_accepts_us_and_root_only(tmp_path: Path) -> None:
         f"{other_name}, not to {whom}; if you trust its content, fix it with: sudo chown "
         f"{me_name} {tmp_path / 'config.ini'}"
     )
+
+
+def test_under_sudo_the_invoking_users_file_is_theirs(tmp_path: Path) -> None:
+    """`sudo dashkanban ...` on your own config: root accepts the file of $SUDO_UID."""
+    me = os.geteuid()
+    if me != 0:
+        check_owner(tmp_path, me, "config file", {"SUDO_UID": "12345"})
+        return
+    check_owner(tmp_path, 12345, "config file", {"SUDO_UID": "12345"})
+    with pytest.raises(ConfigError, match=r"belongs to uid 12346, not to you \(uid 12345, "
+                                          r"through sudo\) or root"):
+        check_owner(tmp_path, 12346, "config file", {"SUDO_UID": "12345"})
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="only root can hand a file to another user")

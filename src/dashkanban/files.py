@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from dashkanban.errors import ConfigError
@@ -59,17 +60,28 @@ def read_regular(path: Path, what: str, limit: int, *, owned: bool = False) -> b
     return data
 
 
-def check_owner(path: Path, uid: int, what: str) -> None:
-    """Refuse a secret-holding file owned by someone other than us or root (as ssh does)."""
+def check_owner(path: Path, uid: int, what: str, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a secret-holding file owned by someone other than us or root (as ssh does).
+
+    Under sudo the person invoking is $SUDO_UID: `sudo dashkanban service install` on your own
+    config is fine (sudo sets the variable; a user cannot set root's environment)."""
     me = os.geteuid()
-    if uid in (me, 0):
+    invoker = _sudo_uid(os.environ if environ is None else environ) if me == 0 else None
+    if uid in (me, 0) or uid == invoker:
         return
     whom = "root" if me == 0 else f"you ({_user(me)}) or root"
+    if invoker is not None:
+        whom = f"you ({_user(invoker)}, through sudo) or root"
     raise ConfigError(
         f"{what} holds or directs a password but belongs to {_user(uid)}, not to {whom}; "
         f"if you trust its content, fix it with: sudo chown {_user(me)} {path}",
         path,
     )
+
+
+def _sudo_uid(environ: Mapping[str, str]) -> int | None:
+    text = environ.get("SUDO_UID", "")
+    return int(text) if text.isdigit() else None
 
 
 def _user(uid: int) -> str:
