@@ -72,7 +72,8 @@ def test_a_password_file_on_a_fifo_or_a_device_is_refused(tmp_path: Path) -> Non
         result = _replay(config)
         assert result.returncode == 2
         assert result.stderr == (
-            f"error: {target}: password_file must be a regular file, but this is {kind}\n"
+            f"error: {config}:5: password_file {target} must be a regular file, but this is "
+            f"{kind}\n"
         )
 
 
@@ -99,10 +100,10 @@ def test_files_are_read_with_a_size_bound(tmp_path: Path) -> None:
     password = tmp_path / "pw.txt"
     password.write_bytes(b"x" * (64 * 1024 + 1))
     password.chmod(0o600)
-    result = _replay(_config(tmp_path, f"password_file = {password}"))
+    result = _replay(config := _config(tmp_path, f"password_file = {password}"))
     assert (result.returncode, result.stderr) == (
-        2, f"error: {password}: password_file is larger than 65536 bytes; is this the right "
-        "file?\n"
+        2, f"error: {config}:5: password_file {password} is larger than 65536 bytes; is this the "
+        "right file?\n"
     )
 
 
@@ -172,8 +173,8 @@ def test_root_refuses_another_users_config_that_directs_a_password(tmp_path: Pat
     theirs.write_text("secret\n")
     theirs.chmod(0o600)
     os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
-    result = _replay(_config(tmp_path, f"password_file = {theirs}"))
+    result = _replay(config := _config(tmp_path, f"password_file = {theirs}"))
     assert (result.returncode, result.stderr) == (
-        2, f"error: {theirs}: password_file holds or directs a password but belongs to nobody, "
-        f"not to root; if you trust its content, fix it with: sudo chown root {theirs}\n"
+        2, f"error: {config}:5: password_file {theirs} holds or directs a password but belongs to "
+        f"nobody, not to root; if you trust its content, fix it with: sudo chown root {theirs}\n"
     )

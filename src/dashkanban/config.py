@@ -666,6 +666,9 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) ->
         try:
             data = read_regular(password_file, "password_file", MAX_SECRET_BYTES, owned=True)
             content = data.decode("utf-8").strip()
+        except ConfigError as exc:  # not a regular file, too large, someone else's: say where
+            detail = exc.message.removeprefix("password_file")
+            raise ConfigError(f"password_file {password_file}{detail}", v.path, line) from None
         except OSError as exc:
             raise ConfigError(
                 f"password_file {password_file}: {exc.strerror}", v.path, line
