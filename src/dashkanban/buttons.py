@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dashkanban.errors import ConfigError
+from dashkanban.files import MAX_BUTTONS_BYTES, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def read_buttons_text(path: Path) -> str:
     what Excel writes for "CSV" on a German or Western European Windows (one warning line naming
     the file). Byte offsets in errors count from the start of the file, BOM included."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, "buttons file", MAX_BUTTONS_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             "buttons file not found (set [buttons] file in config.ini)", path
@@ -189,11 +190,17 @@ def load_buttons(path: Path) -> Registry:
     return parse_buttons(read_buttons_text(path), path)
 
 
-def _rows(text: str) -> Iterator[tuple[int, list[str]]]:
+def _rows(text: str, path: Path | None = None) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of every row that is neither blank nor a `#` comment, streamed:
     a file of 10,000 buttons is never held as a list of rows (the daemon's memory, issue 6)."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter_of(text), skipinitialspace=True)
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (131,072 characters)
+            raise ConfigError(f"unreadable CSV: {exc}", path, reader.line_num) from None
         if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#"):
             yield reader.line_num, row
 
@@ -208,7 +215,7 @@ def header_fields(text: str) -> frozenset[str]:
 
 
 def parse_buttons(text: str, path: Path) -> Registry:
-    rows = _rows(text)
+    rows = _rows(text, path)
     first = next(rows, None)
     if first is None:
         raise ConfigError("empty buttons file: expected the header 'Name, MAC-Address'", path, 1)
@@ -274,6 +281,7 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
     name = values["name"]
     if not name:
         raise ConfigError("empty Name", path, line)
+    _check_sendable(name, path, line)
     if not values["mac"]:
         raise ConfigError(f"button {name!r} has no MAC-Address", path, line)
     try:
@@ -297,6 +305,27 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
         cards=_integer(values.get("cards"), "cards", path, line),
         supplier_email=_email(values.get("supplier_email"), path, line),
     )
+
+
+def _check_sendable(name: str, path: Path, line: int) -> None:
+    """Refuse a name Cumulocity would not receive as written (issue 13): it becomes a field of
+    the button's `101` line, and a press must never be stuck behind a line that cannot be sent."""
+    from dashkanban.c8y import smartrest
+
+    reason = smartrest.unsendable_reason(name)
+    if reason is not None:
+        raise ConfigError(f"Name {name[:60]!r} cannot be sent to Cumulocity as written: {reason}; "
+                          "change it", path, line)
+    # The uplink's 101: `101,<serial>,<name>,c8y_DashButton` (c8y/mqtt.py, BUTTON_TYPE).
+    size = len(smartrest.encode_line(101, "0" * 12, name, "c8y_DashButton").encode("utf-8"))
+    if size > smartrest.MAX_MESSAGE_BYTES:
+        raise ConfigError(
+            f"Name is {len(name)} characters: the line that creates its device in Cumulocity "
+            f"would be {size} bytes, over the {smartrest.MAX_MESSAGE_BYTES} bytes dashkanban sends "
+            "in one message (Cumulocity's limit is 16,184); shorten it",
+            path,
+            line,
+        )
 
 
 def _number(

@@ -27,7 +27,7 @@ from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import ConfigError, DashkanbanError, UplinkError
-from dashkanban.events import make_event
+from dashkanban.events import check_event_text, make_event
 from dashkanban.presses import Press
 
 TICK, CROSS = "✓", "✗"
@@ -63,6 +63,7 @@ def check_command(args: argparse.Namespace) -> int:
     failed: list[str] = []
     if settings.buttons.source in ("csv", "both"):
         registry = load_buttons(settings.buttons.file)
+        check_event_text(settings, registry)
         _ok(f"buttons {settings.buttons.file}: {len(registry)} button(s)")
     if settings.buttons.source in ("inventory", "both"):
         _ok(f"buttons from Cumulocity's inventory via {settings.c8y.rest_url} "

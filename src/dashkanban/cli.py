@@ -43,6 +43,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """The text log line, its message with control characters escaped (`\\n`, `\\x1b`): a
+    button or host name holding a newline cannot forge a second line (safetext). A traceback
+    below the message keeps its lines. (JSON lines need nothing: json.dumps escapes them.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        from dashkanban.safetext import escape_controls
+
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 JOURNAL_TEXT_FORMAT = "%(levelname)-7s %(name)s: %(message)s"  # journald stamps each line itself
 
@@ -66,7 +78,7 @@ def setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter(JOURNAL_TEXT_FORMAT if stderr_is_journal() else TEXT_FORMAT)
+            TextFormatter(JOURNAL_TEXT_FORMAT if stderr_is_journal() else TEXT_FORMAT)
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -385,6 +397,9 @@ def final_line(message: str, fmt: str, level: int = logging.ERROR) -> str:
     every other line when --log-format json (a log shipper must not choke on the one that
     matters most). Written whatever --log-level says."""
     if fmt != "json":
+        from dashkanban.safetext import escape_controls
+
+        message = escape_controls(message)
         return f"error: {message}" if level >= logging.ERROR else message
     record = logging.LogRecord(__name__, level, __file__, 0, message, None, None)
     return JsonFormatter().format(record)

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dashkanban.buttons import Button
 from dashkanban.errors import ConfigError
+from dashkanban.files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, check_owner, read_regular
 from dashkanban.secret import Secret
 
 DEFAULT_PATHS = (Path("config.ini"), Path("/etc/dashkanban/config.ini"))
@@ -33,6 +35,7 @@ DETECT_METHODS = ("arp", "dhcp", "ndp")
 BUTTON_SOURCES = ("csv", "inventory", "both")
 GATEWAY_MODES = ("gateway", "per-device")
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
+DEFAULT_EVENT_TEXT = "{name} pressed ({mac})"
 EVENT_FIELDS = ("name", "mac", "serial", "trigger", "bin", "part", "quantity", "location")
 
 
@@ -232,7 +235,7 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
     "buttons": {"file": "MACID.csv", "source": "csv", "cache_ttl": "300"},
     "capture": {"interface": "auto", "detect": "arp, dhcp", "promiscuous": "no"},
     "debounce": {"seconds": "30"},
-    "event": {"type": "c8y_MAC_Event", "text": "{name} pressed ({mac})"},
+    "event": {"type": "c8y_MAC_Event", "text": DEFAULT_EVENT_TEXT},
     "outbox": {
         "path": "",  # see default_outbox_path()
         "max_rows": "200000",
@@ -361,21 +364,71 @@ def _detect(text: str) -> frozenset[str]:
     return frozenset(methods)
 
 
+# A width or precision in `[event] text` above this is refused: `{name:>999999999999}` asked
+# Python for a terabyte-wide string (MemoryError), and no event text can exceed 16,000 bytes.
+MAX_FORMAT_NUMBER = 1000
+
+
+def render_event_text(template: str, button: Button, trigger: str) -> str:
+    """The event text for a press of `button` (raises what `str.format` raises)."""
+    return template.format(
+        name=button.name,
+        mac=button.mac,
+        serial=button.serial,
+        trigger=trigger,
+        bin=button.bin or "",
+        part=button.part or "",
+        quantity="" if button.quantity is None else button.quantity,
+        location=button.location or "",
+    )
+
+
+# Buttons the template must render for whatever MACID.csv holds: every optional column filled
+# (quantity is a number), and none (every optional placeholder is "").
+_SAMPLES = (
+    ("a button with every optional column", Button(
+        name="dashButton_1", mac="ac:63:be:12:34:56", bin="A3", part="M6 screws", quantity=200,
+        location="Aisle 2", supplier="Würth", lead_time_days=3.0)),
+    ("a button without optional columns", Button(name="dashButton_1", mac="ac:63:be:12:34:56")),
+)
+
+
 def _event_text(text: str) -> str:
     if not text:
         raise ValueError("the event text may not be empty (Cumulocity requires one)")
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        parsed = [(name, spec) for _, name, spec, _ in string.Formatter().parse(text)
+                  if name is not None]
     except ValueError as exc:
         raise ValueError(f"bad placeholder: {exc}") from None
-    for name in names:
+    for name, spec in parsed:
         if name not in EVENT_FIELDS:
             raise ValueError(
                 f"unknown placeholder {{{name}}}; known: "
                 + ", ".join(f"{{{f}}}" for f in EVENT_FIELDS)
                 + _did_you_mean(name, list(EVENT_FIELDS))
             )
+        if spec and "{" in spec:
+            raise ValueError(f"a placeholder inside a format spec ({{{name}:{spec}}}) is not "
+                             "supported")
+        for number in re.findall(r"\d+", spec or ""):
+            if int(number) > MAX_FORMAT_NUMBER:
+                raise ValueError(f"the width or precision {number} in {{{name}:{spec}}} is over "
+                                 f"{MAX_FORMAT_NUMBER}")
+    for what, button in _SAMPLES:
+        problem = event_text_problem(text, button)
+        if problem is not None:
+            raise ValueError(f"cannot be rendered for {what}: {problem}")
     return text
+
+
+def event_text_problem(template: str, button: Button) -> str | None:
+    """Why `template` cannot be rendered for `button`, or None when it can."""
+    try:
+        render_event_text(template, button, "dhcp")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 _SERIAL_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
@@ -447,7 +500,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None, *,
     password; what is there is still checked."""
     env = os.environ if environ is None else environ
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular(path, "config file", MAX_CONFIG_BYTES).decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError("config file not found", path) from None
     except IsADirectoryError:
@@ -637,13 +690,20 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None,
     password_file = v.path_value(s, "password_file")
     if plain and password_file is not None:
         raise v.error(s, "password_file", "give either password or password_file, not both")
+    from_env = environ.get(PASSWORD_ENV, "")
+    if plain or password_file is not None or from_env:
+        _check_config_owner(v.path)  # it decides where the password goes
     if plain:
         _check_private(v.path, v.line_of(s, "password"), "holds a password")
         return Secret(plain)
     if password_file is not None:
         line = v.line_of(s, "password_file")
         try:
-            content = password_file.read_text(encoding="utf-8").strip()
+            data = read_regular(password_file, "password_file", MAX_SECRET_BYTES, owned=True)
+            content = data.decode("utf-8").strip()
+        except ConfigError as exc:  # not a regular file, too large, someone else's: say where
+            detail = exc.message.removeprefix("password_file")
+            raise ConfigError(f"password_file {password_file}{detail}", v.path, line) from None
         except OSError as exc:
             raise ConfigError(
                 f"password_file {password_file}: {exc.strerror}", v.path, line
@@ -656,7 +716,6 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None,
         if not content:
             raise ConfigError(f"password_file {password_file} is empty", v.path, line)
         return Secret(content)
-    from_env = environ.get(PASSWORD_ENV, "")
     if from_env:
         return Secret(from_env)
     if cert_file is not None or not uplink:
@@ -667,6 +726,15 @@ def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None,
         v.path,
         v.line_of(s, "password"),
     )
+
+
+def _check_config_owner(path: Path) -> None:
+    """A config that sends a password somewhere must be ours or root's (files.py)."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return  # not a file on disk (parse_settings on text): nothing to own
+    check_owner(path, uid, "config file")
 
 
 def _check_private(path: Path, line: int | None, what: str) -> None:

@@ -35,6 +35,7 @@ from dashkanban.kanban.wiring import open_loop, press_lines
 from dashkanban.outbox import Outbox
 from dashkanban.pipeline import Pipeline
 from dashkanban.replay import build_pipeline, load_registry
+from dashkanban.safetext import plain
 
 GATEWAY_SERIAL = "dashkanban-demo"
 GATEWAY_NAME = "Demo store gateway"
@@ -139,8 +140,8 @@ def _show(console: Console, base: str, user: str, password: str, sent: list[Even
                 str(by_id.get(str(ref["managedObject"]["id"]), {}).get("name", "?"))
                 for ref in children
             )
-            table.add_row(str(mo["id"]), str(mo.get("name", "")), str(mo.get("type", "")),
-                          serial, names)
+            table.add_row(plain(mo["id"]), plain(mo.get("name", "")), plain(mo.get("type", "")),
+                          plain(serial), plain(names))  # data, never markup (safetext)
         console.print(table)
         events = http.get(
             "/event/events", params={"type": "c8y_MAC_Event", "pageSize": 100, "revert": "true"}
@@ -151,7 +152,7 @@ def _show(console: Console, base: str, user: str, password: str, sent: list[Even
             table.add_column(column)
         for event in events:
             source = by_id.get(str(event["source"]["id"]), {}).get("name", event["source"]["id"])
-            table.add_row(str(event["time"]), str(source), str(event["type"]), str(event["text"]))
+            table.add_row(*map(plain, (event["time"], source, event["type"], event["text"])))
         console.print(table)
         alarms = http.get(
             "/alarm/alarms", params={"type": "c8y_KanbanReorder", "pageSize": 100}
@@ -166,7 +167,7 @@ def _show(console: Console, base: str, user: str, password: str, sent: list[Even
             for a in alarms
         )
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(plain, row))
         console.print(table)
 
 

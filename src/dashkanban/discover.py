@@ -20,14 +20,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import Frame, open_capture
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
 from dashkanban.decode import TRIGGERS, Decoder, Sighting
 from dashkanban.errors import CaptureError, DashkanbanError
+from dashkanban.safetext import plain
 from dashkanban.vendors import is_amazon, vendor_of
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 log = logging.getLogger(__name__)
 
@@ -132,24 +136,18 @@ def print_table(devices: Iterable[Device], registry: Registry, out: TextIO,
         button = registry.get(device.mac)
         style = "bold yellow" if is_amazon(vendor) else None
         vlan = f" vlan {device.vlan}" if device.vlan is not None else ""
-        cells = [device.mac, escape(vendor or "?"), escape(how_seen(device) + vlan),
-                 str(device.count)]
+        # network and file strings are data, never markup (safetext)
+        cells: list[str | Text] = [plain(device.mac), plain(vendor or "?"),
+                                   plain(how_seen(device) + vlan), str(device.count)]
         if not narrow:
             cells.append(_time(device.first))
-        cells += [stamp(device.last), escape(button.name) if button else ""]
+        cells += [stamp(device.last), plain(button.name) if button else ""]
         table.add_row(*cells, style=style)
     console.print(table)
 
 
 def _clock(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
-
-
-def escape(text: str) -> str:
-    """Network strings (DHCP host names) are data, never rich markup."""
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
 
 
 def fresh_rows(devices: Iterable[Device], registry: Registry) -> list[tuple[str, str]]:

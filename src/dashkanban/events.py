@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dashkanban.config import EventSettings
+from dashkanban.buttons import Button
+from dashkanban.config import (
+    DEFAULT_EVENT_TEXT,
+    EventSettings,
+    Settings,
+    event_text_problem,
+    render_event_text,
+)
+from dashkanban.errors import ConfigError
 from dashkanban.presses import Press
+
+log = logging.getLogger(__name__)
+
+_LONGEST_TIME = "2026-11-26T08:00:01.234+05:45"  # Event.c8y_time: always 29 characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +74,18 @@ class Event:
 
 
 def make_event(press: Press, settings: EventSettings) -> Event:
-    """Fill the configured text template (its placeholders were checked by config)."""
+    """Fill the configured text template. It was rendered for every button at load
+    (`check_event_text`); should it still fail, the press is never lost: it gets the default
+    text, with a warning."""
     button = press.button
-    text = settings.text.format(
-        name=button.name,
-        mac=button.mac,
-        serial=button.serial,
-        trigger=press.trigger,
-        bin=button.bin or "",
-        part=button.part or "",
-        quantity="" if button.quantity is None else button.quantity,
-        location=button.location or "",
-    )
+    try:
+        text = render_event_text(settings.text, button, press.trigger)
+    except Exception as exc:  # noqa: BLE001 - whatever the template does, the press is kept
+        text = render_event_text(DEFAULT_EVENT_TEXT, button, press.trigger)
+        log.warning(
+            "[event] text %r cannot be rendered for button %r (%s: %s); sending %r instead",
+            settings.text, button.name, type(exc).__name__, exc, text,
+        )
     return Event(
         time=press.time,
         mac=button.mac,
@@ -81,3 +95,26 @@ def make_event(press: Press, settings: EventSettings) -> Event:
         text=text,
         trigger=press.trigger,
     )
+
+
+def check_event_text(settings: Settings, buttons: Iterable[Button]) -> None:
+    """Render `[event] text` for every button (issue 13): a template that fails for one, or
+    whose `400` line would not fit in a message, is a ConfigError naming the key's line."""
+    from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, encode_line
+
+    line = settings.lines.get(("event", "text"))
+    for button in buttons:
+        problem = event_text_problem(settings.event.text, button)
+        if problem is None:
+            text = render_event_text(settings.event.text, button, "dhcp")
+            size = len(encode_line(400, settings.event.type, text, _LONGEST_TIME).encode())
+            if size > MAX_MESSAGE_BYTES:
+                problem = (f"its event line would be {size} bytes, over the {MAX_MESSAGE_BYTES} "
+                           "bytes of one message")
+        if problem is not None:
+            raise ConfigError(
+                f"[event] text = {settings.event.text[:100]}: cannot be rendered for button "
+                f"{button.name[:60]!r}: {problem}",
+                settings.path,
+                line,
+            )

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CounterName = Literal[
-    "frames", "candidates", "malformed", "presses", "queued", "delivered", "reconnects", "refused"
+    "frames", "candidates", "malformed", "presses", "queued", "delivered", "reconnects", "refused",
+    "quarantined",
 ]
 COUNTERS: tuple[CounterName, ...] = get_args(CounterName)
 
@@ -37,6 +38,7 @@ HELP: Mapping[CounterName, str] = {
     "delivered": "Events acknowledged by the broker (PUBACK) and removed from the outbox.",
     "reconnects": "Connections to the broker re-established after a loss.",
     "refused": "Events refused because the outbox reached its cap.",
+    "quarantined": "Outbox rows that could not be read, moved to its quarantine table (kept).",
 }
 PREFIX = "dashkanban"
 LOOPBACK = "127.0.0.1"
@@ -52,6 +54,7 @@ class MetricsSnapshot:
     delivered: int = 0
     reconnects: int = 0
     refused: int = 0
+    quarantined: int = 0
 
     def items(self) -> Iterator[tuple[CounterName, int]]:
         for name in COUNTERS:

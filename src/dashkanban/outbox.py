@@ -28,6 +28,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,8 +54,10 @@ BUSY_TIMEOUT_MS = 5_000  # another process (status, replay) holding the write lo
 FOLDER_MODE = 0o750
 FILE_MODE = 0o600
 
+# Every statement is idempotent: two processes opening a new file together both run it, one
+# after the other under the write lock (issue 13, hole 5).
 _SCHEMA = """
-CREATE TABLE events (
+CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     time        TEXT    NOT NULL,
     mac         TEXT    NOT NULL,
@@ -71,7 +74,7 @@ CREATE TABLE events (
     kind        TEXT    NOT NULL DEFAULT 'event',
     other_lines TEXT    NOT NULL DEFAULT '[]'
 );
-CREATE TABLE stats (
+CREATE TABLE IF NOT EXISTS stats (
     one        INTEGER PRIMARY KEY CHECK (one = 1),
     rows       INTEGER NOT NULL,
     bytes      INTEGER NOT NULL,
@@ -79,14 +82,33 @@ CREATE TABLE stats (
     last_error TEXT,
     last_error_at TEXT
 );
-INSERT INTO stats (one, rows, bytes, refused) VALUES (1, 0, 0, 0);
-CREATE TRIGGER events_added AFTER INSERT ON events BEGIN
+INSERT OR IGNORE INTO stats (one, rows, bytes, refused) VALUES (1, 0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS events_added AFTER INSERT ON events BEGIN
     UPDATE stats SET rows = rows + 1, bytes = bytes + NEW.size WHERE one = 1;
 END;
-CREATE TRIGGER events_removed AFTER DELETE ON events BEGIN
+CREATE TRIGGER IF NOT EXISTS events_removed AFTER DELETE ON events BEGIN
     UPDATE stats SET rows = rows - 1, bytes = bytes - OLD.size WHERE one = 1;
 END;
 """
+
+# Rows that could not be read back (a hand-edited or damaged field): moved here whole, never
+# deleted, so they stop blocking the queue and can still be inspected (docs/outbox.md). Made on
+# every open, so a file of any schema version gets it; older versions ignore the table.
+_QUARANTINE = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY,
+    time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts, last_error,
+    size, kind, other_lines,
+    reason         TEXT NOT NULL,
+    quarantined_at TEXT NOT NULL
+)
+"""
+_QUARANTINE_COPY = (
+    "INSERT OR REPLACE INTO quarantine (id, time, mac, serial, name, type, text, trigger,"
+    " extra_lines, queued_at, attempts, last_error, size, kind, other_lines, reason,"
+    " quarantined_at) SELECT id, time, mac, serial, name, type, text, trigger, extra_lines,"
+    " queued_at, attempts, last_error, size, kind, other_lines, ?, ? FROM events WHERE id = ?"
+)
 
 _COLUMNS = (
     "id, time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts, kind,"
@@ -145,6 +167,7 @@ class OutboxStats:
     last_error_at: datetime | None
     oldest: QueuedEvent | None
     file_bytes: int  # the database plus its WAL on disk
+    quarantined: int = 0  # unreadable rows moved to the quarantine table
 
 
 def _utc_now() -> datetime:
@@ -256,6 +279,7 @@ class Outbox:
             )
         except sqlite3.Error as exc:
             raise _translate(exc, path, "open") from None
+        connection.text_factory = _lenient_text
         try:
             _prepare(connection, path, check=existed)
         except BaseException:
@@ -366,17 +390,72 @@ class Outbox:
         return OutboxFullError(message)
 
     def peek(self, limit: int = 100, after_id: int = 0) -> list[QueuedEvent]:
-        """Up to `limit` queued events with id > after_id, oldest first."""
+        """Up to `limit` queued events with id > after_id, oldest first.
+
+        A row that cannot be read back is quarantined on the way (`_quarantine`) and the rows
+        behind it are returned: one bad row never stops delivery, and reading never raises a
+        row's error into the caller."""
+        found: list[QueuedEvent] = []
+        while len(found) < limit:
+            with self._lock:
+                self._check_open()
+                try:
+                    rows = self._db.execute(
+                        f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",  # noqa: S608
+                        (after_id, max(limit - len(found), 0)),  # negative LIMIT means "all"
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    raise _translate(exc, self.path, "reading") from None
+            poisoned = False
+            for row in rows:
+                after_id = int(row[0])
+                try:
+                    found.append(_queued(row))
+                except (ValueError, TypeError, KeyError, IndexError, UnicodeError) as exc:
+                    self._quarantine(after_id, f"{type(exc).__name__}: {exc}")
+                    poisoned = True
+            if not poisoned:
+                break
+        return found
+
+    def _quarantine(self, row_id: int, reason: str) -> None:
+        """Move an unreadable row to the quarantine table, whole, in one transaction."""
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")[:300]
+
+        def move() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    _QUARANTINE_COPY, (reason, self._clock().astimezone(UTC).isoformat(), row_id)
+                )
+                self._db.execute("DELETE FROM events WHERE id = ?", (row_id,))
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+
         with self._lock:
             self._check_open()
             try:
-                rows = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",  # noqa: S608
-                    (after_id, max(limit, 0)),  # a negative LIMIT means "all" to SQLite
-                ).fetchall()
+                self._with_room(move)
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "quarantining an unreadable row") from None
+        log.error(
+            "outbox row %d cannot be read (%s): moved to the quarantine table of %s, delivery "
+            "goes on with the next row", row_id, reason, self.path,
+        )
+        if self._metrics is not None:
+            self._metrics.add("quarantined")
+
+    def quarantined(self) -> int:
+        """Rows moved to the quarantine table since the file was made (they are kept there)."""
+        with self._lock:
+            self._check_open()
+            try:
+                row = self._db.execute("SELECT count(*) FROM quarantine").fetchone()
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "reading") from None
-        return [_queued(row) for row in rows]
+        return int(row[0])
 
     def ack(self, row_id: int) -> None:
         """Delete a row after its PUBACK. Acking an id twice, or an unknown one, is a no-op."""
@@ -462,6 +541,7 @@ class Outbox:
         return (int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
 
     def stats(self) -> OutboxStats:
+        oldest = self.oldest()  # first: quarantining a bad oldest row changes the counts
         rows, used, refused, error, error_at = self.stats_row()
         return OutboxStats(
             rows=rows,
@@ -469,7 +549,8 @@ class Outbox:
             refused=refused,
             last_error=error,
             last_error_at=datetime.fromisoformat(error_at) if error_at else None,
-            oldest=self.oldest(),
+            oldest=oldest,
+            quarantined=self.quarantined(),
             file_bytes=sum(
                 p.stat().st_size
                 for p in (self.path, self.path.with_name(self.path.name + "-wal"))
@@ -672,25 +753,59 @@ def _is_full(exc: sqlite3.Error) -> bool:
 
 
 def _queued(row: tuple[object, ...]) -> QueuedEvent:
+    """A row as the queue's value; ValueError, TypeError or UnicodeError for a damaged one."""
     (row_id, time, mac, serial, name, type_, text, trigger, extra, queued_at, attempts, kind,
      others) = row
     event = None if kind == KIND_LINES else Event(
-        time=datetime.fromisoformat(str(time)),
-        mac=str(mac),
-        serial=str(serial),
-        name=str(name),
-        type=str(type_),
-        text=str(text),
-        trigger=str(trigger),
+        time=_aware(datetime.fromisoformat(_str(time))),
+        mac=_str(mac),
+        serial=_str(serial),
+        name=_str(name),
+        type=_str(type_),
+        text=_str(text),
+        trigger=_str(trigger),
     )
+    if not isinstance(row_id, int) or not isinstance(attempts, int):
+        raise TypeError(f"id {row_id!r} or attempts {attempts!r} is not a whole number")
+    extra_lines = tuple(_str(line) for line in _json_list(extra))
+    other_lines: list[DeviceLine] = []
+    for item in _json_list(others):
+        if not isinstance(item, list) or len(item) != 2:
+            raise TypeError(f"{item!r} where a [serial, line] pair was stored")
+        serial_of_line, line = item
+        other_lines.append((None if serial_of_line is None else _str(serial_of_line), _str(line)))
     return QueuedEvent(
-        id=int(row_id),  # type: ignore[call-overload]
+        id=row_id,
         event=event,
-        extra_lines=tuple(json.loads(str(extra))),
-        queued_at=datetime.fromisoformat(str(queued_at)),
-        attempts=int(attempts),  # type: ignore[call-overload]
-        other_lines=tuple((s, str(line)) for s, line in json.loads(str(others))),
+        extra_lines=extra_lines,
+        queued_at=_aware(datetime.fromisoformat(_str(queued_at))),
+        attempts=attempts,
+        other_lines=tuple(other_lines),
     )
+
+
+def _lenient_text(data: bytes) -> str:
+    """SQLite TEXT -> str without failing the whole query on a row of bad UTF-8: the bad bytes
+    become surrogates, which `_str` then refuses for that row alone (it is quarantined)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} where text was stored")
+    value.encode("utf-8")  # UnicodeEncodeError for bytes that were not UTF-8 (_lenient_text)
+    return value
+
+
+def _json_list(value: object) -> list[object]:
+    loaded = json.loads(_str(value))
+    if not isinstance(loaded, list):
+        raise TypeError(f"{type(loaded).__name__} where a JSON list was stored")
+    return loaded
+
+
+def _aware(time: datetime) -> datetime:
+    return time if time.tzinfo is not None else time.replace(tzinfo=UTC)
 
 
 def _make_folder(folder: Path) -> None:
@@ -755,7 +870,7 @@ def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
             if result != ["ok"]:
                 raise _corrupt(path, "; ".join(result)[:200])
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _journal_mode_wal(db)
         if str(mode).lower() != "wal":
             raise OutboxError(f"{path}: SQLite refused WAL mode ({mode}); use a local file system")
         # FULL: in WAL mode NORMAL may lose the last commits on power loss, and a returned put
@@ -771,26 +886,61 @@ def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
                 f"{path}: the outbox was written by a newer dashkanban (schema {version}, this "
                 f"one reads {SCHEMA_VERSION}); upgrade dashkanban or set [outbox] path"
             )
+        db.execute(_QUARANTINE)
     except sqlite3.Error as exc:
         raise _translate(exc, path, "open") from None
 
 
+def _journal_mode_wal(db: sqlite3.Connection) -> object:
+    """`PRAGMA journal_mode = WAL`, tried again while another process holds the file: switching
+    a new file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once there
+    instead of calling the busy handler (two first runs started together, issue 13)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            busy = str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_BUSY")
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _create_schema(db: sqlite3.Connection, path: Path) -> None:
-    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    if tables:
-        raise OutboxError(
-            f"{path}: is an SQLite database but not a dashkanban outbox; set [outbox] path to "
-            "another file"
-        )
-    # One script, one transaction: a crash while creating leaves user_version 0 and no tables.
+    """Create the tables in one transaction taken with the write lock (`BEGIN IMMEDIATE`, which
+    waits up to the busy timeout for another process's). What was read before the lock is read
+    again under it: two first runs started together (two `replay`s on a new outbox) both arrive
+    here, and the second finds the first one's finished schema and leaves it alone."""
+    db.execute("BEGIN IMMEDIATE")
     try:
-        db.executescript(
-            f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
-        )
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            if tables:
+                raise OutboxError(
+                    f"{path}: is an SQLite database but not a dashkanban outbox; set [outbox] "
+                    "path to another file"
+                )
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+    if version == 1:
+        _migrate(db, path)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script one by one (`executescript` would commit our transaction)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
@@ -916,6 +1066,11 @@ def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int)
             f"{oldest.queued_at.isoformat(timespec='seconds')}, {oldest.attempts} attempts"
         )
     lines.append(f"refused by the cap: {stats.refused}")
+    if stats.quarantined:
+        lines.append(
+            f"quarantined: {stats.quarantined} unreadable rows (kept in the table quarantine of "
+            f"{path})"
+        )
     if stats.last_error is None:
         lines.append("last error: -")
     else:

@@ -18,10 +18,11 @@ from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import Frame, open_capture
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
-from dashkanban.events import Event
+from dashkanban.events import Event, check_event_text
 from dashkanban.outbox import plural
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
+from dashkanban.safetext import plain
 
 if TYPE_CHECKING:
     from dashkanban.c8y.rest import InventorySource
@@ -56,7 +57,9 @@ def load_registry(settings: Settings) -> Registry:
     """The CSV buttons, unless `[buttons] source = inventory` (then only Cumulocity knows them)."""
     if settings.buttons.source == "inventory":
         return Registry()
-    return load_buttons(settings.buttons.file)
+    registry = load_buttons(settings.buttons.file)
+    check_event_text(settings, registry)  # exit 2 now rather than a lost press later
+    return registry
 
 
 def inventory_lookup(settings: Settings) -> InventorySource | None:
@@ -249,12 +252,12 @@ def _print_table(events: Iterator[Event], out: TextIO) -> None:
     error: DashkanbanError | None = None
     try:
         for event in events:
-            table.add_row(
+            table.add_row(  # names and texts are data, never markup (safetext)
                 event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
-                event.name,
+                plain(event.name),
                 event.mac,
                 event.trigger,
-                event.text,
+                plain(event.text),
             )
     except DashkanbanError as exc:  # show what was found before the file went bad, then fail
         error = exc

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from dashkanban.sandbox import BrokerRules, Sandbox
 from dashkanban.sandbox import packets as mq
+from dashkanban.sandbox.http import MAX_HEADER_BYTES
 from dashkanban.sandbox.smartrest import SmartRestProcessor
 from dashkanban.sandbox.store import Store
 from tests.sandbox.test_packets import connect_bytes
@@ -70,6 +71,36 @@ def test_bad_http_requests_get_400_and_the_server_keeps_serving(sandbox: Sandbox
         with socket.create_connection(("127.0.0.1", sandbox.http_port), timeout=5) as sock:
             sock.sendall(data)
             assert sock.recv(64).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert httpx.get(f"{sandbox.http_url}/openapi.json", timeout=5).status_code == 200
+
+
+def _answer(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with contextlib.suppress(ConnectionError):  # the server may close before reading all
+            sock.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(4096):
+                received += chunk
+        return received
+
+
+def test_headers_over_the_limit_get_431_and_the_server_keeps_serving(sandbox: Sandbox) -> None:
+    assert sandbox.http_port is not None
+    assert MAX_HEADER_BYTES == 32 * 1024
+    request_line = b"GET /openapi.json HTTP/1.1\r\nConnection: close\r\n"
+    end = b"\r\n\r\n"
+    filler = MAX_HEADER_BYTES - len(request_line) - len(end) - len(b"X-Pad: ")
+    at_limit = request_line + b"X-Pad: " + b"a" * filler + end
+    assert len(at_limit) == MAX_HEADER_BYTES
+    assert _answer(sandbox.http_port, at_limit).startswith(b"HTTP/1.1 200 OK\r\n")
+    refusal = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
+               b"Content-Length: 41\r\nConnection: close\r\n\r\n"
+               b"request line and headers over 32768 bytes")
+    one_over = request_line + b"X-Pad: " + b"a" * (filler + 1) + end
+    for data in (one_over, request_line + b"X-Pad: " + b"a" * 64 * 1024 + end,
+                 request_line + b"X-Pad: a\r\n" * 7000 + b"\r\n"):
+        assert _answer(sandbox.http_port, data) == refusal
     assert httpx.get(f"{sandbox.http_url}/openapi.json", timeout=5).status_code == 200
 
 

@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from dashkanban.buttons import Button, serial_of
+from dashkanban.c8y.smartrest import sendable
 from dashkanban.config import C8yMqttSettings, Settings
 from dashkanban.errors import UplinkError
 
@@ -303,5 +304,24 @@ class InventorySource:
             return None
         managed = self.rest.managed_object(mo_id)
         name = str(managed.get("name") or serial) if managed is not None else serial
+        name = _sendable_name(name, mac)
         log.info("%s is button %r (c8y_Serial %s, managed object %s)", mac, name, serial, mo_id)
         return Button(name=name, mac=mac)
+
+
+# A name from the inventory goes back to Cumulocity in the button's 101 line and event texts.
+MAX_INVENTORY_NAME = 1000
+
+
+def _sendable_name(name: str, mac: str) -> str:
+    """An inventory name as dashkanban can send it back (issue 13): control characters removed,
+    a backslash Cumulocity could read as an escape replaced (c8y/smartrest.py), at most 1,000
+    characters; one warning when that changed it."""
+    cleaned = sendable(name)[:MAX_INVENTORY_NAME]
+    if cleaned != name:
+        log.warning(
+            "%s: its name in Cumulocity's inventory, %r, cannot be sent back as written; using %r",
+            mac, name[:100], cleaned[:100],
+        )
+    return cleaned
+

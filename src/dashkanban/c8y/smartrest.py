@@ -5,6 +5,14 @@ quoted when it holds `,` `"` CR, LF, tab or edge whitespace, and an inner `"` is
 control characters are stripped (thin-edge's `sanitize_for_smartrest`). Parsing accepts both `""`
 and `\\"` inside quotes (the current docs use the backslash form) and newlines inside quoted fields,
 with several lines per message.
+
+A backslash is the one character no quoting protects: Cumulocity's MQTT docs ("SmartREST
+escaping", mqtt/mqtt-implementation.md) say "Contained double-quotes (`"`) must be escaped by
+prepending a backslash (`\\`)", so a `\\` in front of a `"` (our doubled one, or the closing quote)
+would be read as an escape and shift every field after it. The docs say nothing of `\\\\`, so a
+parser may read that as an escape too. A `\\` is therefore sent as itself only when an ordinary
+character follows it; before `"`, `\\`, `,`, a line break or at the end of a value it is sent as
+U+FF3C FULLWIDTH REVERSE SOLIDUS `＼`, which no parser reads as an escape (docs/cumulocity.md).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ MAX_MESSAGE_BYTES = 16_000
 
 _NEEDS_QUOTES = re.compile(r'[,"\r\n\t]|^\s|\s$')
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A backslash a parser could take for the start of an escape (module docstring).
+_RISKY_BACKSLASH = re.compile(r'\\(?=["\\,\r\n]|\Z)')
+BACKSLASH_STAND_IN = "\uff3c"  # FULLWIDTH REVERSE SOLIDUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +52,27 @@ class ErrorLine:
     message: str
 
 
+def sendable(text: str) -> str:
+    """`text` as Cumulocity will store it: control characters other than tab, CR and LF removed,
+    and a backslash it could read as an escape replaced by `＼` (module docstring)."""
+    return _RISKY_BACKSLASH.sub(BACKSLASH_STAND_IN, _CONTROL.sub("", text))
+
+
+def unsendable_reason(text: str) -> str | None:
+    """Why `text` cannot reach Cumulocity unchanged, or None when it can."""
+    control = _CONTROL.search(text)
+    if control is not None:
+        return f"it holds the control character U+{ord(control.group()):04X}"
+    if _RISKY_BACKSLASH.search(text):
+        return (
+            "it holds a '\\' before '\"', '\\', ',', a line break or at its end, which "
+            "Cumulocity's SmartREST parser could read as an escape"
+        )
+    return None
+
+
 def encode_field(value: object) -> str:
-    text = "" if value is None else str(value)
-    text = _CONTROL.sub("", text)
+    text = sendable("" if value is None else str(value))
     if _NEEDS_QUOTES.search(text):
         return '"' + text.replace('"', '""') + '"'
     return text

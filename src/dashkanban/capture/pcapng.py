@@ -35,6 +35,13 @@ OPT_END = 0
 OPT_IF_TSRESOL = 9
 OPT_IF_TSOFFSET = 14
 MAX_BLOCK = MAX_FRAME + (1 << 16)  # a packet of the largest snapshot plus generous options
+# Interfaces one section may describe. Each costs memory until the next section header; 4,000,000
+# IDBs (80 MB of file) held 300 MB. A capture host has a handful; beyond this the file is hostile.
+MAX_INTERFACES = 4096
+# Packet times must lie in 1970-01-01 .. 9998-12-31 UTC (docs/capture.md): `datetime` ends at year
+# 9999 and a later time (or a huge if_tsoffset) would fail far from the file, without its offset.
+MIN_SECONDS = 0
+MAX_SECONDS = 253_370_764_800  # 9999-01-01T00:00:00Z, a year of headroom for date arithmetic
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +148,11 @@ def _blocks(f: BinaryIO, path: Path, prefilter: bool, counter: list[int]) -> Ite
             counter[0] += 1
             yield Frame(last_time, buf[body + 20 : body + 20 + caplen])
         elif btype == IDB:
+            if len(interfaces) >= MAX_INTERFACES:
+                raise CaptureError(
+                    f"{path}: more than {MAX_INTERFACES} interfaces in one section (interface "
+                    f"description block at byte {at})"
+                )
             interfaces.append(_interface(buf, body, end, endian, path, at))
         # Any other block (name resolution, statistics, custom) carries no frames.
         pos += total
@@ -183,4 +195,10 @@ def _time(interfaces: list[Interface], index: int, ticks: int, path: Path, at: i
             f"(packet at byte {at}); capture on an Ethernet or Wi-Fi interface, not 'any'"
         )
     seconds, rest = divmod(ticks, iface.units)
-    return seconds + iface.offset + rest / iface.units
+    seconds += iface.offset  # integers: no overflow, and the range check below is exact
+    if not MIN_SECONDS <= seconds < MAX_SECONDS:
+        raise CaptureError(
+            f"{path}: packet at byte {at} has a time of {seconds} s since 1970 (interface "
+            f"{index}, if_tsoffset {iface.offset} s), outside 1970 to 9998"
+        )
+    return seconds + rest / iface.units

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from dashkanban.kanban.analytics import BinStats, Report
+from dashkanban.safetext import plain
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -143,7 +144,7 @@ def terminal_table(report: Report) -> Table:
         numeric = header not in _TEXT_COLUMNS
         table.add_column(header, justify="right" if numeric else "left", overflow="fold")
     for stats in report.bins:
-        table.add_row(*row_of(stats))
+        table.add_row(*map(plain, row_of(stats)))  # bin and part names are data, never markup
     return table
 
 

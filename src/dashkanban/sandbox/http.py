@@ -16,6 +16,8 @@ from dashkanban.sandbox.connections import Connections
 
 log = logging.getLogger(__name__)
 
+# The request line and headers together. Cumulocity does not document its limit; over it the
+# sandbox answers 431 Request Header Fields Too Large (RFC 6585 section 5), docs/sandbox.md.
 MAX_HEADER_BYTES = 32 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
 IDLE_TIMEOUT = 60.0
@@ -24,7 +26,8 @@ _REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
     411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
-    422: "Unprocessable Entity", 500: "Internal Server Error",
+    422: "Unprocessable Entity", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
 }
 
 
@@ -61,7 +64,14 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequestError(Exception):
-    pass
+    status = 400
+
+
+class HeaderTooLargeError(BadRequestError):
+    status = 431
+
+
+_TOO_LARGE = f"request line and headers over {MAX_HEADER_BYTES} bytes"
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request | None:
@@ -72,7 +82,9 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
             raise BadRequestError("incomplete request head") from None
         return None
     except asyncio.LimitOverrunError:
-        raise BadRequestError("request head too large") from None
+        raise HeaderTooLargeError(_TOO_LARGE) from None
+    if len(head) > MAX_HEADER_BYTES:
+        raise HeaderTooLargeError(_TOO_LARGE)
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -117,7 +129,8 @@ class HttpServer:
                     async with asyncio.timeout(IDLE_TIMEOUT):
                         request = await _read_request(reader)
                 except BadRequestError as exc:
-                    writer.write(Response(400, str(exc).encode(), "text/plain").encode(False))
+                    refusal = Response(exc.status, str(exc).encode(), "text/plain")
+                    writer.write(refusal.encode(False))
                     await writer.drain()
                     return
                 if request is None:
