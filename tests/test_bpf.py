@@ -93,7 +93,8 @@ def kernel_accepts(program: bpf.Program) -> None:
             valid |= 1 << k
         elif code in (bpf.LD_MEM, bpf.LDX_MEM):
             assert valid & (1 << k), f"M[{k}] loaded at {pc} before it is stored on every path"
-        assert 0 <= jt <= 255 and 0 <= jf <= 255
+        assert 0 <= jt <= 255
+        assert 0 <= jf <= 255
     assert insns[-1][0] in (bpf.RET_K, bpf.RET_A), "the last instruction must return"
 
 
@@ -205,7 +206,9 @@ def test_no_button_sighting_is_dropped(base: bytes, flips: list[tuple[int, int]]
     candidates = bpf.candidate_program(ALL)
     sighting = Decoder(ALL).decode(data, 0.0)
     if sighting is not None and sighting.mac == BUTTON:
-        assert passes(exact, data) and passes(last4, data) and passes(candidates, data)
+        assert passes(exact, data)
+        assert passes(last4, data)
+        assert passes(candidates, data)
     if passes(exact, data) or passes(last4, data):
         assert passes(candidates, data)
 
