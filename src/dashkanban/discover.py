@@ -24,6 +24,7 @@ from typing import TextIO
 
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import Frame, open_capture
+from dashkanban.capture.bpf import candidate_program
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
 from dashkanban.decode import TRIGGERS, Decoder, Sighting
 from dashkanban.errors import DashkanbanError
@@ -161,10 +162,11 @@ def discover_command(args: argparse.Namespace) -> int:
     decoder = Decoder(TRIGGERS)
     census = Census()
     if args.pcap is not None:
-        capture = open_capture(args.pcap, prefilter=True)
+        # The same candidate program as live, run in libpcap when it is installed.
+        capture = open_capture(args.pcap, prefilter=True, program=candidate_program(TRIGGERS))
         for frame in capture:
             _feed(decoder, census, frame)
-        packets = capture.frames_read
+        read = capture.read_summary()
     else:
         from dashkanban.capture.live import resolve_interface
 
@@ -172,6 +174,7 @@ def discover_command(args: argparse.Namespace) -> int:
         interface = resolve_interface(name)
         promiscuous = settings.capture.promiscuous if settings else False
         packets = listen(interface, args.seconds, decoder, census, promiscuous, sys.stderr)
+        read = f"{packets} packets read"
     devices = sorted(census.devices.values(), key=lambda d: d.first)
     if args.csv:
         print_csv(devices, registry, sys.stdout)
@@ -180,7 +183,7 @@ def discover_command(args: argparse.Namespace) -> int:
     extra = f", {census.dropped} sightings beyond {census.max_devices} devices dropped" if (
         census.dropped) else ""
     print(
-        f"{len(devices)} devices, {packets} packets read, {decoder.malformed} malformed{extra}",
+        f"{len(devices)} devices, {read}, {decoder.malformed} malformed{extra}",
         file=sys.stderr,
     )
     return 0

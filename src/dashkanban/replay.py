@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import open_capture
+from dashkanban.capture.filters import file_program
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import DashkanbanError
 from dashkanban.events import Event
@@ -23,6 +24,7 @@ from dashkanban.presses import Lookup, Press
 
 if TYPE_CHECKING:
     from dashkanban.c8y.rest import InventorySource
+    from dashkanban.capture.bpf import Program
     from dashkanban.inventory import Lookups
 
 log = logging.getLogger(__name__)
@@ -72,14 +74,16 @@ def replay_command(args: argparse.Namespace) -> int:
     source = inventory_lookup(settings)
     pipeline = build_pipeline(settings, registry, source)
     try:
-        return _replay(args, settings, pipeline)
+        return _replay(args, settings, pipeline, file_program(settings, registry))
     finally:
         if source is not None:
             source.close()
 
 
-def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
-    capture = open_capture(args.capture, prefilter=True)
+def _replay(
+    args: argparse.Namespace, settings: Settings, pipeline: Pipeline, program: Program | None = None
+) -> int:
+    capture = open_capture(args.capture, prefilter=True, program=program)
     found: list[tuple[Press, Event]] = []
     events = _collect(pipeline, pipeline.run_presses(capture), found)
     try:
@@ -90,7 +94,7 @@ def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) ->
     finally:
         # Also after a corrupt record: what was read before it has been printed, and counted.
         counts = pipeline.counts(capture.frames_read)
-        print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
+        print(f"{args.capture}: {counts.summary(capture.read_summary())}", file=sys.stderr)
     if args.dry_run:
         return 0
     return _send(settings, found, args.timeout)

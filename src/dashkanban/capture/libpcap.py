@@ -158,6 +158,11 @@ class Reader:
                     self.failure = self._error()
                 return  # -2: end of file
             h = header.contents
+            if pcapng and h.sec == 0 and h.frac == 0:
+                # A simple packet block has no time; the pure reader gives it the previous
+                # packet's, which may be one libpcap's filter skipped: let it go on from here.
+                self.failure = "a packet without a timestamp (simple packet block)"
+                return
             timestamp = h.sec + h.frac / 1e9 if pcapng else h.sec + h.frac * scale
             yield Frame(timestamp, string_at(data.value, h.caplen) if data.value else b"")
 
