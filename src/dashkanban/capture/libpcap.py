@@ -163,9 +163,9 @@ class Reader:
                 # packet's, which may be one libpcap's filter skipped: let it go on from here.
                 self.failure = "a packet without a timestamp (simple packet block)"
                 return
-            # A pcap record's seconds are unsigned 32 bits; libpcap sign-extends them.
+            # A pcap record's two time fields are unsigned 32 bits; libpcap sign-extends them.
             timestamp = (h.sec + h.frac / 1e9 if pcapng
-                         else (h.sec & 0xFFFFFFFF) + h.frac * scale)
+                         else (h.sec & 0xFFFFFFFF) + (h.frac & 0xFFFFFFFF) * scale)
             yield Frame(timestamp, string_at(data.value, h.caplen) if data.value else b"")
 
     def close(self) -> None:

@@ -61,23 +61,43 @@ def attach_filter(sock: socket.socket, program: Sequence[Instruction]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
 
 
-def attach_first(sock: socket.socket, programs: Sequence[Program]) -> Program:
-    """Attach the first program the kernel takes; on ENOMEM (the filter is charged to the
-    socket's `net.core.optmem_max`, 20480 bytes on older kernels) try the next, less selective
-    one. SO_ATTACH_FILTER on a socket with a filter swaps the old one out atomically."""
+def attach_first(
+    sock: socket.socket, programs: Sequence[Program], bridge: Program | None = None
+) -> Program:
+    """Attach the first program the kernel takes; on ENOMEM (a filter is charged to the socket's
+    `net.core.optmem_max`, 20480 bytes on older kernels) try the next, less selective one.
+
+    SO_ATTACH_FILTER on a socket that has a filter swaps the old one out atomically, but charges
+    both for a moment: with `bridge` (a small program), a refused one is tried again after the
+    bridge replaced the old, so a reload never needs room for two big lists at once and the
+    socket is never without a filter."""
+    bridged = False  # the bridge is attached
     for index, program in enumerate(programs):
+        if bridged and program is bridge:
+            return program
         try:
             attach_filter(sock, program.instructions)
+            return program
         except OSError as exc:
-            if exc.errno != errno.ENOMEM or index == len(programs) - 1:
+            if exc.errno != errno.ENOMEM:
                 raise
-            log.warning(
-                "the kernel refused %s (%d instructions): %s (net.core.optmem_max); "
-                "trying %s", program.describe(), len(program), exc.strerror,
-                programs[index + 1].describe(),
-            )
-            continue
-        return program
+            failure = exc
+        if bridge is not None and bridge is not program:
+            try:
+                if not bridged:
+                    attach_filter(sock, bridge.instructions)
+                    bridged = True
+                attach_filter(sock, program.instructions)
+                return program
+            except OSError as exc:
+                if exc.errno != errno.ENOMEM:
+                    raise
+        if index == len(programs) - 1:
+            raise failure
+        log.warning(
+            "the kernel refused %s (%d instructions): %s (net.core.optmem_max); trying %s",
+            program.describe(), len(program), failure.strerror, programs[index + 1].describe(),
+        )
     raise ValueError("no program to attach")
 
 
@@ -211,7 +231,7 @@ class LiveCapture:
         sock = self._sock
         attached: Program | None = None
         if sock is not None:
-            attached = attach_first(sock, chain)
+            attached = attach_first(sock, chain, bridge=chain[-1])
             self.program = attached
         self._programs = chain
         return attached
