@@ -176,7 +176,9 @@ def test_library_missing_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(libpcap, "NAMES", ("libpcap-does-not-exist.so.0",))
     monkeypatch.setattr(libpcap, "_library", None)
     monkeypatch.setattr(libpcap, "_missing", None)
-    monkeypatch.setattr(libpcap.ctypes.util, "find_library", lambda _name: None)
+    import ctypes.util
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda _name: None)
     with pytest.raises(libpcap.UnavailableError, match="libpcap is not installed"):
         libpcap.library()
 

@@ -14,7 +14,6 @@ whose messages and byte offsets are the project's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,11 +66,13 @@ def library() -> ctypes.CDLL:
         return _library
     if _missing is not None:
         raise UnavailableError(_missing)
-    names = [*NAMES]
-    found = ctypes.util.find_library("pcap")
-    if found is not None and found not in names:
-        names.append(found)
-    for name in names:
+    for name in (*NAMES, None):
+        if name is None:
+            from ctypes.util import find_library  # only now: it imports subprocess
+
+            name = find_library("pcap")
+            if name is None or name in NAMES:
+                break
         try:
             lib = ctypes.CDLL(name)
         except OSError:
