@@ -136,14 +136,22 @@ def test_fallback_steps() -> None:
     many = bpf.button_programs(macs(1400), ("arp", "dhcp"))
     assert [p.kind for p in many] == ["buttons-last4", "candidates"]
     assert many[0].note == (
-        "1400 buttons: too many to compare whole MACs in the kernel filter (4331 instructions, "
-        "at most 4096); it compares their last 4 bytes and Python the whole MAC"
+        "1400 buttons: too many to compare whole MACs in the kernel filter (at least 4200 "
+        "instructions, at most 4096); it compares their last 4 bytes and Python the whole MAC"
     )
     too_many = bpf.button_programs(macs(4100), ("arp", "dhcp"))
     assert [p.kind for p in too_many] == ["candidates"]
     assert too_many[0].note == (
         "4100 buttons: too many for the kernel filter even by the last 4 bytes of their MACs "
-        "(4216 instructions, at most 4096); it passes every candidate and Python matches"
+        "(at least 4100 instructions, at most 4096); it passes every candidate and Python "
+        "matches"
+    )
+    huge = bpf.button_programs(macs(10_000), ("arp", "dhcp"))
+    assert [p.kind for p in huge] == ["candidates"]
+    assert huge[0].note == (
+        "10000 buttons: too many for the kernel filter even by the last 4 bytes of their MACs "
+        "(at least 10000 instructions, at most 4096); it passes every candidate and Python "
+        "matches"
     )
     assert bpf.button_programs([], ALL) == (bpf.candidate_program(ALL),)
     # An EUI-64 (an MQTT button) is never on the LAN.

@@ -311,35 +311,47 @@ def button_programs(macs: Iterable[str], detect: Iterable[str]) -> tuple[Program
     """The programs to try, most selective first: exact MACs, their last 4 bytes, candidates.
 
     Those over `BPF_MAXINSNS` are left out, and the first one says why in its `note`. The rest
-    are the fallbacks when the kernel refuses one (ENOMEM: the socket's `optmem_max`).
+    are the fallbacks when the kernel refuses one (ENOMEM: the socket's `optmem_max`). A list far
+    too long is not even built (a program of 10,000 MACs would cost the daemon megabytes of
+    memory for a moment): it is known to be too long from its size at least.
     """
-    macs = list(macs)
-    count = len({raw for mac in macs if (raw := _mac_bytes(mac)) is not None})
+    raws = sorted({raw for mac in macs if (raw := _mac_bytes(mac)) is not None})
+    count = len(raws)
     candidates = candidate_program(detect)
     if count == 0:
         return (candidates,)
     chain: list[Program] = []
     note: str | None = None
-    exact = button_program(macs, detect)
-    if len(exact) <= BPF_MAXINSNS:
+    # At least: a `jeq` per MAC, and per distinct first 4 bytes a `jeq` and an `ld`.
+    least = count + 2 * len({raw[:4] for raw in raws})
+    exact = button_program(_texts(raws), detect) if least <= BPF_MAXINSNS else None
+    if exact is not None and len(exact) <= BPF_MAXINSNS:
         chain.append(exact)
     else:
+        size = f"{len(exact)} instructions" if exact else f"at least {least} instructions"
         note = (
             f"{count} buttons: too many to compare whole MACs in the kernel filter "
-            f"({len(exact)} instructions, at most {BPF_MAXINSNS}); it compares their last 4 "
-            "bytes and Python the whole MAC"
+            f"({size}, at most {BPF_MAXINSNS}); it compares their last 4 bytes and Python the "
+            "whole MAC"
         )
-    last4 = button_program(macs, detect, last4=True)
-    if len(last4) <= BPF_MAXINSNS:
+    least = len({raw[2:] for raw in raws})
+    last4 = (button_program(_texts(raws), detect, last4=True) if least <= BPF_MAXINSNS
+             else None)
+    if last4 is not None and len(last4) <= BPF_MAXINSNS:
         chain.append(last4 if note is None or chain else _noted(last4, note))
     else:
+        size = f"{len(last4)} instructions" if last4 else f"at least {least} instructions"
         note = (
             f"{count} buttons: too many for the kernel filter even by the last 4 bytes of "
-            f"their MACs ({len(last4)} instructions, at most {BPF_MAXINSNS}); it passes every "
-            "candidate and Python matches"
+            f"their MACs ({size}, at most {BPF_MAXINSNS}); it passes every candidate and "
+            "Python matches"
         )
     chain.append(candidates if chain else _noted(candidates, note))
     return tuple(chain)
+
+
+def _texts(raws: Iterable[bytes]) -> list[str]:
+    return [raw.hex() for raw in raws]
 
 
 def _noted(program: Program, note: str | None) -> Program:
