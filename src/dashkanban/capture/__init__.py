@@ -85,10 +85,10 @@ class CaptureFile:
             from dashkanban.capture import libpcap
 
             try:
-                reader = libpcap.Reader(
-                    self.path, program, self._reader.__name__ == "read_pcapng",
-                    _nanosecond_pcap(self.path))
-            except libpcap.UnavailableError as exc:
+                magic = _magic(self.path)
+                reader = libpcap.Reader(self.path, program, magic == PCAPNG_MAGIC,
+                                        magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"))
+            except (libpcap.UnavailableError, OSError) as exc:  # OSError: the pure reader says
                 log.debug("%s: not read with libpcap (%s): the pure reader filters it",
                           self.path, exc)
             else:
@@ -132,9 +132,9 @@ class CaptureFile:
         return f"{self.frames_read} packets read, {self.passed} passed {what}"
 
 
-def _nanosecond_pcap(path: Path) -> bool:
+def _magic(path: Path) -> bytes:
     with path.open("rb") as f:
-        return f.read(4) in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+        return f.read(4)
 
 
 def open_capture(
