@@ -13,7 +13,11 @@
    (c) amazon-dash's method: scapy `sniff(offline=..., filter=<its BPF>)` with
        `arp or (udp and src port 68 and dst port 67 and src host 0.0.0.0)`.
    The baselines get the same 30 s dead time, so all three must find the same presses (checked).
-3. Prints frames per second and peak RSS (of the Python process, from wait4) and the ratios.
+   Also timed: (d) `tcpdump -r CAPTURE -w /dev/null` with the same filter as (a) (the buttons'
+   MACs, written as a filter expression: tcpdump takes no program), the physical limit here; and
+   (e) dashkanban without libpcap (the pure reader + the BPF interpreter), the fallback.
+3. Prints frames per second and peak RSS (of the Python process, from wait4) and the ratios,
+   with the targets of issue 16: (a) at most 1.5x (d), at least 20x faster than (c).
 
 scapy's offline filter runs Debian's `tcpdump` (and needs `libpcap0.8`): scripts/system-deps.sh.
 """
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -181,12 +186,42 @@ def worker(method: str, capture: str, macid: str) -> None:
     print(json.dumps(sorted(presses)))
 
 
+def tcpdump_filter(macs: list[str]) -> str:
+    """The button program (capture/bpf.py) as a libpcap expression: ARP sender address or DHCP
+    chaddr among the MACs, untagged or with one or two tags left in the frame."""
+
+    def any_of(hi: str, lo: str) -> str:
+        parts = []
+        for mac in macs:
+            raw = bytes.fromhex(mac.replace(":", ""))
+            parts.append(f"({hi} = 0x{raw[:4].hex()} and {lo} = 0x{raw[4:].hex()})")
+        return " or ".join(parts)
+
+    inner = (f"(arp and ({any_of('arp[8:4]', 'arp[12:2]')})) or "
+             f"(udp dst port 67 and ({any_of('udp[36:4]', 'udp[40:2]')}))")
+    return f"{inner} or (vlan and ({inner} or (vlan and ({inner}))))"
+
+
+PURE = """
+import sys
+from dashkanban.capture import libpcap
+
+def missing():
+    raise libpcap.UnavailableError("disabled by bench/decode.py")
+
+libpcap.library = missing
+from dashkanban.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 # ---------------------------------------------------------------------------------------------
 # Timing
 
 
-def measure(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB (wait4 of that process), stdout."""
+def measure(cmd: list[str], cwd: Path) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS in MB (wait4 of that process), stdout, CPU seconds (user +
+    system: what the process itself spent, steadier than wall time on a shared machine)."""
     out_file = OUT / "stdout.tmp"
     err_file = OUT / "stderr.tmp"
     with out_file.open("wb") as out, err_file.open("wb") as err:  # files: a full pipe would block
@@ -198,7 +233,8 @@ def measure(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
     stderr = err_file.read_text(errors="replace")
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip()[-400:]}")
-    return elapsed, usage.ru_maxrss / 1024, out_file.read_text()
+    cpu = usage.ru_utime + usage.ru_stime
+    return elapsed, usage.ru_maxrss / 1024, out_file.read_text(), cpu
 
 
 def main() -> int:
@@ -238,9 +274,24 @@ def main() -> int:
     if not args.skip_original:
         methods.append(("original (scapy, filter udp)", [sys.executable, me, "--worker",
                                                          "original", str(capture), "MACID.csv"]))
+    methods.append(("dashkanban, no libpcap (pure)", [sys.executable, "-c", PURE, "replay",
+                                                       "-c", "config.ini", str(capture),
+                                                       "--dry-run", "--jsonl"]))
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump is not None:
+        expression = tcpdump_filter([button_mac(b) for b in range(BUTTONS)])
+        methods.append(("tcpdump -r, same filter", [tcpdump, "-r", str(capture), "-w",
+                                                     os.devnull, expression]))
     results = []
+    cpus: dict[str, float] = {}
     for name, cmd in methods:
-        elapsed, rss, stdout = measure(cmd, OUT)
+        elapsed, rss, stdout, cpu = measure(cmd, OUT)
+        cpus[name] = cpu
+        if name.startswith("tcpdump"):
+            results.append((name, elapsed, rss, 0, True))
+            print(f"  {name:32} {elapsed:8.2f} s {args.frames / elapsed:12,.0f} frames/s "
+                  f"{rss:7.1f} MB peak RSS  (C, no Python)  CPU {cpu:.2f} s")
+            continue
         if name.startswith("dashkanban"):
             found = sorted(
                 (e["mac"], round(_epoch(e["time"]), 3))
@@ -251,12 +302,19 @@ def main() -> int:
         same = found == [tuple(p) for p in planned]
         results.append((name, elapsed, rss, len(found), same))
         print(f"  {name:32} {elapsed:8.2f} s {args.frames / elapsed:12,.0f} frames/s "
-              f"{rss:7.1f} MB peak RSS  {len(found)} presses{'' if same else '  MISMATCH'}")
+              f"{rss:7.1f} MB peak RSS  {len(found)} presses{'' if same else '  MISMATCH'}"
+              f"  CPU {cpu:.2f} s")
     ours = results[0]
     print()
     for name, elapsed, rss, _n, _same in results[1:]:
-        print(f"dashkanban vs {name}: {elapsed / ours[1]:.1f}x frames/s, "
-              f"{ours[2] / rss:.2f}x peak memory")
+        cpu_ratio = cpus[name] / cpus[ours[0]]
+        if name.startswith("tcpdump"):
+            print(f"dashkanban replay takes {ours[1] / elapsed:.2f}x the time of {name} "
+                  f"({1 / cpu_ratio:.2f}x its CPU time; target: at most 1.5x)")
+            continue
+        target = "; target: at least 20x" if name.startswith("amazon") else ""
+        print(f"dashkanban vs {name}: {elapsed / ours[1]:.1f}x frames/s ({cpu_ratio:.1f}x in "
+              f"CPU time{target}), {ours[2] / rss:.2f}x peak memory")
     return 0 if all(r[4] for r in results) else 1
 
 

@@ -247,6 +247,7 @@ class Daemon:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from dashkanban.capture.filters import kernel_programs
     from dashkanban.capture.live import LiveCapture, resolve_interface
     from dashkanban.privileges import refuse_root
 
@@ -254,7 +255,8 @@ def run_command(args: argparse.Namespace) -> int:
     settings = load_settings(find_config(args.config))
     interface = resolve_interface(args.interface or settings.capture.interface)
     capture = LiveCapture(interface, settings.capture.detect,
-                          promiscuous=settings.capture.promiscuous)
+                          promiscuous=settings.capture.promiscuous,
+                          programs=kernel_programs(settings))  # `source = csv`: the button list
     capture.check_permission()  # before connecting anywhere: exit 2 with the fix
     daemon = Daemon(settings, capture)
     _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import Frame, open_capture
+from dashkanban.capture.bpf import candidate_program
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
 from dashkanban.decode import TRIGGERS, Decoder, Sighting
 from dashkanban.errors import CaptureError, DashkanbanError
@@ -233,13 +234,14 @@ def discover_command(args: argparse.Namespace) -> int:
     cut_off: int | None = None
     interface: str | None = None
     if args.pcap is not None:
-        capture = open_capture(args.pcap, prefilter=True)
+        # The same candidate program as live, run in libpcap when it is installed.
+        capture = open_capture(args.pcap, prefilter=True, program=candidate_program(TRIGGERS))
         try:
             for frame in capture:
                 _feed(decoder, census, frame)
         except CaptureError as exc:  # show what was read before the file went bad, then fail
             failure = exc
-        packets = capture.frames_read
+        read = capture.read_summary()
         cut_off = capture.cut_off
     else:
         from dashkanban.capture.live import resolve_interface
@@ -248,6 +250,7 @@ def discover_command(args: argparse.Namespace) -> int:
         interface = resolve_interface(name)
         promiscuous = settings.capture.promiscuous if settings else False
         packets = listen(interface, args.seconds, decoder, census, promiscuous, sys.stderr)
+        read = f"{packets} packets read"
     devices = sorted(census.devices.values(), key=lambda d: d.first)
     if args.add_to is not None:
         add_to(args.add_to, devices, sys.stdout)
@@ -258,7 +261,7 @@ def discover_command(args: argparse.Namespace) -> int:
     extra = f", {census.dropped} sightings beyond {census.max_devices} devices dropped" if (
         census.dropped) else ""
     print(
-        f"{len(devices)} devices, {packets} packets read, {decoder.malformed} malformed{extra}",
+        f"{len(devices)} devices, {read}, {decoder.malformed} malformed{extra}",
         file=sys.stderr,
     )
     if cut_off is not None:

@@ -35,9 +35,11 @@ class Counts:
     malformed: int
     presses: int
 
-    def summary(self) -> str:
+    def summary(self, read: str | None = None) -> str:
+        """`read` replaces "N packets read" (CaptureFile.read_summary: what a filter passed)."""
+        head = f"{self.packets} packets read" if read is None else read
         return (
-            f"{self.packets} packets read, {self.candidates} candidates, "
+            f"{head}, {self.candidates} candidates, "
             f"{self.malformed} malformed, {self.presses} presses"
         )
 
@@ -144,6 +146,12 @@ class Pipeline:
                         count += 1
                         handle(press)
         return count
+
+    def use_registry(self, registry: Registry) -> None:
+        """Match against `registry` from now on (SIGHUP re-read MACID.csv); a reference swap,
+        so the capture thread sees the old or the new registry, never half of one."""
+        self._registry = registry
+        self._debouncer.use_registry(registry)
 
     @property
     def tracked(self) -> int:

@@ -57,6 +57,10 @@ class Debouncer:
         # first entries are the oldest presses (an entry is re-inserted when a new press starts).
         self._started: dict[str, float] = {}
 
+    def use_registry(self, registry: Registry) -> None:
+        """Match against `registry` from now on (MACID.csv re-read); dead times running stay."""
+        self._registry = registry
+
     def button_for(self, mac: str) -> Button | None:
         button = self._registry.get(mac)
         if button is None and self._lookup is not None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import Frame, open_capture
+from dashkanban.capture.filters import file_program
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.events import Event, check_event_text
@@ -26,6 +27,7 @@ from dashkanban.safetext import plain
 
 if TYPE_CHECKING:
     from dashkanban.c8y.rest import InventorySource
+    from dashkanban.capture.bpf import Program
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
 
@@ -78,7 +80,7 @@ def replay_command(args: argparse.Namespace) -> int:
     source = inventory_lookup(settings)
     pipeline = build_pipeline(settings, registry, source)
     try:
-        return _replay(args, settings, pipeline)
+        return _replay(args, settings, pipeline, file_program(settings, registry))
     finally:
         if source is not None:
             source.close()
@@ -93,8 +95,10 @@ def _connects(args: argparse.Namespace) -> bool:
     return settings.buttons.source != "csv"
 
 
-def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
-    capture = open_capture(args.capture, prefilter=True)
+def _replay(
+    args: argparse.Namespace, settings: Settings, pipeline: Pipeline, program: Program | None = None
+) -> int:
+    capture = open_capture(args.capture, prefilter=True, program=program)
     found: list[tuple[Press, Event]] = []
     clock = PacketClock()  # the end of the capture, for the Kanban overdue check
     events = _collect(pipeline, pipeline.run_presses(clock.frames(capture)), found)
@@ -109,7 +113,7 @@ def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) ->
     finally:
         # Also after a corrupt record: what was read before it has been printed, and counted.
         counts = pipeline.counts(capture.frames_read)
-        print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
+        print(f"{args.capture}: {counts.summary(capture.read_summary())}", file=sys.stderr)
         if capture.cut_off is not None:
             print(f"warning: {args.capture}: ends inside a record at byte {capture.cut_off} "
                   "(the capture was cut off)", file=sys.stderr)

@@ -342,7 +342,8 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
         log_lines(command_output.stderr, fmt)
     # replay's two summary lines are its result for people (test_replay holds them), not logs
     assert replayed.stderr.splitlines()[0] == (
-        f"{site.capture_file}: 3 packets read, 3 candidates, 0 malformed, 2 presses")
+        f"{site.capture_file}: 3 packets passed the button filter (2 MACs) in libpcap, "
+        "3 candidates, 0 malformed, 2 presses")
     assert replayed.stderr.splitlines()[-1] == "delivered 2 events to 127.0.0.1"
     log_lines("\n".join(replayed.stderr.splitlines()[1:-1]), fmt)
     log_lines("\n".join(refused.stderr.splitlines()[:-1]), fmt)

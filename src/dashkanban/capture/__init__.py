@@ -5,12 +5,17 @@ Every source yields `Frame` values; `open_capture` picks the file reader by the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from dashkanban.errors import CaptureError, ConfigError
 
+if TYPE_CHECKING:
+    from dashkanban.capture.bpf import Program
+
+log = logging.getLogger(__name__)
 
 class CutOffError(CaptureError):
     """The file ends inside its last record (an interrupted tcpdump, a full disk): a reader
@@ -50,32 +55,113 @@ class CaptureFile:
     other than ICMPv6, other EtherTypes) are skipped inside the reader's loop and never become a
     `Frame`: the file-replay equivalent of the live kernel filter, and where replay's speed comes
     from. Every frame the decoder could count as a candidate or as malformed still comes through.
+
+    With `program` (capture/bpf.py), only the frames it passes come through: filtered in C by
+    libpcap when it is installed (`libpcap`), else by the pure reader and bpf.run, with the same
+    frames either way. libpcap does not count what its filter skips: `read_summary` says what
+    was counted.
     """
 
-    __slots__ = ("_reader", "cut_off", "frames_read", "path", "prefilter")
+    __slots__ = ("_libpcap", "_reader", "cut_off", "frames_read", "in_libpcap", "passed", "path",
+                 "prefilter", "program")
 
     def __init__(
         self,
         path: Path,
         reader: Callable[[CaptureFile], Iterator[Frame]],
         prefilter: bool = False,
+        program: Program | None = None,
+        libpcap: bool = False,
     ) -> None:
         self.path = path
         self.prefilter = prefilter
         self.frames_read = 0
         self.cut_off: int | None = None  # the byte where a cut-off file ends inside a record
         self._reader = reader
+        self.program = program
+        self.passed = 0  # frames the program passed
+        self.in_libpcap = False  # read (to the end) by libpcap: frames_read is not known
+        self._libpcap = libpcap
 
     def __iter__(self) -> Iterator[Frame]:
         try:
-            yield from self._reader(self)
+            if self.program is None:
+                yield from self._reader(self)
+            else:
+                yield from self._filtered(self.program)
         except CutOffError as exc:
             # Every frame before the cut has been yielded; the caller warns (design section 8).
             self.cut_off = exc.offset
 
+    def _filtered(self, program: Program) -> Iterator[Frame]:
+        skip = 0
+        if self._libpcap:
+            from dashkanban.capture import libpcap
 
-def open_capture(path: Path, *, prefilter: bool = False) -> CaptureFile:
+            try:
+                magic = _magic(self.path)
+                reader = libpcap.Reader(self.path, program, magic == PCAPNG_MAGIC,
+                                        magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"))
+            except (libpcap.UnavailableError, OSError) as exc:  # OSError: the pure reader says
+                log.debug("%s: not read with libpcap (%s): the pure reader filters it",
+                          self.path, exc)
+            else:
+                self.in_libpcap = True
+                try:
+                    for frame in reader.frames():
+                        self.passed += 1
+                        yield frame
+                finally:
+                    reader.close()
+                if reader.failure is None:
+                    return
+                # The pure reader goes on from there, and reports the problem in its words.
+                log.debug("%s: libpcap stopped after %d frames (%s): the pure reader goes on",
+                          self.path, self.passed, reader.failure)
+                self.in_libpcap = False
+                skip = self.passed
+        from dashkanban.capture.bpf import run
+
+        instructions = program.instructions
+        for frame in self._reader(self):
+            snap = run(instructions, frame.data)
+            if not snap:
+                continue
+            if skip:
+                skip -= 1
+                continue
+            if snap < len(frame.data):
+                frame = frame._replace(data=frame.data[:snap])
+            self.passed += 1
+            yield frame
+
+    def read_summary(self) -> str:
+        """What was read, as the summary line starts: "1211 packets read", and with a program
+        how many it passed (with libpcap only that: it does not count what it skips)."""
+        if self.program is None:
+            return f"{self.frames_read} packets read"
+        what = self.program.describe()
+        if self.in_libpcap:
+            return f"{self.passed} packets passed {what} in libpcap"
+        return f"{self.frames_read} packets read, {self.passed} passed {what}"
+
+
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4)
+
+
+def open_capture(
+    path: Path,
+    *,
+    prefilter: bool = False,
+    program: Program | None = None,
+    libpcap: bool = True,
+) -> CaptureFile:
     """Stream the frames of a pcap or pcapng file; the format is told by its first four bytes.
+
+    With `program`, only the frames it passes (see CaptureFile); `libpcap = False` forces the
+    pure reader.
 
     Raises CaptureError (with the byte offset where it applies) for a missing, unreadable,
     unknown, corrupt or non-Ethernet file. Frames before a corrupt spot are yielded first.
@@ -92,10 +178,12 @@ def open_capture(path: Path, *, prefilter: bool = False) -> CaptureFile:
         raise ConfigError("is a folder, not a capture file", path) from None
     except OSError as exc:
         raise CaptureError(f"{path}: cannot read: {exc.strerror}") from None
+    if program is not None:
+        prefilter = True  # it passes a superset of what any program passes: only faster
     if magic in PCAP_MAGICS:
-        return CaptureFile(path, pcap.read_pcap, prefilter)
+        return CaptureFile(path, pcap.read_pcap, prefilter, program, libpcap)
     if magic == PCAPNG_MAGIC:
-        return CaptureFile(path, pcapng.read_pcapng, prefilter)
+        return CaptureFile(path, pcapng.read_pcapng, prefilter, program, libpcap)
     if len(magic) < 4:
         raise CaptureError(f"{path}: too short to be a capture file ({len(magic)} bytes)")
     raise CaptureError(

@@ -18,10 +18,11 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from dashkanban.capture import Frame
+from dashkanban.capture.bpf import Instruction, Program, candidate_program
 from dashkanban.errors import CaptureError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
@@ -44,87 +45,60 @@ RECEIVE_BUFFER = 65536  # the largest frame a candidate can be (the filter accep
 
 
 # ---------------------------------------------------------------------------------------------
-# The kernel filter: classic BPF, assembled here (no libpcap needed at run time)
-
-_LDH_ABS = 0x28  # A = ntohs(pkt[k:k+2])
-_LDB_ABS = 0x30  # A = pkt[k]
-_LDXB_MSH = 0xB1  # X = 4 * (pkt[k] & 0xf): the IPv4 header length
-_LDH_IND = 0x48  # A = ntohs(pkt[X+k:X+k+2])
-_JEQ = 0x15
-_JSET = 0x45
-_RET = 0x06
-
-Instruction = tuple[int, int, int, int]  # code, jump if true, jump if false, k
+# The kernel filter: classic BPF, built in capture/bpf.py (no libpcap needed at run time)
 
 
 def candidate_filter(detect: Iterable[str] = ("arp", "dhcp", "ndp")) -> list[Instruction]:
-    """The BPF program that accepts candidates of the given methods, untagged or with one tag
-    left in the frame (QinQ: the kernel strips only the outer one)."""
-    methods = frozenset(detect)
-    program: list[tuple[int, str | int, str | int, int]] = []
-    labels: dict[str, int] = {}
-
-    def label(name: str) -> None:
-        labels[name] = len(program)
-
-    def emit(code: int, k: int, jt: str | int = 0, jf: str | int = 0) -> None:
-        program.append((code, jt, jf, k))
-
-    for d in (0, 4):
-        tag = f"t{d}"
-        label(f"eth{d}")
-        emit(_LDH_ABS, 12 + d)
-        if "arp" in methods:
-            emit(_JEQ, 0x0806, "accept", 0)
-        if "dhcp" in methods:
-            emit(_JEQ, 0x0800, f"ipv4{tag}", 0)
-        if "ndp" in methods:
-            emit(_JEQ, 0x86DD, f"ipv6{tag}", 0)
-        if d == 0:
-            emit(_JEQ, 0x8100, "eth4", 0)
-            emit(_JEQ, 0x88A8, "eth4", "reject")
-        else:
-            emit(_RET, 0)
-        if "dhcp" in methods:
-            label(f"ipv4{tag}")
-            emit(_LDB_ABS, 23 + d)  # IPv4 protocol
-            emit(_JEQ, 17, 0, "reject")
-            emit(_LDH_ABS, 20 + d)  # flags and fragment offset
-            emit(_JSET, 0x1FFF, "reject", 0)  # a later fragment has no UDP header
-            emit(_LDXB_MSH, 14 + d)
-            emit(_LDH_IND, 16 + d)  # UDP destination port
-            emit(_JEQ, 67, "accept", "reject")
-        if "ndp" in methods:
-            label(f"ipv6{tag}")
-            emit(_LDB_ABS, 20 + d)  # IPv6 next header
-            emit(_JEQ, 58, 0, "reject")
-            emit(_LDB_ABS, 54 + d)  # ICMPv6 type
-            emit(_JEQ, 133, "accept", 0)
-            emit(_JEQ, 135, "accept", "reject")
-    label("accept")
-    emit(_RET, RECEIVE_BUFFER)
-    label("reject")
-    emit(_RET, 0)
-
-    assembled: list[Instruction] = []
-    for index, (code, jt, jf, k) in enumerate(program):
-        def target(jump: str | int, index: int = index) -> int:
-            if isinstance(jump, int):
-                return jump
-            offset = labels[jump] - index - 1
-            assert 0 <= offset < 256, "BPF jumps go forward, at most 255 instructions"
-            return offset
-
-        assembled.append((code, target(jt), target(jf), k))
-    return assembled
+    """The candidate program's instructions (kept for callers from before capture/bpf.py)."""
+    return list(candidate_program(detect).instructions)
 
 
-def attach_filter(sock: socket.socket, program: list[Instruction]) -> None:
+def attach_filter(sock: socket.socket, program: Sequence[Instruction]) -> None:
     """SO_ATTACH_FILTER: struct sock_fprog { unsigned short len; struct sock_filter *filter; }."""
     raw = b"".join(struct.pack("HBBI", *ins) for ins in program)
     buffer = ctypes.create_string_buffer(raw, len(raw))
     fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))  # native padding
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+
+
+def attach_first(
+    sock: socket.socket, programs: Sequence[Program], bridge: Program | None = None
+) -> Program:
+    """Attach the first program the kernel takes; on ENOMEM (a filter is charged to the socket's
+    `net.core.optmem_max`, 20480 bytes on older kernels) try the next, less selective one.
+
+    SO_ATTACH_FILTER on a socket that has a filter swaps the old one out atomically, but charges
+    both for a moment: with `bridge` (a small program), a refused one is tried again after the
+    bridge replaced the old, so a reload never needs room for two big lists at once and the
+    socket is never without a filter."""
+    bridged = False  # the bridge is attached
+    for index, program in enumerate(programs):
+        if bridged and program is bridge:
+            return program
+        try:
+            attach_filter(sock, program.instructions)
+            return program
+        except OSError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise
+            failure = exc
+        if bridge is not None and bridge is not program:
+            try:
+                if not bridged:
+                    attach_filter(sock, bridge.instructions)
+                    bridged = True
+                attach_filter(sock, program.instructions)
+                return program
+            except OSError as exc:
+                if exc.errno != errno.ENOMEM:
+                    raise
+        if index == len(programs) - 1:
+            raise failure
+        log.warning(
+            "the kernel refused %s (%d instructions): %s (net.core.optmem_max); trying %s",
+            program.describe(), len(program), failure.strerror, programs[index + 1].describe(),
+        )
+    raise ValueError("no program to attach")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,9 +152,17 @@ class LiveCapture:
         *,
         promiscuous: bool = False,
         wall_clock: Callable[[], float] = time.time,
+        programs: Sequence[Program] | None = None,
     ) -> None:
+        """`programs`: the kernel filters to try, most selective first (capture/bpf.py's
+        `button_programs`); default: the candidate program of `detect`."""
         self.interface = interface
         self.detect = frozenset(detect)
+        self._programs: tuple[Program, ...] = (
+            tuple(programs) if programs else (candidate_program(self.detect),)
+        )
+        self.program: Program | None = None  # the one attached to the open socket
+        self._sock: socket.socket | None = None
         self.promiscuous = promiscuous
         self.received = 0
         self.reopened = 0
@@ -214,7 +196,7 @@ class LiveCapture:
         except PermissionError:
             raise self._refused() from None
         try:
-            attach_filter(sock, candidate_filter(self.detect))
+            self.program = attach_first(sock, self._programs)
             sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             sock.bind((self.interface, ETH_P_ALL))
             if self.promiscuous:
@@ -237,6 +219,22 @@ class LiveCapture:
                 if status & TP_STATUS_VLAN_VALID or tci:
                     vlan = tci & 0x0FFF
         return data, vlan, address[2]
+
+    def set_filter(self, programs: Program | Sequence[Program]) -> Program | None:
+        """Use these programs from now on (most selective first): attached to the open socket at
+        once, where the kernel swaps the old one out atomically (no frame is lost or let through
+        unfiltered), and to every socket reopened later. Returns the program attached, None when
+        no socket is open. An error other than ENOMEM keeps the old program and raises."""
+        chain = (programs,) if isinstance(programs, Program) else tuple(programs)
+        if not chain:
+            raise ValueError("no program to attach")
+        sock = self._sock
+        attached: Program | None = None
+        if sock is not None:
+            attached = attach_first(sock, chain, bridge=chain[-1])
+            self.program = attached
+        self._programs = chain
+        return attached
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -285,6 +283,9 @@ class LiveCapture:
                 delay = min(delay * 2, RECOVER_MAX)
                 continue
             log.info("capturing on %s (%s)", self.interface, ", ".join(sorted(self.detect)))
+            if self.program is not None and self.program.note:
+                log.info("%s", self.program.note)
+            self._sock = sock
             try:
                 while not self._stopping:
                     ready, _, _ = select.select([sock, self._wake_r], [], [], POLL_SECONDS)
@@ -305,4 +306,5 @@ class LiveCapture:
                 self._sleep(delay)
                 delay = min(delay * 2, RECOVER_MAX)
             finally:
+                self._sock = None
                 sock.close()

@@ -1,0 +1,76 @@
+"""Which BPF program the settings call for, live and in files, and reloading the button list.
+
+`[buttons] source = csv`: the buttons are known up front, so their MACs go into the program
+(capture/bpf.py's button program and its fallbacks). `source = inventory | both`, and discover,
+need every candidate: the candidate program.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from dashkanban.buttons import Registry, load_buttons
+from dashkanban.capture.bpf import Program, button_programs, candidate_program
+from dashkanban.config import Settings
+from dashkanban.errors import DashkanbanError
+
+log = logging.getLogger(__name__)
+
+
+class Filterable(Protocol):
+    """What reloading needs of a capture: LiveCapture.set_filter."""
+
+    def set_filter(self, programs: Program | Sequence[Program]) -> Program | None: ...
+
+
+def kernel_programs(settings: Settings, registry: Registry | None = None) -> tuple[Program, ...]:
+    """The programs to try on a live socket, most selective first. `registry`: the buttons of
+    MACID.csv when already loaded (read here otherwise, for `source = csv` only)."""
+    detect = settings.capture.detect
+    if settings.buttons.source != "csv":
+        return (candidate_program(detect),)
+    if registry is None:
+        registry = load_buttons(settings.buttons.file)
+    return button_programs((button.mac for button in registry), detect)
+
+
+def file_program(settings: Settings, registry: Registry | None = None) -> Program:
+    """The program a replay runs on a capture file: the live one (libpcap has no `optmem_max`).
+    Its note, when it has one, is logged at INFO as live."""
+    program = kernel_programs(settings, registry)[0]
+    if program.note:
+        log.info("%s", program.note)
+    return program
+
+
+def reload_buttons(
+    settings: Settings, capture: Filterable, use: Callable[[Registry], None]
+) -> Registry | None:
+    """SIGHUP: re-read MACID.csv, hand the new registry to `use` (the pipeline's matching), then
+    attach the program for it to the open socket (which swaps the old one out atomically: no
+    frame lost). In that order, so a new button's first frame is never dropped as unknown.
+
+    A bad file changes nothing: one ERROR line, and None. Returns the new registry.
+    """
+    try:
+        registry = load_buttons(settings.buttons.file)
+        programs = kernel_programs(settings, registry)
+    except DashkanbanError as exc:
+        log.error("reload: %s; keeping the buttons loaded before", exc)
+        return None
+    use(registry)
+    try:
+        attached = capture.set_filter(programs)
+    except OSError as exc:
+        # The matching has the new list; the kernel keeps the old program, which passes the
+        # old buttons (and, for a removed one, what Python now ignores).
+        log.error("reload: the kernel refused the new filter: %s; it keeps the old one",
+                  exc.strerror or exc)
+        return registry
+    what = attached.describe() if attached is not None else programs[0].describe()
+    log.info("reload: %d buttons from %s; %s", len(registry), settings.buttons.file, what)
+    if attached is not None and attached.note:
+        log.info("%s", attached.note)
+    return registry

@@ -1,0 +1,209 @@
+"""The button list in the kernel filter, for real: frames sent over a veth pair between two
+network namespaces, the program attached by LiveCapture to a raw socket in the other. The kernel
+(not the interpreter) decides what reaches Python, at each step of the fallback chain, on an
+ENOMEM from a small `optmem_max`, and after a reload of MACID.csv."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from dashkanban.capture import Frame, bpf, forge
+from dashkanban.capture.filters import kernel_programs, reload_buttons
+from dashkanban.capture.live import LiveCapture
+from dashkanban.config import load_settings
+from tests.e2e.netns import Pair, enter, ip, sender
+from tests.test_bpf import BUTTON, STRANGER, macs, noise, presses, relayed
+
+pytestmark = pytest.mark.netns
+
+ALL = ("arp", "dhcp", "ndp")
+SYNC = "02:dd:00:00:00:0a"  # the sync frame's sender: in every button list here
+MARK = forge.arp_frame(1, SYNC, "10.9.9.9", "10.9.9.1")
+
+
+class Receiver:
+    def __init__(self, pair: Pair, capture: LiveCapture) -> None:
+        self.capture = capture
+        self.frames: queue.Queue[Frame] = queue.Queue()
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, args=(pair.ns_b,), daemon=True)
+        self.thread.start()
+
+    def _run(self, ns: str) -> None:
+        try:
+            enter(ns)
+            for frame in self.capture.frames():
+                self.frames.put(frame)
+        except BaseException as exc:  # noqa: BLE001 - checked by the test
+            self.failure.append(exc)
+
+    def sync(self, sock: socket.socket) -> None:
+        """Marks until one arrives (the socket is bound with its filter), then drain."""
+        for _ in range(100):
+            sock.send(MARK)
+            try:
+                self.frames.get(timeout=0.1)
+                break
+            except queue.Empty:
+                assert not self.failure, self.failure
+        else:
+            pytest.fail("the capture never received a frame")
+        self.exchange(sock, [])
+
+    def exchange(self, sock: socket.socket, frames: list[bytes]) -> list[Frame]:
+        """Send `frames` and a closing mark; what arrived before the mark."""
+        for frame in [*frames, MARK]:
+            sock.send(frame)
+        got: list[Frame] = []
+        for _ in range(100):
+            try:
+                frame = self.frames.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if frame.data == MARK:
+                return got
+            got.append(frame)
+        pytest.fail(f"the closing mark never arrived; got {len(got)} frames")
+
+    def stop(self) -> None:
+        self.capture.stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        self.capture.close()
+        assert not self.failure, self.failure
+
+
+def as_received(frame: bytes) -> tuple[bytes, int | None]:
+    """The kernel strips the outer tag into PACKET_AUXDATA before the filter runs."""
+    if frame[12:14] in (b"\x81\x00", b"\x88\xa8"):
+        return frame[:12] + frame[16:], int.from_bytes(frame[14:16], "big") & 0x0FFF
+    return frame, None
+
+
+STEPS = {"exact": 20, "exact-large": 1250, "last4": 1400, "candidates": 4100}
+TAGS = {"untagged": (), "802.1Q": (20,), "QinQ": (300, 30)}
+
+
+@pytest.mark.parametrize("tags", sorted(TAGS))
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_kernel_passes_the_buttons_and_drops_the_others(veth_pair: Pair, step: str, tags: str
+                                                        ) -> None:
+    vlans = TAGS[tags]
+    chain = bpf.button_programs([BUTTON, SYNC, *macs(STEPS[step] - 2)], ALL)
+    expected_kind = {"exact": "buttons", "exact-large": "buttons", "last4": "buttons-last4",
+                     "candidates": "candidates"}[step]
+    assert chain[0].kind == expected_kind
+    mine = [*presses(BUTTON, vlans), relayed(BUTTON)]
+    others = [*noise(BUTTON, vlans), relayed(STRANGER)]
+    out = sender(veth_pair)
+    receiver = Receiver(veth_pair, LiveCapture(veth_pair.if_b, ALL, programs=chain))
+    try:
+        receiver.sync(out)
+        assert receiver.capture.program == chain[0]
+        got = receiver.exchange(out, [frame for pair in zip(mine, others, strict=False)
+                                      for frame in pair] + others[len(mine):])
+    finally:
+        receiver.stop()
+        out.close()
+    if step == "candidates":
+        # Too many buttons for the kernel: every candidate passes, Python matches.
+        sent = [f for pair in zip(mine, others, strict=False) for f in pair] + others[len(mine):]
+        wanted = [f for f in sent if bpf.run(chain[0].instructions, as_received(f)[0])]
+        assert len(wanted) > len(mine)
+    else:
+        wanted = mine
+    assert [(f.data, f.vlan) for f in got] == [as_received(f) for f in wanted]
+
+
+def test_enomem_falls_back_to_the_next_program(veth_pair: Pair, caplog: pytest.LogCaptureFixture
+                                               ) -> None:
+    """A small net.core.optmem_max (20480 on older kernels) refuses the exact list of 1,000
+    buttons (about 43 kB charged here): the last-4-bytes program (18 kB) is attached, and the
+    capture starts. Re-attaching (a reload) first swaps in the small candidate program, so the
+    socket never needs room for two big lists."""
+    ip("netns", "exec", veth_pair.ns_b, "sysctl", "-q", "-w", "net.core.optmem_max=30000")
+    chain = bpf.button_programs([BUTTON, SYNC, *macs(998)], ALL)
+    assert [p.kind for p in chain] == ["buttons", "buttons-last4", "candidates"]
+    out = sender(veth_pair)
+    receiver = Receiver(veth_pair, LiveCapture(veth_pair.if_b, ALL, programs=chain))
+    try:
+        with caplog.at_level(logging.WARNING, "dashkanban.capture.live"):
+            receiver.sync(out)
+            assert receiver.capture.program == chain[1]
+            got = receiver.exchange(out, [*noise(BUTTON), *presses(BUTTON)])
+            assert receiver.capture.set_filter(chain) == chain[1]  # 18 + 18 kB would not fit
+            again = receiver.exchange(out, [*noise(BUTTON), *presses(BUTTON)])
+            ip("netns", "exec", veth_pair.ns_b, "sysctl", "-q", "-w", "net.core.optmem_max=10000")
+            with pytest.raises(OSError, match="Cannot allocate memory"):
+                receiver.capture.set_filter(chain)
+            kept = receiver.exchange(out, [*noise(BUTTON), *presses(BUTTON)])
+    finally:
+        receiver.stop()
+        out.close()
+    assert [f.data for f in got] == presses(BUTTON)
+    assert [f.data for f in again] == presses(BUTTON)
+    assert [f.data for f in kept] == presses(BUTTON)  # the kernel kept the program it had
+    refused = (f"the kernel refused the button filter (1000 MACs) ({len(chain[0])} "
+               "instructions): Cannot allocate memory (net.core.optmem_max); trying the button "
+               "filter (1000 MACs by their last 4 bytes)")
+    assert [r.getMessage() for r in caplog.records] == [
+        refused,
+        refused,
+        refused,
+        f"the kernel refused the button filter (1000 MACs by their last 4 bytes) "
+        f"({len(chain[1])} instructions): Cannot allocate memory (net.core.optmem_max); trying "
+        "the candidate filter",
+    ]
+
+
+def test_reload_adds_a_button_to_the_open_socket(veth_pair: Pair, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """What SIGHUP does: re-read MACID.csv, hand the registry over, re-attach the filter on the
+    open socket; a bad file keeps the old list."""
+    buttons = tmp_path / "MACID.csv"
+    buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\n")
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
+        "user = t12345/dash-gateway\npassword = secret\n\n"
+        f"[buttons]\nfile = {buttons}\n\n[capture]\ndetect = arp, dhcp\n")
+    config.chmod(0o600)
+    settings = load_settings(config)
+    probe = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.10.51")
+    registries: list[object] = []
+    out = sender(veth_pair)
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), programs=kernel_programs(settings))
+    receiver = Receiver(veth_pair, capture)
+    try:
+        receiver.sync(out)
+        before = receiver.exchange(out, [probe])
+        buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\ndashButton_1,{BUTTON}\n")
+        with caplog.at_level(logging.INFO, "dashkanban.capture.filters"):
+            registry = reload_buttons(settings, capture, registries.append)
+        after = receiver.exchange(out, [probe])
+        buttons.write_text("Name, MAC-Address\nbroken,not-a-mac\n")
+        with caplog.at_level(logging.INFO, "dashkanban.capture.filters"):
+            assert reload_buttons(settings, capture, registries.append) is None
+        still = receiver.exchange(out, [probe])
+    finally:
+        receiver.stop()
+        out.close()
+    assert before == []
+    assert registry is not None
+    assert registries == [registry]
+    assert BUTTON in registry
+    assert [f.data for f in after] == [probe]
+    assert [f.data for f in still] == [probe]  # the bad file kept the list
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages[0] == ("INFO", f"reload: 2 buttons from {buttons}; the button filter "
+                                   "(2 MACs)")
+    assert messages[1][0] == "ERROR"
+    assert messages[1][1].startswith(f"reload: {buttons}:2: ")
+    assert messages[1][1].endswith("; keeping the buttons loaded before")
+    assert len(messages) == 2
