@@ -17,8 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dashkanban.capture import forge, open_capture
+from dashkanban.capture.bpf import candidate_program
 from dashkanban.capture.pcapng import MAX_INTERFACES, MAX_SECONDS
 from dashkanban.errors import CaptureError
+from tests.file_readers import use_reader
 
 ARP = forge.arp_frame(1, "ac:63:be:12:34:56", "0.0.0.0", "192.168.10.51")
 HEADER = forge.pcapng_header()
@@ -151,3 +153,25 @@ def test_pcapng_reader_lets_only_capture_errors_escape(
         return
     for time in times:  # what the pipeline does with each: it must hold
         datetime.fromtimestamp(time, UTC)
+
+
+@pytest.mark.parametrize("reader", ["libpcap", "pure"])
+def test_replay_reading_with_a_filter_refuses_the_same_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str
+) -> None:
+    """Replay reads through libpcap with the project's filter: libpcap hands over any time, so
+    the pure reader takes over at that packet and refuses it with the same message."""
+    use_reader(reader, monkeypatch)
+    path = tmp_path / "far.pcapng"
+    idb = _idb()
+    path.write_bytes(HEADER + idb + _epb(0, 1_000_000) + _epb(0, 2**64 - 1))
+    at = HEADER_BYTES + len(idb) + len(_epb(0, 1_000_000))
+    capture = open_capture(path, program=candidate_program(("arp", "dhcp", "ndp")))
+    frames: list[float] = []
+    with pytest.raises(CaptureError) as info:
+        frames.extend(frame.timestamp for frame in capture)
+    assert frames == [1.0]
+    assert str(info.value) == (
+        f"{path}: packet at byte {at} has a time of 18446744073709 s since 1970 (interface 0, "
+        "if_tsoffset 0 s), outside 1970 to 9998"
+    )

@@ -11,6 +11,7 @@ import pytest
 from dashkanban.capture import forge
 from dashkanban.cli import main, setup_logging
 from dashkanban.safetext import escape_controls
+from tests.file_readers import use_reader
 
 T0 = 1_795_000_000.0
 HOSTILE = ["[/bold]", "[link=https://example.invalid]click[/link]"]
@@ -31,6 +32,7 @@ def test_discover_shows_hostile_host_names_as_text(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no config.ini here: discover needs none
+    use_reader("pure", monkeypatch)  # the summary line below is the pure reader's
     capture = _pcap(tmp_path / "lan.pcap", list(HOSTILE))
     assert main(["discover", "--pcap", str(capture)]) == 0
     out = capsys.readouterr()
@@ -38,7 +40,8 @@ def test_discover_shows_hostile_host_names_as_text(
     assert "dhcp ([/bold])" in rows[0]
     assert "dhcp ([link=https://example.invalid]click[/link])" in rows[1]
     assert "\x1b]8;" not in out.out  # no hyperlink escape sequence
-    assert out.err == "2 devices, 2 packets read, 0 malformed\n"
+    assert out.err == (
+        "2 devices, 2 packets read, 2 passed the candidate filter, 0 malformed\n")
 
 
 def test_replay_table_shows_hostile_names_as_text(

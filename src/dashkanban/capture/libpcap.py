@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dashkanban.capture import LINKTYPE_ETHERNET, Frame
 from dashkanban.capture.bpf import Program
+from dashkanban.capture.pcapng import MAX_SECONDS, MIN_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,11 @@ class Reader:
                 # A simple packet block has no time; the pure reader gives it the previous
                 # packet's, which may be one libpcap's filter skipped: let it go on from here.
                 self.failure = "a packet without a timestamp (simple packet block)"
+                return
+            if pcapng and not MIN_SECONDS <= h.sec < MAX_SECONDS:
+                # A time `datetime` cannot hold (a hostile timestamp or if_tsoffset): the pure
+                # reader goes on from here and refuses it with its byte offset (issue 13).
+                self.failure = f"a packet time of {h.sec} s since 1970"
                 return
             # A pcap record's two time fields are unsigned 32 bits; libpcap sign-extends them.
             timestamp = (h.sec + h.frac / 1e9 if pcapng
