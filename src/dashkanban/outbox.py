@@ -540,7 +540,7 @@ class Outbox:
             bytes=used,
             refused=refused,
             last_error=error,
-            last_error_at=datetime.fromisoformat(error_at) if error_at else None,
+            last_error_at=_time_or_none(error_at),
             oldest=oldest,
             quarantined=self.quarantined(),
             file_bytes=sum(
@@ -648,6 +648,14 @@ def _queued(row: tuple[object, ...]) -> QueuedEvent:
         attempts=attempts,
         other_lines=tuple(other_lines),
     )
+
+
+def _time_or_none(text: str | None) -> datetime | None:
+    """The stats row's last error time; a damaged one is shown as unknown, never a failure."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def _lenient_text(data: bytes) -> str:
