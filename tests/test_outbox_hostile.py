@@ -89,6 +89,12 @@ def test_status_never_fails_on_a_row_and_shows_the_quarantine(
     assert out[4] == (
         f"quarantined: 1 unreadable rows (kept in the table quarantine of {path})"
     )
+    db = sqlite3.connect(path)  # a damaged error time in the stats row is shown as unknown
+    with db:
+        db.execute("UPDATE stats SET last_error = 'reset', last_error_at = 'never'")
+    db.close()
+    assert main(["outbox", "status", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "last error: ? reset"
 
 
 def test_delivery_goes_on_behind_a_poison_row(

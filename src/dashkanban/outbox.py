@@ -92,8 +92,8 @@ END;
 """
 
 # Rows that could not be read back (a hand-edited or damaged field): moved here whole, never
-# deleted, so they stop blocking the queue and can still be inspected (docs/outbox.md). Made on
-# every open, so a file of any schema version gets it; older versions ignore the table.
+# deleted, so they stop blocking the queue and can still be inspected (docs/outbox.md). Made by
+# the first quarantine, so a file of any schema version can get it; older versions ignore it.
 _QUARANTINE = """
 CREATE TABLE IF NOT EXISTS quarantine (
     id          INTEGER PRIMARY KEY,
@@ -425,6 +425,7 @@ class Outbox:
         def move() -> None:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute(_QUARANTINE)
                 self._db.execute(
                     _QUARANTINE_COPY, (reason, self._clock().astimezone(UTC).isoformat(), row_id)
                 )
@@ -452,7 +453,11 @@ class Outbox:
         with self._lock:
             self._check_open()
             try:
-                row = self._db.execute("SELECT count(*) FROM quarantine").fetchone()
+                exists = self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'"
+                ).fetchone()
+                row = self._db.execute("SELECT count(*) FROM quarantine").fetchone() if (
+                    exists) else (0,)
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "reading") from None
         return int(row[0])
@@ -548,7 +553,7 @@ class Outbox:
             bytes=used,
             refused=refused,
             last_error=error,
-            last_error_at=datetime.fromisoformat(error_at) if error_at else None,
+            last_error_at=_time_or_none(error_at),
             oldest=oldest,
             quarantined=self.quarantined(),
             file_bytes=sum(
@@ -784,6 +789,14 @@ def _queued(row: tuple[object, ...]) -> QueuedEvent:
     )
 
 
+def _time_or_none(text: str | None) -> datetime | None:
+    """The stats row's last error time; a damaged one is shown as unknown, never a failure."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
 def _lenient_text(data: bytes) -> str:
     """SQLite TEXT -> str without failing the whole query on a row of bad UTF-8: the bad bytes
     become surrogates, which `_str` then refuses for that row alone (it is quarantined)."""
@@ -886,7 +899,6 @@ def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
                 f"{path}: the outbox was written by a newer dashkanban (schema {version}, this "
                 f"one reads {SCHEMA_VERSION}); upgrade dashkanban or set [outbox] path"
             )
-        db.execute(_QUARANTINE)
     except sqlite3.Error as exc:
         raise _translate(exc, path, "open") from None
 
