@@ -182,6 +182,16 @@ def test_cli_refill_clears_the_overdue_alarm_and_alarms_off_raises_nothing(
             DeviceLines("fca6670a0b0c", ("306,c8y_KanbanOverdue",)),
         )
         assert history.open_overdue() == {}
+    # While a daemon's loop runs, `kanban refilled` (another process, the same history) closes
+    # the bin: the daemon's next check does not flag it.
+    with History.open(tmp_path / "daemon.sqlite3", 36500, T0) as history:
+        loop = KanbanLoop(bins, ON, history)
+        loop.on_press(Press(button["screws"], day(0), "dhcp"))
+        with History.open(tmp_path / "daemon.sqlite3", 36500, T0) as shell:
+            refill_from_cli(bins, "A3", shell, day(1))
+        assert loop.overdue(day(9)) == ()
+        assert loop.open_bins == frozenset()
+        assert loop.on_press(Press(button["screws"], day(10), "dhcp")).kind == "reorder"
     off = KanbanSettings(alarms=False, severity="MAJOR", safety=0.2, history_days=36500)
     with History.open(tmp_path / "off.sqlite3", 36500, T0) as history:
         loop = KanbanLoop(bins, off, history)

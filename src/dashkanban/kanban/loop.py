@@ -110,6 +110,7 @@ class KanbanLoop:
         if not self.settings.alarms:
             return ()
         with self._lock:
+            self._sync_refills()
             due = find_overdue(self.bins, self._opened, self._samples, self._overdue,
                                self.settings.min_samples, now)
             found = []
@@ -126,6 +127,18 @@ class KanbanLoop:
                             item.bin, item.reordered.isoformat(timespec="seconds"),
                             item.lead_days)
             return tuple(found)
+
+    def _sync_refills(self) -> None:
+        """Refills another process recorded (`kanban refilled` while the daemon runs) close the
+        bins here too, so a bin refilled from the shell is not flagged overdue. Their lines,
+        the overdue clear included, went out with that command."""
+        if self.history is None:
+            return
+        for bin_name, time in self.history.last_refills().items():
+            opened = self._opened.get(bin_name)
+            if opened is not None and time >= opened[0]:
+                self._refilled(bin_name, time)
+                self._open.discard(bin_name)
 
     def _refilled(self, bin_name: str, time: datetime) -> tuple[DeviceLines, ...]:
         """Bookkeeping of a refill: one more replenishment measured, and the overdue alarm's
