@@ -105,14 +105,13 @@ class PacketClock:
         self.last: datetime | None = None
 
     def frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
-        last = None
+        frame = None
         try:
-            for frame in frames:
-                last = frame[0]
+            for frame in frames:  # afterwards `frame` is the last one
                 yield frame
         finally:
-            if last is not None:
-                self.last = datetime.fromtimestamp(last, UTC)
+            if frame is not None:
+                self.last = datetime.fromtimestamp(frame[0], UTC)
 
 
 def _collect(
