@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from array import array
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
@@ -95,23 +95,21 @@ def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) ->
         print(f"{args.capture}: {counts.summary()}", file=sys.stderr)
     if args.dry_run:
         return 0
-    return _send(settings, found, args.timeout, clock.last)
+    return _send(settings, found, args.timeout, clock)
 
 
 class PacketClock:
-    """The time of the last frame read: where the capture ends."""
+    """The time of every frame read (8 bytes each): the packet clock the Kanban overdue check
+    runs on, at each frame and at the end of the capture."""
 
     def __init__(self) -> None:
-        self.last: datetime | None = None
+        self.times = array("d")
 
     def frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
-        frame = None
-        try:
-            for frame in frames:  # afterwards `frame` is the last one
-                yield frame
-        finally:
-            if frame is not None:
-                self.last = datetime.fromtimestamp(frame[0], UTC)
+        keep = self.times.append
+        for frame in frames:
+            keep(frame[0])
+            yield frame
 
 
 def _collect(
@@ -124,11 +122,11 @@ def _collect(
 
 
 def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
-          end: datetime | None = None) -> int:
+          clock: PacketClock | None = None) -> int:
     """Queue the events (with their Kanban lines) in the outbox and wait up to `timeout` s for
     their PUBACKs (exit 3 when they could not all be delivered: they stay queued)."""
     from dashkanban.delivery import deliver
-    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue
+    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue_at_frames
     from dashkanban.outbox import Outbox
 
     with Outbox.open(
@@ -138,13 +136,19 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
     ) as outbox:
         loop = open_loop(settings)  # after the outbox, which makes the state folder
         try:
+            # The packet clock: the overdue check at each frame up to a press, before it, and
+            # after the last press to the end of the capture; a replay raises the same alarms.
+            times = sorted(clock.times) if loop is not None and clock is not None else []
+            after = float("-inf")
             for press, event in found:
-                if loop is not None:  # the packet clock: a replay raises the same alarms
-                    queue_overdue(loop, outbox.put_lines, press.time)
+                if loop is not None:
+                    now = press.time.timestamp()
+                    queue_overdue_at_frames(loop, outbox.put_lines, times, after, now)
+                    after = now
                 extra, others = press_lines(loop, press) if loop is not None else ((), ())
                 outbox.put(event, extra, others)
-            if loop is not None and end is not None:
-                queue_overdue(loop, outbox.put_lines, end)
+            if loop is not None and times:
+                queue_overdue_at_frames(loop, outbox.put_lines, times, after, times[-1])
         finally:
             if loop is not None and loop.history is not None:
                 loop.history.close()

@@ -4,6 +4,7 @@ MACID.csv columns and config keys, and the Smart Rules' specs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from dashkanban.kanban.bins import parse_bins
 from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop, find_overdue, refill_from_cli
 from dashkanban.kanban.rules import RuleSpec, rule_specs
+from dashkanban.kanban.wiring import queue_overdue_at_frames
 from dashkanban.presses import Press
 from dashkanban.sandbox.smartrules import fill
 
@@ -230,3 +232,29 @@ def test_sandbox_placeholders() -> None:
     values = {"text": "Reorder A3", "severity": "MAJOR", "source": {"id": "7", "name": "screws"}}
     assert fill("#{severity} from #{source.name}: #{text} #{nope} #{source.x}", values) == (
         "MAJOR from screws: Reorder A3 #{nope} #{source.x}")
+
+
+def test_checks_at_frames_only_where_a_deadline_passed(tmp_path: Path) -> None:
+    registry, bins = parse_bins(MACID, Path("MACID.csv"))
+    button = {b.name: b for b in registry}
+    with History.open(tmp_path / "history.sqlite3", 36500, T0) as history:
+        loop = KanbanLoop(bins, ON, history)
+        assert loop.next_deadline() is None
+        loop.on_press(Press(button["screws"], day(0), "dhcp"))  # A3: 2 days
+        loop.on_press(Press(button["ties"], day(0.5), "dhcp"))  # B1: 3 days
+        assert loop.next_deadline() == day(2)
+        queued: list[tuple[tuple[tuple[str | None, str], ...], datetime]] = []
+
+        def queue(lines: Sequence[tuple[str | None, str]], when: datetime) -> None:
+            queued.append((tuple(lines), when))
+
+        times = [day(d).timestamp() for d in (1, 2, 2.25, 3, 3.5, 4, 5)]
+        # Up to day 2.1: the frame on day 2 is exactly on time, not late: nothing.
+        assert queue_overdue_at_frames(loop, queue, times, float("-inf"), day(2.1).timestamp()
+                                       ) == 0
+        # On to day 4: A3 at the frame of day 2.25, B1 (deadline 3.5) at the frame of day 4.
+        assert queue_overdue_at_frames(loop, queue, times, day(2.1).timestamp(),
+                                       day(4).timestamp()) == 2
+        assert [(lines[0][0], when) for lines, when in queued] == [
+            ("ac63be123456", day(2.25)), ("fca6670a0b0c", day(4))]
+        assert loop.next_deadline() is None
