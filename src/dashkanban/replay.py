@@ -82,8 +82,9 @@ def replay_command(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) -> int:
     capture = open_capture(args.capture, prefilter=True)
     found: list[tuple[Press, Event]] = []
-    clock = PacketClock()  # the end of the capture, for the Kanban overdue check
-    events = _collect(pipeline, pipeline.run_presses(clock.frames(capture)), found)
+    clock = PacketClock()  # the frames' times, for the Kanban overdue check (not in a dry run)
+    frames = capture if args.dry_run else clock.frames(capture)
+    events = _collect(pipeline, pipeline.run_presses(frames), found)
     try:
         if args.jsonl:
             _print_jsonl(events, sys.stdout)
