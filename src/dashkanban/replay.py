@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from array import array
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry, load_buttons
@@ -100,8 +100,9 @@ def _replay(
 ) -> int:
     capture = open_capture(args.capture, prefilter=True, program=program)
     found: list[tuple[Press, Event]] = []
-    clock = PacketClock()  # the end of the capture, for the Kanban overdue check
-    events = _collect(pipeline, pipeline.run_presses(clock.frames(capture)), found)
+    clock = PacketClock()  # the frames' times, for the Kanban overdue check (not in a dry run)
+    frames = capture if args.dry_run else clock.frames(capture)
+    events = _collect(pipeline, pipeline.run_presses(frames), found)
     corrupt: CaptureError | None = None
     try:
         if args.jsonl:
@@ -122,7 +123,7 @@ def _replay(
             raise corrupt
         return 0
     try:
-        delivered = _send(settings, found, args.timeout, clock.last, again=args.again)
+        delivered = _send(settings, found, args.timeout, clock, again=args.again)
     except DashkanbanError as exc:
         if corrupt is not None:
             raise CaptureError(f"{corrupt}; and the presses before it: {exc}") from None
@@ -136,20 +137,17 @@ def _replay(
 
 
 class PacketClock:
-    """The time of the last frame read: where the capture ends."""
+    """The time of every frame read (8 bytes each): the packet clock the Kanban overdue check
+    runs on, at each frame and at the end of the capture."""
 
     def __init__(self) -> None:
-        self.last: datetime | None = None
+        self.times = array("d")
 
     def frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
-        last = None
-        try:
-            for frame in frames:
-                last = frame[0]
-                yield frame
-        finally:
-            if last is not None:
-                self.last = datetime.fromtimestamp(last, UTC)
+        keep = self.times.append
+        for frame in frames:
+            keep(frame[0])
+            yield frame
 
 
 def _collect(
@@ -162,12 +160,12 @@ def _collect(
 
 
 def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
-          end: datetime | None = None, *, again: bool = False) -> int:
+          clock: PacketClock | None = None, *, again: bool = False) -> int:
     """Queue the events (with their Kanban lines) in the outbox, each press once (design 8: a
     press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns how many of the file's presses were delivered (or queued for the service)."""
-    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue
+    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue_at_frames
     from dashkanban.outbox import Outbox, deliver_explained, press_key
 
     with Outbox.open(
@@ -183,13 +181,19 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
                 print(_skipped(len(found), list(seen.values())), file=sys.stderr)
         loop = open_loop(settings) if fresh else None  # after the outbox: it makes the folder
         try:
+            # The packet clock: the overdue check at each frame up to a press, before it, and
+            # after the last press to the end of the capture; a replay raises the same alarms.
+            times = sorted(clock.times) if loop is not None and clock is not None else []
+            after = float("-inf")
             for press, event in fresh:
-                if loop is not None:  # the packet clock: a replay raises the same alarms
-                    queue_overdue(loop, outbox.put_lines, press.time)
+                if loop is not None:
+                    now = press.time.timestamp()
+                    queue_overdue_at_frames(loop, outbox.put_lines, times, after, now)
+                    after = now
                 extra, others = press_lines(loop, press) if loop is not None else ((), ())
                 outbox.put(event, extra, others)
-            if loop is not None and end is not None:
-                queue_overdue(loop, outbox.put_lines, end)
+            if loop is not None and times:
+                queue_overdue_at_frames(loop, outbox.put_lines, times, after, times[-1])
         finally:
             if loop is not None and loop.history is not None:
                 loop.history.close()

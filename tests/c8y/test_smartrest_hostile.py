@@ -138,7 +138,7 @@ def test_replay_through_the_sandbox_keeps_every_field(
         forge.write_pcap(out, [(pressed.timestamp(),
                                 forge.dhcp_client_frame("ac:63:be:12:34:56", forge.DISCOVER))])
     assert main(["replay", "-c", str(config), str(capture), "--timeout", "10"]) == 0
-    assert capsys.readouterr().err.splitlines()[-1] == "delivered 1 events to 127.0.0.1"
+    assert capsys.readouterr().err.splitlines()[-1] == "delivered 1 event to 127.0.0.1"
     with rest(sandbox) as client:
         device = client.get(f"/inventory/managedObjects/{sandbox.device_id('ac63be123456')}")
         events = client.get("/event/events", params={"pageSize": 10}).json()["events"]

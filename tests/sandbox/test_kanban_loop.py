@@ -108,21 +108,23 @@ def test_measured_lead_time_and_cards_in_report_json(
 def test_overdue_alarm_raised_once_and_cleared_by_the_refill(
     tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A3 (lead time 2 days) reordered on day 0. On the packet clock: B1's reorder on day 3 is
-    the first frame after A3's deadline (day 2): A3's overdue alarm, 1 day late. B1's repeat on
-    day 3.5 checks again: nothing new. A3's refill on day 4 clears both of A3's alarms. The
+    """A3 (lead time 2 days) reordered on day 0. On the packet clock, checked at every frame:
+    another device's frame on day 2.5 is the first frame after A3's deadline (day 2): A3's
+    overdue alarm, 0.5 days late, at that frame's time. B1's reorder on day 3 and its repeat on
+    day 3.5 check again: nothing new. A3's refill on day 4 clears both of A3's alarms. The
     capture ends with a frame on day 7: B1 (lead 3 days, reordered day 3) is 1 day late there,
     raised at the end of the capture and still active."""
     config = write_config(tmp_path, sandbox)
+    other = "02:00:00:00:00:99"  # someone else's device: frames, not presses
     pcap = capture(tmp_path, "store.pcap", [
-        (SCREWS, T0), (TIES, T0 + 3 * DAY), (TIES, T0 + 3.5 * DAY), (SCREWS_FULL, T0 + 4 * DAY),
-        ("02:00:00:00:00:99", T0 + 7 * DAY),  # someone else's device: a frame, not a press
+        (SCREWS, T0), (other, T0 + 2.5 * DAY), (TIES, T0 + 3 * DAY), (TIES, T0 + 3.5 * DAY),
+        (SCREWS_FULL, T0 + 4 * DAY), (other, T0 + 7 * DAY),
     ])
     assert main(["replay", "-c", str(config), str(pcap), "--timeout", "10"]) == 0
     # 4 presses and 2 rows of overdue lines (deliver counts outbox rows).
     assert capsys.readouterr().err.splitlines()[-1] == "delivered 6 events to 127.0.0.1"
     assert alarms(sandbox, "c8y_KanbanOverdue") == [
-        ("screws", "CLEARED", "CRITICAL", "Bin A3 (M6 screws, Würth) overdue by 1 day: "
+        ("screws", "CLEARED", "CRITICAL", "Bin A3 (M6 screws, Würth) overdue by 0.5 days: "
          "reordered 2026-11-02 08:00 UTC, lead time 2 days", 1),
         ("ties", "ACTIVE", "CRITICAL", "Bin B1 (Cable ties, 200mm, Hellermann) overdue by 1 day: "
          "reordered 2026-11-05 08:00 UTC, lead time 3 days", 1),
@@ -135,12 +137,12 @@ def test_overdue_alarm_raised_once_and_cleared_by_the_refill(
     # the reorder by the refill press's row.
     overdue = [(m.topic, m.payload) for m in sandbox.messages()
                if m.direction == "in" and "c8y_KanbanOverdue" in m.payload]
-    a3_text = ('"Bin A3 (M6 screws, Würth) overdue by 1 day: reordered 2026-11-02 08:00 UTC, '
-               'lead time 2 days"')  # quoted: the text has commas (SmartREST CSV)
+    a3_text = ('"Bin A3 (M6 screws, Würth) overdue by 0.5 days: reordered 2026-11-02 08:00 '
+               'UTC, lead time 2 days"')  # quoted: the text has commas (SmartREST CSV)
     b1_text = ('"Bin B1 (Cable ties, 200mm, Hellermann) overdue by 1 day: reordered '
                '2026-11-05 08:00 UTC, lead time 3 days"')
     assert overdue == [
-        ("s/us/ac63be123456", f"301,c8y_KanbanOverdue,{a3_text},2026-11-05T08:00:00.000+00:00"),
+        ("s/us/ac63be123456", f"301,c8y_KanbanOverdue,{a3_text},2026-11-04T20:00:00.000+00:00"),
         ("s/us/ac63be123456", "306,c8y_KanbanReorder\n306,c8y_KanbanOverdue"),
         ("s/us/fca6670a0b0c", f"301,c8y_KanbanOverdue,{b1_text},2026-11-09T08:00:00.000+00:00"),
     ]

@@ -224,6 +224,15 @@ class History:
             rows = self._db.execute("SELECT bin, time FROM refills ORDER BY ts, id").fetchall()
         return [(b, datetime.fromisoformat(t)) for b, t in rows]
 
+    def last_refills(self) -> dict[str, datetime]:
+        """Bin -> its latest refill, from any source (for a daemon's view of `kanban refilled`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT bin, time FROM refills r WHERE ts = "
+                "(SELECT MAX(ts) FROM refills WHERE bin = r.bin)"
+            ).fetchall()
+        return {b: datetime.fromisoformat(t) for b, t in rows}
+
     def open_overdue(self) -> dict[str, str]:
         """Bin -> the serial carrying its raised, not yet cleared c8y_KanbanOverdue alarm."""
         with self._lock:

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import KanbanSettings
@@ -110,6 +110,7 @@ class KanbanLoop:
         if not self.settings.alarms:
             return ()
         with self._lock:
+            self._sync_refills()
             due = find_overdue(self.bins, self._opened, self._samples, self._overdue,
                                self.settings.min_samples, now)
             found = []
@@ -126,6 +127,35 @@ class KanbanLoop:
                             item.bin, item.reordered.isoformat(timespec="seconds"),
                             item.lead_days)
             return tuple(found)
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest moment an open, not yet flagged reorder becomes overdue (None: none can),
+        so a caller checking at every frame need only check at the first frame past it."""
+        if not self.settings.alarms:
+            return None
+        with self._lock:
+            deadlines = []
+            for name, (since, _) in self._opened.items():
+                bin_ = self.bins.get(name)
+                if bin_ is None or name in self._overdue:
+                    continue
+                lead = lead_time(bin_.lead_time_days, self._samples.get(name, ()),
+                                 self.settings.min_samples).days
+                if lead is not None:
+                    deadlines.append(since + timedelta(days=lead))
+            return min(deadlines, default=None)
+
+    def _sync_refills(self) -> None:
+        """Refills another process recorded (`kanban refilled` while the daemon runs) close the
+        bins here too, so a bin refilled from the shell is not flagged overdue. Their lines,
+        the overdue clear included, went out with that command."""
+        if self.history is None:
+            return
+        for bin_name, time in self.history.last_refills().items():
+            opened = self._opened.get(bin_name)
+            if opened is not None and time >= opened[0]:
+                self._refilled(bin_name, time)
+                self._open.discard(bin_name)
 
     def _refilled(self, bin_name: str, time: datetime) -> tuple[DeviceLines, ...]:
         """Bookkeeping of a refill: one more replenishment measured, and the overdue alarm's

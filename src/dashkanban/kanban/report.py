@@ -258,8 +258,8 @@ def replenishment_png(report: Report) -> str:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1100px; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.45em; }
 th { background: #f0f0f0; } td.n { text-align: right; }
 td.cards { font-weight: bold; } img { max-width: 100%; display: block; margin: 1em 0; }
 .note { color: #555; font-size: 0.9em; }

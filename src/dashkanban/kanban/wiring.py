@@ -19,6 +19,7 @@ alarm lines, the template collection and the operations only with `[kanban] alar
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -111,6 +112,25 @@ def queue_overdue(loop: KanbanLoop, queue: QueueLines, now: datetime) -> int:
     for publish in raised:
         queue(device_lines((publish,)), now)
     return len(raised)
+
+
+def queue_overdue_at_frames(
+    loop: KanbanLoop, queue: QueueLines, times: Sequence[float], after: float, until: float
+) -> int:
+    """The overdue check at every frame time in `times` (sorted, epoch seconds) in
+    (`after`, `until`], as `replay` runs it on the packet clock. Only the first frame past the
+    next deadline can raise anything, so that is where it checks: a bisection per deadline, not
+    a check per frame. Returns how many alarms were raised."""
+    raised = 0
+    while True:
+        deadline = loop.next_deadline()
+        if deadline is None:
+            return raised
+        index = bisect.bisect_right(times, max(after, deadline.timestamp()))
+        if index >= len(times) or times[index] > until:
+            return raised
+        after = times[index]
+        raised += queue_overdue(loop, queue, datetime.fromtimestamp(after, UTC))
 
 
 def queue_pending_clears(history: History, queue: QueueLines) -> int:
