@@ -80,10 +80,24 @@ def replay_command(args: argparse.Namespace) -> int:
     source = inventory_lookup(settings)
     pipeline = build_pipeline(settings, registry, source)
     try:
-        return _replay(args, settings, pipeline, file_program(settings, registry))
+        return _replay(args, settings, pipeline, _program(args, settings, registry))
     finally:
         if source is not None:
             source.close()
+
+
+def _program(args: argparse.Namespace, settings: Settings, registry: Registry) -> Program:
+    """The live program, except where the Kanban overdue check runs on the packet clock (bins,
+    and not a dry run): that clock must tick with every candidate frame, not only the buttons'
+    (a bin is overdue at the first frame past its deadline, whoever sent it)."""
+    if not args.dry_run:
+        from dashkanban.kanban.wiring import load_kanban_bins
+
+        if len(load_kanban_bins(settings)):
+            from dashkanban.capture.bpf import candidate_program
+
+            return candidate_program(settings.capture.detect)
+    return file_program(settings, registry)
 
 
 def _connects(args: argparse.Namespace) -> bool:
