@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from dashkanban.capture import Frame, forge, open_capture
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
@@ -29,6 +31,10 @@ from tests.e2e.faultkit import (
 from tests.faults import ResetProxy
 
 PRESSES = 10_000
+# Not a time budget: this test checks that every press is queued, then delivered in order. The
+# waits below only guard against a hang, generously, since a loaded 2-core CI machine may take
+# minutes for what takes seconds alone (throughput is bench/outbox.py's job, issue 12).
+HANG_GUARD = 600.0
 
 
 class CaptureThenIdle:
@@ -53,6 +59,7 @@ class CaptureThenIdle:
         self._stop.set()
 
 
+@pytest.mark.timeout(3 * HANG_GUARD)
 def test_ten_thousand_presses_in_a_minute_are_all_queued_then_delivered_in_order(
     tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: TlsFiles
 ) -> None:
@@ -77,7 +84,7 @@ def test_ten_thousand_presses_in_a_minute_are_all_queued_then_delivered_in_order
         assert daemon.pipeline is not None
         source.tracked = lambda: daemon.pipeline.tracked  # type: ignore[union-attr]
         # The broker is down the whole time: the capture must still get through the file.
-        wait_until(lambda: source.consumed == PRESSES, 60, "the capture to be read")
+        wait_until(lambda: source.consumed == PRESSES, HANG_GUARD, "the capture to be read")
         assert daemon.outbox is not None
         assert daemon.courier is not None
         assert daemon.outbox.count() == PRESSES
@@ -95,8 +102,8 @@ def test_ten_thousand_presses_in_a_minute_are_all_queued_then_delivered_in_order
             in_flight.append(courier.in_flight)
             return daemon.outbox.count() == 0  # type: ignore[union-attr]
 
-        wait_until(drained, 60, "the outbox to drain")
-        wait_until(lambda: len(events_of(recorder.messages)) >= PRESSES, 30, "every event")
+        wait_until(drained, HANG_GUARD, "the outbox to drain")
+        wait_until(lambda: len(events_of(recorder.messages)) >= PRESSES, HANG_GUARD, "every event")
     finally:
         daemon.stop()
         thread.join(30)
