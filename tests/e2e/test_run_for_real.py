@@ -358,9 +358,16 @@ def test_nobody_without_the_capability_exits_2_with_the_hint(
         capture_output=True, text=True, check=False, timeout=60, env=ENV, cwd="/",
     )
     python = os.path.realpath(script.parent / "python")
+    # setcap only for a venv's own copy of the interpreter, never the shared one (issue 14).
+    if python.startswith(os.path.realpath(script.parent.parent) + "/"):
+        how = ("or grant the capability to this installation's own interpreter: sudo setcap "
+               f"cap_net_raw+ep {python}")
+    else:
+        how = (", or give one command the capability: sudo setpriv --reuid=USER --regid=GROUP "
+               "--init-groups --inh-caps=+net_raw --ambient-caps=+net_raw dashkanban run; not "
+               f"setcap on {python}, which every Python program shares (docs/install.md)")
     hint = (f"cannot capture on {veth_pair.if_b}: this process lacks CAP_NET_RAW; run it as the "
-            "service (sudo dashkanban service install) or grant the capability with: sudo setcap "
-            f"cap_net_raw+ep {python}")
+            "service (sudo dashkanban service install)" + ("" if how[0] == "," else " ") + how)
     assert done.returncode == 2
     assert final_message(done.stderr, fmt) == hint
     lines = done.stderr.splitlines()
