@@ -84,13 +84,21 @@ class Parser(argparse.ArgumentParser):
     option named as such rather than reported as a missing COMMAND."""
 
     argv: Sequence[str] = ()
+    root: argparse.ArgumentParser | None = None  # the top parser, whose tree knows every option
 
     def error(self, message: str) -> Any:
-        unknown = [w for w in self.argv if w.startswith("-") and w != "-"
-                   and w.split("=", 1)[0] not in self._option_string_actions]
-        if "required: COMMAND" in message and unknown:
+        known = {o for a in _all_actions(self.root or self) for o in a.option_strings}
+        words = list(self.argv)
+        choice = re.search(r"invalid choice: '([^']*)'", message)
+        if choice and choice.group(1) in words:
+            words = words[: words.index(choice.group(1))]  # the options before the command
+        unknown = [w for w in words if w.startswith("-") and w != "-"
+                   and w.split("=", 1)[0] not in known]
+        if unknown and ("required: COMMAND" in message or choice):
+            # An unknown option before the command: argparse took its value for the command.
             message = f"unknown option {unknown[0]}"
             message += _suggest(unknown[0].split("=", 1)[0], self._option_string_actions)
+            return super().error(message)
         match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if match:
             choices = re.findall(r"'([^']*)'", match.group(2))
@@ -396,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     _complete(parser)
     Parser.argv = words
+    Parser.root = parser
     args = parser.parse_args(words)
     setup_logging(args.log_level, args.log_format)
     fmt = args.log_format

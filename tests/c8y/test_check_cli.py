@@ -241,3 +241,27 @@ def test_test_button_unknown_button_exits_2(tmp_path: Path, mosquitto_tls: Mosqu
     assert result.stderr.splitlines()[-1] == (
         f"error: no button 'nope' in {tmp_path / 'MACID.csv'} (give its Name or MAC)"
     )
+
+
+def test_check_finds_an_unwritable_outbox_and_goes_on(tmp_path: Path,
+                                                      mosquitto_tls: Mosquitto) -> None:
+    """Issue 14: check passed with an outbox nobody could write. It fails the step, runs the
+    rest, and sums up once."""
+    from tests.faults import read_only_filesystem
+
+    buttons = tmp_path / "plain.csv"
+    buttons.write_text(PLAIN_CSV)
+    with read_only_filesystem(tmp_path / "ro", lambda folder: None) as folder:
+        config = write_config(tmp_path, mosquitto_tls, buttons=buttons,
+                              outbox=folder / "state" / "outbox.sqlite3")
+        result = run("check", "-c", str(config))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[3:5] == [
+        f"✗ outbox {folder / 'state' / 'outbox.sqlite3'}: the folder {folder} is read-only "
+        "(SQLite writes its -wal and -shm files there)",
+        "  hint: make it writable for the user that runs dashkanban, or set [outbox] path",
+    ]
+    assert lines[-1] == "✓ MQTT login as t12345/dash-gateway, client id dashkanban-gw-01"
+    assert result.stderr.splitlines() == [
+        "error: check: 1 step failed (outbox); see the lines marked ✗ above"]
