@@ -958,9 +958,10 @@ def flush_command(args: argparse.Namespace) -> int:
             return 0
         delivered = deliver_explained(settings, outbox, timeout=args.timeout)
     if delivered is None:
-        print(f"outbox: {queued} events queued; the running dashkanban service is delivering them")
+        print(f"outbox: {plural(queued, 'event')} queued; the running dashkanban service is "
+              "delivering them")
     else:
-        print(f"outbox: delivered {delivered} events")
+        print(f"outbox: delivered {plural(delivered, 'event')}")
     return 0
 
 
