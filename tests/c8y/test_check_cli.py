@@ -59,8 +59,17 @@ def test_check_all_pass(tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: Tls
     assert "dashkanban-gw-01" in mosquitto_tls.log_text()
 
 
+def plain_buttons(folder: Path) -> Path:
+    """A MACID.csv without bins: nothing uses REST, which mosquitto does not have."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "plain.csv"
+    path.write_text(PLAIN_CSV)
+    return path
+
+
 def test_check_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
-    config = write_config(tmp_path, mosquitto_tls, password="wrong")
+    config = write_config(tmp_path, mosquitto_tls, password="wrong",
+                          buttons=plain_buttons(tmp_path))
     result = run("check", "-c", str(config))
     port = mosquitto_tls.port
     message = (f"127.0.0.1:{port} refused the login for t12345/dash-gateway: not authorised "
@@ -91,7 +100,8 @@ def foreign_ca() -> Path:
 
 def test_check_untrusted_certificate(tmp_path: Path, mosquitto_tls: Mosquitto,
                                      foreign_ca: Path) -> None:
-    config = write_config(tmp_path / "cfg", mosquitto_tls, ca_file=foreign_ca)
+    config = write_config(tmp_path / "cfg", mosquitto_tls, ca_file=foreign_ca,
+                          buttons=plain_buttons(tmp_path))
     result = run("check", "-c", str(config))
     assert result.returncode == 1
     assert result.stdout.splitlines()[-2:] == [
@@ -116,7 +126,8 @@ def mosquitto_other_name(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def test_check_wrong_host_name(tmp_path: Path, mosquitto_other_name: Mosquitto) -> None:
-    config = write_config(tmp_path / "cfg", mosquitto_other_name, host="localhost")
+    config = write_config(tmp_path / "cfg", mosquitto_other_name, host="localhost",
+                          buttons=plain_buttons(tmp_path))
     result = run("check", "-c", str(config))
     assert result.returncode == 1
     what = ("the server certificate is not valid for 'localhost' (Hostname mismatch, certificate "

@@ -165,6 +165,13 @@ def test_newcomers_first_hour(site: Site) -> None:
     assert f"{SAMPLE}: 1211 packets read, 162 candidates, 0 malformed, 7 presses" in err
     assert err[-1] == "delivered 7 events to 127.0.0.1"
     assert len(site.events()) == 7
+    # replay wrote the c8y_Kanban fragment (only `run` did), so the report from Cumulocity
+    # knows the bins.
+    result = site.run("kanban", "report", "--from-cumulocity", "-c", "config.ini",
+                      "--since", "2026-11-01")
+    assert result.returncode == 0, result.stderr
+    for bin_ in ("A3", "B1", "C7"):
+        assert re.search(rf"│ {bin_} +│", result.stdout), result.stdout
 
     # The same replay again: nothing new is queued, and it says so.
     result = site.run("replay", str(SAMPLE), "-c", "config.ini")
