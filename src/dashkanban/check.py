@@ -278,6 +278,11 @@ def test_button_command(args: argparse.Namespace) -> int:
     elapsed = (time.monotonic() - start) * 1000
     print(f"{TICK} acknowledged by {settings.c8y.tenant} (PUBACK) after {elapsed:.0f} ms",
           flush=True)
+    if button.bin is not None:  # whatever delivers a bin button's press writes its c8y_Kanban
+        from dashkanban.kanban.wiring import load_kanban_bins
+        from dashkanban.replay import write_fragments
+
+        write_fragments(settings, load_kanban_bins(settings), [press])
     return 0
 
 

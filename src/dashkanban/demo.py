@@ -30,7 +30,7 @@ from dashkanban.delivery import deliver
 from dashkanban.events import Event
 from dashkanban.kanban.wiring import open_loop, press_lines
 from dashkanban.outbox import Outbox, plural
-from dashkanban.replay import build_pipeline, load_registry
+from dashkanban.replay import build_pipeline, load_registry, write_fragments
 
 GATEWAY_SERIAL = "dashkanban-demo"
 GATEWAY_NAME = "Demo store gateway"
@@ -105,6 +105,8 @@ def demo_command(args: argparse.Namespace) -> int:
                 if loop is not None and loop.history is not None:
                     loop.history.close()
             delivered = deliver(settings, outbox, [], timeout=30)
+        if loop is not None:
+            write_fragments(settings, loop.bins, presses)
         console.print(f"Delivered {plural(delivered or 0, 'event')} over MQTT (SmartREST 2.0), "
                       "each on PUBACK.\n")
         _show(console, sandbox.http_url, "t12345/admin", password, events)
