@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action=_Version, help="show the version and exit")
     _global(parser, top=True)
+    Parser.argv, Parser.root = (), parser  # main() sets argv; a bare parse_args sees none
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=Parser)
     add = _adder(sub)
@@ -404,7 +405,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     _complete(parser)
     Parser.argv = words
-    Parser.root = parser
     args = parser.parse_args(words)
     setup_logging(args.log_level, args.log_format)
     fmt = args.log_format

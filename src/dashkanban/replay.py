@@ -18,7 +18,7 @@ from dashkanban.capture import open_capture
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.events import Event
-from dashkanban.outbox import plural
+from dashkanban.outbox import StillQueuedError, plural
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
 
@@ -116,13 +116,13 @@ def _replay(args: argparse.Namespace, settings: Settings, pipeline: Pipeline) ->
         delivered = _send(settings, found, args.timeout, again=args.again)
     except DashkanbanError as exc:
         if corrupt is not None:
-            raise CaptureError(f"{corrupt}; and the presses before it: {exc}") from None
+            raise StillQueuedError(f"{corrupt}; and the presses before it: {exc}",
+                                   exc.exit_code) from None
         raise
     if corrupt is not None:
-        raise CaptureError(
-            f"{corrupt}; {plural(delivered, 'press')} before it "
-            f"{'was' if delivered == 1 else 'were'} delivered"
-        ) from None
+        were = "was" if len(found) == 1 else "were"
+        how = "delivered" if delivered else "queued for the running dashkanban service"
+        raise CaptureError(f"{corrupt}; {plural(len(found), 'press')} before it {were} {how}")
     return 0
 
 
@@ -136,11 +136,11 @@ def _collect(
 
 
 def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float, *,
-          again: bool = False) -> int:
+          again: bool = False) -> bool:
     """Queue the events (with their Kanban lines) in the outbox, each press once (design 8: a
     press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
-    Returns how many of the file's presses were delivered (or queued for the service)."""
+    Returns True when they were delivered, False when queued for the running service."""
     from dashkanban.kanban.wiring import open_loop, press_lines
     from dashkanban.outbox import Outbox, deliver_explained, press_key
 
@@ -172,7 +172,7 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float, 
               "delivers them", file=sys.stderr)
     else:
         print(f"delivered {plural(delivered, 'event')} to {settings.c8y.tenant}", file=sys.stderr)
-    return len(fresh)
+    return delivered is not None
 
 
 def write_fragments(settings: Settings, bins: Bins, presses: list[Press]) -> None:
