@@ -131,6 +131,11 @@ def test_commands_that_do_not_connect_need_no_c8ymqtt(tmp_path: Path) -> None:
     assert len(result.stdout.splitlines()) == 7
     result = dashkanban("discover", "--pcap", str(sample), "--csv", "-c", str(config))
     assert result.returncode == 0, result.stderr
+    config.write_text(config.read_text() + f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
+    result = dashkanban("kanban", "report", "-c", str(config))  # read the config, then no history
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (1, (
+        f"error: no Kanban history yet at {tmp_path / 'history.sqlite3'} (the daemon and replay "
+        "keep one with every press)"))
     # Sending does need it, and says so with the file and line.
     result = dashkanban("replay", str(sample), "-c", str(config))
     assert result.returncode == 2
