@@ -915,7 +915,7 @@ def status_command(args: argparse.Namespace) -> int:
 def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int) -> str:
     lines = [
         f"outbox: {path}",
-        f"queued: {stats.rows} events, {stats.bytes} bytes "
+        f"queued: {plural(stats.rows, 'event')}, {stats.bytes} bytes "
         f"(cap {max_rows} events, {max_bytes} bytes; {stats.file_bytes} bytes on disk)",
     ]
     oldest = stats.oldest

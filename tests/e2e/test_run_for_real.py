@@ -278,7 +278,7 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
     assert status.returncode == 0, status.stderr
     out = status.stdout.splitlines()
     assert out[0] == f"outbox: {site.outbox}"
-    assert out[1].startswith("queued: 1 events, ")
+    assert out[1].startswith("queued: 1 event, ")  # not "1 events" (issue 14)
     assert out[2].startswith(f"oldest: {t2} dashButton_2 ({OTHER}), queued ")
 
     # -- Cumulocity back: flush, check, test-button, replay -------------------------------------
