@@ -64,10 +64,14 @@ def dashkanban(*args: str, env: dict[str, str] | None = None,
     ["-c", "x.ini", "--log-level", "debug", "--log-format", "json", "check"],
     ["--log-level", "warning", "check", "--log-level", "debug", "-c", "x.ini", "--log-format",
      "json"],
+    ["outbox", "--log-level", "debug", "status", "-c", "x.ini", "--log-format", "json"],
+    ["-c", "y.ini", "kanban", "-c", "x.ini", "report", "--log-level", "debug", "--log-format",
+     "json"],
 ])
 def test_global_options_before_or_after_the_command(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     assert (str(args.config), args.log_level, args.log_format) == ("x.ini", "debug", "json")
+    assert args.handler.split(":")[0].startswith("dashkanban.")
 
 
 def test_global_options_default_when_not_given() -> None:

@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler="dashkanban.check:test_button_command")
 
-    p = add("outbox", "what is queued for Cumulocity", "dashkanban outbox status", common=False)
+    p = add("outbox", "what is queued for Cumulocity", "dashkanban outbox status")
     outbox_sub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True,
                                   parser_class=Parser)
     add_outbox = _adder(outbox_sub, "outbox ")
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="dashkanban.demo:demo_command")
 
     p = add("service", "install or remove the systemd service",
-            "sudo dashkanban service install -c config.ini", common=False)
+            "sudo dashkanban service install -c config.ini")
     service_sub = p.add_subparsers(dest="service_command", metavar="ACTION", required=True,
                                    parser_class=Parser)
     add_service = _adder(service_sub, "service ")
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(handler=f"dashkanban.service:{action}_command")
 
     p = add("kanban", "Kanban bins: report and replenishment",
-            "dashkanban kanban report --since 90d", common=False)
+            "dashkanban kanban report --since 90d")
     kanban_sub = p.add_subparsers(dest="kanban_command", metavar="ACTION", required=True,
                                   parser_class=Parser)
     add_kanban = _adder(kanban_sub, "kanban ")
@@ -355,18 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _adder(sub: Any, prefix: str = "") -> Callable[..., argparse.ArgumentParser]:
     """`add(name, summary, example)`: a command parser whose --help starts with the summary and
-    ends with an example, taking the global options (unless `common=False`: a parser of
-    actions, whose actions take them)."""
+    ends with an example, taking the global options (`used=False`: accepted, not needed)."""
 
-    def add(name: str, summary: str, example: str, *, used: bool = True,
-            common: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, summary: str, example: str, *,
+            used: bool = True) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(
             name, help=summary, description=f"dashkanban {prefix}{name}: {summary}.",
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if common:
-            _common(parser, used=used)
+        _common(parser, used=used)
         return parser
 
     return add
