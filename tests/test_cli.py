@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,112 @@ def test_every_command_takes_config(command: list[str]) -> None:
     """Design section 2: every command takes -c/--config FILE."""
     args = build_parser().parse_args([*command, "-c", "x.ini"])
     assert str(args.config) == "x.ini"
+
+
+# ---------------------------------------------------------------------------------------------
+# Conventions (issue 14)
+
+
+def dashkanban(*args: str, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dashkanban", *args], capture_output=True,
+                          text=True, check=False, timeout=60, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "-c", "x.ini", "--log-level", "debug", "--log-format", "json"],
+    ["-c", "x.ini", "--log-level", "debug", "--log-format", "json", "check"],
+    ["--log-level", "warning", "check", "--log-level", "debug", "-c", "x.ini", "--log-format",
+     "json"],
+    ["outbox", "--log-level", "debug", "status", "-c", "x.ini", "--log-format", "json"],
+    ["-c", "y.ini", "kanban", "-c", "x.ini", "report", "--log-level", "debug", "--log-format",
+     "json"],
+])
+def test_global_options_before_or_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (str(args.config), args.log_level, args.log_format) == ("x.ini", "debug", "json")
+    assert args.handler.split(":")[0].startswith("dashkanban.")
+
+
+def test_global_options_default_when_not_given() -> None:
+    args = build_parser().parse_args(["outbox", "status"])
+    assert (args.config, args.log_level, args.log_format) == (None, "info", "text")
+
+
+def test_short_version() -> None:
+    result = dashkanban("-V")
+    assert (result.returncode, result.stdout) == (0, f"dashkanban {__version__}\n")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["chek"], "dashkanban: error: unknown command 'chek' (did you mean check?) (commands: run, "
+               "replay, discover, check, test-button, outbox, sandbox, demo, service, kanban)"),
+    (["--bogus"], "dashkanban: error: unknown option --bogus"),
+    (["--log-levl", "debug", "check"], "dashkanban: error: unknown option --log-levl (did you "
+                                       "mean --log-level?)"),
+    (["replay", "x.pcap", "--dry-rn"], "dashkanban: error: unrecognized arguments: --dry-rn (did "
+                                       "you mean --dry-run?)"),
+    (["outbox", "drp"], "dashkanban outbox: error: unknown command 'drp' (did you mean drop?) "
+                        "(commands: status, flush, drop)"),
+    (["test-button", "b1", "--timeout", "-5"], "dashkanban test-button: error: argument "
+     "--timeout: -5 is out of range (at least 0 and at most 86400)"),
+    (["discover", "--seconds", "0"], "dashkanban discover: error: argument --seconds: 0 is out "
+     "of range (more than 0 and at most 86400)"),
+    (["sandbox", "--mqtt-port", "70000"], "dashkanban sandbox: error: argument --mqtt-port: "
+     "70000 is out of range (at least 0 and at most 65535)"),
+    (["replay", "x.pcap", "--timeout", "soon"], "dashkanban replay: error: argument --timeout: "
+     "'soon' is not a number"),
+])
+def test_usage_errors_say_what_was_meant(argv: list[str], message: str) -> None:
+    result = dashkanban(*argv)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == message
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_help_has_a_description_and_an_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    words = [w for w in command if w not in ("x.pcap", "b1", "A3")]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*words, "--help"])
+    out = capsys.readouterr().out
+    assert f"\ndashkanban {' '.join(words)}: " in out  # the description
+    example = out.split("example:\n  ", 1)[1].strip()
+    assert example.split()[:len(words) + 1] in (
+        ["dashkanban", *words], ["sudo", "dashkanban", *words][:len(words) + 1]
+    )
+
+
+def test_commands_that_do_not_connect_need_no_c8ymqtt(tmp_path: Path) -> None:
+    """replay --dry-run and discover read only [buttons] (issue 14)."""
+    data = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data"
+    config = tmp_path / "config.ini"
+    config.write_text(f"[buttons]\nfile = {data / 'MACID.csv'}\n")
+    sample = data / "sample-store.pcapng"
+    result = dashkanban("replay", str(sample), "--dry-run", "--jsonl", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 7
+    result = dashkanban("discover", "--pcap", str(sample), "--csv", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    config.write_text(config.read_text() + f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
+    result = dashkanban("kanban", "report", "-c", str(config))  # read the config, then no history
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (1, (
+        f"error: no Kanban history yet at {tmp_path / 'history.sqlite3'} (the daemon and replay "
+        "keep one with every press)"))
+    # Sending does need it, and says so with the file and line.
+    result = dashkanban("replay", str(sample), "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {config}:1: missing section [C8YMQTT] (tenant, tenantID, user, password, port)"
+    )
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    """argcomplete answers the shell's question (bash and zsh ask the same way; docs/cli.md)."""
+    out = tmp_path / "completions"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": "dashkanban outbox dr",
+           "COMP_POINT": "20", "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    result = dashkanban(env=env)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().split() == ["drop"]

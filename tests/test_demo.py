@@ -47,8 +47,45 @@ def test_demo_shows_what_cumulocity_holds(tmp_path: object) -> None:
                             ("sales@hellermann.example", "B1"))
         for kind in ("reorder", "overdue")
     ]
-    assert lines[-1] == ("email to orders@wuerth.example: Kanban reorder: Reorder 50 x M6 screws "
+    assert lines[-3] == ("email to orders@wuerth.example: Kanban reorder: Reorder 50 x M6 screws "
                          "for bin A3 (Aisle 2)")
     # One "delivered" log line per press on stderr, the next day's press of A3 included (its
     # refill is a row of lines, which has no press to log).
     assert result.stderr.count(": delivered") == 8
+    assert lines[-1].endswith(
+        "stop now; `dashkanban demo --keep` keeps them running until Ctrl-C.")
+
+
+def test_demo_keep_leaves_the_sandbox_and_its_page_running(tmp_path: object) -> None:
+    """Issue 14: the page URL the demo prints was dead when it exited; --keep keeps it, with the
+    reorder alarms on it, until Ctrl-C."""
+    import re
+    import signal
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "dashkanban", "demo", "--keep"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(tmp_path), env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for _ in range(200):  # bounded: the demo prints about 40 lines
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops it." in line:
+                break
+        text = "".join(lines)
+        found = re.search(r"open (http://127\.0\.0\.1:\d+)/", text)
+        assert found is not None, text
+        page = httpx.get(found.group(1) + "/", timeout=10).text
+        assert '<span id="alarm-counts">3 active, 0 acknowledged, 1 cleared</span>' in page
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)

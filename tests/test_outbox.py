@@ -9,7 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -565,3 +565,55 @@ def test_a_delete_does_not_wait_for_fsync_but_every_put_still_does(tmp_path: Pat
         outbox.ack(row)
         assert outbox._db.execute("PRAGMA synchronous").fetchone() == (2,)
         assert outbox.count() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Press identity and `outbox drop` (issue 14)
+
+
+def test_press_identity_is_serial_millisecond_and_type(tmp_path: Path) -> None:
+    from dashkanban.outbox import press_key
+
+    event = event_for(1)
+    same_instant = dataclasses.replace(
+        event, time=event.time.astimezone(timezone(timedelta(hours=1))) + timedelta(
+            microseconds=400), text="another text")
+    assert press_key(same_instant) == press_key(event)  # offset and sub-millisecond ignored
+    assert press_key(dataclasses.replace(event, type="c8y_Other")) != press_key(event)
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        outbox.put(event_for(1))
+        outbox.put(event_for(2))
+        outbox.remember([press_key(event_for(1)), press_key(event_for(2))])
+        outbox.ack(1)  # delivered
+        keys = [press_key(event_for(i)) for i in (1, 2, 3)]
+        assert outbox.seen(keys) == {keys[0]: "delivered", keys[1]: "queued"}
+
+
+def test_drop_by_button_and_before(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "state" / "outbox.sqlite3"
+    config = tmp_path / "config.ini"
+    config.write_text(f"[outbox]\npath = {path}\n")  # drop connects nowhere: no [C8YMQTT]
+    with open_outbox(path) as outbox:
+        for seq in (0, 1, 50, 51, 100):  # buttons 0, 1, 0, 1, 0
+            outbox.put(event_for(seq))
+    assert main(["outbox", "drop", "--button", "AC-63-BE-00-00-01", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"dropped: {event_for(1).c8y_time} dashButton_1 (ac:63:be:00:00:01) c8y_MAC_Event",
+        f"dropped: {event_for(51).c8y_time} dashButton_1 (ac:63:be:00:00:01) c8y_MAC_Event",
+        "outbox: dropped 2 events, 3 still queued",
+    ]
+    before = event_for(100).time.isoformat()  # strictly before: 100 itself stays
+    assert main(["outbox", "drop", "--before", before, "-c", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"dropped: {event_for(0).c8y_time} dashButton_0 (ac:63:be:00:00:00) c8y_MAC_Event",
+        f"dropped: {event_for(50).c8y_time} dashButton_0 (ac:63:be:00:00:00) c8y_MAC_Event",
+        "outbox: dropped 2 events, 1 still queued",
+    ]
+    assert main(["outbox", "drop", "--button", "dashbutton_7", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["outbox: dropped 0 events, 1 still queued"]
+    assert main(["outbox", "drop", "--before", "yesterday", "-c", str(config)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: --before 'yesterday': expected a date (YYYY-MM-DD) or a time "
+        "(e.g. 2026-11-26T08:00:00+01:00)")
+    assert main(["outbox", "drop", "--all", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "outbox: dropped 1 event, 0 still queued"

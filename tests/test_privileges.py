@@ -15,7 +15,9 @@ from dashkanban.errors import EXIT_USAGE
 from dashkanban.privileges import (
     RootRefusedError,
     capture_permission_message,
+    dedicated_interpreter,
     effective_capabilities,
+    grant_hint,
     has_cap_net_raw,
     interpreter,
     refuse_root,
@@ -64,9 +66,8 @@ def test_refuse_root_one_line_exit_2() -> None:
         refuse_root(allow_root=False, euid=0)
     assert info.value.exit_code == EXIT_USAGE == 2
     assert str(info.value) == (
-        "refusing to run as root: live capture needs only CAP_NET_RAW; run it as the service "
-        "(sudo dashkanban service install) or grant the capability with: sudo setcap "
-        f"cap_net_raw+ep {interpreter()}, or pass --allow-root"
+        f"refusing to run as root: live capture needs only CAP_NET_RAW; {grant_hint()}, or pass "
+        "--allow-root"
     )
     assert "\n" not in str(info.value)
 
@@ -93,15 +94,39 @@ def test_permission_message_says_what_is_missing(tmp_path: Path) -> None:
     status = tmp_path / "status"
     status.write_text(STATUS.format(eff="0000000000000000"))
     assert capture_permission_message("eth0", status) == (
-        "cannot capture on eth0: this process lacks CAP_NET_RAW; run it as the service (sudo "
-        "dashkanban service install) or grant the capability with: sudo setcap cap_net_raw+ep "
-        f"{interpreter()}"
+        f"cannot capture on eth0: this process lacks CAP_NET_RAW; {grant_hint()}"
     )
     status.write_text(STATUS.format(eff="0000000000002000"))
     assert capture_permission_message("eth0", status) == (
         "cannot capture on eth0: the kernel refused a raw socket although this process holds "
         "CAP_NET_RAW (a seccomp filter, or a network namespace owned by another user namespace?)"
     )
+
+
+def test_the_hint_never_setcaps_a_shared_interpreter(tmp_path: Path) -> None:
+    """Issue 14: setcap on the shared /usr/bin/python3 (what a venv links to) would hand the
+    capability to every Python program; only a --copies venv's own binary may get it."""
+    shared = grant_hint(dedicated=False)
+    assert shared == (
+        "run it as the service (sudo dashkanban service install), or give one command the "
+        "capability: sudo setpriv --reuid=USER --regid=GROUP --init-groups --inh-caps=+net_raw "
+        f"--ambient-caps=+net_raw dashkanban run; not setcap on {interpreter()}, which every "
+        "Python program shares (docs/install.md)"
+    )
+    assert "sudo setcap" not in shared
+    assert grant_hint(dedicated=True) == (
+        "run it as the service (sudo dashkanban service install) or grant the capability to "
+        f"this installation's own interpreter: sudo setcap cap_net_raw+ep {interpreter()}"
+    )
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    copied = venv / "bin" / "python3"
+    copied.write_bytes(b"")
+    linked = venv / "bin" / "python"
+    linked.symlink_to("/usr/bin/python3")
+    assert dedicated_interpreter(str(copied), str(venv), "/usr") is True
+    assert dedicated_interpreter(str(linked), str(venv), "/usr") is False
+    assert dedicated_interpreter("/usr/bin/python3", "/usr", "/usr") is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +196,8 @@ def test_nobody_without_the_capability_is_told_how_to_get_it(venv_python: Path) 
     assert in_netns_as_nobody(venv_python, net_raw=False) == (
         "cap False\n"
         "cannot capture on rx0: this process lacks CAP_NET_RAW; run it as the service (sudo "
-        f"dashkanban service install) or grant the capability with: sudo setcap cap_net_raw+ep "
-        f"{real}\n"
+        "dashkanban service install), or give one command the capability: sudo setpriv "
+        "--reuid=USER --regid=GROUP --init-groups --inh-caps=+net_raw --ambient-caps=+net_raw "
+        f"dashkanban run; not setcap on {real}, which every Python program shares "
+        "(docs/install.md)\n"
     )

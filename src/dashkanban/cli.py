@@ -96,13 +96,21 @@ class Parser(argparse.ArgumentParser):
     option named as such rather than reported as a missing COMMAND."""
 
     argv: Sequence[str] = ()
+    root: argparse.ArgumentParser | None = None  # the top parser, whose tree knows every option
 
     def error(self, message: str) -> Any:
-        unknown = [w for w in self.argv if w.startswith("-") and w != "-"
-                   and w.split("=", 1)[0] not in self._option_string_actions]
-        if "required: COMMAND" in message and unknown:
+        known = {o for a in _all_actions(self.root or self) for o in a.option_strings}
+        words = list(self.argv)
+        choice = re.search(r"invalid choice: '([^']*)'", message)
+        if choice and choice.group(1) in words:
+            words = words[: words.index(choice.group(1))]  # the options before the command
+        unknown = [w for w in words if w.startswith("-") and w != "-"
+                   and w.split("=", 1)[0] not in known]
+        if unknown and ("required: COMMAND" in message or choice):
+            # An unknown option before the command: argparse took its value for the command.
             message = f"unknown option {unknown[0]}"
             message += _suggest(unknown[0].split("=", 1)[0], self._option_string_actions)
+            return super().error(message)
         match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if match:
             choices = re.findall(r"'([^']*)'", match.group(2))
@@ -213,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action=_Version, help="show the version and exit")
     _global(parser, top=True)
+    Parser.argv, Parser.root = (), parser  # main() sets argv; a bare parse_args sees none
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=Parser)
     add = _adder(sub)
@@ -270,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler="dashkanban.check:test_button_command")
 
-    p = add("outbox", "what is queued for Cumulocity", "dashkanban outbox status", common=False)
+    p = add("outbox", "what is queued for Cumulocity", "dashkanban outbox status")
     outbox_sub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True,
                                   parser_class=Parser)
     add_outbox = _adder(outbox_sub, "outbox ")
@@ -315,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="dashkanban.demo:demo_command")
 
     p = add("service", "install or remove the systemd service",
-            "sudo dashkanban service install -c config.ini", common=False)
+            "sudo dashkanban service install -c config.ini")
     service_sub = p.add_subparsers(dest="service_command", metavar="ACTION", required=True,
                                    parser_class=Parser)
     add_service = _adder(service_sub, "service ")
@@ -330,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(handler=f"dashkanban.service:{action}_command")
 
     p = add("kanban", "Kanban bins: report and replenishment",
-            "dashkanban kanban report --since 90d", common=False)
+            "dashkanban kanban report --since 90d")
     kanban_sub = p.add_subparsers(dest="kanban_command", metavar="ACTION", required=True,
                                   parser_class=Parser)
     add_kanban = _adder(kanban_sub, "kanban ")
@@ -368,18 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _adder(sub: Any, prefix: str = "") -> Callable[..., argparse.ArgumentParser]:
     """`add(name, summary, example)`: a command parser whose --help starts with the summary and
-    ends with an example, taking the global options (unless `common=False`: a parser of
-    actions, whose actions take them)."""
+    ends with an example, taking the global options (`used=False`: accepted, not needed)."""
 
-    def add(name: str, summary: str, example: str, *, used: bool = True,
-            common: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, summary: str, example: str, *,
+            used: bool = True) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(
             name, help=summary, description=f"dashkanban {prefix}{name}: {summary}.",
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if common:
-            _common(parser, used=used)
+        _common(parser, used=used)
         return parser
 
     return add

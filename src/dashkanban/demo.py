@@ -32,9 +32,9 @@ from dashkanban.config import Settings, load_settings
 from dashkanban.delivery import deliver
 from dashkanban.events import Event
 from dashkanban.kanban.wiring import open_loop, press_lines
-from dashkanban.outbox import Outbox
+from dashkanban.outbox import Outbox, plural
 from dashkanban.pipeline import Pipeline
-from dashkanban.replay import build_pipeline, load_registry
+from dashkanban.replay import build_pipeline, load_registry, write_fragments
 from dashkanban.safetext import plain
 
 GATEWAY_SERIAL = "dashkanban-demo"
@@ -110,7 +110,10 @@ def demo_command(args: argparse.Namespace) -> int:
                 if loop is not None and loop.history is not None:
                     loop.history.close()
             delivered = deliver(settings, outbox, [], timeout=30)
-        console.print(f"Delivered {delivered} events over MQTT (SmartREST 2.0), each on PUBACK.\n")
+        if loop is not None:
+            write_fragments(settings, loop.bins, presses)
+        console.print(f"Delivered {plural(delivered or 0, 'event')} over MQTT (SmartREST 2.0), "
+                      "each on PUBACK.\n")
         _show(console, sandbox.http_url, "t12345/admin", password, events)
         if presses:
             _supplier_told(console, settings, pipeline, presses[-1].time, sandbox.http_url,
@@ -118,9 +121,14 @@ def demo_command(args: argparse.Namespace) -> int:
         if args.keep:
             console.print(
                 f"\nThe sandbox keeps running: open [bold]{sandbox.http_url}/[/] "
-                f"(user t12345/admin, password {password}). Ctrl-C stops it."
+                f"(user t12345/admin, password {password}). Ctrl-C stops it.", soft_wrap=True
             )
+            sys.stdout.flush()  # a pipe sees it now, not when the demo ends
             _wait_for_interrupt()
+        else:
+            console.print(f"\nThe sandbox and its page {sandbox.http_url}/ stop now; "
+                          "`dashkanban demo --keep` keeps them running until Ctrl-C.",
+                          soft_wrap=True)
     return 0
 
 

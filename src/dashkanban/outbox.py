@@ -681,8 +681,9 @@ class Outbox:
     def drop(self, *, button: str | None = None,
              before: datetime | None = None) -> list[QueuedEvent]:
         """Delete queued rows: all of them, those of one button (its serial, MAC or name), or
-        those pressed before a time; their identities are forgotten, so a replay queues them
-        again. Returns the rows dropped, oldest first."""
+        those pressed before a time. A press first queued by a dropped row is forgotten, so a
+        replay queues it again; one delivered before stays known. Returns the rows dropped,
+        oldest first."""
         serial = None
         if button is not None:
             from dashkanban.buttons import normalize_mac, serial_of
@@ -719,7 +720,7 @@ class Outbox:
                         )
                         self._db.executemany(
                             "DELETE FROM press_ids WHERE serial = ? AND time = ? AND type = ?",
-                            [press_key(r.event) for r in dropped if r.event is not None],
+                            forget,
                         )
                         self._db.execute("COMMIT")
                     except sqlite3.Error:
@@ -727,10 +728,25 @@ class Outbox:
                         raise
 
                 self._ledger()
+                forget = [key for r in dropped if (key := self._first_queued_by(r)) is not None]
                 self._with_room(delete)
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "dropping events") from None
         return dropped
+
+    def _first_queued_by(self, row: QueuedEvent) -> PressKey | None:
+        """The row's press identity if this row is what first queued it (remembered when it was
+        queued, not before): dropping it forgets the press, so a replay queues it again. A
+        press queued once more (`replay --again`) stays known as delivered before."""
+        if row.event is None:
+            return None
+        key = press_key(row.event)
+        found = self._db.execute(
+            "SELECT remembered FROM press_ids WHERE serial = ? AND time = ? AND type = ?", key
+        ).fetchone()
+        if found is None or datetime.fromisoformat(str(found[0])) < row.queued_at:
+            return None
+        return key
 
     def _ledger(self) -> None:
         # Its own table, made when first needed and outside the schema version: an older
@@ -1061,7 +1077,7 @@ def status_command(args: argparse.Namespace) -> int:
 def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int) -> str:
     lines = [
         f"outbox: {path}",
-        f"queued: {stats.rows} events, {stats.bytes} bytes "
+        f"queued: {plural(stats.rows, 'event')}, {stats.bytes} bytes "
         f"(cap {max_rows} events, {max_bytes} bytes; {stats.file_bytes} bytes on disk)",
     ]
     oldest = stats.oldest
@@ -1109,15 +1125,18 @@ def flush_command(args: argparse.Namespace) -> int:
             return 0
         delivered = deliver_explained(settings, outbox, timeout=args.timeout)
     if delivered is None:
-        print(f"outbox: {queued} events queued; the running dashkanban service is delivering them")
+        print(f"outbox: {plural(queued, 'event')} queued; the running dashkanban service is "
+              "delivering them")
     else:
-        print(f"outbox: delivered {delivered} events")
+        print(f"outbox: delivered {plural(delivered, 'event')}")
     return 0
 
 
 def plural(count: int, word: str) -> str:
-    """"1 event", "2 events"."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    """"1 event", "2 events", "2 presses"."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {word}{'es' if word.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def ways_out(count: int) -> str:

@@ -52,11 +52,31 @@ def interpreter() -> Path:
     return Path(os.path.realpath(sys.executable))
 
 
-def grant_hint() -> str:
-    """How to get CAP_NET_RAW without root, for the end of a one-line error."""
+def dedicated_interpreter(executable: str | None = None, prefix: str | None = None,
+                          base_prefix: str | None = None) -> bool:
+    """Whether this Python binary belongs to this installation alone: a venv made with
+    `--copies`, whose interpreter is a file inside the venv rather than a link to the system's
+    (docs/install.md). A capability set on any other would reach every Python program."""
+    exe = Path(os.path.realpath(executable or sys.executable))
+    prefix = prefix if prefix is not None else sys.prefix
+    base = base_prefix if base_prefix is not None else sys.base_prefix
+    if os.path.realpath(prefix) == os.path.realpath(base):
+        return False  # no venv: the system's (or a shared) interpreter
+    return exe.is_relative_to(Path(os.path.realpath(prefix)))
+
+
+def grant_hint(dedicated: bool | None = None) -> str:
+    """How to get CAP_NET_RAW without root, for the end of a one-line error: the service, or the
+    capability for one command (setpriv), or setcap only on a dedicated interpreter, never on
+    the shared one (issue 14; docs/install.md)."""
+    service = "run it as the service (sudo dashkanban service install)"
+    if dedicated if dedicated is not None else dedicated_interpreter():
+        return (f"{service} or grant the capability to this installation's own interpreter: "
+                f"sudo setcap cap_net_raw+ep {interpreter()}")
     return (
-        "run it as the service (sudo dashkanban service install) or grant the capability "
-        f"with: sudo setcap cap_net_raw+ep {interpreter()}"
+        f"{service}, or give one command the capability: sudo setpriv --reuid=USER "
+        "--regid=GROUP --init-groups --inh-caps=+net_raw --ambient-caps=+net_raw dashkanban run"
+        f"; not setcap on {interpreter()}, which every Python program shares (docs/install.md)"
     )
 
 

@@ -20,7 +20,7 @@ from dashkanban.capture.filters import file_program
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.events import Event, check_event_text
-from dashkanban.outbox import plural
+from dashkanban.outbox import StillQueuedError, plural
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
 from dashkanban.safetext import plain
@@ -140,13 +140,13 @@ def _replay(
         delivered = _send(settings, found, args.timeout, clock, again=args.again)
     except DashkanbanError as exc:
         if corrupt is not None:
-            raise CaptureError(f"{corrupt}; and the presses before it: {exc}") from None
+            raise StillQueuedError(f"{corrupt}; and the presses before it: {exc}",
+                                   exc.exit_code) from None
         raise
     if corrupt is not None:
-        raise CaptureError(
-            f"{corrupt}; {plural(delivered, 'press')} before it "
-            f"{'was' if delivered == 1 else 'were'} delivered"
-        ) from None
+        were = "was" if len(found) == 1 else "were"
+        how = "delivered" if delivered else "queued for the running dashkanban service"
+        raise CaptureError(f"{corrupt}; {plural(len(found), 'press')} before it {were} {how}")
     return 0
 
 
@@ -174,11 +174,11 @@ def _collect(
 
 
 def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
-          clock: PacketClock | None = None, *, again: bool = False) -> int:
+          clock: PacketClock | None = None, *, again: bool = False) -> bool:
     """Queue the events (with their Kanban lines) in the outbox, each press once (design 8: a
     press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
-    Returns how many of the file's presses were delivered (or queued for the service)."""
+    Returns True when they were delivered, False when queued for the running service."""
     from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue_at_frames
     from dashkanban.outbox import Outbox, deliver_explained, press_key
 
@@ -220,7 +220,7 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
               "delivers them", file=sys.stderr)
     else:
         print(f"delivered {plural(delivered, 'event')} to {settings.c8y.tenant}", file=sys.stderr)
-    return len(fresh)
+    return delivered is not None
 
 
 def write_fragments(settings: Settings, bins: Bins, presses: list[Press]) -> None:

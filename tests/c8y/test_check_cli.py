@@ -59,8 +59,17 @@ def test_check_all_pass(tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: Tls
     assert "dashkanban-gw-01" in mosquitto_tls.log_text()
 
 
+def plain_buttons(folder: Path) -> Path:
+    """A MACID.csv without bins: nothing uses REST, which mosquitto does not have."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "plain.csv"
+    path.write_text(PLAIN_CSV)
+    return path
+
+
 def test_check_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
-    config = write_config(tmp_path, mosquitto_tls, password="wrong")
+    config = write_config(tmp_path, mosquitto_tls, password="wrong",
+                          buttons=plain_buttons(tmp_path))
     result = run("check", "-c", str(config))
     port = mosquitto_tls.port
     message = (f"127.0.0.1:{port} refused the login for t12345/dash-gateway: not authorised "
@@ -91,7 +100,8 @@ def foreign_ca() -> Path:
 
 def test_check_untrusted_certificate(tmp_path: Path, mosquitto_tls: Mosquitto,
                                      foreign_ca: Path) -> None:
-    config = write_config(tmp_path / "cfg", mosquitto_tls, ca_file=foreign_ca)
+    config = write_config(tmp_path / "cfg", mosquitto_tls, ca_file=foreign_ca,
+                          buttons=plain_buttons(tmp_path))
     result = run("check", "-c", str(config))
     assert result.returncode == 1
     assert result.stdout.splitlines()[-2:] == [
@@ -116,7 +126,8 @@ def mosquitto_other_name(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def test_check_wrong_host_name(tmp_path: Path, mosquitto_other_name: Mosquitto) -> None:
-    config = write_config(tmp_path / "cfg", mosquitto_other_name, host="localhost")
+    config = write_config(tmp_path / "cfg", mosquitto_other_name, host="localhost",
+                          buttons=plain_buttons(tmp_path))
     result = run("check", "-c", str(config))
     assert result.returncode == 1
     what = ("the server certificate is not valid for 'localhost' (Hostname mismatch, certificate "
@@ -241,3 +252,27 @@ def test_test_button_unknown_button_exits_2(tmp_path: Path, mosquitto_tls: Mosqu
     assert result.stderr.splitlines()[-1] == (
         f"error: no button 'nope' in {tmp_path / 'MACID.csv'} (give its Name or MAC)"
     )
+
+
+def test_check_finds_an_unwritable_outbox_and_goes_on(tmp_path: Path,
+                                                      mosquitto_tls: Mosquitto) -> None:
+    """Issue 14: check passed with an outbox nobody could write. It fails the step, runs the
+    rest, and sums up once."""
+    from tests.faults import read_only_filesystem
+
+    buttons = tmp_path / "plain.csv"
+    buttons.write_text(PLAIN_CSV)
+    with read_only_filesystem(tmp_path / "ro", lambda folder: None) as folder:
+        config = write_config(tmp_path, mosquitto_tls, buttons=buttons,
+                              outbox=folder / "state" / "outbox.sqlite3")
+        result = run("check", "-c", str(config))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[3:5] == [
+        f"✗ outbox {folder / 'state' / 'outbox.sqlite3'}: the folder {folder} is read-only "
+        "(SQLite writes its -wal and -shm files there)",
+        "  hint: make it writable for the user that runs dashkanban, or set [outbox] path",
+    ]
+    assert lines[-1] == "✓ MQTT login as t12345/dash-gateway, client id dashkanban-gw-01"
+    assert result.stderr.splitlines() == [
+        "error: check: 1 step failed (outbox); see the lines marked ✗ above"]

@@ -36,7 +36,7 @@ def write_config(folder: Path, sandbox: Sandbox, mode: str) -> Path:
 
 def replay(config: Path, capsys: pytest.CaptureFixture[str], *options: str) -> str:
     """Run the command; it must succeed with no error or warning line. Returns its stderr."""
-    assert main(["replay", "-c", str(config), *options, str(SAMPLE)]) == 0
+    assert main(["replay", "-c", str(config), str(SAMPLE), *options]) == 0
     err = capsys.readouterr().err
     lines = err.splitlines()
     assert lines[-1] == DELIVERED
@@ -162,7 +162,9 @@ def test_second_run_gets_41_100_and_is_fine(
     config = write_config(tmp_path, sandbox, "gateway")
     replay(config, capsys)
     first = len(sandbox.messages())
-    err = replay(config, capsys, "--again")  # the same presses once more, on purpose
+    # --again: a press already delivered is otherwise skipped (issue 14), and this test is about
+    # the second connect of the same gateway.
+    err = replay(config, capsys, "--again")
 
     # The same sequence again on a new connection: the outbox was emptied, so these are the
     # capture's presses once more, not leftovers of the first run.

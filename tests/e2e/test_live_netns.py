@@ -19,6 +19,7 @@ import pytest
 from dashkanban.capture import Frame, forge
 from dashkanban.capture.live import LiveCapture, candidate_filter, default_interface
 from dashkanban.decode import Decoder, Sighting
+from dashkanban.privileges import grant_hint
 from tests.e2e.netns import Pair, enter, ip, sender
 
 pytestmark = pytest.mark.netns
@@ -208,9 +209,8 @@ def test_without_cap_net_raw_exits_2() -> None:
     )
     assert result.returncode == 2
     last = result.stderr.splitlines()[-1]
-    assert last.startswith("error: cannot capture on lo: this process lacks CAP_NET_RAW; run it "
-                           "as the service (sudo dashkanban service install) or grant the "
-                           "capability with: sudo setcap cap_net_raw+ep /")
+    assert last == ("error: cannot capture on lo: this process lacks CAP_NET_RAW; "
+                    f"{grant_hint()}")
     assert "dashkanban service install" in last
 
 
