@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, metavar="F", help="serve MQTT over TLS with this cert")
     p.add_argument("--tls-key", type=Path, metavar="F", help="the certificate's private key")
     p.add_argument("--data", type=Path, metavar="FILE", help="keep the store in this JSON file")
+    p.add_argument("--bootstrap-password", default=None, metavar="PW",
+                   help="password of management/devicebootstrap for `dashkanban register` "
+                   "(default: random, printed)")
     p.set_defaults(handler="dashkanban.sandbox.cli:sandbox_command")
 
     p = sub.add_parser("demo", help="the whole pipeline against the built-in sandbox")

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode
 
 from dashkanban.sandbox import page
 from dashkanban.sandbox.http import Request, Response
+from dashkanban.sandbox.registration import (
+    Accounts,
+    DeviceCredentials,
+    RegistrationError,
+    Registrations,
+    Role,
+)
 from dashkanban.sandbox.store import (
     SEVERITIES,
     ConflictError,
@@ -65,18 +71,25 @@ def _dump(value: Any) -> bytes:
 
 
 Route = Callable[["RestApi", Request, "re.Match[str]"], Awaitable[Response]]
+# Who may call a route: False open; True the tenant user and device users; "tenant" only the
+# tenant user (device users have device rights only); "bootstrap" only the bootstrap user.
+Auth = bool | Literal["tenant", "bootstrap"]
 
 
 class RestApi:
     """Request in, response out, on the shared store. `operation_created` tells the broker."""
 
     def __init__(self, store: Store, username: str, password: str,
-                 operation_created: Callable[[Doc], object] | None = None) -> None:
+                 operation_created: Callable[[Doc], object] | None = None, *,
+                 accounts: Accounts | None = None,
+                 registrations: Registrations | None = None) -> None:
         self.store = store
         self._username = username
         self._password = password
         self.operation_created = operation_created
-        self._routes: list[tuple[str, re.Pattern[str], Route, bool]] = [
+        self.accounts = accounts or Accounts(username, password, None)
+        self.registrations = registrations
+        self._routes: list[tuple[str, re.Pattern[str], Route, Auth]] = [
             (m, re.compile(p), f, auth) for m, p, f, auth in _ROUTES
         ]
 
@@ -91,7 +104,7 @@ class RestApi:
                 continue
             try:
                 if auth:
-                    self._authenticate(request)
+                    self._permit(self._authenticate(request), auth)
                 response = await function(self, request, match)
             except ApiError as exc:
                 response = exc.response()
@@ -102,7 +115,15 @@ class RestApi:
                             f"Method {request.method} is not supported").response()
         return ApiError(404, "general/notFound", f"No resource at {request.path}").response()
 
-    def _authenticate(self, request: Request) -> None:
+    @staticmethod
+    def _permit(role: Role, auth: Auth) -> None:
+        allowed = {"tenant": role == "tenant", "bootstrap": role == "bootstrap"}.get(
+            str(auth), role in ("tenant", "device"))
+        if not allowed:
+            # [UNVERIFIED] the platform's exact body for a permission it does not grant.
+            raise ApiError(403, "security/Forbidden", "Access is denied", SECURITY_INFO)
+
+    def _authenticate(self, request: Request) -> Role:
         header = request.header("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "basic" or not token:
@@ -112,12 +133,12 @@ class RestApi:
             user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             user, password = "", ""
-        ok_user = hmac.compare_digest(user.encode(), self._username.encode())
-        ok_password = hmac.compare_digest(password.encode(), self._password.encode())
-        if not (ok_user and ok_password):
+        role = self.accounts.role(user, password.encode())
+        if role is None:
             # [UNVERIFIED] the exact message for wrong credentials.
             raise ApiError(401, "security/Unauthorized", "Invalid credentials! : Bad credentials",
                            SECURITY_INFO)
+        return role
 
     # -- rendering --------------------------------------------------------------------------
     @staticmethod
@@ -460,13 +481,69 @@ class RestApi:
             raise ApiError(404, "devicecontrol/Not Found", f"No operation for gid '{match['id']}'!")
         return Response(200, _dump(self._render_op(found[0], request)), media_type("operation"))
 
+    # -- device registration ----------------------------------------------------------------
+    def _registrations(self) -> Registrations:
+        if self.registrations is None:
+            raise ApiError(404, "general/notFound", "device registration is off")
+        return self.registrations
+
+    async def device_credentials(self, request: Request, match: re.Match[str]) -> Response:
+        # The REST form of the bootstrap: 404 until accepted, then the device user
+        # (device-integration-rest-bundle/integration-life-cycle.md, step 0).
+        data = _json_object(request)
+        device_id = data.get("id")
+        if not isinstance(device_id, str) or not device_id:
+            raise _validation(["id"])
+        issued = self._registrations().request(device_id)
+        if issued is None:
+            # [UNVERIFIED] the body of the 404; the status code is documented.
+            raise ApiError(404, "devicecontrol/Not Found",
+                           f"There is no newDeviceRequest for id = {device_id}")
+        return Response(200, _dump(_credentials_doc(issued, device_id, self.base(request))),
+                        media_type("devicecredentials"))
+
+    async def list_registrations(self, request: Request, match: re.Match[str]) -> Response:
+        items = [_registration_doc(r) for r in self._registrations().entries()]
+        return Response(200, _dump({"registrations": items}), "application/json")
+
+    async def post_registration(self, request: Request, match: re.Match[str]) -> Response:
+        form = _is_form(request)
+        device_id = _form_field(request, "id") if form else _json_object(request).get("id")
+        if not isinstance(device_id, str):
+            raise _validation(["id"])
+        try:
+            item = self._registrations().register(device_id)
+        except RegistrationError as exc:
+            raise ApiError(exc.status, "sandbox/registration", exc.message) from None
+        if form:
+            return _back_to_page()
+        return Response(201, _dump(_registration_doc(item)), "application/json")
+
+    async def accept_registration(self, request: Request, match: re.Match[str]) -> Response:
+        try:
+            item = self._registrations().accept(match["id"])
+        except RegistrationError as exc:
+            raise ApiError(exc.status, "sandbox/registration", exc.message) from None
+        if _is_form(request):
+            return _back_to_page()
+        return Response(200, _dump(_registration_doc(item)), "application/json")
+
     # -- page -------------------------------------------------------------------------------
+    def _page_state(self) -> dict[str, Any]:
+        data = page.state(self.store)
+        entries = self.registrations.entries() if self.registrations is not None else []
+        data["registrations"] = [_registration_doc(r) for r in entries]
+        if self.registrations is not None:
+            # Both counters only grow: their sum changes whenever either does.
+            data["version"] = int(data["version"]) + self.registrations.version
+        return data
+
     async def status_page(self, request: Request, match: re.Match[str]) -> Response:
-        return Response(200, page.render_html(page.state(self.store)).encode("utf-8"),
+        return Response(200, page.render_html(self._page_state()).encode("utf-8"),
                         "text/html; charset=utf-8", (("Cache-Control", "no-store"),))
 
     async def status_json(self, request: Request, match: re.Match[str]) -> Response:
-        return Response(200, _dump(page.state(self.store)), "application/json",
+        return Response(200, _dump(self._page_state()), "application/json",
                         (("Cache-Control", "no-store"),))
 
     async def openapi(self, request: Request, match: re.Match[str]) -> Response:
@@ -533,6 +610,37 @@ def _json_object(request: Request) -> Doc:
     return data
 
 
+def _registration_doc(item: Any) -> Doc:
+    doc: Doc = {"id": item.id, "status": item.status, "creationTime": item.created}
+    if item.username is not None:
+        doc["username"] = item.username
+    return doc
+
+
+def _credentials_doc(issued: DeviceCredentials, device_id: str, base: str) -> Doc:
+    return {"id": device_id, "self": f"{base}/devicecontrol/deviceCredentials/{device_id}",
+            "tenantId": issued.tenant, "username": issued.username, "password": issued.password}
+
+
+def _is_form(request: Request) -> bool:
+    kind = (request.header("content-type") or "").split(";")[0].strip().lower()
+    return kind == "application/x-www-form-urlencoded"
+
+
+def _form_field(request: Request, name: str) -> str | None:
+    try:
+        fields = parse_qs(request.body.decode("utf-8"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "general/badRequest", "The request body is not a form") from None
+    values = fields.get(name)
+    return values[0] if values else None
+
+
+def _back_to_page() -> Response:
+    # A button on the status page posts a form; the browser goes back to the page.
+    return Response(303, b"", None, (("Location", "/"),))
+
+
 def _validation(missing: list[str]) -> ApiError:
     # The platform's wording for missing mandatory fields (json-via-mqtt.md, notes 2.8).
     return ApiError(422, "undefined/validationError",
@@ -540,9 +648,13 @@ def _validation(missing: list[str]) -> ApiError:
 
 
 _ID = r"(?P<id>[^/]+)"
-_ROUTES: list[tuple[str, str, Route, bool]] = [
+_ROUTES: list[tuple[str, str, Route, Auth]] = [
     ("GET", r"/", RestApi.status_page, False),
     ("GET", r"/sandbox/state\.json", RestApi.status_json, False),
+    ("GET", r"/sandbox/registrations", RestApi.list_registrations, "tenant"),
+    ("POST", r"/sandbox/registrations", RestApi.post_registration, "tenant"),
+    ("POST", rf"/sandbox/registrations/{_ID}/accept", RestApi.accept_registration, "tenant"),
+    ("POST", r"/devicecontrol/deviceCredentials", RestApi.device_credentials, "bootstrap"),
     ("GET", r"/openapi\.json", RestApi.openapi, False),
     ("GET", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)", RestApi.get_external_id, True),
     ("DELETE", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)",
