@@ -158,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(handler="dashkanban.check:check_command")
 
+    p = sub.add_parser("register", help="get this gateway's own Cumulocity user (device "
+                       "registration) instead of a password in config.ini")
+    _common(p)
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="seconds to wait for the operator's Accept (default: 600)")
+    p.add_argument("--force", action="store_true",
+                   help="register although config.ini has a login or credentials are stored")
+    p.set_defaults(handler="dashkanban.register:register_command")
+
     p = sub.add_parser("test-button", help="send one event as if that button had been pressed")
     _common(p)
     p.add_argument("button", metavar="NAME|MAC", help="a button's name or MAC")
