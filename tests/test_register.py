@@ -409,3 +409,41 @@ def test_credentials_file_is_read_as_ssh_reads_a_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         credentials.parse("user = device_x\npassword = p\n", target)
     assert str(caught.value) == f"{target}:1: user = device_x: expected tenantID/user"
+
+
+# ---------------------------------------------------------------------------------------------
+# service install carries the credentials into the service's state folder
+
+
+def test_service_install_carries_the_credentials(tmp_path: Path,
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    from tests.service_helpers import is_root, make_scratch_root, passwd_entry, tree
+
+    if not is_root():
+        pytest.skip("installing (useradd --root, chown) needs root")
+    config = write_config(tmp_path / "site", 8883)
+    # The bootstrap password, left in the config, is masked like a password in --dry-run.
+    config.write_text(config.read_text().replace("tls = no\nallow_insecure = yes\n", ""))
+    target = stored(config)
+    secret_text = "user = t12345/device_gw\npassword = dev-s3cret\n"
+    credentials.write(target, credentials.parse(secret_text, target), _now())
+    root = make_scratch_root(tmp_path / "root")
+    assert main(["service", "install", "-c", str(config), "--root", str(root), "--dry-run"]) == 0
+    dry = capfd.readouterr().out
+    assert "dev-s3cret" not in dry
+    assert BOOTSTRAP_PASSWORD not in dry
+    assert "bootstrap_password = ***" in dry
+    assert main(["service", "install", "-c", str(config), "--root", str(root)]) == 0
+    out, err = capfd.readouterr()
+    assert "dev-s3cret" not in out + err
+    user = passwd_entry(root, "dashkanban")
+    assert user is not None
+    uid, gid = int(user[2]), int(user[3])
+    files = tree(root)
+    assert files["var/lib/dashkanban"][:3] == (0o40750, uid, gid)
+    assert files["var/lib/dashkanban/credentials"] == (
+        0o100600, uid, gid, target.read_bytes())
+    # The installed config names no login: the service reads that file.
+    installed = files["etc/dashkanban/config.ini"][3].decode()
+    assert "\npassword" not in installed
+    assert "path = /var/lib/dashkanban/outbox.sqlite3" in installed

@@ -40,6 +40,7 @@ CONFIG_DIR = PurePosixPath("/etc/dashkanban")
 CONFIG_PATH = CONFIG_DIR / "config.ini"
 STATE_DIR = PurePosixPath("/var/lib/dashkanban")  # = StateDirectory=dashkanban
 OUTBOX_PATH = STATE_DIR / "outbox.sqlite3"
+CREDENTIALS_NAME = "credentials"  # dashkanban.credentials.FILE_NAME, next to the outbox
 NOLOGIN = "/usr/sbin/nologin"
 SECRET_MODE = 0o640  # root-owned, readable by the service's group only
 # What the sandbox hides from the service: an executable there cannot start.
@@ -182,7 +183,7 @@ def mask_password(text: str) -> str:
     out = []
     for raw in text.splitlines():
         key, eq, value = raw.partition("=")
-        if eq and key.strip().casefold() == "password" and value.strip():
+        if eq and key.strip().casefold() in ("password", "bootstrap_password") and value.strip():
             raw = f"{key.rstrip()} = ***"
         out.append(raw)
     return "\n".join(out) + "\n"
@@ -261,6 +262,8 @@ class InstallInputs:
     config_text: str
     buttons: NamedFile | None
     files: tuple[NamedFile, ...]
+    # The device credentials of `dashkanban register`, when the config names no login.
+    credentials: NamedFile | None = None
 
 
 def installed_name(source: Path) -> str:
@@ -298,6 +301,12 @@ def plan_install(inputs: InstallInputs) -> list[Action]:
             CONFIG_PATH, config.encode(), SECRET_MODE, "root", inputs.group, mask_password(config)
         )
     )
+    if inputs.credentials is not None:
+        # Into the state folder, which the installed config's outbox path names, owned by the
+        # service user alone (the file is read as ssh reads a key: docs/security.md).
+        actions.append(MakeDir(STATE_DIR, 0o750, inputs.user, inputs.group))
+        actions.append(WriteFile(STATE_DIR / CREDENTIALS_NAME, inputs.credentials.content,
+                                 0o600, inputs.user, inputs.group, None))
     unit = unit_text(inputs.user, inputs.group, inputs.executable)
     actions.append(WriteFile(UNIT_PATH, unit.encode(), 0o644, "root", "root", unit))
     if inputs.root == Path("/"):
@@ -515,6 +524,9 @@ def gather_install(args: argparse.Namespace) -> InstallInputs:
         for section, key, secret in _NAMED_FILES
         if (path := paths[key]) is not None
     )
+    credentials = None
+    if c8y.credentials_file is not None:
+        credentials = _read_named(settings, "C8YMQTT", "credentials", c8y.credentials_file, True)
     executable = find_executable()
     interpreter = PurePosixPath(os.path.realpath(sys.executable))
     problem = executable_problem(PurePosixPath(os.path.realpath(executable)), interpreter)
@@ -537,6 +549,7 @@ def gather_install(args: argparse.Namespace) -> InstallInputs:
         config_text=config_path.read_text(encoding="utf-8-sig"),
         buttons=buttons,
         files=files,
+        credentials=credentials,
     )
 
 
