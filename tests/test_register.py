@@ -108,7 +108,8 @@ def test_register_with_the_sandbox_then_test_button(
     config = write_config(tmp_path, sandbox.mqtt_port, rest_url=sandbox.http_url)
     operator = Operator(sandbox)
     operator.start()
-    assert main(["register", "-c", str(config)]) == 0
+    # At debug level too: paho, aiomqtt and the sandbox log every packet then.
+    assert main(["--log-level", "debug", "register", "-c", str(config)]) == 0
     operator.join()
     out, err = capfd.readouterr()
     target = stored(config)
@@ -123,12 +124,13 @@ def test_register_with_the_sandbox_then_test_button(
     outputs = [out, err]
 
     # Every command now logs in with them: test-button delivers its event.
-    assert main(["test-button", "-c", str(config), "dashButton_1", "--timeout", "10"]) == 0
+    assert main(["--log-level", "debug", "test-button", "-c", str(config), "dashButton_1",
+                 "--timeout", "10"]) == 0
     events = sandbox.events("ac63be123456")
     assert [e["text"] for e in events] == ["dashButton_1 pressed (ac:63:be:12:34:56)"]
     assert sandbox.device(SERIAL) is not None
     # check says which credentials it used, never the password.
-    assert main(["check", "-c", str(config)]) == 0
+    assert main(["--log-level", "debug", "check", "-c", str(config)]) == 0
     out, err = capfd.readouterr()
     outputs += [out, err]
     assert (f"✓ MQTT login as {user} (device credentials from {target}), client id {SERIAL}"
