@@ -158,6 +158,39 @@ def test_timeout_is_exit_3_with_one_line(tmp_path: Path, capfd: pytest.CaptureFi
     assert BOOTSTRAP_PASSWORD not in out + err
 
 
+def test_a_lost_connection_is_made_again(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                         sandbox_bootstrap: Sandbox) -> None:
+    sandbox = sandbox_bootstrap
+    assert sandbox.mqtt_port is not None
+    config = write_config(tmp_path, sandbox.mqtt_port)
+    sandbox.register_device(SERIAL)
+
+    def operator() -> None:
+        deadline = time.monotonic() + WAIT
+        while sandbox.registration_status(SERIAL) != "PENDING_ACCEPTANCE":
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        assert sandbox.drop_connection(SERIAL)
+        while sandbox.stats()["connections"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sandbox.accept_device(SERIAL)
+
+    thread = threading.Thread(target=operator, daemon=True)
+    thread.start()
+    assert main(["register", "-c", str(config), "--timeout", "10"]) == 0
+    thread.join()
+    out, err = capfd.readouterr()
+    assert out.splitlines()[:4] == instructions(timeout="10")  # printed once only
+    assert out.splitlines()[4:] == [
+        f"✓ accepted: this gateway logs in as {SANDBOX_TENANT}/device_{SERIAL}",
+        f"✓ stored in {stored(config)} (mode 0600)"]
+    lost = [line for line in own(err) if "lost" in line]
+    assert len(lost) == 1
+    assert f"dashkanban.register: connection to 127.0.0.1:{sandbox.mqtt_port} lost (" in lost[0]
+    assert lost[0].endswith("); connecting again in 0.05 s")
+
+
 def test_wrong_bootstrap_password_is_one_line_exit_1(
         tmp_path: Path, capfd: pytest.CaptureFixture[str], sandbox_bootstrap: Sandbox) -> None:
     assert sandbox_bootstrap.mqtt_port is not None

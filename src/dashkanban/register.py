@@ -107,9 +107,10 @@ async def request_credentials(c8y: C8yMqttSettings, serial: str, password: Secre
     # The bootstrap login carries no client certificate: it is the device's first contact.
     context = make_tls_context(replace(c8y, cert_file=None, key_file=None)) if c8y.tls else None
     waiting = False
+    found: DeviceCredentials | None = None
     try:
         async with asyncio.timeout(timeout):
-            while True:
+            while found is None:
                 try:
                     async with aiomqtt.Client(
                         c8y.tenant, c8y.port, username=c8y.bootstrap_user,
@@ -127,7 +128,6 @@ async def request_credentials(c8y: C8yMqttSettings, serial: str, password: Secre
                             found = await _await_credentials(client)
                         finally:
                             await _stop(asking, stop)
-                        return found
                 except MqttConnectError as exc:
                     code = _connack(exc)
                     meaning = _CONNACK.get(code or 0, f"code {code}")
@@ -136,15 +136,23 @@ async def request_credentials(c8y: C8yMqttSettings, serial: str, password: Secre
                         f"{meaning} (CONNACK {code}); check [C8YMQTT] bootstrap_password or "
                         f"${BOOTSTRAP_PASSWORD_ENV}") from None
                 except aiomqtt.MqttError as exc:
+                    if found is not None:
+                        # Only the goodbye failed: the credentials are here.
+                        log.debug("disconnecting from %s after 70: %s", address, exc)
+                        break
                     if not waiting:
                         raise UplinkError(f"cannot connect to {address}: {exc}") from None
                     log.warning("connection to %s lost (%s); connecting again in %g s",
                                 address, exc, interval)
                     await asyncio.sleep(interval)
     except TimeoutError:
+        if found is not None:
+            return found
         raise RegisterTimeoutError(
             f"not accepted within {timeout:g} s: register and accept the serial {serial} in "
             "Device Management > Registration, then run `dashkanban register` again") from None
+    assert found is not None  # the loop ends only with credentials
+    return found
 
 
 async def _ask(client: aiomqtt.Client, interval: float, stop: asyncio.Event) -> None:
