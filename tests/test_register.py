@@ -482,3 +482,95 @@ def test_service_install_carries_the_credentials(tmp_path: Path,
     installed = files["etc/dashkanban/config.ini"][3].decode()
     assert "\npassword" not in installed
     assert "path = /var/lib/dashkanban/outbox.sqlite3" in installed
+
+
+# ---------------------------------------------------------------------------------------------
+# register --certificate: EST enrolment with the sandbox's certificate authority
+
+ONE_TIME = "0ne-time-pw"
+
+
+def test_certificate_enrolment_with_the_sandbox(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        sandbox_bootstrap: Sandbox) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    sandbox = sandbox_bootstrap
+    assert sandbox.mqtt_port is not None
+    config = write_config(tmp_path, sandbox.mqtt_port, bootstrap_password=None,
+                          rest_url=sandbox.http_url)
+    monkeypatch.setenv("DASHKANBAN_ONE_TIME_PASSWORD", ONE_TIME)
+    sandbox.register_device(SERIAL, ONE_TIME)
+    assert main(["register", "--certificate", "-c", str(config), "--timeout", "5"]) == 0
+    out, err = capfd.readouterr()
+    state = tmp_path / "state"
+    key_path, cert_path = state / "device-key.pem", state / "device-cert.pem"
+    leaf, ca = x509.load_pem_x509_certificates(cert_path.read_bytes())
+    assert ca == x509.load_pem_x509_certificate(sandbox.ca_pem)
+    leaf.verify_directly_issued_by(ca)
+    assert leaf.subject.rfc4514_string() == f"CN={SERIAL}"
+    assert out.splitlines() == [
+        f"✓ certificate CN={SERIAL}, issued by {ca.subject.rfc4514_string()}, valid until "
+        f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+        f"✓ key in {key_path} (mode 0600), certificate in {cert_path}"]
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key() == leaf.public_key()
+    assert ONE_TIME not in out + err
+    # Every command now logs in with the certificate.
+    settings = load_settings(config, {})
+    assert (settings.c8y.cert_file, settings.c8y.key_file) == (cert_path, key_path)
+    assert settings.c8y.password is None
+    # The one-time password is used up, and a second register needs --force.
+    assert main(["register", "--certificate", "-c", str(config), "--timeout", "5"]) == 2
+    assert own(capfd.readouterr().err) == [
+        f"error: {cert_path} already holds this gateway's certificate; --force replaces it"]
+
+
+def test_certificate_enrolment_wrong_one_time_password_times_out(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        sandbox_bootstrap: Sandbox) -> None:
+    sandbox = sandbox_bootstrap
+    assert sandbox.mqtt_port is not None
+    config = write_config(tmp_path, sandbox.mqtt_port, bootstrap_password=None,
+                          rest_url=sandbox.http_url)
+    monkeypatch.setenv("DASHKANBAN_ONE_TIME_PASSWORD", "not-it")
+    sandbox.register_device(SERIAL, ONE_TIME)
+    assert main(["register", "--certificate", "-c", str(config), "--timeout", "0.3"]) == 3
+    out, err = capfd.readouterr()
+    assert out.splitlines() == [
+        f"Waiting up to 0.3 s for the certificate authority of 127.0.0.1 to sign a certificate "
+        f"for {SERIAL}.",
+        f"Register the device ID {SERIAL} with a one-time password for the certificate "
+        "authority in Device Management, and give the same password here "
+        "($DASHKANBAN_ONE_TIME_PASSWORD)."]
+    assert own(err)[-1] == (
+        f"error: no certificate within 0.3 s: register {SERIAL} with a one-time password for "
+        "the certificate authority, then run `dashkanban register --certificate` again (last "
+        "answer: 401 no registration with this device ID and one-time password)")
+    assert not (tmp_path / "state" / "device-key.pem").exists()
+    assert "not-it" not in out + err
+
+
+def test_parse_enrolled_reads_pem_and_pkcs7(tmp_path: Path) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    from dashkanban.enrol import parse_enrolled
+    from tests.brokers import make_tls_files
+
+    files = make_tls_files(tmp_path / "tls")
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(files.client_cert.read_bytes())
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    assert parse_enrolled(pem) == [cert]
+    der = pkcs7.serialize_certificates([cert], serialization.Encoding.DER)
+    assert parse_enrolled(base64.encodebytes(der)) == [cert]
+    assert parse_enrolled(b"not a certificate") == []

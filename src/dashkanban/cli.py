@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the operator's Accept (default: 600)")
     p.add_argument("--force", action="store_true",
                    help="register although config.ini has a login or credentials are stored")
+    p.add_argument("--certificate", action="store_true",
+                   help="enrol a client certificate from the tenant's certificate authority "
+                   "(EST) instead of getting a device password")
     p.set_defaults(handler="dashkanban.register:register_command")
 
     p = sub.add_parser("test-button", help="send one event as if that button had been pressed")

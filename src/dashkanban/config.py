@@ -676,7 +676,13 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
     path = credentials.credentials_path(outbox_path)
     found = credentials.read(path)
     tenant_id = v.raw(s, "tenantID").strip()
-    if found is None:
+    # `register --certificate` leaves a key and a certificate next to it instead.
+    key_file = outbox_path.parent / "device-key.pem"  # dashkanban.enrol.KEY_NAME
+    cert_file = outbox_path.parent / "device-cert.pem"  # dashkanban.enrol.CERT_NAME
+    enrolled = found is None and key_file.is_file() and cert_file.is_file()
+    if enrolled:
+        user, password = "", None
+    elif found is None:
         if need_credentials:
             raise ConfigError(
                 f"no login: [{s}] has no user, password or cert_file, and {path} does not "
@@ -704,8 +710,8 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
         tls=tls,
         allow_insecure=allow_insecure,
         ca_file=v.path_value(s, "ca_file"),
-        cert_file=None,
-        key_file=None,
+        cert_file=cert_file if enrolled else None,
+        key_file=key_file if enrolled else None,
         rest_url=rest_url,
         keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
         credentials_file=path if found is not None else None,

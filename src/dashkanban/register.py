@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -45,6 +48,7 @@ from dashkanban.secret import Secret
 
 log = logging.getLogger(__name__)
 
+ONE_TIME_PASSWORD_ENV = "DASHKANBAN_ONE_TIME_PASSWORD"  # noqa: S105 - the variable's name
 REQUEST_TOPIC = "s/ucr"
 RESPONSE_TOPIC = "s/dcr"
 CREDENTIALS_TEMPLATE = "70"
@@ -198,10 +202,17 @@ def operator_instructions(serial: str, tenant: str, timeout: float) -> str:
     )
 
 
+def _enrolled(settings: Settings) -> bool:
+    """Whether the login is the certificate of an earlier `register --certificate`."""
+    from dashkanban.enrol import certificate_paths
+
+    return settings.c8y.cert_file == certificate_paths(settings.outbox.path)[1]
+
+
 def _login_in_config(settings: Settings) -> str | None:
     """What in [C8YMQTT] is a login of its own already, in words, or None."""
     c8y = settings.c8y
-    if c8y.credentials_file is not None:
+    if c8y.credentials_file is not None or _enrolled(settings):
         return None
     if c8y.cert_file is not None:
         return "a client certificate (cert_file)"
@@ -224,12 +235,17 @@ def register_command(args: argparse.Namespace) -> int:
     if c8y.credentials_file is not None and not args.force:
         raise ConfigError(
             f"{target} already holds the credentials of {c8y.username}; --force replaces them")
+    if _enrolled(settings) and not args.force:
+        raise ConfigError(
+            f"{c8y.cert_file} already holds this gateway's certificate; --force replaces it")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout:g}: give a positive number of seconds")
+    if getattr(args, "certificate", False):
+        return _certificate(settings, args, configured)
     if c8y.bootstrap_password is None:
         raise ConfigError(
             f"no bootstrap password: set [C8YMQTT] bootstrap_password or "
             f"${BOOTSTRAP_PASSWORD_ENV} (Cumulocity's support hands it out)", path)
-    if not args.timeout > 0:
-        raise ConfigError(f"--timeout {args.timeout:g}: give a positive number of seconds")
 
     def waiting() -> None:
         print(operator_instructions(serial, c8y.tenant, args.timeout), flush=True)
@@ -244,6 +260,36 @@ def register_command(args: argparse.Namespace) -> int:
         print(f"note: [C8YMQTT] in {path} still has {configured}, which comes first; remove "
               f"user, password, password_file and cert_file (and ${PASSWORD_ENV}) to log in "
               "with the stored credentials", flush=True)
+    return 0
+
+
+def _certificate(settings: Settings, args: argparse.Namespace, configured: str | None) -> int:
+    from dashkanban.enrol import enrol
+
+    c8y, serial = settings.c8y, settings.gateway.serial
+    one_time = os.environ.get(ONE_TIME_PASSWORD_ENV, "")
+    if not one_time and sys.stdin.isatty():
+        one_time = getpass.getpass(f"one-time password of {serial}: ")
+    if not one_time:
+        raise ConfigError(f"no one-time password: set ${ONE_TIME_PASSWORD_ENV} (the one the "
+                          "operator registered the device with) or run it on a terminal")
+
+    def waiting() -> None:
+        print(f"Waiting up to {args.timeout:g} s for the certificate authority of {c8y.tenant} "
+              f"to sign a certificate for {serial}.\nRegister the device ID {serial} with a "
+              "one-time password for the certificate authority in Device Management, and give "
+              f"the same password here (${ONE_TIME_PASSWORD_ENV}).", flush=True)
+
+    done = enrol(c8y, serial, Secret(one_time), settings.outbox.path,
+                 timeout=float(args.timeout), interval=REQUEST_INTERVAL, on_waiting=waiting)
+    print(f"{TICK} certificate {done.subject}, issued by {done.issuer}, valid until "
+          f"{done.not_after:%Y-%m-%d %H:%M} UTC", flush=True)
+    print(f"{TICK} key in {done.key_path} (mode 0600), certificate in {done.cert_path}",
+          flush=True)
+    if configured is not None:
+        print(f"note: [C8YMQTT] in {settings.path} still has {configured}, which comes first; "
+              "remove user, password, password_file and cert_file to log in with the "
+              "certificate", flush=True)
     return 0
 
 

@@ -22,7 +22,10 @@ import logging
 import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from dashkanban.sandbox.ca import SandboxCa
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,9 @@ class Registrations:
         self.accounts = accounts
         self._items: dict[str, Registration] = {}
         self._issued: dict[str, DeviceCredentials] = {}
+        # One-time passwords for certificate enrolment (EST), used up by a successful enrol.
+        self._one_time: dict[str, str] = {}
+        self._ca: SandboxCa | None = None
         self.version = 0  # bumped on every change, for the status page
 
     def entries(self) -> list[Registration]:
@@ -114,8 +120,9 @@ class Registrations:
     def get(self, device_id: str) -> Registration | None:
         return self._items.get(device_id)
 
-    def register(self, device_id: str) -> Registration:
-        """Step 1: the operator enters the device ID."""
+    def register(self, device_id: str, one_time_password: str | None = None) -> Registration:
+        """Step 1: the operator enters the device ID (with a one-time password for the
+        certificate authority, if the device enrols a certificate over EST)."""
         device_id = device_id.strip()
         if not device_id or ":" in device_id or len(device_id) > 128:
             raise RegistrationError(
@@ -127,6 +134,8 @@ class Registrations:
         created = datetime.now(UTC).isoformat(timespec="milliseconds")
         item = Registration(device_id, "WAITING_FOR_CONNECTION", created)
         self._items[device_id] = item
+        if one_time_password:
+            self._one_time[device_id] = one_time_password
         self.version += 1
         log.info("device registration: %s waiting for connection", device_id)
         return item
@@ -176,3 +185,43 @@ class Registrations:
             log.info("device registration: %s gets the device user %s/%s", device_id,
                      self.tenant, username)
         return issued
+
+    @property
+    def ca(self) -> SandboxCa:
+        if self._ca is None:
+            from dashkanban.sandbox.ca import SandboxCa
+
+            self._ca = SandboxCa(self.tenant)
+        return self._ca
+
+    def enrol(self, device_id: str, one_time_password: str, csr_der: bytes) -> list[bytes]:
+        """EST simpleenroll: the signed certificate and the CA's, as PEM, for a registered ID
+        whose one-time password matches; the password is then used up."""
+        from cryptography import x509
+
+        from dashkanban.sandbox.ca import common_name
+
+        expected = self._one_time.get(device_id)
+        if expected is None or not hmac.compare_digest(expected.encode(),
+                                                       one_time_password.encode()):
+            raise RegistrationError(401, "no registration with this device ID and one-time "
+                                         "password")
+        try:
+            csr = x509.load_der_x509_csr(csr_der)
+        except ValueError:
+            raise RegistrationError(400, "the body is no PKCS#10 certificate request") from None
+        if not csr.is_signature_valid:
+            raise RegistrationError(400, "the certificate request's signature is not valid")
+        if common_name(csr) != device_id:
+            raise RegistrationError(422, f"the certificate request's CN must be the device ID "
+                                         f"{device_id}")
+        certificate = self.ca.sign(csr)
+        del self._one_time[device_id]
+        item = self._items.get(device_id)
+        if item is not None:
+            self._items[device_id] = replace(item, status="ACCEPTED")
+        self.version += 1
+        log.info("certificate authority: signed a certificate for %s", device_id)
+        from cryptography.hazmat.primitives import serialization
+
+        return [certificate.public_bytes(serialization.Encoding.PEM), self.ca.pem]

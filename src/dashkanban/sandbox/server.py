@@ -160,9 +160,10 @@ class Sandbox:
         dropped: bool = self.call(self.broker.drop_device, serial)
         return dropped
 
-    def register_device(self, device_id: str) -> None:
-        """As an operator entering the ID in Device Management > Registration."""
-        self.call(self.registrations.register, device_id)
+    def register_device(self, device_id: str, one_time_password: str | None = None) -> None:
+        """As an operator entering the ID in Device Management > Registration (with a one-time
+        password for certificate enrolment over EST)."""
+        self.call(self.registrations.register, device_id, one_time_password)
 
     def registration_status(self, device_id: str) -> str | None:
         item = self.call(self.registrations.get, device_id)
@@ -171,6 +172,12 @@ class Sandbox:
     def accept_device(self, device_id: str) -> None:
         """As an operator clicking Accept; raises RegistrationError when it is not pending."""
         self.call(self.registrations.accept, device_id)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The certificate of the CA that signs EST enrolments (made at first use)."""
+        pem: bytes = self.call(lambda: self.registrations.ca.pem)
+        return pem
 
     def stats(self) -> dict[str, int]:
         """Broker counters: connections, refused, malformed, oversized, timeouts, ..."""
