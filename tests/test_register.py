@@ -574,3 +574,34 @@ def test_parse_enrolled_reads_pem_and_pkcs7(tmp_path: Path) -> None:
     der = pkcs7.serialize_certificates([cert], serialization.Encoding.DER)
     assert parse_enrolled(base64.encodebytes(der)) == [cert]
     assert parse_enrolled(b"not a certificate") == []
+
+
+def test_service_install_carries_an_enrolled_certificate(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from tests.brokers import make_tls_files
+    from tests.service_helpers import is_root, make_scratch_root, passwd_entry, tree
+
+    if not is_root():
+        pytest.skip("installing (useradd --root, chown) needs root")
+    config = write_config(tmp_path / "site", 8883, bootstrap_password=None)
+    config.write_text(config.read_text().replace("tls = no\nallow_insecure = yes\n", ""))
+    files = make_tls_files(tmp_path / "tls")
+    state = tmp_path / "site" / "state"
+    state.mkdir(mode=0o700)
+    (state / "device-key.pem").write_bytes(files.client_key.read_bytes())
+    (state / "device-key.pem").chmod(0o600)
+    (state / "device-cert.pem").write_bytes(files.client_cert.read_bytes())
+    root = make_scratch_root(tmp_path / "root")
+    assert main(["service", "install", "-c", str(config), "--root", str(root)]) == 0
+    capfd.readouterr()
+    user = passwd_entry(root, "dashkanban")
+    assert user is not None
+    uid, gid = int(user[2]), int(user[3])
+    installed = tree(root)
+    assert installed["var/lib/dashkanban/device-key.pem"] == (
+        0o100600, uid, gid, files.client_key.read_bytes())
+    assert installed["var/lib/dashkanban/device-cert.pem"] == (
+        0o100644, uid, gid, files.client_cert.read_bytes())
+    # Not copied to /etc/dashkanban, and the config does not name them: found in the state folder.
+    assert not any(path.endswith(".pem") for path in installed if path.startswith("etc/"))
+    assert "cert_file" not in installed["etc/dashkanban/config.ini"][3].decode()
