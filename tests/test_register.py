@@ -605,3 +605,20 @@ def test_service_install_carries_an_enrolled_certificate(
     # Not copied to /etc/dashkanban, and the config does not name them: found in the state folder.
     assert not any(path.endswith(".pem") for path in installed if path.startswith("etc/"))
     assert "cert_file" not in installed["etc/dashkanban/config.ini"][3].decode()
+
+
+def test_someone_elses_config_may_not_send_the_stored_credentials(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    config = write_config(tmp_path, free_port())
+    target = stored(config)
+    credentials.write(target, credentials.parse("user = t1/device_x\npassword = p\n", target),
+                      _now())
+    os.chown(config, 4243, -1)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, {})
+    assert str(caught.value) == (
+        f"{config}: sends the device credentials of {target} but belongs to uid 4243, not to "
+        f"you or root; if you trust it, fix it with: sudo chown 0 {config}")
+    # Under sudo, the invoking user's own config is fine.
+    assert load_settings(config, {"SUDO_UID": "4243"}).c8y.username == "t1/device_x"

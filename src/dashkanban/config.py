@@ -690,6 +690,7 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
                 v.path, _section_line(v, s))
         user, password = "", None
     else:
+        _check_config_owner(v.path, environ, path)
         if tenant_id and tenant_id != found.tenant_id:
             raise v.error(s, "tenantID", f"tenantID = {tenant_id}, but {path} holds credentials "
                                          f"for tenant {found.tenant_id}")
@@ -718,6 +719,23 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
         bootstrap_user=_bootstrap_user(v),
         bootstrap_password=_bootstrap_password(v, environ),
     )
+
+
+def _check_config_owner(config: Path, environ: Mapping[str, str], secret: Path) -> None:
+    """A config that sends the stored credentials somewhere must be ours or root's (or, under
+    sudo, the invoking user's): else root, running someone's config, would send the service's
+    device password to that person's host. As ssh trusts only files of the user or root."""
+    try:
+        uid = config.stat().st_uid
+    except OSError:
+        return
+    me = os.geteuid()
+    invoker = environ.get("SUDO_UID", "")
+    if uid in (me, 0) or (me == 0 and invoker.isdigit() and int(invoker) == uid):
+        return
+    raise ConfigError(
+        f"sends the device credentials of {secret} but belongs to uid {uid}, not to you or "
+        f"root; if you trust it, fix it with: sudo chown {me} {config}", config)
 
 
 def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None) -> Secret | None:
