@@ -30,6 +30,8 @@ SANDBOX_TENANT = "t12345"
 SANDBOX_USER = "t12345/dash-gateway"
 SANDBOX_PASSWORD = "s3cret-sandbox-pw"
 WAIT = 5.0
+BOOTSTRAP_USER = "management/devicebootstrap"
+BOOTSTRAP_PASSWORD = "b00tstrap-sandbox-pw"
 
 
 def sandbox_options(**changes: object) -> SandboxOptions:
@@ -44,6 +46,13 @@ def sandbox_options(**changes: object) -> SandboxOptions:
 def sandbox() -> Iterator[Sandbox]:
     """A fresh sandbox: plain MQTT and HTTP on free loopback ports."""
     with Sandbox(sandbox_options()) as running:
+        yield running
+
+
+@pytest.fixture
+def sandbox_bootstrap() -> Iterator[Sandbox]:
+    """A fresh sandbox with device registration: the bootstrap user has BOOTSTRAP_PASSWORD."""
+    with Sandbox(sandbox_options(bootstrap_password=BOOTSTRAP_PASSWORD)) as running:
         yield running
 
 

@@ -86,7 +86,8 @@ def test_short_version() -> None:
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["chek"], "dashkanban: error: unknown command 'chek' (did you mean check?) (commands: run, "
-               "replay, discover, check, test-button, outbox, sandbox, demo, service, kanban)"),
+               "replay, discover, check, register, test-button, outbox, sandbox, demo, service, "
+               "kanban)"),
     (["--bogus"], "dashkanban: error: unknown option --bogus"),
     (["--log-levl", "debug", "check"], "dashkanban: error: unknown option --log-levl (did you "
                                        "mean --log-level?)"),

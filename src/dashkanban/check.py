@@ -212,6 +212,8 @@ def _check_uplink(settings: Settings) -> None:
         _fail(f"MQTT login: {exc}", _login_hint(exc))
         raise
     who = c8y.username if c8y.password else "client certificate"
+    if c8y.credentials_file is not None:
+        who += f" (device credentials from {c8y.credentials_file})"
     _ok(f"MQTT login as {who}, client id {client_id}")
 
 

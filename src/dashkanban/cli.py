@@ -271,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
             "dashkanban check -c config.ini --log-level debug")
     p.set_defaults(handler="dashkanban.check:check_command")
 
+    p = add("register", "get this gateway's own Cumulocity user (device registration) instead "
+            "of a password in config.ini", "dashkanban register -c config.ini --timeout 900")
+    p.add_argument("--timeout", type=SECONDS, default=600.0, metavar="S",
+                   help="seconds to wait for the operator's Accept (default: 600)")
+    p.add_argument("--force", action="store_true",
+                   help="register although config.ini has a login or credentials are stored")
+    p.add_argument("--certificate", action="store_true",
+                   help="enrol a client certificate from the tenant's certificate authority "
+                   "(EST) instead of getting a device password")
+    p.set_defaults(handler="dashkanban.register:register_command")
+
     p = add("test-button", "send one event as if that button had been pressed",
             "dashkanban test-button dashButton_1")
     p.add_argument("button", metavar="NAME|MAC", help="a button's name or MAC")
@@ -315,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, metavar="F", help="serve MQTT over TLS with this cert")
     p.add_argument("--tls-key", type=Path, metavar="F", help="the certificate's private key")
     p.add_argument("--data", type=Path, metavar="FILE", help="keep the store in this JSON file")
+    p.add_argument("--bootstrap-password", default=None, metavar="PW",
+                   help="password of management/devicebootstrap for `dashkanban register` "
+                   "(default: random, printed)")
     p.set_defaults(handler="dashkanban.sandbox.cli:sandbox_command")
 
     p = add("demo", "the whole pipeline against the built-in sandbox", "dashkanban demo --keep",

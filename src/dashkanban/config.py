@@ -30,6 +30,9 @@ from dashkanban.secret import Secret
 
 DEFAULT_PATHS = (Path("config.ini"), Path("/etc/dashkanban/config.ini"))
 PASSWORD_ENV = "DASHKANBAN_PASSWORD"  # noqa: S105 - the variable's name
+BOOTSTRAP_PASSWORD_ENV = "DASHKANBAN_BOOTSTRAP_PASSWORD"  # noqa: S105 - the variable's name
+# Cumulocity's bootstrap user for device registration (lifecycle-mqtt.md; docs/cumulocity.md).
+BOOTSTRAP_USER = "management/devicebootstrap"
 
 DETECT_METHODS = ("arp", "dhcp", "ndp")
 BUTTON_SOURCES = ("csv", "inventory", "both")
@@ -53,6 +56,10 @@ class C8yMqttSettings:
     key_file: Path | None
     rest_url: str  # base URL of the REST API; default https://<tenant>
     keepalive: int
+    # Where user and password came from when [C8YMQTT] names none: `dashkanban register`'s file.
+    credentials_file: Path | None = None
+    bootstrap_user: str = BOOTSTRAP_USER
+    bootstrap_password: Secret | None = None
 
     @property
     def username(self) -> str:
@@ -146,7 +153,7 @@ class _Section:
 
 _SECTION = re.compile(r"\[\s*([^\]]+?)\s*\]\s*(?:[;#].*)?")
 _INLINE_COMMENT = re.compile(r"\s[;#]")
-_VERBATIM = frozenset({"password"})
+_VERBATIM = frozenset({"password", "bootstrap_password"})
 
 
 def _read_ini(text: str, path: Path) -> dict[str, _Section]:
@@ -213,8 +220,8 @@ def _unquote(value: str) -> str:
 _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
     "C8YMQTT": {
         "tenant": None,
-        "tenantID": None,
-        "user": None,
+        "tenantID": "",  # may be left out when the credentials file gives it
+        "user": "",  # may be left out: then the credentials file of `dashkanban register`
         "password": "",
         "password_file": "",
         "port": "8883",
@@ -225,6 +232,8 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
         "key_file": "",
         "rest_url": "",
         "keepalive": "60",
+        "bootstrap_user": BOOTSTRAP_USER,
+        "bootstrap_password": "",
     },
     "gateway": {
         "serial": "",
@@ -492,12 +501,15 @@ def find_config(explicit: Path | None) -> Path:
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None, *,
-                  uplink: bool = True) -> Settings:
+                  uplink: bool = True, need_credentials: bool = True) -> Settings:
     """Read and validate config.ini. Raises ConfigError naming file, line and key.
 
     `uplink=False` for a command that does not connect (`replay --dry-run`, `discover`, `kanban
     report`): then `[C8YMQTT]` may be missing (`settings.c8y.tenant` is empty) and needs no
-    password; what is there is still checked."""
+    password; what is there is still checked. Without user, password, password file or client
+    certificate in [C8YMQTT], the login comes from the credentials file; `need_credentials=False`
+    (for `dashkanban register`, and implied by `uplink=False`) leaves it empty when there is
+    none."""
     env = os.environ if environ is None else environ
     try:
         text = read_regular(path, "config file", MAX_CONFIG_BYTES).decode("utf-8-sig")
@@ -509,7 +521,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None, *,
         raise ConfigError(f"cannot read config file: {exc.strerror}", path) from None
     except UnicodeDecodeError:
         raise ConfigError("config file is not UTF-8 text", path) from None
-    return parse_settings(text, path.absolute(), env, uplink=uplink)
+    return parse_settings(text, path.absolute(), env, uplink=uplink,
+                          need_credentials=need_credentials)
 
 
 # `[C8YMQTT]` of a command that does not connect, when the section is missing.
@@ -520,7 +533,7 @@ NO_UPLINK = C8yMqttSettings(
 
 
 def parse_settings(text: str, path: Path, environ: Mapping[str, str], *,
-                   uplink: bool = True) -> Settings:
+                   uplink: bool = True, need_credentials: bool = True) -> Settings:
     sections = _read_ini(text, path)
     _check_names(sections, path)
     if "c8ymqtt" not in sections and uplink:
@@ -528,8 +541,9 @@ def parse_settings(text: str, path: Path, environ: Mapping[str, str], *,
             "missing section [C8YMQTT] (tenant, tenantID, user, password, port)", path, 1
         )
     v = _Values(sections, path)
-    c8y = _c8y_settings(v, environ, uplink) if "c8ymqtt" in sections else NO_UPLINK
     outbox_path = v.path_value("outbox", "path") or default_outbox_path(environ)
+    c8y = _c8y_settings(v, environ, outbox_path, need_credentials and uplink, uplink) if (
+        "c8ymqtt" in sections) else NO_UPLINK
     metrics_port = v.raw("metrics", "port")
     settings = Settings(
         path=path,
@@ -621,13 +635,20 @@ def _check_names(sections: dict[str, _Section], path: Path) -> None:
                 )
 
 
-def _c8y_settings(v: _Values, environ: Mapping[str, str], uplink: bool = True
-                  ) -> C8yMqttSettings:
+def _c8y_settings(v: _Values, environ: Mapping[str, str], outbox_path: Path,
+                  need_credentials: bool, uplink: bool = True) -> C8yMqttSettings:
     s = "C8YMQTT"
     tenant = v.raw(s, "tenant").strip()
     if not tenant or "/" in tenant or " " in tenant:
         raise v.error(s, "tenant", f"tenant = {tenant}: expected the tenant's host name, "
                                    "e.g. example.cumulocity.com")
+    if not _has_login(v):
+        # No user, password or certificate here: the device credentials of `dashkanban
+        # register` (docs/install.md).
+        return _registered_settings(v, environ, tenant, outbox_path, need_credentials)
+    for key in ("tenantID", "user"):
+        if not _present(v, s, key):
+            raise ConfigError(f"[{s}] needs a {key!r} key", v.path, _section_line(v, s))
     tenant_id = v.raw(s, "tenantID").strip()
     if not tenant_id or "/" in tenant_id:
         raise v.error(s, "tenantID", "tenantID must be the tenant's id, e.g. t12345")
@@ -643,6 +664,33 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str], uplink: bool = True
     port = v.parsed(s, "port", _int_in(1, 65535))
     tls = v.parsed(s, "tls", _bool)
     allow_insecure = v.parsed(s, "allow_insecure", _bool)
+    _check_transport(v, port, tls, allow_insecure)
+    cert_file = v.path_value(s, "cert_file")
+    key_file = v.path_value(s, "key_file")
+    if key_file is not None and cert_file is None:
+        raise v.error(s, "key_file", "key_file needs a cert_file")
+    password = _password(v, environ, cert_file, uplink)
+    rest_url = _rest_url(v, tenant, tls)
+    return C8yMqttSettings(
+        tenant=tenant,
+        tenant_id=tenant_id,
+        user=user,
+        password=password,
+        port=port,
+        tls=tls,
+        allow_insecure=allow_insecure,
+        ca_file=v.path_value(s, "ca_file"),
+        cert_file=cert_file,
+        key_file=key_file,
+        rest_url=rest_url,
+        keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
+        bootstrap_user=_bootstrap_user(v),
+        bootstrap_password=_bootstrap_password(v, environ),
+    )
+
+
+def _check_transport(v: _Values, port: int, tls: bool, allow_insecure: bool) -> None:
+    s = "C8YMQTT"
     if tls and port == 1883:
         raise v.error(
             s,
@@ -657,16 +705,88 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str], uplink: bool = True
             "tls = no sends the password in clear text; set allow_insecure = yes to accept that "
             "(only on a trusted network)",
         )
-    cert_file = v.path_value(s, "cert_file")
-    key_file = v.path_value(s, "key_file")
-    if key_file is not None and cert_file is None:
-        raise v.error(s, "key_file", "key_file needs a cert_file")
-    password = _password(v, environ, cert_file, uplink)
-    rest_url = v.raw(s, "rest_url").strip().rstrip("/")
+
+
+def _rest_url(v: _Values, tenant: str, tls: bool) -> str:
+    rest_url = v.raw("C8YMQTT", "rest_url").strip().rstrip("/")
     if rest_url and not re.match(r"https?://[^/\s]+", rest_url):
-        raise v.error(s, "rest_url", f"rest_url = {rest_url}: expected http(s)://host[:port]")
+        raise v.error("C8YMQTT", "rest_url",
+                      f"rest_url = {rest_url}: expected http(s)://host[:port]")
     if not rest_url:
         rest_url = f"https://{tenant}" if tls else f"http://{tenant}"
+    return rest_url
+
+
+def _present(v: _Values, section: str, key: str) -> bool:
+    sec = v._sections.get(section.casefold())
+    return sec is not None and key.casefold() in sec.entries
+
+
+LOGIN_KEYS = ("user", "password", "password_file", "cert_file")
+
+
+def _has_login(v: _Values) -> bool:
+    """Whether [C8YMQTT] names a login of its own (then the credentials file is not read)."""
+    return any(v.raw("C8YMQTT", key).strip() for key in LOGIN_KEYS)
+
+
+def _section_line(v: _Values, section: str) -> int:
+    sec = v._sections.get(section.casefold())
+    return sec.line if sec else 1
+
+
+def _bootstrap_user(v: _Values) -> str:
+    user = v.raw("C8YMQTT", "bootstrap_user").strip()
+    if not user or user.count("/") != 1 or user.startswith("/") or user.endswith("/"):
+        raise v.error("C8YMQTT", "bootstrap_user",
+                      f"bootstrap_user = {user}: expected tenant/user, e.g. {BOOTSTRAP_USER}")
+    return user
+
+
+def _bootstrap_password(v: _Values, environ: Mapping[str, str]) -> Secret | None:
+    plain = v.raw("C8YMQTT", "bootstrap_password")
+    if plain:
+        _check_private(v.path, v.line_of("C8YMQTT", "bootstrap_password"),
+                       "holds a bootstrap password")
+        return Secret(plain)
+    from_env = environ.get(BOOTSTRAP_PASSWORD_ENV, "")
+    return Secret(from_env) if from_env else None
+
+
+def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
+                         outbox_path: Path, need_credentials: bool) -> C8yMqttSettings:
+    from dashkanban import credentials
+
+    s = "C8YMQTT"
+    path = credentials.credentials_path(outbox_path)
+    found = credentials.read(path)
+    tenant_id = v.raw(s, "tenantID").strip()
+    # `register --certificate` leaves a key and a certificate next to it instead.
+    key_file = outbox_path.parent / "device-key.pem"  # dashkanban.enrol.KEY_NAME
+    cert_file = outbox_path.parent / "device-cert.pem"  # dashkanban.enrol.CERT_NAME
+    enrolled = found is None and key_file.is_file() and cert_file.is_file()
+    if enrolled:
+        user, password = "", None
+    elif found is None:
+        if need_credentials:
+            raise ConfigError(
+                f"no login: [{s}] has no user, password or cert_file, and {path} does not "
+                "exist; run `dashkanban register` (or set user and password)",
+                v.path, _section_line(v, s))
+        user, password = "", None
+    else:
+        _check_credentials_config_owner(v.path, environ, path)
+        if tenant_id and tenant_id != found.tenant_id:
+            raise v.error(s, "tenantID", f"tenantID = {tenant_id}, but {path} holds credentials "
+                                         f"for tenant {found.tenant_id}")
+        tenant_id, user, password = found.tenant_id, found.user, found.password
+    if tenant_id and "/" in tenant_id:
+        raise v.error(s, "tenantID", "tenantID must be the tenant's id, e.g. t12345")
+    port = v.parsed(s, "port", _int_in(1, 65535))
+    tls = v.parsed(s, "tls", _bool)
+    allow_insecure = v.parsed(s, "allow_insecure", _bool)
+    _check_transport(v, port, tls, allow_insecure)
+    rest_url = _rest_url(v, tenant, tls)
     return C8yMqttSettings(
         tenant=tenant,
         tenant_id=tenant_id,
@@ -676,11 +796,32 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str], uplink: bool = True
         tls=tls,
         allow_insecure=allow_insecure,
         ca_file=v.path_value(s, "ca_file"),
-        cert_file=cert_file,
-        key_file=key_file,
+        cert_file=cert_file if enrolled else None,
+        key_file=key_file if enrolled else None,
         rest_url=rest_url,
         keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
+        credentials_file=path if found is not None else None,
+        bootstrap_user=_bootstrap_user(v),
+        bootstrap_password=_bootstrap_password(v, environ),
     )
+
+
+def _check_credentials_config_owner(config: Path, environ: Mapping[str, str], secret: Path
+                                     ) -> None:
+    """A config that sends the stored credentials somewhere must be ours or root's (or, under
+    sudo, the invoking user's): else root, running someone's config, would send the service's
+    device password to that person's host. As ssh trusts only files of the user or root."""
+    try:
+        uid = config.stat().st_uid
+    except OSError:
+        return
+    me = os.geteuid()
+    invoker = environ.get("SUDO_UID", "")
+    if uid in (me, 0) or (me == 0 and invoker.isdigit() and int(invoker) == uid):
+        return
+    raise ConfigError(
+        f"sends the device credentials of {secret} but belongs to uid {uid}, not to you or "
+        f"root; if you trust it, fix it with: sudo chown {me} {config}", config)
 
 
 def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None,

@@ -182,7 +182,7 @@ def mask_password(text: str) -> str:
     out = []
     for raw in text.splitlines():
         key, eq, value = raw.partition("=")
-        if eq and key.strip().casefold() == "password" and value.strip():
+        if eq and key.strip().casefold() in ("password", "bootstrap_password") and value.strip():
             raw = f"{key.rstrip()} = ***"
         out.append(raw)
     return "\n".join(out) + "\n"
@@ -261,6 +261,9 @@ class InstallInputs:
     config_text: str
     buttons: NamedFile | None
     files: tuple[NamedFile, ...]
+    # What `dashkanban register` left in the state folder, when the config names no login:
+    # the credentials file, or the enrolled key and certificate. Carried into STATE_DIR.
+    state_files: tuple[NamedFile, ...] = ()
 
 
 def installed_name(source: Path) -> str:
@@ -298,6 +301,15 @@ def plan_install(inputs: InstallInputs) -> list[Action]:
             CONFIG_PATH, config.encode(), SECRET_MODE, "root", inputs.group, mask_password(config)
         )
     )
+    if inputs.state_files:
+        # Into the state folder, which the installed config's outbox path names, owned by the
+        # service user alone (the credentials file is read as ssh reads a key: security.md).
+        actions.append(MakeDir(STATE_DIR, 0o750, inputs.user, inputs.group))
+    for item in inputs.state_files:
+        shown = None if item.secret else item.content.decode("utf-8", "replace")
+        actions.append(WriteFile(STATE_DIR / item.source.name, item.content,
+                                 0o600 if item.secret else 0o644, inputs.user, inputs.group,
+                                 shown))
     unit = unit_text(inputs.user, inputs.group, inputs.executable)
     actions.append(WriteFile(UNIT_PATH, unit.encode(), 0o644, "root", "root", unit))
     if inputs.root == Path("/"):
@@ -504,17 +516,26 @@ def gather_install(args: argparse.Namespace) -> InstallInputs:
             settings, "buttons", "file", settings.buttons.file, False, may_stay=False
         )
     c8y = settings.c8y
+    state = settings.outbox.path.parent
+    enrolled = c8y.cert_file == state / "device-cert.pem"  # from `register --certificate`
     paths = {
         "password_file": _password_file(settings),
         "ca_file": c8y.ca_file,
-        "cert_file": c8y.cert_file,
-        "key_file": c8y.key_file,
+        "cert_file": None if enrolled else c8y.cert_file,
+        "key_file": None if enrolled else c8y.key_file,
     }
     files = tuple(
         _read_named(settings, section, key, path, secret)
         for section, key, secret in _NAMED_FILES
         if (path := paths[key]) is not None
     )
+    state_files: list[NamedFile] = []
+    if c8y.credentials_file is not None:
+        state_files.append(
+            _read_named(settings, "C8YMQTT", "credentials", c8y.credentials_file, True))
+    if enrolled and c8y.cert_file is not None and c8y.key_file is not None:
+        state_files.append(_read_named(settings, "C8YMQTT", "key_file", c8y.key_file, True))
+        state_files.append(_read_named(settings, "C8YMQTT", "cert_file", c8y.cert_file, False))
     executable = find_executable()
     interpreter = PurePosixPath(os.path.realpath(sys.executable))
     problem = executable_problem(PurePosixPath(os.path.realpath(executable)), interpreter)
@@ -537,6 +558,7 @@ def gather_install(args: argparse.Namespace) -> InstallInputs:
         config_text=config_path.read_text(encoding="utf-8-sig"),
         buttons=buttons,
         files=files,
+        state_files=tuple(state_files),
     )
 
 

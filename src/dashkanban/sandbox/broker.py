@@ -14,13 +14,18 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dashkanban.c8y.smartrest import encode_line
 from dashkanban.sandbox import packets as mq
 from dashkanban.sandbox.connections import Connections
+from dashkanban.sandbox.registration import BOOTSTRAP_USERNAME, Registrations
 from dashkanban.sandbox.smartrest import DOWN_ERRORS, DOWN_OPERATIONS, SmartRestProcessor
 from dashkanban.sandbox.store import MESSAGE_LOG_SIZE, SERIAL, Doc, Store
 
 log = logging.getLogger(__name__)
 
+# Device credentials: requests up, `70,...` down (lifecycle-mqtt.md, notes 1.9).
+BOOTSTRAP_REQUEST = "s/ucr"
+BOOTSTRAP_RESPONSE = "s/dcr"
 # "16184 bytes ... header included" (impl.md, notes 1.6).
 MAX_MESSAGE_BYTES = 16_184
 CONNECT_TIMEOUT = 10.0
@@ -91,6 +96,7 @@ class _Session:
     timeout: float | None = None
     clean_exit: bool = False
     dropped: bool = False
+    bootstrap: bool = False  # logged in as the bootstrap user: only s/ucr and s/dcr
 
     def packet_id(self) -> int:
         self.next_packet_id = self.next_packet_id % 65535 + 1
@@ -120,6 +126,8 @@ class Broker:
         self.stats: Counter[str] = Counter()
         # Read by tests through `Sandbox.subscriptions()`; bounded like the message log.
         self.subscribe_log: deque[SubscribeRecord] = deque(maxlen=MESSAGE_LOG_SIZE)
+        # Device registration (s/ucr -> 70 on s/dcr); None: the bootstrap topics are refused.
+        self.registrations: Registrations | None = None
         self._connections = Connections()
 
     # -- connection lifecycle ---------------------------------------------------------------
@@ -203,7 +211,8 @@ class Broker:
             self.stats["taken_over"] += 1
             self.drop(older)
         timeout = packet.keepalive * 1.5 if packet.keepalive else None
-        session = _Session(packet.client_id, parsed.device, writer, packet.will, timeout=timeout)
+        session = _Session(packet.client_id, parsed.device, writer, packet.will, timeout=timeout,
+                           bootstrap=packet.username == BOOTSTRAP_USERNAME)
         self.sessions[parsed.device] = session
         writer.write(mq.connack(mq.ACCEPTED))
         await writer.drain()
@@ -287,7 +296,10 @@ class Broker:
             session.send(mq.ack(mq.PUBREC, packet.packet_id or 0))
             if duplicate:
                 return
-        self._upstream(session, packet.topic, packet.payload)
+        if session.bootstrap:
+            self._bootstrap_publish(session, packet)
+        else:
+            self._upstream(session, packet.topic, packet.payload)
         if packet.qos == 1:
             # PUBACK means accepted, not processed; errors come on s/e (impl.md, notes 1.5).
             session.send(mq.ack(mq.PUBACK, packet.packet_id or 0))
@@ -299,10 +311,32 @@ class Broker:
         for downlink in self.processor.handle(session.device, topic, payload):
             self.deliver(session.device, downlink.topic, downlink.line)
 
+    def _bootstrap_publish(self, session: _Session, packet: mq.Publish) -> None:
+        # The bootstrap user may only ask for credentials (protocol notes 6.1); anything else
+        # closes the connection. [UNVERIFIED] what the platform does with other topics.
+        if packet.topic != BOOTSTRAP_REQUEST:
+            raise _DropError(f"the bootstrap user may publish only on {BOOTSTRAP_REQUEST}, "
+                             f"not {packet.topic}")
+        self.stats["messages_in"] += 1
+        self.store.record_message(session.client_id, "in", packet.topic, packet.payload)
+        log.info("%s -> %s (asks for device credentials)", session.client_id, packet.topic)
+        if self.registrations is None:
+            return
+        issued = self.registrations.request(session.device)
+        if issued is not None:
+            # The password goes to the device only; the message log and the log line keep
+            # the user name (the status page shows the log).
+            line = encode_line(70, issued.tenant, issued.username, issued.password)
+            self.deliver(session.device, BOOTSTRAP_RESPONSE, line,
+                         shown=f"70,{issued.tenant},{issued.username},***")
+
     def _on_subscribe(self, session: _Session, packet: mq.Subscribe) -> None:
         codes = []
         for topic_filter, qos in packet.topics:
-            if mq.topic_matches(topic_filter, "s/us") or mq.topic_matches(topic_filter, "s/us/x"):
+            if session.bootstrap and topic_filter != BOOTSTRAP_RESPONSE:
+                # The bootstrap user reads only its credentials ([UNVERIFIED] the code).
+                codes.append(mq.SUBACK_FAILURE)
+            elif mq.topic_matches(topic_filter, "s/us") or mq.topic_matches(topic_filter, "s/us/x"):
                 # Devices may not subscribe to upstream topics (impl.md, notes 1.4).
                 codes.append(mq.SUBACK_FAILURE)
             elif (self.rules.refuse_subscribe_before_device
@@ -331,8 +365,9 @@ class Broker:
                         self.deliver(session.device, downlink.topic, downlink.line)
 
     # -- downstream -------------------------------------------------------------------------
-    def deliver(self, device: str, topic: str, line: str) -> bool:
-        """Send a line to the connected client of `device` if it subscribed to `topic`."""
+    def deliver(self, device: str, topic: str, line: str, shown: str | None = None) -> bool:
+        """Send a line to the connected client of `device` if it subscribed to `topic`;
+        `shown` replaces the line in the message log and the log (a line holding a password)."""
         session = self.sessions.get(device)
         if session is None:
             log.info("not delivered (%s is not connected): %s %s", device, topic, line)
@@ -345,9 +380,10 @@ class Broker:
         payload = line.encode("utf-8")
         session.send(mq.publish(topic, payload, qos, session.packet_id() if qos else None))
         self.stats["messages_out"] += 1
-        self.store.record_message(session.client_id, "out", topic, payload)
+        logged = payload if shown is None else shown.encode("utf-8")
+        self.store.record_message(session.client_id, "out", topic, logged)
         level = logging.WARNING if topic == DOWN_ERRORS else logging.INFO
-        log.log(level, "%s <- %s %s", session.client_id, topic, _show(payload))
+        log.log(level, "%s <- %s %s", session.client_id, topic, _show(logged))
         return True
 
     def operation_created(self, op: Doc) -> bool:

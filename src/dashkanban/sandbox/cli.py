@@ -11,6 +11,7 @@ import threading
 from types import FrameType
 
 from dashkanban.errors import ConfigError, DashkanbanError
+from dashkanban.sandbox.registration import BOOTSTRAP_USERNAME
 from dashkanban.sandbox.server import Sandbox, SandboxError, SandboxOptions
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ def options_from_args(args: argparse.Namespace) -> tuple[SandboxOptions, bool]:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         data_file=args.data,
+        bootstrap_password=getattr(args, "bootstrap_password", None) or secrets.token_urlsafe(12),
     )
     return options, generated
 
 
-def banner(sandbox: Sandbox, generated: bool) -> str:
+def banner(sandbox: Sandbox, generated: bool, bootstrap_generated: bool = True) -> str:
     """What `dashkanban sandbox` prints: its endpoints, and a config.ini block that works as
     pasted (issue 14): the real password, and the bundled sample's buttons, so that `check` and
     `replay` of the sample capture work at once. A password given with --password is not echoed
@@ -82,9 +84,33 @@ def banner(sandbox: Sandbox, generated: bool) -> str:
         "  dashkanban check -c config.ini",
         f"  dashkanban replay {capture} -c config.ini",
         "",
-        "Ctrl-C stops it.",
     ]
+    lines += _registration_help(sandbox, bootstrap_generated)
+    lines += ["Ctrl-C stops it."]
     return "\n".join(lines)
+
+
+def _registration_help(sandbox: Sandbox, generated: bool) -> list[str]:
+    o = sandbox.options
+    if not o.bootstrap_password:
+        return []
+    shown = o.bootstrap_password if generated else "(the one given with --bootstrap-password)"
+    url = sandbox.http_url
+    return [
+        "Device registration, for `dashkanban register` (then no password goes into config.ini):",
+        f"  bootstrap user      {BOOTSTRAP_USERNAME}",
+        f"  bootstrap password  {shown}",
+        "  in config.ini: [C8YMQTT] bootstrap_password = <it> (or $DASHKANBAN_BOOTSTRAP_PASSWORD),",
+        "  and no user or password",
+        "  1. register the gateway's serial (its [gateway] serial):",
+        f"     curl -u {o.username}:<password> -H 'Content-Type: application/json' "
+        f"-d '{{\"id\": \"<serial>\"}}' {url}/sandbox/registrations",
+        "  2. start `dashkanban register` on the gateway; when the page shows "
+        "\"Pending acceptance\", accept it:",
+        f"     curl -u {o.username}:<password> -X POST {url}/sandbox/registrations/<serial>/accept",
+        f"  or use the Register and Accept buttons on {url}/",
+        "",
+    ]
 
 
 def sandbox_command(args: argparse.Namespace) -> int:
@@ -101,7 +127,8 @@ def sandbox_command(args: argparse.Namespace) -> int:
             sandbox.start()
         except SandboxError as exc:
             raise DashkanbanError(str(exc)) from None
-        print(banner(sandbox, generated), flush=True)
+        print(banner(sandbox, generated, getattr(args, "bootstrap_password", None) is None),
+              flush=True)
         while not stop.wait(0.5):
             pass
         log.info("stopping the sandbox")

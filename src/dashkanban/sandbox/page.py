@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 from typing import Any
+from urllib.parse import quote
 
 from dashkanban.sandbox.store import Store
 from dashkanban.sandbox.templates import COLLECTION_TYPE
@@ -109,11 +110,35 @@ def _email_rows(data: dict[str, Any]) -> str:
     return "".join(rows) or '<tr><td colspan="4">no e-mails yet</td></tr>'
 
 
+_STATUS_TEXT = {
+    # The wording of Device Management > Registration (single-device-registration.md).
+    "WAITING_FOR_CONNECTION": "Waiting for connection",
+    "PENDING_ACCEPTANCE": "Pending acceptance",
+    "ACCEPTED": "Accepted",
+}
+
+
+def _registration_rows(data: dict[str, Any]) -> str:
+    rows = []
+    for r in data.get("registrations", []):
+        action = ""
+        if r["status"] == "PENDING_ACCEPTANCE":
+            # A plain form: the browser asks for the tenant user's password (Basic auth).
+            target = "/sandbox/registrations/" + quote(str(r["id"]), safe="") + "/accept"
+            action = (f'<form method="post" action="{_e(target)}">'
+                      '<button type="submit">Accept</button></form>')
+        rows.append(f"<tr><td>{_e(r['id'])}</td>"
+                    f"<td>{_e(_STATUS_TEXT.get(r['status'], r['status']))}</td>"
+                    f"<td>{_e(r.get('username', ''))}</td><td>{action}</td></tr>")
+    return "".join(rows) or '<tr><td colspan="4">no registrations yet</td></tr>'
+
+
 def render_html(data: dict[str, Any]) -> str:
     return _TEMPLATE.format(
         devices=_device_rows(data), events=_event_rows(data), count=_e(data["eventCount"]),
         alarms=_alarm_rows(data), alarm_counts=_e(_alarm_counts(data)),
         emails=_email_rows(data),
+        registrations=_registration_rows(data),
     )
 
 
@@ -132,6 +157,13 @@ th {{ background: #f3f3f3; }} .note {{ color: #666; font-size: 0.85em; }}
 <h2>Devices and children</h2>
 <table><thead><tr><th>id</th><th>name</th><th>c8y_Serial</th><th>type</th><th>children</th></tr>
 </thead><tbody id="devices">{devices}</tbody></table>
+<h2>Device registration</h2>
+<p class="note">Register a gateway's serial, start <code>dashkanban register</code> on it, and
+accept it when it shows "Pending acceptance".</p>
+<form method="post" action="/sandbox/registrations"><input name="id" placeholder="device ID"
+ required> <button type="submit">Register device</button></form>
+<table><thead><tr><th>device ID</th><th>status</th><th>device user</th><th></th></tr>
+</thead><tbody id="registrations">{registrations}</tbody></table>
 <h2>Recent events (<span id="count">{count}</span> in all)</h2>
 <table><thead><tr><th>time</th><th>device</th><th>c8y_Serial</th><th>type</th><th>text</th></tr>
 </thead><tbody id="events">{events}</tbody></table>
@@ -175,6 +207,20 @@ async function refresh() {{
       const n = s.alarmCounts;
       document.getElementById("alarm-counts").textContent = n.ACTIVE + " active, " +
         n.ACKNOWLEDGED + " acknowledged, " + n.CLEARED + " cleared";
+      const texts = {{WAITING_FOR_CONNECTION: "Waiting for connection",
+        PENDING_ACCEPTANCE: "Pending acceptance", ACCEPTED: "Accepted"}};
+      fill("registrations", (s.registrations || []).map(r => [r.id, texts[r.status] || r.status,
+        r.username || "", ""]), "no registrations yet", 4);
+      (s.registrations || []).forEach((r, i) => {{
+        if (r.status !== "PENDING_ACCEPTANCE") return;
+        const form = document.createElement("form");
+        form.method = "post";
+        form.action = "/sandbox/registrations/" + encodeURIComponent(r.id) + "/accept";
+        const button = document.createElement("button");
+        button.type = "submit"; button.textContent = "Accept";
+        form.appendChild(button);
+        document.getElementById("registrations").rows[i].cells[3].appendChild(form);
+      }});
       document.body.dataset.version = s.version;
     }}
   }} catch (e) {{ /* the sandbox stopped; try again */ }}

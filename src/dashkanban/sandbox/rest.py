@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode
 
 from dashkanban.sandbox import page
 from dashkanban.sandbox.http import Request, Response
+from dashkanban.sandbox.registration import (
+    Accounts,
+    DeviceCredentials,
+    RegistrationError,
+    Registrations,
+    Role,
+)
 from dashkanban.sandbox.smartrules import RuleError, SmartRules
 from dashkanban.sandbox.store import (
     SEVERITIES,
@@ -66,19 +72,26 @@ def _dump(value: Any) -> bytes:
 
 
 Route = Callable[["RestApi", Request, "re.Match[str]"], Awaitable[Response]]
+# Who may call a route: False open; True the tenant user and device users; "tenant" only the
+# tenant user (device users have device rights only); "bootstrap" only the bootstrap user.
+Auth = bool | Literal["tenant", "bootstrap"]
 
 
 class RestApi:
     """Request in, response out, on the shared store. `operation_created` tells the broker."""
 
     def __init__(self, store: Store, username: str, password: str,
-                 operation_created: Callable[[Doc], object] | None = None) -> None:
+                 operation_created: Callable[[Doc], object] | None = None, *,
+                 accounts: Accounts | None = None,
+                 registrations: Registrations | None = None) -> None:
         self.store = store
         self._username = username
         self._password = password
         self.operation_created = operation_created
         self.smart_rules = SmartRules(store)
-        self._routes: list[tuple[str, re.Pattern[str], Route, bool]] = [
+        self.accounts = accounts or Accounts(username, password, None)
+        self.registrations = registrations
+        self._routes: list[tuple[str, re.Pattern[str], Route, Auth]] = [
             (m, re.compile(p), f, auth) for m, p, f, auth in _ROUTES
         ]
 
@@ -93,7 +106,7 @@ class RestApi:
                 continue
             try:
                 if auth:
-                    self._authenticate(request)
+                    self._permit(self._authenticate(request), auth)
                 response = await function(self, request, match)
             except ApiError as exc:
                 response = exc.response()
@@ -104,7 +117,15 @@ class RestApi:
                             f"Method {request.method} is not supported").response()
         return ApiError(404, "general/notFound", f"No resource at {request.path}").response()
 
-    def _authenticate(self, request: Request) -> None:
+    @staticmethod
+    def _permit(role: Role, auth: Auth) -> None:
+        allowed = {"tenant": role == "tenant", "bootstrap": role == "bootstrap"}.get(
+            str(auth), role in ("tenant", "device"))
+        if not allowed:
+            # [UNVERIFIED] the platform's exact body for a permission it does not grant.
+            raise ApiError(403, "security/Forbidden", "Access is denied", SECURITY_INFO)
+
+    def _authenticate(self, request: Request) -> Role:
         header = request.header("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "basic" or not token:
@@ -114,12 +135,12 @@ class RestApi:
             user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             user, password = "", ""
-        ok_user = hmac.compare_digest(user.encode(), self._username.encode())
-        ok_password = hmac.compare_digest(password.encode(), self._password.encode())
-        if not (ok_user and ok_password):
+        role = self.accounts.role(user, password.encode())
+        if role is None:
             # [UNVERIFIED] the exact message for wrong credentials.
             raise ApiError(401, "security/Unauthorized", "Invalid credentials! : Bad credentials",
                            SECURITY_INFO)
+        return role
 
     # -- rendering --------------------------------------------------------------------------
     @staticmethod
@@ -462,19 +483,88 @@ class RestApi:
             raise ApiError(404, "devicecontrol/Not Found", f"No operation for gid '{match['id']}'!")
         return Response(200, _dump(self._render_op(found[0], request)), media_type("operation"))
 
+    # -- device registration ----------------------------------------------------------------
+    def _registrations(self) -> Registrations:
+        if self.registrations is None:
+            raise ApiError(404, "general/notFound", "device registration is off")
+        return self.registrations
+
+    async def device_credentials(self, request: Request, match: re.Match[str]) -> Response:
+        # The REST form of the bootstrap: 404 until accepted, then the device user
+        # (device-integration-rest-bundle/integration-life-cycle.md, step 0).
+        data = _json_object(request)
+        device_id = data.get("id")
+        if not isinstance(device_id, str) or not device_id:
+            raise _validation(["id"])
+        issued = self._registrations().request(device_id)
+        if issued is None:
+            # [UNVERIFIED] the body of the 404; the status code is documented.
+            raise ApiError(404, "devicecontrol/Not Found",
+                           f"There is no newDeviceRequest for id = {device_id}")
+        return Response(200, _dump(_credentials_doc(issued, device_id, self.base(request))),
+                        media_type("devicecredentials"))
+
+    async def est_simpleenroll(self, request: Request, match: re.Match[str]) -> Response:
+        # Basic auth <device ID>:<one-time password> (device-enroll-and-re-enroll.md; as
+        # thin-edge's `tedge cert download c8y` sends it); the CSR as base64 DER or PEM.
+        user, password = _basic(request)
+        try:
+            csr = _csr_der(request.body)
+            chain = self._registrations().enrol(user, password, csr)
+        except RegistrationError as exc:
+            error = "security/Unauthorized" if exc.status == 401 else "sandbox/enrol"
+            raise ApiError(exc.status, error, exc.message) from None
+        # [UNVERIFIED] 200 with PEM (what tedge expects) under the docs' pkcs7-mime type.
+        return Response(200, b"".join(chain), "application/pkcs7-mime; smime-type=certs-only")
+
+    async def list_registrations(self, request: Request, match: re.Match[str]) -> Response:
+        items = [_registration_doc(r) for r in self._registrations().entries()]
+        return Response(200, _dump({"registrations": items}), "application/json")
+
+    async def post_registration(self, request: Request, match: re.Match[str]) -> Response:
+        form = _is_form(request)
+        data: Doc = {"id": _form_field(request, "id")} if form else _json_object(request)
+        device_id, one_time = data.get("id"), data.get("oneTimePassword")
+        if not isinstance(device_id, str):
+            raise _validation(["id"])
+        if one_time is not None and not isinstance(one_time, str):
+            raise _validation(["oneTimePassword"])
+        try:
+            item = self._registrations().register(device_id, one_time)
+        except RegistrationError as exc:
+            raise ApiError(exc.status, "sandbox/registration", exc.message) from None
+        if form:
+            return _back_to_page()
+        return Response(201, _dump(_registration_doc(item)), "application/json")
+
+    async def accept_registration(self, request: Request, match: re.Match[str]) -> Response:
+        try:
+            item = self._registrations().accept(match["id"])
+        except RegistrationError as exc:
+            raise ApiError(exc.status, "sandbox/registration", exc.message) from None
+        if _is_form(request):
+            return _back_to_page()
+        return Response(200, _dump(_registration_doc(item)), "application/json")
+
     # -- page -------------------------------------------------------------------------------
+    def _page_state(self) -> dict[str, Any]:
+        data = page.state(self.store)
+        entries = self.registrations.entries() if self.registrations is not None else []
+        data["registrations"] = [_registration_doc(r) for r in entries]
+        data["emails"] = self.smart_rules.recorded()[-page.RECENT_EVENTS:][::-1]
+        if self.registrations is not None:
+            # Both counters only grow: their sum changes whenever either does.
+            data["version"] = int(data["version"]) + self.registrations.version
+        return data
+
     async def status_page(self, request: Request, match: re.Match[str]) -> Response:
-        return Response(200, page.render_html(self._state()).encode("utf-8"),
+        return Response(200, page.render_html(self._page_state()).encode("utf-8"),
                         "text/html; charset=utf-8", (("Cache-Control", "no-store"),))
 
     async def status_json(self, request: Request, match: re.Match[str]) -> Response:
-        return Response(200, _dump(self._state()), "application/json",
+        return Response(200, _dump(self._page_state()), "application/json",
                         (("Cache-Control", "no-store"),))
 
-    def _state(self) -> Doc:
-        state = page.state(self.store)
-        state["emails"] = self.smart_rules.recorded()[-page.RECENT_EVENTS:][::-1]
-        return state
 
     # -- Smart Rules (sandbox/smartrules.py) -------------------------------------------------
     async def list_smart_rules(self, request: Request, match: re.Match[str]) -> Response:
@@ -587,6 +677,59 @@ def _no_rule(rule_id: str) -> ApiError:
     return ApiError(404, "smartrule/Not Found", f"No smart rule for id '{rule_id}'!")
 
 
+def _registration_doc(item: Any) -> Doc:
+    doc: Doc = {"id": item.id, "status": item.status, "creationTime": item.created}
+    if item.username is not None:
+        doc["username"] = item.username
+    return doc
+
+
+def _credentials_doc(issued: DeviceCredentials, device_id: str, base: str) -> Doc:
+    return {"id": device_id, "self": f"{base}/devicecontrol/deviceCredentials/{device_id}",
+            "tenantId": issued.tenant, "username": issued.username, "password": issued.password}
+
+
+def _basic(request: Request) -> tuple[str, str]:
+    scheme, _, token = (request.header("authorization") or "").partition(" ")
+    try:
+        decoded = base64.b64decode(token, validate=True).decode() if scheme.lower() == "basic" \
+            else ""
+    except (binascii.Error, UnicodeDecodeError):
+        decoded = ""
+    user, _, password = decoded.partition(":")
+    return user, password
+
+
+def _csr_der(body: bytes) -> bytes:
+    text = body.strip()
+    if text.startswith(b"-----BEGIN"):
+        lines = [line for line in text.splitlines() if not line.startswith(b"-----")]
+        text = b"".join(lines)
+    try:
+        return base64.b64decode(b"".join(text.split()), validate=True)
+    except binascii.Error:
+        raise RegistrationError(400, "the body is no base64 PKCS#10 certificate request") from None
+
+
+def _is_form(request: Request) -> bool:
+    kind = (request.header("content-type") or "").split(";")[0].strip().lower()
+    return kind == "application/x-www-form-urlencoded"
+
+
+def _form_field(request: Request, name: str) -> str | None:
+    try:
+        fields = parse_qs(request.body.decode("utf-8"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "general/badRequest", "The request body is not a form") from None
+    values = fields.get(name)
+    return values[0] if values else None
+
+
+def _back_to_page() -> Response:
+    # A button on the status page posts a form; the browser goes back to the page.
+    return Response(303, b"", None, (("Location", "/"),))
+
+
 def _validation(missing: list[str]) -> ApiError:
     # The platform's wording for missing mandatory fields (json-via-mqtt.md, notes 2.8).
     return ApiError(422, "undefined/validationError",
@@ -594,9 +737,14 @@ def _validation(missing: list[str]) -> ApiError:
 
 
 _ID = r"(?P<id>[^/]+)"
-_ROUTES: list[tuple[str, str, Route, bool]] = [
+_ROUTES: list[tuple[str, str, Route, Auth]] = [
     ("GET", r"/", RestApi.status_page, False),
     ("GET", r"/sandbox/state\.json", RestApi.status_json, False),
+    ("GET", r"/sandbox/registrations", RestApi.list_registrations, "tenant"),
+    ("POST", r"/sandbox/registrations", RestApi.post_registration, "tenant"),
+    ("POST", rf"/sandbox/registrations/{_ID}/accept", RestApi.accept_registration, "tenant"),
+    ("POST", r"/devicecontrol/deviceCredentials", RestApi.device_credentials, "bootstrap"),
+    ("POST", r"/\.well-known/est/simpleenroll", RestApi.est_simpleenroll, False),
     ("GET", r"/openapi\.json", RestApi.openapi, False),
     ("GET", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)", RestApi.get_external_id, True),
     ("DELETE", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)",

@@ -21,8 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from dashkanban.sandbox.broker import Broker, BrokerRules, SubscribeRecord, check_password
+from dashkanban.sandbox.broker import Broker, BrokerRules, SubscribeRecord
 from dashkanban.sandbox.http import HttpServer
+from dashkanban.sandbox.registration import Accounts, Registrations
 from dashkanban.sandbox.rest import RestApi
 from dashkanban.sandbox.smartrest import SmartRestProcessor
 from dashkanban.sandbox.store import SERIAL, Doc, MessageRecord, Store
@@ -49,6 +50,8 @@ class SandboxOptions:
     tls_key: Path | None = None
     data_file: Path | None = None
     rules: BrokerRules = field(default_factory=BrokerRules)
+    # The password of `management/devicebootstrap` (device registration); None: no bootstrap user.
+    bootstrap_password: str | None = None
 
     def __repr__(self) -> str:  # never print the password
         return (f"SandboxOptions(tenant={self.tenant!r}, user={self.user!r}, bind={self.bind!r}, "
@@ -69,10 +72,14 @@ class Sandbox:
         self.options = options
         self.store = Store()
         self.processor = SmartRestProcessor(self.store, owner=options.user)
-        self.broker = Broker(self.store, self.processor,
-                             check_password(options.username, options.password), options.rules)
+        self.accounts = Accounts(options.username, options.password, options.bootstrap_password)
+        self.registrations = Registrations(options.tenant, self.accounts)
+        self.broker = Broker(self.store, self.processor, self.accounts.authenticate,
+                             options.rules)
+        self.broker.registrations = self.registrations
         self.api = RestApi(self.store, options.username, options.password,
-                           self.broker.operation_created)
+                           self.broker.operation_created, accounts=self.accounts,
+                           registrations=self.registrations)
         self.http = HttpServer(self.api)
         self.mqtt_port: int | None = None
         self.mqtts_port: int | None = None
@@ -152,6 +159,25 @@ class Sandbox:
         """Close the MQTT connection of a device uncleanly, as a flaky network would."""
         dropped: bool = self.call(self.broker.drop_device, serial)
         return dropped
+
+    def register_device(self, device_id: str, one_time_password: str | None = None) -> None:
+        """As an operator entering the ID in Device Management > Registration (with a one-time
+        password for certificate enrolment over EST)."""
+        self.call(self.registrations.register, device_id, one_time_password)
+
+    def registration_status(self, device_id: str) -> str | None:
+        item = self.call(self.registrations.get, device_id)
+        return None if item is None else str(item.status)
+
+    def accept_device(self, device_id: str) -> None:
+        """As an operator clicking Accept; raises RegistrationError when it is not pending."""
+        self.call(self.registrations.accept, device_id)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The certificate of the CA that signs EST enrolments (made at first use)."""
+        pem: bytes = self.call(lambda: self.registrations.ca.pem)
+        return pem
 
     def stats(self) -> dict[str, int]:
         """Broker counters: connections, refused, malformed, oversized, timeouts, ..."""
