@@ -377,15 +377,44 @@ def test_heartbeat_keeps_an_idle_gateway_available(tmp_path: Path, mosquitto_tls
         uplink.stop()
 
 
-def test_heartbeat_defaults_to_half_the_required_interval(tmp_path: Path,
-                                                          mosquitto_tls: Mosquitto) -> None:
+def test_heartbeat_at_most_every_5_minutes_and_half_the_required_interval(
+        tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    """Issue 15: the tenant's interval may differ from ours (117 sets only a missing one), so the
+    beat is at most 5 minutes apart; with required_interval = 0 no 117 goes out, but the beat does.
+    (Before issue 15: half the interval, 1800 s for 60 minutes, and none for 0.)"""
     settings = settings_for(tmp_path, mosquitto_tls)
     assert settings.gateway.required_interval == 60  # minutes
-    assert Uplink(settings).heartbeat == 1800.0
-    assert Uplink(settings).gateway_plan().heartbeat == 1800.0
+    assert Uplink(settings).heartbeat == 300.0
+    assert Uplink(settings).gateway_plan().heartbeat == 300.0
     assert Uplink(settings, heartbeat=0).gateway_plan().heartbeat is None
     with pytest.raises(ValueError, match="heartbeat must be 0"):
         Uplink(settings, heartbeat=-1)
-    off = dataclasses.replace(
+
+    def with_interval(minutes: int) -> Uplink:
+        return Uplink(dataclasses.replace(
+            settings, gateway=dataclasses.replace(settings.gateway, required_interval=minutes)))
+
+    assert with_interval(6).gateway_plan().heartbeat == 180.0
+    assert with_interval(1).gateway_plan().heartbeat == 30.0
+    off = with_interval(0).gateway_plan()
+    assert off.heartbeat == 300.0
+    assert off.after_subscribe == ("114", "500")  # never 117,0: that means maintenance
+    assert with_interval(60).gateway_plan().after_subscribe == ("114", "117,60", "500")
+
+
+def test_required_interval_0_puts_no_117_on_the_wire(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                                    recorder: Recorder) -> None:
+    """`117,0` would put the gateway into MAINTENANCE (device-availability.md): with
+    required_interval = 0 the independent subscriber sees the start-up without any 117."""
+    settings = settings_for(tmp_path, mosquitto_tls)
+    settings = dataclasses.replace(
         settings, gateway=dataclasses.replace(settings.gateway, required_interval=0))
-    assert Uplink(off).gateway_plan().heartbeat is None
+    uplink = Uplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        assert recorder.wait_for(3) == [GATEWAY_HELLO[0], GATEWAY_HELLO[1], GATEWAY_HELLO[3]]
+        time.sleep(0.3)  # anything late would show here
+        assert not [m for m in recorder.messages if m[1].startswith("117")]
+    finally:
+        uplink.stop()

@@ -233,16 +233,17 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
         assert alarms_of(sandbox, SCREWS) == [
             ("c8y_KanbanReorder", "CLEARED", "MINOR", SCREWS_TEXT, 1)
         ]
-        # EXECUTING, the clear, then SUCCESSFUL: one row of lines, one message on the child.
+        # EXECUTING, the clear, then SUCCESSFUL, by the operation's id (504/506): one row of
+        # lines, one message on the child.
         answers = [
             m.payload for m in sandbox.messages()
-            if m.direction == "in" and m.topic == f"s/us/{SCREWS}" and "501" in m.payload
+            if m.direction == "in" and m.topic == f"s/us/{SCREWS}" and m.payload.startswith("50")
         ]
-        assert answers == ["501,c8y_KanbanRefilled\n306,c8y_KanbanReorder\n503,c8y_KanbanRefilled"]
+        assert answers == [f"504,{op_id}\n306,c8y_KanbanReorder\n506,{op_id}"]
 
         # A reconnect publishes the collection again: Cumulocity's 41 is fine, not a warning.
         assert sandbox.drop_connection(GATEWAY)
-        wait_until(lambda: any("template collection dashkanban already exists (fine)" in m
+        wait_until(lambda: any("template collection dashkanban-v2 already exists (fine)" in m
                                for m in caplog.messages), "the 41 after reconnecting")
     finally:
         daemon.stop()

@@ -79,6 +79,27 @@ LOOP_TICK = 0.2
 # full beat of margin for a reconnect or a late timer.
 HEARTBEAT_FRACTION = 0.5
 HEARTBEAT = "125"
+# `117` sets the interval only when the device has none, so the tenant's interval may be shorter
+# than ours (set in the UI) or exist although we send none: the beat does not rely on our setting
+# and comes at least every 5 minutes (mqtt-static-templates.md 117; device-availability.md).
+HEARTBEAT_MAX = 300.0
+
+
+def heartbeat_period(required_interval: int) -> float:
+    """Seconds between heartbeats of an idle gateway: at most 5 minutes and at most half of
+    `required_interval` (minutes); 5 minutes when it is 0 (we send no `117`, the tenant may
+    still have an interval)."""
+    if required_interval <= 0:
+        return HEARTBEAT_MAX
+    return min(HEARTBEAT_MAX, required_interval * 60 * HEARTBEAT_FRACTION)
+
+
+def availability_lines(required_interval: int) -> tuple[str, ...]:
+    """`117,<minutes>`, or nothing for 0: a `responseInterval` <= 0 puts the device into
+    MAINTENANCE (device-availability.md), so `117,0` is never sent."""
+    if required_interval <= 0:
+        return ()
+    return (encode_line(117, required_interval),)
 
 # CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
 # paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
@@ -640,9 +661,9 @@ class Uplink:
     re-create a collection published there is logged as fine.
 
     `heartbeat`: seconds without a publish on the gateway's own topic after which a `125` keeps
-    it "available". None (the default) means half of `[gateway] required_interval` (none when
-    that is 0); 0 turns it off. Gateway mode only: in per-device mode the buttons are the
-    devices, and a button is rightly unavailable while asleep.
+    it "available". None (the default) means `heartbeat_period(required_interval)`: at most 5
+    minutes and at most half the interval; 0 turns it off. Gateway mode only: in per-device mode
+    the buttons are the devices, and a button is rightly unavailable while asleep.
     """
 
     def __init__(self, settings: Settings, *, on_operation: OperationHandler | None = None,
@@ -652,7 +673,7 @@ class Uplink:
                  startup_publishes: Sequence[tuple[str, str]] = (),
                  heartbeat: float | None = None) -> None:
         if heartbeat is None:
-            heartbeat = settings.gateway.required_interval * 60 * HEARTBEAT_FRACTION
+            heartbeat = heartbeat_period(settings.gateway.required_interval)
         if heartbeat < 0:
             raise ValueError("heartbeat must be 0 (off) or a number of seconds")
         self.heartbeat = heartbeat
@@ -684,7 +705,7 @@ class Uplink:
             hello=encode_line(100, gw.name, GATEWAY_TYPE),
             after_subscribe=(
                 encode_line(114, *self.supported_operations),
-                encode_line(117, gw.required_interval),
+                *availability_lines(gw.required_interval),
                 "500",
             ),
             gateway=True,
