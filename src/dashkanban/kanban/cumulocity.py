@@ -57,13 +57,18 @@ def kanban_fragment(button: Button, bin_: Bin, gateway_serial: str) -> dict[str,
 
 
 def read_events(
-    rest: CumulocityRest, event_type: str, date_from: datetime
+    rest: CumulocityRest, event_type: str, date_from: datetime, date_to: datetime
 ) -> Iterator[dict[str, Any]]:
-    """All events of a type since `date_from` (inclusive), page after page."""
+    """All events of a type from `date_from` to `date_to` (both inclusive), page after page.
+
+    The collection is newest first (protocol notes 3.4): a fixed `dateTo`, taken once before the
+    first page, keeps events that arrive during the read from shifting the pages (which would
+    read one event twice and skip none, or, with deletions, skip one)."""
     for page in range(1, MAX_PAGES + 1):
         params: dict[str, str | int] = {
             "type": event_type,
             "dateFrom": date_from.isoformat(timespec="milliseconds"),  # httpx sends + as %2B
+            "dateTo": date_to.isoformat(timespec="milliseconds"),
             "pageSize": PAGE_SIZE,
             "currentPage": page,
         }
@@ -103,7 +108,8 @@ class RemoteHistory:
     first: datetime | None
 
 
-def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) -> RemoteHistory:
+def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime,
+                  date_to: datetime | None = None) -> RemoteHistory:
     """The presses of every gateway's buttons since `date_from`, as reorders and repeats.
 
     Each event's source is looked up once for its c8y_Kanban fragment. Bins are named `BIN`, or
@@ -112,7 +118,8 @@ def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) ->
     fragments: dict[str, dict[str, Any] | None] = {}
     presses: list[tuple[str, datetime, dict[str, Any]]] = []
     count = skipped = 0
-    for event in read_events(rest, event_type, date_from):
+    until = date_to if date_to is not None else datetime.now(UTC)
+    for event in read_events(rest, event_type, date_from, until):
         count += 1
         origin = event.get("source")
         source = str(origin.get("id", "")) if isinstance(origin, dict) else ""
