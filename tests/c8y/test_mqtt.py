@@ -249,7 +249,8 @@ def test_wrong_password_gives_up_after_a_few_attempts(tmp_path: Path,
         assert str(uplink.failed) == (
             f"127.0.0.1:{mosquitto_tls.port} refused the login for t12345/dash-gateway: not "
             "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may "
-            "connect devices (with a certificate: that the tenant trusts its CA)"
+            "connect devices (with a certificate: that its CN equals [gateway] "
+            "serial and the tenant trusts its CA)"
         )
         # exactly max_refusals attempts reached the broker, and no more came after a while
         time.sleep(0.5)  # more than the test backoff's ceiling
@@ -342,8 +343,11 @@ def test_client_certificate_instead_of_a_password(
 
 @pytest.mark.parametrize(("code", "text"), [
     (134, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),
-    (133, "client id rejected (CONNACK 2); check [gateway] serial (with a client certificate it "
-          "must equal the certificate's CN)"),
+    (133, "client id rejected (CONNACK 2); check [gateway] serial (no ':' in it; Cumulocity "
+          "reserves the colon)"),
+    (135, "not authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user "
+          "may connect devices (with a certificate: that its CN equals [gateway] serial and the "
+          "tenant trusts its CA)"),
     (136, "server unavailable (CONNACK 3); Cumulocity is temporarily unavailable; dashkanban "
           "retries"),
     (4, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),

@@ -107,14 +107,17 @@ _CONNACK: dict[int, tuple[str, str]] = {
     1: ("unacceptable protocol version", "Cumulocity speaks MQTT 3.1 and 3.1.1 only"),
     2: (
         "client id rejected",
-        "check [gateway] serial (with a client certificate it must equal the certificate's CN)",
+        "check [gateway] serial (no ':' in it; Cumulocity reserves the colon)",
     ),
     3: ("server unavailable", "Cumulocity is temporarily unavailable; dashkanban retries"),
     4: ("bad user name or password", "check user and password in [C8YMQTT]"),
+    # A certificate whose CN differs from the client id, or a chain without the trusted CA,
+    # gives 5, not 2: "Thrown on any issue with certificate authentication (for example, wrong
+    # common name, failed auto registration)" (implementation.md, MQTT return codes).
     5: (
         "not authorised",
         "check user and password in [C8YMQTT] and that the user may connect devices "
-        "(with a certificate: that the tenant trusts its CA)",
+        "(with a certificate: that its CN equals [gateway] serial and the tenant trusts its CA)",
     ),
 }
 _V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
