@@ -50,6 +50,9 @@ class C8yMqttSettings:
     key_file: Path | None
     rest_url: str  # base URL of the REST API; default https://<tenant>
     keepalive: int
+    # QoS 1 messages unacknowledged at once: Cumulocity disconnects a client over its queue limit
+    # (smartrest-two.md), so start-up lines and a drained backlog go through this window.
+    max_inflight: int = 20
 
     @property
     def username(self) -> str:
@@ -220,6 +223,7 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
         "key_file": "",
         "rest_url": "",
         "keepalive": "60",
+        "max_inflight": "20",
     },
     "gateway": {
         "serial": "",
@@ -593,6 +597,7 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str]) -> C8yMqttSettings:
         key_file=key_file,
         rest_url=rest_url,
         keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
+        max_inflight=v.parsed(s, "max_inflight", _int_in(1, 1000)),
     )
 
 

@@ -241,10 +241,17 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
         ]
         assert answers == [f"504,{op_id}\n306,c8y_KanbanReorder\n506,{op_id}"]
 
-        # A reconnect publishes the collection again: Cumulocity's 41 is fine, not a warning.
+        # A reconnect asks whether the collection exists (empty s/ut) and creates nothing: a
+        # collection cannot be changed once created (smartrest-two.md; issue 15).
         assert sandbox.drop_connection(GATEWAY)
-        wait_until(lambda: any("template collection dashkanban-v2 already exists (fine)" in m
-                               for m in caplog.messages), "the 41 after reconnecting")
+        wait_until(lambda: any(m.startswith("Cumulocity: template collection dashkanban-v2 "
+                                            "exists") for m in caplog.messages),
+                   "the 20 after reconnecting")
+        creations = [m for m in sandbox.messages()
+                     if m.topic == "s/ut/dashkanban-v2" and m.direction == "in"]
+        assert [m.payload for m in creations] == [
+            "", "11,9101,,c8y_KanbanRefilled,id,c8y_KanbanRefilled.bin\n"
+                "11,9102,,c8y_Command,id,c8y_Command.text", ""]
     finally:
         daemon.stop()
         runner.join(timeout=20)

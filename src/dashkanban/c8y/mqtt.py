@@ -41,6 +41,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from dashkanban.c8y import token as token_registry
 from dashkanban.c8y.smartrest import (
     MAX_MESSAGE_BYTES,
     SmartRestLine,
@@ -50,6 +51,7 @@ from dashkanban.c8y.smartrest import (
     join_lines,
 )
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
+from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TOKEN_TOPIC, TokenSource, token_line
 from dashkanban.config import Settings
 from dashkanban.errors import UplinkError
 from dashkanban.events import Event
@@ -277,6 +279,37 @@ class LinkPlan:
         """The X-IDs of the template collections published at start-up (`s/ut/<X-ID>`)."""
         return frozenset(m.topic[5:] for m in self.startup if m.topic.startswith("s/ut/"))
     heartbeat: float | None = None  # seconds without a publish on s/us before a `125`
+    # Template collections to create only when the existence check says they are missing:
+    # `s/ut/<X-ID>` with its templates (the start-up publishes only the empty question).
+    templates: tuple[Outgoing, ...] = ()
+    token: bool = False  # a certificate login: ask for the REST token (s/uat) after the SUBACK
+
+
+TEMPLATE_STATUS_TOPIC = "s/dt"
+
+
+def ensure_collections(startup: Sequence[Outgoing]) -> tuple[tuple[Outgoing, ...],
+                                                              tuple[Outgoing, ...]]:
+    """(start-up publishes, templates): each `s/ut/<X-ID>` with templates becomes the empty
+    existence question, and its templates are kept for when the answer is `41,<X-ID>`. A
+    collection "can no longer be modified through MQTT" after it is created, and an empty publish
+    on `s/ut/<X-ID>` answers `20,<X-ID>,<id>` or `41,<X-ID>` on `s/dt` (smartrest-two.md)."""
+    asked = tuple(Outgoing(m.topic, "") if m.topic.startswith("s/ut/") else m for m in startup)
+    templates = tuple(m for m in startup if m.topic.startswith("s/ut/") and m.payload)
+    return asked, templates
+
+
+def collections_to_create(payload: str, templates: Sequence[Outgoing]) -> list[Outgoing]:
+    """The templates to publish for the `s/dt` answers in `payload` (the `41,<X-ID>` ones)."""
+    wanted = {m.topic[5:]: m for m in templates}
+    create = []
+    for line in decode(payload):
+        xid = line.field(0)
+        if line.template == "41" and xid in wanted:
+            create.append(wanted[xid])
+        elif line.template == "20":
+            log.info("Cumulocity: template collection %s exists (%s)", xid, line.field(1))
+    return create
 
 
 def new_client(settings: Settings, client_id: str,
@@ -313,8 +346,9 @@ class _Link:
     def __init__(self, settings: Settings, plan: LinkPlan, context: ssl.SSLContext | None, *,
                  on_state: Callable[[], None],
                  on_operation: OperationHandler | None, max_refusals: int,
-                 backoff: tuple[float, float]) -> None:
+                 backoff: tuple[float, float], tokens: TokenSource | None = None) -> None:
         self._settings = settings
+        self._tokens = tokens
         self.plan = plan
         self._context = context
         self._on_state = on_state
@@ -457,7 +491,9 @@ class _Link:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.max_inflight_messages_set(1000)
+        # Cumulocity disconnects a client whose queue limit is exceeded (smartrest-two.md): the
+        # start-up lines and a drained backlog queue in paho behind this window.
+        client.max_inflight_messages_set(c8y.max_inflight)
         client.on_disconnect = self._on_disconnect
         self._refusal = None
         self._down.clear()
@@ -586,6 +622,8 @@ class _Link:
             self._internal(client, message.topic, message.payload)
         for line in self.plan.after_subscribe:
             self._internal(client, "s/us", line)
+        if self.plan.token:
+            self.request_token()
         with self._lock:
             self._ready = True
         log.info("%s ready", self.plan.client_id)
@@ -611,8 +649,39 @@ class _Link:
                 return
         _call(item.on_delivered)
 
+    def request_token(self) -> None:
+        """Empty publish on `s/uat`; the JWT comes as `71,<token>` on `s/dat`. QoS 0, as
+        thin-edge does (thin-edge#2417): a stale request must not be replayed."""
+        with self._lock:
+            client = self._client
+        if client is None:
+            raise UplinkError(f"{self.plan.client_id} is not connected")
+        client.publish(TOKEN_REQUEST_TOPIC, b"", qos=0)
+
+    def _on_token(self, text: str) -> None:
+        for raw in text.splitlines():
+            jwt = token_line(raw)
+            if jwt is not None and self._tokens is not None:
+                self._tokens.offer(jwt)
+
+    def _on_template_status(self, client: paho.Client, text: str) -> None:
+        created = collections_to_create(text, self.plan.templates)
+        for message in created:
+            log.info("Cumulocity: template collection %s missing, creating it", message.topic[5:])
+            self._internal(client, message.topic, message.payload)
+        if created:
+            # Operations that were PENDING before the collection existed had no line for it:
+            # ask again now that it does.
+            self._internal(client, "s/us", "500")
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         text = message.payload.decode("utf-8", errors="replace")
+        if message.topic == TOKEN_TOPIC:
+            self._on_token(text)
+            return
+        if message.topic == TEMPLATE_STATUS_TOPIC:
+            self._on_template_status(client, text)
+            return
         if message.topic == "s/e":
             for raw in text.splitlines():
                 if not raw.strip():
@@ -687,6 +756,10 @@ class Uplink:
         for message in self.startup_publishes:
             check_size(message)
         self.supported_operations = tuple(supported_operations)
+        # REST needs a token when the login is a certificate (token.py); the uplink asks for it.
+        self.tokens: TokenSource | None = None
+        if settings.c8y.password is None and self.gateway_mode:
+            self.tokens = TokenSource(self.request_token)
         self.max_refusals = max_refusals
         self.backoff = backoff
         self._links: dict[str, _Link] = {}
@@ -712,10 +785,30 @@ class Uplink:
                 "500",
             ),
             gateway=True,
-            subscriptions=("s/ds", "s/e", *self.extra_subscriptions),
-            startup=self.startup_publishes,
+            subscriptions=self._subscriptions(),
+            startup=ensure_collections(self.startup_publishes)[0],
             heartbeat=self.heartbeat or None,
+            templates=ensure_collections(self.startup_publishes)[1],
+            token=self.tokens is not None,
         )
+
+    def _subscriptions(self) -> tuple[str, ...]:
+        """s/ds, s/e, the extra ones, `s/dt` for the collection check and `s/dat` for the token
+        (subscribed before `s/uat` is published, device-certificates.md)."""
+        extra: list[str] = []
+        if ensure_collections(self.startup_publishes)[1]:
+            extra.append(TEMPLATE_STATUS_TOPIC)
+        if self.tokens is not None:
+            extra.append(TOKEN_TOPIC)
+        return ("s/ds", "s/e", *self.extra_subscriptions, *extra)
+
+    def request_token(self) -> None:
+        """Ask Cumulocity for a device token on the gateway's connection (TokenSource calls it);
+        UplinkError while it is not connected (the token source asks again later)."""
+        link = self._links.get(self.settings.gateway.serial)
+        if link is None or not link.ready:
+            raise UplinkError("the uplink is not connected")
+        link.request_token()
 
     @staticmethod
     def device_plan(serial: str, name: str) -> LinkPlan:
@@ -735,10 +828,14 @@ class Uplink:
         if self.settings.c8y.tls and self._context is None:
             self._context = make_tls_context(self.settings.c8y)
         self._started = True
+        if self.tokens is not None:
+            token_registry.register(self.settings.gateway.serial, self.tokens)
         if self.gateway_mode:
             self._link(self.gateway_plan())
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self.tokens is not None:
+            token_registry.unregister(self.settings.gateway.serial, self.tokens)
         with self._lock:
             self._stopped = True
             links = list(self._links.values())
@@ -755,7 +852,7 @@ class Uplink:
                 link = _Link(
                     self.settings, plan, self._context, on_state=self._changed,
                     on_operation=self.on_operation, max_refusals=self.max_refusals,
-                    backoff=self.backoff,
+                    backoff=self.backoff, tokens=self.tokens if plan.gateway else None,
                 )
                 self._links[plan.client_id] = link
                 link.start()

@@ -209,9 +209,32 @@ def fetch_token(settings: Settings, timeout: float = WAIT) -> str:
         client.loop(timeout=0)
 
 
+# The uplink's token source per gateway serial: inside the daemon the REST client asks the running
+# uplink (its connection publishes `s/uat`) instead of opening a second connection with the same
+# client id, which Cumulocity would answer by closing the first (notes 1.3).
+_UPLINK_SOURCES: dict[str, TokenSource] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register(serial: str, source: TokenSource) -> None:
+    with _REGISTRY_LOCK:
+        _UPLINK_SOURCES[serial] = source
+
+
+def unregister(serial: str, source: TokenSource) -> None:
+    with _REGISTRY_LOCK:
+        if _UPLINK_SOURCES.get(serial) is source:
+            del _UPLINK_SOURCES[serial]
+
+
 def token_source_for(settings: Settings) -> TokenSource:
-    """A token source for a command without the daemon's uplink: each request runs `fetch_token`
-    on a thread of its own (a REST call waits for it in `authorization`)."""
+    """The running uplink's token source for this gateway if there is one; else one for a
+    command without the daemon's uplink, where each request runs `fetch_token` on a thread of its
+    own (a REST call waits for it in `authorization`)."""
+    with _REGISTRY_LOCK:
+        running = _UPLINK_SOURCES.get(settings.gateway.serial)
+    if running is not None:
+        return running
     source = TokenSource()
 
     def fetch() -> None:
