@@ -127,3 +127,50 @@ def test_a_2000_button_start_up_stays_within_max_inflight(tmp_path: Path) -> Non
         assert offered == 2000
         assert sandbox.stats().get("queue_exceeded", 0) == 0
         assert 1 < sandbox.unacknowledged_peak("dashkanban-gw-01") <= 20
+
+
+def test_a_refill_operation_delivered_twice_is_answered_once_by_id(tmp_path: Path) -> None:
+    """An operation created while the gateway was offline reaches it twice at the reconnect
+    (pushed when it subscribes, and again for its `500`): the bin is cleared and the operation
+    reported once, by its id (504/506)."""
+    from dashkanban.c8y.smartrest import join_lines
+    from dashkanban.kanban.alarms import TEMPLATE_TOPIC, template_lines
+    from tests.sandbox.test_kanban_wired import GATEWAY, SCREWS
+    from tests.sandbox.test_kanban_wired import write_config as kanban_config
+    from tests.sandbox_fixture import Device
+
+    rules = BrokerRules(push_pending_on_subscribe=True)
+    with Sandbox(sandbox_options(rules=rules)) as sandbox:
+        before = Device(sandbox, GATEWAY)  # the gateway's earlier life: devices and collection
+        assert before.connect() == "Success"
+        before.publish("s/us", f"100\n101,{SCREWS},screws,c8y_DashButton")
+        before.publish(TEMPLATE_TOPIC, join_lines(template_lines()))
+        before.close()
+        child = sandbox.device_id(SCREWS) or ""
+        op = sandbox.create_operation(child, {"c8y_KanbanRefilled": {"bin": "A3"}})
+        settings = load_settings(kanban_config(tmp_path, sandbox))
+        source = OpenSource()
+        daemon = Daemon(settings, source, drain_on_stop=5.0)
+        runner = threading.Thread(target=daemon.run, daemon=True)
+        runner.start()
+        try:
+            def done() -> bool:
+                found = sandbox.store.operation_by_id(op["id"])
+                return found is not None and found["status"] == "SUCCESSFUL"
+
+            wait_until(done, "the operation to succeed")
+            wait_until(lambda: sum(1 for m in sandbox.messages()
+                                   if m.topic == "s/dc/dashkanban-v2") == 2,
+                       "the operation twice")
+            time.sleep(0.5)  # a second answer would come now
+        finally:
+            daemon.stop()
+            runner.join(timeout=20)
+        assert not runner.is_alive()
+        answers = [m.payload for m in sandbox.messages()
+                   if m.direction == "in" and m.topic == f"s/us/{SCREWS}"
+                   and m.payload.startswith("50")]
+        assert answers == [f"504,{op['id']}\n306,c8y_KanbanReorder\n506,{op['id']}"]
+        errors = [m.payload for m in sandbox.messages() if m.topic == "s/e"
+                  and not m.payload.startswith("41,100,")]
+        assert errors == []
