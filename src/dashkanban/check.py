@@ -110,11 +110,11 @@ def _check_uplink(settings: Settings) -> None:
 def _check_certificate(settings: Settings) -> None:
     """With a client certificate: its CN must equal [gateway] serial and its chain must hold
     together, else Cumulocity answers CONNACK 5 (c8y/certs.py); checked before connecting."""
-    from dashkanban.c8y.certs import inspect_certificate
-
     c8y = settings.c8y
     if c8y.cert_file is None:
         return
+    from dashkanban.c8y.certs import inspect_certificate
+
     try:
         report = inspect_certificate(c8y.cert_file.read_bytes(), settings.gateway.serial,
                                      datetime.now(UTC))
