@@ -8,6 +8,7 @@ and operation status by id (504/505/506). Sources: docs/sandbox.md.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -159,7 +160,9 @@ def cert_device(cert_sandbox: Sandbox, tls_files: TlsFiles) -> Iterator[Callable
 
 
 def test_certificate_login_token_and_bearer(cert_sandbox: Sandbox, tls_files: TlsFiles,
-                                            cert_device: Callable[..., Device]) -> None:
+                                            cert_device: Callable[..., Device],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     gw = cert_device(GW, username=None,
                      client_cert=(tls_files.client_cert, tls_files.client_key))
     assert gw.connect() == "Success"  # no user name or password: the certificate is the login
@@ -188,6 +191,12 @@ def test_certificate_login_token_and_bearer(cert_sandbox: Sandbox, tls_files: Tl
                             headers={"Authorization": f"Bearer {token}"})
         assert (denied.status_code, denied.json()["error"]) == (403, "security/Forbidden")
     assert cert_sandbox.stats()["tokens"] == 1
+    # The token is a credential: the message log (and so the open status page) never shows it.
+    assert [m.payload for m in cert_sandbox.messages() if m.topic == "s/dat"] == ["71,<token>"]
+    with httpx.Client(base_url=cert_sandbox.http_url, timeout=WAIT) as client:
+        assert token not in client.get("/sandbox/state.json").text
+    assert "s/dat 71,<token>" in caplog.text
+    assert token not in caplog.text
 
 
 def test_certificate_cn_must_equal_the_client_id(cert_device: Callable[..., Device],

@@ -450,9 +450,12 @@ class Broker:
         payload = line.encode("utf-8")
         session.send(mq.publish(topic, payload, qos, session.packet_id() if qos else None))
         self.stats["messages_out"] += 1
-        self.store.record_message(session.client_id, "out", topic, payload)
+        # A device token is a REST credential: never in the message log (the open status page
+        # shows it), nor in a log line.
+        shown = b"71,<token>" if topic == JWT_DOWN else payload
+        self.store.record_message(session.client_id, "out", topic, shown)
         level = logging.WARNING if topic == DOWN_ERRORS else logging.INFO
-        log.log(level, "%s <- %s %s", session.client_id, topic, _show(payload))
+        log.log(level, "%s <- %s %s", session.client_id, topic, _show(shown))
         return True
 
     def operation_created(self, op: Doc) -> bool:
