@@ -4,6 +4,7 @@ never has more than `max_inflight` messages unacknowledged (the sandbox records 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,9 @@ def cert_sandbox(tls_files: TlsFiles) -> Iterator[Sandbox]:
 
 
 def test_certificate_only_gateway_delivers_an_inventory_buttons_press(
-        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path) -> None:
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     with rest(cert_sandbox) as admin:  # the button was registered in the tenant by an admin
         made = admin.post("/inventory/managedObjects", headers={"Accept": "application/json"},
                           json={"name": "Aisle 4 ties", "type": "c8y_DashButton"}).json()
@@ -84,6 +87,9 @@ def test_certificate_only_gateway_delivers_an_inventory_buttons_press(
     subscribed = [r.topics for r in cert_sandbox.subscriptions() if r.client_id == GW]
     assert subscribed == [("s/ds", "s/e", "s/dat")]
     assert cert_sandbox.stats()["tokens"] == 1
+    # The token is a secret: no log line shows it (a JWT starts with `eyJ`, base64 of `{"`).
+    assert "device token received" in caplog.text
+    assert "eyJ" not in caplog.text
 
 
 def macid_with_bins(path: Path, count: int) -> Path:
