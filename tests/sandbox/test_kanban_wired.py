@@ -244,14 +244,21 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
         # A reconnect asks whether the collection exists (empty s/ut) and creates nothing: a
         # collection cannot be changed once created (smartrest-two.md; issue 15).
         assert sandbox.drop_connection(GATEWAY)
-        wait_until(lambda: any(m.startswith("Cumulocity: template collection dashkanban-v2 "
-                                            "exists") for m in caplog.messages),
+        wait_until(lambda: sum(m.startswith("Cumulocity: template collection dashkanban-v2 "
+                                            "exists") for m in caplog.messages) == 2,
                    "the 20 after reconnecting")
+        wait_until(lambda: len([r for r in sandbox.subscriptions()
+                                if r.client_id == GATEWAY]) == 4, "the s/dc subscription again")
         creations = [m for m in sandbox.messages()
                      if m.topic == "s/ut/dashkanban-v2" and m.direction == "in"]
+        # First connect: asked, created, asked again; the reconnect: asked once.
         assert [m.payload for m in creations] == [
             "", "11,9101,,c8y_KanbanRefilled,id,c8y_KanbanRefilled.bin\n"
-                "11,9102,,c8y_Command,id,c8y_Command.text", ""]
+                "11,9102,,c8y_Command,id,c8y_Command.text", "", ""]
+        # s/dc/dashkanban-v2 is subscribed only once the collection exists (`20` on s/dt).
+        gateway_subscriptions = [r.topics for r in sandbox.subscriptions()
+                                 if r.client_id == GATEWAY]
+        assert gateway_subscriptions == [("s/ds", "s/e", "s/dt"), ("s/dc/dashkanban-v2",)] * 2
     finally:
         daemon.stop()
         runner.join(timeout=20)

@@ -299,6 +299,13 @@ def ensure_collections(startup: Sequence[Outgoing]) -> tuple[tuple[Outgoing, ...
     return asked, templates
 
 
+def collections_existing(payload: str, templates: Sequence[Outgoing]) -> list[str]:
+    """The X-IDs of our collections that the `s/dt` answers in `payload` say exist (`20`)."""
+    ours = {m.topic[5:] for m in templates}
+    return [line.field(0) for line in decode(payload)
+            if line.template == "20" and line.field(0) in ours]
+
+
 def collections_to_create(payload: str, templates: Sequence[Outgoing]) -> list[Outgoing]:
     """The templates to publish for the `s/dt` answers in `payload` (the `41,<X-ID>` ones)."""
     wanted = {m.topic[5:]: m for m in templates}
@@ -372,6 +379,7 @@ class _Link:
         self._down_reason = ""
         self._refusal: UplinkError | None = None
         self._subscribe_attempts = 0
+        self._collection_mids: set[int] = set()  # SUBSCRIBEs to s/dc/<X-ID> after the `20`
         self._connected_once = False
         self._last_own_publish = time.monotonic()  # the last PUBLISH on s/us (the gateway's topic)
         self.failed: UplinkError | None = None
@@ -501,6 +509,7 @@ class _Link:
         with self._lock:
             self._timers = []
             self._client = client
+            self._collection_mids = set()
         try:
             client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
         except ssl.SSLCertVerificationError as exc:
@@ -605,6 +614,11 @@ class _Link:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
+        if mid in self._collection_mids:
+            self._collection_mids.discard(mid)
+            # Operations pushed for `500` before this subscription had no subscriber: again.
+            self._internal(client, "s/us", "500")
+            return
         log.debug("SUBACK %s", [str(r) for r in reasons])
         refused = [r for r in reasons if r.is_failure]
         if refused and self._subscribe_attempts < SUBSCRIBE_ATTEMPTS:
@@ -665,14 +679,16 @@ class _Link:
                 self._tokens.offer(jwt)
 
     def _on_template_status(self, client: paho.Client, text: str) -> None:
-        created = collections_to_create(text, self.plan.templates)
-        for message in created:
+        for message in collections_to_create(text, self.plan.templates):
             log.info("Cumulocity: template collection %s missing, creating it", message.topic[5:])
             self._internal(client, message.topic, message.payload)
-        if created:
-            # Operations that were PENDING before the collection existed had no line for it:
-            # ask again now that it does.
-            self._internal(client, "s/us", "500")
+            self._internal(client, message.topic, "")  # ask again: `20` once it exists
+        for xid in collections_existing(text, self.plan.templates):
+            # Subscribe to s/dc/<X-ID> only once the collection exists (smartrest-two.md; notes
+            # 2.6); its SUBACK sends `500` again (`_on_subscribe`).
+            _, mid = client.subscribe(f"s/dc/{xid}", QOS)
+            if mid is not None:
+                self._collection_mids.add(mid)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         text = message.payload.decode("utf-8", errors="replace")
@@ -795,12 +811,14 @@ class Uplink:
     def _subscriptions(self) -> tuple[str, ...]:
         """s/ds, s/e, the extra ones, `s/dt` for the collection check and `s/dat` for the token
         (subscribed before `s/uat` is published, device-certificates.md)."""
-        extra: list[str] = []
-        if ensure_collections(self.startup_publishes)[1]:
+        templates = ensure_collections(self.startup_publishes)[1]
+        later = {f"s/dc/{m.topic[5:]}" for m in templates}  # after the collection exists
+        extra: list[str] = [t for t in self.extra_subscriptions if t not in later]
+        if templates:
             extra.append(TEMPLATE_STATUS_TOPIC)
         if self.tokens is not None:
             extra.append(TOKEN_TOPIC)
-        return ("s/ds", "s/e", *self.extra_subscriptions, *extra)
+        return ("s/ds", "s/e", *extra)
 
     def request_token(self) -> None:
         """Ask Cumulocity for a device token on the gateway's connection (TokenSource calls it);
