@@ -110,7 +110,7 @@ def cert_settings(folder: Path, sandbox: Sandbox, tls: TlsFiles, extra: str = ""
     return load_settings(config)
 
 
-def test_bearer_token_from_mqtt_reads_own_device_and_renews_after_401(
+def test_bearer_token_from_mqtt_and_renewed_after_a_401(
         cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path) -> None:
     settings = cert_settings(tmp_path, cert_sandbox, tls_files)
     assert settings.c8y.password is None

@@ -264,7 +264,7 @@ def test_a_client_over_the_queue_limit_is_disconnected() -> None:
             client.loop_stop()
 
 
-def test_a_client_within_the_queue_limit_stays(device_factory: Callable[..., Device]) -> None:
+def test_a_client_within_the_queue_limit_stays() -> None:
     rules = BrokerRules(queue_limit=5, ack_delay=0.005)
     with Sandbox(sandbox_options(rules=rules)) as sandbox:
         device = Device(sandbox, "patient")
