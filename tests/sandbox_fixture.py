@@ -80,15 +80,22 @@ class Received:
 class Device:
     """A paho MQTT 3.1.1 client used as a device: connect, publish QoS 1, collect s/ds and s/e."""
 
-    def __init__(self, sandbox: Sandbox, client_id: str, *, username: str = SANDBOX_USER,
+    def __init__(self, sandbox: Sandbox, client_id: str, *, username: str | None = SANDBOX_USER,
                  password: str = SANDBOX_PASSWORD, tls: TlsFiles | None = None,
-                 will: tuple[str, str] | None = None, keepalive: int = 60) -> None:
+                 will: tuple[str, str] | None = None, keepalive: int = 60,
+                 client_cert: tuple[Path, Path] | None = None) -> None:
+        """`username=None` sends no credentials; `client_cert` (certificate, key) logs in with a
+        TLS client certificate (needs `tls`)."""
         self.sandbox = sandbox
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
-        self.client.username_pw_set(username, password)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         if tls is not None:
-            self.client.tls_set(ca_certs=str(tls.ca_cert))
+            cert, key = client_cert if client_cert is not None else (None, None)
+            self.client.tls_set(ca_certs=str(tls.ca_cert),
+                                certfile=str(cert) if cert else None,
+                                keyfile=str(key) if key else None)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1)
         self.tls = tls

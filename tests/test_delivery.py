@@ -176,7 +176,8 @@ def test_drain_returns_at_once_when_the_login_is_refused(tmp_path: Path,
         assert outbox.count() == 1
         assert str(uplink.failed).endswith("not authorised (CONNACK 5); check user and password "
                                            "in [C8YMQTT] and that the user may connect devices "
-                                           "(with a certificate: that the tenant trusts its CA)")
+                                           "(with a certificate: that its CN equals [gateway] "
+                                           "serial and the tenant trusts its CA)")
     finally:
         courier.stop()
         uplink.stop()

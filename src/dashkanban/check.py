@@ -72,7 +72,9 @@ def check_command(args: argparse.Namespace) -> int:
         if not step(settings):
             failed.append(name)
     try:
+        _check_certificate(settings)
         _check_uplink(settings)
+        _check_token(settings)
     except UplinkError:
         failed.append("uplink")
     if rest_used(settings) and not _check_rest(settings):  # its own way in: tried either way
@@ -215,6 +217,51 @@ def _check_uplink(settings: Settings) -> None:
     if c8y.credentials_file is not None:
         who += f" (device credentials from {c8y.credentials_file})"
     _ok(f"MQTT login as {who}, client id {client_id}")
+
+
+def _check_certificate(settings: Settings) -> None:
+    """With a client certificate: its CN must equal [gateway] serial and its chain must hold
+    together, else Cumulocity answers CONNACK 5 (c8y/certs.py); checked before connecting."""
+    c8y = settings.c8y
+    if c8y.cert_file is None:
+        return
+    from dashkanban.c8y.certs import inspect_certificate
+
+    try:
+        report = inspect_certificate(c8y.cert_file.read_bytes(), settings.gateway.serial,
+                                     datetime.now(UTC))
+    except (OSError, ValueError) as exc:
+        _fail(f"certificate {c8y.cert_file}: cannot read it ({exc})",
+              "cert_file must be a PEM certificate (the device's first, then its chain)")
+        raise ConfigError(f"cert_file {c8y.cert_file}: not a PEM certificate") from None
+    if report.problems:
+        for problem in report.problems[1:]:
+            print(f"{CROSS} certificate: {problem}", flush=True)
+        _fail(f"certificate: {report.problems[0]}",
+              "the CN must equal [gateway] serial, and the file must hold the chain up to the "
+              "CA the tenant trusts (Cumulocity: Device management > Trusted certificates)")
+        raise UplinkError(f"the client certificate {c8y.cert_file} would be refused: "
+                          f"{report.problems[0]}")
+    chain = " <- ".join(report.chain)
+    trust = ("the tenant must trust its root" if report.ends_at_root
+             else f"the tenant must trust {report.chain[-1]!r}'s issuer")
+    _ok(f"certificate CN={report.common_name} = [gateway] serial; chain {chain} ({trust})")
+
+
+def _check_token(settings: Settings) -> None:
+    """A certificate-only gateway reads the inventory over REST with a device token: ask for one
+    (an empty `s/uat`, the answer `71,<JWT>` on `s/dat`; device-certificates.md)."""
+    from dashkanban.c8y.token import fetch_token, lifetime_of
+
+    if settings.c8y.password is not None:
+        return
+    try:
+        jwt = fetch_token(settings, CONNECT_TIMEOUT)
+    except UplinkError as exc:
+        _fail(f"device token: {exc}",
+              "Cumulocity answers s/uat only for certificate logins of registered devices")
+        raise
+    _ok(f"device token for REST (s/uat): valid {lifetime_of(jwt):.0f} s, sent as Bearer")
 
 
 def _login_hint(exc: UplinkError) -> str:

@@ -60,6 +60,9 @@ class C8yMqttSettings:
     credentials_file: Path | None = None
     bootstrap_user: str = BOOTSTRAP_USER
     bootstrap_password: Secret | None = None
+    # QoS 1 messages unacknowledged at once: Cumulocity disconnects a client over its queue limit
+    # (smartrest-two.md), so start-up lines and a drained backlog go through this window.
+    max_inflight: int = 20
 
     @property
     def username(self) -> str:
@@ -234,6 +237,7 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
         "keepalive": "60",
         "bootstrap_user": BOOTSTRAP_USER,
         "bootstrap_password": "",
+        "max_inflight": "20",
     },
     "gateway": {
         "serial": "",
@@ -803,6 +807,7 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
         credentials_file=path if found is not None else None,
         bootstrap_user=_bootstrap_user(v),
         bootstrap_password=_bootstrap_password(v, environ),
+        max_inflight=v.parsed(s, "max_inflight", _int_in(1, 1000)),
     )
 
 

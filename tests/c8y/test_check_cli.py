@@ -74,12 +74,14 @@ def test_check_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
     port = mosquitto_tls.port
     message = (f"127.0.0.1:{port} refused the login for t12345/dash-gateway: not authorised "
                "(CONNACK 5); check user and password in [C8YMQTT] and that the user may connect "
-               "devices (with a certificate: that the tenant trusts its CA)")
+               "devices (with a certificate: that its CN equals [gateway] "
+               "serial and the tenant trusts its CA)")
     assert result.returncode == 1
     assert result.stdout.splitlines()[-2:] == [
         f"✗ MQTT login: {message}",
         "  hint: check user and password in [C8YMQTT] and that the user may connect devices "
-        "(with a certificate: that the tenant trusts its CA)",
+        "(with a certificate: that its CN equals [gateway] "
+        "serial and the tenant trusts its CA)",
     ]
     # Printed once (issue 14): the last line sums up instead of repeating it.
     assert result.stderr.splitlines()[-1] == (
@@ -194,7 +196,8 @@ def test_test_button_wrong_password(tmp_path: Path, mosquitto_tls: Mosquitto) ->
     assert result.stderr.splitlines()[-1] == (
         f"error: 127.0.0.1:{mosquitto_tls.port} refused the login for t12345/dash-gateway: not "
         "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may "
-        "connect devices (with a certificate: that the tenant trusts its CA)"
+        "connect devices (with a certificate: that its CN equals [gateway] "
+        "serial and the tenant trusts its CA)"
         f"; 1 event stays queued in {tmp_path / 'outbox.sqlite3'}: "
         "`dashkanban outbox flush` delivers it, `dashkanban outbox drop --all` (or --button "
         "NAME|MAC, --before TIME) discards it"

@@ -249,7 +249,8 @@ def test_wrong_password_gives_up_after_a_few_attempts(tmp_path: Path,
         assert str(uplink.failed) == (
             f"127.0.0.1:{mosquitto_tls.port} refused the login for t12345/dash-gateway: not "
             "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may "
-            "connect devices (with a certificate: that the tenant trusts its CA)"
+            "connect devices (with a certificate: that its CN equals [gateway] "
+            "serial and the tenant trusts its CA)"
         )
         # exactly max_refusals attempts reached the broker, and no more came after a while
         time.sleep(0.5)  # more than the test backoff's ceiling
@@ -342,8 +343,11 @@ def test_client_certificate_instead_of_a_password(
 
 @pytest.mark.parametrize(("code", "text"), [
     (134, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),
-    (133, "client id rejected (CONNACK 2); check [gateway] serial (with a client certificate it "
-          "must equal the certificate's CN)"),
+    (133, "client id rejected (CONNACK 2); check [gateway] serial (no ':' in it; Cumulocity "
+          "reserves the colon)"),
+    (135, "not authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user "
+          "may connect devices (with a certificate: that its CN equals [gateway] serial and the "
+          "tenant trusts its CA)"),
     (136, "server unavailable (CONNACK 3); Cumulocity is temporarily unavailable; dashkanban "
           "retries"),
     (4, "bad user name or password (CONNACK 4); check user and password in [C8YMQTT]"),
@@ -377,15 +381,44 @@ def test_heartbeat_keeps_an_idle_gateway_available(tmp_path: Path, mosquitto_tls
         uplink.stop()
 
 
-def test_heartbeat_defaults_to_half_the_required_interval(tmp_path: Path,
-                                                          mosquitto_tls: Mosquitto) -> None:
+def test_heartbeat_at_most_every_5_minutes_and_half_the_required_interval(
+        tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
+    """Issue 15: the tenant's interval may differ from ours (117 sets only a missing one), so the
+    beat is at most 5 minutes apart; with required_interval = 0 no 117 goes out, but the beat does.
+    (Before issue 15: half the interval, 1800 s for 60 minutes, and none for 0.)"""
     settings = settings_for(tmp_path, mosquitto_tls)
     assert settings.gateway.required_interval == 60  # minutes
-    assert Uplink(settings).heartbeat == 1800.0
-    assert Uplink(settings).gateway_plan().heartbeat == 1800.0
+    assert Uplink(settings).heartbeat == 300.0
+    assert Uplink(settings).gateway_plan().heartbeat == 300.0
     assert Uplink(settings, heartbeat=0).gateway_plan().heartbeat is None
     with pytest.raises(ValueError, match="heartbeat must be 0"):
         Uplink(settings, heartbeat=-1)
-    off = dataclasses.replace(
+
+    def with_interval(minutes: int) -> Uplink:
+        return Uplink(dataclasses.replace(
+            settings, gateway=dataclasses.replace(settings.gateway, required_interval=minutes)))
+
+    assert with_interval(6).gateway_plan().heartbeat == 180.0
+    assert with_interval(1).gateway_plan().heartbeat == 30.0
+    off = with_interval(0).gateway_plan()
+    assert off.heartbeat == 300.0
+    assert off.after_subscribe == ("114", "500")  # never 117,0: that means maintenance
+    assert with_interval(60).gateway_plan().after_subscribe == ("114", "117,60", "500")
+
+
+def test_required_interval_0_puts_no_117_on_the_wire(tmp_path: Path, mosquitto_tls: Mosquitto,
+                                                    recorder: Recorder) -> None:
+    """`117,0` would put the gateway into MAINTENANCE (device-availability.md): with
+    required_interval = 0 the independent subscriber sees the start-up without any 117."""
+    settings = settings_for(tmp_path, mosquitto_tls)
+    settings = dataclasses.replace(
         settings, gateway=dataclasses.replace(settings.gateway, required_interval=0))
-    assert Uplink(off).gateway_plan().heartbeat is None
+    uplink = Uplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        assert recorder.wait_for(3) == [GATEWAY_HELLO[0], GATEWAY_HELLO[1], GATEWAY_HELLO[3]]
+        time.sleep(0.3)  # anything late would show here
+        assert not [m for m in recorder.messages if m[1].startswith("117")]
+    finally:
+        uplink.stop()

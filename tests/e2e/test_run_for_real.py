@@ -337,7 +337,8 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
     assert (
         f"✗ MQTT login: 127.0.0.1:{broker.port} refused the login for {BROKER_USER}: not "
         "authorised (CONNACK 5); check user and password in [C8YMQTT] and that the user may "
-        "connect devices (with a certificate: that the tenant trusts its CA)"
+        "connect devices (with a certificate: that its CN equals [gateway] serial and the "
+        "tenant trusts its CA)"
     ) in refused.stdout.splitlines()
     assert final_message(refused.stderr, fmt) == (
         "check: 2 steps failed (uplink, REST); see the lines marked ✗ above")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -147,64 +148,70 @@ def test_refill_operation_by_template_clears_every_reorder_button(
     setup: tuple[dict[str, Button], Bins],
 ) -> None:
     _, bins = setup
-    [line] = decode("9101,fca6670a0b0c,B1")
+    [line] = decode("9101,fca6670a0b0c,10042,B1")
     outcome = handle_operation(line, bins, "dashkanban-gw-01")
     assert outcome is not None
     assert outcome.bin == "B1"
+    # Status by operation id (504/506), never "the oldest" of the fragment (issue 15).
     assert outcome.publishes == (
-        DeviceLines("fca6670a0b0c", ("501,c8y_KanbanRefilled",)),
+        DeviceLines("fca6670a0b0c", ("504,10042",)),
         DeviceLines("fca6670a0b0c", ("306,c8y_KanbanReorder",)),
         DeviceLines("fca6670a0b0d", ("306,c8y_KanbanReorder",)),
-        DeviceLines("fca6670a0b0c", ("503,c8y_KanbanRefilled",)),
+        DeviceLines("fca6670a0b0c", ("506,10042",)),
     )
 
 
 def test_refill_operation_variants(setup: tuple[dict[str, Button], Bins]) -> None:
     _, bins = setup
     # On the gateway, with the bin: status on the gateway's own topic.
-    outcome = handle_operation(decode("9101,dashkanban-gw-01,a3")[0], bins, "dashkanban-gw-01")
+    outcome = handle_operation(decode("9101,dashkanban-gw-01,7,a3")[0], bins, "dashkanban-gw-01")
     assert outcome is not None
     assert [(p.topic, p.lines) for p in outcome.publishes] == [
-        ("s/us", ("501,c8y_KanbanRefilled",)),
+        ("s/us", ("504,7",)),
         ("s/us/ac63be123456", ("306,c8y_KanbanReorder",)),
-        ("s/us", ("503,c8y_KanbanRefilled",)),
+        ("s/us", ("506,7",)),
     ]
     # On a button, without the bin: the button's bin.
-    outcome = handle_operation(decode("9101,ac63be123458,")[0], bins, "dashkanban-gw-01")
+    outcome = handle_operation(decode("9101,ac63be123458,8,")[0], bins, "dashkanban-gw-01")
     assert outcome is not None
     assert outcome.bin == "A3"
-    # An unknown bin fails with 502 and the reason.
-    outcome = handle_operation(decode("9101,dashkanban-gw-01,Z9")[0], bins, "dashkanban-gw-01")
+    # An unknown bin fails with 505 and the reason.
+    outcome = handle_operation(decode("9101,dashkanban-gw-01,9,Z9")[0], bins, "dashkanban-gw-01")
     assert outcome is not None
     assert outcome.bin is None
     assert [(p.topic, p.lines) for p in outcome.publishes] == [
-        ("s/us", ("501,c8y_KanbanRefilled",)),
-        ("s/us", ("502,c8y_KanbanRefilled,\"unknown bin 'Z9' (known: A3, B1)\"",)),
+        ("s/us", ("504,9",)),
+        ("s/us", ("505,9,\"unknown bin 'Z9' (known: A3, B1)\"",)),
     ]
-    # The device shell's c8y_Command works without any template.
+    # The device shell's c8y_Command, through its response template (with the id).
     outcome = handle_operation(
-        decode('511,dashkanban-gw-01,"kanban refilled A3"')[0], bins, "dashkanban-gw-01"
+        decode('9102,dashkanban-gw-01,10,"kanban refilled A3"')[0], bins, "dashkanban-gw-01"
     )
     assert outcome is not None
     assert [(p.topic, p.lines) for p in outcome.publishes] == [
-        ("s/us", ("501,c8y_Command",)),
+        ("s/us", ("504,10",)),
         ("s/us/ac63be123456", ("306,c8y_KanbanReorder",)),
-        ("s/us", ("503,c8y_Command,bin A3 refilled",)),
+        ("s/us", ("506,10,bin A3 refilled",)),
     ]
-    # A line with no fields at all fails cleanly.
+    # A line without an id falls back to the fragment (501/502/503); no fields at all fails
+    # cleanly.
     outcome = handle_operation(decode("9101")[0], bins, "dashkanban-gw-01")
     assert outcome is not None
     assert outcome.publishes[-1].lines == (
         "502,c8y_KanbanRefilled,device '' is not a button of any bin; give the bin",
     )
-    # Other commands and operations are not ours.
-    assert handle_operation(decode("511,dashkanban-gw-01,reboot")[0], bins, "gw") is None
+    # Other commands and operations are not ours; the static 511 of a command is left alone
+    # (its 9102 carries the id).
+    assert handle_operation(decode('511,dashkanban-gw-01,"kanban refilled A3"')[0], bins,
+                            "gw") is None
+    assert handle_operation(decode("9102,dashkanban-gw-01,11,reboot")[0], bins, "gw") is None
     assert handle_operation(decode("510,dashkanban-gw-01")[0], bins, "gw") is None
 
 
 def test_template_and_supported_operations(setup: tuple[dict[str, Button], Bins]) -> None:
     _, bins = setup
-    assert template_lines() == ("11,9101,,c8y_KanbanRefilled,c8y_KanbanRefilled.bin",)
+    assert template_lines() == ("11,9101,,c8y_KanbanRefilled,id,c8y_KanbanRefilled.bin",
+                                "11,9102,,c8y_Command,id,c8y_Command.text")
     assert supported_operations(bins) == (
         DeviceLines("ac63be123456", ("114,c8y_KanbanRefilled",)),
         DeviceLines("fca6670a0b0c", ("114,c8y_KanbanRefilled",)),
@@ -221,7 +228,7 @@ def test_operation_and_cli_refills_close_the_bin(
         loop.on_press(press(buttons["ties"], 0))
         loop.on_press(press(buttons["screws"], 0))
         assert history.active_bins() == {"A3", "B1"}
-        outcome = loop.on_operation(decode("9101,fca6670a0b0c,")[0], "gw", T0 + timedelta(1))
+        outcome = loop.on_operation(decode("9101,fca6670a0b0c,5,")[0], "gw", T0 + timedelta(1))
         assert outcome is not None
         assert loop.open_bins == {"A3"}
         name, row, signal = refill_from_cli(bins, "a3", history, T0 + timedelta(days=2))
@@ -277,7 +284,7 @@ def test_sequence_on_the_broker(
         for p in (press(buttons["screws"], 0), press(buttons["screws"], 2),
                   press(buttons["screws-full"], 30)):
             publishes.extend(loop.on_press(p).publishes)
-        outcome = loop.on_operation(decode("9101,fca6670a0b0c,B1")[0], "dashkanban-gw-01", T0)
+        outcome = loop.on_operation(decode("9101,fca6670a0b0c,6,B1")[0], "dashkanban-gw-01", T0)
         assert outcome is not None
         publishes.extend(outcome.publishes)
     publish(mosquitto, publishes)
@@ -287,9 +294,31 @@ def test_sequence_on_the_broker(
         ("s/us/ac63be123456", alarm + "0:01.234+00:00"),
         ("s/us/ac63be123456", alarm + "2:01.234+00:00"),
         ("s/us/ac63be123456", "306,c8y_KanbanReorder"),
-        ("s/us/fca6670a0b0c", "501,c8y_KanbanRefilled"),
+        ("s/us/fca6670a0b0c", "504,6"),
         ("s/us/fca6670a0b0c", "306,c8y_KanbanReorder"),
         ("s/us/fca6670a0b0d", "306,c8y_KanbanReorder"),
-        ("s/us/fca6670a0b0c", "503,c8y_KanbanRefilled"),
+        ("s/us/fca6670a0b0c", "506,6"),
     ]
     assert listener.empty()
+
+
+def test_an_operation_delivered_twice_clears_its_bin_and_reports_once(
+    setup: tuple[dict[str, Button], Bins], tmp_path: Path
+) -> None:
+    """After a reconnect `500` re-delivers a PENDING operation whose 506 still waits in the
+    outbox: the second delivery is not handled again (issue 15)."""
+    buttons, bins = setup
+    with History.open(tmp_path / "history.sqlite3", 730, T0) as history:
+        loop = KanbanLoop(bins, ON, history)
+        loop.on_press(press(buttons["ties"], 0))
+        line = decode("9101,fca6670a0b0c,10042,B1")[0]
+        first = loop.on_operation(line, "gw", T0 + timedelta(1))
+        assert first is not None
+        assert loop.on_operation(line, "gw", T0 + timedelta(2)) is None
+        # Another operation for the same bin is a refill of its own.
+        assert loop.on_operation(decode("9101,fca6670a0b0c,10043,B1")[0], "gw",
+                                 T0 + timedelta(3)) is not None
+    with sqlite3.connect(tmp_path / "history.sqlite3") as db:
+        rows = db.execute("SELECT bin, source, time FROM refills ORDER BY id").fetchall()
+    assert rows == [("B1", "operation", (T0 + timedelta(1)).isoformat()),
+                    ("B1", "operation", (T0 + timedelta(3)).isoformat())]

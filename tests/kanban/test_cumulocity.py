@@ -158,11 +158,13 @@ def test_fetch_history_pages_through_every_gateway() -> None:
     store.events.append({"id": "x", "type": "c8y_MAC_Event", "time": "2026-11-04T08:00:00Z",
                          "source": "not-an-object"})  # hostile: counted, skipped
     with c8y_server(store) as base, rest(base) as client:
-        remote = fetch_history(client, "c8y_MAC_Event", T0)
+        remote = fetch_history(client, "c8y_MAC_Event", T0, datetime(2026, 12, 1, tzinfo=UTC))
     pages = [q for m, p, q in store.requests if p == "/event/events"]
+    # The same dateTo on every page (issue 15: new events must not shift the pages).
     assert pages == [
         {"type": ["c8y_MAC_Event"], "dateFrom": ["2026-11-01T00:00:00.000+00:00"],
-         "pageSize": ["2000"], "currentPage": [str(n)]}
+         "dateTo": ["2026-12-01T00:00:00.000+00:00"], "pageSize": ["2000"],
+         "currentPage": [str(n)]}
         for n in (1, 2)
     ]
     # Each source is looked up once.

@@ -41,7 +41,8 @@ EVENT = Event(time=T0, mac="ac:63:be:12:34:58", serial="ac63be123458", name="scr
 def test_startup_publishes_collection_children_then_supported_operations() -> None:
     _, bins = parse_bins(MACID, Path("MACID.csv"))
     assert startup_publishes(bins) == [
-        ("s/ut/dashkanban", "11,9101,,c8y_KanbanRefilled,c8y_KanbanRefilled.bin"),
+        ("s/ut/dashkanban-v2", "11,9101,,c8y_KanbanRefilled,id,c8y_KanbanRefilled.bin\n"
+                               "11,9102,,c8y_Command,id,c8y_Command.text"),
         ("s/us", "101,ac63be123456,screws,c8y_DashButton\n"
                  "101,ac63be123458,screws-full,c8y_DashButton\n"
                  "101,fca6670a0b0c,ties,c8y_DashButton"),
@@ -82,10 +83,11 @@ def test_operation_router_queues_status_and_clears_as_one_row() -> None:
     queued: list[tuple[tuple[tuple[str | None, str], ...], datetime]] = []
     router.queue = lambda lines, t: queued.append((tuple(lines), t))
     router(SmartRestLine("510", ("gw-1",)))  # not ours: nothing
-    router(SmartRestLine("9101", ("gw-1", "a3")))
-    assert queued == [(((None, "501,c8y_KanbanRefilled"),
+    router(SmartRestLine("9101", ("gw-1", "10042", "a3")))
+    router(SmartRestLine("9101", ("gw-1", "10042", "a3")))  # delivered again: nothing more
+    assert queued == [(((None, "504,10042"),
                         ("ac63be123456", "306,c8y_KanbanReorder"),
-                        (None, "503,c8y_KanbanRefilled")), T0)]
+                        (None, "506,10042")), T0)]
 
 
 def test_lines_messages_group_consecutive_lines_of_one_device() -> None:

@@ -248,17 +248,32 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
         assert alarms_of(sandbox, SCREWS) == [
             ("c8y_KanbanReorder", "CLEARED", "MINOR", SCREWS_TEXT, 1)
         ]
-        # EXECUTING, the clear, then SUCCESSFUL: one row of lines, one message on the child.
+        # EXECUTING, the clear, then SUCCESSFUL, by the operation's id (504/506): one row of
+        # lines, one message on the child.
         answers = [
             m.payload for m in sandbox.messages()
-            if m.direction == "in" and m.topic == f"s/us/{SCREWS}" and "501" in m.payload
+            if m.direction == "in" and m.topic == f"s/us/{SCREWS}" and m.payload.startswith("50")
         ]
-        assert answers == ["501,c8y_KanbanRefilled\n306,c8y_KanbanReorder\n503,c8y_KanbanRefilled"]
+        assert answers == [f"504,{op_id}\n306,c8y_KanbanReorder\n506,{op_id}"]
 
-        # A reconnect publishes the collection again: Cumulocity's 41 is fine, not a warning.
+        # A reconnect asks whether the collection exists (empty s/ut) and creates nothing: a
+        # collection cannot be changed once created (smartrest-two.md; issue 15).
         assert sandbox.drop_connection(GATEWAY)
-        wait_until(lambda: any("template collection dashkanban already exists (fine)" in m
-                               for m in caplog.messages), "the 41 after reconnecting")
+        wait_until(lambda: sum(m.startswith("Cumulocity: template collection dashkanban-v2 "
+                                            "exists") for m in caplog.messages) == 2,
+                   "the 20 after reconnecting")
+        wait_until(lambda: len([r for r in sandbox.subscriptions()
+                                if r.client_id == GATEWAY]) == 4, "the s/dc subscription again")
+        creations = [m for m in sandbox.messages()
+                     if m.topic == "s/ut/dashkanban-v2" and m.direction == "in"]
+        # First connect: asked, created, asked again; the reconnect: asked once.
+        assert [m.payload for m in creations] == [
+            "", "11,9101,,c8y_KanbanRefilled,id,c8y_KanbanRefilled.bin\n"
+                "11,9102,,c8y_Command,id,c8y_Command.text", "", ""]
+        # s/dc/dashkanban-v2 is subscribed only once the collection exists (`20` on s/dt).
+        gateway_subscriptions = [r.topics for r in sandbox.subscriptions()
+                                 if r.client_id == GATEWAY]
+        assert gateway_subscriptions == [("s/ds", "s/e", "s/dt"), ("s/dc/dashkanban-v2",)] * 2
     finally:
         daemon.stop()
         runner.join(timeout=20)

@@ -147,12 +147,12 @@ def test_alarms_deduplicate_change_severity_and_clear(proc: SmartRestProcessor,
     send(proc, "301,c8y_Bin,Bin empty\n302,c8y_Bin,Bin still empty\n303,c8y_Other")
     assert [(a["type"], a["severity"], a["count"], a["status"], a["text"])
             for a in store.alarms] == [
-        ("c8y_Bin", "MAJOR", 2, "ACTIVE", "Bin still empty"),
+        ("c8y_Bin", "CRITICAL", 2, "ACTIVE", "Bin empty"),  # a repeat changes only the count
         ("c8y_Other", "MINOR", 1, "ACTIVE", "Alarm of type c8y_Other raised"),
     ]
     send(proc, "305,c8y_Other,CRITICAL\n306,c8y_Bin")
     assert [(a["severity"], a["status"]) for a in store.alarms] == [
-        ("MAJOR", "CLEARED"), ("CRITICAL", "ACTIVE")
+        ("CRITICAL", "CLEARED"), ("CRITICAL", "ACTIVE")
     ]
     send(proc, "304,c8y_Bin")  # a new ACTIVE alarm after the clear
     assert [(a["type"], a["status"], a["count"]) for a in store.alarms][2] == (

@@ -41,6 +41,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from dashkanban.c8y import token as token_registry
 from dashkanban.c8y.smartrest import (
     MAX_MESSAGE_BYTES,
     SmartRestLine,
@@ -50,6 +51,7 @@ from dashkanban.c8y.smartrest import (
     join_lines,
 )
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
+from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TOKEN_TOPIC, TokenSource, token_line
 from dashkanban.config import Settings
 from dashkanban.errors import UplinkError
 from dashkanban.events import Event
@@ -79,6 +81,27 @@ LOOP_TICK = 0.2
 # full beat of margin for a reconnect or a late timer.
 HEARTBEAT_FRACTION = 0.5
 HEARTBEAT = "125"
+# `117` sets the interval only when the device has none, so the tenant's interval may be shorter
+# than ours (set in the UI) or exist although we send none: the beat does not rely on our setting
+# and comes at least every 5 minutes (mqtt-static-templates.md 117; device-availability.md).
+HEARTBEAT_MAX = 300.0
+
+
+def heartbeat_period(required_interval: int) -> float:
+    """Seconds between heartbeats of an idle gateway: at most 5 minutes and at most half of
+    `required_interval` (minutes); 5 minutes when it is 0 (we send no `117`, the tenant may
+    still have an interval)."""
+    if required_interval <= 0:
+        return HEARTBEAT_MAX
+    return min(HEARTBEAT_MAX, required_interval * 60 * HEARTBEAT_FRACTION)
+
+
+def availability_lines(required_interval: int) -> tuple[str, ...]:
+    """`117,<minutes>`, or nothing for 0: a `responseInterval` <= 0 puts the device into
+    MAINTENANCE (device-availability.md), so `117,0` is never sent."""
+    if required_interval <= 0:
+        return ()
+    return (encode_line(117, required_interval),)
 
 # CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
 # paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
@@ -86,14 +109,17 @@ _CONNACK: dict[int, tuple[str, str]] = {
     1: ("unacceptable protocol version", "Cumulocity speaks MQTT 3.1 and 3.1.1 only"),
     2: (
         "client id rejected",
-        "check [gateway] serial (with a client certificate it must equal the certificate's CN)",
+        "check [gateway] serial (no ':' in it; Cumulocity reserves the colon)",
     ),
     3: ("server unavailable", "Cumulocity is temporarily unavailable; dashkanban retries"),
     4: ("bad user name or password", "check user and password in [C8YMQTT]"),
+    # A certificate whose CN differs from the client id, or a chain without the trusted CA,
+    # gives 5, not 2: "Thrown on any issue with certificate authentication (for example, wrong
+    # common name, failed auto registration)" (implementation.md, MQTT return codes).
     5: (
         "not authorised",
         "check user and password in [C8YMQTT] and that the user may connect devices "
-        "(with a certificate: that the tenant trusts its CA)",
+        "(with a certificate: that its CN equals [gateway] serial and the tenant trusts its CA)",
     ),
 }
 _V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
@@ -253,6 +279,44 @@ class LinkPlan:
         """The X-IDs of the template collections published at start-up (`s/ut/<X-ID>`)."""
         return frozenset(m.topic[5:] for m in self.startup if m.topic.startswith("s/ut/"))
     heartbeat: float | None = None  # seconds without a publish on s/us before a `125`
+    # Template collections to create only when the existence check says they are missing:
+    # `s/ut/<X-ID>` with its templates (the start-up publishes only the empty question).
+    templates: tuple[Outgoing, ...] = ()
+    token: bool = False  # a certificate login: ask for the REST token (s/uat) after the SUBACK
+
+
+TEMPLATE_STATUS_TOPIC = "s/dt"
+
+
+def ensure_collections(startup: Sequence[Outgoing]) -> tuple[tuple[Outgoing, ...],
+                                                              tuple[Outgoing, ...]]:
+    """(start-up publishes, templates): each `s/ut/<X-ID>` with templates becomes the empty
+    existence question, and its templates are kept for when the answer is `41,<X-ID>`. A
+    collection "can no longer be modified through MQTT" after it is created, and an empty publish
+    on `s/ut/<X-ID>` answers `20,<X-ID>,<id>` or `41,<X-ID>` on `s/dt` (smartrest-two.md)."""
+    asked = tuple(Outgoing(m.topic, "") if m.topic.startswith("s/ut/") else m for m in startup)
+    templates = tuple(m for m in startup if m.topic.startswith("s/ut/") and m.payload)
+    return asked, templates
+
+
+def collections_existing(payload: str, templates: Sequence[Outgoing]) -> list[str]:
+    """The X-IDs of our collections that the `s/dt` answers in `payload` say exist (`20`)."""
+    ours = {m.topic[5:] for m in templates}
+    return [line.field(0) for line in decode(payload)
+            if line.template == "20" and line.field(0) in ours]
+
+
+def collections_to_create(payload: str, templates: Sequence[Outgoing]) -> list[Outgoing]:
+    """The templates to publish for the `s/dt` answers in `payload` (the `41,<X-ID>` ones)."""
+    wanted = {m.topic[5:]: m for m in templates}
+    create = []
+    for line in decode(payload):
+        xid = line.field(0)
+        if line.template == "41" and xid in wanted:
+            create.append(wanted[xid])
+        elif line.template == "20":
+            log.info("Cumulocity: template collection %s exists (%s)", xid, line.field(1))
+    return create
 
 
 def new_client(settings: Settings, client_id: str,
@@ -289,8 +353,9 @@ class _Link:
     def __init__(self, settings: Settings, plan: LinkPlan, context: ssl.SSLContext | None, *,
                  on_state: Callable[[], None],
                  on_operation: OperationHandler | None, max_refusals: int,
-                 backoff: tuple[float, float]) -> None:
+                 backoff: tuple[float, float], tokens: TokenSource | None = None) -> None:
         self._settings = settings
+        self._tokens = tokens
         self.plan = plan
         self._context = context
         self._on_state = on_state
@@ -314,6 +379,7 @@ class _Link:
         self._down_reason = ""
         self._refusal: UplinkError | None = None
         self._subscribe_attempts = 0
+        self._collection_mids: set[int] = set()  # SUBSCRIBEs to s/dc/<X-ID> after the `20`
         self._connected_once = False
         self._last_own_publish = time.monotonic()  # the last PUBLISH on s/us (the gateway's topic)
         self.failed: UplinkError | None = None
@@ -433,7 +499,9 @@ class _Link:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.max_inflight_messages_set(1000)
+        # Cumulocity disconnects a client whose queue limit is exceeded (smartrest-two.md): the
+        # start-up lines and a drained backlog queue in paho behind this window.
+        client.max_inflight_messages_set(c8y.max_inflight)
         client.on_disconnect = self._on_disconnect
         self._refusal = None
         self._down.clear()
@@ -441,6 +509,7 @@ class _Link:
         with self._lock:
             self._timers = []
             self._client = client
+            self._collection_mids = set()
         try:
             client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
         except ssl.SSLCertVerificationError as exc:
@@ -545,6 +614,11 @@ class _Link:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reasons: list[ReasonCode], properties: Any) -> None:
+        if mid in self._collection_mids:
+            self._collection_mids.discard(mid)
+            # Operations pushed for `500` before this subscription had no subscriber: again.
+            self._internal(client, "s/us", "500")
+            return
         log.debug("SUBACK %s", [str(r) for r in reasons])
         refused = [r for r in reasons if r.is_failure]
         if refused and self._subscribe_attempts < SUBSCRIBE_ATTEMPTS:
@@ -562,6 +636,8 @@ class _Link:
             self._internal(client, message.topic, message.payload)
         for line in self.plan.after_subscribe:
             self._internal(client, "s/us", line)
+        if self.plan.token:
+            self.request_token()
         with self._lock:
             self._ready = True
         log.info("%s ready", self.plan.client_id)
@@ -587,8 +663,41 @@ class _Link:
                 return
         _call(item.on_delivered)
 
+    def request_token(self) -> None:
+        """Empty publish on `s/uat`; the JWT comes as `71,<token>` on `s/dat`. QoS 0, as
+        thin-edge does (thin-edge#2417): a stale request must not be replayed."""
+        with self._lock:
+            client = self._client
+        if client is None:
+            raise UplinkError(f"{self.plan.client_id} is not connected")
+        client.publish(TOKEN_REQUEST_TOPIC, b"", qos=0)
+
+    def _on_token(self, text: str) -> None:
+        for raw in text.splitlines():
+            jwt = token_line(raw)
+            if jwt is not None and self._tokens is not None:
+                self._tokens.offer(jwt)
+
+    def _on_template_status(self, client: paho.Client, text: str) -> None:
+        for message in collections_to_create(text, self.plan.templates):
+            log.info("Cumulocity: template collection %s missing, creating it", message.topic[5:])
+            self._internal(client, message.topic, message.payload)
+            self._internal(client, message.topic, "")  # ask again: `20` once it exists
+        for xid in collections_existing(text, self.plan.templates):
+            # Subscribe to s/dc/<X-ID> only once the collection exists (smartrest-two.md; notes
+            # 2.6); its SUBACK sends `500` again (`_on_subscribe`).
+            _, mid = client.subscribe(f"s/dc/{xid}", QOS)
+            if mid is not None:
+                self._collection_mids.add(mid)
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         text = message.payload.decode("utf-8", errors="replace")
+        if message.topic == TOKEN_TOPIC:
+            self._on_token(text)
+            return
+        if message.topic == TEMPLATE_STATUS_TOPIC:
+            self._on_template_status(client, text)
+            return
         if message.topic == "s/e":
             for raw in text.splitlines():
                 if not raw.strip():
@@ -640,9 +749,9 @@ class Uplink:
     re-create a collection published there is logged as fine.
 
     `heartbeat`: seconds without a publish on the gateway's own topic after which a `125` keeps
-    it "available". None (the default) means half of `[gateway] required_interval` (none when
-    that is 0); 0 turns it off. Gateway mode only: in per-device mode the buttons are the
-    devices, and a button is rightly unavailable while asleep.
+    it "available". None (the default) means `heartbeat_period(required_interval)`: at most 5
+    minutes and at most half the interval; 0 turns it off. Gateway mode only: in per-device mode
+    the buttons are the devices, and a button is rightly unavailable while asleep.
     """
 
     def __init__(self, settings: Settings, *, on_operation: OperationHandler | None = None,
@@ -652,7 +761,7 @@ class Uplink:
                  startup_publishes: Sequence[tuple[str, str]] = (),
                  heartbeat: float | None = None) -> None:
         if heartbeat is None:
-            heartbeat = settings.gateway.required_interval * 60 * HEARTBEAT_FRACTION
+            heartbeat = heartbeat_period(settings.gateway.required_interval)
         if heartbeat < 0:
             raise ValueError("heartbeat must be 0 (off) or a number of seconds")
         self.heartbeat = heartbeat
@@ -663,6 +772,10 @@ class Uplink:
         for message in self.startup_publishes:
             check_size(message)
         self.supported_operations = tuple(supported_operations)
+        # REST needs a token when the login is a certificate (token.py); the uplink asks for it.
+        self.tokens: TokenSource | None = None
+        if settings.c8y.password is None and self.gateway_mode:
+            self.tokens = TokenSource(self.request_token)
         self.max_refusals = max_refusals
         self.backoff = backoff
         self._links: dict[str, _Link] = {}
@@ -684,14 +797,36 @@ class Uplink:
             hello=encode_line(100, gw.name, GATEWAY_TYPE),
             after_subscribe=(
                 encode_line(114, *self.supported_operations),
-                encode_line(117, gw.required_interval),
+                *availability_lines(gw.required_interval),
                 "500",
             ),
             gateway=True,
-            subscriptions=("s/ds", "s/e", *self.extra_subscriptions),
-            startup=self.startup_publishes,
+            subscriptions=self._subscriptions(),
+            startup=ensure_collections(self.startup_publishes)[0],
             heartbeat=self.heartbeat or None,
+            templates=ensure_collections(self.startup_publishes)[1],
+            token=self.tokens is not None,
         )
+
+    def _subscriptions(self) -> tuple[str, ...]:
+        """s/ds, s/e, the extra ones, `s/dt` for the collection check and `s/dat` for the token
+        (subscribed before `s/uat` is published, device-certificates.md)."""
+        templates = ensure_collections(self.startup_publishes)[1]
+        later = {f"s/dc/{m.topic[5:]}" for m in templates}  # after the collection exists
+        extra: list[str] = [t for t in self.extra_subscriptions if t not in later]
+        if templates:
+            extra.append(TEMPLATE_STATUS_TOPIC)
+        if self.tokens is not None:
+            extra.append(TOKEN_TOPIC)
+        return ("s/ds", "s/e", *extra)
+
+    def request_token(self) -> None:
+        """Ask Cumulocity for a device token on the gateway's connection (TokenSource calls it);
+        UplinkError while it is not connected (the token source asks again later)."""
+        link = self._links.get(self.settings.gateway.serial)
+        if link is None or not link.ready:
+            raise UplinkError("the uplink is not connected")
+        link.request_token()
 
     @staticmethod
     def device_plan(serial: str, name: str) -> LinkPlan:
@@ -711,10 +846,14 @@ class Uplink:
         if self.settings.c8y.tls and self._context is None:
             self._context = make_tls_context(self.settings.c8y)
         self._started = True
+        if self.tokens is not None:
+            token_registry.register(self.settings.gateway.serial, self.tokens)
         if self.gateway_mode:
             self._link(self.gateway_plan())
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self.tokens is not None:
+            token_registry.unregister(self.settings.gateway.serial, self.tokens)
         with self._lock:
             self._stopped = True
             links = list(self._links.values())
@@ -731,7 +870,7 @@ class Uplink:
                 link = _Link(
                     self.settings, plan, self._context, on_state=self._changed,
                     on_operation=self.on_operation, max_refusals=self.max_refusals,
-                    backoff=self.backoff,
+                    backoff=self.backoff, tokens=self.tokens if plan.gateway else None,
                 )
                 self._links[plan.client_id] = link
                 link.start()

@@ -28,6 +28,7 @@ import httpx
 
 from dashkanban.buttons import Button, serial_of
 from dashkanban.c8y.smartrest import sendable
+from dashkanban.c8y.token import TokenError, TokenSource, token_source_for
 from dashkanban.config import C8yMqttSettings, Settings
 from dashkanban.errors import UplinkError
 
@@ -46,6 +47,10 @@ class RestError(UplinkError):
 
 class RestRefusedError(RestError):
     """401 or 403: the credentials or the user's roles; not retried."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # The inventory source's failures are RestErrors: "could not tell", never "not a button".
@@ -70,10 +75,13 @@ class CumulocityRest:
         attempts: int = ATTEMPTS,
         backoff: float = BACKOFF,
         transport: httpx.BaseTransport | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
+        """`tokens`: a certificate device's JWT source; REST does not authenticate with the
+        client certificate, so without a password every call sends `Bearer <token>`."""
+        self._tokens = tokens if password is None else None
         self._client = httpx.Client(
             base_url=base_url,
-            # No password: a client certificate (in `verify`'s context) identifies the device.
             auth=httpx.BasicAuth(username, password) if password is not None else None,
             timeout=timeout,
             verify=verify,
@@ -81,7 +89,7 @@ class CumulocityRest:
             # Devices must not send X-Cumulocity-Application-Key (protocol notes 3.1).
             headers={"Accept": "application/json"},
         )
-        self._username = username
+        self._username = username if password is not None or tokens is None else "device token"
         self._sleep = sleep
         self._attempts = max(1, attempts)
         self._backoff = backoff
@@ -89,7 +97,8 @@ class CumulocityRest:
 
     @classmethod
     def from_settings(cls, c8y: C8yMqttSettings, **kwargs: Any) -> CumulocityRest:
-        """The client for `[C8YMQTT]`: rest_url, `tenantID/user`, and the same TLS as MQTT."""
+        """The client for `[C8YMQTT]`: rest_url, `tenantID/user`, and the same TLS as MQTT; a
+        certificate-only config needs `tokens=` (a `TokenSource`) for its Bearer token."""
         from dashkanban.c8y.tls import rest_verify
 
         password = c8y.password.reveal() if c8y.password is not None else None
@@ -108,17 +117,35 @@ class CumulocityRest:
         """One call with the retry policy. Returns any answer that is neither retryable nor a
         refusal (the caller decides what 404 means); raises RestError otherwise."""
         last = ""
-        for attempt in range(1, self._attempts + 1):
-            if attempt > 1:
+        renewed = False  # a 401 with a device token renews it once, at once
+        attempt = 0
+        while attempt < self._attempts:
+            attempt += 1
+            if attempt > 1 and not (renewed and last == "token renewed"):
                 self._sleep(self._backoff * 2 ** (attempt - 2))
             self.requests += 1
+            call = dict(kwargs)
+            if self._tokens is not None:
+                try:
+                    bearer = self._tokens.authorization()
+                except TokenError as exc:
+                    raise RestError(f"{what}: {exc}") from None
+                call["headers"] = {**dict(kwargs.get("headers") or {}), "Authorization": bearer}
             try:
-                response = self._client.request(method, url, **kwargs)
+                response = self._client.request(method, url, **call)
             except httpx.TimeoutException:
                 last = "no answer in time"
             except httpx.HTTPError as exc:
                 last = f"cannot reach Cumulocity: {type(exc).__name__}: {exc}"
             else:
+                if response.status_code == 401 and self._tokens is not None and not renewed:
+                    # Expired or revoked: ask for a new token now (device-certificates.md).
+                    renewed = True
+                    last = "token renewed"
+                    log.info("%s: Cumulocity refused the device token (401); renewing it", what)
+                    self._tokens.invalidate()
+                    attempt -= 1
+                    continue
                 if response.status_code in (401, 403):
                     raise self._refused(response, what)
                 if response.status_code not in RETRY_STATUS:
@@ -130,6 +157,11 @@ class CumulocityRest:
         raise RestError(f"{what}: {last} ({method} {url}, {self._attempts} attempts)")
 
     def _refused(self, response: httpx.Response, what: str) -> RestRefusedError:
+        if response.status_code == 401 and self._tokens is not None:
+            return RestRefusedError(
+                "Cumulocity refused the device token (401) also after renewing it: check that "
+                "the device's certificate is registered in the tenant"
+            )
         if response.status_code == 401:
             return RestRefusedError(
                 f"Cumulocity refused the login of {self._username} (401): check tenantID, user "
@@ -137,7 +169,7 @@ class CumulocityRest:
             )
         return RestRefusedError(
             f"{what}: Cumulocity refused it to {self._username} (403 {_error_message(response)}): "
-            "the user lacks a role (identity and inventory read, or admin for updates)"
+            "the user lacks a role (identity and inventory read, or admin for updates)", 403
         )
 
     def _check(self, response: httpx.Response, what: str) -> None:
@@ -158,10 +190,21 @@ class CumulocityRest:
         except (KeyError, TypeError):
             raise RestError(f"{what}: no managedObject.id in the answer") from None
 
-    def managed_object(self, mo_id: str) -> dict[str, Any] | None:
-        """A managed object, or None when it is gone (404: a deleted button still has events)."""
+    def managed_object(self, mo_id: str, *, forbidden_is_none: bool = False) -> (
+        dict[str, Any] | None
+    ):
+        """A managed object, or None when it is gone (404: a deleted button still has events),
+        and with `forbidden_is_none` also when the user may not read it (403: device users
+        usually read only the objects they own, protocol notes 3.1)."""
         what = f"reading managed object {mo_id}"
-        response = self.request("GET", f"/inventory/managedObjects/{quote(mo_id, safe='')}", what)
+        try:
+            response = self.request("GET", f"/inventory/managedObjects/{quote(mo_id, safe='')}",
+                                    what)
+        except RestRefusedError as exc:
+            if forbidden_is_none and exc.status == 403:
+                log.info("%s: not readable by this user (403)", what)
+                return None
+            raise
         if response.status_code == 404:
             return None
         self._check(response, what)
@@ -242,9 +285,12 @@ class InventorySource:
         *,
         rest: CumulocityRest | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tokens: TokenSource | None = None,
     ) -> None:
+        """`tokens`: the daemon's device-token source, for a certificate-only config."""
         self._settings = settings
         self._rest = rest
+        self._tokens = tokens
         self._clock = clock
         self._ttl = settings.buttons.cache_ttl
         self._cache: dict[str, _Entry] = {}
@@ -253,7 +299,10 @@ class InventorySource:
     @property
     def rest(self) -> CumulocityRest:
         if self._rest is None:
-            self._rest = CumulocityRest.from_settings(self._settings.c8y)
+            tokens = self._tokens
+            if tokens is None and self._settings.c8y.password is None:
+                tokens = token_source_for(self._settings)
+            self._rest = CumulocityRest.from_settings(self._settings.c8y, tokens=tokens)
         return self._rest
 
     @property
@@ -302,7 +351,9 @@ class InventorySource:
         if mo_id is None:
             log.info("%s (c8y_Serial %s) is not in Cumulocity's inventory", mac, serial)
             return None
-        managed = self.rest.managed_object(mo_id)
+        # A device user usually may not read a button it does not own (403): the serial is the
+        # name then, as for a deleted one (404), instead of retrying for 10 minutes.
+        managed = self.rest.managed_object(mo_id, forbidden_is_none=True)
         name = str(managed.get("name") or serial) if managed is not None else serial
         name = _sendable_name(name, mac)
         log.info("%s is button %r (c8y_Serial %s, managed object %s)", mac, name, serial, mo_id)

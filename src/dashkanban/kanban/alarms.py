@@ -34,12 +34,17 @@ CLEAR_TEMPLATE = 306
 # The operation arrives through a custom SmartREST 2.0 template collection: static templates exist
 # only for Cumulocity's own fragments (510 c8y_Restart, 511 c8y_Command, ...), so a fragment of
 # our own needs a response template. docs/kanban.md explains the choice and its sources.
-TEMPLATE_XID = "dashkanban"
+# A collection "can no longer be modified through MQTT" once created (smartrest-two.md), so the
+# X-ID carries a version: bump it whenever template_lines() changes (v1 was `dashkanban`, whose
+# template gave no operation id).
+TEMPLATE_XID = "dashkanban-v2"
 TEMPLATE_TOPIC = f"s/ut/{TEMPLATE_XID}"  # publish template_lines() here once
-OPERATIONS_TOPIC = f"s/dc/{TEMPLATE_XID}"  # subscribe: `9101,<serial>,<bin>` arrives here
+OPERATIONS_TOPIC = f"s/dc/{TEMPLATE_XID}"  # subscribe: `9101,<serial>,<op id>,<bin>` arrives here
 REFILLED_TEMPLATE_ID = "9101"
-# Also accepted without any template: the device shell's c8y_Command, `kanban refilled A3`.
-COMMAND_TEMPLATE_ID = "511"
+# The device shell's c8y_Command `kanban refilled A3`, with its operation id: `9102,<serial>,<op
+# id>,<text>`. Response templates apply to every operation (smartrest-two.md), so the command
+# also arrives as static `511` on s/ds, which has no id and is left alone.
+COMMAND_TEMPLATE_ID = "9102"
 _COMMAND = re.compile(r"\s*kanban\s+refilled\s+(\S.*?)\s*", re.IGNORECASE)
 
 KIND_REORDER = "reorder"
@@ -170,12 +175,19 @@ def signal_for(
 
 
 def template_lines() -> tuple[str, ...]:
-    """The custom template collection, published once on `s/ut/dashkanban`.
+    """The custom template collection, published on `s/ut/dashkanban-v2` when it is missing.
 
     `11,<msgId>,<base>,<condition>,<value paths>`: an operation with the fragment
-    `c8y_KanbanRefilled` reaches the agent on `s/dc/dashkanban` as `9101,<device serial>,<bin>`.
+    `c8y_KanbanRefilled` reaches the agent on `s/dc/dashkanban-v2` as
+    `9101,<device serial>,<operation id>,<bin>`, a `c8y_Command` as
+    `9102,<device serial>,<operation id>,<command text>`. The id lets the status go by id
+    (504/505/506): 501/503 act on "the oldest" operation with the fragment, which may be another
+    bin's (mqtt-static-templates.md).
     """
-    return (encode_line(11, REFILLED_TEMPLATE_ID, "", OPERATION, f"{OPERATION}.bin"),)
+    return (
+        encode_line(11, REFILLED_TEMPLATE_ID, "", OPERATION, "id", f"{OPERATION}.bin"),
+        encode_line(11, COMMAND_TEMPLATE_ID, "", "c8y_Command", "id", "c8y_Command.text"),
+    )
 
 
 def supported_operations(bins: Bins) -> tuple[DeviceLines, ...]:
@@ -187,41 +199,59 @@ def supported_operations(bins: Bins) -> tuple[DeviceLines, ...]:
     )
 
 
+def operation_id(line: SmartRestLine) -> str | None:
+    """The operation id of one of our operation lines (9101, 9102), else None."""
+    if line.template in (REFILLED_TEMPLATE_ID, COMMAND_TEMPLATE_ID):
+        return line.field(1).strip() or None
+    return None
+
+
+def status_lines(op_id: str | None) -> tuple[str, str, str]:
+    """The executing/failed/successful templates and their first field: by operation id
+    (504/505/506) when there is one, else by fragment (501/502/503, "the oldest" operation)."""
+    if op_id:
+        return "504", "505", "506"
+    return "501", "502", "503"
+
+
 def handle_operation(
     line: SmartRestLine, bins: Bins, gateway_serial: str
 ) -> OperationOutcome | None:
     """A downstream line -> the status and clear lines to publish, or None if not ours.
 
-    `9101,<serial>,<bin>` (our template; the bin may be empty when the operation targets a button
-    of the bin) or `511,<serial>,kanban refilled <bin>` (the shell). Status lines go to the device
-    the operation was created for; a failure (an unknown bin) is reported with 502.
+    `9101,<serial>,<op id>,<bin>` (our template; the bin may be empty when the operation targets
+    a button of the bin) or `9102,<serial>,<op id>,kanban refilled <bin>` (the shell). Status
+    lines go to the device the operation was created for, by operation id (504/506); a failure
+    (an unknown bin) is reported with 505 and the reason.
     """
     if line.template == REFILLED_TEMPLATE_ID:
         fragment = OPERATION
-        target = line.field(0)
-        wanted = line.field(1).strip()
+        wanted = line.field(2).strip()
     elif line.template == COMMAND_TEMPLATE_ID:
-        match = _COMMAND.fullmatch(line.field(1))
+        match = _COMMAND.fullmatch(line.field(2))
         if match is None:
             return None
         fragment = "c8y_Command"
-        target = line.field(0)
         wanted = match.group(1)
     else:
         return None
+    target = line.field(0)
+    op_id = operation_id(line)
+    key = op_id if op_id else fragment
+    executing_t, failed_t, done_t = status_lines(op_id)
     device = None if target in ("", gateway_serial) else target
-    executing = DeviceLines(device, (encode_line(501, fragment),))
+    executing = DeviceLines(device, (encode_line(executing_t, key),))
     bin_ = bins.find(wanted) if wanted else _bin_of_serial(bins, target)
     if bin_ is None:
         if wanted:
             reason = f"unknown bin {wanted!r} (known: {', '.join(bins.names) or 'none'})"
         else:
             reason = f"device {target!r} is not a button of any bin; give the bin"
-        log.warning("%s operation failed: %s", fragment, reason)
-        failed = DeviceLines(device, (encode_line(502, fragment, reason),))
+        log.warning("%s operation %s failed: %s", fragment, op_id or "", reason)
+        failed = DeviceLines(device, (encode_line(failed_t, key, reason),))
         return OperationOutcome(None, (executing, failed))
     result: tuple[object, ...] = (f"bin {bin_.name} refilled",) if fragment == "c8y_Command" else ()
-    done = DeviceLines(device, (encode_line(503, fragment, *result),))
+    done = DeviceLines(device, (encode_line(done_t, key, *result),))
     return OperationOutcome(bin_.name, (executing, *clear_lines(bin_), done))
 
 

@@ -69,16 +69,15 @@ def local_report(settings: Settings, bins: Bins, since: datetime | None, now: da
 
 def remote_report(settings: Settings, bins: Bins, since: datetime | None, now: datetime) -> Report:
     from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.c8y.token import token_source_for
     from dashkanban.kanban.cumulocity import fetch_history
 
     c8y = settings.c8y
-    if c8y.password is None:
-        raise ConfigError(
-            "--from-cumulocity needs a password in [C8YMQTT] (REST uses Basic auth)", settings.path
-        )
+    # A certificate-only gateway reads with a device token (Bearer), fetched over MQTT.
+    tokens = token_source_for(settings) if c8y.password is None else None
     date_from = since or now - timedelta(days=settings.kanban.history_days)
-    with CumulocityRest.from_settings(c8y) as rest:
-        remote = fetch_history(rest, settings.event.type, date_from)
+    with CumulocityRest.from_settings(c8y, tokens=tokens) as rest:
+        remote = fetch_history(rest, settings.event.type, date_from, now)
     log.info(
         "read %d events from Cumulocity, %d of devices without a c8y_Kanban fragment",
         remote.events,

@@ -59,26 +59,33 @@ def kanban_fragment(button: Button, bin_: Bin, gateway_serial: str) -> dict[str,
 
 
 def read_events(
-    rest: CumulocityRest, event_type: str, date_from: datetime
+    rest: CumulocityRest, event_type: str, date_from: datetime, date_to: datetime
 ) -> Iterator[dict[str, Any]]:
-    """All events of a type since `date_from` (inclusive), page after page."""
-    return _read_pages(rest, "/event/events", "events", event_type, date_from)
+    """All events of a type from `date_from` to `date_to` (both inclusive), page after page.
+
+    The collection is newest first (protocol notes 3.4): a fixed `dateTo`, taken once before the
+    first page, keeps events that arrive during the read from shifting the pages (which would
+    read one event twice and skip none, or, with deletions, skip one)."""
+    return _read_pages(rest, "/event/events", "events", event_type, date_from, date_to)
 
 
 def read_alarms(
-    rest: CumulocityRest, alarm_type: str, date_from: datetime
+    rest: CumulocityRest, alarm_type: str, date_from: datetime, date_to: datetime
 ) -> Iterator[dict[str, Any]]:
-    """All alarms of a type since `date_from`, any status, page after page."""
-    return _read_pages(rest, "/alarm/alarms", "alarms", alarm_type, date_from)
+    """All alarms of a type from `date_from` to `date_to`, any status, page after page (newest
+    first, with a fixed `dateTo` as `read_events`)."""
+    return _read_pages(rest, "/alarm/alarms", "alarms", alarm_type, date_from, date_to)
 
 
 def _read_pages(
-    rest: CumulocityRest, url: str, key: str, item_type: str, date_from: datetime
+    rest: CumulocityRest, url: str, key: str, item_type: str, date_from: datetime,
+    date_to: datetime,
 ) -> Iterator[dict[str, Any]]:
     for page in range(1, MAX_PAGES + 1):
         params: dict[str, str | int] = {
             "type": item_type,
             "dateFrom": date_from.isoformat(timespec="milliseconds"),  # httpx sends + as %2B
+            "dateTo": date_to.isoformat(timespec="milliseconds"),
             "pageSize": PAGE_SIZE,
             "currentPage": page,
         }
@@ -121,7 +128,8 @@ class RemoteHistory:
     last: datetime | None = None  # the latest event or alarm change: where the data ends
 
 
-def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) -> RemoteHistory:
+def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime,
+                  date_to: datetime | None = None) -> RemoteHistory:
     """The presses of every gateway's buttons since `date_from`, as reorders and repeats.
 
     Each event's source is looked up once for its c8y_Kanban fragment. Bins are named `BIN`, or
@@ -130,7 +138,8 @@ def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) ->
     fragments: dict[str, dict[str, Any] | None] = {}
     presses: list[tuple[str, datetime, dict[str, Any]]] = []
     count = skipped = 0
-    for event in read_events(rest, event_type, date_from):
+    until = date_to if date_to is not None else datetime.now(UTC)
+    for event in read_events(rest, event_type, date_from, until):
         count += 1
         origin = event.get("source")
         source = str(origin.get("id", "")) if isinstance(origin, dict) else ""
@@ -164,7 +173,7 @@ def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) ->
         rows.append((key, when, str(fragment.get("role", "reorder"))))
     first = min((when for _, when, _ in rows), default=None)
     last = max((when for _, when, _ in rows), default=None)
-    cleared, opened, alarm_last = _replenishments(rest, date_from, fragments, several)
+    cleared, opened, alarm_last = _replenishments(rest, date_from, until, fragments, several)
     if alarm_last is not None and (last is None or alarm_last > last):
         last = alarm_last
     return RemoteHistory(tuple(classify(rows)), infos, count, skipped, first, tuple(cleared),
@@ -174,6 +183,7 @@ def fetch_history(rest: CumulocityRest, event_type: str, date_from: datetime) ->
 def _replenishments(
     rest: CumulocityRest,
     date_from: datetime,
+    date_to: datetime,
     fragments: dict[str, dict[str, Any] | None],
     several: bool,
 ) -> tuple[list[Replenishment], dict[str, datetime], datetime | None]:
@@ -184,7 +194,7 @@ def _replenishments(
     cleared: list[Replenishment] = []
     opened: dict[str, datetime] = {}
     last: datetime | None = None
-    for alarm in read_alarms(rest, ALARM_TYPE, date_from):
+    for alarm in read_alarms(rest, ALARM_TYPE, date_from, date_to):
         origin = alarm.get("source")
         source = str(origin.get("id", "")) if isinstance(origin, dict) else ""
         if source not in fragments:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from dashkanban.kanban.alarms import (
     Signal,
     clear_lines,
     handle_operation,
+    operation_id,
     overdue_clear,
     overdue_lines,
     signal_for,
@@ -43,6 +45,8 @@ from dashkanban.kanban.history import History
 from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
+
+HANDLED_MEMORY = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,10 @@ class KanbanLoop:
         self.history = history
         self._open: set[str] = set(history.active_bins()) if history else set()
         self._lock = threading.Lock()
+        # Operation ids handled since start: `500` re-delivers an operation that is still PENDING
+        # after a reconnect (its 504/506 may wait in the outbox), and it must clear its bin and
+        # report once. Bounded; an id older than the last HANDLED_MEMORY ones is long done.
+        self._handled: OrderedDict[str, None] = OrderedDict()
         # For measured lead times and overdue bins: each open reorder (bin -> its time and the
         # button that made it), the replenishment times so far, the overdue alarms raised.
         self._opened: dict[str, tuple[datetime, str]] = {}
@@ -212,7 +220,15 @@ class KanbanLoop:
     def _on_operation(self, line: SmartRestLine, gateway_serial: str, now: datetime) -> (
         OperationOutcome | None
     ):
+        op_id = operation_id(line)
+        if op_id is not None and op_id in self._handled:
+            log.info("operation %s delivered again: already handled", op_id)
+            return None
         outcome = handle_operation(line, self.bins, gateway_serial)
+        if outcome is not None and op_id is not None:
+            self._handled[op_id] = None
+            while len(self._handled) > HANDLED_MEMORY:
+                self._handled.popitem(last=False)
         if outcome is not None and outcome.bin is not None:
             bin_name = outcome.bin
             self._open.discard(bin_name)

@@ -9,9 +9,10 @@ What goes where, and why it is at-least-once:
   delivered together, at least once, in press order.
 - A refill from the command line or an operation from Cumulocity has no event: its lines are a
   row of lines only (`Outbox.put_lines`), queued behind everything pressed before.
-- At every connect of the gateway (alarms on): the custom template collection on `s/ut/dashkanban`,
+- At every connect of the gateway (alarms on): the custom template collection `dashkanban-v2`
+  (asked for with an empty `s/ut/dashkanban-v2`, created only when missing),
   a `101` for every button of a bin (so the children exist before anything addresses them),
-  `114,c8y_KanbanRefilled` on each reorder button, and a subscription to `s/dc/dashkanban`.
+  `114,c8y_KanbanRefilled` on each reorder button, and a subscription to `s/dc/dashkanban-v2`.
 
 The history is kept whenever MACID.csv has bins (the report needs it even without alarms); the
 alarm lines, the template collection and the operations only with `[kanban] alarms = yes`.
@@ -223,14 +224,14 @@ def publish_fragments(settings: Settings, bins: Bins, stop: threading.Event) -> 
     connect), then left for the next start.
     """
     from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.c8y.token import token_source_for
     from dashkanban.kanban.cumulocity import publish_kanban_fragments
 
     c8y = settings.c8y
-    if c8y.password is None:
-        log.info("c8y_Kanban fragments not written: REST needs a password in [C8YMQTT]")
-        return
+    # A certificate-only gateway writes with its device token (the running uplink's).
+    tokens = token_source_for(settings) if c8y.password is None else None
     try:
-        with CumulocityRest.from_settings(c8y) as rest:
+        with CumulocityRest.from_settings(c8y, tokens=tokens) as rest:
             for attempt in range(1, FRAGMENT_PASSES + 1):
                 done = publish_kanban_fragments(rest, bins, settings.gateway.serial)
                 missing = [serial for serial, mo_id in done.items() if mo_id is None]

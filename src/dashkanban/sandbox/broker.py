@@ -20,6 +20,7 @@ from dashkanban.sandbox.connections import Connections
 from dashkanban.sandbox.registration import BOOTSTRAP_USERNAME, Registrations
 from dashkanban.sandbox.smartrest import DOWN_ERRORS, DOWN_OPERATIONS, SmartRestProcessor
 from dashkanban.sandbox.store import MESSAGE_LOG_SIZE, SERIAL, Doc, Store
+from dashkanban.sandbox.tokens import TokenIssuer
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,12 @@ BOOTSTRAP_RESPONSE = "s/dcr"
 # "16184 bytes ... header included" (impl.md, notes 1.6).
 MAX_MESSAGE_BYTES = 16_184
 CONNECT_TIMEOUT = 10.0
+# JWT for certificate devices (device-certificates.md, notes 1.8).
+JWT_UP = "s/uat"  # topic names, not secrets
+JWT_DOWN = "s/dat"
+JWT_REFUSAL_LINE = (
+    "41,,MqttAuth: Cannot publish token for device that do not use certificate authentication"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,14 @@ class BrokerRules:
     # Answer every CONNECT with this CONNACK code (3 server unavailable, 5 not authorised,
     # which Cumulocity also sends on transient trouble; notes 1.7), to test reconnect paths.
     refuse_with: int | None = None
+    # "If the queue limit number is exceeded, the client messages are rejected and the client is
+    # disconnected" (smartrest-two.md, notes 1.6): a client with more than this many QoS 1/2
+    # messages received but not yet acknowledged is dropped. None: no limit. Cumulocity does not
+    # document its number ([unverified]); tests choose one.
+    queue_limit: int | None = None
+    # Seconds the platform takes per QoS 1/2 message before its PUBACK, so a client that does not
+    # pace itself builds up a queue the way it would against a loaded tenant. 0: at once.
+    ack_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +112,9 @@ class _Session:
     clean_exit: bool = False
     dropped: bool = False
     bootstrap: bool = False  # logged in as the bootstrap user: only s/ucr and s/dcr
+    # Logged in with a TLS client certificate (its CN is the device id): may ask for a token.
+    by_certificate: bool = False
+    unacknowledged: int = 0
 
     def packet_id(self) -> int:
         self.next_packet_id = self.next_packet_id % 65535 + 1
@@ -116,8 +134,10 @@ class Broker:
 
     def __init__(self, store: Store, processor: SmartRestProcessor,
                  authenticate: Callable[[str | None, bytes | None], bool],
-                 rules: BrokerRules | None = None) -> None:
+                 rules: BrokerRules | None = None, *,
+                 tokens: TokenIssuer | None = None) -> None:
         self.store = store
+        self.tokens = tokens
         self.processor = processor
         self.authenticate = authenticate
         self.rules = rules or BrokerRules()
@@ -128,6 +148,8 @@ class Broker:
         self.subscribe_log: deque[SubscribeRecord] = deque(maxlen=MESSAGE_LOG_SIZE)
         # Device registration (s/ucr -> 70 on s/dcr); None: the bootstrap topics are refused.
         self.registrations: Registrations | None = None
+        # The most QoS 1/2 messages each client id had unacknowledged at once (queued path only).
+        self.unacknowledged_peak: dict[str, int] = {}
         self._connections = Connections()
 
     # -- connection lifecycle ---------------------------------------------------------------
@@ -194,7 +216,8 @@ class Broker:
         if not isinstance(packet, mq.Connect):
             self.stats["malformed"] += 1  # a protocol violation (MQTT 3.1.1, 3.1.0-1)
             raise _DropError("the first packet is not CONNECT")
-        code = self._check_connect(packet)
+        common_name = _common_name(writer.get_extra_info("peercert"))
+        code = self._check_connect(packet, common_name)
         if code != mq.ACCEPTED:
             self.stats["refused"] += 1
             writer.write(mq.connack(code))
@@ -212,23 +235,32 @@ class Broker:
             self.drop(older)
         timeout = packet.keepalive * 1.5 if packet.keepalive else None
         session = _Session(packet.client_id, parsed.device, writer, packet.will, timeout=timeout,
-                           bootstrap=packet.username == BOOTSTRAP_USERNAME)
+                           bootstrap=packet.username == BOOTSTRAP_USERNAME,
+                           by_certificate=common_name is not None)
         self.sessions[parsed.device] = session
         writer.write(mq.connack(mq.ACCEPTED))
         await writer.drain()
         log.info("MQTT client %s connected (keepalive %d s)", packet.client_id, packet.keepalive)
         return session
 
-    def _check_connect(self, packet: mq.Connect) -> int:
+    def _check_connect(self, packet: mq.Connect, common_name: str | None = None) -> int:
         # CONNACK codes as Cumulocity documents them (impl.md, notes 1.7).
         if (packet.protocol_name, packet.protocol_level) not in (("MQTT", 4), ("MQIsdp", 3)):
             return mq.BAD_PROTOCOL
-        if parse_client_id(packet.client_id) is None:
+        parsed = parse_client_id(packet.client_id)
+        if parsed is None:
             return mq.IDENTIFIER_REJECTED
         if packet.protocol_level == 3 and len(packet.client_id) >= 24:
             # MQTT 3.1 limits client ids to 23 characters; Cumulocity answers 5 (notes 1.3).
             return mq.NOT_AUTHORIZED
-        if not self.authenticate(packet.username, packet.password):
+        if common_name is not None:
+            # "If the client provides a certificate, it will be used to authenticate the
+            # client" and "the deviceIdentifier must match the 'Common Name' of the used
+            # certificate"; any issue with certificate authentication is CONNACK 5, and 4 "is
+            # never returned when authenticating with certificates" (impl.md).
+            if parsed.device != common_name:
+                return mq.NOT_AUTHORIZED
+        elif not self.authenticate(packet.username, packet.password):
             return mq.BAD_CREDENTIALS
         if self.rules.refuse_with is not None:
             return self.rules.refuse_with
@@ -263,31 +295,91 @@ class Broker:
 
     # -- packets ----------------------------------------------------------------------------
     async def _serve(self, session: _Session, reader: asyncio.StreamReader) -> None:
+        if self.rules.queue_limit is not None or self.rules.ack_delay > 0:
+            await self._serve_queued(session, reader)
+            return
         while not session.dropped:
             packet = await self._read_packet(reader, session.timeout)
-            if isinstance(packet, mq.Publish):
-                self._on_publish(session, packet)
-            elif isinstance(packet, mq.Subscribe):
-                self._on_subscribe(session, packet)
-            elif isinstance(packet, mq.Unsubscribe):
-                for name in packet.topics:
-                    session.subscriptions.pop(name, None)
-                session.send(mq.unsuback(packet.packet_id))
-            elif isinstance(packet, mq.Ack):
-                if packet.kind == mq.PUBREL:
-                    session.qos2_seen.discard(packet.packet_id)
-                    session.send(mq.ack(mq.PUBCOMP, packet.packet_id))
-                # PUBACK of our QoS 1 downlinks: nothing is kept to resend (clean session only).
-            elif isinstance(packet, mq.Simple):
-                if packet.kind == mq.PINGREQ:
-                    session.send(mq.PINGRESP_BYTES)
-                else:
-                    session.clean_exit = True
-                    log.info("MQTT client %s disconnected", session.client_id)
-                    return
-            else:
+            if isinstance(packet, mq.Connect):
                 raise _DropError("a second CONNECT")
+            if not self._on_packet(session, packet):
+                return
             await session.writer.drain()
+
+    def _on_packet(self, session: _Session, packet: mq.Packet) -> bool:
+        """Handle one packet after CONNECT; False when it was DISCONNECT."""
+        if isinstance(packet, mq.Publish):
+            self._on_publish(session, packet)
+        elif isinstance(packet, mq.Subscribe):
+            self._on_subscribe(session, packet)
+        elif isinstance(packet, mq.Unsubscribe):
+            for name in packet.topics:
+                session.subscriptions.pop(name, None)
+            session.send(mq.unsuback(packet.packet_id))
+        elif isinstance(packet, mq.Ack):
+            if packet.kind == mq.PUBREL:
+                session.qos2_seen.discard(packet.packet_id)
+                session.send(mq.ack(mq.PUBCOMP, packet.packet_id))
+            # PUBACK of our QoS 1 downlinks: nothing is kept to resend (clean session only).
+        elif isinstance(packet, mq.Simple):
+            if packet.kind == mq.PINGREQ:
+                session.send(mq.PINGRESP_BYTES)
+            else:
+                session.clean_exit = True
+                log.info("MQTT client %s disconnected", session.client_id)
+                return False
+        return True
+
+    async def _serve_queued(self, session: _Session, reader: asyncio.StreamReader) -> None:
+        """The platform's queue: packets are read at once but processed (and acknowledged) in
+        order by a worker, `ack_delay` per QoS 1/2 message; more than `queue_limit` waiting
+        disconnects the client (smartrest-two.md, notes 1.6)."""
+        queue: asyncio.Queue[mq.Packet | None] = asyncio.Queue()
+        worker = asyncio.create_task(self._work(session, queue))
+        limit = self.rules.queue_limit
+        try:
+            while not session.dropped:
+                packet = await self._read_packet(reader, session.timeout)
+                if isinstance(packet, mq.Connect):
+                    raise _DropError("a second CONNECT")
+                if isinstance(packet, mq.Publish) and packet.qos:
+                    session.unacknowledged += 1
+                    peak = self.unacknowledged_peak.get(session.client_id, 0)
+                    self.unacknowledged_peak[session.client_id] = max(peak,
+                                                                      session.unacknowledged)
+                    if limit is not None and session.unacknowledged > limit:
+                        self.stats["queue_exceeded"] += 1
+                        session.dropped = True
+                        raise _DropError(f"more than {limit} unacknowledged messages: the "
+                                         "queue limit is exceeded")
+                await queue.put(packet)
+                if isinstance(packet, mq.Simple) and packet.kind == mq.DISCONNECT:
+                    session.clean_exit = True
+                    break
+        finally:
+            await queue.put(None)
+            if not session.dropped:
+                await worker  # what arrived before the end is still processed, in order
+            else:
+                worker.cancel()
+
+    async def _work(self, session: _Session, queue: asyncio.Queue[mq.Packet | None]) -> None:
+        try:
+            while not session.dropped:
+                packet = await queue.get()
+                if packet is None:
+                    return
+                counted = isinstance(packet, mq.Publish) and packet.qos > 0
+                if counted and self.rules.ack_delay > 0:
+                    await asyncio.sleep(self.rules.ack_delay)
+                if session.dropped:
+                    return
+                self._on_packet(session, packet)
+                if counted:
+                    session.unacknowledged -= 1
+                await session.writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            return
 
     def _on_publish(self, session: _Session, packet: mq.Publish) -> None:
         if packet.qos == 2:
@@ -308,7 +400,11 @@ class Broker:
         self.stats["messages_in"] += 1
         self.store.record_message(session.client_id, "in", topic, payload)
         log.info("%s -> %s %s", session.client_id, topic, _show(payload))
-        for downlink in self.processor.handle(session.device, topic, payload):
+        if topic == JWT_UP:
+            self._token(session)
+            return
+        owner = f"device_{session.device}" if session.by_certificate else None
+        for downlink in self.processor.handle(session.device, topic, payload, owner):
             self.deliver(session.device, downlink.topic, downlink.line)
 
     def _bootstrap_publish(self, session: _Session, packet: mq.Publish) -> None:
@@ -329,6 +425,15 @@ class Broker:
             line = encode_line(70, issued.tenant, issued.username, issued.password)
             self.deliver(session.device, BOOTSTRAP_RESPONSE, line,
                          shown=f"70,{issued.tenant},{issued.username},***")
+
+    def _token(self, session: _Session) -> None:
+        """`s/uat`: a certificate device gets `71,<JWT>` on `s/dat` (device-certificates.md); a
+        password device an error on `s/e`, as seen on a real tenant (notes 1.8 [FIELD])."""
+        if session.by_certificate and self.tokens is not None:
+            self.stats["tokens"] += 1
+            self.deliver(session.device, JWT_DOWN, f"71,{self.tokens.issue(session.device)}")
+        else:
+            self.deliver(session.device, DOWN_ERRORS, JWT_REFUSAL_LINE)
 
     def _on_subscribe(self, session: _Session, packet: mq.Subscribe) -> None:
         codes = []
@@ -381,6 +486,10 @@ class Broker:
         session.send(mq.publish(topic, payload, qos, session.packet_id() if qos else None))
         self.stats["messages_out"] += 1
         logged = payload if shown is None else shown.encode("utf-8")
+        if topic == JWT_DOWN:
+            # A device token is a REST credential: never in the message log (the open status
+            # page shows it), nor in a log line.
+            logged = b"71,<token>"
         self.store.record_message(session.client_id, "out", topic, logged)
         level = logging.WARNING if topic == DOWN_ERRORS else logging.INFO
         log.log(level, "%s <- %s %s", session.client_id, topic, _show(logged))
@@ -407,6 +516,17 @@ class Broker:
 def _show(payload: bytes) -> str:
     text = payload.decode("utf-8", errors="replace")
     return text if len(text) <= 300 else text[:300] + f"... ({len(payload)} bytes)"
+
+
+def _common_name(peercert: object) -> str | None:
+    """The CN of a verified client certificate (`ssl` decodes it only when it verified)."""
+    if not isinstance(peercert, dict):
+        return None
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
 
 
 def check_password(expected_user: str, expected_password: str) -> Callable[

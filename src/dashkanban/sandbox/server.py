@@ -28,6 +28,7 @@ from dashkanban.sandbox.rest import RestApi
 from dashkanban.sandbox.smartrest import SmartRestProcessor
 from dashkanban.sandbox.store import SERIAL, Doc, MessageRecord, Store
 from dashkanban.sandbox.templates import COLLECTION_TYPE
+from dashkanban.sandbox.tokens import DEFAULT_LIFETIME, TokenIssuer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,13 @@ class SandboxOptions:
     rules: BrokerRules = field(default_factory=BrokerRules)
     # The password of `management/devicebootstrap` (device registration); None: no bootstrap user.
     bootstrap_password: str | None = None
+    # Certificate login on the TLS listener: the CA the tenant trusts (Cumulocity's "trusted
+    # certificates"); a client certificate that chains to it logs in as its CN.
+    trusted_ca: Path | None = None
+    # Lifetime of the device tokens of `s/uat` (`device-token.lifespan.seconds`, 1 h by default).
+    token_lifetime: float = DEFAULT_LIFETIME
+    # Device tokens read only the managed objects their device owns (403 on the others).
+    devices_read_own_only: bool = False
 
     def __repr__(self) -> str:  # never print the password
         return (f"SandboxOptions(tenant={self.tenant!r}, user={self.user!r}, bind={self.bind!r}, "
@@ -74,12 +82,14 @@ class Sandbox:
         self.processor = SmartRestProcessor(self.store, owner=options.user)
         self.accounts = Accounts(options.username, options.password, options.bootstrap_password)
         self.registrations = Registrations(options.tenant, self.accounts)
+        self.tokens = TokenIssuer(self.store.now, options.token_lifetime)
         self.broker = Broker(self.store, self.processor, self.accounts.authenticate,
-                             options.rules)
+                             options.rules, tokens=self.tokens)
         self.broker.registrations = self.registrations
         self.api = RestApi(self.store, options.username, options.password,
                            self.broker.operation_created, accounts=self.accounts,
-                           registrations=self.registrations)
+                           registrations=self.registrations, tokens=self.tokens,
+                           devices_read_own_only=options.devices_read_own_only)
         self.http = HttpServer(self.api)
         self.mqtt_port: int | None = None
         self.mqtts_port: int | None = None
@@ -184,6 +194,11 @@ class Sandbox:
         counters: dict[str, int] = self.call(lambda: dict(self.broker.stats))
         return counters
 
+    def unacknowledged_peak(self, client_id: str) -> int:
+        """The most QoS 1 messages `client_id` had unacknowledged at once (with a queue rule)."""
+        peak: int = self.call(lambda: self.broker.unacknowledged_peak.get(client_id, 0))
+        return peak
+
     # read access for tests and the demo ------------------------------------------------------
     def device_id(self, serial: str) -> str | None:
         return self.store.find_external(SERIAL, serial)
@@ -266,6 +281,11 @@ class Sandbox:
                 raise ssl.SSLError("an MQTT-over-TLS listener needs a certificate and its key")
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
+            if self.options.trusted_ca is not None:
+                # Port 8883 takes both: a client certificate if one is presented, else the
+                # user name and password of CONNECT (impl.md, "Connecting via MQTT").
+                context.verify_mode = ssl.CERT_OPTIONAL
+                context.load_verify_locations(cafile=str(self.options.trusted_ca))
             server = await asyncio.start_server(self.broker.handle, bind, self.options.mqtts_port,
                                                 ssl=context)
             self._servers.append(server)

@@ -47,6 +47,7 @@ _TEMPLATES_UP = re.compile(r"^s/ut/([^/]+)$")
 NO_TEMPLATE = "No static template for this message id"
 ALREADY_EXISTS = "Device already existing"
 WRONG_ARGUMENTS = "Wrong number of arguments"
+FINAL_STATUSES = ("SUCCESSFUL", "FAILED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,10 @@ class SmartRestProcessor:
         self.store = store
         self.owner = owner
 
-    def handle(self, root_xid: str, topic: str, payload: bytes) -> list[Downlink]:
+    def handle(self, root_xid: str, topic: str, payload: bytes,
+               owner: str | None = None) -> list[Downlink]:
+        """`owner`: the user objects created now belong to (a certificate device's own user,
+        `device_<CN>`); the processor's owner by default."""
         collection = _TEMPLATES_UP.match(topic)
         if collection is not None:
             return self.template_collection(root_xid, collection.group(1), payload)
@@ -138,7 +142,7 @@ class SmartRestProcessor:
             log.warning("%s published on %s, which the sandbox does not serve", root_xid, topic)
             return []
         _, child = parsed
-        ctx = _Context(self.store, self.owner, root_xid, child, [])
+        ctx = _Context(self.store, owner or self.owner, root_xid, child, [])
         for line in decode(payload):
             try:
                 self._line(ctx, line)
@@ -287,21 +291,22 @@ class SmartRestProcessor:
         ctx.store.update_managed_object(ctx.target(), {"c8y_SupportedOperations": f})
 
     def _t117(self, ctx: _Context, f: list[str]) -> None:
-        # Set only if absent: never overwrite what the UI set (static.md).
-        minutes = _integer(f[0]) if f[0] else None
+        # "This will only set the value if it does not exist. Values entered, for example,
+        # through the UI, are not overwritten" (mqtt-static-templates.md, 117). The interval
+        # lies in -32768..32767, "values out of range will be shrunk to the range borders", and
+        # a device with `responseInterval` <= 0 "is considered in maintenance mode"
+        # (device-availability.md).
+        if not f[0]:
+            return
+        minutes = max(-32768, min(32767, _integer(f[0])))
         target = ctx.target()
-        if minutes is not None:
-            ctx.store.set_if_absent(
-                target, "c8y_RequiredAvailability", {"responseInterval": minutes}
-            )
+        ctx.store.set_if_absent(target, "c8y_RequiredAvailability", {"responseInterval": minutes})
+        _availability(ctx.store, target, heartbeat=False)
 
     def _t125(self, ctx: _Context, f: list[str]) -> None:
         # The heartbeat (static.md): no data, it only says the device is alive. The platform
         # computes availability itself; the sandbox records the fragment it would show.
-        ctx.store.update_managed_object(
-            ctx.target(), {"c8y_Availability": {"status": "AVAILABLE",
-                                                "lastMessage": ctx.store.now()}}
-        )
+        _availability(ctx.store, ctx.target(), heartbeat=True)
 
     def _t123(self, ctx: _Context, f: list[str]) -> None:
         ctx.reply(encode_line(124, ctx.target()))
@@ -384,6 +389,48 @@ class SmartRestProcessor:
             ctx.store.set_operation_fragment(op["id"], "c8y_Command", command)
 
 
+    # 504/505/506: "Set the operation with the given ID to EXECUTING/FAILED/SUCCESSFUL. The
+    # operation must exist and must have the requesting device as the source"
+    # (mqtt-static-templates.md). The requesting device is the topic's: `s/us/<child>` for a
+    # child's operation. [unverified] the error Cumulocity answers otherwise, and whether it
+    # refuses to move an operation out of SUCCESSFUL/FAILED; the sandbox answers 45 on `s/e`.
+    def _by_id(self, ctx: _Context, op_id: str, to_status: str, **changes: Any) -> Doc:
+        op = ctx.store.operation_by_id(op_id.strip())
+        if op is None or op["deviceId"] != ctx.target():
+            raise TemplateError(45, f"Operation {op_id} not found for this device")
+        if op["status"] in FINAL_STATUSES:
+            raise TemplateError(45, f"Operation {op_id} is already {op['status']}")
+        return ctx.store.set_operation_status(op["id"], to_status, **changes)
+
+    def _t504(self, ctx: _Context, f: list[str]) -> None:
+        self._by_id(ctx, f[0], "EXECUTING")
+
+    def _t505(self, ctx: _Context, f: list[str]) -> None:
+        self._by_id(ctx, f[0], "FAILED", **({"failureReason": f[1]} if f[1] else {}))
+
+    def _t506(self, ctx: _Context, f: list[str]) -> None:
+        op = self._by_id(ctx, f[0], "SUCCESSFUL")
+        if "c8y_Command" in op and len(f) > 1:
+            # "c8y_Command: result will be added to operation" (Updating operations).
+            command = dict(op.get("c8y_Command") or {})
+            command["result"] = f[1]
+            ctx.store.set_operation_fragment(op["id"], "c8y_Command", command)
+
+def _availability(store: Store, mo_id: str, *, heartbeat: bool) -> None:
+    """`c8y_Availability` as the platform would show it: MAINTENANCE while the required
+    interval is <= 0 (device-availability.md), else AVAILABLE on a heartbeat. [unverified] the
+    exact moment the platform switches the status; it computes availability on its own."""
+    doc = store.get_managed_object(mo_id)
+    required = doc.get("c8y_RequiredAvailability")
+    interval = required.get("responseInterval") if isinstance(required, dict) else None
+    maintenance = isinstance(interval, int) and interval <= 0
+    if not maintenance and not heartbeat:
+        return
+    status = "MAINTENANCE" if maintenance else "AVAILABLE"
+    store.update_managed_object(mo_id, {"c8y_Availability": {"status": status,
+                                                             "lastMessage": store.now()}})
+
+
 def _integer(value: str) -> int:
     try:
         return int(value)
@@ -434,4 +481,7 @@ _TEMPLATES: dict[str, tuple[int, int | None, _Handler]] = {
     "501": (1, 1, SmartRestProcessor._t501),
     "502": (1, 2, SmartRestProcessor._t502),
     "503": (1, None, SmartRestProcessor._t503),
+    "504": (1, 1, SmartRestProcessor._t504),
+    "505": (1, 2, SmartRestProcessor._t505),
+    "506": (1, None, SmartRestProcessor._t506),
 }

@@ -258,20 +258,19 @@ class Store:
     # -- alarms -----------------------------------------------------------------------------
     def raise_alarm(self, source: str, alarm_type: str, text: str, time: datetime,
                     severity: str) -> Doc:
-        """A device has one ACTIVE alarm per type; another one de-duplicates into it
-        (`count` + 1), as `handling-of-ids.md` says (notes 2.5)."""
+        """A repeat of an ACTIVE **or ACKNOWLEDGED** alarm of the same source and type is
+        de-duplicated into it: `count` + 1 and the new `time`; "any other changes are ignored"
+        (text and severity stay those of the first raise). A CLEARED alarm does not take repeats
+        (Cumulocity's alarm de-duplication rule, notes 2.5 correction; docs/sandbox.md)."""
         with self.lock:
             now = format_time(self.now())
-            for alarm in self.alarms:
-                if (alarm["source"], alarm["type"], alarm["status"]) == (
-                    source, alarm_type, "ACTIVE"
-                ):
-                    alarm["count"] += 1
-                    alarm["lastUpdated"] = now
-                    alarm["severity"] = severity
-                    alarm["text"] = text
-                    self._changed()
-                    return _public(alarm)
+            alarm = self._open_alarm(source, alarm_type)
+            if alarm is not None:
+                alarm["count"] += 1
+                alarm["time"] = format_time(time)
+                alarm["lastUpdated"] = now
+                self._changed()
+                return _public(alarm)
             doc: Doc = {
                 "id": self._new_id(), "source": source, "type": alarm_type, "text": text,
                 "time": format_time(time), "firstOccurrenceTime": format_time(time),
@@ -282,17 +281,28 @@ class Store:
             self._changed()
             return _public(doc)
 
-    def update_active_alarm(self, source: str, alarm_type: str, **changes: str) -> bool:
-        with self.lock:
+    def _open_alarm(self, source: str, alarm_type: str) -> Doc | None:
+        """The alarm a template for (source, type) acts on: the ACTIVE one, else the
+        ACKNOWLEDGED one ("It will first check the ACTIVE alarms and, if there is no ACTIVE
+        alarm, it will check the ACKNOWLEDGED alarms", smartrest-two.md). Caller holds the lock."""
+        for status in ("ACTIVE", "ACKNOWLEDGED"):
             for alarm in self.alarms:
                 if (alarm["source"], alarm["type"], alarm["status"]) == (
-                    source, alarm_type, "ACTIVE"
+                    source, alarm_type, status
                 ):
-                    alarm.update(changes)
-                    alarm["lastUpdated"] = format_time(self.now())
-                    self._changed()
-                    return True
-            return False
+                    return alarm
+        return None
+
+    def update_active_alarm(self, source: str, alarm_type: str, **changes: str) -> bool:
+        """305/306: the ACTIVE alarm of the type, else the ACKNOWLEDGED one."""
+        with self.lock:
+            alarm = self._open_alarm(source, alarm_type)
+            if alarm is None:
+                return False
+            alarm.update(changes)
+            alarm["lastUpdated"] = format_time(self.now())
+            self._changed()
+            return True
 
     def update_alarm(self, alarm_id: str, changes: dict[str, str]) -> Doc:
         with self.lock:
@@ -360,6 +370,25 @@ class Store:
                     self._changed()
                     return _public(op)
             return None
+
+    def operation_by_id(self, op_id: str) -> Doc | None:
+        with self.lock:
+            for op in self.operations:
+                if op["id"] == op_id:
+                    return _public(op)
+            return None
+
+    def set_operation_status(self, op_id: str, to_status: str, **changes: Any) -> Doc:
+        """504/505/506: the operation with this id, whatever its fragment."""
+        with self.lock:
+            for op in self.operations:
+                if op["id"] == op_id:
+                    op["status"] = to_status
+                    op.update(changes)
+                    op["lastUpdated"] = format_time(self.now())
+                    self._changed()
+                    return _public(op)
+            raise NotFoundError(op_id)
 
     # -- persistence ------------------------------------------------------------------------
     def to_json(self) -> str:

@@ -1,0 +1,189 @@
+"""Certificate login for REST: the device token over MQTT, Bearer on the one REST client, renewal at
+half the lifetime and after a 401; the 403 fallback of the inventory source; report paging with a
+fixed dateTo. Against the sandbox with certificate login (issue 15)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashkanban.buttons import Button
+from dashkanban.c8y.rest import CumulocityRest, InventorySource, RestError
+from dashkanban.c8y.token import (
+    DEFAULT_LIFETIME,
+    TokenSource,
+    fetch_token,
+    lifetime_of,
+    token_line,
+    token_source_for,
+)
+from dashkanban.config import Settings, load_settings
+from dashkanban.kanban import cumulocity
+from dashkanban.sandbox import Sandbox
+from tests.brokers import TlsFiles
+from tests.sandbox_fixture import rest, sandbox_options
+
+GW = "dashkanban-gw-test"  # the CN of tls_files' client certificate
+
+
+def jwt(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'HS256'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_token_lines_and_lifetimes() -> None:
+    assert token_line("71,abc.def.ghi") == "abc.def.ghi"
+    assert token_line("71,") is None
+    assert token_line("41,,MqttAuth: Cannot publish token") is None
+    assert lifetime_of(jwt({"iat": 1000, "exp": 1600})) == 600.0
+    assert lifetime_of(jwt({"iat": 1000})) == DEFAULT_LIFETIME
+    assert lifetime_of("not-a-jwt") == DEFAULT_LIFETIME
+    assert lifetime_of("a.!!!.c") == DEFAULT_LIFETIME
+
+
+def test_renewed_at_half_the_lifetime_and_at_once_after_invalidate() -> None:
+    now = [0.0]
+    asked: list[float] = []
+    source = TokenSource(lambda: asked.append(now[0]), clock=lambda: now[0], wait=5.0)
+    assert source.due()
+    source.renew_if_due()
+    source.renew_if_due()  # one request in flight at a time
+    assert asked == [0.0]
+    token = jwt({"iat": 0, "exp": 600})
+    source.offer(token)
+    assert source.authorization() == f"Bearer {token}"
+    now[0] = 299.0
+    source.renew_if_due()
+    assert asked == [0.0]
+    now[0] = 300.0
+    assert source.authorization() == f"Bearer {token}"  # still valid while the new one comes
+    assert asked == [0.0, 300.0]
+    newer = jwt({"iat": 300, "exp": 900})
+    source.offer(newer)
+    source.invalidate()  # a 401: at once, no waiting for the half-life
+    assert asked == [0.0, 300.0, 300.0]
+
+
+def test_no_token_in_time_is_a_clear_error() -> None:
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    source = TokenSource(lambda: None, clock=tick, wait=3.0)
+    with pytest.raises(RestError, match="no device token from Cumulocity within 3 s"):
+        CumulocityRest("http://127.0.0.1:9", "t1/u", None, tokens=source).managed_object("1")
+
+
+# -- against the sandbox with certificate login ------------------------------------------------
+
+@pytest.fixture
+def cert_sandbox(tls_files: TlsFiles) -> Iterator[Sandbox]:
+    options = sandbox_options(mqtts_port=0, tls_cert=tls_files.server_cert,
+                              tls_key=tls_files.server_key, trusted_ca=tls_files.ca_cert,
+                              devices_read_own_only=True)
+    with Sandbox(options) as running:
+        yield running
+
+
+def cert_settings(folder: Path, sandbox: Sandbox, tls: TlsFiles, extra: str = "") -> Settings:
+    """A certificate-only gateway (no password) for the sandbox's TLS listener."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "MACID.csv").write_text("Name, MAC-Address\n")
+    config = folder / "config.ini"
+    config.write_text(
+        f"[C8YMQTT]\ntenant = localhost\ntenantID = t12345\nuser = device_{GW}\n"
+        f"port = {sandbox.mqtts_port}\nca_file = {tls.ca_cert}\ncert_file = {tls.client_cert}\n"
+        f"key_file = {tls.client_key}\nrest_url = {sandbox.http_url}\n\n"
+        f"[gateway]\nserial = {GW}\nname = Store 3 button gateway\n\n"
+        f"[outbox]\npath = {folder / 'outbox.sqlite3'}\n" + extra,
+        encoding="utf-8")
+    config.chmod(0o600)
+    return load_settings(config)
+
+
+def test_bearer_token_from_mqtt_and_renewed_after_a_401(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path) -> None:
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    assert settings.c8y.password is None
+    jwt_value = fetch_token(settings, timeout=10)
+    assert cert_sandbox.tokens.verify(jwt_value) is not None
+    with rest(cert_sandbox) as admin:
+        made = admin.post("/inventory/managedObjects", headers={"Accept": "application/json"},
+                          json={"name": "Aisle 2 screws"}).json()
+        admin.post(f"/identity/globalIds/{made['id']}/externalIds",
+                   json={"type": "c8y_Serial", "externalId": "ac63be123456"})
+    tokens = token_source_for(settings)
+    tokens.offer(jwt_value + "x")  # a token Cumulocity no longer accepts
+    with CumulocityRest.from_settings(settings.c8y, tokens=tokens) as client:
+        assert client.managed_object_id("ac63be123456") == made["id"]
+        assert client.managed_object_id("fca6670a0b0c") is None
+    assert tokens.received == 2  # the 401 renewed it over MQTT at once
+    assert cert_sandbox.stats()["tokens"] == 2
+
+
+def test_inventory_button_of_another_owner_is_named_by_its_serial(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path) -> None:
+    """A device user may look the serial up but not read a button it does not own (403): the
+    serial is its name, as for a deleted one (404), instead of 10 minutes of retries."""
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files, "[buttons]\nsource = inventory\n")
+    with rest(cert_sandbox) as admin:
+        made = admin.post("/inventory/managedObjects", headers={"Accept": "application/json"},
+                          json={"name": "Aisle 2 screws", "type": "c8y_DashButton"}).json()
+        assert admin.post(f"/identity/globalIds/{made['id']}/externalIds",
+                          json={"type": "c8y_Serial", "externalId": "ac63be123456"}
+                          ).status_code == 201
+    source = InventorySource(settings)
+    try:
+        assert source("ac:63:be:12:34:56") == Button(name="ac63be123456", mac="ac:63:be:12:34:56")
+        assert source("fc:a6:67:0a:0b:0c") is None
+    finally:
+        source.close()
+
+
+# -- report paging ------------------------------------------------------------------------------
+
+def test_report_pages_with_a_fixed_date_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events arriving while the pages are read (newest first) must not shift the pages: each
+    page asks with the same dateTo, so every event is read once."""
+    monkeypatch.setattr(cumulocity, "PAGE_SIZE", 2)
+    start = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+    with Sandbox(sandbox_options()) as sandbox, rest(sandbox) as admin:
+        gw = admin.post("/inventory/managedObjects", headers={"Accept": "application/json"},
+                        json={"name": "gw"}).json()
+
+        def press(minute: int) -> None:
+            assert admin.post("/event/events", json={
+                "source": {"id": gw["id"]}, "type": "c8y_MAC_Event", "text": f"p{minute}",
+                "time": (start + timedelta(minutes=minute)).isoformat()}).status_code == 201
+
+        for minute in range(5):
+            press(minute)
+        client = CumulocityRest(sandbox.http_url, "t12345/dash-gateway",
+                                "s3cret-sandbox-pw")
+        pages = 0
+        original = client.get_json
+
+        def get_json(url: str, what: str, params: Any) -> Any:
+            nonlocal pages
+            pages += 1
+            if pages == 2:
+                press(30)  # a new press arrives between page 1 and page 2
+            return original(url, what, params)
+
+        monkeypatch.setattr(client, "get_json", get_json)
+        until = start + timedelta(minutes=10)
+        texts = [e["text"] for e in cumulocity.read_events(client, "c8y_MAC_Event", start,
+                                                            until)]
+        client.close()
+    assert texts == ["p4", "p3", "p2", "p1", "p0"]
+    assert pages == 3
+
