@@ -46,6 +46,7 @@ def test_original_five_keys_load_with_defaults(tmp_path: Path) -> None:
     assert c8y.tls is True
     assert c8y.rest_url == "https://example.cumulocity.com"
     assert c8y.keepalive == 60
+    assert c8y.retry_max == 300
     assert settings.gateway.mode == "gateway"
     assert settings.gateway.serial.startswith("dashkanban-")
     assert settings.buttons.file == tmp_path / "MACID.csv"
@@ -197,6 +198,21 @@ def test_loose_password_file_is_refused(tmp_path: Path) -> None:
 def test_bad_port(tmp_path: Path, value: str, message: str) -> None:
     path = write(tmp_path, GOOD.replace("port = 8883", f"port = {value}"))
     assert error_of(path) == f"{path}:6: {message}"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("abc", "retry_max = abc: not a whole number"),
+    ("0", "retry_max = 0: out of range (1 to 86400)"),
+    ("-5", "retry_max = -5: out of range (1 to 86400)"),
+])
+def test_bad_retry_max(tmp_path: Path, value: str, message: str) -> None:
+    path = write(tmp_path, GOOD.replace("port = 8883", f"port = 8883\nretry_max = {value}"))
+    assert error_of(path) == f"{path}:7: {message}"
+
+
+def test_retry_max_of_one_second_is_the_minimum(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("port = 8883", "port = 8883\nretry_max = 1"))
+    assert load_settings(path).c8y.retry_max == 1
 
 
 def test_port_1883_with_tls(tmp_path: Path) -> None:

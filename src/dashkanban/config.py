@@ -50,6 +50,8 @@ class C8yMqttSettings:
     key_file: Path | None
     rest_url: str  # base URL of the REST API; default https://<tenant>
     keepalive: int
+    # Seconds: the longest wait between two connection attempts of `run` (it never gives up).
+    retry_max: int = 300
 
     @property
     def username(self) -> str:
@@ -220,6 +222,7 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
         "key_file": "",
         "rest_url": "",
         "keepalive": "60",
+        "retry_max": "300",
     },
     "gateway": {
         "serial": "",
@@ -593,6 +596,7 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str]) -> C8yMqttSettings:
         key_file=key_file,
         rest_url=rest_url,
         keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
+        retry_max=v.parsed(s, "retry_max", _int_in(1, 86400)),
     )
 
 

@@ -80,6 +80,10 @@ class RestApi:
             (m, re.compile(p), f, auth) for m, p, f, auth in _ROUTES
         ]
 
+    def set_password(self, password: str) -> None:
+        """The sandbox's credentials were reloaded (`Sandbox.set_password`)."""
+        self._password = password
+
     async def __call__(self, request: Request) -> Response:
         allowed = []
         for method, pattern, function, auth in self._routes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import ssl
 import threading
@@ -31,6 +32,8 @@ from dashkanban.sandbox.templates import COLLECTION_TYPE
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0
+TLS_HELLO_WAIT = 5.0  # seconds a closed-on-purpose handshake waits for the ClientHello
+TLS_HANDSHAKE = 10.0
 SAVE_DELAY = 1.0
 
 
@@ -82,6 +85,7 @@ class Sandbox:
         self._servers: list[asyncio.Server] = []
         self._stopped: asyncio.Event | None = None
         self._save_handle: asyncio.TimerHandle | None = None
+        self._tls_context: ssl.SSLContext | None = None
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -152,6 +156,48 @@ class Sandbox:
         """Close the MQTT connection of a device uncleanly, as a flaky network would."""
         dropped: bool = self.call(self.broker.drop_device, serial)
         return dropped
+
+    # misbehaviour on purpose, for reconnect tests -------------------------------------------
+    def refuse_logins(self, count: int, code: int = 5) -> None:
+        """Answer the next `count` MQTT logins with CONNACK `code` (1..5), then accept again."""
+        self.call(self.broker.refuse_logins, count, code)
+
+    def logins_to_refuse(self) -> int:
+        """How many of the refusals asked for by `refuse_logins` are still to come."""
+        left: int = self.call(lambda: self.broker.refusals_left)
+        return left
+
+    def drop_all_connections(self) -> int:
+        """Close every MQTT connection uncleanly; returns how many there were."""
+        dropped: int = self.call(self.broker.drop_all)
+        return dropped
+
+    def close_tls_handshakes(self, count: int) -> None:
+        """Close the next `count` TLS connections after the ClientHello without answering it
+        (the client sees an unexpected EOF mid-handshake); the ones after are served."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+
+        def set_count() -> None:
+            self.broker.tls_closes_left = count
+
+        self.call(set_count)
+
+    def tls_handshakes_to_close(self) -> int:
+        left: int = self.call(lambda: self.broker.tls_closes_left)
+        return left
+
+    def set_password(self, password: str) -> None:
+        """Reload the one user's credentials: MQTT logins and REST calls from now on need
+        `password`; connections already open stay open."""
+        self.options = dataclasses.replace(self.options, password=password)
+        authenticate = check_password(self.options.username, password)
+
+        def reload() -> None:
+            self.broker.set_authenticate(authenticate)
+            self.api.set_password(password)
+
+        self.call(reload)
 
     def stats(self) -> dict[str, int]:
         """Broker counters: connections, refused, malformed, oversized, timeouts, ..."""
@@ -236,8 +282,10 @@ class Sandbox:
                 raise ssl.SSLError("an MQTT-over-TLS listener needs a certificate and its key")
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
-            server = await asyncio.start_server(self.broker.handle, bind, self.options.mqtts_port,
-                                                ssl=context)
+            self._tls_context = context
+            # Plain TCP first, TLS started by `_handle_tls`: so that a handshake can be closed
+            # unanswered on purpose (`close_tls_handshakes`), as a load balancer in trouble does.
+            server = await asyncio.start_server(self._handle_tls, bind, self.options.mqtts_port)
             self._servers.append(server)
             self.mqtts_port = _port(server)
         if self.options.http_port is not None:
@@ -246,6 +294,26 @@ class Sandbox:
             self.http_port = _port(server)
         log.info("sandbox listening: MQTT %s, MQTT/TLS %s, HTTP %s",
                  self.mqtt_port, self.mqtts_port, self.http_port)
+
+    async def _handle_tls(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        assert self._tls_context is not None
+        if self.broker.tls_closes_left > 0:
+            self.broker.tls_closes_left -= 1
+            self.broker.stats["tls_closed"] += 1
+            with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError):
+                async with asyncio.timeout(TLS_HELLO_WAIT):
+                    await reader.read(1)  # the ClientHello has begun: close mid-handshake
+            log.info("closing a TLS handshake unanswered on request")
+            writer.close()
+            return
+        try:
+            await writer.start_tls(self._tls_context, ssl_handshake_timeout=TLS_HANDSHAKE)
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.info("TLS handshake failed: %s", exc)
+            writer.close()
+            return
+        await self.broker.handle(reader, writer)
 
     async def _close(self) -> None:
         for server in self._servers:
