@@ -27,20 +27,21 @@ of the gateway (`other_lines`), and `send_lines` sends such lines without an eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import random
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from dashkanban.backoff import Backoff, uplink_backoffs
 from dashkanban.c8y.smartrest import (
     MAX_MESSAGE_BYTES,
     SmartRestLine,
@@ -60,13 +61,13 @@ GATEWAY_TYPE = "c8y_DashKanbanGateway"
 BUTTON_TYPE = "c8y_DashButton"
 QOS = 1
 
-# Reconnect backoff: doubling from BACKOFF_MIN up to BACKOFF_MAX seconds, each wait drawn from
-# [half, full] ("equal jitter") so that many gateways restarted together do not reconnect in step.
+# Reconnect backoff of the one-shot commands (see backoff.py; `run` uses `[C8YMQTT] retry_max`).
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
-# Consecutive refusals (bad credentials, not authorised, untrusted certificate) before giving up:
-# retrying a wrong password forever only hammers the tenant, but Cumulocity's CONNACK 5 can be
-# transient ("repeat the connection a few times", protocol notes 1.7).
+# Consecutive refusals (bad credentials, not authorised, untrusted certificate) after which a
+# one-shot command gives up (fail fast, exit 1). `run` never gives up (`service_options`):
+# Cumulocity's CONNACK 5 can be transient ("repeat the connection a few times", protocol notes
+# 1.7), a password can be fixed on the tenant, and nobody restarts a daemon that merely waits.
 MAX_REFUSALS = 3
 # A refused SUBSCRIBE (SUBACK 0x80, seen on brand-new device users) is retried this many times.
 SUBSCRIBE_ATTEMPTS = 5
@@ -130,7 +131,8 @@ class LoginRefusedError(UplinkError):
 class TlsFailedError(UplinkError):
     """The TLS handshake failed: an untrusted or expired certificate, or the wrong host name."""
 
-    def __init__(self, address: str, what: str, hint: str) -> None:
+    def __init__(self, address: str, what: str, hint: str, *, verification: bool = False) -> None:
+        self.verification = verification  # the certificate was refused, not the handshake cut
         super().__init__(f"TLS to {address} failed: {what}; {hint}")
 
 
@@ -152,11 +154,32 @@ def connack_code(reason: ReasonCode | int) -> int:
     return _V5_TO_V3.get(value, value)
 
 
-def backoff_delay(attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX,
-                  rand: Callable[[float, float], float] = random.uniform) -> float:
-    """Wait before reconnect attempt `attempt` (1, 2, ...): capped doubling with equal jitter."""
-    ceiling = min(high, low * (2 ** max(0, attempt - 1)))
-    return rand(ceiling / 2, ceiling)
+def service_options(settings: Settings) -> dict[str, Any]:
+    """The Uplink keywords of `run`: never give up; refusals retried from 30 s, transport
+    trouble from 1 s, both at most every `[C8YMQTT] retry_max` seconds."""
+    transport, refusal = uplink_backoffs(settings.c8y.retry_max)
+    return {"max_refusals": None, "backoff": transport, "refusal_backoff": refusal}
+
+
+def connack_meaning(code: int) -> str:
+    """Cumulocity's meaning of an MQTT 3.1.1 CONNACK return code, in words."""
+    return _CONNACK.get(code, (f"refused with code {code}", ""))[0]
+
+
+LinkState = Literal["connecting", "connected", "refused", "unreachable", "gave up"]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHealth:
+    """What one connection is doing, for `outbox status` and the metrics (no secrets)."""
+
+    client_id: str
+    state: LinkState
+    since: float  # wall clock (epoch seconds) when this state began
+    attempts: int  # failed connection attempts in a row (0 while connected)
+    refusals: int  # refused logins since start
+    last_error: str | None
+    retry_at: float | None  # wall clock of the next attempt, when waiting for one
 
 
 def describe_error_line(payload: str) -> str:
@@ -288,8 +311,8 @@ class _Link:
 
     def __init__(self, settings: Settings, plan: LinkPlan, context: ssl.SSLContext | None, *,
                  on_state: Callable[[], None],
-                 on_operation: OperationHandler | None, max_refusals: int,
-                 backoff: tuple[float, float]) -> None:
+                 on_operation: OperationHandler | None, max_refusals: int | None,
+                 backoff: Backoff, refusal_backoff: Backoff) -> None:
         self._settings = settings
         self.plan = plan
         self._context = context
@@ -297,6 +320,8 @@ class _Link:
         self._on_operation = on_operation
         self._max_refusals = max_refusals
         self._backoff = backoff
+        self._refusal_backoff = refusal_backoff
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._address = f"{settings.c8y.tenant}:{settings.c8y.port}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -318,6 +343,23 @@ class _Link:
         self._last_own_publish = time.monotonic()  # the last PUBLISH on s/us (the gateway's topic)
         self.failed: UplinkError | None = None
         self.last_error: UplinkError | None = None
+        self._health = LinkHealth(plan.client_id, "connecting", time.time(), 0, 0, None, None)
+        # The outage that ended with the last connect: (seconds it lasted, failed attempts).
+        self.last_outage: tuple[float, int] | None = None
+        self._outage_start: float | None = None  # monotonic, while connections fail
+
+    @property
+    def health(self) -> LinkHealth:
+        return self._health
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _set_health(self, state: LinkState, **changes: Any) -> None:
+        current = self._health
+        since = current.since if state == current.state else time.time()
+        self._health = dataclasses.replace(current, state=state, since=since, **changes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -325,9 +367,17 @@ class _Link:
         if self._thread is not None:
             return
         self._thread = threading.Thread(
-            target=self._run, name=f"uplink-{self.plan.client_id}", daemon=True
+            target=self._supervised, name=f"uplink-{self.plan.client_id}", daemon=True
         )
         self._thread.start()
+
+    def _supervised(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # a bug: this connection would be gone for good, silently
+            if self.on_failure is None:
+                raise
+            self.on_failure(exc)
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
@@ -400,30 +450,51 @@ class _Link:
     def _run(self) -> None:
         attempt = 0
         refusals = 0
+        logged: str | None = None  # the kind of trouble last logged: log each kind once
         while not self._stop.is_set():
             error = self._connect_and_serve()
             if self._connected_once:
-                attempt = 0  # a connection that came up resets the backoff
+                attempt = refusals = 0  # a connection that came up resets the backoff
+                logged = None
                 self._connected_once = False
             self._lost()
             if self._stop.is_set():
                 break
             assert error is not None
             self.last_error = error
-            if isinstance(error, TlsFailedError) or (
-                isinstance(error, LoginRefusedError) and error.code not in _TRANSIENT_CONNACK
-            ):
+            if self._outage_start is None:
+                self._outage_start = time.monotonic()
+            refused = _is_refusal(error)
+            attempt += 1
+            health = self._health
+            if refused:
                 refusals += 1
-                if refusals >= self._max_refusals:
+                if self._max_refusals is not None and refusals >= self._max_refusals:
                     self.failed = error
                     log.error("%s; giving up after %d attempt(s)", error, refusals)
+                    self._set_health("gave up", attempts=attempt, last_error=str(error),
+                                     refusals=health.refusals + 1, retry_at=None)
                     self._on_state()
                     return
             else:
                 refusals = 0
-            attempt += 1
-            delay = backoff_delay(attempt, *self._backoff)
-            log.warning("%s; reconnecting in %.1f s", error, delay)
+            backoff = self._refusal_backoff if refused else self._backoff
+            # Refusals count their own attempts: a refusal after transport trouble starts slow.
+            delay = backoff.delay(refusals if refused else attempt)
+            state: LinkState = "refused" if refused else "unreachable"
+            self._set_health(state, attempts=attempt, last_error=str(error),
+                             refusals=health.refusals + (1 if refused else 0),
+                             retry_at=time.time() + delay)
+            kind = _kind(error)
+            if kind == logged:
+                log.debug("%s; attempt %d, next in %.1f s", error, attempt, delay)
+            elif self._max_refusals is None and refused:
+                since = time.strftime("%H:%M", time.localtime(self._health.since))
+                log.error("%s", _refused_since(error, since, backoff.cap))
+            else:
+                log.warning("%s; reconnecting in %.1f s", error, delay)
+            logged = kind
+            self._on_state()
             self._stop.wait(delay)
 
     def _connect_and_serve(self) -> UplinkError | None:
@@ -445,7 +516,7 @@ class _Link:
             client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
         except ssl.SSLCertVerificationError as exc:
             what, hint = describe_tls_failure(exc, c8y.tenant)
-            return TlsFailedError(self._address, what, hint)
+            return TlsFailedError(self._address, what, hint, verification=True)
         except ssl.SSLError as exc:
             what, hint = describe_tls_failure(exc, c8y.tenant)
             return TlsFailedError(self._address, what, hint)
@@ -467,6 +538,12 @@ class _Link:
             return None
         if self._refusal is not None:
             return self._refusal
+        if not self._connected_once and self._down_reason == "Protocol error":
+            # paho 2 swallows CONNACK 1 when it may not reconnect by itself: instead of calling
+            # on_connect it ends the connection with a protocol error (client.py,
+            # _handle_connack: its MQTT 3.1 downgrade). Nothing else before CONNACK does that.
+            username = self._settings.c8y.username if self._settings.c8y.password else None
+            return LoginRefusedError(1, self._address, username)
         if not self._connected_once:
             return UnreachableError(
                 f"{self._address} closed the connection before CONNACK ({self._down_reason}); "
@@ -530,6 +607,9 @@ class _Link:
         self._connected_once = True
         self._subscribe_attempts = 0
         self.last_error = None
+        if self._outage_start is not None:
+            self.last_outage = (time.monotonic() - self._outage_start, self._health.attempts)
+            self._outage_start = None
         log.info("connected to %s as client id %s", self._address, self.plan.client_id)
         # Create (or confirm) the device first: Cumulocity refuses subscriptions of a client id
         # that has no device yet (protocol notes 1.10).
@@ -564,6 +644,7 @@ class _Link:
             self._internal(client, "s/us", line)
         with self._lock:
             self._ready = True
+        self._set_health("connected", attempts=0, retry_at=None)
         log.info("%s ready", self.plan.client_id)
         self._on_state()
 
@@ -615,6 +696,31 @@ class _Link:
                     log.exception("the operation handler failed on %s", line.template)
 
 
+def _is_refusal(error: UplinkError) -> bool:
+    """A refused login, or a certificate the other side does not accept: retried slowly. A TLS
+    handshake merely closed (a load balancer in trouble) is transport trouble."""
+    if isinstance(error, LoginRefusedError):
+        return error.code not in _TRANSIENT_CONNACK
+    return isinstance(error, TlsFailedError) and error.verification
+
+
+def _kind(error: UplinkError) -> str:
+    if isinstance(error, LoginRefusedError):
+        return f"refused {error.code}"
+    if isinstance(error, TlsFailedError):
+        return f"tls {error.verification}"
+    return "unreachable"
+
+
+def _refused_since(error: UplinkError, since: str, every: float) -> str:
+    """The one line that says a login is refused and will be retried (issue 11)."""
+    if isinstance(error, LoginRefusedError):
+        meaning, hint = _CONNACK.get(error.code, (f"refused with code {error.code}", ""))
+        return (f"login refused since {since} ({meaning}, CONNACK {error.code}); "
+                f"retrying every {every:g} s; {hint}")
+    return f"{error} since {since}; retrying every {every:g} s"
+
+
 def _call(callback: DeliveryCallback | None) -> None:
     if callback is None:
         return
@@ -646,8 +752,10 @@ class Uplink:
     """
 
     def __init__(self, settings: Settings, *, on_operation: OperationHandler | None = None,
-                 supported_operations: Sequence[str] = (), max_refusals: int = MAX_REFUSALS,
-                 backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
+                 supported_operations: Sequence[str] = (),
+                 max_refusals: int | None = MAX_REFUSALS,
+                 backoff: tuple[float, float] | Backoff = (BACKOFF_MIN, BACKOFF_MAX),
+                 refusal_backoff: Backoff | None = None,
                  extra_subscriptions: Sequence[str] = (),
                  startup_publishes: Sequence[tuple[str, str]] = (),
                  heartbeat: float | None = None) -> None:
@@ -664,8 +772,11 @@ class Uplink:
             check_size(message)
         self.supported_operations = tuple(supported_operations)
         self.max_refusals = max_refusals
-        self.backoff = backoff
+        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(*backoff)
+        self.refusal_backoff = refusal_backoff if refusal_backoff is not None else self.backoff
         self._links: dict[str, _Link] = {}
+        # Told when a connection's thread fails unexpectedly (the daemon then exits 1).
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._state = threading.Condition()
@@ -731,8 +842,9 @@ class Uplink:
                 link = _Link(
                     self.settings, plan, self._context, on_state=self._changed,
                     on_operation=self.on_operation, max_refusals=self.max_refusals,
-                    backoff=self.backoff,
+                    backoff=self.backoff, refusal_backoff=self.refusal_backoff,
                 )
+                link.on_failure = self.on_failure
                 self._links[plan.client_id] = link
                 link.start()
         return link
@@ -792,6 +904,22 @@ class Uplink:
     def connected(self) -> bool:
         links = list(self._links.values())
         return bool(links) and all(link.ready for link in links)
+
+    @property
+    def alive(self) -> bool:
+        """Every connection's thread still runs (for the systemd watchdog)."""
+        return all(link.alive for link in list(self._links.values()))
+
+    def health(self) -> list[LinkHealth]:
+        """The state of each connection (one in gateway mode), for status and metrics."""
+        return [link.health for link in list(self._links.values())]
+
+    @property
+    def last_outage(self) -> tuple[float, int] | None:
+        """(seconds, failed attempts) of the longest outage that ended with the last connects."""
+        outages = [link.last_outage for link in list(self._links.values())
+                   if link.last_outage is not None]
+        return max(outages) if outages else None
 
     @property
     def failed(self) -> UplinkError | None:
