@@ -40,7 +40,7 @@ def local(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
 
 
-def test_the_state_file_is_replaced_atomically_with_mode_0640_and_no_secret(
+def test_the_state_file_is_replaced_atomically_with_mode_0600_and_no_secret(
     tmp_path: Path,
 ) -> None:
     outbox = tmp_path / "outbox.sqlite3"
@@ -49,7 +49,7 @@ def test_the_state_file_is_replaced_atomically_with_mode_0640_and_no_secret(
     path.write_text("{}")
     path.chmod(0o666)  # a loose old file: its mode is not kept
     StateFile(outbox).write([refused()])
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
     data = json.loads(path.read_text())
     assert data["format"] == 1

@@ -3,7 +3,7 @@
 `dashkanban run` writes `<outbox>.uplink.json` whenever a connection changes state (connected,
 refused, unreachable): `outbox status`, run by anyone who may read the outbox, shows it. The file
 holds states, times, counts and error lines (which never contain a password), is replaced
-atomically, and has mode 0640 like the outbox's folder allows.
+atomically, and has mode 0600 like the outbox.
 
 `notify` speaks sd_notify(3) without libsystemd: one datagram to the unix socket named by
 $NOTIFY_SOCKET (a leading `@` is the abstract namespace). With `Type=notify` systemd waits for
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_MODE = 0o640
+STATE_MODE = 0o600  # like every file in the state folder (the outbox too)
 FORMAT = 1
 
 

@@ -106,3 +106,32 @@ def test_set_password_reloads_the_credentials_of_mqtt_and_rest(
     assert connected.client.is_connected()  # a reload does not close open connections
     assert "a-new-password" not in repr(sandbox.options)
     assert SANDBOX_PASSWORD != "a-new-password"
+
+
+def test_the_same_knobs_over_rest_for_a_test_in_another_process(
+    sandbox: Sandbox, device_factory: MakeDevice
+) -> None:
+    connected = device_factory("gw-rest")
+    connected.client.reconnect_delay_set(60, 60)
+    assert connected.connect() == "Success"
+    with rest(sandbox) as client:
+        answer = client.post("/sandbox/misbehave", json={
+            "refuse_logins": {"count": 2, "code": 3}, "drop_connections": True})
+        assert (answer.status_code, answer.json()) == (
+            200, {"logins_to_refuse": 2, "tls_handshakes_to_close": 0, "dropped": 1})
+        assert connected.disconnected.wait(5)
+        assert [_connack(sandbox, f"gw-{n}") for n in range(3)] == [
+            b"\x20\x02\x00\x03", b"\x20\x02\x00\x03", b"\x20\x02\x00\x00"]
+        bad = client.post("/sandbox/misbehave", json={"refuse": 1})
+        assert (bad.status_code, bad.json()["message"]) == (
+            422, "unknown keys ['refuse']; known: ['close_tls_handshakes', 'drop_connections', "
+                 "'password', 'refuse_logins']")
+        bad = client.post("/sandbox/misbehave", json={"refuse_logins": {"count": 1, "code": 9}})
+        assert (bad.status_code, bad.json()["message"]) == (
+            422, "refuse_logins needs count >= 0 and a CONNACK code from 1 to 5")
+        changed = client.post("/sandbox/misbehave", json={"password": "changed-over-rest"})
+        assert changed.status_code == 200
+        assert client.get("/inventory/managedObjects").status_code == 401  # the old one
+    with httpx.Client(base_url=sandbox.http_url, timeout=5) as anonymous:
+        # It changes the tenant's behaviour: only its user may ask.
+        assert anonymous.post("/sandbox/misbehave", json={}).status_code == 401

@@ -42,13 +42,29 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from dashkanban.backoff import Backoff, uplink_backoffs
+from dashkanban.c8y.protocol import (
+    _CONNACK,
+    BUTTON_TYPE,
+    GATEWAY_TYPE,
+    TRANSIENT_CONNACK,
+    DeviceLine,
+    LoginRefusedError,
+    MessageTooLargeError,
+    Outgoing,
+    TlsFailedError,
+    UnreachableError,
+    UnsendableError,
+    check_size,
+    connack_meaning,
+    describe_error_line,
+    event_messages,
+    lines_messages,
+)
 from dashkanban.c8y.smartrest import (
-    MAX_MESSAGE_BYTES,
     SmartRestLine,
     decode,
     decode_error,
     encode_line,
-    join_lines,
 )
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
 from dashkanban.config import Settings
@@ -57,8 +73,15 @@ from dashkanban.events import Event
 
 log = logging.getLogger(__name__)
 
-GATEWAY_TYPE = "c8y_DashKanbanGateway"
-BUTTON_TYPE = "c8y_DashButton"
+# What this module offers, including the protocol's names it re-exports for older imports.
+__all__ = [
+    "BUTTON_TYPE", "GATEWAY_TYPE", "MAX_REFUSALS", "DeviceLine", "LinkHealth", "LinkPlan",
+    "LoginRefusedError", "MessageTooLargeError", "Outgoing", "TlsFailedError",
+    "UnreachableError", "UnsendableError", "Uplink", "check_size", "connack_code",
+    "connack_meaning", "describe_error_line", "event_messages", "lines_messages", "new_client",
+    "service_options", "try_login",
+]
+
 QOS = 1
 
 # Reconnect backoff of the one-shot commands (see backoff.py; `run` uses `[C8YMQTT] retry_max`).
@@ -81,72 +104,10 @@ LOOP_TICK = 0.2
 HEARTBEAT_FRACTION = 0.5
 HEARTBEAT = "125"
 
-# CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
-# paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
-_CONNACK: dict[int, tuple[str, str]] = {
-    1: ("unacceptable protocol version", "Cumulocity speaks MQTT 3.1 and 3.1.1 only"),
-    2: (
-        "client id rejected",
-        "check [gateway] serial (with a client certificate it must equal the certificate's CN)",
-    ),
-    3: ("server unavailable", "Cumulocity is temporarily unavailable; dashkanban retries"),
-    4: ("bad user name or password", "check user and password in [C8YMQTT]"),
-    5: (
-        "not authorised",
-        "check user and password in [C8YMQTT] and that the user may connect devices "
-        "(with a certificate: that the tenant trusts its CA)",
-    ),
-}
 _V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
-# Transient: the platform asks to come back later. Everything else counts as a refusal.
-_TRANSIENT_CONNACK = {3}
-
-# s/e error codes (SmartREST built-in responses, protocol notes 2.7).
-_ERROR_MEANINGS = {
-    "40": "no such static template",
-    "41": "template or creation error",
-    "42": "malformed request line",
-    "43": "invalid message identifier",
-    "45": "invalid arguments",
-    "50": "server error between SmartREST and the platform",
-    "70": "bootstrap credentials",
-}
 
 DeliveryCallback = Callable[[], None]
 OperationHandler = Callable[[SmartRestLine], None]
-# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway itself.
-DeviceLine = tuple[str | None, str]
-
-
-class LoginRefusedError(UplinkError):
-    """The broker refused the CONNECT. `code` is the MQTT 3.1.1 CONNACK return code (1..5)."""
-
-    def __init__(self, code: int, address: str, username: str | None) -> None:
-        self.code = code
-        meaning, hint = _CONNACK.get(code, (f"refused with code {code}", "see the broker's log"))
-        who = f" for {username}" if username else ""
-        super().__init__(f"{address} refused the login{who}: {meaning} (CONNACK {code}); {hint}")
-
-
-class TlsFailedError(UplinkError):
-    """The TLS handshake failed: an untrusted or expired certificate, or the wrong host name."""
-
-    def __init__(self, address: str, what: str, hint: str, *, verification: bool = False) -> None:
-        self.verification = verification  # the certificate was refused, not the handshake cut
-        super().__init__(f"TLS to {address} failed: {what}; {hint}")
-
-
-class UnreachableError(UplinkError):
-    """No connection: name resolution, TCP, or the connection dropped."""
-
-
-class UnsendableError(UplinkError):
-    """A message this uplink can never send as it is: kept in the outbox, never retried."""
-
-
-class MessageTooLargeError(UnsendableError):
-    """A message over Cumulocity's size limit, refused locally instead of by the platform."""
-
 
 def connack_code(reason: ReasonCode | int) -> int:
     """The MQTT 3.1.1 CONNACK return code of what paho reports (an MQTT 5 reason code)."""
@@ -159,11 +120,6 @@ def service_options(settings: Settings) -> dict[str, Any]:
     trouble from 1 s, both at most every `[C8YMQTT] retry_max` seconds."""
     transport, refusal = uplink_backoffs(settings.c8y.retry_max)
     return {"max_refusals": None, "backoff": transport, "refusal_backoff": refusal}
-
-
-def connack_meaning(code: int) -> str:
-    """Cumulocity's meaning of an MQTT 3.1.1 CONNACK return code, in words."""
-    return _CONNACK.get(code, (f"refused with code {code}", ""))[0]
 
 
 LinkState = Literal["connecting", "connected", "refused", "unreachable", "gave up"]
@@ -180,78 +136,6 @@ class LinkHealth:
     refusals: int  # refused logins since start
     last_error: str | None
     retry_at: float | None  # wall clock of the next attempt, when waiting for one
-
-
-def describe_error_line(payload: str) -> str:
-    """One `s/e` line in words, for the log."""
-    err = decode_error(payload)
-    meaning = _ERROR_MEANINGS.get(err.code, "unknown error code")
-    template = f" for template {err.template}" if err.template else ""
-    return f"Cumulocity error {err.code} ({meaning}){template}: {err.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One PUBLISH: topic and payload (one or more SmartREST lines)."""
-
-    topic: str
-    payload: str
-
-
-def event_messages(event: Event, extra_lines: Sequence[str], *, gateway: bool,
-                   announce: bool, other_lines: Sequence[DeviceLine] = ()) -> list[Outgoing]:
-    """The PUBLISHes for one event (pure). Gateway: `101` on `s/us` when `announce`, then the
-    `400` (and any extra lines, e.g. a Kanban alarm) on `s/us/<serial>`, then `other_lines`.
-    Per-device: on `s/us`, and no other lines (they belong to other connections)."""
-    line = encode_line(400, event.type, event.text, event.c8y_time)
-    payload = join_lines([line, *extra_lines])
-    if not gateway:
-        if other_lines:
-            raise UnsendableError(
-                "lines for other devices need [gateway] mode = gateway (in per-device mode each "
-                "button has its own connection)"
-            )
-        return [Outgoing("s/us", payload)]
-    messages = []
-    if announce:
-        messages.append(Outgoing("s/us", encode_line(101, event.serial, event.name, BUTTON_TYPE)))
-    messages.append(Outgoing(f"s/us/{event.serial}", payload))
-    return messages + lines_messages(other_lines)
-
-
-def lines_messages(lines: Sequence[DeviceLine]) -> list[Outgoing]:
-    """(serial, line) pairs as PUBLISHes, in order: consecutive lines of one device share one
-    message (`s/us/<serial>`, or `s/us` for None, the gateway)."""
-    messages: list[Outgoing] = []
-    group: list[str] = []
-    current: str | None = None
-    for serial, line in lines:
-        if group and serial != current:
-            messages.append(Outgoing(_topic(current), join_lines(group)))
-            group = []
-        current = serial
-        group.append(line)
-    if group:
-        messages.append(Outgoing(_topic(current), join_lines(group)))
-    return messages
-
-
-def _topic(serial: str | None) -> str:
-    return "s/us" if serial is None else f"s/us/{serial}"
-
-
-def check_size(message: Outgoing) -> None:
-    size = len(message.payload.encode("utf-8"))
-    if size > MAX_MESSAGE_BYTES:
-        first = message.payload.split("\n", 1)[0][:60]
-        log.error(
-            "refusing to publish %d bytes on %s (Cumulocity's limit is %d): %s...",
-            size, message.topic, MAX_MESSAGE_BYTES, first,
-        )
-        raise MessageTooLargeError(
-            f"a message of {size} bytes for {message.topic} is over Cumulocity's limit of "
-            f"{MAX_MESSAGE_BYTES} bytes; shorten [event] text"
-        )
 
 
 @dataclass(slots=True)
@@ -700,7 +584,7 @@ def _is_refusal(error: UplinkError) -> bool:
     """A refused login, or a certificate the other side does not accept: retried slowly. A TLS
     handshake merely closed (a load balancer in trouble) is transport trouble."""
     if isinstance(error, LoginRefusedError):
-        return error.code not in _TRANSIENT_CONNACK
+        return error.code not in TRANSIENT_CONNACK
     return isinstance(error, TlsFailedError) and error.verification
 
 
@@ -939,39 +823,7 @@ class Uplink:
 
 
 def try_login(settings: Settings, timeout: float = 10.0) -> str:
-    """Connect once with the gateway's client id, wait for CONNACK, disconnect. Publishes
-    nothing. Returns the client id; raises LoginRefusedError, TlsFailedError or UnreachableError.
-    """
-    c8y = settings.c8y
-    address = f"{c8y.tenant}:{c8y.port}"
-    client_id = settings.gateway.serial
-    client = new_client(settings, client_id)
-    client.connect_timeout = timeout
-    result: list[int] = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(connack_code(reason))
-    try:
-        client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
-    except ssl.SSLError as exc:
-        what, hint = describe_tls_failure(exc, c8y.tenant)
-        raise TlsFailedError(address, what, hint) from None
-    except socket.gaierror as exc:
-        raise UnreachableError(f"cannot resolve {c8y.tenant!r} ({exc.strerror})") from None
-    except OSError as exc:
-        raise UnreachableError(f"cannot connect to {address}: {exc.strerror or exc}") from None
-    try:
-        deadline = time.monotonic() + timeout
-        while not result and time.monotonic() < deadline:
-            rc = client.loop(timeout=LOOP_TICK)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not result:
-                raise UnreachableError(f"{address} closed the connection before CONNACK "
-                                       f"({paho.error_string(rc)})")
-        if not result:
-            raise UnreachableError(f"no CONNACK from {address} within {timeout:g} s")
-        if result[0] != 0:
-            username = c8y.username if c8y.password else None
-            raise LoginRefusedError(result[0], address, username)
-        return client_id
-    finally:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-            client.loop(timeout=0)
+    """The one-shot login probe of `check`; see probe.py (kept here for older imports)."""
+    from dashkanban.c8y.probe import try_login as probe
+
+    return probe(settings, timeout)

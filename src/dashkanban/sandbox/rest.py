@@ -76,6 +76,8 @@ class RestApi:
         self._username = username
         self._password = password
         self.operation_created = operation_created
+        # `POST /sandbox/misbehave` (set by the Sandbox): make the broker misbehave on purpose.
+        self.misbehave: Callable[[Doc], Doc] | None = None
         self._routes: list[tuple[str, re.Pattern[str], Route, bool]] = [
             (m, re.compile(p), f, auth) for m, p, f, auth in _ROUTES
         ]
@@ -473,6 +475,16 @@ class RestApi:
         return Response(200, _dump(page.state(self.store)), "application/json",
                         (("Cache-Control", "no-store"),))
 
+    async def post_misbehave(self, request: Request, match: re.Match[str]) -> Response:
+        if self.misbehave is None:
+            raise ApiError(404, "general/notFound", f"No resource at {request.path}")
+        data = _json_object(request)
+        try:
+            result = self.misbehave(data)
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, "undefined/validationError", str(exc)) from None
+        return Response(200, _dump(result), "application/json")
+
     async def openapi(self, request: Request, match: re.Match[str]) -> Response:
         text = resources.files("dashkanban.sandbox").joinpath("static/openapi.json").read_bytes()
         return Response(200, text, "application/json")
@@ -548,6 +560,7 @@ _ROUTES: list[tuple[str, str, Route, bool]] = [
     ("GET", r"/", RestApi.status_page, False),
     ("GET", r"/sandbox/state\.json", RestApi.status_json, False),
     ("GET", r"/openapi\.json", RestApi.openapi, False),
+    ("POST", r"/sandbox/misbehave", RestApi.post_misbehave, True),
     ("GET", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)", RestApi.get_external_id, True),
     ("DELETE", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)",
      RestApi.delete_external_id, True),

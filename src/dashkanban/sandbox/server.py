@@ -76,6 +76,7 @@ class Sandbox:
                              check_password(options.username, options.password), options.rules)
         self.api = RestApi(self.store, options.username, options.password,
                            self.broker.operation_created)
+        self.api.misbehave = self._misbehave
         self.http = HttpServer(self.api)
         self.mqtt_port: int | None = None
         self.mqtts_port: int | None = None
@@ -190,14 +191,42 @@ class Sandbox:
     def set_password(self, password: str) -> None:
         """Reload the one user's credentials: MQTT logins and REST calls from now on need
         `password`; connections already open stay open."""
+        self.call(self._reload_password, password)
+
+    def _reload_password(self, password: str) -> None:
         self.options = dataclasses.replace(self.options, password=password)
-        authenticate = check_password(self.options.username, password)
+        self.broker.set_authenticate(check_password(self.options.username, password))
+        self.api.set_password(password)
 
-        def reload() -> None:
-            self.broker.set_authenticate(authenticate)
-            self.api.set_password(password)
-
-        self.call(reload)
+    def _misbehave(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`POST /sandbox/misbehave` (on the loop): the same knobs for a test in another
+        process. Keys, each optional: `refuse_logins` {"count", "code"}, `close_tls_handshakes`
+        (a count), `drop_connections` (true), `password` (the new one)."""
+        known = {"refuse_logins", "close_tls_handshakes", "drop_connections", "password"}
+        unknown = sorted(set(request) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; known: {sorted(known)}")
+        dropped = 0
+        refuse = request.get("refuse_logins")
+        if refuse is not None:
+            if not isinstance(refuse, dict) or not all(
+                    isinstance(refuse.get(k), int) for k in ("count", "code")):
+                raise ValueError('refuse_logins needs {"count": N, "code": 1..5}')
+            self.broker.refuse_logins(refuse["count"], refuse["code"])
+        closes = request.get("close_tls_handshakes")
+        if closes is not None:
+            if not isinstance(closes, int) or closes < 0:
+                raise ValueError("close_tls_handshakes needs a count >= 0")
+            self.broker.tls_closes_left = closes
+        if request.get("drop_connections") is True:
+            dropped = self.broker.drop_all()
+        password = request.get("password")
+        if password is not None:
+            if not isinstance(password, str) or not password:
+                raise ValueError("password needs a non-empty string")
+            self._reload_password(password)
+        return {"logins_to_refuse": self.broker.refusals_left,
+                "tls_handshakes_to_close": self.broker.tls_closes_left, "dropped": dropped}
 
     def stats(self) -> dict[str, int]:
         """Broker counters: connections, refused, malformed, oversized, timeouts, ..."""
