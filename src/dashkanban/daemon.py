@@ -104,6 +104,18 @@ class Daemon:
                          part, exc_info=(type(exc), exc, exc.__traceback__))
         self.stop()
 
+    def _supervised(self, part: str, target: Callable[..., None]) -> Callable[..., None]:
+        """`target` for a thread of the daemon: an exception from it ends `run()` with exit 1
+        instead of a thread that is silently gone."""
+
+        def run(*args: object) -> None:
+            try:
+                target(*args)
+            except Exception as exc:  # noqa: BLE001 - logged by fail()
+                self.fail(part, exc)
+
+        return run
+
     @property
     def failure(self) -> str | None:
         """The part whose unexpected failure ended `run()`, if any."""
@@ -181,8 +193,8 @@ class Daemon:
         uplink.start()
         courier.start()
         reporting.start()
-        ticker = threading.Thread(target=self._sync_loop, args=(pipeline,), daemon=True,
-                                  name="count-sync")
+        ticker = threading.Thread(target=self._supervised("the count sync", self._sync_loop),
+                                  args=(pipeline,), daemon=True, name="count-sync")
         ticker.start()
         handling = threading.Lock()  # presses come from the capture and the inventory threads
 
@@ -208,6 +220,7 @@ class Daemon:
 
         if lookups is not None:
             lookups.notify = lambda: self._answered(pipeline, handle)
+            lookups.on_failure = lambda exc: self.fail("the inventory look-ups", exc)
             lookups.start()
         # The outbox is open and the capture about to read: systemd may call us started.
         notify("READY=1")
@@ -219,8 +232,8 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - logged by fail(); a bug here must end run
             self.fail("the capture", exc)
         finally:
+            self._stopping.set()  # first: the watchdog pings end with it
             notify("STOPPING=1")
-            self._stopping.set()
             if lookups is not None:
                 lookups.stop()
             self._sync(pipeline)
@@ -252,7 +265,10 @@ class Daemon:
             if started.is_set() or not getattr(uplink, "connected", False):
                 return
             started.set()
-            threading.Thread(target=publish_fragments, args=(self.settings, bins, self._stopping),
+            # A thread of its own: blocking REST calls that capture and delivery never wait for.
+            threading.Thread(target=self._supervised("the Kanban fragment writer",
+                                                     publish_fragments),
+                             args=(self.settings, bins, self._stopping),
                              name="kanban-fragments", daemon=True).start()
 
         return listener

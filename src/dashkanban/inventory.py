@@ -122,6 +122,8 @@ class Lookups:
         self.refused = 0  # sightings not looked up: max_pending MACs were waiting
         self.dropped = 0  # sightings not parked: max_parked already kept for that MAC
         self.given_up = 0
+        # Told when the worker fails unexpectedly (the daemon then exits 1).
+        self.on_failure: Callable[[BaseException], None] | None = None
 
     # -- the capture side ------------------------------------------------------------------
 
@@ -173,7 +175,9 @@ class Lookups:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="inventory", daemon=True)
+            # Its own thread: the blocking HTTP calls must never hold up capture.
+            self._thread = threading.Thread(target=self._supervised, name="inventory",
+                                            daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -201,6 +205,14 @@ class Lookups:
                     return heapq.heappop(self._due)[2]
                 self._cond.wait(self._due[0][0] - now if self._due else None)
             return None
+
+    def _supervised(self) -> None:
+        try:
+            self._work()
+        except Exception as exc:  # a bug: look-ups would stop for good, silently
+            if self.on_failure is None:
+                raise
+            self.on_failure(exc)
 
     def _work(self) -> None:
         from dashkanban.c8y.rest import RestRefusedError

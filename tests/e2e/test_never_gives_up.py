@@ -257,3 +257,37 @@ def test_an_unexpected_failure_in_the_capture_ends_run_with_exit_1(
     assert queued in ([], [button(1).serial])
     assert delivered(sandbox) == (texts(1) if queued else texts(2)) or (
         queued and delivered(sandbox) == texts(2))
+
+
+# -- systemd sees it: READY=1, WATCHDOG=1, STOPPING=1 on $NOTIFY_SOCKET ---------------------------
+
+
+def test_the_daemon_notifies_systemd_ready_watchdog_and_stopping(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.settimeout(10)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # WatchdogSec=0.2: a ping every 0.1 s
+        run = RunningDaemon.from_config(plain_config(tmp_path, sandbox))
+        try:
+            assert systemd.recv(64) == b"READY=1"  # capture and outbox open
+            wait_until(lambda: run.daemon.uplink is not None and run.daemon.uplink.connected,
+                       10, "the uplink")
+            assert [systemd.recv(64) for _ in range(3)] == [b"WATCHDOG=1"] * 3
+        finally:
+            assert run.stop() == 0
+        got = []
+        systemd.settimeout(0.5)
+        try:
+            while True:  # bounded: the daemon has stopped, the socket drains
+                got.append(systemd.recv(64))
+        except TimeoutError:
+            pass
+        # One STOPPING=1; a watchdog ping already under way may still follow it.
+        assert got.count(b"STOPPING=1") == 1
+        assert set(got) == {b"STOPPING=1", b"WATCHDOG=1"} or got == [b"STOPPING=1"]

@@ -90,6 +90,17 @@ def test_tls_handshakes_are_closed_unanswered_then_served(sandbox_tls: Sandbox,
         device.close()
 
 
+def test_tls_handshakes_are_closed_for_a_while_then_served(sandbox_tls: Sandbox,
+                                                            tls_files: TlsFiles) -> None:
+    port = sandbox_tls.mqtts_port
+    assert port is not None
+    sandbox_tls.close_tls_handshakes_for(60)
+    assert [_handshake(port, tls_files) for _ in range(3)] == ["SSLEOFError"] * 3
+    sandbox_tls.close_tls_handshakes_for(0)  # the while is over
+    assert _handshake(port, tls_files) == "handshake done"
+    assert sandbox_tls.stats()["tls_closed"] == 3
+
+
 def test_set_password_reloads_the_credentials_of_mqtt_and_rest(
     sandbox: Sandbox, device_factory: MakeDevice
 ) -> None:
@@ -124,8 +135,8 @@ def test_the_same_knobs_over_rest_for_a_test_in_another_process(
             b"\x20\x02\x00\x03", b"\x20\x02\x00\x03", b"\x20\x02\x00\x00"]
         bad = client.post("/sandbox/misbehave", json={"refuse": 1})
         assert (bad.status_code, bad.json()["message"]) == (
-            422, "unknown keys ['refuse']; known: ['close_tls_handshakes', 'drop_connections', "
-                 "'password', 'refuse_logins']")
+            422, "unknown keys ['refuse']; known: ['close_tls_handshakes', "
+                 "'close_tls_handshakes_for', 'drop_connections', 'password', 'refuse_logins']")
         bad = client.post("/sandbox/misbehave", json={"refuse_logins": {"count": 1, "code": 9}})
         assert (bad.status_code, bad.json()["message"]) == (
             422, "refuse_logins needs count >= 0 and a CONNACK code from 1 to 5")

@@ -125,6 +125,7 @@ class Broker:
         self._refusals_left = 0
         self._refusal_code = mq.NOT_AUTHORIZED
         self.tls_closes_left = 0
+        self.tls_close_until = 0.0  # loop time before which every TLS handshake is closed
 
     # -- misbehaviour on purpose -------------------------------------------------------------
     def refuse_logins(self, count: int, code: int) -> None:

@@ -142,6 +142,16 @@ class Sandbox:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(START_TIMEOUT)
 
+    def call_async(self, function: Any, *args: Any) -> Any:
+        """`call`, for a function that needs the running loop (the sandbox must be started)."""
+        if self._loop is None:
+            raise SandboxError("the sandbox is not running")
+
+        async def run() -> Any:
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(START_TIMEOUT)
+
     def create_operation(self, device_id: str, fragments: Doc) -> Doc:
         """As `POST /devicecontrol/operations`: stored PENDING and pushed on `s/ds` if connected."""
 
@@ -184,6 +194,17 @@ class Sandbox:
 
         self.call(set_count)
 
+    def close_tls_handshakes_for(self, seconds: float) -> None:
+        """Close every TLS handshake, unanswered, for the next `seconds` (0 ends it)."""
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+
+        def set_until() -> None:
+            loop = asyncio.get_running_loop()
+            self.broker.tls_close_until = loop.time() + seconds if seconds else 0.0
+
+        self.call_async(set_until)
+
     def tls_handshakes_to_close(self) -> int:
         left: int = self.call(lambda: self.broker.tls_closes_left)
         return left
@@ -201,8 +222,10 @@ class Sandbox:
     def _misbehave(self, request: dict[str, Any]) -> dict[str, Any]:
         """`POST /sandbox/misbehave` (on the loop): the same knobs for a test in another
         process. Keys, each optional: `refuse_logins` {"count", "code"}, `close_tls_handshakes`
-        (a count), `drop_connections` (true), `password` (the new one)."""
-        known = {"refuse_logins", "close_tls_handshakes", "drop_connections", "password"}
+        (a count), `close_tls_handshakes_for` (seconds), `drop_connections` (true), `password`
+        (the new one)."""
+        known = {"refuse_logins", "close_tls_handshakes", "close_tls_handshakes_for",
+                 "drop_connections", "password"}
         unknown = sorted(set(request) - known)
         if unknown:
             raise ValueError(f"unknown keys {unknown}; known: {sorted(known)}")
@@ -218,6 +241,12 @@ class Sandbox:
             if not isinstance(closes, int) or closes < 0:
                 raise ValueError("close_tls_handshakes needs a count >= 0")
             self.broker.tls_closes_left = closes
+        seconds = request.get("close_tls_handshakes_for")
+        if seconds is not None:
+            if not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError("close_tls_handshakes_for needs seconds >= 0")
+            loop = asyncio.get_running_loop()
+            self.broker.tls_close_until = loop.time() + seconds if seconds else 0.0
         if request.get("drop_connections") is True:
             dropped = self.broker.drop_all()
         password = request.get("password")
@@ -327,8 +356,10 @@ class Sandbox:
     async def _handle_tls(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         assert self._tls_context is not None
-        if self.broker.tls_closes_left > 0:
-            self.broker.tls_closes_left -= 1
+        closing_for_a_while = asyncio.get_running_loop().time() < self.broker.tls_close_until
+        if self.broker.tls_closes_left > 0 or closing_for_a_while:
+            if not closing_for_a_while:
+                self.broker.tls_closes_left -= 1
             self.broker.stats["tls_closed"] += 1
             with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError):
                 async with asyncio.timeout(TLS_HELLO_WAIT):
