@@ -92,6 +92,8 @@ class Courier:
         if self._thread is not None:
             return
         self._uplink.add_listener(self.wake)
+        # A thread until `run` is one event loop (docs/architecture.md): the outbox reads and
+        # the wait for room in the window must not hold up capture.
         self._thread = threading.Thread(target=self._run, name="courier", daemon=True)
         self._thread.start()
 

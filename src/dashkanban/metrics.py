@@ -101,6 +101,7 @@ class SummaryLogger:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        # A timer thread: the summary line must come even while capture waits for frames.
         self._thread = threading.Thread(target=self._run, name="metrics-summary", daemon=True)
         self._thread.start()
 

@@ -250,6 +250,8 @@ class _Link:
     def start(self) -> None:
         if self._thread is not None:
             return
+        # One thread per connection (docs/architecture.md): connecting, TLS and the backoff
+        # block; capture and the Courier never wait for them.
         self._thread = threading.Thread(
             target=self._supervised, name=f"uplink-{self.plan.client_id}", daemon=True
         )
