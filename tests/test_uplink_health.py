@@ -31,7 +31,8 @@ REFUSAL = ("127.0.0.1:8883 refused the login for t12345/dash-gateway: bad user n
 
 
 def refused(now: float = T0) -> LinkHealth:
-    return LinkHealth("dashkanban-gw-01", "refused", now - 600, 7, 7, REFUSAL, now + 42)
+    return LinkHealth("dashkanban-gw-01", "refused", now - 600, 7, 7, REFUSAL, now + 42,
+                      "bad user name or password, CONNACK 4")
 
 
 def local(epoch: float) -> str:
@@ -58,6 +59,7 @@ def test_the_state_file_is_replaced_atomically_with_mode_0600_and_no_secret(
     assert data["links"] == [{
         "client_id": "dashkanban-gw-01", "state": "refused", "since": T0 - 600, "attempts": 7,
         "refusals": 7, "last_error": REFUSAL, "retry_at": T0 + 42,
+        "reason": "bad user name or password, CONNACK 4",
     }]
     assert read_state(outbox) == data
 
@@ -76,8 +78,8 @@ def test_status_lines_say_refused_since_with_the_reason_retrying_in_and_attempts
     state: dict[str, object] = {"format": 1, "running": True, "written": T0,
                                 "links": [asdict(refused())]}
     assert status_lines(state, running=True, now=T0) == [
-        f"uplink dashkanban-gw-01: login refused since {local(T0 - 600)}, retrying in 42 s, "
-        "7 failed attempts, 7 refused logins since start",
+        f"uplink dashkanban-gw-01: login refused since {local(T0 - 600)} (bad user name or "
+        "password, CONNACK 4), retrying in 42 s, 7 failed attempts, 7 refused logins since start",
         f"uplink last error: {REFUSAL}",
     ]
     connected = LinkHealth("dashkanban-gw-01", "connected", T0 - 60, 0, 7, None, None)
@@ -107,8 +109,9 @@ def test_outbox_status_shows_the_uplink_of_the_running_service(
         assert ours
         assert main(["outbox", "status", "-c", str(config)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-2].startswith(f"uplink dashkanban-gw-01: login refused since {local(T0 - 600)}, "
-                              "retrying in 0 s, 7 failed attempts")
+    assert out[-2].startswith(f"uplink dashkanban-gw-01: login refused since {local(T0 - 600)} "
+                              "(bad user name or password, CONNACK 4), retrying in 0 s, "
+                              "7 failed attempts")
     assert out[-1] == f"uplink last error: {REFUSAL}"
     assert main(["outbox", "status", "-c", str(config)]) == 0  # the lock is free: not running
     assert capsys.readouterr().out.splitlines()[-1].startswith(

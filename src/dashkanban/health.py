@@ -119,7 +119,8 @@ def status_lines(state: Mapping[str, Any] | None, *, running: bool,
         if what == "connected":
             text = f"connected since {since}"
         elif what == "refused":
-            text = f"login refused since {since}"
+            reason = link.get("reason")
+            text = f"login refused since {since}" + (f" ({reason})" if reason else "")
         elif what == "unreachable":
             text = f"not connected since {since}"
         elif what == "gave up":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from dashkanban.health import read_state, state_path
 from dashkanban.sandbox import Sandbox, SandboxOptions
 from tests.brokers import TlsFiles
 from tests.e2e.faultkit import (
@@ -63,6 +64,13 @@ def tls_config(tmp_path: Path, sandbox: Sandbox, tls: TlsFiles, buttons: int = 1
     text = text.replace("tls = no\nallow_insecure = yes\n", f"ca_file = {tls.ca_cert}\n")
     config.write_text(text)
     return config
+
+
+def first_link(outbox: Path) -> dict[str, object]:
+    """The gateway connection's state as the daemon wrote it for `outbox status`."""
+    state = read_state(outbox) or {}
+    links = state.get("links") or [{}]
+    return dict(links[0])
 
 
 def refused_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -155,9 +163,21 @@ def test_a_password_fixed_while_the_daemon_runs_is_picked_up_without_a_restart(
         assert sandbox.events() == []
         assert run.daemon.uplink is not None
         assert not run.daemon.uplink.connected
+        # What `outbox status` reads meanwhile (the file the daemon keeps next to the outbox).
+        outbox = tmp_path / "state" / "outbox.sqlite3"
+        wait_until(lambda: first_link(outbox).get("state") == "refused", 10,
+                   "the state file to say refused")
+        link = first_link(outbox)
+        assert (link["client_id"], link["reason"]) == (
+            "dashkanban-gw-01", "bad user name or password, CONNACK 4")
+        assert link["attempts"] >= 1
+        assert link["refusals"] >= 1
+        assert SANDBOX_PASSWORD not in state_path(outbox).read_text()
         sandbox.set_password(SANDBOX_PASSWORD)  # fixed on the tenant
         wait_until(lambda: len(sandbox.events()) >= 2, RETRY_MAX + 10, "2 events")
         assert delivered(sandbox) == texts(2)
+        wait_until(lambda: first_link(outbox).get("state") == "connected", 10,
+                   "the state file to say connected")
     finally:
         assert run.stop() == 0
     lines = refused_lines(caplog)

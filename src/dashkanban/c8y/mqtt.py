@@ -136,6 +136,7 @@ class LinkHealth:
     refusals: int  # refused logins since start
     last_error: str | None
     retry_at: float | None  # wall clock of the next attempt, when waiting for one
+    reason: str | None = None  # why refused, in words: "bad user name or password, CONNACK 4"
 
 
 @dataclass(slots=True)
@@ -370,7 +371,7 @@ class _Link:
             state: LinkState = "refused" if refused else "unreachable"
             self._set_health(state, attempts=attempt, last_error=str(error),
                              refusals=health.refusals + (1 if refused else 0),
-                             retry_at=time.time() + delay)
+                             retry_at=time.time() + delay, reason=_reason(error))
             kind = _kind(error)
             if kind == logged:
                 log.debug("%s; attempt %d, next in %.1f s", error, attempt, delay)
@@ -530,7 +531,7 @@ class _Link:
             self._internal(client, "s/us", line)
         with self._lock:
             self._ready = True
-        self._set_health("connected", attempts=0, retry_at=None)
+        self._set_health("connected", attempts=0, retry_at=None, reason=None)
         log.info("%s ready", self.plan.client_id)
         self._on_state()
 
@@ -588,6 +589,15 @@ def _is_refusal(error: UplinkError) -> bool:
     if isinstance(error, LoginRefusedError):
         return error.code not in TRANSIENT_CONNACK
     return isinstance(error, TlsFailedError) and error.verification
+
+
+def _reason(error: UplinkError) -> str | None:
+    """A refusal's reason in a few words, for `outbox status`."""
+    if isinstance(error, LoginRefusedError):
+        return f"{connack_meaning(error.code)}, CONNACK {error.code}"
+    if isinstance(error, TlsFailedError) and error.verification:
+        return "TLS certificate refused"
+    return None
 
 
 def _kind(error: UplinkError) -> str:
