@@ -91,6 +91,9 @@ def test_status_lines_say_refused_since_with_the_reason_retrying_in_and_attempts
     assert status_lines(state, running=False, now=T0) == [
         f"uplink: dashkanban run is not running (last state written {local(T0)})"]
     assert status_lines(None, running=True) == []
+    state["links"] = []
+    assert status_lines(state, running=True, now=T0) == [
+        "uplink: no connection yet (per-device mode connects a button when it is first pressed)"]
 
 
 def test_outbox_status_shows_the_uplink_of_the_running_service(

@@ -111,8 +111,12 @@ def status_lines(state: Mapping[str, Any] | None, *, running: bool,
     if not running or not state.get("running", False):
         return [f"uplink: dashkanban run is not running (last state written "
                 f"{_clock(float(state.get('written', 0)))})"]
+    links = state.get("links", [])
+    if not links:  # per-device mode opens a button's connection at its first press
+        return ["uplink: no connection yet (per-device mode connects a button when it is "
+                "first pressed)"]
     lines = []
-    for link in state.get("links", []):
+    for link in links:
         who = link.get("client_id", "?")
         since = _clock(float(link.get("since", 0)))
         what = link.get("state")
