@@ -46,6 +46,7 @@ def test_original_five_keys_load_with_defaults(tmp_path: Path) -> None:
     assert c8y.tls is True
     assert c8y.rest_url == "https://example.cumulocity.com"
     assert c8y.keepalive == 60
+    assert c8y.retry_max == 300
     assert settings.gateway.mode == "gateway"
     assert settings.gateway.serial.startswith("dashkanban-")
     assert settings.buttons.file == tmp_path / "MACID.csv"
@@ -199,6 +200,21 @@ def test_bad_port(tmp_path: Path, value: str, message: str) -> None:
     assert error_of(path) == f"{path}:6: {message}"
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("abc", "retry_max = abc: not a whole number"),
+    ("0", "retry_max = 0: out of range (1 to 86400)"),
+    ("-5", "retry_max = -5: out of range (1 to 86400)"),
+])
+def test_bad_retry_max(tmp_path: Path, value: str, message: str) -> None:
+    path = write(tmp_path, GOOD.replace("port = 8883", f"port = 8883\nretry_max = {value}"))
+    assert error_of(path) == f"{path}:7: {message}"
+
+
+def test_retry_max_of_one_second_is_the_minimum(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("port = 8883", "port = 8883\nretry_max = 1"))
+    assert load_settings(path).c8y.retry_max == 1
+
+
 def test_port_1883_with_tls(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("port = 8883", "port = 1883"))
     assert error_of(path) == (
@@ -327,3 +343,20 @@ def test_password_never_in_error_or_repr(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, text, name="ok.ini"), {})
     assert "Zq9-unique-pw" not in repr(settings)
     assert "Zq9-unique-pw" not in str(settings.c8y.password)
+
+
+def test_uplink_tuning_keys_are_read_with_a_login_and_with_stored_credentials(
+    tmp_path: Path,
+) -> None:
+    """`max_inflight` and `retry_max` are read whichever way the login comes (a merge once
+    dropped them from the password path, so both fell back to their defaults)."""
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\nuser = t12345/gw\n"
+        "password = pw\nmax_inflight = 7\nretry_max = 11\n"
+        f"[buttons]\nfile = {tmp_path / 'MACID.csv'}\n[outbox]\npath = {tmp_path / 'o.db'}\n"
+    )
+    config.chmod(0o600)
+    (tmp_path / "MACID.csv").write_text("Name, MAC-Address\n")
+    c8y = load_settings(config, {}).c8y
+    assert (c8y.max_inflight, c8y.retry_max) == (7, 11)

@@ -68,8 +68,15 @@ def test_queued_before_connect_delivered_in_order_and_acked(
 def test_in_flight_rows_are_resent_after_the_connection_drops(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
+    from tests.faults import ResetProxy
+
     outbox = recording_outbox(tmp_path)
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.5, 0.5))
+    # Through a proxy, so that the uplink cannot reach the restarted broker before the recorder
+    # is subscribed again (with full jitter a reconnect may come at once): a message routed to
+    # nobody would look lost.
+    proxy = ResetProxy(mosquitto_tls.port)
+    proxy.start()
+    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, port=proxy.port), backoff=(0.5, 0.5))
     courier = Courier(outbox, uplink, window=100)
     uplink.start()
     courier.start()
@@ -83,11 +90,13 @@ def test_in_flight_rows_are_resent_after_the_connection_drops(
             courier.put(press(n))
         assert not courier.drain(0.5)
         assert outbox.count() == 4  # nothing acked without a PUBACK
+        proxy.refuse(True)
         mosquitto_tls.process.kill()
         mosquitto_tls.process.wait()
         mosquitto_tls.process = None
         mosquitto_tls.start()
         recorder.wait_subscribed(2)
+        proxy.refuse(False)
         assert courier.drain(20)
         assert outbox.acked == [1, 2, 3, 4, 5]
         assert courier.resent == 4
@@ -101,6 +110,7 @@ def test_in_flight_rows_are_resent_after_the_connection_drops(
     finally:
         courier.stop()
         uplink.stop()
+        proxy.stop()
 
 
 def test_oversized_row_stays_queued_and_does_not_block_the_rest(

@@ -43,7 +43,7 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=exec
+Type=notify
 User=kanban
 Group=kanban
 ExecStart=/opt/dashkanban/bin/dashkanban run -c /etc/dashkanban/config.ini
@@ -51,6 +51,10 @@ Restart=always
 RestartSec=5
 # Exit code 2 is a configuration error: restarting cannot fix it, so stop and say so once.
 RestartPreventExitStatus=2
+# READY=1 once capture and the outbox are open; WATCHDOG=1 while every part of it runs, so that
+# a hung daemon is killed and restarted. Only the main process may notify.
+WatchdogSec=60
+NotifyAccess=main
 # The one privilege live capture needs (a raw AF_PACKET socket), and no way to gain more.
 AmbientCapabilities=CAP_NET_RAW
 CapabilityBoundingSet=CAP_NET_RAW
@@ -99,6 +103,9 @@ REQUIRED = [
     ("Service", "Group", "kanban"),
     ("Service", "ExecStart", "/opt/dashkanban/bin/dashkanban run -c /etc/dashkanban/config.ini"),
     ("Service", "Restart", "always"),
+    ("Service", "Type", "notify"),
+    ("Service", "WatchdogSec", "60"),
+    ("Service", "NotifyAccess", "main"),
     ("Service", "AmbientCapabilities", "CAP_NET_RAW"),
     ("Service", "CapabilityBoundingSet", "CAP_NET_RAW"),
     ("Service", "NoNewPrivileges", "yes"),
@@ -331,7 +338,7 @@ def test_verify_catches_a_misspelt_directive(tmp_path: Path, dashkanban_exe: Pat
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
     )
     assert verify.stderr == (
-        f"{unit}:26: Unknown key 'ProtectHme' in section [Service], ignoring.\n"
+        f"{unit}:30: Unknown key 'ProtectHme' in section [Service], ignoring.\n"
     )
 
 

@@ -63,6 +63,8 @@ class C8yMqttSettings:
     # QoS 1 messages unacknowledged at once: Cumulocity disconnects a client over its queue limit
     # (smartrest-two.md), so start-up lines and a drained backlog go through this window.
     max_inflight: int = 20
+    # Seconds: the longest wait between two connection attempts of `run` (it never gives up).
+    retry_max: int = 300
 
     @property
     def username(self) -> str:
@@ -238,6 +240,7 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
         "bootstrap_user": BOOTSTRAP_USER,
         "bootstrap_password": "",
         "max_inflight": "20",
+        "retry_max": "300",
     },
     "gateway": {
         "serial": "",
@@ -690,6 +693,8 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str], outbox_path: Path,
         keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
         bootstrap_user=_bootstrap_user(v),
         bootstrap_password=_bootstrap_password(v, environ),
+        max_inflight=v.parsed(s, "max_inflight", _int_in(1, 1000)),
+        retry_max=v.parsed(s, "retry_max", _int_in(1, 86400)),
     )
 
 
@@ -808,6 +813,7 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
         bootstrap_user=_bootstrap_user(v),
         bootstrap_password=_bootstrap_password(v, environ),
         max_inflight=v.parsed(s, "max_inflight", _int_in(1, 1000)),
+        retry_max=v.parsed(s, "retry_max", _int_in(1, 86400)),
     )
 
 

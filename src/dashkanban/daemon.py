@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from dashkanban.capture import Frame
 from dashkanban.config import Settings, find_config, load_settings
-from dashkanban.errors import EXIT_OK
+from dashkanban.errors import EXIT_FAILURE, EXIT_OK, DashkanbanError
 from dashkanban.events import Event
 from dashkanban.metrics import Metrics
 from dashkanban.pipeline import Counts, Pipeline
@@ -74,9 +74,14 @@ class Daemon:
         self.drain_on_stop = drain_on_stop
         self.metrics = Metrics()
         self._stopping = threading.Event()
+        # The first unexpected failure of a long-lived part: run() then ends with exit 1, so
+        # that systemd restarts the service instead of it living on without that part.
+        self._failure: str | None = None
+        self._failure_lock = threading.Lock()
         self._synced = Counts(0, 0, 0, 0, 0)
         self._sync_lock = threading.Lock()  # capture, inventory and ticker threads all sync
         # The running parts, for health checks and tests: None until `run()` has built them.
+        self._backlog_watch: tuple[int, str] | None = None  # (delivered count, line to log)
         self.pipeline: Pipeline | None = None
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -86,6 +91,35 @@ class Daemon:
         """Safe from a signal handler or another thread."""
         self._stopping.set()
         self.source.stop()
+
+    def fail(self, part: str, exc: BaseException) -> None:
+        """A long-lived part failed unexpectedly: log it once with its traceback, and stop;
+        `run()` then returns 1. Safe from any thread (not from a signal handler)."""
+        with self._failure_lock:
+            first = self._failure is None
+            if first:
+                self._failure = part
+        if first:
+            log.critical("%s failed unexpectedly; exiting so that the service is restarted",
+                         part, exc_info=(type(exc), exc, exc.__traceback__))
+        self.stop()
+
+    def _supervised(self, part: str, target: Callable[..., None]) -> Callable[..., None]:
+        """`target` for a thread of the daemon: an exception from it ends `run()` with exit 1
+        instead of a thread that is silently gone."""
+
+        def run(*args: object) -> None:
+            try:
+                target(*args)
+            except Exception as exc:  # noqa: BLE001 - logged by fail()
+                self.fail(part, exc)
+
+        return run
+
+    @property
+    def failure(self) -> str | None:
+        """The part whose unexpected failure ended `run()`, if any."""
+        return self._failure
 
     def run(self) -> int:
         from dashkanban.inventory import Lookups
@@ -115,20 +149,31 @@ class Daemon:
             if kanban is not None and kanban.history is not None:
                 resources.callback(kanban.history.close)
             self._serve(settings, registry, pipeline, lookups, outbox, kanban)
+        if self._failure is not None:
+            log.error("dashkanban stopped: %s failed", self._failure)
+            return EXIT_FAILURE
         log.info("dashkanban stopped")
         return EXIT_OK
 
     def _serve(self, settings: Settings, registry: Registry, pipeline: Pipeline,
                lookups: Lookups | None, outbox: Outbox, kanban: KanbanLoop | None) -> None:
         """Start delivery, run the capture until stopped, then drain and stop delivery."""
+        from dashkanban.c8y.mqtt import service_options
         from dashkanban.delivery import Courier
+        from dashkanban.health import StateFile, notify
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
         from dashkanban.outbox import OutboxError
 
-        uplink, router = wiring.make_uplink(settings, kanban)
-        uplink.add_listener(self._count_reconnects(uplink))
-        courier = Courier(outbox, uplink, on_delivered=self.on_delivered)
+        # `run` never gives up on Cumulocity: refusals and outages are retried for ever, at most
+        # every [C8YMQTT] retry_max seconds (issue 11).
+        uplink, router = wiring.make_uplink(settings, kanban, **service_options(settings))
+        uplink.on_failure = lambda exc: self.fail("the uplink", exc)
+        state = StateFile(settings.outbox.path)
+        courier = Courier(outbox, uplink, on_delivered=self._delivered,
+                          on_failure=lambda exc: self.fail("the delivery loop", exc))
+        uplink.add_listener(self._count_reconnects(uplink, outbox, courier))
+        uplink.add_listener(lambda: state.write(uplink.health()))
         if router is not None:
             router.queue = courier.put_lines
         if kanban is not None and kanban.history is not None:
@@ -137,17 +182,19 @@ class Daemon:
                 log.info("%d refill(s) from the command line queued for Cumulocity", queued)
             uplink.add_listener(self._fragments_once(uplink, kanban.bins))
         self.pipeline, self.outbox, self.uplink, self.courier = pipeline, outbox, uplink, courier
-        reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count)
+        reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count,
+                                     uplink=lambda: _uplink_reading(uplink))
         log.info(
             "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",
             len(registry), settings.buttons.source, settings.gateway.mode,
             settings.gateway.serial, settings.c8y.tenant, settings.c8y.port, outbox.count(),
         )
+        state.write(uplink.health())
         uplink.start()
         courier.start()
         reporting.start()
-        ticker = threading.Thread(target=self._sync_loop, args=(pipeline,), daemon=True,
-                                  name="count-sync")
+        ticker = threading.Thread(target=self._supervised("the count sync", self._sync_loop),
+                                  args=(pipeline,), daemon=True, name="count-sync")
         ticker.start()
         handling = threading.Lock()  # presses come from the capture and the inventory threads
 
@@ -173,21 +220,30 @@ class Daemon:
 
         if lookups is not None:
             lookups.notify = lambda: self._answered(pipeline, handle)
+            lookups.on_failure = lambda exc: self.fail("the inventory look-ups", exc)
             lookups.start()
+        # The outbox is open and the capture about to read: systemd may call us started.
+        notify("READY=1")
         try:
             for press in pipeline.run_presses(self.source.frames(), clock=time.monotonic):
                 handle(press)
+        except DashkanbanError:
+            raise  # a known error with its own message and exit code (e.g. no permission)
+        except Exception as exc:  # noqa: BLE001 - logged by fail(); a bug here must end run
+            self.fail("the capture", exc)
         finally:
-            self._stopping.set()
+            self._stopping.set()  # first: the watchdog pings end with it
+            notify("STOPPING=1")
             if lookups is not None:
                 lookups.stop()
             self._sync(pipeline)
-            if not courier.drain(self.drain_on_stop):
+            if self._failure is None and not courier.drain(self.drain_on_stop):
                 log.warning("stopping with %d events queued; they are sent at the next start",
                             outbox.count())
             courier.stop()
             uplink.stop()
             reporting.stop()
+            state.write(uplink.health(), running=False)
 
     def _answered(self, pipeline: Pipeline, handle: Callable[[Press], None]) -> None:
         """On the inventory thread: the presses of the MACs just answered, through `handle`."""
@@ -209,27 +265,80 @@ class Daemon:
             if started.is_set() or not getattr(uplink, "connected", False):
                 return
             started.set()
-            threading.Thread(target=publish_fragments, args=(self.settings, bins, self._stopping),
+            # A thread of its own: blocking REST calls that capture and delivery never wait for.
+            threading.Thread(target=self._supervised("the Kanban fragment writer",
+                                                     publish_fragments),
+                             args=(self.settings, bins, self._stopping),
                              name="kanban-fragments", daemon=True).start()
 
         return listener
 
-    def _count_reconnects(self, uplink: object) -> Callable[[], None]:
+    def _count_reconnects(self, uplink: Uplink, outbox: Outbox,
+                          courier: Courier) -> Callable[[], None]:
+        """Counts reconnects, and says once when an outage ended: how long it lasted and, when
+        the backlog it left is out, how many queued events that was."""
         was = {"connected": False, "ever": False}
+        seen: list[tuple[float, int] | None] = [None]
 
         def listener() -> None:
-            now = bool(getattr(uplink, "connected", False))
+            now = uplink.connected
             if now and not was["connected"] and was["ever"]:
                 self.metrics.add("reconnects")
             if now:
                 was["ever"] = True
             was["connected"] = now
+            outage = uplink.last_outage
+            if now and outage is not None and outage is not seen[0]:
+                seen[0] = outage
+                self._backlog_after(outage[0], outbox.count(), courier)
 
         return listener
 
+    def _backlog_after(self, outage: float, backlog: int, courier: Courier) -> None:
+        from dashkanban.health import duration
+
+        target = courier.delivered + backlog
+        text = f"connected again after {duration(outage)}; {{}} queued events delivered"
+        if backlog == 0:
+            log.warning(text.format(0))
+            return
+        with self._sync_lock:
+            self._backlog_watch = (target, text.format(backlog))
+
+    def _delivered(self, event: Event) -> None:
+        if self.on_delivered is not None:
+            self.on_delivered(event)
+        # on_delivered comes before the Courier counts this one: hence the 1.
+        self._check_backlog(1)
+
     def _sync_loop(self, pipeline: Pipeline) -> None:
-        while not self._stopping.wait(COUNT_SYNC):
+        from dashkanban.health import notify, watchdog_interval
+
+        watchdog = watchdog_interval()
+        tick = COUNT_SYNC if watchdog is None else min(COUNT_SYNC, watchdog)
+        while not self._stopping.wait(tick):
             self._sync(pipeline)
+            self._check_backlog(0)
+            if watchdog is not None and self._healthy():
+                notify("WATCHDOG=1")  # none while a part is gone: systemd restarts us
+
+    def _healthy(self) -> bool:
+        courier, uplink = self.courier, self.uplink
+        return (self._failure is None and courier is not None and courier.alive
+                and uplink is not None and uplink.alive)
+
+    def _check_backlog(self, coming: int) -> None:
+        """Log the end-of-outage line once the backlog is out (`coming`: a delivery being
+        reported that the Courier has not counted yet)."""
+        watch = self._backlog_watch
+        if watch is None or self.courier is None:
+            return
+        if self.courier.delivered + coming >= watch[0]:
+            with self._sync_lock:
+                if self._backlog_watch is not watch:
+                    return
+                self._backlog_watch = None
+            log.warning("%s", watch[1])
 
     def _sync(self, pipeline: Pipeline) -> None:
         # The pipeline keeps plain counters on the hot path; the metrics get their increments.
@@ -244,6 +353,10 @@ class Daemon:
         ):
             if value > old:
                 self.metrics.add(name, value - old)  # type: ignore[arg-type]
+
+
+def _uplink_reading(uplink: Uplink) -> tuple[bool, int]:
+    return uplink.connected, sum(link.refusals for link in uplink.health())
 
 
 def run_command(args: argparse.Namespace) -> int:

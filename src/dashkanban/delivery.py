@@ -21,7 +21,7 @@ from typing import Protocol
 
 from dashkanban.c8y.mqtt import MAX_REFUSALS, DeviceLine, UnsendableError, Uplink
 from dashkanban.config import Settings
-from dashkanban.errors import UndeliveredError
+from dashkanban.errors import UndeliveredError, UplinkError
 from dashkanban.events import Event
 from dashkanban.outbox import OutboxError
 
@@ -58,14 +58,20 @@ class Courier:
     """Runs one thread that keeps up to `window` outbox rows in flight through `uplink`."""
 
     def __init__(self, outbox: OutboxLike, uplink: Uplink, *, window: int = WINDOW,
-                 on_delivered: DeliveredObserver | None = None) -> None:
+                 on_delivered: DeliveredObserver | None = None,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         """`on_delivered(event)`, if given, is told of each event the moment its PUBACK arrives
         (in the MQTT network thread, before its row is removed): for measurements such as
-        bench/latency.py. It must be quick; an exception from it is logged and ignored."""
+        bench/latency.py. It must be quick; an exception from it is logged and ignored.
+
+        `on_failure(exc)`, if given, is told when the loop fails unexpectedly (a bug, not a
+        connection or a full disk); the loop then ends, and the daemon exits 1 so that systemd
+        restarts it. Without it such a failure is logged and the loop carries on."""
         if window < 1:
             raise ValueError("window must be at least 1")
         self._outbox = outbox
         self._observer = on_delivered
+        self._on_failure = on_failure
         self._uplink = uplink
         self._window = window
         self._cond = threading.Condition()
@@ -86,6 +92,8 @@ class Courier:
         if self._thread is not None:
             return
         self._uplink.add_listener(self.wake)
+        # A thread until `run` is one event loop (docs/architecture.md): the outbox reads and
+        # the wait for room in the window must not hold up capture.
         self._thread = threading.Thread(target=self._run, name="courier", daemon=True)
         self._thread.start()
 
@@ -95,6 +103,11 @@ class Courier:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """The loop's thread still runs (for the systemd watchdog)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
         """Something changed: a new row, a PUBACK, a connection came up or went down."""
@@ -154,7 +167,15 @@ class Courier:
                 self._dirty = False
             try:
                 self._pump()
-            except Exception:  # keep carrying: a failure here must not stop delivery for good
+            except (UplinkError, OutboxError, OSError):
+                # Expected trouble (the uplink stopping, the disk): keep carrying.
+                log.exception("delivery loop failed; retrying")
+                time.sleep(IDLE_POLL)
+                self.wake()
+            except Exception as exc:
+                if self._on_failure is not None:
+                    self._on_failure(exc)  # the supervisor logs it and ends the process
+                    return
                 log.exception("delivery loop failed; retrying")
                 time.sleep(IDLE_POLL)
                 self.wake()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from dashkanban.backoff import Backoff
 from dashkanban.buttons import Button
 from dashkanban.decode import Sighting
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 1024  # MACs waiting for an answer
 MAX_PARKED = 32  # sightings kept per waiting MAC
 GIVE_UP = 600.0  # seconds after the first sighting a failing look-up is abandoned
-RETRY_FIRST = 1.0  # seconds before the first retry, doubled per failure
+RETRY_FIRST = 1.0  # seconds: the longest first wait, doubled per failure (full jitter)
 RETRY_MAX = 60.0
 
 
@@ -99,8 +101,10 @@ class Lookups:
         retry_first: float = RETRY_FIRST,
         retry_max: float = RETRY_MAX,
         clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self._source = source
+        self._rand = rand
         self.notify = notify
         self._max_pending = max(1, max_pending)
         self._max_parked = max(1, max_parked)
@@ -118,6 +122,8 @@ class Lookups:
         self.refused = 0  # sightings not looked up: max_pending MACs were waiting
         self.dropped = 0  # sightings not parked: max_parked already kept for that MAC
         self.given_up = 0
+        # Told when the worker fails unexpectedly (the daemon then exits 1).
+        self.on_failure: Callable[[BaseException], None] | None = None
 
     # -- the capture side ------------------------------------------------------------------
 
@@ -169,7 +175,9 @@ class Lookups:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="inventory", daemon=True)
+            # Its own thread: the blocking HTTP calls must never hold up capture.
+            self._thread = threading.Thread(target=self._supervised, name="inventory",
+                                            daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -198,6 +206,14 @@ class Lookups:
                 self._cond.wait(self._due[0][0] - now if self._due else None)
             return None
 
+    def _supervised(self) -> None:
+        try:
+            self._work()
+        except Exception as exc:  # a bug: look-ups would stop for good, silently
+            if self.on_failure is None:
+                raise
+            self.on_failure(exc)
+
     def _work(self) -> None:
         from dashkanban.c8y.rest import RestRefusedError
 
@@ -224,8 +240,9 @@ class Lookups:
             now = self._clock()
             deadline = waiting.first + self._give_up
             if now < deadline:
-                delay = self._retry_max if refused else min(
-                    self._retry_max, self._retry_first * 2 ** (waiting.failures - 1))
+                # A refusal (401/403) waits the longest; anything else backs off (backoff.py).
+                delay = self._retry_max if refused else Backoff(
+                    self._retry_first, self._retry_max).delay(waiting.failures, self._rand)
                 delay = min(delay, deadline - now)  # the last try falls on the deadline
                 self._schedule(mac, now + delay)
                 # WARNING once per MAC; an outage's further retries would flood the log.

@@ -104,6 +104,7 @@ class SummaryLogger:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        # A timer thread: the summary line must come even while capture waits for frames.
         self._thread = threading.Thread(target=self._run, name="metrics-summary", daemon=True)
         self._thread.start()
 
@@ -128,18 +129,37 @@ class SummaryLogger:
             self.log_now()
 
 
+# The uplink as the metrics see it: (connected, refused logins since start).
+UplinkReading = Callable[[], tuple[bool, int]]
+
+
 class _Collector:
     """Reads the counters at scrape time (prometheus-client's custom-collector protocol)."""
 
-    def __init__(self, metrics: Metrics, outbox_rows: Callable[[], int] | None) -> None:
+    def __init__(self, metrics: Metrics, outbox_rows: Callable[[], int] | None,
+                 uplink: UplinkReading | None = None) -> None:
         self._metrics = metrics
         self._outbox_rows = outbox_rows
+        self._uplink = uplink
 
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         for name, value in self._metrics.snapshot().items():
             yield CounterMetricFamily(f"{PREFIX}_{name}", HELP[name], value=value)
+        if self._uplink is not None:
+            connected, refusals = self._uplink()
+            yield GaugeMetricFamily(
+                f"{PREFIX}_uplink_connected",
+                "1 while every MQTT connection to Cumulocity is up and past its start-up "
+                "sequence, else 0.",
+                value=1 if connected else 0,
+            )
+            yield CounterMetricFamily(
+                f"{PREFIX}_uplink_refusals",
+                "Logins Cumulocity refused (CONNACK 1, 2, 4, 5 or a refused certificate).",
+                value=refusals,
+            )
         if self._outbox_rows is not None:
             try:
                 rows = self._outbox_rows()
@@ -157,11 +177,13 @@ class MetricsServer:
     """Prometheus text format on http://127.0.0.1:PORT/metrics (any path answers)."""
 
     def __init__(
-        self, metrics: Metrics, port: int, outbox_rows: Callable[[], int] | None = None
+        self, metrics: Metrics, port: int, outbox_rows: Callable[[], int] | None = None,
+        uplink: UplinkReading | None = None,
     ) -> None:
         self._metrics = metrics
         self._requested_port = port
         self._outbox_rows = outbox_rows
+        self._uplink = uplink
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -171,7 +193,8 @@ class MetricsServer:
         from dashkanban.errors import ConfigError
 
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self._metrics, self._outbox_rows))  # type: ignore[arg-type]
+        registry.register(_Collector(  # type: ignore[arg-type]
+            self._metrics, self._outbox_rows, self._uplink))
         try:
             self._server, self._thread = start_http_server(
                 self._requested_port, addr=LOOPBACK, registry=registry
@@ -215,11 +238,12 @@ class MetricsReporting:
         settings: MetricsSettings,
         metrics: Metrics,
         outbox_rows: Callable[[], int] | None = None,
+        uplink: UplinkReading | None = None,
     ) -> None:
         self.summary = SummaryLogger(metrics, settings.log_interval, outbox_rows)
         self.server: MetricsServer | None = None
         if settings.port is not None:
-            self.server = MetricsServer(metrics, settings.port, outbox_rows)
+            self.server = MetricsServer(metrics, settings.port, outbox_rows, uplink)
 
     def start(self) -> None:
         if self.server is not None:

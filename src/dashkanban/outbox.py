@@ -1071,7 +1071,21 @@ def status_command(args: argparse.Namespace) -> int:
         path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
     ) as outbox:
         print(format_status(outbox.path, outbox.stats(), outbox.max_rows, outbox.max_bytes))
+    _print_uplink_state(path)
     return 0
+
+
+def _print_uplink_state(path: Path) -> None:
+    """The running service's uplink, from the state it writes next to the outbox (issue 11)."""
+    from dashkanban.health import read_state, status_lines
+
+    state = read_state(path)
+    if state is None:
+        return
+    with delivery_lock(path, wait=False) as ours:
+        running = not ours  # the service holds the lock while it runs
+    for line in status_lines(state, running=running):
+        print(line)
 
 
 def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int) -> str:

@@ -83,7 +83,7 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=exec
+Type=notify
 User={user}
 Group={group}
 ExecStart={exec_start}
@@ -91,6 +91,10 @@ Restart=always
 RestartSec=5
 # Exit code 2 is a configuration error: restarting cannot fix it, so stop and say so once.
 RestartPreventExitStatus=2
+# READY=1 once capture and the outbox are open; WATCHDOG=1 while every part of it runs, so that
+# a hung daemon is killed and restarted. Only the main process may notify.
+WatchdogSec=60
+NotifyAccess=main
 # The one privilege live capture needs (a raw AF_PACKET socket), and no way to gain more.
 AmbientCapabilities=CAP_NET_RAW
 CapabilityBoundingSet=CAP_NET_RAW

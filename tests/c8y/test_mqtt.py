@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from dashkanban.backoff import Backoff
 from dashkanban.c8y import mqtt
 from dashkanban.c8y.mqtt import (
     LoginRefusedError,
     MessageTooLargeError,
     Uplink,
-    backoff_delay,
     describe_error_line,
 )
 from dashkanban.c8y.smartrest import SmartRestLine
@@ -259,11 +259,31 @@ def test_wrong_password_gives_up_after_a_few_attempts(tmp_path: Path,
         uplink.stop()
 
 
-def test_backoff_is_capped_exponential_with_jitter() -> None:
-    lows = [backoff_delay(n, 1.0, 60.0, rand=lambda a, b: a) for n in range(1, 9)]
-    highs = [backoff_delay(n, 1.0, 60.0, rand=lambda a, b: b) for n in range(1, 9)]
+def test_backoff_is_capped_exponential_with_full_jitter() -> None:
+    backoff = Backoff(1.0, 60.0)
+    lows = [backoff.delay(n, rand=lambda: 0.0) for n in range(1, 9)]
+    highs = [backoff.delay(n, rand=lambda: 1.0) for n in range(1, 9)]
+    halves = [backoff.delay(n, rand=lambda: 0.5) for n in range(1, 9)]
     assert highs == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
-    assert lows == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert lows == [0.0] * 8
+    assert halves == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert Backoff(1.0, 60.0).ceiling(10_000) == 60.0  # no overflow after a long outage
+
+
+def test_run_retries_refusals_from_30_s_and_transport_from_1_s_both_capped_by_retry_max(
+    tmp_path: Path, mosquitto_tls: Mosquitto
+) -> None:
+    from dataclasses import replace
+
+    from dashkanban.backoff import uplink_backoffs
+    from dashkanban.c8y.mqtt import service_options
+
+    assert uplink_backoffs(300) == (Backoff(1.0, 300), Backoff(30.0, 300))
+    assert uplink_backoffs(1) == (Backoff(1.0, 1), Backoff(1.0, 1))
+    settings = settings_for(tmp_path, mosquitto_tls)
+    settings = replace(settings, c8y=replace(settings.c8y, retry_max=120))
+    assert service_options(settings) == {
+        "max_refusals": None, "backoff": Backoff(1.0, 120), "refusal_backoff": Backoff(30.0, 120)}
 
 
 def test_error_lines_in_words() -> None:

@@ -130,10 +130,10 @@ def settings(folder: Path, rest_url: str, password: str = PASSWORD, ttl: str = "
 
 
 def make_source(config: Settings, clock: Clock) -> InventorySource:
-    """The source with the shared client, its backoff recorded instead of slept."""
-    return InventorySource(config, rest=CumulocityRest.from_settings(config.c8y,
-                                                                     sleep=clock.sleep),
-                           clock=clock)
+    """The source with the shared client, its backoff recorded instead of slept (the jitter at
+    its top: each wait is the ceiling)."""
+    return InventorySource(config, rest=CumulocityRest.from_settings(
+        config.c8y, sleep=clock.sleep, jitter=lambda: 1.0), clock=clock)
 
 
 class Clock:

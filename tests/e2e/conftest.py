@@ -1,5 +1,6 @@
 """Fixtures of the real-process tests."""
 
 from tests.e2e.netns import veth_pair
+from tests.sandbox_fixture import sandbox, sandbox_tls
 
-__all__ = ["veth_pair"]
+__all__ = ["sandbox", "sandbox_tls", "veth_pair"]

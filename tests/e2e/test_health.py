@@ -45,6 +45,9 @@ def counters(**values: int) -> dict[str, float]:
     names = ("frames", "candidates", "malformed", "presses", "queued", "delivered",
              "reconnects", "refused", "quarantined")
     return {**{f"dashkanban_{n}_total": float(values.get(n, 0)) for n in names},
+            # issue 11: the uplink's health
+            "dashkanban_uplink_connected": float(values.get("connected", 1)),
+            "dashkanban_uplink_refusals_total": float(values.get("refusals", 0)),
             "dashkanban_outbox_events": float(values.get("outbox", 0))}
 
 

@@ -280,6 +280,8 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
     assert out[0] == f"outbox: {site.outbox}"
     assert out[1].startswith("queued: 1 event, ")  # not "1 events" (issue 14)
     assert out[2].startswith(f"oldest: {t2} dashButton_2 ({OTHER}), queued ")
+    # issue 11: the state the stopped service left next to the outbox (0600 like the rest)
+    assert out[-1].startswith("uplink: dashkanban run is not running (last state written ")
 
     # -- Cumulocity back: flush, check, test-button, replay -------------------------------------
     broker.start()

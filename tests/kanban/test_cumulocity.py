@@ -125,7 +125,7 @@ def test_unreachable_is_retried_then_one_line() -> None:
 
     slept: list[float] = []
     client = CumulocityRest(f"http://127.0.0.1:{free_port()}", USER, PASSWORD,
-                            sleep=slept.append)
+                            sleep=slept.append, jitter=lambda: 1.0)  # each wait its ceiling
     with client, pytest.raises(UplinkError) as caught:
         client.managed_object("1")
     message = str(caught.value)

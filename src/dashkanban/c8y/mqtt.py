@@ -27,28 +27,45 @@ of the gateway (`other_lines`), and `send_lines` sends such lines without an eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import random
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from dashkanban.backoff import Backoff, uplink_backoffs
 from dashkanban.c8y import token as token_registry
+from dashkanban.c8y.protocol import (
+    _CONNACK,
+    BUTTON_TYPE,
+    GATEWAY_TYPE,
+    TRANSIENT_CONNACK,
+    DeviceLine,
+    LoginRefusedError,
+    MessageTooLargeError,
+    Outgoing,
+    TlsFailedError,
+    UnreachableError,
+    UnsendableError,
+    check_size,
+    connack_meaning,
+    describe_error_line,
+    event_messages,
+    lines_messages,
+)
 from dashkanban.c8y.smartrest import (
-    MAX_MESSAGE_BYTES,
     SmartRestLine,
     decode,
     decode_error,
     encode_line,
-    join_lines,
 )
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
 from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TOKEN_TOPIC, TokenSource, token_line
@@ -58,17 +75,24 @@ from dashkanban.events import Event
 
 log = logging.getLogger(__name__)
 
-GATEWAY_TYPE = "c8y_DashKanbanGateway"
-BUTTON_TYPE = "c8y_DashButton"
+# What this module offers, including the protocol's names it re-exports for older imports.
+__all__ = [
+    "BUTTON_TYPE", "GATEWAY_TYPE", "MAX_REFUSALS", "DeviceLine", "LinkHealth", "LinkPlan",
+    "LoginRefusedError", "MessageTooLargeError", "Outgoing", "TlsFailedError",
+    "UnreachableError", "UnsendableError", "Uplink", "check_size", "connack_code",
+    "connack_meaning", "describe_error_line", "event_messages", "lines_messages", "new_client",
+    "service_options", "try_login",
+]
+
 QOS = 1
 
-# Reconnect backoff: doubling from BACKOFF_MIN up to BACKOFF_MAX seconds, each wait drawn from
-# [half, full] ("equal jitter") so that many gateways restarted together do not reconnect in step.
+# Reconnect backoff of the one-shot commands (see backoff.py; `run` uses `[C8YMQTT] retry_max`).
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
-# Consecutive refusals (bad credentials, not authorised, untrusted certificate) before giving up:
-# retrying a wrong password forever only hammers the tenant, but Cumulocity's CONNACK 5 can be
-# transient ("repeat the connection a few times", protocol notes 1.7).
+# Consecutive refusals (bad credentials, not authorised, untrusted certificate) after which a
+# one-shot command gives up (fail fast, exit 1). `run` never gives up (`service_options`):
+# Cumulocity's CONNACK 5 can be transient ("repeat the connection a few times", protocol notes
+# 1.7), a password can be fixed on the tenant, and nobody restarts a daemon that merely waits.
 MAX_REFUSALS = 3
 # A refused SUBSCRIBE (SUBACK 0x80, seen on brand-new device users) is retried this many times.
 SUBSCRIBE_ATTEMPTS = 5
@@ -103,74 +127,10 @@ def availability_lines(required_interval: int) -> tuple[str, ...]:
         return ()
     return (encode_line(117, required_interval),)
 
-# CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
-# paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
-_CONNACK: dict[int, tuple[str, str]] = {
-    1: ("unacceptable protocol version", "Cumulocity speaks MQTT 3.1 and 3.1.1 only"),
-    2: (
-        "client id rejected",
-        "check [gateway] serial (no ':' in it; Cumulocity reserves the colon)",
-    ),
-    3: ("server unavailable", "Cumulocity is temporarily unavailable; dashkanban retries"),
-    4: ("bad user name or password", "check user and password in [C8YMQTT]"),
-    # A certificate whose CN differs from the client id, or a chain without the trusted CA,
-    # gives 5, not 2: "Thrown on any issue with certificate authentication (for example, wrong
-    # common name, failed auto registration)" (implementation.md, MQTT return codes).
-    5: (
-        "not authorised",
-        "check user and password in [C8YMQTT] and that the user may connect devices "
-        "(with a certificate: that its CN equals [gateway] serial and the tenant trusts its CA)",
-    ),
-}
 _V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
-# Transient: the platform asks to come back later. Everything else counts as a refusal.
-_TRANSIENT_CONNACK = {3}
-
-# s/e error codes (SmartREST built-in responses, protocol notes 2.7).
-_ERROR_MEANINGS = {
-    "40": "no such static template",
-    "41": "template or creation error",
-    "42": "malformed request line",
-    "43": "invalid message identifier",
-    "45": "invalid arguments",
-    "50": "server error between SmartREST and the platform",
-    "70": "bootstrap credentials",
-}
 
 DeliveryCallback = Callable[[], None]
 OperationHandler = Callable[[SmartRestLine], None]
-# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway itself.
-DeviceLine = tuple[str | None, str]
-
-
-class LoginRefusedError(UplinkError):
-    """The broker refused the CONNECT. `code` is the MQTT 3.1.1 CONNACK return code (1..5)."""
-
-    def __init__(self, code: int, address: str, username: str | None) -> None:
-        self.code = code
-        meaning, hint = _CONNACK.get(code, (f"refused with code {code}", "see the broker's log"))
-        who = f" for {username}" if username else ""
-        super().__init__(f"{address} refused the login{who}: {meaning} (CONNACK {code}); {hint}")
-
-
-class TlsFailedError(UplinkError):
-    """The TLS handshake failed: an untrusted or expired certificate, or the wrong host name."""
-
-    def __init__(self, address: str, what: str, hint: str) -> None:
-        super().__init__(f"TLS to {address} failed: {what}; {hint}")
-
-
-class UnreachableError(UplinkError):
-    """No connection: name resolution, TCP, or the connection dropped."""
-
-
-class UnsendableError(UplinkError):
-    """A message this uplink can never send as it is: kept in the outbox, never retried."""
-
-
-class MessageTooLargeError(UnsendableError):
-    """A message over Cumulocity's size limit, refused locally instead of by the platform."""
-
 
 def connack_code(reason: ReasonCode | int) -> int:
     """The MQTT 3.1.1 CONNACK return code of what paho reports (an MQTT 5 reason code)."""
@@ -178,83 +138,28 @@ def connack_code(reason: ReasonCode | int) -> int:
     return _V5_TO_V3.get(value, value)
 
 
-def backoff_delay(attempt: int, low: float = BACKOFF_MIN, high: float = BACKOFF_MAX,
-                  rand: Callable[[float, float], float] = random.uniform) -> float:
-    """Wait before reconnect attempt `attempt` (1, 2, ...): capped doubling with equal jitter."""
-    ceiling = min(high, low * (2 ** max(0, attempt - 1)))
-    return rand(ceiling / 2, ceiling)
+def service_options(settings: Settings) -> dict[str, Any]:
+    """The Uplink keywords of `run`: never give up; refusals retried from 30 s, transport
+    trouble from 1 s, both at most every `[C8YMQTT] retry_max` seconds."""
+    transport, refusal = uplink_backoffs(settings.c8y.retry_max)
+    return {"max_refusals": None, "backoff": transport, "refusal_backoff": refusal}
 
 
-def describe_error_line(payload: str) -> str:
-    """One `s/e` line in words, for the log."""
-    err = decode_error(payload)
-    meaning = _ERROR_MEANINGS.get(err.code, "unknown error code")
-    template = f" for template {err.template}" if err.template else ""
-    return f"Cumulocity error {err.code} ({meaning}){template}: {err.message}"
+LinkState = Literal["connecting", "connected", "refused", "unreachable", "gave up"]
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One PUBLISH: topic and payload (one or more SmartREST lines)."""
+class LinkHealth:
+    """What one connection is doing, for `outbox status` and the metrics (no secrets)."""
 
-    topic: str
-    payload: str
-
-
-def event_messages(event: Event, extra_lines: Sequence[str], *, gateway: bool,
-                   announce: bool, other_lines: Sequence[DeviceLine] = ()) -> list[Outgoing]:
-    """The PUBLISHes for one event (pure). Gateway: `101` on `s/us` when `announce`, then the
-    `400` (and any extra lines, e.g. a Kanban alarm) on `s/us/<serial>`, then `other_lines`.
-    Per-device: on `s/us`, and no other lines (they belong to other connections)."""
-    line = encode_line(400, event.type, event.text, event.c8y_time)
-    payload = join_lines([line, *extra_lines])
-    if not gateway:
-        if other_lines:
-            raise UnsendableError(
-                "lines for other devices need [gateway] mode = gateway (in per-device mode each "
-                "button has its own connection)"
-            )
-        return [Outgoing("s/us", payload)]
-    messages = []
-    if announce:
-        messages.append(Outgoing("s/us", encode_line(101, event.serial, event.name, BUTTON_TYPE)))
-    messages.append(Outgoing(f"s/us/{event.serial}", payload))
-    return messages + lines_messages(other_lines)
-
-
-def lines_messages(lines: Sequence[DeviceLine]) -> list[Outgoing]:
-    """(serial, line) pairs as PUBLISHes, in order: consecutive lines of one device share one
-    message (`s/us/<serial>`, or `s/us` for None, the gateway)."""
-    messages: list[Outgoing] = []
-    group: list[str] = []
-    current: str | None = None
-    for serial, line in lines:
-        if group and serial != current:
-            messages.append(Outgoing(_topic(current), join_lines(group)))
-            group = []
-        current = serial
-        group.append(line)
-    if group:
-        messages.append(Outgoing(_topic(current), join_lines(group)))
-    return messages
-
-
-def _topic(serial: str | None) -> str:
-    return "s/us" if serial is None else f"s/us/{serial}"
-
-
-def check_size(message: Outgoing) -> None:
-    size = len(message.payload.encode("utf-8"))
-    if size > MAX_MESSAGE_BYTES:
-        first = message.payload.split("\n", 1)[0][:60]
-        log.error(
-            "refusing to publish %d bytes on %s (Cumulocity's limit is %d): %s...",
-            size, message.topic, MAX_MESSAGE_BYTES, first,
-        )
-        raise MessageTooLargeError(
-            f"a message of {size} bytes for {message.topic} is over Cumulocity's limit of "
-            f"{MAX_MESSAGE_BYTES} bytes; shorten [event] text"
-        )
+    client_id: str
+    state: LinkState
+    since: float  # wall clock (epoch seconds) when this state began
+    attempts: int  # failed connection attempts in a row (0 while connected)
+    refusals: int  # refused logins since start
+    last_error: str | None
+    retry_at: float | None  # wall clock of the next attempt, when waiting for one
+    reason: str | None = None  # why refused, in words: "bad user name or password, CONNACK 4"
 
 
 @dataclass(slots=True)
@@ -352,8 +257,9 @@ class _Link:
 
     def __init__(self, settings: Settings, plan: LinkPlan, context: ssl.SSLContext | None, *,
                  on_state: Callable[[], None],
-                 on_operation: OperationHandler | None, max_refusals: int,
-                 backoff: tuple[float, float], tokens: TokenSource | None = None) -> None:
+                 on_operation: OperationHandler | None, max_refusals: int | None,
+                 backoff: Backoff, refusal_backoff: Backoff,
+                 tokens: TokenSource | None = None) -> None:
         self._settings = settings
         self._tokens = tokens
         self.plan = plan
@@ -362,6 +268,8 @@ class _Link:
         self._on_operation = on_operation
         self._max_refusals = max_refusals
         self._backoff = backoff
+        self._refusal_backoff = refusal_backoff
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._address = f"{settings.c8y.tenant}:{settings.c8y.port}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -384,16 +292,43 @@ class _Link:
         self._last_own_publish = time.monotonic()  # the last PUBLISH on s/us (the gateway's topic)
         self.failed: UplinkError | None = None
         self.last_error: UplinkError | None = None
+        self._health = LinkHealth(plan.client_id, "connecting", time.time(), 0, 0, None, None)
+        # The outage that ended with the last connect: (seconds it lasted, failed attempts).
+        self.last_outage: tuple[float, int] | None = None
+        self._outage_start: float | None = None  # monotonic, while connections fail
+
+    @property
+    def health(self) -> LinkHealth:
+        return self._health
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _set_health(self, state: LinkState, **changes: Any) -> None:
+        current = self._health
+        since = current.since if state == current.state else time.time()
+        self._health = dataclasses.replace(current, state=state, since=since, **changes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is not None:
             return
+        # One thread per connection (docs/architecture.md): connecting, TLS and the backoff
+        # block; capture and the Courier never wait for them.
         self._thread = threading.Thread(
-            target=self._run, name=f"uplink-{self.plan.client_id}", daemon=True
+            target=self._supervised, name=f"uplink-{self.plan.client_id}", daemon=True
         )
         self._thread.start()
+
+    def _supervised(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # a bug: this connection would be gone for good, silently
+            if self.on_failure is None:
+                raise
+            self.on_failure(exc)
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
@@ -466,30 +401,51 @@ class _Link:
     def _run(self) -> None:
         attempt = 0
         refusals = 0
+        logged: str | None = None  # the kind of trouble last logged: log each kind once
         while not self._stop.is_set():
             error = self._connect_and_serve()
             if self._connected_once:
-                attempt = 0  # a connection that came up resets the backoff
+                attempt = refusals = 0  # a connection that came up resets the backoff
+                logged = None
                 self._connected_once = False
             self._lost()
             if self._stop.is_set():
                 break
             assert error is not None
             self.last_error = error
-            if isinstance(error, TlsFailedError) or (
-                isinstance(error, LoginRefusedError) and error.code not in _TRANSIENT_CONNACK
-            ):
+            if self._outage_start is None:
+                self._outage_start = time.monotonic()
+            refused = _is_refusal(error)
+            attempt += 1
+            health = self._health
+            if refused:
                 refusals += 1
-                if refusals >= self._max_refusals:
+                if self._max_refusals is not None and refusals >= self._max_refusals:
                     self.failed = error
                     log.error("%s; giving up after %d attempt(s)", error, refusals)
+                    self._set_health("gave up", attempts=attempt, last_error=str(error),
+                                     refusals=health.refusals + 1, retry_at=None)
                     self._on_state()
                     return
             else:
                 refusals = 0
-            attempt += 1
-            delay = backoff_delay(attempt, *self._backoff)
-            log.warning("%s; reconnecting in %.1f s", error, delay)
+            backoff = self._refusal_backoff if refused else self._backoff
+            # Refusals count their own attempts: a refusal after transport trouble starts slow.
+            delay = backoff.delay(refusals if refused else attempt)
+            state: LinkState = "refused" if refused else "unreachable"
+            self._set_health(state, attempts=attempt, last_error=str(error),
+                             refusals=health.refusals + (1 if refused else 0),
+                             retry_at=time.time() + delay, reason=_reason(error))
+            kind = _kind(error)
+            if kind == logged:
+                log.debug("%s; attempt %d, next in %.1f s", error, attempt, delay)
+            elif self._max_refusals is None and refused:
+                since = time.strftime("%H:%M", time.localtime(self._health.since))
+                log.error("%s", _refused_since(error, since, backoff.cap))
+            else:
+                log.warning("%s; reconnecting in %.1f s", error, delay)
+            logged = kind
+            self._on_state()
             self._stop.wait(delay)
 
     def _connect_and_serve(self) -> UplinkError | None:
@@ -514,7 +470,7 @@ class _Link:
             client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
         except ssl.SSLCertVerificationError as exc:
             what, hint = describe_tls_failure(exc, c8y.tenant)
-            return TlsFailedError(self._address, what, hint)
+            return TlsFailedError(self._address, what, hint, verification=True)
         except ssl.SSLError as exc:
             what, hint = describe_tls_failure(exc, c8y.tenant)
             return TlsFailedError(self._address, what, hint)
@@ -536,6 +492,12 @@ class _Link:
             return None
         if self._refusal is not None:
             return self._refusal
+        if not self._connected_once and self._down_reason == "Protocol error":
+            # paho 2 swallows CONNACK 1 when it may not reconnect by itself: instead of calling
+            # on_connect it ends the connection with a protocol error (client.py,
+            # _handle_connack: its MQTT 3.1 downgrade). Nothing else before CONNACK does that.
+            username = self._settings.c8y.username if self._settings.c8y.password else None
+            return LoginRefusedError(1, self._address, username)
         if not self._connected_once:
             return UnreachableError(
                 f"{self._address} closed the connection before CONNACK ({self._down_reason}); "
@@ -599,6 +561,9 @@ class _Link:
         self._connected_once = True
         self._subscribe_attempts = 0
         self.last_error = None
+        if self._outage_start is not None:
+            self.last_outage = (time.monotonic() - self._outage_start, self._health.attempts)
+            self._outage_start = None
         log.info("connected to %s as client id %s", self._address, self.plan.client_id)
         # Create (or confirm) the device first: Cumulocity refuses subscriptions of a client id
         # that has no device yet (protocol notes 1.10).
@@ -640,6 +605,7 @@ class _Link:
             self.request_token()
         with self._lock:
             self._ready = True
+        self._set_health("connected", attempts=0, retry_at=None, reason=None)
         log.info("%s ready", self.plan.client_id)
         self._on_state()
 
@@ -724,6 +690,40 @@ class _Link:
                     log.exception("the operation handler failed on %s", line.template)
 
 
+def _is_refusal(error: UplinkError) -> bool:
+    """A refused login, or a certificate the other side does not accept: retried slowly. A TLS
+    handshake merely closed (a load balancer in trouble) is transport trouble."""
+    if isinstance(error, LoginRefusedError):
+        return error.code not in TRANSIENT_CONNACK
+    return isinstance(error, TlsFailedError) and error.verification
+
+
+def _reason(error: UplinkError) -> str | None:
+    """A refusal's reason in a few words, for `outbox status`."""
+    if isinstance(error, LoginRefusedError):
+        return f"{connack_meaning(error.code)}, CONNACK {error.code}"
+    if isinstance(error, TlsFailedError) and error.verification:
+        return "TLS certificate refused"
+    return None
+
+
+def _kind(error: UplinkError) -> str:
+    if isinstance(error, LoginRefusedError):
+        return f"refused {error.code}"
+    if isinstance(error, TlsFailedError):
+        return f"tls {error.verification}"
+    return "unreachable"
+
+
+def _refused_since(error: UplinkError, since: str, every: float) -> str:
+    """The one line that says a login is refused and will be retried (issue 11)."""
+    if isinstance(error, LoginRefusedError):
+        meaning, hint = _CONNACK.get(error.code, (f"refused with code {error.code}", ""))
+        return (f"login refused since {since} ({meaning}, CONNACK {error.code}); "
+                f"retrying every {every:g} s; {hint}")
+    return f"{error} since {since}; retrying every {every:g} s"
+
+
 def _call(callback: DeliveryCallback | None) -> None:
     if callback is None:
         return
@@ -755,8 +755,10 @@ class Uplink:
     """
 
     def __init__(self, settings: Settings, *, on_operation: OperationHandler | None = None,
-                 supported_operations: Sequence[str] = (), max_refusals: int = MAX_REFUSALS,
-                 backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
+                 supported_operations: Sequence[str] = (),
+                 max_refusals: int | None = MAX_REFUSALS,
+                 backoff: tuple[float, float] | Backoff = (BACKOFF_MIN, BACKOFF_MAX),
+                 refusal_backoff: Backoff | None = None,
                  extra_subscriptions: Sequence[str] = (),
                  startup_publishes: Sequence[tuple[str, str]] = (),
                  heartbeat: float | None = None) -> None:
@@ -777,8 +779,11 @@ class Uplink:
         if settings.c8y.password is None and self.gateway_mode:
             self.tokens = TokenSource(self.request_token)
         self.max_refusals = max_refusals
-        self.backoff = backoff
+        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(*backoff)
+        self.refusal_backoff = refusal_backoff if refusal_backoff is not None else self.backoff
         self._links: dict[str, _Link] = {}
+        # Told when a connection's thread fails unexpectedly (the daemon then exits 1).
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._state = threading.Condition()
@@ -870,8 +875,10 @@ class Uplink:
                 link = _Link(
                     self.settings, plan, self._context, on_state=self._changed,
                     on_operation=self.on_operation, max_refusals=self.max_refusals,
-                    backoff=self.backoff, tokens=self.tokens if plan.gateway else None,
+                    backoff=self.backoff, refusal_backoff=self.refusal_backoff,
+                    tokens=self.tokens if plan.gateway else None,
                 )
+                link.on_failure = self.on_failure
                 self._links[plan.client_id] = link
                 link.start()
         return link
@@ -933,6 +940,22 @@ class Uplink:
         return bool(links) and all(link.ready for link in links)
 
     @property
+    def alive(self) -> bool:
+        """Every connection's thread still runs (for the systemd watchdog)."""
+        return all(link.alive for link in list(self._links.values()))
+
+    def health(self) -> list[LinkHealth]:
+        """The state of each connection (one in gateway mode), for status and metrics."""
+        return [link.health for link in list(self._links.values())]
+
+    @property
+    def last_outage(self) -> tuple[float, int] | None:
+        """(seconds, failed attempts) of the longest outage that ended with the last connects."""
+        outages = [link.last_outage for link in list(self._links.values())
+                   if link.last_outage is not None]
+        return max(outages) if outages else None
+
+    @property
     def failed(self) -> UplinkError | None:
         """The fatal refusal after which a connection stopped retrying, if any."""
         for link in list(self._links.values()):
@@ -950,39 +973,7 @@ class Uplink:
 
 
 def try_login(settings: Settings, timeout: float = 10.0) -> str:
-    """Connect once with the gateway's client id, wait for CONNACK, disconnect. Publishes
-    nothing. Returns the client id; raises LoginRefusedError, TlsFailedError or UnreachableError.
-    """
-    c8y = settings.c8y
-    address = f"{c8y.tenant}:{c8y.port}"
-    client_id = settings.gateway.serial
-    client = new_client(settings, client_id)
-    client.connect_timeout = timeout
-    result: list[int] = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(connack_code(reason))
-    try:
-        client.connect(c8y.tenant, c8y.port, keepalive=c8y.keepalive)
-    except ssl.SSLError as exc:
-        what, hint = describe_tls_failure(exc, c8y.tenant)
-        raise TlsFailedError(address, what, hint) from None
-    except socket.gaierror as exc:
-        raise UnreachableError(f"cannot resolve {c8y.tenant!r} ({exc.strerror})") from None
-    except OSError as exc:
-        raise UnreachableError(f"cannot connect to {address}: {exc.strerror or exc}") from None
-    try:
-        deadline = time.monotonic() + timeout
-        while not result and time.monotonic() < deadline:
-            rc = client.loop(timeout=LOOP_TICK)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not result:
-                raise UnreachableError(f"{address} closed the connection before CONNACK "
-                                       f"({paho.error_string(rc)})")
-        if not result:
-            raise UnreachableError(f"no CONNACK from {address} within {timeout:g} s")
-        if result[0] != 0:
-            username = c8y.username if c8y.password else None
-            raise LoginRefusedError(result[0], address, username)
-        return client_id
-    finally:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-            client.loop(timeout=0)
+    """The one-shot login probe of `check`; see probe.py (kept here for older imports)."""
+    from dashkanban.c8y.probe import try_login as probe
+
+    return probe(settings, timeout)

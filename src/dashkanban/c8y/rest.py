@@ -16,6 +16,7 @@ it on a worker thread.
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import threading
 import time
@@ -26,6 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
+from dashkanban.backoff import Backoff
 from dashkanban.buttons import Button, serial_of
 from dashkanban.c8y.smartrest import sendable
 from dashkanban.c8y.token import TokenError, TokenSource, token_source_for
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 ATTEMPTS = 3  # per call
-BACKOFF = 0.5  # seconds before the 2nd attempt, doubled for each further one
+BACKOFF = 0.5  # seconds: the longest wait before the 2nd attempt, doubled for each further one
+BACKOFF_MAX = 30.0
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_CACHED = 50_000  # MACs the inventory source remembers; every phone on the LAN is one
 
@@ -76,6 +79,7 @@ class CumulocityRest:
         backoff: float = BACKOFF,
         transport: httpx.BaseTransport | None = None,
         tokens: TokenSource | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         """`tokens`: a certificate device's JWT source; REST does not authenticate with the
         client certificate, so without a password every call sends `Bearer <token>`."""
@@ -92,7 +96,8 @@ class CumulocityRest:
         self._username = username if password is not None or tokens is None else "device token"
         self._sleep = sleep
         self._attempts = max(1, attempts)
-        self._backoff = backoff
+        self._backoff = Backoff(backoff, BACKOFF_MAX)  # the shared policy (backoff.py)
+        self._jitter = jitter
         self.requests = 0  # HTTP requests made, retries included
 
     @classmethod
@@ -122,7 +127,7 @@ class CumulocityRest:
         while attempt < self._attempts:
             attempt += 1
             if attempt > 1 and not (renewed and last == "token renewed"):
-                self._sleep(self._backoff * 2 ** (attempt - 2))
+                self._sleep(self._backoff.delay(attempt - 1, self._jitter))
             self.requests += 1
             call = dict(kwargs)
             if self._tokens is not None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from dashkanban.backoff import Backoff
 from dashkanban.capture import Frame
 from dashkanban.capture.bpf import Instruction, Program, candidate_program
 from dashkanban.errors import CaptureError, PermissionDeniedError
@@ -38,7 +39,7 @@ PACKET_OUTGOING = 4  # sll_pkttype of frames this host sends
 TP_STATUS_VLAN_VALID = 1 << 4
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 
-RECOVER_MIN = 0.5  # seconds before reopening after a socket error; doubles up to RECOVER_MAX
+RECOVER_MIN = 0.5  # seconds: the longest first wait before reopening (backoff.py), doubling
 RECOVER_MAX = 30.0
 POLL_SECONDS = 1.0  # how long one wait for a frame may block before looking at stop() again
 RECEIVE_BUFFER = 65536  # the largest frame a candidate can be (the filter accepts no more)
@@ -266,7 +267,8 @@ class LiveCapture:
         self.close()
 
     def frames(self) -> Iterator[Frame]:
-        delay = RECOVER_MIN
+        backoff = Backoff(RECOVER_MIN, RECOVER_MAX)
+        failures = 0
         while not self._stopping:
             try:
                 sock = self._open_socket()
@@ -275,36 +277,45 @@ class LiveCapture:
             except OSError as exc:
                 if exc.errno in (errno.EPERM, errno.EACCES):
                     raise self._refused() from None
+                failures += 1
+                delay = backoff.delay(failures)
                 log.warning(
                     "cannot capture on %s: %s; retrying in %.1f s",
                     self.interface, exc.strerror or exc, delay,
                 )
                 self._sleep(delay)
-                delay = min(delay * 2, RECOVER_MAX)
                 continue
             log.info("capturing on %s (%s)", self.interface, ", ".join(sorted(self.detect)))
             if self.program is not None and self.program.note:
                 log.info("%s", self.program.note)
             self._sock = sock
             try:
+                sock.setblocking(False)
                 while not self._stopping:
                     ready, _, _ = select.select([sock, self._wake_r], [], [], POLL_SECONDS)
                     if sock not in ready:
                         continue
-                    data, vlan, pkttype = self._receive(sock)
-                    if pkttype == PACKET_OUTGOING:
-                        continue  # our own frames: never a button
-                    self.received += 1
-                    delay = RECOVER_MIN
-                    yield Frame(self._wall_clock(), data, vlan)
+                    # Drain the socket on each wake-up, not one select per frame: a burst costs
+                    # one system call per frame instead of two.
+                    while not self._stopping:
+                        try:
+                            data, vlan, pkttype = self._receive(sock)
+                        except BlockingIOError:
+                            break
+                        if pkttype == PACKET_OUTGOING:
+                            continue  # our own frames: never a button
+                        self.received += 1
+                        failures = 0
+                        yield Frame(self._wall_clock(), data, vlan)
             except OSError as exc:
+                failures += 1
+                delay = backoff.delay(failures)
                 log.warning(
                     "capture on %s failed: %s; reopening in %.1f s",
                     self.interface, exc.strerror or exc, delay,
                 )
                 self.reopened += 1
                 self._sleep(delay)
-                delay = min(delay * 2, RECOVER_MAX)
             finally:
                 self._sock = None
                 sock.close()

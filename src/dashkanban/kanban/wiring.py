@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dashkanban.buttons import header_fields, read_buttons_text
 from dashkanban.c8y.mqtt import BUTTON_TYPE, DeviceLine
@@ -198,21 +198,23 @@ class OperationRouter:
         self.queue(device_lines(outcome.publishes), now)
 
 
-def make_uplink(settings: Settings, loop: KanbanLoop | None) -> tuple[
+def make_uplink(settings: Settings, loop: KanbanLoop | None, **options: Any) -> tuple[
     Uplink, OperationRouter | None
 ]:
     """The uplink, with the Kanban hooks when there are bins and alarms are on, and the router
-    whose `queue` the caller sets once the Courier exists."""
+    whose `queue` the caller sets once the Courier exists. `options` go to `Uplink` as they
+    are (the daemon's never-give-up retry policy)."""
     from dashkanban.c8y.mqtt import Uplink
 
     if loop is None or not settings.kanban.alarms:
-        return Uplink(settings), None
+        return Uplink(settings, **options), None
     router = OperationRouter(loop, settings.gateway.serial)
     uplink = Uplink(
         settings,
         on_operation=router,
         extra_subscriptions=(OPERATIONS_TOPIC,),
         startup_publishes=startup_publishes(loop.bins),
+        **options,
     )
     return uplink, router
 

@@ -151,6 +151,36 @@ class Broker:
         # The most QoS 1/2 messages each client id had unacknowledged at once (queued path only).
         self.unacknowledged_peak: dict[str, int] = {}
         self._connections = Connections()
+        # Misbehaviour on purpose, for reconnect tests (`Sandbox.refuse_logins` and friends).
+        self._refusals_left = 0
+        self._refusal_code = mq.NOT_AUTHORIZED
+        self.tls_closes_left = 0
+        self.tls_close_until = 0.0  # loop time before which every TLS handshake is closed
+
+    # -- misbehaviour on purpose -------------------------------------------------------------
+    def refuse_logins(self, count: int, code: int) -> None:
+        """Answer the next `count` CONNECTs with CONNACK `code` (1..5), whatever they carry; then
+        the usual checks again. Cumulocity sends 5 also on transient trouble and when a user's
+        permissions are removed (notes 1.7); 4 is a wrong password; 3 the platform is down."""
+        if count < 0 or not 1 <= code <= 5:
+            raise ValueError("refuse_logins needs count >= 0 and a CONNACK code from 1 to 5")
+        self._refusals_left, self._refusal_code = count, code
+
+    @property
+    def refusals_left(self) -> int:
+        return self._refusals_left
+
+    def set_authenticate(self, authenticate: Callable[[str | None, bytes | None], bool]) -> None:
+        """New credentials for the next logins; connected clients stay connected."""
+        self.authenticate = authenticate
+
+    def drop_all(self) -> int:
+        """Close every connection uncleanly; how many there were."""
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            log.info("dropping the connection of %s on request", session.client_id)
+            self.drop(session)
+        return len(sessions)
 
     # -- connection lifecycle ---------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -244,6 +274,9 @@ class Broker:
         return session
 
     def _check_connect(self, packet: mq.Connect, common_name: str | None = None) -> int:
+        if self._refusals_left > 0:
+            self._refusals_left -= 1
+            return self._refusal_code
         # CONNACK codes as Cumulocity documents them (impl.md, notes 1.7).
         if (packet.protocol_name, packet.protocol_level) not in (("MQTT", 4), ("MQIsdp", 3)):
             return mq.BAD_PROTOCOL

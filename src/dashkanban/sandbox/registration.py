@@ -61,6 +61,10 @@ class Accounts:
         if bootstrap_password:
             self._users[BOOTSTRAP_USERNAME] = (bootstrap_password.encode(), "bootstrap")
 
+    def set_tenant_password(self, username: str, password: str) -> None:
+        """The tenant user's password changed (`Sandbox.set_password`): logins from now on."""
+        self._users[username] = (password.encode(), "tenant")
+
     def add_device_user(self, username: str, password: str) -> None:
         self._users[username] = (password.encode(), "device")
 

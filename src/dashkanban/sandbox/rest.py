@@ -98,6 +98,8 @@ class RestApi:
         # A device user reads only the managed objects it owns: 403 on the others (notes 3.1
         # correction: "a 403 on someone else's managed object is normal"). Off by default.
         self.devices_read_own_only = devices_read_own_only
+        # `POST /sandbox/misbehave` (set by the Sandbox): make the broker misbehave on purpose.
+        self.misbehave: Callable[[Doc], Doc] | None = None
         self._routes: list[tuple[str, re.Pattern[str], Route, Auth]] = [
             (m, re.compile(p), f, auth) for m, p, f, auth in _ROUTES
         ]
@@ -638,6 +640,16 @@ class RestApi:
         return Response(200, _dump({"emails": self.smart_rules.recorded()}), "application/json",
                         (("Cache-Control", "no-store"),))
 
+    async def post_misbehave(self, request: Request, match: re.Match[str]) -> Response:
+        if self.misbehave is None:
+            raise ApiError(404, "general/notFound", f"No resource at {request.path}")
+        data = _json_object(request)
+        try:
+            result = self.misbehave(data)
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, "undefined/validationError", str(exc)) from None
+        return Response(200, _dump(result), "application/json")
+
     async def openapi(self, request: Request, match: re.Match[str]) -> Response:
         text = resources.files("dashkanban.sandbox").joinpath("static/openapi.json").read_bytes()
         return Response(200, text, "application/json")
@@ -776,6 +788,7 @@ _ROUTES: list[tuple[str, str, Route, Auth]] = [
     ("POST", r"/devicecontrol/deviceCredentials", RestApi.device_credentials, "bootstrap"),
     ("POST", r"/\.well-known/est/simpleenroll", RestApi.est_simpleenroll, False),
     ("GET", r"/openapi\.json", RestApi.openapi, False),
+    ("POST", r"/sandbox/misbehave", RestApi.post_misbehave, "tenant"),
     ("GET", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)", RestApi.get_external_id, True),
     ("DELETE", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)",
      RestApi.delete_external_id, True),

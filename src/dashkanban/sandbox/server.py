@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import ssl
 import threading
@@ -33,6 +34,8 @@ from dashkanban.sandbox.tokens import DEFAULT_LIFETIME, TokenIssuer
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0
+TLS_HELLO_WAIT = 5.0  # seconds a closed-on-purpose handshake waits for the ClientHello
+TLS_HANDSHAKE = 10.0
 SAVE_DELAY = 1.0
 
 
@@ -90,6 +93,7 @@ class Sandbox:
                            self.broker.operation_created, accounts=self.accounts,
                            registrations=self.registrations, tokens=self.tokens,
                            devices_read_own_only=options.devices_read_own_only)
+        self.api.misbehave = self._misbehave
         self.http = HttpServer(self.api)
         self.mqtt_port: int | None = None
         self.mqtts_port: int | None = None
@@ -99,6 +103,7 @@ class Sandbox:
         self._servers: list[asyncio.Server] = []
         self._stopped: asyncio.Event | None = None
         self._save_handle: asyncio.TimerHandle | None = None
+        self._tls_context: ssl.SSLContext | None = None
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -154,6 +159,16 @@ class Sandbox:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(START_TIMEOUT)
 
+    def call_async(self, function: Any, *args: Any) -> Any:
+        """`call`, for a function that needs the running loop (the sandbox must be started)."""
+        if self._loop is None:
+            raise SandboxError("the sandbox is not running")
+
+        async def run() -> Any:
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(START_TIMEOUT)
+
     def create_operation(self, device_id: str, fragments: Doc) -> Doc:
         """As `POST /devicecontrol/operations`: stored PENDING and pushed on `s/ds` if connected."""
 
@@ -188,6 +203,94 @@ class Sandbox:
         """The certificate of the CA that signs EST enrolments (made at first use)."""
         pem: bytes = self.call(lambda: self.registrations.ca.pem)
         return pem
+
+    # misbehaviour on purpose, for reconnect tests -------------------------------------------
+    def refuse_logins(self, count: int, code: int = 5) -> None:
+        """Answer the next `count` MQTT logins with CONNACK `code` (1..5), then accept again."""
+        self.call(self.broker.refuse_logins, count, code)
+
+    def logins_to_refuse(self) -> int:
+        """How many of the refusals asked for by `refuse_logins` are still to come."""
+        left: int = self.call(lambda: self.broker.refusals_left)
+        return left
+
+    def drop_all_connections(self) -> int:
+        """Close every MQTT connection uncleanly; returns how many there were."""
+        dropped: int = self.call(self.broker.drop_all)
+        return dropped
+
+    def close_tls_handshakes(self, count: int) -> None:
+        """Close the next `count` TLS connections after the ClientHello without answering it
+        (the client sees an unexpected EOF mid-handshake); the ones after are served."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+
+        def set_count() -> None:
+            self.broker.tls_closes_left = count
+
+        self.call(set_count)
+
+    def close_tls_handshakes_for(self, seconds: float) -> None:
+        """Close every TLS handshake, unanswered, for the next `seconds` (0 ends it)."""
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+
+        def set_until() -> None:
+            loop = asyncio.get_running_loop()
+            self.broker.tls_close_until = loop.time() + seconds if seconds else 0.0
+
+        self.call_async(set_until)
+
+    def tls_handshakes_to_close(self) -> int:
+        left: int = self.call(lambda: self.broker.tls_closes_left)
+        return left
+
+    def set_password(self, password: str) -> None:
+        """Reload the one user's credentials: MQTT logins and REST calls from now on need
+        `password`; connections already open stay open."""
+        self.call(self._reload_password, password)
+
+    def _reload_password(self, password: str) -> None:
+        self.options = dataclasses.replace(self.options, password=password)
+        self.accounts.set_tenant_password(self.options.username, password)
+
+    def _misbehave(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`POST /sandbox/misbehave` (on the loop): the same knobs for a test in another
+        process. Keys, each optional: `refuse_logins` {"count", "code"}, `close_tls_handshakes`
+        (a count), `close_tls_handshakes_for` (seconds), `drop_connections` (true), `password`
+        (the new one)."""
+        known = {"refuse_logins", "close_tls_handshakes", "close_tls_handshakes_for",
+                 "drop_connections", "password"}
+        unknown = sorted(set(request) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; known: {sorted(known)}")
+        dropped = 0
+        refuse = request.get("refuse_logins")
+        if refuse is not None:
+            if not isinstance(refuse, dict) or not all(
+                    isinstance(refuse.get(k), int) for k in ("count", "code")):
+                raise ValueError('refuse_logins needs {"count": N, "code": 1..5}')
+            self.broker.refuse_logins(refuse["count"], refuse["code"])
+        closes = request.get("close_tls_handshakes")
+        if closes is not None:
+            if not isinstance(closes, int) or closes < 0:
+                raise ValueError("close_tls_handshakes needs a count >= 0")
+            self.broker.tls_closes_left = closes
+        seconds = request.get("close_tls_handshakes_for")
+        if seconds is not None:
+            if not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError("close_tls_handshakes_for needs seconds >= 0")
+            loop = asyncio.get_running_loop()
+            self.broker.tls_close_until = loop.time() + seconds if seconds else 0.0
+        if request.get("drop_connections") is True:
+            dropped = self.broker.drop_all()
+        password = request.get("password")
+        if password is not None:
+            if not isinstance(password, str) or not password:
+                raise ValueError("password needs a non-empty string")
+            self._reload_password(password)
+        return {"logins_to_refuse": self.broker.refusals_left,
+                "tls_handshakes_to_close": self.broker.tls_closes_left, "dropped": dropped}
 
     def stats(self) -> dict[str, int]:
         """Broker counters: connections, refused, malformed, oversized, timeouts, ..."""
@@ -286,8 +389,10 @@ class Sandbox:
                 # user name and password of CONNECT (impl.md, "Connecting via MQTT").
                 context.verify_mode = ssl.CERT_OPTIONAL
                 context.load_verify_locations(cafile=str(self.options.trusted_ca))
-            server = await asyncio.start_server(self.broker.handle, bind, self.options.mqtts_port,
-                                                ssl=context)
+            self._tls_context = context
+            # Plain TCP first, TLS started by `_handle_tls`: so that a handshake can be closed
+            # unanswered on purpose (`close_tls_handshakes`), as a load balancer in trouble does.
+            server = await asyncio.start_server(self._handle_tls, bind, self.options.mqtts_port)
             self._servers.append(server)
             self.mqtts_port = _port(server)
         if self.options.http_port is not None:
@@ -298,6 +403,28 @@ class Sandbox:
             ("MQTT", self.mqtt_port), ("MQTT/TLS", self.mqtts_port), ("HTTP", self.http_port)
         ) if port is not None]
         log.info("sandbox listening: %s", ", ".join(listening))
+
+    async def _handle_tls(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        assert self._tls_context is not None
+        closing_for_a_while = asyncio.get_running_loop().time() < self.broker.tls_close_until
+        if self.broker.tls_closes_left > 0 or closing_for_a_while:
+            if not closing_for_a_while:
+                self.broker.tls_closes_left -= 1
+            self.broker.stats["tls_closed"] += 1
+            with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError):
+                async with asyncio.timeout(TLS_HELLO_WAIT):
+                    await reader.read(1)  # the ClientHello has begun: close mid-handshake
+            log.info("closing a TLS handshake unanswered on request")
+            writer.close()
+            return
+        try:
+            await writer.start_tls(self._tls_context, ssl_handshake_timeout=TLS_HANDSHAKE)
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.info("TLS handshake failed: %s", exc)
+            writer.close()
+            return
+        await self.broker.handle(reader, writer)
 
     async def _close(self) -> None:
         for server in self._servers:

@@ -1,0 +1,166 @@
+"""Cumulocity's MQTT protocol as pure values: the PUBLISHes an event becomes, and what the
+platform's answers mean (CONNACK codes, `s/e` lines). No network, no threads (issue 11 split
+c8y/mqtt.py by concern: this module, the connection in mqtt.py, the login probe in probe.py).
+
+Design section 4 and protocol notes 1 and 2: per event `101,<serial>,<name>,c8y_DashButton` once
+per button and connection, and `400,<type>,<text>,<time>` on `s/us/<serial>` (gateway) or `s/us`
+(per-device), QoS 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, decode_error, encode_line, join_lines
+from dashkanban.errors import UplinkError
+from dashkanban.events import Event
+
+log = logging.getLogger(__name__)
+
+GATEWAY_TYPE = "c8y_DashKanbanGateway"
+BUTTON_TYPE = "c8y_DashButton"
+
+# CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
+# paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
+_CONNACK: dict[int, tuple[str, str]] = {
+    1: ("unacceptable protocol version", "Cumulocity speaks MQTT 3.1 and 3.1.1 only"),
+    2: (
+        "client id rejected",
+        "check [gateway] serial (no ':' in it; Cumulocity reserves the colon)",
+    ),
+    3: ("server unavailable", "Cumulocity is temporarily unavailable; dashkanban retries"),
+    4: ("bad user name or password", "check user and password in [C8YMQTT]"),
+    # A certificate whose CN differs from the client id, or a chain without the trusted CA,
+    # gives 5, not 2: "Thrown on any issue with certificate authentication (for example, wrong
+    # common name, failed auto registration)" (implementation.md, MQTT return codes).
+    5: (
+        "not authorised",
+        "check user and password in [C8YMQTT] and that the user may connect devices "
+        "(with a certificate: that its CN equals [gateway] serial and the tenant trusts its CA)",
+    ),
+}
+# Transient: the platform asks to come back later. Everything else counts as a refusal.
+TRANSIENT_CONNACK = frozenset({3})
+
+# s/e error codes (SmartREST built-in responses, protocol notes 2.7).
+_ERROR_MEANINGS = {
+    "40": "no such static template",
+    "41": "template or creation error",
+    "42": "malformed request line",
+    "43": "invalid message identifier",
+    "45": "invalid arguments",
+    "50": "server error between SmartREST and the platform",
+    "70": "bootstrap credentials",
+}
+
+# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway itself.
+DeviceLine = tuple[str | None, str]
+
+
+class LoginRefusedError(UplinkError):
+    """The broker refused the CONNECT. `code` is the MQTT 3.1.1 CONNACK return code (1..5)."""
+
+    def __init__(self, code: int, address: str, username: str | None) -> None:
+        self.code = code
+        meaning, hint = _CONNACK.get(code, (f"refused with code {code}", "see the broker's log"))
+        who = f" for {username}" if username else ""
+        super().__init__(f"{address} refused the login{who}: {meaning} (CONNACK {code}); {hint}")
+
+
+class TlsFailedError(UplinkError):
+    """The TLS handshake failed: an untrusted or expired certificate, or the wrong host name."""
+
+    def __init__(self, address: str, what: str, hint: str, *, verification: bool = False) -> None:
+        self.verification = verification  # the certificate was refused, not the handshake cut
+        super().__init__(f"TLS to {address} failed: {what}; {hint}")
+
+
+class UnreachableError(UplinkError):
+    """No connection: name resolution, TCP, or the connection dropped."""
+
+
+class UnsendableError(UplinkError):
+    """A message this uplink can never send as it is: kept in the outbox, never retried."""
+
+
+class MessageTooLargeError(UnsendableError):
+    """A message over Cumulocity's size limit, refused locally instead of by the platform."""
+
+
+def connack_meaning(code: int) -> str:
+    """Cumulocity's meaning of an MQTT 3.1.1 CONNACK return code, in words."""
+    return _CONNACK.get(code, (f"refused with code {code}", ""))[0]
+
+
+def describe_error_line(payload: str) -> str:
+    """One `s/e` line in words, for the log."""
+    err = decode_error(payload)
+    meaning = _ERROR_MEANINGS.get(err.code, "unknown error code")
+    template = f" for template {err.template}" if err.template else ""
+    return f"Cumulocity error {err.code} ({meaning}){template}: {err.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One PUBLISH: topic and payload (one or more SmartREST lines)."""
+
+    topic: str
+    payload: str
+
+
+def event_messages(event: Event, extra_lines: Sequence[str], *, gateway: bool,
+                   announce: bool, other_lines: Sequence[DeviceLine] = ()) -> list[Outgoing]:
+    """The PUBLISHes for one event (pure). Gateway: `101` on `s/us` when `announce`, then the
+    `400` (and any extra lines, e.g. a Kanban alarm) on `s/us/<serial>`, then `other_lines`.
+    Per-device: on `s/us`, and no other lines (they belong to other connections)."""
+    line = encode_line(400, event.type, event.text, event.c8y_time)
+    payload = join_lines([line, *extra_lines])
+    if not gateway:
+        if other_lines:
+            raise UnsendableError(
+                "lines for other devices need [gateway] mode = gateway (in per-device mode each "
+                "button has its own connection)"
+            )
+        return [Outgoing("s/us", payload)]
+    messages = []
+    if announce:
+        messages.append(Outgoing("s/us", encode_line(101, event.serial, event.name, BUTTON_TYPE)))
+    messages.append(Outgoing(f"s/us/{event.serial}", payload))
+    return messages + lines_messages(other_lines)
+
+
+def lines_messages(lines: Sequence[DeviceLine]) -> list[Outgoing]:
+    """(serial, line) pairs as PUBLISHes, in order: consecutive lines of one device share one
+    message (`s/us/<serial>`, or `s/us` for None, the gateway)."""
+    messages: list[Outgoing] = []
+    group: list[str] = []
+    current: str | None = None
+    for serial, line in lines:
+        if group and serial != current:
+            messages.append(Outgoing(_topic(current), join_lines(group)))
+            group = []
+        current = serial
+        group.append(line)
+    if group:
+        messages.append(Outgoing(_topic(current), join_lines(group)))
+    return messages
+
+
+def _topic(serial: str | None) -> str:
+    return "s/us" if serial is None else f"s/us/{serial}"
+
+
+def check_size(message: Outgoing) -> None:
+    size = len(message.payload.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        first = message.payload.split("\n", 1)[0][:60]
+        log.error(
+            "refusing to publish %d bytes on %s (Cumulocity's limit is %d): %s...",
+            size, message.topic, MAX_MESSAGE_BYTES, first,
+        )
+        raise MessageTooLargeError(
+            f"a message of {size} bytes for {message.topic} is over Cumulocity's limit of "
+            f"{MAX_MESSAGE_BYTES} bytes; shorten [event] text"
+        )
