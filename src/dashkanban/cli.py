@@ -295,12 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   parser_class=Parser)
     add_outbox = _adder(outbox_sub, "outbox ")
     q = add_outbox("status", "what is queued", "dashkanban outbox status")
-    q.set_defaults(handler="dashkanban.outbox:status_command")
+    q.set_defaults(handler="dashkanban.outbox_commands:status_command")
     q = add_outbox("flush", "deliver what is queued now", "dashkanban outbox flush --timeout 60")
     q.add_argument(
         "--timeout", type=SECONDS, default=30.0, metavar="S", help="seconds to wait (default: 30)"
     )
-    q.set_defaults(handler="dashkanban.outbox:flush_command")
+    q.set_defaults(handler="dashkanban.outbox_commands:flush_command")
     q = add_outbox("drop", "discard queued events (prints what it dropped)",
                    "dashkanban outbox drop --button dashButton_1")
     which = q.add_mutually_exclusive_group(required=True)
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--before", metavar="TIME",
                        help="events pressed before this time (YYYY-MM-DD or ISO 8601; UTC "
                        "unless it has an offset)")
-    q.set_defaults(handler="dashkanban.outbox:drop_command")
+    q.set_defaults(handler="dashkanban.outbox_commands:drop_command")
 
     p = add("sandbox", "a local Cumulocity stand-in for trying and testing",
             "dashkanban sandbox --password s3cret", used=False)

@@ -20,7 +20,8 @@ from dashkanban.capture.filters import file_program
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.events import Event, check_event_text
-from dashkanban.outbox import StillQueuedError, plural
+from dashkanban.outbox import plural
+from dashkanban.outbox_commands import StillQueuedError
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Lookup, Press
 from dashkanban.safetext import plain
@@ -180,7 +181,8 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns True when they were delivered, False when queued for the running service."""
     from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue_at_frames
-    from dashkanban.outbox import Outbox, deliver_explained, press_key
+    from dashkanban.outbox import Outbox, press_key
+    from dashkanban.outbox_commands import deliver_explained
 
     with Outbox.open(
         settings.outbox.path,

@@ -153,7 +153,8 @@ def refilled_command(args: argparse.Namespace) -> int:
     """Record the refill, queue its clears in the outbox and deliver them like `outbox flush`:
     exit 0 when delivered, 3 when they stay queued (for the daemon or a later flush)."""
     from dashkanban.kanban.wiring import check_mode, queue_pending_clears
-    from dashkanban.outbox import Outbox, deliver_explained
+    from dashkanban.outbox import Outbox
+    from dashkanban.outbox_commands import deliver_explained
 
     settings, bins = _load(args)
     check_mode(settings)

@@ -1,0 +1,162 @@
+"""The `dashkanban outbox` commands (status, flush, drop) and the queue-then-deliver helper the
+one-shot commands share (`deliver_explained`).
+
+They sit above both the outbox and the Courier (delivery.py), which is why they are not in
+outbox.py: the Courier consumes the outbox, so the outbox must not import the Courier back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dashkanban.delivery import deliver
+from dashkanban.errors import ConfigError, DashkanbanError
+from dashkanban.events import Event
+from dashkanban.outbox import Outbox, delivery_lock, format_status, plural
+
+if TYPE_CHECKING:
+    from dashkanban.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    """`dashkanban outbox status`: count, oldest press, bytes, refusals, last error. Exit 0."""
+    from dashkanban.config import find_config, load_settings
+
+    settings = load_settings(find_config(args.config))
+    path = settings.outbox.path
+    if not path.exists():
+        print(f"outbox: {path} (not created yet)")
+        print("queued: 0 events")
+        return 0
+    with Outbox.open(
+        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
+    ) as outbox:
+        print(format_status(outbox.path, outbox.stats(), outbox.max_rows, outbox.max_bytes))
+    _print_uplink_state(path)
+    return 0
+
+
+def _print_uplink_state(path: Path) -> None:
+    """The running service's uplink, from the state it writes next to the outbox (issue 11)."""
+    from dashkanban.health import read_state, status_lines
+
+    state = read_state(path)
+    if state is None:
+        return
+    with delivery_lock(path, wait=False) as ours:
+        running = not ours  # the service holds the lock while it runs
+    for line in status_lines(state, running=running):
+        print(line)
+
+
+def flush_command(args: argparse.Namespace) -> int:
+    """`dashkanban outbox flush`: deliver what is queued now. Exit 0, or 3 when it cannot."""
+    from dashkanban.config import find_config, load_settings
+
+    settings = load_settings(find_config(args.config))
+    path = settings.outbox.path
+    if not path.exists():
+        print("outbox: nothing queued")
+        return 0
+    with Outbox.open(
+        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
+    ) as outbox:
+        queued = outbox.count()
+        if queued == 0:
+            print("outbox: nothing queued")
+            return 0
+        delivered = deliver_explained(settings, outbox, timeout=args.timeout)
+    if delivered is None:
+        print(f"outbox: {plural(queued, 'event')} queued; the running dashkanban service is "
+              "delivering them")
+    else:
+        print(f"outbox: delivered {plural(delivered, 'event')}")
+    return 0
+
+
+def ways_out(count: int) -> str:
+    """The two ways out of events left queued: send them, or discard them."""
+    them = "it" if count == 1 else "them"
+    return (f"`dashkanban outbox flush` delivers {them}, `dashkanban outbox drop --all` "
+            f"(or --button NAME|MAC, --before TIME) discards {them}")
+
+
+class StillQueuedError(DashkanbanError):
+    """A delivery failed and events stay queued: the failure's own exit code (1 for a refused
+    login, 3 for a timeout), and a message that says how many and the two ways out."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def deliver_explained(settings: Settings, outbox: Outbox, events: Sequence[Event] = (), *,
+                      timeout: float, max_refusals: int | None = None) -> int | None:
+    """`delivery.deliver` for a one-shot command: when it fails, the error also says how many
+    events stay queued and how to send (`outbox flush`) or discard (`outbox drop`) them, so
+    nothing is left behind silently (issue 14)."""
+    try:
+        if max_refusals is None:
+            return deliver(settings, outbox, events, timeout=timeout)
+        return deliver(settings, outbox, events, timeout=timeout, max_refusals=max_refusals)
+    except DashkanbanError as exc:
+        try:
+            left = outbox.count()
+        except DashkanbanError:
+            raise exc from None
+        if not left:
+            raise
+        raise StillQueuedError(
+            f"{exc}; {plural(left, 'event')} {'stays' if left == 1 else 'stay'} queued in "
+            f"{outbox.path}: {ways_out(left)}",
+            exc.exit_code,
+        ) from None
+
+
+def parse_time(text: str) -> datetime:
+    """`--before`: a date (midnight UTC) or an ISO 8601 time (UTC unless it has an offset)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--before {text!r}: expected a date (YYYY-MM-DD) or a time "
+            "(e.g. 2026-11-26T08:00:00+01:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+MAX_LISTED = 50  # dropped events listed one a line; beyond that, counted
+
+
+def drop_command(args: argparse.Namespace) -> int:
+    """`dashkanban outbox drop --all | --button NAME|MAC | --before TIME`: discard queued
+    events, printing each one dropped. Exit 0 (also when nothing matched)."""
+    from dashkanban.config import find_config, load_settings
+
+    settings = load_settings(find_config(args.config), uplink=False)
+    before = parse_time(args.before) if args.before is not None else None
+    path = settings.outbox.path
+    if not path.exists():
+        print("outbox: nothing queued, nothing dropped")
+        return 0
+    with Outbox.open(
+        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
+    ) as outbox:
+        dropped = outbox.drop(button=args.button, before=before)
+        left = outbox.count()
+    for row in dropped[:MAX_LISTED]:
+        e = row.event
+        what = (f"{len(row.other_lines)} SmartREST lines" if e is None
+                else f"{e.c8y_time} {e.name} ({e.mac}) {e.type}")
+        print(f"dropped: {what}")
+    if len(dropped) > MAX_LISTED:
+        print(f"dropped: ... and {len(dropped) - MAX_LISTED} more")
+    print(f"outbox: dropped {plural(len(dropped), 'event')}, {left} still queued")
+    return 0
