@@ -56,7 +56,8 @@ def button_mac(i: int) -> str:
 def generate(path: Path, total: int, seed: int = 1126) -> list[tuple[str, float]]:
     """Write the capture; return the planned presses (mac, time)."""
     sys.path.insert(0, str(ROOT / "src"))
-    from dashkanban.capture import forge as f
+    sys.path.insert(0, str(ROOT))  # the frame forge is test tooling (tests/forge.py)
+    from tests import forge as f
 
     rng = random.Random(seed)  # reproducible, not secret
     duration = total / 250.0  # ~250 frames a second: a busy store LAN

@@ -186,7 +186,7 @@ class Traffic:
     """The frames: a flood of ARP requests from OTHERS MACs and the buttons' probes."""
 
     def __init__(self) -> None:
-        from dashkanban.capture import forge
+        from tests import forge
 
         rng = random.Random(16)
         self.flood = [forge.arp_frame(1, other_mac(i), f"10.{i >> 16 & 255}.{i >> 8 & 255}."

@@ -40,11 +40,11 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests import forge
 from tests.brokers import Mosquitto, free_port, make_tls_files, mosquitto_binary
 from tests.e2e.netns import Pair, enter, in_netns, ip, sender
 
 from bench.baseline import paho_round_trips
-from dashkanban.capture import forge
 from dashkanban.capture.live import LiveCapture
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon

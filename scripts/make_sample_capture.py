@@ -17,9 +17,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dashkanban.capture import forge as f
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the frame forge is test tooling (tests/forge.py), not in the wheel
 
-OUT = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data" / "sample-store.pcapng"
+from tests import forge as f  # noqa: E402 - after the path above
+
+OUT = ROOT / "src" / "dashkanban" / "data" / "sample-store.pcapng"
 START = datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC).timestamp()
 
 BUTTON_1 = "ac:63:be:12:34:56"

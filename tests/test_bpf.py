@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashkanban.capture import bpf, forge
+from dashkanban.capture import bpf
 from dashkanban.decode import Decoder
+from tests import forge
 
 BUTTON = "ac:63:be:12:34:56"
 STRANGER = "3c:22:fb:8e:41:07"

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashkanban.capture import Frame, forge, maybe_candidate, open_capture
+from dashkanban.capture import Frame, maybe_candidate, open_capture
 from dashkanban.errors import CaptureError, ConfigError
+from tests import forge
 
 T0 = 1764144000.0
 ARP = forge.arp_frame(1, "ac:63:be:12:34:56", "0.0.0.0", "192.168.10.51")

@@ -16,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dashkanban.capture import forge, open_capture
+from dashkanban.capture import open_capture
 from dashkanban.capture.bpf import candidate_program
 from dashkanban.capture.pcapng import MAX_INTERFACES, MAX_SECONDS
 from dashkanban.errors import CaptureError
+from tests import forge
 from tests.file_readers import use_reader
 
 ARP = forge.arp_frame(1, "ac:63:be:12:34:56", "0.0.0.0", "192.168.10.51")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dashkanban.capture import forge
 from dashkanban.decode import Decoder, Sighting
+from tests import forge
 
 T = 1764144001.234
 

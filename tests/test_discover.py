@@ -158,7 +158,7 @@ def test_discover_shows_what_a_cut_off_capture_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     kind: str,
 ) -> None:
-    from dashkanban.capture import forge
+    from tests import forge
 
     monkeypatch.chdir(tmp_path)
     frame = forge.dhcp_client_frame("ac:63:be:12:34:56", forge.DISCOVER)
@@ -184,7 +184,7 @@ def test_discover_shows_what_a_cut_off_capture_held(
 def test_discover_empty_names_likely_causes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dashkanban.capture import forge
+    from tests import forge
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "empty.pcap"

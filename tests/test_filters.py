@@ -92,9 +92,9 @@ def test_reload_of_a_bad_file_keeps_everything(tmp_path: Path, caplog: pytest.Lo
 
 def test_pipeline_uses_the_reloaded_registry() -> None:
     from dashkanban.buttons import Button
-    from dashkanban.capture import forge
     from dashkanban.config import EventSettings
     from dashkanban.pipeline import Pipeline
+    from tests import forge
 
     pipeline = Pipeline(Registry([Button("b1", B1)]), EventSettings("c8y_MAC_Event", "{name}"))
     probe = forge.arp_frame(1, B2, "0.0.0.0", "192.168.10.52")

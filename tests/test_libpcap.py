@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashkanban.capture import Frame, bpf, forge, libpcap, open_capture
+from dashkanban.capture import Frame, bpf, libpcap, open_capture
 from dashkanban.errors import CaptureError
+from tests import forge
 from tests.file_readers import MISSING, use_reader
 from tests.test_bpf import BUTTON, STRANGER, noise, presses, relayed
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import forge
 from dashkanban.cli import main, setup_logging
 from dashkanban.safetext import escape_controls
+from tests import forge
 from tests.file_readers import use_reader
 
 T0 = 1_795_000_000.0

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from dashkanban.buttons import Button, Registry
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
 from dashkanban.events import Event
 from dashkanban.pipeline import Counts, Pipeline
+from tests import forge
 
 B1 = Button("dashButton_1", "ac:63:be:12:34:56", bin="A3")
 EVENT = EventSettings("c8y_MAC_Event", "{name} ({bin}) via {trigger}")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import forge
 from dashkanban.cli import main
+from tests import forge
 from tests.file_readers import READERS, use_reader
 
 DATA = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data"

@@ -69,11 +69,6 @@ def serial_of(mac: str) -> str:
     return mac.replace(":", "")
 
 
-def format_mac(raw: bytes) -> str:
-    """Six raw bytes -> `aa:bb:cc:dd:ee:ff`."""
-    return raw.hex(":")
-
-
 @dataclass(frozen=True, slots=True)
 class Button:
     """A known button: who it is and, optionally, the Kanban bin it signals for."""

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from dashkanban.buttons import Button
@@ -56,21 +56,6 @@ class Event:
     def c8y_time(self) -> str:
         """Cumulocity's time field: milliseconds and an offset (protocol notes 2.2)."""
         return self.time.isoformat(timespec="milliseconds")
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Event:
-        time = datetime.fromisoformat(str(data["time"]))
-        if time.tzinfo is None:
-            time = time.replace(tzinfo=UTC)
-        return cls(
-            time=time,
-            mac=str(data["mac"]),
-            serial=str(data["serial"]),
-            name=str(data["name"]),
-            type=str(data["type"]),
-            text=str(data["text"]),
-            trigger=str(data["trigger"]),
-        )
 
 
 def make_event(press: Press, settings: EventSettings) -> Event:

@@ -22,11 +22,11 @@ from dashkanban.c8y.smartrest import (
     sendable,
     unsendable_reason,
 )
-from dashkanban.capture import forge
 from dashkanban.cli import main
 from dashkanban.sandbox import Sandbox
 from dashkanban.sandbox.smartrest import SmartRestProcessor
 from dashkanban.sandbox.store import Store
+from tests import forge
 from tests.c8y import test_rest
 from tests.c8y.test_rest import MANAGED, Clock, http_server, make_source, tenant
 from tests.sandbox_fixture import rest, sandbox, sandbox_config

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from dashkanban.buttons import Button
 from dashkanban.c8y.smartrest import encode_line
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.config import Settings, load_settings
 from dashkanban.daemon import Daemon
+from tests import forge
 from tests.brokers import Mosquitto
 from tests.c8y import support
 from tests.conftest import BROKER_PASSWORD, BROKER_USER

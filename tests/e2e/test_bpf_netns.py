@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import Frame, bpf, forge
+from dashkanban.capture import Frame, bpf
 from dashkanban.capture.filters import kernel_programs, reload_buttons
 from dashkanban.capture.live import LiveCapture
 from dashkanban.config import load_settings
+from tests import forge
 from tests.e2e.netns import Pair, enter, ip, sender
 from tests.test_bpf import BUTTON, STRANGER, macs, noise, presses, relayed
 

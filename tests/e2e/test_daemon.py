@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.capture.live import LiveCapture
 from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.events import Event
 from dashkanban.outbox import Outbox
+from tests import forge
 from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, write_config
 from tests.e2e.netns import Pair, enter, sender

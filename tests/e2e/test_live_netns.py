@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.capture.live import LiveCapture, candidate_filter, default_interface
 from dashkanban.decode import Decoder, Sighting
 from dashkanban.privileges import grant_hint
+from tests import forge
 from tests.e2e.netns import Pair, enter, ip, sender
 
 pytestmark = pytest.mark.netns

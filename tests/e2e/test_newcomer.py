@@ -261,7 +261,8 @@ def _grant_hint() -> str:
 def sample_as(kind: str, path: Path) -> Path:
     """The bundled sample as pcap or pcapng (the same frames and times), cut inside its last
     record: 7 bytes short, as an interrupted tcpdump leaves it."""
-    from dashkanban.capture import forge, open_capture
+    from dashkanban.capture import open_capture
+    from tests import forge
 
     if kind == "pcapng":
         data = SAMPLE.read_bytes()

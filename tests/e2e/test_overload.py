@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import Frame, forge, open_capture
+from dashkanban.capture import Frame, open_capture
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.delivery import WINDOW
 from dashkanban.presses import MAX_TRACKED
+from tests import forge
 from tests.brokers import Mosquitto, TlsFiles
 from tests.c8y.support import Recorder
 from tests.e2e.faultkit import (

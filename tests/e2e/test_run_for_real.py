@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import forge
+from tests import forge
 from tests.brokers import Mosquitto, TlsFiles, free_port
 from tests.c8y.support import BUTTONS_CSV, Recorder
 from tests.conftest import BROKER_PASSWORD, BROKER_USER

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from dashkanban.c8y.mqtt import Uplink
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.events import Event
 from dashkanban.kanban import wiring
 from dashkanban.kanban.bins import load_bins
 from dashkanban.sandbox import BrokerRules, Sandbox
+from tests import forge
 from tests.brokers import TlsFiles
 from tests.sandbox.test_inventory_daemon import OpenSource, wait_until
 from tests.sandbox_fixture import rest, sandbox_config, sandbox_options

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.events import Event
 from dashkanban.sandbox import Sandbox
+from tests import forge
 from tests.kanban.c8y_server import Store, c8y_server
 from tests.sandbox_fixture import SANDBOX_PASSWORD, SANDBOX_USER, Device, sandbox_config
 

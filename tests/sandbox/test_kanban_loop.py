@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from dashkanban.capture import forge
 from dashkanban.cli import main
 from dashkanban.sandbox import Sandbox
+from tests import forge
 from tests.sandbox_fixture import rest, sandbox_config
 
 MACID = (

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
@@ -27,6 +27,7 @@ from dashkanban.kanban.history import History
 from dashkanban.kanban.wiring import load_kanban_bins
 from dashkanban.outbox import Outbox
 from dashkanban.sandbox import Sandbox
+from tests import forge
 from tests.sandbox_fixture import rest, sandbox_config
 
 MACID = (

@@ -18,7 +18,7 @@ U+FF3C FULLWIDTH REVERSE SOLIDUS `＼`, which no parser reads as an escape (docs
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Cumulocity's limit is 16,184 bytes per message (impl.md); thin-edge keeps 16,000 as a buffer.
@@ -155,8 +155,3 @@ def _split_records(text: str) -> list[list[str]]:
         fields.append("".join(current))
         records.append(fields)
     return records
-
-
-def fields_of(lines: Sequence[SmartRestLine]) -> list[list[str]]:
-    """For tests and logs: each line as [template, *fields]."""
-    return [[line.template, *line.fields] for line in lines]

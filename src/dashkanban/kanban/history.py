@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -327,8 +327,3 @@ def _iso(time: datetime) -> str:
     if time.tzinfo is None:
         raise ValueError("history times must be timezone-aware")
     return time.isoformat(timespec="microseconds")
-
-
-def iter_publishes(clears: Iterable[PendingClear]) -> Iterator[DeviceLines]:
-    for clear in clears:
-        yield from clear.publishes

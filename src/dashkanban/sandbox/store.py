@@ -209,11 +209,6 @@ class Store:
             doc = self.managed_objects.get(mo_id)
             return list(doc["_children"]) if doc else []
 
-    def parent_ids(self, mo_id: str) -> list[str]:
-        with self.lock:
-            doc = self.managed_objects.get(mo_id)
-            return list(doc["_parents"]) if doc else []
-
     def tree_ids(self, root_id: str) -> list[str]:
         """The root and all its descendants, root first."""
         with self.lock:

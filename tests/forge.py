@@ -1,5 +1,6 @@
-"""Builds real frame bytes and writes pcap/pcapng files: for the bundled sample capture, the
-benchmark and the tests. Checksums are computed, so Wireshark and tcpdump read the results as
+"""Builds real frame bytes and writes pcap/pcapng files: for the bundled sample capture
+(scripts/make_sample_capture.py), the benchmarks and the tests. Test tooling: it lives in tests/,
+not in the wheel. Checksums are computed, so Wireshark and tcpdump read the results as
 ordinary traffic.
 """
 
