@@ -17,7 +17,7 @@ from dataclasses import dataclass
 # Transport failures (resets, timeouts, DNS, a TLS handshake closed) are retried quickly.
 TRANSPORT_FIRST = 1.0
 # A refused login is retried slowly: a wrong password retried fast only hammers the tenant (and
-# may lock the user), yet Cumulocity's CONNACK 5 can be transient (protocol notes 1.7).
+# may lock the user), yet Cumulocity's CONNACK 5 can be transient (docs/protocol.md 1.7).
 REFUSAL_FIRST = 30.0
 RETRY_MAX = 300.0  # the default of [C8YMQTT] retry_max
 

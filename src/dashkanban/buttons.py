@@ -1,4 +1,4 @@
-"""MACID.csv -> a Registry of Button values (design section 3), and MAC address notation.
+"""MACID.csv -> a Registry of Button values (README.md "MACID.csv"), and MAC address notation.
 
 The original example's file is a header and one button a line, `Name, MAC-Address`. Optional columns
 carry a per-button dead time and, for Kanban, the bin the button belongs to.
@@ -64,7 +64,7 @@ def normalize_mac(text: str) -> str:
 def serial_of(mac: str) -> str:
     """A button's c8y_Serial: its MAC in lower-case hex without separators, as the original did.
 
-    A colon is not allowed in an MQTT client id (protocol notes 1.3), hence no separators.
+    A colon is not allowed in an MQTT client id (docs/protocol.md 1.3), hence no separators.
     """
     return mac.replace(":", "")
 

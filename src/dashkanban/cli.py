@@ -1,5 +1,5 @@
 # PYTHON_ARGCOMPLETE_OK
-"""The command line (design section 2): the only place that parses arguments, sets up logging
+"""The command line (docs/cli.md): the only place that parses arguments, sets up logging
 and maps errors to exit codes.
 
 Each command's work lives in the module of its concern; this file names it as "module:function"
@@ -140,7 +140,7 @@ def _suggest(word: str, choices: Any) -> str:
 
 
 def _global(parser: argparse.ArgumentParser, *, top: bool, used: bool = True) -> None:
-    """-c, --log-level and --log-format, before or after the command (design section 8).
+    """-c, --log-level and --log-format, before or after the command (docs/cli.md).
 
     On a command's parser their default is SUPPRESS, so a value given before the command is not
     overwritten by the command parser's default."""
@@ -169,7 +169,7 @@ def _global(parser: argparse.ArgumentParser, *, top: bool, used: bool = True) ->
 
 
 def _common(parser: argparse.ArgumentParser, *, used: bool = True) -> None:
-    # Every command takes -c (design section 2); sandbox and demo need no config and say so.
+    # Every command takes -c (docs/cli.md); sandbox and demo need no config and say so.
     _global(parser, top=False, used=used)
 
 

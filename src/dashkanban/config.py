@@ -1,4 +1,4 @@
-"""config.ini -> a frozen, validated Settings value (design section 3).
+"""config.ini -> a frozen, validated Settings value (README.md "Configuration").
 
 The `[C8YMQTT]` section is the original example's and its five keys (tenant, tenantID, user,
 password, port) keep their meaning. Every other key has a default. Errors carry the file and line:
@@ -68,7 +68,7 @@ class C8yMqttSettings:
 
     @property
     def username(self) -> str:
-        """MQTT and REST user name: `<tenantID>/<user>` (protocol notes 1.2, 3.1)."""
+        """MQTT and REST user name: `<tenantID>/<user>` (docs/protocol.md 1.2, 3.1)."""
         return f"{self.tenant_id}/{self.user}"
 
 

@@ -1,4 +1,4 @@
-"""One exception hierarchy; each error knows its exit code (design section 2).
+"""One exception hierarchy; each error knows its exit code (docs/cli.md lists the exit codes).
 
 Messages are written for the user: one sentence, with the fix where there is one. Secrets never go
 into a message.

@@ -54,7 +54,7 @@ class Event:
 
     @property
     def c8y_time(self) -> str:
-        """Cumulocity's time field: milliseconds and an offset (protocol notes 2.2)."""
+        """Cumulocity's time field: milliseconds and an offset (docs/protocol.md 2.2)."""
         return self.time.isoformat(timespec="milliseconds")
 
 

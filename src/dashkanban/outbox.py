@@ -1,10 +1,10 @@
-"""The durable outbox: every event is a SQLite row before anything is sent (design 1 and 4).
+"""The durable outbox: every event is a SQLite row before anything is sent (docs/outbox.md).
 
 Guarantees, for the delivery loop that consumes it:
 - `put` returns only after the row is committed with `synchronous=FULL` in WAL mode, so a press
   whose `put` returned survives a crash of the process and (given honest disks) a power loss.
 - Rows are deleted only by `ack`, which the uplink calls on the broker's PUBACK. Cumulocity
-  requires a clean MQTT session (protocol notes 1.4), so the broker keeps nothing for us across a
+  requires a clean MQTT session (docs/protocol.md 1.4), so the broker keeps nothing for us across a
   reconnect: this table is the only memory of what is still owed.
 - Ids come from `AUTOINCREMENT`, so they only ever grow, even after the table was drained. The
   delivery loop's `peek(after_id=...)` cursor relies on that: with a plain rowid, an emptied table
@@ -756,7 +756,7 @@ class Outbox:
 
 
 def press_key(event: Event) -> PressKey:
-    """A press's identity (design section 8): its button's serial, its time to the millisecond
+    """A press's identity (docs/outbox.md): its button's serial, its time to the millisecond
     (in UTC, so the same instant written with another offset is the same press), its type."""
     return (event.serial, event.time.astimezone(UTC).isoformat(timespec="milliseconds"),
             event.type)
@@ -1033,7 +1033,7 @@ def _translate(exc: sqlite3.Error, path: Path, action: str) -> DashkanbanError:
 def delivery_lock(path: Path, *, wait: bool) -> Iterator[bool]:
     """Who carries this outbox to Cumulocity: True when we hold `<outbox>.lock`.
 
-    Cumulocity allows one connection per client id and drops the older one (protocol notes 1.3),
+    Cumulocity allows one connection per client id and drops the older one (docs/protocol.md 1.3),
     so the daemon and a one-shot command (`replay`, `outbox flush`, `test-button`, `kanban
     refilled`) must not both connect as the gateway. The daemon holds the lock while it runs
     (`wait=True`: it waits for a command that is busy delivering); a command that finds it held

@@ -176,7 +176,7 @@ def _collect(
 
 def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
           clock: PacketClock | None = None, *, again: bool = False) -> bool:
-    """Queue the events (with their Kanban lines) in the outbox, each press once (design 8: a
+    """Queue the events (with their Kanban lines) in the outbox, each press once (docs/outbox.md: a
     press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns True when they were delivered, False when queued for the running service."""

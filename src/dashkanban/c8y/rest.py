@@ -1,7 +1,7 @@
 """Cumulocity's REST API: one client for every REST call dashkanban makes, and the inventory source
-for `[buttons] source = inventory | both` (design section 3).
+for `[buttons] source = inventory | both` (docs/cumulocity.md "Buttons from the inventory").
 
-`CumulocityRest` is the only place that speaks HTTP to Cumulocity, with one policy (protocol notes
+`CumulocityRest` is the only place that speaks HTTP to Cumulocity, with one policy (docs/protocol.md
 3.5): explicit timeouts; transport errors (connect, read timeout, reset) and 408, 429 and 5xx are
 retried with backoff (0.5 s, then doubled); 401 and 403 fail at once with one line that never
 holds the password (retrying a wrong password only risks locking the user); any other status is one
@@ -90,7 +90,7 @@ class CumulocityRest:
             timeout=timeout,
             verify=verify,
             transport=transport,
-            # Devices must not send X-Cumulocity-Application-Key (protocol notes 3.1).
+            # Devices must not send X-Cumulocity-Application-Key (docs/protocol.md 3.1).
             headers={"Accept": "application/json"},
         )
         self._username = username if password is not None or tokens is None else "device token"
@@ -200,7 +200,7 @@ class CumulocityRest:
     ):
         """A managed object, or None when it is gone (404: a deleted button still has events),
         and with `forbidden_is_none` also when the user may not read it (403: device users
-        usually read only the objects they own, protocol notes 3.1)."""
+        usually read only the objects they own, docs/protocol.md 3.1)."""
         what = f"reading managed object {mo_id}"
         try:
             response = self.request("GET", f"/inventory/managedObjects/{quote(mo_id, safe='')}",
@@ -218,7 +218,7 @@ class CumulocityRest:
 
     def update_managed_object(self, mo_id: str, fragments: Mapping[str, Any]) -> None:
         """PUT only the fragments (never the name: "Do not update the name of a device from an
-        agent!", protocol notes 3.3)."""
+        agent!", docs/protocol.md 3.3)."""
         what = f"updating managed object {mo_id}"
         response = self.request(
             "PUT",

@@ -1,6 +1,6 @@
 """SmartREST 2.0 static-template lines: encode and decode (pure).
 
-Sending follows RFC 4180 as thin-edge does against real tenants (protocol notes 2.2): a field is
+Sending follows RFC 4180 as thin-edge does against real tenants (docs/protocol.md 2.2): a field is
 quoted when it holds `,` `"` CR, LF, tab or edge whitespace, and an inner `"` is doubled. Other
 control characters are stripped (thin-edge's `sanitize_for_smartrest`). Parsing accepts both `""`
 and `\\"` inside quotes (the current docs use the backslash form) and newlines inside quoted fields,
@@ -21,7 +21,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Cumulocity's limit is 16,184 bytes per message (impl.md); thin-edge keeps 16,000 as a buffer.
+# Cumulocity's limit is 16,184 bytes per message (docs/protocol.md 1.6); thin-edge keeps 16,000 as
+# a buffer.
 MAX_MESSAGE_BYTES = 16_000
 
 _NEEDS_QUOTES = re.compile(r'[,"\r\n\t]|^\s|\s$')
@@ -84,7 +85,7 @@ def encode_line(template: int | str, *fields: object) -> str:
 
 
 def join_lines(lines: Iterable[str]) -> str:
-    """Several lines in one PUBLISH, separated by `\\n` (impl.md)."""
+    """Several lines in one PUBLISH, separated by `\\n` (docs/protocol.md 1.6)."""
     return "\n".join(lines)
 
 
@@ -106,7 +107,7 @@ def decode(payload: str | bytes) -> list[SmartRestLine]:
 
 def decode_error(line: str) -> ErrorLine:
     """An `s/e` line. Only the first two fields are split: the message is not comma-escaped
-    (`50,100,Error on device creation, message: ...`, protocol notes 2.7)."""
+    (`50,100,Error on device creation, message: ...`, docs/protocol.md 2.7)."""
     code, _, rest = line.partition(",")
     template, _, message = rest.partition(",")
     return ErrorLine(code.strip(), template.strip(), message.strip())

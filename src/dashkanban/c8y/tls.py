@@ -1,7 +1,7 @@
 """One TLS client context for everything that talks to Cumulocity (MQTT, REST, `check`).
 
 Built from `[C8YMQTT]`: the system's CAs unless `ca_file` is set, the host name always verified,
-and an optional X.509 client certificate (protocol notes 1.8). Both sides share it so that a
+and an optional X.509 client certificate (docs/protocol.md 1.8). Both sides share it so that a
 certificate that works for the uplink also works for the inventory look-up, and `check` tests
 exactly what the daemon will use.
 """

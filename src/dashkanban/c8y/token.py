@@ -4,7 +4,7 @@ REST does not authenticate with a TLS client certificate: a certificate device s
 `s/dat`, publishes an empty message on `s/uat`, receives `71,<JWT>` and sends
 `Authorization: Bearer <JWT>`. A token lasts `device-token.lifespan.seconds` (1 h by default, at
 least 5 min), and a new one may be fetched once half of its lifetime has passed
-(c8y-docs `device-certificates.md`, "JWT token retrieval"; protocol notes 1.8 and 3.1).
+(c8y-docs `device-certificates.md`, "JWT token retrieval"; docs/protocol.md 1.8 and 3.1).
 
 `TokenSource` holds the token for the one REST client (`c8y/rest.py`): it asks for a new one at
 half the lifetime, and at once after a 401 (`invalidate`). How a token is asked for is given to it
@@ -211,7 +211,7 @@ def fetch_token(settings: Settings, timeout: float = WAIT) -> str:
 
 # The uplink's token source per gateway serial: inside the daemon the REST client asks the running
 # uplink (its connection publishes `s/uat`) instead of opening a second connection with the same
-# client id, which Cumulocity would answer by closing the first (notes 1.3).
+# client id, which Cumulocity would answer by closing the first (docs/protocol.md 1.3).
 _UPLINK_SOURCES: dict[str, TokenSource] = {}
 _REGISTRY_LOCK = threading.Lock()
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 class CutOffError(CaptureError):
     """The file ends inside its last record (an interrupted tcpdump, a full disk): a reader
-    raises it, and `CaptureFile` turns it into `cut_off` (a warning, design section 8)."""
+    raises it, and `CaptureFile` turns it into `cut_off` (a warning, docs/capture.md)."""
 
     def __init__(self, path: Path, offset: int) -> None:
         super().__init__(f"{path}: ends inside a record at byte {offset} (the capture was cut off)")
@@ -90,7 +90,7 @@ class CaptureFile:
             else:
                 yield from self._filtered(self.program)
         except CutOffError as exc:
-            # Every frame before the cut has been yielded; the caller warns (design section 8).
+            # Every frame before the cut has been yielded; the caller warns (docs/capture.md).
             self.cut_off = exc.offset
 
     def _filtered(self, program: Program) -> Iterator[Frame]:

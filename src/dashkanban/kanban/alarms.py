@@ -1,7 +1,7 @@
 """The reorder signal as SmartREST lines (pure): raise, repeat, clear, and the refill operation.
 
 A Cumulocity alarm is unique per (device, type) while ACTIVE: raising it again only increments its
-count (protocol notes 2.5, `handling-of-ids.md`). That makes an active alarm of type
+count (docs/protocol.md 2.5, `handling-of-ids.md`). That makes an active alarm of type
 `c8y_KanbanReorder` on a button's child device a natural Kanban card: it is "out" until the bin is
 refilled and the alarm is cleared with `306`.
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ALARM_TYPE = "c8y_KanbanReorder"
 OVERDUE_TYPE = "c8y_KanbanOverdue"  # a reorder open longer than the bin's lead time
 OPERATION = "c8y_KanbanRefilled"
-# Static alarm templates by severity (protocol notes 2.5, static.md).
+# Static alarm templates by severity (docs/protocol.md 2.5, static.md).
 SEVERITY_TEMPLATES = {"CRITICAL": 301, "MAJOR": 302, "MINOR": 303, "WARNING": 304}
 CLEAR_TEMPLATE = 306
 

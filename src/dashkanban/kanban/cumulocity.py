@@ -3,7 +3,7 @@ the presses of all gateways read back for `kanban report --from-cumulocity`.
 
 Why REST for the fragment (docs/kanban.md has the whole argument): SmartREST 2.0's static templates
 cannot carry a custom fragment, and `PUT /inventory/managedObjects/{id}` with only the fragment is
-the documented update (protocol notes 3.3); the id comes from the identity API (3.2). It happens
+the documented update (docs/protocol.md 3.3); the id comes from the identity API (3.2). It happens
 once per button at start-up, not per press, so REST's cost does not matter. Events are read with
 `GET /event/events`, paged with `pageSize=2000` (the maximum, 3.4) and `currentPage=N`.
 
@@ -28,7 +28,7 @@ from dashkanban.kanban.bins import Bin, Bins
 log = logging.getLogger(__name__)
 
 FRAGMENT = "c8y_Kanban"
-PAGE_SIZE = 2000  # Cumulocity's maximum page size (protocol notes 3.4)
+PAGE_SIZE = 2000  # Cumulocity's maximum page size (docs/protocol.md 3.4)
 MAX_PAGES = 10_000  # a bound on the paging loop: 20 million events
 
 __all__ = [
@@ -63,7 +63,7 @@ def read_events(
 ) -> Iterator[dict[str, Any]]:
     """All events of a type from `date_from` to `date_to` (both inclusive), page after page.
 
-    The collection is newest first (protocol notes 3.4): a fixed `dateTo`, taken once before the
+    The collection is newest first (docs/protocol.md 3.4): a fixed `dateTo`, taken once before the
     first page, keeps events that arrive during the read from shifting the pages (which would
     read one event twice and skip none, or, with deletions, skip one)."""
     return _read_pages(rest, "/event/events", "events", event_type, date_from, date_to)

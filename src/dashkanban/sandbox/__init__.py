@@ -1,4 +1,4 @@
-"""The local Cumulocity stand-in (design section 6): `Sandbox(SandboxOptions(...)).start()`."""
+"""The local Cumulocity stand-in (docs/sandbox.md): `Sandbox(SandboxOptions(...)).start()`."""
 
 from dashkanban.sandbox.broker import BrokerRules
 from dashkanban.sandbox.server import Sandbox, SandboxError, SandboxOptions

@@ -1,4 +1,4 @@
-"""The sandbox's MQTT 3.1.1 broker, with Cumulocity's connection rules (notes 1 and 6.1).
+"""The sandbox's MQTT 3.1.1 broker, with Cumulocity's connection rules (docs/protocol.md 1 and 6.1).
 
 It is no general-purpose broker: devices cannot talk to each other. What a device publishes on
 `s/us` goes to the SmartREST processor; what the platform answers goes back on `s/ds` and `s/e` to
@@ -24,13 +24,13 @@ from dashkanban.sandbox.tokens import TokenIssuer
 
 log = logging.getLogger(__name__)
 
-# Device credentials: requests up, `70,...` down (lifecycle-mqtt.md, notes 1.9).
+# Device credentials: requests up, `70,...` down (lifecycle-mqtt.md, docs/protocol.md 1.9).
 BOOTSTRAP_REQUEST = "s/ucr"
 BOOTSTRAP_RESPONSE = "s/dcr"
-# "16184 bytes ... header included" (impl.md, notes 1.6).
+# "16184 bytes ... header included" (docs/protocol.md 1.6).
 MAX_MESSAGE_BYTES = 16_184
 CONNECT_TIMEOUT = 10.0
-# JWT for certificate devices (device-certificates.md, notes 1.8).
+# JWT for certificate devices (device-certificates.md, docs/protocol.md 1.8).
 JWT_UP = "s/uat"  # topic names, not secrets
 JWT_DOWN = "s/dat"
 JWT_REFUSAL_LINE = (
@@ -44,18 +44,19 @@ class BrokerRules:
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     # Before the device exists, refuse `s/ds` with SUBACK 0x80, as seen on a real tenant
-    # (notes 1.10, [FIELD]); off by default.
+    # (docs/protocol.md 1.10, [FIELD]); off by default.
     refuse_subscribe_before_device: bool = False
     # Push PENDING operations when a device subscribes to `s/ds`; off by default, so `500`
-    # is needed (the MQTT Service never pushes them; notes 2.6).
+    # is needed (the MQTT Service never pushes them; docs/protocol.md 2.6).
     push_pending_on_subscribe: bool = False
     # Answer every CONNECT with this CONNACK code (3 server unavailable, 5 not authorised,
-    # which Cumulocity also sends on transient trouble; notes 1.7), to test reconnect paths.
+    # which Cumulocity also sends on transient trouble; docs/protocol.md 1.7), to test reconnect
+    # paths.
     refuse_with: int | None = None
     # "If the queue limit number is exceeded, the client messages are rejected and the client is
-    # disconnected" (smartrest-two.md, notes 1.6): a client with more than this many QoS 1/2
-    # messages received but not yet acknowledged is dropped. None: no limit. Cumulocity does not
-    # document its number ([unverified]); tests choose one.
+    # disconnected" (smartrest-two.md, docs/protocol.md 1.6): a client with more than this many
+    # QoS 1/2 messages received but not yet acknowledged is dropped. None: no limit. Cumulocity
+    # does not document its number ([unverified]); tests choose one.
     queue_limit: int | None = None
     # Seconds the platform takes per QoS 1/2 message before its PUBACK, so a client that does not
     # pace itself builds up a queue the way it would against a loaded tenant. 0: at once.
@@ -64,7 +65,7 @@ class BrokerRules:
 
 @dataclass(frozen=True, slots=True)
 class ClientId:
-    """`[d:]id[:xid]` (impl.md, notes 1.3)."""
+    """`[d:]id[:xid]` (docs/protocol.md 1.3)."""
 
     device: str
     template: str | None
@@ -107,7 +108,7 @@ class _Session:
     subscriptions: dict[str, int] = field(default_factory=dict)
     next_packet_id: int = 0
     qos2_seen: set[int] = field(default_factory=set)
-    # 1.5 x keepalive without a packet closes the connection (MQTT 3.1.1, notes 1.4).
+    # 1.5 x keepalive without a packet closes the connection (MQTT 3.1.1, docs/protocol.md 1.4).
     timeout: float | None = None
     clean_exit: bool = False
     dropped: bool = False
@@ -161,7 +162,8 @@ class Broker:
     def refuse_logins(self, count: int, code: int) -> None:
         """Answer the next `count` CONNECTs with CONNACK `code` (1..5), whatever they carry; then
         the usual checks again. Cumulocity sends 5 also on transient trouble and when a user's
-        permissions are removed (notes 1.7); 4 is a wrong password; 3 the platform is down."""
+        permissions are removed (docs/protocol.md 1.7); 4 is a wrong password; 3 the platform is
+        down."""
         if count < 0 or not 1 <= code <= 5:
             raise ValueError("refuse_logins needs count >= 0 and a CONNACK code from 1 to 5")
         self._refusals_left, self._refusal_code = count, code
@@ -229,7 +231,8 @@ class Broker:
             length, used = decoded
             total = 1 + used + length
             if total > self.rules.max_message_bytes:
-                # Cumulocity's limit; the platform closes the connection (notes 1.6 and 6.1).
+                # Cumulocity's limit; the platform closes the connection (docs/protocol.md 1.6 and
+                # 6.1).
                 limit = self.rules.max_message_bytes
                 self.stats["oversized"] += 1
                 raise _DropError(f"message of {total} bytes exceeds the {limit}-byte limit")
@@ -258,7 +261,7 @@ class Broker:
         assert parsed is not None  # checked above
         older = self.sessions.get(parsed.device)
         if older is not None:
-            # Only one connection per device identifier: the newer one wins (notes 1.3).
+            # Only one connection per device identifier: the newer one wins (docs/protocol.md 1.3).
             log.warning("client id %s connected again: dropping the older connection",
                         parsed.device)
             self.stats["taken_over"] += 1
@@ -277,20 +280,21 @@ class Broker:
         if self._refusals_left > 0:
             self._refusals_left -= 1
             return self._refusal_code
-        # CONNACK codes as Cumulocity documents them (impl.md, notes 1.7).
+        # CONNACK codes as Cumulocity documents them (docs/protocol.md 1.7).
         if (packet.protocol_name, packet.protocol_level) not in (("MQTT", 4), ("MQIsdp", 3)):
             return mq.BAD_PROTOCOL
         parsed = parse_client_id(packet.client_id)
         if parsed is None:
             return mq.IDENTIFIER_REJECTED
         if packet.protocol_level == 3 and len(packet.client_id) >= 24:
-            # MQTT 3.1 limits client ids to 23 characters; Cumulocity answers 5 (notes 1.3).
+            # MQTT 3.1 limits client ids to 23 characters; Cumulocity answers 5 (docs/protocol.md
+            # 1.3).
             return mq.NOT_AUTHORIZED
         if common_name is not None:
             # "If the client provides a certificate, it will be used to authenticate the
             # client" and "the deviceIdentifier must match the 'Common Name' of the used
             # certificate"; any issue with certificate authentication is CONNACK 5, and 4 "is
-            # never returned when authenticating with certificates" (impl.md).
+            # never returned when authenticating with certificates" (docs/protocol.md 1.7).
             if parsed.device != common_name:
                 return mq.NOT_AUTHORIZED
         elif not self.authenticate(packet.username, packet.password):
@@ -298,7 +302,8 @@ class Broker:
         if self.rules.refuse_with is not None:
             return self.rules.refuse_with
         if not packet.clean_session:
-            # "Cumulocity IoT requires clean session to be set to '1'" (impl.md); the MQTT
+            # "Cumulocity IoT requires clean session to be set to '1'" (docs/protocol.md 1.4); the
+            # MQTT
             # Service rejects the connection. [UNVERIFIED] the code; 5 = not authorised.
             return mq.NOT_AUTHORIZED
         return mq.ACCEPTED
@@ -366,7 +371,7 @@ class Broker:
     async def _serve_queued(self, session: _Session, reader: asyncio.StreamReader) -> None:
         """The platform's queue: packets are read at once but processed (and acknowledged) in
         order by a worker, `ack_delay` per QoS 1/2 message; more than `queue_limit` waiting
-        disconnects the client (smartrest-two.md, notes 1.6)."""
+        disconnects the client (smartrest-two.md, docs/protocol.md 1.6)."""
         queue: asyncio.Queue[mq.Packet | None] = asyncio.Queue()
         worker = asyncio.create_task(self._work(session, queue))
         limit = self.rules.queue_limit
@@ -426,7 +431,7 @@ class Broker:
         else:
             self._upstream(session, packet.topic, packet.payload)
         if packet.qos == 1:
-            # PUBACK means accepted, not processed; errors come on s/e (impl.md, notes 1.5).
+            # PUBACK means accepted, not processed; errors come on s/e (docs/protocol.md 1.5).
             session.send(mq.ack(mq.PUBACK, packet.packet_id or 0))
 
     def _upstream(self, session: _Session, topic: str, payload: bytes) -> None:
@@ -441,7 +446,7 @@ class Broker:
             self.deliver(session.device, downlink.topic, downlink.line)
 
     def _bootstrap_publish(self, session: _Session, packet: mq.Publish) -> None:
-        # The bootstrap user may only ask for credentials (protocol notes 6.1); anything else
+        # The bootstrap user may only ask for credentials (docs/protocol.md 6.1); anything else
         # closes the connection. [UNVERIFIED] what the platform does with other topics.
         if packet.topic != BOOTSTRAP_REQUEST:
             raise _DropError(f"the bootstrap user may publish only on {BOOTSTRAP_REQUEST}, "
@@ -461,7 +466,8 @@ class Broker:
 
     def _token(self, session: _Session) -> None:
         """`s/uat`: a certificate device gets `71,<JWT>` on `s/dat` (device-certificates.md); a
-        password device an error on `s/e`, as seen on a real tenant (notes 1.8 [FIELD])."""
+        password device an error on `s/e`, as seen on a real tenant (docs/protocol.md 1.8
+        [FIELD])."""
         if session.by_certificate and self.tokens is not None:
             self.stats["tokens"] += 1
             self.deliver(session.device, JWT_DOWN, f"71,{self.tokens.issue(session.device)}")
@@ -475,7 +481,7 @@ class Broker:
                 # The bootstrap user reads only its credentials ([UNVERIFIED] the code).
                 codes.append(mq.SUBACK_FAILURE)
             elif mq.topic_matches(topic_filter, "s/us") or mq.topic_matches(topic_filter, "s/us/x"):
-                # Devices may not subscribe to upstream topics (impl.md, notes 1.4).
+                # Devices may not subscribe to upstream topics (docs/protocol.md 1.4).
                 codes.append(mq.SUBACK_FAILURE)
             elif (self.rules.refuse_subscribe_before_device
                   and mq.topic_matches(topic_filter, DOWN_OPERATIONS)

@@ -106,7 +106,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
     body = await reader.readexactly(int(length_text)) if int(length_text) else b""
     split = urlsplit(target)
     # parse_qsl turns a raw `+` into a space, as the platform does: `+` in a time must be
-    # sent as %2B (openapi, notes 3.1).
+    # sent as %2B (openapi, docs/protocol.md 3.1).
     query = dict(parse_qsl(split.query, keep_blank_values=True))
     return Request(method.upper(), unquote(split.path), query, headers, body)
 

@@ -26,7 +26,7 @@ PINGREQ = 12
 PINGRESP = 13
 DISCONNECT = 14
 
-# CONNACK return codes as Cumulocity uses them (protocol notes 1.7).
+# CONNACK return codes as Cumulocity uses them (docs/protocol.md 1.7).
 ACCEPTED = 0
 BAD_PROTOCOL = 1
 IDENTIFIER_REJECTED = 2

@@ -1,6 +1,7 @@
-"""The REST side of the sandbox: the subset of Cumulocity's API the project uses (notes 3).
+"""The REST side of the sandbox: the subset of Cumulocity's API the project uses (docs/protocol.md
+3).
 
-Shapes, media types, status codes and error bodies follow the protocol notes; each collection
+Shapes, media types, status codes and error bodies follow docs/protocol.md; each collection
 pages like the platform (`pageSize` default 5, at most 2000). Basic auth `tenant/user:password`
 guards the API; the status page (`/`, `/sandbox/state.json`) and `/openapi.json` are open, as the
 sandbox binds to loopback (docs/sandbox.md says why).
@@ -95,7 +96,8 @@ class RestApi:
         self.registrations = registrations
         # Device tokens from `s/uat` (sandbox/tokens.py), accepted as `Bearer`.
         self.tokens = tokens
-        # A device user reads only the managed objects it owns: 403 on the others (notes 3.1
+        # A device user reads only the managed objects it owns: 403 on the others (docs/protocol.md
+        # 3.1
         # correction: "a 403 on someone else's managed object is normal"). Off by default.
         self.devices_read_own_only = devices_read_own_only
         # `POST /sandbox/misbehave` (set by the Sandbox): make the broker misbehave on purpose.
@@ -246,7 +248,7 @@ class RestApi:
 
     def _created(self, request: Request, doc: Doc, kind: str) -> Response:
         # "If you specify an Accept header in a POST or PUT request, the response will contain
-        # the new object; if not, the body is empty" (http-usage.md, notes 3.1).
+        # the new object; if not, the body is empty" (http-usage.md, docs/protocol.md 3.1).
         body = _dump(doc) if request.header("accept") else b""
         return Response(201, body, media_type(kind) if body else None,
                         (("Location", str(doc["self"])),))
@@ -665,7 +667,7 @@ def _paging(request: Request) -> tuple[int, int]:
     if size < 1 or current < 1:
         raise ApiError(422, "undefined/validationError",
                        "pageSize and currentPage must be at least 1")
-    # Larger page sizes are trimmed to 2000 (notes 3.4).
+    # Larger page sizes are trimmed to 2000 (docs/protocol.md 3.4).
     return min(size, MAX_PAGE_SIZE), current
 
 
@@ -674,7 +676,7 @@ def _query_time(q: dict[str, str], name: str) -> datetime | None:
         return None
     moment = parse_time(q[name], zone_required=False)
     if moment is None:
-        # A raw `+` arrives as a space: the caller forgot %2B (notes 3.1).
+        # A raw `+` arrives as a space: the caller forgot %2B (docs/protocol.md 3.1).
         raise ApiError(422, "undefined/validationError",
                        f"Unable to parse {name} {q[name]!r} (encode + as %2B)")
     return moment
@@ -773,7 +775,7 @@ def _back_to_page() -> Response:
 
 
 def _validation(missing: list[str]) -> ApiError:
-    # The platform's wording for missing mandatory fields (json-via-mqtt.md, notes 2.8).
+    # The platform's wording for missing mandatory fields (json-via-mqtt.md, docs/protocol.md 2.8).
     return ApiError(422, "undefined/validationError",
                     "Following mandatory fields should be included: " + ",".join(missing))
 

@@ -386,7 +386,7 @@ class Sandbox:
             context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
             if self.options.trusted_ca is not None:
                 # Port 8883 takes both: a client certificate if one is presented, else the
-                # user name and password of CONNECT (impl.md, "Connecting via MQTT").
+                # user name and password of CONNECT (docs/protocol.md 1.2).
                 context.verify_mode = ssl.CERT_OPTIONAL
                 context.load_verify_locations(cafile=str(self.options.trusted_ca))
             self._tls_context = context

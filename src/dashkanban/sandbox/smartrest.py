@@ -37,13 +37,13 @@ DOWN_ERRORS = "s/e"
 DOWN_TEMPLATES = "s/dt"
 DOWN_CUSTOM = "s/dc/"  # + X-ID
 
-# `s/us` and `s/us/<child>`, and the transient/quiescent/CEP forms (notes 2.1). The sandbox
-# stores t/q/c data like s: it has no real-time notifications to skip.
+# `s/us` and `s/us/<child>`, and the transient/quiescent/CEP forms (docs/protocol.md 2.1). The
+# sandbox stores t/q/c data like s: it has no real-time notifications to skip.
 _UPSTREAM = re.compile(r"^([stqc])/us(?:/(.+))?$")
 # `s/ut/<X-ID>` creates a template collection or asks whether it exists (smartrest-two.md).
 _TEMPLATES_UP = re.compile(r"^s/ut/([^/]+)$")
 
-# Error texts (notes 2.7; built-in response messages).
+# Error texts (docs/protocol.md 2.7; built-in response messages).
 NO_TEMPLATE = "No static template for this message id"
 ALREADY_EXISTS = "Device already existing"
 WRONG_ARGUMENTS = "Wrong number of arguments"
@@ -79,7 +79,8 @@ class _Context:
         self.downlinks.append(Downlink(DOWN_OPERATIONS, line))
 
     def root(self) -> str:
-        """The device of the client id, created on its first data message (notes 1.10)."""
+        """The device of the client id, created on its first data message (docs/protocol.md
+        1.10)."""
         mo_id = self.store.find_external(SERIAL, self.root_xid)
         if mo_id is None:
             mo_id = _create_device(
@@ -90,7 +91,8 @@ class _Context:
 
     def target(self) -> str:
         """The device the topic names: the client's device, or a child on `s/us/<child>`.
-        An unknown child becomes a first-level child of the client's device (notes 1.10)."""
+        An unknown child becomes a first-level child of the client's device (docs/protocol.md
+        1.10)."""
         root = self.root()
         if self.child_xid is None:
             return root
@@ -106,7 +108,7 @@ class _Context:
 
 def _create_device(store: Store, owner: str, xid: str, name: str | None, dtype: str | None,
                    default_type: str, is_device: bool = True) -> str:
-    # Defaults of template 100/101: name "MQTT Device <serial>" (static.md, notes 2.3).
+    # Defaults of template 100/101: name "MQTT Device <serial>" (static.md, docs/protocol.md 2.3).
     fragments: Doc = {"name": name or f"MQTT Device {xid}", "type": dtype or default_type}
     if is_device:
         fragments["c8y_IsDevice"] = {}
@@ -157,7 +159,7 @@ class SmartRestProcessor:
             raise TemplateError(40, NO_TEMPLATE)
         low, high, function = handler
         fields = list(line.fields)
-        while fields and fields[-1] == "":  # `100,,` equals `100` (notes 2.2)
+        while fields and fields[-1] == "":  # `100,,` equals `100` (docs/protocol.md 2.2)
             fields.pop()
         if len(fields) < low or (high is not None and len(fields) > high):
             raise TemplateError(45, WRONG_ARGUMENTS)
@@ -211,7 +213,8 @@ class SmartRestProcessor:
         line of every response template whose condition it meets, on `s/dc/<X-ID>`.
 
         The two are independent: response templates "will be used for every operation"
-        (smartrest-two.md), static templates only for their fragments (notes 2.6). The broker
+        (smartrest-two.md), static templates only for their fragments (docs/protocol.md 2.6). The
+        broker
         delivers each line only to a client subscribed to its topic.
         """
         downlinks = []
@@ -230,7 +233,8 @@ class SmartRestProcessor:
         return [downlink for op in ops for downlink in self.operation_downlinks(op)]
 
     def operation_line(self, op: Doc) -> str | None:
-        """The `s/ds` line of an operation (notes 2.6), or None if no static template fits."""
+        """The `s/ds` line of an operation (docs/protocol.md 2.6), or None if no static template
+        fits."""
         xid = self.store.serial_of(str(op["deviceId"])) or ""
         if "c8y_Restart" in op:
             return encode_line(510, xid)
@@ -260,7 +264,7 @@ class SmartRestProcessor:
             ctx.store.link_child(root, mo_id)
 
     def _t101(self, ctx: _Context, f: list[str]) -> None:
-        # The child's external id is `uniqueChildId` verbatim (notes 2.3).
+        # The child's external id is `uniqueChildId` verbatim (docs/protocol.md 2.3).
         parent = ctx.target()
         child_xid, name, ctype, marker = f
         if not child_xid:
@@ -447,7 +451,7 @@ def _number(value: str) -> float | int:
 
 
 def _time(ctx: _Context, value: str) -> datetime:
-    """An omitted time means server time (notes 2.2); a time needs an offset."""
+    """An omitted time means server time (docs/protocol.md 2.2); a time needs an offset."""
     if not value:
         return ctx.store.now()
     moment = parse_time(value)

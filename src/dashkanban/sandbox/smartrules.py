@@ -15,7 +15,7 @@ What it follows (docs/sandbox.md, "Smart Rules", has the sources):
   `#{source.name}` (the same file's `build_onAlarmSendEmail` defaults).
 
 A rule fires when an alarm is *created*: a de-duplicated raise only counts up the existing alarm
-(notes 2.5), which is not a new alarm to mail about.
+(docs/protocol.md 2.5), which is not a new alarm to mail about.
 """
 
 from __future__ import annotations

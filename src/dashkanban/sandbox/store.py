@@ -27,7 +27,8 @@ Doc = dict[str, Any]
 Clock = Callable[[], datetime]
 
 SERIAL = "c8y_Serial"
-# Cumulocity's ids are strings of digits; the dynamic mapper's mocks start at 10000 (notes 6).
+# Cumulocity's ids are strings of digits; the dynamic mapper's mocks start at 10000
+# (docs/protocol.md 6).
 FIRST_ID = 10000
 MESSAGE_LOG_SIZE = 10_000
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
@@ -57,7 +58,8 @@ def utc_now() -> datetime:
 
 
 def format_time(moment: datetime) -> str:
-    """Cumulocity's normalised form: UTC, milliseconds, `Z` (c8y_api fixture, notes 3.4)."""
+    """Cumulocity's normalised form: UTC, milliseconds, `Z` (c8y_api fixture, docs/protocol.md
+    3.4)."""
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
@@ -71,7 +73,7 @@ def parse_time(text: str, *, zone_required: bool = True) -> datetime | None:
     if moment.tzinfo is None:
         if zone_required:
             return None
-        # A date without a zone in a query is taken as UTC (openapi, notes 3.1).
+        # A date without a zone in a query is taken as UTC (openapi, docs/protocol.md 3.1).
         moment = moment.replace(tzinfo=UTC)
     return moment
 
@@ -168,7 +170,7 @@ class Store:
             return _public(doc)
 
     def update_managed_object(self, mo_id: str, fragments: Doc) -> Doc:
-        """PUT semantics: the given fragments replace theirs; others stay (notes 3.3)."""
+        """PUT semantics: the given fragments replace theirs; others stay (docs/protocol.md 3.3)."""
         with self.lock:
             doc = self.managed_objects.get(mo_id)
             if doc is None:
@@ -256,7 +258,8 @@ class Store:
         """A repeat of an ACTIVE **or ACKNOWLEDGED** alarm of the same source and type is
         de-duplicated into it: `count` + 1 and the new `time`; "any other changes are ignored"
         (text and severity stay those of the first raise). A CLEARED alarm does not take repeats
-        (Cumulocity's alarm de-duplication rule, notes 2.5 correction; docs/sandbox.md)."""
+        (Cumulocity's alarm de-duplication rule, docs/protocol.md 2.5 correction;
+        docs/sandbox.md)."""
         with self.lock:
             now = format_time(self.now())
             alarm = self._open_alarm(source, alarm_type)

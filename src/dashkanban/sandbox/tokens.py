@@ -3,7 +3,8 @@
 Cumulocity's REST API does not authenticate with a TLS client certificate. A certificate device
 subscribes to `s/dat`, publishes an empty message on `s/uat` and receives `71,<JWT>`; the token
 lasts `device-token.lifespan.seconds` (1 h by default, at least 5 min) and may be renewed after
-half its lifetime (c8y-docs `device-certificates.md`, "JWT token retrieval"; notes 1.8 and 3.1).
+half its lifetime (c8y-docs `device-certificates.md`, "JWT token retrieval"; docs/protocol.md 1.8
+and 3.1).
 
 The sandbox's tokens are real JWTs (HS256 over a random per-sandbox key) with `sub`, `iat` and
 `exp`, so a client can read the lifetime as it would from Cumulocity's. [unverified] the claims
