@@ -8,39 +8,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
+from dashkanban.capture.frame import (
+    CHUNK,
+    LINKTYPE_ETHERNET,
+    MAX_FRAME,
+    CutOffError,
+    Frame,
+    maybe_candidate,
+)
 from dashkanban.errors import CaptureError, ConfigError
 
 if TYPE_CHECKING:
     from dashkanban.capture.bpf import Program
 
 log = logging.getLogger(__name__)
-
-class CutOffError(CaptureError):
-    """The file ends inside its last record (an interrupted tcpdump, a full disk): a reader
-    raises it, and `CaptureFile` turns it into `cut_off` (a warning, docs/capture.md)."""
-
-    def __init__(self, path: Path, offset: int) -> None:
-        super().__init__(f"{path}: ends inside a record at byte {offset} (the capture was cut off)")
-        self.offset = offset
-
-LINKTYPE_ETHERNET = 1
-CHUNK = 1 << 20  # file read size: large enough to amortise the read, small enough to stay flat
-MAX_FRAME = 1 << 18  # 262144, libpcap's largest snapshot length; a bigger record is corruption
-
-
-class Frame(NamedTuple):
-    """One captured Ethernet frame.
-
-    A NamedTuple rather than a dataclass: a reader makes one per packet, millions per file, and a
-    tuple is built several times faster than a frozen dataclass while staying immutable and typed.
-    """
-
-    timestamp: float  # epoch seconds
-    data: bytes  # the frame from the destination MAC on (FCS not included)
-    vlan: int | None = None  # a VLAN id the kernel stripped into metadata (live capture only)
-
 
 PCAP_MAGICS = frozenset(
     (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
@@ -191,25 +174,13 @@ def open_capture(
     )
 
 
-def maybe_candidate(buf: bytes, s: int, n: int) -> bool:
-    """False only for a frame (at buf[s:s+n]) that the decoder would ignore without counting it.
-
-    The readers inline this same test in their loops (a call per frame costs as much as the
-    test); this function is its reference, and the tests hold the readers to it.
-    """
-    if n < 46:
-        return True
-    end = s + n
-    ethertype = (buf[s + 12] << 8) | buf[s + 13]
-    if ethertype == 0x8100:  # one 802.1Q tag: test what it carries
-        s += 4
-        ethertype = (buf[s + 12] << 8) | buf[s + 13]
-    if ethertype == 0x0800:
-        # IPv4 with a plain 20-byte header: only UDP to port 67 is worth a look
-        return not (
-            buf[s + 14] == 0x45
-            and (buf[s + 23] != 17 or buf[s + 36] != 0 or buf[s + 37] != 67)
-        )
-    if ethertype == 0x86DD:
-        return not (s + 54 <= end and buf[s + 20] != 58)
-    return ethertype in (0x0806, 0x8100, 0x88A8, 0x9100)
+__all__ = [
+    "CHUNK",
+    "LINKTYPE_ETHERNET",
+    "MAX_FRAME",
+    "CaptureFile",
+    "CutOffError",
+    "Frame",
+    "maybe_candidate",
+    "open_capture",
+]

@@ -18,8 +18,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from dashkanban.capture import LINKTYPE_ETHERNET, Frame
 from dashkanban.capture.bpf import Program
+from dashkanban.capture.frame import LINKTYPE_ETHERNET, Frame
 from dashkanban.capture.pcapng import MAX_SECONDS, MIN_SECONDS
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from dashkanban.backoff import Backoff
-from dashkanban.capture import Frame
 from dashkanban.capture.bpf import Instruction, Program, candidate_program
+from dashkanban.capture.frame import Frame
 from dashkanban.errors import CaptureError, PermissionDeniedError
 
 log = logging.getLogger(__name__)

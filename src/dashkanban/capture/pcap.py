@@ -9,17 +9,19 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from dashkanban.capture import (
+from dashkanban.capture.frame import (
     CHUNK,
     LINKTYPE_ETHERNET,
     MAX_FRAME,
-    CaptureFile,
     CutOffError,
     Frame,
 )
 from dashkanban.errors import CaptureError
+
+if TYPE_CHECKING:
+    from dashkanban.capture import CaptureFile
 
 _MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),

@@ -12,18 +12,20 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from dashkanban.capture import (
+from dashkanban.capture.frame import (
     CHUNK,
     LINKTYPE_ETHERNET,
     MAX_FRAME,
-    CaptureFile,
     CutOffError,
     Frame,
     maybe_candidate,
 )
 from dashkanban.errors import CaptureError
+
+if TYPE_CHECKING:
+    from dashkanban.capture import CaptureFile
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
