@@ -6,7 +6,9 @@ from `trusted_ca`; its `simplereenroll` is authenticated with the device token o
 
 from __future__ import annotations
 
+import http.server
 import stat
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from dashkanban.cli import main
 from dashkanban.enrol import renewal_due
 from dashkanban.sandbox import Sandbox
+from dashkanban.sandbox.registration import DeviceCredentials
 from tests.brokers import TlsFiles, free_port
 from tests.c8y.support import BUTTONS_CSV
 from tests.sandbox_fixture import WAIT, Device, sandbox_options
@@ -241,3 +244,80 @@ def test_sandbox_simplereenroll_is_for_devices_only(ca_sandbox: Sandbox) -> None
         leaf = x509.load_pem_x509_certificates(own_cn.content)[0]
         assert leaf.subject.rfc4514_string() == f"CN={SERIAL}"
         assert leaf.public_key() == key.public_key()
+
+
+def test_sandbox_simplereenroll_takes_the_device_users_password(ca_sandbox: Sandbox) -> None:
+    sandbox = ca_sandbox
+
+    def issue() -> DeviceCredentials | None:
+        registrations = sandbox.registrations
+        registrations.register(SERIAL)
+        registrations.request(SERIAL)  # pending acceptance
+        registrations.accept(SERIAL)
+        return registrations.request(SERIAL)
+
+    issued = sandbox.call(issue)
+    assert issued is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERIAL)]))
+           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    with httpx.Client(timeout=WAIT) as client:
+        answer = client.post(f"{sandbox.http_url}/.well-known/est/simplereenroll", content=csr,
+                             headers={"Content-Type": "application/pkcs10"},
+                             auth=(f"t12345/{issued.username}", issued.password))
+    assert answer.status_code == 200
+    leaf = x509.load_pem_x509_certificates(answer.content)[0]
+    assert leaf.subject.rfc4514_string() == f"CN={SERIAL}"
+
+
+class _WrongCertificate(http.server.BaseHTTPRequestHandler):
+    """An EST server that answers with a certificate for a key that is not the gateway's."""
+
+    body = b""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/pkcs7-mime; smime-type=certs-only")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_answer_for_another_key_is_refused_and_the_old_pair_kept(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], ca_sandbox: Sandbox,
+        tls_files: TlsFiles) -> None:
+    sandbox = ca_sandbox
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERIAL)])
+    now = datetime.now(UTC)
+    wrong = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+             .public_key(stranger.public_key()).serial_number(7)
+             .not_valid_before(now).not_valid_after(now + timedelta(days=365))
+             .sign(stranger, hashes.SHA256()))
+    handler = type("Handler", (_WrongCertificate,),
+                   {"body": wrong.public_bytes(serialization.Encoding.PEM)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        rest_url = f"http://127.0.0.1:{server.server_address[1]}"
+        config = write_config(tmp_path, sandbox, tls_files, rest_url=rest_url)
+        key_path, cert_path, _ = enrolled_pair(sandbox, tmp_path / "state", days_left=10)
+        key_before, cert_before = key_path.read_bytes(), cert_path.read_bytes()
+        assert main(["register", "--renew", "-c", str(config)]) == 1
+        out, err = capfd.readouterr()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT)
+    assert own(err) == [
+        f"error: certificate not renewed: {rest_url}/.well-known/est/simplereenroll sent a "
+        f"certificate for CN={SERIAL} that does not match this gateway's key and CN {SERIAL}; "
+        f"the current certificate stays in {cert_path}"]
+    assert (key_path.read_bytes(), cert_path.read_bytes()) == (key_before, cert_before)
+    no_secret(out + err, key_path)
