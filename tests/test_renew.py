@@ -321,3 +321,23 @@ def test_an_answer_for_another_key_is_refused_and_the_old_pair_kept(
         f"the current certificate stays in {cert_path}"]
     assert (key_path.read_bytes(), cert_path.read_bytes()) == (key_before, cert_before)
     no_secret(out + err, key_path)
+
+
+def test_check_notes_a_certificate_due_for_renewal(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], ca_sandbox: Sandbox,
+        tls_files: TlsFiles) -> None:
+    sandbox = ca_sandbox
+    config = write_config(tmp_path, sandbox, tls_files)
+    _, _, old = enrolled_pair(sandbox, tmp_path / "state", days_left=10)
+    main(["check", "-c", str(config)])
+    out = capfd.readouterr().out.splitlines()
+    due = renewal_due(old)
+    note = (f"  note: the certificate is due for renewal since {due:%Y-%m-%d %H:%M} UTC (valid "
+            f"until {old.not_valid_after_utc:%Y-%m-%d %H:%M} UTC): run `dashkanban register "
+            "--renew`")
+    assert note in out
+    assert out[out.index(note) - 1].startswith(f"✓ certificate CN={SERIAL} = [gateway] serial")
+    # After a renewal the note is gone.
+    assert main(["register", "--renew", "-c", str(config)]) == 0
+    main(["check", "-c", str(config)])
+    assert not any("due for renewal" in line for line in capfd.readouterr().out.splitlines())
