@@ -341,3 +341,26 @@ def test_check_notes_a_certificate_due_for_renewal(
     assert main(["register", "--renew", "-c", str(config)]) == 0
     main(["check", "-c", str(config)])
     assert not any("due for renewal" in line for line in capfd.readouterr().out.splitlines())
+
+
+def test_the_certificate_keeps_its_mode_and_a_write_failure_keeps_the_old_pair(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], ca_sandbox: Sandbox,
+        tls_files: TlsFiles) -> None:
+    sandbox = ca_sandbox
+    config = write_config(tmp_path, sandbox, tls_files)
+    key_path, cert_path, _ = enrolled_pair(sandbox, tmp_path / "state", days_left=10)
+    cert_path.chmod(0o640)
+    # Something in the way of the temporary file: nothing is replaced.
+    blocker = cert_path.with_name(f".{cert_path.name}.new")
+    blocker.mkdir()
+    before = cert_path.read_bytes()
+    assert main(["register", "--renew", "-c", str(config)]) == 1
+    assert own(capfd.readouterr().err) == [
+        f"error: certificate not renewed: cannot write {cert_path}: Is a directory; the current "
+        f"certificate stays in {cert_path}"]
+    assert cert_path.read_bytes() == before
+    blocker.rmdir()
+    assert main(["register", "--renew", "-c", str(config)]) == 0
+    assert cert_path.read_bytes() != before
+    assert stat.S_IMODE(cert_path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600

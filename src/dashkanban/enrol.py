@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -228,7 +229,13 @@ def renew(c8y: C8yMqttSettings, serial: str, authorization: str, *,
                          f"{leaf.subject.rfc4514_string()} that does not match this gateway's "
                          f"key and CN {serial}; {kept}")
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
-    write_private(cert_path, chain, 0o644)
+    try:
+        # The mode the file had (0644 as enrolled; a cert_file of the operator's keeps its own).
+        mode = stat.S_IMODE(cert_path.stat().st_mode)
+        write_private(cert_path, chain, mode)
+    except OSError as exc:
+        raise RenewError(f"certificate not renewed: cannot write {cert_path}: "
+                         f"{exc.strerror or type(exc).__name__}; {kept}") from None
     log.debug("renewed the certificate %s: valid until %s", cert_path,
              leaf.not_valid_after_utc.isoformat())
     return Enrolled(key_path, cert_path, leaf.subject.rfc4514_string(),
