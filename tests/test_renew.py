@@ -364,3 +364,12 @@ def test_the_certificate_keeps_its_mode_and_a_write_failure_keeps_the_old_pair(
     assert cert_path.read_bytes() != before
     assert stat.S_IMODE(cert_path.stat().st_mode) == 0o640
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+
+
+def test_renew_and_certificate_exclude_each_other(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], ca_sandbox: Sandbox,
+        tls_files: TlsFiles) -> None:
+    config = write_config(tmp_path, ca_sandbox, tls_files)
+    assert main(["register", "--renew", "--certificate", "-c", str(config)]) == 2
+    assert own(capfd.readouterr().err) == [
+        "error: --renew renews the certificate that --certificate enrolled: give one of them"]

@@ -304,6 +304,9 @@ def _renew(settings: Settings, args: argparse.Namespace) -> int:
     from dashkanban.enrol import RenewError, renew, renewal_due
 
     c8y = settings.c8y
+    if getattr(args, "certificate", False):
+        raise ConfigError("--renew renews the certificate that --certificate enrolled: give one "
+                          "of them")
     if c8y.cert_file is None or c8y.key_file is None:
         raise ConfigError("no certificate to renew: [C8YMQTT] has no cert_file and key_file and "
                           "no certificate is enrolled; run `dashkanban register --certificate` "
