@@ -7,6 +7,7 @@ from `trusted_ca`; its `simplereenroll` is authenticated with the device token o
 from __future__ import annotations
 
 import http.server
+import json
 import stat
 import threading
 from collections.abc import Iterator
@@ -373,3 +374,42 @@ def test_renew_and_certificate_exclude_each_other(
     assert main(["register", "--renew", "--certificate", "-c", str(config)]) == 2
     assert own(capfd.readouterr().err) == [
         "error: --renew renews the certificate that --certificate enrolled: give one of them"]
+
+
+class _EchoingRefusal(http.server.BaseHTTPRequestHandler):
+    """A hostile EST server: refuses with a two-line message that echoes the caller's token."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        token = self.headers.get("Authorization", "")
+        body = json.dumps({"error": "x", "message": f"no\nway {token}"}).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_refusal_is_one_line_without_the_token(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], ca_sandbox: Sandbox,
+        tls_files: TlsFiles) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingRefusal)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        rest_url = f"http://127.0.0.1:{server.server_address[1]}"
+        config = write_config(tmp_path, ca_sandbox, tls_files, rest_url=rest_url)
+        key_path, cert_path, _ = enrolled_pair(ca_sandbox, tmp_path / "state", days_left=10)
+        assert main(["register", "--renew", "-c", str(config)]) == 1
+        out, err = capfd.readouterr()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT)
+    assert own(err) == [
+        f"error: certificate not renewed: {rest_url}/.well-known/est/simplereenroll answered 403 "
+        f"no way Bearer <token>; the current certificate stays in {cert_path}"]
+    no_secret(out + err, key_path)

@@ -198,9 +198,11 @@ def renew(c8y: C8yMqttSettings, serial: str, authorization: str, *,
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)
     except (OSError, ValueError, TypeError) as exc:
-        raise RenewError(f"cannot read the key {key_path}: {type(exc).__name__}; {kept}") from None
+        raise RenewError(f"certificate not renewed: cannot read the key {key_path}: "
+                         f"{type(exc).__name__}; {kept}") from None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise RenewError(f"the key {key_path} is neither EC nor RSA; {kept}")
+        raise RenewError(f"certificate not renewed: the key {key_path} is neither EC nor RSA; "
+                         f"{kept}")
     url = c8y.rest_url + REENROLL_PATH
     headers = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64",
                "Authorization": authorization}
@@ -216,8 +218,14 @@ def renew(c8y: C8yMqttSettings, serial: str, authorization: str, *,
         if client is None:
             http.close()
     if response.status_code not in (200, 201):
+        # The server's words are data: one line, bounded, and never our own token echoed back.
+        said = _message(response)
+        credential = authorization.partition(" ")[2]
+        if credential:
+            said = said.replace(credential, "<token>")
+        said = " ".join(said.split())[:200]
         raise RenewError(f"certificate not renewed: {url} answered {response.status_code} "
-                         f"{_message(response)}; {kept}")
+                         f"{said}; {kept}")
     certificates = parse_enrolled(response.content)
     if not certificates:
         raise RenewError(f"certificate not renewed: {url} answered {response.status_code} "
@@ -237,7 +245,7 @@ def renew(c8y: C8yMqttSettings, serial: str, authorization: str, *,
         raise RenewError(f"certificate not renewed: cannot write {cert_path}: "
                          f"{exc.strerror or type(exc).__name__}; {kept}") from None
     log.debug("renewed the certificate %s: valid until %s", cert_path,
-             leaf.not_valid_after_utc.isoformat())
+              leaf.not_valid_after_utc.isoformat())
     return Enrolled(key_path, cert_path, leaf.subject.rfc4514_string(),
                     leaf.issuer.rfc4514_string(), leaf.not_valid_after_utc.astimezone(UTC))
 
