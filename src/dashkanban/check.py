@@ -246,6 +246,21 @@ def _check_certificate(settings: Settings) -> None:
     trust = ("the tenant must trust its root" if report.ends_at_root
              else f"the tenant must trust {report.chain[-1]!r}'s issuer")
     _ok(f"certificate CN={report.common_name} = [gateway] serial; chain {chain} ({trust})")
+    _renewal_note(c8y.cert_file.read_bytes())
+
+
+def _renewal_note(pem: bytes) -> None:
+    """A note, not a failure, once a third of the certificate's lifetime is left."""
+    from cryptography import x509
+
+    from dashkanban.enrol import renewal_due
+
+    leaf = x509.load_pem_x509_certificates(pem)[0]
+    due = renewal_due(leaf)
+    if datetime.now(UTC) >= due:
+        print(f"  note: the certificate is due for renewal since {due:%Y-%m-%d %H:%M} UTC (valid "
+              f"until {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC): run `dashkanban register "
+              "--renew`", flush=True)
 
 
 def _check_token(settings: Settings) -> None:

@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certificate", action="store_true",
                    help="enrol a client certificate from the tenant's certificate authority "
                    "(EST) instead of getting a device password")
+    p.add_argument("--renew", action="store_true",
+                   help="renew the certificate (EST simplereenroll) when a third of its "
+                   "lifetime is left; with --force at once")
     p.set_defaults(handler="dashkanban.register:register_command")
 
     p = add("test-button", "send one event as if that button had been pressed",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
@@ -34,9 +35,16 @@ from dashkanban.secret import Secret
 
 log = logging.getLogger(__name__)
 
+CsrKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
 KEY_NAME = "device-key.pem"
 CERT_NAME = "device-cert.pem"
 ENROLL_PATH = "/.well-known/est/simpleenroll"
+REENROLL_PATH = "/.well-known/est/simplereenroll"
+# Renew when less than a third of the lifetime is left (the sandbox's and Cumulocity's CA issue
+# for a year [unverified for Cumulocity], so about four months ahead): time for a timer that
+# runs daily to retry through outages, and the old certificate still works meanwhile.
+RENEW_WHEN_LEFT = 1 / 3
 HTTP_TIMEOUT = 10.0
 
 
@@ -47,6 +55,10 @@ class Enrolled:
     subject: str
     issuer: str
     not_after: datetime
+
+
+class RenewError(UplinkError):
+    """The certificate was not renewed; the old key and certificate are kept (exit 1)."""
 
 
 class EnrolTimeoutError(DashkanbanError):
@@ -60,11 +72,17 @@ def certificate_paths(outbox_path: Path) -> tuple[Path, Path]:
     return outbox_path.parent / KEY_NAME, outbox_path.parent / CERT_NAME
 
 
+def renewal_due(certificate: x509.Certificate) -> datetime:
+    """When a third of the certificate's lifetime is left (pure)."""
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    return end - (end - start) * RENEW_WHEN_LEFT
+
+
 def make_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, serial: str) -> bytes:
+def make_csr(key: CsrKey, serial: str) -> bytes:
     """The CSR (DER): CN = the gateway serial, which Cumulocity takes as the device ID."""
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
@@ -162,6 +180,72 @@ def enrol(c8y: C8yMqttSettings, serial: str, one_time_password: Secret, outbox_p
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
     write_private(key_path, key_pem, 0o600)
     write_private(cert_path, chain, 0o644)
+    return Enrolled(key_path, cert_path, leaf.subject.rfc4514_string(),
+                    leaf.issuer.rfc4514_string(), leaf.not_valid_after_utc.astimezone(UTC))
+
+
+def renew(c8y: C8yMqttSettings, serial: str, authorization: str, *,
+          client: httpx.Client | None = None) -> Enrolled:
+    """EST simplereenroll for the key and certificate `c8y` logs in with: a CSR with CN `serial`
+    from the same key, sent with `authorization` (`Bearer <JWT>`). The new certificate replaces
+    the old one in one rename only when it is for this key and this CN; on any failure RenewError
+    says why in one line and both files stay as they were."""
+    if c8y.cert_file is None or c8y.key_file is None:
+        raise RenewError("no certificate to renew: run `dashkanban register --certificate` "
+                         "first")
+    key_path, cert_path = c8y.key_file, c8y.cert_file
+    kept = f"the current certificate stays in {cert_path}"
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise RenewError(f"certificate not renewed: cannot read the key {key_path}: "
+                         f"{type(exc).__name__}; {kept}") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise RenewError(f"certificate not renewed: the key {key_path} is neither EC nor RSA; "
+                         f"{kept}")
+    url = c8y.rest_url + REENROLL_PATH
+    headers = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64",
+               "Authorization": authorization}
+    body = base64.encodebytes(make_csr(key, serial))
+    http = client or httpx.Client(verify=rest_verify(c8y), timeout=HTTP_TIMEOUT)
+    try:
+        try:
+            response = http.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise RenewError(f"certificate not renewed: cannot reach {url}: "
+                             f"{type(exc).__name__}; {kept}") from None
+    finally:
+        if client is None:
+            http.close()
+    if response.status_code not in (200, 201):
+        # The server's words are data: one line, bounded, and never our own token echoed back.
+        said = _message(response)
+        credential = authorization.partition(" ")[2]
+        if credential:
+            said = said.replace(credential, "<token>")
+        said = " ".join(said.split())[:200]
+        raise RenewError(f"certificate not renewed: {url} answered {response.status_code} "
+                         f"{said}; {kept}")
+    certificates = parse_enrolled(response.content)
+    if not certificates:
+        raise RenewError(f"certificate not renewed: {url} answered {response.status_code} "
+                         f"without a certificate; {kept}")
+    leaf = certificates[0]
+    names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [n.value for n in names] != [serial] or leaf.public_key() != key.public_key():
+        raise RenewError(f"certificate not renewed: {url} sent a certificate for "
+                         f"{leaf.subject.rfc4514_string()} that does not match this gateway's "
+                         f"key and CN {serial}; {kept}")
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+    try:
+        # The mode the file had (0644 as enrolled; a cert_file of the operator's keeps its own).
+        mode = stat.S_IMODE(cert_path.stat().st_mode)
+        write_private(cert_path, chain, mode)
+    except OSError as exc:
+        raise RenewError(f"certificate not renewed: cannot write {cert_path}: "
+                         f"{exc.strerror or type(exc).__name__}; {kept}") from None
+    log.debug("renewed the certificate %s: valid until %s", cert_path,
+              leaf.not_valid_after_utc.isoformat())
     return Enrolled(key_path, cert_path, leaf.subject.rfc4514_string(),
                     leaf.issuer.rfc4514_string(), leaf.not_valid_after_utc.astimezone(UTC))
 

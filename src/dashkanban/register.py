@@ -224,6 +224,8 @@ def _login_in_config(settings: Settings) -> str | None:
 def register_command(args: argparse.Namespace) -> int:
     path = find_config(args.config)
     settings = load_settings(path, need_credentials=False)
+    if getattr(args, "renew", False):
+        return _renew(settings, args)
     c8y = settings.c8y
     serial = settings.gateway.serial
     target = credentials.credentials_path(settings.outbox.path)
@@ -290,6 +292,54 @@ def _certificate(settings: Settings, args: argparse.Namespace, configured: str |
         print(f"note: [C8YMQTT] in {settings.path} still has {configured}, which comes first; "
               "remove user, password, password_file and cert_file to log in with the "
               "certificate", flush=True)
+    return 0
+
+
+def _renew(settings: Settings, args: argparse.Namespace) -> int:
+    """`register --renew`: EST simplereenroll when a third of the certificate's lifetime is
+    left (at once with --force), authenticated with the device token of `s/uat`."""
+    from cryptography import x509
+
+    from dashkanban.c8y.token import WAIT, fetch_token
+    from dashkanban.enrol import RenewError, renew, renewal_due
+
+    c8y = settings.c8y
+    if getattr(args, "certificate", False):
+        raise ConfigError("--renew renews the certificate that --certificate enrolled: give one "
+                          "of them")
+    if c8y.cert_file is None or c8y.key_file is None:
+        raise ConfigError("no certificate to renew: [C8YMQTT] has no cert_file and key_file and "
+                          "no certificate is enrolled; run `dashkanban register --certificate` "
+                          "first", settings.path)
+    try:
+        current = x509.load_pem_x509_certificates(c8y.cert_file.read_bytes())[0]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cert_file {c8y.cert_file}: cannot read a PEM certificate "
+                          f"({type(exc).__name__})") from None
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout:g}: give a positive number of seconds")
+    now = datetime.now(UTC)
+    expires, due = current.not_valid_after_utc, renewal_due(current)
+    kept = f"the current certificate stays in {c8y.cert_file}"
+    if now < due and not args.force:
+        print(f"{TICK} certificate valid until {expires:%Y-%m-%d %H:%M} UTC; renewal is due from "
+              f"{due:%Y-%m-%d %H:%M} UTC, when a third of its lifetime is left; nothing to do "
+              "(--force renews now)", flush=True)
+        return 0
+    if now >= expires:
+        raise RenewError(
+            f"certificate not renewed: it expired on {expires:%Y-%m-%d %H:%M} UTC and can no "
+            "longer log in for a device token; enrol again with a new one-time password "
+            "(`dashkanban register --certificate --force`)")
+    try:
+        token = fetch_token(settings, timeout=min(float(args.timeout), WAIT))
+    except UplinkError as exc:
+        raise RenewError(f"certificate not renewed: no device token ({exc}); {kept}") from None
+    done = renew(c8y, settings.gateway.serial, f"Bearer {token}")
+    print(f"{TICK} certificate renewed: {done.subject}, issued by {done.issuer}, valid until "
+          f"{done.not_after:%Y-%m-%d %H:%M} UTC", flush=True)
+    print(f"{TICK} same key in {done.key_path}, new certificate in {done.cert_path}; a running "
+          "`dashkanban run` logs in with it from its next start", flush=True)
     return 0
 
 

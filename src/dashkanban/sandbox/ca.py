@@ -1,4 +1,5 @@
-"""The sandbox's certificate authority: signs device CSRs sent to EST `simpleenroll`.
+"""The sandbox's certificate authority: signs device CSRs sent to EST `simpleenroll` and
+`simplereenroll`.
 
 Made fresh at each start (an EC P-256 key and a self-signed CA certificate, in memory); the
 certificates it issues carry the CSR's CN, which must be the device ID (docs/sandbox.md).
@@ -44,15 +45,18 @@ class SandboxCa:
     def pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
-    def sign(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
+    def sign(self, csr: x509.CertificateSigningRequest, *,
+             not_before: dt.datetime | None = None,
+             not_after: dt.datetime | None = None) -> x509.Certificate:
+        """A year from now; tests give other dates (a certificate close to its expiry)."""
         now = dt.datetime.now(dt.UTC)
         return (
             x509.CertificateBuilder()
             .subject_name(csr.subject).issuer_name(self.certificate.subject)
             .public_key(csr.public_key())
             .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+            .not_valid_before(not_before or now - dt.timedelta(minutes=5))
+            .not_valid_after(not_after or now + dt.timedelta(days=VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)

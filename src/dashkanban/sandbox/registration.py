@@ -229,3 +229,27 @@ class Registrations:
         from cryptography.hazmat.primitives import serialization
 
         return [certificate.public_bytes(serialization.Encoding.PEM), self.ca.pem]
+
+    def reenrol(self, device_id: str, csr_der: bytes) -> list[bytes]:
+        """EST simplereenroll for a device already authenticated as `device_id` (its JWT or its
+        device user): a new certificate with the same CN, from the same CA, as PEM with the CA's.
+        The CSR may carry the same key or a new one (RFC 7030 4.2.2: renew or rekey)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        from dashkanban.sandbox.ca import common_name
+
+        try:
+            csr = x509.load_der_x509_csr(csr_der)
+        except ValueError:
+            raise RegistrationError(400, "the body is no PKCS#10 certificate request") from None
+        if not csr.is_signature_valid:
+            raise RegistrationError(400, "the certificate request's signature is not valid")
+        if common_name(csr) != device_id:
+            # [unverified] the platform's answer to a CN that is not the caller's.
+            raise RegistrationError(403, f"the certificate request's CN must be the device ID "
+                                         f"{device_id}")
+        certificate = self.ca.sign(csr)
+        self.version += 1
+        log.info("certificate authority: renewed the certificate of %s", device_id)
+        return [certificate.public_bytes(serialization.Encoding.PEM), self.ca.pem]

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode
 from dashkanban.sandbox import page
 from dashkanban.sandbox.http import Request, Response
 from dashkanban.sandbox.registration import (
+    DEVICE_USER_PREFIX,
     Accounts,
     DeviceCredentials,
     RegistrationError,
@@ -551,6 +552,29 @@ class RestApi:
         # [UNVERIFIED] 200 with PEM (what tedge expects) under the docs' pkcs7-mime type.
         return Response(200, b"".join(chain), "application/pkcs7-mime; smime-type=certs-only")
 
+    async def est_simplereenroll(self, request: Request, match: re.Match[str]) -> Response:
+        # "The device has to authenticate itself using its password or a JWT token"
+        # (device-enroll-and-re-enroll.md): `Bearer <JWT from s/uat>` or Basic with the device
+        # user of a registration. The new certificate keeps the caller's device ID as CN.
+        role, who = self._authenticate(request)
+        if who is not None:
+            device_id = who.device
+        elif role == "device":
+            user = _basic(request)[0].partition("/")[2]
+            device_id = user.removeprefix(DEVICE_USER_PREFIX)
+        else:
+            # [UNVERIFIED] that a user who is no device is refused, and the body.
+            raise ApiError(403, "security/Forbidden", "Only a device may re-enroll its "
+                           "certificate", SECURITY_INFO)
+        try:
+            csr = _csr_der(request.body)
+            chain = self._registrations().reenrol(device_id, csr)
+        except RegistrationError as exc:
+            error = "security/Forbidden" if exc.status == 403 else "sandbox/enrol"
+            raise ApiError(exc.status, error, exc.message) from None
+        # [UNVERIFIED] 200 with PEM, as for simpleenroll.
+        return Response(200, b"".join(chain), "application/pkcs7-mime; smime-type=certs-only")
+
     async def list_registrations(self, request: Request, match: re.Match[str]) -> Response:
         items = [_registration_doc(r) for r in self._registrations().entries()]
         return Response(200, _dump({"registrations": items}), "application/json")
@@ -789,6 +813,7 @@ _ROUTES: list[tuple[str, str, Route, Auth]] = [
     ("POST", rf"/sandbox/registrations/{_ID}/accept", RestApi.accept_registration, "tenant"),
     ("POST", r"/devicecontrol/deviceCredentials", RestApi.device_credentials, "bootstrap"),
     ("POST", r"/\.well-known/est/simpleenroll", RestApi.est_simpleenroll, False),
+    ("POST", r"/\.well-known/est/simplereenroll", RestApi.est_simplereenroll, False),
     ("GET", r"/openapi\.json", RestApi.openapi, False),
     ("POST", r"/sandbox/misbehave", RestApi.post_misbehave, "tenant"),
     ("GET", r"/identity/externalIds/(?P<type>[^/]+)/(?P<xid>[^/]+)", RestApi.get_external_id, True),

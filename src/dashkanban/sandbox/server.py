@@ -389,6 +389,10 @@ class Sandbox:
                 # user name and password of CONNECT (docs/protocol.md 1.2).
                 context.verify_mode = ssl.CERT_OPTIONAL
                 context.load_verify_locations(cafile=str(self.options.trusted_ca))
+                # The tenant's own CA (EST enrolment) is a trusted certificate too: creating it
+                # stores "the certificate in the trusted certificate repository"
+                # (create-certificate-authority.md).
+                context.load_verify_locations(cadata=self.registrations.ca.pem.decode("ascii"))
             self._tls_context = context
             # Plain TCP first, TLS started by `_handle_tls`: so that a handshake can be closed
             # unanswered on purpose (`close_tls_handshakes`), as a load balancer in trouble does.
