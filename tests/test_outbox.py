@@ -403,6 +403,7 @@ def test_status_prints_count_oldest_bytes_refusals_and_last_error(
         "oldest: 2026-11-26T08:00:01.234+00:00 dashButton_0 (ac:63:be:00:00:00), queued "
         "2026-11-26T09:30:00+00:00, 2 attempts\n"
         "refused by the cap: 7\n"
+        "refused by Cumulocity: 0\n"
         "last error: 2026-11-26T09:30:00+00:00 connection reset by peer\n"
     )
 
