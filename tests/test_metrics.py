@@ -58,7 +58,8 @@ def test_summary_line() -> None:
         "frames=1200 candidates=40 malformed=2 presses=7 queued=7 delivered=5 reconnects=1 "
         "refused=0 quarantined=0 c8y_refused=0"
     )
-    assert summary_line(snapshot, outbox_rows=2).endswith(" refused=0 quarantined=0 c8y_refused=0 outbox=2")
+    assert summary_line(snapshot, outbox_rows=2).endswith(
+        " refused=0 quarantined=0 c8y_refused=0 outbox=2")
 
 
 def test_summary_is_logged_periodically_and_once_more_on_stop(

@@ -281,7 +281,10 @@ class Courier:
             self._done(row_id)
             return
         # The one line per press that says it arrived (issue 7): name, MAC, press time, result.
-        log.info("%s (%s) pressed at %s: delivered", event.name, event.mac, event.c8y_time)
+        with self._cond:
+            refused = row_id in self.rows_refused_by_c8y  # its `s/e` came before the PUBACK
+        log.info("%s (%s) pressed at %s: %s", event.name, event.mac, event.c8y_time,
+                 "acknowledged, but refused by Cumulocity" if refused else "delivered")
         self._done(row_id)
 
     def _refused_by_c8y(self, refusal: Refusal) -> None:
