@@ -158,3 +158,23 @@ def test_the_daemon_side_counts_a_refusal_in_the_metrics(
     assert metrics.snapshot().c8y_refused == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [refused_line(1, "2026-11-26T08:05:12.500+00:00")]
+
+
+def test_outbox_flush_of_a_queued_row_cumulocity_refuses_exits_1(
+        tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    """A row queued earlier (by `run`, or an older version) that Cumulocity refuses."""
+    config = make_config(tmp_path, sandbox)
+    press = datetime(2026, 11, 26, 8, 5, 12, 500000, tzinfo=UTC)
+    with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
+        outbox.put(Event(time=press, mac="fc:a6:67:0a:0b:0c", serial="fca6670a0b0c",
+                         name="dashButton_2", type="c8y_MAC_Event", text="", trigger="arp"))
+    assert main(["outbox", "flush", "-c", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""  # not "outbox: delivered 1 event"
+    assert error_lines(err) == [refused_line(1, "2026-11-26T08:05:12.500+00:00")]
+    assert err.splitlines()[-1] == (
+        "error: Cumulocity refused 1 of the 1 event it acknowledged (the ERROR lines above say "
+        "which and why; `dashkanban outbox status` counts them); they are not sent again"
+    )
+    with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
+        assert (outbox.count(), outbox.c8y_refusals()[0]) == (0, 1)
