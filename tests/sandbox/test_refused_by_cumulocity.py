@@ -135,10 +135,11 @@ def test_the_daemon_side_counts_a_refusal_in_the_metrics(
     caplog.set_level(logging.INFO)
     with Outbox.open(settings.outbox.path, metrics=metrics) as outbox:
         uplink = Uplink(settings, max_refusals=None)
-        uplink.add_refusal_listener(lambda _: refused.set())
         courier = Courier(outbox, uplink)
         uplink.start()
         courier.start()
+        # After the Courier's: listeners are told in order, so the count is written by then.
+        uplink.add_refusal_listener(lambda _: refused.set())
         server = MetricsServer(metrics, 0, outbox.count)
         server.start()
         try:
