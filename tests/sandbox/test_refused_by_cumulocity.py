@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,14 +20,15 @@ from typing import Any
 
 import pytest
 
-from dashkanban.c8y.mqtt import Uplink
+from dashkanban.capture import Frame, forge
 from dashkanban.cli import main
 from dashkanban.config import load_settings
-from dashkanban.delivery import Courier
+from dashkanban.daemon import Daemon
 from dashkanban.events import Event
-from dashkanban.metrics import Metrics, MetricsServer
 from dashkanban.outbox import Outbox
 from dashkanban.sandbox import Sandbox
+from tests.brokers import free_port
+from tests.sandbox.test_inventory_daemon import OpenSource, wait_until
 from tests.sandbox_fixture import rest, sandbox_config
 from tests.test_replay import SAMPLE
 
@@ -39,6 +41,7 @@ MACID = (
     "dashButton_3, 6854.fd01.0203, 20, C7\n"
 )
 B2 = "dashButton_2 (fc:a6:67:0a:0b:0c)"
+B1_MAC, B2_MAC = "ac:63:be:12:34:56", "fc:a6:67:0a:0b:0c"
 ERROR_LOG = re.compile(r"\S+ \S+ ERROR +dashkanban\.c8y\.mqtt: (.*)")
 
 
@@ -125,40 +128,48 @@ def test_test_button_of_a_refused_press_exits_1_and_the_count_adds_up(
     assert events_text(sandbox) == ["A3"]
 
 
-def test_the_daemon_side_counts_a_refusal_in_the_metrics(
-        tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture) -> None:
-    """What `run` wires: the Courier over the uplink, the outbox with the daemon's metrics."""
+def test_the_daemon_logs_counts_and_exports_a_refused_press(
+        tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`run` (the Daemon, fed frames by the test): the ERROR line, `outbox status` while it
+    runs, and the Prometheus counter; the press after it is delivered as usual."""
+    port = free_port()
     config = make_config(tmp_path, sandbox)
+    config.write_text(config.read_text() + f"\n[metrics]\nport = {port}\n")
     settings = load_settings(config)
-    metrics = Metrics()
-    refused = threading.Event()
     caplog.set_level(logging.INFO)
-    with Outbox.open(settings.outbox.path, metrics=metrics) as outbox:
-        uplink = Uplink(settings, max_refusals=None)
-        courier = Courier(outbox, uplink)
-        uplink.start()
-        courier.start()
-        # After the Courier's: listeners are told in order, so the count is written by then.
-        uplink.add_refusal_listener(lambda _: refused.set())
-        server = MetricsServer(metrics, 0, outbox.count)
-        server.start()
-        try:
-            courier.put(Event(
-                time=datetime(2026, 11, 26, 8, 5, 12, 500000, tzinfo=UTC),
-                mac="fc:a6:67:0a:0b:0c", serial="fca6670a0b0c", name="dashButton_2",
-                type="c8y_MAC_Event", text="", trigger="arp"))
-            assert refused.wait(20)
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics") as answer:
-                body = answer.read().decode()
-            assert outbox.stats().c8y_refused == 1
-        finally:
-            server.stop()
-            courier.stop()
-            uplink.stop()
-    assert "dashkanban_c8y_refused_total 1.0" in body.splitlines()
-    assert metrics.snapshot().c8y_refused == 1
+    source = OpenSource()
+    delivered: list[Event] = []
+    daemon = Daemon(settings, source, drain_on_stop=5.0, on_delivered=delivered.append)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: daemon.uplink is not None and daemon.uplink.connected, "the uplink")
+        t0 = time.time()
+        source.put(Frame(t0, forge.dhcp_client_frame(B2_MAC, forge.DISCOVER)))
+        wait_until(lambda: len(delivered) == 1, "the refused press acknowledged")
+        source.put(Frame(t0 + 1, forge.dhcp_client_frame(B1_MAC, forge.DISCOVER)))
+        wait_until(lambda: len(delivered) == 2, "the next press acknowledged")
+        wait_until(lambda: "dashkanban_c8y_refused_total 1.0" in scrape(port),
+                   "the metrics to count the refusal")
+        assert main(["outbox", "status", "-c", str(config)]) == 0
+        status = capsys.readouterr().out
+    finally:
+        daemon.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    time_of = delivered[0].c8y_time
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert errors == [refused_line(1, "2026-11-26T08:05:12.500+00:00")]
+    assert errors == [refused_line(1, time_of)]
+    [line] = [line for line in status.splitlines() if "by Cumulocity" in line]
+    assert line.startswith("refused by Cumulocity: 1 (last: ")
+    assert line.endswith(f" 45,400,Wrong number of arguments for 400,c8y_MAC_Event,,{time_of})")
+    assert events_text(sandbox) == ["A3"]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
 
 
 def test_outbox_flush_of_a_queued_row_cumulocity_refuses_exits_1(
