@@ -47,7 +47,7 @@ def test_counters_only_go_up_and_names_are_checked() -> None:
         metrics.add("framez")  # type: ignore[arg-type]
     assert COUNTERS == (
         "frames", "candidates", "malformed", "presses", "queued", "delivered", "reconnects",
-        "refused", "quarantined",
+        "refused", "quarantined", "c8y_refused",
     )
 
 
@@ -56,9 +56,10 @@ def test_summary_line() -> None:
                                delivered=5, reconnects=1, refused=0)
     assert summary_line(snapshot) == (
         "frames=1200 candidates=40 malformed=2 presses=7 queued=7 delivered=5 reconnects=1 "
-        "refused=0 quarantined=0"
+        "refused=0 quarantined=0 c8y_refused=0"
     )
-    assert summary_line(snapshot, outbox_rows=2).endswith(" refused=0 quarantined=0 outbox=2")
+    assert summary_line(snapshot, outbox_rows=2).endswith(
+        " refused=0 quarantined=0 c8y_refused=0 outbox=2")
 
 
 def test_summary_is_logged_periodically_and_once_more_on_stop(
@@ -78,11 +79,11 @@ def test_summary_is_logged_periodically_and_once_more_on_stop(
     assert len(lines) >= 3
     assert set(lines[:2]) == {
         "counters: frames=0 candidates=0 malformed=0 presses=3 queued=0 delivered=0 "
-        "reconnects=0 refused=0 quarantined=0 outbox=4"
+        "reconnects=0 refused=0 quarantined=0 c8y_refused=0 outbox=4"
     }
     assert lines[-1] == (
         "counters: frames=0 candidates=0 malformed=0 presses=3 queued=0 delivered=1 "
-        "reconnects=0 refused=0 quarantined=0 outbox=4"
+        "reconnects=0 refused=0 quarantined=0 c8y_refused=0 outbox=4"
     )
 
 
@@ -113,6 +114,7 @@ def test_prometheus_endpoint_serves_every_counter_on_loopback() -> None:
             "dashkanban_reconnects_total 1.0",
             "dashkanban_refused_total 0.0",
             "dashkanban_quarantined_total 0.0",
+            "dashkanban_c8y_refused_total 0.0",
             "dashkanban_outbox_events 5.0",
         ]
         assert "# TYPE dashkanban_frames_total counter" in body.splitlines()
@@ -179,7 +181,7 @@ def test_reporting_from_settings_serves_and_logs(caplog: pytest.LogCaptureFixtur
     assert [r.getMessage() for r in caplog.records] == [
         f"metrics on http://127.0.0.1:{port}/metrics",
         "counters: frames=0 candidates=0 malformed=0 presses=0 queued=2 delivered=0 "
-        "reconnects=0 refused=0 quarantined=0 outbox=2",
+        "reconnects=0 refused=0 quarantined=0 c8y_refused=0 outbox=2",
     ]
     without_port = MetricsReporting(MetricsSettings(port=None, log_interval=300), metrics)
     assert without_port.server is None

@@ -403,6 +403,7 @@ def test_status_prints_count_oldest_bytes_refusals_and_last_error(
         "oldest: 2026-11-26T08:00:01.234+00:00 dashButton_0 (ac:63:be:00:00:00), queued "
         "2026-11-26T09:30:00+00:00, 2 attempts\n"
         "refused by the cap: 7\n"
+        "refused by Cumulocity: 0\n"
         "last error: 2026-11-26T09:30:00+00:00 connection reset by peer\n"
     )
 
@@ -617,3 +618,21 @@ def test_drop_by_button_and_before(tmp_path: Path, capsys: pytest.CaptureFixture
         "(e.g. 2026-11-26T08:00:00+01:00)")
     assert main(["outbox", "drop", "--all", "-c", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "outbox: dropped 1 event, 0 still queued"
+
+
+def test_refusals_by_cumulocity_are_counted_in_the_file_with_the_last_one(tmp_path: Path) -> None:
+    """Issue 13: an `s/e` refusal survives the process that saw it (a table made on the first,
+    as the quarantine is), counts in the metrics, and `outbox status` shows it escaped."""
+    path = tmp_path / "outbox.sqlite3"
+    metrics = Metrics()
+    with open_outbox(path, metrics=metrics) as outbox:
+        assert outbox.c8y_refusals() == (0, None)
+        outbox.record_c8y_refusal("45,400,Wrong number of arguments", "400,t,,2026")
+        outbox.record_c8y_refusal("45,400,Wrong\x1b[31m", '400,t,"a\nb",2026')
+    assert metrics.snapshot().c8y_refused == 2
+    with open_outbox(path) as outbox:
+        assert outbox.c8y_refusals() == (
+            2, '2026-11-26T09:30:00.500000+00:00 45,400,Wrong\x1b[31m for 400,t,"a\nb",2026')
+        text = format_status(path, outbox.stats(), 10, 1000)
+    assert ('\nrefused by Cumulocity: 2 (last: 2026-11-26T09:30:00.500000+00:00 '
+            '45,400,Wrong\\x1b[31m for 400,t,"a\\nb",2026)\n') in text

@@ -19,16 +19,21 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol
 
-from dashkanban.c8y.mqtt import MAX_REFUSALS, DeviceLine, UnsendableError, Uplink
+from dashkanban.c8y.mqtt import MAX_REFUSALS, DeviceLine, Refusal, UnsendableError, Uplink
 from dashkanban.config import Settings
-from dashkanban.errors import UndeliveredError, UplinkError
+from dashkanban.errors import DashkanbanError, UndeliveredError, UplinkError
 from dashkanban.events import Event
-from dashkanban.outbox import OutboxError
+from dashkanban.outbox import OutboxError, plural
 
 log = logging.getLogger(__name__)
 
 WINDOW = 100  # messages awaiting PUBACK at once
 IDLE_POLL = 1.0  # seconds; a safety net only: every change also wakes the loop
+# How long a one-shot command waits after its last PUBACK for `s/e` errors: Cumulocity
+# acknowledges a PUBLISH when it accepts it and processes it afterwards (protocol notes 1.5), so
+# a refusal comes after the PUBACK. Fixed and short: a later error is still logged and counted
+# by `run`, not by a command that has ended (docs/outbox.md).
+REFUSAL_GRACE = 1.0
 
 DeliveredObserver = Callable[[Event], None]
 
@@ -52,6 +57,13 @@ class OutboxLike(Protocol):
     def ack(self, row_id: int) -> None: ...
     def mark_attempt(self, row_id: int, error: str | None = None) -> None: ...
     def count(self) -> int: ...
+    def record_c8y_refusal(self, error: str, line: str) -> None: ...
+
+
+class RefusedByCumulocityError(DashkanbanError):
+    """Cumulocity refused some of the lines it had accepted (errors on `s/e`): exit 1. The rows
+    are gone from the outbox (their PUBACK came), and sending them again would be refused
+    again; the ERROR lines before this say which, `outbox status` counts them."""
 
 
 class Courier:
@@ -87,11 +99,15 @@ class Courier:
         self._rewind = False  # something was lost: start again from the oldest row
         self.delivered = 0
         self.resent = 0
+        self.refused_by_c8y = 0  # lines Cumulocity refused on `s/e` while this Courier ran
+        self.rows_refused_by_c8y: set[int] = set()  # the outbox rows those lines came from
+        self.last_ack = time.monotonic()  # of the last PUBACK, for REFUSAL_GRACE
 
     def start(self) -> None:
         if self._thread is not None:
             return
         self._uplink.add_listener(self.wake)
+        self._uplink.add_refusal_listener(self._refused_by_c8y)
         # A thread until `run` is one event loop (docs/architecture.md): the outbox reads and
         # the wait for room in the window must not hold up capture.
         self._thread = threading.Thread(target=self._run, name="courier", daemon=True)
@@ -209,6 +225,7 @@ class Courier:
                         row.other_lines,
                         on_delivered=partial(self._delivered, row.id, None),
                         on_lost=partial(self._lost, row.id),
+                        row=row.id,
                     )
                 else:
                     sent = self._uplink.send(
@@ -217,6 +234,7 @@ class Courier:
                         on_delivered=partial(self._delivered, row.id, row.event),
                         on_lost=partial(self._lost, row.id),
                         other_lines=row.other_lines,
+                        row=row.id,
                     )
             except UnsendableError as exc:
                 with self._cond:
@@ -263,12 +281,28 @@ class Courier:
             self._done(row_id)
             return
         # The one line per press that says it arrived (issue 7): name, MAC, press time, result.
-        log.info("%s (%s) pressed at %s: delivered", event.name, event.mac, event.c8y_time)
+        with self._cond:
+            refused = row_id in self.rows_refused_by_c8y  # its `s/e` came before the PUBACK
+        log.info("%s (%s) pressed at %s: %s", event.name, event.mac, event.c8y_time,
+                 "acknowledged, but refused by Cumulocity" if refused else "delivered")
         self._done(row_id)
+
+    def _refused_by_c8y(self, refusal: Refusal) -> None:
+        # Runs in the MQTT network thread, after the uplink logged the ERROR line. The row is
+        # not kept or sent again: Cumulocity would refuse the same line again.
+        with self._cond:
+            self.refused_by_c8y += 1
+            if refusal.sent.row is not None:
+                self.rows_refused_by_c8y.add(refusal.sent.row)
+        try:
+            self._outbox.record_c8y_refusal(refusal.error, refusal.sent.line)
+        except OutboxError as exc:
+            log.error("cannot count the refusal by Cumulocity in the outbox: %s", exc)
 
     def _done(self, row_id: int) -> None:
         with self._cond:
             self._inflight.discard(row_id)
+            self.last_ack = time.monotonic()
             self.delivered += 1
             self._dirty = True
             self._cond.notify_all()
@@ -332,6 +366,9 @@ def _deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
     courier.start()
     try:
         drained = courier.drain(timeout)
+        if drained and courier.delivered:
+            # Errors on `s/e` follow the PUBACK: wait for them before saying "delivered".
+            time.sleep(max(0.0, courier.last_ack + REFUSAL_GRACE - time.monotonic()))
     finally:
         courier.stop()
         uplink.stop()
@@ -345,5 +382,14 @@ def _deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
         raise UndeliveredError(
             f"{courier.refused} cannot be sent as they are "
             "(over Cumulocity's size limit: see `dashkanban outbox status`)"
+        )
+    refused = len(courier.rows_refused_by_c8y)
+    if refused:
+        # Not "delivered N events", exit 0 (issue 13): the PUBACKs came, the events did not
+        # arrive. Exit 1, a failure; not 3, since nothing stays queued to be flushed.
+        raise RefusedByCumulocityError(
+            f"Cumulocity refused {refused} of the {plural(courier.delivered, 'event')} it "
+            "acknowledged (the ERROR lines above say which and why; `dashkanban outbox status` "
+            "counts them); they are not sent again"
         )
     return courier.delivered

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CounterName = Literal[
     "frames", "candidates", "malformed", "presses", "queued", "delivered", "reconnects", "refused",
-    "quarantined",
+    "quarantined", "c8y_refused",
 ]
 COUNTERS: tuple[CounterName, ...] = get_args(CounterName)
 
@@ -39,6 +39,8 @@ HELP: Mapping[CounterName, str] = {
     "reconnects": "Connections to the broker re-established after a loss.",
     "refused": "Events refused because the outbox reached its cap.",
     "quarantined": "Outbox rows that could not be read, moved to its quarantine table (kept).",
+    "c8y_refused": "SmartREST lines Cumulocity accepted (PUBACK) and then refused with an error "
+    "on s/e; each is logged as ERROR with the line, and counted in the outbox file.",
 }
 PREFIX = "dashkanban"
 LOOPBACK = "127.0.0.1"
@@ -55,6 +57,7 @@ class MetricsSnapshot:
     reconnects: int = 0
     refused: int = 0
     quarantined: int = 0
+    c8y_refused: int = 0
 
     def items(self) -> Iterator[tuple[CounterName, int]]:
         for name in COUNTERS:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.events import Event
+from dashkanban.safetext import escape_controls
 
 if TYPE_CHECKING:
     from dashkanban.metrics import Metrics
@@ -108,6 +109,20 @@ _QUARANTINE_COPY = (
     " queued_at, attempts, last_error, size, kind, other_lines, ?, ? FROM events WHERE id = ?"
 )
 
+# Lines Cumulocity accepted (PUBACK) and then refused on `s/e` (issue 13): counted here, durably,
+# with the last one, so `outbox status` shows them after the process that saw them ended. Not
+# `refused`, which counts presses refused by the cap. Made by the first refusal, as the
+# quarantine table is, so a file of any schema version can get it.
+_C8Y_REFUSALS = """
+CREATE TABLE IF NOT EXISTS c8y_refusals (
+    one        INTEGER PRIMARY KEY CHECK (one = 1),
+    count      INTEGER NOT NULL,
+    last_error TEXT,
+    last_line  TEXT,
+    last_at    TEXT
+)
+"""
+
 _COLUMNS = (
     "id, time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts, kind,"
     " other_lines"
@@ -166,6 +181,8 @@ class OutboxStats:
     oldest: QueuedEvent | None
     file_bytes: int  # the database plus its WAL on disk
     quarantined: int = 0  # unreadable rows moved to the quarantine table
+    c8y_refused: int = 0  # lines Cumulocity refused on `s/e` after accepting them
+    c8y_last: str | None = None  # the last of them: "<time> <s/e line> for <our line>"
 
 
 def _utc_now() -> datetime:
@@ -460,6 +477,56 @@ class Outbox:
                 raise _translate(exc, self.path, "reading") from None
         return int(row[0])
 
+    def record_c8y_refusal(self, error: str, line: str) -> None:
+        """Count a line Cumulocity refused on `s/e` (`error`, e.g. `45,400,Wrong number of
+        arguments`) after accepting it, and keep it as the last one."""
+        now = self._clock().astimezone(UTC).isoformat()
+        error, line = error[:300], line[:300]
+
+        def write() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(_C8Y_REFUSALS)
+                self._db.execute(
+                    "INSERT INTO c8y_refusals (one, count, last_error, last_line, last_at)"
+                    " VALUES (1, 1, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET"
+                    " count = count + 1, last_error = excluded.last_error,"
+                    " last_line = excluded.last_line, last_at = excluded.last_at",
+                    (error, line, now),
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+
+        with self._lock:
+            self._check_open()
+            try:
+                self._with_room(write)
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "counting a refusal by Cumulocity") from None
+        if self._metrics is not None:
+            self._metrics.add("c8y_refused")
+
+    def c8y_refusals(self) -> tuple[int, str | None]:
+        """(lines Cumulocity refused since the file was made, the last as "<time> <s/e line>
+        for <our line>")."""
+        with self._lock:
+            self._check_open()
+            try:
+                exists = self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'c8y_refusals'"
+                ).fetchone()
+                row = self._db.execute(
+                    "SELECT count, last_error, last_line, last_at FROM c8y_refusals"
+                    " WHERE one = 1"
+                ).fetchone() if exists else None
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.path, "reading") from None
+        if row is None:
+            return 0, None
+        return int(row[0]), f"{row[3]} {row[1]} for {row[2]}"
+
     def ack(self, row_id: int) -> None:
         """Delete a row after its PUBACK. Acking an id twice, or an unknown one, is a no-op."""
         with self._lock:
@@ -546,6 +613,7 @@ class Outbox:
     def stats(self) -> OutboxStats:
         oldest = self.oldest()  # first: quarantining a bad oldest row changes the counts
         rows, used, refused, error, error_at = self.stats_row()
+        refusals, last_refusal = self.c8y_refusals()
         return OutboxStats(
             rows=rows,
             bytes=used,
@@ -554,6 +622,8 @@ class Outbox:
             last_error_at=_time_or_none(error_at),
             oldest=oldest,
             quarantined=self.quarantined(),
+            c8y_refused=refusals,
+            c8y_last=last_refusal,
             file_bytes=sum(
                 p.stat().st_size
                 for p in (self.path, self.path.with_name(self.path.name + "-wal"))
@@ -1080,6 +1150,10 @@ def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int)
             f"quarantined: {stats.quarantined} unreadable rows (kept in the table quarantine of "
             f"{path})"
         )
+    refused = f"refused by Cumulocity: {stats.c8y_refused}"
+    if stats.c8y_last is not None:
+        refused += f" (last: {escape_controls(stats.c8y_last)})"
+    lines.append(refused)
     if stats.last_error is None:
         lines.append("last error: -")
     else:

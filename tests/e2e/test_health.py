@@ -43,7 +43,7 @@ def scrape(port: int) -> dict[str, float]:
 
 def counters(**values: int) -> dict[str, float]:
     names = ("frames", "candidates", "malformed", "presses", "queued", "delivered",
-             "reconnects", "refused", "quarantined")
+             "reconnects", "refused", "quarantined", "c8y_refused")
     return {**{f"dashkanban_{n}_total": float(values.get(n, 0)) for n in names},
             # issue 11: the uplink's health
             "dashkanban_uplink_connected": float(values.get("connected", 1)),
@@ -69,7 +69,8 @@ def test_metrics_of_a_running_daemon_and_sigterm_drains_before_exit_0(
             want = counters(frames=3, candidates=3, presses=3, queued=3, delivered=3)
             wait_until(lambda: scrape(port) == want, what=f"the metrics {want}")
             child.wait_log("counters: frames=3 candidates=3 malformed=0 presses=3 queued=3 "
-                           "delivered=3 reconnects=0 refused=0 quarantined=0 outbox=0")
+                           "delivered=3 reconnects=0 refused=0 quarantined=0 c8y_refused=0 "
+                           "outbox=0")
 
             # Two presses reach the broker, their PUBACKs are held: SIGTERM must wait for them.
             proxy.hold(True)
@@ -91,7 +92,8 @@ def test_metrics_of_a_running_daemon_and_sigterm_drains_before_exit_0(
     log = child.log_text().splitlines()
     assert log[-1].endswith("dashkanban.daemon: dashkanban stopped")
     assert log[-2].endswith("counters: frames=5 candidates=5 malformed=0 presses=5 queued=5 "
-                            "delivered=5 reconnects=0 refused=0 quarantined=0 outbox=0")
+                            "delivered=5 reconnects=0 refused=0 quarantined=0 c8y_refused=0 "
+                            "outbox=0")
 
 
 def test_dashkanban_run_on_sigterm_waits_for_in_flight_pubacks_and_exits_0(

@@ -33,6 +33,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,19 +53,24 @@ from dashkanban.c8y.protocol import (
     LoginRefusedError,
     MessageTooLargeError,
     Outgoing,
+    Refusal,
+    SentLine,
     TlsFailedError,
     UnreachableError,
     UnsendableError,
+    blame,
     check_size,
     connack_meaning,
     describe_error_line,
+    describe_refusal,
     event_messages,
+    expected_error,
     lines_messages,
+    payload_lines,
 )
 from dashkanban.c8y.smartrest import (
     SmartRestLine,
     decode,
-    decode_error,
     encode_line,
 )
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
@@ -72,13 +78,14 @@ from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TOKEN_TOPIC, TokenSource, 
 from dashkanban.config import Settings
 from dashkanban.errors import UplinkError
 from dashkanban.events import Event
+from dashkanban.safetext import escape_controls
 
 log = logging.getLogger(__name__)
 
 # What this module offers, including the protocol's names it re-exports for older imports.
 __all__ = [
     "BUTTON_TYPE", "GATEWAY_TYPE", "MAX_REFUSALS", "DeviceLine", "LinkHealth", "LinkPlan",
-    "LoginRefusedError", "MessageTooLargeError", "Outgoing", "TlsFailedError",
+    "LoginRefusedError", "MessageTooLargeError", "Outgoing", "Refusal", "TlsFailedError",
     "UnreachableError", "UnsendableError", "Uplink", "check_size", "connack_code",
     "connack_meaning", "describe_error_line", "event_messages", "lines_messages", "new_client",
     "service_options", "try_login",
@@ -109,6 +116,9 @@ HEARTBEAT = "125"
 # than ours (set in the UI) or exist although we send none: the beat does not rely on our setting
 # and comes at least every 5 minutes (mqtt-static-templates.md 117; device-availability.md).
 HEARTBEAT_MAX = 300.0
+# Lines kept per connection to attribute `s/e` errors to (protocol.blame): ten full windows of
+# the Courier; an error comes within a round trip or two of its line.
+SENT_RING = 1000
 
 
 def heartbeat_period(required_interval: int) -> float:
@@ -131,6 +141,7 @@ _V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 
 DeliveryCallback = Callable[[], None]
 OperationHandler = Callable[[SmartRestLine], None]
+RefusalListener = Callable[[Refusal], None]
 
 def connack_code(reason: ReasonCode | int) -> int:
     """The MQTT 3.1.1 CONNACK return code of what paho reports (an MQTT 5 reason code)."""
@@ -166,6 +177,7 @@ class LinkHealth:
 class _Pending:
     on_delivered: DeliveryCallback | None
     on_lost: DeliveryCallback | None
+    message: int = 0  # its number in the ring of sent lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +282,7 @@ class _Link:
         self._backoff = backoff
         self._refusal_backoff = refusal_backoff
         self.on_failure: Callable[[BaseException], None] | None = None
+        self.on_refused: RefusalListener | None = None  # an `s/e` error blamed on our line
         self._address = f"{settings.c8y.tenant}:{settings.c8y.port}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -282,6 +295,12 @@ class _Link:
         self._pending: dict[int, _Pending] = {}
         self._early_acks: set[int] = set()
         self._announced: set[str] = set()
+        # The lines of this connection, for `s/e` errors (protocol.blame): what was sent, which
+        # PUBLISHes still wait for their PUBACK, and which lines were already blamed.
+        self._sent: deque[SentLine] = deque(maxlen=SENT_RING)
+        self._waiting: set[int] = set()
+        self._blamed: set[int] = set()
+        self._numbers = 0
         self._timers: list[tuple[float, Callable[[], None]]] = []
         self._down = threading.Event()  # set by on_disconnect: this connection is over
         self._down_reason = ""
@@ -348,7 +367,7 @@ class _Link:
 
     def send(self, event: Event | None, extra_lines: Sequence[str],
              on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None,
-             other_lines: Sequence[DeviceLine] = ()) -> bool:
+             other_lines: Sequence[DeviceLine] = (), row: int | None = None) -> bool:
         """Publish an event (or, with `event=None`, only `other_lines`); the PUBACK of the last
         message stands for all (a QoS 1 broker acknowledges in order, MQTT 3.1.1 4.6)."""
         with self._lock:
@@ -372,14 +391,20 @@ class _Link:
         if announce and event is not None:
             with self._lock:
                 self._announced.add(event.serial)
+        press = None if event is None else (
+            f"{event.name} ({event.mac}) pressed at {event.c8y_time}"
+        )
         for message in messages[:-1]:
-            self._publish(client, generation, message, None, None)
-        self._publish(client, generation, messages[-1], on_delivered, on_lost)
+            self._publish(client, generation, message, None, None, row, press)
+        self._publish(client, generation, messages[-1], on_delivered, on_lost, row, press)
         return True
 
     def _publish(self, client: paho.Client, generation: int, message: Outgoing,
-                 on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None) -> None:
+                 on_delivered: DeliveryCallback | None, on_lost: DeliveryCallback | None,
+                 row: int | None = None, press: str | None = None) -> None:
         log.debug("publish %s %r", message.topic, message.payload)
+        # Into the ring before the PUBLISH: an `s/e` answer may come before publish() returns.
+        number = self._remember(message, row, press)
         info = client.publish(message.topic, message.payload, qos=QOS)
         if message.topic == "s/us":
             # Only the gateway's own topic counts: a `400` on s/us/<child> keeps the *child*
@@ -389,12 +414,28 @@ class _Link:
         with self._lock:
             if generation != self._generation or info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 callback = on_lost  # the connection died under us: its fate is unknown
+                self._waiting.discard(number)
             elif info.mid in self._early_acks:
                 self._early_acks.discard(info.mid)  # PUBACK overtook us
                 callback = on_delivered
+                self._waiting.discard(number)
             else:
-                self._pending[info.mid] = _Pending(on_delivered, on_lost)
+                self._pending[info.mid] = _Pending(on_delivered, on_lost, number)
         _call(callback)
+
+    def _remember(self, message: Outgoing, row: int | None, press: str | None) -> int:
+        """Put the lines of a PUBLISH into the ring of sent lines; its number."""
+        with self._lock:
+            self._numbers += 1
+            number = self._numbers
+            for line in payload_lines(message.payload):
+                self._numbers += 1
+                self._sent.append(SentLine(self._numbers, number, message.topic, line, row, press))
+            self._waiting.add(number)
+            if self._sent:
+                oldest = self._sent[0].number
+                self._blamed = {n for n in self._blamed if n >= oldest}
+        return number
 
     # -- the network thread ------------------------------------------------------------------
 
@@ -535,6 +576,10 @@ class _Link:
             pending, self._pending = self._pending, {}
             self._early_acks.clear()
             self._announced.clear()
+            # Errors of a connection come on that connection: a new one starts a new ring.
+            self._sent.clear()
+            self._waiting.clear()
+            self._blamed.clear()
             client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -627,7 +672,31 @@ class _Link:
             if item is None:
                 self._early_acks.add(mid)
                 return
+            self._waiting.discard(item.message)
         _call(item.on_delivered)
+
+    def _on_error_line(self, raw: str) -> None:
+        """One `s/e` line: fine (`41,100`; `41,<X-ID>` for a collection we publish on every
+        connect, protocol notes 2.1), a refusal of one of our lines (ERROR, counted by the
+        listener), or an error that names none of our lines (a warning, as before)."""
+        fine = expected_error(raw, self.plan.client_id, self.plan.collections)
+        if fine is not None:
+            log.info("%s", escape_controls(fine))
+            return
+        with self._lock:
+            sent = blame(raw, self._sent, self._waiting, self._blamed)
+            if sent is not None:
+                self._blamed.add(sent.number)
+        if sent is None:
+            log.warning("%s", escape_controls(describe_error_line(raw)))
+            return
+        refusal = Refusal(raw, sent)
+        log.error("%s", describe_refusal(refusal))
+        if self.on_refused is not None:
+            try:
+                self.on_refused(refusal)
+            except Exception:  # counting must not kill the network thread
+                log.exception("counting a refusal by Cumulocity failed")
 
     def request_token(self) -> None:
         """Empty publish on `s/uat`; the JWT comes as `71,<token>` on `s/dat`. QoS 0, as
@@ -666,18 +735,8 @@ class _Link:
             return
         if message.topic == "s/e":
             for raw in text.splitlines():
-                if not raw.strip():
-                    continue
-                err = decode_error(raw)
-                if err.code == "41" and err.template == "100":
-                    log.info("Cumulocity: device %s already exists (fine)", self.plan.client_id)
-                elif err.code == "41" and err.template.strip('"') in self.plan.collections:
-                    # Publishing the collection again on every connect is how we make sure it
-                    # exists; Cumulocity refuses to re-create it (protocol notes 2.1).
-                    log.info("Cumulocity: template collection %s already exists (fine)",
-                             err.template.strip('"'))
-                else:
-                    log.warning("%s", describe_error_line(raw))
+                if raw.strip():
+                    self._on_error_line(raw)
             return
         # s/ds and any extra subscription (a custom template collection's s/dc/<X-ID>).
         for line in decode(text):
@@ -785,6 +844,7 @@ class Uplink:
         # Told when a connection's thread fails unexpectedly (the daemon then exits 1).
         self.on_failure: Callable[[BaseException], None] | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._refusal_listeners: list[RefusalListener] = []
         self._lock = threading.Lock()
         self._state = threading.Condition()
         self._stopped = False
@@ -846,6 +906,18 @@ class Uplink:
         """Called (from a network thread) whenever a connection becomes ready, drops or fails."""
         self._listeners.append(listener)
 
+    def add_refusal_listener(self, listener: RefusalListener) -> None:
+        """Told (from a network thread, after the ERROR line) of each `s/e` error that refers
+        to one of our lines: the Courier counts it in the outbox file."""
+        self._refusal_listeners.append(listener)
+
+    def _refused(self, refusal: Refusal) -> None:
+        for listener in list(self._refusal_listeners):
+            try:
+                listener(refusal)
+            except Exception:  # a failing listener must not kill the network thread
+                log.exception("a refusal listener failed")
+
     def start(self) -> None:
         """Check the TLS files (ConfigError if unusable) and, in gateway mode, connect."""
         if self.settings.c8y.tls and self._context is None:
@@ -879,6 +951,7 @@ class Uplink:
                     tokens=self.tokens if plan.gateway else None,
                 )
                 link.on_failure = self.on_failure
+                link.on_refused = self._refused
                 self._links[plan.client_id] = link
                 link.start()
         return link
@@ -897,20 +970,21 @@ class Uplink:
     def send(self, event: Event, extra_lines: Sequence[str] = (), *,
              on_delivered: DeliveryCallback | None = None,
              on_lost: DeliveryCallback | None = None,
-             other_lines: Sequence[DeviceLine] = ()) -> bool:
+             other_lines: Sequence[DeviceLine] = (), row: int | None = None) -> bool:
         """Publish one event (QoS 1), then `other_lines` for other child devices (gateway mode).
         Raises MessageTooLargeError for an oversized message, UnsendableError for other lines
-        in per-device mode."""
-        return self._link_for(event).send(event, extra_lines, on_delivered, on_lost, other_lines)
+        in per-device mode. `row`, the outbox row, is named when Cumulocity refuses a line."""
+        return self._link_for(event).send(event, extra_lines, on_delivered, on_lost, other_lines,
+                                          row)
 
     def send_lines(self, lines: Sequence[DeviceLine], *,
                    on_delivered: DeliveryCallback | None = None,
-                   on_lost: DeliveryCallback | None = None) -> bool:
+                   on_lost: DeliveryCallback | None = None, row: int | None = None) -> bool:
         """Publish SmartREST lines without an event, (child serial or None, line) in order, on
         the gateway's connection. UnsendableError in per-device mode."""
         if not self.gateway_mode:
             raise UnsendableError("lines without an event need [gateway] mode = gateway")
-        return self._link(self.gateway_plan()).send(None, (), on_delivered, on_lost, lines)
+        return self._link(self.gateway_plan()).send(None, (), on_delivered, on_lost, lines, row)
 
     def prepare(self, event: Event) -> None:
         """Open the connection `event` will need (per-device mode opens links lazily)."""

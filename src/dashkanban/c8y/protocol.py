@@ -10,12 +10,13 @@ per button and connection, and `400,<type>,<text>,<time>` on `s/us/<serial>` (ga
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, decode_error, encode_line, join_lines
 from dashkanban.errors import UplinkError
 from dashkanban.events import Event
+from dashkanban.safetext import escape_controls
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,102 @@ def describe_error_line(payload: str) -> str:
     meaning = _ERROR_MEANINGS.get(err.code, "unknown error code")
     template = f" for template {err.template}" if err.template else ""
     return f"Cumulocity error {err.code} ({meaning}){template}: {err.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class SentLine:
+    """One SmartREST line we published, kept briefly (a ring per connection) so that an `s/e`
+    error can name the line it refers to: the PUBACK usually comes first, and by then the
+    outbox row is deleted."""
+
+    number: int  # unique per connection, in publish order
+    message: int  # the PUBLISH it went in (several lines may share one)
+    topic: str
+    line: str
+    row: int | None = None  # the outbox row it came from
+    press: str | None = None  # "dashButton_1 (ac:63:be:12:34:56) pressed at <time>"
+
+    @property
+    def template(self) -> str:
+        return self.line.split(",", 1)[0].strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An `s/e` error attributed to one of our lines: Cumulocity accepted it (PUBACK) and then
+    refused to process it."""
+
+    error: str  # the `s/e` line as received
+    sent: SentLine
+
+
+def payload_lines(payload: str) -> list[str]:
+    """The SmartREST lines of one of our payloads, as sent: split at the line breaks outside
+    quotes (a quoted text may hold one). Our encoder doubles `"` and never sends a `\\` before
+    one (smartrest.py), so counting quotes is exact for what we publish."""
+    if '"' not in payload:  # the usual case, without a character loop per PUBLISH
+        return [line for line in payload.split("\n") if line.strip()]
+    lines: list[str] = []
+    start = 0
+    quoted = False
+    for i, ch in enumerate(payload):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "\n" and not quoted:
+            lines.append(payload[start:i])
+            start = i + 1
+    lines.append(payload[start:])
+    return [line for line in lines if line.strip()]
+
+
+def expected_error(payload: str, client_id: str, collections: Collection[str]) -> str | None:
+    """The log text of an `s/e` line that is part of the normal start-up, or None: `41,100`
+    answers our `100` on every connect, and `41,<X-ID>` our publish of a template collection
+    that exists (protocol notes 2.7 and 2.1). Neither refuses a press."""
+    err = decode_error(payload)
+    if err.code == "41" and err.template == "100":
+        return f"Cumulocity: device {client_id} already exists (fine)"
+    xid = err.template.strip('"')
+    if err.code == "41" and xid in collections:
+        return f"Cumulocity: template collection {xid} already exists (fine)"
+    return None
+
+
+def blame(payload: str, sent: Sequence[SentLine], waiting: Collection[int],
+          blamed: Collection[int]) -> SentLine | None:
+    """The line an `s/e` error refers to, or None when none of `sent` has its template.
+
+    The error names a template, not a message (`<code>,<template>,<message>`, protocol notes
+    2.7). Among our lines with that template not yet blamed for an error: the oldest whose
+    PUBLISH is still `waiting` for its PUBACK (a broker that processes before acknowledging,
+    as the sandbox does, answers `s/e` first), else the latest acknowledged one (Cumulocity
+    acknowledges on acceptance and processes afterwards, protocol notes 1.5). With several lines
+    of one template in flight it is the best guess the protocol allows."""
+    template = decode_error(payload).template
+    candidates = [s for s in sent if s.template == template and s.number not in blamed]
+    if not template or not candidates:
+        return None
+    for line in candidates:
+        if line.message in waiting:
+            return line
+    return candidates[-1]
+
+
+def describe_refusal(refusal: Refusal) -> str:
+    """The one ERROR line of a refused line: what was refused, on which topic, from which row,
+    and Cumulocity's answer, with control characters escaped (names come from users)."""
+    sent = refusal.sent
+    origin = []
+    if sent.row is not None:
+        origin.append(f"outbox row {sent.row}")
+    if sent.press is not None:
+        origin.append(sent.press)
+    where = f" ({', '.join(origin)})" if origin else ""
+    err = decode_error(refusal.error)
+    meaning = _ERROR_MEANINGS.get(err.code, "unknown error code")
+    text = (f"Cumulocity refused {sent.line} on {sent.topic}{where}: error {err.code} "
+            f"({meaning}): {err.message}; not sent again")
+    return escape_controls(text)
 
 
 @dataclass(frozen=True, slots=True)
