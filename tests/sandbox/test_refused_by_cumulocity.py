@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.events import Event
 from dashkanban.outbox import Outbox
 from dashkanban.sandbox import Sandbox
+from tests import forge
 from tests.brokers import free_port
 from tests.sandbox.test_inventory_daemon import OpenSource, wait_until
 from tests.sandbox_fixture import rest, sandbox_config
