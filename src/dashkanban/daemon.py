@@ -163,7 +163,7 @@ class Daemon:
         from dashkanban.health import StateFile, notify
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
-        from dashkanban.outbox import OutboxError
+        from dashkanban.outbox import OutboxError, plural, press_key
 
         # `run` never gives up on Cumulocity: refusals and outages are retried for ever, at most
         # every [C8YMQTT] retry_max seconds (issue 11).
@@ -185,9 +185,10 @@ class Daemon:
         reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count,
                                      uplink=lambda: _uplink_reading(uplink))
         log.info(
-            "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",
-            len(registry), settings.buttons.source, settings.gateway.mode,
-            settings.gateway.serial, settings.c8y.tenant, settings.c8y.port, outbox.count(),
+            "dashkanban running: %s from %s, %s mode as %s to %s:%d, %s queued",
+            plural(len(registry), "button"), settings.buttons.source, settings.gateway.mode,
+            settings.gateway.serial, settings.c8y.tenant, settings.c8y.port,
+            plural(outbox.count(), "event"),
         )
         state.write(uplink.health())
         uplink.start()
@@ -212,6 +213,14 @@ class Daemon:
                     log.error("%s pressed at %s but could not be queued: %s",
                               event.name, event.c8y_time, exc)
                     return
+                # Its identity, as `replay` keeps it (design 8): a capture of the same presses
+                # replayed later skips them instead of delivering them twice (issue 14).
+                try:
+                    outbox.remember([press_key(event)])
+                except OutboxError as exc:  # queued all the same: only a later replay may repeat it
+                    log.warning("%s pressed at %s: queued, but its identity was not kept (%s); "
+                                "a replay of it would send it again",
+                                event.name, event.c8y_time, exc)
             if not uplink.connected:
                 why = f": {uplink.last_error}" if uplink.last_error is not None else ""
                 log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
@@ -238,8 +247,9 @@ class Daemon:
                 lookups.stop()
             self._sync(pipeline)
             if self._failure is None and not courier.drain(self.drain_on_stop):
-                log.warning("stopping with %d events queued; they are sent at the next start",
-                            outbox.count())
+                left = outbox.count()
+                log.warning("stopping with %s queued; %s sent at the next start",
+                            plural(left, "event"), "it is" if left == 1 else "they are")
             courier.stop()
             uplink.stop()
             reporting.stop()
