@@ -4,7 +4,8 @@ The same pipeline as `replay` (see pipeline.py); only the frame source (a raw so
 clock (monotonic time for the dead time) differ. Capture never waits for the network: a press is
 committed to the outbox and the Courier carries it to Cumulocity on its own thread. SIGTERM stops
 the capture, gives in-flight messages a moment to be acknowledged, and exits 0; whatever is not
-acknowledged stays in the outbox for the next start.
+acknowledged stays in the outbox for the next start. SIGHUP (`systemctl reload`) re-reads MACID.csv
+and re-attaches the kernel filter on the open socket; the connection and the outbox stay.
 
 With bins in MACID.csv every press also goes through the Kanban loop (kanban/wiring.py): its alarm
 and clear lines travel in the press's outbox row, and with `[kanban] alarms = yes` the uplink
@@ -34,6 +35,7 @@ from dashkanban.presses import Press
 if TYPE_CHECKING:
     from dashkanban.buttons import Registry
     from dashkanban.c8y.mqtt import Uplink
+    from dashkanban.capture.bpf import Program
     from dashkanban.delivery import Courier
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
@@ -74,6 +76,9 @@ class Daemon:
         self.drain_on_stop = drain_on_stop
         self.metrics = Metrics()
         self._stopping = threading.Event()
+        # SIGHUP: set by the signal handler (nothing else happens there), acted on by the
+        # reload thread; stop() sets it too, to end that thread.
+        self._reload = threading.Event()
         # The first unexpected failure of a long-lived part: run() then ends with exit 1, so
         # that systemd restarts the service instead of it living on without that part.
         self._failure: str | None = None
@@ -90,7 +95,13 @@ class Daemon:
     def stop(self) -> None:
         """Safe from a signal handler or another thread."""
         self._stopping.set()
+        self._reload.set()  # wakes the reload thread, which then ends
         self.source.stop()
+
+    def reload(self) -> None:
+        """Re-read MACID.csv soon (SIGHUP, `systemctl reload`): only sets a flag, so it is safe
+        from a signal handler; the reload thread reads the file and re-attaches the filter."""
+        self._reload.set()
 
     def fail(self, part: str, exc: BaseException) -> None:
         """A long-lived part failed unexpectedly: log it once with its traceback, and stop;
@@ -197,6 +208,9 @@ class Daemon:
         ticker = threading.Thread(target=self._supervised("the count sync", self._sync_loop),
                                   args=(pipeline,), daemon=True, name="count-sync")
         ticker.start()
+        threading.Thread(target=self._supervised("the button reload", self._reload_loop),
+                         args=(settings, pipeline, kanban), daemon=True,
+                         name="button-reload").start()
         handling = threading.Lock()  # presses come from the capture and the inventory threads
 
         def handle(press: Press) -> None:
@@ -242,6 +256,7 @@ class Daemon:
             self.fail("the capture", exc)
         finally:
             self._stopping.set()  # first: the watchdog pings end with it
+            self._reload.set()  # the reload thread ends
             notify("STOPPING=1")
             if lookups is not None:
                 lookups.stop()
@@ -254,6 +269,38 @@ class Daemon:
             uplink.stop()
             reporting.stop()
             state.write(uplink.health(), running=False)
+
+    def _reload_loop(self, settings: Settings, pipeline: Pipeline,
+                     kanban: KanbanLoop | None) -> None:
+        """The reload thread: each SIGHUP, re-read MACID.csv off the signal handler."""
+        while True:
+            self._reload.wait()
+            if self._stopping.is_set():
+                return
+            self._reload.clear()  # a SIGHUP from now on asks for one more reload
+            self._reload_buttons(settings, pipeline, kanban)
+
+    def _reload_buttons(self, settings: Settings, pipeline: Pipeline,
+                        kanban: KanbanLoop | None) -> None:
+        """MACID.csv again: the matching and the kernel filter on the open socket (issue 16);
+        the uplink and the outbox stay as they are. A bad file keeps the old list (one ERROR)."""
+        from dashkanban.capture.filters import reload_buttons
+        from dashkanban.kanban.bins import Bins
+        from dashkanban.kanban.wiring import load_kanban_bins
+
+        if settings.buttons.source == "inventory":
+            log.info("SIGHUP: [buttons] source = inventory: no MACID.csv to re-read")
+            return
+        log.info("SIGHUP: reloading %s", settings.buttons.file)
+        if reload_buttons(settings, _SourceFilter(self.source), pipeline.use_registry) is None:
+            return
+        try:
+            bins = load_kanban_bins(settings)
+        except DashkanbanError:
+            return  # the buttons were just read; an error here is the reload's own, logged
+        if bins != (kanban.bins if kanban is not None else Bins({})):
+            log.warning("reload: the Kanban bins of %s changed; they take effect at the next "
+                        "restart (systemctl restart dashkanban)", settings.buttons.file)
 
     def _answered(self, pipeline: Pipeline, handle: Callable[[Press], None]) -> None:
         """On the inventory thread: the presses of the MACs just answered, through `handle`."""
@@ -365,6 +412,20 @@ class Daemon:
                 self.metrics.add(name, value - old)  # type: ignore[arg-type]
 
 
+class _SourceFilter:
+    """The frame source's `set_filter` (LiveCapture's) for a reload; a source without a kernel
+    filter (frames from stdin, a test's) has the matching changed only."""
+
+    def __init__(self, source: object) -> None:
+        self._set_filter = getattr(source, "set_filter", None)
+
+    def set_filter(self, programs: Program | Sequence[Program]) -> Program | None:
+        if self._set_filter is None:
+            return None
+        attached: Program | None = self._set_filter(programs)
+        return attached
+
+
 def _uplink_reading(uplink: Uplink) -> tuple[bool, int]:
     return uplink.connected, sum(link.refusals for link in uplink.health())
 
@@ -382,7 +443,9 @@ def run_command(args: argparse.Namespace) -> int:
                           programs=kernel_programs(settings))  # `source = csv`: the button list
     capture.check_permission()  # before connecting anywhere: exit 2 with the fix
     daemon = Daemon(settings, capture)
-    _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT))
+    # SIGHUP (`systemctl reload dashkanban`): re-read MACID.csv without a restart (issue 16).
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.reload())
     log.info("capturing on %s (%s)", interface, ", ".join(sorted(settings.capture.detect)))
     return daemon.run()
 

@@ -136,3 +136,39 @@ def test_stopping_with_one_event_queued_says_1_event(
                              "dashkanban stopped"]
     with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
         assert outbox.count() == 1
+
+
+def test_reload_in_process_swaps_the_matching_and_warns_of_changed_bins(
+    tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`Daemon.reload()` (what SIGHUP calls) on a source without a kernel filter: the matching
+    gets the new button; a bin added to the file is for the next restart, and it says so."""
+    caplog.set_level(logging.INFO, logger="dashkanban")
+    buttons = tmp_path / "MACID.csv"
+    buttons.write_text("Name, MAC-Address\nsync, ac:63:be:00:00:01\n")
+    config = sandbox_config(tmp_path, sandbox, buttons)
+    source = OpenSource()
+    daemon = Daemon(load_settings(config), source)
+    running = Running(daemon)
+    try:
+        source.put(T0, forge.dhcp_client_frame(BUTTON, forge.DISCOVER))  # not listed: ignored
+        source.put(T0 + 1, forge.dhcp_client_frame("ac:63:be:00:00:01", forge.DISCOVER))
+        wait_until(lambda: len(events_in(sandbox)) == 1, "the listed button's press")
+        buttons.write_text("Name, MAC-Address, bin, quantity, lead_time_days\n"
+                           f"sync, ac:63:be:00:00:01, , ,\nscrews, {BUTTON}, A3, 50, 2\n")
+        daemon.reload()
+        wait_until(lambda: "reload: 2 buttons" in caplog.text, "the reload")
+        source.put(T0 + 2, forge.dhcp_client_frame(BUTTON, forge.DISCOVER))
+        wait_until(lambda: len(events_in(sandbox)) == 2, "the new button's press")
+    finally:
+        assert running.finish() == 0
+    assert [m.split(",")[2] for m in events_in(sandbox)] == [
+        "sync pressed (ac:63:be:00:00:01)", f"screws pressed ({BUTTON})"]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if "reload" in r.getMessage().lower()]
+    assert said == [
+        ("INFO", f"SIGHUP: reloading {buttons}"),
+        ("INFO", f"reload: 2 buttons from {buttons}; the button filter (2 MACs)"),
+        ("WARNING", f"reload: the Kanban bins of {buttons} changed; they take effect at the "
+                    "next restart (systemctl restart dashkanban)"),
+    ]
