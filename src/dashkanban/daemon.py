@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_ON_STOP = 5.0  # seconds SIGTERM waits for PUBACKs of what is in flight
 COUNT_SYNC = 5.0  # seconds between copies of the pipeline's counters into the metrics
+OVERDUE_CHECK = 60.0  # seconds between checks for overdue bins (lead times are in days)
 
 
 class FrameSource(Protocol):
@@ -67,9 +69,14 @@ class Daemon:
         extra_lines: ExtraLines | None = None,
         drain_on_stop: float = DRAIN_ON_STOP,
         on_delivered: Callable[[Event], None] | None = None,
+        overdue_every: float = OVERDUE_CHECK,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing."""
+        """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing.
+        `clock` is the wall clock of the overdue check, every `overdue_every` seconds."""
         self.settings = settings
+        self.overdue_every = overdue_every
+        self._clock = clock
         self.source = source
         self.extra_lines = extra_lines
         self.on_delivered = on_delivered
@@ -211,6 +218,9 @@ class Daemon:
         threading.Thread(target=self._supervised("the button reload", self._reload_loop),
                          args=(settings, pipeline, kanban), daemon=True,
                          name="button-reload").start()
+        if kanban is not None and settings.kanban.alarms:
+            threading.Thread(target=self._supervised("the overdue check", self._overdue_loop),
+                             args=(kanban, courier), daemon=True, name="kanban-overdue").start()
         handling = threading.Lock()  # presses come from the capture and the inventory threads
 
         def handle(press: Press) -> None:
@@ -269,6 +279,22 @@ class Daemon:
             uplink.stop()
             reporting.stop()
             state.write(uplink.health(), running=False)
+
+    def _overdue_loop(self, kanban: KanbanLoop, courier: Courier) -> None:
+        """Every `overdue_every` seconds (and at start: a reorder may have become overdue while
+        the daemon was down), raise `c8y_KanbanOverdue` for each reorder open longer than its
+        lead time (issue 18); the lines go through the outbox like every alarm."""
+        from dashkanban.kanban.wiring import queue_overdue
+        from dashkanban.outbox import OutboxError
+
+        while True:
+            try:
+                queue_overdue(kanban, courier.put_lines, self._clock())
+            except OutboxError as exc:  # full or failing: the capture logs its own; go on
+                # The history has it as raised already (once per reorder): say it is lost.
+                log.error("an overdue alarm could not be queued and is not raised: %s", exc)
+            if self._stopping.wait(self.overdue_every):
+                return
 
     def _reload_loop(self, settings: Settings, pipeline: Pipeline,
                      kanban: KanbanLoop | None) -> None:

@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,11 @@ from dashkanban.capture import Frame, forge
 from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
+from dashkanban.kanban.history import History
 from dashkanban.outbox import Outbox
 from dashkanban.sandbox import Sandbox
 from tests.brokers import free_port
-from tests.sandbox_fixture import sandbox_config
+from tests.sandbox_fixture import rest, sandbox_config
 
 BUTTON = "ac:63:be:12:34:56"
 SERIAL = "ac63be123456"
@@ -172,3 +173,60 @@ def test_reload_in_process_swaps_the_matching_and_warns_of_changed_bins(
         ("WARNING", f"reload: the Kanban bins of {buttons} changed; they take effect at the "
                     "next restart (systemctl restart dashkanban)"),
     ]
+
+
+KANBAN_MACID = (
+    "Name, MAC-Address, bin, part, quantity, location, supplier, lead_time_days\n"
+    f"screws, {BUTTON}, A3, M6 screws, 50, Aisle 2, Würth, 2\n"
+)
+
+
+def alarms_of(sandbox: Sandbox, serial: str) -> list[tuple[str, str, str, str, int]]:
+    source = sandbox.device_id(serial)
+    assert source is not None, f"no device {serial}"
+    with rest(sandbox) as client:
+        answer = client.get("/alarm/alarms", params={"source": source, "pageSize": 100})
+    assert answer.status_code == 200, answer.text
+    found = answer.json()["alarms"]
+    return sorted((a["type"], a["status"], a["severity"], a["text"], a["count"]) for a in found)
+
+
+def test_the_daemon_raises_one_overdue_alarm_on_its_timer(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A reorder press at T0 and a bin with a 2-day lead time; the daemon's clock (injected)
+    reads T0 + 3 days: the timer raises c8y_KanbanOverdue once, however often it checks."""
+    (tmp_path / "MACID.csv").write_text(KANBAN_MACID, encoding="utf-8")
+    config = sandbox_config(tmp_path, sandbox, tmp_path / "MACID.csv", extra=(
+        "[kanban]\nalarms = yes\nseverity = MINOR\nhistory_days = 36500\n"))
+    now = datetime.fromtimestamp(T0, UTC) + timedelta(days=3)
+    checks: list[datetime] = []
+
+    def clock() -> datetime:
+        checks.append(now)
+        return now
+
+    source = OpenSource()
+    running = Running(Daemon(load_settings(config), source, overdue_every=0.05, clock=clock))
+    try:
+        source.put(T0, forge.dhcp_client_frame(BUTTON, forge.DISCOVER))
+        wait_until(lambda: sandbox.device_id(SERIAL) is not None
+                   and len(alarms_of(sandbox, SERIAL)) == 2, "the reorder and overdue alarms")
+        seen = len(checks)
+        wait_until(lambda: len(checks) >= seen + 10, "ten more checks")
+    finally:
+        assert running.finish() == 0
+    assert alarms_of(sandbox, SERIAL) == [
+        ("c8y_KanbanOverdue", "ACTIVE", "CRITICAL",
+         "Bin A3 (M6 screws, Würth) overdue by 1 day: reordered 2026-11-26 08:00 UTC, "
+         "lead time 2 days", 1),
+        ("c8y_KanbanReorder", "ACTIVE", "MINOR", "Reorder 50 x M6 screws for bin A3 (Aisle 2)",
+         1),
+    ]
+    raised = [m.payload for m in sandbox.messages()
+              if m.direction == "in" and "c8y_KanbanOverdue" in m.payload]
+    assert len(raised) == 1
+    assert raised[0].startswith("301,c8y_KanbanOverdue,")
+    assert raised[0].endswith(",2026-11-29T08:00:01.234+00:00")  # the check's time: the clock's
+    with History.open(tmp_path / "state" / "history.sqlite3", 36500) as history:
+        assert history.open_overdue() == {"A3": SERIAL}
