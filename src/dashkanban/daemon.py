@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 DRAIN_ON_STOP = 5.0  # seconds SIGTERM waits for PUBACKs of what is in flight
 COUNT_SYNC = 5.0  # seconds between copies of the pipeline's counters into the metrics
 OVERDUE_CHECK = 60.0  # seconds between checks for overdue bins (lead times are in days)
+HELPER_JOIN = 5.0  # seconds a stop waits for a reload or an overdue check under way
 
 
 class FrameSource(Protocol):
@@ -215,12 +216,18 @@ class Daemon:
         ticker = threading.Thread(target=self._supervised("the count sync", self._sync_loop),
                                   args=(pipeline,), daemon=True, name="count-sync")
         ticker.start()
-        threading.Thread(target=self._supervised("the button reload", self._reload_loop),
-                         args=(settings, pipeline, kanban), daemon=True,
-                         name="button-reload").start()
+        # Both end on stop and are joined below, before the outbox closes.
+        helpers = [threading.Thread(target=self._supervised("the button reload",
+                                                            self._reload_loop),
+                                    args=(settings, pipeline, kanban), daemon=True,
+                                    name="button-reload")]
         if kanban is not None and settings.kanban.alarms:
-            threading.Thread(target=self._supervised("the overdue check", self._overdue_loop),
-                             args=(kanban, courier), daemon=True, name="kanban-overdue").start()
+            helpers.append(threading.Thread(target=self._supervised("the overdue check",
+                                                                    self._overdue_loop),
+                                            args=(kanban, courier), daemon=True,
+                                            name="kanban-overdue"))
+        for helper in helpers:
+            helper.start()
         handling = threading.Lock()  # presses come from the capture and the inventory threads
 
         def handle(press: Press) -> None:
@@ -270,6 +277,8 @@ class Daemon:
             notify("STOPPING=1")
             if lookups is not None:
                 lookups.stop()
+            for helper in helpers:
+                helper.join(timeout=HELPER_JOIN)
             self._sync(pipeline)
             if self._failure is None and not courier.drain(self.drain_on_stop):
                 left = outbox.count()
@@ -322,8 +331,9 @@ class Daemon:
             return
         try:
             bins = load_kanban_bins(settings)
-        except DashkanbanError:
-            return  # the buttons were just read; an error here is the reload's own, logged
+        except DashkanbanError as exc:  # the buttons are fine, their Kanban columns are not
+            log.warning("reload: %s; the Kanban bins stay as loaded at start", exc)
+            return
         if bins != (kanban.bins if kanban is not None else Bins({})):
             log.warning("reload: the Kanban bins of %s changed; they take effect at the next "
                         "restart (systemctl restart dashkanban)", settings.buttons.file)
