@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 DRAIN_ON_STOP = 5.0  # seconds SIGTERM waits for PUBACKs of what is in flight
 COUNT_SYNC = 5.0  # seconds between copies of the pipeline's counters into the metrics
 OVERDUE_CHECK = 60.0  # seconds between checks for overdue bins (lead times are in days)
+RELOAD_POLL = 0.5  # seconds; how late the reload thread sees a SIGHUP
 HELPER_JOIN = 5.0  # seconds a stop waits for a reload or an overdue check under way
 
 
@@ -84,9 +85,9 @@ class Daemon:
         self.drain_on_stop = drain_on_stop
         self.metrics = Metrics()
         self._stopping = threading.Event()
-        # SIGHUP: set by the signal handler (nothing else happens there), acted on by the
-        # reload thread; stop() sets it too, to end that thread.
-        self._reload = threading.Event()
+        # SIGHUP: a plain flag set by the signal handler (no lock there: a handler that took
+        # one could interrupt its own thread holding it), seen by the reload thread's poll.
+        self._reload_asked = False
         # The first unexpected failure of a long-lived part: run() then ends with exit 1, so
         # that systemd restarts the service instead of it living on without that part.
         self._failure: str | None = None
@@ -103,13 +104,12 @@ class Daemon:
     def stop(self) -> None:
         """Safe from a signal handler or another thread."""
         self._stopping.set()
-        self._reload.set()  # wakes the reload thread, which then ends
         self.source.stop()
 
     def reload(self) -> None:
         """Re-read MACID.csv soon (SIGHUP, `systemctl reload`): only sets a flag, so it is safe
         from a signal handler; the reload thread reads the file and re-attaches the filter."""
-        self._reload.set()
+        self._reload_asked = True
 
     def fail(self, part: str, exc: BaseException) -> None:
         """A long-lived part failed unexpectedly: log it once with its traceback, and stop;
@@ -273,7 +273,6 @@ class Daemon:
             self.fail("the capture", exc)
         finally:
             self._stopping.set()  # first: the watchdog pings end with it
-            self._reload.set()  # the reload thread ends
             notify("STOPPING=1")
             if lookups is not None:
                 lookups.stop()
@@ -307,13 +306,11 @@ class Daemon:
 
     def _reload_loop(self, settings: Settings, pipeline: Pipeline,
                      kanban: KanbanLoop | None) -> None:
-        """The reload thread: each SIGHUP, re-read MACID.csv off the signal handler."""
-        while True:
-            self._reload.wait()
-            if self._stopping.is_set():
-                return
-            self._reload.clear()  # a SIGHUP from now on asks for one more reload
-            self._reload_buttons(settings, pipeline, kanban)
+        """The reload thread: after a SIGHUP, re-read MACID.csv off the signal handler."""
+        while not self._stopping.wait(RELOAD_POLL):
+            if self._reload_asked:
+                self._reload_asked = False  # before reading: a SIGHUP from now on reads again
+                self._reload_buttons(settings, pipeline, kanban)
 
     def _reload_buttons(self, settings: Settings, pipeline: Pipeline,
                         kanban: KanbanLoop | None) -> None:
