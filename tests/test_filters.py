@@ -90,6 +90,32 @@ def test_reload_of_a_bad_file_keeps_everything(tmp_path: Path, caplog: pytest.Lo
     capture.close()
 
 
+def test_reload_refuses_a_name_the_event_text_cannot_carry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As at start (check_event_text): a button whose event line would not fit in a message is
+    refused with the file, and the old list kept, rather than a press lost later."""
+    settings = settings_for(tmp_path, [f"b1,{B1}"])
+    with settings.path.open("a") as config:
+        config.write("\n[event]\ntext = {name} {name} {name}\n")
+    settings = load_settings(settings.path)
+    before = kernel_programs(settings)
+    capture = LiveCapture("lo", ("arp", "dhcp"), programs=before)
+    used: list[Registry] = []
+    settings.buttons.file.write_text(f"Name, MAC-Address\nb1,{B1}\n{'n' * 6_000},{B2}\n")
+    with caplog.at_level(logging.INFO, "dashkanban.capture.filters"):
+        assert reload_buttons(settings, capture, used.append) is None
+    assert used == []
+    assert capture._programs == before
+    [(level, message)] = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert level == "ERROR"
+    assert message.startswith(f"reload: {settings.path}:15: [event] text = {{name}} {{name}} "
+                              "{name}: cannot be rendered for button 'nnn")
+    assert message.endswith("over the 16000 bytes of one message; keeping the buttons loaded "
+                            "before")
+    capture.close()
+
+
 def test_pipeline_uses_the_reloaded_registry() -> None:
     from dashkanban.buttons import Button
     from dashkanban.config import EventSettings

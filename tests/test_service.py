@@ -47,6 +47,8 @@ Type=notify
 User=kanban
 Group=kanban
 ExecStart=/opt/dashkanban/bin/dashkanban run -c /etc/dashkanban/config.ini
+# `systemctl reload dashkanban`: re-read MACID.csv, keep the connection and the capture.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=always
 RestartSec=5
 # Exit code 2 is a configuration error: restarting cannot fix it, so stop and say so once.
@@ -102,6 +104,7 @@ REQUIRED = [
     ("Service", "User", "kanban"),
     ("Service", "Group", "kanban"),
     ("Service", "ExecStart", "/opt/dashkanban/bin/dashkanban run -c /etc/dashkanban/config.ini"),
+    ("Service", "ExecReload", "/bin/kill -HUP $MAINPID"),
     ("Service", "Restart", "always"),
     ("Service", "Type", "notify"),
     ("Service", "WatchdogSec", "60"),
@@ -338,7 +341,7 @@ def test_verify_catches_a_misspelt_directive(tmp_path: Path, dashkanban_exe: Pat
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
     )
     assert verify.stderr == (
-        f"{unit}:30: Unknown key 'ProtectHme' in section [Service], ignoring.\n"
+        f"{unit}:32: Unknown key 'ProtectHme' in section [Service], ignoring.\n"
     )
 
 

@@ -4,7 +4,8 @@ The same pipeline as `replay` (see pipeline.py); only the frame source (a raw so
 clock (monotonic time for the dead time) differ. Capture never waits for the network: a press is
 committed to the outbox and the Courier carries it to Cumulocity on its own thread. SIGTERM stops
 the capture, gives in-flight messages a moment to be acknowledged, and exits 0; whatever is not
-acknowledged stays in the outbox for the next start.
+acknowledged stays in the outbox for the next start. SIGHUP (`systemctl reload`) re-reads MACID.csv
+and re-attaches the kernel filter on the open socket; the connection and the outbox stay.
 
 With bins in MACID.csv every press also goes through the Kanban loop (kanban/wiring.py): its alarm
 and clear lines travel in the press's outbox row, and with `[kanban] alarms = yes` the uplink
@@ -20,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,6 +36,7 @@ from dashkanban.presses import Press
 if TYPE_CHECKING:
     from dashkanban.buttons import Registry
     from dashkanban.c8y.mqtt import Uplink
+    from dashkanban.capture.bpf import Program
     from dashkanban.delivery import Courier
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 
 DRAIN_ON_STOP = 5.0  # seconds SIGTERM waits for PUBACKs of what is in flight
 COUNT_SYNC = 5.0  # seconds between copies of the pipeline's counters into the metrics
+OVERDUE_CHECK = 60.0  # seconds between checks for overdue bins (lead times are in days)
+RELOAD_POLL = 0.5  # seconds; how late the reload thread sees a SIGHUP
+HELPER_JOIN = 5.0  # seconds a stop waits for a reload or an overdue check under way
 
 
 class FrameSource(Protocol):
@@ -65,15 +71,23 @@ class Daemon:
         extra_lines: ExtraLines | None = None,
         drain_on_stop: float = DRAIN_ON_STOP,
         on_delivered: Callable[[Event], None] | None = None,
+        overdue_every: float = OVERDUE_CHECK,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing."""
+        """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing.
+        `clock` is the wall clock of the overdue check, every `overdue_every` seconds."""
         self.settings = settings
+        self.overdue_every = overdue_every
+        self._clock = clock
         self.source = source
         self.extra_lines = extra_lines
         self.on_delivered = on_delivered
         self.drain_on_stop = drain_on_stop
         self.metrics = Metrics()
         self._stopping = threading.Event()
+        # SIGHUP: a plain flag set by the signal handler (no lock there: a handler that took
+        # one could interrupt its own thread holding it), seen by the reload thread's poll.
+        self._reload_asked = False
         # The first unexpected failure of a long-lived part: run() then ends with exit 1, so
         # that systemd restarts the service instead of it living on without that part.
         self._failure: str | None = None
@@ -91,6 +105,11 @@ class Daemon:
         """Safe from a signal handler or another thread."""
         self._stopping.set()
         self.source.stop()
+
+    def reload(self) -> None:
+        """Re-read MACID.csv soon (SIGHUP, `systemctl reload`): only sets a flag, so it is safe
+        from a signal handler; the reload thread reads the file and re-attaches the filter."""
+        self._reload_asked = True
 
     def fail(self, part: str, exc: BaseException) -> None:
         """A long-lived part failed unexpectedly: log it once with its traceback, and stop;
@@ -163,7 +182,7 @@ class Daemon:
         from dashkanban.health import StateFile, notify
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
-        from dashkanban.outbox import OutboxError
+        from dashkanban.outbox import OutboxError, plural, press_key
 
         # `run` never gives up on Cumulocity: refusals and outages are retried for ever, at most
         # every [C8YMQTT] retry_max seconds (issue 11).
@@ -185,9 +204,10 @@ class Daemon:
         reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count,
                                      uplink=lambda: _uplink_reading(uplink))
         log.info(
-            "dashkanban running: %d buttons from %s, %s mode as %s to %s:%d, %d events queued",
-            len(registry), settings.buttons.source, settings.gateway.mode,
-            settings.gateway.serial, settings.c8y.tenant, settings.c8y.port, outbox.count(),
+            "dashkanban running: %s from %s, %s mode as %s to %s:%d, %s queued",
+            plural(len(registry), "button"), settings.buttons.source, settings.gateway.mode,
+            settings.gateway.serial, settings.c8y.tenant, settings.c8y.port,
+            plural(outbox.count(), "event"),
         )
         state.write(uplink.health())
         uplink.start()
@@ -196,6 +216,18 @@ class Daemon:
         ticker = threading.Thread(target=self._supervised("the count sync", self._sync_loop),
                                   args=(pipeline,), daemon=True, name="count-sync")
         ticker.start()
+        # Both end on stop and are joined below, before the outbox closes.
+        helpers = [threading.Thread(target=self._supervised("the button reload",
+                                                            self._reload_loop),
+                                    args=(settings, pipeline, kanban), daemon=True,
+                                    name="button-reload")]
+        if kanban is not None and settings.kanban.alarms:
+            helpers.append(threading.Thread(target=self._supervised("the overdue check",
+                                                                    self._overdue_loop),
+                                            args=(kanban, courier), daemon=True,
+                                            name="kanban-overdue"))
+        for helper in helpers:
+            helper.start()
         handling = threading.Lock()  # presses come from the capture and the inventory threads
 
         def handle(press: Press) -> None:
@@ -212,6 +244,14 @@ class Daemon:
                     log.error("%s pressed at %s but could not be queued: %s",
                               event.name, event.c8y_time, exc)
                     return
+                # Its identity, as `replay` keeps it (design 8): a capture of the same presses
+                # replayed later skips them instead of delivering them twice (issue 14).
+                try:
+                    outbox.remember([press_key(event)])
+                except OutboxError as exc:  # queued all the same: only a later replay may repeat it
+                    log.warning("%s pressed at %s: queued, but its identity was not kept (%s); "
+                                "a replay of it would send it again",
+                                event.name, event.c8y_time, exc)
             if not uplink.connected:
                 why = f": {uplink.last_error}" if uplink.last_error is not None else ""
                 log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
@@ -236,14 +276,64 @@ class Daemon:
             notify("STOPPING=1")
             if lookups is not None:
                 lookups.stop()
+            for helper in helpers:
+                helper.join(timeout=HELPER_JOIN)
             self._sync(pipeline)
             if self._failure is None and not courier.drain(self.drain_on_stop):
-                log.warning("stopping with %d events queued; they are sent at the next start",
-                            outbox.count())
+                left = outbox.count()
+                log.warning("stopping with %s queued; %s sent at the next start",
+                            plural(left, "event"), "it is" if left == 1 else "they are")
             courier.stop()
             uplink.stop()
             reporting.stop()
             state.write(uplink.health(), running=False)
+
+    def _overdue_loop(self, kanban: KanbanLoop, courier: Courier) -> None:
+        """Every `overdue_every` seconds (and at start: a reorder may have become overdue while
+        the daemon was down), raise `c8y_KanbanOverdue` for each reorder open longer than its
+        lead time (issue 18); the lines go through the outbox like every alarm."""
+        from dashkanban.kanban.wiring import queue_overdue
+        from dashkanban.outbox import OutboxError
+
+        while True:
+            try:
+                queue_overdue(kanban, courier.put_lines, self._clock())
+            except OutboxError as exc:  # full or failing: the capture logs its own; go on
+                # The history has it as raised already (once per reorder): say it is lost.
+                log.error("an overdue alarm could not be queued and is not raised: %s", exc)
+            if self._stopping.wait(self.overdue_every):
+                return
+
+    def _reload_loop(self, settings: Settings, pipeline: Pipeline,
+                     kanban: KanbanLoop | None) -> None:
+        """The reload thread: after a SIGHUP, re-read MACID.csv off the signal handler."""
+        while not self._stopping.wait(RELOAD_POLL):
+            if self._reload_asked:
+                self._reload_asked = False  # before reading: a SIGHUP from now on reads again
+                self._reload_buttons(settings, pipeline, kanban)
+
+    def _reload_buttons(self, settings: Settings, pipeline: Pipeline,
+                        kanban: KanbanLoop | None) -> None:
+        """MACID.csv again: the matching and the kernel filter on the open socket (issue 16);
+        the uplink and the outbox stay as they are. A bad file keeps the old list (one ERROR)."""
+        from dashkanban.capture.filters import reload_buttons
+        from dashkanban.kanban.bins import Bins
+        from dashkanban.kanban.wiring import load_kanban_bins
+
+        if settings.buttons.source == "inventory":
+            log.info("SIGHUP: [buttons] source = inventory: no MACID.csv to re-read")
+            return
+        log.info("SIGHUP: reloading %s", settings.buttons.file)
+        if reload_buttons(settings, _SourceFilter(self.source), pipeline.use_registry) is None:
+            return
+        try:
+            bins = load_kanban_bins(settings)
+        except DashkanbanError as exc:  # the buttons are fine, their Kanban columns are not
+            log.warning("reload: %s; the Kanban bins stay as loaded at start", exc)
+            return
+        if bins != (kanban.bins if kanban is not None else Bins({})):
+            log.warning("reload: the Kanban bins of %s changed; they take effect at the next "
+                        "restart (systemctl restart dashkanban)", settings.buttons.file)
 
     def _answered(self, pipeline: Pipeline, handle: Callable[[Press], None]) -> None:
         """On the inventory thread: the presses of the MACs just answered, through `handle`."""
@@ -355,6 +445,20 @@ class Daemon:
                 self.metrics.add(name, value - old)  # type: ignore[arg-type]
 
 
+class _SourceFilter:
+    """The frame source's `set_filter` (LiveCapture's) for a reload; a source without a kernel
+    filter (frames from stdin, a test's) has the matching changed only."""
+
+    def __init__(self, source: object) -> None:
+        self._set_filter = getattr(source, "set_filter", None)
+
+    def set_filter(self, programs: Program | Sequence[Program]) -> Program | None:
+        if self._set_filter is None:
+            return None
+        attached: Program | None = self._set_filter(programs)
+        return attached
+
+
 def _uplink_reading(uplink: Uplink) -> tuple[bool, int]:
     return uplink.connected, sum(link.refusals for link in uplink.health())
 
@@ -372,7 +476,9 @@ def run_command(args: argparse.Namespace) -> int:
                           programs=kernel_programs(settings))  # `source = csv`: the button list
     capture.check_permission()  # before connecting anywhere: exit 2 with the fix
     daemon = Daemon(settings, capture)
-    _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT))
+    # SIGHUP (`systemctl reload dashkanban`): re-read MACID.csv without a restart (issue 16).
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.reload())
     log.info("capturing on %s (%s)", interface, ", ".join(sorted(settings.capture.detect)))
     return daemon.run()
 

@@ -87,6 +87,8 @@ Type=notify
 User={user}
 Group={group}
 ExecStart={exec_start}
+# `systemctl reload dashkanban`: re-read MACID.csv, keep the connection and the capture.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=always
 RestartSec=5
 # Exit code 2 is a configuration error: restarting cannot fix it, so stop and say so once.

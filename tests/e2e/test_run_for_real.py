@@ -264,7 +264,7 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
         re.escape(f"dashButton_2 ({OTHER}) pressed at {t2}: queued, Cumulocity not connected: ")
         + f"(connection to {address} lost \\(.+\\)|cannot connect to {address}: Connection "
         "refused)", per_press[1][2]), per_press[1][2]
-    assert "stopping with 1 events queued; they are sent at the next start" in messages_logged
+    assert "stopping with 1 event queued; it is sent at the next start" in messages_logged
     assert messages_logged[-1] == "dashkanban stopped"
     assert "SIGTERM: stopping" in messages_logged
 

@@ -15,6 +15,7 @@ from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture.bpf import Program, button_programs, candidate_program
 from dashkanban.config import Settings
 from dashkanban.errors import DashkanbanError
+from dashkanban.events import check_event_text
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def reload_buttons(
     """
     try:
         registry = load_buttons(settings.buttons.file)
+        check_event_text(settings, registry)  # as at start: a new name `[event] text` cannot show
         programs = kernel_programs(settings, registry)
     except DashkanbanError as exc:
         log.error("reload: %s; keeping the buttons loaded before", exc)
