@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import forge
 from dashkanban.sandbox import Sandbox
+from tests import forge
 from tests.e2e.netns import Pair, in_netns, ip, sender
 from tests.faults import REPO
 from tests.sandbox_fixture import sandbox_config, sandbox_options

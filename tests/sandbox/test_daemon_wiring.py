@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.capture import Frame, forge
+from dashkanban.capture import Frame
 from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.kanban.history import History
 from dashkanban.outbox import Outbox
 from dashkanban.sandbox import Sandbox
+from tests import forge
 from tests.brokers import free_port
 from tests.sandbox_fixture import rest, sandbox_config
 
