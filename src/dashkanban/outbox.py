@@ -437,14 +437,29 @@ class Outbox:
         """Move an unreadable row to the quarantine table, whole, in one transaction."""
         reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")[:300]
 
-        def move() -> None:
+        now = self._clock().astimezone(UTC).isoformat()
+        self._transaction("quarantining an unreadable row", [
+            (_QUARANTINE, ()),
+            (_QUARANTINE_COPY, (reason, now, row_id)),
+            ("DELETE FROM events WHERE id = ?", (row_id,)),
+        ])
+        log.error(
+            "outbox row %d cannot be read (%s): moved to the quarantine table of %s, delivery "
+            "goes on with the next row", row_id, reason, self.path,
+        )
+        if self._metrics is not None:
+            self._metrics.add("quarantined")
+
+    def _transaction(self, what: str,
+                     statements: Sequence[tuple[str, tuple[object, ...]]]) -> None:
+        """`statements` in one write transaction (with room made on a full disk, as `put`);
+        a failure is an OutboxError saying `what` failed, and nothing of it is kept."""
+
+        def run() -> None:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(_QUARANTINE)
-                self._db.execute(
-                    _QUARANTINE_COPY, (reason, self._clock().astimezone(UTC).isoformat(), row_id)
-                )
-                self._db.execute("DELETE FROM events WHERE id = ?", (row_id,))
+                for sql, params in statements:
+                    self._db.execute(sql, params)
                 self._db.execute("COMMIT")
             except sqlite3.Error:
                 self._rollback()
@@ -453,15 +468,9 @@ class Outbox:
         with self._lock:
             self._check_open()
             try:
-                self._with_room(move)
+                self._with_room(run)
             except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "quarantining an unreadable row") from None
-        log.error(
-            "outbox row %d cannot be read (%s): moved to the quarantine table of %s, delivery "
-            "goes on with the next row", row_id, reason, self.path,
-        )
-        if self._metrics is not None:
-            self._metrics.add("quarantined")
+                raise _translate(exc, self.path, what) from None
 
     def quarantined(self) -> int:
         """Rows moved to the quarantine table since the file was made (they are kept there)."""
@@ -483,28 +492,14 @@ class Outbox:
         now = self._clock().astimezone(UTC).isoformat()
         error, line = error[:300], line[:300]
 
-        def write() -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(_C8Y_REFUSALS)
-                self._db.execute(
-                    "INSERT INTO c8y_refusals (one, count, last_error, last_line, last_at)"
-                    " VALUES (1, 1, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET"
-                    " count = count + 1, last_error = excluded.last_error,"
-                    " last_line = excluded.last_line, last_at = excluded.last_at",
-                    (error, line, now),
-                )
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._rollback()
-                raise
-
-        with self._lock:
-            self._check_open()
-            try:
-                self._with_room(write)
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "counting a refusal by Cumulocity") from None
+        self._transaction("counting a refusal by Cumulocity", [
+            (_C8Y_REFUSALS, ()),
+            ("INSERT INTO c8y_refusals (one, count, last_error, last_line, last_at)"
+             " VALUES (1, 1, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET"
+             " count = count + 1, last_error = excluded.last_error,"
+             " last_line = excluded.last_line, last_at = excluded.last_at",
+             (error, line, now)),
+        ])
         if self._metrics is not None:
             self._metrics.add("c8y_refused")
 
