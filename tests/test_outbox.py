@@ -636,3 +636,26 @@ def test_refusals_by_cumulocity_are_counted_in_the_file_with_the_last_one(tmp_pa
         text = format_status(path, outbox.stats(), 10, 1000)
     assert ('\nrefused by Cumulocity: 2 (last: 2026-11-26T09:30:00.500000+00:00 '
             '45,400,Wrong\\x1b[31m for 400,t,"a\\nb",2026)\n') in text
+
+
+def test_remember_forgets_old_identities_through_an_index(tmp_path: Path) -> None:
+    """Every press prunes identities older than PRESS_IDS_DAYS: by the index on `remembered`,
+    not by reading the whole table each time, and only the old ones go."""
+    from dashkanban.outbox import PRESS_IDS_DAYS, press_key
+
+    path = tmp_path / "o.sqlite3"
+    now = clock()
+    times = iter([now - timedelta(days=PRESS_IDS_DAYS + 1), now])
+    with Outbox.open(path, clock=lambda: next(times)) as outbox:
+        outbox.remember([press_key(event_for(1))])  # remembered long ago
+        outbox.remember([press_key(event_for(2))])  # now: the first is forgotten
+        keys = [press_key(event_for(i)) for i in (1, 2)]
+        assert outbox.seen(keys) == {keys[1]: "delivered"}
+    db = sqlite3.connect(path)
+    try:
+        plan = db.execute("EXPLAIN QUERY PLAN DELETE FROM press_ids WHERE remembered < ?",
+                          ("x",)).fetchall()
+    finally:
+        db.close()
+    assert [row[3] for row in plan] == [
+        "SEARCH press_ids USING COVERING INDEX press_ids_remembered (remembered<?)"]

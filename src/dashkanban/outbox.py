@@ -147,6 +147,9 @@ CREATE TABLE IF NOT EXISTS press_ids (
     PRIMARY KEY (serial, time, type)
 ) WITHOUT ROWID
 """
+# `remember` forgets old identities on every press: without this index that DELETE read the
+# whole table each time.
+_PRESS_IDS_AGE = "CREATE INDEX IF NOT EXISTS press_ids_remembered ON press_ids (remembered)"
 
 
 class OutboxError(DashkanbanError):
@@ -718,28 +721,13 @@ class Outbox:
         now = self._clock().astimezone(UTC)
         stamp = now.isoformat()
         cutoff = (now - timedelta(days=PRESS_IDS_DAYS)).isoformat()
-
-        def write() -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO press_ids (serial, time, type, remembered)"
-                    " VALUES (?, ?, ?, ?)",
-                    [(*key, stamp) for key in keys],
-                )
-                self._db.execute("DELETE FROM press_ids WHERE remembered < ?", (cutoff,))
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._rollback()
-                raise
-
-        with self._lock:
-            self._check_open()
-            try:
-                self._ledger()
-                self._with_room(write)
-            except sqlite3.Error as exc:
-                raise _translate(exc, self.path, "remembering presses") from None
+        self._transaction("remembering presses", [
+            (_PRESS_IDS, ()),
+            (_PRESS_IDS_AGE, ()),
+            *(("INSERT OR IGNORE INTO press_ids (serial, time, type, remembered)"
+               " VALUES (?, ?, ?, ?)", (*key, stamp)) for key in keys),
+            ("DELETE FROM press_ids WHERE remembered < ?", (cutoff,)),
+        ])
 
     def drop(self, *, button: str | None = None,
              before: datetime | None = None) -> list[QueuedEvent]:
@@ -815,6 +803,7 @@ class Outbox:
         # Its own table, made when first needed and outside the schema version: an older
         # dashkanban ignores it, and it needs no migration of the queue (called with the lock).
         self._db.execute(_PRESS_IDS)
+        self._db.execute(_PRESS_IDS_AGE)
 
 
 # -- helpers -----------------------------------------------------------------------------------
