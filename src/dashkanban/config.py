@@ -678,6 +678,19 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str], outbox_path: Path,
         raise v.error(s, "key_file", "key_file needs a cert_file")
     password = _password(v, environ, cert_file, uplink)
     rest_url = _rest_url(v, tenant, tls)
+    return _uplink_settings(v, environ, tenant=tenant, tenant_id=tenant_id, user=user,
+                            password=password, port=port, tls=tls,
+                            allow_insecure=allow_insecure, cert_file=cert_file,
+                            key_file=key_file, rest_url=rest_url)
+
+
+def _uplink_settings(v: _Values, environ: Mapping[str, str], *, tenant: str, tenant_id: str,
+                     user: str, password: Secret | None, port: int, tls: bool,
+                     allow_insecure: bool, cert_file: Path | None, key_file: Path | None,
+                     rest_url: str, credentials_file: Path | None = None) -> C8yMqttSettings:
+    """[C8YMQTT] with its login settled (from the section or from `register`'s file): the keys
+    read the same way for either, in one place (a second copy once lost two of them)."""
+    s = "C8YMQTT"
     return C8yMqttSettings(
         tenant=tenant,
         tenant_id=tenant_id,
@@ -691,6 +704,7 @@ def _c8y_settings(v: _Values, environ: Mapping[str, str], outbox_path: Path,
         key_file=key_file,
         rest_url=rest_url,
         keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
+        credentials_file=credentials_file,
         bootstrap_user=_bootstrap_user(v),
         bootstrap_password=_bootstrap_password(v, environ),
         max_inflight=v.parsed(s, "max_inflight", _int_in(1, 1000)),
@@ -796,25 +810,12 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
     allow_insecure = v.parsed(s, "allow_insecure", _bool)
     _check_transport(v, port, tls, allow_insecure)
     rest_url = _rest_url(v, tenant, tls)
-    return C8yMqttSettings(
-        tenant=tenant,
-        tenant_id=tenant_id,
-        user=user,
-        password=password,
-        port=port,
-        tls=tls,
-        allow_insecure=allow_insecure,
-        ca_file=v.path_value(s, "ca_file"),
-        cert_file=cert_file if enrolled else None,
-        key_file=key_file if enrolled else None,
-        rest_url=rest_url,
-        keepalive=v.parsed(s, "keepalive", _int_in(5, 3600)),
-        credentials_file=path if found is not None else None,
-        bootstrap_user=_bootstrap_user(v),
-        bootstrap_password=_bootstrap_password(v, environ),
-        max_inflight=v.parsed(s, "max_inflight", _int_in(1, 1000)),
-        retry_max=v.parsed(s, "retry_max", _int_in(1, 86400)),
-    )
+    return _uplink_settings(v, environ, tenant=tenant, tenant_id=tenant_id, user=user,
+                            password=password, port=port, tls=tls,
+                            allow_insecure=allow_insecure,
+                            cert_file=cert_file if enrolled else None,
+                            key_file=key_file if enrolled else None, rest_url=rest_url,
+                            credentials_file=path if found is not None else None)
 
 
 def _check_credentials_config_owner(config: Path, environ: Mapping[str, str], secret: Path
