@@ -210,8 +210,11 @@ def test_killed_during_a_burst_the_outbox_is_intact_and_every_queued_press_is_de
     assert set(queued) <= set(by_serial(burst[: done + 1]))  # nothing never pressed
     lost = lost_pubacks(outbox, settle(recorder), burst)
 
-    again = ChildDaemon(config, tmp_path / "daemon.log")
+    again = ChildDaemon(config, tmp_path / "again.log")
     try:
+        # Wait for the start: the outbox may have been empty already, and a SIGTERM that comes
+        # before the handlers are installed ends Python with -15 rather than the drain's 0.
+        again.wait_log("dashkanban-gw-01 ready")
         wait_until(lambda: queued_serials(outbox) == [], 30, "the outbox to empty")
         wait_delivered(recorder, done)
     finally:
