@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dashkanban.buttons import Button
-from dashkanban.c8y.rest import CumulocityRest, InventorySource
+from dashkanban.c8y.rest import AsyncCumulocityRest, InventorySource
 from dashkanban.capture import Frame
 from dashkanban.config import Settings, load_settings
 from dashkanban.decode import Decoder
@@ -71,8 +71,8 @@ class Wired:
     def __init__(self, settings: Settings, **options: float) -> None:
         # Backoff inside one call is the client's; 0 keeps the test fast (the policy is tested
         # in tests/c8y/test_rest.py).
-        rest = CumulocityRest.from_settings(settings.c8y, backoff=0.0)
-        self.source = InventorySource(settings, rest=rest)
+        rest = AsyncCumulocityRest.from_settings(settings.c8y, backoff=0.0)
+        self.source = InventorySource(settings, async_rest=rest)
         self.ready = threading.Semaphore(0)
         self.lookups = Lookups(self.source, notify=self.ready.release, **options)  # type: ignore[arg-type]
         self.pipeline: Pipeline = build_pipeline(settings, load_registry(settings),

@@ -1,18 +1,24 @@
-"""Inventory look-ups off the capture thread (`[buttons] source = inventory | both`, live).
+"""Inventory look-ups beside live capture (`[buttons] source = inventory | both`, live).
 
 Asking Cumulocity whether a MAC is a button takes an HTTP round trip, retries, and during an
 outage up to minutes. Live capture must never wait for that: every phone's ARP would stall it while
 the kernel's socket buffer overflows and drops the CSV buttons' packets. So `Lookups.ask` never
-blocks: a MAC the cache cannot answer is queued for the worker thread, and its sightings are
-*parked* (with their clock readings) until the answer is collected with `answers()`:
+waits: a MAC the cache cannot answer is queued for `Lookups.run()`, and its sightings are *parked*
+(with their clock readings) until the answer is collected with `answers()`:
 
 - a button: the parked sightings are debounced in order, so the press keeps the first packet's
   time and trigger, exactly as if the answer had been there at once;
 - not a button (404): they are dropped;
-- the look-up failed: it is never taken as "not a button". The worker retries with backoff (1 s
+- the look-up failed: it is never taken as "not a button". `run` retries with backoff (1 s
   doubling to 60 s; 60 s at once after a 401/403, which must not hammer the login), keeping the
   parked sightings, until it succeeds or GIVE_UP seconds after the first sighting; then one ERROR
   line names the MAC and says its press could not be attributed.
+
+`run()` is a task of the daemon's event loop (docs/architecture.md): the look-ups go over
+httpx.AsyncClient (`InventorySource.look_up`), at most CONCURRENCY at once, and `notify` is called
+on the loop's thread when answers are ready (the daemon then calls `pipeline.answered`). It returns
+only when cancelled; a bug raises out of it (the daemon then exits 1). `start()`/`stop()` run it on
+a loop of its own for today's threaded daemon (loopthread.py) until the daemon awaits it.
 
 Bounded: at most `max_pending` MACs waiting (a sighting of one more MAC is not looked up, counted
 in `refused`; its next sighting tries again), at most `max_parked` sightings kept per MAC (the
@@ -22,10 +28,12 @@ only parks).
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import heapq
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +43,7 @@ from typing import Protocol
 from dashkanban.backoff import Backoff
 from dashkanban.buttons import Button
 from dashkanban.decode import Sighting
+from dashkanban.loopthread import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +52,16 @@ MAX_PARKED = 32  # sightings kept per waiting MAC
 GIVE_UP = 600.0  # seconds after the first sighting a failing look-up is abandoned
 RETRY_FIRST = 1.0  # seconds: the longest first wait, doubled per failure (full jitter)
 RETRY_MAX = 60.0
+CONCURRENCY = 4  # look-ups in flight at once: a new store's first minutes, without a burst at
+# the tenant (Cumulocity limits requests per tenant, docs/protocol.md 3.5)
 
 
 class Source(Protocol):
-    """What the worker asks (c8y.rest.InventorySource): a blocking, cached look-up."""
+    """What `run` asks (c8y.rest.InventorySource): a cached look-up on the event loop."""
 
-    def __call__(self, mac: str) -> Button | None: ...  # may block; raises when it cannot tell
+    async def look_up(self, mac: str) -> Button | None: ...  # raises when it cannot tell
     def cached(self, mac: str) -> object: ...  # Button | None, or anything else for "not cached"
+    async def aclose(self) -> None: ...  # its HTTP client, on the loop that used it
 
 
 class _Pending:
@@ -86,9 +98,9 @@ class _Waiting:
 
 
 class Lookups:
-    """The asynchronous front of an inventory source. `ask` and `answers` belong to the thread
-    that owns the debouncer; the worker only calls the source. `notify` is called (on the worker
-    thread) whenever answers are ready to collect."""
+    """The asynchronous front of an inventory source. `ask` and `answers` belong to the code that
+    owns the debouncer (the pipeline, under its lock); `run()` does the look-ups on the event loop
+    and calls `notify` there whenever answers are ready to collect."""
 
     def __init__(
         self,
@@ -100,6 +112,7 @@ class Lookups:
         give_up: float = GIVE_UP,
         retry_first: float = RETRY_FIRST,
         retry_max: float = RETRY_MAX,
+        concurrency: int = CONCURRENCY,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -111,18 +124,22 @@ class Lookups:
         self._give_up = give_up
         self._retry_first = retry_first
         self._retry_max = retry_max
+        self._concurrency = max(1, concurrency)
         self._clock = clock
-        self._cond = threading.Condition()
         self._waiting: dict[str, _Waiting] = {}
-        self._due: list[tuple[float, int, str]] = []  # (when, sequence, mac): the worker's queue
+        # New MACs from `ask`, for `run` to schedule. A deque: appends and pops are atomic, so
+        # `ask` may come from another thread than the loop's (today's capture thread).
+        self._arrivals: collections.deque[tuple[float, str]] = collections.deque()
+        self._done: collections.deque[str] = collections.deque()  # answered, not yet collected
+        self._due: list[tuple[float, int, str]] = []  # (when, sequence, mac): run()'s queue
         self._seq = 0
-        self._done: list[str] = []  # answered MACs, not yet collected
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._runner: LoopThread | None = None
         self.refused = 0  # sightings not looked up: max_pending MACs were waiting
         self.dropped = 0  # sightings not parked: max_parked already kept for that MAC
         self.given_up = 0
-        # Told when the worker fails unexpectedly (the daemon then exits 1).
+        # Told when run() fails unexpectedly under start() (the daemon then exits 1).
         self.on_failure: Callable[[BaseException], None] | None = None
 
     # -- the capture side ------------------------------------------------------------------
@@ -130,138 +147,170 @@ class Lookups:
     def ask(self, sighting: Sighting, now: float) -> Button | _Pending | None:
         """A Button, None (not a button), or PENDING (parked until `answers()`); never blocks."""
         mac = sighting.mac
-        with self._cond:
-            waiting = self._waiting.get(mac)
-            if waiting is not None:
-                if len(waiting.parked) < self._max_parked:
-                    waiting.parked.append(Parked(sighting, now))
-                else:
-                    self.dropped += 1
-                return PENDING
+        waiting = self._waiting.get(mac)
+        if waiting is not None:
+            if len(waiting.parked) < self._max_parked:
+                waiting.parked.append(Parked(sighting, now))
+            else:
+                self.dropped += 1
+            return PENDING
         known = self._source.cached(mac)
         if known is None or isinstance(known, Button):
             return known
-        with self._cond:
-            if len(self._waiting) >= self._max_pending:
-                if self.refused == 0 or self.refused % 1000 == 0:
-                    log.warning("%d MACs are waiting for the inventory look-up; %s not looked up "
-                                "now (%d so far)", len(self._waiting), mac, self.refused + 1)
-                self.refused += 1
-                return None
-            first = self._clock()
-            self._waiting[mac] = _Waiting([Parked(sighting, now)], first)
-            self._schedule(mac, first)
+        if len(self._waiting) >= self._max_pending:
+            if self.refused == 0 or self.refused % 1000 == 0:
+                log.warning("%d MACs are waiting for the inventory look-up; %s not looked up "
+                            "now (%d so far)", len(self._waiting), mac, self.refused + 1)
+            self.refused += 1
+            return None
+        first = self._clock()
+        self._waiting[mac] = _Waiting([Parked(sighting, now)], first)
+        self._arrivals.append((first, mac))
+        self._wake_up()
         return PENDING
 
     def answers(self) -> list[Answer]:
         """The answered MACs with their parked sightings, in answer order; those MACs are no
         longer pending (their next sighting reads the cache)."""
-        if not self._done:  # the common case, without the lock
-            return []
-        with self._cond:
-            done, self._done = self._done, []
-            out = []
-            for mac in done:
-                waiting = self._waiting.pop(mac)
-                out.append(Answer(mac, waiting.button, tuple(waiting.parked)))
-            return out
+        out = []
+        while self._done:
+            mac = self._done.popleft()
+            waiting = self._waiting.pop(mac)
+            out.append(Answer(mac, waiting.button, tuple(waiting.parked)))
+        return out
 
     @property
     def pending(self) -> int:
-        with self._cond:
-            return len(self._waiting)
+        return len(self._waiting)
 
-    # -- the worker ------------------------------------------------------------------------
+    # -- the look-ups ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Look the asked MACs up, at most `concurrency` at once, until cancelled. A look-up
+        that fails is retried with backoff (module doc); a bug here raises (the daemon then
+        exits 1). The source's async client is closed on the way out."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        slots = asyncio.Semaphore(self._concurrency)
+        try:
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    mac = await self._next()
+                    await slots.acquire()
+                    group.create_task(self._look_up(mac, slots))
+        finally:
+            self._loop = self._wake = None
+            left = sum(1 for w in self._waiting.values() if not w.answered)
+            if left:
+                log.warning("stopping with %d MAC(s) still being looked up in the inventory; "
+                            "their sightings are not counted as presses", left)
+            await self._source.aclose()
 
     def start(self) -> None:
-        if self._thread is None:
-            # Its own thread: the blocking HTTP calls must never hold up capture.
-            self._thread = threading.Thread(target=self._supervised, name="inventory",
-                                            daemon=True)
-            self._thread.start()
+        """Interim, while daemon.py runs capture on a thread of its own: `run()` on a loop of
+        its own (loopthread.py); goes when the daemon awaits `run()` in its TaskGroup."""
+        if self._runner is None:
+            self._runner = LoopThread("inventory", self.run, on_failure=self._failed_run)
+            self._runner.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker; an HTTP call in flight finishes on its own (its answer is ignored)."""
-        with self._cond:
-            self._stopping = True
-            waiting = sum(1 for w in self._waiting.values() if not w.answered)
-            self._cond.notify_all()
-        if waiting:
-            log.warning("stopping with %d MAC(s) still being looked up in the inventory; their "
-                        "sightings are not counted as presses", waiting)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Interim: cancel `run()` started by `start()`; a look-up under way is abandoned."""
+        if self._runner is not None:
+            self._runner.stop(timeout)
+            self._runner = None
+
+    def _failed_run(self, exc: BaseException) -> None:
+        if self.on_failure is None:
+            log.critical("the inventory look-ups failed unexpectedly", exc_info=exc)
+        else:
+            self.on_failure(exc)
+
+    def _wake_up(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return  # run() has not started: it takes the arrivals when it does
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has ended: nobody to wake
+            loop.call_soon_threadsafe(wake.set)
 
     def _schedule(self, mac: str, when: float) -> None:
         self._seq += 1
         heapq.heappush(self._due, (when, self._seq, mac))
-        self._cond.notify()
 
-    def _next(self) -> str | None:
-        with self._cond:
-            while not self._stopping:
-                now = self._clock()
-                if self._due and self._due[0][0] <= now:
-                    return heapq.heappop(self._due)[2]
-                self._cond.wait(self._due[0][0] - now if self._due else None)
-            return None
+    async def _next(self) -> str:
+        """The MAC whose look-up is due first, once it is due."""
+        wake = self._wake
+        assert wake is not None  # set by run()
+        while True:
+            while self._arrivals:
+                self._schedule(*self._arrivals.popleft()[::-1])
+            now = self._clock()
+            if self._due and self._due[0][0] <= now:
+                return heapq.heappop(self._due)[2]
+            wake.clear()
+            if self._arrivals:
+                continue
+            try:
+                async with asyncio.timeout(self._due[0][0] - now if self._due else None):
+                    await wake.wait()
+            except TimeoutError:
+                pass
 
-    def _supervised(self) -> None:
-        try:
-            self._work()
-        except Exception as exc:  # a bug: look-ups would stop for good, silently
-            if self.on_failure is None:
-                raise
-            self.on_failure(exc)
-
-    def _work(self) -> None:
+    async def _look_up(self, mac: str, slots: asyncio.Semaphore) -> None:
         from dashkanban.c8y.rest import RestRefusedError
 
-        while (mac := self._next()) is not None:
+        try:
             try:
-                button = self._source(mac)  # blocking HTTP, no lock of ours held
+                button = await self._source.look_up(mac)
             except Exception as exc:
                 if not _expected(exc):
                     log.exception("inventory look-up of %s failed unexpectedly", mac)
                 self._failed(mac, exc, refused=isinstance(exc, RestRefusedError))
-                continue
-            with self._cond:
-                waiting = self._waiting[mac]
-                waiting.button, waiting.answered = button, True
-                self._done.append(mac)
-                stopping = self._stopping
-            if not stopping and self.notify is not None:
-                self.notify()
+                return
+        finally:
+            slots.release()
+        waiting = self._waiting[mac]
+        waiting.button, waiting.answered = button, True
+        self._answered(mac)
+
+    def _answered(self, mac: str) -> None:
+        self._done.append(mac)
+        if self.notify is not None:
+            self.notify()
 
     def _failed(self, mac: str, exc: Exception, *, refused: bool) -> None:
-        with self._cond:
-            waiting = self._waiting[mac]
-            waiting.failures += 1
-            now = self._clock()
-            deadline = waiting.first + self._give_up
-            if now < deadline:
-                # A refusal (401/403) waits the longest; anything else backs off (backoff.py).
-                delay = self._retry_max if refused else Backoff(
-                    self._retry_first, self._retry_max).delay(waiting.failures, self._rand)
-                delay = min(delay, deadline - now)  # the last try falls on the deadline
-                self._schedule(mac, now + delay)
-                # WARNING once per MAC; an outage's further retries would flood the log.
-                log.log(logging.WARNING if waiting.failures == 1 else logging.DEBUG,
-                        "cannot tell whether %s is a button yet (%s); asking again in %.0f s",
-                        mac, exc, delay)
-                return
-            first = waiting.parked[0].sighting
-            waiting.button, waiting.answered = None, True
-            self._done.append(mac)
-            self.given_up += 1
-            stopping = self._stopping
+        waiting = self._waiting[mac]
+        waiting.failures += 1
+        now = self._clock()
+        deadline = waiting.first + self._give_up
+        if now < deadline:
+            # A refusal (401/403) waits the longest; anything else backs off (backoff.py).
+            delay = self._retry_max if refused else Backoff(
+                self._retry_first, self._retry_max).delay(waiting.failures, self._rand)
+            delay = min(delay, deadline - now)  # the last try falls on the deadline
+            self._schedule(mac, now + delay)
+            if self._wake is not None:
+                self._wake.set()  # _next may be waiting for a later MAC, or for none
+            # WARNING once per MAC; an outage's further retries would flood the log.
+            log.log(logging.WARNING if waiting.failures == 1 else logging.DEBUG,
+                    "cannot tell whether %s is a button yet (%s); asking again in %.0f s",
+                    mac, exc, delay)
+            return
+        first = waiting.parked[0].sighting
+        waiting.button, waiting.answered = None, True
+        self.given_up += 1
         log.error(
             "gave up asking Cumulocity whether %s is a button after %.0f s (%s): its press at %s "
             "could not be attributed", mac, self._give_up, exc,
             datetime.fromtimestamp(first.time, UTC).isoformat(timespec="milliseconds"),
         )
-        if not stopping and self.notify is not None:
-            self.notify()
+        self._answered(mac)
 
 
 def _expected(exc: Exception) -> bool:

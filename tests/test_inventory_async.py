@@ -1,0 +1,193 @@
+"""`Lookups.run()` as a task of an asyncio loop, as the daemon's TaskGroup runs it: look-ups over
+httpx.AsyncClient against the project's sandbox (real HTTP), answers handed to the pipeline on
+the loop's own thread through `notify`, bounded concurrency, a tenant that refuses and then
+accepts, and a bug that ends `run()` instead of silencing the look-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashkanban.buttons import Button
+from dashkanban.c8y.rest import InventorySource
+from dashkanban.capture import Frame
+from dashkanban.config import Settings, load_settings
+from dashkanban.inventory import Lookups
+from dashkanban.pipeline import Pipeline
+from dashkanban.presses import Press
+from dashkanban.replay import build_pipeline, load_registry
+from dashkanban.sandbox import Sandbox
+from tests import forge
+from tests.kanban.c8y_server import Store, c8y_server
+from tests.sandbox_fixture import SANDBOX_PASSWORD, rest, sandbox_options
+
+MAC, SERIAL, NAME = "fc:a6:67:0a:0b:0c", "fca6670a0b0c", "Aisle 4 ties"
+PHONE = "3c:22:fb:8e:41:07"
+T0 = datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC).timestamp()
+WAIT = 10.0
+
+
+def at(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def arp(mac: str, t: float) -> Frame:
+    return Frame(t, forge.arp_frame(1, mac, "0.0.0.0", "192.168.1.23"))
+
+
+def config(folder: Path, rest_url: str, password: str = SANDBOX_PASSWORD) -> Settings:
+    path = folder / "config.ini"
+    path.write_text(
+        "[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        f"password = {password}\nport = 1883\ntls = no\nallow_insecure = yes\n"
+        f"rest_url = {rest_url}\n[buttons]\nsource = inventory\ncache_ttl = 300\n"
+    )
+    path.chmod(0o600)
+    return load_settings(path)
+
+
+def add_button(sandbox: Sandbox) -> None:
+    with rest(sandbox) as admin:
+        made = admin.post("/inventory/managedObjects", headers={"Accept": "application/json"},
+                          json={"name": NAME, "type": "c8y_DashButton"}).json()
+        assert admin.post(f"/identity/globalIds/{made['id']}/externalIds",
+                          json={"type": "c8y_Serial", "externalId": SERIAL}).status_code == 201
+
+
+class OnTheLoop:
+    """The daemon's wiring on one loop: frames fed on the loop, `notify` collects the answers'
+    presses there (recording the thread it was called on)."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self.source = InventorySource(settings)
+        self.lookups = Lookups(self.source, notify=self._notified, **options)
+        self.pipeline: Pipeline = build_pipeline(settings, load_registry(settings),
+                                                 inventory=self.lookups)
+        self.presses: list[Press] = []
+        self.notified_on: set[str] = set()
+        self.changed = asyncio.Event()
+
+    def _notified(self) -> None:
+        self.notified_on.add(threading.current_thread().name)
+        self.pipeline.answered(self.presses.append)
+        self.changed.set()
+
+    def feed(self, *frames: Frame) -> list[Press]:
+        return list(self.pipeline.run_presses(frames))
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT):
+            while not done():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def test_answers_come_on_the_loop_thread_through_notify(tmp_path: Path) -> None:
+    with Sandbox(sandbox_options()) as sandbox:
+        add_button(sandbox)
+        wired = OnTheLoop(config(tmp_path, sandbox.http_url))
+
+        async def main() -> list[Press]:
+            async with asyncio.TaskGroup() as group:
+                task = group.create_task(wired.lookups.run())
+                # A burst of the button and a phone: both parked, nothing out at once.
+                assert wired.feed(arp(MAC, T0), arp(PHONE, T0 + 0.2), arp(MAC, T0 + 0.4)) == []
+                await wired.until(lambda: wired.lookups.pending == 0)
+                # The cache answers the next sighting at once, without a look-up.
+                later = wired.feed(arp(MAC, T0 + 45))
+                task.cancel()
+            return later
+
+        later = asyncio.run(main())
+    assert wired.presses == [Press(Button(NAME, MAC), at(T0), "arp")]
+    assert later == [Press(Button(NAME, MAC), at(T0 + 45), "arp")]
+    assert wired.notified_on == {threading.current_thread().name}  # the loop's thread
+    assert wired.source.requests == 3  # identity + managed object, identity of the phone
+
+
+def test_a_refusing_tenant_is_asked_again_after_retry_max_and_then_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The password is wrong on the tenant (401: no hammering, the next try after retry_max);
+    once the tenant takes it again, the parked burst becomes the press, with its first time."""
+    caplog.set_level(logging.WARNING, logger="dashkanban")
+    with Sandbox(sandbox_options()) as sandbox:
+        add_button(sandbox)
+        sandbox.set_password("changed-on-the-tenant")
+        wired = OnTheLoop(config(tmp_path, sandbox.http_url), retry_max=0.3)
+
+        async def main() -> None:
+            async with asyncio.TaskGroup() as group:
+                task = group.create_task(wired.lookups.run())
+                assert wired.feed(arp(MAC, T0), arp(MAC, T0 + 0.3)) == []
+                async with asyncio.timeout(WAIT):  # until the refusal is in (its WARNING)
+                    while not caplog.records:
+                        await asyncio.sleep(0.01)
+                await asyncio.to_thread(sandbox.set_password, SANDBOX_PASSWORD)
+                await wired.until(lambda: wired.lookups.pending == 0)
+                task.cancel()
+
+        asyncio.run(main())
+    assert wired.presses == [Press(Button(NAME, MAC), at(T0), "arp")]
+    assert wired.source.requests == 3  # refused once (not retried within the call), then 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot tell whether fc:a6:67:0a:0b:0c is a button yet (Cumulocity refused the login of "
+        "t12345/dash-gateway (401): check tenantID, user and password); asking again in 0 s"
+    ]
+
+
+def test_at_most_concurrency_look_ups_at_once(tmp_path: Path) -> None:
+    store = Store("t12345/dash-gateway", SANDBOX_PASSWORD)
+    store.add_device("201", SERIAL, name=NAME)
+    store.hold = threading.Event()  # a slow tenant: every request waits until released
+    macs = [f"3c:22:fb:8e:41:{i:02x}" for i in range(6)]
+    with c8y_server(store) as base:
+        wired = OnTheLoop(config(tmp_path, base), concurrency=2)
+
+        async def main() -> list[int]:
+            seen = []
+            async with asyncio.TaskGroup() as group:
+                task = group.create_task(wired.lookups.run())
+                wired.feed(*(arp(mac, T0 + i) for i, mac in enumerate(macs)))
+                async with asyncio.timeout(WAIT):
+                    while len(store.requests) < 2:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)  # time for a third request, were it allowed
+                seen.append(len(store.requests))
+                store.hold.set()  # type: ignore[union-attr]
+                await wired.until(lambda: wired.lookups.pending == 0)
+                seen.append(len(store.requests))
+                task.cancel()
+            return seen
+
+        assert asyncio.run(main()) == [2, 6]
+    assert wired.presses == []  # phones, all of them
+    assert [path for _, path, _ in store.requests] == sorted(
+        f"/identity/externalIds/c8y_Serial/{mac.replace(':', '')}" for mac in macs)
+
+
+def test_a_bug_ends_run_instead_of_silencing_the_look_ups(tmp_path: Path) -> None:
+    with Sandbox(sandbox_options()) as sandbox:
+        add_button(sandbox)
+        wired = OnTheLoop(config(tmp_path, sandbox.http_url))
+
+        def broken() -> None:
+            raise RuntimeError("a bug in the notify hook")
+
+        wired.lookups.notify = broken
+
+        async def main() -> None:
+            run = asyncio.create_task(wired.lookups.run())
+            wired.feed(arp(MAC, T0))
+            await asyncio.wait_for(run, WAIT)
+
+        with pytest.raises(ExceptionGroup) as info:
+            asyncio.run(main())
+    assert [str(e) for e in info.value.exceptions] == ["a bug in the notify hook"]
