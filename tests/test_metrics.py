@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import threading
-import time
 import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +24,8 @@ from dashkanban.metrics import (
     SummaryLogger,
     summary_line,
 )
+
+T = TypeVar("T")
 
 
 def test_counters_from_many_threads_add_up_exactly() -> None:
@@ -69,12 +74,18 @@ def test_summary_is_logged_periodically_and_once_more_on_stop(
     metrics = Metrics()
     metrics.add("presses", 3)
     logger = SummaryLogger(metrics, interval=0.01, outbox_rows=lambda: 4)
-    logger.start()
-    deadline = time.monotonic() + 10
-    while len(caplog.records) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    metrics.add("delivered")
-    logger.stop()
+
+    async def main() -> None:
+        task = asyncio.create_task(logger.run())
+        async with asyncio.timeout(10):
+            while len(caplog.records) < 2:
+                await asyncio.sleep(0.01)
+        metrics.add("delivered")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) >= 3
     assert set(lines[:2]) == {
@@ -87,9 +98,35 @@ def test_summary_is_logged_periodically_and_once_more_on_stop(
     )
 
 
-def _scrape(port: int) -> tuple[str, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+def _scrape(port: int, **headers: str) -> tuple[str, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
         return response.headers["Content-Type"], response.read().decode()
+
+
+async def scrape(port: int, **headers: str) -> tuple[str, str]:
+    """A real HTTP GET on 127.0.0.1 from another thread, while the server runs on this loop."""
+    return await asyncio.to_thread(_scrape, port, **headers)
+
+
+def serving(server: MetricsServer, check: Callable[[], Awaitable[T]]) -> T:
+    """`check()` while `server.run()` is a task of the loop, as in the daemon."""
+
+    async def main() -> T:
+        await server.open()
+        task = asyncio.create_task(server.run())
+        try:
+            return await check()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return asyncio.run(main())
+
+
+def samples(body: str) -> list[str]:
+    return [line for line in body.splitlines() if not line.startswith("#")]
 
 
 def test_prometheus_endpoint_serves_every_counter_on_loopback() -> None:
@@ -99,12 +136,11 @@ def test_prometheus_endpoint_serves_every_counter_on_loopback() -> None:
     metrics.add("reconnects")
     rows = [5]
     server = MetricsServer(metrics, 0, outbox_rows=lambda: rows[0])
-    server.start()
-    try:
-        content_type, body = _scrape(server.port)
+
+    async def check() -> None:
+        content_type, body = await scrape(server.port)
         assert content_type == "text/plain; version=0.0.4; charset=utf-8"
-        samples = [line for line in body.splitlines() if not line.startswith("#")]
-        assert samples == [
+        assert samples(body) == [
             "dashkanban_frames_total 1200.0",
             "dashkanban_candidates_total 0.0",
             "dashkanban_malformed_total 2.0",
@@ -125,7 +161,7 @@ def test_prometheus_endpoint_serves_every_counter_on_loopback() -> None:
         )
         metrics.add("delivered", 3)
         rows[0] = 2
-        _, body = _scrape(server.port)
+        _, body = await scrape(server.port)
         assert "dashkanban_delivered_total 3.0" in body.splitlines()
         assert "dashkanban_outbox_events 2.0" in body.splitlines()
         # Its own registry: nothing from prometheus-client's global one (process, GC metrics).
@@ -134,8 +170,39 @@ def test_prometheus_endpoint_serves_every_counter_on_loopback() -> None:
         with socket.socket() as probe:
             probe.settimeout(2)
             assert probe.connect_ex(("127.0.0.2", server.port)) != 0
+
+    serving(server, check)
+
+
+def test_the_uplink_gauges_and_an_outbox_count_off_the_loop() -> None:
+    """The uplink's health (issue 11) and an awaitable row count, as the daemon passes it to
+    keep the SQLite read off the loop (`writer.call(outbox.count)`)."""
+    from dashkanban.writer import Writer
+
+    reading = [(False, 3)]
+    writer = Writer("metrics-test")
+    server = MetricsServer(Metrics(), 0, outbox_rows=lambda: writer.call(int, "7"),
+                           uplink=lambda: reading[0])
+
+    async def check() -> list[str]:
+        _, body = await scrape(server.port)
+        reading[0] = (True, 3)
+        _, again = await scrape(server.port)
+        return [*samples(body)[-3:], *samples(again)[-3:-1], *body.splitlines()]
+
+    try:
+        got = serving(server, check)
     finally:
-        server.stop()
+        writer.close()
+    assert got[:5] == [
+        "dashkanban_uplink_connected 0.0",
+        "dashkanban_uplink_refusals_total 3.0",
+        "dashkanban_outbox_events 7.0",
+        "dashkanban_uplink_connected 1.0",
+        "dashkanban_uplink_refusals_total 3.0",
+    ]
+    assert "# TYPE dashkanban_uplink_connected gauge" in got
+    assert "# TYPE dashkanban_uplink_refusals_total counter" in got
 
 
 def test_a_failing_outbox_count_leaves_the_counters_scrapable() -> None:
@@ -143,13 +210,38 @@ def test_a_failing_outbox_count_leaves_the_counters_scrapable() -> None:
         raise RuntimeError("outbox closed")
 
     server = MetricsServer(Metrics(), 0, outbox_rows=broken)
-    server.start()
-    try:
-        _, body = _scrape(server.port)
-    finally:
-        server.stop()
+    _, body = serving(server, lambda: scrape(server.port))
     assert "dashkanban_frames_total 0.0" in body.splitlines()
     assert "dashkanban_outbox_events" not in body
+
+
+def test_hostile_requests_are_answered_or_dropped_and_the_endpoint_goes_on() -> None:
+    server = MetricsServer(Metrics(), 0)
+
+    def raw(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as peer:
+            peer.sendall(data)
+            peer.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := peer.recv(65536):
+                answer += chunk
+            return answer
+
+    async def check() -> tuple[bytes, bytes, bytes, bytes, str]:
+        post = await asyncio.to_thread(raw, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        huge = await asyncio.to_thread(raw, b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n")
+        cut = await asyncio.to_thread(raw, b"GET /metrics HTT")
+        head = await asyncio.to_thread(raw, b"HEAD / HTTP/1.1\r\n\r\n")
+        _, body = await scrape(server.port)
+        return post, huge, cut, head, body
+
+    post, huge, cut, head, body = serving(server, check)
+    assert post.split(b"\r\n")[:2] == [b"HTTP/1.1 405 Method Not Allowed", b"Allow: GET, HEAD"]
+    assert huge == b""  # not a scraper: closed without an answer
+    assert cut == b""
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert head.endswith(b"\r\n\r\n")  # the head only
+    assert "dashkanban_frames_total 0.0" in body.splitlines()
 
 
 def test_a_busy_port_is_a_config_error() -> None:
@@ -157,7 +249,7 @@ def test_a_busy_port_is_a_config_error() -> None:
         port = taken.getsockname()[1]
         server = MetricsServer(Metrics(), port)
         with pytest.raises(ConfigError) as info:
-            server.start()
+            asyncio.run(server.open())
     assert info.value.exit_code == 2
     assert str(info.value) == (
         f"[metrics] port = {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
@@ -165,7 +257,35 @@ def test_a_busy_port_is_a_config_error() -> None:
     )
 
 
+def test_reporting_on_the_loop_serves_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """As the daemon's TaskGroup runs it: open (exit 2 if busy), run, cancel at the end."""
+    caplog.set_level(logging.INFO, logger="dashkanban.metrics")
+    metrics = Metrics()
+    metrics.add("queued", 2)
+    reporting = MetricsReporting(MetricsSettings(port=0, log_interval=300), metrics, lambda: 2)
+
+    async def main() -> tuple[int, str]:
+        await reporting.open()
+        assert reporting.server is not None
+        port = reporting.server.port
+        task = asyncio.create_task(reporting.run())
+        _, body = await scrape(port)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return port, body
+
+    port, body = asyncio.run(main())
+    assert "dashkanban_queued_total 2.0" in body.splitlines()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"metrics on http://127.0.0.1:{port}/metrics",
+        "counters: frames=0 candidates=0 malformed=0 presses=0 queued=2 delivered=0 "
+        "reconnects=0 refused=0 quarantined=0 c8y_refused=0 outbox=2",
+    ]
+
+
 def test_reporting_from_settings_serves_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """The interim start()/stop() today's threaded daemon calls."""
     caplog.set_level(logging.INFO, logger="dashkanban.metrics")
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]  # free now; the server binds it right after
@@ -185,3 +305,8 @@ def test_reporting_from_settings_serves_and_logs(caplog: pytest.LogCaptureFixtur
     ]
     without_port = MetricsReporting(MetricsSettings(port=None, log_interval=300), metrics)
     assert without_port.server is None
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = MetricsReporting(MetricsSettings(port=taken.getsockname()[1], log_interval=300),
+                                metrics)
+        with pytest.raises(ConfigError):
+            busy.start()

@@ -5,19 +5,31 @@ outbox: queued, delivered, refused; the uplink: reconnects). `MetricsSnapshot` i
 of it at one instant. The Prometheus endpoint uses a registry of its own, never the library's global
 one, so two pipelines in one process (tests, `demo`) do not collide, and it listens on 127.0.0.1
 only: the numbers name nothing secret, but nobody off the box needs them.
+
+The summary line and the endpoint are coroutines of the daemon's event loop (issue 11):
+`MetricsReporting.open()` listens (a taken port is a configuration error, exit 2), `run()` logs
+the summary on an asyncio timer and serves scrapes with `asyncio.start_server`, in the text format
+prometheus-client makes (its own content negotiation), until cancelled; then one last summary line.
+The outbox's row count may be an awaitable (the writer thread's), so no SQLite read runs on the
+loop. `start()`/`stop()` run the same on a loop of their own for today's threaded daemon
+(loopthread.py) until it awaits `run()`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import inspect
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal, get_args
 
-if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
+from dashkanban.loopthread import LoopThread
 
+if TYPE_CHECKING:
     from dashkanban.config import MetricsSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +56,8 @@ HELP: Mapping[CounterName, str] = {
 }
 PREFIX = "dashkanban"
 LOOPBACK = "127.0.0.1"
+REQUEST_LIMIT = 16 * 1024  # bytes of a scrape's request head; more is not a scraper
+REQUEST_WAIT = 10.0  # seconds a scrape may take to send its request and read the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,8 @@ class Metrics:
     """The counters; `add` may be called from any thread."""
 
     def __init__(self) -> None:
+        # Not a thread of its own: the outbox counts on the writer thread its blocking SQLite
+        # work is handed off to (writer.py), the rest of `run` on the loop.
         self._lock = threading.Lock()
         self._values: dict[CounterName, int] = dict.fromkeys(COUNTERS, 0)
 
@@ -91,67 +107,71 @@ class Metrics:
 assert {f.name for f in fields(MetricsSnapshot)} == set(COUNTERS)
 
 
+# How many events wait in the outbox: a plain call (tests, a cheap count) or an awaitable one,
+# e.g. `lambda: writer.call(outbox.count)` so that the SQLite read never runs on the loop.
+OutboxRows = Callable[[], int | Awaitable[int]]
+
+
+async def read_rows(outbox_rows: OutboxRows | None) -> int | None:
+    """The outbox's row count, or None when unknown or failing (a closed or failing outbox must
+    cost a summary line or a scrape its `outbox` value, never the line or the scrape)."""
+    if outbox_rows is None:
+        return None
+    try:
+        rows = outbox_rows()
+        return await rows if inspect.isawaitable(rows) else rows
+    except Exception:  # logged at DEBUG: see above
+        log.debug("outbox row count failed", exc_info=True)
+        return None
+
+
 class SummaryLogger:
-    """Logs `summary_line` every `interval` seconds on a daemon thread, and once more on stop."""
+    """Logs `summary_line` every `interval` seconds, and once more when cancelled."""
 
     def __init__(
         self,
         metrics: Metrics,
         interval: float,
-        outbox_rows: Callable[[], int] | None = None,
+        outbox_rows: OutboxRows | None = None,
     ) -> None:
         self._metrics = metrics
         self._interval = interval
         self._outbox_rows = outbox_rows
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        # A timer thread: the summary line must come even while capture waits for frames.
-        self._thread = threading.Thread(target=self._run, name="metrics-summary", daemon=True)
-        self._thread.start()
-
-    def log_now(self) -> None:
-        rows: int | None = None
-        if self._outbox_rows is not None:
-            try:
-                rows = self._outbox_rows()
-            except Exception:  # a summary line must never take the daemon down
-                log.debug("outbox row count failed", exc_info=True)
+    async def log_now(self) -> None:
+        rows = await read_rows(self._outbox_rows)
         log.info("counters: %s", summary_line(self._metrics.snapshot(), rows))
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            self.log_now()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.log_now()
+    async def run(self) -> None:
+        """Until cancelled; the last line then says what the counters came to."""
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                await self.log_now()
+        finally:
+            await self.log_now()
 
 
 # The uplink as the metrics see it: (connected, refused logins since start).
 UplinkReading = Callable[[], tuple[bool, int]]
 
 
-class _Collector:
-    """Reads the counters at scrape time (prometheus-client's custom-collector protocol)."""
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """The values of one scrape, read before the text is made."""
 
-    def __init__(self, metrics: Metrics, outbox_rows: Callable[[], int] | None,
-                 uplink: UplinkReading | None = None) -> None:
-        self._metrics = metrics
-        self._outbox_rows = outbox_rows
-        self._uplink = uplink
+    snapshot: MetricsSnapshot
+    rows: int | None
+    uplink: tuple[bool, int] | None
 
     def collect(self) -> Iterator[object]:
+        """prometheus-client's custom-collector protocol."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        for name, value in self._metrics.snapshot().items():
+        for name, value in self.snapshot.items():
             yield CounterMetricFamily(f"{PREFIX}_{name}", HELP[name], value=value)
-        if self._uplink is not None:
-            connected, refusals = self._uplink()
+        if self.uplink is not None:
+            connected, refusals = self.uplink
             yield GaugeMetricFamily(
                 f"{PREFIX}_uplink_connected",
                 "1 while every MQTT connection to Cumulocity is up and past its start-up "
@@ -163,76 +183,121 @@ class _Collector:
                 "Logins Cumulocity refused (CONNACK 1, 2, 4, 5 or a refused certificate).",
                 value=refusals,
             )
-        if self._outbox_rows is not None:
-            try:
-                rows = self._outbox_rows()
-            except Exception:  # a closed or failing outbox must not fail the whole scrape
-                log.debug("outbox row count failed", exc_info=True)
-                return
+        if self.rows is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_outbox_events",
                 "Events waiting in the outbox.",
-                value=rows,
+                value=self.rows,
             )
+
+    def exposition(self, accept: str, accept_encoding: str) -> tuple[bytes, list[str]]:
+        """The body and its headers, negotiated as prometheus-client's own server does (text
+        format 0.0.4 unless the scraper asks for another; gzip when accepted)."""
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+        registry = CollectorRegistry(auto_describe=False)  # its own: no process or GC metrics
+        registry.register(self)  # type: ignore[arg-type]  # a collector by protocol
+        encoder, content_type = choose_encoder(accept)
+        body = encoder(registry)
+        headers = [f"Content-Type: {content_type}"]
+        if gzip_accepted(accept_encoding):
+            body = gzip.compress(body)
+            headers.append("Content-Encoding: gzip")
+        return body, headers
 
 
 class MetricsServer:
-    """Prometheus text format on http://127.0.0.1:PORT/metrics (any path answers)."""
+    """Prometheus text format on http://127.0.0.1:PORT/metrics (any path answers), served on the
+    event loop (`asyncio.start_server`): one short HTTP/1.1 exchange per connection."""
 
     def __init__(
-        self, metrics: Metrics, port: int, outbox_rows: Callable[[], int] | None = None,
+        self, metrics: Metrics, port: int, outbox_rows: OutboxRows | None = None,
         uplink: UplinkReading | None = None,
     ) -> None:
         self._metrics = metrics
         self._requested_port = port
         self._outbox_rows = outbox_rows
         self._uplink = uplink
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
 
-    def start(self) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
-
+    async def open(self) -> None:
+        """Listen; ConfigError (exit 2) when the port is taken."""
         from dashkanban.errors import ConfigError
 
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(  # type: ignore[arg-type]
-            self._metrics, self._outbox_rows, self._uplink))
+        if self._server is not None:
+            return
         try:
-            self._server, self._thread = start_http_server(
-                self._requested_port, addr=LOOPBACK, registry=registry
-            )
+            self._server = await asyncio.start_server(
+                self._serve, LOOPBACK, self._requested_port, limit=REQUEST_LIMIT)
         except OSError as exc:
+            # asyncio rewords the system's reason; the errno says it as `ss` or `bind` would.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConfigError(
                 f"[metrics] port = {self._requested_port}: cannot listen on "
-                f"{LOOPBACK}:{self._requested_port} ({exc.strerror}); pick a free port"
+                f"{LOOPBACK}:{self._requested_port} ({reason}); pick a free port"
             ) from None
         log.info("metrics on http://%s:%d/metrics", LOOPBACK, self.port)
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._server is None or not self._server.sockets:
             return self._requested_port
-        return int(self._server.server_address[1])
+        return int(self._server.sockets[0].getsockname()[1])
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    async def run(self) -> None:
+        """Serve until cancelled (opening first if `open` was not awaited); then stop listening."""
+        await self.open()
+        assert self._server is not None
+        try:
+            await self._server.serve_forever()
+        finally:
+            self._server.close()
             self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_WAIT):
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(await self._answer(head))
+                await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a scraper that went away, dawdled, or sent a head too long: nothing to say
+        finally:
+            writer.close()
+
+    async def _answer(self, head: bytes) -> bytes:
+        lines = head.decode("latin-1").split("\r\n")
+        method = lines[0].split(" ", 1)[0]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if method not in ("GET", "HEAD"):
+            return _response("405 Method Not Allowed", ["Allow: GET, HEAD"], b"")
+        reading = _Reading(
+            self._metrics.snapshot(),
+            await read_rows(self._outbox_rows),
+            self._uplink() if self._uplink is not None else None,
+        )
+        body, fields = reading.exposition(headers.get("accept", ""),
+                                          headers.get("accept-encoding", ""))
+        response = _response("200 OK", fields, body)
+        return response[: len(response) - len(body)] if method == "HEAD" else response
+
+
+def _response(status: str, fields: list[str], body: bytes) -> bytes:
+    head = [f"HTTP/1.1 {status}", *fields, f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
 class MetricsReporting:
-    """What `run` starts from `[metrics]`: the summary line always, the endpoint when a port is set.
+    """What `run` keeps from `[metrics]`: the summary line always, the endpoint when a port is set.
 
     ```python
-    reporting = MetricsReporting(settings.metrics, metrics, outbox.count)
-    reporting.start()  # ConfigError if the port is taken
-    ...
-    reporting.stop()  # logs a last summary line
+    reporting = MetricsReporting(settings.metrics, metrics, outbox_rows, uplink=reading)
+    await reporting.open()  # ConfigError (exit 2) if the port is taken: before the TaskGroup
+    group.create_task(reporting.run())  # until cancelled; logs a last summary line then
     ```
     """
 
@@ -240,20 +305,35 @@ class MetricsReporting:
         self,
         settings: MetricsSettings,
         metrics: Metrics,
-        outbox_rows: Callable[[], int] | None = None,
+        outbox_rows: OutboxRows | None = None,
         uplink: UplinkReading | None = None,
     ) -> None:
         self.summary = SummaryLogger(metrics, settings.log_interval, outbox_rows)
         self.server: MetricsServer | None = None
         if settings.port is not None:
             self.server = MetricsServer(metrics, settings.port, outbox_rows, uplink)
+        self._runner: LoopThread | None = None
+
+    async def open(self) -> None:
+        if self.server is not None:
+            await self.server.open()
+
+    async def run(self) -> None:
+        """The summary timer and the endpoint, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            if self.server is not None:
+                group.create_task(self.server.run())
+            group.create_task(self.summary.run())
 
     def start(self) -> None:
-        if self.server is not None:
-            self.server.start()
-        self.summary.start()
+        """Interim, while daemon.py is threads: `open()` then `run()` on a loop of their own
+        (loopthread.py); raises ConfigError here if the port is taken."""
+        if self._runner is None:
+            self._runner = LoopThread("metrics", self.run, setup=self.open)
+            self._runner.start()
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-        self.summary.stop()
+        """Interim: cancel `run()` (its last summary line is logged before this returns)."""
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
