@@ -347,7 +347,7 @@ class Daemon:
     def _fragments_once(self, uplink: object, bins: Bins) -> Callable[[], None]:
         """On the first connect: the c8y_Kanban fragments over REST, on a thread of their own
         (REST may be slow or unreachable; capture and delivery never wait for it)."""
-        from dashkanban.kanban.wiring import publish_fragments
+        from dashkanban.kanban.wiring import publish_fragments_blocking as publish_fragments
 
         started = threading.Event()
 

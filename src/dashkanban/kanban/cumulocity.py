@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dashkanban.buttons import Button
-from dashkanban.c8y.rest import CumulocityRest, RestError
+from dashkanban.c8y.rest import CumulocityRest, Exchange, RestCalls, RestError
 from dashkanban.kanban.alarms import ALARM_TYPE
 from dashkanban.kanban.analytics import BinInfo, Observation, Replenishment, classify
 from dashkanban.kanban.bins import Bin, Bins
@@ -36,6 +36,7 @@ __all__ = [
     "RemoteHistory",
     "fetch_history",
     "kanban_fragment",
+    "kanban_fragment_calls",
     "publish_kanban_fragments",
     "read_events",
 ]
@@ -104,15 +105,24 @@ def publish_kanban_fragments(
 ) -> dict[str, str | None]:
     """PUT the c8y_Kanban fragment on each button of each bin. Returns serial -> managed object id
     (None for a button Cumulocity does not know yet: its child is created with its first press)."""
+    return rest.run(kanban_fragment_calls(rest.calls, bins, gateway_serial))
+
+
+def kanban_fragment_calls(
+    calls: RestCalls, bins: Bins, gateway_serial: str
+) -> Exchange[dict[str, str | None]]:
+    """`publish_kanban_fragments` as an exchange, for either REST client (the daemon's loop
+    awaits it with `AsyncCumulocityRest.run`)."""
     done: dict[str, str | None] = {}
     for bin_ in bins:
         for button in bin_.buttons:
-            mo_id = rest.managed_object_id(button.serial)
+            mo_id = yield from calls.managed_object_id(button.serial)
             done[button.serial] = mo_id
             if mo_id is None:
                 log.info("%s (%s) is not in Cumulocity yet", button.name, button.serial)
                 continue
-            rest.update_managed_object(mo_id, kanban_fragment(button, bin_, gateway_serial))
+            yield from calls.update_managed_object(
+                mo_id, kanban_fragment(button, bin_, gateway_serial))
     return done
 
 

@@ -20,8 +20,11 @@ alarm lines, the template collection and the operations only with `[kanban] alar
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FRAGMENT_PASSES = 3  # a child announced at this connect may show in the inventory a moment later
 FRAGMENT_RETRY = 1.0  # seconds between passes
+STOP_POLL = 0.5  # seconds: how late the interim blocking writer sees the daemon stopping
 
 QueueLines = Callable[[Sequence[DeviceLine], datetime], object]
 
@@ -219,31 +223,64 @@ def make_uplink(settings: Settings, loop: KanbanLoop | None, **options: Any) -> 
     return uplink, router
 
 
-def publish_fragments(settings: Settings, bins: Bins, stop: threading.Event) -> None:
-    """Write the `c8y_Kanban` fragment on each button's child device over REST; fail soft.
+async def publish_fragments(settings: Settings, bins: Bins, *,
+                             rand: Callable[[], float] = random.random) -> None:
+    """Write the `c8y_Kanban` fragment on each button's child device over REST, on the loop.
 
     Buttons not yet in the inventory are tried again a few times (their `101` went out at this
-    connect), then left for the next start.
+    connect), then left for the next start. When REST fails (unreachable, 5xx after the client's
+    own retries, a refused login) the whole write is tried again with the uplink's backoff
+    (backoff.py: from 1 s, a refusal from 30 s, both at most `[C8YMQTT] retry_max`) until it is
+    done or the task is cancelled. Returns when done.
     """
-    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.backoff import uplink_backoffs
+    from dashkanban.c8y.rest import AsyncCumulocityRest, RestRefusedError
     from dashkanban.c8y.token import token_source_for
-    from dashkanban.kanban.cumulocity import publish_kanban_fragments
+    from dashkanban.kanban.cumulocity import kanban_fragment_calls
 
     c8y = settings.c8y
     # A certificate-only gateway writes with its device token (the running uplink's).
     tokens = token_source_for(settings) if c8y.password is None else None
-    try:
-        with CumulocityRest.from_settings(c8y, tokens=tokens) as rest:
-            for attempt in range(1, FRAGMENT_PASSES + 1):
-                done = publish_kanban_fragments(rest, bins, settings.gateway.serial)
-                missing = [serial for serial, mo_id in done.items() if mo_id is None]
-                if not missing:
-                    log.info("c8y_Kanban fragment written on %d button(s)", len(done))
-                    return
-                if attempt == FRAGMENT_PASSES or stop.wait(FRAGMENT_RETRY):
-                    log.info("c8y_Kanban fragment written on %d button(s); %d not in Cumulocity "
-                             "yet, done at the next start", len(done) - len(missing),
-                             len(missing))
-                    return
-    except (DashkanbanError, OSError) as exc:  # CumulocityRest turns httpx errors into these
-        log.warning("c8y_Kanban fragments not written (%s); tried again at the next start", exc)
+    transport, refusal = uplink_backoffs(c8y.retry_max)
+    failures = passes = 0
+    async with AsyncCumulocityRest.from_settings(c8y, tokens=tokens) as rest:
+        while True:
+            try:
+                done = await rest.run(kanban_fragment_calls(rest.calls, bins,
+                                                            settings.gateway.serial))
+            except (DashkanbanError, OSError) as exc:  # the REST client's errors
+                failures += 1
+                backoff = refusal if isinstance(exc, RestRefusedError) else transport
+                delay = backoff.delay(failures, rand)
+                # WARNING once; an outage's further retries would flood the log.
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                        "c8y_Kanban fragments not written yet (%s); trying again in %.0f s",
+                        exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            passes += 1
+            missing = [serial for serial, mo_id in done.items() if mo_id is None]
+            if not missing:
+                log.info("c8y_Kanban fragment written on %d button(s)", len(done))
+                return
+            if passes == FRAGMENT_PASSES:
+                log.info("c8y_Kanban fragment written on %d button(s); %d not in Cumulocity "
+                         "yet, done at the next start", len(done) - len(missing), len(missing))
+                return
+            await asyncio.sleep(FRAGMENT_RETRY)
+
+
+def publish_fragments_blocking(settings: Settings, bins: Bins, stop: threading.Event) -> None:
+    """Interim, while daemon.py runs it on a thread of its own: `publish_fragments` on a loop
+    of its own, cancelled once `stop` is set. Goes when the daemon awaits it in its TaskGroup."""
+
+    async def until_stopped() -> None:
+        task = asyncio.create_task(publish_fragments(settings, bins))
+        while not task.done():
+            await asyncio.wait({task}, timeout=STOP_POLL)
+            if stop.is_set():
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(until_stopped())
