@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from dashkanban.c8y.rest import (
     RestError,
     RestRefusedError,
 )
+from dashkanban.c8y.token import TokenSource
 from dashkanban.config import Settings, load_settings
 from dashkanban.sandbox import Sandbox
 from tests.sandbox_fixture import SANDBOX_PASSWORD, SANDBOX_USER, rest, sandbox_options
@@ -194,3 +196,44 @@ def test_a_cancelled_call_aborts_the_request_under_way() -> None:
             return call.cancelled()
 
     assert asyncio.run(main())
+
+
+def test_waiting_for_a_device_token_does_not_block_the_loop() -> None:
+    """A certificate device's first call waits for its token (it comes over MQTT, here from a
+    timer thread after 0.3 s): the loop keeps running meanwhile, then the call carries it."""
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJpYXQiOjAsImV4cCI6NjAwfQ.c2ln"
+    tokens = TokenSource()
+    tokens.set_request(lambda: threading.Timer(0.3, tokens.offer, (jwt,)).start())
+
+    async def main() -> tuple[str | None, list[tuple[int, str]]]:
+        ticks = 0
+        seen: list[tuple[int, str]] = []
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async def tenant(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            auth = [line.split(": ", 1)[1] for line in head.split("\r\n")
+                    if line.lower().startswith("authorization:")]
+            seen.append((ticks, auth[0] if auth else ""))
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            writer.close()
+
+        ticker = asyncio.create_task(tick())
+        server = await asyncio.start_server(tenant, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, AsyncCumulocityRest(f"http://127.0.0.1:{port}", "t12345/device_gw",
+                                               None, tokens=tokens) as c8y:
+            found = await c8y.managed_object_id(SERIAL)
+        ticker.cancel()
+        return found, seen
+
+    found, seen = asyncio.run(main())
+    assert found is None
+    assert [auth for _, auth in seen] == [f"Bearer {jwt}"]
+    assert seen[0][0] >= 5  # ticks while the token was awaited: a blocked loop has none

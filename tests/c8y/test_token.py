@@ -4,6 +4,7 @@ fixed dateTo. Against the sandbox with certificate login (issue 15)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from dashkanban.buttons import Button
-from dashkanban.c8y.rest import CumulocityRest, InventorySource, RestError
+from dashkanban.c8y.rest import AsyncCumulocityRest, CumulocityRest, InventorySource, RestError
 from dashkanban.c8y.token import (
     DEFAULT_LIFETIME,
     TokenSource,
@@ -126,6 +127,30 @@ def test_bearer_token_from_mqtt_and_renewed_after_a_401(
     with CumulocityRest.from_settings(settings.c8y, tokens=tokens) as client:
         assert client.managed_object_id("ac63be123456") == made["id"]
         assert client.managed_object_id("fca6670a0b0c") is None
+    assert tokens.received == 2  # the 401 renewed it over MQTT at once
+    assert cert_sandbox.stats()["tokens"] == 2
+
+
+def test_bearer_token_on_the_event_loop_renewed_after_a_401(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path) -> None:
+    """The loop's client: the same Bearer header and renewal (waiting for the new token, which
+    comes over MQTT, is handed off the loop)."""
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    jwt_value = fetch_token(settings, timeout=10)
+    with rest(cert_sandbox) as admin:
+        made = admin.post("/inventory/managedObjects", headers={"Accept": "application/json"},
+                          json={"name": "Aisle 2 screws"}).json()
+        admin.post(f"/identity/globalIds/{made['id']}/externalIds",
+                   json={"type": "c8y_Serial", "externalId": "ac63be123456"})
+    tokens = token_source_for(settings)
+    tokens.offer(jwt_value + "x")  # a token Cumulocity no longer accepts
+
+    async def main() -> tuple[str | None, str | None]:
+        async with AsyncCumulocityRest.from_settings(settings.c8y, tokens=tokens) as client:
+            return (await client.managed_object_id("ac63be123456"),
+                    await client.managed_object_id("fca6670a0b0c"))
+
+    assert asyncio.run(main()) == (made["id"], None)
     assert tokens.received == 2  # the 401 renewed it over MQTT at once
     assert cert_sandbox.stats()["tokens"] == 2
 

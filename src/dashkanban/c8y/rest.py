@@ -23,6 +23,7 @@ blocking (`source(mac)`, replay) or as a coroutine (`await source.look_up(mac)`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -318,22 +319,23 @@ class CumulocityRest(_Client):
     def run(self, exchange: Exchange[_T]) -> _T:
         """Carry out an exchange: its requests on this client, its waits with `sleep`."""
         outcome: Outcome = None
-        while True:
-            try:
-                step = exchange.send(outcome)
-            except StopIteration as done:
-                result: _T = done.value
-                return result
-            if isinstance(step, Wait):
-                self._sleep(step.seconds)
-                outcome = None
-                continue
-            try:
-                authorization = step.bearer.authorization() if step.bearer else None
-                outcome = self._client.request(step.method, step.url,
-                                               **step.with_authorization(authorization))
-            except (httpx.HTTPError, TokenError) as exc:
-                outcome = exc
+        with contextlib.closing(exchange):  # an exchange left half-way is closed, not leaked
+            while True:
+                try:
+                    step = exchange.send(outcome)
+                except StopIteration as done:
+                    result: _T = done.value
+                    return result
+                if isinstance(step, Wait):
+                    self._sleep(step.seconds)
+                    outcome = None
+                    continue
+                try:
+                    authorization = step.bearer.authorization() if step.bearer else None
+                    outcome = self._client.request(step.method, step.url,
+                                                   **step.with_authorization(authorization))
+                except (httpx.HTTPError, TokenError) as exc:
+                    outcome = exc
 
     def request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         """`RestCalls.request`: any answer that is neither retryable nor a refusal."""
@@ -391,22 +393,23 @@ class AsyncCumulocityRest(_Client):
     async def run(self, exchange: Exchange[_T]) -> _T:
         """Carry out an exchange on the loop (a cancelled caller aborts the request under way)."""
         outcome: Outcome = None
-        while True:
-            try:
-                step = exchange.send(outcome)
-            except StopIteration as done:
-                result: _T = done.value
-                return result
-            if isinstance(step, Wait):
-                await self._sleep(step.seconds)
-                outcome = None
-                continue
-            try:
-                authorization = await _authorization(step.bearer) if step.bearer else None
-                outcome = await self._client.request(step.method, step.url,
-                                                     **step.with_authorization(authorization))
-            except (httpx.HTTPError, TokenError) as exc:
-                outcome = exc
+        with contextlib.closing(exchange):  # also when cancelled half-way
+            while True:
+                try:
+                    step = exchange.send(outcome)
+                except StopIteration as done:
+                    result: _T = done.value
+                    return result
+                if isinstance(step, Wait):
+                    await self._sleep(step.seconds)
+                    outcome = None
+                    continue
+                try:
+                    authorization = await _authorization(step.bearer) if step.bearer else None
+                    outcome = await self._client.request(step.method, step.url,
+                                                         **step.with_authorization(authorization))
+                except (httpx.HTTPError, TokenError) as exc:
+                    outcome = exc
 
     async def request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         return await self.run(self.calls.request(method, url, what, **kwargs))
