@@ -4,13 +4,16 @@ that can be held (a slow tenant) or made to fail and recover."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -33,6 +36,7 @@ INVENTORY_BUTTON = Button("Aisle 4 ties", INVENTORY_MAC)
 PHONE = "3c:22:fb:8e:41:07"
 T0 = datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC).timestamp()
 WAIT = 10.0
+T = TypeVar("T")
 
 
 def at(t: float) -> datetime:
@@ -66,7 +70,8 @@ def tenant() -> Store:
 
 
 class Wired:
-    """The pipeline as the daemon wires it: Lookups notifies, the answers are collected."""
+    """The pipeline with `Lookups.run()` on an event loop in a thread of the test, frames fed
+    from the test's thread (as a capture beside the loop would); the answers are collected."""
 
     def __init__(self, settings: Settings, **options: float) -> None:
         # Backoff inside one call is the client's; 0 keeps the test fast (the policy is tested
@@ -77,7 +82,17 @@ class Wired:
         self.lookups = Lookups(self.source, notify=self.ready.release, **options)  # type: ignore[arg-type]
         self.pipeline: Pipeline = build_pipeline(settings, load_registry(settings),
                                                  inventory=self.lookups)
-        self.lookups.start()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop",
+                                       daemon=True)
+        self.thread.start()
+        self.task = self.on_loop(self._start())
+
+    async def _start(self) -> asyncio.Task[None]:
+        return asyncio.create_task(self.lookups.run())
+
+    def on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(WAIT)
 
     def feed(self, *frames: Frame) -> list[Press]:
         return list(self.pipeline.run_presses(frames))
@@ -94,7 +109,15 @@ class Wired:
             self.ready.acquire(timeout=0.5)
 
     def close(self) -> None:
-        self.lookups.stop()
+        async def stop() -> None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+        self.on_loop(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT)
+        self.loop.close()
         self.source.close()
 
 

@@ -129,7 +129,7 @@ class Lookups:
         self._waiting: dict[str, _Waiting] = {}
         # New MACs from `ask`, for `run` to schedule. A deque: appends and pops are atomic, so
         # `ask` may come from another thread than the loop's (today's capture thread).
-        self._arrivals: collections.deque[tuple[float, str]] = collections.deque()
+        self._arrivals: collections.deque[tuple[str, float]] = collections.deque()  # (mac, when)
         self._done: collections.deque[str] = collections.deque()  # answered, not yet collected
         self._due: list[tuple[float, int, str]] = []  # (when, sequence, mac): run()'s queue
         self._seq = 0
@@ -165,7 +165,7 @@ class Lookups:
             return None
         first = self._clock()
         self._waiting[mac] = _Waiting([Parked(sighting, now)], first)
-        self._arrivals.append((first, mac))
+        self._arrivals.append((mac, first))
         self._wake_up()
         return PENDING
 
@@ -249,7 +249,7 @@ class Lookups:
         assert wake is not None  # set by run()
         while True:
             while self._arrivals:
-                self._schedule(*self._arrivals.popleft()[::-1])
+                self._schedule(*self._arrivals.popleft())
             now = self._clock()
             if self._due and self._due[0][0] <= now:
                 return heapq.heappop(self._due)[2]
