@@ -188,7 +188,8 @@ class Lookups:
     async def run(self) -> None:
         """Look the asked MACs up, at most `concurrency` at once, until cancelled. A look-up
         that fails is retried with backoff (module doc); a bug here raises (the daemon then
-        exits 1). The source's async client is closed on the way out."""
+        exits 1). The source's async client is closed on the way out. Once per Lookups: look-ups
+        under way when it is cancelled are not resumed by another run."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         slots = asyncio.Semaphore(self._concurrency)
