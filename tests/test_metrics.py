@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import socket
 import threading
@@ -310,3 +311,28 @@ def test_reporting_from_settings_serves_and_logs(caplog: pytest.LogCaptureFixtur
                                 metrics)
         with pytest.raises(ConfigError):
             busy.start()
+
+
+def test_a_prometheus_scraper_gets_openmetrics_gzipped_as_it_asks() -> None:
+    """Prometheus asks for OpenMetrics and gzip; the negotiation is prometheus-client's own."""
+    metrics = Metrics()
+    metrics.add("presses", 7)
+    server = MetricsServer(metrics, 0)
+
+    def fetch() -> tuple[str, str | None, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics", headers={
+            "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            "Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return (response.headers["Content-Type"], response.headers["Content-Encoding"],
+                    response.read())
+
+    async def check() -> tuple[str, str | None, bytes]:
+        return await asyncio.to_thread(fetch)
+
+    content_type, encoding, body = serving(server, check)
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    assert encoding == "gzip"
+    text = gzip.decompress(body).decode().splitlines()
+    assert "dashkanban_presses_total 7.0" in text
+    assert text[-1] == "# EOF"
