@@ -171,7 +171,9 @@ def test_at_most_concurrency_look_ups_at_once(tmp_path: Path) -> None:
     assert wired.presses == []  # phones, all of them
     asked = [path for _, path, _ in store.requests]
     wanted = [f"/identity/externalIds/c8y_Serial/{mac.replace(':', '')}" for mac in macs]
-    assert asked[:2] == wanted[:2]  # the first two in sighting order; the rest race each other
+    # The first two sighted are the first two asked; their requests travel on two connections at
+    # once, so which of them reaches the tenant first is a race (seen under load).
+    assert set(asked[:2]) == set(wanted[:2])
     assert sorted(asked) == wanted  # each MAC once
 
 
