@@ -1,4 +1,5 @@
-"""Press -> the Cumulocity event value (pure). Design section 2 (`--jsonl`) and section 4."""
+"""Press -> the Cumulocity event value (pure): the `--jsonl` object (README.md, "Seeing presses")
+and the event Cumulocity gets (docs/cumulocity.md, "The exact message sequence")."""
 
 from __future__ import annotations
 

@@ -53,12 +53,12 @@ REQUEST_TOPIC = "s/ucr"
 RESPONSE_TOPIC = "s/dcr"
 CREDENTIALS_TEMPLATE = "70"
 # "publishing continuous empty messages" (integration-life-cycle.md); every 5 s as in the
-# protocol notes' example and c8ydm's loop. Tests make it shorter; it is no config key.
+# example in docs/protocol.md 1.9 and c8ydm's loop. Tests make it shorter; it is no config key.
 REQUEST_INTERVAL = 5.0
 CONNECT_TIMEOUT = 10.0
 TICK = "✓"
 
-# CONNACK codes of MQTT 3.1.1 as Cumulocity documents them (protocol notes 1.7); paho reports
+# CONNACK codes of MQTT 3.1.1 as Cumulocity documents them (docs/protocol.md 1.7); paho reports
 # them as MQTT 5 reason codes.
 _V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 _CONNACK = {
