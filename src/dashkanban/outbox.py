@@ -39,6 +39,7 @@ from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
 
 if TYPE_CHECKING:
+    from dashkanban.config import OutboxSettings
     from dashkanban.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,18 @@ class Outbox:
         self._closed = False
 
     # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: OutboxSettings,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        metrics: Metrics | None = None,
+    ) -> Outbox:
+        """The outbox `[outbox]` names, with its caps (`path`, `max_rows`, `max_bytes`)."""
+        return cls.open(settings.path, max_rows=settings.max_rows, max_bytes=settings.max_bytes,
+                        clock=clock, metrics=metrics)
 
     @classmethod
     def open(

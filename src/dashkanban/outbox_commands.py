@@ -35,9 +35,7 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"outbox: {path} (not created yet)")
         print("queued: 0 events")
         return 0
-    with Outbox.open(
-        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
-    ) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         print(format_status(outbox.path, outbox.stats(), outbox.max_rows, outbox.max_bytes))
     _print_uplink_state(path)
     return 0
@@ -65,9 +63,7 @@ def flush_command(args: argparse.Namespace) -> int:
     if not path.exists():
         print("outbox: nothing queued")
         return 0
-    with Outbox.open(
-        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
-    ) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         queued = outbox.count()
         if queued == 0:
             print("outbox: nothing queued")
@@ -146,9 +142,7 @@ def drop_command(args: argparse.Namespace) -> int:
     if not path.exists():
         print("outbox: nothing queued, nothing dropped")
         return 0
-    with Outbox.open(
-        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
-    ) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         dropped = outbox.drop(button=args.button, before=before)
         left = outbox.count()
     for row in dropped[:MAX_LISTED]:

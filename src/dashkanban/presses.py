@@ -18,7 +18,8 @@ from dashkanban.decode import Sighting
 DEFAULT_DEAD_TIME = 30.0
 MAX_TRACKED = 100_000  # per-MAC state kept at most; beyond it the oldest windows are forgotten
 
-Lookup = Callable[[str], Button | None]
+# A MAC not in MACID.csv -> its button, asked synchronously (c8y.rest.InventorySource is one).
+ButtonLookup = Callable[[str], Button | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class Debouncer:
         self,
         registry: Registry,
         dead_time: float = DEFAULT_DEAD_TIME,
-        lookup: Lookup | None = None,
+        lookup: ButtonLookup | None = None,
         max_tracked: int = MAX_TRACKED,
     ) -> None:
         if not dead_time > 0:

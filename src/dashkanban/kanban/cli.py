@@ -170,11 +170,7 @@ def refilled_command(args: argparse.Namespace) -> int:
         for publish in signal.publishes:
             for line in publish.lines:
                 print(f"  clear: {publish.topic} {line}")
-        with Outbox.open(
-            settings.outbox.path,
-            max_rows=settings.outbox.max_rows,
-            max_bytes=settings.outbox.max_bytes,
-        ) as outbox:
+        with Outbox.from_settings(settings.outbox) as outbox:
             # This refill and any earlier one still pending (an interrupted run).
             queued = queue_pending_clears(history, outbox.put_lines)
             print(f"{queued} refill(s) queued in {settings.outbox.path}")
