@@ -11,12 +11,12 @@ for its PUBACK; exit 3 when that does not happen within `--timeout`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import ssl
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,23 @@ class CheckFailedError(DashkanbanError):
                          f"({steps}); see the lines marked {CROSS} above")
 
 
-def check_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class CheckOptions:
+    """`dashkanban check`'s arguments (cli.py builds them)."""
+
+    config: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonTestOptions:
+    """`dashkanban test-button`'s arguments (cli.py builds them)."""
+
+    button: str  # a name or MAC
+    timeout: float
+    config: Path | None = None
+
+
+def check_command(args: CheckOptions) -> int:
     """Every step the configuration's features need, and only those (issue 14): config and
     buttons, capture (for `run`), the outbox, DNS, TCP, TLS, the MQTT login, and REST when it is
     used. A failed step is printed once: a configuration error as the one `error: FILE:LINE:`
@@ -319,7 +335,7 @@ def find_button(settings: Settings, name_or_mac: str) -> Button:
     )
 
 
-def test_button_command(args: argparse.Namespace) -> int:
+def test_button_command(args: ButtonTestOptions) -> int:
     """One event as if the button had been pressed: queued in the outbox like a press, then
     delivered (exit 0), or left queued (exit 3); with `dashkanban run` running, queued for it."""
     from dashkanban.outbox import Outbox
@@ -333,7 +349,7 @@ def test_button_command(args: argparse.Namespace) -> int:
     line = encode_line(400, event.type, event.text, event.c8y_time)
     start = time.monotonic()
     with Outbox.from_settings(settings.outbox) as outbox:
-        delivered = deliver_explained(settings, outbox, [event], timeout=float(args.timeout),
+        delivered = deliver_explained(settings, outbox, [event], timeout=args.timeout,
                                       max_refusals=1)
     print(f"{TICK} {topic} {line}", flush=True)
     if delivered is None:

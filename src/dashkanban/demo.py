@@ -11,13 +11,13 @@ happen: the sandbox records the e-mail Cumulocity would send, and the demo print
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
 import signal
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -73,7 +73,14 @@ def demo_config(folder: Path, host: str, mqtt_port: int, http_url: str, password
     return path
 
 
-def demo_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """`dashkanban demo`'s arguments (cli.py builds them): `keep` the sandbox running."""
+
+    keep: bool
+
+
+def demo_command(args: DemoOptions) -> int:
     from dashkanban.sandbox import Sandbox, SandboxOptions
 
     # The sandbox logs every message it handles: useful in `dashkanban sandbox`, noise in a

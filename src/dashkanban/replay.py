@@ -7,11 +7,12 @@ in the daemon; a dry run touches neither the outbox nor the history.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from dashkanban.buttons import Registry
@@ -41,11 +42,24 @@ log = logging.getLogger(__name__)
 # Re-exported for daemon.py (rewritten on another branch this round), which still imports them
 # from here; they live in compose.py, the composition root. Gone once daemon.py imports them from
 # there (issue 12).
-__all__ = ["build_pipeline", "inventory_lookup", "load_registry", "replay_command"]
+__all__ = [
+    "ReplayOptions", "build_pipeline", "inventory_lookup", "load_registry", "replay_command"]
 inventory_lookup = inventory_source
 
 
-def replay_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """`dashkanban replay`'s arguments (cli.py builds them)."""
+
+    capture: Path
+    dry_run: bool
+    jsonl: bool
+    timeout: float
+    again: bool
+    config: Path | None = None
+
+
+def replay_command(args: ReplayOptions) -> int:
     settings = load_settings(find_config(args.config), uplink=_connects(args))
     registry = load_registry(settings)
     source = inventory_source(settings)
@@ -57,7 +71,7 @@ def replay_command(args: argparse.Namespace) -> int:
             source.close()
 
 
-def _program(args: argparse.Namespace, settings: Settings, registry: Registry) -> Program:
+def _program(args: ReplayOptions, settings: Settings, registry: Registry) -> Program:
     """The live program, except where the Kanban overdue check runs on the packet clock (bins,
     and not a dry run): that clock must tick with every candidate frame, not only the buttons'
     (a bin is overdue at the first frame past its deadline, whoever sent it)."""
@@ -71,7 +85,7 @@ def _program(args: argparse.Namespace, settings: Settings, registry: Registry) -
     return file_program(settings, registry)
 
 
-def _connects(args: argparse.Namespace) -> bool:
+def _connects(args: ReplayOptions) -> bool:
     """Whether this replay talks to Cumulocity: to send, or to look buttons up in the inventory
     (known only after reading the config, so a dry run reads it as needing no uplink first)."""
     if not args.dry_run:
@@ -81,7 +95,7 @@ def _connects(args: argparse.Namespace) -> bool:
 
 
 def _replay(
-    args: argparse.Namespace, settings: Settings, pipeline: Pipeline, program: Program | None = None
+    args: ReplayOptions, settings: Settings, pipeline: Pipeline, program: Program | None = None
 ) -> int:
     capture = open_capture(args.capture, prefilter=True, program=program)
     found: list[tuple[Press, Event]] = []

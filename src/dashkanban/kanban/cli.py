@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -41,8 +41,28 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _load(args: argparse.Namespace, *, uplink: bool = True) -> tuple[Settings, Bins]:
-    settings = load_settings(find_config(args.config), uplink=uplink)
+@dataclass(frozen=True, slots=True)
+class ReportOptions:
+    """`dashkanban kanban report`'s arguments (cli.py builds them)."""
+
+    since: str | None
+    out: Path | None
+    from_cumulocity: bool
+    json: bool
+    config: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefilledOptions:
+    """`dashkanban kanban refilled`'s arguments (cli.py builds them)."""
+
+    bin: str
+    timeout: float
+    config: Path | None = None
+
+
+def _load(config: Path | None, *, uplink: bool = True) -> tuple[Settings, Bins]:
+    settings = load_settings(find_config(config), uplink=uplink)
     _, bins = load_bins(settings.buttons.file)
     return settings, bins
 
@@ -110,17 +130,18 @@ def data_period(
     return start, max(end, start + MIN_PERIOD)
 
 
-def report_command(args: argparse.Namespace) -> int:
+def report_command(args: ReportOptions) -> int:
     from rich.console import Console
 
-    settings, bins = _load(args, uplink=args.from_cumulocity)  # a local report connects nowhere
+    # A local report connects nowhere.
+    settings, bins = _load(args.config, uplink=args.from_cumulocity)
     now = datetime.now(UTC)
     since = parse_since(args.since, now)
     if args.from_cumulocity:
         report = remote_report(settings, bins, since, now)
     else:
         report = local_report(settings, bins, since, now)
-    as_json = getattr(args, "json", False)
+    as_json = args.json
     if as_json:
         from dashkanban.kanban.report import report_json
 
@@ -149,14 +170,14 @@ def write_html(report: Report, out: Path, now: datetime) -> None:
         raise DashkanbanError(f"cannot write {out}: {exc.strerror}") from None
 
 
-def refilled_command(args: argparse.Namespace) -> int:
+def refilled_command(args: RefilledOptions) -> int:
     """Record the refill, queue its clears in the outbox and deliver them like `outbox flush`:
     exit 0 when delivered, 3 when they stay queued (for the daemon or a later flush)."""
     from dashkanban.kanban.wiring import check_mode, queue_pending_clears
     from dashkanban.outbox import Outbox
     from dashkanban.outbox_commands import deliver_explained
 
-    settings, bins = _load(args)
+    settings, bins = _load(args.config)
     check_mode(settings)
     now = datetime.now(UTC)
     path = history_path(settings.outbox.path)

@@ -16,10 +16,10 @@ removed. Rules of other gateways and anything not named by dashkanban are never 
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from dashkanban.c8y.rest import CumulocityRest, RestError
@@ -192,7 +192,15 @@ def _delete(rest: CumulocityRest, rule: dict[str, Any], name: str) -> None:
         raise RestError(f"{what}: {response.status_code} {response.text[:200]}")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+@dataclass(frozen=True, slots=True)
+class RulesOptions:
+    """`dashkanban kanban rules install|uninstall`'s arguments (cli.py builds them)."""
+
+    dry_run: bool
+    config: Path | None = None
+
+
+def _settings(args: RulesOptions) -> Settings:
     settings = load_settings(find_config(args.config))
     if settings.c8y.password is None:
         raise ConfigError(
@@ -201,7 +209,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def install_command(args: argparse.Namespace) -> int:
+def install_command(args: RulesOptions) -> int:
     settings = _settings(args)
     _, bins = load_bins(settings.buttons.file)
     if not any(b.supplier_email for b in bins):
@@ -212,7 +220,7 @@ def install_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def uninstall_command(args: argparse.Namespace) -> int:
+def uninstall_command(args: RulesOptions) -> int:
     settings = _settings(args)
     with CumulocityRest.from_settings(settings.c8y) as rest:
         lines = uninstall(rest, settings.gateway.serial, args.dry_run)
