@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from dashkanban.buttons import Button, Registry
 from dashkanban.decode import Sighting
+from dashkanban.values import Trigger
 
 DEFAULT_DEAD_TIME = 30.0
 MAX_TRACKED = 100_000  # per-MAC state kept at most; beyond it the oldest windows are forgotten
@@ -28,7 +29,7 @@ class Press:
 
     button: Button
     time: datetime  # timezone-aware, the time of the first packet of the press
-    trigger: str  # "arp", "dhcp" or "ndp": the kind of that first packet
+    trigger: Trigger  # the kind of that first packet, or "test" (test-button)
 
 
 class Debouncer:

@@ -487,7 +487,7 @@ def _read_named(
         content = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"{key} {path}: {exc.strerror}", settings.path, settings.lines.get((section, key))
+            f"{key} {path}: {exc.strerror}", settings.path, settings.key_lines.get((section, key))
         ) from None
     in_place = may_stay and not secret and _public(path)
     return NamedFile(section, key, path.absolute(), content, secret, in_place)
