@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
-from dashkanban.values import Trigger
+from dashkanban.values import DeviceLine, Trigger
 
 if TYPE_CHECKING:
     from dashkanban.config import OutboxSettings
@@ -135,8 +135,6 @@ ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'event';
 ALTER TABLE events ADD COLUMN other_lines TEXT NOT NULL DEFAULT '[]';
 """
 
-# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway.
-DeviceLine = tuple[str | None, str]
 # A press's identity: (serial, time to the millisecond in UTC, event type); see press_key.
 PressKey = tuple[str, str, str]
 PRESS_IDS_DAYS = 800  # how long a queued press is remembered (a capture replayed next year)

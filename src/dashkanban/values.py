@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway
+# itself. The outbox stores them, the uplink sends them on `s/us/<serial>` or `s/us`.
+DeviceLine = tuple[str | None, str]
+
 # The kinds of packet decode.py recognises as a device joining the network; `[capture] detect`
 # names some of them.
 Detect = Literal["arp", "dhcp", "ndp"]
