@@ -210,6 +210,51 @@ def test_outbox_is_below_the_courier() -> None:
     assert "dashkanban.delivery" not in outbox.module_level | outbox.function_level
 
 
+# The commands: the modules holding a `*_command` handler (the test below finds them all), plus
+# cli.py above them and __main__. Nothing else may import one of them.
+COMMAND_MODULES = frozenset({
+    "dashkanban.__main__", "dashkanban.cli", "dashkanban.check", "dashkanban.daemon",
+    "dashkanban.demo", "dashkanban.discover", "dashkanban.kanban.cli", "dashkanban.kanban.rules",
+    "dashkanban.outbox_commands", "dashkanban.register", "dashkanban.replay",
+    "dashkanban.sandbox.cli", "dashkanban.service",
+})
+
+
+def _defines_a_command(path: Path) -> bool:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(isinstance(node, ast.FunctionDef) and node.name.endswith("_command")
+               for node in tree.body)
+
+
+def test_the_command_modules_are_all_listed() -> None:
+    found = {name for name, path in modules().items() if _defines_a_command(path)}
+    assert found == COMMAND_MODULES - {"dashkanban.__main__", "dashkanban.cli"}
+
+
+def test_no_lower_layer_imports_a_command() -> None:
+    """Imports point down: values, stages, adapters and the composition root never reach up
+    into a command module, not even lazily (a shared helper moves down instead, as the pipeline
+    wiring moved from replay.py to compose.py)."""
+    upward = {
+        name: sorted((found.module_level | found.function_level) & COMMAND_MODULES)
+        for name, found in graph().items() if name not in COMMAND_MODULES
+    }
+    assert {name: up for name, up in upward.items() if up} == {}
+
+
+def test_values_import_nothing_of_the_package() -> None:
+    found = graph()["dashkanban.values"]
+    assert found.module_level | found.function_level | found.typing_only == set()
+
+
+def test_the_pipeline_commands_share_the_composition_root() -> None:
+    """run (through replay.py until daemon.py imports compose itself), replay, demo and check
+    build the pipeline and queue presses with compose.py, not with copies of their own."""
+    imports = graph()
+    for command in ("replay", "demo", "check"):
+        assert "dashkanban.compose" in imports[f"dashkanban.{command}"].module_level, command
+
+
 def _handlers(parser: argparse.ArgumentParser,
               prefix: str = "") -> Iterator[tuple[str, Callable[..., int]]]:
     for action in parser._actions:
