@@ -31,9 +31,11 @@ from dashkanban.values import (
     BUTTON_SOURCES,
     DETECT,
     GATEWAY_MODES,
+    SEVERITIES,
     ButtonSource,
     Detect,
     GatewayMode,
+    Severity,
 )
 
 DEFAULT_PATHS = (Path("config.ini"), Path("/etc/dashkanban/config.ini"))
@@ -43,7 +45,6 @@ BOOTSTRAP_PASSWORD_ENV = "DASHKANBAN_BOOTSTRAP_PASSWORD"  # noqa: S105 - the var
 BOOTSTRAP_USER = "management/devicebootstrap"
 
 DETECT_METHODS = DETECT
-SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
 
 T = TypeVar("T")
 W = TypeVar("W", bound=str)  # one word of a closed set (values.py)
@@ -125,11 +126,11 @@ class MetricsSettings:
 @dataclass(frozen=True, slots=True)
 class KanbanSettings:
     alarms: bool
-    severity: str
+    severity: Severity
     safety: float
     history_days: int
     min_samples: int = 3  # measured replenishments before the median replaces lead_time_days
-    overdue_severity: str = "CRITICAL"  # of the c8y_KanbanOverdue alarm
+    overdue_severity: Severity = "CRITICAL"  # of the c8y_KanbanOverdue alarm
 
 
 @dataclass(frozen=True, slots=True)

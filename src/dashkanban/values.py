@@ -26,8 +26,11 @@ PressKind = Literal["single", "double", "long"]
 GatewayMode = Literal["gateway", "per-device"]
 # `[buttons] source`: MACID.csv, Cumulocity's inventory, or both.
 ButtonSource = Literal["csv", "inventory", "both"]
+# A Cumulocity alarm's severity (`[kanban] severity`, `overdue_severity`; docs/protocol.md 2.5).
+Severity = Literal["CRITICAL", "MAJOR", "MINOR", "WARNING"]
 
 DETECT: tuple[Detect, ...] = get_args(Detect)
 GATEWAY_MODES: tuple[GatewayMode, ...] = get_args(GatewayMode)
 BUTTON_SOURCES: tuple[ButtonSource, ...] = get_args(ButtonSource)
 PRESS_KINDS: tuple[PressKind, ...] = get_args(PressKind)
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
