@@ -25,8 +25,7 @@ from dashkanban.check import ButtonTestOptions, CheckOptions
 from dashkanban.cli import build_parser
 from dashkanban.demo import DemoOptions
 from dashkanban.discover import DiscoverOptions
-from dashkanban.kanban.cli import RefilledOptions, ReportOptions
-from dashkanban.kanban.rules import RulesOptions
+from dashkanban.kanban.cli import RefilledOptions, ReportOptions, RulesOptions
 from dashkanban.outbox_commands import DropOptions, FlushOptions, StatusOptions
 from dashkanban.register import RegisterOptions
 from dashkanban.replay import ReplayOptions
@@ -214,7 +213,7 @@ def test_outbox_is_below_the_courier() -> None:
 # cli.py above them and __main__. Nothing else may import one of them.
 COMMAND_MODULES = frozenset({
     "dashkanban.__main__", "dashkanban.cli", "dashkanban.check", "dashkanban.daemon",
-    "dashkanban.demo", "dashkanban.discover", "dashkanban.kanban.cli", "dashkanban.kanban.rules",
+    "dashkanban.demo", "dashkanban.discover", "dashkanban.kanban.cli",
     "dashkanban.outbox_commands", "dashkanban.register", "dashkanban.replay",
     "dashkanban.sandbox.cli", "dashkanban.service",
 })
@@ -240,6 +239,37 @@ def test_no_lower_layer_imports_a_command() -> None:
         for name, found in graph().items() if name not in COMMAND_MODULES
     }
     assert {name: up for name, up in upward.items() if up} == {}
+
+
+# A command importing another command ties two of them together; what they share belongs in
+# the composition root. These edges remain, each with its reason; the list only shrinks.
+KNOWN_COMMAND_EDGES: dict[tuple[str, str], str] = {
+    ("dashkanban.daemon", "dashkanban.replay"): (
+        "daemon.py imports build_pipeline, load_registry and inventory_lookup from replay.py, "
+        "which re-exports them from compose.py; daemon.py is rewritten on another branch"),
+    ("dashkanban.check", "dashkanban.outbox_commands"): (
+        "deliver_explained (deliver, then the one explanation of exit 3 or the running "
+        "service) moves to compose.py once the async deliver (issue 11) has landed"),
+    ("dashkanban.replay", "dashkanban.outbox_commands"): "deliver_explained, as above",
+    ("dashkanban.kanban.cli", "dashkanban.outbox_commands"): "deliver_explained, as above",
+}
+
+
+def _command_edges() -> set[tuple[str, str]]:
+    return {
+        (name, target)
+        for name, found in graph().items()
+        if name in COMMAND_MODULES - {"dashkanban.__main__", "dashkanban.cli"}
+        for target in (found.module_level | found.function_level) & COMMAND_MODULES
+    }
+
+
+def test_commands_do_not_import_each_other() -> None:
+    assert _command_edges() - set(KNOWN_COMMAND_EDGES) == set()
+
+
+def test_known_command_edges_still_exist() -> None:
+    assert set(KNOWN_COMMAND_EDGES) - _command_edges() == set()
 
 
 def test_values_import_nothing_of_the_package() -> None:
@@ -320,10 +350,10 @@ COMMANDS: dict[str, tuple[list[str], str, object]] = {
                         "dashkanban.kanban.cli:refilled_command",
                         RefilledOptions(bin="A3", timeout=0.0, config=C)),
     "kanban rules install": (["kanban", "rules", "install", "--dry-run"],
-                             "dashkanban.kanban.rules:install_command",
+                             "dashkanban.kanban.cli:rules_install_command",
                              RulesOptions(dry_run=True, config=C)),
     "kanban rules uninstall": (["kanban", "rules", "uninstall"],
-                               "dashkanban.kanban.rules:uninstall_command",
+                               "dashkanban.kanban.cli:rules_uninstall_command",
                                RulesOptions(dry_run=False, config=C)),
 }
 

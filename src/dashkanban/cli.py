@@ -521,15 +521,15 @@ def _kanban_refilled(args: argparse.Namespace) -> int:
 
 
 def _rules_install(args: argparse.Namespace) -> int:
-    from dashkanban.kanban.rules import RulesOptions, install_command
+    from dashkanban.kanban.cli import RulesOptions, rules_install_command
 
-    return install_command(RulesOptions(dry_run=args.dry_run, config=args.config))
+    return rules_install_command(RulesOptions(dry_run=args.dry_run, config=args.config))
 
 
 def _rules_uninstall(args: argparse.Namespace) -> int:
-    from dashkanban.kanban.rules import RulesOptions, uninstall_command
+    from dashkanban.kanban.cli import RulesOptions, rules_uninstall_command
 
-    return uninstall_command(RulesOptions(dry_run=args.dry_run, config=args.config))
+    return rules_uninstall_command(RulesOptions(dry_run=args.dry_run, config=args.config))
 
 
 def final_line(message: str, fmt: str, level: int = logging.ERROR) -> str:

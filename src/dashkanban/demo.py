@@ -19,7 +19,6 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,10 @@ from dashkanban.kanban.wiring import open_loop, press_lines
 from dashkanban.outbox import Outbox, plural
 from dashkanban.pipeline import Pipeline
 from dashkanban.safetext import plain
+from dashkanban.samples import sample_path
 
 GATEWAY_SERIAL = "dashkanban-demo"
 GATEWAY_NAME = "Demo store gateway"
-
-
-def sample_path(name: str) -> Path:
-    """A file of the bundled sample data (buttons, capture)."""
-    return Path(str(resources.files("dashkanban") / "data" / name))
 
 
 def demo_config(folder: Path, host: str, mqtt_port: int, http_url: str, password: str) -> Path:

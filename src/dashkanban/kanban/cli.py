@@ -1,4 +1,5 @@
-"""`dashkanban kanban report` and `dashkanban kanban refilled BIN`."""
+"""`dashkanban kanban report`, `dashkanban kanban refilled BIN` and `dashkanban kanban rules
+install | uninstall` (the Smart Rules themselves are in kanban/rules.py)."""
 
 from __future__ import annotations
 
@@ -200,4 +201,49 @@ def refilled_command(args: RefilledOptions) -> int:
         print("the running dashkanban service delivers it")
     else:
         print(f"delivered to {settings.c8y.tenant}")
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class RulesOptions:
+    """`dashkanban kanban rules install|uninstall`'s arguments (cli.py builds them)."""
+
+    dry_run: bool
+    config: Path | None = None
+
+
+def _rules_settings(args: RulesOptions) -> Settings:
+    settings = load_settings(find_config(args.config))
+    if settings.c8y.password is None:
+        raise ConfigError(
+            "kanban rules needs a password in [C8YMQTT] (REST uses Basic auth)", settings.path
+        )
+    return settings
+
+
+def rules_install_command(args: RulesOptions) -> int:
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.rules import install
+
+    settings = _rules_settings(args)
+    _, bins = load_bins(settings.buttons.file)
+    if not any(b.supplier_email for b in bins):
+        print(f"no bin has a supplier_email in {settings.buttons.file}: no rule to install")
+    with CumulocityRest.from_settings(settings.c8y) as rest:
+        for line in install(rest, bins, settings.gateway.serial, args.dry_run):
+            print(line)
+    return 0
+
+
+def rules_uninstall_command(args: RulesOptions) -> int:
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.rules import uninstall
+
+    settings = _rules_settings(args)
+    with CumulocityRest.from_settings(settings.c8y) as rest:
+        lines = uninstall(rest, settings.gateway.serial, args.dry_run)
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"no Smart Rule of {settings.gateway.serial} to remove")
     return 0

@@ -65,7 +65,7 @@ def banner(sandbox: Sandbox, generated: bool, bootstrap_generated: bool = True) 
     pasted (issue 14): the real password, and the bundled sample's buttons, so that `check` and
     `replay` of the sample capture work at once. A password given with --password is not echoed
     (it may be one the user uses elsewhere); the block then says where it goes."""
-    from dashkanban.demo import sample_path
+    from dashkanban.samples import sample_path
 
     o = sandbox.options
     tls = sandbox.mqtts_port is not None
