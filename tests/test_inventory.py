@@ -20,12 +20,12 @@ import pytest
 from dashkanban.buttons import Button
 from dashkanban.c8y.rest import AsyncCumulocityRest, InventorySource
 from dashkanban.capture import Frame
+from dashkanban.compose import build_pipeline, load_registry
 from dashkanban.config import Settings, load_settings
 from dashkanban.decode import Decoder
 from dashkanban.inventory import PENDING, Lookups
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Press
-from dashkanban.replay import build_pipeline, load_registry
 from tests import forge
 from tests.kanban.c8y_server import Store, c8y_server
 

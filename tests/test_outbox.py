@@ -547,7 +547,9 @@ def test_rows_carry_lines_for_other_devices_and_rows_of_lines_only(tmp_path: Pat
             QueuedEvent(2, None, (), NOW, 0, ((None, "501,c8y_KanbanRefilled"),)),
         ]
         # Lines count against the cap like events.
-        assert outbox.stats_row()[:2] == (2, row_bytes(event_for(0), ["302,x"], clears) + 32 + 22)
+        stats = outbox.stats()
+        expected_bytes = row_bytes(event_for(0), ["302,x"], clears) + 32 + 22
+        assert (stats.rows, stats.bytes) == (2, expected_bytes)
         outbox.put_lines([("x", "306,y")], NOW)
         with pytest.raises(OutboxFullError):
             outbox.put_lines([("x", "306,y")], NOW)

@@ -11,12 +11,12 @@ for its PUBACK; exit 3 when that does not happen within `--timeout`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import ssl
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,10 @@ from dashkanban.buttons import Button, load_buttons, normalize_mac
 from dashkanban.c8y.mqtt import try_login
 from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
+from dashkanban.compose import load_registry
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import ConfigError, DashkanbanError, UplinkError
-from dashkanban.events import check_event_text, make_event
+from dashkanban.events import make_event
 from dashkanban.presses import Press
 
 TICK, CROSS = "✓", "✗"
@@ -52,7 +53,23 @@ class CheckFailedError(DashkanbanError):
                          f"({steps}); see the lines marked {CROSS} above")
 
 
-def check_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class CheckOptions:
+    """`dashkanban check`'s arguments (cli.py builds them)."""
+
+    config: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonTestOptions:
+    """`dashkanban test-button`'s arguments (cli.py builds them)."""
+
+    button: str  # a name or MAC
+    timeout: float
+    config: Path | None = None
+
+
+def check_command(args: CheckOptions) -> int:
     """Every step the configuration's features need, and only those (issue 14): config and
     buttons, capture (for `run`), the outbox, DNS, TCP, TLS, the MQTT login, and REST when it is
     used. A failed step is printed once: a configuration error as the one `error: FILE:LINE:`
@@ -62,8 +79,7 @@ def check_command(args: argparse.Namespace) -> int:
     _ok(f"config {path}")
     failed: list[str] = []
     if settings.buttons.source in ("csv", "both"):
-        registry = load_buttons(settings.buttons.file)
-        check_event_text(settings, registry)
+        registry = load_registry(settings)
         _ok(f"buttons {settings.buttons.file}: {len(registry)} button(s)")
     if settings.buttons.source in ("inventory", "both"):
         _ok(f"buttons from Cumulocity's inventory via {settings.c8y.rest_url} "
@@ -319,7 +335,7 @@ def find_button(settings: Settings, name_or_mac: str) -> Button:
     )
 
 
-def test_button_command(args: argparse.Namespace) -> int:
+def test_button_command(args: ButtonTestOptions) -> int:
     """One event as if the button had been pressed: queued in the outbox like a press, then
     delivered (exit 0), or left queued (exit 3); with `dashkanban run` running, queued for it."""
     from dashkanban.outbox import Outbox
@@ -332,9 +348,8 @@ def test_button_command(args: argparse.Namespace) -> int:
     topic = f"s/us/{event.serial}" if settings.gateway.mode == "gateway" else "s/us"
     line = encode_line(400, event.type, event.text, event.c8y_time)
     start = time.monotonic()
-    with Outbox.open(settings.outbox.path, max_rows=settings.outbox.max_rows,
-                     max_bytes=settings.outbox.max_bytes) as outbox:
-        delivered = deliver_explained(settings, outbox, [event], timeout=float(args.timeout),
+    with Outbox.from_settings(settings.outbox) as outbox:
+        delivered = deliver_explained(settings, outbox, [event], timeout=args.timeout,
                                       max_refusals=1)
     print(f"{TICK} {topic} {line}", flush=True)
     if delivered is None:
@@ -345,8 +360,8 @@ def test_button_command(args: argparse.Namespace) -> int:
     print(f"{TICK} acknowledged by {settings.c8y.tenant} (PUBACK) after {elapsed:.0f} ms",
           flush=True)
     if button.bin is not None:  # whatever delivers a bin button's press writes its c8y_Kanban
+        from dashkanban.compose import write_fragments
         from dashkanban.kanban.wiring import load_kanban_bins
-        from dashkanban.replay import write_fragments
 
         write_fragments(settings, load_kanban_bins(settings), [press])
     return 0

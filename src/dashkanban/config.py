@@ -21,12 +21,22 @@ import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from dashkanban.buttons import Button
 from dashkanban.errors import ConfigError
 from dashkanban.files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, check_owner, read_regular
 from dashkanban.secret import Secret
+from dashkanban.values import (
+    BUTTON_SOURCES,
+    DETECT,
+    GATEWAY_MODES,
+    SEVERITIES,
+    ButtonSource,
+    Detect,
+    GatewayMode,
+    Severity,
+)
 
 DEFAULT_PATHS = (Path("config.ini"), Path("/etc/dashkanban/config.ini"))
 PASSWORD_ENV = "DASHKANBAN_PASSWORD"  # noqa: S105 - the variable's name
@@ -34,10 +44,10 @@ BOOTSTRAP_PASSWORD_ENV = "DASHKANBAN_BOOTSTRAP_PASSWORD"  # noqa: S105 - the var
 # Cumulocity's bootstrap user for device registration (lifecycle-mqtt.md; docs/cumulocity.md).
 BOOTSTRAP_USER = "management/devicebootstrap"
 
-DETECT_METHODS = ("arp", "dhcp", "ndp")
-BUTTON_SOURCES = ("csv", "inventory", "both")
-GATEWAY_MODES = ("gateway", "per-device")
-SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
+DETECT_METHODS = DETECT
+
+T = TypeVar("T")
+W = TypeVar("W", bound=str)  # one word of a closed set (values.py)
 DEFAULT_EVENT_TEXT = "{name} pressed ({mac})"
 EVENT_FIELDS = ("name", "mac", "serial", "trigger", "bin", "part", "quantity", "location")
 
@@ -76,21 +86,21 @@ class C8yMqttSettings:
 class GatewaySettings:
     serial: str
     name: str
-    mode: str
+    mode: GatewayMode
     required_interval: int  # minutes, sent as 117
 
 
 @dataclass(frozen=True, slots=True)
 class ButtonsSettings:
     file: Path
-    source: str
+    source: ButtonSource
     cache_ttl: float
 
 
 @dataclass(frozen=True, slots=True)
 class CaptureSettings:
     interface: str
-    detect: frozenset[str]
+    detect: frozenset[Detect]
     promiscuous: bool
 
 
@@ -116,11 +126,11 @@ class MetricsSettings:
 @dataclass(frozen=True, slots=True)
 class KanbanSettings:
     alarms: bool
-    severity: str
+    severity: Severity
     safety: float
     history_days: int
     min_samples: int = 3  # measured replenishments before the median replaces lead_time_days
-    overdue_severity: str = "CRITICAL"  # of the c8y_KanbanOverdue alarm
+    overdue_severity: Severity = "CRITICAL"  # of the c8y_KanbanOverdue alarm
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +145,9 @@ class Settings:
     outbox: OutboxSettings
     metrics: MetricsSettings
     kanban: KanbanSettings
-    lines: Mapping[tuple[str, str], int] = field(default_factory=dict, compare=False, repr=False)
+    # The line of each (section, key) the file sets, for errors found after loading (FILE:LINE).
+    key_lines: Mapping[tuple[str, str], int] = field(default_factory=dict, compare=False,
+                                                   repr=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +311,7 @@ class _Values:
     def error(self, section: str, key: str, message: str) -> ConfigError:
         return ConfigError(message, self.path, self.line_of(section, key))
 
-    def parsed(self, section: str, key: str, parse: Callable[[str], Any]) -> Any:
+    def parsed(self, section: str, key: str, parse: Callable[[str], T]) -> T:
         text = self.raw(section, key)
         try:
             return parse(text)
@@ -356,18 +368,21 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _one_of(choices: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
-    def parse(text: str) -> str:
+def _one_of(choices: tuple[W, ...], *, upper: bool = False) -> Callable[[str], W]:
+    """A parser for one of `choices`, returned as the choice itself (its Literal type)."""
+
+    def parse(text: str) -> W:
         value = text.strip().upper() if upper else text.strip().lower()
-        if value not in choices:
-            hint = _did_you_mean(value, list(choices))
-            raise ValueError(f"expected one of: {', '.join(choices)}{hint}")
-        return value
+        for choice in choices:
+            if choice == value:
+                return choice
+        hint = _did_you_mean(value, list(choices))
+        raise ValueError(f"expected one of: {', '.join(choices)}{hint}")
 
     return parse
 
 
-def _detect(text: str) -> frozenset[str]:
+def _detect(text: str) -> frozenset[Detect]:
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
     if not methods:
         raise ValueError(f"name at least one of: {', '.join(DETECT_METHODS)}")
@@ -377,7 +392,7 @@ def _detect(text: str) -> frozenset[str]:
                 f"unknown method {method!r}; expected some of: {', '.join(DETECT_METHODS)}"
                 f"{_did_you_mean(method, list(DETECT_METHODS))}"
             )
-    return frozenset(methods)
+    return frozenset(m for m in DETECT_METHODS if m in methods)
 
 
 # A width or precision in `[event] text` above this is refused: `{name:>999999999999}` asked
@@ -597,7 +612,7 @@ def parse_settings(text: str, path: Path, environ: Mapping[str, str], *,
                 "kanban", "overdue_severity", _one_of(SEVERITIES, upper=True)
             ),
         ),
-        lines=v.lines,
+        key_lines=v.lines,
     )
     _check_conflicts(settings, v)
     return settings

@@ -16,6 +16,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dashkanban.values import DETECT, Detect
+
 # EtherTypes
 ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
@@ -33,7 +35,7 @@ ND_ROUTER_SOLICIT = 133
 ND_NEIGHBOR_SOLICIT = 135
 ND_OPT_SOURCE_LINKADDR = 1  # RFC 4861 section 4.6.1
 
-TRIGGERS = ("arp", "dhcp", "ndp")
+TRIGGERS: tuple[Detect, ...] = DETECT  # what the decoder recognises
 
 _ZERO_MAC = b"\x00" * 6
 _ZERO_IP6 = b"\x00" * 16
@@ -44,7 +46,7 @@ class Sighting:
     """One packet by which a device announced itself on the network."""
 
     mac: str  # the device's MAC, "aa:bb:cc:dd:ee:ff" (DHCP chaddr, ARP sender, NDP source option)
-    trigger: str  # "arp", "dhcp" or "ndp"
+    trigger: Detect
     time: float  # epoch seconds of the packet
     vlan: int | None  # 802.1Q VLAN id (the innermost tag), None when untagged
     ip: str | None  # the address it has or asks for, when the packet says

@@ -11,15 +11,14 @@ happen: the sandbox records the e-mail Cumulocity would send, and the demo print
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
 import signal
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,18 @@ from rich.console import Console
 from rich.table import Table
 
 from dashkanban.capture import open_capture
+from dashkanban.compose import build_pipeline, load_registry, queue_presses, write_fragments
 from dashkanban.config import Settings, load_settings
 from dashkanban.delivery import deliver
 from dashkanban.events import Event
 from dashkanban.kanban.wiring import open_loop, press_lines
 from dashkanban.outbox import Outbox, plural
 from dashkanban.pipeline import Pipeline
-from dashkanban.replay import build_pipeline, load_registry, write_fragments
 from dashkanban.safetext import plain
+from dashkanban.samples import sample_path
 
 GATEWAY_SERIAL = "dashkanban-demo"
 GATEWAY_NAME = "Demo store gateway"
-
-
-def sample_path(name: str) -> Path:
-    """A file of the bundled sample data (buttons, capture)."""
-    return Path(str(resources.files("dashkanban") / "data" / name))
 
 
 def demo_config(folder: Path, host: str, mqtt_port: int, http_url: str, password: str) -> Path:
@@ -73,7 +68,14 @@ def demo_config(folder: Path, host: str, mqtt_port: int, http_url: str, password
     return path
 
 
-def demo_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """`dashkanban demo`'s arguments (cli.py builds them): `keep` the sandbox running."""
+
+    keep: bool
+
+
+def demo_command(args: DemoOptions) -> int:
     from dashkanban.sandbox import Sandbox, SandboxOptions
 
     # The sandbox logs every message it handles: useful in `dashkanban sandbox`, noise in a
@@ -100,18 +102,11 @@ def demo_command(args: argparse.Namespace) -> int:
         events = [pipeline.event_for(press) for press in presses]
         counts = pipeline.counts(capture.frames_read)
         console.print(f"Replayed [bold]{capture_file.name}[/]: {counts.summary()}")
-        with Outbox.open(settings.outbox.path) as outbox:
-            loop = open_loop(settings)
-            try:
-                for press, event in zip(presses, events, strict=True):
-                    extra, others = press_lines(loop, press) if loop else ((), ())
-                    outbox.put(event, extra, others)
-            finally:
-                if loop is not None and loop.history is not None:
-                    loop.history.close()
+        with Outbox.from_settings(settings.outbox) as outbox:
+            bins = queue_presses(settings, outbox, list(zip(presses, events, strict=True)))
             delivered = deliver(settings, outbox, [], timeout=30)
-        if loop is not None:
-            write_fragments(settings, loop.bins, presses)
+        if bins is not None:
+            write_fragments(settings, bins, presses)
         console.print(f"Delivered {plural(delivered or 0, 'event')} over MQTT (SmartREST 2.0), "
                       "each on PUBACK.\n")
         _show(console, sandbox.http_url, "t12345/admin", password, events)
@@ -200,7 +195,7 @@ def _supplier_told(console: Console, settings: Settings, pipeline: Pipeline, las
             console.print(f"Smart Rule {line}", markup=False, highlight=False)
     refilled = last + timedelta(days=1)
     pressed = refilled + timedelta(hours=3)
-    with Outbox.open(settings.outbox.path) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         path = history_path(settings.outbox.path)
         with History.open(path, settings.kanban.history_days, refilled) as history:
             refill_from_cli(bins, bin_.name, history, refilled)

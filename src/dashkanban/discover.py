@@ -9,7 +9,6 @@ configured buttons are marked "known" and its [capture] interface is the default
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import re
@@ -225,7 +224,20 @@ def _settings(config: Path | None) -> Settings | None:
     return None
 
 
-def discover_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class DiscoverOptions:
+    """`dashkanban discover`'s arguments (cli.py builds them): live on `interface` (None:
+    [capture] interface) for `seconds`, or from the `pcap` file; a table, `csv`, or `add_to`."""
+
+    interface: str | None
+    pcap: Path | None
+    seconds: float
+    csv: bool
+    add_to: Path | None
+    config: Path | None = None
+
+
+def discover_command(args: DiscoverOptions) -> int:
     settings = _settings(args.config)
     registry = load_buttons(settings.buttons.file) if settings else Registry()
     decoder = Decoder(TRIGGERS)

@@ -1,4 +1,5 @@
-"""Press -> the Cumulocity event value (pure). Design section 2 (`--jsonl`) and section 4."""
+"""Press -> the Cumulocity event value (pure): the `--jsonl` object (README.md, "Seeing presses")
+and the event Cumulocity gets (docs/cumulocity.md, "The exact message sequence")."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dashkanban.config import (
 )
 from dashkanban.errors import ConfigError
 from dashkanban.presses import Press
+from dashkanban.values import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class Event:
     name: str
     type: str
     text: str
-    trigger: str
+    trigger: Trigger
 
     def as_json(self) -> dict[str, Any]:
         """The `--jsonl` object, keys in the contract's order."""
@@ -87,7 +89,7 @@ def check_event_text(settings: Settings, buttons: Iterable[Button]) -> None:
     whose `400` line would not fit in a message, is a ConfigError naming the key's line."""
     from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, encode_line
 
-    line = settings.lines.get(("event", "text"))
+    line = settings.key_lines.get(("event", "text"))
     for button in buttons:
         problem = event_text_problem(settings.event.text, button)
         if problem is None:

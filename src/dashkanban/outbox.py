@@ -32,13 +32,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
 from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
+from dashkanban.values import DeviceLine, Trigger
 
 if TYPE_CHECKING:
+    from dashkanban.config import OutboxSettings
     from dashkanban.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -133,8 +135,6 @@ ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'event';
 ALTER TABLE events ADD COLUMN other_lines TEXT NOT NULL DEFAULT '[]';
 """
 
-# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway.
-DeviceLine = tuple[str | None, str]
 # A press's identity: (serial, time to the millisecond in UTC, event type); see press_key.
 PressKey = tuple[str, str, str]
 PRESS_IDS_DAYS = 800  # how long a queued press is remembered (a capture replayed next year)
@@ -188,6 +188,16 @@ class OutboxStats:
     c8y_last: str | None = None  # the last of them: "<time> <s/e line> for <our line>"
 
 
+class _Counters(NamedTuple):
+    """The one-row stats table the triggers keep (OutboxStats adds what other queries find)."""
+
+    rows: int
+    bytes: int
+    refused: int  # by the cap
+    last_error: str | None
+    last_error_at: str | None  # ISO text as stored; OutboxStats parses it
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -233,7 +243,7 @@ def _storable_event(event: Event, extra: tuple[str, ...]) -> tuple[Event, tuple[
             name=_storable(event.name),
             type=_storable(event.type),
             text=_storable(event.text),
-            trigger=_storable(event.trigger),
+            # A trigger is one of a few ASCII words (values.Trigger): stored as it is.
         ),
         tuple(_storable(line) for line in extra),
     )
@@ -270,6 +280,18 @@ class Outbox:
         self._closed = False
 
     # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: OutboxSettings,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        metrics: Metrics | None = None,
+    ) -> Outbox:
+        """The outbox `[outbox]` names, with its caps (`path`, `max_rows`, `max_bytes`)."""
+        return cls.open(settings.path, max_rows=settings.max_rows, max_bytes=settings.max_bytes,
+                        clock=clock, metrics=metrics)
 
     @classmethod
     def open(
@@ -583,20 +605,20 @@ class Outbox:
                 raise _translate(exc, self.path, "recording a delivery attempt") from None
 
     def count(self) -> int:
-        return self.stats_row()[0]
+        return self._counters().rows
 
     def oldest(self) -> QueuedEvent | None:
         found = self.peek(1)
         return found[0] if found else None
 
     def last_error(self) -> str | None:
-        return self.stats_row()[3]
+        return self._counters().last_error
 
     def refused(self) -> int:
         """Events refused by the cap since the file was made."""
-        return self.stats_row()[2]
+        return self._counters().refused
 
-    def stats_row(self) -> tuple[int, int, int, str | None, str | None]:
+    def _counters(self) -> _Counters:
         with self._lock:
             self._check_open()
             try:
@@ -606,11 +628,11 @@ class Outbox:
                 ).fetchone()
             except sqlite3.Error as exc:
                 raise _translate(exc, self.path, "reading") from None
-        return (int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
+        return _Counters(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
 
     def stats(self) -> OutboxStats:
         oldest = self.oldest()  # first: quarantining a bad oldest row changes the counts
-        rows, used, refused, error, error_at = self.stats_row()
+        rows, used, refused, error, error_at = self._counters()
         refusals, last_refusal = self.c8y_refusals()
         return OutboxStats(
             rows=rows,
@@ -836,7 +858,7 @@ def _queued(row: tuple[object, ...]) -> QueuedEvent:
         name=_str(name),
         type=_str(type_),
         text=_str(text),
-        trigger=_str(trigger),
+        trigger=_trigger(trigger),
     )
     if not isinstance(row_id, int) or not isinstance(attempts, int):
         raise TypeError(f"id {row_id!r} or attempts {attempts!r} is not a whole number")
@@ -876,6 +898,12 @@ def _str(value: object) -> str:
         raise TypeError(f"{type(value).__name__} where text was stored")
     value.encode("utf-8")  # UnicodeEncodeError for bytes that were not UTF-8 (_lenient_text)
     return value
+
+
+def _trigger(value: object) -> Trigger:
+    # put() stored a Trigger; the row gives back what was written, as it always has (a word a
+    # newer version added is read, not quarantined).
+    return cast("Trigger", _str(value))
 
 
 def _json_list(value: object) -> list[object]:

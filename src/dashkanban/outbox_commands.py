@@ -7,9 +7,9 @@ outbox.py: the Courier consumes the outbox, so the outbox must not import the Co
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def status_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class StatusOptions:
+    """`dashkanban outbox status`'s arguments (cli.py builds them)."""
+
+    config: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlushOptions:
+    """`dashkanban outbox flush`'s arguments (cli.py builds them)."""
+
+    timeout: float
+    config: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DropOptions:
+    """`dashkanban outbox drop`'s arguments (cli.py builds them): the events of `button`,
+    those pressed `before` a time, or (neither) all."""
+
+    button: str | None
+    before: str | None
+    config: Path | None = None
+
+
+def status_command(args: StatusOptions) -> int:
     """`dashkanban outbox status`: count, oldest press, bytes, refusals, last error. Exit 0."""
     from dashkanban.config import find_config, load_settings
 
@@ -35,9 +60,7 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"outbox: {path} (not created yet)")
         print("queued: 0 events")
         return 0
-    with Outbox.open(
-        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
-    ) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         print(format_status(outbox.path, outbox.stats(), outbox.max_rows, outbox.max_bytes))
     _print_uplink_state(path)
     return 0
@@ -56,7 +79,7 @@ def _print_uplink_state(path: Path) -> None:
         print(line)
 
 
-def flush_command(args: argparse.Namespace) -> int:
+def flush_command(args: FlushOptions) -> int:
     """`dashkanban outbox flush`: deliver what is queued now. Exit 0, or 3 when it cannot."""
     from dashkanban.config import find_config, load_settings
 
@@ -65,9 +88,7 @@ def flush_command(args: argparse.Namespace) -> int:
     if not path.exists():
         print("outbox: nothing queued")
         return 0
-    with Outbox.open(
-        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
-    ) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         queued = outbox.count()
         if queued == 0:
             print("outbox: nothing queued")
@@ -135,7 +156,7 @@ def parse_time(text: str) -> datetime:
 MAX_LISTED = 50  # dropped events listed one a line; beyond that, counted
 
 
-def drop_command(args: argparse.Namespace) -> int:
+def drop_command(args: DropOptions) -> int:
     """`dashkanban outbox drop --all | --button NAME|MAC | --before TIME`: discard queued
     events, printing each one dropped. Exit 0 (also when nothing matched)."""
     from dashkanban.config import find_config, load_settings
@@ -146,9 +167,7 @@ def drop_command(args: argparse.Namespace) -> int:
     if not path.exists():
         print("outbox: nothing queued, nothing dropped")
         return 0
-    with Outbox.open(
-        path, max_rows=settings.outbox.max_rows, max_bytes=settings.outbox.max_bytes
-    ) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         dropped = outbox.drop(button=args.button, before=before)
         left = outbox.count()
     for row in dropped[:MAX_LISTED]:

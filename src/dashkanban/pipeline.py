@@ -21,7 +21,7 @@ from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
 from dashkanban.decode import Decoder, Sighting
 from dashkanban.events import Event, make_event
-from dashkanban.presses import DEFAULT_DEAD_TIME, Debouncer, Lookup, Press
+from dashkanban.presses import DEFAULT_DEAD_TIME, ButtonLookup, Debouncer, Press
 
 if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
@@ -56,7 +56,7 @@ class Pipeline:
         *,
         detect: Iterable[str] = ("arp", "dhcp"),
         dead_time: float = DEFAULT_DEAD_TIME,
-        lookup: Lookup | None = None,
+        lookup: ButtonLookup | None = None,
         inventory: Lookups | None = None,
     ) -> None:
         """`lookup`: a synchronous look-up for MACs not in `registry` (replay); `inventory`: the

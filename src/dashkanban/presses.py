@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 
 from dashkanban.buttons import Button, Registry
 from dashkanban.decode import Sighting
+from dashkanban.values import Trigger
 
 DEFAULT_DEAD_TIME = 30.0
 MAX_TRACKED = 100_000  # per-MAC state kept at most; beyond it the oldest windows are forgotten
 
-Lookup = Callable[[str], Button | None]
+# A MAC not in MACID.csv -> its button, asked synchronously (c8y.rest.InventorySource is one).
+ButtonLookup = Callable[[str], Button | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +29,7 @@ class Press:
 
     button: Button
     time: datetime  # timezone-aware, the time of the first packet of the press
-    trigger: str  # "arp", "dhcp" or "ndp": the kind of that first packet
+    trigger: Trigger  # the kind of that first packet, or "test" (test-button)
 
 
 class Debouncer:
@@ -44,7 +46,7 @@ class Debouncer:
         self,
         registry: Registry,
         dead_time: float = DEFAULT_DEAD_TIME,
-        lookup: Lookup | None = None,
+        lookup: ButtonLookup | None = None,
         max_tracked: int = MAX_TRACKED,
     ) -> None:
         if not dead_time > 0:

@@ -16,7 +16,6 @@ accepted within `--timeout`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import getpass
@@ -24,8 +23,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -53,12 +53,12 @@ REQUEST_TOPIC = "s/ucr"
 RESPONSE_TOPIC = "s/dcr"
 CREDENTIALS_TEMPLATE = "70"
 # "publishing continuous empty messages" (integration-life-cycle.md); every 5 s as in the
-# protocol notes' example and c8ydm's loop. Tests make it shorter; it is no config key.
+# example in docs/protocol.md 1.9 and c8ydm's loop. Tests make it shorter; it is no config key.
 REQUEST_INTERVAL = 5.0
 CONNECT_TIMEOUT = 10.0
 TICK = "✓"
 
-# CONNACK codes of MQTT 3.1.1 as Cumulocity documents them (protocol notes 1.7); paho reports
+# CONNACK codes of MQTT 3.1.1 as Cumulocity documents them (docs/protocol.md 1.7); paho reports
 # them as MQTT 5 reason codes.
 _V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 _CONNACK = {
@@ -221,10 +221,21 @@ def _login_in_config(settings: Settings) -> str | None:
     return None
 
 
-def register_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class RegisterOptions:
+    """`dashkanban register`'s arguments (cli.py builds them)."""
+
+    timeout: float
+    force: bool
+    certificate: bool
+    renew: bool
+    config: Path | None = None
+
+
+def register_command(args: RegisterOptions) -> int:
     path = find_config(args.config)
     settings = load_settings(path, need_credentials=False)
-    if getattr(args, "renew", False):
+    if args.renew:
         return _renew(settings, args)
     c8y = settings.c8y
     serial = settings.gateway.serial
@@ -242,7 +253,7 @@ def register_command(args: argparse.Namespace) -> int:
             f"{c8y.cert_file} already holds this gateway's certificate; --force replaces it")
     if not args.timeout > 0:
         raise ConfigError(f"--timeout {args.timeout:g}: give a positive number of seconds")
-    if getattr(args, "certificate", False):
+    if args.certificate:
         return _certificate(settings, args, configured)
     if c8y.bootstrap_password is None:
         raise ConfigError(
@@ -253,7 +264,7 @@ def register_command(args: argparse.Namespace) -> int:
         print(operator_instructions(serial, c8y.tenant, args.timeout), flush=True)
 
     found = asyncio.run(request_credentials(
-        c8y, serial, c8y.bootstrap_password, timeout=float(args.timeout),
+        c8y, serial, c8y.bootstrap_password, timeout=args.timeout,
         interval=REQUEST_INTERVAL, on_waiting=waiting))
     credentials.write(target, found, datetime.now(UTC))
     print(f"{TICK} accepted: this gateway logs in as {found.username}", flush=True)
@@ -265,7 +276,7 @@ def register_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _certificate(settings: Settings, args: argparse.Namespace, configured: str | None) -> int:
+def _certificate(settings: Settings, args: RegisterOptions, configured: str | None) -> int:
     from dashkanban.enrol import enrol
 
     c8y, serial = settings.c8y, settings.gateway.serial
@@ -283,7 +294,7 @@ def _certificate(settings: Settings, args: argparse.Namespace, configured: str |
               f"the same password here (${ONE_TIME_PASSWORD_ENV}).", flush=True)
 
     done = enrol(c8y, serial, Secret(one_time), settings.outbox.path,
-                 timeout=float(args.timeout), interval=REQUEST_INTERVAL, on_waiting=waiting)
+                 timeout=args.timeout, interval=REQUEST_INTERVAL, on_waiting=waiting)
     print(f"{TICK} certificate {done.subject}, issued by {done.issuer}, valid until "
           f"{done.not_after:%Y-%m-%d %H:%M} UTC", flush=True)
     print(f"{TICK} key in {done.key_path} (mode 0600), certificate in {done.cert_path}",
@@ -295,7 +306,7 @@ def _certificate(settings: Settings, args: argparse.Namespace, configured: str |
     return 0
 
 
-def _renew(settings: Settings, args: argparse.Namespace) -> int:
+def _renew(settings: Settings, args: RegisterOptions) -> int:
     """`register --renew`: EST simplereenroll when a third of the certificate's lifetime is
     left (at once with --force), authenticated with the device token of `s/uat`."""
     from cryptography import x509
@@ -304,7 +315,7 @@ def _renew(settings: Settings, args: argparse.Namespace) -> int:
     from dashkanban.enrol import RenewError, renew, renewal_due
 
     c8y = settings.c8y
-    if getattr(args, "certificate", False):
+    if args.certificate:
         raise ConfigError("--renew renews the certificate that --certificate enrolled: give one "
                           "of them")
     if c8y.cert_file is None or c8y.key_file is None:
@@ -332,7 +343,7 @@ def _renew(settings: Settings, args: argparse.Namespace) -> int:
             "longer log in for a device token; enrol again with a new one-time password "
             "(`dashkanban register --certificate --force`)")
     try:
-        token = fetch_token(settings, timeout=min(float(args.timeout), WAIT))
+        token = fetch_token(settings, timeout=min(args.timeout, WAIT))
     except UplinkError as exc:
         raise RenewError(f"certificate not renewed: no device token ({exc}); {kept}") from None
     done = renew(c8y, settings.gateway.serial, f"Bearer {token}")

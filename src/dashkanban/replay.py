@@ -7,78 +7,62 @@ in the daemon; a dry run touches neither the outbox nor the history.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from dashkanban.buttons import Registry, load_buttons
+from dashkanban.buttons import Registry
 from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.filters import file_program
+from dashkanban.compose import (
+    build_pipeline,
+    inventory_source,
+    load_registry,
+    queue_presses,
+    write_fragments,
+)
 from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
-from dashkanban.events import Event, check_event_text
+from dashkanban.events import Event
 from dashkanban.outbox import plural
 from dashkanban.outbox_commands import StillQueuedError
 from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Lookup, Press
+from dashkanban.presses import Press
 from dashkanban.safetext import plain
 
 if TYPE_CHECKING:
-    from dashkanban.c8y.rest import InventorySource
     from dashkanban.capture.bpf import Program
-    from dashkanban.inventory import Lookups
-    from dashkanban.kanban.bins import Bins
 
 log = logging.getLogger(__name__)
 
-
-def build_pipeline(
-    settings: Settings,
-    registry: Registry,
-    lookup: Lookup | None = None,
-    *,
-    inventory: Lookups | None = None,
-) -> Pipeline:
-    """The pipeline as configured. For MACs not in MACID.csv (`[buttons] source =
-    inventory|both`): `lookup` asks Cumulocity synchronously (replay: packet time is the clock,
-    so waiting changes nothing and the result is deterministic), `inventory` asynchronously
-    (live: capture never waits for HTTP)."""
-    return Pipeline(
-        registry,
-        settings.event,
-        detect=settings.capture.detect,
-        dead_time=settings.debounce_seconds,
-        lookup=lookup,
-        inventory=inventory,
-    )
+# Re-exported for daemon.py (rewritten on another branch this round), which still imports them
+# from here; they live in compose.py, the composition root. Gone once daemon.py imports them from
+# there (issue 12).
+__all__ = [
+    "ReplayOptions", "build_pipeline", "inventory_lookup", "load_registry", "replay_command"]
+inventory_lookup = inventory_source
 
 
-def load_registry(settings: Settings) -> Registry:
-    """The CSV buttons, unless `[buttons] source = inventory` (then only Cumulocity knows them)."""
-    if settings.buttons.source == "inventory":
-        return Registry()
-    registry = load_buttons(settings.buttons.file)
-    check_event_text(settings, registry)  # exit 2 now rather than a lost press later
-    return registry
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """`dashkanban replay`'s arguments (cli.py builds them)."""
+
+    capture: Path
+    dry_run: bool
+    jsonl: bool
+    timeout: float
+    again: bool
+    config: Path | None = None
 
 
-def inventory_lookup(settings: Settings) -> InventorySource | None:
-    """The Cumulocity identity look-up for `[buttons] source = inventory | both` (blocking,
-    cached; raises RestError when Cumulocity cannot tell, which fails a replay)."""
-    if settings.buttons.source == "csv":
-        return None
-    from dashkanban.c8y.rest import InventorySource
-
-    return InventorySource(settings)
-
-
-def replay_command(args: argparse.Namespace) -> int:
+def replay_command(args: ReplayOptions) -> int:
     settings = load_settings(find_config(args.config), uplink=_connects(args))
     registry = load_registry(settings)
-    source = inventory_lookup(settings)
+    source = inventory_source(settings)
     pipeline = build_pipeline(settings, registry, source)
     try:
         return _replay(args, settings, pipeline, _program(args, settings, registry))
@@ -87,7 +71,7 @@ def replay_command(args: argparse.Namespace) -> int:
             source.close()
 
 
-def _program(args: argparse.Namespace, settings: Settings, registry: Registry) -> Program:
+def _program(args: ReplayOptions, settings: Settings, registry: Registry) -> Program:
     """The live program, except where the Kanban overdue check runs on the packet clock (bins,
     and not a dry run): that clock must tick with every candidate frame, not only the buttons'
     (a bin is overdue at the first frame past its deadline, whoever sent it)."""
@@ -101,7 +85,7 @@ def _program(args: argparse.Namespace, settings: Settings, registry: Registry) -
     return file_program(settings, registry)
 
 
-def _connects(args: argparse.Namespace) -> bool:
+def _connects(args: ReplayOptions) -> bool:
     """Whether this replay talks to Cumulocity: to send, or to look buttons up in the inventory
     (known only after reading the config, so a dry run reads it as needing no uplink first)."""
     if not args.dry_run:
@@ -111,7 +95,7 @@ def _connects(args: argparse.Namespace) -> bool:
 
 
 def _replay(
-    args: argparse.Namespace, settings: Settings, pipeline: Pipeline, program: Program | None = None
+    args: ReplayOptions, settings: Settings, pipeline: Pipeline, program: Program | None = None
 ) -> int:
     capture = open_capture(args.capture, prefilter=True, program=program)
     found: list[tuple[Press, Event]] = []
@@ -180,73 +164,28 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
     press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns True when they were delivered, False when queued for the running service."""
-    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue_at_frames
     from dashkanban.outbox import Outbox, press_key
     from dashkanban.outbox_commands import deliver_explained
 
-    with Outbox.open(
-        settings.outbox.path,
-        max_rows=settings.outbox.max_rows,
-        max_bytes=settings.outbox.max_bytes,
-    ) as outbox:
+    with Outbox.from_settings(settings.outbox) as outbox:
         fresh = found
         if not again:
             seen = outbox.seen(press_key(event) for _, event in found)
             fresh = [(p, e) for p, e in found if press_key(e) not in seen]
             if seen:
                 print(_skipped(len(found), list(seen.values())), file=sys.stderr)
-        loop = open_loop(settings) if fresh else None  # after the outbox: it makes the folder
-        try:
-            # The packet clock: the overdue check at each frame up to a press, before it, and
-            # after the last press to the end of the capture; a replay raises the same alarms.
-            times = sorted(clock.times) if loop is not None and clock is not None else []
-            after = float("-inf")
-            for press, event in fresh:
-                if loop is not None:
-                    now = press.time.timestamp()
-                    queue_overdue_at_frames(loop, outbox.put_lines, times, after, now)
-                    after = now
-                extra, others = press_lines(loop, press) if loop is not None else ((), ())
-                outbox.put(event, extra, others)
-            if loop is not None and times:
-                queue_overdue_at_frames(loop, outbox.put_lines, times, after, times[-1])
-        finally:
-            if loop is not None and loop.history is not None:
-                loop.history.close()
+        # The packet clock: the Kanban overdue check runs at the capture's frames.
+        bins = queue_presses(settings, outbox, fresh, sorted(clock.times) if clock else ())
         outbox.remember(press_key(event) for _, event in fresh)
         delivered = deliver_explained(settings, outbox, timeout=timeout)
-    if delivered is not None and loop is not None:
-        write_fragments(settings, loop.bins, [press for press, _ in fresh])
+    if delivered is not None and bins is not None:
+        write_fragments(settings, bins, [press for press, _ in fresh])
     if delivered is None:
         print(f"queued {plural(len(fresh), 'event')}: the running dashkanban service "
               "delivers them", file=sys.stderr)
     else:
         print(f"delivered {plural(delivered, 'event')} to {settings.c8y.tenant}", file=sys.stderr)
     return delivered is not None
-
-
-def write_fragments(settings: Settings, bins: Bins, presses: list[Press]) -> None:
-    """The `c8y_Kanban` fragment on the devices of the bins just pressed, as `run` writes it at
-    its start: whatever delivers a bin button's press writes it, so `kanban report
-    --from-cumulocity` knows the bins after a replay too (issue 14). Their children were made
-    by this delivery. One attempt per call and a warning when REST fails: the events are in."""
-    from dashkanban.c8y.rest import CumulocityRest
-    from dashkanban.kanban.bins import Bins
-    from dashkanban.kanban.cumulocity import publish_kanban_fragments
-
-    pressed = {bins.of(p.button) for p in presses} - {None}
-    if not pressed or settings.c8y.password is None:
-        return
-    subset = Bins({b.name: b for b in bins if b in pressed})
-    try:
-        with CumulocityRest.from_settings(settings.c8y, attempts=1) as rest:
-            done = publish_kanban_fragments(rest, subset, settings.gateway.serial)
-    except (DashkanbanError, OSError) as exc:
-        log.warning("c8y_Kanban fragments not written (%s): `kanban report --from-cumulocity` "
-                    "knows these bins once `dashkanban run` has written them", exc)
-        return
-    log.info("c8y_Kanban fragment written on %d button(s)",
-             sum(1 for mo in done.values() if mo is not None))
 
 
 def _skipped(total: int, states: list[str]) -> str:

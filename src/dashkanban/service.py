@@ -14,7 +14,6 @@ only place it may write.
 
 from __future__ import annotations
 
-import argparse
 import grp
 import logging
 import os
@@ -488,7 +487,7 @@ def _read_named(
         content = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"{key} {path}: {exc.strerror}", settings.path, settings.lines.get((section, key))
+            f"{key} {path}: {exc.strerror}", settings.path, settings.key_lines.get((section, key))
         ) from None
     in_place = may_stay and not secret and _public(path)
     return NamedFile(section, key, path.absolute(), content, secret, in_place)
@@ -507,7 +506,18 @@ def _public(path: Path) -> bool:
         return False
 
 
-def gather_install(args: argparse.Namespace) -> InstallInputs:
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    """`dashkanban service install|uninstall`'s arguments (cli.py builds them)."""
+
+    user: str
+    root: Path
+    dry_run: bool
+    purge: bool = False  # uninstall only
+    config: Path | None = None
+
+
+def gather_install(args: ServiceOptions) -> InstallInputs:
     """Read and check everything the install needs; raises ConfigError with the fix."""
     root: Path = args.root.absolute()
     _check_user_name(args.user)
@@ -666,14 +676,14 @@ def _carry_out(actions: Sequence[Action], root: Path, dry_run: bool, what: str) 
     return 0
 
 
-def _need_root(args: argparse.Namespace, what: str) -> None:
+def _need_root(args: ServiceOptions, what: str) -> None:
     if not args.dry_run and os.geteuid() != 0:
         raise ConfigError(
             f"service {what} needs root: run it with sudo (add --dry-run to see what it would do)"
         )
 
 
-def install_command(args: argparse.Namespace) -> int:
+def install_command(args: ServiceOptions) -> int:
     _need_root(args, "install")
     inputs = gather_install(args)
     result = _carry_out(plan_install(inputs), inputs.root, args.dry_run, "install")
@@ -682,7 +692,7 @@ def install_command(args: argparse.Namespace) -> int:
     return result
 
 
-def uninstall_command(args: argparse.Namespace) -> int:
+def uninstall_command(args: ServiceOptions) -> int:
     _need_root(args, "uninstall")
     root: Path = args.root.absolute()
     _check_user_name(args.user)

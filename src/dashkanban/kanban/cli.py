@@ -1,12 +1,13 @@
-"""`dashkanban kanban report` and `dashkanban kanban refilled BIN`."""
+"""`dashkanban kanban report`, `dashkanban kanban refilled BIN` and `dashkanban kanban rules
+install | uninstall` (the Smart Rules themselves are in kanban/rules.py)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -41,8 +42,28 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _load(args: argparse.Namespace, *, uplink: bool = True) -> tuple[Settings, Bins]:
-    settings = load_settings(find_config(args.config), uplink=uplink)
+@dataclass(frozen=True, slots=True)
+class ReportOptions:
+    """`dashkanban kanban report`'s arguments (cli.py builds them)."""
+
+    since: str | None
+    out: Path | None
+    from_cumulocity: bool
+    json: bool
+    config: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefilledOptions:
+    """`dashkanban kanban refilled`'s arguments (cli.py builds them)."""
+
+    bin: str
+    timeout: float
+    config: Path | None = None
+
+
+def _load(config: Path | None, *, uplink: bool = True) -> tuple[Settings, Bins]:
+    settings = load_settings(find_config(config), uplink=uplink)
     _, bins = load_bins(settings.buttons.file)
     return settings, bins
 
@@ -110,17 +131,18 @@ def data_period(
     return start, max(end, start + MIN_PERIOD)
 
 
-def report_command(args: argparse.Namespace) -> int:
+def report_command(args: ReportOptions) -> int:
     from rich.console import Console
 
-    settings, bins = _load(args, uplink=args.from_cumulocity)  # a local report connects nowhere
+    # A local report connects nowhere.
+    settings, bins = _load(args.config, uplink=args.from_cumulocity)
     now = datetime.now(UTC)
     since = parse_since(args.since, now)
     if args.from_cumulocity:
         report = remote_report(settings, bins, since, now)
     else:
         report = local_report(settings, bins, since, now)
-    as_json = getattr(args, "json", False)
+    as_json = args.json
     if as_json:
         from dashkanban.kanban.report import report_json
 
@@ -149,14 +171,14 @@ def write_html(report: Report, out: Path, now: datetime) -> None:
         raise DashkanbanError(f"cannot write {out}: {exc.strerror}") from None
 
 
-def refilled_command(args: argparse.Namespace) -> int:
+def refilled_command(args: RefilledOptions) -> int:
     """Record the refill, queue its clears in the outbox and deliver them like `outbox flush`:
     exit 0 when delivered, 3 when they stay queued (for the daemon or a later flush)."""
     from dashkanban.kanban.wiring import check_mode, queue_pending_clears
     from dashkanban.outbox import Outbox
     from dashkanban.outbox_commands import deliver_explained
 
-    settings, bins = _load(args)
+    settings, bins = _load(args.config)
     check_mode(settings)
     now = datetime.now(UTC)
     path = history_path(settings.outbox.path)
@@ -170,11 +192,7 @@ def refilled_command(args: argparse.Namespace) -> int:
         for publish in signal.publishes:
             for line in publish.lines:
                 print(f"  clear: {publish.topic} {line}")
-        with Outbox.open(
-            settings.outbox.path,
-            max_rows=settings.outbox.max_rows,
-            max_bytes=settings.outbox.max_bytes,
-        ) as outbox:
+        with Outbox.from_settings(settings.outbox) as outbox:
             # This refill and any earlier one still pending (an interrupted run).
             queued = queue_pending_clears(history, outbox.put_lines)
             print(f"{queued} refill(s) queued in {settings.outbox.path}")
@@ -183,4 +201,49 @@ def refilled_command(args: argparse.Namespace) -> int:
         print("the running dashkanban service delivers it")
     else:
         print(f"delivered to {settings.c8y.tenant}")
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class RulesOptions:
+    """`dashkanban kanban rules install|uninstall`'s arguments (cli.py builds them)."""
+
+    dry_run: bool
+    config: Path | None = None
+
+
+def _rules_settings(args: RulesOptions) -> Settings:
+    settings = load_settings(find_config(args.config))
+    if settings.c8y.password is None:
+        raise ConfigError(
+            "kanban rules needs a password in [C8YMQTT] (REST uses Basic auth)", settings.path
+        )
+    return settings
+
+
+def rules_install_command(args: RulesOptions) -> int:
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.rules import install
+
+    settings = _rules_settings(args)
+    _, bins = load_bins(settings.buttons.file)
+    if not any(b.supplier_email for b in bins):
+        print(f"no bin has a supplier_email in {settings.buttons.file}: no rule to install")
+    with CumulocityRest.from_settings(settings.c8y) as rest:
+        for line in install(rest, bins, settings.gateway.serial, args.dry_run):
+            print(line)
+    return 0
+
+
+def rules_uninstall_command(args: RulesOptions) -> int:
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.rules import uninstall
+
+    settings = _rules_settings(args)
+    with CumulocityRest.from_settings(settings.c8y) as rest:
+        lines = uninstall(rest, settings.gateway.serial, args.dry_run)
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"no Smart Rule of {settings.gateway.serial} to remove")
     return 0

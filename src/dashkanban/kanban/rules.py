@@ -1,4 +1,5 @@
-"""`dashkanban kanban rules install | uninstall`: Cumulocity Smart Rules that mail the supplier.
+"""Cumulocity Smart Rules that mail the supplier (`dashkanban kanban rules install | uninstall`,
+whose commands are in kanban/cli.py).
 
 Per `supplier_email` in MACID.csv, two global `onAlarmSendEmail` rules: one on
 `c8y_KanbanReorder` (a card is out: please deliver) and one on `c8y_KanbanOverdue` (the delivery
@@ -16,17 +17,14 @@ removed. Rules of other gateways and anything not named by dashkanban are never 
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dashkanban.c8y.rest import CumulocityRest, RestError
-from dashkanban.config import Settings, find_config, load_settings
-from dashkanban.errors import ConfigError
 from dashkanban.kanban.alarms import ALARM_TYPE, OVERDUE_TYPE
-from dashkanban.kanban.bins import Bins, load_bins
+from dashkanban.kanban.bins import Bins
 
 log = logging.getLogger(__name__)
 
@@ -190,34 +188,3 @@ def _delete(rest: CumulocityRest, rule: dict[str, Any], name: str) -> None:
     response = rest.request("DELETE", f"{base}/{rule.get('id')}", what)
     if not response.is_success and response.status_code != 404:
         raise RestError(f"{what}: {response.status_code} {response.text[:200]}")
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(find_config(args.config))
-    if settings.c8y.password is None:
-        raise ConfigError(
-            "kanban rules needs a password in [C8YMQTT] (REST uses Basic auth)", settings.path
-        )
-    return settings
-
-
-def install_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _, bins = load_bins(settings.buttons.file)
-    if not any(b.supplier_email for b in bins):
-        print(f"no bin has a supplier_email in {settings.buttons.file}: no rule to install")
-    with CumulocityRest.from_settings(settings.c8y) as rest:
-        for line in install(rest, bins, settings.gateway.serial, args.dry_run):
-            print(line)
-    return 0
-
-
-def uninstall_command(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    with CumulocityRest.from_settings(settings.c8y) as rest:
-        lines = uninstall(rest, settings.gateway.serial, args.dry_run)
-    for line in lines:
-        print(line)
-    if not lines:
-        print(f"no Smart Rule of {settings.gateway.serial} to remove")
-    return 0

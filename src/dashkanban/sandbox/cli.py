@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from dashkanban.errors import ConfigError, DashkanbanError
@@ -17,16 +18,31 @@ from dashkanban.sandbox.server import Sandbox, SandboxError, SandboxOptions
 log = logging.getLogger(__name__)
 
 
-def options_from_args(args: argparse.Namespace) -> tuple[SandboxOptions, bool]:
+@dataclass(frozen=True, slots=True)
+class SandboxCommandOptions:
+    """`dashkanban sandbox`'s arguments (cli.py builds them); None: a random password."""
+
+    mqtt_port: int
+    http_port: int
+    bind: str
+    tenant: str
+    user: str
+    password: str | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    data: Path | None
+    bootstrap_password: str | None
+
+
+def options_from_args(args: SandboxCommandOptions) -> tuple[SandboxOptions, bool]:
     """The options, and whether the password was generated (then it is printed)."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
-    for name in ("mqtt_port", "http_port"):
-        port = getattr(args, name)
+    for name, port in (("mqtt_port", args.mqtt_port), ("http_port", args.http_port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"--{name.replace('_', '-')} {port} is not a port (0 to 65535)")
     generated = args.password is None
-    password = secrets.token_urlsafe(12) if generated else args.password
+    password = secrets.token_urlsafe(12) if args.password is None else args.password
     tls = args.tls_cert is not None
     options = SandboxOptions(
         password=password,
@@ -39,7 +55,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[SandboxOptions, bool]:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         data_file=args.data,
-        bootstrap_password=getattr(args, "bootstrap_password", None) or secrets.token_urlsafe(12),
+        bootstrap_password=args.bootstrap_password or secrets.token_urlsafe(12),
     )
     return options, generated
 
@@ -49,7 +65,7 @@ def banner(sandbox: Sandbox, generated: bool, bootstrap_generated: bool = True) 
     pasted (issue 14): the real password, and the bundled sample's buttons, so that `check` and
     `replay` of the sample capture work at once. A password given with --password is not echoed
     (it may be one the user uses elsewhere); the block then says where it goes."""
-    from dashkanban.demo import sample_path
+    from dashkanban.samples import sample_path
 
     o = sandbox.options
     tls = sandbox.mqtts_port is not None
@@ -113,7 +129,7 @@ def _registration_help(sandbox: Sandbox, generated: bool) -> list[str]:
     ]
 
 
-def sandbox_command(args: argparse.Namespace) -> int:
+def sandbox_command(args: SandboxCommandOptions) -> int:
     options, generated = options_from_args(args)
     stop = threading.Event()
 
@@ -127,7 +143,7 @@ def sandbox_command(args: argparse.Namespace) -> int:
             sandbox.start()
         except SandboxError as exc:
             raise DashkanbanError(str(exc)) from None
-        print(banner(sandbox, generated, getattr(args, "bootstrap_password", None) is None),
+        print(banner(sandbox, generated, args.bootstrap_password is None),
               flush=True)
         while not stop.wait(0.5):
             pass

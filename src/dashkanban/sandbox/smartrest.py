@@ -2,9 +2,9 @@
 processes them (pure-ish).
 
 A store and one upstream message in, the downstream lines (`s/ds`, `s/dc/<X-ID>`, `s/dt`, `s/e`)
-for the publishing client out; the broker does all I/O. Behaviour and texts follow the protocol
-notes, section 2 and the list in 6.1, and for collections `smartrest-two.md` (templates.py); each
-rule names its source.
+for the publishing client out; the broker does all I/O. Behaviour and texts follow
+docs/protocol.md, section 2 and the list in 6.1, and for collections `smartrest-two.md`
+(templates.py); each rule names its source.
 """
 
 from __future__ import annotations

@@ -1,0 +1,128 @@
+"""The composition root: the pipeline and what surrounds it, wired from `Settings`.
+
+Every command that runs presses through the pipeline builds it here, so `run`, `replay`, `demo`,
+`check` and `test-button` agree on the buttons (`[buttons] source`), the stages, and how a press
+and its Kanban lines are queued in the outbox. The parts below (pipeline stages, I/O adapters)
+know nothing of each other's configuration; the commands above know nothing of how the parts
+fit. Layers: CONTRIBUTING.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dashkanban.buttons import Registry, load_buttons
+from dashkanban.config import Settings
+from dashkanban.errors import DashkanbanError
+from dashkanban.events import Event, check_event_text
+from dashkanban.pipeline import Pipeline
+from dashkanban.presses import ButtonLookup, Press
+
+if TYPE_CHECKING:
+    from dashkanban.c8y.rest import InventorySource
+    from dashkanban.inventory import Lookups
+    from dashkanban.kanban.bins import Bins
+    from dashkanban.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+def load_registry(settings: Settings) -> Registry:
+    """The CSV buttons, unless `[buttons] source = inventory` (then only Cumulocity knows them)."""
+    if settings.buttons.source == "inventory":
+        return Registry()
+    registry = load_buttons(settings.buttons.file)
+    check_event_text(settings, registry)  # exit 2 now rather than a lost press later
+    return registry
+
+
+def inventory_source(settings: Settings) -> InventorySource | None:
+    """The Cumulocity identity look-up for `[buttons] source = inventory | both` (blocking,
+    cached; raises RestError when Cumulocity cannot tell, which fails a replay)."""
+    if settings.buttons.source == "csv":
+        return None
+    from dashkanban.c8y.rest import InventorySource
+
+    return InventorySource(settings)
+
+
+def build_pipeline(
+    settings: Settings,
+    registry: Registry,
+    lookup: ButtonLookup | None = None,
+    *,
+    inventory: Lookups | None = None,
+) -> Pipeline:
+    """The pipeline as configured. For MACs not in MACID.csv (`[buttons] source =
+    inventory|both`): `lookup` asks Cumulocity synchronously (replay: packet time is the clock,
+    so waiting changes nothing and the result is deterministic), `inventory` asynchronously
+    (live: capture never waits for HTTP)."""
+    return Pipeline(
+        registry,
+        settings.event,
+        detect=settings.capture.detect,
+        dead_time=settings.debounce_seconds,
+        lookup=lookup,
+        inventory=inventory,
+    )
+
+
+def queue_presses(
+    settings: Settings,
+    outbox: Outbox,
+    found: Sequence[tuple[Press, Event]],
+    times: Sequence[float] = (),
+) -> Bins | None:
+    """Queue each event in the outbox with its press's Kanban lines (history, and with `[kanban]
+    alarms = yes` the alarm and clear lines), as the daemon does. `times` is the packet clock of
+    a capture (sorted epoch seconds): the overdue check runs at each frame up to a press, before
+    it, and after the last press to the end of the capture, so a replay raises the same alarms.
+    Returns the bins when MACID.csv has some (for `write_fragments`), else None."""
+    from dashkanban.kanban.wiring import open_loop, press_lines, queue_overdue_at_frames
+
+    loop = open_loop(settings) if found else None  # after the outbox: it makes the folder
+    if loop is None:
+        for _, event in found:
+            outbox.put(event, (), ())
+        return None
+    try:
+        after = float("-inf")
+        for press, event in found:
+            if times:
+                now = press.time.timestamp()
+                queue_overdue_at_frames(loop, outbox.put_lines, times, after, now)
+                after = now
+            extra, others = press_lines(loop, press)
+            outbox.put(event, extra, others)
+        if times:
+            queue_overdue_at_frames(loop, outbox.put_lines, times, after, times[-1])
+    finally:
+        if loop.history is not None:
+            loop.history.close()
+    return loop.bins
+
+
+def write_fragments(settings: Settings, bins: Bins, presses: Sequence[Press]) -> None:
+    """The `c8y_Kanban` fragment on the devices of the bins just pressed, as `run` writes it at
+    its start: whatever delivers a bin button's press writes it, so `kanban report
+    --from-cumulocity` knows the bins after a replay too (issue 14). Their children were made
+    by this delivery. One attempt per call and a warning when REST fails: the events are in."""
+    from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.kanban.bins import Bins
+    from dashkanban.kanban.cumulocity import publish_kanban_fragments
+
+    pressed = {bins.of(p.button) for p in presses} - {None}
+    if not pressed or settings.c8y.password is None:
+        return
+    subset = Bins({b.name: b for b in bins if b in pressed})
+    try:
+        with CumulocityRest.from_settings(settings.c8y, attempts=1) as rest:
+            done = publish_kanban_fragments(rest, subset, settings.gateway.serial)
+    except (DashkanbanError, OSError) as exc:
+        log.warning("c8y_Kanban fragments not written (%s): `kanban report --from-cumulocity` "
+                    "knows these bins once `dashkanban run` has written them", exc)
+        return
+    log.info("c8y_Kanban fragment written on %d button(s)",
+             sum(1 for mo in done.values() if mo is not None))

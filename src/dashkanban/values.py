@@ -1,0 +1,36 @@
+"""The closed sets of words the program passes around, as `Literal` types (pure, no imports
+of the package): mypy then knows that a trigger is one of a few words, and a new word is added
+here once, with its tuple for parsing and messages beside it.
+
+A new press source adds its trigger to `Trigger` (and, if `[capture] detect` can name it, to
+`Detect`); a new kind of press adds to `PressKind` (CONTRIBUTING.md, "Add a press source").
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway
+# itself. The outbox stores them, the uplink sends them on `s/us/<serial>` or `s/us`.
+DeviceLine = tuple[str | None, str]
+
+# The kinds of packet decode.py recognises as a device joining the network; `[capture] detect`
+# names some of them.
+Detect = Literal["arp", "dhcp", "ndp"]
+# How a press was seen: its first packet's kind, or `test-button` ("test"). In the event's text
+# ({trigger}) and in `--jsonl`.
+Trigger = Literal[Detect, "test"]
+# How the button was pressed (issue 19: buttons that tell single, double and long presses apart).
+PressKind = Literal["single", "double", "long"]
+# `[gateway] mode`: buttons as child devices of the gateway, or each button its own device.
+GatewayMode = Literal["gateway", "per-device"]
+# `[buttons] source`: MACID.csv, Cumulocity's inventory, or both.
+ButtonSource = Literal["csv", "inventory", "both"]
+# A Cumulocity alarm's severity (`[kanban] severity`, `overdue_severity`; docs/protocol.md 2.5).
+Severity = Literal["CRITICAL", "MAJOR", "MINOR", "WARNING"]
+
+DETECT: tuple[Detect, ...] = get_args(Detect)
+GATEWAY_MODES: tuple[GatewayMode, ...] = get_args(GatewayMode)
+BUTTON_SOURCES: tuple[ButtonSource, ...] = get_args(ButtonSource)
+PRESS_KINDS: tuple[PressKind, ...] = get_args(PressKind)
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
