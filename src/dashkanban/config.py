@@ -39,7 +39,8 @@ BUTTON_SOURCES = ("csv", "inventory", "both")
 GATEWAY_MODES = ("gateway", "per-device")
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
 DEFAULT_EVENT_TEXT = "{name} pressed ({mac})"
-EVENT_FIELDS = ("name", "mac", "serial", "trigger", "bin", "part", "quantity", "location")
+EVENT_FIELDS = ("name", "mac", "serial", "trigger", "bin", "part", "quantity", "location",
+                "kind")
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,13 +386,15 @@ def _detect(text: str) -> frozenset[str]:
 MAX_FORMAT_NUMBER = 1000
 
 
-def render_event_text(template: str, button: Button, trigger: str) -> str:
-    """The event text for a press of `button` (raises what `str.format` raises)."""
+def render_event_text(template: str, button: Button, trigger: str, kind: str = "single") -> str:
+    """The event text for a press of `button` (raises what `str.format` raises); `kind`:
+    single, double or long (issue 19)."""
     return template.format(
         name=button.name,
         mac=button.mac,
         serial=button.serial,
         trigger=trigger,
+        kind=kind,
         bin=button.bin or "",
         part=button.part or "",
         quantity="" if button.quantity is None else button.quantity,

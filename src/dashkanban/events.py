@@ -36,6 +36,9 @@ class Event:
     type: str
     text: str
     trigger: str
+    # single, double or long (issue 19); not kept in the outbox, whose rows carry the rendered
+    # text: an event read back from it says "single".
+    kind: str = "single"
 
     def as_json(self) -> dict[str, Any]:
         """The `--jsonl` object, keys in the contract's order."""
@@ -47,6 +50,7 @@ class Event:
             "type": self.type,
             "text": self.text,
             "trigger": self.trigger,
+            "kind": self.kind,
         }
 
     def to_jsonl(self) -> str:
@@ -64,9 +68,9 @@ def make_event(press: Press, settings: EventSettings) -> Event:
     text, with a warning."""
     button = press.button
     try:
-        text = render_event_text(settings.text, button, press.trigger)
+        text = render_event_text(settings.text, button, press.trigger, press.kind)
     except Exception as exc:  # noqa: BLE001 - whatever the template does, the press is kept
-        text = render_event_text(DEFAULT_EVENT_TEXT, button, press.trigger)
+        text = render_event_text(DEFAULT_EVENT_TEXT, button, press.trigger, press.kind)
         log.warning(
             "[event] text %r cannot be rendered for button %r (%s: %s); sending %r instead",
             settings.text, button.name, type(exc).__name__, exc, text,
@@ -79,6 +83,7 @@ def make_event(press: Press, settings: EventSettings) -> Event:
         type=settings.type,
         text=text,
         trigger=press.trigger,
+        kind=press.kind,
     )
 
 
