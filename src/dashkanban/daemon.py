@@ -324,6 +324,7 @@ class Daemon:
 
         broker = ButtonBroker(settings.mqtt_buttons, registry, on_press,
                               retry_max=settings.c8y.retry_max)
+        broker.tls_context()  # a ca_file that cannot be used: a ConfigError now (exit 2)
         self.button_broker = broker
 
         async def until_stopped() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,8 @@ from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.sandbox import Sandbox
 from tests import forge
-from tests.brokers import Mosquitto
+from tests.brokers import Mosquitto, TlsFiles
+from tests.conftest import BROKER_PASSWORD, BROKER_USER
 from tests.sandbox_fixture import rest, sandbox_config
 
 SHELLY = "shellies/shellybutton1-A4CF12F45678/input_event/0"
@@ -202,3 +204,44 @@ def test_a_long_press_with_long_press_refill_clears_the_alarm(
             ("c8y_KanbanReorder", "CLEARED")], "the alarm cleared by the long press")
     assert events(sandbox) == [("c8y_MAC_Event", "shelly single (mqtt)"),
                                ("c8y_MAC_Event", "shelly long (mqtt)")]
+
+
+def test_over_tls_with_a_password_file(
+    tmp_path: Path, sandbox: Sandbox, mosquitto_tls: Mosquitto, tls_files: TlsFiles,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    (tmp_path / "buttons.pw").write_text(BROKER_PASSWORD + "\n")
+    (tmp_path / "buttons.pw").chmod(0o600)
+    (tmp_path / "MACID.csv").write_text(MACID, encoding="utf-8")
+    config = sandbox_config(tmp_path, sandbox, tmp_path / "MACID.csv", extra=(
+        f"[mqtt_buttons]\nhost = localhost\nport = {mosquitto_tls.port}\ntls = yes\n"
+        f"user = {BROKER_USER}\npassword_file = buttons.pw\nca_file = {tls_files.ca_cert}\n"))
+    with Running(Daemon(load_settings(config), OpenSource(), drain_on_stop=5.0)):
+        async def send() -> None:
+            context = ssl.create_default_context(cafile=str(tls_files.ca_cert))
+            async with aiomqtt.Client("localhost", mosquitto_tls.port, username=BROKER_USER,
+                                      password=BROKER_PASSWORD, tls_context=context) as client:
+                await client.publish(ZIGBEE, b'{"action":"hold"}', qos=1)
+
+        asyncio.run(send())
+        wait_until(lambda: len(events(sandbox)) == 1, "the press over TLS")
+    assert events(sandbox) == [("c8y_MAC_Event", "aqara pressed (00:12:4b:00:1c:a1:b2:c3)")]
+    assert BROKER_PASSWORD not in caplog.text
+
+
+def test_a_button_broker_failure_ends_run_with_exit_1(
+    tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(write_config(tmp_path, sandbox, mosquitto))
+    daemon = Daemon(settings, OpenSource(), drain_on_stop=1.0,
+                    extra_lines=lambda press: 1 / 0 if press.trigger == "mqtt" else ())
+    running = Running(daemon)
+    with running:
+        publish(mosquitto, [(ESPHOME, b"ON", False)])
+        running.thread.join(timeout=WAIT)
+        assert not running.thread.is_alive()
+    assert running.code == 1
+    assert daemon.failure == "the button broker"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL] == [
+        "the button broker failed unexpectedly; exiting so that the service is restarted"]

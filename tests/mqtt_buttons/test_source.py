@@ -148,3 +148,31 @@ def test_the_connection_comes_back_after_the_broker_restarts(
     assert [p.kind for p in presses] == ["single", "long"]
     assert any(r.getMessage().startswith(f"button broker {mosquitto.host}:{mosquitto.port}: ")
                and "connecting again in" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_on_press_ends_run(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+
+    def on_press(press: MqttPress) -> None:
+        raise RuntimeError(f"cannot queue {press.button.name}")
+
+    broker = ButtonBroker(settings, registry(tmp_path), on_press)
+
+    async def main() -> None:
+        task = asyncio.create_task(broker.run())
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        await publish(mosquitto, [(ESPHOME, b"ON", False)])
+        with pytest.raises(RuntimeError, match=r"^cannot queue esphome$"):
+            await asyncio.wait_for(task, WAIT)
+
+    asyncio.run(main())
+
+
+def test_an_unusable_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    from dashkanban.errors import ConfigError
+
+    settings = MqttButtonsSettings("127.0.0.1", 8883, True, None, None, tmp_path / "no-ca.pem")
+    broker = ButtonBroker(settings, registry(tmp_path), lambda press: None)
+    with pytest.raises(ConfigError) as info:
+        broker.tls_context()
+    assert str(info.value) == f"ca_file {tmp_path / 'no-ca.pem'} does not exist"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class ButtonBroker:
         self._clock = clock
         self._repeats = Repeats()
         self._battery_topics: dict[str, Button] = {}
+        self._context: ssl.SSLContext | None = None
         self.connected = asyncio.Event()  # set while subscribed; for tests and health
         self.messages = 0
         self.presses = 0
@@ -110,14 +112,19 @@ class ButtonBroker:
                 found.append(extra)
         return found
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of `tls = yes` (None without): built once, and a ConfigError for a
+        ca_file that cannot be used (the daemon asks before starting, so that is exit 2)."""
+        if self._context is None and self.settings.tls:
+            from dashkanban.c8y.tls import verifying_context
+
+            self._context = verifying_context(self.settings.ca_file)
+        return self._context
+
     async def run(self) -> None:
         settings = self.settings
         address = f"{settings.host}:{settings.port}"
-        context = None
-        if settings.tls:
-            from dashkanban.c8y.tls import verifying_context
-
-            context = verifying_context(settings.ca_file)
+        context = self.tls_context()
         attempt = 0
         while True:
             topics = self.topics()
