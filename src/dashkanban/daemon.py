@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
-    from dashkanban.mqtt_buttons.source import ButtonBroker
+    from dashkanban.mqtt_buttons.source import Battery, ButtonBroker
     from dashkanban.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class Daemon:
                          event.name, event.mac, event.c8y_time, why)
             self._sync(pipeline)
 
-        buttons = self._button_broker(settings, registry, pipeline, handle)
+        buttons = self._button_broker(settings, registry, pipeline, handle, courier)
         if buttons is not None:
             helpers.append(buttons)
             buttons.start()
@@ -296,7 +296,8 @@ class Daemon:
             state.write(uplink.health(), running=False)
 
     def _button_broker(self, settings: Settings, registry: Registry, pipeline: Pipeline,
-                       handle: Callable[[Press], None]) -> threading.Thread | None:
+                       handle: Callable[[Press], None], courier: Courier
+                       ) -> threading.Thread | None:
         """The MQTT buttons' source (issue 19), or None without `[mqtt_buttons]` or topics.
 
         Interim wiring until `run` is one asyncio loop (a11-core): the `ButtonBroker.run()`
@@ -323,6 +324,7 @@ class Daemon:
                 handle(press)
 
         broker = ButtonBroker(settings.mqtt_buttons, registry, on_press,
+                              on_battery=self._battery_levels(settings, courier),
                               retry_max=settings.c8y.retry_max)
         broker.tls_context()  # a ca_file that cannot be used: a ConfigError now (exit 2)
         self.button_broker = broker
@@ -343,6 +345,38 @@ class Daemon:
         return threading.Thread(
             target=self._supervised("the button broker", lambda: asyncio.run(until_stopped())),
             daemon=True, name="button-broker")
+
+    def _battery_levels(self, settings: Settings, courier: Courier) -> Callable[[Battery], None]:
+        """An MQTT button's battery level: kept for `outbox status`, a warning once when low,
+        and `c8y_Battery` through the outbox at most once an hour (mqtt_buttons/battery.py)."""
+        from dashkanban.mqtt_buttons.battery import (
+            LOW,
+            BatteryFile,
+            BatteryPolicy,
+            measurement_lines,
+        )
+        from dashkanban.outbox import OutboxError
+
+        policy = BatteryPolicy()
+        kept = BatteryFile(settings.outbox.path)
+
+        def on_battery(level: Battery) -> None:
+            button, when = level.button, datetime.fromtimestamp(level.time, UTC)
+            decision = policy.report(button.serial, level.percent, time.monotonic())
+            kept.record(button, level.percent, when)
+            if decision.warn:
+                log.warning("%s (%s): battery at %g %%, under %g %%: replace it soon",
+                            button.name, button.serial, level.percent, LOW)
+            # A row of lines only goes in gateway mode (c8y/mqtt.py); per-device mode keeps
+            # the level locally.
+            if decision.send and settings.gateway.mode == "gateway":
+                try:
+                    courier.put_lines(measurement_lines(button, level.percent, when), when)
+                except OutboxError as exc:
+                    log.warning("%s: battery level %g %% not queued: %s", button.name,
+                                level.percent, exc)
+
+        return on_battery
 
     def _overdue_loop(self, kanban: KanbanLoop, courier: Courier) -> None:
         """Every `overdue_every` seconds (and at start: a reorder may have become overdue while

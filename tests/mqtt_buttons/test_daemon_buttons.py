@@ -245,3 +245,41 @@ def test_a_button_broker_failure_ends_run_with_exit_1(
     assert daemon.failure == "the button broker"
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL] == [
         "the button broker failed unexpectedly; exiting so that the service is restarted"]
+
+
+def test_battery_levels_become_one_measurement_an_hour_and_one_warning(
+    tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, sandbox, mosquitto)
+    with Running(Daemon(load_settings(config), OpenSource(), drain_on_stop=5.0)):
+        publish(mosquitto, [
+            (SHELLY_BATTERY, b"87", False),
+            (ZIGBEE, b'{"battery":12,"linkquality":90}', False),
+            (ZIGBEE, b'{"action":"single","battery":11}', False),  # within the hour: kept only
+            (SHELLY_BATTERY, b"86", False),
+            (TASMOTA, b'{"Button1":{"Action":"SINGLE"}}', False),
+        ])
+        # The outbox delivers in order: once the Tasmota press is there, so is any measurement.
+        wait_until(lambda: len(events(sandbox)) == 2, "the presses")
+    found = get(sandbox, "/measurement/measurements", pageSize=100)["measurements"]
+    by_source = {sandbox.device_id(serial): serial
+                 for serial in (SHELLY_SERIAL, "00124b001ca1b2c3")}
+    assert sorted((by_source[m["source"]["id"]], m["type"], m["c8y_Battery"])
+                  for m in found) == [
+        ("00124b001ca1b2c3", "c8y_Battery", {"level": {"value": 12, "unit": "%"}}),
+        (SHELLY_SERIAL, "c8y_Battery", {"level": {"value": 87, "unit": "%"}}),
+    ]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "battery" in r.getMessage()]
+    assert warnings == [
+        "aqara (00124b001ca1b2c3): battery at 12 %, under 15 %: replace it soon"]
+    from dashkanban.cli import main
+
+    capsys.readouterr()
+    assert main(["outbox", "status", "-c", str(config)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("battery: ")]
+    assert [line.rsplit(" at ", 1)[0] for line in lines] == [
+        "battery: aqara (00124b001ca1b2c3) 11 %", "battery: shelly (a4cf12f45678) 86 %"]
+    assert lines[0].endswith(" (under 15 %: replace it)")
