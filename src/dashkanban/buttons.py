@@ -246,6 +246,16 @@ def _rows(text: str, path: Path | None = None) -> Iterator[tuple[int, list[str]]
             yield reader.line_num, row
 
 
+def header_columns(text: str) -> tuple[int, list[str | None]]:
+    """(line number, the field of each header cell, None for an unknown one) of MACID.csv's
+    header; (0, []) for a file without one."""
+    first = next(_rows(text), None)
+    if first is None:
+        return 0, []
+    keys = (re.sub(r"[\s_\-]", "", cell.strip().lower()) for cell in first[1])
+    return first[0], [_COLUMN_ALIASES.get(k) for k in keys]
+
+
 def header_fields(text: str) -> frozenset[str]:
     """The fields the header names (`name`, `mac`, `bin`, ...), without reading the rows."""
     first = next(_rows(text), None)

@@ -27,7 +27,7 @@ from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.bpf import candidate_program
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
 from dashkanban.decode import TRIGGERS, Decoder, Sighting
-from dashkanban.errors import CaptureError, DashkanbanError
+from dashkanban.errors import CaptureError, ConfigError, DashkanbanError
 from dashkanban.safetext import plain
 from dashkanban.vendors import is_amazon, vendor_of
 
@@ -228,6 +228,17 @@ def _settings(config: Path | None) -> Settings | None:
 def discover_command(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     registry = load_buttons(settings.buttons.file) if settings else Registry()
+    if getattr(args, "mqtt", None) is not None:  # MQTT buttons' topics (issue 19)
+        from dashkanban.mqtt_buttons.discover import mqtt_command
+
+        if args.csv:
+            raise ConfigError("--csv is for network devices; with --mqtt use --add-to")
+        if settings is None or settings.mqtt_buttons is None:
+            raise ConfigError("discover --mqtt needs a [mqtt_buttons] section (the broker the "
+                              "buttons publish to; docs/buttons.md)",
+                              settings.path if settings else None)
+        return mqtt_command(settings.mqtt_buttons, registry, args.mqtt, args.add_to,
+                            sys.stdout, sys.stderr)
     decoder = Decoder(TRIGGERS)
     census = Census()
     failure: CaptureError | None = None
