@@ -237,8 +237,11 @@ def discover_command(args: argparse.Namespace) -> int:
             raise ConfigError("discover --mqtt needs a [mqtt_buttons] section (the broker the "
                               "buttons publish to; docs/buttons.md)",
                               settings.path if settings else None)
+        from dashkanban.mqtt_buttons.battery import read_levels
+
+        kept = {level.serial: level.percent for level in read_levels(settings.outbox.path)}
         return mqtt_command(settings.mqtt_buttons, registry, args.mqtt, args.add_to,
-                            sys.stdout, sys.stderr)
+                            sys.stdout, sys.stderr, kept)
     decoder = Decoder(TRIGGERS)
     census = Census()
     failure: CaptureError | None = None

@@ -156,3 +156,23 @@ def test_discover_mqtt_needs_the_section(tmp_path: Path,
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: {config}: discover --mqtt needs a [mqtt_buttons] section (the broker the "
         "buttons publish to; docs/buttons.md)")
+
+
+def test_discover_mqtt_shows_the_last_kept_level_of_a_known_button(
+    tmp_path: Path, mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from dashkanban.mqtt_buttons.battery import BatteryFile
+
+    retained(mosquitto)
+    config = config_for(tmp_path, mosquitto,
+                        f"Name, MAC-Address, topic\nc2, 24:62:ab:00:00:01, {ESPHOME}\n")
+    config.write_text(config.read_text() + f"\n[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
+    button = load_buttons(tmp_path / "MACID.csv").find("c2")
+    assert button is not None
+    BatteryFile(tmp_path / "outbox.sqlite3").record(button, 55.0, datetime.now(UTC))
+    assert main(["discover", "--mqtt", "1", "-c", str(config)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert [cell.strip() for cell in rows[0].split("│")[1:-1]] == [
+        ESPHOME, "esphome", "?", "1", "", "55 % (last kept)", "c2"]

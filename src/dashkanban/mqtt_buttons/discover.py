@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -189,7 +189,9 @@ class _suppress_timeout:  # noqa: N801 - used like contextlib.suppress
 
 
 def print_topics(topics: Iterable[TopicSeen], census: MqttCensus, registry: Registry,
-                 out: TextIO) -> None:
+                 out: TextIO, kept: Mapping[str, float] | None = None) -> None:
+    """The table; `kept`: the last level the daemon kept per serial (batteries.json), shown
+    for a known button that reported none while discover listened."""
     from rich.console import Console
     from rich.table import Table
 
@@ -202,10 +204,11 @@ def print_topics(topics: Iterable[TopicSeen], census: MqttCensus, registry: Regi
     for seen in topics:
         known = registry.by_topic(seen.topic)
         presses = ", ".join(f"{kind} {n}" for kind, n in sorted(seen.presses.items()))
+        battery = "" if seen.battery is None else f"{seen.battery:g} %"
+        if not battery and known is not None and kept and known.serial in kept:
+            battery = f"{kept[known.serial]:g} % (last kept)"
         table.add_row(plain(seen.topic), seen.format, census.address(seen.topic) or "?",
-                      str(seen.messages), presses,
-                      "" if seen.battery is None else f"{seen.battery:g} %",
-                      plain(known.name) if known else "")
+                      str(seen.messages), presses, battery, plain(known.name) if known else "")
     console.print(table)
 
 
@@ -307,7 +310,8 @@ def _write(path: Path, text: str, header_line: int, missing: list[str], rows: li
 
 
 def mqtt_command(settings: MqttButtonsSettings, registry: Registry, seconds: float,
-                 add_to_path: Path | None, out: TextIO, err: TextIO) -> int:
+                 add_to_path: Path | None, out: TextIO, err: TextIO,
+                 kept: Mapping[str, float] | None = None) -> int:
     """The `--mqtt` part of `dashkanban discover`."""
     census = MqttCensus()
     asyncio.run(listen(settings, seconds, census))
@@ -315,7 +319,7 @@ def mqtt_command(settings: MqttButtonsSettings, registry: Registry, seconds: flo
     if add_to_path is not None:
         add_to(add_to_path, topics, census, out)
     else:
-        print_topics(topics, census, registry, out)
+        print_topics(topics, census, registry, out, kept)
     print(f"{len(topics)} button topic{'' if len(topics) == 1 else 's'}, "
           f"{census.messages} messages in {seconds:g} s from {settings.host}:{settings.port}",
           file=err)
