@@ -414,8 +414,11 @@ class Daemon:
             log.info("SIGHUP: [buttons] source = inventory: no MACID.csv to re-read")
             return
         log.info("SIGHUP: reloading %s", settings.buttons.file)
-        if reload_buttons(settings, _SourceFilter(self.source), pipeline.use_registry) is None:
+        registry = reload_buttons(settings, _SourceFilter(self.source), pipeline.use_registry)
+        if registry is None:
             return
+        if self.button_broker is not None:  # the MQTT buttons' topics too (issue 19)
+            self.button_broker.use_registry(registry)
         try:
             bins = load_kanban_bins(settings)
         except DashkanbanError as exc:  # the buttons are fine, their Kanban columns are not

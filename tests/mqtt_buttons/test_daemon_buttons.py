@@ -283,3 +283,20 @@ def test_battery_levels_become_one_measurement_an_hour_and_one_warning(
     assert [line.rsplit(" at ", 1)[0] for line in lines] == [
         "battery: aqara (00124b001ca1b2c3) 11 %", "battery: shelly (a4cf12f45678) 86 %"]
     assert lines[0].endswith(" (under 15 %: replace it)")
+
+
+def test_sighup_subscribes_a_button_added_to_macid(
+    tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto
+) -> None:
+    settings = load_settings(write_config(tmp_path, sandbox, mosquitto))
+    with Running(Daemon(settings, OpenSource(), drain_on_stop=5.0)) as daemon:
+        broker = daemon.button_broker
+        assert broker is not None
+        with (tmp_path / "MACID.csv").open("a") as macid:
+            macid.write("ikea, 0x000d6ffffe123456, zigbee2mqtt/Bin E1 button, , , , ,\n")
+        daemon.reload()  # what SIGHUP does
+        wait_until(lambda: "zigbee2mqtt/Bin E1 button" in broker.subscribed, "the new topic")
+        publish(mosquitto, [("zigbee2mqtt/Bin E1 button", b'{"action":"on"}', False)])
+        wait_until(lambda: len(events(sandbox)) == 1, "the new button's press")
+    assert events(sandbox) == [("c8y_MAC_Event", "ikea single (mqtt)")]
+    assert sandbox.device_id("000d6ffffe123456") is not None

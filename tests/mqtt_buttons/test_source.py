@@ -176,3 +176,33 @@ def test_an_unusable_ca_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         broker.tls_context()
     assert str(info.value) == f"ca_file {tmp_path / 'no-ca.pem'} does not exist"
+
+
+def test_a_new_registry_changes_the_subscriptions_on_the_open_connection(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    presses: list[MqttPress] = []
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "MACID.csv").write_text(f"Name, MAC-Address, topic\nt, 24:62:ab:5a:1b:2c, {TASMOTA}\n")
+    broker = ButtonBroker(settings, load_buttons(first / "MACID.csv"), presses.append)
+    later = registry(tmp_path)  # every format, the Tasmota topic too, and the Shelly battery
+
+    async def body() -> None:
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        assert broker.subscribed == {TASMOTA}
+        await asyncio.to_thread(broker.use_registry, Registry([b for b in later
+                                                              if b.topic != TASMOTA]))
+        await until(lambda: broker.subscribed == {SHELLY, SHELLY_BATTERY, ESPHOME, ZIGBEE},
+                    "the new subscriptions")
+        await publish(mosquitto, [(TASMOTA, b'{"Button1":{"Action":"SINGLE"}}', False),
+                                  (ZIGBEE, b'{"action":"single"}', False)])
+        await until(lambda: len(presses) == 1, "the Zigbee press")
+        await publish(mosquitto, [(ESPHOME, b"ON", False)])
+        await until(lambda: len(presses) == 2, "the ESPHome press")
+
+    run_with(broker, body)
+    assert [(p.button.name, p.kind) for p in presses] == [("aqara", "single"),
+                                                          ("esphome", "single")]
+    assert broker.messages == 2  # the Tasmota topic is no longer subscribed

@@ -17,6 +17,7 @@ cannot be written) ends it, so the daemon's supervisor ends the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import ssl
@@ -89,7 +90,10 @@ class ButtonBroker:
         self._repeats = Repeats()
         self._battery_topics: dict[str, Button] = {}
         self._context: ssl.SSLContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for use_registry
+        self._wake: asyncio.Event | None = None
         self.connected = asyncio.Event()  # set while subscribed; for tests and health
+        self.subscribed: frozenset[str] = frozenset()  # the topics of the open connection
         self.messages = 0
         self.presses = 0
         self.repeats = 0
@@ -121,7 +125,40 @@ class ButtonBroker:
             self._context = verifying_context(self.settings.ca_file)
         return self._context
 
+    def use_registry(self, registry: Registry) -> None:
+        """Listen to `registry`'s buttons from now on (SIGHUP re-read MACID.csv): the topics are
+        subscribed and unsubscribed on the open connection. Safe from any thread."""
+        self.registry = registry
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nothing to tell
+                loop.call_soon_threadsafe(wake.set)
+
+    async def _follow(self, client: aiomqtt.Client, subscribed: set[str]) -> None:
+        """On the open connection: the topics of each new registry (use_registry)."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            wanted = set(self.topics())
+            added, gone = sorted(wanted - subscribed), sorted(subscribed - wanted)
+            try:
+                if added:
+                    await client.subscribe([(t, 1) for t in added])
+                if gone:
+                    await client.unsubscribe(gone)
+            except aiomqtt.MqttError as exc:  # the message loop sees the connection go
+                log.warning("button broker: the new topics are not subscribed yet (%s); they "
+                            "are at the next connect", exc)
+                continue
+            subscribed.clear()
+            subscribed.update(wanted)
+            self.subscribed = frozenset(wanted)
+            log.info("button broker: %d MQTT button topic(s) after the reload (%d new, %d "
+                     "dropped)", len(wanted), len(added), len(gone))
+
     async def run(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         settings = self.settings
         address = f"{settings.host}:{settings.port}"
         context = self.tls_context()
@@ -139,15 +176,24 @@ class ButtonBroker:
                 ) as client:
                     if topics:
                         await client.subscribe([(t, 1) for t in topics])
+                    self.subscribed = frozenset(topics)
                     attempt = 0
                     self.connections += 1
                     self.last_error = None
                     self.connected.set()
                     log.info("button broker %s: listening to %d MQTT button topic(s)", address,
                              len(topics))
-                    async for message in client.messages:
-                        payload = message.payload if isinstance(message.payload, bytes) else b""
-                        await self.handle(message.topic.value, payload, bool(message.retain))
+                    follower = asyncio.create_task(self._follow(client, set(topics)))
+                    try:
+                        async for message in client.messages:
+                            payload = (message.payload if isinstance(message.payload, bytes)
+                                       else b"")
+                            await self.handle(message.topic.value, payload,
+                                              bool(message.retain))
+                    finally:
+                        follower.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await follower
                     raise aiomqtt.MqttError("the connection closed")
             except MqttConnectError as exc:
                 backoff = self._refusal  # a refused login: slowly, as the uplink does
