@@ -256,3 +256,17 @@ async def _call(callback: Callable[[T], Awaitable[None] | None], value: T) -> No
     result = callback(value)
     if inspect.isawaitable(result):
         await result
+
+
+async def try_broker(settings: MqttButtonsSettings, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Connect and log in once, then leave (`dashkanban check`); an MqttError says why not."""
+    from dashkanban.c8y.tls import verifying_context
+
+    context = verifying_context(settings.ca_file) if settings.tls else None
+    async with aiomqtt.Client(
+        settings.host, settings.port, username=settings.user,
+        password=settings.password.reveal() if settings.password else None,
+        protocol=aiomqtt.ProtocolVersion.V311, clean_session=True, tls_context=context,
+        timeout=timeout,
+    ):
+        pass
