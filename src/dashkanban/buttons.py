@@ -341,7 +341,7 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
     _check_sendable(name, path, line)
     if not values["mac"]:
         raise ConfigError(f"button {name!r} has no MAC-Address", path, line)
-    topic = _topic(values.get("topic"), path, line)
+    topic = check_topic(values.get("topic"), path, line)
     try:
         mac = normalize_address(values["mac"]) if topic else normalize_mac(values["mac"])
     except ValueError as exc:
@@ -399,7 +399,7 @@ def _choice(text: str | None, column: str, choices: tuple[str, ...], path: Path,
 MAX_TOPIC_BYTES = 1024  # MQTT allows 65,535; no button's topic comes near this
 
 
-def _topic(text: str | None, path: Path, line: int) -> str | None:
+def check_topic(text: str | None, path: Path, line: int) -> str | None:
     """An MQTT topic to subscribe to as it is: one button's, so no wildcard (`+`, `#`), and
     nothing a broker refuses (empty levels are allowed by MQTT, NUL is not)."""
     if not text:

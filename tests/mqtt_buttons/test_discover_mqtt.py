@@ -176,3 +176,27 @@ def test_discover_mqtt_shows_the_last_kept_level_of_a_known_button(
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert [cell.strip() for cell in rows[0].split("│")[1:-1]] == [
         ESPHOME, "esphome", "?", "1", "", "55 % (last kept)", "c2"]
+
+
+def test_add_to_leaves_out_topics_macid_would_refuse(tmp_path: Path) -> None:
+    import io
+
+    from dashkanban.mqtt_buttons.discover import add_to
+
+    census = MqttCensus()
+    census.add("zigbee2mqtt/bridge/devices", json.dumps([
+        {"friendly_name": "evil\x1b[2J", "ieee_address": "0x00124b001ca1b2c3"}]).encode())
+    census.add("zigbee2mqtt/evil\x1b[2J", b'{"action":"single"}')
+    census.add("zigbee2mqtt/0x00124b001ca1b2c4", b'{"action":"single"}')
+    out = io.StringIO()
+    assert add_to(tmp_path / "MACID.csv", census.topics.values(), census, out) == 1
+    assert out.getvalue().splitlines() == [
+        "left out: zigbee2mqtt/evil\\x1b[2J (topic 'zigbee2mqtt/evil\\x1b[2J' has a control "
+        "character; add its row by hand)",
+        "added: 0x00124b001ca1b2c4, 00:12:4b:00:1c:a1:b2:c4, zigbee2mqtt/0x00124b001ca1b2c4",
+        f"{tmp_path / 'MACID.csv'}: 1 MQTT button added, 0 listed before",
+    ]
+    assert (tmp_path / "MACID.csv").read_text() == (
+        "Name, MAC-Address, topic, format\n"
+        "0x00124b001ca1b2c4,00:12:4b:00:1c:a1:b2:c4,zigbee2mqtt/0x00124b001ca1b2c4,zigbee2mqtt\n")
+    assert len(load_buttons(tmp_path / "MACID.csv")) == 1

@@ -30,6 +30,7 @@ from dashkanban.mqtt_buttons.payloads import (
     Format,
     read_message,
 )
+from dashkanban.safetext import escape_controls
 
 MAX_TOPICS = 10_000  # a broker with more topics than this is listed up to here
 MAX_DIRECTORY = 4 << 20  # bytes of zigbee2mqtt's bridge/devices read at most
@@ -245,9 +246,16 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
         if registry.by_topic(seen.topic) is not None:
             continue
         address = census.address(seen.topic)
-        if address is None or address in registry:
-            why = "no address known" if address is None else f"{address} is listed already"
-            out.write(f"left out: {seen.topic} ({why}; add its row by hand)\n")
+        why = None
+        if address is None:
+            why = "no address known"
+        elif address in registry:
+            why = f"{address} is listed already"
+        else:
+            why = _refused_topic(seen.topic)
+        if why is not None or address is None:  # a network string: escaped, on one line
+            out.write(f"left out: {escape_controls(seen.topic)} ({why}; add its row by "
+                      "hand)\n")
             continue
         name, base, n = suggested_name(seen.topic), suggested_name(seen.topic), 2
         while name.casefold() in taken:
@@ -263,6 +271,20 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
     out.write(f"{path}: {len(rows)} MQTT button{'' if len(rows) == 1 else 's'} added, "
               f"{len(registry)} listed before\n")
     return len(rows)
+
+
+def _refused_topic(topic: str) -> str | None:
+    """Why MACID.csv would refuse this topic (buttons.py's rules), or None."""
+    from dashkanban.buttons import check_topic
+    from dashkanban.errors import ConfigError
+
+    try:
+        check_topic(topic, Path("MACID.csv"), 0)
+    except ConfigError as exc:
+        return exc.message
+    if '"' in topic or "\n" in topic:
+        return "a topic MACID.csv cannot hold"
+    return None
 
 
 def _is_utf8(raw: bytes) -> bool:
