@@ -206,3 +206,23 @@ def test_a_new_registry_changes_the_subscriptions_on_the_open_connection(
     assert [(p.button.name, p.kind) for p in presses] == [("aqara", "single"),
                                                           ("esphome", "single")]
     assert broker.messages == 2  # the Tasmota topic is no longer subscribed
+
+
+def test_a_refused_login_is_retried_without_the_password_in_the_log(
+    tmp_path: Path, mosquitto_password: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dashkanban.secret import Secret
+    from tests.conftest import BROKER_USER
+
+    settings = MqttButtonsSettings(mosquitto_password.host, mosquitto_password.port, False,
+                                   BROKER_USER, Secret("wrong-pw-123"), None)
+    broker = ButtonBroker(settings, registry(tmp_path), lambda press: None, retry_max=0.1)
+
+    async def body() -> None:
+        await until(lambda: sum("refused the login" in r.getMessage()
+                                for r in caplog.records) >= 2, "two refused attempts")
+
+    run_with(broker, body)
+    assert broker.last_error == "refused the login ([code:135] Not authorized)"
+    assert broker.connections == 0
+    assert "wrong-pw-123" not in caplog.text
