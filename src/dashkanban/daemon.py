@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
-    from dashkanban.mqtt_buttons.source import Battery, ButtonBroker
+    from dashkanban.mqtt_buttons.source import ButtonBroker
     from dashkanban.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -304,29 +304,11 @@ class Daemon:
         coroutine gets a thread and an event loop of its own, stops with the daemon (polled like
         the other helpers) and a failure of it ends `run()` with exit 1 (`_supervised`). At
         merge the lead moves `broker.run()` into the daemon's TaskGroup and drops this thread."""
-        if settings.mqtt_buttons is None:
-            if registry.topics:
-                log.warning("%d button(s) in %s have a topic, but config.ini has no "
-                            "[mqtt_buttons] section: their presses are not received",
-                            len(registry.topics), settings.buttons.file)
-            return None
-        if not registry.topics:
-            log.warning("[mqtt_buttons] is set, but no button in %s has a topic",
-                        settings.buttons.file)
-            return None
-        from dashkanban.mqtt_buttons.source import ButtonBroker, MqttPress
+        from dashkanban.mqtt_buttons.wiring import make_broker
 
-        def on_press(reported: MqttPress) -> None:
-            # The same dead time as network presses, on the daemon's monotonic clock.
-            press = pipeline.feed_mqtt(reported.button, reported.kind, reported.time,
-                                       time.monotonic())
-            if press is not None:
-                handle(press)
-
-        broker = ButtonBroker(settings.mqtt_buttons, registry, on_press,
-                              on_battery=self._battery_levels(settings, courier),
-                              retry_max=settings.c8y.retry_max)
-        broker.tls_context()  # a ca_file that cannot be used: a ConfigError now (exit 2)
+        broker = make_broker(settings, registry, pipeline, handle, courier.put_lines)
+        if broker is None:
+            return None
         self.button_broker = broker
 
         async def until_stopped() -> None:
@@ -345,38 +327,6 @@ class Daemon:
         return threading.Thread(
             target=self._supervised("the button broker", lambda: asyncio.run(until_stopped())),
             daemon=True, name="button-broker")
-
-    def _battery_levels(self, settings: Settings, courier: Courier) -> Callable[[Battery], None]:
-        """An MQTT button's battery level: kept for `outbox status`, a warning once when low,
-        and `c8y_Battery` through the outbox at most once an hour (mqtt_buttons/battery.py)."""
-        from dashkanban.mqtt_buttons.battery import (
-            LOW,
-            BatteryFile,
-            BatteryPolicy,
-            measurement_lines,
-        )
-        from dashkanban.outbox import OutboxError
-
-        policy = BatteryPolicy()
-        kept = BatteryFile(settings.outbox.path)
-
-        def on_battery(level: Battery) -> None:
-            button, when = level.button, datetime.fromtimestamp(level.time, UTC)
-            decision = policy.report(button.serial, level.percent, time.monotonic())
-            kept.record(button, level.percent, when)
-            if decision.warn:
-                log.warning("%s (%s): battery at %g %%, under %g %%: replace it soon",
-                            button.name, button.serial, level.percent, LOW)
-            # A row of lines only goes in gateway mode (c8y/mqtt.py); per-device mode keeps
-            # the level locally.
-            if decision.send and settings.gateway.mode == "gateway":
-                try:
-                    courier.put_lines(measurement_lines(button, level.percent, when), when)
-                except OutboxError as exc:
-                    log.warning("%s: battery level %g %% not queued: %s", button.name,
-                                level.percent, exc)
-
-        return on_battery
 
     def _overdue_loop(self, kanban: KanbanLoop, courier: Courier) -> None:
         """Every `overdue_every` seconds (and at start: a reorder may have become overdue while
