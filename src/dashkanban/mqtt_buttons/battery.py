@@ -65,8 +65,9 @@ def measurement_lines(button: Button, percent: float, time: datetime) -> tuple[
     tuple[str | None, str], ...
 ]:
     """The outbox lines of one level: the child's `101` on the gateway (a row of lines does not
-    announce it, and the button may not have been pressed since the connect; Cumulocity answers
-    an existing child's 101 with nothing new, docs/protocol.md) and `200` on the child."""
+    announce it, and the button may not have been pressed yet; `101` creates the child only "if
+    it does not exist", docs/protocol.md 2.3, else the measurement would create it
+    with a default name) and `200` on the child."""
     from dashkanban.c8y.protocol import BUTTON_TYPE
     from dashkanban.c8y.smartrest import encode_line
 
