@@ -310,7 +310,7 @@ def test_unknown_event_placeholder(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD + "[event]\ntext = {nme} pressed\n")
     assert error_of(path) == (
         f"{path}:8: text = {{nme}} pressed: unknown placeholder {{nme}}; known: {{name}}, {{mac}}, "
-        "{serial}, {trigger}, {bin}, {part}, {quantity}, {location} (did you mean 'name'?)"
+        "{serial}, {trigger}, {bin}, {part}, {quantity}, {location}, {kind} (did you mean 'name'?)"
     )
 
 

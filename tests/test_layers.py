@@ -214,6 +214,7 @@ def test_outbox_is_below_the_courier() -> None:
 COMMAND_MODULES = frozenset({
     "dashkanban.__main__", "dashkanban.cli", "dashkanban.check", "dashkanban.daemon",
     "dashkanban.demo", "dashkanban.discover", "dashkanban.kanban.cli",
+    "dashkanban.mqtt_buttons.discover",
     "dashkanban.outbox_commands", "dashkanban.register", "dashkanban.replay",
     "dashkanban.sandbox.cli", "dashkanban.service",
 })
@@ -252,6 +253,9 @@ KNOWN_COMMAND_EDGES: dict[tuple[str, str], str] = {
         "service) moves to compose.py once the async deliver (issue 11) has landed"),
     ("dashkanban.replay", "dashkanban.outbox_commands"): "deliver_explained, as above",
     ("dashkanban.kanban.cli", "dashkanban.outbox_commands"): "deliver_explained, as above",
+    ("dashkanban.discover", "dashkanban.mqtt_buttons.discover"): (
+        "`discover --mqtt` is discover's second mode; its listening lives beside the MQTT "
+        "buttons' reader"),
 }
 
 

@@ -29,6 +29,7 @@ def event(time: str, n: int, mac: str, trigger: str) -> dict[str, str]:
         "type": "c8y_MAC_Event",
         "text": f"dashButton_{n} pressed ({mac})",
         "trigger": trigger,
+        "kind": "single",
     }
 
 
@@ -76,7 +77,7 @@ def test_sample_jsonl_is_exact(
     lines = out.splitlines()
     assert [json.loads(line) for line in lines] == EXPECTED
     assert list(json.loads(lines[0])) == ["time", "mac", "serial", "name", "type", "text",
-                                          "trigger"]
+                                          "trigger", "kind"]
     assert err.splitlines()[-1] == (
         f"{SAMPLE}: {READ[reader]}, 34 candidates, 0 malformed, 7 presses"
     )

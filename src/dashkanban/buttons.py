@@ -36,11 +36,17 @@ _COLUMN_ALIASES: Mapping[str, str] = {
     "role": "role",
     "cards": "cards",
     "supplieremail": "supplier_email",
+    "topic": "topic",
+    "format": "format",
+    "longpress": "long_press",
 }
+LONG_PRESS = ("refill",)
 
 _HEX12 = re.compile(r"[0-9a-f]{12}")
 _SEPARATED = re.compile(r"[0-9a-f]{1,2}([:-])(?:[0-9a-f]{1,2}\1){4}[0-9a-f]{1,2}")
 _CISCO = re.compile(r"[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}")
+_HEX16 = re.compile(r"(?:0x)?([0-9a-f]{16})")
+_SEPARATED8 = re.compile(r"[0-9a-f]{2}([:-])(?:[0-9a-f]{2}\1){6}[0-9a-f]{2}")
 
 
 def normalize_mac(text: str) -> str:
@@ -59,6 +65,31 @@ def normalize_mac(text: str) -> str:
     else:
         raise ValueError(f"{text.strip()!r} is not a MAC address (expected e.g. ac:63:be:12:34:56)")
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def normalize_address(text: str) -> str:
+    """A MAC in any notation of `normalize_mac`, or an EUI-64 (a Zigbee device's IEEE address:
+    16 hex digits, as zigbee2mqtt writes it `0x00124b001ca1b2c3`, or 8 octets with ':' or '-'),
+    as `00:12:4b:00:1c:a1:b2:c3`. EUI-64 addresses are for MQTT buttons only (MACID.csv's
+    `topic`): network join sees MACs. Raises ValueError with the reason otherwise."""
+    raw = text.strip().lower()
+    whole = _HEX16.fullmatch(raw)
+    if whole is not None:
+        digits = whole.group(1)
+    elif _SEPARATED8.fullmatch(raw):
+        digits = re.sub(r"[:-]", "", raw)
+    else:
+        try:
+            return normalize_mac(text)
+        except ValueError:
+            raise ValueError(f"{text.strip()!r} is neither a MAC address (e.g. ac:63:be:12:34:56) "
+                             "nor an EUI-64 (e.g. 0x00124b001ca1b2c3)") from None
+    return ":".join(digits[i : i + 2] for i in range(0, 16, 2))
+
+
+def is_eui64(address: str) -> bool:
+    """Whether a normalised address is an EUI-64 (8 octets) rather than a MAC (6)."""
+    return len(address) == 23
 
 
 def serial_of(mac: str) -> str:
@@ -85,6 +116,9 @@ class Button:
     role: str = "reorder"
     cards: int | None = None  # Kanban cards the bin circulates today
     supplier_email: str | None = None  # who the Smart Rules mail (kanban rules install)
+    topic: str | None = None  # an MQTT button's topic (issue 19): then no network join
+    format: str = "auto"  # how its payloads read (mqtt_buttons.payloads.FORMATS)
+    long_press: str | None = None  # "refill": a long press on this reorder button refills
 
     @property
     def serial(self) -> str:
@@ -94,14 +128,26 @@ class Button:
 class Registry:
     """The known buttons, looked up by MAC (the hot path), by name and by serial."""
 
-    __slots__ = ("_by_mac", "_by_name")
+    __slots__ = ("_by_mac", "_by_name", "_by_topic")
 
     def __init__(self, buttons: Iterable[Button] = ()) -> None:
         self._by_mac: dict[str, Button] = {}
         self._by_name: dict[str, Button] = {}
+        self._by_topic: dict[str, Button] = {}
         for button in buttons:
             self._by_mac[button.mac] = button
             self._by_name[button.name.casefold()] = button
+            if button.topic is not None:
+                self._by_topic[button.topic] = button
+
+    def by_topic(self, topic: str) -> Button | None:
+        """The MQTT button publishing its presses on `topic`."""
+        return self._by_topic.get(topic)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The MQTT buttons' topics, in file order."""
+        return tuple(self._by_topic)
 
     def get(self, mac: str) -> Button | None:
         return self._by_mac.get(mac)
@@ -121,7 +167,7 @@ class Registry:
         if by_name is not None:
             return by_name
         try:
-            return self._by_mac.get(normalize_mac(name_or_mac))
+            return self._by_mac.get(normalize_address(name_or_mac))
         except ValueError:
             return None
 
@@ -200,6 +246,16 @@ def _rows(text: str, path: Path | None = None) -> Iterator[tuple[int, list[str]]
             yield reader.line_num, row
 
 
+def header_columns(text: str) -> tuple[int, list[str | None]]:
+    """(line number, the field of each header cell, None for an unknown one) of MACID.csv's
+    header; (0, []) for a file without one."""
+    first = next(_rows(text), None)
+    if first is None:
+        return 0, []
+    keys = (re.sub(r"[\s_\-]", "", cell.strip().lower()) for cell in first[1])
+    return first[0], [_COLUMN_ALIASES.get(k) for k in keys]
+
+
 def header_fields(text: str) -> frozenset[str]:
     """The fields the header names (`name`, `mac`, `bin`, ...), without reading the rows."""
     first = next(_rows(text), None)
@@ -219,8 +275,14 @@ def parse_buttons(text: str, path: Path) -> Registry:
     buttons: list[Button] = []
     seen_mac: dict[str, int] = {}
     seen_name: dict[str, int] = {}
+    seen_topic: dict[str, int] = {}
     for line_no, row in rows:
         button = _read_row(row, columns, path, line_no)
+        if button.topic is not None:
+            if button.topic in seen_topic:
+                raise ConfigError(f"duplicate topic {button.topic!r} (already on line "
+                                  f"{seen_topic[button.topic]})", path, line_no)
+            seen_topic[button.topic] = line_no
         if button.mac in seen_mac:
             raise ConfigError(
                 f"duplicate MAC {button.mac} (already on line {seen_mac[button.mac]})",
@@ -254,7 +316,7 @@ def _read_header(header: list[str], path: Path, line: int) -> list[str]:
         field = _COLUMN_ALIASES.get(key)
         if field is None:
             known = "Name, MAC-Address, dead_time, bin, part, quantity, location, supplier, "
-            known += "lead_time_days, role, cards, supplier_email"
+            known += "lead_time_days, role, cards, supplier_email, topic, format, long_press"
             raise ConfigError(f"unknown column {cell.strip()!r} (known: {known})", path, line)
         if field in columns:
             raise ConfigError(f"column {cell.strip()!r} appears twice", path, line)
@@ -279,13 +341,27 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
     _check_sendable(name, path, line)
     if not values["mac"]:
         raise ConfigError(f"button {name!r} has no MAC-Address", path, line)
+    topic = check_topic(values.get("topic"), path, line)
     try:
-        mac = normalize_mac(values["mac"])
+        mac = normalize_address(values["mac"]) if topic else normalize_mac(values["mac"])
     except ValueError as exc:
-        raise ConfigError(str(exc), path, line) from None
+        hint = ("" if topic or not _HEX16.fullmatch(values["mac"].lower()) else
+                "; an EUI-64 (16 hex digits) is for MQTT buttons only: give the row a topic")
+        raise ConfigError(f"{exc}{hint}", path, line) from None
     role = values.get("role") or "reorder"
     if role.lower() not in ROLES:
         raise ConfigError(f"role {role!r} is not one of: {', '.join(ROLES)}", path, line)
+    fmt = _choice(values.get("format"), "format", _formats(), path, line) or "auto"
+    long_press = _choice(values.get("long_press"), "long_press", LONG_PRESS, path, line)
+    if topic is None:
+        for key, given in (("format", values.get("format")),
+                           ("long_press", values.get("long_press"))):
+            if given:
+                raise ConfigError(f"{key} {given!r} is for MQTT buttons: the row has no topic",
+                                  path, line)
+    if long_press is not None and (role.lower() != "reorder" or not values.get("bin")):
+        raise ConfigError(f"long_press {long_press!r} needs a reorder button of a bin (a bin "
+                          "column and role reorder)", path, line)
     return Button(
         name=name,
         mac=mac,
@@ -299,7 +375,47 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
         role=role.lower(),
         cards=_integer(values.get("cards"), "cards", path, line),
         supplier_email=_email(values.get("supplier_email"), path, line),
+        topic=topic,
+        format=fmt,
+        long_press=long_press,
     )
+
+
+def _formats() -> tuple[str, ...]:
+    from dashkanban.mqtt_buttons.payloads import FORMATS
+
+    return FORMATS
+
+
+def _choice(text: str | None, column: str, choices: tuple[str, ...], path: Path,
+            line: int) -> str | None:
+    if not text:
+        return None
+    if text.lower() not in choices:
+        raise ConfigError(f"{column} {text!r} is not one of: {', '.join(choices)}", path, line)
+    return text.lower()
+
+
+MAX_TOPIC_BYTES = 1024  # MQTT allows 65,535; no button's topic comes near this
+
+
+def check_topic(text: str | None, path: Path, line: int) -> str | None:
+    """An MQTT topic to subscribe to as it is: one button's, so no wildcard (`+`, `#`), and
+    nothing a broker refuses (empty levels are allowed by MQTT, NUL is not)."""
+    if not text:
+        return None
+    problem = None
+    if "+" in text or "#" in text:
+        problem = "has a wildcard ('+' or '#'); name the one topic the button publishes on"
+    elif not text.isprintable():
+        problem = "has a control character"
+    elif text.startswith("$"):
+        problem = "starts with '$', which brokers keep for themselves"
+    elif len(text.encode("utf-8")) > MAX_TOPIC_BYTES:
+        problem = f"is over {MAX_TOPIC_BYTES} bytes"
+    if problem is not None:
+        raise ConfigError(f"topic {text[:80]!r} {problem}", path, line)
+    return text
 
 
 def _check_sendable(name: str, path: Path, line: int) -> None:

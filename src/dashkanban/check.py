@@ -95,10 +95,38 @@ def check_command(args: CheckOptions) -> int:
         failed.append("uplink")
     if rest_used(settings) and not _check_rest(settings):  # its own way in: tried either way
         failed.append("REST")
+    if settings.mqtt_buttons is not None and not _check_button_broker(settings):
+        failed.append("button broker")
     if failed:
         raise CheckFailedError(failed)
     _ok(f"all checks passed: events go to {settings.c8y.tenant} in {settings.gateway.mode} mode")
     return 0
+
+
+def _check_button_broker(settings: Settings) -> bool:
+    """`[mqtt_buttons]`: log in to the broker the MQTT buttons publish to (issue 19)."""
+    import asyncio
+
+    import aiomqtt
+
+    from dashkanban.mqtt_buttons.source import try_broker
+
+    broker = settings.mqtt_buttons
+    assert broker is not None
+    where = f"button broker {broker.host}:{broker.port}"
+    as_user = f" as {broker.user}" if broker.user else ""
+    try:
+        asyncio.run(try_broker(broker, CONNECT_TIMEOUT))
+    except aiomqtt.MqttCodeError as exc:
+        _fail(f"{where}: refused the login{as_user} ({exc})",
+              "check [mqtt_buttons] user and password (or password_file)")
+        return False
+    except aiomqtt.MqttError as exc:
+        _fail(f"{where}: {exc}", "check [mqtt_buttons] host, port and tls, and that the broker "
+                                 "runs")
+        return False
+    _ok(f"{where}: logged in{as_user}{' over TLS' if broker.tls else ''}")
+    return True
 
 
 def rest_used(settings: Settings) -> bool:

@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("-i", "--interface", help="listen live on this interface")
     source.add_argument("--pcap", type=Path, metavar="FILE", help="read a capture file instead")
+    source.add_argument("--mqtt", type=number(0, 86400, low_open=True), metavar="SECONDS",
+                        help="list the button topics on the [mqtt_buttons] broker instead, "
+                             "listening SECONDS")
     p.add_argument(
         "--seconds", type=number(0, 86400, low_open=True), default=60.0, metavar="N",
         help="listen for N seconds (default 60)",
@@ -429,7 +432,7 @@ def _discover(args: argparse.Namespace) -> int:
 
     return discover_command(DiscoverOptions(
         interface=args.interface, pcap=args.pcap, seconds=args.seconds, csv=args.csv,
-        add_to=args.add_to, config=args.config))
+        add_to=args.add_to, config=args.config, mqtt=args.mqtt))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -49,7 +49,8 @@ DETECT_METHODS = DETECT
 T = TypeVar("T")
 W = TypeVar("W", bound=str)  # one word of a closed set (values.py)
 DEFAULT_EVENT_TEXT = "{name} pressed ({mac})"
-EVENT_FIELDS = ("name", "mac", "serial", "trigger", "bin", "part", "quantity", "location")
+EVENT_FIELDS = ("name", "mac", "serial", "trigger", "bin", "part", "quantity", "location",
+                "kind")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,18 @@ class KanbanSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttButtonsSettings:
+    """`[mqtt_buttons]`: the local broker MQTT buttons publish to (issue 19)."""
+
+    host: str
+    port: int
+    tls: bool
+    user: str | None
+    password: Secret | None
+    ca_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
     c8y: C8yMqttSettings
@@ -148,6 +161,7 @@ class Settings:
     # The line of each (section, key) the file sets, for errors found after loading (FILE:LINE).
     key_lines: Mapping[tuple[str, str], int] = field(default_factory=dict, compare=False,
                                                    repr=False)
+    mqtt_buttons: MqttButtonsSettings | None = None  # None: the section is absent or empty
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +286,9 @@ _SCHEMA: Mapping[str, Mapping[str, str | None]] = {
     "metrics": {"port": "", "log_interval": "300"},
     "kanban": {"alarms": "no", "severity": "MAJOR", "safety": "0.2", "history_days": "730",
                "min_samples": "3", "overdue_severity": "CRITICAL"},
+    # port: 1883, or 8883 with tls = yes
+    "mqtt_buttons": {"host": "127.0.0.1", "port": "", "tls": "no", "user": "", "password": "",
+                     "password_file": "", "ca_file": ""},
 }
 
 
@@ -400,13 +417,15 @@ def _detect(text: str) -> frozenset[Detect]:
 MAX_FORMAT_NUMBER = 1000
 
 
-def render_event_text(template: str, button: Button, trigger: str) -> str:
-    """The event text for a press of `button` (raises what `str.format` raises)."""
+def render_event_text(template: str, button: Button, trigger: str, kind: str = "single") -> str:
+    """The event text for a press of `button` (raises what `str.format` raises); `kind`:
+    single, double or long (issue 19)."""
     return template.format(
         name=button.name,
         mac=button.mac,
         serial=button.serial,
         trigger=trigger,
+        kind=kind,
         bin=button.bin or "",
         part=button.part or "",
         quantity="" if button.quantity is None else button.quantity,
@@ -613,9 +632,35 @@ def parse_settings(text: str, path: Path, environ: Mapping[str, str], *,
             ),
         ),
         key_lines=v.lines,
+        mqtt_buttons=_mqtt_buttons(v, sections, environ),
     )
     _check_conflicts(settings, v)
     return settings
+
+
+def _mqtt_buttons(v: _Values, sections: dict[str, _Section], environ: Mapping[str, str]
+                  ) -> MqttButtonsSettings | None:
+    """`[mqtt_buttons]`, read with [C8YMQTT]'s rules for the password (a private config file,
+    or a private password_file owned by us); None when the section is absent or empty."""
+    s = "mqtt_buttons"
+    section = sections.get(s)
+    if section is None or not section.entries:
+        return None
+    host = v.raw(s, "host").strip()
+    if not host or "/" in host or " " in host:
+        raise v.error(s, "host", f"host = {host}: expected a host name or address, e.g. "
+                                 "127.0.0.1")
+    tls = v.parsed(s, "tls", _bool)
+    port = v.parsed(s, "port", _int_in(1, 65535)) if v.raw(s, "port") else (8883 if tls else 1883)
+    user = v.raw(s, "user").strip() or None
+    password = _password(v, environ, None, uplink=False, section=s, env=None)
+    if password is not None and user is None:
+        raise v.error(s, "password", "a password needs a user")
+    ca_file = v.path_value(s, "ca_file")
+    if ca_file is not None and not tls:
+        raise v.error(s, "ca_file", "ca_file is for tls = yes")
+    return MqttButtonsSettings(host=host, port=port, tls=tls, user=user, password=password,
+                               ca_file=ca_file)
 
 
 def _check_conflicts(settings: Settings, v: _Values) -> None:
@@ -852,13 +897,15 @@ def _check_credentials_config_owner(config: Path, environ: Mapping[str, str], se
 
 
 def _password(v: _Values, environ: Mapping[str, str], cert_file: Path | None,
-              uplink: bool = True) -> Secret | None:
-    s = "C8YMQTT"
+              uplink: bool = True, *, section: str = "C8YMQTT",
+              env: str | None = PASSWORD_ENV) -> Secret | None:
+    """The password of `section` (`[C8YMQTT]`, or `[mqtt_buttons]` with no variable `env`)."""
+    s = section
     plain = v.raw(s, "password")
     password_file = v.path_value(s, "password_file")
     if plain and password_file is not None:
         raise v.error(s, "password_file", "give either password or password_file, not both")
-    from_env = environ.get(PASSWORD_ENV, "")
+    from_env = environ.get(env, "") if env is not None else ""
     if plain or password_file is not None or from_env:
         _check_config_owner(v.path)  # it decides where the password goes
     if plain:

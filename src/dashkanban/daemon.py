@@ -15,6 +15,7 @@ publishes the template collection, subscribes `s/dc/dashkanban` and answers refi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
+    from dashkanban.mqtt_buttons.source import ButtonBroker
     from dashkanban.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.courier: Courier | None = None
+        self.button_broker: ButtonBroker | None = None  # with [mqtt_buttons] (issue 19)
 
     def stop(self) -> None:
         """Safe from a signal handler or another thread."""
@@ -258,6 +261,10 @@ class Daemon:
                          event.name, event.mac, event.c8y_time, why)
             self._sync(pipeline)
 
+        buttons = self._button_broker(settings, registry, pipeline, handle, courier)
+        if buttons is not None:
+            helpers.append(buttons)
+            buttons.start()
         if lookups is not None:
             lookups.notify = lambda: self._answered(pipeline, handle)
             lookups.on_failure = lambda exc: self.fail("the inventory look-ups", exc)
@@ -287,6 +294,39 @@ class Daemon:
             uplink.stop()
             reporting.stop()
             state.write(uplink.health(), running=False)
+
+    def _button_broker(self, settings: Settings, registry: Registry, pipeline: Pipeline,
+                       handle: Callable[[Press], None], courier: Courier
+                       ) -> threading.Thread | None:
+        """The MQTT buttons' source (issue 19), or None without `[mqtt_buttons]` or topics.
+
+        Interim wiring until `run` is one asyncio loop (a11-core): the `ButtonBroker.run()`
+        coroutine gets a thread and an event loop of its own, stops with the daemon (polled like
+        the other helpers) and a failure of it ends `run()` with exit 1 (`_supervised`). At
+        merge the lead moves `broker.run()` into the daemon's TaskGroup and drops this thread."""
+        from dashkanban.mqtt_buttons.wiring import make_broker
+
+        broker = make_broker(settings, registry, pipeline, handle, courier.put_lines)
+        if broker is None:
+            return None
+        self.button_broker = broker
+
+        async def until_stopped() -> None:
+            task = asyncio.create_task(broker.run())
+            try:
+                while not self._stopping.is_set():
+                    done, _ = await asyncio.wait({task}, timeout=RELOAD_POLL)
+                    if done:
+                        task.result()  # its exception ends run() (exit 1)
+                        raise RuntimeError("the button broker's client returned")
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        return threading.Thread(
+            target=self._supervised("the button broker", lambda: asyncio.run(until_stopped())),
+            daemon=True, name="button-broker")
 
     def _overdue_loop(self, kanban: KanbanLoop, courier: Courier) -> None:
         """Every `overdue_every` seconds (and at start: a reorder may have become overdue while
@@ -324,8 +364,11 @@ class Daemon:
             log.info("SIGHUP: [buttons] source = inventory: no MACID.csv to re-read")
             return
         log.info("SIGHUP: reloading %s", settings.buttons.file)
-        if reload_buttons(settings, _SourceFilter(self.source), pipeline.use_registry) is None:
+        registry = reload_buttons(settings, _SourceFilter(self.source), pipeline.use_registry)
+        if registry is None:
             return
+        if self.button_broker is not None:  # the MQTT buttons' topics too (issue 19)
+            self.button_broker.use_registry(registry)
         try:
             bins = load_kanban_bins(settings)
         except DashkanbanError as exc:  # the buttons are fine, their Kanban columns are not

@@ -26,7 +26,7 @@ from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.bpf import candidate_program
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
 from dashkanban.decode import TRIGGERS, Decoder, Sighting
-from dashkanban.errors import CaptureError, DashkanbanError
+from dashkanban.errors import CaptureError, ConfigError, DashkanbanError
 from dashkanban.safetext import plain
 from dashkanban.vendors import is_amazon, vendor_of
 
@@ -235,11 +235,26 @@ class DiscoverOptions:
     csv: bool
     add_to: Path | None
     config: Path | None = None
+    mqtt: float | None = None  # seconds listening on the [mqtt_buttons] broker instead (issue 19)
 
 
 def discover_command(args: DiscoverOptions) -> int:
     settings = _settings(args.config)
     registry = load_buttons(settings.buttons.file) if settings else Registry()
+    if args.mqtt is not None:  # MQTT buttons' topics (issue 19)
+        from dashkanban.mqtt_buttons.discover import mqtt_command
+
+        if args.csv:
+            raise ConfigError("--csv is for network devices; with --mqtt use --add-to")
+        if settings is None or settings.mqtt_buttons is None:
+            raise ConfigError("discover --mqtt needs a [mqtt_buttons] section (the broker the "
+                              "buttons publish to; docs/buttons.md)",
+                              settings.path if settings else None)
+        from dashkanban.mqtt_buttons.battery import read_levels
+
+        kept = {level.serial: level.percent for level in read_levels(settings.outbox.path)}
+        return mqtt_command(settings.mqtt_buttons, registry, args.mqtt, args.add_to,
+                            sys.stdout, sys.stderr, kept)
     decoder = Decoder(TRIGGERS)
     census = Census()
     failure: CaptureError | None = None

@@ -20,7 +20,7 @@ from dashkanban.config import (
 )
 from dashkanban.errors import ConfigError
 from dashkanban.presses import Press
-from dashkanban.values import Trigger
+from dashkanban.values import PressKind, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ class Event:
     type: str
     text: str
     trigger: Trigger
+    # single, double or long (issue 19); not kept in the outbox, whose rows carry the rendered
+    # text: an event read back from it says "single".
+    kind: PressKind = "single"
 
     def as_json(self) -> dict[str, Any]:
         """The `--jsonl` object, keys in the contract's order."""
@@ -49,6 +52,7 @@ class Event:
             "type": self.type,
             "text": self.text,
             "trigger": self.trigger,
+            "kind": self.kind,
         }
 
     def to_jsonl(self) -> str:
@@ -66,9 +70,9 @@ def make_event(press: Press, settings: EventSettings) -> Event:
     text, with a warning."""
     button = press.button
     try:
-        text = render_event_text(settings.text, button, press.trigger)
+        text = render_event_text(settings.text, button, press.trigger, press.kind)
     except Exception as exc:  # noqa: BLE001 - whatever the template does, the press is kept
-        text = render_event_text(DEFAULT_EVENT_TEXT, button, press.trigger)
+        text = render_event_text(DEFAULT_EVENT_TEXT, button, press.trigger, press.kind)
         log.warning(
             "[event] text %r cannot be rendered for button %r (%s: %s); sending %r instead",
             settings.text, button.name, type(exc).__name__, exc, text,
@@ -81,6 +85,7 @@ def make_event(press: Press, settings: EventSettings) -> Event:
         type=settings.type,
         text=text,
         trigger=press.trigger,
+        kind=press.kind,
     )
 
 

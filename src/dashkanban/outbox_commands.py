@@ -63,6 +63,10 @@ def status_command(args: StatusOptions) -> int:
     with Outbox.from_settings(settings.outbox) as outbox:
         print(format_status(outbox.path, outbox.stats(), outbox.max_rows, outbox.max_bytes))
     _print_uplink_state(path)
+    from dashkanban.mqtt_buttons.battery import read_levels, status_lines
+
+    for line in status_lines(read_levels(path)):  # MQTT buttons' last levels (issue 19)
+        print(line)
     return 0
 
 

@@ -22,6 +22,7 @@ from dashkanban.config import EventSettings
 from dashkanban.decode import Decoder, Sighting
 from dashkanban.events import Event, make_event
 from dashkanban.presses import DEFAULT_DEAD_TIME, ButtonLookup, Debouncer, Press
+from dashkanban.values import PressKind
 
 if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
@@ -117,6 +118,8 @@ class Pipeline:
             return press
         with self._lock:
             button = self._registry.get(sighting.mac)
+            if button is not None and button.topic is not None:
+                return None  # an MQTT button: its broker reports its presses (presses.py)
             if button is None:
                 answer = self._inventory.ask(sighting, now)  # never blocks
                 if not isinstance(answer, Button):  # None: not a button; PENDING: parked
@@ -146,6 +149,16 @@ class Pipeline:
                         count += 1
                         handle(press)
         return count
+
+    def feed_mqtt(self, button: Button, kind: PressKind, time: float,
+                  now: float) -> Press | None:
+        """An MQTT button's press (mqtt_buttons.source), through the same dead time as the
+        network's, under the matching lock (it comes from the button broker's thread)."""
+        with self._lock:
+            press = self._debouncer.feed_mqtt(button, kind, time, now)
+            if press is not None:
+                self.presses += 1
+            return press
 
     def use_registry(self, registry: Registry) -> None:
         """Match against `registry` from now on (SIGHUP re-read MACID.csv); a reference swap,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from dashkanban.buttons import Button, Registry
 from dashkanban.decode import Sighting
-from dashkanban.values import Trigger
+from dashkanban.values import PressKind, Trigger
 
 DEFAULT_DEAD_TIME = 30.0
 MAX_TRACKED = 100_000  # per-MAC state kept at most; beyond it the oldest windows are forgotten
@@ -30,6 +30,7 @@ class Press:
     button: Button
     time: datetime  # timezone-aware, the time of the first packet of the press
     trigger: Trigger  # the kind of that first packet, or "test" (test-button)
+    kind: PressKind = "single"  # what the button says it was; network join sees only "single"
 
 
 class Debouncer:
@@ -70,35 +71,56 @@ class Debouncer:
         return button
 
     def feed(self, sighting: Sighting, now: float) -> Press | None:
-        """A Press when this sighting starts a new press of a known button, else None."""
+        """A Press when this sighting starts a new press of a known button, else None.
+
+        An MQTT button (one with a `topic`) is not matched by network join: its messages say
+        more (the kind) and sooner, and both together would count a long press twice."""
         button = self.button_for(sighting.mac)
-        if button is None:
+        if button is None or button.topic is not None:
             return None
         return self.feed_button(sighting, button, now)
 
     def feed_button(self, sighting: Sighting, button: Button, now: float) -> Press | None:
         """Debounce a sighting already known to be `button`'s (`now`: its clock reading)."""
+        if not self._starts(button, button.mac, now):
+            return None
+        return Press(button, datetime.fromtimestamp(sighting.time, UTC), sighting.trigger)
+
+    def feed_mqtt(self, button: Button, kind: PressKind, time: float, now: float) -> Press | None:
+        """An MQTT button's press of `kind` at epoch `time` (`now`: the clock reading), unless
+        one of the same kind started within the button's dead time (a message sent twice).
+        Kinds are apart: a long press just after a single one is a second press."""
+        key = button.mac if kind == "single" else f"{button.mac}/{kind}"
+        if not self._starts(button, key, now):
+            return None
+        return Press(button, datetime.fromtimestamp(time, UTC), "mqtt", kind)
+
+    def _starts(self, button: Button, key: str, now: float) -> bool:
+        """Whether `now` starts a new press of `key` (the MAC, or the MAC and a kind)."""
         dead_time = button.dead_time or self._dead_time
-        started = self._started.get(button.mac)
+        started = self._started.get(key)
         # abs(): packets of several pcapng interfaces may come slightly out of order.
         if started is not None and abs(now - started) < dead_time:
-            return None
+            return False
         if started is not None:
-            del self._started[button.mac]
+            self._started.pop(key, None)
         elif len(self._started) >= self._max_tracked:
             self._forget(now)
-        self._started[button.mac] = now
-        return Press(button, datetime.fromtimestamp(sighting.time, UTC), sighting.trigger)
+        self._started[key] = now
+        return True
 
     def _forget(self, now: float) -> None:
         """Drop ended windows; if all are live, drop the oldest quarter (bounded memory)."""
         longest = max(self._dead_time, *(b.dead_time or 0.0 for b in self._registry))
-        ended = [mac for mac, t in self._started.items() if abs(now - t) >= longest]
+        # Copies and pop(): the capture thread and the button broker's both get here; their
+        # keys never meet (a button is matched by network join or by MQTT, never both), but
+        # this sweep sees all of them. list() of a dict is one step under the GIL.
+        ended = [mac for mac, t in list(self._started.items()) if abs(now - t) >= longest]
         for mac in ended:
-            del self._started[mac]
+            self._started.pop(mac, None)
         if len(self._started) >= self._max_tracked:
             for mac in list(self._started)[: max(1, self._max_tracked // 4)]:
-                del self._started[mac]
+                self._started.pop(mac, None)
 
     def __len__(self) -> int:
         return len(self._started)

@@ -17,9 +17,9 @@ DeviceLine = tuple[str | None, str]
 # The kinds of packet decode.py recognises as a device joining the network; `[capture] detect`
 # names some of them.
 Detect = Literal["arp", "dhcp", "ndp"]
-# How a press was seen: its first packet's kind, or `test-button` ("test"). In the event's text
-# ({trigger}) and in `--jsonl`.
-Trigger = Literal[Detect, "test"]
+# How a press was seen: its first packet's kind, `test-button` ("test"), or a button that told
+# the press itself on MQTT ("mqtt", issue 19). In the event's text ({trigger}) and in `--jsonl`.
+Trigger = Literal[Detect, "test", "mqtt"]
 # How the button was pressed (issue 19: buttons that tell single, double and long presses apart).
 PressKind = Literal["single", "double", "long"]
 # `[gateway] mode`: buttons as child devices of the gateway, or each button its own device.

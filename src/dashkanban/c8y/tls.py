@@ -9,6 +9,7 @@ exactly what the daemon will use.
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 from dashkanban.config import C8yMqttSettings
 from dashkanban.errors import ConfigError
@@ -16,17 +17,7 @@ from dashkanban.errors import ConfigError
 
 def make_tls_context(c8y: C8yMqttSettings) -> ssl.SSLContext:
     """A verifying client context. Raises ConfigError when a configured file cannot be used."""
-    try:
-        context = ssl.create_default_context(
-            cafile=str(c8y.ca_file) if c8y.ca_file is not None else None
-        )
-    except FileNotFoundError:
-        raise ConfigError(f"ca_file {c8y.ca_file} does not exist") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"ca_file {c8y.ca_file} is not a PEM CA bundle ({exc})") from None
-    # create_default_context already sets both; stated so nobody weakens it by accident.
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
+    context = verifying_context(c8y.ca_file)
     if c8y.cert_file is not None:
         try:
             context.load_cert_chain(
@@ -39,6 +30,23 @@ def make_tls_context(c8y: C8yMqttSettings) -> ssl.SSLContext:
                 f"cert_file {c8y.cert_file} with key_file {c8y.key_file}: cannot load the client "
                 f"certificate ({exc})"
             ) from None
+    return context
+
+
+def verifying_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A client context that verifies the server against `ca_file` (default: the system's CAs)
+    and its host name; also the button broker's (`[mqtt_buttons]`, mqtt_buttons/source.py)."""
+    try:
+        context = ssl.create_default_context(
+            cafile=str(ca_file) if ca_file is not None else None
+        )
+    except FileNotFoundError:
+        raise ConfigError(f"ca_file {ca_file} does not exist") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"ca_file {ca_file} is not a PEM CA bundle ({exc})") from None
+    # create_default_context already sets both; stated so nobody weakens it by accident.
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 

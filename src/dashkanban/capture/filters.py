@@ -34,7 +34,8 @@ def kernel_programs(settings: Settings, registry: Registry | None = None) -> tup
         return (candidate_program(detect),)
     if registry is None:
         registry = load_buttons(settings.buttons.file)
-    return button_programs((button.mac for button in registry), detect)
+    # An MQTT button (a `topic` in MACID.csv) is not matched by network join (presses.py).
+    return button_programs((b.mac for b in registry if b.topic is None), detect)
 
 
 def file_program(settings: Settings, registry: Registry | None = None) -> Program:

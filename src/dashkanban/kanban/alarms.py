@@ -164,7 +164,9 @@ def signal_for(
     bin_ = bins.of(button)
     if bin_ is None:
         return Signal(KIND_NONE, None)
-    if button.role == "refill":
+    # `long_press = refill` (MACID.csv, issue 19): a long press on the reorder button says the
+    # bin is refilled, as a press of a refill button or `kanban refilled` would.
+    if button.role == "refill" or (button.long_press == "refill" and press.kind == "long"):
         return Signal(KIND_REFILL, bin_.name, clear_lines(bin_) if settings.alarms else ())
     kind = KIND_REPEAT if bin_.name in set(active) else KIND_REORDER
     publishes: tuple[DeviceLines, ...] = ()

@@ -1,0 +1,255 @@
+"""One MQTT message of a button -> a press, a battery level, or nothing (pure).
+
+The formats (docs/buttons.md has each firmware's set-up):
+
+- Shelly Button1: `shellies/<id>/input_event/0`, `{"event":"S"|"SS"|"SSS"|"L","event_cnt":N}`;
+  the battery (percent, plain number) on `shellies/<id>/sensor/battery`. `event_cnt` counts the
+  presses: the same count again is the same press, re-sent (after a reconnect of the Shelly).
+- Tasmota with `SetOption73 1`: `stat/<topic>/RESULT`,
+  `{"Button1":{"Action":"SINGLE"|"DOUBLE"|"TRIPLE"|"HOLD"}}`.
+- ESPHome: `<prefix>/binary_sensor/<name>/state`, `ON` (a press) or `OFF`.
+- zigbee2mqtt: `zigbee2mqtt/<friendly name>`, a JSON object; `"action"` is a press, `"battery"`
+  (percent) a level; a message without an action is the device's state, not a press.
+
+Kinds: dashkanban knows `single`, `double` and `long`. A triple (or longer) click is `double`:
+"pressed more than once" is what it means to a person, and a button's long press means
+something else (e.g. "refilled"), so it must not become one. A hold is `long`.
+
+A retained message is never a press (a restart of dashkanban, or of the broker, would replay the
+last one). Hostile input is bounded: a payload over `MAX_PAYLOAD` bytes, text that is not UTF-8,
+JSON nested too deep, or a shape no format knows give `Unreadable` (the caller counts it as
+malformed and logs it at DEBUG); nothing here raises on input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from dashkanban.values import PRESS_KINDS, PressKind
+
+Format = Literal["auto", "shelly", "tasmota", "esphome", "zigbee2mqtt"]
+FORMATS: tuple[Format, ...] = get_args(Format)
+KINDS: tuple[PressKind, ...] = PRESS_KINDS
+
+# A button's message is a few hundred bytes (zigbee2mqtt's with every attribute under 2 KiB);
+# anything larger is not a button, and is refused before it is decoded or parsed.
+MAX_PAYLOAD = 8192
+
+SHELLY_EVENTS: dict[str, PressKind] = {"S": "single", "SS": "double", "SSS": "double", "L": "long"}
+TASMOTA_ACTIONS: dict[str, PressKind] = {
+    "SINGLE": "single", "DOUBLE": "double", "TRIPLE": "double", "QUAD": "double",
+    "PENTA": "double", "HOLD": "long",
+}
+# zigbee2mqtt's `action` values of the common buttons (Aqara WXKG01LM/WXKG11LM/WXKG12LM, SONOFF
+# SNZB-01, IKEA E1812 and TRADFRI remotes): a short press is `single`, `on` or `toggle`, a long
+# one `hold`/`long` or, on IKEA's, `brightness_move_up`. `release`, `brightness_stop`, `off` and
+# an empty action (sent after each press by zigbee2mqtt's legacy mode) are no presses.
+ZIGBEE_ACTIONS: dict[str, PressKind] = {
+    "single": "single", "on": "single", "toggle": "single", "press": "single",
+    "double": "double", "triple": "double", "quadruple": "double", "many": "double",
+    "long": "long", "hold": "long", "brightness_move_up": "long",
+}
+
+_SHELLY_INPUT = re.compile(r"shellies/[^/]+/input_event/\d+")
+_SHELLY_BATTERY = re.compile(r"shellies/[^/]+/sensor/battery")
+_TASMOTA = re.compile(r"(?:.+/)?RESULT")
+_ESPHOME = re.compile(r".+/binary_sensor/[^/]+/state")
+_ZIGBEE = re.compile(r"zigbee2mqtt/.+")
+_TASMOTA_BUTTON = re.compile(r"Button\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPress:
+    """A press as the button reported it."""
+
+    kind: PressKind
+    format: Format  # the format that read it (never "auto")
+    count: int | None = None  # Shelly's event_cnt: the press's identity on its topic
+    battery: float | None = None  # a level sent in the same message (zigbee2mqtt)
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryLevel:
+    percent: float
+    format: Format
+
+
+@dataclass(frozen=True, slots=True)
+class NoPress:
+    """A well-formed message that is no press: state, a release, a retained message."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A message no format can read: the caller counts it as malformed."""
+
+    reason: str
+
+
+Reading = ButtonPress | BatteryLevel | NoPress | Unreadable
+
+
+def recognise(topic: str) -> Format | None:
+    """The format a topic's shape says, or None (then `auto` looks at the payload)."""
+    if _SHELLY_INPUT.fullmatch(topic) or _SHELLY_BATTERY.fullmatch(topic):
+        return "shelly"
+    if _ZIGBEE.fullmatch(topic):
+        return "zigbee2mqtt"
+    if _ESPHOME.fullmatch(topic):
+        return "esphome"
+    if _TASMOTA.fullmatch(topic):
+        return "tasmota"
+    return None
+
+
+def read_message(topic: str, payload: bytes, retained: bool, fmt: Format = "auto") -> Reading:
+    """One message on a button's topic -> what it says. Never raises on input."""
+    if retained:
+        return NoPress("retained")
+    if len(payload) > MAX_PAYLOAD:
+        return Unreadable(f"{len(payload)} bytes, over {MAX_PAYLOAD}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Unreadable(f"not UTF-8 (byte {exc.start})")
+    chosen = recognise(topic) if fmt == "auto" else fmt
+    if chosen == "esphome" or (chosen is None and text.strip() in ("ON", "OFF")):
+        return _esphome(text)
+    value = _json(text)
+    if isinstance(value, Unreadable):
+        return value
+    if chosen is None:
+        chosen = _shape(value)
+        if chosen is None:
+            return Unreadable("no known button format")
+    if chosen == "shelly":
+        return _shelly(topic, value)
+    if chosen == "tasmota":
+        return _tasmota(value)
+    return _zigbee(value)
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:  # `[[[[...` deeper than the interpreter's stack: hostile
+        return Unreadable("JSON nested too deep")
+    except json.JSONDecodeError as exc:
+        return Unreadable(f"not JSON ({exc.msg})")
+
+
+def _shape(value: Any) -> Format | None:
+    """`auto` on a topic of no known shape: the payload's."""
+    if isinstance(value, dict):
+        if "event" in value and "event_cnt" in value:
+            return "shelly"
+        if any(_TASMOTA_BUTTON.fullmatch(k) for k in value):
+            return "tasmota"
+        if "action" in value or "battery" in value:
+            return "zigbee2mqtt"
+    return None
+
+
+def _esphome(text: str) -> Reading:
+    state = text.strip()
+    if state == "ON":
+        return ButtonPress("single", "esphome")
+    if state == "OFF":
+        return NoPress("released (OFF)")
+    return Unreadable("ESPHome state is neither ON nor OFF")
+
+
+def _level(value: Any) -> float | None:
+    """A battery percentage, or None when `value` is no number from 0 to 100."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and 0 <= number <= 100 else None
+
+
+def _shelly(topic: str, value: Any) -> Reading:
+    if _SHELLY_BATTERY.fullmatch(topic):
+        level = _level(value)
+        if level is None:
+            return Unreadable("Shelly battery is no percentage")
+        return BatteryLevel(level, "shelly")
+    if not isinstance(value, dict):
+        return Unreadable("Shelly input_event is no JSON object")
+    event, count = value.get("event"), value.get("event_cnt")
+    if not isinstance(event, str) or isinstance(count, bool) or not isinstance(count, int):
+        return Unreadable("Shelly input_event without event and event_cnt")
+    kind = SHELLY_EVENTS.get(event)
+    if kind is None:
+        return NoPress(f"Shelly event {event[:20]!r}")
+    return ButtonPress(kind, "shelly", count=count)
+
+
+def _tasmota(value: Any) -> Reading:
+    if not isinstance(value, dict):
+        return Unreadable("Tasmota RESULT is no JSON object")
+    for key, inner in value.items():
+        if _TASMOTA_BUTTON.fullmatch(key):
+            action = inner.get("Action") if isinstance(inner, dict) else None
+            if not isinstance(action, str):
+                return Unreadable(f"Tasmota {key} without Action")
+            kind = TASMOTA_ACTIONS.get(action.upper())
+            if kind is None:
+                return NoPress(f"Tasmota action {action[:20]!r}")
+            return ButtonPress(kind, "tasmota")
+    return NoPress("Tasmota RESULT of no button")  # e.g. {"POWER":"ON"} on the same topic
+
+
+def _zigbee(value: Any) -> Reading:
+    if not isinstance(value, dict):
+        return Unreadable("zigbee2mqtt message is no JSON object")
+    battery = _level(value.get("battery"))
+    action = value.get("action")
+    if action is None or action == "":
+        if battery is not None:
+            return BatteryLevel(battery, "zigbee2mqtt")
+        return NoPress("zigbee2mqtt state without action")
+    if not isinstance(action, str):
+        return Unreadable("zigbee2mqtt action is no string")
+    kind = ZIGBEE_ACTIONS.get(action.lower())
+    if kind is None:
+        return NoPress(f"zigbee2mqtt action {action[:20]!r}")
+    return ButtonPress(kind, "zigbee2mqtt", battery=battery)
+
+
+def battery_topic(topic: str, fmt: Format) -> str | None:
+    """The topic a button reports its battery on, when that is not its press topic (Shelly)."""
+    match = re.fullmatch(r"(shellies/[^/]+)/input_event/\d+", topic)
+    if match is not None and fmt in ("auto", "shelly"):
+        return f"{match.group(1)}/sensor/battery"
+    return None
+
+
+@dataclass(slots=True)
+class Repeats:
+    """Shelly's `event_cnt` per topic: the same count again is the same press re-sent.
+
+    Not frozen: the one piece of state of reading messages, kept by the source. Bounded by the
+    number of topics subscribed (one per button)."""
+
+    last: dict[str, int]
+
+    def __init__(self) -> None:
+        self.last = {}
+
+    def seen(self, topic: str, press: ButtonPress) -> bool:
+        """Whether this press was seen before (and remember it when not)."""
+        if press.count is None:
+            return False
+        if self.last.get(topic) == press.count:
+            return True
+        self.last[topic] = press.count
+        return False

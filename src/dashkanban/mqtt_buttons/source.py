@@ -1,0 +1,272 @@
+"""The button broker's client: MQTT buttons' messages -> presses and battery levels (issue 19).
+
+One connection to the local broker of `[mqtt_buttons]`, subscribed to the topic of every MQTT
+button of MACID.csv (and the Shelly battery topics next to them), clean session. Each message
+is read by `payloads.read_message` (pure); a press goes to `on_press`, which debounces and
+queues it like a network press (the daemon's `Pipeline.feed_mqtt`, then the outbox). A retained
+message is never a press; a Shelly `event_cnt` seen before is the same press re-sent. A message
+no format reads is counted (`malformed`) and logged at DEBUG, never raised on.
+
+The connection is made again for ever with the project's backoff (backoff.py, capped by
+`[C8YMQTT] retry_max` like the uplink's): a broker that restarts, or refuses the login for a
+while, costs presses made in between only (MQTT buttons do not queue them), never the daemon.
+`run()` returns only when cancelled; an exception from `on_press` (a bug, or an outbox that
+cannot be written) ends it, so the daemon's supervisor ends the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+
+from dashkanban.backoff import RETRY_MAX, uplink_backoffs
+from dashkanban.buttons import Button, Registry
+from dashkanban.config import MqttButtonsSettings
+from dashkanban.mqtt_buttons.payloads import (
+    FORMATS,
+    BatteryLevel,
+    ButtonPress,
+    Format,
+    Repeats,
+    Unreadable,
+    battery_topic,
+    read_message,
+)
+from dashkanban.values import PressKind
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0  # seconds for the CONNACK and the SUBACK
+KEEPALIVE = 60
+T = TypeVar("T")
+MAX_QUEUED = 1000  # messages received but not yet read; a flood beyond this is dropped by aiomqtt
+
+
+@dataclass(frozen=True, slots=True)
+class MqttPress:
+    """A press an MQTT button reported: before the dead time (the caller debounces it)."""
+
+    button: Button
+    kind: PressKind
+    time: float  # epoch seconds of its arrival (the buttons' messages carry no time)
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Battery:
+    button: Button
+    percent: float
+    time: float
+
+
+OnPress = Callable[[MqttPress], Awaitable[None] | None]
+OnBattery = Callable[[Battery], Awaitable[None] | None]
+
+
+class ButtonBroker:
+    """`await ButtonBroker(settings, registry, on_press).run()`: nothing happens before `run`."""
+
+    def __init__(self, settings: MqttButtonsSettings, registry: Registry, on_press: OnPress, *,
+                 on_battery: OnBattery | None = None, retry_max: float = RETRY_MAX,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`on_press`/`on_battery` may be plain functions or coroutine functions (then awaited:
+        e.g. `writer.call(...)`, so the loop never waits on the outbox's fsync)."""
+        self.settings = settings
+        self.registry = registry
+        self.on_press = on_press
+        self.on_battery = on_battery
+        self._transport, self._refusal = uplink_backoffs(retry_max)
+        self._clock = clock
+        self._repeats = Repeats()
+        self._battery_topics: dict[str, Button] = {}
+        self._context: ssl.SSLContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for use_registry
+        self._wake: asyncio.Event | None = None
+        self.connected = asyncio.Event()  # set while subscribed; for tests and health
+        self.subscribed: frozenset[str] = frozenset()  # the topics of the open connection
+        self.messages = 0
+        self.presses = 0
+        self.repeats = 0
+        self.malformed = 0
+        self.connections = 0
+        self.last_error: str | None = None
+
+    def topics(self) -> list[str]:
+        """What to subscribe to: each MQTT button's topic, and its battery topic if apart."""
+        found: list[str] = []
+        self._battery_topics = {}
+        for topic in self.registry.topics:
+            button = self.registry.by_topic(topic)
+            if button is None:  # pragma: no cover - topics come from the registry
+                continue
+            found.append(topic)
+            extra = battery_topic(topic, _format(button))
+            if extra is not None and self.registry.by_topic(extra) is None:
+                self._battery_topics[extra] = button
+                found.append(extra)
+        return found
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of `tls = yes` (None without): built once, and a ConfigError for a
+        ca_file that cannot be used (the daemon asks before starting, so that is exit 2)."""
+        if self._context is None and self.settings.tls:
+            from dashkanban.c8y.tls import verifying_context
+
+            self._context = verifying_context(self.settings.ca_file)
+        return self._context
+
+    def use_registry(self, registry: Registry) -> None:
+        """Listen to `registry`'s buttons from now on (SIGHUP re-read MACID.csv): the topics are
+        subscribed and unsubscribed on the open connection. Safe from any thread."""
+        self.registry = registry
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nothing to tell
+                loop.call_soon_threadsafe(wake.set)
+
+    async def _follow(self, client: aiomqtt.Client, subscribed: set[str]) -> None:
+        """On the open connection: the topics of each new registry (use_registry)."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            wanted = set(self.topics())
+            added, gone = sorted(wanted - subscribed), sorted(subscribed - wanted)
+            try:
+                if added:
+                    await client.subscribe([(t, 1) for t in added])
+                if gone:
+                    await client.unsubscribe(gone)
+            except aiomqtt.MqttError as exc:  # the message loop sees the connection go
+                log.warning("button broker: the new topics are not subscribed yet (%s); they "
+                            "are at the next connect", exc)
+                continue
+            subscribed.clear()
+            subscribed.update(wanted)
+            self.subscribed = frozenset(wanted)
+            log.info("button broker: %d MQTT button topic(s) after the reload (%d new, %d "
+                     "dropped)", len(wanted), len(added), len(gone))
+
+    async def run(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        settings = self.settings
+        address = f"{settings.host}:{settings.port}"
+        context = self.tls_context()
+        attempt = 0
+        while True:
+            topics = self.topics()
+            backoff = self._transport
+            try:
+                async with aiomqtt.Client(
+                    settings.host, settings.port, username=settings.user,
+                    password=settings.password.reveal() if settings.password else None,
+                    protocol=aiomqtt.ProtocolVersion.V311, clean_session=True,
+                    keepalive=KEEPALIVE, tls_context=context, timeout=CONNECT_TIMEOUT,
+                    max_queued_incoming_messages=MAX_QUEUED,
+                ) as client:
+                    if topics:
+                        await client.subscribe([(t, 1) for t in topics])
+                    self.subscribed = frozenset(topics)
+                    attempt = 0
+                    self.connections += 1
+                    self.last_error = None
+                    self.connected.set()
+                    log.info("button broker %s: listening to %d MQTT button topic(s)", address,
+                             len(topics))
+                    follower = asyncio.create_task(self._follow(client, set(topics)))
+                    try:
+                        async for message in client.messages:
+                            payload = (message.payload if isinstance(message.payload, bytes)
+                                       else b"")
+                            await self.handle(message.topic.value, payload,
+                                              bool(message.retain))
+                    finally:
+                        follower.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await follower
+                    raise aiomqtt.MqttError("the connection closed")
+            except MqttConnectError as exc:
+                backoff = self._refusal  # a refused login: slowly, as the uplink does
+                self.last_error = f"refused the login ({exc})"
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc) or type(exc).__name__
+            finally:
+                self.connected.clear()
+            attempt += 1
+            delay = backoff.delay(attempt)
+            log.warning("button broker %s: %s; connecting again in %.1f s", address,
+                        self.last_error, delay)
+            await asyncio.sleep(delay)
+
+    async def handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        """One message (also what tests feed directly)."""
+        self.messages += 1
+        button = self.registry.by_topic(topic)
+        owner = button if button is not None else self._battery_topics.get(topic)
+        if owner is None:
+            return  # not ours (a topic dropped by a reload)
+        reading = read_message(topic, payload, retained, _format(owner))
+        now = self._clock()
+        if isinstance(reading, Unreadable):
+            self.malformed += 1
+            log.debug("button broker: unreadable message on %r (%d bytes): %s", topic,
+                      len(payload), reading.reason)
+            return
+        if isinstance(reading, BatteryLevel):
+            await self._battery(Battery(owner, reading.percent, now))
+            return
+        if not isinstance(reading, ButtonPress):
+            log.debug("button broker: no press on %r: %s", topic, reading.reason)
+            return
+        if button is None:
+            return  # a press format on a battery topic: nothing to count
+        if self._repeats.seen(topic, reading):
+            self.repeats += 1
+            log.debug("button broker: %s event_cnt %s again: the same press", button.name,
+                      reading.count)
+            return
+        self.presses += 1
+        if reading.battery is not None:
+            await self._battery(Battery(button, reading.battery, now))
+        await _call(self.on_press, MqttPress(button, reading.kind, now, topic))
+
+    async def _battery(self, level: Battery) -> None:
+        if self.on_battery is not None:
+            await _call(self.on_battery, level)
+
+
+_FORMATS: dict[str, Format] = {fmt: fmt for fmt in FORMATS}
+
+
+def _format(button: Button) -> Format:
+    return _FORMATS.get(button.format, "auto")
+
+
+async def _call(callback: Callable[[T], Awaitable[None] | None], value: T) -> None:
+    result = callback(value)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def try_broker(settings: MqttButtonsSettings, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Connect and log in once, then leave (`dashkanban check`); an MqttError says why not."""
+    from dashkanban.c8y.tls import verifying_context
+
+    context = verifying_context(settings.ca_file) if settings.tls else None
+    async with aiomqtt.Client(
+        settings.host, settings.port, username=settings.user,
+        password=settings.password.reveal() if settings.password else None,
+        protocol=aiomqtt.ProtocolVersion.V311, clean_session=True, tls_context=context,
+        timeout=timeout,
+    ):
+        pass
