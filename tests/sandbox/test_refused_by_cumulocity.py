@@ -88,10 +88,12 @@ def test_replay_names_each_refused_line_counts_them_and_exits_1(
         "which and why; `dashkanban outbox status` counts them); they are not sent again"
     )
     assert "delivered" not in err.splitlines()[-1]
-    # The sandbox answers `s/e` before the PUBACK, so the press's own line says so too.
-    assert err.count(f"{B2} pressed at 2026-11-26T08:05:12.500+00:00: acknowledged, but "
-                     "refused by Cumulocity\n") == 1
-    assert err.count(": delivered\n") == 5
+    # Cumulocity (and the sandbox) answer `s/e` after the PUBACK: the press's own line was
+    # written on its PUBACK, and its ERROR line follows it.
+    pressed = f"{B2} pressed at 2026-11-26T08:05:12.500+00:00: delivered\n"
+    assert err.count(pressed) == 1
+    assert err.index(pressed) < err.index(refused_line(2, "2026-11-26T08:05:12.500+00:00"))
+    assert err.count(": delivered\n") == 7
     # The other five arrived; the two refused did not.
     assert sorted(events_text(sandbox)) == ["A3"] * 3 + ["C7"] * 2
 
