@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -111,10 +111,19 @@ class KanbanLoop:
                 self._samples.setdefault(item.bin, []).append(item.days)
             self._overdue = history.open_overdue()
 
-    def overdue(self, now: datetime) -> tuple[DeviceLines, ...]:
+    def overdue(self, now: datetime,
+                queue: Callable[[DeviceLines], object] | None = None) -> tuple[DeviceLines, ...]:
         """Raise `c8y_KanbanOverdue` for each reorder open longer than its lead time at `now`,
-        once per open reorder (kept in the history, so also once across restarts). The caller
-        queues the lines in the outbox (`wiring.queue_overdue`). Nothing with alarms off."""
+        once per open reorder (kept in the history, so also once across restarts). Nothing with
+        alarms off.
+
+        `queue` (`wiring.queue_overdue` gives the outbox's) takes each alarm's lines before the
+        alarm is recorded as raised: when it raises (a full outbox), that alarm and the ones
+        after it are not recorded, so the next check raises them again instead of never, and
+        the exception goes to the caller. Recorded but not queued cannot happen; queued but not
+        recorded (the history failing just after) raises it once more, which Cumulocity
+        de-duplicates into the active alarm (count + 1). Without `queue` the caller queues the
+        lines returned."""
         if not self.settings.alarms:
             return ()
         with self._lock:
@@ -126,8 +135,11 @@ class KanbanLoop:
                 bin_ = self.bins.get(item.bin)
                 if bin_ is None:  # pragma: no cover - find_overdue only returns known bins
                     continue
-                found.append(overdue_lines(bin_, item.serial, self.settings.overdue_severity,
-                                           item.reordered, item.lead_days, now))
+                lines = overdue_lines(bin_, item.serial, self.settings.overdue_severity,
+                                      item.reordered, item.lead_days, now)
+                if queue is not None:
+                    queue(lines)  # first: a refusal leaves it unrecorded, raised next time
+                found.append(lines)
                 self._overdue[item.bin] = item.serial
                 if self.history is not None:
                     self.history.record_overdue(item.bin, item.serial, item.reordered, now)

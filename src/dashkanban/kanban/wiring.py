@@ -108,10 +108,10 @@ def queue_overdue(loop: KanbanLoop, queue: QueueLines, now: datetime) -> int:
     time at `now`, each as a row of lines in the outbox (`queue`, e.g. `Outbox.put_lines`).
     Returns how many. The daemon calls it on a timer with the wall clock; `replay` with the
     packet clock before each press and at the end of the capture, so a replay is deterministic.
+    Each alarm is recorded as raised only once `queue` took it: a full outbox raises its
+    OutboxFullError here and the alarm is raised at the next check.
     """
-    raised = loop.overdue(now)
-    for publish in raised:
-        queue(device_lines((publish,)), now)
+    raised = loop.overdue(now, lambda publish: queue(device_lines((publish,)), now))
     return len(raised)
 
 
