@@ -145,6 +145,11 @@ def queue_pending_clears(history: History, queue: QueueLines) -> int:
         # After the outbox has it: a crash in between sends the clear twice, which is harmless.
         history.mark_sent(pending.id)
         done += 1
+    # Answers of operations handled but not queued (a full outbox, or a crash in between).
+    for op_id, time, publishes in history.pending_answers():
+        queue(device_lines(publishes), time)
+        history.answer_queued(op_id)
+        done += 1
     return done
 
 
@@ -196,6 +201,7 @@ class OperationRouter:
                       "again after the next connect", line.template)
             return
         self.queue(device_lines(outcome.publishes), now)
+        self.loop.answer_queued(outcome)  # after: a failed queue leaves the answer pending
 
 
 def make_uplink(settings: Settings, loop: KanbanLoop | None, **options: Any) -> tuple[
