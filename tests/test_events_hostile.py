@@ -56,8 +56,13 @@ def _replay(tmp_path: Path, text: str, buttons: str = "") -> int:
          "({name:.{quantity}}) is not supported"),
         ("{name!x}", "text = {name!x}: cannot be rendered for a button with every optional "
          "column: ValueError: Unknown conversion specifier x"),
+        ("{bin}", "text = {bin}: cannot be rendered for a button without optional columns: it "
+         "renders to an empty text, and Cumulocity refuses an event without text"),
+        ("{part} {location}", "text = {part} {location}: cannot be rendered for a button "
+         "without optional columns: it renders to an empty text, and Cumulocity refuses an "
+         "event without text"),
     ],
-    ids=["name:d", "quantity:d", "huge width", "nested", "conversion"],
+    ids=["name:d", "quantity:d", "huge width", "nested", "conversion", "empty", "blank"],
 )
 def test_a_template_that_cannot_render_is_refused_at_load(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
@@ -93,5 +98,21 @@ def test_rendering_at_press_time_never_loses_the_press(caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records] == [
         "[event] text '{quantity:d} left' cannot be rendered for button 'Aisle 2 screws' "
         "(ValueError: Unknown format code 'd' for object of type 'str'); sending "
+        "'Aisle 2 screws pressed (ac:63:be:12:34:56)' instead"
+    ]
+
+
+def test_a_text_that_renders_empty_at_press_time_gets_the_default(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Cumulocity refuses an event without text: a template that renders empty for a press
+    (settings made without `load_settings`, which refuses it) still sends the press."""
+    press = Press(Button(name="Aisle 2 screws", mac="ac:63:be:12:34:56"),
+                  datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC), "dhcp")
+    with caplog.at_level(logging.WARNING, logger="dashkanban.events"):
+        event = make_event(press, EventSettings(type="c8y_MAC_Event", text="{bin}"))
+    assert event.text == "Aisle 2 screws pressed (ac:63:be:12:34:56)"
+    assert [r.getMessage() for r in caplog.records] == [
+        "[event] text '{bin}' cannot be rendered for button 'Aisle 2 screws' (ValueError: it "
+        "renders to an empty text, and Cumulocity refuses an event without text); sending "
         "'Aisle 2 screws pressed (ac:63:be:12:34:56)' instead"
     ]

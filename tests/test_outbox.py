@@ -661,3 +661,45 @@ def test_remember_forgets_old_identities_through_an_index(tmp_path: Path) -> Non
         db.close()
     assert [row[3] for row in plan] == [
         "SEARCH press_ids USING COVERING INDEX press_ids_remembered (remembered<?)"]
+
+
+def test_put_with_a_key_keeps_the_row_and_the_identity_in_one_commit(tmp_path: Path) -> None:
+    """`put(..., key=)`: the press identity is written in the row's own transaction (one commit,
+    one fsync per press instead of two), and `seen`/`drop` treat it as `remember` would."""
+    from dashkanban.outbox import press_key
+
+    path = tmp_path / "o.sqlite3"
+    with open_outbox(path) as outbox:
+        first = outbox.put(event_for(0))  # without a key, as before
+        statements: list[str] = []
+        outbox._db.set_trace_callback(statements.append)
+        row = outbox.put(event_for(1), key=press_key(event_for(1)))
+        outbox._db.set_trace_callback(None)
+        assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == [
+            "BEGIN IMMEDIATE", "COMMIT"]
+        outbox.ack(first)
+        outbox.ack(row)
+        keys = [press_key(event_for(i)) for i in (0, 1)]
+        assert outbox.seen(keys) == {keys[1]: "delivered"}  # gone, its identity kept
+        # The row that queued the press is the one `drop` forgets it with.
+        outbox.put(event_for(2), key=press_key(event_for(2)))
+        assert [r.event for r in outbox.drop(button="dashButton_2")] == [event_for(2)]
+        assert outbox.seen([press_key(event_for(2))]) == {}
+
+
+def test_put_with_a_key_refused_by_a_full_outbox_keeps_neither(tmp_path: Path) -> None:
+    from dashkanban.outbox import press_key
+
+    path = tmp_path / "o.sqlite3"
+    with open_outbox(path, max_rows=1) as outbox:
+        outbox.put(event_for(1), key=press_key(event_for(1)))
+        with pytest.raises(OutboxFullError):
+            outbox.put(event_for(2), key=press_key(event_for(2)))
+        assert [r.event for r in outbox.peek()] == [event_for(1)]
+        keys = [press_key(event_for(i)) for i in (1, 2)]
+        assert outbox.seen(keys) == {keys[0]: "queued"}
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT serial, time, type FROM press_ids").fetchall() == [keys[0]]
+    finally:
+        db.close()

@@ -107,7 +107,8 @@ def test_a_certificate_close_to_expiry_is_renewed_and_logs_in(
         f"✓ certificate renewed: CN={SERIAL}, issued by {ca.subject.rfc4514_string()}, valid "
         f"until {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
         f"✓ same key in {key_path}, new certificate in {cert_path}; a running `dashkanban run` "
-        "logs in with it from its next start"]
+        "keeps the old one until it restarts: `sudo systemctl restart dashkanban` (a reload is "
+        "not enough)"]
     assert own(err) == []
     # The key is the same (tedge's way), still 0600; the new certificate is for it.
     assert key_path.read_bytes() == key_before

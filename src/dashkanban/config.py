@@ -472,12 +472,21 @@ def _event_text(text: str) -> str:
     return text
 
 
+# An event's text is mandatory: Cumulocity refuses a `400` without one (mqtt-static-templates.md
+# 400: type and text mandatory; an empty SmartREST field is a missing one), and the REST API an
+# event without `text` (docs/protocol.md 2.5, docs/sandbox.md). A text of blanks only is refused
+# here too: it says nothing, and whether the platform trims it to empty is [unverified].
+EMPTY_TEXT_PROBLEM = "it renders to an empty text, and Cumulocity refuses an event without text"
+
+
 def event_text_problem(template: str, button: Button) -> str | None:
     """Why `template` cannot be rendered for `button`, or None when it can."""
     try:
-        render_event_text(template, button, "dhcp")
+        text = render_event_text(template, button, "dhcp")
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
         return f"{type(exc).__name__}: {exc}"
+    if not text.strip():
+        return EMPTY_TEXT_PROBLEM
     return None
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from dashkanban.buttons import Button
 from dashkanban.config import (
     DEFAULT_EVENT_TEXT,
+    EMPTY_TEXT_PROBLEM,
     EventSettings,
     Settings,
     event_text_problem,
@@ -71,6 +72,8 @@ def make_event(press: Press, settings: EventSettings) -> Event:
     button = press.button
     try:
         text = render_event_text(settings.text, button, press.trigger, press.kind)
+        if not text.strip():
+            raise ValueError(EMPTY_TEXT_PROBLEM)
     except Exception as exc:  # noqa: BLE001 - whatever the template does, the press is kept
         text = render_event_text(DEFAULT_EVENT_TEXT, button, press.trigger, press.kind)
         log.warning(

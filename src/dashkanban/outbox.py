@@ -338,11 +338,15 @@ class Outbox:
         event: Event,
         extra_lines: Sequence[str] = (),
         other_lines: Sequence[DeviceLine] = (),
+        key: PressKey | None = None,
     ) -> int:
         """Queue one event; durable (fsynced) when this returns. Returns the row id.
 
         `extra_lines` go with the event to its own device; `other_lines` are (child serial or
         None for the gateway, line) pairs sent after it, in order, acknowledged with the row.
+        `key` (`press_key(event)`) is remembered as `remember` does, in the same transaction as
+        the row: one fsync per press, and a press is never queued without its identity, nor
+        its identity kept for a press that was not queued.
 
         Raises OutboxFullError when the cap is reached (the event is not queued, the refusal is
         counted) and OutboxError when the disk is full or failing (nothing already queued is lost).
@@ -350,6 +354,7 @@ class Outbox:
         event, extra = _storable_event(event, tuple(extra_lines))
         others = _storable_lines(other_lines)
         size = row_bytes(event, extra, others)
+        now = self._clock().astimezone(UTC)
         values = (
             event.time.isoformat(),
             event.mac,
@@ -359,12 +364,15 @@ class Outbox:
             event.text,
             event.trigger,
             json.dumps(extra, ensure_ascii=False),
-            self._clock().astimezone(UTC).isoformat(),
+            now.isoformat(),
             size,
             KIND_EVENT,
             json.dumps(others, ensure_ascii=False),
         )
-        return self._insert(values, size, "queueing an event")
+        # The identity is stamped with the row's queued_at, so `drop` sees this row as the one
+        # that first queued the press (`_first_queued_by`).
+        also = () if key is None else self._remembering([key], now)
+        return self._insert(values, size, "queueing an event", also)
 
     def put_lines(self, lines: Sequence[DeviceLine], time: datetime) -> int:
         """Queue SmartREST lines without an event (same guarantees and cap as `put`).
@@ -382,7 +390,10 @@ class Outbox:
         )
         return self._insert(values, size, "queueing lines")
 
-    def _insert(self, values: tuple[object, ...], size: int, action: str) -> int:
+    def _insert(self, values: tuple[object, ...], size: int, action: str,
+                also: Sequence[tuple[str, tuple[object, ...]]] = ()) -> int:
+        """Insert one row, and run `also` in the same transaction (nothing of it on a refusal)."""
+
         def insert() -> int | None:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -399,11 +410,14 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
+                row_id = cursor.lastrowid
+                for sql, params in also:
+                    self._db.execute(sql, params)
                 self._db.execute("COMMIT")
             except sqlite3.Error:
                 self._rollback()
                 raise
-            return cursor.lastrowid
+            return row_id
 
         with self._lock:
             self._check_open()
@@ -740,16 +754,22 @@ class Outbox:
     def remember(self, keys: Iterable[PressKey]) -> None:
         """Keep the identities of presses just queued (`seen` knows them after delivery);
         identities older than PRESS_IDS_DAYS are forgotten."""
-        now = self._clock().astimezone(UTC)
+        self._transaction("remembering presses",
+                          self._remembering(keys, self._clock().astimezone(UTC)))
+
+    @staticmethod
+    def _remembering(keys: Iterable[PressKey],
+                     now: datetime) -> list[tuple[str, tuple[object, ...]]]:
+        """The statements that keep `keys` (stamped `now`) and forget the oldest identities."""
         stamp = now.isoformat()
         cutoff = (now - timedelta(days=PRESS_IDS_DAYS)).isoformat()
-        self._transaction("remembering presses", [
+        return [
             (_PRESS_IDS, ()),
             (_PRESS_IDS_AGE, ()),
             *(("INSERT OR IGNORE INTO press_ids (serial, time, type, remembered)"
                " VALUES (?, ?, ?, ?)", (*key, stamp)) for key in keys),
             ("DELETE FROM press_ids WHERE remembered < ?", (cutoff,)),
-        ])
+        ]
 
     def drop(self, *, button: str | None = None,
              before: datetime | None = None) -> list[QueuedEvent]:

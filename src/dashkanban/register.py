@@ -349,8 +349,11 @@ def _renew(settings: Settings, args: RegisterOptions) -> int:
     done = renew(c8y, settings.gateway.serial, f"Bearer {token}")
     print(f"{TICK} certificate renewed: {done.subject}, issued by {done.issuer}, valid until "
           f"{done.not_after:%Y-%m-%d %H:%M} UTC", flush=True)
+    # The daemon's TLS context is built once at start, and SIGHUP (`systemctl reload`) re-reads
+    # only MACID.csv: the new certificate needs a restart (docs/service.md).
     print(f"{TICK} same key in {done.key_path}, new certificate in {done.cert_path}; a running "
-          "`dashkanban run` logs in with it from its next start", flush=True)
+          "`dashkanban run` keeps the old one until it restarts: `sudo systemctl restart "
+          "dashkanban` (a reload is not enough)", flush=True)
     return 0
 
 

@@ -36,11 +36,21 @@ def test_the_start_up_answers_are_fine_and_name_no_line() -> None:
     assert expected_error(WRONG, "gw", ()) is None
 
 
-def test_an_error_before_its_puback_is_the_oldest_line_still_waiting() -> None:
-    # The sandbox processes a PUBLISH before its PUBACK: rows 1 acknowledged, 2 and 3 waiting.
-    assert blame(WRONG, SENT, waiting={6, 8}, blamed=set()) == SECOND
+def test_an_error_after_its_puback_is_the_latest_acknowledged_line_not_one_still_waiting(
+) -> None:
+    # Cumulocity (and the sandbox) acknowledge a PUBLISH, then process it: the error of row 2
+    # comes after row 2's PUBACK and before row 3's, which still waits.
+    assert blame(WRONG, SENT, waiting={8}, blamed=set()) == SECOND
+    # Row 1's error came after its PUBACK, while rows 2 and 3 still waited.
+    assert blame(WRONG, SENT, waiting={6, 8}, blamed=set()) == FIRST
     # The same error again: the line already blamed is skipped.
-    assert blame(WRONG, SENT, waiting={6, 8}, blamed={7}) == THIRD
+    assert blame(WRONG, SENT, waiting={8}, blamed={7}) == FIRST
+
+
+def test_an_error_before_any_puback_is_the_oldest_line_still_waiting() -> None:
+    # A broker that processes before it acknowledges: nothing of that template acknowledged.
+    assert blame(WRONG, SENT, waiting={2, 6, 8}, blamed=set()) == FIRST
+    assert blame(WRONG, SENT, waiting={2, 6, 8}, blamed={3}) == SECOND
 
 
 def test_an_error_after_every_puback_is_the_latest_line_of_its_template() -> None:

@@ -172,8 +172,8 @@ def test_second_run_gets_41_100_and_is_fine(
     assert [(m.client_id, m.topic, m.payload) for m in again] == [
         (GATEWAY, topic, payload) for topic, payload in gateway_sequence()]
     # The sandbox answers the second 100 with 41,100 on s/e. The contract subscribes only after
-    # the 100's PUBACK, and the sandbox answers synchronously, so the line reaches no one here
-    # (a real tenant answers asynchronously and may deliver it: tests/c8y/test_mqtt.py feeds it
+    # the 100's PUBACK, and the sandbox answers right behind that PUBACK, so the line reaches no
+    # one here (a real tenant answers later and may deliver it: tests/c8y/test_mqtt.py feeds it
     # to the uplink). What is checked: the run still succeeds with no error or warning.
     assert (f"dashkanban.sandbox.broker: not delivered ({GATEWAY} did not subscribe to s/e): "
             "41,100,Device already existing") in err

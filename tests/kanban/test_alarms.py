@@ -25,6 +25,8 @@ from dashkanban.kanban.alarms import (
 from dashkanban.kanban.bins import Bin, Bins, parse_bins
 from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop, refill_from_cli
+from dashkanban.kanban.wiring import OperationRouter, queue_pending_clears
+from dashkanban.outbox import Outbox, OutboxFullError
 from dashkanban.presses import Press
 from tests.brokers import Mosquitto
 
@@ -314,6 +316,7 @@ def test_an_operation_delivered_twice_clears_its_bin_and_reports_once(
         line = decode("9101,fca6670a0b0c,10042,B1")[0]
         first = loop.on_operation(line, "gw", T0 + timedelta(1))
         assert first is not None
+        loop.answer_queued(first)  # the router does this once the outbox has the answer
         assert loop.on_operation(line, "gw", T0 + timedelta(2)) is None
         # Another operation for the same bin is a refill of its own.
         assert loop.on_operation(decode("9101,fca6670a0b0c,10043,B1")[0], "gw",
@@ -322,3 +325,105 @@ def test_an_operation_delivered_twice_clears_its_bin_and_reports_once(
         rows = db.execute("SELECT bin, source, time FROM refills ORDER BY id").fetchall()
     assert rows == [("B1", "operation", (T0 + timedelta(1)).isoformat()),
                     ("B1", "operation", (T0 + timedelta(3)).isoformat())]
+
+
+def operation_rows(outbox: Outbox) -> list[tuple[str | None, str]]:
+    return [line for row in outbox.peek() for line in row.other_lines]
+
+
+def test_an_operation_handled_before_a_restart_is_answered_once(
+    setup: tuple[dict[str, Button], Bins], tmp_path: Path
+) -> None:
+    """Issue 15's leftover: the ids were kept in memory only, so after a restart a re-delivered
+    operation (still PENDING while its answer waited in the outbox) cleared its bin and was
+    answered a second time. The history keeps them."""
+    buttons, bins = setup
+    line = decode("9101,fca6670a0b0c,10042,B1")[0]
+    answer = [("fca6670a0b0c", "504,10042"), ("fca6670a0b0c", "306,c8y_KanbanReorder"),
+              ("fca6670a0b0d", "306,c8y_KanbanReorder"), ("fca6670a0b0c", "506,10042")]
+    with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
+        with History.open(tmp_path / "history.sqlite3", 730, T0) as history:
+            loop = KanbanLoop(bins, ON, history)
+            loop.on_press(press(buttons["ties"], 0))
+            router = OperationRouter(loop, "gw", clock=lambda: T0 + timedelta(1))
+            router.queue = outbox.put_lines
+            router(line)
+            assert operation_rows(outbox) == answer
+        # The daemon restarts; `500` delivers the operation again.
+        with History.open(tmp_path / "history.sqlite3", 730, T0) as history:
+            loop = KanbanLoop(bins, ON, history)
+            assert queue_pending_clears(history, outbox.put_lines) == 0
+            router = OperationRouter(loop, "gw", clock=lambda: T0 + timedelta(2))
+            router.queue = outbox.put_lines
+            router(line)
+            assert operation_rows(outbox) == answer  # not a second time
+            assert _refills(tmp_path) == [("B1", "operation")]
+
+
+def test_an_answer_the_full_outbox_refused_is_queued_on_redelivery_and_at_start(
+    setup: tuple[dict[str, Button], Bins], tmp_path: Path
+) -> None:
+    """Handled but not queued (a full outbox, max_rows 1): the operation is not refilled twice,
+    and its answer is not lost: the next delivery of the operation queues it, or else the next
+    start (`queue_pending_clears`)."""
+    from tests.outbox_writer import event_for
+
+    buttons, bins = setup
+    with (Outbox.open(tmp_path / "outbox.sqlite3", max_rows=1) as outbox,
+          History.open(tmp_path / "history.sqlite3", 730, T0) as history):
+        loop = KanbanLoop(bins, ON, history)
+        loop.on_press(press(buttons["ties"], 0))
+        loop.on_press(press(buttons["screws"], 1))
+        router = OperationRouter(loop, "gw", clock=lambda: T0 + timedelta(1))
+        router.queue = outbox.put_lines
+        full = outbox.put(event_for(1))
+        first, second = decode("9101,fca6670a0b0c,10042,B1\n9101,ac63be123456,10043,A3")
+        for line in (first, second):
+            with pytest.raises(OutboxFullError):
+                router(line)
+        assert [op for op, _, _ in history.pending_answers()] == ["10042", "10043"]
+        outbox.ack(full)
+        router(first)  # delivered again: its answer is queued now, the bin not refilled again
+        assert operation_rows(outbox) == [
+            ("fca6670a0b0c", "504,10042"), ("fca6670a0b0c", "306,c8y_KanbanReorder"),
+            ("fca6670a0b0d", "306,c8y_KanbanReorder"), ("fca6670a0b0c", "506,10042")]
+        router(first)
+        assert len(outbox.peek()) == 1
+        outbox.ack(outbox.peek()[0].id)
+        # The other one is queued by the next start.
+        assert queue_pending_clears(history, outbox.put_lines) == 1
+        assert operation_rows(outbox) == [
+            ("ac63be123456", "504,10043"), ("ac63be123456", "306,c8y_KanbanReorder"),
+            ("ac63be123456", "506,10043")]
+        assert history.pending_answers() == []
+        router(second)
+        assert len(outbox.peek()) == 1
+    assert _refills(tmp_path) == [
+        ("B1", "operation"), ("A3", "operation")]
+
+
+def test_operation_ids_kept_are_bounded_but_unqueued_answers_are_not_forgotten(
+    setup: tuple[dict[str, Button], Bins], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashkanban.kanban import history as history_module
+
+    monkeypatch.setattr(history_module, "OPERATIONS_KEPT", 3)
+    _, bins = setup
+    with History.open(tmp_path / "history.sqlite3", 730, T0) as history:
+        loop = KanbanLoop(bins, ON, history)
+        for op_id in range(1, 8):
+            outcome = loop.on_operation(decode(f"9101,fca6670a0b0c,{op_id},B1")[0], "gw", T0)
+            assert outcome is not None
+            if op_id != 2:  # the answer of operation 2 never reached the outbox
+                loop.answer_queued(outcome)
+    with sqlite3.connect(tmp_path / "history.sqlite3") as db:
+        kept = db.execute("SELECT id, pending IS NULL FROM operations ORDER BY seq").fetchall()
+    assert kept == [("2", 0), ("5", 1), ("6", 1), ("7", 1)]
+
+
+def _refills(folder: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(folder / "history.sqlite3")
+    try:
+        return db.execute("SELECT bin, source FROM refills ORDER BY id").fetchall()
+    finally:
+        db.close()

@@ -258,3 +258,36 @@ def test_checks_at_frames_only_where_a_deadline_passed(tmp_path: Path) -> None:
         assert [(lines[0][0], when) for lines, when in queued] == [
             ("ac63be123456", day(2.25)), ("fca6670a0b0c", day(4))]
         assert loop.next_deadline() is None
+
+
+def test_an_overdue_alarm_refused_by_a_full_outbox_is_raised_at_the_next_check(
+    tmp_path: Path,
+) -> None:
+    """The alarm is recorded as raised only once the outbox took it: a full outbox (a real one,
+    max_rows 1) refuses it, the history does not have it, and the next check, with room again,
+    queues it, once."""
+    from dashkanban.kanban.wiring import queue_overdue
+    from dashkanban.outbox import Outbox, OutboxFullError
+    from tests.outbox_writer import event_for
+
+    registry, bins = parse_bins(MACID, Path("MACID.csv"))
+    button = {b.name: b for b in registry}
+    text = ('301,c8y_KanbanOverdue,"Bin B1 (Cable ties) overdue by 1.5 days: reordered '
+            '2026-11-02 08:00 UTC, lead time 3 days",2026-11-06T20:00:00.000+00:00')
+    with (History.open(tmp_path / "history.sqlite3", 36500, T0) as history,
+          Outbox.open(tmp_path / "outbox.sqlite3", max_rows=1) as outbox):
+        loop = KanbanLoop(bins, ON, history)
+        loop.on_press(Press(button["ties"], day(0), "dhcp"))
+        full = outbox.put(event_for(1))
+        with pytest.raises(OutboxFullError):
+            queue_overdue(loop, outbox.put_lines, day(4))
+        assert history.open_overdue() == {}
+        assert loop.next_deadline() == day(3)  # still due
+        outbox.ack(full)  # Cumulocity took the press: room again
+        assert queue_overdue(loop, outbox.put_lines, day(4.5)) == 1
+        [row] = outbox.peek()
+        assert row.event is None
+        assert row.other_lines == (("fca6670a0b0c", text),)
+        assert history.open_overdue() == {"B1": "fca6670a0b0c"}
+        assert queue_overdue(loop, outbox.put_lines, day(5)) == 0  # once per open reorder
+        assert len(outbox.peek()) == 1

@@ -284,3 +284,67 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
         assert h.counts() == {"reorder": 1}
         assert h.active_bins() == frozenset()
         assert h.pending_clears() == []
+
+
+def test_an_operation_answered_before_a_restart_is_answered_once_after_it(
+    tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15's leftover, end to end: a daemon handled a refill operation and queued its
+    answer, then died before sending it. While it is PENDING, Cumulocity sends the operation
+    again after the restart; the history knows its id, so the answer queued before goes out
+    once and the bin is not refilled a second time (the ids used to be kept in memory)."""
+    from dashkanban.c8y.smartrest import decode
+    from dashkanban.kanban.wiring import OperationRouter, open_loop
+
+    caplog.set_level(logging.INFO, logger="dashkanban")
+    settings = load_settings(write_config(tmp_path, sandbox))
+    source = OpenSource()
+    daemon = Daemon(settings, source, drain_on_stop=5.0)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:  # a first run creates the button devices and the template collection
+        wait_until(lambda: "c8y_SupportedOperations" in (sandbox.device(SCREWS) or {}), "114")
+    finally:
+        daemon.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    op = sandbox.create_operation(sandbox.device_id(SCREWS) or "",
+                                  {"c8y_KanbanRefilled": {"bin": "A3"}})
+    op_id = op["id"]
+    # The daemon that died: it got the operation, cleared the bin and queued the answer.
+    loop = open_loop(settings)
+    assert loop is not None
+    assert loop.history is not None
+    with Outbox.open(settings.outbox.path) as outbox:
+        router = OperationRouter(loop, GATEWAY)
+        router.queue = outbox.put_lines
+        router(decode(f"9101,{SCREWS},{op_id},A3")[0])
+    loop.history.close()
+
+    daemon = Daemon(settings, source, drain_on_stop=5.0)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: [r.topics for r in sandbox.subscriptions()].count(
+            ("s/dc/dashkanban-v2",)) == 2, "the restarted daemon's s/dc subscription")
+        # The operation again, as Cumulocity sends a PENDING one after a reconnect (`500`).
+        # Here the queued answer may already have made it SUCCESSFUL, so it is pushed by hand,
+        # as it reaches the gateway when the `500` comes first.
+        sandbox.call(sandbox.broker.operation_created, op)
+        wait_until(lambda: f"operation {op_id} delivered again: already handled"
+                   in caplog.messages, "the operation delivered again")
+        wait_until(lambda: get(sandbox, f"/devicecontrol/operations/{op_id}")["status"]
+                   == "SUCCESSFUL", "the operation to succeed")
+        wait_until(lambda: daemon.courier is not None and daemon.courier.in_flight == 0,
+                   "nothing in flight")
+    finally:
+        daemon.stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
+    answers = [m.payload for m in sandbox.messages()
+               if m.direction == "in" and m.topic == f"s/us/{SCREWS}"
+               and m.payload.startswith("50")]
+    assert answers == [f"504,{op_id}\n306,c8y_KanbanReorder\n506,{op_id}"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    with History.open(tmp_path / "state" / "history.sqlite3", 730) as h:
+        assert [b for b, _ in h.refill_times()] == ["A3"]

@@ -208,6 +208,54 @@ def test_last_will_creates_the_event(sandbox: Sandbox) -> None:
     ]
 
 
+def read_packets(sock: socket.socket, count: int) -> list[bytes]:
+    """The next `count` whole packets from the broker (short ones: one length byte)."""
+    sock.settimeout(5)
+    data = b""
+    packets: list[bytes] = []
+    while len(packets) < count:
+        while len(data) < 2 or len(data) < 2 + data[1]:
+            chunk = sock.recv(4096)
+            assert chunk, f"closed after {packets}"
+            data += chunk
+        assert data[1] < 128, "a packet too long for this helper"
+        size = 2 + data[1]
+        packets.append(data[:size])
+        data = data[size:]
+    return packets
+
+
+def publish_bytes(topic: str, payload: bytes, packet_id: int) -> bytes:
+    """A QoS 1 PUBLISH, built by hand (MQTT 3.1.1, section 3.3)."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + packet_id.to_bytes(2, "big") + payload
+    return bytes([0x32, len(body)]) + body
+
+
+@pytest.mark.parametrize("rules", [None, BrokerRules(ack_delay=0.01, queue_limit=10)],
+                         ids=["at-once", "queued"])
+def test_the_puback_comes_before_the_error_on_s_e(rules: BrokerRules | None) -> None:
+    """Cumulocity acknowledges a PUBLISH on acceptance and processes it afterwards (docs/protocol.md
+    1.5): the PUBACK of a line it refuses comes first, then the error on `s/e`; likewise the
+    answer on `s/ds` of a line it answers."""
+    options = sandbox_options() if rules is None else sandbox_options(rules=rules)
+    with Sandbox(options) as running:
+        ok = {"user": SANDBOX_USER, "password": SANDBOX_PASSWORD}
+        sock, answer = raw_connect(running, connect_bytes("gw-01", **ok))
+        assert answer == b"\x20\x02\x00\x00"
+        # SUBSCRIBE s/e and s/ds at QoS 0 (packet id 1).
+        body = b"\x00\x01" + b"\x00\x03s/e\x00" + b"\x00\x04s/ds\x00"
+        sock.sendall(bytes([0x82, len(body)]) + body)
+        assert read_packets(sock, 1) == [b"\x90\x04\x00\x01\x00\x00"]
+        sock.sendall(publish_bytes("s/us", b"999,I made this up", 7))
+        assert read_packets(sock, 2) == [
+            b"\x40\x02\x00\x07",  # PUBACK 7
+            b"\x30\x32\x00\x03s/e40,999,No static template for this message id",
+        ]
+        sock.sendall(publish_bytes("s/us", b"123", 8))
+        assert read_packets(sock, 2) == [b"\x40\x02\x00\x08", b"\x30\x0f\x00\x04s/ds124,10000"]
+        sock.close()
+
+
 def test_clean_disconnect_does_not_send_the_will(sandbox: Sandbox,
                                                  device_factory: MakeDevice) -> None:
     gw = device_factory("gw-01", will=("s/us", "400,c8y_ConnectionEvent,lost"))

@@ -1,8 +1,10 @@
 """Issue 13, hole 1: a line Cumulocity accepts (PUBACK) and then refuses on `s/e` is never silent.
 
-The refusal is real: `[event] text = {bin}` renders an empty text for a button without a bin,
-and a `400` without text is refused with `45,400,Wrong number of arguments` (type and text are
-mandatory, mqtt-static-templates.md 400; the sandbox's rule in docs/sandbox.md). The ERROR line
+The refusal is real: a `400` without text is refused with `45,400,Wrong number of arguments`
+(type and text are mandatory, mqtt-static-templates.md 400; the sandbox's rule in
+docs/sandbox.md). `[event] text` can no longer render empty (refused at load), so the refused
+presses are rows an older dashkanban queued when it let `[event] text = {bin}` render empty for
+a button without a bin: the outbox of an upgraded gateway can hold such rows. The ERROR line
 names the line, its outbox row and press; the outbox file counts it (`outbox status`), the
 metrics too, and a one-shot command says how many were refused and exits 1.
 """
@@ -25,7 +27,7 @@ from dashkanban.cli import main
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
 from dashkanban.events import Event
-from dashkanban.outbox import Outbox
+from dashkanban.outbox import Outbox, press_key
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.brokers import free_port
@@ -56,7 +58,17 @@ def make_config(tmp_path: Path, sandbox: Sandbox) -> Path:
     buttons = tmp_path / "MACID.csv"
     buttons.write_text(MACID, encoding="utf-8")
     return sandbox_config(tmp_path, sandbox, buttons, outbox=tmp_path / "outbox.sqlite3",
-                          gateway=GATEWAY, extra="[event]\ntext = {bin}\n")
+                          gateway=GATEWAY, extra="[event]\ntext = {name}\n")
+
+
+def queue_without_text(tmp_path: Path, *times: datetime) -> None:
+    """dashButton_2's presses as an older dashkanban queued them with `[event] text = {bin}`:
+    an empty text (and their identity, so a replay of the same presses skips them)."""
+    with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
+        for time_ in times:
+            event = Event(time=time_, mac=B2_MAC, serial="fca6670a0b0c", name="dashButton_2",
+                          type="c8y_MAC_Event", text="", trigger="dhcp")
+            outbox.put(event, key=press_key(event))
 
 
 def events_text(sandbox: Sandbox) -> list[str]:
@@ -76,24 +88,28 @@ def error_lines(err: str) -> list[str]:
 def test_replay_names_each_refused_line_counts_them_and_exits_1(
         tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     config = make_config(tmp_path, sandbox)
+    queue_without_text(tmp_path, datetime(2026, 11, 26, 8, 5, 12, 500000, tzinfo=UTC),
+                       datetime(2026, 11, 26, 8, 45, 30, tzinfo=UTC))
     code = main(["replay", "-c", str(config), str(SAMPLE), "--timeout", "20"])
     err = capsys.readouterr().err
     assert code == 1
     assert error_lines(err) == [
-        refused_line(2, "2026-11-26T08:05:12.500+00:00"),
-        refused_line(6, "2026-11-26T08:45:30.000+00:00"),
+        refused_line(1, "2026-11-26T08:05:12.500+00:00"),
+        refused_line(2, "2026-11-26T08:45:30.000+00:00"),
     ]
     assert err.splitlines()[-1] == (
         "error: Cumulocity refused 2 of the 7 events it acknowledged (the ERROR lines above say "
         "which and why; `dashkanban outbox status` counts them); they are not sent again"
     )
     assert "delivered" not in err.splitlines()[-1]
-    # The sandbox answers `s/e` before the PUBACK, so the press's own line says so too.
-    assert err.count(f"{B2} pressed at 2026-11-26T08:05:12.500+00:00: acknowledged, but "
-                     "refused by Cumulocity\n") == 1
-    assert err.count(": delivered\n") == 5
+    # Cumulocity (and the sandbox) answer `s/e` after the PUBACK: the press's own line was
+    # written on its PUBACK, and its ERROR line follows it.
+    pressed = f"{B2} pressed at 2026-11-26T08:05:12.500+00:00: delivered\n"
+    assert err.count(pressed) == 1
+    assert err.index(pressed) < err.index(refused_line(1, "2026-11-26T08:05:12.500+00:00"))
+    assert err.count(": delivered\n") == 7
     # The other five arrived; the two refused did not.
-    assert sorted(events_text(sandbox)) == ["A3"] * 3 + ["C7"] * 2
+    assert sorted(events_text(sandbox)) == ["dashButton_1"] * 3 + ["dashButton_3"] * 2
 
     assert main(["outbox", "status", "-c", str(config)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -105,28 +121,29 @@ def test_replay_names_each_refused_line_counts_them_and_exits_1(
         r"400,c8y_MAC_Event,,2026-11-26T08:45:30\.000\+00:00\)", line), line
 
 
-def test_test_button_of_a_refused_press_exits_1_and_the_count_adds_up(
+def test_test_button_that_delivers_a_refused_row_exits_1_and_the_count_adds_up(
         tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    """`test-button` delivers the whole outbox: a row queued before it that Cumulocity refuses
+    makes it exit 1, though its own press arrived."""
     config = make_config(tmp_path, sandbox)
     assert main(["test-button", "-c", str(config), "dashButton_1"]) == 0
     capsys.readouterr()
     for attempt in (1, 2):
-        assert main(["test-button", "-c", str(config), "dashButton_2"]) == 1
+        pressed = datetime(2026, 11, 26, 8, 5, attempt, tzinfo=UTC)
+        queue_without_text(tmp_path, pressed)
+        assert main(["test-button", "-c", str(config), "dashButton_1"]) == 1
         out, err = capsys.readouterr()
-        assert out == ""  # no "acknowledged" tick for a press Cumulocity refused
-        [error] = error_lines(err)
-        assert error.startswith("Cumulocity refused 400,c8y_MAC_Event,,")
-        assert error.endswith("): error 45 (invalid arguments): Wrong number of arguments; "
-                              "not sent again")
-        assert f" on s/us/fca6670a0b0c (outbox row {attempt + 1}, {B2} pressed at " in error
+        assert out == ""  # no "acknowledged" tick when Cumulocity refused what it delivered
+        assert error_lines(err) == [refused_line(2 * attempt, pressed.isoformat(
+            timespec="milliseconds"))]
         assert err.splitlines()[-1] == (
-            "error: Cumulocity refused 1 of the 1 event it acknowledged (the ERROR lines above "
+            "error: Cumulocity refused 1 of the 2 events it acknowledged (the ERROR lines above "
             "say which and why; `dashkanban outbox status` counts them); they are not sent again"
         )
         assert main(["outbox", "status", "-c", str(config)]) == 0
         status = capsys.readouterr().out
         assert f"\nrefused by Cumulocity: {attempt} (last: " in status
-    assert events_text(sandbox) == ["A3"]
+    assert events_text(sandbox) == ["dashButton_1"] * 3
 
 
 def test_the_daemon_logs_counts_and_exports_a_refused_press(
@@ -138,6 +155,7 @@ def test_the_daemon_logs_counts_and_exports_a_refused_press(
     config = make_config(tmp_path, sandbox)
     config.write_text(config.read_text() + f"\n[metrics]\nport = {port}\n")
     settings = load_settings(config)
+    queue_without_text(tmp_path, datetime(2026, 11, 26, 8, 5, 12, 500000, tzinfo=UTC))
     caplog.set_level(logging.INFO)
     source = OpenSource()
     delivered: list[Event] = []
@@ -146,10 +164,8 @@ def test_the_daemon_logs_counts_and_exports_a_refused_press(
     runner.start()
     try:
         wait_until(lambda: daemon.uplink is not None and daemon.uplink.connected, "the uplink")
-        t0 = time.time()
-        source.put(Frame(t0, forge.dhcp_client_frame(B2_MAC, forge.DISCOVER)))
-        wait_until(lambda: len(delivered) == 1, "the refused press acknowledged")
-        source.put(Frame(t0 + 1, forge.dhcp_client_frame(B1_MAC, forge.DISCOVER)))
+        wait_until(lambda: len(delivered) == 1, "the refused row acknowledged")
+        source.put(Frame(time.time(), forge.dhcp_client_frame(B1_MAC, forge.DISCOVER)))
         wait_until(lambda: len(delivered) == 2, "the next press acknowledged")
         wait_until(lambda: "dashkanban_c8y_refused_total 1.0" in scrape(port),
                    "the metrics to count the refusal")
@@ -165,7 +181,7 @@ def test_the_daemon_logs_counts_and_exports_a_refused_press(
     [line] = [line for line in status.splitlines() if "by Cumulocity" in line]
     assert line.startswith("refused by Cumulocity: 1 (last: ")
     assert line.endswith(f" 45,400,Wrong number of arguments for 400,c8y_MAC_Event,,{time_of})")
-    assert events_text(sandbox) == ["A3"]
+    assert events_text(sandbox) == ["dashButton_1"]
 
 
 def scrape(port: int) -> str:
@@ -177,10 +193,7 @@ def test_outbox_flush_of_a_queued_row_cumulocity_refuses_exits_1(
         tmp_path: Path, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     """A row queued earlier (by `run`, or an older version) that Cumulocity refuses."""
     config = make_config(tmp_path, sandbox)
-    press = datetime(2026, 11, 26, 8, 5, 12, 500000, tzinfo=UTC)
-    with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
-        outbox.put(Event(time=press, mac="fc:a6:67:0a:0b:0c", serial="fca6670a0b0c",
-                         name="dashButton_2", type="c8y_MAC_Event", text="", trigger="arp"))
+    queue_without_text(tmp_path, datetime(2026, 11, 26, 8, 5, 12, 500000, tzinfo=UTC))
     assert main(["outbox", "flush", "-c", str(config)]) == 1
     out, err = capsys.readouterr()
     assert out == ""  # not "outbox: delivered 1 event"

@@ -167,19 +167,18 @@ def blame(payload: str, sent: Sequence[SentLine], waiting: Collection[int],
     """The line an `s/e` error refers to, or None when none of `sent` has its template.
 
     The error names a template, not a message (`<code>,<template>,<message>`, protocol notes
-    2.7). Among our lines with that template not yet blamed for an error: the oldest whose
-    PUBLISH is still `waiting` for its PUBACK (a broker that processes before acknowledging,
-    as the sandbox does, answers `s/e` first), else the latest acknowledged one (Cumulocity
-    acknowledges on acceptance and processes afterwards, protocol notes 1.5). With several lines
-    of one template in flight it is the best guess the protocol allows."""
+    2.7). Among our lines with that template not yet blamed for an error: the latest one
+    acknowledged (Cumulocity acknowledges on acceptance and processes afterwards, protocol
+    notes 1.5, so the error of a line follows its PUBACK and comes before the PUBACKs of the
+    lines sent after it that are still `waiting`), else the oldest still waiting for its
+    PUBACK (a broker that processes before acknowledging). With several lines of one template
+    in flight it is the best guess the protocol allows."""
     template = decode_error(payload).template
     candidates = [s for s in sent if s.template == template and s.number not in blamed]
     if not template or not candidates:
         return None
-    for line in candidates:
-        if line.message in waiting:
-            return line
-    return candidates[-1]
+    acknowledged = [line for line in candidates if line.message not in waiting]
+    return acknowledged[-1] if acknowledged else candidates[0]
 
 
 def describe_refusal(refusal: Refusal) -> str:

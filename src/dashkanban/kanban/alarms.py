@@ -88,6 +88,7 @@ class OperationOutcome:
 
     bin: str | None  # the bin refilled, None when the operation failed
     publishes: tuple[DeviceLines, ...]
+    operation: str | None = None  # its id (504-506), once the loop has recorded it as handled
 
 
 def alarm_text(bin_: Bin) -> str:

@@ -2,9 +2,11 @@
 
 Every press of a known button is kept with what it meant for its bin (reorder, repeat, refill),
 and every refill with where it came from (the refill button, `dashkanban kanban refilled`, or the
-`c8y_KanbanRefilled` operation). A refill made on the command line is stored with its `306` lines
-as "pending clear" until the uplink has sent them. Rows older than `[kanban] history_days` are
-pruned when the history is opened; pending clears are kept until sent.
+`c8y_KanbanRefilled` operation). A refill made on the command line is stored with its `306`
+lines as "pending clear" until the uplink has sent them. Rows older than `[kanban] history_days`
+are pruned when the history is opened; pending clears are kept until sent. Operations are kept
+by id (the last OPERATIONS_KEPT), each with its answer until the outbox has it, so a re-delivered
+operation is answered once, also after a restart.
 """
 
 from __future__ import annotations
@@ -57,7 +59,19 @@ CREATE TABLE IF NOT EXISTS overdue (
     ts       REAL NOT NULL,
     cleared  INTEGER NOT NULL DEFAULT 0  -- 1 once a refill cleared it
 );
+CREATE TABLE IF NOT EXISTS operations (
+    seq     INTEGER PRIMARY KEY,  -- in the order handled: the oldest are forgotten first
+    id      TEXT NOT NULL UNIQUE, -- Cumulocity's operation id
+    time    TEXT NOT NULL,        -- when it was handled
+    pending TEXT                  -- JSON [[serial or null, [line, ...]], ...] of its answer
+                                  -- (504, clears, 505/506) until the outbox has it; then NULL
+);
 """
+
+# Operation ids kept (issue 15: an operation is answered once, also across a restart). `500`
+# re-delivers only operations still PENDING, whose answer is at most a backlog old, so the
+# last 10,000 are plenty; the ones whose answer is not yet queued are never forgotten.
+OPERATIONS_KEPT = 10_000
 
 
 class HistoryError(DashkanbanError):
@@ -141,7 +155,7 @@ class History:
         self, bin_name: str, time: datetime, source: str, pending: Sequence[DeviceLines] = ()
     ) -> int:
         """Keep a refill; `pending` are the lines still to be sent (NULL when none)."""
-        payload = json.dumps([[p.serial, list(p.lines)] for p in pending]) if pending else None
+        payload = _lines_json(pending) if pending else None
         with self._transaction():
             cursor = self._db.execute(
                 "INSERT INTO refills (time, ts, bin, source, pending) VALUES (?,?,?,?,?)",
@@ -159,6 +173,54 @@ class History:
                 "INSERT INTO overdue (bin, serial, reorder, time, ts) VALUES (?,?,?,?,?)",
                 (bin_name, serial, reordered.timestamp(), _iso(time), time.timestamp()),
             )
+
+    def record_operation(self, op_id: str, time: datetime, publishes: Sequence[DeviceLines],
+                         refilled: str | None) -> None:
+        """Keep an operation as handled, with its answer pending until the outbox has it
+        (`answer_queued`), and the refill it made (`refilled`: the bin, None when it failed):
+        one transaction, so a restart knows both or neither. The oldest ids beyond
+        OPERATIONS_KEPT whose answers went out are forgotten."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO operations (id, time, pending) VALUES (?,?,?)",
+                (op_id, _iso(time), _lines_json(publishes)),
+            )
+            if refilled is not None:
+                self._db.execute(
+                    "INSERT INTO refills (time, ts, bin, source, pending) VALUES (?,?,?,?,NULL)",
+                    (_iso(time), time.timestamp(), refilled, "operation"),
+                )
+                self._clear_overdue(refilled)
+            self._db.execute(
+                "DELETE FROM operations WHERE pending IS NULL AND seq <= "
+                "(SELECT MAX(seq) FROM operations) - ?", (OPERATIONS_KEPT,),
+            )
+
+    def operation(self, op_id: str) -> tuple[DeviceLines, ...] | None:
+        """None for an operation not handled (or long forgotten); else its answer's lines
+        while they are still to be queued, () once the outbox has them."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pending FROM operations WHERE id = ?", (op_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return () if row[0] is None else _lines_from_json(row[0])
+
+    def answer_queued(self, op_id: str) -> None:
+        """The outbox has the operation's answer: only its id is kept."""
+        with self._transaction():
+            self._db.execute("UPDATE operations SET pending = NULL WHERE id = ?", (op_id,))
+
+    def pending_answers(self) -> list[tuple[str, datetime, tuple[DeviceLines, ...]]]:
+        """(id, time, lines) of the operations whose answer is not in the outbox yet (a crash or
+        a full outbox in between), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, time, pending FROM operations WHERE pending IS NOT NULL ORDER BY seq"
+            ).fetchall()
+        return [(op_id, datetime.fromisoformat(time), _lines_from_json(pending))
+                for op_id, time, pending in rows]
 
     def _clear_overdue(self, bin_name: str) -> None:
         self._db.execute("UPDATE overdue SET cleared = 1 WHERE bin = ? AND cleared = 0",
@@ -270,7 +332,7 @@ class History:
                 bin=bin_,
                 time=datetime.fromisoformat(time),
                 source=source,
-                publishes=tuple(DeviceLines(s, tuple(lines)) for s, lines in json.loads(pending)),
+                publishes=_lines_from_json(pending),
             )
             for row_id, bin_, time, source, pending in rows
         ]
@@ -321,6 +383,14 @@ def _make_private_folders(folder: Path) -> None:
         except FileExistsError:
             continue
         item.chmod(0o750)  # mkdir's mode is subject to the umask
+
+
+def _lines_json(publishes: Sequence[DeviceLines]) -> str:
+    return json.dumps([[p.serial, list(p.lines)] for p in publishes])
+
+
+def _lines_from_json(text: str) -> tuple[DeviceLines, ...]:
+    return tuple(DeviceLines(serial, tuple(lines)) for serial, lines in json.loads(text))
 
 
 def _iso(time: datetime) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -91,9 +91,10 @@ class KanbanLoop:
         self.history = history
         self._open: set[str] = set(history.active_bins()) if history else set()
         self._lock = threading.Lock()
-        # Operation ids handled since start: `500` re-delivers an operation that is still PENDING
-        # after a reconnect (its 504/506 may wait in the outbox), and it must clear its bin and
-        # report once. Bounded; an id older than the last HANDLED_MEMORY ones is long done.
+        # Operation ids handled: `500` re-delivers an operation that is still PENDING after a
+        # reconnect (its 504/506 may wait in the outbox), and it must clear its bin and report
+        # once. Kept in the history (table `operations`), so also across a restart; here only
+        # without a history. Bounded; an id older than the last HANDLED_MEMORY ones is long done.
         self._handled: OrderedDict[str, None] = OrderedDict()
         # For measured lead times and overdue bins: each open reorder (bin -> its time and the
         # button that made it), the replenishment times so far, the overdue alarms raised.
@@ -111,10 +112,19 @@ class KanbanLoop:
                 self._samples.setdefault(item.bin, []).append(item.days)
             self._overdue = history.open_overdue()
 
-    def overdue(self, now: datetime) -> tuple[DeviceLines, ...]:
+    def overdue(self, now: datetime,
+                queue: Callable[[DeviceLines], object] | None = None) -> tuple[DeviceLines, ...]:
         """Raise `c8y_KanbanOverdue` for each reorder open longer than its lead time at `now`,
-        once per open reorder (kept in the history, so also once across restarts). The caller
-        queues the lines in the outbox (`wiring.queue_overdue`). Nothing with alarms off."""
+        once per open reorder (kept in the history, so also once across restarts). Nothing with
+        alarms off.
+
+        `queue` (`wiring.queue_overdue` gives the outbox's) takes each alarm's lines before the
+        alarm is recorded as raised: when it raises (a full outbox), that alarm and the ones
+        after it are not recorded, so the next check raises them again instead of never, and
+        the exception goes to the caller. Recorded but not queued cannot happen; queued but not
+        recorded (the history failing just after) raises it once more, which Cumulocity
+        de-duplicates into the active alarm (count + 1). Without `queue` the caller queues the
+        lines returned."""
         if not self.settings.alarms:
             return ()
         with self._lock:
@@ -126,8 +136,11 @@ class KanbanLoop:
                 bin_ = self.bins.get(item.bin)
                 if bin_ is None:  # pragma: no cover - find_overdue only returns known bins
                     continue
-                found.append(overdue_lines(bin_, item.serial, self.settings.overdue_severity,
-                                           item.reordered, item.lead_days, now))
+                lines = overdue_lines(bin_, item.serial, self.settings.overdue_severity,
+                                      item.reordered, item.lead_days, now)
+                if queue is not None:
+                    queue(lines)  # first: a refusal leaves it unrecorded, raised next time
+                found.append(lines)
                 self._overdue[item.bin] = item.serial
                 if self.history is not None:
                     self.history.record_overdue(item.bin, item.serial, item.reordered, now)
@@ -221,24 +234,50 @@ class KanbanLoop:
         OperationOutcome | None
     ):
         op_id = operation_id(line)
-        if op_id is not None and op_id in self._handled:
-            log.info("operation %s delivered again: already handled", op_id)
-            return None
+        if op_id is not None:
+            answer = self._known(op_id)
+            if answer == ():
+                log.info("operation %s delivered again: already handled", op_id)
+                return None
+            if answer is not None:
+                # Handled, but its answer never reached the outbox (full, or a crash): hand the
+                # same answer out again, without refilling the bin a second time.
+                log.info("operation %s delivered again: its answer is queued now", op_id)
+                return OperationOutcome(None, answer, op_id)
         outcome = handle_operation(line, self.bins, gateway_serial)
-        if outcome is not None and op_id is not None:
-            self._handled[op_id] = None
-            while len(self._handled) > HANDLED_MEMORY:
-                self._handled.popitem(last=False)
-        if outcome is not None and outcome.bin is not None:
-            bin_name = outcome.bin
+        if outcome is None:
+            return None
+        bin_name = outcome.bin
+        if bin_name is not None:
             self._open.discard(bin_name)
             extra = self._refilled(bin_name, now)
             if extra:
                 outcome = OperationOutcome(bin_name, outcome.publishes + extra)
-            if self.history is not None:
-                self.history.record_refill(bin_name, now, "operation")
             log.info("refill: bin %s (operation)", bin_name)
-        return outcome
+        if op_id is None:  # by fragment (501-503): nothing to recognise it by when it comes again
+            if self.history is not None and bin_name is not None:
+                self.history.record_refill(bin_name, now, "operation")
+            return outcome
+        if self.history is not None:
+            # The id, the refill and the answer in one transaction: a restart knows all or none.
+            self.history.record_operation(op_id, now, outcome.publishes, bin_name)
+        else:
+            self._handled[op_id] = None
+            while len(self._handled) > HANDLED_MEMORY:
+                self._handled.popitem(last=False)
+        return OperationOutcome(bin_name, outcome.publishes, op_id)
+
+    def _known(self, op_id: str) -> tuple[DeviceLines, ...] | None:
+        """None: a new operation; (): handled and answered; else its answer still to queue."""
+        if self.history is not None:
+            return self.history.operation(op_id)
+        return () if op_id in self._handled else None
+
+    def answer_queued(self, outcome: OperationOutcome) -> None:
+        """The outbox has an operation's answer (the router calls this once it queued it): a
+        re-delivery of the operation is now answered by nothing."""
+        if outcome.operation is not None and self.history is not None:
+            self.history.answer_queued(outcome.operation)
 
 
 def refill_from_cli(bins: Bins, bin_name: str, history: History, now: datetime) -> tuple[

@@ -112,10 +112,10 @@ def queue_overdue(loop: KanbanLoop, queue: QueueLines, now: datetime) -> int:
     time at `now`, each as a row of lines in the outbox (`queue`, e.g. `Outbox.put_lines`).
     Returns how many. The daemon calls it on a timer with the wall clock; `replay` with the
     packet clock before each press and at the end of the capture, so a replay is deterministic.
+    Each alarm is recorded as raised only once `queue` took it: a full outbox raises its
+    OutboxFullError here and the alarm is raised at the next check.
     """
-    raised = loop.overdue(now)
-    for publish in raised:
-        queue(device_lines((publish,)), now)
+    raised = loop.overdue(now, lambda publish: queue(device_lines((publish,)), now))
     return len(raised)
 
 
@@ -148,6 +148,11 @@ def queue_pending_clears(history: History, queue: QueueLines) -> int:
             queue(lines, pending.time)
         # After the outbox has it: a crash in between sends the clear twice, which is harmless.
         history.mark_sent(pending.id)
+        done += 1
+    # Answers of operations handled but not queued (a full outbox, or a crash in between).
+    for op_id, time, publishes in history.pending_answers():
+        queue(device_lines(publishes), time)
+        history.answer_queued(op_id)
         done += 1
     return done
 
@@ -200,6 +205,7 @@ class OperationRouter:
                       "again after the next connect", line.template)
             return
         self.queue(device_lines(outcome.publishes), now)
+        self.loop.answer_queued(outcome)  # after: a failed queue leaves the answer pending
 
 
 def make_uplink(settings: Settings, loop: KanbanLoop | None, **options: Any) -> tuple[

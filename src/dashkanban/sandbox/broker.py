@@ -116,13 +116,17 @@ class _Session:
     # Logged in with a TLS client certificate (its CN is the device id): may ask for a token.
     by_certificate: bool = False
     unacknowledged: int = 0
+    # While one of its PUBLISHes is processed: what the platform answers, sent after its PUBACK.
+    held: list[bytes] | None = None
 
     def packet_id(self) -> int:
         self.next_packet_id = self.next_packet_id % 65535 + 1
         return self.next_packet_id
 
     def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
+        if self.held is not None:
+            self.held.append(data)
+        elif not self.writer.is_closing():
             self.writer.write(data)
 
 
@@ -426,13 +430,23 @@ class Broker:
             session.send(mq.ack(mq.PUBREC, packet.packet_id or 0))
             if duplicate:
                 return
-        if session.bootstrap:
-            self._bootstrap_publish(session, packet)
-        else:
-            self._upstream(session, packet.topic, packet.payload)
+        # Cumulocity acknowledges a PUBLISH when it accepts it and processes it afterwards
+        # ("PUBACK means accepted, not processed", docs/protocol.md 1.5): an error on `s/e`, or
+        # an answer on `s/ds`, reaches the client after the PUBACK. The sandbox stores what the
+        # line does first (so a test may read it once the PUBACK came) but holds the answers
+        # back and writes them after the PUBACK (docs/sandbox.md).
+        session.held = []
+        try:
+            if session.bootstrap:
+                self._bootstrap_publish(session, packet)
+            else:
+                self._upstream(session, packet.topic, packet.payload)
+        finally:
+            held, session.held = session.held, None
         if packet.qos == 1:
-            # PUBACK means accepted, not processed; errors come on s/e (docs/protocol.md 1.5).
             session.send(mq.ack(mq.PUBACK, packet.packet_id or 0))
+        for data in held:
+            session.send(data)
 
     def _upstream(self, session: _Session, topic: str, payload: bytes) -> None:
         self.stats["messages_in"] += 1
