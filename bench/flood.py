@@ -24,6 +24,8 @@ the whole bench stops by itself (a 60 s guard per run). Needs root, iproute2, `s
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -38,17 +40,26 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
+
+from dashkanban.capture.ring import RING_BYTES  # noqa: E402
+
+if TYPE_CHECKING:
+    from dashkanban.capture import Frame
+    from dashkanban.capture.live import LiveCapture
+    from dashkanban.pipeline import Pipeline
 
 BUTTONS = 20
 OTHERS = 5000
 COPIES = 3  # a press: the same ARP probe 3 times, 100 ms apart
 DEAD_TIME = 1.0
 AMAZON_BPF = "arp or (udp and src port 68 and dst port 67 and src host 0.0.0.0)"
-DETECTORS = ("dashkanban-list", "dashkanban-candidates", "amazon-dash")
+DETECTORS = ("dashkanban-list", "dashkanban-candidates", "dashkanban-candidates-before",
+             "amazon-dash")
 RUN_GUARD = 60.0  # seconds: the longest one run may take before it is abandoned
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -77,13 +88,16 @@ def worker(kind: str, interface: str) -> None:
     from dashkanban.pipeline import Pipeline
 
     detect = ("arp", "dhcp")
-    programs = (button_programs(buttons, detect) if kind == "dashkanban-list"
+    programs = (button_programs(buttons, detect) if kind.startswith("dashkanban-list")
                 else (candidate_program(detect),))
     registry = Registry(Button(f"button_{i}", mac) for i, mac in enumerate(buttons))
     pipeline = Pipeline(registry, EventSettings("c8y_MAC_Event", "{name}"), detect=detect,
                         dead_time=DEAD_TIME)
-    capture = LiveCapture(interface, detect, programs=programs)
-    signal.signal(signal.SIGTERM, lambda _s, _f: capture.stop())
+    before = kind.endswith("-before")
+    # Before (main at 3c16e72): frames() on a thread of its own, one recvmsg() per frame into
+    # the socket's default receive buffer. After: run() on an event loop, the receive ring.
+    capture = LiveCapture(interface, detect, programs=programs, ring_bytes=0 if before else
+                          RING_BYTES)
     found: list[str] = []
 
     def ready() -> None:
@@ -94,9 +108,31 @@ def worker(kind: str, interface: str) -> None:
             time.sleep(0.01)
 
     threading.Thread(target=ready, daemon=True).start()
-    for press in pipeline.run_presses(capture.frames(), time.monotonic):
-        found.append(press.button.mac)
-    print(json.dumps({"presses": sorted(set(found)), "received": capture.received}), flush=True)
+    if before:
+        signal.signal(signal.SIGTERM, lambda _s, _f: capture.stop())
+        for press in pipeline.run_presses(capture.frames(), time.monotonic):
+            found.append(press.button.mac)
+    else:
+        asyncio.run(_run_async(capture, pipeline, found))
+    stats = capture.statistics()
+    print(json.dumps({"presses": sorted(set(found)), "received": capture.received,
+                      "drops": stats.drops}), flush=True)
+
+
+async def _run_async(capture: LiveCapture, pipeline: Pipeline, found: list[str]) -> None:
+    """What the daemon's capture task does: `LiveCapture.run` with the pipeline as handler."""
+    feed = pipeline.feed
+    monotonic = time.monotonic
+
+    def handle(frame: Frame) -> None:
+        event = feed(frame, monotonic())
+        if event is not None:
+            found.append(event.mac)
+
+    task = asyncio.create_task(capture.run(handle))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def amazon_dash(interface: str, buttons: list[str]) -> None:
@@ -255,7 +291,7 @@ def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, s
         sent, took = traffic.send(sock, rate, seconds)
         time.sleep(0.3)  # let the socket drain what it holds
         cpu1 = cpu_seconds(proc.pid)
-        drops = socket_drops(ns_b, proc.pid)
+        ss_drops = socket_drops(ns_b, proc.pid)
         proc.send_signal(signal.SIGTERM)
         for _ in range(5):
             sock.send(traffic.sync)  # a frame wakes a sniffer blocked in recv
@@ -270,15 +306,35 @@ def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, s
         raise SystemExit(f"{kind} gave no result: {err[-800:]}")
     result = json.loads(lines[-1])
     pressed = [m for m in result["presses"] if m != button_mac(99)]
+    # dashkanban's own PACKET_STATISTICS (ring or receive buffer full); scapy's from `ss`
+    drops = result.get("drops", ss_drops)
+    received = result["received"]
     return {
         "detector": kind,
         "rate": sent / took,
         "cpu": 100 * (cpu1 - cpu0) / (took + 0.3),
-        "received": result["received"],
+        "us_per_frame": 1e6 * (cpu1 - cpu0) / max(1, received),
+        "received": received,
         "drops": drops,
+        "dropped_pct": None if drops is None else 100 * drops / max(1, received + drops),
         "presses": len(pressed),
         "sent": sent,
     }
+
+
+def print_ratio(at_rate: dict[str, dict[str, object]]) -> None:
+    """The candidate filter after (ring, run()) as a ratio to before (recvmsg, frames())."""
+    after = at_rate.get("dashkanban-candidates")
+    before = at_rate.get("dashkanban-candidates-before")
+    if after is None or before is None:
+        return
+    ratios = []
+    for name, key in (("CPU", "cpu"), ("µs/frame", "us_per_frame")):
+        new, old = after[key], before[key]
+        assert isinstance(new, float)
+        assert isinstance(old, float)
+        ratios.append(f"{name} {new / max(1e-9, old):.2f}x")
+    print(f"{'':10}  candidate filter, after / before: {', '.join(ratios)}", flush=True)
 
 
 def main() -> int:
@@ -316,16 +372,20 @@ def main() -> int:
         thread.start()
         thread.join()
         sock = holder[0]  # a socket keeps its namespace: this thread may send on it
-        print(f"{'flood /s':>10}  {'detector':24} {'CPU %':>7} {'received':>9} {'drops':>8} "
-              f"{'presses':>8}")
+        print(f"{'flood /s':>10}  {'detector':28} {'CPU %':>6} {'µs/frame':>8} {'received':>9} "
+              f"{'dropped':>16} {'presses':>7}")
         for rate in rates:
+            at_rate: dict[str, dict[str, object]] = {}
             for kind in detectors:
                 row = run_one(kind, rate, args.seconds, ns, traffic, sock)
                 rows.append(row)
-                drops = "?" if row["drops"] is None else f"{row['drops']:,}"
-                print(f"{row['rate']:10,.0f}  {kind:24} {row['cpu']:7.1f} "
-                      f"{row['received']:9,} {drops:>8} {row['presses']:>5}/{BUTTONS}",
-                      flush=True)
+                at_rate[kind] = row
+                drops = ("?" if row["drops"] is None
+                         else f"{row['drops']:,} ({row['dropped_pct']:.2f} %)")
+                print(f"{row['rate']:10,.0f}  {kind:28} {row['cpu']:6.1f} "
+                      f"{row['us_per_frame']:8.2f} {row['received']:9,} {drops:>16} "
+                      f"{row['presses']:>4}/{BUTTONS}", flush=True)
+            print_ratio(at_rate)
         sock.close()
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
