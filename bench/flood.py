@@ -2,6 +2,7 @@
 """Benchmark: button presses amid a flood of other devices' ARP, live, in network namespaces.
 
     sudo .venv/bin/python bench/flood.py [--rates 2000,10000,60000,120000,max] [--seconds 3]
+        [--detectors dashkanban-candidates,dashkanban-candidates-before] [--ring BYTES]
 
 Two namespaces joined by a veth pair this script makes and removes. From namespace A, one
 sender (a Python raw socket, on core 0) sends ARP requests from 5,000 other MACs at each rate, and
@@ -11,12 +12,19 @@ does). In namespace B, pinned to core 1, each detector listens on the same traff
 - dashkanban, the button list in the kernel filter (`[buttons] source = csv`): LiveCapture with
   capture/bpf.py's button program, then the daemon's pipeline (decode, match, debounce);
 - dashkanban, the candidate filter (`source = inventory | both`, discover): the same, with the
-  candidate program, so every ARP frame reaches Python;
+  candidate program, so every ARP frame reaches Python. Both as the daemon reads them since
+  issue 11/16: `LiveCapture.run` on an asyncio loop, `pipeline.feed` per frame, the receive ring
+  (`--ring` bytes);
+- dashkanban-candidates-before: the candidate filter as read before (main at 3c16e72):
+  `frames()` with one recvmsg() per frame into the socket's default receive buffer, on a thread,
+  through `Pipeline.run_presses`;
 - amazon-dash's method: scapy `sniff(iface, filter=<its BPF>, prn=callback)`.
 
 Printed per rate and detector: CPU % of one core used by the detector process while the flood
-runs (utime + stime from /proc), frames the socket received and dropped (from `ss -0 -m`: the
-socket's `d` counter), and presses detected out of 20. Bounded: each run floods for --seconds,
+runs (utime + stime from /proc), that CPU time per frame received (µs: at saturation, the cost of
+a frame), frames received and dropped (dashkanban: its socket's PACKET_STATISTICS; scapy: `ss -0
+-m`'s `d` counter), presses detected out of 20, and per rate the candidate filter's CPU and µs per
+frame after as a ratio to before. Bounded: each run floods for --seconds,
 the whole bench stops by itself (a 60 s guard per run). Needs root, iproute2, `ss`, scapy
 (the bench extra). Nothing is asserted: the figures go to README.md and docs/capture.md.
 """
@@ -62,6 +70,7 @@ DETECTORS = ("dashkanban-list", "dashkanban-candidates", "dashkanban-candidates-
              "amazon-dash")
 RUN_GUARD = 60.0  # seconds: the longest one run may take before it is abandoned
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RING_ENV = "DASHKANBAN_FLOOD_RING"  # --ring, handed to the workers
 
 
 def button_mac(i: int) -> str:
@@ -97,7 +106,7 @@ def worker(kind: str, interface: str) -> None:
     # Before (main at 3c16e72): frames() on a thread of its own, one recvmsg() per frame into
     # the socket's default receive buffer. After: run() on an event loop, the receive ring.
     capture = LiveCapture(interface, detect, programs=programs, ring_bytes=0 if before else
-                          RING_BYTES)
+                          int(os.environ.get(RING_ENV, RING_BYTES)))
     found: list[str] = []
 
     def ready() -> None:
@@ -342,6 +351,8 @@ def main() -> int:
     parser.add_argument("--rates", default="2000,10000,60000,120000,max")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--detectors", default=",".join(DETECTORS))
+    parser.add_argument("--ring", type=int, default=RING_BYTES,
+                        help="receive ring bytes of the 'after' detectors (default %(default)s)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "IFACE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -352,6 +363,7 @@ def main() -> int:
     if not 0.5 < args.seconds <= 20:
         sys.exit("--seconds must be between 0.5 and 20")
     rates = [None if r == "max" else float(r) for r in args.rates.split(",")]
+    os.environ[RING_ENV] = str(args.ring)
     detectors = args.detectors.split(",")
     from tests.e2e.netns import enter
 

@@ -227,6 +227,7 @@ def test_run_raises_what_the_handler_raises(veth_pair: Pair) -> None:
 
 
 END = forge.arp_frame(1, SYNC, "10.9.9.9", "10.9.9.2")
+VENDOR = b"\x2b\xfe" + bytes(254)  # DHCP option 43, 256 bytes
 
 
 def synced_frames(pair: Pair, capture: LiveCapture, out: socket.socket
@@ -266,11 +267,11 @@ def _wait_for(capture: LiveCapture, packets: int) -> Statistics:
 
 
 def test_a_full_ring_drops_and_packet_statistics_count_them(veth_pair: Pair) -> None:
-    """A ring of one page holds two frames: ten sent while nobody reads, the first two are
-    kept, eight dropped, and PACKET_STATISTICS says so (added up: the kernel resets it)."""
+    """A ring of one page holds eight frames: twenty sent while nobody reads, the first eight
+    are kept, twelve dropped, and PACKET_STATISTICS says so (added up: the kernel resets it)."""
     capture = LiveCapture(veth_pair.if_b, ("arp",), ring_bytes=4096)
     frames: Generator[Frame, None, None] = (f for f in ())
-    sent = [forge.arp_frame(1, BUTTON, "0.0.0.0", f"192.168.10.{i}") for i in range(1, 11)]
+    sent = [forge.arp_frame(1, BUTTON, "0.0.0.0", f"192.168.10.{i}") for i in range(1, 21)]
     out = sender(veth_pair)
     try:
         frames = synced_frames(veth_pair, capture, out)
@@ -278,10 +279,10 @@ def test_a_full_ring_drops_and_packet_statistics_count_them(veth_pair: Pair) -> 
         assert baseline.drops == 0
         for frame in sent:  # the generator is suspended: nothing reads the ring
             out.send(frame)
-        counts = _wait_for(capture, baseline.packets + 10)
-        assert counts == Statistics(baseline.packets + 10, 8)
+        counts = _wait_for(capture, baseline.packets + 20)
+        assert counts == Statistics(baseline.packets + 20, 12)
         assert capture.statistics() == counts  # read again: added up, not reset to 0
-        got = [next(frames), next(frames)]  # the two the ring kept, then room for more
+        got = [next(frames) for _ in range(8)]  # the eight the ring kept, then room for more
         out.send(MARK)
         got.append(next(frames))
     finally:
@@ -289,14 +290,15 @@ def test_a_full_ring_drops_and_packet_statistics_count_them(veth_pair: Pair) -> 
         frames.close()
         capture.close()
         out.close()
-    assert [f.data for f in got] == [*sent[:2], MARK]
+    assert [f.data for f in got] == [*sent[:8], MARK]
 
 
 def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
         veth_pair: Pair) -> None:
-    """Eight slots in four blocks; 6 rounds of 5 frames wrap the ring three times over: every
-    frame arrives, in order, with its VLAN. A frame namespace B itself sends is not one."""
-    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), ring_bytes=4 * 4096)
+    """Sixteen slots in two blocks; 6 rounds of 6 frames wrap the ring twice: every frame
+    arrives whole, in order, with its VLAN, also one too long for its slot (queued whole on
+    the socket by the kernel). A frame namespace B itself sends is not one."""
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), ring_bytes=2 * 4096)
     frames: Generator[Frame, None, None] = (f for f in ())
     out = sender(veth_pair)
 
@@ -311,8 +313,12 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
     try:
         frames = synced_frames(veth_pair, capture, out)
         for r in range(6):
-            batch = [forge.arp_frame(1, BUTTON, "0.0.0.0", f"192.168.{r}.{i}",
-                                     vlans=(10 + i,) if i % 2 else ()) for i in range(1, 6)]
+            tags = [(10 + i,) if i % 2 else () for i in range(5)]
+            batch = [forge.arp_frame(1, BUTTON, "0.0.0.0", f"192.168.{r}.{i}", vlans=tags[i])
+                     for i in range(4)]
+            # over 1,000 bytes (a slot holds 446), tagged in one round, not in the next
+            batch.append(forge.dhcp_client_frame(BUTTON, forge.DISCOVER, vlans=tags[r % 2],
+                                                 extra_options=VENDOR * 3))
             mine.send(forge.arp_frame(1, "02:dd:00:00:00:0b", "10.8.8.8", "10.8.8.1"))
             for frame in batch:
                 out.send(frame)
@@ -321,8 +327,8 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
             while (frame := next(frames)).data != MARK:
                 got.append(frame)
             rounds.append(got)
-            sent.append([(f[:12] + f[16:], 10 + i) if i % 2 else (f, None)
-                         for i, f in enumerate(batch, 1)])
+            sent.append([(f[:12] + f[16:], tag[0]) if tag else (f, None)
+                         for f, tag in zip(batch, [*tags[:4], tags[r % 2]], strict=True)])
         counts = capture.statistics()
     finally:
         capture.stop()
@@ -331,4 +337,5 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
         out.close()
         mine.close()
     assert [[(f.data, f.vlan) for f in got] for got in rounds] == sent
+    assert len(sent[0][-1][0]) > 1000
     assert counts.drops == 0
