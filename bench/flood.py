@@ -54,8 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from dashkanban.capture.ring import RING_BYTES  # noqa: E402
-
 if TYPE_CHECKING:
     from dashkanban.capture import Frame
     from dashkanban.capture.live import LiveCapture
@@ -105,8 +103,9 @@ def worker(kind: str, interface: str) -> None:
     before = kind.endswith("-before")
     # Before (main at 3c16e72): frames() on a thread of its own, one recvmsg() per frame into
     # the socket's default receive buffer. After: run() on an event loop, the receive ring.
-    capture = LiveCapture(interface, detect, programs=programs, ring_bytes=0 if before else
-                          int(os.environ.get(RING_ENV, RING_BYTES)))
+    ring = os.environ.get(RING_ENV)
+    capture = LiveCapture(interface, detect, programs=programs,
+                          ring_bytes=0 if before else int(ring) if ring else None)
     found: list[str] = []
 
     def ready() -> None:
@@ -351,8 +350,8 @@ def main() -> int:
     parser.add_argument("--rates", default="2000,10000,60000,120000,max")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--detectors", default=",".join(DETECTORS))
-    parser.add_argument("--ring", type=int, default=RING_BYTES,
-                        help="receive ring bytes of the 'after' detectors (default %(default)s)")
+    parser.add_argument("--ring", type=int, help="receive ring bytes of the 'after' detectors "
+                        "(default: as the daemon, by the program)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "IFACE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -363,7 +362,8 @@ def main() -> int:
     if not 0.5 < args.seconds <= 20:
         sys.exit("--seconds must be between 0.5 and 20")
     rates = [None if r == "max" else float(r) for r in args.rates.split(",")]
-    os.environ[RING_ENV] = str(args.ring)
+    if args.ring is not None:
+        os.environ[RING_ENV] = str(args.ring)
     detectors = args.detectors.split(",")
     from tests.e2e.netns import enter
 

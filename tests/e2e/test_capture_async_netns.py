@@ -16,9 +16,9 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from dashkanban.capture import Frame
+from dashkanban.capture import Frame, bpf
 from dashkanban.capture.live import LiveCapture
-from dashkanban.capture.ring import RING_BYTES, Statistics
+from dashkanban.capture.ring import BUTTON_RING_BYTES, RING_BYTES, Statistics
 from tests import forge
 from tests.e2e.netns import Pair, enter, in_netns, ip, sender
 
@@ -129,9 +129,9 @@ def running(pair: Pair, capture: LiveCapture, handle: Callable[[Frame], None]
         loop.close()
 
 
-@pytest.mark.parametrize("ring_bytes", [RING_BYTES, 0], ids=["ring", "recvmsg"])
+@pytest.mark.parametrize("ring_bytes", [None, 0], ids=["ring", "recvmsg"])
 def test_run_hands_frames_to_handle_on_the_loop_and_stops_when_cancelled(
-        veth_pair: Pair, ring_bytes: int) -> None:
+        veth_pair: Pair, ring_bytes: int | None) -> None:
     probe = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.10.51")
     tagged = forge.dhcp_client_frame(BUTTON, forge.DISCOVER, vlans=(20,))
     qinq = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.10.52", vlans=(300, 30))
@@ -143,6 +143,8 @@ def test_run_hands_frames_to_handle_on_the_loop_and_stops_when_cancelled(
     try:
         with running(veth_pair, capture, delivered.handle) as (loop, task):
             delivered.sync(out)
+            ring = capture._ring
+            assert (ring and ring.size) == (RING_BYTES if ring_bytes is None else None)
             for frame in (noise, probe, tagged, noise, qinq, MARK):
                 out.send(frame)
             got = delivered.until_mark()
@@ -164,6 +166,22 @@ def test_run_hands_frames_to_handle_on_the_loop_and_stops_when_cancelled(
         (qinq[:12] + qinq[16:], 300),
     ]
     assert all(abs(f.timestamp - time.time()) < 60 for f in got)  # the kernel's wall clock
+
+
+def test_a_button_filter_gets_a_small_ring(veth_pair: Pair) -> None:
+    """Behind the button list only the buttons' frames arrive: 256 KiB, not 2 MiB, of the
+    daemon's resident memory (the ring's pages are mapped from the start)."""
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"),
+                          programs=bpf.button_programs([SYNC, BUTTON], ("arp", "dhcp")))
+    delivered = Delivered()
+    out = sender(veth_pair)
+    try:
+        with running(veth_pair, capture, delivered.handle):
+            delivered.sync(out)
+            assert capture._ring is not None
+            assert capture._ring.size == BUTTON_RING_BYTES
+    finally:
+        out.close()
 
 
 def test_run_reopens_a_socket_whose_interface_went_away(

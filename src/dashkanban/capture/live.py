@@ -29,7 +29,13 @@ from pathlib import Path
 from dashkanban.backoff import Backoff
 from dashkanban.capture.bpf import Instruction, Program, candidate_program
 from dashkanban.capture.frame import Frame
-from dashkanban.capture.ring import RING_BYTES, Ring, Statistics, packet_statistics
+from dashkanban.capture.ring import (
+    BUTTON_RING_BYTES,
+    RING_BYTES,
+    Ring,
+    Statistics,
+    packet_statistics,
+)
 from dashkanban.errors import CaptureError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
@@ -164,8 +170,10 @@ class LiveCapture:
     a missing CAP_NET_RAW raises PermissionDeniedError at once. Frames carry the kernel's receive
     time (wall clock) and as vlan the tag the kernel stripped.
 
-    `ring_bytes`: the size of the PACKET_MMAP receive ring (capture/ring.py); 0 reads with one
-    recvmsg() per frame instead, as before the ring (and as when the kernel refuses a ring).
+    `ring_bytes`: the size of the PACKET_MMAP receive ring (capture/ring.py); None: by the
+    program attached when the socket opens (RING_BYTES behind the candidate filter,
+    BUTTON_RING_BYTES behind a button filter); 0 reads with one recvmsg() per frame instead, as
+    before the ring (and as when the kernel refuses a ring).
     """
 
     def __init__(
@@ -176,7 +184,7 @@ class LiveCapture:
         promiscuous: bool = False,
         wall_clock: Callable[[], float] = time.time,
         programs: Sequence[Program] | None = None,
-        ring_bytes: int = RING_BYTES,
+        ring_bytes: int | None = None,
     ) -> None:
         """`programs`: the kernel filters to try, most selective first (capture/bpf.py's
         `button_programs`); default: the candidate program of `detect`. `wall_clock`: the
@@ -250,10 +258,14 @@ class LiveCapture:
     def _make_ring(self, sock: socket.socket) -> Ring | None:
         """The socket's receive ring; None (read with recvmsg) when `ring_bytes` is 0 or the
         kernel refuses one (said once, at WARNING: the capture works, at a higher cost)."""
-        if not self.ring_bytes:
+        size = self.ring_bytes
+        if size is None:
+            buttons = self.program is not None and self.program.kind != "candidates"
+            size = BUTTON_RING_BYTES if buttons else RING_BYTES
+        if not size:
             return None
         try:
-            return Ring(sock, self.ring_bytes)
+            return Ring(sock, size)
         except OSError as exc:
             if not self._ring_refused:
                 log.warning("no receive ring on %s (%s): reading frames one system call at a "
