@@ -212,6 +212,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def waiting_seconds(pid: int) -> float:
+    """Time the process was runnable but waited for a CPU (the kernel's schedstat): a detector
+    that drops while it waits is starved by the machine's other work, not too slow."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def socket_drops(ns: str, pid: int) -> int | None:
     """Frames the worker's packet socket dropped (a full receive buffer): `ss -0 -m`'s `d`."""
     out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-0", "-m", "-n", "-p"],
@@ -280,10 +292,10 @@ class Traffic:
 
 
 def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, str, str],
-            traffic: Traffic, sock: socket.socket) -> dict[str, object]:
+            traffic: Traffic, sock: socket.socket, nice: int = 0) -> dict[str, object]:
     _ns_a, ns_b, _if_a, if_b = ns
-    cmd = ["ip", "netns", "exec", ns_b, "taskset", "-c", "1", sys.executable,
-           str(Path(__file__).resolve()), "--worker", kind, if_b]
+    cmd = ["ip", "netns", "exec", ns_b, "taskset", "-c", "1", "nice", "-n", str(nice),
+           sys.executable, str(Path(__file__).resolve()), "--worker", kind, if_b]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     guard = threading.Timer(RUN_GUARD, proc.kill)
@@ -295,10 +307,10 @@ def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, s
         for _ in range(20):  # the socket is bound: let a few sync frames through first
             sock.send(traffic.sync)
         time.sleep(0.3)
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, wait0 = cpu_seconds(proc.pid), waiting_seconds(proc.pid)
         sent, took = traffic.send(sock, rate, seconds)
         time.sleep(0.3)  # let the socket drain what it holds
-        cpu1 = cpu_seconds(proc.pid)
+        cpu1, wait1 = cpu_seconds(proc.pid), waiting_seconds(proc.pid)
         ss_drops = socket_drops(ns_b, proc.pid)
         proc.send_signal(signal.SIGTERM)
         for _ in range(5):
@@ -322,6 +334,7 @@ def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, s
         "rate": sent / took,
         "cpu": 100 * (cpu1 - cpu0) / (took + 0.3),
         "us_per_frame": 1e6 * (cpu1 - cpu0) / max(1, received),
+        "waited": 100 * (wait1 - wait0) / (took + 0.3),
         "received": received,
         "drops": drops,
         "dropped_pct": None if drops is None else 100 * drops / max(1, received + drops),
@@ -350,6 +363,9 @@ def main() -> int:
     parser.add_argument("--rates", default="2000,10000,60000,120000,max")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--detectors", default=",".join(DETECTORS))
+    parser.add_argument("--nice", type=int, default=0,
+                        help="the detectors' nice value (-10: ahead of the machine's other work, "
+                        "as on a gateway that runs little else)")
     parser.add_argument("--ring", type=int, help="receive ring bytes of the 'after' detectors "
                         "(default: as the daemon, by the program)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "IFACE"), help=argparse.SUPPRESS)
@@ -384,17 +400,17 @@ def main() -> int:
         thread.start()
         thread.join()
         sock = holder[0]  # a socket keeps its namespace: this thread may send on it
-        print(f"{'flood /s':>10}  {'detector':28} {'CPU %':>6} {'µs/frame':>8} {'received':>9} "
-              f"{'dropped':>16} {'presses':>7}")
+        print(f"{'flood /s':>10}  {'detector':28} {'CPU %':>6} {'wait %':>6} {'µs/frame':>8} "
+              f"{'received':>9} {'dropped':>16} {'presses':>7}")
         for rate in rates:
             at_rate: dict[str, dict[str, object]] = {}
             for kind in detectors:
-                row = run_one(kind, rate, args.seconds, ns, traffic, sock)
+                row = run_one(kind, rate, args.seconds, ns, traffic, sock, args.nice)
                 rows.append(row)
                 at_rate[kind] = row
                 drops = ("?" if row["drops"] is None
                          else f"{row['drops']:,} ({row['dropped_pct']:.2f} %)")
-                print(f"{row['rate']:10,.0f}  {kind:28} {row['cpu']:6.1f} "
+                print(f"{row['rate']:10,.0f}  {kind:28} {row['cpu']:6.1f} {row['waited']:6.1f} "
                       f"{row['us_per_frame']:8.2f} {row['received']:9,} {drops:>16} "
                       f"{row['presses']:>4}/{BUTTONS}", flush=True)
             print_ratio(at_rate)
