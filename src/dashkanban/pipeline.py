@@ -73,10 +73,11 @@ class Pipeline:
 
     def feed(self, frame: Frame, now: float | None = None) -> Event | None:
         """One frame; `now` is the pipeline clock (default: the frame's timestamp)."""
-        sighting = self._decoder.decode(frame.data, frame.timestamp, frame.vlan)
+        timestamp, data, vlan = frame  # one unpacking, not three NamedTuple look-ups: per frame
+        sighting = self._decoder.decode(data, timestamp, vlan)
         if sighting is None:
             return None
-        press = self._match(sighting, frame.timestamp if now is None else now)
+        press = self._match(sighting, timestamp if now is None else now)
         return None if press is None else make_event(press, self._event)
 
     def run(
