@@ -82,7 +82,7 @@ class Ring:
     Raises OSError when the kernel refuses (ENOMEM: no contiguous memory; EINVAL: a kernel
     without TPACKET_V2), and the socket is then left as it was, ring-less."""
 
-    __slots__ = ("_count", "_map", "_next", "_sock", "_words", "size", "truncated")
+    __slots__ = ("_count", "_map", "_next", "_outgoing", "_sock", "_words", "size", "truncated")
 
     def __init__(self, sock: socket.socket, size: int = RING_BYTES) -> None:
         block = BLOCK_SIZE if size >= 4 * BLOCK_SIZE else mmap.PAGESIZE  # small: tests
@@ -99,9 +99,11 @@ class Ring:
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(16))  # unmapped: tear it down
             raise
         # Frames this host sends are never a button: leave them out of the ring when the
-        # kernel can (4.20+); the slot's sll_pkttype is checked as well.
+        # kernel can (4.20+); else the slot's sll_pkttype says which they are.
+        self._outgoing = True
         with contextlib.suppress(OSError):
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            self._outgoing = False
         self._sock = sock
         self._map = ring
         self._words = memoryview(ring).cast("I")  # tp_status of slot i: words[i * 128]
@@ -122,30 +124,35 @@ class Ring:
         index = self._next
         count = self._count
         step = FRAME_SIZE >> 2
+        ours = self._outgoing  # our own frames may be in the ring: the kernel is older than 4.20
         new = tuple.__new__  # Frame(...) runs NamedTuple's Python-level __new__: 3x the cost
         done = 0
-        while done < limit:
-            status = words[index * step]
-            if not status & TP_STATUS_USER:
-                break
-            base = index * FRAME_SIZE
-            _status, length, snap, mac, _net, sec, nsec, tci, _tpid = unpack(ring, base)
-            outgoing = ring[base + _PKTTYPE] == PACKET_OUTGOING
-            start = base + mac
-            data = ring[start : start + snap]
-            words[index * step] = TP_STATUS_KERNEL
-            index += 1
-            if index == count:
-                index = 0
-            self._next = index
-            done += 1
-            if outgoing:
-                continue
-            if snap < length:
-                data = self._whole(data, status)
-            # As PACKET_AUXDATA was read before the ring: the tag the kernel stripped.
-            vlan = tci & 0x0FFF if status & TP_STATUS_VLAN_VALID or tci else None
-            handle(new(Frame, (sec + nsec * 1e-9, data, vlan)))
+        try:
+            while done < limit:
+                # The status first, on its own, and the rest only once it says the slot is
+                # ours: the kernel writes the slot, then (after a write barrier) its status.
+                status = words[index * step]
+                if not status & TP_STATUS_USER:
+                    break
+                base = index * FRAME_SIZE
+                _status, length, snap, mac, _net, sec, nsec, tci, _tpid = unpack(ring, base)
+                start = base + mac
+                data = ring[start : start + snap]
+                outgoing = ours and ring[base + _PKTTYPE] == PACKET_OUTGOING
+                words[index * step] = TP_STATUS_KERNEL
+                index += 1
+                if index == count:
+                    index = 0
+                done += 1
+                if outgoing:
+                    continue
+                if snap < length:
+                    data = self._whole(data, status)
+                # As PACKET_AUXDATA was read before the ring: the tag the kernel stripped.
+                vlan = tci & 0x0FFF if status & TP_STATUS_VLAN_VALID or tci else None
+                handle(new(Frame, (sec + nsec * 1e-9, data, vlan)))
+        finally:
+            self._next = index  # also when `handle` raised: its slot is given back already
         return done
 
     def _whole(self, data: bytes, status: int) -> bytes:
