@@ -13,7 +13,7 @@ does). In namespace B, pinned to core 1, each detector listens on the same traff
   capture/bpf.py's button program, then the daemon's pipeline (decode, match, debounce);
 - dashkanban, the candidate filter (`source = inventory | both`, discover): the same, with the
   candidate program, so every ARP frame reaches Python. Both as the daemon reads them since
-  issue 11/16: `LiveCapture.run` on an asyncio loop, `pipeline.feed` per frame, the receive ring
+  issue 11/16: `LiveCapture.run` on an asyncio loop, `Pipeline.press_handler` per frame, the ring
   (`--ring` bytes);
 - dashkanban-candidates-before: the candidate filter as read before (main at 3c16e72):
   `frames()` with one recvmsg() per frame into the socket's default receive buffer, on a thread,
@@ -55,9 +55,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 if TYPE_CHECKING:
-    from dashkanban.capture import Frame
     from dashkanban.capture.live import LiveCapture
     from dashkanban.pipeline import Pipeline
+    from dashkanban.presses import Press
 
 BUTTONS = 20
 OTHERS = 5000
@@ -128,16 +128,13 @@ def worker(kind: str, interface: str) -> None:
 
 
 async def _run_async(capture: LiveCapture, pipeline: Pipeline, found: list[str]) -> None:
-    """What the daemon's capture task does: `LiveCapture.run` with the pipeline as handler."""
-    feed = pipeline.feed
-    monotonic = time.monotonic
+    """What the daemon's capture task does: `LiveCapture.run` with the pipeline's per-frame
+    handler, presses handed on (here: their MACs noted)."""
 
-    def handle(frame: Frame) -> None:
-        event = feed(frame, monotonic())
-        if event is not None:
-            found.append(event.mac)
+    def on_press(press: Press) -> None:
+        found.append(press.button.mac)
 
-    task = asyncio.create_task(capture.run(handle))
+    task = asyncio.create_task(capture.run(pipeline.press_handler(on_press, time.monotonic)))
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await task

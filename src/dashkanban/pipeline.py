@@ -110,6 +110,39 @@ class Pipeline:
                 self.presses += 1
                 yield press
 
+    def press_handler(
+        self, on_press: Callable[[Press], None], clock: Callable[[], float]
+    ) -> Callable[[Frame], None]:
+        """A per-frame callable for `LiveCapture.run`: what run_presses does with each frame
+        (decode, match, debounce on `clock`), handing each press to `on_press`. Behind the
+        candidate filter it runs for every ARP request on the LAN, so the CSV-only case binds
+        its steps once instead of going through feed and _match per frame."""
+        decode = self._decoder.decode
+        if self._inventory is not None:
+            match = self._match
+
+            def handle_with_inventory(frame: Frame) -> None:
+                timestamp, data, vlan = frame
+                sighting = decode(data, timestamp, vlan)
+                if sighting is not None:
+                    press = match(sighting, clock())
+                    if press is not None:
+                        on_press(press)
+
+            return handle_with_inventory
+        debounce = self._debouncer.feed  # use_registry swaps the debouncer's registry in place
+
+        def handle(frame: Frame) -> None:
+            timestamp, data, vlan = frame
+            sighting = decode(data, timestamp, vlan)
+            if sighting is not None:
+                press = debounce(sighting, clock())
+                if press is not None:
+                    self.presses += 1
+                    on_press(press)
+
+        return handle
+
     def _match(self, sighting: Sighting, now: float) -> Press | None:
         if self._inventory is None:
             press = self._debouncer.feed(sighting, now)
