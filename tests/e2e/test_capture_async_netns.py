@@ -285,11 +285,12 @@ def _wait_for(capture: LiveCapture, packets: int) -> Statistics:
 
 
 def test_a_full_ring_drops_and_packet_statistics_count_them(veth_pair: Pair) -> None:
-    """A ring of one page holds eight frames: twenty sent while nobody reads, the first eight
-    are kept, twelve dropped, and PACKET_STATISTICS says so (added up: the kernel resets it)."""
+    """A ring of one page holds sixteen frames: thirty sent while nobody reads, the first
+    sixteen are kept, fourteen dropped, and PACKET_STATISTICS says so (added up: the kernel
+    resets it)."""
     capture = LiveCapture(veth_pair.if_b, ("arp",), ring_bytes=4096)
     frames: Generator[Frame, None, None] = (f for f in ())
-    sent = [forge.arp_frame(1, BUTTON, "0.0.0.0", f"192.168.10.{i}") for i in range(1, 21)]
+    sent = [forge.arp_frame(1, BUTTON, "0.0.0.0", f"192.168.10.{i}") for i in range(1, 31)]
     out = sender(veth_pair)
     try:
         frames = synced_frames(veth_pair, capture, out)
@@ -297,10 +298,10 @@ def test_a_full_ring_drops_and_packet_statistics_count_them(veth_pair: Pair) -> 
         assert baseline.drops == 0
         for frame in sent:  # the generator is suspended: nothing reads the ring
             out.send(frame)
-        counts = _wait_for(capture, baseline.packets + 20)
-        assert counts == Statistics(baseline.packets + 20, 12)
+        counts = _wait_for(capture, baseline.packets + 30)
+        assert counts == Statistics(baseline.packets + 30, 14)
         assert capture.statistics() == counts  # read again: added up, not reset to 0
-        got = [next(frames) for _ in range(8)]  # the eight the ring kept, then room for more
+        got = [next(frames) for _ in range(16)]  # the ones the ring kept, then room for more
         out.send(MARK)
         got.append(next(frames))
     finally:
@@ -308,14 +309,14 @@ def test_a_full_ring_drops_and_packet_statistics_count_them(veth_pair: Pair) -> 
         frames.close()
         capture.close()
         out.close()
-    assert [f.data for f in got] == [*sent[:8], MARK]
+    assert [f.data for f in got] == [*sent[:16], MARK]
 
 
 def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
         veth_pair: Pair) -> None:
-    """Sixteen slots in two blocks; 6 rounds of 6 frames wrap the ring twice: every frame
-    arrives whole, in order, with its VLAN, also one too long for its slot (queued whole on
-    the socket by the kernel). A frame namespace B itself sends is not one."""
+    """32 slots in two blocks; 8 rounds of 6 frames wrap the ring one and a half times: every
+    frame arrives whole, in order, with its VLAN, also DHCP requests, too long for a slot
+    (queued whole on the socket by the kernel). A frame namespace B itself sends is not one."""
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), ring_bytes=2 * 4096)
     frames: Generator[Frame, None, None] = (f for f in ())
     out = sender(veth_pair)
@@ -330,13 +331,13 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
     sent: list[list[tuple[bytes, int | None]]] = []
     try:
         frames = synced_frames(veth_pair, capture, out)
-        for r in range(6):
+        for r in range(8):
             tags = [(10 + i,) if i % 2 else () for i in range(5)]
             batch = [forge.arp_frame(1, BUTTON, "0.0.0.0", f"192.168.{r}.{i}", vlans=tags[i])
                      for i in range(4)]
-            # over 1,000 bytes (a slot holds 446), tagged in one round, not in the next
+            # 342 or over 1,000 bytes (a slot holds 190), tagged in one round, not in the next
             batch.append(forge.dhcp_client_frame(BUTTON, forge.DISCOVER, vlans=tags[r % 2],
-                                                 extra_options=VENDOR * 3))
+                                                 extra_options=VENDOR * 3 if r % 3 else b""))
             mine.send(forge.arp_frame(1, "02:dd:00:00:00:0b", "10.8.8.8", "10.8.8.1"))
             for frame in batch:
                 out.send(frame)
@@ -355,5 +356,5 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
         out.close()
         mine.close()
     assert [[(f.data, f.vlan) for f in got] for got in rounds] == sent
-    assert len(sent[0][-1][0]) > 1000
+    assert [len(batch[-1][0]) > 1000 for batch in sent] == [False, True, True] * 2 + [False, True]
     assert counts.drops == 0

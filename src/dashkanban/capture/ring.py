@@ -7,13 +7,14 @@ reader, only when the block is full or its retire timer expires, so on a quiet L
 would wait for that timer (a jiffy or more: 4 to 10 ms on kernels with HZ=250/100), against the
 daemon's p99 < 10 ms from frame to PUBACK. libpcap itself falls back to V2 in its immediate mode
 for this reason. V2 wakes the reader per frame, and a burst is still drained without a system
-call. The cost is a fixed slot per frame, so the slots are small (512 bytes: an ARP or NDP frame
-fits, as do most DHCP requests) and a frame that does not fit is also queued whole on the socket
-(PACKET_COPY_THRESH, status TP_STATUS_COPY), where it is read with one recv(): no frame is ever
-cut short. 2 MiB hold 4,096 frames, about 20 times what the socket's default receive buffer did.
+call. The cost is a fixed slot per frame, so the slots are small (256 bytes: an ARP or NDP frame
+fits, which is what a flood is made of) and a frame that does not fit (a DHCP request) is also
+queued whole on the socket (PACKET_COPY_THRESH, status TP_STATUS_COPY), where it is read with one
+recv(): no frame is ever cut short. 2 MiB hold 8,192 frames, about 40 times what the socket's
+default receive buffer held.
 
 The ring's pages are mapped into the process and count in its resident memory, all of them from
-the start: hence 2 MiB behind the candidate filter (34 ms of a 120,000 frames/s flood with no
+the start: hence 2 MiB behind the candidate filter (68 ms of a 120,000 frames/s flood with no
 reader at all), and 256 KiB behind a button filter, which passes only the buttons' frames.
 
 Layout (<linux/if_packet.h>): the ring is `tp_block_nr` blocks of `tp_block_size` bytes, each cut
@@ -54,10 +55,10 @@ _HEADER = struct.Struct("=IIIHHIIHH")
 _PKTTYPE = 32 + 10  # struct sockaddr_ll follows at TPACKET_ALIGN(32); sll_pkttype at +10
 _STATS = struct.Struct("=II")  # struct tpacket_stats { u32 tp_packets, tp_drops; }
 
-FRAME_SIZE = 512  # a slot: the header, sockaddr_ll (66 bytes) and a frame of up to 446 bytes
+FRAME_SIZE = 256  # a slot: the header, sockaddr_ll (66 bytes) and a frame of up to 190 bytes
 BLOCK_SIZE = 1 << 16  # the kernel allocates blocks as physically contiguous pages
-RING_BYTES = 2 << 20  # behind the candidate filter: 4,096 slots
-BUTTON_RING_BYTES = 256 << 10  # behind a button filter: 512 slots, hundreds of presses at once
+RING_BYTES = 2 << 20  # behind the candidate filter: 8,192 slots
+BUTTON_RING_BYTES = 256 << 10  # behind a button filter: 1,024 slots, hundreds of presses at once
 LARGEST = 65536  # the largest frame a candidate can be (the filter accepts no more)
 
 
@@ -106,7 +107,7 @@ class Ring:
             self._outgoing = False
         self._sock = sock
         self._map = ring
-        self._words = memoryview(ring).cast("I")  # tp_status of slot i: words[i * 128]
+        self._words = memoryview(ring).cast("I")  # tp_status of slot i: words[i * 64]
         self._count = size // FRAME_SIZE
         self._next = 0  # the slot the kernel fills next, once we have read up to it
         self.size = size
