@@ -115,10 +115,10 @@ class Ring:
         # queue (the socket's receive buffer full): handed over cut short
 
     def read(self, handle: Callable[[Frame], None], limit: int) -> int:
-        """Hand the frames waiting in the ring to `handle`, in order, at most `limit` slots;
-        returns the number of slots read (0: nothing was waiting). Each slot is given back to
-        the kernel before `handle` sees its frame, so an exception in `handle` loses nothing
-        else and leaves the ring consistent."""
+        """Hand the frames waiting in the ring to `handle`, in order, reading at most `limit`
+        slots; returns the number of frames handed (0: nothing was waiting, or only frames this
+        host sent). Each slot is given back to the kernel before `handle` sees its frame, so an
+        exception in `handle` loses nothing else and leaves the ring consistent."""
         words = self._words
         ring = self._map
         unpack = _HEADER.unpack_from
@@ -128,6 +128,7 @@ class Ring:
         ours = self._outgoing  # our own frames may be in the ring: the kernel is older than 4.20
         new = tuple.__new__  # Frame(...) runs NamedTuple's Python-level __new__: 3x the cost
         done = 0
+        skipped = 0
         try:
             while done < limit:
                 # The status first, on its own, and the rest only once it says the slot is
@@ -146,6 +147,7 @@ class Ring:
                     index = 0
                 done += 1
                 if outgoing:
+                    skipped += 1
                     continue
                 if snap < length:
                     data = self._whole(data, status)
@@ -154,7 +156,7 @@ class Ring:
                 handle(new(Frame, (sec + nsec * 1e-9, data, vlan)))
         finally:
             self._next = index  # also when `handle` raised: its slot is given back already
-        return done
+        return done - skipped
 
     def _whole(self, data: bytes, status: int) -> bytes:
         """The whole frame of a slot that holds only its start: the copy queued on the socket
