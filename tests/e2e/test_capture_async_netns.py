@@ -18,7 +18,13 @@ import pytest
 
 from dashkanban.capture import Frame, bpf
 from dashkanban.capture.live import LiveCapture
-from dashkanban.capture.ring import BUTTON_RING_BYTES, RING_BYTES, Statistics
+from dashkanban.capture.ring import (
+    BUTTON_RING_BYTES,
+    PACKET_IGNORE_OUTGOING,
+    RING_BYTES,
+    SOL_PACKET,
+    Statistics,
+)
 from tests import forge
 from tests.e2e.netns import Pair, enter, in_netns, ip, sender
 
@@ -358,3 +364,42 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
     assert [[(f.data, f.vlan) for f in got] for got in rounds] == sent
     assert [len(batch[-1][0]) > 1000 for batch in sent] == [False, True, True] * 2 + [False, True]
     assert counts.drops == 0
+
+
+def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: Pair) -> None:
+    """On kernels before 4.20 (no PACKET_IGNORE_OUTGOING) the ring holds this host's own frames
+    too: the slot's sll_pkttype (PACKET_OUTGOING) leaves them out, uncounted. Played here by
+    switching the option off on the open socket."""
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
+    out = sender(veth_pair)
+
+    def own() -> socket.socket:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        sock.bind((veth_pair.if_b, 0))
+        return sock
+
+    mine = in_netns(veth_pair.ns_b, own)
+    frames: Generator[Frame, None, None] = (f for f in ())
+    try:
+        frames = synced_frames(veth_pair, capture, out)
+        assert capture._sock is not None
+        assert capture._ring is not None
+        capture._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 0)
+        capture._ring._outgoing = True
+        before = capture.received
+        ours = forge.arp_frame(1, "02:dd:00:00:00:0b", "10.8.8.8", "10.8.8.1")
+        for _ in range(3):
+            mine.send(ours)
+        out.send(MARK)
+        got = next(frames)
+        received = capture.received - before
+        packets = capture.statistics().packets
+    finally:
+        capture.stop()
+        frames.close()
+        capture.close()
+        out.close()
+        mine.close()
+    assert got.data == MARK  # our three frames were in the ring (below), and skipped
+    assert received == 1
+    assert packets >= 3 + 1  # the kernel put them in the ring: the check is what left them out
