@@ -52,9 +52,10 @@ def test_live_clock_and_feed() -> None:
 
 
 def test_press_handler_gives_what_run_presses_gives() -> None:
-    """The per-frame handler LiveCapture.run calls: the same presses, counts and clock readings
-    as run_presses on the same frames (the bundled store capture and the frames above)."""
-    from itertools import count
+    """The per-frame handler LiveCapture.run calls: the same presses and counts as run_presses
+    on the same frames (the bundled store capture and the frames above), on a live clock played
+    by each frame's receive time less an offset."""
+    from collections.abc import Iterator
 
     from dashkanban.buttons import load_buttons
     from dashkanban.capture import open_capture
@@ -64,16 +65,21 @@ def test_press_handler_gives_what_run_presses_gives() -> None:
     registry = load_buttons(data / "MACID.csv")
     stream = [*open_capture(data / "sample-store.pcapng", libpcap=False), *frames()]
     registry = Registry([*registry, B1])
+    now = [0.0]
+
+    def played() -> Iterator[Frame]:
+        for frame in stream:
+            now[0] = frame.timestamp - 1e9
+            yield frame
+
     expected_pipeline = Pipeline(registry, EVENT, detect=TRIGGERS, dead_time=20)
-    ticks = count(0, 0.5)
-    expected = list(expected_pipeline.run_presses(stream, lambda: next(ticks)))
+    expected = list(expected_pipeline.run_presses(played(), lambda: now[0]))
     pipeline = Pipeline(registry, EVENT, detect=TRIGGERS, dead_time=20)
     got: list[Press] = []
-    ticks = count(0, 0.5)
-    handle = pipeline.press_handler(got.append, lambda: next(ticks))
-    for frame in stream:
+    handle = pipeline.press_handler(got.append, lambda: now[0])
+    for frame in played():
         handle(frame)
-    assert len(expected) == 6  # not vacuous
+    assert len(expected) == 9  # the store capture's 7 presses and 2 of the frames above
     assert got == expected
     assert pipeline.counts() == expected_pipeline.counts()
 

@@ -130,13 +130,19 @@ class Pipeline:
                         on_press(press)
 
             return handle_with_inventory
-        debounce = self._debouncer.feed  # use_registry swaps the debouncer's registry in place
+        # Debouncer.feed in two steps, so that other devices' frames cost no clock reading;
+        # use_registry swaps the debouncer's registry in place, so these stay current.
+        button_for = self._debouncer.button_for
+        debounce = self._debouncer.feed_button
 
         def handle(frame: Frame) -> None:
             timestamp, data, vlan = frame
             sighting = decode(data, timestamp, vlan)
-            if sighting is not None:
-                press = debounce(sighting, clock())
+            if sighting is None:
+                return
+            button = button_for(sighting.mac)
+            if button is not None:
+                press = debounce(sighting, button, clock())
                 if press is not None:
                     self.presses += 1
                     on_press(press)
