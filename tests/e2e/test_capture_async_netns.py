@@ -403,3 +403,30 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
     assert got.data == MARK  # our three frames were in the ring (below), and skipped
     assert received == 1
     assert packets >= 3 + 1  # the kernel put them in the ring: the check is what left them out
+
+
+def test_run_waits_for_an_interface_that_is_not_there_yet(
+        veth_pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
+    """At boot the daemon may start before its interface exists: run() logs it, retries with
+    backoff, and captures once the interface is there."""
+    ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "name", "dklater")
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
+    delivered = Delivered()
+    out = sender(veth_pair)
+    try:
+        with caplog.at_level(logging.INFO, "dashkanban.capture.live"), \
+                running(veth_pair, capture, delivered.handle) as (_loop, task):
+            for _ in range(100):  # bounded: until the first attempt failed
+                if "cannot capture" in caplog.text:
+                    break
+                time.sleep(0.05)
+            ip("-n", veth_pair.ns_b, "link", "set", "dklater", "name", veth_pair.if_b)
+            delivered.sync(out)
+            assert not task.done()
+    finally:
+        out.close()
+    first = next(r for r in caplog.records if "cannot capture" in r.getMessage())
+    assert first.levelname == "WARNING"
+    assert first.getMessage().startswith(f"cannot capture on {veth_pair.if_b}: No such device; "
+                                         "retrying in ")
+    assert f"capturing on {veth_pair.if_b} (arp, dhcp)" in caplog.text
