@@ -2,6 +2,7 @@
 """Benchmark: button presses amid a flood of other devices' ARP, live, in network namespaces.
 
     sudo .venv/bin/python bench/flood.py [--rates 2000,10000,60000,120000,max] [--seconds 3]
+        [--detectors dashkanban-candidates,dashkanban-candidates-before] [--ring BYTES]
 
 Two namespaces joined by a veth pair this script makes and removes. From namespace A, one
 sender (a Python raw socket, on core 0) sends ARP requests from 5,000 other MACs at each rate, and
@@ -11,12 +12,19 @@ does). In namespace B, pinned to core 1, each detector listens on the same traff
 - dashkanban, the button list in the kernel filter (`[buttons] source = csv`): LiveCapture with
   capture/bpf.py's button program, then the daemon's pipeline (decode, match, debounce);
 - dashkanban, the candidate filter (`source = inventory | both`, discover): the same, with the
-  candidate program, so every ARP frame reaches Python;
+  candidate program, so every ARP frame reaches Python. Both as the daemon reads them since
+  issue 11/16: `LiveCapture.run` on an asyncio loop, `Pipeline.press_handler` per frame, the ring
+  (`--ring` bytes);
+- dashkanban-candidates-before: the candidate filter as read before (main at 3c16e72):
+  `frames()` with one recvmsg() per frame into the socket's default receive buffer, on a thread,
+  through `Pipeline.run_presses`;
 - amazon-dash's method: scapy `sniff(iface, filter=<its BPF>, prn=callback)`.
 
 Printed per rate and detector: CPU % of one core used by the detector process while the flood
-runs (utime + stime from /proc), frames the socket received and dropped (from `ss -0 -m`: the
-socket's `d` counter), and presses detected out of 20. Bounded: each run floods for --seconds,
+runs (utime + stime from /proc), that CPU time per frame received (µs: at saturation, the cost of
+a frame), frames received and dropped (dashkanban: its socket's PACKET_STATISTICS; scapy: `ss -0
+-m`'s `d` counter), presses detected out of 20, and per rate the candidate filter's CPU and µs per
+frame after as a ratio to before. Bounded: each run floods for --seconds,
 the whole bench stops by itself (a 60 s guard per run). Needs root, iproute2, `ss`, scapy
 (the bench extra). Nothing is asserted: the figures go to README.md and docs/capture.md.
 """
@@ -24,6 +32,8 @@ the whole bench stops by itself (a 60 s guard per run). Needs root, iproute2, `s
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -38,19 +48,27 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
+
+if TYPE_CHECKING:
+    from dashkanban.capture.live import LiveCapture
+    from dashkanban.pipeline import Pipeline
+    from dashkanban.presses import Press
 
 BUTTONS = 20
 OTHERS = 5000
 COPIES = 3  # a press: the same ARP probe 3 times, 100 ms apart
 DEAD_TIME = 1.0
 AMAZON_BPF = "arp or (udp and src port 68 and dst port 67 and src host 0.0.0.0)"
-DETECTORS = ("dashkanban-list", "dashkanban-candidates", "amazon-dash")
+DETECTORS = ("dashkanban-list", "dashkanban-candidates", "dashkanban-candidates-before",
+             "amazon-dash")
 RUN_GUARD = 60.0  # seconds: the longest one run may take before it is abandoned
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RING_ENV = "DASHKANBAN_FLOOD_RING"  # --ring, handed to the workers
 
 
 def button_mac(i: int) -> str:
@@ -77,13 +95,17 @@ def worker(kind: str, interface: str) -> None:
     from dashkanban.pipeline import Pipeline
 
     detect = ("arp", "dhcp")
-    programs = (button_programs(buttons, detect) if kind == "dashkanban-list"
+    programs = (button_programs(buttons, detect) if kind.startswith("dashkanban-list")
                 else (candidate_program(detect),))
     registry = Registry(Button(f"button_{i}", mac) for i, mac in enumerate(buttons))
     pipeline = Pipeline(registry, EventSettings("c8y_MAC_Event", "{name}"), detect=detect,
                         dead_time=DEAD_TIME)
-    capture = LiveCapture(interface, detect, programs=programs)
-    signal.signal(signal.SIGTERM, lambda _s, _f: capture.stop())
+    before = kind.endswith("-before")
+    # Before (main at 3c16e72): frames() on a thread of its own, one recvmsg() per frame into
+    # the socket's default receive buffer. After: run() on an event loop, the receive ring.
+    ring = os.environ.get(RING_ENV)
+    capture = LiveCapture(interface, detect, programs=programs,
+                          ring_bytes=0 if before else int(ring) if ring else None)
     found: list[str] = []
 
     def ready() -> None:
@@ -94,9 +116,28 @@ def worker(kind: str, interface: str) -> None:
             time.sleep(0.01)
 
     threading.Thread(target=ready, daemon=True).start()
-    for press in pipeline.run_presses(capture.frames(), time.monotonic):
+    if before:
+        signal.signal(signal.SIGTERM, lambda _s, _f: capture.stop())
+        for press in pipeline.run_presses(capture.frames(), time.monotonic):
+            found.append(press.button.mac)
+    else:
+        asyncio.run(_run_async(capture, pipeline, found))
+    stats = capture.statistics()
+    print(json.dumps({"presses": sorted(set(found)), "received": capture.received,
+                      "drops": stats.drops}), flush=True)
+
+
+async def _run_async(capture: LiveCapture, pipeline: Pipeline, found: list[str]) -> None:
+    """What the daemon's capture task does: `LiveCapture.run` with the pipeline's per-frame
+    handler, presses handed on (here: their MACs noted)."""
+
+    def on_press(press: Press) -> None:
         found.append(press.button.mac)
-    print(json.dumps({"presses": sorted(set(found)), "received": capture.received}), flush=True)
+
+    task = asyncio.create_task(capture.run(pipeline.press_handler(on_press, time.monotonic)))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def amazon_dash(interface: str, buttons: list[str]) -> None:
@@ -168,6 +209,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def waiting_seconds(pid: int) -> float:
+    """Time the process was runnable but waited for a CPU (the kernel's schedstat): a detector
+    that drops while it waits is starved by the machine's other work, not too slow."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def socket_drops(ns: str, pid: int) -> int | None:
     """Frames the worker's packet socket dropped (a full receive buffer): `ss -0 -m`'s `d`."""
     out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-0", "-m", "-n", "-p"],
@@ -236,10 +289,10 @@ class Traffic:
 
 
 def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, str, str],
-            traffic: Traffic, sock: socket.socket) -> dict[str, object]:
+            traffic: Traffic, sock: socket.socket, nice: int = 0) -> dict[str, object]:
     _ns_a, ns_b, _if_a, if_b = ns
-    cmd = ["ip", "netns", "exec", ns_b, "taskset", "-c", "1", sys.executable,
-           str(Path(__file__).resolve()), "--worker", kind, if_b]
+    cmd = ["ip", "netns", "exec", ns_b, "taskset", "-c", "1", "nice", "-n", str(nice),
+           sys.executable, str(Path(__file__).resolve()), "--worker", kind, if_b]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     guard = threading.Timer(RUN_GUARD, proc.kill)
@@ -251,11 +304,11 @@ def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, s
         for _ in range(20):  # the socket is bound: let a few sync frames through first
             sock.send(traffic.sync)
         time.sleep(0.3)
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, wait0 = cpu_seconds(proc.pid), waiting_seconds(proc.pid)
         sent, took = traffic.send(sock, rate, seconds)
         time.sleep(0.3)  # let the socket drain what it holds
-        cpu1 = cpu_seconds(proc.pid)
-        drops = socket_drops(ns_b, proc.pid)
+        cpu1, wait1 = cpu_seconds(proc.pid), waiting_seconds(proc.pid)
+        ss_drops = socket_drops(ns_b, proc.pid)
         proc.send_signal(signal.SIGTERM)
         for _ in range(5):
             sock.send(traffic.sync)  # a frame wakes a sniffer blocked in recv
@@ -270,15 +323,36 @@ def run_one(kind: str, rate: float | None, seconds: float, ns: tuple[str, str, s
         raise SystemExit(f"{kind} gave no result: {err[-800:]}")
     result = json.loads(lines[-1])
     pressed = [m for m in result["presses"] if m != button_mac(99)]
+    # dashkanban's own PACKET_STATISTICS (ring or receive buffer full); scapy's from `ss`
+    drops = result.get("drops", ss_drops)
+    received = result["received"]
     return {
         "detector": kind,
         "rate": sent / took,
         "cpu": 100 * (cpu1 - cpu0) / (took + 0.3),
-        "received": result["received"],
+        "us_per_frame": 1e6 * (cpu1 - cpu0) / max(1, received),
+        "waited": 100 * (wait1 - wait0) / (took + 0.3),
+        "received": received,
         "drops": drops,
+        "dropped_pct": None if drops is None else 100 * drops / max(1, received + drops),
         "presses": len(pressed),
         "sent": sent,
     }
+
+
+def print_ratio(at_rate: dict[str, dict[str, object]]) -> None:
+    """The candidate filter after (ring, run()) as a ratio to before (recvmsg, frames())."""
+    after = at_rate.get("dashkanban-candidates")
+    before = at_rate.get("dashkanban-candidates-before")
+    if after is None or before is None:
+        return
+    ratios = []
+    for name, key in (("CPU", "cpu"), ("µs/frame", "us_per_frame")):
+        new, old = after[key], before[key]
+        assert isinstance(new, float)
+        assert isinstance(old, float)
+        ratios.append(f"{name} {new / max(1e-9, old):.2f}x")
+    print(f"{'':10}  candidate filter, after / before: {', '.join(ratios)}", flush=True)
 
 
 def main() -> int:
@@ -286,6 +360,11 @@ def main() -> int:
     parser.add_argument("--rates", default="2000,10000,60000,120000,max")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--detectors", default=",".join(DETECTORS))
+    parser.add_argument("--nice", type=int, default=0,
+                        help="the detectors' nice value (-10: ahead of the machine's other work, "
+                        "as on a gateway that runs little else)")
+    parser.add_argument("--ring", type=int, help="receive ring bytes of the 'after' detectors "
+                        "(default: as the daemon, by the program)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "IFACE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -296,6 +375,8 @@ def main() -> int:
     if not 0.5 < args.seconds <= 20:
         sys.exit("--seconds must be between 0.5 and 20")
     rates = [None if r == "max" else float(r) for r in args.rates.split(",")]
+    if args.ring is not None:
+        os.environ[RING_ENV] = str(args.ring)
     detectors = args.detectors.split(",")
     from tests.e2e.netns import enter
 
@@ -316,16 +397,20 @@ def main() -> int:
         thread.start()
         thread.join()
         sock = holder[0]  # a socket keeps its namespace: this thread may send on it
-        print(f"{'flood /s':>10}  {'detector':24} {'CPU %':>7} {'received':>9} {'drops':>8} "
-              f"{'presses':>8}")
+        print(f"{'flood /s':>10}  {'detector':28} {'CPU %':>6} {'wait %':>6} {'µs/frame':>8} "
+              f"{'received':>9} {'dropped':>16} {'presses':>7}")
         for rate in rates:
+            at_rate: dict[str, dict[str, object]] = {}
             for kind in detectors:
-                row = run_one(kind, rate, args.seconds, ns, traffic, sock)
+                row = run_one(kind, rate, args.seconds, ns, traffic, sock, args.nice)
                 rows.append(row)
-                drops = "?" if row["drops"] is None else f"{row['drops']:,}"
-                print(f"{row['rate']:10,.0f}  {kind:24} {row['cpu']:7.1f} "
-                      f"{row['received']:9,} {drops:>8} {row['presses']:>5}/{BUTTONS}",
-                      flush=True)
+                at_rate[kind] = row
+                drops = ("?" if row["drops"] is None
+                         else f"{row['drops']:,} ({row['dropped_pct']:.2f} %)")
+                print(f"{row['rate']:10,.0f}  {kind:28} {row['cpu']:6.1f} {row['waited']:6.1f} "
+                      f"{row['us_per_frame']:8.2f} {row['received']:9,} {drops:>16} "
+                      f"{row['presses']:>4}/{BUTTONS}", flush=True)
+            print_ratio(at_rate)
         sock.close()
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+import dashkanban
 from dashkanban.buttons import Button, Registry
 from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
 from dashkanban.events import Event
 from dashkanban.pipeline import Counts, Pipeline
+from dashkanban.presses import Press
 from tests import forge
 
 B1 = Button("dashButton_1", "ac:63:be:12:34:56", bin="A3")
@@ -46,3 +49,70 @@ def test_live_clock_and_feed() -> None:
     got = [pipeline.feed(f, now=100.0) for f in frames()]
     assert [e.trigger if e else None for e in got] == [None, "arp", None, None, None, None]
     assert pipeline.feed(frames()[1], now=110.0) is not None
+
+
+def test_press_handler_gives_what_run_presses_gives() -> None:
+    """The per-frame handler LiveCapture.run calls: the same presses and counts as run_presses
+    on the same frames (the bundled store capture and the frames above), on a live clock played
+    by each frame's receive time less an offset."""
+    from collections.abc import Iterator
+
+    from dashkanban.buttons import load_buttons
+    from dashkanban.capture import open_capture
+    from dashkanban.decode import TRIGGERS
+
+    data = Path(dashkanban.__file__).parent / "data"
+    registry = load_buttons(data / "MACID.csv")
+    stream = [*open_capture(data / "sample-store.pcapng", libpcap=False), *frames()]
+    registry = Registry([*registry, B1])
+    now = [0.0]
+
+    def played() -> Iterator[Frame]:
+        for frame in stream:
+            now[0] = frame.timestamp - 1e9
+            yield frame
+
+    expected_pipeline = Pipeline(registry, EVENT, detect=TRIGGERS, dead_time=20)
+    expected = list(expected_pipeline.run_presses(played(), lambda: now[0]))
+    pipeline = Pipeline(registry, EVENT, detect=TRIGGERS, dead_time=20)
+    got: list[Press] = []
+    handle = pipeline.press_handler(got.append, lambda: now[0])
+    for frame in played():
+        handle(frame)
+    assert len(expected) == 9  # the store capture's 7 presses and 2 of the frames above
+    assert got == expected
+    assert pipeline.counts() == expected_pipeline.counts()
+
+
+def test_press_handler_with_inventory_parks_and_answers(tmp_path: Path) -> None:
+    """With inventory look-ups the handler matches as run_presses does: a CSV button's press
+    at once, an inventory button's parked until the tenant answers (tests/test_inventory.py's
+    wiring and Cumulocity stand-in)."""
+    from tests.kanban.c8y_server import c8y_server
+    from tests.test_inventory import (
+        CSV_BUTTON,
+        INVENTORY_BUTTON,
+        INVENTORY_MAC,
+        PHONE,
+        Wired,
+        arp,
+        at,
+        config,
+        dhcp,
+        tenant,
+    )
+    from tests.test_inventory import T0 as I0
+
+    with c8y_server(tenant()) as base:
+        wired = Wired(config(tmp_path, base))
+        try:
+            got: list[Press] = []
+            handle = wired.pipeline.press_handler(got.append, lambda: 0.0)
+            for frame in (arp(INVENTORY_MAC, I0), arp(PHONE, I0 + 0.5),
+                          dhcp(CSV_BUTTON.mac, I0 + 1.0)):
+                handle(frame)
+            assert got == [Press(CSV_BUTTON, at(I0 + 1.0), "dhcp")]
+            answered = wired.collect(lambda: wired.lookups.pending == 0)
+        finally:
+            wired.close()
+    assert answered == [Press(INVENTORY_BUTTON, at(I0), "arp")]

@@ -74,10 +74,11 @@ class Pipeline:
 
     def feed(self, frame: Frame, now: float | None = None) -> Event | None:
         """One frame; `now` is the pipeline clock (default: the frame's timestamp)."""
-        sighting = self._decoder.decode(frame.data, frame.timestamp, frame.vlan)
+        timestamp, data, vlan = frame  # one unpacking, not three NamedTuple look-ups: per frame
+        sighting = self._decoder.decode(data, timestamp, vlan)
         if sighting is None:
             return None
-        press = self._match(sighting, frame.timestamp if now is None else now)
+        press = self._match(sighting, timestamp if now is None else now)
         return None if press is None else make_event(press, self._event)
 
     def run(
@@ -109,6 +110,45 @@ class Pipeline:
             if press is not None:
                 self.presses += 1
                 yield press
+
+    def press_handler(
+        self, on_press: Callable[[Press], None], clock: Callable[[], float]
+    ) -> Callable[[Frame], None]:
+        """A per-frame callable for `LiveCapture.run`: what run_presses does with each frame
+        (decode, match, debounce on `clock`), handing each press to `on_press`. Behind the
+        candidate filter it runs for every ARP request on the LAN, so the CSV-only case binds
+        its steps once instead of going through feed and _match per frame."""
+        decode = self._decoder.decode
+        if self._inventory is not None:
+            match = self._match
+
+            def handle_with_inventory(frame: Frame) -> None:
+                timestamp, data, vlan = frame
+                sighting = decode(data, timestamp, vlan)
+                if sighting is not None:
+                    press = match(sighting, clock())
+                    if press is not None:
+                        on_press(press)
+
+            return handle_with_inventory
+        # Debouncer.feed in two steps, so that other devices' frames cost no clock reading;
+        # use_registry swaps the debouncer's registry in place, so these stay current.
+        button_for = self._debouncer.button_for
+        debounce = self._debouncer.feed_button
+
+        def handle(frame: Frame) -> None:
+            timestamp, data, vlan = frame
+            sighting = decode(data, timestamp, vlan)
+            if sighting is None:
+                return
+            button = button_for(sighting.mac)
+            if button is not None:
+                press = debounce(sighting, button, clock())
+                if press is not None:
+                    self.presses += 1
+                    on_press(press)
+
+        return handle
 
     def _match(self, sighting: Sighting, now: float) -> Press | None:
         if self._inventory is None:

@@ -2,13 +2,18 @@
 
 Only candidate frames (ARP, UDP to port 67, ICMPv6 router/neighbour solicitation) ever reach
 Python, so a busy LAN costs next to nothing here. The socket is created with protocol 0 (it
-receives nothing), the filter attached, and only then bound to the interface with ETH_P_ALL: no
-unfiltered frame can slip in between. The kernel strips an 802.1Q tag before the filter runs and
-hands it over as PACKET_AUXDATA, so a tagged candidate still matches and keeps its VLAN id.
+receives nothing), the filter attached, its receive ring (capture/ring.py) mapped, and only then
+bound to the interface with ETH_P_ALL: no unfiltered frame can slip in between. The kernel strips
+an 802.1Q tag before the filter runs and hands it over in the ring's slot header (or, without a
+ring, as PACKET_AUXDATA), so a tagged candidate still matches and keeps its VLAN id.
+
+Two ways to read it: `run(handle)`, a coroutine for the daemon's event loop (the socket's fd
+watched with `loop.add_reader`), and `frames()`, a blocking iterator for tools (discover).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
@@ -18,12 +23,19 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 
 from dashkanban.backoff import Backoff
 from dashkanban.capture.bpf import Instruction, Program, candidate_program
 from dashkanban.capture.frame import Frame
+from dashkanban.capture.ring import (
+    BUTTON_RING_BYTES,
+    RING_BYTES,
+    Ring,
+    Statistics,
+    packet_statistics,
+)
 from dashkanban.errors import CaptureError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
@@ -43,6 +55,9 @@ RECOVER_MIN = 0.5  # seconds: the longest first wait before reopening (backoff.p
 RECOVER_MAX = 30.0
 POLL_SECONDS = 1.0  # how long one wait for a frame may block before looking at stop() again
 RECEIVE_BUFFER = 65536  # the largest frame a candidate can be (the filter accepts no more)
+# Frames read per wake-up at most: about 1 ms of work at saturation, so that the event loop's
+# other tasks (the uplink, timers) get their turn during a flood; the rest waits in the ring.
+BATCH = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,12 +153,27 @@ def resolve_interface(name: str) -> str:
 # The capture
 
 
+class SocketFailedError(Exception):
+    """The capture socket failed (interface down or removed): reopened with backoff. Anything
+    else raised while reading (a bug in the frame handler) is not this, and is not retried."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
 class LiveCapture:
-    """Candidate frames from one interface, until `stop()` (callable from any thread).
+    """Candidate frames from one interface: `await run(handle)` on an event loop, or `frames()`
+    until `stop()` (callable from any thread).
 
     Socket errors (interface down or removed) are logged and the socket reopened with backoff;
-    a missing CAP_NET_RAW raises PermissionDeniedError at once. `frames()` yields Frame values
-    whose timestamp is the wall-clock receive time and whose vlan is the tag the kernel stripped.
+    a missing CAP_NET_RAW raises PermissionDeniedError at once. Frames carry the kernel's receive
+    time (wall clock) and as vlan the tag the kernel stripped.
+
+    `ring_bytes`: the size of the PACKET_MMAP receive ring (capture/ring.py); None: by the
+    program attached when the socket opens (RING_BYTES behind the candidate filter,
+    BUTTON_RING_BYTES behind a button filter); 0 reads with one recvmsg() per frame instead, as
+    before the ring (and as when the kernel refuses a ring).
     """
 
     def __init__(
@@ -154,9 +184,11 @@ class LiveCapture:
         promiscuous: bool = False,
         wall_clock: Callable[[], float] = time.time,
         programs: Sequence[Program] | None = None,
+        ring_bytes: int | None = None,
     ) -> None:
         """`programs`: the kernel filters to try, most selective first (capture/bpf.py's
-        `button_programs`); default: the candidate program of `detect`."""
+        `button_programs`); default: the candidate program of `detect`. `wall_clock`: the
+        receive time of a frame read without a ring."""
         self.interface = interface
         self.detect = frozenset(detect)
         self._programs: tuple[Program, ...] = (
@@ -164,9 +196,16 @@ class LiveCapture:
         )
         self.program: Program | None = None  # the one attached to the open socket
         self._sock: socket.socket | None = None
+        self._ring: Ring | None = None
+        self.ring_bytes = ring_bytes
+        self._ring_refused = False
         self.promiscuous = promiscuous
         self.received = 0
         self.reopened = 0
+        self._failures = 0  # failed opens or reads since the last frame
+        self._backoff = Backoff(RECOVER_MIN, RECOVER_MAX)
+        self._packets = 0  # PACKET_STATISTICS added up: sockets closed, reads of the open one
+        self._drops = 0
         self._wall_clock = wall_clock
         # A plain flag and a pipe, not a threading.Event: stop() may run in a signal handler,
         # which must not take a lock the interrupted thread could hold.
@@ -196,18 +235,43 @@ class LiveCapture:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError:
             raise self._refused() from None
+        ring: Ring | None = None
         try:
             self.program = attach_first(sock, self._programs)
-            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            ring = self._make_ring(sock)
+            if ring is None:
+                sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             sock.bind((self.interface, ETH_P_ALL))
             if self.promiscuous:
                 index = socket.if_nametoindex(self.interface)
                 mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
                 sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+            sock.setblocking(False)
         except BaseException:
+            if ring is not None:
+                ring.close()
             sock.close()
             raise
+        self._ring = ring
         return sock
+
+    def _make_ring(self, sock: socket.socket) -> Ring | None:
+        """The socket's receive ring; None (read with recvmsg) when `ring_bytes` is 0 or the
+        kernel refuses one (said once, at WARNING: the capture works, at a higher cost)."""
+        size = self.ring_bytes
+        if size is None:
+            buttons = self.program is not None and self.program.kind != "candidates"
+            size = BUTTON_RING_BYTES if buttons else RING_BYTES
+        if not size:
+            return None
+        try:
+            return Ring(sock, size)
+        except OSError as exc:
+            if not self._ring_refused:
+                log.warning("no receive ring on %s (%s): reading frames one system call at a "
+                            "time", self.interface, exc.strerror or exc)
+            self._ring_refused = True
+            return None
 
     def _receive(self, sock: socket.socket) -> tuple[bytes, int | None, int]:
         data, ancillary, _flags, address = sock.recvmsg(
@@ -236,6 +300,126 @@ class LiveCapture:
             self.program = attached
         self._programs = chain
         return attached
+
+    def statistics(self) -> Statistics:
+        """PACKET_STATISTICS added up over every socket opened so far: frames the kernel filter
+        passed (delivered or dropped) and frames dropped because the ring (or, without one, the
+        receive buffer) was full."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed by the reading thread meanwhile
+                counts = packet_statistics(sock)
+                self._packets += counts.packets
+                self._drops += counts.drops
+        return Statistics(self._packets, self._drops)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _drain(self, sock: socket.socket, handle: Callable[[Frame], None], limit: int) -> int:
+        """Hand up to `limit` waiting frames to `handle`, without blocking; the number read.
+        Raises SocketFailedError when the socket failed."""
+        ring = self._ring
+        if ring is not None:
+            got = ring.read(handle, limit)
+            if not got:
+                # Woken with nothing in the ring: poll() says POLLERR when the interface went
+                # down (the socket's pending error, which reading it clears).
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise SocketFailedError(OSError(error, os.strerror(error)))
+        else:
+            got = 0
+            receive = self._receive
+            clock = self._wall_clock
+            while got < limit:
+                try:
+                    data, vlan, pkttype = receive(sock)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    raise SocketFailedError(exc) from exc
+                if pkttype == PACKET_OUTGOING:
+                    continue  # our own frames: never a button
+                got += 1
+                handle(Frame(clock(), data, vlan))
+        if got:
+            self.received += got
+            self._failures = 0
+        return got
+
+    def _open(self) -> socket.socket | float:
+        """Open the socket, or say how long to wait before the next attempt (logged)."""
+        try:
+            sock = self._open_socket()
+        except PermissionDeniedError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise self._refused() from None
+            self._failures += 1
+            delay = self._backoff.delay(self._failures)
+            log.warning(
+                "cannot capture on %s: %s; retrying in %.1f s",
+                self.interface, exc.strerror or exc, delay,
+            )
+            return delay
+        log.info("capturing on %s (%s)", self.interface, ", ".join(sorted(self.detect)))
+        if self.program is not None and self.program.note:
+            log.info("%s", self.program.note)
+        self._sock = sock
+        return sock
+
+    def _failed(self, failure: SocketFailedError) -> float:
+        """Log a failed socket; the wait before reopening it."""
+        self._failures += 1
+        delay = self._backoff.delay(self._failures)
+        log.warning(
+            "capture on %s failed: %s; reopening in %.1f s", self.interface, failure, delay
+        )
+        self.reopened += 1
+        return delay
+
+    def _close_socket(self, sock: socket.socket) -> None:
+        self.statistics()  # its counts, before they go with it
+        self._sock = None
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
+        sock.close()
+
+    async def run(self, handle: Callable[[Frame], None]) -> None:
+        """Read frames on the running event loop and call `handle(frame)` for each, on the
+        loop's thread, until cancelled. The socket's fd is watched with `loop.add_reader`; each
+        wake-up drains up to BATCH waiting frames. A failed socket is reopened with backoff;
+        PermissionDeniedError, and whatever `handle` raises, end it (raised here)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            opened = self._open()
+            if not isinstance(opened, socket.socket):
+                await asyncio.sleep(opened)
+                continue
+            sock = opened
+            fd = sock.fileno()
+            outcome: asyncio.Future[None] = loop.create_future()
+
+            def readable(sock: socket.socket = sock, fd: int = fd,
+                         outcome: asyncio.Future[None] = outcome) -> None:
+                try:
+                    self._drain(sock, handle, BATCH)
+                except Exception as exc:  # noqa: BLE001 - raised again by `await outcome`
+                    loop.remove_reader(fd)
+                    if not outcome.done():
+                        outcome.set_exception(exc)
+
+            loop.add_reader(fd, readable)
+            try:
+                await outcome
+            except SocketFailedError as failure:
+                delay = self._failed(failure)
+            finally:
+                loop.remove_reader(fd)
+                self._close_socket(sock)
+            await asyncio.sleep(delay)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -266,56 +450,31 @@ class LiveCapture:
         self.stop()
         self.close()
 
-    def frames(self) -> Iterator[Frame]:
-        backoff = Backoff(RECOVER_MIN, RECOVER_MAX)
-        failures = 0
+    def frames(self) -> Generator[Frame, None, None]:
+        """The frames, blocking, until stop(): for tools that read in a thread of their own."""
+        batch: list[Frame] = []
         while not self._stopping:
-            try:
-                sock = self._open_socket()
-            except PermissionDeniedError:
-                raise
-            except OSError as exc:
-                if exc.errno in (errno.EPERM, errno.EACCES):
-                    raise self._refused() from None
-                failures += 1
-                delay = backoff.delay(failures)
-                log.warning(
-                    "cannot capture on %s: %s; retrying in %.1f s",
-                    self.interface, exc.strerror or exc, delay,
-                )
-                self._sleep(delay)
+            opened = self._open()
+            if not isinstance(opened, socket.socket):
+                self._sleep(opened)
                 continue
-            log.info("capturing on %s (%s)", self.interface, ", ".join(sorted(self.detect)))
-            if self.program is not None and self.program.note:
-                log.info("%s", self.program.note)
-            self._sock = sock
+            sock = opened
             try:
-                sock.setblocking(False)
                 while not self._stopping:
                     ready, _, _ = select.select([sock, self._wake_r], [], [], POLL_SECONDS)
                     if sock not in ready:
                         continue
-                    # Drain the socket on each wake-up, not one select per frame: a burst costs
-                    # one system call per frame instead of two.
-                    while not self._stopping:
-                        try:
-                            data, vlan, pkttype = self._receive(sock)
-                        except BlockingIOError:
-                            break
-                        if pkttype == PACKET_OUTGOING:
-                            continue  # our own frames: never a button
-                        self.received += 1
-                        failures = 0
-                        yield Frame(self._wall_clock(), data, vlan)
-            except OSError as exc:
-                failures += 1
-                delay = backoff.delay(failures)
-                log.warning(
-                    "capture on %s failed: %s; reopening in %.1f s",
-                    self.interface, exc.strerror or exc, delay,
-                )
-                self.reopened += 1
+                    # Drain on each wake-up, not one select per frame: a burst costs no
+                    # system call per frame with the ring, one without.
+                    self._drain(sock, batch.append, BATCH)
+                    try:
+                        yield from batch
+                    finally:
+                        batch.clear()
+            except SocketFailedError as failure:
+                delay = self._failed(failure)
+                self._close_socket(sock)
                 self._sleep(delay)
             finally:
-                self._sock = None
-                sock.close()
+                if self._sock is sock:
+                    self._close_socket(sock)
