@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from dashkanban.buttons import Registry
 from dashkanban.config import Settings
+from dashkanban.metrics import Metrics
 from dashkanban.mqtt_buttons.battery import LOW, BatteryFile, BatteryPolicy, measurement_lines
 from dashkanban.mqtt_buttons.source import Battery, ButtonBroker, MqttPress
 from dashkanban.pipeline import Pipeline
@@ -24,11 +25,14 @@ PutLines = Callable[[Sequence[tuple[str | None, str]], datetime], object]
 
 
 def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
-                handle: Callable[[Press], None], put_lines: PutLines) -> ButtonBroker | None:
-    """The button broker of `[mqtt_buttons]`, or None without the section or without topics
-    (each said once). `handle` queues a press (the daemon's, as for network presses),
-    `put_lines` a row of lines (`Courier.put_lines`). Raises ConfigError for an unusable
-    ca_file, before anything runs."""
+                handle: Callable[[Press], None], put_lines: PutLines, *,
+                metrics: Metrics | None = None) -> ButtonBroker | None:
+    """The button broker of `[mqtt_buttons]`, or None without the section (said once when
+    MACID.csv has topics). Without topics it is made all the same and idles, so that a reload
+    (SIGHUP) that lists the first MQTT button starts it. `handle` queues a press (the daemon's,
+    as for network presses), `put_lines` a row of lines (`Courier.put_lines`); `metrics` (the
+    daemon's) shows the broker's counters. Raises ConfigError for an unusable ca_file, before
+    anything runs."""
     if settings.mqtt_buttons is None:
         if registry.topics:
             log.warning("%d button(s) in %s have a topic, but config.ini has no "
@@ -36,9 +40,8 @@ def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
                         len(registry.topics), settings.buttons.file)
         return None
     if not registry.topics:
-        log.warning("[mqtt_buttons] is set, but no button in %s has a topic",
-                    settings.buttons.file)
-        return None
+        log.warning("[mqtt_buttons] is set, but no button in %s has a topic (yet: a reload "
+                    "that adds one starts listening)", settings.buttons.file)
 
     def on_press(reported: MqttPress) -> None:
         # The same dead time as network presses, on the daemon's monotonic clock.
@@ -49,7 +52,7 @@ def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
 
     broker = ButtonBroker(settings.mqtt_buttons, registry, on_press,
                           on_battery=battery_handler(settings, put_lines),
-                          retry_max=settings.c8y.retry_max)
+                          retry_max=settings.c8y.retry_max, metrics=metrics)
     broker.tls_context()  # a ca_file that cannot be used: a ConfigError now (exit 2)
     return broker
 
