@@ -158,3 +158,40 @@ def test_check_says_capture_is_not_needed_without_cap_net_raw(
         "needs no CAP_NET_RAW)",
     ]
     assert lines[-1] == "✓ all checks passed: events go to 127.0.0.1 in gateway mode"
+
+
+# Until the lead wires `frame_source` into daemon.run_command (r4-buttons' report): then these
+# pass, and strict xfail fails the suite until the marker is removed.
+NEEDS_RUN_WIRING = pytest.mark.xfail(
+    strict=True, reason="daemon.run_command does not call mqtt_buttons.wiring.frame_source yet")
+
+
+@NEEDS_RUN_WIRING
+def test_dashkanban_run_with_mqtt_buttons_only_without_cap_net_raw(
+    tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto
+) -> None:
+    """The real `dashkanban run` command, CAP_NET_RAW dropped: it starts, delivers an MQTT
+    press, and stops with 0 on SIGTERM."""
+    config = write_config(tmp_path, sandbox, mosquitto, MQTT_ONLY)
+    log = tmp_path / "run.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [*without_net_raw(), sys.executable, "-m", "dashkanban", "run", "-c", str(config),
+             "--allow-root"], stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
+    try:
+        wait_until(lambda: "listening to 2 MQTT button topic(s)" in log.read_text()
+                   or process.poll() is not None, "the button broker", timeout=20)
+        assert process.poll() is None, log.read_text()
+        publish(mosquitto, [(TASMOTA, b'{"Button1":{"Action":"DOUBLE"}}', False)])
+        wait_until(lambda: len(events(sandbox)) == 1, "the Tasmota press", timeout=20)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert events(sandbox) == [("c8y_MAC_Event", "tasmota double (mqtt)")]
+    text = log.read_text()
+    assert "is an MQTT button: no network capture (no raw socket, CAP_NET_RAW not needed)" in text
+    assert "capturing on" not in text

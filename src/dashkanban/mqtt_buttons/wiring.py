@@ -137,8 +137,9 @@ class NoCapture:
 
 def frame_source(settings: Settings, interface: str | None) -> LiveCapture | NoCapture:
     """What `run` reads presses from: the live capture on `interface` (or `[capture]
-    interface`), its permission checked now (exit 2 with the fix before connecting anywhere),
-    or NoCapture when every button is an MQTT button (`mqtt_only`), said in one INFO line."""
+    interface`), built as `run` built it, its permission checked now (exit 2 with the fix
+    before connecting anywhere), or NoCapture when every button is an MQTT button
+    (`mqtt_only`), said in one INFO line."""
     from dashkanban.capture.filters import kernel_programs
     from dashkanban.capture.live import LiveCapture, resolve_interface
 
@@ -156,5 +157,4 @@ def frame_source(settings: Settings, interface: str | None) -> LiveCapture | NoC
                           promiscuous=settings.capture.promiscuous,
                           programs=kernel_programs(settings, registry))
     capture.check_permission()  # before connecting anywhere: exit 2 with the fix
-    log.info("capturing on %s (%s)", name, ", ".join(sorted(settings.capture.detect)))
-    return capture
+    return capture  # `run` says "capturing on ..." (its own logger: a line tests look for)
