@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from dashkanban.buttons import Registry
 from dashkanban.config import Settings
-from dashkanban.metrics import Metrics
 from dashkanban.mqtt_buttons.battery import LOW, BatteryFile, BatteryPolicy, measurement_lines
 from dashkanban.mqtt_buttons.source import Battery, ButtonBroker, MqttPress
 from dashkanban.pipeline import Pipeline
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from dashkanban.capture import Frame
     from dashkanban.capture.bpf import Program
     from dashkanban.capture.live import LiveCapture
+    from dashkanban.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
