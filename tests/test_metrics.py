@@ -18,6 +18,7 @@ from dashkanban.config import MetricsSettings
 from dashkanban.errors import ConfigError
 from dashkanban.metrics import (
     COUNTERS,
+    ButtonsSnapshot,
     Metrics,
     MetricsReporting,
     MetricsServer,
@@ -66,6 +67,27 @@ def test_summary_line() -> None:
     )
     assert summary_line(snapshot, outbox_rows=2).endswith(
         " refused=0 quarantined=0 c8y_refused=0 outbox=2")
+
+
+def test_the_button_brokers_numbers_show_only_once_one_counts_here() -> None:
+    """Issue 19: a store without `[mqtt_buttons]` keeps its line; with a broker the line and
+    the snapshot carry its counters and its connection, zero before it counts."""
+    metrics = Metrics()
+    assert metrics.snapshot().buttons is None
+    metrics.track_buttons()
+    assert metrics.snapshot().buttons == ButtonsSnapshot()
+    metrics.add("mqtt_messages", 5)
+    metrics.add("mqtt_presses", 3)
+    metrics.add("mqtt_malformed")
+    metrics.buttons_connected(True)
+    snapshot = metrics.snapshot()
+    assert snapshot.buttons == ButtonsSnapshot(5, 3, 1, connected=True)
+    assert summary_line(snapshot, outbox_rows=0) == (
+        "frames=0 candidates=0 malformed=0 presses=0 queued=0 delivered=0 reconnects=0 "
+        "refused=0 quarantined=0 c8y_refused=0 mqtt_messages=5 mqtt_presses=3 mqtt_malformed=1 "
+        "mqtt_connected=1 outbox=0")
+    with pytest.raises(ValueError, match="counters only go up"):
+        metrics.add("mqtt_presses", -1)
 
 
 def test_summary_is_logged_periodically_and_once_more_on_stop(

@@ -129,7 +129,7 @@ def test_files_are_private_and_missing_folders_are_made_0750(tmp_path: Path) -> 
     }
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
     db.close()
 
 
@@ -288,7 +288,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutboxError) as info:
         Outbox.open(path)
     assert str(info.value) == (
-        f"{path}: the outbox was written by a newer dashkanban (schema 7, this one reads 2); "
+        f"{path}: the outbox was written by a newer dashkanban (schema 7, this one reads 3); "
         "upgrade dashkanban or set [outbox] path"
     )
 
@@ -527,9 +527,9 @@ def test_a_schema_1_outbox_is_migrated_keeping_its_rows(
         assert outbox.peek() == [QueuedEvent(1, e, ("302,c8y_KanbanReorder,x",), NOW, 0)]
         assert outbox.put_lines([("btn", "306,c8y_KanbanReorder")], NOW) == 2
         assert outbox.count() == 2
-    assert f"{path}: outbox schema upgraded from 1 to 2" in caplog.messages
+    assert f"{path}: outbox schema upgraded from 1 to 3" in caplog.messages
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
     db.close()
     caplog.clear()
     with open_outbox(path) as outbox:  # opening again changes nothing

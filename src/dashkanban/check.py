@@ -143,10 +143,18 @@ def rest_used(settings: Settings) -> bool:
 
 
 def _check_capture(settings: Settings) -> bool:
-    """What `run` needs to capture: the interface, and CAP_NET_RAW for this user."""
+    """What `run` needs to capture: the interface, and CAP_NET_RAW for this user; nothing when
+    every button is an MQTT button (`run` then opens no raw socket, issue 19)."""
     from dashkanban.capture.live import resolve_interface
     from dashkanban.privileges import grant_hint, has_cap_net_raw
 
+    if settings.buttons.source == "csv":
+        from dashkanban.mqtt_buttons.wiring import mqtt_only
+
+        if mqtt_only(settings, load_registry(settings)):
+            _ok("capture: not needed, every button is an MQTT button (`run` opens no raw "
+                "socket and needs no CAP_NET_RAW)")
+            return True
     name = settings.capture.interface
     try:
         interface = resolve_interface(name)

@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,9 +109,11 @@ def _time(t: float) -> str:
 
 
 def print_table(devices: Iterable[Device], registry: Registry, out: TextIO,
-                width: int | None = None) -> None:
+                width: int | None = None, batteries: Mapping[str, float] | None = None) -> None:
     """The devices as a table. The MAC and the button's name are never cut, even at 80 columns
-    (issue 14): vendor and "seen as" wrap instead, and the times shrink to the time of day."""
+    (issue 14): vendor and "seen as" wrap instead, and the times shrink to the time of day.
+    `batteries`: the last level of MQTT buttons by serial (batteries.json, issue 19), shown in a
+    last column when a listed button has one."""
     from rich.console import Console
     from rich.table import Table
 
@@ -131,6 +133,10 @@ def print_table(devices: Iterable[Device], registry: Registry, out: TextIO,
     table.add_column("last seen (UTC)" if not narrow else "last (UTC)", no_wrap=True)
     names = [b.name for d in rows if (b := registry.get(d.mac)) is not None]
     table.add_column("known", no_wrap=True, min_width=max((len(n) for n in names), default=5))
+    levels = batteries or {}
+    shown = any((b := registry.get(d.mac)) is not None and b.serial in levels for d in rows)
+    if shown:
+        table.add_column("battery", justify="right", no_wrap=True)
     for device in rows:
         vendor = vendor_of(device.mac)
         button = registry.get(device.mac)
@@ -142,6 +148,9 @@ def print_table(devices: Iterable[Device], registry: Registry, out: TextIO,
         if not narrow:
             cells.append(_time(device.first))
         cells += [stamp(device.last), plain(button.name) if button else ""]
+        if shown:
+            level = levels.get(button.serial) if button is not None else None
+            cells.append("" if level is None else f"{level:g} %")
         table.add_row(*cells, style=style)
     console.print(table)
 
@@ -284,7 +293,11 @@ def discover_command(args: DiscoverOptions) -> int:
     elif args.csv:
         print_csv(devices, registry, sys.stdout)
     else:
-        print_table(devices, registry, sys.stdout)
+        from dashkanban.mqtt_buttons.battery import read_levels
+
+        kept = ({level.serial: level.percent for level in read_levels(settings.outbox.path)}
+                if settings is not None else {})
+        print_table(devices, registry, sys.stdout, batteries=kept)
     extra = f", {census.dropped} sightings beyond {census.max_devices} devices dropped" if (
         census.dropped) else ""
     print(

@@ -39,8 +39,8 @@ class Event:
     type: str
     text: str
     trigger: Trigger
-    # single, double or long (issue 19); not kept in the outbox, whose rows carry the rendered
-    # text: an event read back from it says "single".
+    # single, double or long (issue 19); kept in the outbox row (its `press_kind`, schema 3);
+    # a row queued before that reads as "single".
     kind: PressKind = "single"
 
     def as_json(self) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The pipeline's counters: one thread-safe object, a periodic summary line, a Prometheus endpoint.
 
 Each stage adds to its counter (capture: frames, candidates, malformed; presses: presses; the
-outbox: queued, delivered, refused; the uplink: reconnects). `MetricsSnapshot` is the value read out
+outbox: queued, delivered, refused; the uplink: reconnects). The MQTT buttons' broker (issue 19)
+adds its own (mqtt_messages, mqtt_presses, mqtt_malformed) and sets a gauge (connected); they
+are shown only once a `ButtonBroker` was made with these metrics (`[mqtt_buttons]` is set), so
+a store of Dash buttons sees no MQTT numbers. `MetricsSnapshot` is the value read out
 of it at one instant. The Prometheus endpoint uses a registry of its own, never the library's global
 one, so two pipelines in one process (tests, `demo`) do not collide, and it listens on 127.0.0.1
 only: the numbers name nothing secret, but nobody off the box needs them.
@@ -54,6 +57,18 @@ HELP: Mapping[CounterName, str] = {
     "c8y_refused": "SmartREST lines Cumulocity accepted (PUBACK) and then refused with an error "
     "on s/e; each is logged as ERROR with the line, and counted in the outbox file.",
 }
+# The button broker's (mqtt_buttons/source.py): messages read on its topics, presses the buttons
+# reported (a repeated Shelly event_cnt left out; the dead time comes after, in `presses`),
+# messages no format could read.
+ButtonCounterName = Literal["mqtt_messages", "mqtt_presses", "mqtt_malformed"]
+BUTTON_COUNTERS: tuple[ButtonCounterName, ...] = get_args(ButtonCounterName)
+BUTTON_HELP: Mapping[ButtonCounterName, str] = {
+    "mqtt_messages": "Messages the button broker delivered on the MQTT buttons' topics.",
+    "mqtt_presses": "Presses the MQTT buttons reported (before the dead time; a repeated "
+    "Shelly event_cnt not counted).",
+    "mqtt_malformed": "Messages on the MQTT buttons' topics that no format could read "
+    "(logged at DEBUG, dropped).",
+}
 PREFIX = "dashkanban"
 LOOPBACK = "127.0.0.1"
 REQUEST_LIMIT = 16 * 1024  # bytes of a scrape's request head; more is not a scraper
@@ -72,15 +87,36 @@ class MetricsSnapshot:
     refused: int = 0
     quarantined: int = 0
     c8y_refused: int = 0
+    buttons: ButtonsSnapshot | None = None  # with a button broker (`[mqtt_buttons]`)
 
     def items(self) -> Iterator[tuple[CounterName, int]]:
         for name in COUNTERS:
             yield name, getattr(self, name)
 
 
+@dataclass(frozen=True, slots=True)
+class ButtonsSnapshot:
+    """The button broker's counters, and whether it is connected and subscribed."""
+
+    mqtt_messages: int = 0
+    mqtt_presses: int = 0
+    mqtt_malformed: int = 0
+    connected: bool = False
+
+    def items(self) -> Iterator[tuple[ButtonCounterName, int]]:
+        for name in BUTTON_COUNTERS:
+            yield name, getattr(self, name)
+
+
 def summary_line(snapshot: MetricsSnapshot, outbox_rows: int | None = None) -> str:
-    """The periodic log line: `frames=… candidates=… … refused=…` (and `outbox=N` when known)."""
+    """The periodic log line: `frames=… candidates=… … refused=…`, the button broker's
+    `mqtt_messages=… mqtt_presses=… mqtt_malformed=… mqtt_connected=0|1` when there is one, and
+    `outbox=N` when known."""
     text = " ".join(f"{name}={value}" for name, value in snapshot.items())
+    if snapshot.buttons is not None:
+        buttons = snapshot.buttons
+        text += "".join(f" {name}={value}" for name, value in buttons.items())
+        text += f" mqtt_connected={int(buttons.connected)}"
     return text if outbox_rows is None else f"{text} outbox={outbox_rows}"
 
 
@@ -91,20 +127,42 @@ class Metrics:
         # Not a thread of its own: the outbox counts on the writer thread its blocking SQLite
         # work is handed off to (writer.py), the rest of `run` on the loop.
         self._lock = threading.Lock()
-        self._values: dict[CounterName, int] = dict.fromkeys(COUNTERS, 0)
+        self._values: dict[CounterName | ButtonCounterName, int] = dict.fromkeys(
+            (*COUNTERS, *BUTTON_COUNTERS), 0)
+        self._buttons = False  # a button broker counts here (`track_buttons`)
+        self._buttons_connected = False
 
-    def add(self, name: CounterName, amount: int = 1) -> None:
+    def add(self, name: CounterName | ButtonCounterName, amount: int = 1) -> None:
         if amount < 0:
             raise ValueError("counters only go up")
         with self._lock:
             self._values[name] += amount  # KeyError for an unknown name: a programming error
 
+    def track_buttons(self) -> None:
+        """A button broker counts here from now on: its counters and gauge are shown (zero
+        until it counts), in the summary line and on /metrics."""
+        with self._lock:
+            self._buttons = True
+
+    def buttons_connected(self, connected: bool) -> None:
+        """The button broker's gauge: connected and subscribed, or not."""
+        with self._lock:
+            self._buttons = True
+            self._buttons_connected = connected
+
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
-            return MetricsSnapshot(**self._values)
+            values = self._values
+            buttons = ButtonsSnapshot(
+                **{name: values[name] for name in BUTTON_COUNTERS},
+                connected=self._buttons_connected,
+            ) if self._buttons else None
+            return MetricsSnapshot(**{name: values[name] for name in COUNTERS},
+                                   buttons=buttons)
 
 
-assert {f.name for f in fields(MetricsSnapshot)} == set(COUNTERS)
+assert {f.name for f in fields(MetricsSnapshot)} == {*COUNTERS, "buttons"}
+assert {f.name for f in fields(ButtonsSnapshot)} == {*BUTTON_COUNTERS, "connected"}
 
 
 # How many events wait in the outbox: a plain call (tests, a cheap count) or an awaitable one,
@@ -182,6 +240,17 @@ class _Reading:
                 f"{PREFIX}_uplink_refusals",
                 "Logins Cumulocity refused (CONNACK 1, 2, 4, 5 or a refused certificate).",
                 value=refusals,
+            )
+        buttons = self.snapshot.buttons
+        if buttons is not None:
+            for button_name, value in buttons.items():
+                yield CounterMetricFamily(f"{PREFIX}_{button_name}", BUTTON_HELP[button_name],
+                                          value=value)
+            yield GaugeMetricFamily(
+                f"{PREFIX}_mqtt_buttons_connected",
+                "1 while the connection to the MQTT buttons' broker ([mqtt_buttons]) is up and "
+                "subscribed, else 0.",
+                value=1 if buttons.connected else 0,
             )
         if self.rows is not None:
             yield GaugeMetricFamily(

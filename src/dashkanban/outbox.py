@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
-from dashkanban.values import DeviceLine, Trigger
+from dashkanban.values import DeviceLine, PressKind, Trigger
 
 if TYPE_CHECKING:
     from dashkanban.config import OutboxSettings
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KIND_EVENT = "event"  # a press: the event, its extra lines, then any lines for other devices
 KIND_LINES = "lines"  # SmartREST lines only (e.g. a Kanban refill's clears from the CLI)
 DEFAULT_MAX_ROWS = 200_000
@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS events (
     last_error  TEXT,
     size        INTEGER NOT NULL,
     kind        TEXT    NOT NULL DEFAULT 'event',
-    other_lines TEXT    NOT NULL DEFAULT '[]'
+    other_lines TEXT    NOT NULL DEFAULT '[]',
+    press_kind  TEXT    NOT NULL DEFAULT 'single'
 );
 CREATE TABLE IF NOT EXISTS stats (
     one        INTEGER PRIMARY KEY CHECK (one = 1),
@@ -99,16 +100,17 @@ _QUARANTINE = """
 CREATE TABLE IF NOT EXISTS quarantine (
     id          INTEGER PRIMARY KEY,
     time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts, last_error,
-    size, kind, other_lines,
+    size, kind, other_lines, press_kind,
     reason         TEXT NOT NULL,
     quarantined_at TEXT NOT NULL
 )
 """
 _QUARANTINE_COPY = (
     "INSERT OR REPLACE INTO quarantine (id, time, mac, serial, name, type, text, trigger,"
-    " extra_lines, queued_at, attempts, last_error, size, kind, other_lines, reason,"
+    " extra_lines, queued_at, attempts, last_error, size, kind, other_lines, press_kind, reason,"
     " quarantined_at) SELECT id, time, mac, serial, name, type, text, trigger, extra_lines,"
-    " queued_at, attempts, last_error, size, kind, other_lines, ?, ? FROM events WHERE id = ?"
+    " queued_at, attempts, last_error, size, kind, other_lines, press_kind, ?, ? FROM events"
+    " WHERE id = ?"
 )
 
 # Lines Cumulocity accepted (PUBACK) and then refused on `s/e` (issue 13): counted here, durably,
@@ -127,13 +129,20 @@ CREATE TABLE IF NOT EXISTS c8y_refusals (
 
 _COLUMNS = (
     "id, time, mac, serial, name, type, text, trigger, extra_lines, queued_at, attempts, kind,"
-    " other_lines"
+    " other_lines, press_kind"
 )
 # Schema 1 -> 2: a row may carry lines for other child devices, or be lines only.
 _MIGRATE_1_TO_2 = """
 ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'event';
 ALTER TABLE events ADD COLUMN other_lines TEXT NOT NULL DEFAULT '[]';
 """
+# Schema 2 -> 3: a press row keeps its kind (single, double, long: issue 19), so an event read
+# back says what the button said; rows queued before read as "single", which is all a network
+# press ever is. The quarantine table, if one was made, keeps it too.
+_MIGRATE_2_TO_3 = """
+ALTER TABLE events ADD COLUMN press_kind TEXT NOT NULL DEFAULT 'single';
+"""
+_MIGRATE_2_TO_3_QUARANTINE = "ALTER TABLE quarantine ADD COLUMN press_kind"
 
 # A press's identity: (serial, time to the millisecond in UTC, event type); see press_key.
 PressKey = tuple[str, str, str]
@@ -368,6 +377,7 @@ class Outbox:
             size,
             KIND_EVENT,
             json.dumps(others, ensure_ascii=False),
+            event.kind,
         )
         # The identity is stamped with the row's queued_at, so `drop` sees this row as the one
         # that first queued the press (`_first_queued_by`).
@@ -386,7 +396,7 @@ class Outbox:
         values = (
             time.isoformat(), "", "", "", "", "", "", "[]",
             self._clock().astimezone(UTC).isoformat(), size, KIND_LINES,
-            json.dumps(others, ensure_ascii=False),
+            json.dumps(others, ensure_ascii=False), "single",
         )
         return self._insert(values, size, "queueing lines")
 
@@ -406,8 +416,8 @@ class Outbox:
                     raise self._refuse(rows, used)
                 cursor = self._db.execute(
                     "INSERT INTO events (time, mac, serial, name, type, text, trigger,"
-                    " extra_lines, queued_at, size, kind, other_lines)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " extra_lines, queued_at, size, kind, other_lines, press_kind)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
                 row_id = cursor.lastrowid
@@ -779,10 +789,10 @@ class Outbox:
         oldest first."""
         serial = None
         if button is not None:
-            from dashkanban.buttons import normalize_mac, serial_of
+            from dashkanban.buttons import normalize_address, serial_of
 
-            try:
-                serial = serial_of(normalize_mac(button))
+            try:  # a MAC, or a Zigbee button's EUI-64 (issue 19)
+                serial = serial_of(normalize_address(button))
             except ValueError:
                 serial = None
 
@@ -870,7 +880,7 @@ def _is_full(exc: sqlite3.Error) -> bool:
 def _queued(row: tuple[object, ...]) -> QueuedEvent:
     """A row as the queue's value; ValueError, TypeError or UnicodeError for a damaged one."""
     (row_id, time, mac, serial, name, type_, text, trigger, extra, queued_at, attempts, kind,
-     others) = row
+     others, press_kind) = row
     event = None if kind == KIND_LINES else Event(
         time=_aware(datetime.fromisoformat(_str(time))),
         mac=_str(mac),
@@ -879,6 +889,7 @@ def _queued(row: tuple[object, ...]) -> QueuedEvent:
         type=_str(type_),
         text=_str(text),
         trigger=_trigger(trigger),
+        kind=_press_kind(press_kind),
     )
     if not isinstance(row_id, int) or not isinstance(attempts, int):
         raise TypeError(f"id {row_id!r} or attempts {attempts!r} is not a whole number")
@@ -924,6 +935,12 @@ def _trigger(value: object) -> Trigger:
     # put() stored a Trigger; the row gives back what was written, as it always has (a word a
     # newer version added is read, not quarantined).
     return cast("Trigger", _str(value))
+
+
+def _press_kind(value: object) -> PressKind:
+    # As `_trigger`: what put() stored is read back; a kind a newer version added is not a
+    # reason to quarantine the row.
+    return cast("PressKind", _str(value))
 
 
 def _json_list(value: object) -> list[object]:
@@ -1008,7 +1025,7 @@ def _prepare(db: sqlite3.Connection, path: Path, *, check: bool) -> None:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version == 0:
             _create_schema(db, path)
-        elif version == 1:
+        elif version < SCHEMA_VERSION:
             _migrate(db, path)
         elif version > SCHEMA_VERSION:
             raise OutboxError(
@@ -1057,7 +1074,7 @@ def _create_schema(db: sqlite3.Connection, path: Path) -> None:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    if version == 1:
+    if 0 < version < SCHEMA_VERSION:
         _migrate(db, path)
 
 
@@ -1072,19 +1089,26 @@ def _statements(script: str) -> Iterator[str]:
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Schema 1 -> 2 in one transaction: every queued row stays, as an event row.
+    """Schema 1 -> 2 -> 3 in one transaction: every queued row stays, as an event row (2) of
+    kind "single" (3).
 
     The version is read again under the write lock: another process (a `replay` next to the
     daemon) may have migrated the file since we looked.
     """
     db.execute("BEGIN IMMEDIATE")
     try:
-        if int(db.execute("PRAGMA user_version").fetchone()[0]) == 1:
-            for statement in _MIGRATE_1_TO_2.strip().split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if 0 < version < SCHEMA_VERSION:
+            steps = [_MIGRATE_1_TO_2] if version == 1 else []
+            for script in [*steps, _MIGRATE_2_TO_3]:
+                for statement in script.strip().split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                          " AND name = 'quarantine'").fetchone():
+                db.execute(_MIGRATE_2_TO_3_QUARANTINE)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            log.info("%s: outbox schema upgraded from 1 to %d", path, SCHEMA_VERSION)
+            log.info("%s: outbox schema upgraded from %d to %d", path, version, SCHEMA_VERSION)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -1170,7 +1194,7 @@ def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int)
         e = oldest.event
         what = (
             f"{len(oldest.other_lines)} SmartREST lines" if e is None
-            else f"{e.c8y_time} {e.name} ({e.mac})"
+            else f"{e.c8y_time} {e.name} ({e.mac}){_kind_shown(e)}"
         )
         lines.append(
             f"oldest: {what}, queued "
@@ -1192,6 +1216,12 @@ def format_status(path: Path, stats: OutboxStats, max_rows: int, max_bytes: int)
         when = stats.last_error_at.isoformat(timespec="seconds") if stats.last_error_at else "?"
         lines.append(f"last error: {when} {stats.last_error}")
     return "\n".join(lines)
+
+
+def _kind_shown(event: Event) -> str:
+    """" long press" or " double press" after a row's button; nothing for a single press (all a
+    network press is, and the only kind before issue 19)."""
+    return "" if event.kind == "single" else f" {event.kind} press"
 
 
 def plural(count: int, word: str) -> str:

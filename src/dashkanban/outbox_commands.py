@@ -177,7 +177,8 @@ def drop_command(args: DropOptions) -> int:
     for row in dropped[:MAX_LISTED]:
         e = row.event
         what = (f"{len(row.other_lines)} SmartREST lines" if e is None
-                else f"{e.c8y_time} {e.name} ({e.mac}) {e.type}")
+                else f"{e.c8y_time} {e.name} ({e.mac}) {e.type}"
+                f"{'' if e.kind == 'single' else f' {e.kind} press'}")
         print(f"dropped: {what}")
     if len(dropped) > MAX_LISTED:
         print(f"dropped: ... and {len(dropped) - MAX_LISTED} more")

@@ -12,6 +12,11 @@ The connection is made again for ever with the project's backoff (backoff.py, ca
 while, costs presses made in between only (MQTT buttons do not queue them), never the daemon.
 `run()` returns only when cancelled; an exception from `on_press` (a bug, or an outbox that
 cannot be written) ends it, so the daemon's supervisor ends the process.
+
+Without a topic in MACID.csv `run()` idles, connecting nowhere, until `use_registry` (SIGHUP)
+brings one: a daemon started before the first MQTT button was listed needs a reload, not a
+restart. With `metrics`, the messages, presses and malformed messages are counted there and the
+connection is its `mqtt_buttons_connected` gauge (metrics.py).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -43,6 +48,9 @@ from dashkanban.mqtt_buttons.payloads import (
     read_message,
 )
 from dashkanban.values import PressKind
+
+if TYPE_CHECKING:
+    from dashkanban.metrics import ButtonCounterName, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +86,14 @@ class ButtonBroker:
 
     def __init__(self, settings: MqttButtonsSettings, registry: Registry, on_press: OnPress, *,
                  on_battery: OnBattery | None = None, retry_max: float = RETRY_MAX,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         """`on_press`/`on_battery` may be plain functions or coroutine functions (then awaited:
-        e.g. `writer.call(...)`, so the loop never waits on the outbox's fsync)."""
+        e.g. `writer.call(...)`, so the loop never waits on the outbox's fsync). `metrics`: the
+        daemon's, which then show this broker's counters and gauge."""
         self.settings = settings
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.track_buttons()
         self.registry = registry
         self.on_press = on_press
         self.on_battery = on_battery
@@ -163,8 +175,20 @@ class ButtonBroker:
         address = f"{settings.host}:{settings.port}"
         context = self.tls_context()
         attempt = 0
+        idle_said = False
         while True:
             topics = self.topics()
+            if not topics:
+                # Nothing to listen to: no connection until a reload lists an MQTT button.
+                if not idle_said:
+                    log.info("button broker %s: no button has a topic; not connecting until a "
+                             "reload (SIGHUP) lists one", address)
+                    idle_said = True
+                self.subscribed = frozenset()
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            idle_said = False
             backoff = self._transport
             try:
                 async with aiomqtt.Client(
@@ -174,13 +198,14 @@ class ButtonBroker:
                     keepalive=KEEPALIVE, tls_context=context, timeout=CONNECT_TIMEOUT,
                     max_queued_incoming_messages=MAX_QUEUED,
                 ) as client:
-                    if topics:
-                        await client.subscribe([(t, 1) for t in topics])
+                    await client.subscribe([(t, 1) for t in topics])
                     self.subscribed = frozenset(topics)
                     attempt = 0
                     self.connections += 1
                     self.last_error = None
                     self.connected.set()
+                    if self.metrics is not None:
+                        self.metrics.buttons_connected(True)
                     log.info("button broker %s: listening to %d MQTT button topic(s)", address,
                              len(topics))
                     follower = asyncio.create_task(self._follow(client, set(topics)))
@@ -202,6 +227,8 @@ class ButtonBroker:
                 self.last_error = str(exc) or type(exc).__name__
             finally:
                 self.connected.clear()
+                if self.metrics is not None:
+                    self.metrics.buttons_connected(False)
             attempt += 1
             delay = backoff.delay(attempt)
             log.warning("button broker %s: %s; connecting again in %.1f s", address,
@@ -211,6 +238,7 @@ class ButtonBroker:
     async def handle(self, topic: str, payload: bytes, retained: bool) -> None:
         """One message (also what tests feed directly)."""
         self.messages += 1
+        self._count("mqtt_messages")
         button = self.registry.by_topic(topic)
         owner = button if button is not None else self._battery_topics.get(topic)
         if owner is None:
@@ -219,6 +247,7 @@ class ButtonBroker:
         now = self._clock()
         if isinstance(reading, Unreadable):
             self.malformed += 1
+            self._count("mqtt_malformed")
             log.debug("button broker: unreadable message on %r (%d bytes): %s", topic,
                       len(payload), reading.reason)
             return
@@ -236,9 +265,14 @@ class ButtonBroker:
                       reading.count)
             return
         self.presses += 1
+        self._count("mqtt_presses")
         if reading.battery is not None:
             await self._battery(Battery(button, reading.battery, now))
         await _call(self.on_press, MqttPress(button, reading.kind, now, topic))
+
+    def _count(self, name: ButtonCounterName) -> None:
+        if self.metrics is not None:
+            self.metrics.add(name)
 
     async def _battery(self, level: Battery) -> None:
         if self.on_battery is not None:

@@ -1,4 +1,5 @@
-"""The MQTT buttons wired into `run`: the ButtonBroker with its press and battery handlers.
+"""The MQTT buttons wired into `run`: the ButtonBroker with its press and battery handlers, and
+the frame source of a `run` whose buttons are all MQTT buttons (no raw socket).
 
 Kept out of daemon.py so that the daemon only starts `broker.run()` (a thread of its own today,
 a task of its TaskGroup once `run` is one asyncio loop) and hands over what a press needs.
@@ -6,10 +7,13 @@ a task of its TaskGroup once `run` is one asyncio loop) and hands over what a pr
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from dashkanban.buttons import Registry
 from dashkanban.config import Settings
@@ -18,17 +22,28 @@ from dashkanban.mqtt_buttons.source import Battery, ButtonBroker, MqttPress
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Press
 
+if TYPE_CHECKING:
+    from dashkanban.capture import Frame
+    from dashkanban.capture.bpf import Program
+    from dashkanban.capture.live import LiveCapture
+    from dashkanban.metrics import Metrics
+
 log = logging.getLogger(__name__)
+
+STOP_POLL = 0.5  # seconds; how late NoCapture.frames() sees stop() (also from a signal handler)
 
 PutLines = Callable[[Sequence[tuple[str | None, str]], datetime], object]
 
 
 def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
-                handle: Callable[[Press], None], put_lines: PutLines) -> ButtonBroker | None:
-    """The button broker of `[mqtt_buttons]`, or None without the section or without topics
-    (each said once). `handle` queues a press (the daemon's, as for network presses),
-    `put_lines` a row of lines (`Courier.put_lines`). Raises ConfigError for an unusable
-    ca_file, before anything runs."""
+                handle: Callable[[Press], None], put_lines: PutLines, *,
+                metrics: Metrics | None = None) -> ButtonBroker | None:
+    """The button broker of `[mqtt_buttons]`, or None without the section (said once when
+    MACID.csv has topics). Without topics it is made all the same and idles, so that a reload
+    (SIGHUP) that lists the first MQTT button starts it. `handle` queues a press (the daemon's,
+    as for network presses), `put_lines` a row of lines (`Courier.put_lines`); `metrics` (the
+    daemon's) shows the broker's counters. Raises ConfigError for an unusable ca_file, before
+    anything runs."""
     if settings.mqtt_buttons is None:
         if registry.topics:
             log.warning("%d button(s) in %s have a topic, but config.ini has no "
@@ -36,9 +51,8 @@ def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
                         len(registry.topics), settings.buttons.file)
         return None
     if not registry.topics:
-        log.warning("[mqtt_buttons] is set, but no button in %s has a topic",
-                    settings.buttons.file)
-        return None
+        log.warning("[mqtt_buttons] is set, but no button in %s has a topic (yet: a reload "
+                    "that adds one starts listening)", settings.buttons.file)
 
     def on_press(reported: MqttPress) -> None:
         # The same dead time as network presses, on the daemon's monotonic clock.
@@ -49,7 +63,7 @@ def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
 
     broker = ButtonBroker(settings.mqtt_buttons, registry, on_press,
                           on_battery=battery_handler(settings, put_lines),
-                          retry_max=settings.c8y.retry_max)
+                          retry_max=settings.c8y.retry_max, metrics=metrics)
     broker.tls_context()  # a ca_file that cannot be used: a ConfigError now (exit 2)
     return broker
 
@@ -79,3 +93,68 @@ def battery_handler(settings: Settings, put_lines: PutLines) -> Callable[[Batter
                             level.percent, exc)
 
     return on_battery
+
+
+def mqtt_only(settings: Settings, registry: Registry) -> bool:
+    """Whether network join has nothing to catch: `[buttons] source = csv` and every button of
+    MACID.csv (at least one) has a topic. An empty MACID.csv still captures, as before: its
+    buttons are to come, and most are network-join buttons."""
+    return (settings.buttons.source == "csv" and len(registry) > 0
+            and all(button.topic is not None for button in registry))
+
+
+class NoCapture:
+    """The frame source of `run` when every button is an MQTT button: no raw socket is opened,
+    so `run` needs no CAP_NET_RAW. `frames()` yields nothing until `stop()`; `run()` (the
+    asyncio daemon's) awaits until cancelled. A reload that lists a network-join button is told
+    to restart: there is no socket to put its filter on."""
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+
+    def frames(self) -> Iterator[Frame]:
+        while not self._stopped.wait(STOP_POLL):
+            pass
+        yield from ()
+
+    async def run(self, handle: Callable[[Frame], None]) -> None:
+        await asyncio.Event().wait()  # until cancelled: no frame ever comes
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def set_filter(self, programs: Program | Sequence[Program]) -> Program | None:
+        """The reload's new filter: nothing to attach it to. When it compares MACs, MACID.csv
+        now has network-join buttons, which only a restart captures (one WARNING)."""
+        first = programs if not isinstance(programs, Sequence) else programs[0]
+        if first.buttons:
+            log.warning("MACID.csv now lists %d network-join button(s) (without a topic); "
+                        "`run` started with MQTT buttons only and opened no capture socket: "
+                        "restart it (systemctl restart dashkanban) to catch their presses",
+                        first.buttons)
+        return None
+
+
+def frame_source(settings: Settings, interface: str | None) -> LiveCapture | NoCapture:
+    """What `run` reads presses from: the live capture on `interface` (or `[capture]
+    interface`), built as `run` built it, its permission checked now (exit 2 with the fix
+    before connecting anywhere), or NoCapture when every button is an MQTT button
+    (`mqtt_only`), said in one INFO line."""
+    from dashkanban.capture.filters import kernel_programs
+    from dashkanban.capture.live import LiveCapture, resolve_interface
+
+    registry = None
+    if settings.buttons.source == "csv":
+        from dashkanban.buttons import load_buttons
+
+        registry = load_buttons(settings.buttons.file)
+        if mqtt_only(settings, registry):
+            log.info("every button in %s is an MQTT button: no network capture (no raw "
+                     "socket, CAP_NET_RAW not needed)", settings.buttons.file)
+            return NoCapture()
+    name = resolve_interface(interface or settings.capture.interface)
+    capture = LiveCapture(name, settings.capture.detect,
+                          promiscuous=settings.capture.promiscuous,
+                          programs=kernel_programs(settings, registry))
+    capture.check_permission()  # before connecting anywhere: exit 2 with the fix
+    return capture  # `run` says "capturing on ..." (its own logger: a line tests look for)
