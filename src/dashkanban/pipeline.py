@@ -7,6 +7,10 @@ Inventory buttons live (`inventory`, an `inventory.Lookups`): a MAC the cache ca
 parked and looked up on a worker thread, so matching never waits for HTTP; `answered()` debounces
 the parked sightings once the answers are in. The debouncer is then shared by two threads, so
 matching takes a lock (only with `inventory`: the CSV-only hot path has none).
+
+Match first: with the registry alone (no look-up of unknown MACs), a frame's sender MAC is looked
+up as raw bytes in `network_macs(registry)` before anything is formatted (`Decoder.sight`), so
+another device's ARP request costs a header comparison and a set look-up, not a Sighting.
 """
 
 from __future__ import annotations
@@ -26,6 +30,25 @@ from dashkanban.values import PressKind
 
 if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
+
+
+def network_macs(registry: Registry) -> frozenset[bytes]:
+    """The raw MACs of the buttons matched by network join: the registry as `Decoder.sight`'s
+    `wanted`. Exactly those `raw` for which `registry.get(raw.hex(":"))` is a button without a
+    `topic` (an MQTT button is not matched by network join, Debouncer.feed), so matching first
+    gives the same presses as matching the Sighting's text: an EUI-64, or an address not in the
+    decoder's notation, which no Sighting's MAC would equal, is left out."""
+    macs = set()
+    for button in registry:
+        if button.topic is not None:
+            continue
+        try:
+            raw = bytes.fromhex(button.mac.replace(":", ""))
+        except ValueError:
+            continue
+        if len(raw) == 6 and raw.hex(":") == button.mac:
+            macs.add(raw)
+    return frozenset(macs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +71,8 @@ class Counts:
 class Pipeline:
     """Feeds frames through decode, match and debounce, and makes the events."""
 
-    __slots__ = ("_debouncer", "_decoder", "_event", "_inventory", "_lock", "_registry", "presses")
+    __slots__ = ("_debouncer", "_decoder", "_event", "_inventory", "_lock", "_registry",
+                 "_wanted", "presses")
 
     def __init__(
         self,
@@ -67,6 +91,9 @@ class Pipeline:
         self._decoder = Decoder(detect)
         self._debouncer = Debouncer(registry, dead_time, lookup)
         self._registry = registry
+        # Match first (module doc) only where the registry is the whole answer: a look-up, sync
+        # or async, must see every unknown MAC's Sighting (None: decode everything in full).
+        self._wanted = network_macs(registry) if lookup is None and inventory is None else None
         self._inventory = inventory
         self._lock = threading.Lock()
         self._event = event
@@ -75,7 +102,11 @@ class Pipeline:
     def feed(self, frame: Frame, now: float | None = None) -> Event | None:
         """One frame; `now` is the pipeline clock (default: the frame's timestamp)."""
         timestamp, data, vlan = frame  # one unpacking, not three NamedTuple look-ups: per frame
-        sighting = self._decoder.decode(data, timestamp, vlan)
+        wanted = self._wanted
+        if wanted is None:
+            sighting = self._decoder.decode(data, timestamp, vlan)
+        else:
+            sighting = self._decoder.sight(data, timestamp, vlan, wanted)
         if sighting is None:
             return None
         press = self._match(sighting, timestamp if now is None else now)
@@ -102,8 +133,13 @@ class Pipeline:
                         yield press
             return
         debounce = self._debouncer.feed
+        sight = self._decoder.sight
         for timestamp, data, vlan in frames:
-            sighting = decode(data, timestamp, vlan)
+            wanted = self._wanted  # per frame: use_registry may swap it (a reload)
+            if wanted is None:
+                sighting = decode(data, timestamp, vlan)
+            else:
+                sighting = sight(data, timestamp, vlan, wanted)
             if sighting is None:
                 continue
             press = debounce(sighting, timestamp if clock is None else clock())
@@ -117,7 +153,8 @@ class Pipeline:
         """A per-frame callable for `LiveCapture.run`: what run_presses does with each frame
         (decode, match, debounce on `clock`), handing each press to `on_press`. Behind the
         candidate filter it runs for every ARP request on the LAN, so the CSV-only case binds
-        its steps once instead of going through feed and _match per frame."""
+        its steps once instead of going through feed and _match per frame, and matches first
+        (`Decoder.sight`: no Sighting for another device's frame)."""
         decode = self._decoder.decode
         if self._inventory is not None:
             match = self._match
@@ -135,10 +172,15 @@ class Pipeline:
         # use_registry swaps the debouncer's registry in place, so these stay current.
         button_for = self._debouncer.button_for
         debounce = self._debouncer.feed_button
+        sight = self._decoder.sight
 
         def handle(frame: Frame) -> None:
             timestamp, data, vlan = frame
-            sighting = decode(data, timestamp, vlan)
+            wanted = self._wanted  # read per frame: use_registry swaps it on a reload
+            if wanted is None:  # a synchronous look-up: every sighting in full
+                sighting = decode(data, timestamp, vlan)
+            else:
+                sighting = sight(data, timestamp, vlan, wanted)
             if sighting is None:
                 return
             button = button_for(sighting.mac)
@@ -205,6 +247,8 @@ class Pipeline:
         so the capture thread sees the old or the new registry, never half of one."""
         self._registry = registry
         self._debouncer.use_registry(registry)
+        if self._wanted is not None:
+            self._wanted = network_macs(registry)
 
     @property
     def tracked(self) -> int:
