@@ -184,7 +184,8 @@ class Pipeline:
             if sighting is None:
                 return
             button = button_for(sighting.mac)
-            if button is not None:
+            # An MQTT button's broker reports its presses (Debouncer.feed): not network join.
+            if button is not None and button.topic is None:
                 press = debounce(sighting, button, clock())
                 if press is not None:
                     self.presses += 1
