@@ -82,7 +82,8 @@ class Decoder:
 
     `frames` counts every frame given, `candidates` those of a watched kind (ARP, UDP to port 67,
     ICMPv6 router/neighbour solicitation: what the live kernel filter lets through), `sightings`
-    the candidates that are a device joining, `malformed` frames too broken to read.
+    the candidates that are a device joining (also those `sight` builds no Sighting for: the
+    summary counts what was on the wire), `malformed` frames too broken to read.
     """
 
     __slots__ = ("_arp", "_dhcp", "_ndp", "candidates", "frames", "malformed", "sightings")
