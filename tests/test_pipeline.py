@@ -240,3 +240,66 @@ def test_a_synchronous_lookup_still_sees_every_mac() -> None:
     handle(Frame(T0 + 1, forge.arp_frame(1, "3c:22:fb:00:00:01", "10.0.0.7", "10.0.0.1")))
     assert asked == [other, "3c:22:fb:00:00:01"]
     assert got == [Press(found, datetime.fromtimestamp(T0, UTC), "arp")]
+
+
+def test_press_handler_with_the_inventory_cache_matches_first(tmp_path: Path) -> None:
+    """With the inventory source's cache (`cached`), a MAC it knows to be no button is dropped
+    before its Sighting is built, and nothing else changes: the same presses, parked and
+    answered, and the same counts as without it (the test above)."""
+    from dashkanban.compose import build_pipeline, load_registry
+    from dashkanban.pipeline import InventoryCandidates
+    from tests.kanban.c8y_server import c8y_server
+    from tests.test_inventory import (
+        CSV_BUTTON,
+        INVENTORY_BUTTON,
+        INVENTORY_MAC,
+        PHONE,
+        Wired,
+        arp,
+        at,
+        config,
+        dhcp,
+        tenant,
+    )
+    from tests.test_inventory import T0 as I0
+
+    def raw(mac: str) -> bytes:
+        return bytes.fromhex(mac.replace(":", ""))
+
+    with c8y_server(tenant()) as base:
+        settings = config(tmp_path, base)
+        wired = Wired(settings)
+        try:
+            wired.pipeline = build_pipeline(settings, load_registry(settings),
+                                            inventory=wired.lookups, cached=wired.source.cached)
+            candidates = InventoryCandidates(load_registry(settings), wired.lookups,
+                                             wired.source.cached)
+            got: list[Press] = []
+            now = [0.0]
+            handler = wired.pipeline.press_handler(got.append, lambda: now[0])
+
+            def handle(frame: Frame) -> None:
+                now[0] = frame.timestamp  # the live clock, played by the frames' times
+                handler(frame)
+
+            for frame in (arp(INVENTORY_MAC, I0), arp(PHONE, I0 + 0.5),
+                          dhcp(CSV_BUTTON.mac, I0 + 1.0)):
+                handle(frame)
+            assert got == [Press(CSV_BUTTON, at(I0 + 1.0), "dhcp")]
+            assert raw(PHONE) in candidates  # look-ups are waiting: every MAC the full way
+            answered = wired.collect(lambda: wired.lookups.pending == 0)
+            assert answered == [Press(INVENTORY_BUTTON, at(I0), "arp")]
+            # Answered and cached: the phone is known to be no button, the others are wanted.
+            assert raw(PHONE) not in candidates
+            assert raw(INVENTORY_MAC) in candidates
+            assert raw(CSV_BUTTON.mac) in candidates
+            assert raw("3c:22:fb:00:00:01") in candidates  # never seen: must be looked up
+            for frame in (arp(PHONE, I0 + 100), arp(PHONE, I0 + 101),
+                          arp(INVENTORY_MAC, I0 + 102)):
+                handle(frame)
+            assert got == [Press(CSV_BUTTON, at(I0 + 1.0), "dhcp"),
+                           Press(INVENTORY_BUTTON, at(I0 + 102), "arp")]
+            assert wired.lookups.pending == 0
+            assert wired.pipeline.counts() == Counts(6, 6, 6, 0, 3)
+        finally:
+            wired.close()

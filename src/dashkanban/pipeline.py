@@ -16,7 +16,7 @@ another device's ARP request costs a header comparison and a set look-up, not a 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,23 +32,54 @@ if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
 
 
-def network_macs(registry: Registry) -> frozenset[bytes]:
-    """The raw MACs of the buttons matched by network join: the registry as `Decoder.sight`'s
-    `wanted`. Exactly those `raw` for which `registry.get(raw.hex(":"))` is a button without a
-    `topic` (an MQTT button is not matched by network join, Debouncer.feed), so matching first
-    gives the same presses as matching the Sighting's text: an EUI-64, or an address not in the
-    decoder's notation, which no Sighting's MAC would equal, is left out."""
-    macs = set()
+def _raw_macs(registry: Registry) -> dict[bytes, Button]:
+    """The registry keyed by raw MAC: exactly those `raw` for which `registry.get(raw.hex(":"))`
+    is a button, so matching the raw bytes first gives what matching the Sighting's text gives
+    (an EUI-64, or an address not in the decoder's notation, which no Sighting's MAC would equal,
+    is left out)."""
+    macs = {}
     for button in registry:
-        if button.topic is not None:
-            continue
         try:
             raw = bytes.fromhex(button.mac.replace(":", ""))
         except ValueError:
             continue
         if len(raw) == 6 and raw.hex(":") == button.mac:
-            macs.add(raw)
-    return frozenset(macs)
+            macs[raw] = button
+    return macs
+
+
+def network_macs(registry: Registry) -> frozenset[bytes]:
+    """The raw MACs of the buttons matched by network join: the registry as `Decoder.sight`'s
+    `wanted`. An MQTT button (a `topic`) is not matched by network join (Debouncer.feed)."""
+    return frozenset(raw for raw, button in _raw_macs(registry).items() if button.topic is None)
+
+
+class InventoryCandidates:
+    """`Decoder.sight`'s `wanted` with inventory look-ups (live): the MACs whose sighting
+    `_match` does not drop at once. A registry button matched by network join is wanted, an
+    MQTT button is not; any other MAC is wanted unless the inventory's cache knows it is no
+    button, which is the one answer `Lookups.ask` gives without parking or looking up. That
+    holds only while no look-up waits (`pending` does not say for which MAC), so then every
+    unknown MAC goes the full way; the capture's own thread is the only one that adds a waiting
+    MAC, so a 0 read here is still 0 when `ask` would run."""
+
+    __slots__ = ("_buttons", "_cached", "_inventory")
+
+    def __init__(self, registry: Registry, inventory: Lookups,
+                 cached: Callable[[str], object]) -> None:
+        self._buttons = {raw: b.topic is None for raw, b in _raw_macs(registry).items()}
+        self._inventory = inventory
+        self._cached = cached  # InventorySource.cached: Button, None (no button), or a miss
+
+    def __contains__(self, mac: object) -> bool:
+        if not isinstance(mac, bytes):
+            return True
+        network = self._buttons.get(mac)
+        if network is not None:
+            return network
+        if self._inventory.pending:
+            return True
+        return self._cached(mac.hex(":")) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +102,8 @@ class Counts:
 class Pipeline:
     """Feeds frames through decode, match and debounce, and makes the events."""
 
-    __slots__ = ("_debouncer", "_decoder", "_event", "_inventory", "_lock", "_registry",
-                 "_wanted", "presses")
+    __slots__ = ("_cached", "_debouncer", "_decoder", "_event", "_inventory", "_lock",
+                 "_lookup", "_registry", "_wanted", "presses")
 
     def __init__(
         self,
@@ -83,21 +114,35 @@ class Pipeline:
         dead_time: float = DEFAULT_DEAD_TIME,
         lookup: ButtonLookup | None = None,
         inventory: Lookups | None = None,
+        cached: Callable[[str], object] | None = None,
     ) -> None:
         """`lookup`: a synchronous look-up for MACs not in `registry` (replay); `inventory`: the
-        asynchronous one (live). At most one of them."""
+        asynchronous one (live). At most one of them. `cached`: with `inventory`, its source's
+        cached answer (InventorySource.cached), so that a MAC known to be no button is dropped
+        before its Sighting is built (InventoryCandidates); without it every unknown MAC is
+        decoded in full."""
         if lookup is not None and inventory is not None:
             raise ValueError("give lookup or inventory, not both")
         self._decoder = Decoder(detect)
         self._debouncer = Debouncer(registry, dead_time, lookup)
         self._registry = registry
-        # Match first (module doc) only where the registry is the whole answer: a look-up, sync
-        # or async, must see every unknown MAC's Sighting (None: decode everything in full).
-        self._wanted = network_macs(registry) if lookup is None and inventory is None else None
         self._inventory = inventory
+        self._lookup = lookup
+        self._cached = cached
+        self._wanted = self._wanted_of(registry)
         self._lock = threading.Lock()
         self._event = event
         self.presses = 0
+
+    def _wanted_of(self, registry: Registry) -> Container[bytes] | None:
+        """What to build a Sighting for (Decoder.sight), or None: decode everything in full, as
+        a look-up must see every unknown MAC's Sighting (a synchronous one; the asynchronous one
+        without its cache)."""
+        if self._inventory is not None:
+            if self._cached is None:
+                return None
+            return InventoryCandidates(registry, self._inventory, self._cached)
+        return network_macs(registry) if self._lookup is None else None
 
     def feed(self, frame: Frame, now: float | None = None) -> Event | None:
         """One frame; `now` is the pipeline clock (default: the frame's timestamp)."""
@@ -124,16 +169,20 @@ class Pipeline:
     ) -> Iterator[Press]:
         """Every press of a stream of frames (for stages that need the button, such as Kanban)."""
         decode = self._decoder.decode  # bound once: this loop sees every frame of a capture
+        sight = self._decoder.sight
         if self._inventory is not None:
             for timestamp, data, vlan in frames:
-                sighting = decode(data, timestamp, vlan)
+                wanted = self._wanted
+                if wanted is None:
+                    sighting = decode(data, timestamp, vlan)
+                else:
+                    sighting = sight(data, timestamp, vlan, wanted)
                 if sighting is not None:
                     press = self._match(sighting, timestamp if clock is None else clock())
                     if press is not None:
                         yield press
             return
         debounce = self._debouncer.feed
-        sight = self._decoder.sight
         for timestamp, data, vlan in frames:
             wanted = self._wanted  # per frame: use_registry may swap it (a reload)
             if wanted is None:
@@ -156,12 +205,17 @@ class Pipeline:
         its steps once instead of going through feed and _match per frame, and matches first
         (`Decoder.sight`: no Sighting for another device's frame)."""
         decode = self._decoder.decode
+        sight = self._decoder.sight
         if self._inventory is not None:
             match = self._match
 
             def handle_with_inventory(frame: Frame) -> None:
                 timestamp, data, vlan = frame
-                sighting = decode(data, timestamp, vlan)
+                wanted = self._wanted
+                if wanted is None:
+                    sighting = decode(data, timestamp, vlan)
+                else:
+                    sighting = sight(data, timestamp, vlan, wanted)
                 if sighting is not None:
                     press = match(sighting, clock())
                     if press is not None:
@@ -172,7 +226,6 @@ class Pipeline:
         # use_registry swaps the debouncer's registry in place, so these stay current.
         button_for = self._debouncer.button_for
         debounce = self._debouncer.feed_button
-        sight = self._decoder.sight
 
         def handle(frame: Frame) -> None:
             timestamp, data, vlan = frame
@@ -248,8 +301,7 @@ class Pipeline:
         so the capture thread sees the old or the new registry, never half of one."""
         self._registry = registry
         self._debouncer.use_registry(registry)
-        if self._wanted is not None:
-            self._wanted = network_macs(registry)
+        self._wanted = self._wanted_of(registry)
 
     @property
     def tracked(self) -> int:
