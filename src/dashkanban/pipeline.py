@@ -8,9 +8,11 @@ parked and looked up on a worker thread, so matching never waits for HTTP; `answ
 the parked sightings once the answers are in. The debouncer is then shared by two threads, so
 matching takes a lock (only with `inventory`: the CSV-only hot path has none).
 
-Match first: with the registry alone (no look-up of unknown MACs), a frame's sender MAC is looked
-up as raw bytes in `network_macs(registry)` before anything is formatted (`Decoder.sight`), so
-another device's ARP request costs a header comparison and a set look-up, not a Sighting.
+Match first: a frame's sender MAC is looked up as raw bytes before anything is formatted
+(`Decoder.sight`), so another device's ARP request costs a header comparison and a set look-up,
+not a Sighting: in `network_macs(registry)` with the registry alone, in `InventoryCandidates`
+(the registry, then the inventory's cache) with inventory look-ups given `cached`. A synchronous
+`lookup` sees every Sighting, as before.
 """
 
 from __future__ import annotations
