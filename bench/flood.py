@@ -17,7 +17,8 @@ does). In namespace B, pinned to core 1, each detector listens on the same traff
   (`--ring` bytes);
 - dashkanban-candidates-before: the candidate filter as read before (main at 3c16e72):
   `frames()` with one recvmsg() per frame into the socket's default receive buffer, on a thread,
-  through `Pipeline.run_presses`;
+  through `Pipeline.run_presses` as it was then (every candidate decoded in full, then matched:
+  `_presses_before`);
 - amazon-dash's method: scapy `sniff(iface, filter=<its BPF>, prn=callback)`.
 
 Printed per rate and detector: CPU % of one core used by the detector process while the flood
@@ -45,7 +46,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +56,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 if TYPE_CHECKING:
+    from dashkanban.buttons import Registry
+    from dashkanban.capture import Frame
     from dashkanban.capture.live import LiveCapture
     from dashkanban.pipeline import Pipeline
     from dashkanban.presses import Press
@@ -118,13 +121,31 @@ def worker(kind: str, interface: str) -> None:
     threading.Thread(target=ready, daemon=True).start()
     if before:
         signal.signal(signal.SIGTERM, lambda _s, _f: capture.stop())
-        for press in pipeline.run_presses(capture.frames(), time.monotonic):
+        for press in _presses_before(capture.frames(), registry, detect):
             found.append(press.button.mac)
     else:
         asyncio.run(_run_async(capture, pipeline, found))
     stats = capture.statistics()
     print(json.dumps({"presses": sorted(set(found)), "received": capture.received,
                       "drops": stats.drops}), flush=True)
+
+
+def _presses_before(frames: Iterable[Frame], registry: Registry,
+                    detect: tuple[str, ...]) -> Iterator[Press]:
+    """`Pipeline.run_presses` as it was at 3c16e72, kept here so that "before" stays before
+    now that the pipeline matches first: every candidate decoded in full into a Sighting (MAC and
+    IP as text), then matched against the registry and debounced on the monotonic clock."""
+    from dashkanban.decode import Decoder
+    from dashkanban.presses import Debouncer
+
+    decode = Decoder(detect).decode
+    feed = Debouncer(registry, DEAD_TIME).feed
+    for timestamp, data, vlan in frames:
+        sighting = decode(data, timestamp, vlan)
+        if sighting is not None:
+            press = feed(sighting, time.monotonic())
+            if press is not None:
+                yield press
 
 
 async def _run_async(capture: LiveCapture, pipeline: Pipeline, found: list[str]) -> None:

@@ -10,7 +10,7 @@ fit. Layers: CONTRIBUTING.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from dashkanban.buttons import Registry, load_buttons
@@ -54,11 +54,13 @@ def build_pipeline(
     lookup: ButtonLookup | None = None,
     *,
     inventory: Lookups | None = None,
+    cached: Callable[[str], object] | None = None,
 ) -> Pipeline:
     """The pipeline as configured. For MACs not in MACID.csv (`[buttons] source =
     inventory|both`): `lookup` asks Cumulocity synchronously (replay: packet time is the clock,
     so waiting changes nothing and the result is deterministic), `inventory` asynchronously
-    (live: capture never waits for HTTP)."""
+    (live: capture never waits for HTTP), with `cached` its source's cache
+    (InventorySource.cached: a MAC known to be no button costs no Sighting)."""
     return Pipeline(
         registry,
         settings.event,
@@ -66,6 +68,7 @@ def build_pipeline(
         dead_time=settings.debounce_seconds,
         lookup=lookup,
         inventory=inventory,
+        cached=cached,
     )
 
 

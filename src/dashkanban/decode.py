@@ -13,7 +13,7 @@ lengths, a missing DHCP magic cookie) give `None` and are counted; nothing here 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import NamedTuple
 
 from dashkanban.values import DETECT, Detect
@@ -39,6 +39,9 @@ TRIGGERS: tuple[Detect, ...] = DETECT  # what the decoder recognises
 
 _ZERO_MAC = b"\x00" * 6
 _ZERO_IP6 = b"\x00" * 16
+# Bytes 12-21 of an untagged Ethernet/IPv4 ARP request: EtherType 0x0806, htype 1, ptype 0x0800,
+# hlen 6, plen 4, oper 1. The frame a flood of other devices is made of (`Decoder.sight`).
+_ARP_REQUEST = b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
 
 
 class Sighting(NamedTuple):
@@ -79,7 +82,8 @@ class Decoder:
 
     `frames` counts every frame given, `candidates` those of a watched kind (ARP, UDP to port 67,
     ICMPv6 router/neighbour solicitation: what the live kernel filter lets through), `sightings`
-    the candidates that are a device joining, `malformed` frames too broken to read.
+    the candidates that are a device joining (also those `sight` builds no Sighting for: the
+    summary counts what was on the wire), `malformed` frames too broken to read.
     """
 
     __slots__ = ("_arp", "_dhcp", "_ndp", "candidates", "frames", "malformed", "sightings")
@@ -97,8 +101,40 @@ class Decoder:
         self.sightings = 0
         self.malformed = 0
 
-    def decode(self, frame: bytes, timestamp: float, vlan: int | None = None) -> Sighting | None:
-        """One Ethernet frame -> a Sighting, or None. `vlan` is a tag the kernel stripped."""
+    def sight(
+        self, frame: bytes, timestamp: float, vlan: int | None, wanted: Container[bytes]
+    ) -> Sighting | None:
+        """`decode`, matching first: a Sighting only for a device whose MAC (6 raw bytes, as in
+        the frame) is in `wanted`; every other device's sighting is counted as decode counts it,
+        and nothing is built for it.
+
+        Behind the candidate filter every ARP request on the LAN arrives here, and formatting
+        its MAC and IP as text and making a Sighting, only for the registry to say it is no
+        button, was most of a frame's cost. The untagged ARP request, what such a flood is made
+        of, is settled in place with one comparison of its header; every other frame goes
+        through `decode`, which checks `wanted` before it formats anything."""
+        if self._arp and frame[12:22] == _ARP_REQUEST and len(frame) >= 42:
+            sha = frame[22:28]
+            if sha not in wanted:
+                # As _arp_packet counts an ARP request (oper 1 needs no IP check).
+                self.frames += 1
+                self.candidates += 1
+                if sha == _ZERO_MAC or sha[0] & 1:
+                    self.malformed += 1
+                else:
+                    self.sightings += 1
+                return None
+        return self.decode(frame, timestamp, vlan, wanted)
+
+    def decode(
+        self,
+        frame: bytes,
+        timestamp: float,
+        vlan: int | None = None,
+        wanted: Container[bytes] | None = None,
+    ) -> Sighting | None:
+        """One Ethernet frame -> a Sighting, or None. `vlan` is a tag the kernel stripped;
+        `wanted`, when given, the devices (raw MACs) to make a Sighting for (`sight`)."""
         self.frames += 1
         n = len(frame)
         if n < 14:
@@ -120,21 +156,27 @@ class Decoder:
         if etype == ETH_IPV4:
             if not self._dhcp:
                 return None
-            return self._ipv4(frame, n, off, timestamp, vlan)
+            return self._ipv4(frame, n, off, timestamp, vlan, wanted)
         if etype == ETH_ARP:
             if not self._arp:
                 return None
-            return self._arp_packet(frame, n, off, timestamp, vlan)
+            return self._arp_packet(frame, n, off, timestamp, vlan, wanted)
         if etype == ETH_IPV6:
             if not self._ndp:
                 return None
-            return self._ipv6(frame, n, off, timestamp, vlan)
+            return self._ipv6(frame, n, off, timestamp, vlan, wanted)
         return None
 
     # -- ARP ------------------------------------------------------------------------------------
 
     def _arp_packet(
-        self, frame: bytes, n: int, off: int, timestamp: float, vlan: int | None
+        self,
+        frame: bytes,
+        n: int,
+        off: int,
+        timestamp: float,
+        vlan: int | None,
+        wanted: Container[bytes] | None,
     ) -> Sighting | None:
         self.candidates += 1
         if n < off + 28:
@@ -154,6 +196,9 @@ class Decoder:
         if sha == _ZERO_MAC or sha[0] & 1:
             self.malformed += 1  # a sender that is no unicast station
             return None
+        if wanted is not None and sha not in wanted:
+            self.sightings += 1  # a device joining, not one asked for: counted, not built
+            return None
         ip = _ipv4(spa) if spa != b"\x00\x00\x00\x00" else _ipv4(tpa)  # a probe asks for tpa
         self.sightings += 1
         return Sighting(_mac(sha), "arp", timestamp, vlan, ip)
@@ -161,7 +206,13 @@ class Decoder:
     # -- IPv4 / DHCP ----------------------------------------------------------------------------
 
     def _ipv4(
-        self, frame: bytes, n: int, off: int, timestamp: float, vlan: int | None
+        self,
+        frame: bytes,
+        n: int,
+        off: int,
+        timestamp: float,
+        vlan: int | None,
+        wanted: Container[bytes] | None,
     ) -> Sighting | None:
         if n < off + 20:
             self.malformed += 1
@@ -199,8 +250,8 @@ class Decoder:
             self.malformed += 1
             return None
         msg_type = 0
-        hostname: str | None = None
-        vendor_class: str | None = None
+        hostname: bytes | None = None  # raw until the device is known to be wanted
+        vendor_class: bytes | None = None
         requested: bytes | None = None
         p = b + 240
         while p < end:
@@ -224,14 +275,17 @@ class Decoder:
                     return None
                 msg_type = frame[p + 2]
             elif code == 12:
-                hostname = _text(frame[p + 2 : q])
+                hostname = frame[p + 2 : q]
             elif code == 60:
-                vendor_class = _text(frame[p + 2 : q])
+                vendor_class = frame[p + 2 : q]
             elif code == 50 and length == 4:
                 requested = frame[p + 2 : q]
             p = q
         if msg_type != DHCP_DISCOVER and msg_type != DHCP_REQUEST:
             return None  # DECLINE, RELEASE, INFORM or plain BOOTP: no device waking up
+        if wanted is not None and chaddr not in wanted:
+            self.sightings += 1
+            return None
         ciaddr = frame[b + 12 : b + 16]
         if requested is not None and requested != b"\x00\x00\x00\x00":
             ip: str | None = _ipv4(requested)
@@ -241,12 +295,22 @@ class Decoder:
             ip = None
         self.sightings += 1
         # The client is chaddr, not the Ethernet source: a relay agent rewrites the latter.
-        return Sighting(_mac(chaddr), "dhcp", timestamp, vlan, ip, hostname, vendor_class)
+        return Sighting(
+            _mac(chaddr), "dhcp", timestamp, vlan, ip,
+            None if hostname is None else _text(hostname),
+            None if vendor_class is None else _text(vendor_class),
+        )
 
     # -- IPv6 / NDP -----------------------------------------------------------------------------
 
     def _ipv6(
-        self, frame: bytes, n: int, off: int, timestamp: float, vlan: int | None
+        self,
+        frame: bytes,
+        n: int,
+        off: int,
+        timestamp: float,
+        vlan: int | None,
+        wanted: Container[bytes] | None,
     ) -> Sighting | None:
         if n < off + 40:
             self.malformed += 1
@@ -294,6 +358,9 @@ class Decoder:
             mac = frame[6:12]
         if mac == _ZERO_MAC or mac[0] & 1:
             self.malformed += 1
+            return None
+        if wanted is not None and mac not in wanted:
+            self.sightings += 1
             return None
         if src != _ZERO_IP6:
             ip: str | None = str(ipaddress.IPv6Address(src))

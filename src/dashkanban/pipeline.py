@@ -7,12 +7,18 @@ Inventory buttons live (`inventory`, an `inventory.Lookups`): a MAC the cache ca
 parked and looked up on a worker thread, so matching never waits for HTTP; `answered()` debounces
 the parked sightings once the answers are in. The debouncer is then shared by two threads, so
 matching takes a lock (only with `inventory`: the CSV-only hot path has none).
+
+Match first: a frame's sender MAC is looked up as raw bytes before anything is formatted
+(`Decoder.sight`), so another device's ARP request costs a header comparison and a set look-up,
+not a Sighting: in `network_macs(registry)` with the registry alone, in `InventoryCandidates`
+(the registry, then the inventory's cache) with inventory look-ups given `cached`. A synchronous
+`lookup` sees every Sighting, as before.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +32,56 @@ from dashkanban.values import PressKind
 
 if TYPE_CHECKING:
     from dashkanban.inventory import Lookups
+
+
+def _raw_macs(registry: Registry) -> dict[bytes, Button]:
+    """The registry keyed by raw MAC: exactly those `raw` for which `registry.get(raw.hex(":"))`
+    is a button, so matching the raw bytes first gives what matching the Sighting's text gives
+    (an EUI-64, or an address not in the decoder's notation, which no Sighting's MAC would equal,
+    is left out)."""
+    macs = {}
+    for button in registry:
+        try:
+            raw = bytes.fromhex(button.mac.replace(":", ""))
+        except ValueError:
+            continue
+        if len(raw) == 6 and raw.hex(":") == button.mac:
+            macs[raw] = button
+    return macs
+
+
+def network_macs(registry: Registry) -> frozenset[bytes]:
+    """The raw MACs of the buttons matched by network join: the registry as `Decoder.sight`'s
+    `wanted`. An MQTT button (a `topic`) is not matched by network join (Debouncer.feed)."""
+    return frozenset(raw for raw, button in _raw_macs(registry).items() if button.topic is None)
+
+
+class InventoryCandidates:
+    """`Decoder.sight`'s `wanted` with inventory look-ups (live): the MACs whose sighting
+    `_match` does not drop at once. A registry button matched by network join is wanted, an
+    MQTT button is not; any other MAC is wanted unless the inventory's cache knows it is no
+    button, which is the one answer `Lookups.ask` gives without parking or looking up. That
+    holds only while no look-up waits (`pending` does not say for which MAC), so then every
+    unknown MAC goes the full way; the capture's own thread is the only one that adds a waiting
+    MAC, so a 0 read here is still 0 when `ask` would run."""
+
+    __slots__ = ("_buttons", "_cached", "_inventory")
+
+    def __init__(self, registry: Registry, inventory: Lookups,
+                 cached: Callable[[str], object]) -> None:
+        self._buttons = {raw: b.topic is None for raw, b in _raw_macs(registry).items()}
+        self._inventory = inventory
+        self._cached = cached  # InventorySource.cached: Button, None (no button), or a miss
+
+    def __contains__(self, mac: object) -> bool:
+        if not isinstance(mac, bytes):
+            return True
+        network = self._buttons.get(mac)
+        if network is not None:
+            return network
+        if self._inventory.pending:
+            return True
+        return self._cached(mac.hex(":")) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +104,8 @@ class Counts:
 class Pipeline:
     """Feeds frames through decode, match and debounce, and makes the events."""
 
-    __slots__ = ("_debouncer", "_decoder", "_event", "_inventory", "_lock", "_registry", "presses")
+    __slots__ = ("_cached", "_debouncer", "_decoder", "_event", "_inventory", "_lock",
+                 "_lookup", "_registry", "_wanted", "presses")
 
     def __init__(
         self,
@@ -59,23 +116,44 @@ class Pipeline:
         dead_time: float = DEFAULT_DEAD_TIME,
         lookup: ButtonLookup | None = None,
         inventory: Lookups | None = None,
+        cached: Callable[[str], object] | None = None,
     ) -> None:
         """`lookup`: a synchronous look-up for MACs not in `registry` (replay); `inventory`: the
-        asynchronous one (live). At most one of them."""
+        asynchronous one (live). At most one of them. `cached`: with `inventory`, its source's
+        cached answer (InventorySource.cached), so that a MAC known to be no button is dropped
+        before its Sighting is built (InventoryCandidates); without it every unknown MAC is
+        decoded in full."""
         if lookup is not None and inventory is not None:
             raise ValueError("give lookup or inventory, not both")
         self._decoder = Decoder(detect)
         self._debouncer = Debouncer(registry, dead_time, lookup)
         self._registry = registry
         self._inventory = inventory
+        self._lookup = lookup
+        self._cached = cached
+        self._wanted = self._wanted_of(registry)
         self._lock = threading.Lock()
         self._event = event
         self.presses = 0
 
+    def _wanted_of(self, registry: Registry) -> Container[bytes] | None:
+        """What to build a Sighting for (Decoder.sight), or None: decode everything in full, as
+        a look-up must see every unknown MAC's Sighting (a synchronous one; the asynchronous one
+        without its cache)."""
+        if self._inventory is not None:
+            if self._cached is None:
+                return None
+            return InventoryCandidates(registry, self._inventory, self._cached)
+        return network_macs(registry) if self._lookup is None else None
+
     def feed(self, frame: Frame, now: float | None = None) -> Event | None:
         """One frame; `now` is the pipeline clock (default: the frame's timestamp)."""
         timestamp, data, vlan = frame  # one unpacking, not three NamedTuple look-ups: per frame
-        sighting = self._decoder.decode(data, timestamp, vlan)
+        wanted = self._wanted
+        if wanted is None:
+            sighting = self._decoder.decode(data, timestamp, vlan)
+        else:
+            sighting = self._decoder.sight(data, timestamp, vlan, wanted)
         if sighting is None:
             return None
         press = self._match(sighting, timestamp if now is None else now)
@@ -93,9 +171,14 @@ class Pipeline:
     ) -> Iterator[Press]:
         """Every press of a stream of frames (for stages that need the button, such as Kanban)."""
         decode = self._decoder.decode  # bound once: this loop sees every frame of a capture
+        sight = self._decoder.sight
         if self._inventory is not None:
             for timestamp, data, vlan in frames:
-                sighting = decode(data, timestamp, vlan)
+                wanted = self._wanted
+                if wanted is None:
+                    sighting = decode(data, timestamp, vlan)
+                else:
+                    sighting = sight(data, timestamp, vlan, wanted)
                 if sighting is not None:
                     press = self._match(sighting, timestamp if clock is None else clock())
                     if press is not None:
@@ -103,7 +186,11 @@ class Pipeline:
             return
         debounce = self._debouncer.feed
         for timestamp, data, vlan in frames:
-            sighting = decode(data, timestamp, vlan)
+            wanted = self._wanted  # per frame: use_registry may swap it (a reload)
+            if wanted is None:
+                sighting = decode(data, timestamp, vlan)
+            else:
+                sighting = sight(data, timestamp, vlan, wanted)
             if sighting is None:
                 continue
             press = debounce(sighting, timestamp if clock is None else clock())
@@ -117,14 +204,20 @@ class Pipeline:
         """A per-frame callable for `LiveCapture.run`: what run_presses does with each frame
         (decode, match, debounce on `clock`), handing each press to `on_press`. Behind the
         candidate filter it runs for every ARP request on the LAN, so the CSV-only case binds
-        its steps once instead of going through feed and _match per frame."""
+        its steps once instead of going through feed and _match per frame, and matches first
+        (`Decoder.sight`: no Sighting for another device's frame)."""
         decode = self._decoder.decode
+        sight = self._decoder.sight
         if self._inventory is not None:
             match = self._match
 
             def handle_with_inventory(frame: Frame) -> None:
                 timestamp, data, vlan = frame
-                sighting = decode(data, timestamp, vlan)
+                wanted = self._wanted
+                if wanted is None:
+                    sighting = decode(data, timestamp, vlan)
+                else:
+                    sighting = sight(data, timestamp, vlan, wanted)
                 if sighting is not None:
                     press = match(sighting, clock())
                     if press is not None:
@@ -138,11 +231,16 @@ class Pipeline:
 
         def handle(frame: Frame) -> None:
             timestamp, data, vlan = frame
-            sighting = decode(data, timestamp, vlan)
+            wanted = self._wanted  # read per frame: use_registry swaps it on a reload
+            if wanted is None:  # a synchronous look-up: every sighting in full
+                sighting = decode(data, timestamp, vlan)
+            else:
+                sighting = sight(data, timestamp, vlan, wanted)
             if sighting is None:
                 return
             button = button_for(sighting.mac)
-            if button is not None:
+            # An MQTT button's broker reports its presses (Debouncer.feed): not network join.
+            if button is not None and button.topic is None:
                 press = debounce(sighting, button, clock())
                 if press is not None:
                     self.presses += 1
@@ -205,6 +303,7 @@ class Pipeline:
         so the capture thread sees the old or the new registry, never half of one."""
         self._registry = registry
         self._debouncer.use_registry(registry)
+        self._wanted = self._wanted_of(registry)
 
     @property
     def tracked(self) -> int:
