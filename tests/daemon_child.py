@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(Path(argv[0]))
-    daemon = Daemon(settings, StdinFrames(sys.stdin.fileno()))
+    daemon = Daemon(settings, StdinFrames(sys.stdin.fileno()), signals=True)
     _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT))
     return daemon.run()
 
