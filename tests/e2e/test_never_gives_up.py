@@ -23,6 +23,7 @@ from dashkanban.health import read_state, state_path
 from dashkanban.sandbox import Sandbox, SandboxOptions
 from tests.brokers import TlsFiles
 from tests.e2e.faultkit import (
+    ChildDaemon,
     RunningDaemon,
     button,
     buttons_csv,
@@ -277,6 +278,37 @@ def test_an_unexpected_failure_in_the_capture_ends_run_with_exit_1(
     assert queued in ([], [button(1).serial])
     assert delivered(sandbox) == (texts(1) if queued else texts(2)) or (
         queued and delivered(sandbox) == texts(2))
+
+
+@pytest.mark.parametrize(("failure", "part"), [("courier", "the delivery loop"),
+                                               ("capture", "the capture")])
+def test_an_unexpected_failure_ends_the_process_with_exit_1_within_seconds(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, failure: str, part: str,
+) -> None:
+    """The same as the two tests above, for a whole process (`Daemon.run` as `dashkanban run`
+    wires it, with its signal handlers): the process ends by itself, exit 1, instead of living on
+    without the part; the press waits in the outbox for the restarted service or was delivered."""
+    monkeypatch.setenv("DASHKANBAN_CHILD_FAILURE", failure)
+    child = ChildDaemon(plain_config(tmp_path, sandbox), tmp_path / "daemon.log")
+    try:
+        child.wait_log("dashkanban-gw-01 ready")
+        child.press(presses(0, 1))
+        code = child.finish(15)  # raises TimeoutExpired if it lived on
+    finally:
+        if child.process.poll() is None:
+            child.kill()
+    assert code == 1
+    log = child.log_text()
+    assert log.count(f"CRITICAL dashkanban.daemon: {part} failed unexpectedly; exiting so that "
+                     "the service is restarted") == 1
+    assert log.count("RuntimeError: injected") == 1  # the traceback, once
+    assert f"dashkanban stopped: {part} failed" in log
+    queued = queued_serials(tmp_path / "state" / "outbox.sqlite3")
+    if failure == "courier":
+        assert queued == [button(0).serial]
+        assert sandbox.events() == []
+    else:
+        assert (queued, delivered(sandbox)) in (([button(0).serial], []), ([], texts(1)))
 
 
 # -- systemd sees it: READY=1, WATCHDOG=1, STOPPING=1 on $NOTIFY_SOCKET ---------------------------
