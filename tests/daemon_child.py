@@ -5,8 +5,8 @@ socket so that the test decides when each one arrives.
 Usage: python -m tests.daemon_child CONFIG
 
 With $DASHKANBAN_CHILD_FAILURE set, a bug is injected for the supervision tests: `courier` makes
-the Courier's read of the outbox raise once a row is queued, `capture` makes the frame source
-raise after its first frame. Either must end the process with exit 1 (issue 11).
+the delivery loop's send of a row raise, `capture` makes the frame source raise after its first
+frame. Either must end the process with exit 1 (issue 11).
 
 stdin: one frame a line, `<epoch seconds> <frame in hex>`. After the daemon has asked for frame
 N+1, i.e. finished everything frame N caused (a press is committed to the outbox when its `put`
@@ -80,16 +80,12 @@ def main(argv: list[str]) -> int:
 
 
 def _break_the_courier() -> None:
-    from dashkanban.outbox import Outbox
+    from dashkanban.c8y.mqtt import Uplink
 
-    peek = Outbox.peek
+    def broken(self: Uplink, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("injected: a bug in sending a row")
 
-    def broken(self: Outbox, limit: int = 100, after_id: int = 0) -> object:
-        if self.count():
-            raise RuntimeError("injected: a bug in reading the outbox")
-        return peek(self, limit, after_id)
-
-    Outbox.peek = broken  # type: ignore[method-assign,assignment]
+    Uplink.send = broken  # type: ignore[method-assign,assignment]
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from dashkanban.buttons import Registry
     from dashkanban.c8y.mqtt import Uplink
     from dashkanban.capture.bpf import Program
-    from dashkanban.delivery import Courier
+    from dashkanban.delivery import Courier, QueuedRow
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
@@ -353,19 +353,20 @@ class Daemon:
                      kanban: KanbanLoop | None, writer: Writer) -> None:
         event = pipeline.event_for(press)
         queued = await writer.call(self._queue_press, press, event, outbox, kanban)
-        if queued:
-            courier.wake()
+        if queued is not None:
+            courier.offer(queued)
         uplink = self.uplink
-        if queued and uplink is not None and not uplink.connected:
+        if queued is not None and uplink is not None and not uplink.connected:
             why = f": {uplink.last_error}" if uplink.last_error is not None else ""
             log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
                      event.name, event.mac, event.c8y_time, why)
         self._sync(pipeline)
 
     def _queue_press(self, press: Press, event: Event, outbox: Outbox,
-                     kanban: KanbanLoop | None) -> bool:
+                     kanban: KanbanLoop | None) -> QueuedRow | None:
         """On the writer thread: the press's Kanban lines (its history), its outbox row, its
-        identity; in press order, since the writer runs one call at a time."""
+        identity; in press order, since the writer runs one call at a time. Returns the row as
+        the outbox will read it back (for `Courier.offer`), None when it could not be queued."""
         from dashkanban.kanban import wiring
         from dashkanban.outbox import OutboxError, press_key
 
@@ -375,11 +376,11 @@ class Daemon:
             own, others = wiring.press_lines(kanban, press)
             extra = own + extra
         try:
-            outbox.put(event, extra, others)
+            row = outbox.put_row(event, extra, others)
         except OutboxError as exc:
             log.error("%s pressed at %s but could not be queued: %s",
                       event.name, event.c8y_time, exc)
-            return False
+            return None
         # Its identity, as `replay` keeps it (design 8): a capture of the same presses replayed
         # later skips them instead of delivering them twice (issue 14).
         try:
@@ -387,7 +388,7 @@ class Daemon:
         except OutboxError as exc:  # queued all the same: only a later replay may repeat it
             log.warning("%s pressed at %s: queued, but its identity was not kept (%s); "
                         "a replay of it would send it again", event.name, event.c8y_time, exc)
-        return True
+        return row
 
     def _answered(self, pipeline: Pipeline, outbox: Outbox, courier: Courier,
                   kanban: KanbanLoop | None, writer: Writer) -> None:
