@@ -104,6 +104,7 @@ class Daemon:
         # stop() and reload() may come from another thread or a signal handler before the loop
         # exists: plain flags, handed to the loop once it runs.
         self._stop_asked = False
+        self._reload_asked = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._reloading: asyncio.Event | None = None
@@ -135,12 +136,14 @@ class Daemon:
     def reload(self) -> None:
         """Re-read MACID.csv soon (SIGHUP, `systemctl reload`): safe from a signal handler or
         another thread; the reload task reads the file and re-attaches the filter."""
+        self._reload_asked = True  # seen by the loop when it starts, if it has not yet
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._set_reloading)
 
     def _set_reloading(self) -> None:
+        self._reload_asked = False
         if self._reloading is not None:
             self._reloading.set()
 
@@ -211,6 +214,8 @@ class Daemon:
         self._reloading = asyncio.Event()
         if self._stop_asked:
             self._stopping.set()
+        if self._reload_asked:
+            self._reloading.set()
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         before = {sig: signal.getsignal(sig) for sig in handled} if self.signals else {}
         if self.signals:
@@ -468,7 +473,8 @@ class Daemon:
 
         def listener() -> None:
             nonlocal started
-            if started or not uplink.connected or self._group is None:
+            stopping = self._stopping is not None and self._stopping.is_set()
+            if started or stopping or not uplink.connected or self._group is None:
                 return
             started = True
             helpers.append(self._spawn("the Kanban fragment writer",
