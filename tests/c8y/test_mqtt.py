@@ -448,3 +448,54 @@ def test_required_interval_0_puts_no_117_on_the_wire(tmp_path: Path, mosquitto_t
         assert not [m for m in recorder.messages if m[1].startswith("117")]
     finally:
         uplink.stop()
+
+
+def test_a_stop_while_waiting_for_the_connack_leaves_no_socket_or_task_behind(
+    tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: TlsFiles
+) -> None:
+    """A broker that completes TLS and then never answers the CONNECT: stopping the uplink then
+    (a SIGTERM at the wrong moment) closes the connection and ends aiomqtt's housekeeping task,
+    instead of leaving both to outlive the loop (`link._abandon`)."""
+    import asyncio
+    import socket
+    import ssl
+
+    from tests.running import LoopThread
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    closed = threading.Event()
+    connected = threading.Event()
+
+    def silent_broker(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            connected.set()
+            tls.settimeout(30)
+            while tls.recv(4096):  # the CONNECT, then nothing until the client closes
+                pass
+        closed.set()
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        broker = threading.Thread(target=silent_broker, args=(server,), daemon=True)
+        broker.start()
+        settings = settings_for(tmp_path, mosquitto_tls, port=server.getsockname()[1])
+        loop = LoopThread()
+        try:
+            uplink = Uplink(settings, backoff=FAST)
+            task = loop.task(uplink.run())
+            assert connected.wait(10)
+
+            async def stop() -> list[str]:
+                task.cancel()
+                await asyncio.wait({task})
+                await asyncio.sleep(0.05)
+                me = asyncio.current_task()
+                return [t.get_coro().__qualname__ for t in asyncio.all_tasks()
+                        if t is not me and not t.done()]
+
+            assert loop.wait(stop(), timeout=20) == []
+            assert closed.wait(10)
+        finally:
+            loop.close()
+        broker.join(10)

@@ -243,6 +243,11 @@ class _Client(aiomqtt.Client):
             self.closed_before_connack = reason_code
             self._connected.set_exception(aiomqtt.MqttError("closed before CONNACK"))
             return
+        if self._connected.cancelled():
+            # A stop while waiting for the CONNACK cancelled it (asyncio.wait_for cancels what it
+            # waits for); aiomqtt would raise that CancelledError into paho, and the socket would
+            # never be closed.
+            return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
 
