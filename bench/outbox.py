@@ -27,10 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.brokers import Mosquitto, free_port, make_tls_files
+from tests.running import RunningCourier, RunningUplink
 
-from dashkanban.c8y.mqtt import Uplink
 from dashkanban.config import load_settings
-from dashkanban.delivery import Courier
 from dashkanban.events import Event
 from dashkanban.outbox import Outbox, row_bytes
 
@@ -125,8 +124,8 @@ def bench_broker_drain(config: Path, broker: Mosquitto, events: list[Event]) -> 
     with Outbox.open(settings.outbox.path) as outbox:
         for event in events:
             outbox.put(event)
-        uplink = Uplink(settings, backoff=(0.05, 0.1))
-        courier = Courier(outbox, uplink)
+        uplink = RunningUplink(settings, backoff=(0.05, 0.1))
+        courier = RunningCourier(outbox, uplink)
         uplink.start()
         courier.start()
         try:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.running import RunningUplink
 from tests.sandbox.test_fidelity_daemon import macid_with_bins
 from tests.sandbox_fixture import sandbox_config, sandbox_options
 
-from dashkanban.c8y.mqtt import Uplink
 from dashkanban.config import load_settings
 from dashkanban.kanban import wiring
 from dashkanban.kanban.bins import load_bins
@@ -42,7 +42,7 @@ def run(buttons: int, limit: int, window: int) -> tuple[float | None, int, int]:
         settings = dataclasses.replace(
             settings, c8y=dataclasses.replace(settings.c8y, max_inflight=window))
         _, bins = load_bins(settings.buttons.file)
-        uplink = Uplink(settings, startup_publishes=wiring.startup_publishes(bins),
+        uplink = RunningUplink(settings, startup_publishes=wiring.startup_publishes(bins),
                         backoff=(0.2, 1.0))
         start = time.monotonic()
         uplink.start()

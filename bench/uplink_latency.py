@@ -19,11 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.brokers import Mosquitto, free_port, make_tls_files
+from tests.running import RunningCourier, RunningUplink
 
 from bench.baseline import paho_round_trips
-from dashkanban.c8y.mqtt import Uplink
 from dashkanban.config import load_settings
-from dashkanban.delivery import Courier
 from dashkanban.events import Event
 from dashkanban.outbox import Outbox
 
@@ -67,8 +66,8 @@ def bench_uplink(folder: Path, broker: Mosquitto, ca: Path, count: int) -> list[
     config.chmod(0o600)
     settings = load_settings(config)
     outbox = TimedOutbox.timed(folder / "outbox.sqlite3", count)
-    uplink = Uplink(settings)
-    courier = Courier(outbox, uplink)
+    uplink = RunningUplink(settings)
+    courier = RunningCourier(outbox, uplink)
     uplink.start()
     courier.start()
     try:

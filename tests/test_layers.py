@@ -41,15 +41,7 @@ KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 # Counting lazy (function-level) imports too. These cycles are harmless at import time, but each
 # ties two layers together; they stay listed until the module they need is changed.
-KNOWN_LAZY_CYCLE_EDGES: dict[tuple[str, str], str] = {
-    ("dashkanban.c8y.token", "dashkanban.c8y.mqtt"): (
-        "token.py's device-token request needs mqtt.new_client and connack_code; cut it by moving "
-        "those two into a lower module (c8y/client.py) that mqtt.py re-exports (mqtt.py is being "
-        "changed on another branch)"),
-    ("dashkanban.c8y.mqtt", "dashkanban.c8y.probe"): (
-        "Uplink's refused-login diagnosis calls probe.py, which is built on mqtt.new_client; the "
-        "same c8y/client.py cut removes it"),
-}
+KNOWN_LAZY_CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

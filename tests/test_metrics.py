@@ -307,34 +307,6 @@ def test_reporting_on_the_loop_serves_and_logs(caplog: pytest.LogCaptureFixture)
     ]
 
 
-def test_reporting_from_settings_serves_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    """The interim start()/stop() today's threaded daemon calls."""
-    caplog.set_level(logging.INFO, logger="dashkanban.metrics")
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]  # free now; the server binds it right after
-    metrics = Metrics()
-    metrics.add("queued", 2)
-    reporting = MetricsReporting(MetricsSettings(port=port, log_interval=300), metrics, lambda: 2)
-    reporting.start()
-    try:
-        _, body = _scrape(port)
-        assert "dashkanban_queued_total 2.0" in body.splitlines()
-    finally:
-        reporting.stop()
-    assert [r.getMessage() for r in caplog.records] == [
-        f"metrics on http://127.0.0.1:{port}/metrics",
-        "counters: frames=0 candidates=0 malformed=0 presses=0 queued=2 delivered=0 "
-        "reconnects=0 refused=0 quarantined=0 c8y_refused=0 outbox=2",
-    ]
-    without_port = MetricsReporting(MetricsSettings(port=None, log_interval=300), metrics)
-    assert without_port.server is None
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        busy = MetricsReporting(MetricsSettings(port=taken.getsockname()[1], log_interval=300),
-                                metrics)
-        with pytest.raises(ConfigError):
-            busy.start()
-
-
 def test_a_prometheus_scraper_gets_openmetrics_gzipped_as_it_asks() -> None:
     """Prometheus asks for OpenMetrics and gzip; the negotiation is prometheus-client's own."""
     metrics = Metrics()

@@ -61,6 +61,22 @@ def test_put_then_peek_returns_the_exact_events_in_press_order(tmp_path: Path) -
         assert outbox.oldest() == QueuedEvent(1, event_for(0), (), NOW, 0)
 
 
+def test_put_row_returns_exactly_what_peek_reads_back(tmp_path: Path) -> None:
+    """`run` hands the row of a fresh press to the Courier without reading it (issue 11): it must
+    be the row a read would give, escaped text included."""
+    broken = dataclasses.replace(event_for(1), name="bad \udcff name")
+    with open_outbox(tmp_path / "o.sqlite3") as outbox:
+        rows = [outbox.put_row(event_for(0)),
+                outbox.put_row(event_for(2), ["302,c8y_Kanban,\"Bin A3, reorder\""],
+                               [("fca6670a0b0c", "306,c8y_KanbanReorder"), (None, "125")]),
+                outbox.put_row(broken, ["bad \udcff line"])]
+        assert outbox.peek() == rows
+        assert [row.id for row in rows] == [1, 2, 3]
+        escaped = rows[2].event
+        assert escaped is not None
+        assert escaped.name != broken.name
+
+
 def test_event_time_keeps_its_offset_through_the_file(tmp_path: Path) -> None:
     from datetime import timezone
 

@@ -1,11 +1,18 @@
 """`dashkanban run`: live capture -> decode -> match -> debounce -> events -> outbox -> uplink.
 
 The same pipeline as `replay` (see pipeline.py); only the frame source (a raw socket) and the
-clock (monotonic time for the dead time) differ. Capture never waits for the network: a press is
-committed to the outbox and the Courier carries it to Cumulocity on its own thread. SIGTERM stops
-the capture, gives in-flight messages a moment to be acknowledged, and exits 0; whatever is not
-acknowledged stays in the outbox for the next start. SIGHUP (`systemctl reload`) re-reads MACID.csv
-and re-attaches the kernel filter on the open socket; the connection and the outbox stay.
+clock (monotonic time for the dead time) differ. Everything runs on one asyncio loop, supervised
+by one `asyncio.TaskGroup` (docs/architecture.md): capture, the Courier, the uplink, inventory
+look-ups, the count sync with the systemd watchdog, metrics, the overdue timer, the SIGHUP reload
+and the Kanban fragment writer are its tasks. A task that fails unexpectedly is logged once with
+its traceback and `run` exits 1, so that systemd restarts the service instead of it living on
+without that part. Blocking outbox work goes to the one writer thread (writer.py).
+
+Capture never waits for the network: a press is committed to the outbox and the Courier carries
+it to Cumulocity. SIGTERM stops the capture, gives in-flight messages a moment to be acknowledged,
+and exits 0; whatever is not acknowledged stays in the outbox for the next start. SIGHUP
+(`systemctl reload`) re-reads MACID.csv and re-attaches the kernel filter on the open socket; the
+connection and the outbox stay.
 
 With bins in MACID.csv every press also goes through the Kanban loop (kanban/wiring.py): its alarm
 and clear lines travel in the press's outbox row, and with `[kanban] alarms = yes` the uplink
@@ -19,12 +26,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dashkanban.capture import Frame
 from dashkanban.config import Settings, find_config, load_settings
@@ -38,19 +44,19 @@ if TYPE_CHECKING:
     from dashkanban.buttons import Registry
     from dashkanban.c8y.mqtt import Uplink
     from dashkanban.capture.bpf import Program
-    from dashkanban.delivery import Courier
+    from dashkanban.delivery import Courier, QueuedRow
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
     from dashkanban.mqtt_buttons.source import ButtonBroker
     from dashkanban.outbox import Outbox
+    from dashkanban.writer import Writer
 
 log = logging.getLogger(__name__)
 
 DRAIN_ON_STOP = 5.0  # seconds SIGTERM waits for PUBACKs of what is in flight
 COUNT_SYNC = 5.0  # seconds between copies of the pipeline's counters into the metrics
 OVERDUE_CHECK = 60.0  # seconds between checks for overdue bins (lead times are in days)
-RELOAD_POLL = 0.5  # seconds; how late the reload thread sees a SIGHUP
 HELPER_JOIN = 5.0  # seconds a stop waits for a reload or an overdue check under way
 
 
@@ -60,6 +66,10 @@ class FrameSource(Protocol):
 
 
 ExtraLines = Callable[[Press], Sequence[str]]
+
+
+class _PartFailedError(Exception):
+    """A supervised task failed unexpectedly; already logged (with its traceback) by `fail`."""
 
 
 class Daemon:
@@ -75,9 +85,12 @@ class Daemon:
         on_delivered: Callable[[Event], None] | None = None,
         overdue_every: float = OVERDUE_CHECK,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        signals: bool = False,
     ) -> None:
         """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing.
-        `clock` is the wall clock of the overdue check, every `overdue_every` seconds."""
+        `clock` is the wall clock of the overdue check, every `overdue_every` seconds.
+        `signals`: SIGTERM/SIGINT stop and SIGHUP reloads, handled on the loop (the main thread
+        only; `dashkanban run` sets it)."""
         self.settings = settings
         self.overdue_every = overdue_every
         self._clock = clock
@@ -85,58 +98,64 @@ class Daemon:
         self.extra_lines = extra_lines
         self.on_delivered = on_delivered
         self.drain_on_stop = drain_on_stop
+        self.signals = signals
         self.metrics = Metrics()
-        self._stopping = threading.Event()
-        # SIGHUP: a plain flag set by the signal handler (no lock there: a handler that took
-        # one could interrupt its own thread holding it), seen by the reload thread's poll.
+        # stop() and reload() may come from another thread or a signal handler before the loop
+        # exists: plain flags, handed to the loop once it runs.
+        self._stop_asked = False
         self._reload_asked = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._reloading: asyncio.Event | None = None
         # The first unexpected failure of a long-lived part: run() then ends with exit 1, so
         # that systemd restarts the service instead of it living on without that part.
         self._failure: str | None = None
-        self._failure_lock = threading.Lock()
         self._synced = Counts(0, 0, 0, 0, 0)
-        self._sync_lock = threading.Lock()  # capture, inventory and ticker threads all sync
-        # The running parts, for health checks and tests: None until `run()` has built them.
         self._backlog_watch: tuple[int, str] | None = None  # (delivered count, line to log)
+        self._group: asyncio.TaskGroup | None = None
+        # The running parts, for health checks and tests: None until `run()` has built them.
         self.pipeline: Pipeline | None = None
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.courier: Courier | None = None
         self.button_broker: ButtonBroker | None = None  # with [mqtt_buttons] (issue 19)
+        self._press_queue: asyncio.Queue[Press] | None = None  # see _write_presses
 
     def stop(self) -> None:
-        """Safe from a signal handler or another thread."""
-        self._stopping.set()
+        """Drain and stop: safe from a signal handler or another thread."""
+        self._stop_asked = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to stop
+                loop.call_soon_threadsafe(self._set_stopping)
         self.source.stop()
 
+    def _set_stopping(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
     def reload(self) -> None:
-        """Re-read MACID.csv soon (SIGHUP, `systemctl reload`): only sets a flag, so it is safe
-        from a signal handler; the reload thread reads the file and re-attaches the filter."""
-        self._reload_asked = True
+        """Re-read MACID.csv soon (SIGHUP, `systemctl reload`): safe from a signal handler or
+        another thread; the reload task reads the file and re-attaches the filter."""
+        self._reload_asked = True  # seen by the loop when it starts, if it has not yet
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._set_reloading)
+
+    def _set_reloading(self) -> None:
+        self._reload_asked = False
+        if self._reloading is not None:
+            self._reloading.set()
 
     def fail(self, part: str, exc: BaseException) -> None:
         """A long-lived part failed unexpectedly: log it once with its traceback, and stop;
-        `run()` then returns 1. Safe from any thread (not from a signal handler)."""
-        with self._failure_lock:
-            first = self._failure is None
-            if first:
-                self._failure = part
+        `run()` then returns 1."""
+        first = self._failure is None
         if first:
+            self._failure = part
             log.critical("%s failed unexpectedly; exiting so that the service is restarted",
                          part, exc_info=(type(exc), exc, exc.__traceback__))
-        self.stop()
-
-    def _supervised(self, part: str, target: Callable[..., None]) -> Callable[..., None]:
-        """`target` for a thread of the daemon: an exception from it ends `run()` with exit 1
-        instead of a thread that is silently gone."""
-
-        def run(*args: object) -> None:
-            try:
-                target(*args)
-            except Exception as exc:  # noqa: BLE001 - logged by fail()
-                self.fail(part, exc)
-
-        return run
 
     @property
     def failure(self) -> str | None:
@@ -144,68 +163,88 @@ class Daemon:
         return self._failure
 
     def run(self) -> int:
+        from dashkanban.compose import build_pipeline, inventory_source, load_registry
         from dashkanban.inventory import Lookups
         from dashkanban.kanban import wiring
         from dashkanban.outbox import Outbox, delivery_lock
-        from dashkanban.replay import build_pipeline, inventory_lookup, load_registry
 
         settings = self.settings
         registry = load_registry(settings)
-        source = inventory_lookup(settings)
-        # Inventory look-ups run on their own thread; capture only parks the sightings of a MAC
-        # being looked up, and the answers' presses come back through `handle` below.
+        source = inventory_source(settings)
+        # Inventory look-ups are a task of the loop; capture only parks the sightings of a MAC
+        # being looked up, and the answers' presses come back through `_answered`. With the
+        # look-ups' cache, a MAC known not to be a button is dropped before it is decoded.
         lookups = Lookups(source) if source is not None else None
-        pipeline = build_pipeline(settings, registry, inventory=lookups)
+        pipeline = build_pipeline(settings, registry, inventory=lookups,
+                                  cached=source.cached if source is not None else None)
         with contextlib.ExitStack() as resources:  # closed in reverse order, also on errors
             if source is not None:
                 resources.callback(source.close)
-            outbox = resources.enter_context(Outbox.open(
-                settings.outbox.path,
-                max_rows=settings.outbox.max_rows,
-                max_bytes=settings.outbox.max_bytes,
-                metrics=self.metrics,
-            ))
+            outbox = resources.enter_context(Outbox.from_settings(settings.outbox,
+                                                                  metrics=self.metrics))
             # The daemon is the one that carries this outbox to Cumulocity (see delivery_lock).
             resources.enter_context(delivery_lock(settings.outbox.path, wait=True))
             kanban = wiring.open_loop(settings)  # after the outbox: it makes the state folder
             if kanban is not None and kanban.history is not None:
                 resources.callback(kanban.history.close)
-            self._serve(settings, registry, pipeline, lookups, outbox, kanban)
+            asyncio.run(self._serve(settings, registry, pipeline, lookups, outbox, kanban))
         if self._failure is not None:
             log.error("dashkanban stopped: %s failed", self._failure)
             return EXIT_FAILURE
         log.info("dashkanban stopped")
         return EXIT_OK
 
-    def _serve(self, settings: Settings, registry: Registry, pipeline: Pipeline,
-               lookups: Lookups | None, outbox: Outbox, kanban: KanbanLoop | None) -> None:
-        """Start delivery, run the capture until stopped, then drain and stop delivery."""
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _serve(self, settings: Settings, registry: Registry, pipeline: Pipeline,
+                     lookups: Lookups | None, outbox: Outbox, kanban: KanbanLoop | None) -> None:
+        """Every long-lived part as a task of one group, until stopped or one of them fails."""
         from dashkanban.c8y.mqtt import service_options
         from dashkanban.delivery import Courier
         from dashkanban.health import StateFile, notify
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
-        from dashkanban.outbox import OutboxError, plural, press_key
+        from dashkanban.outbox import plural
+        from dashkanban.writer import Writer
 
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        self._reloading = asyncio.Event()
+        if self._stop_asked:
+            self._stopping.set()
+        if self._reload_asked:
+            self._reloading.set()
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        before = {sig: signal.getsignal(sig) for sig in handled} if self.signals else {}
+        if self.signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_stop_signal, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._reloading.set)
+        writer = Writer()
         # `run` never gives up on Cumulocity: refusals and outages are retried for ever, at most
         # every [C8YMQTT] retry_max seconds (issue 11).
         uplink, router = wiring.make_uplink(settings, kanban, **service_options(settings))
-        uplink.on_failure = lambda exc: self.fail("the uplink", exc)
         state = StateFile(settings.outbox.path)
-        courier = Courier(outbox, uplink, on_delivered=self._delivered,
-                          on_failure=lambda exc: self.fail("the delivery loop", exc))
+        courier = Courier(outbox, uplink, writer=writer, on_delivered=self._delivered)
         uplink.add_listener(self._count_reconnects(uplink, outbox, courier))
         uplink.add_listener(lambda: state.write(uplink.health()))
         if router is not None:
-            router.queue = courier.put_lines
+            router.queue = lambda lines, now: self._spawn(
+                "the operation handler", courier.put_lines(lines, now))
         if kanban is not None and kanban.history is not None:
-            queued = wiring.queue_pending_clears(kanban.history, courier.put_lines)
+            queued = await writer.call(wiring.queue_pending_clears, kanban.history,
+                                       outbox.put_lines)
             if queued:
                 log.info("%d refill(s) from the command line queued for Cumulocity", queued)
-            uplink.add_listener(self._fragments_once(uplink, kanban.bins))
-        self.pipeline, self.outbox, self.uplink, self.courier = pipeline, outbox, uplink, courier
-        reporting = MetricsReporting(settings.metrics, self.metrics, outbox.count,
+        # The row count off the loop: a SQLite read on the writer thread, after the writes.
+        reporting = MetricsReporting(settings.metrics, self.metrics,
+                                     lambda: writer.call(outbox.count),
                                      uplink=lambda: _uplink_reading(uplink))
+        await reporting.open()  # a taken port is a ConfigError (exit 2) before anything starts
+        broker = self._button_broker(settings, registry, pipeline, courier)  # ConfigError: exit 2
+        presses: asyncio.Queue[Press] = asyncio.Queue()
+        self._press_queue = presses
         log.info(
             "dashkanban running: %s from %s, %s mode as %s to %s:%d, %s queued",
             plural(len(registry), "button"), settings.buttons.source, settings.gateway.mode,
@@ -213,122 +252,204 @@ class Daemon:
             plural(outbox.count(), "event"),
         )
         state.write(uplink.health())
-        uplink.start()
-        courier.start()
-        reporting.start()
-        ticker = threading.Thread(target=self._supervised("the count sync", self._sync_loop),
-                                  args=(pipeline,), daemon=True, name="count-sync")
-        ticker.start()
-        # Both end on stop and are joined below, before the outbox closes.
-        helpers = [threading.Thread(target=self._supervised("the button reload",
-                                                            self._reload_loop),
-                                    args=(settings, pipeline, kanban), daemon=True,
-                                    name="button-reload")]
-        if kanban is not None and settings.kanban.alarms:
-            helpers.append(threading.Thread(target=self._supervised("the overdue check",
-                                                                    self._overdue_loop),
-                                            args=(kanban, courier), daemon=True,
-                                            name="kanban-overdue"))
-        for helper in helpers:
-            helper.start()
-        handling = threading.Lock()  # presses come from the capture and the inventory threads
-
-        def handle(press: Press) -> None:
-            event = pipeline.event_for(press)
-            with handling:
-                extra = tuple(self.extra_lines(press)) if self.extra_lines is not None else ()
-                others: tuple[tuple[str | None, str], ...] = ()
-                if kanban is not None:
-                    own, others = wiring.press_lines(kanban, press)
-                    extra = own + extra
-                try:
-                    courier.put(event, extra, others)
-                except OutboxError as exc:
-                    log.error("%s pressed at %s but could not be queued: %s",
-                              event.name, event.c8y_time, exc)
-                    return
-                # Its identity, as `replay` keeps it (design 8): a capture of the same presses
-                # replayed later skips them instead of delivering them twice (issue 14).
-                try:
-                    outbox.remember([press_key(event)])
-                except OutboxError as exc:  # queued all the same: only a later replay may repeat it
-                    log.warning("%s pressed at %s: queued, but its identity was not kept (%s); "
-                                "a replay of it would send it again",
-                                event.name, event.c8y_time, exc)
-            if not uplink.connected:
-                why = f": {uplink.last_error}" if uplink.last_error is not None else ""
-                log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
-                         event.name, event.mac, event.c8y_time, why)
-            self._sync(pipeline)
-
-        buttons = self._button_broker(settings, registry, pipeline, handle, courier)
-        if buttons is not None:
-            helpers.append(buttons)
-            buttons.start()
-        if lookups is not None:
-            lookups.notify = lambda: self._answered(pipeline, handle)
-            lookups.on_failure = lambda exc: self.fail("the inventory look-ups", exc)
-            lookups.start()
-        # The outbox is open and the capture about to read: systemd may call us started.
-        notify("READY=1")
+        self.pipeline, self.outbox, self.uplink, self.courier = pipeline, outbox, uplink, courier
         try:
-            for press in pipeline.run_presses(self.source.frames(), clock=time.monotonic):
-                handle(press)
-        except DashkanbanError:
-            raise  # a known error with its own message and exit code (e.g. no permission)
-        except Exception as exc:  # noqa: BLE001 - logged by fail(); a bug here must end run
-            self.fail("the capture", exc)
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                tasks = {
+                    "uplink": self._spawn("the uplink", uplink.run()),
+                    "courier": self._spawn("the delivery loop", courier.run()),
+                    "metrics": self._spawn("the metrics", reporting.run()),
+                    # Presses of the capture and of the button broker, committed in order.
+                    "presses": self._spawn("the press writer", self._write_presses(
+                        presses, pipeline, outbox, courier, kanban, writer)),
+                }
+                helpers = [
+                    self._spawn("the count sync", self._sync_loop(pipeline)),
+                    self._spawn("the button reload", self._reload_loop(settings, pipeline,
+                                                                       kanban)),
+                ]
+                if kanban is not None and settings.kanban.alarms:
+                    helpers.append(self._spawn("the overdue check",
+                                               self._overdue_loop(kanban, outbox, courier,
+                                                                  writer)))
+                if kanban is not None and kanban.history is not None:
+                    uplink.add_listener(self._fragments_once(uplink, kanban.bins, helpers))
+                if lookups is not None:
+                    lookups.notify = lambda: self._answered(pipeline)
+                    helpers.append(self._spawn("the inventory look-ups", lookups.run()))
+                if broker is not None:
+                    helpers.append(self._spawn("the button broker", broker.run()))
+                capture = self._spawn("the capture", self._capture(
+                    pipeline, outbox, courier, kanban, writer))
+                # The outbox is open and the capture about to read: systemd may call us started.
+                notify("READY=1")
+                await self._stopping.wait()
+                notify("STOPPING=1")
+                await _cancel([capture, *helpers])
+                await presses.join()  # every press seen before the stop is in the outbox
+                self._sync(pipeline)
+                if not await courier.drain(self.drain_on_stop):
+                    left = await writer.call(outbox.count)
+                    log.warning("stopping with %s queued; %s sent at the next start",
+                                plural(left, "event"), "it is" if left == 1 else "they are")
+                await _cancel(list(tasks.values()))
+        except BaseExceptionGroup as group_error:
+            known = [e for e in group_error.exceptions if isinstance(e, DashkanbanError)]
+            if known:
+                raise known[0] from None  # its own message and exit code (e.g. no permission)
+            if not all(isinstance(e, _PartFailedError) for e in group_error.exceptions):
+                raise
         finally:
-            self._stopping.set()  # first: the watchdog pings end with it
-            notify("STOPPING=1")
-            if lookups is not None:
-                lookups.stop()
-            for helper in helpers:
-                helper.join(timeout=HELPER_JOIN)
+            self._group = None
+            for sig, handler in before.items():
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, handler)  # those of before the loop, for the way out
             self._sync(pipeline)
-            if self._failure is None and not courier.drain(self.drain_on_stop):
-                left = outbox.count()
-                log.warning("stopping with %s queued; %s sent at the next start",
-                            plural(left, "event"), "it is" if left == 1 else "they are")
-            courier.stop()
-            uplink.stop()
-            reporting.stop()
+            writer.close()  # after every task: the last acks are written
             state.write(uplink.health(), running=False)
 
-    def _button_broker(self, settings: Settings, registry: Registry, pipeline: Pipeline,
-                       handle: Callable[[Press], None], courier: Courier
-                       ) -> threading.Thread | None:
-        """The MQTT buttons' source (issue 19), or None without `[mqtt_buttons]` or topics.
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        log.info("%s: stopping", sig.name)
+        self.stop()
 
-        Interim wiring until `run` is one asyncio loop (a11-core): the `ButtonBroker.run()`
-        coroutine gets a thread and an event loop of its own, stops with the daemon (polled like
-        the other helpers) and a failure of it ends `run()` with exit 1 (`_supervised`). At
-        merge the lead moves `broker.run()` into the daemon's TaskGroup and drops this thread."""
+    def _spawn(self, part: str, work: Coroutine[Any, Any, Any]) -> asyncio.Task[None]:
+        """`work` as a task of the group: an exception from it is logged once (`fail`) and ends
+        `run()` with exit 1; a known DashkanbanError keeps its own message and exit code."""
+        group = self._group
+        if group is None:
+            work.close()
+            raise RuntimeError("the daemon is not running")
+
+        async def supervised() -> None:
+            try:
+                await work
+            except (asyncio.CancelledError, DashkanbanError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged by fail(): a bug ends run, exit 1
+                self.fail(part, exc)
+                raise _PartFailedError(part) from None
+
+        return group.create_task(supervised(), name=part)
+
+    # -- the press path --------------------------------------------------------------------------
+
+    async def _capture(self, pipeline: Pipeline, outbox: Outbox, courier: Courier,
+                       kanban: KanbanLoop | None, writer: Writer) -> None:
+        """Frames from the source through the pipeline, on the loop.
+
+        A live source (`LiveCapture`, `NoCapture`) has `run(handle)`: it reads its socket with
+        `loop.add_reader` and calls `handle` per frame on the loop; the presses go to the press
+        writer (`_write_presses`), so capture reads on while a press is being committed.
+
+        A blocking source (frames from stdin, a test's queue) has only `frames()`: it is read on
+        a thread (its read blocks) and each press is committed before the next frame is asked
+        for, which the fault tests count on. The source's end stops the daemon as SIGTERM does."""
+        live = getattr(self.source, "run", None)
+        if live is not None:
+            await live(pipeline.press_handler(self._enqueue, time.monotonic))
+            return  # run() returns only when cancelled
+        loop = asyncio.get_running_loop()
+
+        async def on_frame(frame: Frame) -> None:
+            presses = list(pipeline.run_presses((frame,), clock=time.monotonic))
+            for press in presses:
+                await self._press(press, pipeline, outbox, courier, kanban, writer)
+
+        def read() -> None:
+            # A thread of its own: a blocking frame source's read (see above).
+            for frame in self.source.frames():
+                asyncio.run_coroutine_threadsafe(on_frame(frame), loop).result()
+
+        reading = asyncio.ensure_future(asyncio.to_thread(read))
+        try:
+            await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            self.source.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait({reading}, timeout=HELPER_JOIN)
+            raise
+        self.stop()  # the source ended (end of stdin, a file): drain and exit
+
+    def _enqueue(self, press: Press) -> None:
+        """On the loop: a press of the live capture, an inventory answer or the button broker,
+        for the press writer."""
+        assert self._press_queue is not None
+        self._press_queue.put_nowait(press)
+
+    async def _write_presses(self, presses: asyncio.Queue[Press], pipeline: Pipeline,
+                             outbox: Outbox, courier: Courier, kanban: KanbanLoop | None,
+                             writer: Writer) -> None:
+        """Commits the queued presses to the outbox one by one, in the order they came (the
+        one writer thread), and hands each to the Courier. A stop waits for the queue to empty
+        (`presses.join()`) before the drain, so no press seen is left behind in memory."""
+        while True:
+            press = await presses.get()
+            try:
+                await self._press(press, pipeline, outbox, courier, kanban, writer)
+            finally:
+                presses.task_done()
+
+    async def _press(self, press: Press, pipeline: Pipeline, outbox: Outbox, courier: Courier,
+                     kanban: KanbanLoop | None, writer: Writer) -> None:
+        event = pipeline.event_for(press)
+        queued = await writer.call(self._queue_press, press, event, outbox, kanban)
+        if queued is not None:
+            courier.offer(queued)
+        uplink = self.uplink
+        if queued is not None and uplink is not None and not uplink.connected:
+            why = f": {uplink.last_error}" if uplink.last_error is not None else ""
+            log.info("%s (%s) pressed at %s: queued, Cumulocity not connected%s",
+                     event.name, event.mac, event.c8y_time, why)
+        self._sync(pipeline)
+
+    def _queue_press(self, press: Press, event: Event, outbox: Outbox,
+                     kanban: KanbanLoop | None) -> QueuedRow | None:
+        """On the writer thread: the press's Kanban lines (its history), its outbox row, its
+        identity; in press order, since the writer runs one call at a time. Returns the row as
+        the outbox will read it back (for `Courier.offer`), None when it could not be queued."""
+        from dashkanban.kanban import wiring
+        from dashkanban.outbox import OutboxError, press_key
+
+        extra = tuple(self.extra_lines(press)) if self.extra_lines is not None else ()
+        others: tuple[tuple[str | None, str], ...] = ()
+        if kanban is not None:
+            own, others = wiring.press_lines(kanban, press)
+            extra = own + extra
+        # With its identity in the same transaction, as `replay` keeps it (docs/outbox.md): a
+        # capture of the same presses replayed later skips them instead of sending them twice.
+        try:
+            return outbox.put_row(event, extra, others, key=press_key(event))
+        except OutboxError as exc:
+            log.error("%s pressed at %s but could not be queued: %s",
+                      event.name, event.c8y_time, exc)
+            return None
+
+    def _answered(self, pipeline: Pipeline) -> None:
+        """On the loop (`Lookups.notify`): the presses of the MACs the inventory just answered,
+        to the press writer in order."""
+        if self._stopping is not None and self._stopping.is_set():
+            return
+        try:
+            pipeline.answered(self._enqueue)
+        except Exception:  # one failing press must not end the look-ups (logged, like capture)
+            log.exception("a press from the inventory look-up could not be handled")
+
+    def _button_broker(self, settings: Settings, registry: Registry, pipeline: Pipeline,
+                       courier: Courier) -> ButtonBroker | None:
+        """The MQTT buttons' source (issue 19), a task of the group; None without
+        `[mqtt_buttons]`. Its presses go to the press writer like the capture's; battery levels
+        go through the outbox (`Courier.put_lines`)."""
         from dashkanban.mqtt_buttons.wiring import make_broker
 
-        broker = make_broker(settings, registry, pipeline, handle, courier.put_lines)
-        if broker is None:
-            return None
-        self.button_broker = broker
+        self.button_broker = make_broker(settings, registry, pipeline, self._enqueue,
+                                         courier.put_lines, metrics=self.metrics)
+        return self.button_broker
 
-        async def until_stopped() -> None:
-            task = asyncio.create_task(broker.run())
-            try:
-                while not self._stopping.is_set():
-                    done, _ = await asyncio.wait({task}, timeout=RELOAD_POLL)
-                    if done:
-                        task.result()  # its exception ends run() (exit 1)
-                        raise RuntimeError("the button broker's client returned")
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    # -- the other tasks -------------------------------------------------------------------------
 
-        return threading.Thread(
-            target=self._supervised("the button broker", lambda: asyncio.run(until_stopped())),
-            daemon=True, name="button-broker")
-
-    def _overdue_loop(self, kanban: KanbanLoop, courier: Courier) -> None:
+    async def _overdue_loop(self, kanban: KanbanLoop, outbox: Outbox, courier: Courier,
+                            writer: Writer) -> None:
         """Every `overdue_every` seconds (and at start: a reorder may have become overdue while
         the daemon was down), raise `c8y_KanbanOverdue` for each reorder open longer than its
         lead time (issue 18); the lines go through the outbox like every alarm."""
@@ -337,20 +458,22 @@ class Daemon:
 
         while True:
             try:
-                queue_overdue(kanban, courier.put_lines, self._clock())
+                if await writer.call(queue_overdue, kanban, outbox.put_lines, self._clock()):
+                    courier.wake()
             except OutboxError as exc:  # full or failing: the capture logs its own; go on
-                # The history has it as raised already (once per reorder): say it is lost.
-                log.error("an overdue alarm could not be queued and is not raised: %s", exc)
-            if self._stopping.wait(self.overdue_every):
-                return
+                # Recorded only once queued (kanban/loop.py): the next check raises it again.
+                log.error("an overdue alarm could not be queued (%s); it is raised at the next "
+                          "check", exc)
+            await asyncio.sleep(self.overdue_every)
 
-    def _reload_loop(self, settings: Settings, pipeline: Pipeline,
-                     kanban: KanbanLoop | None) -> None:
-        """The reload thread: after a SIGHUP, re-read MACID.csv off the signal handler."""
-        while not self._stopping.wait(RELOAD_POLL):
-            if self._reload_asked:
-                self._reload_asked = False  # before reading: a SIGHUP from now on reads again
-                self._reload_buttons(settings, pipeline, kanban)
+    async def _reload_loop(self, settings: Settings, pipeline: Pipeline,
+                           kanban: KanbanLoop | None) -> None:
+        """After a SIGHUP, re-read MACID.csv (on a thread: a file read and a setsockopt)."""
+        assert self._reloading is not None
+        while True:
+            await self._reloading.wait()
+            self._reloading.clear()  # before reading: a SIGHUP from now on reads again
+            await asyncio.to_thread(self._reload_buttons, settings, pipeline, kanban)
 
     def _reload_buttons(self, settings: Settings, pipeline: Pipeline,
                         kanban: KanbanLoop | None) -> None:
@@ -378,31 +501,22 @@ class Daemon:
             log.warning("reload: the Kanban bins of %s changed; they take effect at the next "
                         "restart (systemctl restart dashkanban)", settings.buttons.file)
 
-    def _answered(self, pipeline: Pipeline, handle: Callable[[Press], None]) -> None:
-        """On the inventory thread: the presses of the MACs just answered, through `handle`."""
-        if self._stopping.is_set():
-            return
-        try:
-            pipeline.answered(handle)
-        except Exception:  # the worker thread must survive a failing press (logged, like capture)
-            log.exception("a press from the inventory look-up could not be handled")
+    def _fragments_once(self, uplink: Uplink, bins: Bins,
+                        helpers: list[asyncio.Task[None]]) -> Callable[[], None]:
+        """On the first connect: the c8y_Kanban fragments over REST, as a task (REST may be slow
+        or unreachable; capture and delivery never wait for it)."""
+        from dashkanban.kanban.wiring import publish_fragments
 
-    def _fragments_once(self, uplink: object, bins: Bins) -> Callable[[], None]:
-        """On the first connect: the c8y_Kanban fragments over REST, on a thread of their own
-        (REST may be slow or unreachable; capture and delivery never wait for it)."""
-        from dashkanban.kanban.wiring import publish_fragments_blocking as publish_fragments
-
-        started = threading.Event()
+        started = False
 
         def listener() -> None:
-            if started.is_set() or not getattr(uplink, "connected", False):
+            nonlocal started
+            stopping = self._stopping is not None and self._stopping.is_set()
+            if started or stopping or not uplink.connected or self._group is None:
                 return
-            started.set()
-            # A thread of its own: blocking REST calls that capture and delivery never wait for.
-            threading.Thread(target=self._supervised("the Kanban fragment writer",
-                                                     publish_fragments),
-                             args=(self.settings, bins, self._stopping),
-                             name="kanban-fragments", daemon=True).start()
+            started = True
+            helpers.append(self._spawn("the Kanban fragment writer",
+                                       publish_fragments(self.settings, bins)))
 
         return listener
 
@@ -435,49 +549,40 @@ class Daemon:
         if backlog == 0:
             log.warning(text.format(0))
             return
-        with self._sync_lock:
-            self._backlog_watch = (target, text.format(backlog))
+        self._backlog_watch = (target, text.format(backlog))
 
     def _delivered(self, event: Event) -> None:
         if self.on_delivered is not None:
             self.on_delivered(event)
-        # on_delivered comes before the Courier counts this one: hence the 1.
-        self._check_backlog(1)
+        self._check_backlog()
 
-    def _sync_loop(self, pipeline: Pipeline) -> None:
+    async def _sync_loop(self, pipeline: Pipeline) -> None:
+        """The counters into the metrics, and systemd's watchdog: `WATCHDOG=1` comes from the
+        loop itself, so a loop that hangs is restarted (and a failed task ends the process)."""
         from dashkanban.health import notify, watchdog_interval
 
         watchdog = watchdog_interval()
         tick = COUNT_SYNC if watchdog is None else min(COUNT_SYNC, watchdog)
-        while not self._stopping.wait(tick):
+        while True:
+            await asyncio.sleep(tick)
             self._sync(pipeline)
-            self._check_backlog(0)
-            if watchdog is not None and self._healthy():
-                notify("WATCHDOG=1")  # none while a part is gone: systemd restarts us
+            self._check_backlog()
+            if watchdog is not None and self._failure is None:
+                notify("WATCHDOG=1")
 
-    def _healthy(self) -> bool:
-        courier, uplink = self.courier, self.uplink
-        return (self._failure is None and courier is not None and courier.alive
-                and uplink is not None and uplink.alive)
-
-    def _check_backlog(self, coming: int) -> None:
-        """Log the end-of-outage line once the backlog is out (`coming`: a delivery being
-        reported that the Courier has not counted yet)."""
+    def _check_backlog(self) -> None:
+        """Log the end-of-outage line once the backlog is out."""
         watch = self._backlog_watch
         if watch is None or self.courier is None:
             return
-        if self.courier.delivered + coming >= watch[0]:
-            with self._sync_lock:
-                if self._backlog_watch is not watch:
-                    return
-                self._backlog_watch = None
+        if self.courier.delivered >= watch[0]:
+            self._backlog_watch = None
             log.warning("%s", watch[1])
 
     def _sync(self, pipeline: Pipeline) -> None:
         # The pipeline keeps plain counters on the hot path; the metrics get their increments.
-        with self._sync_lock:
-            now = pipeline.counts()
-            before, self._synced = self._synced, now
+        now = pipeline.counts()
+        before, self._synced = self._synced, now
         for name, value, old in (
             ("frames", now.packets, before.packets),
             ("candidates", now.candidates, before.candidates),
@@ -486,6 +591,15 @@ class Daemon:
         ):
             if value > old:
                 self.metrics.add(name, value - old)  # type: ignore[arg-type]
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until they are done (their own clean-up included)."""
+    for task in tasks:
+        task.cancel()
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending)
 
 
 class _SourceFilter:
@@ -507,22 +621,24 @@ def _uplink_reading(uplink: Uplink) -> tuple[bool, int]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from dashkanban.capture.filters import kernel_programs
-    from dashkanban.capture.live import LiveCapture, resolve_interface
+    from dashkanban.capture.live import LiveCapture
+    from dashkanban.mqtt_buttons.wiring import frame_source
     from dashkanban.privileges import refuse_root
 
     refuse_root(args.allow_root)
     settings = load_settings(find_config(args.config))
-    interface = resolve_interface(args.interface or settings.capture.interface)
-    capture = LiveCapture(interface, settings.capture.detect,
-                          promiscuous=settings.capture.promiscuous,
-                          programs=kernel_programs(settings))  # `source = csv`: the button list
-    capture.check_permission()  # before connecting anywhere: exit 2 with the fix
-    daemon = Daemon(settings, capture)
+    # The raw socket with its kernel filter (`source = csv`: the button list), its permission
+    # checked before connecting anywhere (exit 2 with the fix); none with MQTT buttons only.
+    capture = frame_source(settings, args.interface)
+    # The loop takes the signals over once it runs (`signals=True`); these handlers cover the
+    # start before it (opening the outbox) and the end after it.
+    daemon = Daemon(settings, capture, signals=True)
     _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT))
     # SIGHUP (`systemctl reload dashkanban`): re-read MACID.csv without a restart (issue 16).
     signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.reload())
-    log.info("capturing on %s (%s)", interface, ", ".join(sorted(settings.capture.detect)))
+    if isinstance(capture, LiveCapture):
+        log.info("capturing on %s (%s)", capture.interface,
+                 ", ".join(sorted(settings.capture.detect)))
     return daemon.run()
 
 

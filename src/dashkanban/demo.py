@@ -227,6 +227,8 @@ def _serial(http: httpx.Client, mo_id: str) -> str:
 
 
 def _wait_for_interrupt() -> None:
+    # Not a thread: a flag the signal handlers set while the main thread waits (the demo's
+    # sandbox serves from its own loop meanwhile).
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

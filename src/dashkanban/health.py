@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -39,11 +38,10 @@ def state_path(outbox: Path) -> Path:
 
 
 class StateFile:
-    """Writes the uplink's state; safe to call from any thread (one writer at a time)."""
+    """Writes the uplink's state; called on the daemon's loop only (its uplink's listeners)."""
 
     def __init__(self, outbox: Path) -> None:
         self.path = state_path(outbox)
-        self._lock = threading.Lock()
         self._failed = False
 
     def write(self, links: Sequence[LinkHealth], *, running: bool = True) -> None:
@@ -55,24 +53,23 @@ class StateFile:
             "links": [asdict(link) for link in links],
         }
         text = json.dumps(data, indent=1, sort_keys=True)
-        with self._lock:
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_MODE)
             try:
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_MODE)
-                try:
-                    os.fchmod(fd, STATE_MODE)  # an old file's looser mode is not inherited
-                    os.write(fd, text.encode("utf-8"))
-                finally:
-                    os.close(fd)
-                os.replace(temporary, self.path)
-                self._failed = False
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    temporary.unlink()
-                if not self._failed:  # once per failing stretch: a full disk logs enough
-                    log.warning("cannot write the uplink state to %s: %s", self.path,
-                                exc.strerror or exc)
-                self._failed = True
+                os.fchmod(fd, STATE_MODE)  # an old file's looser mode is not inherited
+                os.write(fd, text.encode("utf-8"))
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+            self._failed = False
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if not self._failed:  # once per failing stretch: a full disk logs enough
+                log.warning("cannot write the uplink state to %s: %s", self.path,
+                            exc.strerror or exc)
+            self._failed = True
 
 
 def read_state(outbox: Path) -> Mapping[str, Any] | None:

@@ -17,8 +17,7 @@ waits: a MAC the cache cannot answer is queued for `Lookups.run()`, and its sigh
 `run()` is a task of the daemon's event loop (docs/architecture.md): the look-ups go over
 httpx.AsyncClient (`InventorySource.look_up`), at most CONCURRENCY at once, and `notify` is called
 on the loop's thread when answers are ready (the daemon then calls `pipeline.answered`). It returns
-only when cancelled; a bug raises out of it (the daemon then exits 1). `start()`/`stop()` run it on
-a loop of its own for today's threaded daemon (loopthread.py) until the daemon awaits it.
+only when cancelled; a bug raises out of it (the daemon then exits 1).
 
 Bounded: at most `max_pending` MACs waiting (a sighting of one more MAC is not looked up, counted
 in `refused`; its next sighting tries again), at most `max_parked` sightings kept per MAC (the
@@ -43,7 +42,6 @@ from typing import Protocol
 from dashkanban.backoff import Backoff
 from dashkanban.buttons import Button
 from dashkanban.decode import Sighting
-from dashkanban.loopthread import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +133,9 @@ class Lookups:
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
-        self._runner: LoopThread | None = None
         self.refused = 0  # sightings not looked up: max_pending MACs were waiting
         self.dropped = 0  # sightings not parked: max_parked already kept for that MAC
         self.given_up = 0
-        # Told when run() fails unexpectedly under start() (the daemon then exits 1).
-        self.on_failure: Callable[[BaseException], None] | None = None
 
     # -- the capture side ------------------------------------------------------------------
 
@@ -206,25 +201,6 @@ class Lookups:
                 log.warning("stopping with %d MAC(s) still being looked up in the inventory; "
                             "their sightings are not counted as presses", left)
             await self._source.aclose()
-
-    def start(self) -> None:
-        """Interim, while daemon.py runs capture on a thread of its own: `run()` on a loop of
-        its own (loopthread.py); goes when the daemon awaits `run()` in its TaskGroup."""
-        if self._runner is None:
-            self._runner = LoopThread("inventory", self.run, on_failure=self._failed_run)
-            self._runner.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Interim: cancel `run()` started by `start()`; a look-up under way is abandoned."""
-        if self._runner is not None:
-            self._runner.stop(timeout)
-            self._runner = None
-
-    def _failed_run(self, exc: BaseException) -> None:
-        if self.on_failure is None:
-            log.critical("the inventory look-ups failed unexpectedly", exc_info=exc)
-        else:
-            self.on_failure(exc)
 
     def _wake_up(self) -> None:
         loop, wake = self._loop, self._wake

@@ -14,8 +14,7 @@ The summary line and the endpoint are coroutines of the daemon's event loop (iss
 the summary on an asyncio timer and serves scrapes with `asyncio.start_server`, in the text format
 prometheus-client makes (its own content negotiation), until cancelled; then one last summary line.
 The outbox's row count may be an awaitable (the writer thread's), so no SQLite read runs on the
-loop. `start()`/`stop()` run the same on a loop of their own for today's threaded daemon
-(loopthread.py) until it awaits `run()`.
+loop.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal, get_args
-
-from dashkanban.loopthread import LoopThread
 
 if TYPE_CHECKING:
     from dashkanban.config import MetricsSettings
@@ -381,7 +378,6 @@ class MetricsReporting:
         self.server: MetricsServer | None = None
         if settings.port is not None:
             self.server = MetricsServer(metrics, settings.port, outbox_rows, uplink)
-        self._runner: LoopThread | None = None
 
     async def open(self) -> None:
         if self.server is not None:
@@ -393,16 +389,3 @@ class MetricsReporting:
             if self.server is not None:
                 group.create_task(self.server.run())
             group.create_task(self.summary.run())
-
-    def start(self) -> None:
-        """Interim, while daemon.py is threads: `open()` then `run()` on a loop of their own
-        (loopthread.py); raises ConfigError here if the port is taken."""
-        if self._runner is None:
-            self._runner = LoopThread("metrics", self.run, setup=self.open)
-            self._runner.start()
-
-    def stop(self) -> None:
-        """Interim: cancel `run()` (its last summary line is logged before this returns)."""
-        if self._runner is not None:
-            self._runner.stop()
-            self._runner = None

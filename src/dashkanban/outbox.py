@@ -384,6 +384,17 @@ class Outbox:
         also = () if key is None else self._remembering([key], now)
         return self._insert(values, size, "queueing an event", also)
 
+    def put_row(self, event: Event, extra_lines: Sequence[str] = (),
+                other_lines: Sequence[DeviceLine] = (), key: PressKey | None = None
+                ) -> QueuedEvent:
+        """`put` (with the press identity `key` in the same transaction), returning the row as
+        `peek` will read it back, without reading it: `run` hands a fresh press to the Courier
+        at once (issue 11)."""
+        stored, extra = _storable_event(event, tuple(extra_lines))
+        others = _storable_lines(other_lines)
+        row_id = self.put(stored, extra, others, key)
+        return QueuedEvent(row_id, stored, extra, self._clock().astimezone(UTC), 0, others)
+
     def put_lines(self, lines: Sequence[DeviceLine], time: datetime) -> int:
         """Queue SmartREST lines without an event (same guarantees and cap as `put`).
 

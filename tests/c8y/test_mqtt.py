@@ -26,6 +26,7 @@ from dashkanban.events import Event
 from tests.brokers import Mosquitto, TlsFiles, free_port
 from tests.c8y.support import Recorder, settings_for
 from tests.conftest import _need_mosquitto
+from tests.running import RunningUplink
 
 FAST = (0.05, 0.2)  # reconnect backoff for tests
 
@@ -82,7 +83,7 @@ def send(uplink: Uplink, ev: Event, acks: Acks, label: str) -> None:
 def test_gateway_sequence_over_tls(tmp_path: Path, mosquitto_tls: Mosquitto,
                                    recorder: Recorder) -> None:
     settings = settings_for(tmp_path, mosquitto_tls)
-    uplink = Uplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
+    uplink = RunningUplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
     uplink.start()
     try:
         assert uplink.wait_connected(10)
@@ -113,7 +114,7 @@ def test_reconnect_repeats_hello_and_announces_children_again(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
     settings = settings_for(tmp_path, mosquitto_tls)
-    uplink = Uplink(settings, backoff=(1.0, 1.0))
+    uplink = RunningUplink(settings, backoff=(1.0, 1.0))
     uplink.start()
     try:
         assert uplink.wait_connected(10)
@@ -142,7 +143,7 @@ def test_reconnect_repeats_hello_and_announces_children_again(
 def test_per_device_mode_one_client_per_button(tmp_path: Path, mosquitto_tls: Mosquitto,
                                                recorder: Recorder) -> None:
     settings = settings_for(tmp_path, mosquitto_tls, mode="per-device")
-    uplink = Uplink(settings, backoff=FAST)
+    uplink = RunningUplink(settings, backoff=FAST)
     uplink.start()
     try:
         acks = Acks()
@@ -183,9 +184,9 @@ def test_operations_and_errors_from_cumulocity(tmp_path: Path, mosquitto_tls: Mo
         if len(received) == 2:
             got.set()
 
-    uplink = Uplink(settings, on_operation=on_operation, backoff=FAST)
+    uplink = RunningUplink(settings, on_operation=on_operation, backoff=FAST)
     uplink.start()
-    caplog.set_level(logging.INFO, logger="dashkanban.c8y.mqtt")
+    caplog.set_level(logging.INFO, logger="dashkanban.c8y")
     try:
         assert uplink.wait_connected(10)
         recorder.publish("s/e", "41,100,Device already existing\n"
@@ -221,7 +222,7 @@ def test_message_over_the_size_limit_is_refused_locally(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder,
     caplog: pytest.LogCaptureFixture
 ) -> None:
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls), backoff=FAST)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=FAST)
     uplink.start()
     try:
         assert uplink.wait_connected(10)
@@ -244,7 +245,7 @@ def test_message_over_the_size_limit_is_refused_locally(
 
 def test_wrong_password_gives_up_after_a_few_attempts(tmp_path: Path,
                                                       mosquitto_tls: Mosquitto) -> None:
-    uplink = Uplink(settings_for(tmp_path, mosquitto_tls, password="wrong"), max_refusals=2,
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls, password="wrong"), max_refusals=2,
                     backoff=FAST)
     uplink.start()
     try:
@@ -338,7 +339,7 @@ def test_client_certificate_instead_of_a_password(
     settings = load_settings(cert_config(tmp_path / "ok", mosquitto_cert, tls_files,
                                          with_cert=True))
     assert settings.c8y.password is None
-    uplink = Uplink(settings, backoff=FAST)
+    uplink = RunningUplink(settings, backoff=FAST)
     uplink.start()
     try:
         assert uplink.wait_connected(10)
@@ -352,7 +353,7 @@ def test_client_certificate_instead_of_a_password(
         mosquitto_cert.log_text()
     )
     # Without the certificate the broker ends the handshake: a connection error, retried.
-    no_cert = Uplink(load_settings(cert_config(tmp_path / "no", mosquitto_cert, tls_files,
+    no_cert = RunningUplink(load_settings(cert_config(tmp_path / "no", mosquitto_cert, tls_files,
                                                with_cert=False)), backoff=FAST)
     no_cert.start()
     try:
@@ -387,7 +388,7 @@ def test_heartbeat_keeps_an_idle_gateway_available(tmp_path: Path, mosquitto_tls
     """Nothing on s/us for `heartbeat` seconds: a `125` (protocol notes 2.3). Events on a child's
     topic do not count as the gateway's own traffic; a `101` on s/us does."""
     settings = settings_for(tmp_path, mosquitto_tls)
-    uplink = Uplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST,
+    uplink = RunningUplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST,
                     heartbeat=0.3)
     uplink.start()
     try:
@@ -438,7 +439,7 @@ def test_required_interval_0_puts_no_117_on_the_wire(tmp_path: Path, mosquitto_t
     settings = settings_for(tmp_path, mosquitto_tls)
     settings = dataclasses.replace(
         settings, gateway=dataclasses.replace(settings.gateway, required_interval=0))
-    uplink = Uplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
+    uplink = RunningUplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
     uplink.start()
     try:
         assert uplink.wait_connected(10)
@@ -447,3 +448,54 @@ def test_required_interval_0_puts_no_117_on_the_wire(tmp_path: Path, mosquitto_t
         assert not [m for m in recorder.messages if m[1].startswith("117")]
     finally:
         uplink.stop()
+
+
+def test_a_stop_while_waiting_for_the_connack_leaves_no_socket_or_task_behind(
+    tmp_path: Path, mosquitto_tls: Mosquitto, tls_files: TlsFiles
+) -> None:
+    """A broker that completes TLS and then never answers the CONNECT: stopping the uplink then
+    (a SIGTERM at the wrong moment) closes the connection and ends aiomqtt's housekeeping task,
+    instead of leaving both to outlive the loop (`link._abandon`)."""
+    import asyncio
+    import socket
+    import ssl
+
+    from tests.running import LoopThread
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    closed = threading.Event()
+    connected = threading.Event()
+
+    def silent_broker(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            connected.set()
+            tls.settimeout(30)
+            while tls.recv(4096):  # the CONNECT, then nothing until the client closes
+                pass
+        closed.set()
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        broker = threading.Thread(target=silent_broker, args=(server,), daemon=True)
+        broker.start()
+        settings = settings_for(tmp_path, mosquitto_tls, port=server.getsockname()[1])
+        loop = LoopThread()
+        try:
+            uplink = Uplink(settings, backoff=FAST)
+            task = loop.task(uplink.run())
+            assert connected.wait(10)
+
+            async def stop() -> list[str]:
+                task.cancel()
+                await asyncio.wait({task})
+                await asyncio.sleep(0.05)
+                me = asyncio.current_task()
+                return [t.get_coro().__qualname__ for t in asyncio.all_tasks()
+                        if t is not me and not t.done()]
+
+            assert loop.wait(stop(), timeout=20) == []
+            assert closed.wait(10)
+        finally:
+            loop.close()
+        broker.join(10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from dashkanban.config import Settings, load_settings
 from dashkanban.kanban import wiring
 from dashkanban.kanban.bins import Bins, parse_bins
-from dashkanban.kanban.wiring import publish_fragments, publish_fragments_blocking
+from dashkanban.kanban.wiring import publish_fragments
 from dashkanban.sandbox import Sandbox
 from tests.sandbox_fixture import SANDBOX_PASSWORD, rest, sandbox_options
 
@@ -159,15 +158,3 @@ def test_cancelled_while_retrying_it_ends_at_once(tmp_path: Path) -> None:
         return task.cancelled()
 
     assert asyncio.run(main())
-
-
-def test_the_interim_blocking_writer_ends_when_the_daemon_stops(tmp_path: Path) -> None:
-    """What today's threaded daemon runs (daemon.py): the coroutine on a loop of its own,
-    cancelled once the stop event is set."""
-    stop = threading.Event()
-    writer = threading.Thread(target=publish_fragments_blocking, args=(
-        config(tmp_path, f"http://127.0.0.1:{free_port()}"), bins(), stop), daemon=True)
-    writer.start()
-    stop.set()
-    writer.join(WAIT)
-    assert not writer.is_alive()

@@ -140,8 +140,6 @@ def test_make_broker_hands_the_daemons_metrics_to_the_broker(
     assert alone.snapshot().buttons is None
 
 
-@pytest.mark.xfail(strict=True, reason="the daemon does not pass its metrics to make_broker yet "
-                   "(r4-buttons' report: metrics=self.metrics in Daemon._button_broker)")
 def test_a_running_daemon_shows_the_brokers_numbers(
     tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto
 ) -> None:

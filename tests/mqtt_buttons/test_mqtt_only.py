@@ -160,13 +160,6 @@ def test_check_says_capture_is_not_needed_without_cap_net_raw(
     assert lines[-1] == "✓ all checks passed: events go to 127.0.0.1 in gateway mode"
 
 
-# Until the lead wires `frame_source` into daemon.run_command (r4-buttons' report): then these
-# pass, and strict xfail fails the suite until the marker is removed.
-NEEDS_RUN_WIRING = pytest.mark.xfail(
-    strict=True, reason="daemon.run_command does not call mqtt_buttons.wiring.frame_source yet")
-
-
-@NEEDS_RUN_WIRING
 def test_dashkanban_run_with_mqtt_buttons_only_without_cap_net_raw(
     tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto
 ) -> None:

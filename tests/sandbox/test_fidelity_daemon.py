@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.c8y.mqtt import Uplink
 from dashkanban.capture import Frame
 from dashkanban.config import load_settings
 from dashkanban.daemon import Daemon
@@ -23,6 +22,7 @@ from dashkanban.kanban.bins import load_bins
 from dashkanban.sandbox import BrokerRules, Sandbox
 from tests import forge
 from tests.brokers import TlsFiles
+from tests.running import RunningUplink
 from tests.sandbox.test_inventory_daemon import OpenSource, wait_until
 from tests.sandbox_fixture import rest, sandbox_config, sandbox_options
 
@@ -113,8 +113,8 @@ def test_a_2000_button_start_up_stays_within_max_inflight(tmp_path: Path) -> Non
         settings = load_settings(config)
         assert settings.c8y.max_inflight == 20
         _, bins = load_bins(settings.buttons.file)
-        uplink = Uplink(settings, extra_subscriptions=("s/dc/dashkanban-v2",),
-                        startup_publishes=wiring.startup_publishes(bins))
+        uplink = RunningUplink(settings, extra_subscriptions=("s/dc/dashkanban-v2",),
+                               startup_publishes=wiring.startup_publishes(bins))
         uplink.start()
         try:
             assert uplink.wait_connected(60)

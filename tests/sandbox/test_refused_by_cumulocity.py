@@ -45,7 +45,7 @@ MACID = (
 )
 B2 = "dashButton_2 (fc:a6:67:0a:0b:0c)"
 B1_MAC, B2_MAC = "ac:63:be:12:34:56", "fc:a6:67:0a:0b:0c"
-ERROR_LOG = re.compile(r"\S+ \S+ ERROR +dashkanban\.c8y\.mqtt: (.*)")
+ERROR_LOG = re.compile(r"\S+ \S+ ERROR +dashkanban\.c8y\.link: (.*)")
 
 
 def refused_line(row: int, time: str) -> str:

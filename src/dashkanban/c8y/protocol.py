@@ -90,6 +90,17 @@ class MessageTooLargeError(UnsendableError):
     """A message over Cumulocity's size limit, refused locally instead of by the platform."""
 
 
+_V5_TO_V3 = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
+
+
+def connack_code(reason: object) -> int:
+    """The MQTT 3.1.1 CONNACK return code of what paho reports (an MQTT 5 reason code, which
+    has a `value`, or a plain number)."""
+    raw = getattr(reason, "value", reason)
+    value = raw if isinstance(raw, int) else int(str(raw))
+    return _V5_TO_V3.get(value, value)
+
+
 def connack_meaning(code: int) -> str:
     """Cumulocity's meaning of an MQTT 3.1.1 CONNACK return code, in words."""
     return _CONNACK.get(code, (f"refused with code {code}", ""))[0]

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dashkanban.errors import UplinkError
 
@@ -164,16 +164,16 @@ def fetch_token(settings: Settings, timeout: float = WAIT) -> str:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import MQTTErrorCode
 
-    from dashkanban.c8y.mqtt import LoginRefusedError, connack_code, new_client
+    from dashkanban.c8y.protocol import LoginRefusedError, connack_code
 
     c8y = settings.c8y
     address = f"{c8y.tenant}:{c8y.port}"
-    client = new_client(settings, settings.gateway.serial)
+    client = _paho_client(settings, settings.gateway.serial)
     got: list[str] = []
     refused: list[int] = []
 
     def on_connect(c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
-        code = connack_code(reason)  # type: ignore[arg-type]  # paho passes a ReasonCode
+        code = connack_code(reason)
         if code != 0:
             refused.append(code)
             return
@@ -207,6 +207,25 @@ def fetch_token(settings: Settings, timeout: float = WAIT) -> str:
     finally:
         client.disconnect()
         client.loop(timeout=0)
+
+
+def _paho_client(settings: Settings, client_id: str) -> Any:
+    """A paho client for the one short connection of `fetch_token` (no network yet): MQTT
+    3.1.1, clean session, TLS, credentials. A blocking one-shot tool, not the daemon's uplink."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from dashkanban.c8y.tls import make_tls_context
+
+    c8y = settings.c8y
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=paho.MQTTv311, clean_session=True,  # protocol notes 1.4
+                         reconnect_on_failure=False)
+    if c8y.tls:
+        client.tls_set_context(make_tls_context(c8y))
+    if c8y.password is not None:
+        client.username_pw_set(c8y.username, c8y.password.reveal())
+    return client
 
 
 # The uplink's token source per gateway serial: inside the daemon the REST client asks the running

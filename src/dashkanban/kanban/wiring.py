@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 import random
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -54,7 +52,6 @@ log = logging.getLogger(__name__)
 
 FRAGMENT_PASSES = 3  # a child announced at this connect may show in the inventory a moment later
 FRAGMENT_RETRY = 1.0  # seconds between passes
-STOP_POLL = 0.5  # seconds: how late the interim blocking writer sees the daemon stopping
 
 QueueLines = Callable[[Sequence[DeviceLine], datetime], object]
 
@@ -274,19 +271,3 @@ async def publish_fragments(settings: Settings, bins: Bins, *,
                          "yet, done at the next start", len(done) - len(missing), len(missing))
                 return
             await asyncio.sleep(FRAGMENT_RETRY)
-
-
-def publish_fragments_blocking(settings: Settings, bins: Bins, stop: threading.Event) -> None:
-    """Interim, while daemon.py runs it on a thread of its own: `publish_fragments` on a loop
-    of its own, cancelled once `stop` is set. Goes when the daemon awaits it in its TaskGroup."""
-
-    async def until_stopped() -> None:
-        task = asyncio.create_task(publish_fragments(settings, bins))
-        while not task.done():
-            await asyncio.wait({task}, timeout=STOP_POLL)
-            if stop.is_set():
-                task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(until_stopped())

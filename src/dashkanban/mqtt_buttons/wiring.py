@@ -8,10 +8,11 @@ a task of its TaskGroup once `run` is one asyncio loop) and hands over what a pr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,8 @@ def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
     return broker
 
 
-def battery_handler(settings: Settings, put_lines: PutLines) -> Callable[[Battery], None]:
+def battery_handler(settings: Settings,
+                    put_lines: PutLines) -> Callable[[Battery], Awaitable[None]]:
     """An MQTT button's battery level: kept for `outbox status`, a warning once when low, and
     `c8y_Battery` through the outbox at most once an hour (battery.py)."""
     from dashkanban.outbox import OutboxError
@@ -76,7 +78,7 @@ def battery_handler(settings: Settings, put_lines: PutLines) -> Callable[[Batter
     policy = BatteryPolicy()
     kept = BatteryFile(settings.outbox.path)
 
-    def on_battery(level: Battery) -> None:
+    async def on_battery(level: Battery) -> None:
         button, when = level.button, datetime.fromtimestamp(level.time, UTC)
         decision = policy.report(button.serial, level.percent, time.monotonic())
         kept.record(button, level.percent, when)
@@ -87,7 +89,9 @@ def battery_handler(settings: Settings, put_lines: PutLines) -> Callable[[Batter
         # level locally.
         if decision.send and settings.gateway.mode == "gateway":
             try:
-                put_lines(measurement_lines(button, level.percent, when), when)
+                queued = put_lines(measurement_lines(button, level.percent, when), when)
+                if inspect.isawaitable(queued):  # the daemon's Courier.put_lines
+                    await queued
             except OutboxError as exc:
                 log.warning("%s: battery level %g %% not queued: %s", button.name,
                             level.percent, exc)
