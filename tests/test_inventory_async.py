@@ -18,11 +18,11 @@ import pytest
 from dashkanban.buttons import Button
 from dashkanban.c8y.rest import InventorySource
 from dashkanban.capture import Frame
+from dashkanban.compose import build_pipeline, load_registry
 from dashkanban.config import Settings, load_settings
 from dashkanban.inventory import Lookups
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Press
-from dashkanban.replay import build_pipeline, load_registry
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.kanban.c8y_server import Store, c8y_server

@@ -237,9 +237,6 @@ def test_no_lower_layer_imports_a_command() -> None:
 # A command importing another command ties two of them together; what they share belongs in
 # the composition root. These edges remain, each with its reason; the list only shrinks.
 KNOWN_COMMAND_EDGES: dict[tuple[str, str], str] = {
-    ("dashkanban.daemon", "dashkanban.replay"): (
-        "daemon.py imports build_pipeline, load_registry and inventory_lookup from replay.py, "
-        "which re-exports them from compose.py; daemon.py is rewritten on another branch"),
     ("dashkanban.check", "dashkanban.outbox_commands"): (
         "deliver_explained (deliver, then the one explanation of exit 3 or the running "
         "service) moves to compose.py once the async deliver (issue 11) has landed"),

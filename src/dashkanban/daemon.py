@@ -43,11 +43,13 @@ from dashkanban.presses import Press
 if TYPE_CHECKING:
     from dashkanban.buttons import Registry
     from dashkanban.c8y.mqtt import Uplink
+    from dashkanban.c8y.smartrest import SmartRestLine
     from dashkanban.capture.bpf import Program
     from dashkanban.delivery import Courier, QueuedRow
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
+    from dashkanban.kanban.wiring import OperationRouter
     from dashkanban.mqtt_buttons.source import ButtonBroker
     from dashkanban.outbox import Outbox
     from dashkanban.writer import Writer
@@ -230,8 +232,15 @@ class Daemon:
         uplink.add_listener(self._count_reconnects(uplink, outbox, courier))
         uplink.add_listener(lambda: state.write(uplink.health()))
         if router is not None:
-            router.queue = lambda lines, now: self._spawn(
-                "the operation handler", courier.put_lines(lines, now))
+            # A refill operation is handled on the writer thread: its history entry, its
+            # answer's outbox row, then "answer queued" (kanban/wiring.py), in that order.
+            router.queue = outbox.put_lines
+
+            def on_operation(line: SmartRestLine) -> None:
+                self._spawn("the operation handler",
+                            self._operation(router, line, writer, courier))
+
+            uplink.on_operation = on_operation
         if kanban is not None and kanban.history is not None:
             queued = await writer.call(wiring.queue_pending_clears, kanban.history,
                                        outbox.put_lines)
@@ -434,6 +443,18 @@ class Daemon:
             pipeline.answered(self._enqueue)
         except Exception:  # one failing press must not end the look-ups (logged, like capture)
             log.exception("a press from the inventory look-up could not be handled")
+
+    async def _operation(self, router: OperationRouter, line: SmartRestLine, writer: Writer,
+                         courier: Courier) -> None:
+        from dashkanban.outbox import OutboxError
+
+        try:
+            await writer.call(router, line)
+        except OutboxError as exc:  # its answer stays pending: queued at redelivery or start
+            log.error("operation %s could not be answered now (%s); it is answered when "
+                      "Cumulocity sends it again or at the next start", line.template, exc)
+            return
+        courier.wake()
 
     def _button_broker(self, settings: Settings, registry: Registry, pipeline: Pipeline,
                        courier: Courier) -> ButtonBroker | None:

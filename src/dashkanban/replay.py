@@ -39,13 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Re-exported for daemon.py (rewritten on another branch this round), which still imports them
-# from here; they live in compose.py, the composition root. Gone once daemon.py imports them from
-# there (issue 12).
-__all__ = [
-    "ReplayOptions", "build_pipeline", "inventory_lookup", "load_registry", "replay_command"]
-inventory_lookup = inventory_source
-
 
 @dataclass(frozen=True, slots=True)
 class ReplayOptions:

@@ -321,7 +321,9 @@ def test_an_operation_answered_before_a_restart_is_answered_once_after_it(
         router(decode(f"9101,{SCREWS},{op_id},A3")[0])
     loop.history.close()
 
-    daemon = Daemon(settings, source, drain_on_stop=5.0)
+    # A source of its own: the first daemon's stop() ended its source, and a daemon whose source
+    # has ended drains and stops by itself.
+    daemon = Daemon(settings, OpenSource(), drain_on_stop=5.0)
     runner = threading.Thread(target=daemon.run, daemon=True)
     runner.start()
     try:
