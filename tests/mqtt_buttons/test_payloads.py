@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dashkanban.mqtt_buttons.payloads import (
+    FORMATS,
     MAX_PAYLOAD,
     BatteryLevel,
     ButtonPress,
@@ -23,6 +24,7 @@ SHELLY_BATTERY = "shellies/shellybutton1-A4CF12F45678/sensor/battery"
 TASMOTA = "stat/tasmota_5A1B2C/RESULT"
 ESPHOME = "aisle2/binary_sensor/bin_a3_button/state"
 ZIGBEE = "zigbee2mqtt/Bin B1 button"
+HUGE_INTEGER = b'{"action":"single","battery":' + b"9" * 4400 + b"}"
 
 
 @pytest.mark.parametrize("fmt", ["auto", "shelly"])
@@ -131,10 +133,15 @@ def test_a_retained_message_is_never_a_press(topic: str, payload: bytes) -> None
     (b"", Unreadable("not JSON (Expecting value)")),
     (b'{"action":"single"', Unreadable("not JSON (Expecting ',' delimiter)")),
     (b'{"battery":1e999}', NoPress("zigbee2mqtt state without action")),
+    # Python 3.11 refuses to read an integer of over 4,300 digits with a plain ValueError.
+    (HUGE_INTEGER, Unreadable("not JSON (a number of over 4300 digits)")),
 ])
 def test_hostile_payloads_are_bounded_and_never_raise(payload: bytes,
                                                       expected: Reading) -> None:
+    assert len(payload) <= MAX_PAYLOAD + 1
     assert read_message(ZIGBEE, payload, False) == expected
+    for fmt in FORMATS:
+        read_message(ZIGBEE, payload, False, fmt)  # whatever it reads as, it returns
 
 
 @pytest.mark.parametrize("payload", [

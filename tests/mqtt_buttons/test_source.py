@@ -226,3 +226,27 @@ def test_a_refused_login_is_retried_without_the_password_in_the_log(
     assert broker.last_error == "refused the login ([code:135] Not authorized)"
     assert broker.connections == 0
     assert "wrong-pw-123" not in caplog.text
+
+
+def test_a_number_python_refuses_to_read_is_malformed_and_run_goes_on(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # Under 8 KiB, but an integer of 4,400 digits: Python 3.11's json raises a plain ValueError
+    # (not a JSONDecodeError). Anyone who may publish on a button's topic must not end `run`.
+    presses: list[MqttPress] = []
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+    broker = ButtonBroker(settings, registry(tmp_path), presses.append)
+    huge = b'{"action":"single","battery":' + b"9" * 4400 + b"}"
+    assert len(huge) <= MAX_PAYLOAD
+
+    async def body() -> None:
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        await publish(mosquitto, [(ZIGBEE, huge, False),
+                                  (TASMOTA, b'{"Button1":{"Action":"SINGLE"},"n":' + b"9" * 4400
+                                   + b"}", False),
+                                  (ZIGBEE, b'{"action":"double"}', False)])
+        await until(lambda: broker.messages == 3, "every message")
+
+    run_with(broker, body)
+    assert (broker.malformed, broker.presses, broker.connections) == (2, 1, 1)
+    assert [(p.button.name, p.kind) for p in presses] == [("aqara", "double")]

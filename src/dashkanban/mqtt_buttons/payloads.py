@@ -17,8 +17,9 @@ something else (e.g. "refilled"), so it must not become one. A hold is `long`.
 
 A retained message is never a press (a restart of dashkanban, or of the broker, would replay the
 last one). Hostile input is bounded: a payload over `MAX_PAYLOAD` bytes, text that is not UTF-8,
-JSON nested too deep, or a shape no format knows give `Unreadable` (the caller counts it as
-malformed and logs it at DEBUG); nothing here raises on input.
+JSON nested too deep, a number of over 4,300 digits, or a shape no format knows give
+`Unreadable` (the caller counts it as malformed and logs it at DEBUG); nothing here raises on
+input.
 """
 
 from __future__ import annotations
@@ -142,6 +143,11 @@ def _json(text: str) -> Any:
         return Unreadable("JSON nested too deep")
     except json.JSONDecodeError as exc:
         return Unreadable(f"not JSON ({exc.msg})")
+    except ValueError:
+        # Not a JSONDecodeError: Python 3.11+ refuses to convert an integer of over 4,300 digits
+        # (sys.get_int_max_str_digits(), CVE-2020-10735), and a 4,400-digit number fits in
+        # MAX_PAYLOAD. Anyone who can publish on a button's topic can send one.
+        return Unreadable("not JSON (a number of over 4300 digits)")
 
 
 def _shape(value: Any) -> Format | None:
