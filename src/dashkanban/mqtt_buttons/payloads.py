@@ -45,13 +45,22 @@ TASMOTA_ACTIONS: dict[str, PressKind] = {
     "SINGLE": "single", "DOUBLE": "double", "TRIPLE": "double", "QUAD": "double",
     "PENTA": "double", "HOLD": "long",
 }
-# zigbee2mqtt's `action` values of the common buttons (Aqara WXKG01LM/WXKG11LM/WXKG12LM, SONOFF
-# SNZB-01, IKEA E1812 and TRADFRI remotes): a short press is `single`, `on` or `toggle`, a long
-# one `hold`/`long` or, on IKEA's, `brightness_move_up`. `release`, `brightness_stop`, `off` and
-# an empty action (sent after each press by zigbee2mqtt's legacy mode) are no presses.
+# zigbee2mqtt's `action` values of the buttons docs/buttons.md names, as zigbee2mqtt's device
+# pages list them (docs/buttons.md, "zigbee2mqtt's actions", has the sources):
+# - SONOFF SNZB-01: `single`, `double`, `long`.
+# - Aqara WXKG01LM: `single`, `double`, `triple`, `quadruple`, `many`, `hold`, `release`;
+#   WXKG11LM the same without `many`; WXKG12LM `single`, `double`, `hold`, `release`, `shake`.
+# - IKEA E1812 (TRADFRI shortcut button): `on` a single click, `off` a DOUBLE click,
+#   `brightness_move_up` a hold, `brightness_stop` its release. So `off` is a double press:
+#   read as "no press" it lost every double click of the E1812. (IKEA's two-button remotes,
+#   E1743/E1810, also send `off`, from their second button: they are no one-bin button.)
+# `toggle` and `press` are other single-button devices' single click. `release`,
+# `brightness_stop`, `shake` and an empty action (zigbee2mqtt's legacy mode sends one after each
+# press) are no presses.
 ZIGBEE_ACTIONS: dict[str, PressKind] = {
     "single": "single", "on": "single", "toggle": "single", "press": "single",
-    "double": "double", "triple": "double", "quadruple": "double", "many": "double",
+    "double": "double", "off": "double", "triple": "double", "quadruple": "double",
+    "many": "double",
     "long": "long", "hold": "long", "brightness_move_up": "long",
 }
 
