@@ -2,8 +2,9 @@
 
 A button reports its level with many of its messages (zigbee2mqtt with each, a Shelly Button1 on
 every wake-up). Cumulocity gets it as the button's measurement `c8y_Battery` (series `level`,
-unit `%`) at most once an hour per button; a level under `LOW` logs one warning until the
-level is back up (a new battery). The last level of each button is kept next to the outbox, for
+unit `%`) at most once an hour per button; a level under `LOW` logs one warning, given again
+only after the level was back up to `REARM` (a new battery; a level wavering around `LOW`
+warns once). The last level of each button is kept next to the outbox, for
 `outbox status` and `discover`.
 """
 
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 SEND_EVERY = 3600.0  # seconds: one measurement an hour per button at most
 LOW = 15.0  # percent: under this, one warning
+# Percent: the warning is given again only after the level was back up to this. A level read
+# near LOW wavers (14, 15, 14 with the temperature and the load of the last radio message);
+# re-arming at LOW itself warned at each dip. 20 % is what a half-used new battery still shows.
+REARM = 20.0
 FILE_NAME = "batteries.json"
 FILE_MODE = 0o644
 FORMAT = 1
@@ -56,7 +61,7 @@ class BatteryPolicy:
         if percent < LOW:
             warn = serial not in self._low
             self._low.add(serial)
-        else:
+        elif percent >= REARM:
             self._low.discard(serial)
         return Decision(send, warn)
 
