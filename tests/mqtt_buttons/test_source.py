@@ -5,6 +5,7 @@ the broker restarts (issue 19)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -250,3 +251,38 @@ def test_a_number_python_refuses_to_read_is_malformed_and_run_goes_on(
     run_with(broker, body)
     assert (broker.malformed, broker.presses, broker.connections) == (2, 1, 1)
     assert [(p.button.name, p.kind) for p in presses] == [("aqara", "double")]
+
+
+class _BrokenRegistry(Registry):
+    """A registry whose topics cannot be listed: a stand-in for a bug in the reload's path, which
+    no real MACID.csv makes (the one test double here)."""
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        raise RuntimeError("a bug in the reload")
+
+
+def test_a_failing_subscription_follower_ends_run(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # The reload's follower runs supervised with the message loop: an error that is no
+    # MqttError ends run() (the daemon then exits 1), instead of ending the follower alone,
+    # after which no reload was subscribed while the daemon looked healthy.
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+    broker = ButtonBroker(settings, registry(tmp_path), lambda press: None)
+
+    async def main() -> None:
+        task = asyncio.create_task(broker.run())
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        broker.use_registry(_BrokenRegistry())
+        # Not wait_for: cancelling run() would also raise the follower's error (from the
+        # finally that awaited it), which is how it stayed unobserved until shutdown.
+        await asyncio.wait({task}, timeout=WAIT)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            pytest.fail("run() goes on without its subscription follower")
+        with pytest.raises(RuntimeError, match=r"^a bug in the reload$"):
+            task.result()
+
+    asyncio.run(main())
+    assert not broker.connected.is_set()

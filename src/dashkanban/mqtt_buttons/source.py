@@ -11,7 +11,8 @@ The connection is made again for ever with the project's backoff (backoff.py, ca
 `[C8YMQTT] retry_max` like the uplink's): a broker that restarts, or refuses the login for a
 while, costs presses made in between only (MQTT buttons do not queue them), never the daemon.
 `run()` returns only when cancelled; an exception from `on_press` (a bug, or an outbox that
-cannot be written) ends it, so the daemon's supervisor ends the process.
+cannot be written), or from the task that subscribes a reload's topics, ends it, so the daemon's
+supervisor ends the process: both run in one TaskGroup per connection.
 
 Without a topic in MACID.csv `run()` idles, connecting nowhere, until `use_registry` (SIGHUP)
 brings one: a daemon started before the first MQTT button was listed needs a reload, not a
@@ -208,18 +209,7 @@ class ButtonBroker:
                         self.metrics.buttons_connected(True)
                     log.info("button broker %s: listening to %d MQTT button topic(s)", address,
                              len(topics))
-                    follower = asyncio.create_task(self._follow(client, set(topics)))
-                    try:
-                        async for message in client.messages:
-                            payload = (message.payload if isinstance(message.payload, bytes)
-                                       else b"")
-                            await self.handle(message.topic.value, payload,
-                                              bool(message.retain))
-                    finally:
-                        follower.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await follower
-                    raise aiomqtt.MqttError("the connection closed")
+                    await self._listen(client, set(topics))
             except MqttConnectError as exc:
                 backoff = self._refusal  # a refused login: slowly, as the uplink does
                 self.last_error = f"refused the login ({exc})"
@@ -234,6 +224,26 @@ class ButtonBroker:
             log.warning("button broker %s: %s; connecting again in %.1f s", address,
                         self.last_error, delay)
             await asyncio.sleep(delay)
+
+    async def _listen(self, client: aiomqtt.Client, subscribed: set[str]) -> None:
+        """The open connection's two tasks, supervised together: the messages, and the topics
+        of each reload (`_follow`). The first to fail ends both and raises its exception as it
+        is (an MqttError: connect again; anything else, a bug: `run` ends). Without the group a
+        follower that failed ended unobserved, and later reloads were never subscribed."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._follow(client, subscribed))
+                await self._read(client)
+        except BaseExceptionGroup as failed:
+            # One failure ends the group (the other task is cancelled, and a cancelled task
+            # adds nothing); raise it as itself, so `run`'s `except MqttError` still sees it.
+            raise failed.exceptions[0] from None
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            await self.handle(message.topic.value, payload, bool(message.retain))
+        raise aiomqtt.MqttError("the connection closed")
 
     async def handle(self, topic: str, payload: bytes, retained: bool) -> None:
         """One message (also what tests feed directly)."""
