@@ -286,3 +286,45 @@ def test_a_failing_subscription_follower_ends_run(tmp_path: Path, mosquitto: Mos
 
     asyncio.run(main())
     assert not broker.connected.is_set()
+
+
+def test_the_incoming_queue_keeps_no_payload_over_max_payload() -> None:
+    # MQTT 3.1.1 cannot refuse a large message: paho reads it whole. What is queued after it
+    # must not keep it: MAX_QUEUED messages of the broker's 256 MB each would be 64 GB.
+    from dashkanban.mqtt_buttons.source import MAX_QUEUED, _Inbox, _Oversized
+
+    async def main() -> list[aiomqtt.Message]:
+        inbox = _Inbox(maxsize=MAX_QUEUED)
+        inbox.put_nowait(aiomqtt.Message(ZIGBEE, b"x" * (1 << 20), 1, False, 7, None))
+        inbox.put_nowait(aiomqtt.Message(ZIGBEE, b"y" * MAX_PAYLOAD, 1, True, 8, None))
+        return [inbox.get_nowait(), inbox.get_nowait()]
+
+    big, small = asyncio.run(main())
+    assert isinstance(big, _Oversized)
+    assert (big.topic.value, big.payload, big.size, big.qos, big.retain, big.mid) == (
+        ZIGBEE, b"", 1 << 20, 1, False, 7)
+    assert not isinstance(small, _Oversized)
+    assert (small.payload, small.retain) == (b"y" * MAX_PAYLOAD, True)
+    assert MAX_QUEUED * MAX_PAYLOAD <= 2 << 20
+
+
+def test_a_message_of_a_mebibyte_is_malformed_and_not_kept(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="dashkanban.mqtt_buttons.source")
+    presses: list[MqttPress] = []
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+    broker = ButtonBroker(settings, registry(tmp_path), presses.append)
+
+    async def body() -> None:
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        await publish(mosquitto, [(ZIGBEE, b"{" * (1 << 20), False),
+                                  (ZIGBEE, b'{"action":"single"}', False)])
+        await until(lambda: broker.messages == 2, "both messages")
+
+    run_with(broker, body)
+    assert (broker.malformed, [p.kind for p in presses]) == (1, ["single"])
+    assert (f"button broker: unreadable message on {ZIGBEE!r} (1048576 bytes): 1048576 bytes, "
+            "over 8192") in caplog.messages

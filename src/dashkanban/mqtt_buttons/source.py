@@ -40,9 +40,11 @@ from dashkanban.buttons import Button, Registry
 from dashkanban.config import MqttButtonsSettings
 from dashkanban.mqtt_buttons.payloads import (
     FORMATS,
+    MAX_PAYLOAD,
     BatteryLevel,
     ButtonPress,
     Format,
+    Reading,
     Repeats,
     Unreadable,
     battery_topic,
@@ -58,7 +60,34 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0  # seconds for the CONNACK and the SUBACK
 KEEPALIVE = 60
 T = TypeVar("T")
-MAX_QUEUED = 1000  # messages received but not yet read; a flood beyond this is dropped by aiomqtt
+# Messages received but not yet read; a flood beyond this is dropped by aiomqtt (with a WARNING).
+# Each holds at most MAX_PAYLOAD bytes (`_Inbox`), so the queue holds at most ~2 MiB.
+MAX_QUEUED = 256
+
+
+class _Oversized(aiomqtt.Message):
+    """A message over MAX_PAYLOAD, its payload dropped on arrival: only its size is kept."""
+
+    def __init__(self, message: aiomqtt.Message, size: int) -> None:
+        super().__init__(message.topic, b"", message.qos, message.retain, message.mid,
+                         message.properties)
+        self.size = size
+
+
+class _Inbox(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming queue (`queue_type`), holding no payload over MAX_PAYLOAD.
+
+    MQTT 3.1.1 has no way for a client to refuse a large message (v5's Maximum Packet Size is
+    not in it): paho reads each PUBLISH whole, up to the broker's limit (mosquitto's default is
+    the protocol's 256 MB). That one message is unavoidable; keeping it queued is not. Its bytes
+    go here, on arrival, so MAX_QUEUED messages cost at most MAX_QUEUED * MAX_PAYLOAD bytes.
+    The broker's own limit bounds the one message read (docs/buttons.md, "Message size")."""
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        payload = item.payload
+        if isinstance(payload, bytes | bytearray | str) and len(payload) > MAX_PAYLOAD:
+            item = _Oversized(item, len(payload))
+        super().put_nowait(item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +226,7 @@ class ButtonBroker:
                     password=settings.password.reveal() if settings.password else None,
                     protocol=aiomqtt.ProtocolVersion.V311, clean_session=True,
                     keepalive=KEEPALIVE, tls_context=context, timeout=CONNECT_TIMEOUT,
-                    max_queued_incoming_messages=MAX_QUEUED,
+                    max_queued_incoming_messages=MAX_QUEUED, queue_type=_Inbox,
                 ) as client:
                     await client.subscribe([(t, 1) for t in topics])
                     self.subscribed = frozenset(topics)
@@ -241,25 +270,34 @@ class ButtonBroker:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            if isinstance(message, _Oversized):
+                await self.handle(message.topic.value, b"", bool(message.retain),
+                                  size=message.size)
+                continue
             payload = message.payload if isinstance(message.payload, bytes) else b""
             await self.handle(message.topic.value, payload, bool(message.retain))
         raise aiomqtt.MqttError("the connection closed")
 
-    async def handle(self, topic: str, payload: bytes, retained: bool) -> None:
-        """One message (also what tests feed directly)."""
+    async def handle(self, topic: str, payload: bytes, retained: bool, *,
+                     size: int | None = None) -> None:
+        """One message (also what tests feed directly). `size`: a message over MAX_PAYLOAD
+        whose payload was dropped on arrival (`_Inbox`); it reads as payloads' oversize."""
         self.messages += 1
         self._count("mqtt_messages")
         button = self.registry.by_topic(topic)
         owner = button if button is not None else self._battery_topics.get(topic)
         if owner is None:
             return  # not ours (a topic dropped by a reload)
-        reading = read_message(topic, payload, retained, _format(owner))
+        if size is not None and not retained:
+            reading: Reading = Unreadable(f"{size} bytes, over {MAX_PAYLOAD}")
+        else:
+            reading = read_message(topic, payload, retained, _format(owner))
         now = self._clock()
         if isinstance(reading, Unreadable):
             self.malformed += 1
             self._count("mqtt_malformed")
             log.debug("button broker: unreadable message on %r (%d bytes): %s", topic,
-                      len(payload), reading.reason)
+                      len(payload) if size is None else size, reading.reason)
             return
         if isinstance(reading, BatteryLevel):
             await self._battery(Battery(owner, reading.percent, now))
