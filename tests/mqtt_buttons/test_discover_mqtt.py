@@ -11,7 +11,13 @@ import pytest
 
 from dashkanban.buttons import Button, load_buttons
 from dashkanban.cli import main
-from dashkanban.mqtt_buttons.discover import MqttCensus, TopicSeen, button_format
+from dashkanban.mqtt_buttons.discover import (
+    MqttCensus,
+    TopicSeen,
+    button_format,
+    suggested_name,
+)
+from dashkanban.mqtt_buttons.payloads import recognise, topic_device
 from tests.brokers import Mosquitto
 
 SHELLY = "shellies/shellybutton1-A4CF12F45678/input_event/0"
@@ -56,6 +62,36 @@ def test_the_census_of_button_topics() -> None:
         "a4:cf:12:f4:56:78", "24:5a:1b:2c:3d:4e", "00:12:4b:00:1c:a1:b2:c3",
         "00:15:8d:00:01:a2:b3:c4", None, None]
     assert census.messages == len(MESSAGES)
+
+
+def test_a_friendly_name_with_a_slash_gets_its_address() -> None:
+    # zigbee2mqtt allows '/' in a friendly name (folders in its frontend); discover used a
+    # pattern of its own, `zigbee2mqtt/([^/]+)`, apart from the daemon's, and found no address.
+    topic = "zigbee2mqtt/aisle2/bin B1"
+    census = MqttCensus()
+    census.add("zigbee2mqtt/bridge/devices", json.dumps([
+        {"friendly_name": "aisle2/bin B1", "ieee_address": "0x00124b001ca1b2c4"}]).encode())
+    census.add(topic, b'{"action":"off","battery":55}')
+    census.add("zigbee2mqtt/aisle2/bin B1/set", b'{"action":"single"}')  # a command to it
+    census.add("zigbee2mqtt/bridge/request/x", b'{"action":"single"}')
+    assert census.topics == {topic: TopicSeen(topic, "zigbee2mqtt", 1, {"double": 1}, 55.0)}
+    assert census.address(topic) == "00:12:4b:00:1c:a1:b2:c4"
+    assert suggested_name(topic) == "aisle2_bin B1"
+
+
+@pytest.mark.parametrize(("topic", "fmt", "device"), [
+    (SHELLY, "shelly", "shellybutton1-A4CF12F45678"),
+    ("shellies/shellybutton1-A4CF12F45678/sensor/battery", "shelly", "shellybutton1-A4CF12F45678"),
+    (TASMOTA, "tasmota", "tasmota_5A1B2C"),
+    ("RESULT", "tasmota", None),
+    (ESPHOME, "esphome", "bin_c2_button"),
+    (ZIGBEE, "zigbee2mqtt", "Bin D1 button"),
+    ("zigbee2mqtt/aisle2/bin B1", "zigbee2mqtt", "aisle2/bin B1"),
+])
+def test_discover_and_the_daemon_read_topics_alike(topic: str, fmt: str,
+                                                   device: str | None) -> None:
+    assert topic_device(topic) == (fmt, device)
+    assert recognise(topic) == fmt
 
 
 @pytest.mark.parametrize(("topic", "payload"), [

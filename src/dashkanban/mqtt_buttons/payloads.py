@@ -64,12 +64,20 @@ ZIGBEE_ACTIONS: dict[str, PressKind] = {
     "long": "long", "hold": "long", "brightness_move_up": "long",
 }
 
-_SHELLY_INPUT = re.compile(r"shellies/[^/]+/input_event/\d+")
-_SHELLY_BATTERY = re.compile(r"shellies/[^/]+/sensor/battery")
-_TASMOTA = re.compile(r"(?:.+/)?RESULT")
-_ESPHOME = re.compile(r".+/binary_sensor/[^/]+/state")
-_ZIGBEE = re.compile(r"zigbee2mqtt/.+")
-_TASMOTA_BUTTON = re.compile(r"Button\d+")
+# The topics of each format, the one set `read_message` and `discover --mqtt` both use. Group
+# `device` is the part that names the device: the Shelly's id, Tasmota's %topic%, the ESPHome
+# sensor's name, the zigbee2mqtt friendly name (which may hold '/': `aisle2/bin B1`).
+SHELLY_INPUT = re.compile(r"shellies/(?P<device>[^/]+)/input_event/\d+")
+SHELLY_BATTERY = re.compile(r"shellies/(?P<device>[^/]+)/sensor/battery")
+ZIGBEE_DEVICE = re.compile(r"zigbee2mqtt/(?P<device>.+)")
+ESPHOME_STATE = re.compile(r"(?:.+/)?binary_sensor/(?P<device>[^/]+)/state")
+TASMOTA_RESULT = re.compile(r"(?:(?:.*/)?(?P<device>[^/]+)/)?RESULT")  # stat/<topic>/RESULT
+TASMOTA_BUTTON = re.compile(r"Button\d+")  # the key of a button's action in a RESULT
+# In the order they are tried: the first whose pattern matches a topic says its format.
+TOPIC_PATTERNS: tuple[tuple[Format, re.Pattern[str]], ...] = (
+    ("shelly", SHELLY_INPUT), ("shelly", SHELLY_BATTERY), ("zigbee2mqtt", ZIGBEE_DEVICE),
+    ("esphome", ESPHOME_STATE), ("tasmota", TASMOTA_RESULT),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,17 +113,20 @@ class Unreadable:
 Reading = ButtonPress | BatteryLevel | NoPress | Unreadable
 
 
+def topic_device(topic: str) -> tuple[Format, str | None] | None:
+    """The format a topic's shape says and the device it names (None when the topic names
+    none: a bare `RESULT`), or None (then `auto` looks at the payload)."""
+    for fmt, pattern in TOPIC_PATTERNS:
+        found = pattern.fullmatch(topic)
+        if found is not None:
+            return fmt, found.group("device")
+    return None
+
+
 def recognise(topic: str) -> Format | None:
     """The format a topic's shape says, or None (then `auto` looks at the payload)."""
-    if _SHELLY_INPUT.fullmatch(topic) or _SHELLY_BATTERY.fullmatch(topic):
-        return "shelly"
-    if _ZIGBEE.fullmatch(topic):
-        return "zigbee2mqtt"
-    if _ESPHOME.fullmatch(topic):
-        return "esphome"
-    if _TASMOTA.fullmatch(topic):
-        return "tasmota"
-    return None
+    found = topic_device(topic)
+    return None if found is None else found[0]
 
 
 def read_message(topic: str, payload: bytes, retained: bool, fmt: Format = "auto") -> Reading:
@@ -164,7 +175,7 @@ def _shape(value: Any) -> Format | None:
     if isinstance(value, dict):
         if "event" in value and "event_cnt" in value:
             return "shelly"
-        if any(_TASMOTA_BUTTON.fullmatch(k) for k in value):
+        if any(TASMOTA_BUTTON.fullmatch(k) for k in value):
             return "tasmota"
         if "action" in value or "battery" in value:
             return "zigbee2mqtt"
@@ -192,7 +203,7 @@ def _level(value: Any) -> float | None:
 
 
 def _shelly(topic: str, value: Any) -> Reading:
-    if _SHELLY_BATTERY.fullmatch(topic):
+    if SHELLY_BATTERY.fullmatch(topic):
         level = _level(value)
         if level is None:
             return Unreadable("Shelly battery is no percentage")
@@ -212,7 +223,7 @@ def _tasmota(value: Any) -> Reading:
     if not isinstance(value, dict):
         return Unreadable("Tasmota RESULT is no JSON object")
     for key, inner in value.items():
-        if _TASMOTA_BUTTON.fullmatch(key):
+        if TASMOTA_BUTTON.fullmatch(key):
             action = inner.get("Action") if isinstance(inner, dict) else None
             if not isinstance(action, str):
                 return Unreadable(f"Tasmota {key} without Action")
@@ -242,9 +253,9 @@ def _zigbee(value: Any) -> Reading:
 
 def battery_topic(topic: str, fmt: Format) -> str | None:
     """The topic a button reports its battery on, when that is not its press topic (Shelly)."""
-    match = re.fullmatch(r"(shellies/[^/]+)/input_event/\d+", topic)
+    match = SHELLY_INPUT.fullmatch(topic)
     if match is not None and fmt in ("auto", "shelly"):
-        return f"{match.group(1)}/sensor/battery"
+        return f"shellies/{match.group('device')}/sensor/battery"
     return None
 
 
