@@ -28,12 +28,12 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
-from dashkanban.values import PRESS_KINDS, PressKind
+from dashkanban.values import FORMATS, PRESS_KINDS, Format, PressKind
 
-Format = Literal["auto", "shelly", "tasmota", "esphome", "zigbee2mqtt"]
-FORMATS: tuple[Format, ...] = get_args(Format)
+__all__ = ["FORMATS", "Format"]  # values.py's, here too: the formats this module reads
+
 KINDS: tuple[PressKind, ...] = PRESS_KINDS
 
 # A button's message is a few hundred bytes (zigbee2mqtt's with every attribute under 2 KiB);

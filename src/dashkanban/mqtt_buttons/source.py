@@ -39,11 +39,9 @@ from dashkanban.backoff import RETRY_MAX, uplink_backoffs
 from dashkanban.buttons import Button, Registry
 from dashkanban.config import MqttButtonsSettings
 from dashkanban.mqtt_buttons.payloads import (
-    FORMATS,
     MAX_PAYLOAD,
     BatteryLevel,
     ButtonPress,
-    Format,
     Reading,
     Repeats,
     Unreadable,
@@ -152,7 +150,7 @@ class ButtonBroker:
             if button is None:  # pragma: no cover - topics come from the registry
                 continue
             found.append(topic)
-            extra = battery_topic(topic, _format(button))
+            extra = battery_topic(topic, button.format)
             if extra is not None and self.registry.by_topic(extra) is None:
                 self._battery_topics[extra] = button
                 found.append(extra)
@@ -291,7 +289,7 @@ class ButtonBroker:
         if size is not None and not retained:
             reading: Reading = Unreadable(f"{size} bytes, over {MAX_PAYLOAD}")
         else:
-            reading = read_message(topic, payload, retained, _format(owner))
+            reading = read_message(topic, payload, retained, owner.format)
         now = self._clock()
         if isinstance(reading, Unreadable):
             self.malformed += 1
@@ -325,13 +323,6 @@ class ButtonBroker:
     async def _battery(self, level: Battery) -> None:
         if self.on_battery is not None:
             await _call(self.on_battery, level)
-
-
-_FORMATS: dict[str, Format] = {fmt: fmt for fmt in FORMATS}
-
-
-def _format(button: Button) -> Format:
-    return _FORMATS.get(button.format, "auto")
 
 
 async def _call(callback: Callable[[T], Awaitable[None] | None], value: T) -> None:
