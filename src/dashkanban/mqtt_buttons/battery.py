@@ -10,10 +10,8 @@ warns once). The last level of each button is kept next to the outbox, for
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dashkanban.buttons import Button
+from dashkanban.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +117,11 @@ class BatteryFile:
             level.serial: {"name": level.name, "percent": level.percent,
                            "time": level.time.isoformat(timespec="seconds")}
             for level in self._levels.values()}}
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
+            write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"),
+                         FILE_MODE)
             self._failed = False
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
             if not self._failed:
                 log.warning("cannot write the battery levels to %s: %s", self.path,
                             exc.strerror or exc)
