@@ -239,3 +239,24 @@ def test_add_to_leaves_out_topics_macid_would_refuse(tmp_path: Path) -> None:
         "Name, MAC-Address, topic, format\n"
         "0x00124b001ca1b2c4,00:12:4b:00:1c:a1:b2:c4,zigbee2mqtt/0x00124b001ca1b2c4,zigbee2mqtt\n")
     assert len(load_buttons(tmp_path / "MACID.csv")) == 1
+
+
+def test_add_to_leaves_out_a_topic_with_a_trailing_space(tmp_path: Path) -> None:
+    # MACID.csv strips its values, quoted or not: a friendly name ending in a space would make a
+    # row whose topic never matches what zigbee2mqtt publishes on.
+    import io
+
+    from dashkanban.mqtt_buttons.discover import add_to
+
+    census = MqttCensus()
+    census.add("zigbee2mqtt/0x00124b001ca1b2c5 ", b'{"action":"single"}')
+    out = io.StringIO()
+    assert add_to(tmp_path / "MACID.csv", census.topics.values(), census, out) == 0
+    assert out.getvalue().splitlines() == [
+        "left out: 'zigbee2mqtt/0x00124b001ca1b2c5 ' (starts or ends with a space, which "
+        "MACID.csv drops: rename the device, e.g. its zigbee2mqtt friendly name)",
+        f"{tmp_path / 'MACID.csv'}: 0 MQTT buttons added, 0 listed before",
+    ]
+    macid = tmp_path / "MACID.csv"
+    macid.write_text('Name, MAC-Address, topic\nb, 0x00124b001ca1b2c5, "zigbee2mqtt/b "\n')
+    assert [b.topic for b in load_buttons(macid)] == ["zigbee2mqtt/b"]

@@ -259,6 +259,13 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
             why = f"{address} is listed already"
         else:
             why = _refused_topic(seen.topic)
+        if why is None and seen.topic != seen.topic.strip():
+            # MACID.csv's values are stripped (quoted ones too): the row would never match, and
+            # no row by hand would either.
+            out.write(f"left out: {escape_controls(repr(seen.topic))} (starts or ends with a "
+                      "space, which MACID.csv drops: rename the device, e.g. its zigbee2mqtt "
+                      "friendly name)\n")
+            continue
         if why is not None or address is None:  # a network string: escaped, on one line
             out.write(f"left out: {escape_controls(seen.topic)} ({why}; add its row by "
                       "hand)\n")
@@ -290,6 +297,7 @@ def _refused_topic(topic: str) -> str | None:
         return exc.message
     if '"' in topic or "\n" in topic:
         return "a topic MACID.csv cannot hold"
+
     return None
 
 
