@@ -27,7 +27,8 @@ SEND_EVERY = 3600.0  # seconds: one measurement an hour per button at most
 LOW = 15.0  # percent: under this, one warning
 # Percent: the warning is given again only after the level was back up to this. A level read
 # near LOW wavers (14, 15, 14 with the temperature and the load of the last radio message);
-# re-arming at LOW itself warned at each dip. 20 % is what a half-used new battery still shows.
+# re-arming at LOW itself warned at each dip. 20 %: more than such a reading wavers, less than
+# any fresh battery shows.
 REARM = 20.0
 FILE_NAME = "batteries.json"
 FILE_MODE = 0o644
