@@ -369,7 +369,9 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
 def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: Pair) -> None:
     """On kernels before 4.20 (no PACKET_IGNORE_OUTGOING) the ring holds this host's own frames
     too: the slot's sll_pkttype (PACKET_OUTGOING) leaves them out, uncounted. Played here by
-    switching the option off on the open socket."""
+    switching the option off on the open socket. An own frame too long for its slot also has its
+    whole copy queued on the socket: it is read and dropped with the slot, else the next long
+    frame (a button's DHCP request) would be handed over with the bytes of our own."""
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
     out = sender(veth_pair)
 
@@ -394,6 +396,21 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
         got = next(frames)
         received = capture.received - before
         packets = capture.statistics().packets
+        # Long frames: two of our own (over a slot's 190 bytes, so each also queued whole on the
+        # socket), between a button's DISCOVER and REQUEST, each longer than a slot too.
+        our_long = [forge.dhcp_client_frame("02:dd:00:00:00:0b", forge.DISCOVER, xid=i,
+                                            extra_options=VENDOR) for i in (1, 2)]
+        theirs = [forge.dhcp_client_frame(BUTTON, kind, xid=7, extra_options=VENDOR[:64])
+                  for kind in (forge.DISCOVER, forge.REQUEST)]
+        out.send(theirs[0])
+        for frame in our_long:
+            mine.send(frame)
+        out.send(theirs[1])
+        out.send(MARK)
+        long_got = []
+        while (frame := next(frames)).data != MARK:
+            long_got.append(frame.data)
+        truncated = capture._ring.truncated
     finally:
         capture.stop()
         frames.close()
@@ -403,6 +420,9 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
     assert got.data == MARK  # our three frames were in the ring (below), and skipped
     assert received == 1
     assert packets >= 3 + 1  # the kernel put them in the ring: the check is what left them out
+    assert all(len(f) > 190 for f in [*our_long, *theirs])
+    assert long_got == theirs  # exact bytes: not those of our own frames before them
+    assert truncated == 0
 
 
 def test_run_waits_for_an_interface_that_is_not_there_yet(

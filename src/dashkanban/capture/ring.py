@@ -148,6 +148,11 @@ class Ring:
                 done += 1
                 if outgoing:
                     skipped += 1
+                    if snap < length and status & TP_STATUS_COPY:
+                        # Its whole copy is queued on the socket too: read and drop it, or the
+                        # next long frame would be handed over with this one's bytes.
+                        with contextlib.suppress(OSError):  # failed: the next wake-up says so
+                            self._sock.recv(1, socket.MSG_DONTWAIT)  # a datagram: all of it goes
                     continue
                 if snap < length:
                     data = self._whole(data, status)
