@@ -450,3 +450,46 @@ def test_run_waits_for_an_interface_that_is_not_there_yet(
     assert first.getMessage().startswith(f"cannot capture on {veth_pair.if_b}: No such device; "
                                          "retrying in ")
     assert f"capturing on {veth_pair.if_b} (arp, dhcp)" in caplog.text
+
+
+def test_long_frames_cut_short_when_the_receive_buffer_is_full_are_counted_and_logged(
+        veth_pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
+    """The kernel queues the whole copy of a frame longer than a slot only while the socket's
+    receive buffer has room. With the smallest buffer and nobody reading, the later of twenty
+    long DHCP requests are handed over cut to their slot's 190 bytes, each still its own start
+    and in order: counted in statistics().truncated, said once at WARNING, then at DEBUG."""
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), ring_bytes=2 * 4096)  # 32 slots
+    frames: Generator[Frame, None, None] = (f for f in ())
+    out = sender(veth_pair)
+    sent = [forge.dhcp_client_frame(BUTTON, forge.DISCOVER, xid=i, extra_options=VENDOR)
+            for i in range(20)]
+    try:
+        frames = synced_frames(veth_pair, capture, out)
+        assert capture._sock is not None
+        capture._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)  # the kernel's least
+        with caplog.at_level(logging.DEBUG, "dashkanban.capture.ring"):
+            for frame in sent:  # the generator is suspended: nothing reads meanwhile
+                out.send(frame)
+            out.send(MARK)
+            got = []
+            while (frame := next(frames)).data != MARK:
+                got.append(frame.data)
+        counts = capture.statistics()
+    finally:
+        capture.stop()
+        frames.close()
+        capture.close()
+        out.close()
+    assert len(got) == len(sent)
+    assert [g if g == s else s[:190] for g, s in zip(got, sent, strict=True)] == got
+    cut = sum(1 for g, s in zip(got, sent, strict=True) if g != s)
+    assert got[0] == sent[0]  # the first copy always has room
+    assert cut > 0
+    assert counts.truncated == cut
+    assert counts.drops == 0
+    records = [r for r in caplog.records if r.name == "dashkanban.capture.ring"]
+    assert [r.levelname for r in records] == ["WARNING"] + ["DEBUG"] * (cut - 1)
+    assert records[0].getMessage() == (
+        f"a frame of {len(sent[0])} bytes was handed over cut to its first 190: the socket's "
+        "receive buffer was full, so the kernel could not queue it whole; further ones are "
+        "logged at DEBUG and counted (capture statistics: truncated)")
