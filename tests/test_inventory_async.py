@@ -195,3 +195,51 @@ def test_a_bug_ends_run_instead_of_silencing_the_look_ups(tmp_path: Path) -> Non
         with pytest.raises(ExceptionGroup) as info:
             asyncio.run(main())
     assert [str(e) for e in info.value.exceptions] == ["a bug in the notify hook"]
+
+
+def test_stopping_while_the_capture_asks_about_a_new_mac_still_closes_the_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """run()'s way out counts the MACs still being looked up while the capture's thread may ask
+    about one more (played at the worst moment: a waiting MAC whose count makes the capture
+    ask): no "dictionary changed size during iteration", and the HTTP client is closed."""
+    from dashkanban.decode import Decoder
+
+    caplog.set_level(logging.WARNING, logger="dashkanban.inventory")
+    store = Store("t12345/dash-gateway", SANDBOX_PASSWORD)
+    store.hold = threading.Event()  # the phone's look-up stays in flight
+    late = Decoder(("arp",)).decode(arp("3c:22:fb:8e:41:99", T0).data, T0, None)
+    assert late is not None
+    with c8y_server(store) as base:
+        wired = OnTheLoop(config(tmp_path, base))
+        lookups = wired.lookups
+
+        class AskedWhileCounted:
+            @property
+            def answered(self) -> bool:
+                assert late is not None
+                lookups.ask(late, 0.0)  # as the capture's thread would, just now
+                return False
+
+        async def main() -> None:
+            run = asyncio.create_task(lookups.run())
+            wired.feed(arp(PHONE, T0))
+            async with asyncio.timeout(WAIT):
+                while not store.requests:
+                    await asyncio.sleep(0.01)
+            assert wired.source._async_rest is not None  # the client is open
+            lookups._waiting["3c:22:fb:8e:41:98"] = AskedWhileCounted()  # type: ignore[assignment]
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+        try:
+            asyncio.run(main())
+        finally:
+            store.hold.set()
+    assert wired.source._async_rest is None  # closed on the way out
+    assert lookups.pending == 3  # the late MAC was taken: its look-up waits for the next run
+    assert [r.getMessage() for r in caplog.records] == [
+        "stopping with 2 MAC(s) still being looked up in the inventory; their sightings are "
+        "not counted as presses"
+    ]
