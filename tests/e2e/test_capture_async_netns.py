@@ -26,13 +26,13 @@ from dashkanban.capture.ring import (
     Statistics,
 )
 from tests import forge
+from tests.e2e.marks import SYNC, Marks
 from tests.e2e.netns import Pair, enter, in_netns, ip, sender
 
 pytestmark = pytest.mark.netns
 
 T = TypeVar("T")
 BUTTON = "ac:63:be:12:34:56"
-SYNC = "02:dd:00:00:00:0a"
 MARK = forge.arp_frame(1, SYNC, "10.9.9.9", "10.9.9.1")
 
 
@@ -89,37 +89,20 @@ class Delivered:
     def __init__(self) -> None:
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.threads: set[int] = set()
+        self.marks = Marks(self.frames)
 
     def handle(self, frame: Frame) -> None:
         self.threads.add(threading.get_ident())
         self.frames.put(frame)
 
-    def until_mark(self) -> list[Frame]:
-        got: list[Frame] = []
-        for _ in range(100):  # bounded: 10 s
-            try:
-                frame = self.frames.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if frame.data == MARK:
-                return got
-            got.append(frame)
-        pytest.fail(f"the closing mark never arrived; got {len(got)} frames")
+    def exchange(self, out: socket.socket, frames: list[bytes]) -> list[Frame]:
+        """Send `frames` and a closing mark; what was handed over before exactly that mark."""
+        return self.marks.exchange(out.send, frames)
 
     def sync(self, out: socket.socket) -> None:
-        """Marks until one arrives (the socket is bound), then drain: a bounded loop."""
-        for _ in range(100):
-            out.send(MARK)
-            try:
-                self.frames.get(timeout=0.1)
-                break
-            except queue.Empty:
-                continue
-        else:
-            pytest.fail("the capture never received a frame")
-        time.sleep(0.05)
-        while not self.frames.empty():
-            self.frames.get_nowait()
+        """Numbered marks until the last one sent arrives (the socket is bound): nothing sent
+        before it is left to arrive later."""
+        self.marks.sync(out.send)
 
 
 @contextlib.contextmanager
@@ -151,17 +134,20 @@ def test_run_hands_frames_to_handle_on_the_loop_and_stops_when_cancelled(
             delivered.sync(out)
             ring = capture._ring
             assert (ring and ring.size) == (RING_BYTES if ring_bytes is None else None)
-            for frame in (noise, probe, tagged, noise, qinq, MARK):
-                out.send(frame)
-            got = delivered.until_mark()
+            got = delivered.exchange(out, [noise, probe, tagged, noise, qinq])
             assert not task.done()
             task.cancel()
             assert task.wait().cancelled()  # returns only when cancelled
             assert capture._sock is None  # closed with its ring when the task ended
             assert capture._ring is None
-            out.send(probe)
-            time.sleep(0.1)
-            assert delivered.frames.empty()  # nothing read after the cancellation
+            # Nothing read after the cancellation: a second capture on the interface reads the
+            # probe and its closing mark, the first one's handler gets none of them.
+            second = Delivered()
+            with running(veth_pair, LiveCapture(veth_pair.if_b, ("arp", "dhcp"),
+                                                ring_bytes=ring_bytes), second.handle):
+                second.sync(out)
+                assert [f.data for f in second.exchange(out, [probe])] == [probe]
+            assert delivered.frames.empty()
             assert delivered.threads == {loop.thread.ident}
     finally:
         out.close()
@@ -211,9 +197,7 @@ def test_run_reopens_a_socket_whose_interface_went_away(
             ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "name", veth_pair.if_b)
             ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "up")
             delivered.sync(out)
-            out.send(probe)
-            out.send(MARK)
-            got = delivered.until_mark()
+            got = delivered.exchange(out, [probe])
             assert not task.done()
     finally:
         out.close()
