@@ -116,8 +116,11 @@ def test_a_refusing_tenant_is_asked_again_after_retry_max_and_then_answers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The password is wrong on the tenant (401: no hammering, the next try after retry_max);
-    once the tenant takes it again, the parked burst becomes the press, with its first time."""
+    once the tenant takes it again, the parked burst becomes the press, with its first time.
+    However late the password is fixed on a loaded machine, each refused try is one request and
+    one log line (WARNING once, then DEBUG), and the answer two requests."""
     caplog.set_level(logging.WARNING, logger="dashkanban")
+    caplog.set_level(logging.DEBUG, logger="dashkanban.inventory")
     with Sandbox(sandbox_options()) as sandbox:
         add_button(sandbox)
         sandbox.set_password("changed-on-the-tenant")
@@ -128,28 +131,47 @@ def test_a_refusing_tenant_is_asked_again_after_retry_max_and_then_answers(
                 task = group.create_task(wired.lookups.run())
                 assert wired.feed(arp(MAC, T0), arp(MAC, T0 + 0.3)) == []
                 async with asyncio.timeout(WAIT):  # until the refusal is in (its WARNING)
-                    while not caplog.records:
+                    while not any(r.levelno >= logging.WARNING for r in caplog.records):
                         await asyncio.sleep(0.01)
                 await asyncio.to_thread(sandbox.set_password, SANDBOX_PASSWORD)
                 await wired.until(lambda: wired.lookups.pending == 0)
                 task.cancel()
 
         asyncio.run(main())
+    refusal = ("cannot tell whether fc:a6:67:0a:0b:0c is a button yet (Cumulocity refused the "
+               "login of t12345/dash-gateway (401): check tenantID, user and password); asking "
+               "again in 0 s")
+    tries = [(r.levelname, r.getMessage()) for r in caplog.records
+             if r.getMessage().startswith("cannot tell")]
     assert wired.presses == [Press(Button(NAME, MAC), at(T0), "arp")]
-    assert wired.source.requests == 3  # refused once (not retried within the call), then 2
-    assert [r.getMessage() for r in caplog.records] == [
-        "cannot tell whether fc:a6:67:0a:0b:0c is a button yet (Cumulocity refused the login of "
-        "t12345/dash-gateway (401): check tenantID, user and password); asking again in 0 s"
-    ]
+    assert tries == [("WARNING", refusal)] + [("DEBUG", refusal)] * (len(tries) - 1)
+    # Each refusal once (not retried within the call), then identity + managed object.
+    assert wired.source.requests == len(tries) + 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [refusal]
 
 
 def test_at_most_concurrency_look_ups_at_once(tmp_path: Path) -> None:
+    """Six MACs at once, concurrency 2, a slow tenant: at most two look-ups in flight, counted
+    where they happen (the tenant's requests served at once, the source's look-ups under way),
+    not by waiting for a third that might be merely late."""
     store = Store("t12345/dash-gateway", SANDBOX_PASSWORD)
     store.add_device("201", SERIAL, name=NAME)
     store.hold = threading.Event()  # a slow tenant: every request waits until released
     macs = [f"3c:22:fb:8e:41:{i:02x}" for i in range(6)]
     with c8y_server(store) as base:
         wired = OnTheLoop(config(tmp_path, base), concurrency=2)
+        under_way = [0, 0]  # the source's look-ups now, and the most at once
+        look_up = wired.source.look_up
+
+        async def counted(mac: str) -> Button | None:
+            under_way[0] += 1
+            under_way[1] = max(under_way)
+            try:
+                return await look_up(mac)
+            finally:
+                under_way[0] -= 1
+
+        wired.source.look_up = counted  # type: ignore[method-assign]  # the real one, counted
 
         async def main() -> list[int]:
             seen = []
@@ -159,7 +181,9 @@ def test_at_most_concurrency_look_ups_at_once(tmp_path: Path) -> None:
                 async with asyncio.timeout(WAIT):
                     while len(store.requests) < 2:
                         await asyncio.sleep(0.01)
-                await asyncio.sleep(0.3)  # time for a third request, were it allowed
+                # Without the limit, all six would have entered look_up at once, in the loop's
+                # turns before any request could reach the tenant.
+                assert under_way == [2, 2]
                 seen.append(len(store.requests))
                 store.hold.set()  # type: ignore[union-attr]
                 await wired.until(lambda: wired.lookups.pending == 0)
@@ -168,6 +192,8 @@ def test_at_most_concurrency_look_ups_at_once(tmp_path: Path) -> None:
             return seen
 
         assert asyncio.run(main()) == [2, 6]
+    assert store.peak == 2
+    assert under_way == [0, 2]
     assert wired.presses == []  # phones, all of them
     asked = [path for _, path, _ in store.requests]
     wanted = [f"/identity/externalIds/c8y_Serial/{mac.replace(':', '')}" for mac in macs]
@@ -195,3 +221,51 @@ def test_a_bug_ends_run_instead_of_silencing_the_look_ups(tmp_path: Path) -> Non
         with pytest.raises(ExceptionGroup) as info:
             asyncio.run(main())
     assert [str(e) for e in info.value.exceptions] == ["a bug in the notify hook"]
+
+
+def test_stopping_while_the_capture_asks_about_a_new_mac_still_closes_the_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """run()'s way out counts the MACs still being looked up while the capture's thread may ask
+    about one more (played at the worst moment: a waiting MAC whose count makes the capture
+    ask): no "dictionary changed size during iteration", and the HTTP client is closed."""
+    from dashkanban.decode import Decoder
+
+    caplog.set_level(logging.WARNING, logger="dashkanban.inventory")
+    store = Store("t12345/dash-gateway", SANDBOX_PASSWORD)
+    store.hold = threading.Event()  # the phone's look-up stays in flight
+    late = Decoder(("arp",)).decode(arp("3c:22:fb:8e:41:99", T0).data, T0, None)
+    assert late is not None
+    with c8y_server(store) as base:
+        wired = OnTheLoop(config(tmp_path, base))
+        lookups = wired.lookups
+
+        class AskedWhileCounted:
+            @property
+            def answered(self) -> bool:
+                assert late is not None
+                lookups.ask(late, 0.0)  # as the capture's thread would, just now
+                return False
+
+        async def main() -> None:
+            run = asyncio.create_task(lookups.run())
+            wired.feed(arp(PHONE, T0))
+            async with asyncio.timeout(WAIT):
+                while not store.requests:
+                    await asyncio.sleep(0.01)
+            assert wired.source._async_rest is not None  # the client is open
+            lookups._waiting["3c:22:fb:8e:41:98"] = AskedWhileCounted()  # type: ignore[assignment]
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+        try:
+            asyncio.run(main())
+        finally:
+            store.hold.set()
+    assert wired.source._async_rest is None  # closed on the way out
+    assert lookups.pending == 3  # the late MAC was taken: its look-up waits for the next run
+    assert [r.getMessage() for r in caplog.records] == [
+        "stopping with 2 MAC(s) still being looked up in the inventory; their sightings are "
+        "not counted as presses"
+    ]

@@ -201,6 +201,16 @@ def test_outbox_is_below_the_courier() -> None:
     assert "dashkanban.delivery" not in outbox.module_level | outbox.function_level
 
 
+def test_buttons_are_below_the_mqtt_buttons_adapter() -> None:
+    """MACID.csv's columns are typed by values.py's Literals (Role, Format, LongPress); buttons.py
+    takes none of them from mqtt_buttons/, the adapter built on it (review f1, item 6)."""
+    imports = graph()
+    buttons = imports["dashkanban.buttons"]
+    assert "dashkanban.values" in buttons.module_level
+    assert not {m for m in buttons.module_level | buttons.function_level | buttons.typing_only
+                if m.startswith("dashkanban.mqtt_buttons")}
+
+
 # The commands: the modules holding a `*_command` handler (the test below finds them all), plus
 # cli.py above them and __main__. Nothing else may import one of them.
 COMMAND_MODULES = frozenset({

@@ -19,6 +19,7 @@ from dashkanban.errors import ConfigError
 from dashkanban.metrics import (
     COUNTERS,
     ButtonsSnapshot,
+    CaptureSnapshot,
     Metrics,
     MetricsReporting,
     MetricsServer,
@@ -88,6 +89,28 @@ def test_the_button_brokers_numbers_show_only_once_one_counts_here() -> None:
         "mqtt_connected=1 outbox=0")
     with pytest.raises(ValueError, match="counters only go up"):
         metrics.add("mqtt_presses", -1)
+
+
+def test_live_captures_drops_and_cut_frames_show_once_it_reports_them() -> None:
+    """LiveCapture.statistics() totals: absent (the line as before) until reported, then on the
+    summary line and /metrics; a total never goes down."""
+    metrics = Metrics()
+    assert metrics.snapshot().capture is None
+    metrics.capture_totals(dropped=3, truncated=1)
+    metrics.capture_totals(dropped=2, truncated=4)  # a late, older reading: the totals stay
+    snapshot = metrics.snapshot()
+    assert snapshot.capture == CaptureSnapshot(3, 4)
+    assert summary_line(snapshot, outbox_rows=0) == (
+        "frames=0 candidates=0 malformed=0 presses=0 queued=0 delivered=0 reconnects=0 "
+        "refused=0 quarantined=0 c8y_refused=0 capture_dropped=3 capture_truncated=4 outbox=0")
+    server = MetricsServer(metrics, 0)
+
+    async def check() -> None:
+        _, body = await scrape(server.port)
+        assert samples(body)[-2:] == ["dashkanban_capture_dropped_total 3.0",
+                                      "dashkanban_capture_truncated_total 4.0"]
+
+    serving(server, check)
 
 
 def test_summary_is_logged_periodically_and_once_more_on_stop(

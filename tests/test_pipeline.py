@@ -55,7 +55,8 @@ def test_live_clock_and_feed() -> None:
 def test_press_handler_gives_what_run_presses_gives() -> None:
     """The per-frame handler LiveCapture.run calls: the same presses and counts as run_presses
     on the same frames (the bundled store capture and the frames above), on a live clock played
-    by each frame's receive time less an offset."""
+    by each frame's receive time less an offset. An MQTT button (a topic) joining the network is
+    no press on either path: its broker reports its presses."""
     from collections.abc import Iterator
 
     from dashkanban.buttons import load_buttons
@@ -64,8 +65,11 @@ def test_press_handler_gives_what_run_presses_gives() -> None:
 
     data = Path(dashkanban.__file__).parent / "data"
     registry = load_buttons(data / "MACID.csv")
-    stream = [*open_capture(data / "sample-store.pcapng", libpcap=False), *frames()]
-    registry = Registry([*registry, B1])
+    shelly = Button("shelly_1", "68:54:fd:aa:bb:cc", topic="shellies/button1/events")
+    join = [Frame(T0 + 40, forge.dhcp_client_frame(shelly.mac, forge.DISCOVER)),
+            Frame(T0 + 40.2, forge.arp_frame(1, shelly.mac, "0.0.0.0", "10.0.0.7"))]
+    stream = [*open_capture(data / "sample-store.pcapng", libpcap=False), *frames(), *join]
+    registry = Registry([*registry, B1, shelly])
     now = [0.0]
 
     def played() -> Iterator[Frame]:
@@ -82,6 +86,7 @@ def test_press_handler_gives_what_run_presses_gives() -> None:
         handle(frame)
     assert len(expected) == 9  # the store capture's 7 presses and 2 of the frames above
     assert got == expected
+    assert pipeline.presses == 9
     assert pipeline.counts() == expected_pipeline.counts()
 
 

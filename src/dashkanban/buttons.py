@@ -13,13 +13,13 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from dashkanban.errors import ConfigError
 from dashkanban.files import MAX_BUTTONS_BYTES, read_regular
+from dashkanban.values import FORMATS, LONG_PRESSES, ROLES, Format, LongPress, Role
 
 log = logging.getLogger(__name__)
-
-ROLES = ("reorder", "refill")
 
 # Column names as a user may spell them -> our field. Matching ignores case, spaces, '-' and '_'.
 _COLUMN_ALIASES: Mapping[str, str] = {
@@ -40,7 +40,7 @@ _COLUMN_ALIASES: Mapping[str, str] = {
     "format": "format",
     "longpress": "long_press",
 }
-LONG_PRESS = ("refill",)
+_Word = TypeVar("_Word", bound=str)
 
 _HEX12 = re.compile(r"[0-9a-f]{12}")
 _SEPARATED = re.compile(r"[0-9a-f]{1,2}([:-])(?:[0-9a-f]{1,2}\1){4}[0-9a-f]{1,2}")
@@ -113,12 +113,12 @@ class Button:
     location: str | None = None
     supplier: str | None = None
     lead_time_days: float | None = None
-    role: str = "reorder"
+    role: Role = "reorder"
     cards: int | None = None  # Kanban cards the bin circulates today
     supplier_email: str | None = None  # who the Smart Rules mail (kanban rules install)
     topic: str | None = None  # an MQTT button's topic (issue 19): then no network join
-    format: str = "auto"  # how its payloads read (mqtt_buttons.payloads.FORMATS)
-    long_press: str | None = None  # "refill": a long press on this reorder button refills
+    format: Format = "auto"  # how its payloads read (mqtt_buttons/payloads.py)
+    long_press: LongPress | None = None  # "refill": a long press on this reorder button refills
 
     @property
     def serial(self) -> str:
@@ -348,18 +348,16 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
         hint = ("" if topic or not _HEX16.fullmatch(values["mac"].lower()) else
                 "; an EUI-64 (16 hex digits) is for MQTT buttons only: give the row a topic")
         raise ConfigError(f"{exc}{hint}", path, line) from None
-    role = values.get("role") or "reorder"
-    if role.lower() not in ROLES:
-        raise ConfigError(f"role {role!r} is not one of: {', '.join(ROLES)}", path, line)
-    fmt = _choice(values.get("format"), "format", _formats(), path, line) or "auto"
-    long_press = _choice(values.get("long_press"), "long_press", LONG_PRESS, path, line)
+    role = _choice(values.get("role"), "role", ROLES, path, line) or "reorder"
+    fmt = _choice(values.get("format"), "format", FORMATS, path, line) or "auto"
+    long_press = _choice(values.get("long_press"), "long_press", LONG_PRESSES, path, line)
     if topic is None:
         for key, given in (("format", values.get("format")),
                            ("long_press", values.get("long_press"))):
             if given:
                 raise ConfigError(f"{key} {given!r} is for MQTT buttons: the row has no topic",
                                   path, line)
-    if long_press is not None and (role.lower() != "reorder" or not values.get("bin")):
+    if long_press is not None and (role != "reorder" or not values.get("bin")):
         raise ConfigError(f"long_press {long_press!r} needs a reorder button of a bin (a bin "
                           "column and role reorder)", path, line)
     return Button(
@@ -372,7 +370,7 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
         location=values.get("location") or None,
         supplier=values.get("supplier") or None,
         lead_time_days=_number(values.get("lead_time_days"), "lead_time_days", path, line),
-        role=role.lower(),
+        role=role,
         cards=_integer(values.get("cards"), "cards", path, line),
         supplier_email=_email(values.get("supplier_email"), path, line),
         topic=topic,
@@ -381,19 +379,15 @@ def _read_row(row: list[str], columns: list[str], path: Path, line: int) -> Butt
     )
 
 
-def _formats() -> tuple[str, ...]:
-    from dashkanban.mqtt_buttons.payloads import FORMATS
-
-    return FORMATS
-
-
-def _choice(text: str | None, column: str, choices: tuple[str, ...], path: Path,
-            line: int) -> str | None:
+def _choice(text: str | None, column: str, choices: tuple[_Word, ...], path: Path,
+            line: int) -> _Word | None:
+    """One of a Literal's words (any case), typed as it: `choices` is the Literal's tuple."""
     if not text:
         return None
-    if text.lower() not in choices:
-        raise ConfigError(f"{column} {text!r} is not one of: {', '.join(choices)}", path, line)
-    return text.lower()
+    for choice in choices:
+        if text.lower() == choice:
+            return choice
+    raise ConfigError(f"{column} {text!r} is not one of: {', '.join(choices)}", path, line)
 
 
 MAX_TOPIC_BYTES = 1024  # MQTT allows 65,535; no button's topic comes near this

@@ -612,6 +612,11 @@ class Daemon:
         ):
             if value > old:
                 self.metrics.add(name, value - old)  # type: ignore[arg-type]
+        # The kernel's drops and the frames cut short, from a live capture (capture/live.py).
+        statistics = getattr(self.source, "statistics", None)
+        if statistics is not None:
+            counts = statistics()
+            self.metrics.capture_totals(counts.drops, counts.truncated)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -10,6 +10,7 @@ swapped between the check and the read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
@@ -89,3 +90,34 @@ def _user(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data` whole, or leave it as it was: a temporary file next to it
+    (mode `mode` whatever the umask, and whatever an old file's mode was), written and fsynced,
+    renamed over `path`, and the folder fsynced so the rename itself survives a power loss.
+
+    Raises the OSError as it comes; the temporary file is then gone. One writer per path at a
+    time (the callers hold a lock): the temporary's name is the path's and the process id."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)  # a temporary left by a crash keeps its own mode otherwise
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

@@ -12,7 +12,6 @@ $NOTIFY_SOCKET (a leading `@` is the abstract namespace). With `Type=notify` sys
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dashkanban.files import write_atomic
 
 if TYPE_CHECKING:
     from dashkanban.c8y.mqtt import LinkHealth
@@ -53,19 +54,10 @@ class StateFile:
             "links": [asdict(link) for link in links],
         }
         text = json.dumps(data, indent=1, sort_keys=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_MODE)
-            try:
-                os.fchmod(fd, STATE_MODE)  # an old file's looser mode is not inherited
-                os.write(fd, text.encode("utf-8"))
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
+            write_atomic(self.path, text.encode("utf-8"), STATE_MODE)
             self._failed = False
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
             if not self._failed:  # once per failing stretch: a full disk logs enough
                 log.warning("cannot write the uplink state to %s: %s", self.path,
                             exc.strerror or exc)

@@ -196,11 +196,15 @@ class Lookups:
                     group.create_task(self._look_up(mac, slots))
         finally:
             self._loop = self._wake = None
-            left = sum(1 for w in self._waiting.values() if not w.answered)
-            if left:
-                log.warning("stopping with %d MAC(s) still being looked up in the inventory; "
-                            "their sightings are not counted as presses", left)
-            await self._source.aclose()
+            try:
+                # A copy: the capture's thread may ask about a new MAC meanwhile (a dict that
+                # changes size under an iteration raises, and the client would stay open).
+                left = sum(1 for w in list(self._waiting.values()) if not w.answered)
+                if left:
+                    log.warning("stopping with %d MAC(s) still being looked up in the "
+                                "inventory; their sightings are not counted as presses", left)
+            finally:
+                await self._source.aclose()
 
     def _wake_up(self) -> None:
         loop, wake = self._loop, self._wake

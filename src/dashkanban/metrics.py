@@ -4,10 +4,12 @@ Each stage adds to its counter (capture: frames, candidates, malformed; presses:
 outbox: queued, delivered, refused; the uplink: reconnects). The MQTT buttons' broker (issue 19)
 adds its own (mqtt_messages, mqtt_presses, mqtt_malformed) and sets a gauge (connected); they
 are shown only once a `ButtonBroker` was made with these metrics (`[mqtt_buttons]` is set), so
-a store of Dash buttons sees no MQTT numbers. `MetricsSnapshot` is the value read out
-of it at one instant. The Prometheus endpoint uses a registry of its own, never the library's global
-one, so two pipelines in one process (tests, `demo`) do not collide, and it listens on 127.0.0.1
-only: the numbers name nothing secret, but nobody off the box needs them.
+a store of Dash buttons sees no MQTT numbers. Live capture's own counts (frames the kernel dropped
+because the receive ring was full, long frames handed over cut short: `LiveCapture.statistics()`)
+are totals set with `capture_totals`, shown once it is called. `MetricsSnapshot` is the value
+read out of it at one instant. The Prometheus endpoint uses a registry of its own, never the
+library's global one, so two pipelines in one process (tests, `demo`) do not collide, and it
+listens on 127.0.0.1 only: the numbers name nothing secret, but nobody off the box needs them.
 
 The summary line and the endpoint are coroutines of the daemon's event loop (issue 11):
 `MetricsReporting.open()` listens (a taken port is a configuration error, exit 2), `run()` logs
@@ -66,6 +68,16 @@ BUTTON_HELP: Mapping[ButtonCounterName, str] = {
     "mqtt_malformed": "Messages on the MQTT buttons' topics that no format could read "
     "(logged at DEBUG, dropped).",
 }
+# Live capture's (LiveCapture.statistics(), totals since start): the kernel's PACKET_STATISTICS
+# drops, and frames longer than a ring slot handed over cut short (capture/ring.py).
+CaptureCounterName = Literal["capture_dropped", "capture_truncated"]
+CAPTURE_COUNTERS: tuple[CaptureCounterName, ...] = get_args(CaptureCounterName)
+CAPTURE_HELP: Mapping[CaptureCounterName, str] = {
+    "capture_dropped": "Frames the kernel filter passed and dropped because the capture "
+    "socket's receive ring (or buffer) was full.",
+    "capture_truncated": "Frames longer than a receive ring slot handed over cut to 190 bytes "
+    "(the socket's receive buffer was full); logged once at WARNING.",
+}
 PREFIX = "dashkanban"
 LOOPBACK = "127.0.0.1"
 REQUEST_LIMIT = 16 * 1024  # bytes of a scrape's request head; more is not a scraper
@@ -85,6 +97,7 @@ class MetricsSnapshot:
     quarantined: int = 0
     c8y_refused: int = 0
     buttons: ButtonsSnapshot | None = None  # with a button broker (`[mqtt_buttons]`)
+    capture: CaptureSnapshot | None = None  # with live capture (`capture_totals`)
 
     def items(self) -> Iterator[tuple[CounterName, int]]:
         for name in COUNTERS:
@@ -105,6 +118,18 @@ class ButtonsSnapshot:
             yield name, getattr(self, name)
 
 
+@dataclass(frozen=True, slots=True)
+class CaptureSnapshot:
+    """Live capture's totals (LiveCapture.statistics())."""
+
+    capture_dropped: int = 0
+    capture_truncated: int = 0
+
+    def items(self) -> Iterator[tuple[CaptureCounterName, int]]:
+        for name in CAPTURE_COUNTERS:
+            yield name, getattr(self, name)
+
+
 def summary_line(snapshot: MetricsSnapshot, outbox_rows: int | None = None) -> str:
     """The periodic log line: `frames=… candidates=… … refused=…`, the button broker's
     `mqtt_messages=… mqtt_presses=… mqtt_malformed=… mqtt_connected=0|1` when there is one, and
@@ -114,6 +139,8 @@ def summary_line(snapshot: MetricsSnapshot, outbox_rows: int | None = None) -> s
         buttons = snapshot.buttons
         text += "".join(f" {name}={value}" for name, value in buttons.items())
         text += f" mqtt_connected={int(buttons.connected)}"
+    if snapshot.capture is not None:
+        text += "".join(f" {name}={value}" for name, value in snapshot.capture.items())
     return text if outbox_rows is None else f"{text} outbox={outbox_rows}"
 
 
@@ -128,6 +155,7 @@ class Metrics:
             (*COUNTERS, *BUTTON_COUNTERS), 0)
         self._buttons = False  # a button broker counts here (`track_buttons`)
         self._buttons_connected = False
+        self._capture: CaptureSnapshot | None = None
 
     def add(self, name: CounterName | ButtonCounterName, amount: int = 1) -> None:
         if amount < 0:
@@ -147,6 +175,14 @@ class Metrics:
             self._buttons = True
             self._buttons_connected = connected
 
+    def capture_totals(self, dropped: int, truncated: int) -> None:
+        """Live capture's totals since start (`LiveCapture.statistics()`: drops, truncated),
+        shown from now on; a total never goes down."""
+        with self._lock:
+            old = self._capture or CaptureSnapshot()
+            self._capture = CaptureSnapshot(max(old.capture_dropped, dropped),
+                                            max(old.capture_truncated, truncated))
+
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
             values = self._values
@@ -155,10 +191,11 @@ class Metrics:
                 connected=self._buttons_connected,
             ) if self._buttons else None
             return MetricsSnapshot(**{name: values[name] for name in COUNTERS},
-                                   buttons=buttons)
+                                   buttons=buttons, capture=self._capture)
 
 
-assert {f.name for f in fields(MetricsSnapshot)} == {*COUNTERS, "buttons"}
+assert {f.name for f in fields(MetricsSnapshot)} == {*COUNTERS, "buttons", "capture"}
+assert {f.name for f in fields(CaptureSnapshot)} == set(CAPTURE_COUNTERS)
 assert {f.name for f in fields(ButtonsSnapshot)} == {*BUTTON_COUNTERS, "connected"}
 
 
@@ -249,6 +286,10 @@ class _Reading:
                 "subscribed, else 0.",
                 value=1 if buttons.connected else 0,
             )
+        if self.snapshot.capture is not None:
+            for capture_name, value in self.snapshot.capture.items():
+                yield CounterMetricFamily(f"{PREFIX}_{capture_name}", CAPTURE_HELP[capture_name],
+                                          value=value)
         if self.rows is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_outbox_events",

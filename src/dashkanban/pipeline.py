@@ -195,7 +195,8 @@ class Pipeline:
                 continue
             press = debounce(sighting, timestamp if clock is None else clock())
             if press is not None:
-                self.presses += 1
+                with self._lock:  # as feed_mqtt counts, from the button broker's thread
+                    self.presses += 1
                 yield press
 
     def press_handler(
@@ -243,7 +244,8 @@ class Pipeline:
             if button is not None and button.topic is None:
                 press = debounce(sighting, button, clock())
                 if press is not None:
-                    self.presses += 1
+                    with self._lock:  # as feed_mqtt counts, from the button broker's thread
+                        self.presses += 1
                     on_press(press)
 
         return handle
@@ -252,13 +254,14 @@ class Pipeline:
         if self._inventory is None:
             press = self._debouncer.feed(sighting, now)
             if press is not None:
-                self.presses += 1
+                with self._lock:  # as feed_mqtt counts, from the button broker's thread
+                    self.presses += 1
             return press
         with self._lock:
-            button = self._registry.get(sighting.mac)
-            if button is not None and button.topic is not None:
-                return None  # an MQTT button: its broker reports its presses (presses.py)
+            button = self._debouncer.button_for(sighting.mac)  # None for an MQTT button too
             if button is None:
+                if self._registry.get(sighting.mac) is not None:
+                    return None  # an MQTT button: its broker reports its presses
                 answer = self._inventory.ask(sighting, now)  # never blocks
                 if not isinstance(answer, Button):  # None: not a button; PENDING: parked
                     return None

@@ -65,18 +65,22 @@ class Debouncer:
         self._registry = registry
 
     def button_for(self, mac: str) -> Button | None:
+        """The button a network join of `mac` presses (its row, else the look-up's answer), or
+        None. The one place every path matches a sighting (feed, Pipeline.press_handler and
+        _match): an MQTT button (one with a `topic`) is not matched by network join, as its
+        messages say more (the kind) and sooner, and both together would count a press twice."""
         button = self._registry.get(mac)
         if button is None and self._lookup is not None:
             button = self._lookup(mac)
+        if button is not None and button.topic is not None:
+            return None
         return button
 
     def feed(self, sighting: Sighting, now: float) -> Press | None:
-        """A Press when this sighting starts a new press of a known button, else None.
-
-        An MQTT button (one with a `topic`) is not matched by network join: its messages say
-        more (the kind) and sooner, and both together would count a long press twice."""
+        """A Press when this sighting starts a new press of a known button, else None (also
+        for an MQTT button: `button_for`)."""
         button = self.button_for(sighting.mac)
-        if button is None or button.topic is not None:
+        if button is None:
             return None
         return self.feed_button(sighting, button, now)
 

@@ -22,6 +22,12 @@ Detect = Literal["arp", "dhcp", "ndp"]
 Trigger = Literal[Detect, "test", "mqtt"]
 # How the button was pressed (issue 19: buttons that tell single, double and long presses apart).
 PressKind = Literal["single", "double", "long"]
+# A button's `role` column (MACID.csv): its press orders (reorder) or says the bin is full again.
+Role = Literal["reorder", "refill"]
+# An MQTT button's `long_press` column: what a long press on a reorder button means besides.
+LongPress = Literal["refill"]
+# An MQTT button's `format` column: how its payloads read (mqtt_buttons/payloads.py).
+Format = Literal["auto", "shelly", "tasmota", "esphome", "zigbee2mqtt"]
 # `[gateway] mode`: buttons as child devices of the gateway, or each button its own device.
 GatewayMode = Literal["gateway", "per-device"]
 # `[buttons] source`: MACID.csv, Cumulocity's inventory, or both.
@@ -33,4 +39,7 @@ DETECT: tuple[Detect, ...] = get_args(Detect)
 GATEWAY_MODES: tuple[GatewayMode, ...] = get_args(GatewayMode)
 BUTTON_SOURCES: tuple[ButtonSource, ...] = get_args(ButtonSource)
 PRESS_KINDS: tuple[PressKind, ...] = get_args(PressKind)
+ROLES: tuple[Role, ...] = get_args(Role)
+LONG_PRESSES: tuple[LongPress, ...] = get_args(LongPress)
+FORMATS: tuple[Format, ...] = get_args(Format)
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from dashkanban.buttons import Button
@@ -237,3 +238,25 @@ def test_waiting_for_a_device_token_does_not_block_the_loop() -> None:
     assert found is None
     assert [auth for _, auth in seen] == [f"Bearer {jwt}"]
     assert seen[0][0] >= 5  # ticks while the token was awaited: a blocked loop has none
+
+
+def test_one_constructor_for_both_clients() -> None:
+    # The blocking and the async client were built by two twin constructors; one now builds
+    # both, each adding only its httpx client and how it waits.
+    import time
+
+    from dashkanban.c8y.rest import _Client
+
+    assert "__init__" not in CumulocityRest.__dict__
+    assert "__init__" not in AsyncCumulocityRest.__dict__
+    blocking = CumulocityRest("http://127.0.0.1:9", "t1/u", "pw")
+    looped = AsyncCumulocityRest("http://127.0.0.1:9", "t1/u", "pw")
+    assert isinstance(blocking, _Client)
+    assert isinstance(looped, _Client)
+    assert (type(blocking._client), blocking._sleep) == (httpx.Client, time.sleep)
+    assert (type(looped._client), looped._sleep) == (httpx.AsyncClient, asyncio.sleep)
+    options = [dict(client._http_options) for client in (blocking, looped)]
+    assert [type(o.pop("auth")) for o in options] == [httpx.BasicAuth, httpx.BasicAuth]
+    assert options[0] == options[1]
+    blocking.close()
+    asyncio.run(looped.aclose())

@@ -18,14 +18,13 @@ from dashkanban.capture.filters import kernel_programs, reload_buttons
 from dashkanban.capture.live import LiveCapture
 from dashkanban.config import load_settings
 from tests import forge
+from tests.e2e.marks import SYNC, Marks
 from tests.e2e.netns import Pair, enter, ip, sender
 from tests.test_bpf import BUTTON, STRANGER, macs, noise, presses, relayed
 
 pytestmark = pytest.mark.netns
 
 ALL = ("arp", "dhcp", "ndp")
-SYNC = "02:dd:00:00:00:0a"  # the sync frame's sender: in every button list here
-MARK = forge.arp_frame(1, SYNC, "10.9.9.9", "10.9.9.1")
 
 
 class Receiver:
@@ -33,6 +32,7 @@ class Receiver:
         self.capture = capture
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.failure: list[BaseException] = []
+        self.marks = Marks(self.frames, self._alive)  # SYNC's: in every button list here
         self.thread = threading.Thread(target=self._run, args=(pair.ns_b,), daemon=True)
         self.thread.start()
 
@@ -44,33 +44,17 @@ class Receiver:
         except BaseException as exc:  # noqa: BLE001 - checked by the test
             self.failure.append(exc)
 
+    def _alive(self) -> None:
+        assert not self.failure, self.failure
+
     def sync(self, sock: socket.socket) -> None:
-        """Marks until one arrives (the socket is bound with its filter), then drain."""
-        for _ in range(100):
-            sock.send(MARK)
-            try:
-                self.frames.get(timeout=0.1)
-                break
-            except queue.Empty:
-                assert not self.failure, self.failure
-        else:
-            pytest.fail("the capture never received a frame")
-        self.exchange(sock, [])
+        """Numbered marks until the last one sent arrives (the socket is bound with its
+        filter); nothing sent before it is left to arrive later."""
+        self.marks.sync(sock.send)
 
     def exchange(self, sock: socket.socket, frames: list[bytes]) -> list[Frame]:
-        """Send `frames` and a closing mark; what arrived before the mark."""
-        for frame in [*frames, MARK]:
-            sock.send(frame)
-        got: list[Frame] = []
-        for _ in range(100):
-            try:
-                frame = self.frames.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if frame.data == MARK:
-                return got
-            got.append(frame)
-        pytest.fail(f"the closing mark never arrived; got {len(got)} frames")
+        """Send `frames` and a closing mark; what arrived before exactly that mark."""
+        return self.marks.exchange(sock.send, frames)
 
     def stop(self) -> None:
         self.capture.stop()

@@ -26,13 +26,13 @@ from dashkanban.capture.ring import (
     Statistics,
 )
 from tests import forge
+from tests.e2e.marks import SYNC, Marks
 from tests.e2e.netns import Pair, enter, in_netns, ip, sender
 
 pytestmark = pytest.mark.netns
 
 T = TypeVar("T")
 BUTTON = "ac:63:be:12:34:56"
-SYNC = "02:dd:00:00:00:0a"
 MARK = forge.arp_frame(1, SYNC, "10.9.9.9", "10.9.9.1")
 
 
@@ -89,37 +89,20 @@ class Delivered:
     def __init__(self) -> None:
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.threads: set[int] = set()
+        self.marks = Marks(self.frames)
 
     def handle(self, frame: Frame) -> None:
         self.threads.add(threading.get_ident())
         self.frames.put(frame)
 
-    def until_mark(self) -> list[Frame]:
-        got: list[Frame] = []
-        for _ in range(100):  # bounded: 10 s
-            try:
-                frame = self.frames.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if frame.data == MARK:
-                return got
-            got.append(frame)
-        pytest.fail(f"the closing mark never arrived; got {len(got)} frames")
+    def exchange(self, out: socket.socket, frames: list[bytes]) -> list[Frame]:
+        """Send `frames` and a closing mark; what was handed over before exactly that mark."""
+        return self.marks.exchange(out.send, frames)
 
     def sync(self, out: socket.socket) -> None:
-        """Marks until one arrives (the socket is bound), then drain: a bounded loop."""
-        for _ in range(100):
-            out.send(MARK)
-            try:
-                self.frames.get(timeout=0.1)
-                break
-            except queue.Empty:
-                continue
-        else:
-            pytest.fail("the capture never received a frame")
-        time.sleep(0.05)
-        while not self.frames.empty():
-            self.frames.get_nowait()
+        """Numbered marks until the last one sent arrives (the socket is bound): nothing sent
+        before it is left to arrive later."""
+        self.marks.sync(out.send)
 
 
 @contextlib.contextmanager
@@ -151,17 +134,20 @@ def test_run_hands_frames_to_handle_on_the_loop_and_stops_when_cancelled(
             delivered.sync(out)
             ring = capture._ring
             assert (ring and ring.size) == (RING_BYTES if ring_bytes is None else None)
-            for frame in (noise, probe, tagged, noise, qinq, MARK):
-                out.send(frame)
-            got = delivered.until_mark()
+            got = delivered.exchange(out, [noise, probe, tagged, noise, qinq])
             assert not task.done()
             task.cancel()
             assert task.wait().cancelled()  # returns only when cancelled
             assert capture._sock is None  # closed with its ring when the task ended
             assert capture._ring is None
-            out.send(probe)
-            time.sleep(0.1)
-            assert delivered.frames.empty()  # nothing read after the cancellation
+            # Nothing read after the cancellation: a second capture on the interface reads the
+            # probe and its closing mark, the first one's handler gets none of them.
+            second = Delivered()
+            with running(veth_pair, LiveCapture(veth_pair.if_b, ("arp", "dhcp"),
+                                                ring_bytes=ring_bytes), second.handle):
+                second.sync(out)
+                assert [f.data for f in second.exchange(out, [probe])] == [probe]
+            assert delivered.frames.empty()
             assert delivered.threads == {loop.thread.ident}
     finally:
         out.close()
@@ -211,9 +197,7 @@ def test_run_reopens_a_socket_whose_interface_went_away(
             ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "name", veth_pair.if_b)
             ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "up")
             delivered.sync(out)
-            out.send(probe)
-            out.send(MARK)
-            got = delivered.until_mark()
+            got = delivered.exchange(out, [probe])
             assert not task.done()
     finally:
         out.close()
@@ -369,7 +353,9 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
 def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: Pair) -> None:
     """On kernels before 4.20 (no PACKET_IGNORE_OUTGOING) the ring holds this host's own frames
     too: the slot's sll_pkttype (PACKET_OUTGOING) leaves them out, uncounted. Played here by
-    switching the option off on the open socket."""
+    switching the option off on the open socket. An own frame too long for its slot also has its
+    whole copy queued on the socket: it is read and dropped with the slot, else the next long
+    frame (a button's DHCP request) would be handed over with the bytes of our own."""
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
     out = sender(veth_pair)
 
@@ -394,6 +380,21 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
         got = next(frames)
         received = capture.received - before
         packets = capture.statistics().packets
+        # Long frames: two of our own (over a slot's 190 bytes, so each also queued whole on the
+        # socket), between a button's DISCOVER and REQUEST, each longer than a slot too.
+        our_long = [forge.dhcp_client_frame("02:dd:00:00:00:0b", forge.DISCOVER, xid=i,
+                                            extra_options=VENDOR) for i in (1, 2)]
+        theirs = [forge.dhcp_client_frame(BUTTON, kind, xid=7, extra_options=VENDOR[:64])
+                  for kind in (forge.DISCOVER, forge.REQUEST)]
+        out.send(theirs[0])
+        for frame in our_long:
+            mine.send(frame)
+        out.send(theirs[1])
+        out.send(MARK)
+        long_got = []
+        while (frame := next(frames)).data != MARK:
+            long_got.append(frame.data)
+        truncated = capture._ring.truncated
     finally:
         capture.stop()
         frames.close()
@@ -403,6 +404,9 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
     assert got.data == MARK  # our three frames were in the ring (below), and skipped
     assert received == 1
     assert packets >= 3 + 1  # the kernel put them in the ring: the check is what left them out
+    assert all(len(f) > 190 for f in [*our_long, *theirs])
+    assert long_got == theirs  # exact bytes: not those of our own frames before them
+    assert truncated == 0
 
 
 def test_run_waits_for_an_interface_that_is_not_there_yet(
@@ -430,3 +434,46 @@ def test_run_waits_for_an_interface_that_is_not_there_yet(
     assert first.getMessage().startswith(f"cannot capture on {veth_pair.if_b}: No such device; "
                                          "retrying in ")
     assert f"capturing on {veth_pair.if_b} (arp, dhcp)" in caplog.text
+
+
+def test_long_frames_cut_short_when_the_receive_buffer_is_full_are_counted_and_logged(
+        veth_pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
+    """The kernel queues the whole copy of a frame longer than a slot only while the socket's
+    receive buffer has room. With the smallest buffer and nobody reading, the later of twenty
+    long DHCP requests are handed over cut to their slot's 190 bytes, each still its own start
+    and in order: counted in statistics().truncated, said once at WARNING, then at DEBUG."""
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), ring_bytes=2 * 4096)  # 32 slots
+    frames: Generator[Frame, None, None] = (f for f in ())
+    out = sender(veth_pair)
+    sent = [forge.dhcp_client_frame(BUTTON, forge.DISCOVER, xid=i, extra_options=VENDOR)
+            for i in range(20)]
+    try:
+        frames = synced_frames(veth_pair, capture, out)
+        assert capture._sock is not None
+        capture._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)  # the kernel's least
+        with caplog.at_level(logging.DEBUG, "dashkanban.capture.ring"):
+            for frame in sent:  # the generator is suspended: nothing reads meanwhile
+                out.send(frame)
+            out.send(MARK)
+            got = []
+            while (frame := next(frames)).data != MARK:
+                got.append(frame.data)
+        counts = capture.statistics()
+    finally:
+        capture.stop()
+        frames.close()
+        capture.close()
+        out.close()
+    assert len(got) == len(sent)
+    assert [g if g == s else s[:190] for g, s in zip(got, sent, strict=True)] == got
+    cut = sum(1 for g, s in zip(got, sent, strict=True) if g != s)
+    assert got[0] == sent[0]  # the first copy always has room
+    assert cut > 0
+    assert counts.truncated == cut
+    assert counts.drops == 0
+    records = [r for r in caplog.records if r.name == "dashkanban.capture.ring"]
+    assert [r.levelname for r in records] == ["WARNING"] + ["DEBUG"] * (cut - 1)
+    assert records[0].getMessage() == (
+        f"a frame of {len(sent[0])} bytes was handed over cut to its first 190: the socket's "
+        "receive buffer was full, so the kernel could not queue it whole; further ones are "
+        "logged at DEBUG and counted (capture statistics: truncated)")

@@ -21,6 +21,7 @@ from dashkanban.capture.live import LiveCapture, candidate_filter, default_inter
 from dashkanban.decode import Decoder, Sighting
 from dashkanban.privileges import grant_hint
 from tests import forge
+from tests.e2e.marks import Marks
 from tests.e2e.netns import Pair, enter, ip, sender
 
 pytestmark = pytest.mark.netns
@@ -57,19 +58,13 @@ MARK = forge.arp_frame(1, "02:dd:00:00:00:0a", "10.9.9.9", "10.9.9.1")  # a sync
 
 
 def _sync(sock: socket.socket, receiver: Receiver) -> None:
-    """Send marks until one arrives (the capture is bound), then drain: a bounded loop."""
-    for _ in range(100):
-        sock.send(MARK)
-        try:
-            receiver.frames.get(timeout=0.1)
-            break
-        except queue.Empty:
-            assert not receiver.failure, receiver.failure
-    else:
-        pytest.fail("the capture never received a frame")
-    time.sleep(0.05)
-    while not receiver.frames.empty():
-        receiver.frames.get_nowait()
+    """Numbered marks until the last one sent arrives (the capture is bound): none is left to
+    arrive later, so the closing MARK of a test is the only one in flight."""
+
+    def alive() -> None:
+        assert not receiver.failure, receiver.failure
+
+    Marks(receiver.frames, alive).sync(sock.send)
 
 
 def _until_mark(receiver: Receiver) -> list[Frame]:

@@ -29,6 +29,9 @@ class Store:
     base: str = ""
     # While set and not released, every request waits (a slow tenant); tests release it.
     hold: threading.Event | None = None
+    in_flight: int = 0  # requests being served now (one thread each)
+    peak: int = 0  # the most served at once
+    counting: threading.Lock = field(default_factory=threading.Lock)
 
     def add_device(self, mo_id: str, serial: str, **fragments: Any) -> None:
         self.identities[serial] = mo_id
@@ -90,6 +93,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _handle(self, method: str) -> None:
+        store = self.store
+        with store.counting:
+            store.in_flight += 1
+            store.peak = max(store.peak, store.in_flight)
+        try:
+            self._serve(method)
+        finally:
+            with store.counting:
+                store.in_flight -= 1
+
+    def _serve(self, method: str) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         self.store.requests.append((method, url.path, query))

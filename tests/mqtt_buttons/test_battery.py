@@ -35,6 +35,19 @@ def test_once_an_hour_per_button_and_one_warning_while_low() -> None:
     assert policy.report("b", 14.0, 7301.0) == Decision(send=False, warn=True)
 
 
+@pytest.mark.parametrize(("levels", "warnings"), [
+    ([14.0, 15.0, 14.0, 15.0, 14.0], [True, False, False, False, False]),  # wavering at 15 %
+    ([14.0, 19.9, 14.0], [True, False, False]),
+    ([14.0, 20.0, 14.0], [True, False, True]),  # back up to 20 %: a new battery
+    ([16.0, 14.0, 20.0, 12.0], [False, True, False, True]),
+])
+def test_the_warning_re_arms_only_at_20_percent(levels: list[float],
+                                                warnings: list[bool]) -> None:
+    policy = BatteryPolicy()
+    assert [policy.report("a", level, 10.0 * n).warn for n, level in enumerate(levels)] == (
+        warnings)
+
+
 def test_measurement_lines() -> None:
     assert measurement_lines(AQARA, 87.0, T0) == (
         (None, '101,00124b001ca1b2c3,"Bin B1, Aisle 4",c8y_DashButton'),

@@ -151,3 +151,20 @@ def test_a_long_press_with_long_press_refill_refills_the_bin(tmp_path: Path) -> 
         ("a4cf12f45678", ("306,c8y_KanbanReorder",))]
     # Without long_press = refill a long press is a press like any other.
     assert signal_for(Press(aqara, time, "mqtt", "long"), bins, on, ()).kind == KIND_REORDER
+
+
+def test_the_columns_are_typed_by_the_literals_of_values() -> None:
+    # Button's role, format and long_press are values.py's Literals, their choices the
+    # Literals' words: a word added there is a word MACID.csv accepts.
+    import typing
+
+    from dashkanban import values
+    from dashkanban.buttons import Button
+
+    hints = typing.get_type_hints(Button)
+    assert hints["role"] == values.Role
+    assert hints["format"] == values.Format
+    assert hints["long_press"] == values.LongPress | None
+    assert values.ROLES == ("reorder", "refill")
+    assert values.FORMATS == ("auto", "shelly", "tasmota", "esphome", "zigbee2mqtt")
+    assert values.LONG_PRESSES == ("refill",)

@@ -11,7 +11,13 @@ import pytest
 
 from dashkanban.buttons import Button, load_buttons
 from dashkanban.cli import main
-from dashkanban.mqtt_buttons.discover import MqttCensus, TopicSeen, button_format
+from dashkanban.mqtt_buttons.discover import (
+    MqttCensus,
+    TopicSeen,
+    button_format,
+    suggested_name,
+)
+from dashkanban.mqtt_buttons.payloads import recognise, topic_device
 from tests.brokers import Mosquitto
 
 SHELLY = "shellies/shellybutton1-A4CF12F45678/input_event/0"
@@ -58,11 +64,44 @@ def test_the_census_of_button_topics() -> None:
     assert census.messages == len(MESSAGES)
 
 
+def test_a_friendly_name_with_a_slash_gets_its_address() -> None:
+    # zigbee2mqtt allows '/' in a friendly name (folders in its frontend); discover used a
+    # pattern of its own, `zigbee2mqtt/([^/]+)`, apart from the daemon's, and found no address.
+    topic = "zigbee2mqtt/aisle2/bin B1"
+    census = MqttCensus()
+    census.add("zigbee2mqtt/bridge/devices", json.dumps([
+        {"friendly_name": "aisle2/bin B1", "ieee_address": "0x00124b001ca1b2c4"}]).encode())
+    census.add(topic, b'{"action":"off","battery":55}')
+    census.add("zigbee2mqtt/aisle2/bin B1/set", b'{"action":"single"}')  # a command to it
+    census.add("zigbee2mqtt/bridge/request/x", b'{"action":"single"}')
+    assert census.topics == {topic: TopicSeen(topic, "zigbee2mqtt", 1, {"double": 1}, 55.0)}
+    assert census.address(topic) == "00:12:4b:00:1c:a1:b2:c4"
+    assert suggested_name(topic) == "aisle2_bin B1"
+
+
+@pytest.mark.parametrize(("topic", "fmt", "device"), [
+    (SHELLY, "shelly", "shellybutton1-A4CF12F45678"),
+    ("shellies/shellybutton1-A4CF12F45678/sensor/battery", "shelly", "shellybutton1-A4CF12F45678"),
+    (TASMOTA, "tasmota", "tasmota_5A1B2C"),
+    ("RESULT", "tasmota", None),
+    (ESPHOME, "esphome", "bin_c2_button"),
+    (ZIGBEE, "zigbee2mqtt", "Bin D1 button"),
+    ("zigbee2mqtt/aisle2/bin B1", "zigbee2mqtt", "aisle2/bin B1"),
+])
+def test_discover_and_the_daemon_read_topics_alike(topic: str, fmt: str,
+                                                   device: str | None) -> None:
+    assert topic_device(topic) == (fmt, device)
+    assert recognise(topic) == fmt
+
+
 @pytest.mark.parametrize(("topic", "payload"), [
     ("zigbee2mqtt/x", b"[" * 5000),
     ("zigbee2mqtt/x", b"\xff\xfe"),
     ("stat/x/RESULT", b'{"Button1":'),
     ("zigbee2mqtt/bridge/devices", b"[" * 100_000),
+    # An integer Python 3.11 refuses to read (over 4,300 digits): a plain ValueError.
+    ("zigbee2mqtt/x", b'{"action":"single","battery":' + b"9" * 4400 + b"}"),
+    ("stat/x/RESULT", b'{"Button1":{"Action":"SINGLE"},"n":' + b"9" * 4400 + b"}"),
 ])
 def test_hostile_messages_are_no_buttons(topic: str, payload: bytes) -> None:
     census = MqttCensus()
@@ -200,3 +239,24 @@ def test_add_to_leaves_out_topics_macid_would_refuse(tmp_path: Path) -> None:
         "Name, MAC-Address, topic, format\n"
         "0x00124b001ca1b2c4,00:12:4b:00:1c:a1:b2:c4,zigbee2mqtt/0x00124b001ca1b2c4,zigbee2mqtt\n")
     assert len(load_buttons(tmp_path / "MACID.csv")) == 1
+
+
+def test_add_to_leaves_out_a_topic_with_a_trailing_space(tmp_path: Path) -> None:
+    # MACID.csv strips its values, quoted or not: a friendly name ending in a space would make a
+    # row whose topic never matches what zigbee2mqtt publishes on.
+    import io
+
+    from dashkanban.mqtt_buttons.discover import add_to
+
+    census = MqttCensus()
+    census.add("zigbee2mqtt/0x00124b001ca1b2c5 ", b'{"action":"single"}')
+    out = io.StringIO()
+    assert add_to(tmp_path / "MACID.csv", census.topics.values(), census, out) == 0
+    assert out.getvalue().splitlines() == [
+        "left out: 'zigbee2mqtt/0x00124b001ca1b2c5 ' (starts or ends with a space, which "
+        "MACID.csv drops: rename the device, e.g. its zigbee2mqtt friendly name)",
+        f"{tmp_path / 'MACID.csv'}: 0 MQTT buttons added, 0 listed before",
+    ]
+    macid = tmp_path / "MACID.csv"
+    macid.write_text('Name, MAC-Address, topic\nb, 0x00124b001ca1b2c5, "zigbee2mqtt/b "\n')
+    assert [b.topic for b in load_buttons(macid)] == ["zigbee2mqtt/b"]

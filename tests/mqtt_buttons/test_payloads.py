@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dashkanban.mqtt_buttons.payloads import (
+    FORMATS,
     MAX_PAYLOAD,
     BatteryLevel,
     ButtonPress,
@@ -23,6 +24,7 @@ SHELLY_BATTERY = "shellies/shellybutton1-A4CF12F45678/sensor/battery"
 TASMOTA = "stat/tasmota_5A1B2C/RESULT"
 ESPHOME = "aisle2/binary_sensor/bin_a3_button/state"
 ZIGBEE = "zigbee2mqtt/Bin B1 button"
+HUGE_INTEGER = b'{"action":"single","battery":' + b"9" * 4400 + b"}"
 
 
 @pytest.mark.parametrize("fmt", ["auto", "shelly"])
@@ -95,6 +97,32 @@ def test_zigbee2mqtt(payload: bytes, expected: Reading) -> None:
     assert read_message(ZIGBEE, payload, False, "zigbee2mqtt") == expected
 
 
+@pytest.mark.parametrize(("device", "action", "expected"), [
+    # IKEA E1812 shortcut button: `on` a click, `off` a double click, `brightness_move_up` a
+    # hold, `brightness_stop` its release (zigbee2mqtt's E1812 page).
+    ("E1812", "on", ButtonPress("single", "zigbee2mqtt")),
+    ("E1812", "off", ButtonPress("double", "zigbee2mqtt")),
+    ("E1812", "brightness_move_up", ButtonPress("long", "zigbee2mqtt")),
+    ("E1812", "brightness_stop", NoPress("zigbee2mqtt action 'brightness_stop'")),
+    # SONOFF SNZB-01.
+    ("SNZB-01", "single", ButtonPress("single", "zigbee2mqtt")),
+    ("SNZB-01", "double", ButtonPress("double", "zigbee2mqtt")),
+    ("SNZB-01", "long", ButtonPress("long", "zigbee2mqtt")),
+    # Aqara WXKG01LM / WXKG11LM / WXKG12LM.
+    ("WXKG01LM", "quadruple", ButtonPress("double", "zigbee2mqtt")),
+    ("WXKG01LM", "many", ButtonPress("double", "zigbee2mqtt")),
+    ("WXKG01LM", "hold", ButtonPress("long", "zigbee2mqtt")),
+    ("WXKG01LM", "release", NoPress("zigbee2mqtt action 'release'")),
+    ("WXKG12LM", "shake", NoPress("zigbee2mqtt action 'shake'")),
+])
+def test_zigbee2mqtt_actions_of_the_named_buttons(device: str, action: str,
+                                                  expected: Reading) -> None:
+    payload = f'{{"action":"{action}","battery":100,"linkquality":87}}'.encode()
+    assert read_message(ZIGBEE, payload, False) == (
+        ButtonPress(expected.kind, "zigbee2mqtt", battery=100.0)
+        if isinstance(expected, ButtonPress) else expected), device
+
+
 @pytest.mark.parametrize(("topic", "payload", "expected"), [
     # Topics of no known shape: `auto` reads the payload's.
     ("home/button", b'{"event":"S","event_cnt":1}', ButtonPress("single", "shelly", count=1)),
@@ -131,10 +159,15 @@ def test_a_retained_message_is_never_a_press(topic: str, payload: bytes) -> None
     (b"", Unreadable("not JSON (Expecting value)")),
     (b'{"action":"single"', Unreadable("not JSON (Expecting ',' delimiter)")),
     (b'{"battery":1e999}', NoPress("zigbee2mqtt state without action")),
+    # Python 3.11 refuses to read an integer of over 4,300 digits with a plain ValueError.
+    (HUGE_INTEGER, Unreadable("not JSON (a number of over 4300 digits)")),
 ])
 def test_hostile_payloads_are_bounded_and_never_raise(payload: bytes,
                                                       expected: Reading) -> None:
+    assert len(payload) <= MAX_PAYLOAD + 1
     assert read_message(ZIGBEE, payload, False) == expected
+    for fmt in FORMATS:
+        read_message(ZIGBEE, payload, False, fmt)  # whatever it reads as, it returns
 
 
 @pytest.mark.parametrize("payload", [

@@ -5,6 +5,7 @@ the broker restarts (issue 19)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -226,3 +227,104 @@ def test_a_refused_login_is_retried_without_the_password_in_the_log(
     assert broker.last_error == "refused the login ([code:135] Not authorized)"
     assert broker.connections == 0
     assert "wrong-pw-123" not in caplog.text
+
+
+def test_a_number_python_refuses_to_read_is_malformed_and_run_goes_on(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    # Under 8 KiB, but an integer of 4,400 digits: Python 3.11's json raises a plain ValueError
+    # (not a JSONDecodeError). Anyone who may publish on a button's topic must not end `run`.
+    presses: list[MqttPress] = []
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+    broker = ButtonBroker(settings, registry(tmp_path), presses.append)
+    huge = b'{"action":"single","battery":' + b"9" * 4400 + b"}"
+    assert len(huge) <= MAX_PAYLOAD
+
+    async def body() -> None:
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        await publish(mosquitto, [(ZIGBEE, huge, False),
+                                  (TASMOTA, b'{"Button1":{"Action":"SINGLE"},"n":' + b"9" * 4400
+                                   + b"}", False),
+                                  (ZIGBEE, b'{"action":"double"}', False)])
+        await until(lambda: broker.messages == 3, "every message")
+
+    run_with(broker, body)
+    assert (broker.malformed, broker.presses, broker.connections) == (2, 1, 1)
+    assert [(p.button.name, p.kind) for p in presses] == [("aqara", "double")]
+
+
+class _BrokenRegistry(Registry):
+    """A registry whose topics cannot be listed: a stand-in for a bug in the reload's path, which
+    no real MACID.csv makes (the one test double here)."""
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        raise RuntimeError("a bug in the reload")
+
+
+def test_a_failing_subscription_follower_ends_run(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    # The reload's follower runs supervised with the message loop: an error that is no
+    # MqttError ends run() (the daemon then exits 1), instead of ending the follower alone,
+    # after which no reload was subscribed while the daemon looked healthy.
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+    broker = ButtonBroker(settings, registry(tmp_path), lambda press: None)
+
+    async def main() -> None:
+        task = asyncio.create_task(broker.run())
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        broker.use_registry(_BrokenRegistry())
+        # Not wait_for: cancelling run() would also raise the follower's error (from the
+        # finally that awaited it), which is how it stayed unobserved until shutdown.
+        await asyncio.wait({task}, timeout=WAIT)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            pytest.fail("run() goes on without its subscription follower")
+        with pytest.raises(RuntimeError, match=r"^a bug in the reload$"):
+            task.result()
+
+    asyncio.run(main())
+    assert not broker.connected.is_set()
+
+
+def test_the_incoming_queue_keeps_no_payload_over_max_payload() -> None:
+    # MQTT 3.1.1 cannot refuse a large message: paho reads it whole. What is queued after it
+    # must not keep it: MAX_QUEUED messages of the broker's 256 MB each would be 64 GB.
+    from dashkanban.mqtt_buttons.source import MAX_QUEUED, _Inbox, _Oversized
+
+    async def main() -> list[aiomqtt.Message]:
+        inbox = _Inbox(maxsize=MAX_QUEUED)
+        inbox.put_nowait(aiomqtt.Message(ZIGBEE, b"x" * (1 << 20), 1, False, 7, None))
+        inbox.put_nowait(aiomqtt.Message(ZIGBEE, b"y" * MAX_PAYLOAD, 1, True, 8, None))
+        return [inbox.get_nowait(), inbox.get_nowait()]
+
+    big, small = asyncio.run(main())
+    assert isinstance(big, _Oversized)
+    assert (big.topic.value, big.payload, big.size, big.qos, big.retain, big.mid) == (
+        ZIGBEE, b"", 1 << 20, 1, False, 7)
+    assert not isinstance(small, _Oversized)
+    assert (small.payload, small.retain) == (b"y" * MAX_PAYLOAD, True)
+    assert MAX_QUEUED * MAX_PAYLOAD <= 2 << 20
+
+
+def test_a_message_of_a_mebibyte_is_malformed_and_not_kept(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="dashkanban.mqtt_buttons.source")
+    presses: list[MqttPress] = []
+    settings = MqttButtonsSettings(mosquitto.host, mosquitto.port, False, None, None, None)
+    broker = ButtonBroker(settings, registry(tmp_path), presses.append)
+
+    async def body() -> None:
+        await asyncio.wait_for(broker.connected.wait(), WAIT)
+        await publish(mosquitto, [(ZIGBEE, b"{" * (1 << 20), False),
+                                  (ZIGBEE, b'{"action":"single"}', False)])
+        await until(lambda: broker.messages == 2, "both messages")
+
+    run_with(broker, body)
+    assert (broker.malformed, [p.kind for p in presses]) == (1, ["single"])
+    assert (f"button broker: unreadable message on {ZIGBEE!r} (1048576 bytes): 1048576 bytes, "
+            "over 8192") in caplog.messages

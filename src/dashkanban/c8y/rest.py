@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -236,8 +236,15 @@ class RestCalls:
         return _json(response, what)
 
 
-class _Client:
-    """What both clients share: the calls and the httpx client's options."""
+# The two clients differ in their httpx client, its transport and how they wait; the rest of
+# the constructor is one (it was two twins, one per client).
+_Http = TypeVar("_Http", httpx.Client, httpx.AsyncClient)
+_Transport = TypeVar("_Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
+_Sleep = TypeVar("_Sleep", Callable[[float], None], Callable[[float], Awaitable[None]])
+
+
+class _Client(Generic[_Http, _Transport, _Sleep]):
+    """What both clients share: the calls, the httpx client's options, and the constructor."""
 
     def __init__(
         self,
@@ -245,15 +252,19 @@ class _Client:
         username: str,
         password: str | None,
         *,
-        verify: ssl.SSLContext | bool,
-        timeout: httpx.Timeout,
-        attempts: int,
-        backoff: float,
-        tokens: TokenSource | None,
-        jitter: Callable[[], float],
+        verify: ssl.SSLContext | bool = True,
+        timeout: httpx.Timeout = TIMEOUT,
+        sleep: _Sleep | None = None,
+        attempts: int = ATTEMPTS,
+        backoff: float = BACKOFF,
+        transport: _Transport | None = None,
+        tokens: TokenSource | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         """`tokens`: a certificate device's JWT source; REST does not authenticate with the
-        client certificate, so without a password every call sends `Bearer <token>`."""
+        client certificate, so without a password every call sends `Bearer <token>`. `sleep`:
+        how the retries wait (default: `time.sleep`, or `asyncio.sleep` on the loop);
+        `transport`: httpx's (tests). Opens no connection."""
         tokens = tokens if password is None else None
         shown = username if password is not None or tokens is None else "device token"
         self.calls = RestCalls(shown, tokens, attempts=attempts, backoff=backoff, jitter=jitter)
@@ -265,6 +276,14 @@ class _Client:
             # Devices must not send X-Cumulocity-Application-Key (docs/protocol.md 3.1).
             "headers": {"Accept": "application/json"},
         }
+        self._client: _Http = self._open(transport, self._http_options)
+        self._sleep: _Sleep = sleep if sleep is not None else self._default_sleep()
+
+    def _open(self, transport: _Transport | None, options: dict[str, Any]) -> _Http:
+        raise NotImplementedError  # pragma: no cover - each client has its own
+
+    def _default_sleep(self) -> _Sleep:
+        raise NotImplementedError  # pragma: no cover - each client has its own
 
     @classmethod
     def from_settings(cls, c8y: C8yMqttSettings, **kwargs: Any) -> Self:
@@ -281,31 +300,18 @@ class _Client:
         return self.calls.requests
 
 
-class CumulocityRest(_Client):
+class CumulocityRest(_Client[httpx.Client, httpx.BaseTransport, Callable[[float], None]]):
     """The blocking client (commands, replay). Opens no connection until the first call.
 
     Thread-safe as far as httpx.Client is (one connection pool; calls may come from any thread).
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        password: str | None,
-        *,
-        verify: ssl.SSLContext | bool = True,
-        timeout: httpx.Timeout = TIMEOUT,
-        sleep: Callable[[float], None] = time.sleep,
-        attempts: int = ATTEMPTS,
-        backoff: float = BACKOFF,
-        transport: httpx.BaseTransport | None = None,
-        tokens: TokenSource | None = None,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
-        super().__init__(base_url, username, password, verify=verify, timeout=timeout,
-                         attempts=attempts, backoff=backoff, tokens=tokens, jitter=jitter)
-        self._client = httpx.Client(transport=transport, **self._http_options)
-        self._sleep = sleep
+    def _open(self, transport: httpx.BaseTransport | None,
+              options: dict[str, Any]) -> httpx.Client:
+        return httpx.Client(transport=transport, **options)
+
+    def _default_sleep(self) -> Callable[[float], None]:
+        return time.sleep
 
     def close(self) -> None:
         self._client.close()
@@ -356,30 +362,18 @@ class CumulocityRest(_Client):
         return self.run(self.calls.get_json(url, what, params))
 
 
-class AsyncCumulocityRest(_Client):
+class AsyncCumulocityRest(_Client[httpx.AsyncClient, httpx.AsyncBaseTransport,
+                                  Callable[[float], Awaitable[None]]]):
     """The client on the daemon's event loop: the same calls (`RestCalls`) over
     httpx.AsyncClient, waits with `asyncio.sleep`. Opens no connection until the first call;
     close it with `await aclose()` on the loop that used it."""
 
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        password: str | None,
-        *,
-        verify: ssl.SSLContext | bool = True,
-        timeout: httpx.Timeout = TIMEOUT,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        attempts: int = ATTEMPTS,
-        backoff: float = BACKOFF,
-        transport: httpx.AsyncBaseTransport | None = None,
-        tokens: TokenSource | None = None,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
-        super().__init__(base_url, username, password, verify=verify, timeout=timeout,
-                         attempts=attempts, backoff=backoff, tokens=tokens, jitter=jitter)
-        self._client = httpx.AsyncClient(transport=transport, **self._http_options)
-        self._sleep = sleep
+    def _open(self, transport: httpx.AsyncBaseTransport | None,
+              options: dict[str, Any]) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=transport, **options)
+
+    def _default_sleep(self) -> Callable[[float], Awaitable[None]]:
+        return asyncio.sleep
 
     async def aclose(self) -> None:
         await self._client.aclose()

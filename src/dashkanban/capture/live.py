@@ -22,6 +22,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
@@ -206,6 +207,10 @@ class LiveCapture:
         self._backoff = Backoff(RECOVER_MIN, RECOVER_MAX)
         self._packets = 0  # PACKET_STATISTICS added up: sockets closed, reads of the open one
         self._drops = 0
+        self._truncated = 0  # the rings' `truncated` added up, of the sockets closed
+        # statistics() runs on the reading thread (closing a socket) and on whoever reports the
+        # counts (the daemon's metrics): its additions must not be lost between the two.
+        self._statistics_lock = threading.RLock()  # _close_socket calls statistics()
         self._wall_clock = wall_clock
         # A plain flag and a pipe, not a threading.Event: stop() may run in a signal handler,
         # which must not take a lock the interrupted thread could hold.
@@ -265,13 +270,15 @@ class LiveCapture:
         if not size:
             return None
         try:
-            return Ring(sock, size)
+            ring = Ring(sock, size)
         except OSError as exc:
             if not self._ring_refused:
                 log.warning("no receive ring on %s (%s): reading frames one system call at a "
                             "time", self.interface, exc.strerror or exc)
             self._ring_refused = True
             return None
+        ring.warned = self._truncated > 0  # a cut frame is said at WARNING once per capture
+        return ring
 
     def _receive(self, sock: socket.socket) -> tuple[bytes, int | None, int]:
         data, ancillary, _flags, address = sock.recvmsg(
@@ -304,14 +311,17 @@ class LiveCapture:
     def statistics(self) -> Statistics:
         """PACKET_STATISTICS added up over every socket opened so far: frames the kernel filter
         passed (delivered or dropped) and frames dropped because the ring (or, without one, the
-        receive buffer) was full."""
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # closed by the reading thread meanwhile
-                counts = packet_statistics(sock)
-                self._packets += counts.packets
-                self._drops += counts.drops
-        return Statistics(self._packets, self._drops)
+        receive buffer) was full; and frames handed over cut short (the rings' `truncated`).
+        Callable from any thread; every count only grows."""
+        with self._statistics_lock:
+            sock, ring = self._sock, self._ring
+            if sock is not None:
+                with contextlib.suppress(OSError):  # closed by the reading thread meanwhile
+                    counts = packet_statistics(sock)
+                    self._packets += counts.packets
+                    self._drops += counts.drops
+            truncated = self._truncated + (ring.truncated if ring is not None else 0)
+            return Statistics(self._packets, self._drops, truncated)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -380,9 +390,12 @@ class LiveCapture:
         return delay
 
     def _close_socket(self, sock: socket.socket) -> None:
-        self.statistics()  # its counts, before they go with it
-        self._sock = None
-        ring, self._ring = self._ring, None
+        with self._statistics_lock:
+            self.statistics()  # its counts, before they go with it
+            self._sock = None
+            ring, self._ring = self._ring, None
+            if ring is not None:
+                self._truncated += ring.truncated
         if ring is not None:
             ring.close()
         sock.close()

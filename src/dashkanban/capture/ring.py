@@ -10,8 +10,10 @@ for this reason. V2 wakes the reader per frame, and a burst is still drained wit
 call. The cost is a fixed slot per frame, so the slots are small (256 bytes: an ARP or NDP frame
 fits, which is what a flood is made of) and a frame that does not fit (a DHCP request) is also
 queued whole on the socket (PACKET_COPY_THRESH, status TP_STATUS_COPY), where it is read with one
-recv(): no frame is ever cut short. 2 MiB hold 8,192 frames, about 40 times what the socket's
-default receive buffer held.
+recv(). The kernel queues that copy only while the socket's receive buffer has room: when it is
+full (a reader far behind), the frame is handed over cut to its slot's 190 bytes, counted in
+`truncated` and logged (once at WARNING, then at DEBUG). 2 MiB hold 8,192 frames, about 40 times
+what the socket's default receive buffer held.
 
 The ring's pages are mapped into the process and count in its resident memory, all of them from
 the start: hence 2 MiB behind the candidate filter (68 ms of a 120,000 frames/s flood with no
@@ -27,6 +29,7 @@ in the same order and hand each back by writing 0 to its status.
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import socket
 import struct
@@ -35,6 +38,7 @@ from typing import NamedTuple
 
 from dashkanban.capture.frame import Frame
 
+log = logging.getLogger(__name__)
 # <linux/if_packet.h>
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -64,10 +68,12 @@ LARGEST = 65536  # the largest frame a candidate can be (the filter accepts no m
 
 class Statistics(NamedTuple):
     """PACKET_STATISTICS of a packet socket: frames its filter passed (delivered or dropped),
-    and those dropped because its ring or receive buffer was full."""
+    and those dropped because its ring or receive buffer was full; and frames longer than a slot
+    handed over cut short (the ring's `truncated`; the kernel does not count them)."""
 
     packets: int
     drops: int
+    truncated: int = 0
 
 
 def packet_statistics(sock: socket.socket) -> Statistics:
@@ -83,7 +89,8 @@ class Ring:
     Raises OSError when the kernel refuses (ENOMEM: no contiguous memory; EINVAL: a kernel
     without TPACKET_V2), and the socket is then left as it was, ring-less."""
 
-    __slots__ = ("_count", "_map", "_next", "_outgoing", "_sock", "_words", "size", "truncated")
+    __slots__ = ("_count", "_map", "_next", "_outgoing", "_sock", "_words", "size", "truncated",
+                 "warned")
 
     def __init__(self, sock: socket.socket, size: int = RING_BYTES) -> None:
         block = BLOCK_SIZE if size >= 4 * BLOCK_SIZE else mmap.PAGESIZE  # small: tests
@@ -113,6 +120,7 @@ class Ring:
         self.size = size
         self.truncated = 0  # frames longer than a slot whose whole copy the kernel could not
         # queue (the socket's receive buffer full): handed over cut short
+        self.warned = False  # a cut frame was logged at WARNING: later ones at DEBUG
 
     def read(self, handle: Callable[[Frame], None], limit: int) -> int:
         """Hand the frames waiting in the ring to `handle`, in order, reading at most `limit`
@@ -148,9 +156,14 @@ class Ring:
                 done += 1
                 if outgoing:
                     skipped += 1
+                    if snap < length and status & TP_STATUS_COPY:
+                        # Its whole copy is queued on the socket too: read and drop it, or the
+                        # next long frame would be handed over with this one's bytes.
+                        with contextlib.suppress(OSError):  # failed: the next wake-up says so
+                            self._sock.recv(1, socket.MSG_DONTWAIT)  # a datagram: all of it goes
                     continue
                 if snap < length:
-                    data = self._whole(data, status)
+                    data = self._whole(data, status, length)
                 # As PACKET_AUXDATA was read before the ring: the tag the kernel stripped.
                 vlan = tci & 0x0FFF if status & TP_STATUS_VLAN_VALID or tci else None
                 handle(new(Frame, (sec + nsec * 1e-9, data, vlan)))
@@ -158,13 +171,22 @@ class Ring:
             self._next = index  # also when `handle` raised: its slot is given back already
         return done - skipped
 
-    def _whole(self, data: bytes, status: int) -> bytes:
+    def _whole(self, data: bytes, status: int, length: int) -> bytes:
         """The whole frame of a slot that holds only its start: the copy queued on the socket
         (in the same order as the slots), else the start."""
         if status & TP_STATUS_COPY:
             with contextlib.suppress(OSError):  # a failed socket: the next wake-up says so
                 return self._sock.recv(LARGEST, socket.MSG_DONTWAIT)
         self.truncated += 1
+        if self.warned:
+            log.debug("a frame of %d bytes handed over cut to %d (receive buffer full)",
+                      length, len(data))
+        else:
+            self.warned = True
+            log.warning(
+                "a frame of %d bytes was handed over cut to its first %d: the socket's receive "
+                "buffer was full, so the kernel could not queue it whole; further ones are "
+                "logged at DEBUG and counted (capture statistics: truncated)", length, len(data))
         return data
 
     def close(self) -> None:

@@ -2,17 +2,16 @@
 
 A button reports its level with many of its messages (zigbee2mqtt with each, a Shelly Button1 on
 every wake-up). Cumulocity gets it as the button's measurement `c8y_Battery` (series `level`,
-unit `%`) at most once an hour per button; a level under `LOW` logs one warning until the
-level is back up (a new battery). The last level of each button is kept next to the outbox, for
+unit `%`) at most once an hour per button; a level under `LOW` logs one warning, given again
+only after the level was back up to `REARM` (a new battery; a level wavering around `LOW`
+warns once). The last level of each button is kept next to the outbox, for
 `outbox status` and `discover`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +19,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dashkanban.buttons import Button
+from dashkanban.files import write_atomic
 
 log = logging.getLogger(__name__)
 
 SEND_EVERY = 3600.0  # seconds: one measurement an hour per button at most
 LOW = 15.0  # percent: under this, one warning
+# Percent: the warning is given again only after the level was back up to this. A level read
+# near LOW wavers (14, 15, 14 with the temperature and the load of the last radio message);
+# re-arming at LOW itself warned at each dip. 20 %: more than such a reading wavers, less than
+# any fresh battery shows.
+REARM = 20.0
 FILE_NAME = "batteries.json"
 FILE_MODE = 0o644
 FORMAT = 1
@@ -56,7 +61,7 @@ class BatteryPolicy:
         if percent < LOW:
             warn = serial not in self._low
             self._low.add(serial)
-        else:
+        elif percent >= REARM:
             self._low.discard(serial)
         return Decision(send, warn)
 
@@ -113,18 +118,11 @@ class BatteryFile:
             level.serial: {"name": level.name, "percent": level.percent,
                            "time": level.time.isoformat(timespec="seconds")}
             for level in self._levels.values()}}
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
+            write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"),
+                         FILE_MODE)
             self._failed = False
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
             if not self._failed:
                 log.warning("cannot write the battery levels to %s: %s", self.path,
                             exc.strerror or exc)

@@ -25,24 +25,26 @@ from dashkanban.config import MqttButtonsSettings
 from dashkanban.errors import DashkanbanError
 from dashkanban.mqtt_buttons.payloads import (
     MAX_PAYLOAD,
+    SHELLY_INPUT,
+    TASMOTA_BUTTON,
     BatteryLevel,
     ButtonPress,
     Format,
     read_message,
+    recognise,
+    topic_device,
 )
 from dashkanban.safetext import escape_controls
 
 MAX_TOPICS = 10_000  # a broker with more topics than this is listed up to here
 MAX_DIRECTORY = 4 << 20  # bytes of zigbee2mqtt's bridge/devices read at most
 
-_SHELLY = re.compile(r"shellies/([^/]+)/input_event/\d+")
+# The formats' topics are payloads.py's (TOPIC_PATTERNS): one set, for the daemon and for this.
 _SHELLY_MAC = re.compile(r".*-([0-9A-Fa-f]{12})")
-_TASMOTA = re.compile(r"stat/([^/]+)/RESULT")
 _TASMOTA_DISCOVERY = re.compile(r"tasmota/discovery/([0-9A-Fa-f]{12})/config")
-_ESPHOME = re.compile(r"(?:.+/)?binary_sensor/([^/]+)/state")
-_ZIGBEE = re.compile(r"zigbee2mqtt/([^/]+)")
 _ZIGBEE_DEVICES = "zigbee2mqtt/bridge/devices"
-_BUTTON_KEY = re.compile(r"Button\d+")
+# zigbee2mqtt's own topics, and the commands others send to a device: never a button's.
+_ZIGBEE_NOT_DEVICE = re.compile(r"zigbee2mqtt/(?:bridge(?:/.*)?|.+/(?:set|get)(?:/.*)?)")
 
 
 @dataclass(slots=True)
@@ -58,19 +60,22 @@ class TopicSeen:
 
 def button_format(topic: str, payload: bytes) -> Format | None:
     """The format a message shows its topic is a button's, or None (pure)."""
+    if _ZIGBEE_NOT_DEVICE.fullmatch(topic):
+        return None
     reading = read_message(topic, payload, False)
     if isinstance(reading, ButtonPress):
         return reading.format
-    if _SHELLY.fullmatch(topic):
+    shape = recognise(topic)
+    if SHELLY_INPUT.fullmatch(topic):
         return "shelly"
-    if _ESPHOME.fullmatch(topic) and payload.strip() in (b"ON", b"OFF"):
+    if shape == "esphome" and payload.strip() in (b"ON", b"OFF"):
         return "esphome"
     value = _object(payload)
-    if value is None:
+    if not isinstance(value, dict):
         return None
-    if _TASMOTA.fullmatch(topic) and any(_BUTTON_KEY.fullmatch(k) for k in value):
+    if shape == "tasmota" and any(TASMOTA_BUTTON.fullmatch(k) for k in value):
         return "tasmota"
-    if _ZIGBEE.fullmatch(topic) and topic != "zigbee2mqtt/bridge" and "action" in value:
+    if shape == "zigbee2mqtt" and "action" in value:
         return "zigbee2mqtt"
     return None
 
@@ -131,12 +136,15 @@ class MqttCensus:
     def address(self, topic: str) -> str | None:
         """The button's MAC or EUI-64 (normalised), when the broker said it."""
         raw: str | None = None
-        if (m := _SHELLY.fullmatch(topic)) and (mac := _SHELLY_MAC.fullmatch(m.group(1))):
+        fmt, device = topic_device(topic) or (None, None)
+        if device is None:
+            return None
+        if fmt == "shelly" and (mac := _SHELLY_MAC.fullmatch(device)):
             raw = mac.group(1)
-        elif m := _ZIGBEE.fullmatch(topic):
-            raw = self._zigbee.get(m.group(1), m.group(1))
-        elif m := _TASMOTA.fullmatch(topic):
-            raw = self._tasmota.get(m.group(1))
+        elif fmt == "zigbee2mqtt":
+            raw = self._zigbee.get(device, device)
+        elif fmt == "tasmota":
+            raw = self._tasmota.get(device)
         if raw is None:
             return None
         try:
@@ -148,11 +156,9 @@ class MqttCensus:
 def suggested_name(topic: str) -> str:
     """A MACID.csv name from the topic: the Shelly id, Tasmota topic, ESPHome sensor or
     zigbee2mqtt friendly name, in letters, digits, '_', '.', '-' and spaces."""
-    for pattern in (_SHELLY, _TASMOTA, _ESPHOME, _ZIGBEE):
-        found = pattern.fullmatch(topic)
-        if found is not None:
-            topic = found.group(1)
-            break
+    found = topic_device(topic)
+    if found is not None and found[1] is not None:
+        topic = found[1]
     return re.sub(r"[^A-Za-z0-9_.\- ]", "_", topic).strip()[:60] or "mqtt_button"
 
 
@@ -253,6 +259,13 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
             why = f"{address} is listed already"
         else:
             why = _refused_topic(seen.topic)
+        if why is None and seen.topic != seen.topic.strip():
+            # MACID.csv's values are stripped (quoted ones too): the row would never match, and
+            # no row by hand would either.
+            out.write(f"left out: {escape_controls(repr(seen.topic))} (starts or ends with a "
+                      "space, which MACID.csv drops: rename the device, e.g. its zigbee2mqtt "
+                      "friendly name)\n")
+            continue
         if why is not None or address is None:  # a network string: escaped, on one line
             out.write(f"left out: {escape_controls(seen.topic)} ({why}; add its row by "
                       "hand)\n")
@@ -284,6 +297,7 @@ def _refused_topic(topic: str) -> str | None:
         return exc.message
     if '"' in topic or "\n" in topic:
         return "a topic MACID.csv cannot hold"
+
     return None
 
 

@@ -17,8 +17,9 @@ something else (e.g. "refilled"), so it must not become one. A hold is `long`.
 
 A retained message is never a press (a restart of dashkanban, or of the broker, would replay the
 last one). Hostile input is bounded: a payload over `MAX_PAYLOAD` bytes, text that is not UTF-8,
-JSON nested too deep, or a shape no format knows give `Unreadable` (the caller counts it as
-malformed and logs it at DEBUG); nothing here raises on input.
+JSON nested too deep, a number of over 4,300 digits, or a shape no format knows give
+`Unreadable` (the caller counts it as malformed and logs it at DEBUG); nothing here raises on
+input.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
-from dashkanban.values import PRESS_KINDS, PressKind
+from dashkanban.values import FORMATS, PRESS_KINDS, Format, PressKind
 
-Format = Literal["auto", "shelly", "tasmota", "esphome", "zigbee2mqtt"]
-FORMATS: tuple[Format, ...] = get_args(Format)
+__all__ = ["FORMATS", "Format"]  # values.py's, here too: the formats this module reads
+
 KINDS: tuple[PressKind, ...] = PRESS_KINDS
 
 # A button's message is a few hundred bytes (zigbee2mqtt's with every attribute under 2 KiB);
@@ -44,22 +45,39 @@ TASMOTA_ACTIONS: dict[str, PressKind] = {
     "SINGLE": "single", "DOUBLE": "double", "TRIPLE": "double", "QUAD": "double",
     "PENTA": "double", "HOLD": "long",
 }
-# zigbee2mqtt's `action` values of the common buttons (Aqara WXKG01LM/WXKG11LM/WXKG12LM, SONOFF
-# SNZB-01, IKEA E1812 and TRADFRI remotes): a short press is `single`, `on` or `toggle`, a long
-# one `hold`/`long` or, on IKEA's, `brightness_move_up`. `release`, `brightness_stop`, `off` and
-# an empty action (sent after each press by zigbee2mqtt's legacy mode) are no presses.
+# zigbee2mqtt's `action` values of the buttons docs/buttons.md names, as zigbee2mqtt's device
+# pages list them (docs/buttons.md, "zigbee2mqtt's actions", has the sources):
+# - SONOFF SNZB-01: `single`, `double`, `long`.
+# - Aqara WXKG01LM: `single`, `double`, `triple`, `quadruple`, `many`, `hold`, `release`;
+#   WXKG11LM the same without `many`; WXKG12LM `single`, `double`, `hold`, `release`, `shake`.
+# - IKEA E1812 (TRADFRI shortcut button): `on` a single click, `off` a DOUBLE click,
+#   `brightness_move_up` a hold, `brightness_stop` its release. So `off` is a double press:
+#   read as "no press" it lost every double click of the E1812. (IKEA's two-button remotes,
+#   E1743/E1810, also send `off`, from their second button: they are no one-bin button.)
+# `toggle` and `press` are other single-button devices' single click. `release`,
+# `brightness_stop`, `shake` and an empty action (zigbee2mqtt's legacy mode sends one after each
+# press) are no presses.
 ZIGBEE_ACTIONS: dict[str, PressKind] = {
     "single": "single", "on": "single", "toggle": "single", "press": "single",
-    "double": "double", "triple": "double", "quadruple": "double", "many": "double",
+    "double": "double", "off": "double", "triple": "double", "quadruple": "double",
+    "many": "double",
     "long": "long", "hold": "long", "brightness_move_up": "long",
 }
 
-_SHELLY_INPUT = re.compile(r"shellies/[^/]+/input_event/\d+")
-_SHELLY_BATTERY = re.compile(r"shellies/[^/]+/sensor/battery")
-_TASMOTA = re.compile(r"(?:.+/)?RESULT")
-_ESPHOME = re.compile(r".+/binary_sensor/[^/]+/state")
-_ZIGBEE = re.compile(r"zigbee2mqtt/.+")
-_TASMOTA_BUTTON = re.compile(r"Button\d+")
+# The topics of each format, the one set `read_message` and `discover --mqtt` both use. Group
+# `device` is the part that names the device: the Shelly's id, Tasmota's %topic%, the ESPHome
+# sensor's name, the zigbee2mqtt friendly name (which may hold '/': `aisle2/bin B1`).
+SHELLY_INPUT = re.compile(r"shellies/(?P<device>[^/]+)/input_event/\d+")
+SHELLY_BATTERY = re.compile(r"shellies/(?P<device>[^/]+)/sensor/battery")
+ZIGBEE_DEVICE = re.compile(r"zigbee2mqtt/(?P<device>.+)")
+ESPHOME_STATE = re.compile(r"(?:.+/)?binary_sensor/(?P<device>[^/]+)/state")
+TASMOTA_RESULT = re.compile(r"(?:(?:.*/)?(?P<device>[^/]+)/)?RESULT")  # stat/<topic>/RESULT
+TASMOTA_BUTTON = re.compile(r"Button\d+")  # the key of a button's action in a RESULT
+# In the order they are tried: the first whose pattern matches a topic says its format.
+TOPIC_PATTERNS: tuple[tuple[Format, re.Pattern[str]], ...] = (
+    ("shelly", SHELLY_INPUT), ("shelly", SHELLY_BATTERY), ("zigbee2mqtt", ZIGBEE_DEVICE),
+    ("esphome", ESPHOME_STATE), ("tasmota", TASMOTA_RESULT),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +113,20 @@ class Unreadable:
 Reading = ButtonPress | BatteryLevel | NoPress | Unreadable
 
 
+def topic_device(topic: str) -> tuple[Format, str | None] | None:
+    """The format a topic's shape says and the device it names (None when the topic names
+    none: a bare `RESULT`), or None (then `auto` looks at the payload)."""
+    for fmt, pattern in TOPIC_PATTERNS:
+        found = pattern.fullmatch(topic)
+        if found is not None:
+            return fmt, found.group("device")
+    return None
+
+
 def recognise(topic: str) -> Format | None:
     """The format a topic's shape says, or None (then `auto` looks at the payload)."""
-    if _SHELLY_INPUT.fullmatch(topic) or _SHELLY_BATTERY.fullmatch(topic):
-        return "shelly"
-    if _ZIGBEE.fullmatch(topic):
-        return "zigbee2mqtt"
-    if _ESPHOME.fullmatch(topic):
-        return "esphome"
-    if _TASMOTA.fullmatch(topic):
-        return "tasmota"
-    return None
+    found = topic_device(topic)
+    return None if found is None else found[0]
 
 
 def read_message(topic: str, payload: bytes, retained: bool, fmt: Format = "auto") -> Reading:
@@ -142,6 +163,11 @@ def _json(text: str) -> Any:
         return Unreadable("JSON nested too deep")
     except json.JSONDecodeError as exc:
         return Unreadable(f"not JSON ({exc.msg})")
+    except ValueError:
+        # Not a JSONDecodeError: Python 3.11+ refuses to convert an integer of over 4,300 digits
+        # (sys.get_int_max_str_digits(), CVE-2020-10735), and a 4,400-digit number fits in
+        # MAX_PAYLOAD. Anyone who can publish on a button's topic can send one.
+        return Unreadable("not JSON (a number of over 4300 digits)")
 
 
 def _shape(value: Any) -> Format | None:
@@ -149,7 +175,7 @@ def _shape(value: Any) -> Format | None:
     if isinstance(value, dict):
         if "event" in value and "event_cnt" in value:
             return "shelly"
-        if any(_TASMOTA_BUTTON.fullmatch(k) for k in value):
+        if any(TASMOTA_BUTTON.fullmatch(k) for k in value):
             return "tasmota"
         if "action" in value or "battery" in value:
             return "zigbee2mqtt"
@@ -177,7 +203,7 @@ def _level(value: Any) -> float | None:
 
 
 def _shelly(topic: str, value: Any) -> Reading:
-    if _SHELLY_BATTERY.fullmatch(topic):
+    if SHELLY_BATTERY.fullmatch(topic):
         level = _level(value)
         if level is None:
             return Unreadable("Shelly battery is no percentage")
@@ -197,7 +223,7 @@ def _tasmota(value: Any) -> Reading:
     if not isinstance(value, dict):
         return Unreadable("Tasmota RESULT is no JSON object")
     for key, inner in value.items():
-        if _TASMOTA_BUTTON.fullmatch(key):
+        if TASMOTA_BUTTON.fullmatch(key):
             action = inner.get("Action") if isinstance(inner, dict) else None
             if not isinstance(action, str):
                 return Unreadable(f"Tasmota {key} without Action")
@@ -227,9 +253,9 @@ def _zigbee(value: Any) -> Reading:
 
 def battery_topic(topic: str, fmt: Format) -> str | None:
     """The topic a button reports its battery on, when that is not its press topic (Shelly)."""
-    match = re.fullmatch(r"(shellies/[^/]+)/input_event/\d+", topic)
+    match = SHELLY_INPUT.fullmatch(topic)
     if match is not None and fmt in ("auto", "shelly"):
-        return f"{match.group(1)}/sensor/battery"
+        return f"shellies/{match.group('device')}/sensor/battery"
     return None
 
 

@@ -11,7 +11,8 @@ The connection is made again for ever with the project's backoff (backoff.py, ca
 `[C8YMQTT] retry_max` like the uplink's): a broker that restarts, or refuses the login for a
 while, costs presses made in between only (MQTT buttons do not queue them), never the daemon.
 `run()` returns only when cancelled; an exception from `on_press` (a bug, or an outbox that
-cannot be written) ends it, so the daemon's supervisor ends the process.
+cannot be written), or from the task that subscribes a reload's topics, ends it, so the daemon's
+supervisor ends the process: both run in one TaskGroup per connection.
 
 Without a topic in MACID.csv `run()` idles, connecting nowhere, until `use_registry` (SIGHUP)
 brings one: a daemon started before the first MQTT button was listed needs a reload, not a
@@ -38,10 +39,10 @@ from dashkanban.backoff import RETRY_MAX, uplink_backoffs
 from dashkanban.buttons import Button, Registry
 from dashkanban.config import MqttButtonsSettings
 from dashkanban.mqtt_buttons.payloads import (
-    FORMATS,
+    MAX_PAYLOAD,
     BatteryLevel,
     ButtonPress,
-    Format,
+    Reading,
     Repeats,
     Unreadable,
     battery_topic,
@@ -57,7 +58,34 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0  # seconds for the CONNACK and the SUBACK
 KEEPALIVE = 60
 T = TypeVar("T")
-MAX_QUEUED = 1000  # messages received but not yet read; a flood beyond this is dropped by aiomqtt
+# Messages received but not yet read; a flood beyond this is dropped by aiomqtt (with a WARNING).
+# Each holds at most MAX_PAYLOAD bytes (`_Inbox`), so the queue holds at most ~2 MiB.
+MAX_QUEUED = 256
+
+
+class _Oversized(aiomqtt.Message):
+    """A message over MAX_PAYLOAD, its payload dropped on arrival: only its size is kept."""
+
+    def __init__(self, message: aiomqtt.Message, size: int) -> None:
+        super().__init__(message.topic, b"", message.qos, message.retain, message.mid,
+                         message.properties)
+        self.size = size
+
+
+class _Inbox(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming queue (`queue_type`), holding no payload over MAX_PAYLOAD.
+
+    MQTT 3.1.1 has no way for a client to refuse a large message (v5's Maximum Packet Size is
+    not in it): paho reads each PUBLISH whole, up to the broker's limit (mosquitto's default is
+    the protocol's 256 MB). That one message is unavoidable; keeping it queued is not. Its bytes
+    go here, on arrival, so MAX_QUEUED messages cost at most MAX_QUEUED * MAX_PAYLOAD bytes.
+    The broker's own limit bounds the one message read (docs/buttons.md, "Message size")."""
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        payload = item.payload
+        if isinstance(payload, bytes | bytearray | str) and len(payload) > MAX_PAYLOAD:
+            item = _Oversized(item, len(payload))
+        super().put_nowait(item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +150,7 @@ class ButtonBroker:
             if button is None:  # pragma: no cover - topics come from the registry
                 continue
             found.append(topic)
-            extra = battery_topic(topic, _format(button))
+            extra = battery_topic(topic, button.format)
             if extra is not None and self.registry.by_topic(extra) is None:
                 self._battery_topics[extra] = button
                 found.append(extra)
@@ -196,7 +224,7 @@ class ButtonBroker:
                     password=settings.password.reveal() if settings.password else None,
                     protocol=aiomqtt.ProtocolVersion.V311, clean_session=True,
                     keepalive=KEEPALIVE, tls_context=context, timeout=CONNECT_TIMEOUT,
-                    max_queued_incoming_messages=MAX_QUEUED,
+                    max_queued_incoming_messages=MAX_QUEUED, queue_type=_Inbox,
                 ) as client:
                     await client.subscribe([(t, 1) for t in topics])
                     self.subscribed = frozenset(topics)
@@ -208,18 +236,7 @@ class ButtonBroker:
                         self.metrics.buttons_connected(True)
                     log.info("button broker %s: listening to %d MQTT button topic(s)", address,
                              len(topics))
-                    follower = asyncio.create_task(self._follow(client, set(topics)))
-                    try:
-                        async for message in client.messages:
-                            payload = (message.payload if isinstance(message.payload, bytes)
-                                       else b"")
-                            await self.handle(message.topic.value, payload,
-                                              bool(message.retain))
-                    finally:
-                        follower.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await follower
-                    raise aiomqtt.MqttError("the connection closed")
+                    await self._listen(client, set(topics))
             except MqttConnectError as exc:
                 backoff = self._refusal  # a refused login: slowly, as the uplink does
                 self.last_error = f"refused the login ({exc})"
@@ -235,21 +252,50 @@ class ButtonBroker:
                         self.last_error, delay)
             await asyncio.sleep(delay)
 
-    async def handle(self, topic: str, payload: bytes, retained: bool) -> None:
-        """One message (also what tests feed directly)."""
+    async def _listen(self, client: aiomqtt.Client, subscribed: set[str]) -> None:
+        """The open connection's two tasks, supervised together: the messages, and the topics
+        of each reload (`_follow`). The first to fail ends both and raises its exception as it
+        is (an MqttError: connect again; anything else, a bug: `run` ends). Without the group a
+        follower that failed ended unobserved, and later reloads were never subscribed."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._follow(client, subscribed))
+                await self._read(client)
+        except BaseExceptionGroup as failed:
+            # One failure ends the group (the other task is cancelled, and a cancelled task
+            # adds nothing); raise it as itself, so `run`'s `except MqttError` still sees it.
+            raise failed.exceptions[0] from None
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if isinstance(message, _Oversized):
+                await self.handle(message.topic.value, b"", bool(message.retain),
+                                  size=message.size)
+                continue
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            await self.handle(message.topic.value, payload, bool(message.retain))
+        raise aiomqtt.MqttError("the connection closed")
+
+    async def handle(self, topic: str, payload: bytes, retained: bool, *,
+                     size: int | None = None) -> None:
+        """One message (also what tests feed directly). `size`: a message over MAX_PAYLOAD
+        whose payload was dropped on arrival (`_Inbox`); it reads as payloads' oversize."""
         self.messages += 1
         self._count("mqtt_messages")
         button = self.registry.by_topic(topic)
         owner = button if button is not None else self._battery_topics.get(topic)
         if owner is None:
             return  # not ours (a topic dropped by a reload)
-        reading = read_message(topic, payload, retained, _format(owner))
+        if size is not None and not retained:
+            reading: Reading = Unreadable(f"{size} bytes, over {MAX_PAYLOAD}")
+        else:
+            reading = read_message(topic, payload, retained, owner.format)
         now = self._clock()
         if isinstance(reading, Unreadable):
             self.malformed += 1
             self._count("mqtt_malformed")
             log.debug("button broker: unreadable message on %r (%d bytes): %s", topic,
-                      len(payload), reading.reason)
+                      len(payload) if size is None else size, reading.reason)
             return
         if isinstance(reading, BatteryLevel):
             await self._battery(Battery(owner, reading.percent, now))
@@ -277,13 +323,6 @@ class ButtonBroker:
     async def _battery(self, level: Battery) -> None:
         if self.on_battery is not None:
             await _call(self.on_battery, level)
-
-
-_FORMATS: dict[str, Format] = {fmt: fmt for fmt in FORMATS}
-
-
-def _format(button: Button) -> Format:
-    return _FORMATS.get(button.format, "auto")
 
 
 async def _call(callback: Callable[[T], Awaitable[None] | None], value: T) -> None:
