@@ -1,9 +1,9 @@
 """The Courier: carries outbox rows to Cumulocity through the uplink, oldest first.
 
 A row is deleted (`ack`) only on its PUBACK. What was in flight when a connection dropped is sent
-again from the outbox: Cumulocity requires a clean session (protocol notes 1.4 and 5), so no broker
-or paho session can be trusted to do it. Delivery is therefore at least once, in press order, with
-at most `window` messages awaiting a PUBACK.
+again from the outbox: Cumulocity requires a clean session (docs/protocol.md 1.4 and 5), so no
+broker or paho session can be trusted to do it. Delivery is therefore at least once, in press order,
+with at most `window` messages awaiting a PUBACK.
 
 The outbox is consumed through the interface agreed with the outbox (issue 6); `OutboxLike` below
 states exactly the part used here, so this module does not depend on the SQLite implementation.
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 WINDOW = 100  # messages awaiting PUBACK at once
 IDLE_POLL = 1.0  # seconds; a safety net only: every change also wakes the loop
 # How long a one-shot command waits after its last PUBACK for `s/e` errors: Cumulocity
-# acknowledges a PUBLISH when it accepts it and processes it afterwards (protocol notes 1.5), so
+# acknowledges a PUBLISH when it accepts it and processes it afterwards (docs/protocol.md 1.5), so
 # a refusal comes after the PUBACK. Fixed and short: a later error is still logged and counted
 # by `run`, not by a command that has ended (docs/outbox.md).
 REFUSAL_GRACE = 1.0
@@ -128,7 +128,7 @@ class Courier:
     def offer(self, row: QueuedRow) -> None:
         """A row just committed to the outbox (as the outbox will read it back): sent at once
         when nothing older waits, else left to the loop. On the loop. It saves a fresh press a
-        read of the outbox on its way out (the latency of a press, design section 5)."""
+        read of the outbox on its way out (the latency of a press: README, Performance)."""
         if (self._caught_up and row.id == self._highest + 1 and not self._rewind
                 and not self._unsaved_acks and len(self._inflight) < self._window):
             try:

@@ -2,12 +2,12 @@
 
 `Link.run()` connects for ever (or, for a one-shot command, until `max_refusals` refusals in a
 row), with the one backoff of backoff.py, and after each CONNACK says what Cumulocity expects
-(protocol notes 1.10, recommended order):
+(docs/protocol.md 1.10, recommended order):
 
     PUBLISH 100 (QoS 1) -> PUBACK -> SUBSCRIBE s/ds, s/e, ... -> SUBACK (a 0x80 is retried)
     -> template collections -> 114, 117 (gateway) -> 500 -> ready (-> s/uat for a token)
 
-Every connection is a fresh client with a clean session (protocol notes 1.4): nothing the broker
+Every connection is a fresh client with a clean session (docs/protocol.md 1.4): nothing the broker
 had is kept, and a re-send of what was in flight is the caller's (the Courier sends it again from
 the outbox; thin-edge#3713 is the trap of letting the client do it as well).
 
@@ -43,7 +43,6 @@ from dashkanban.backoff import Backoff
 from dashkanban.c8y.protocol import (
     _CONNACK,
     TRANSIENT_CONNACK,
-    DeviceLine,
     LoginRefusedError,
     Outgoing,
     Refusal,
@@ -69,6 +68,7 @@ from dashkanban.config import Settings
 from dashkanban.errors import UplinkError
 from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
+from dashkanban.values import DeviceLine
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ CONNECT_TIMEOUT = 10.0
 # A refused SUBSCRIBE (SUBACK 0x80, seen on brand-new device users) is retried this many times.
 SUBSCRIBE_ATTEMPTS = 5
 SUBSCRIBE_RETRY = 1.0
-# The heartbeat (`125`, protocol notes 2.3) goes out when the gateway published nothing on its own
+# The heartbeat (`125`, docs/protocol.md 2.3) goes out when the gateway published nothing on its own
 # topic for this fraction of its required interval (`117`): Cumulocity marks a device unavailable
 # when it sent nothing for the whole interval, and a quiet store is the normal case. Half leaves a
 # full beat of margin for a reconnect or a late timer.
@@ -375,7 +375,7 @@ class Link:
             password=c8y.password.reveal() if c8y.password is not None else None,
             identifier=self.plan.client_id,
             protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=True,  # required by Cumulocity (protocol notes 1.4)
+            clean_session=True,  # required by Cumulocity (docs/protocol.md 1.4)
             keepalive=c8y.keepalive,
             tls_context=self._context,
             timeout=CONNECT_TIMEOUT,
@@ -383,7 +383,7 @@ class Link:
             # paho holds back what is over this window until PUBACKs come.
             max_inflight_messages=c8y.max_inflight,
             # Without TCP_NODELAY every QoS 1 publish waited 44 ms for Nagle against a broker
-            # that does not set it either (field notes, MQTT).
+            # that does not set it either (measured with bench/latency.py).
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         # aiomqtt warns at every publish beyond 10 waiting for a PUBACK; the Courier keeps up to
@@ -467,7 +467,7 @@ class Link:
 
     async def _startup(self, client: _Client, group: asyncio.TaskGroup) -> None:
         # Create (or confirm) the device first: Cumulocity refuses subscriptions of a client id
-        # that has no device yet (protocol notes 1.10).
+        # that has no device yet (docs/protocol.md 1.10).
         await self._publish_now(client, Outgoing("s/us", self.plan.hello))
         for attempt in range(1, SUBSCRIBE_ATTEMPTS + 1):
             codes = await client.subscribe([(topic, QOS) for topic in self.plan.subscriptions])
@@ -679,7 +679,7 @@ class Link:
 
     def _on_error_line(self, raw: str) -> None:
         """One `s/e` line: fine (`41,100`; `41,<X-ID>` for a collection we publish on every
-        connect, protocol notes 2.1), a refusal of one of our lines (ERROR, counted by the
+        connect, docs/protocol.md 2.1), a refusal of one of our lines (ERROR, counted by the
         listener), or an error that names none of our lines (a warning)."""
         fine = expected_error(raw, self.plan.client_id, self.plan.collections)
         if fine is not None:

@@ -1,10 +1,10 @@
 """The uplink: MQTT 3.1.1 connections to Cumulocity speaking SmartREST 2.0, on the event loop.
 
-Design section 4 and protocol notes 1 and 2. Gateway mode (the default) has one connection (a
-`Link`, c8y/link.py) whose client id is the gateway's serial; the buttons are its child devices.
-Per-device mode (the original example's) has one link per button serial, opened when that button
-first sends. `Uplink.run()` owns the links as tasks of one group: it returns only when cancelled,
-and raises when a link fails unexpectedly (a bug), which ends `run` with exit 1.
+docs/cumulocity.md, and docs/protocol.md sections 1 and 2. Gateway mode (the default) has one
+connection (a `Link`, c8y/link.py) whose client id is the gateway's serial; the buttons are its
+child devices. Per-device mode (the original example's) has one link per button serial, opened when
+that button first sends. `Uplink.run()` owns the links as tasks of one group: it returns only when
+cancelled, and raises when a link fails unexpectedly (a bug), which ends `run` with exit 1.
 
 Hooks for features on top (the Kanban loop uses them; this module knows nothing of it):
 `extra_subscriptions` are subscribed next to s/ds and s/e, `startup_publishes` are published after
@@ -45,7 +45,6 @@ from dashkanban.c8y.link import (
 from dashkanban.c8y.protocol import (
     BUTTON_TYPE,
     GATEWAY_TYPE,
-    DeviceLine,
     LoginRefusedError,
     MessageTooLargeError,
     Outgoing,
@@ -66,6 +65,7 @@ from dashkanban.c8y.token import TOKEN_TOPIC, TokenSource
 from dashkanban.config import Settings
 from dashkanban.errors import UplinkError
 from dashkanban.events import Event
+from dashkanban.values import DeviceLine
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
 # Consecutive refusals (bad credentials, not authorised, untrusted certificate) after which a
 # one-shot command gives up (fail fast, exit 1). `run` never gives up (`service_options`):
-# Cumulocity's CONNACK 5 can be transient ("repeat the connection a few times", protocol notes
+# Cumulocity's CONNACK 5 can be transient ("repeat the connection a few times", docs/protocol.md
 # 1.7), a password can be fixed on the tenant, and nobody restarts a daemon that merely waits.
 MAX_REFUSALS = 3
 
@@ -278,10 +278,6 @@ class Uplink:
         if not self.gateway_mode:
             raise UnsendableError("lines without an event need [gateway] mode = gateway")
         return self._link(self.gateway_plan()).send(None, (), lines, row)
-
-    def prepare(self, event: Event) -> None:
-        """Open the connection `event` will need (per-device mode opens links lazily)."""
-        self._link_for(event)
 
     async def wait_connected(self, timeout: float, event: Event | None = None) -> bool:
         """Wait until the connection (for `event`'s device in per-device mode) is ready.

@@ -2,10 +2,9 @@
 platform's answers mean (CONNACK codes, `s/e` lines). No network, no threads (issue 11 split
 c8y/mqtt.py by concern: this module, the connection in mqtt.py, the login probe in probe.py).
 
-Design section 4 and protocol notes 1 and 2: per event `101,<serial>,<name>,c8y_DashButton` once
-per button and connection, and `400,<type>,<text>,<time>` on `s/us/<serial>` (gateway) or `s/us`
-(per-device), QoS 1.
-"""
+docs/cumulocity.md, and docs/protocol.md sections 1 and 2: per event
+`101,<serial>,<name>,c8y_DashButton` once per button and connection, and `400,<type>,<text>,<time>`
+on `s/us/<serial>` (gateway) or `s/us` (per-device), QoS 1."""
 
 from __future__ import annotations
 
@@ -17,13 +16,14 @@ from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, decode_error, encode_lin
 from dashkanban.errors import UplinkError
 from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
+from dashkanban.values import DeviceLine
 
 log = logging.getLogger(__name__)
 
 GATEWAY_TYPE = "c8y_DashKanbanGateway"
 BUTTON_TYPE = "c8y_DashButton"
 
-# CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (protocol notes 1.7).
+# CONNACK return codes (MQTT 3.1.1) with Cumulocity's meaning and the fix (docs/protocol.md 1.7).
 # paho 2 reports them as MQTT 5 reason codes; both numberings are accepted.
 _CONNACK: dict[int, tuple[str, str]] = {
     1: ("unacceptable protocol version", "Cumulocity speaks MQTT 3.1 and 3.1.1 only"),
@@ -45,7 +45,7 @@ _CONNACK: dict[int, tuple[str, str]] = {
 # Transient: the platform asks to come back later. Everything else counts as a refusal.
 TRANSIENT_CONNACK = frozenset({3})
 
-# s/e error codes (SmartREST built-in responses, protocol notes 2.7).
+# s/e error codes (SmartREST built-in responses, docs/protocol.md 2.7).
 _ERROR_MEANINGS = {
     "40": "no such static template",
     "41": "template or creation error",
@@ -56,8 +56,6 @@ _ERROR_MEANINGS = {
     "70": "bootstrap credentials",
 }
 
-# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway itself.
-DeviceLine = tuple[str | None, str]
 
 
 class LoginRefusedError(UplinkError):
@@ -163,7 +161,7 @@ def payload_lines(payload: str) -> list[str]:
 def expected_error(payload: str, client_id: str, collections: Collection[str]) -> str | None:
     """The log text of an `s/e` line that is part of the normal start-up, or None: `41,100`
     answers our `100` on every connect, and `41,<X-ID>` our publish of a template collection
-    that exists (protocol notes 2.7 and 2.1). Neither refuses a press."""
+    that exists (docs/protocol.md 2.7 and 2.1). Neither refuses a press."""
     err = decode_error(payload)
     if err.code == "41" and err.template == "100":
         return f"Cumulocity: device {client_id} already exists (fine)"
@@ -177,7 +175,7 @@ def blame(payload: str, sent: Sequence[SentLine], waiting: Collection[int],
           blamed: Collection[int]) -> SentLine | None:
     """The line an `s/e` error refers to, or None when none of `sent` has its template.
 
-    The error names a template, not a message (`<code>,<template>,<message>`, protocol notes
+    The error names a template, not a message (`<code>,<template>,<message>`, docs/protocol.md
     2.7). Among our lines with that template not yet blamed for an error: the latest one
     acknowledged (Cumulocity acknowledges on acceptance and processes afterwards, protocol
     notes 1.5, so the error of a line follows its PUBACK and comes before the PUBACKs of the

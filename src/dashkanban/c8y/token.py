@@ -219,7 +219,7 @@ def _paho_client(settings: Settings, client_id: str) -> Any:
 
     c8y = settings.c8y
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv311, clean_session=True,  # protocol notes 1.4
+                         protocol=paho.MQTTv311, clean_session=True,  # docs/protocol.md 1.4
                          reconnect_on_failure=False)
     if c8y.tls:
         client.tls_set_context(make_tls_context(c8y))
