@@ -411,9 +411,8 @@ def _adder(sub: Any, prefix: str = "") -> Callable[..., argparse.ArgumentParser]
 
 
 def _run(args: argparse.Namespace) -> int:
-    # ADAPTER (issue 12): daemon.py is being rewritten on another branch this round and still
-    # takes the parsed arguments (config, interface, allow_root). Give it a RunOptions dataclass
-    # like the other commands when that branch has landed.
+    # ADAPTER (issue 12): daemon.run_command still takes the parsed arguments (config,
+    # interface, allow_root). Give it a RunOptions dataclass like the other commands.
     from dashkanban.daemon import run_command
 
     return run_command(args)

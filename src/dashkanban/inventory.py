@@ -126,7 +126,7 @@ class Lookups:
         self._clock = clock
         self._waiting: dict[str, _Waiting] = {}
         # New MACs from `ask`, for `run` to schedule. A deque: appends and pops are atomic, so
-        # `ask` may come from another thread than the loop's (today's capture thread).
+        # `ask` may come from another thread than the loop's (in `run` it comes from the loop).
         self._arrivals: collections.deque[tuple[str, float]] = collections.deque()  # (mac, when)
         self._done: collections.deque[str] = collections.deque()  # answered, not yet collected
         self._due: list[tuple[float, int, str]] = []  # (when, sequence, mac): run()'s queue

@@ -12,9 +12,9 @@ Guarantees, for the delivery loop that consumes it:
 - A cap in rows and payload bytes keeps the oldest events and refuses new ones, with a loud warning
   once per crossing; refusals are counted in the file, so `outbox status` shows them.
 
-One connection guarded by a lock: `put` runs on the capture thread, `ack` on the MQTT network
-thread. Counters live in a one-row table maintained by triggers inside the same transactions, so
-they stay exact when two processes share the file (a `replay` next to the daemon).
+One connection guarded by a lock; in `run` every write comes from the one writer thread
+(writer.py). Counters live in a one-row table maintained by triggers inside the same
+transactions, so they stay exact when two processes share the file (a `replay` next to the daemon).
 """
 
 from __future__ import annotations

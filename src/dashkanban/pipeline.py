@@ -4,9 +4,9 @@ Only the frame source and the clock differ: a replay passes no clock, so each fr
 timestamp is the clock and a replay is deterministic; live capture passes monotonic time.
 
 Inventory buttons live (`inventory`, an `inventory.Lookups`): a MAC the cache cannot answer is
-parked and looked up on a worker thread, so matching never waits for HTTP; `answered()` debounces
-the parked sightings once the answers are in. The debouncer is then shared by two threads, so
-matching takes a lock (only with `inventory`: the CSV-only hot path has none).
+parked and looked up by the loop's look-up task, so matching never waits for HTTP; `answered()`
+debounces the parked sightings once the answers are in. Matching then takes a lock, so a caller
+on another thread stays safe (only with `inventory`: the CSV-only hot path has none).
 
 Match first: a frame's sender MAC is looked up as raw bytes before anything is formatted
 (`Decoder.sight`), so another device's ARP request costs a header comparison and a set look-up,
@@ -303,7 +303,7 @@ class Pipeline:
 
     def use_registry(self, registry: Registry) -> None:
         """Match against `registry` from now on (SIGHUP re-read MACID.csv); a reference swap,
-        so the capture thread sees the old or the new registry, never half of one."""
+        so capture sees the old or the new registry, never half of one."""
         self._registry = registry
         self._debouncer.use_registry(registry)
         self._wanted = self._wanted_of(registry)

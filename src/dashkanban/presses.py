@@ -116,8 +116,8 @@ class Debouncer:
     def _forget(self, now: float) -> None:
         """Drop ended windows; if all are live, drop the oldest quarter (bounded memory)."""
         longest = max(self._dead_time, *(b.dead_time or 0.0 for b in self._registry))
-        # Copies and pop(): the capture thread and the button broker's both get here; their
-        # keys never meet (a button is matched by network join or by MQTT, never both), but
+        # Copies and pop(): capture and the button broker both get here (in `run`, on the loop);
+        # their keys never meet (a button is matched by network join or by MQTT, never both), but
         # this sweep sees all of them. list() of a dict is one step under the GIL.
         ended = [mac for mac, t in list(self._started.items()) if abs(now - t) >= longest]
         for mac in ended:

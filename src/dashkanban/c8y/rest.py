@@ -516,8 +516,8 @@ class InventorySource:
         self._ttl = settings.buttons.cache_ttl
         self._cache: dict[str, _Entry] = {}
         self._closed_requests = 0  # made by async clients closed since
-        # Only around the cache, never an HTTP call. Needed while `run` still asks from its
-        # capture thread and answers on the look-ups' (inventory.py); costs nothing on one loop.
+        # Only around the cache, never an HTTP call. `run` uses it from the loop only; the lock
+        # keeps a caller on another thread safe and costs nothing on one loop.
         self._lock = threading.Lock()
 
     def _token_source(self) -> TokenSource | None:

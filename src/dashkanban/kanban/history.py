@@ -97,8 +97,8 @@ def history_path(outbox_path: Path) -> Path:
 class History:
     """The history file. Open with `History.open(path, history_days, now)`; close when done.
 
-    Thread-safe: the daemon records presses on the capture thread and operations on the MQTT
-    network thread, through one connection behind a lock.
+    Thread-safe: one connection behind a lock. In `run` presses and operations both reach it on
+    the daemon's writer thread (daemon.py).
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:

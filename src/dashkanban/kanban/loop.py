@@ -10,7 +10,7 @@ in the same row:
     signal = loop.on_press(press)
     outbox.put(event, signal.lines_for(serial), device_lines(signal.lines_elsewhere(serial)))
 
-Thread-safe: presses arrive on the capture thread, operations on the MQTT network thread.
+Thread-safe. In `run` presses and operations both arrive on the daemon's writer thread.
 """
 
 from __future__ import annotations
