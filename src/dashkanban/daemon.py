@@ -2,9 +2,10 @@
 
 The same pipeline as `replay` (see pipeline.py); only the frame source (a raw socket) and the
 clock (monotonic time for the dead time) differ. Everything runs on one asyncio loop, supervised
-by one `asyncio.TaskGroup` (docs/architecture.md): capture, the Courier, the uplink, inventory
-look-ups, the count sync with the systemd watchdog, metrics, the overdue timer, the SIGHUP reload
-and the Kanban fragment writer are its tasks. A task that fails unexpectedly is logged once with
+by one `asyncio.TaskGroup` (docs/architecture.md): capture, the press writer, the Courier, the
+uplink, inventory look-ups, the MQTT button broker, the count sync with the systemd watchdog,
+metrics, the overdue timer, the SIGHUP reload, refill operations and the Kanban fragment writer
+are its tasks. A task that fails unexpectedly is logged once with
 its traceback and `run` exits 1, so that systemd restarts the service instead of it living on
 without that part. Blocking outbox work goes to the one writer thread (writer.py).
 
