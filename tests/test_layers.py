@@ -248,11 +248,6 @@ def test_no_lower_layer_imports_a_command() -> None:
 # A command importing another command ties two of them together; what they share belongs in
 # the composition root. These edges remain, each with its reason; the list only shrinks.
 KNOWN_COMMAND_EDGES: dict[tuple[str, str], str] = {
-    ("dashkanban.check", "dashkanban.outbox_commands"): (
-        "deliver_explained (deliver, then the one explanation of exit 3 or the running "
-        "service) moves to compose.py once the async deliver (issue 11) has landed"),
-    ("dashkanban.replay", "dashkanban.outbox_commands"): "deliver_explained, as above",
-    ("dashkanban.kanban.cli", "dashkanban.outbox_commands"): "deliver_explained, as above",
     ("dashkanban.discover", "dashkanban.mqtt_buttons.discover"): (
         "`discover --mqtt` is discover's second mode; its listening lives beside the MQTT "
         "buttons' reader"),
