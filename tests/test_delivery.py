@@ -213,7 +213,7 @@ def test_deliver_broker_down_raises_undelivered(tmp_path: Path, mosquitto_tls: M
         deliver(settings, outbox, [press(1), press(2)], timeout=0.5)
     assert info.value.exit_code == 3
     assert str(info.value) == (
-        # how many stay queued and the ways out: outbox_commands.deliver_explained (issue 14)
+        # how many stay queued and the ways out: compose.deliver_explained (issue 14)
         "not delivered within 0.5 s (cannot connect to "
         f"127.0.0.1:{mosquitto_tls.port}: Connection refused)"
     )

@@ -23,6 +23,7 @@ import pytest
 import dashkanban
 from dashkanban.check import ButtonTestOptions, CheckOptions
 from dashkanban.cli import build_parser
+from dashkanban.daemon import RunOptions
 from dashkanban.demo import DemoOptions
 from dashkanban.discover import DiscoverOptions
 from dashkanban.kanban.cli import RefilledOptions, ReportOptions, RulesOptions
@@ -247,11 +248,6 @@ def test_no_lower_layer_imports_a_command() -> None:
 # A command importing another command ties two of them together; what they share belongs in
 # the composition root. These edges remain, each with its reason; the list only shrinks.
 KNOWN_COMMAND_EDGES: dict[tuple[str, str], str] = {
-    ("dashkanban.check", "dashkanban.outbox_commands"): (
-        "deliver_explained (deliver, then the one explanation of exit 3 or the running "
-        "service) moves to compose.py once the async deliver (issue 11) has landed"),
-    ("dashkanban.replay", "dashkanban.outbox_commands"): "deliver_explained, as above",
-    ("dashkanban.kanban.cli", "dashkanban.outbox_commands"): "deliver_explained, as above",
     ("dashkanban.discover", "dashkanban.mqtt_buttons.discover"): (
         "`discover --mqtt` is discover's second mode; its listening lives beside the MQTT "
         "buttons' reader"),
@@ -302,10 +298,10 @@ def _handlers(parser: argparse.ArgumentParser,
 C = Path("c.ini")
 
 # Each command: its command line (-c c.ini is added), the function the CLI hands it to, and the
-# typed options that function must get. None: the parsed arguments themselves, for the one
-# command whose module is still being rewritten (daemon.run_command; cli._run is the adapter).
+# typed options that function must get.
 COMMANDS: dict[str, tuple[list[str], str, object]] = {
-    "run": (["run", "-i", "eth9", "--allow-root"], "dashkanban.daemon:run_command", None),
+    "run": (["run", "-i", "eth9", "--allow-root"], "dashkanban.daemon:run_command",
+            RunOptions(config=C, interface="eth9", allow_root=True)),
     "replay": (["replay", "x.pcap", "--dry-run", "--jsonl", "--timeout", "5", "--again"],
                "dashkanban.replay:replay_command",
                ReplayOptions(capture=Path("x.pcap"), dry_run=True, jsonl=True, timeout=5.0,
@@ -379,10 +375,6 @@ def test_every_command_gets_its_typed_options(command: str,
     monkeypatch.setattr(module, function, lambda options: got.append(options) or 0)
     args = build_parser().parse_args([*argv, "-c", str(C)])
     assert args.handler(args) == 0
-    if expected is None:  # the adapter: the parsed arguments themselves
-        assert isinstance(got[0], argparse.Namespace)
-        assert (got[0].config, got[0].interface, got[0].allow_root) == (C, "eth9", True)
-        return
     assert got == [expected]
     assert dataclasses.is_dataclass(expected)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -394,8 +386,7 @@ def test_every_command_is_listed() -> None:
 
 
 def test_argparse_stays_in_the_cli() -> None:
-    """Commands take typed options: no module below cli.py imports argparse (daemon.py until
-    its rewrite lands: the adapter cli._run)."""
+    """Commands take typed options: no module below cli.py imports argparse."""
     found = set()
     for name, path in modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -403,7 +394,7 @@ def test_argparse_stays_in_the_cli() -> None:
                 found.add(name)
             if isinstance(node, ast.ImportFrom) and node.module == "argparse":
                 found.add(name)
-    assert found == {"dashkanban.cli", "dashkanban.daemon"}
+    assert found == {"dashkanban.cli"}
 
 
 def test_graph_reads_every_kind_of_import(tmp_path: Path) -> None:

@@ -374,8 +374,8 @@ def find_button(settings: Settings, name_or_mac: str) -> Button:
 def test_button_command(args: ButtonTestOptions) -> int:
     """One event as if the button had been pressed: queued in the outbox like a press, then
     delivered (exit 0), or left queued (exit 3); with `dashkanban run` running, queued for it."""
+    from dashkanban.compose import deliver_explained
     from dashkanban.outbox import Outbox
-    from dashkanban.outbox_commands import deliver_explained
 
     settings = load_settings(find_config(args.config))
     button = find_button(settings, args.button)

@@ -411,11 +411,10 @@ def _adder(sub: Any, prefix: str = "") -> Callable[..., argparse.ArgumentParser]
 
 
 def _run(args: argparse.Namespace) -> int:
-    # ADAPTER (issue 12): daemon.run_command still takes the parsed arguments (config,
-    # interface, allow_root). Give it a RunOptions dataclass like the other commands.
-    from dashkanban.daemon import run_command
+    from dashkanban.daemon import RunOptions, run_command
 
-    return run_command(args)
+    return run_command(RunOptions(config=args.config, interface=args.interface,
+                                  allow_root=args.allow_root))
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -129,3 +129,45 @@ def write_fragments(settings: Settings, bins: Bins, presses: Sequence[Press]) ->
         return
     log.info("c8y_Kanban fragment written on %d button(s)",
              sum(1 for mo in done.values() if mo is not None))
+
+
+def ways_out(count: int) -> str:
+    """The two ways out of events left queued: send them, or discard them."""
+    them = "it" if count == 1 else "them"
+    return (f"`dashkanban outbox flush` delivers {them}, `dashkanban outbox drop --all` "
+            f"(or --button NAME|MAC, --before TIME) discards {them}")
+
+
+class StillQueuedError(DashkanbanError):
+    """A delivery failed and events stay queued: the failure's own exit code (1 for a refused
+    login, 3 for a timeout), and a message that says how many and the two ways out."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def deliver_explained(settings: Settings, outbox: Outbox, events: Sequence[Event] = (), *,
+                      timeout: float, max_refusals: int | None = None) -> int | None:
+    """`delivery.deliver` for a one-shot command: when it fails, the error also says how many
+    events stay queued and how to send (`outbox flush`) or discard (`outbox drop`) them, so
+    nothing is left behind silently (issue 14)."""
+    from dashkanban.delivery import deliver
+    from dashkanban.outbox import plural
+
+    try:
+        if max_refusals is None:
+            return deliver(settings, outbox, events, timeout=timeout)
+        return deliver(settings, outbox, events, timeout=timeout, max_refusals=max_refusals)
+    except DashkanbanError as exc:
+        try:
+            left = outbox.count()
+        except DashkanbanError:
+            raise exc from None
+        if not left:
+            raise
+        raise StillQueuedError(
+            f"{exc}; {plural(left, 'event')} {'stays' if left == 1 else 'stay'} queued in "
+            f"{outbox.path}: {ways_out(left)}",
+            exc.exit_code,
+        ) from None

@@ -22,14 +22,15 @@ publishes the template collection, subscribes `s/dc/dashkanban` and answers refi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -647,7 +648,16 @@ def _uplink_reading(uplink: Uplink) -> tuple[bool, int]:
     return uplink.connected, sum(link.refusals for link in uplink.health())
 
 
-def run_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """`dashkanban run`'s arguments (cli.py builds them)."""
+
+    config: Path | None
+    interface: str | None
+    allow_root: bool
+
+
+def run_command(args: RunOptions) -> int:
     from dashkanban.capture.live import LiveCapture
     from dashkanban.mqtt_buttons.wiring import frame_source
     from dashkanban.privileges import refuse_root

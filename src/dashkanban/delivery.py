@@ -436,7 +436,7 @@ async def _deliver_queued(settings: Settings, outbox: OutboxLike, *, timeout: fl
         raise uplink.failed
     if not drained:
         why = f" ({uplink.last_error})" if uplink.last_error is not None else ""
-        # How many stay queued and the ways out: outbox.deliver_explained adds them.
+        # How many stay queued and the ways out: compose.deliver_explained adds them.
         raise UndeliveredError(f"not delivered within {timeout:g} s{why}")
     if courier.refused:
         raise UndeliveredError(

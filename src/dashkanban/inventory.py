@@ -62,14 +62,16 @@ class Source(Protocol):
     async def aclose(self) -> None: ...  # its HTTP client, on the loop that used it
 
 
-class _Pending:
+class _LookupUnderWay:
+    """The type of `PENDING`, `Lookups.ask`'s one answer for a MAC whose look-up is under way."""
+
     __slots__ = ()
 
     def __repr__(self) -> str:
         return "PENDING"
 
 
-PENDING = _Pending()  # `ask`'s answer while the MAC is being looked up: the sighting is parked
+PENDING = _LookupUnderWay()  # `ask`'s answer while the MAC is looked up: the sighting is parked
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,7 @@ class Lookups:
 
     # -- the capture side ------------------------------------------------------------------
 
-    def ask(self, sighting: Sighting, now: float) -> Button | _Pending | None:
+    def ask(self, sighting: Sighting, now: float) -> Button | _LookupUnderWay | None:
         """A Button, None (not a button), or PENDING (parked until `answers()`); never blocks."""
         mac = sighting.mac
         waiting = self._waiting.get(mac)

@@ -1,26 +1,19 @@
-"""The `dashkanban outbox` commands (status, flush, drop) and the queue-then-deliver helper the
-one-shot commands share (`deliver_explained`).
+"""The `dashkanban outbox` commands (status, flush, drop).
 
 They sit above both the outbox and the Courier (delivery.py), which is why they are not in
 outbox.py: the Courier consumes the outbox, so the outbox must not import the Courier back.
+The queue-then-deliver helper the one-shot commands share (`deliver_explained`) is in compose.py.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from dashkanban.delivery import deliver
-from dashkanban.errors import ConfigError, DashkanbanError
-from dashkanban.events import Event
+from dashkanban.errors import ConfigError
 from dashkanban.outbox import Outbox, delivery_lock, format_status, plural
-
-if TYPE_CHECKING:
-    from dashkanban.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +78,7 @@ def _print_uplink_state(path: Path) -> None:
 
 def flush_command(args: FlushOptions) -> int:
     """`dashkanban outbox flush`: deliver what is queued now. Exit 0, or 3 when it cannot."""
+    from dashkanban.compose import deliver_explained
     from dashkanban.config import find_config, load_settings
 
     settings = load_settings(find_config(args.config))
@@ -104,45 +98,6 @@ def flush_command(args: FlushOptions) -> int:
     else:
         print(f"outbox: delivered {plural(delivered, 'event')}")
     return 0
-
-
-def ways_out(count: int) -> str:
-    """The two ways out of events left queued: send them, or discard them."""
-    them = "it" if count == 1 else "them"
-    return (f"`dashkanban outbox flush` delivers {them}, `dashkanban outbox drop --all` "
-            f"(or --button NAME|MAC, --before TIME) discards {them}")
-
-
-class StillQueuedError(DashkanbanError):
-    """A delivery failed and events stay queued: the failure's own exit code (1 for a refused
-    login, 3 for a timeout), and a message that says how many and the two ways out."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def deliver_explained(settings: Settings, outbox: Outbox, events: Sequence[Event] = (), *,
-                      timeout: float, max_refusals: int | None = None) -> int | None:
-    """`delivery.deliver` for a one-shot command: when it fails, the error also says how many
-    events stay queued and how to send (`outbox flush`) or discard (`outbox drop`) them, so
-    nothing is left behind silently (issue 14)."""
-    try:
-        if max_refusals is None:
-            return deliver(settings, outbox, events, timeout=timeout)
-        return deliver(settings, outbox, events, timeout=timeout, max_refusals=max_refusals)
-    except DashkanbanError as exc:
-        try:
-            left = outbox.count()
-        except DashkanbanError:
-            raise exc from None
-        if not left:
-            raise
-        raise StillQueuedError(
-            f"{exc}; {plural(left, 'event')} {'stays' if left == 1 else 'stay'} queued in "
-            f"{outbox.path}: {ways_out(left)}",
-            exc.exit_code,
-        ) from None
 
 
 def parse_time(text: str) -> datetime:

@@ -19,6 +19,7 @@ from dashkanban.buttons import Registry
 from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.filters import file_program
 from dashkanban.compose import (
+    StillQueuedError,
     build_pipeline,
     inventory_source,
     load_registry,
@@ -29,7 +30,6 @@ from dashkanban.config import Settings, find_config, load_settings
 from dashkanban.errors import CaptureError, DashkanbanError
 from dashkanban.events import Event
 from dashkanban.outbox import plural
-from dashkanban.outbox_commands import StillQueuedError
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Press
 from dashkanban.safetext import plain
@@ -157,8 +157,8 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
     press already queued or delivered is skipped, unless `again`), and wait up to `timeout` s
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns True when they were delivered, False when queued for the running service."""
+    from dashkanban.compose import deliver_explained
     from dashkanban.outbox import Outbox, press_key
-    from dashkanban.outbox_commands import deliver_explained
 
     with Outbox.from_settings(settings.outbox) as outbox:
         fresh = found

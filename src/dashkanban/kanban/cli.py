@@ -174,9 +174,9 @@ def write_html(report: Report, out: Path, now: datetime) -> None:
 def refilled_command(args: RefilledOptions) -> int:
     """Record the refill, queue its clears in the outbox and deliver them like `outbox flush`:
     exit 0 when delivered, 3 when they stay queued (for the daemon or a later flush)."""
+    from dashkanban.compose import deliver_explained
     from dashkanban.kanban.wiring import check_mode, queue_pending_clears
     from dashkanban.outbox import Outbox
-    from dashkanban.outbox_commands import deliver_explained
 
     settings, bins = _load(args.config)
     check_mode(settings)
