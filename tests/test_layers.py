@@ -277,11 +277,12 @@ def test_values_import_nothing_of_the_package() -> None:
 
 
 def test_the_pipeline_commands_share_the_composition_root() -> None:
-    """run (through replay.py until daemon.py imports compose itself), replay, demo and check
-    build the pipeline and queue presses with compose.py, not with copies of their own."""
+    """run, replay, demo and check build the pipeline and queue presses with compose.py, not
+    with copies of their own (run imports it when it starts: nothing at import time)."""
     imports = graph()
     for command in ("replay", "demo", "check"):
         assert "dashkanban.compose" in imports[f"dashkanban.{command}"].module_level, command
+    assert "dashkanban.compose" in imports["dashkanban.daemon"].function_level
 
 
 def _handlers(parser: argparse.ArgumentParser,
