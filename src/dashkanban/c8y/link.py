@@ -216,6 +216,16 @@ class _Client(aiomqtt.Client):
             self.acked()
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any = None) -> None:
+        # A SUBACK for a subscribe no longer awaited: the link stopped (SIGTERM, a test's stop)
+        # while it was in flight, which cancels the wait. aiomqtt logs that at ERROR with a
+        # traceback; it is expected, so it is a DEBUG line here.
+        if mid not in self._pending_subscribes:
+            log.debug("SUBACK %d for a subscribe no longer awaited (the link stopped)", mid)
+            return
+        super()._on_subscribe(client, userdata, mid, reason_codes, properties)
+
     def _on_message(self, client: Any, userdata: Any,
                     message: Any) -> None:
         if self.dispatch is None:
