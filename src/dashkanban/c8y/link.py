@@ -499,7 +499,12 @@ class Link:
         for line in self.plan.after_subscribe:
             self._start(client, Outgoing("s/us", line))
         if self.plan.token:
-            self.request_token()
+            # Through the token source, which keeps one request in flight: a REST call that
+            # asked for a token at the same moment shares this `s/uat` instead of a second one.
+            if self._tokens is not None:
+                self._tokens.renew_if_due()
+            else:
+                self.request_token()
         self._ready = True
         self._set_health("connected", attempts=0, retry_at=None, reason=None)
         log.info("%s ready", self.plan.client_id)
