@@ -207,3 +207,18 @@ def test_a_later_state_is_never_overwritten_by_an_earlier_one(
     written = read_state(outbox)
     assert written is not None
     assert written["links"][0]["state"] == "unreachable"
+
+
+def test_status_shows_the_presses_a_full_press_queue_lost(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    connected = LinkHealth("dashkanban-gw-01", "connected", T0 - 60, 0, 0, None, None, None)
+    StateFile(outbox).write([connected], presses_lost=2)
+    state = read_state(outbox)
+    assert status_lines(state, running=True, now=T0) == [
+        f"uplink dashkanban-gw-01: connected since {local(T0 - 60)}",
+        "presses lost: 2 (the press queue was full: the outbox writer was stuck; see the log)",
+    ]
+    assert status_lines(state, running=False, now=T0)[1:] == [
+        "presses lost: 2 (the press queue was full: the outbox writer was stuck; see the log)"]
+    StateFile(outbox).write([connected])
+    assert "presses_lost" not in (read_state(outbox) or {})

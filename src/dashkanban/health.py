@@ -60,15 +60,19 @@ class StateFile:
         self._latest: tuple[int, bytes] | None = None  # (its number, the file's bytes)
         self._written = 0  # the number of the snapshot in the file
 
-    def snapshot(self, links: Sequence[LinkHealth], *, running: bool = True) -> None:
-        """The state as of now, for the next `flush`; cheap (no disk)."""
-        data = {
+    def snapshot(self, links: Sequence[LinkHealth], *, running: bool = True,
+                 presses_lost: int = 0) -> None:
+        """The state as of now, for the next `flush`; cheap (no disk). `presses_lost`: presses
+        the daemon's full press queue lost since it started (daemon.py PRESS_QUEUE)."""
+        data: dict[str, Any] = {
             "format": FORMAT,
             "pid": os.getpid(),
             "running": running,
             "written": time.time(),
             "links": [asdict(link) for link in links],
         }
+        if presses_lost:
+            data["presses_lost"] = presses_lost
         text = json.dumps(data, indent=1, sort_keys=True)
         self._taken += 1
         with self._latest_lock:
@@ -92,9 +96,10 @@ class StateFile:
                 return
             self._written = latest[0]
 
-    def write(self, links: Sequence[LinkHealth], *, running: bool = True) -> None:
+    def write(self, links: Sequence[LinkHealth], *, running: bool = True,
+              presses_lost: int = 0) -> None:
         """`snapshot` and `flush` at once, on the caller's thread."""
-        self.snapshot(links, running=running)
+        self.snapshot(links, running=running, presses_lost=presses_lost)
         self.flush()
 
 
@@ -131,13 +136,17 @@ def status_lines(state: Mapping[str, Any] | None, *, running: bool,
     if state is None:
         return []
     now = time.time() if now is None else now
+    lost = int(state.get("presses_lost", 0))
+    # Presses the running daemon could not even queue: its outbox writer was stuck (daemon.py).
+    lost_lines = [f"presses lost: {lost} (the press queue was full: the outbox writer was "
+                  "stuck; see the log)"] if lost else []
     if not running or not state.get("running", False):
         return [f"uplink: dashkanban run is not running (last state written "
-                f"{_clock(float(state.get('written', 0)))})"]
+                f"{_clock(float(state.get('written', 0)))})", *lost_lines]
     links = state.get("links", [])
     if not links:  # per-device mode opens a button's connection at its first press
         return ["uplink: no connection yet (per-device mode connects a button when it is "
-                "first pressed)"]
+                "first pressed)", *lost_lines]
     lines = []
     for link in links:
         who = link.get("client_id", "?")
@@ -166,7 +175,7 @@ def status_lines(state: Mapping[str, Any] | None, *, running: bool,
         lines.append(f"uplink {who}: {text}")
         if link.get("last_error") and what != "connected":
             lines.append(f"uplink last error: {link['last_error']}")
-    return lines
+    return lines + lost_lines
 
 
 # -- systemd -------------------------------------------------------------------------------------
