@@ -25,7 +25,7 @@ from dashkanban.daemon import Daemon
 from dashkanban.errors import ConfigError
 from dashkanban.sandbox import Sandbox
 from tests import forge
-from tests.brokers import free_port
+from tests.brokers import Mosquitto, free_port
 from tests.sandbox.test_daemon_wiring import T0, Running, events_in, wait_until
 from tests.sandbox_fixture import sandbox_config
 
@@ -200,3 +200,37 @@ def test_a_hung_state_file_write_holds_up_neither_capture_nor_delivery(
     assert state is not None
     assert state["running"] is False
     assert written[-1] is False
+
+
+def test_a_hung_battery_file_write_does_not_stop_the_loop(
+    tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MQTT button's battery level is kept in batteries.json (fsynced): while that write
+    hangs, a network-join button's press is still captured and delivered."""
+    from dashkanban.mqtt_buttons import battery
+    from tests.mqtt_buttons.test_daemon_buttons import SHELLY_BATTERY, events, publish
+    from tests.mqtt_buttons.test_daemon_buttons import Running as WithBroker
+    from tests.mqtt_buttons.test_daemon_buttons import write_config as buttons_config
+
+    entered, release = threading.Event(), threading.Event()
+    real_write = battery.write_atomic
+
+    def hanging_write(path: Path, data: bytes, mode: int) -> None:
+        entered.set()
+        assert release.wait(30), "never released"
+        real_write(path, data, mode)
+
+    monkeypatch.setattr(battery, "write_atomic", hanging_write)
+    source = _LiveSource()
+    with WithBroker(Daemon(load_settings(buttons_config(tmp_path, sandbox, mosquitto)),
+                           source)):
+        try:
+            publish(mosquitto, [(SHELLY_BATTERY, b"87", False)])
+            assert entered.wait(10), "the battery level was never written"
+            source.press("ac:63:be:12:34:56", T0)
+            wait_until(lambda: len(events(sandbox)) == 1, "the dash button's press")
+            assert events(sandbox) == [("c8y_MAC_Event", "dash single (dhcp)")]
+        finally:
+            release.set()  # before the stop: asyncio.run waits for its worker threads
+    assert json.loads((tmp_path / "state" / "batteries.json").read_text())["buttons"][
+        "a4cf12f45678"]["percent"] == 87
