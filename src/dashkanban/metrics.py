@@ -86,6 +86,7 @@ PREFIX = "dashkanban"
 LOOPBACK = "127.0.0.1"
 REQUEST_LIMIT = 16 * 1024  # bytes of a scrape's request head; more is not a scraper
 REQUEST_WAIT = 10.0  # seconds a scrape may take to send its request and read the answer
+ROWS_WAIT = 2.0  # seconds a scrape or summary line waits for the outbox's row count
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,13 +221,19 @@ OutboxRows = Callable[[], int | Awaitable[int]]
 
 
 async def read_rows(outbox_rows: OutboxRows | None) -> int | None:
-    """The outbox's row count, or None when unknown or failing (a closed or failing outbox must
-    cost a summary line or a scrape its `outbox` value, never the line or the scrape)."""
+    """The outbox's row count, or None when unknown, failing or slower than ROWS_WAIT (a
+    closed, failing or stuck outbox must cost a summary line or a scrape its `outbox` value,
+    never the line or the scrape: they are how a stuck writer is seen, e.g. presses_lost)."""
     if outbox_rows is None:
         return None
     try:
-        rows = outbox_rows()
-        return await rows if inspect.isawaitable(rows) else rows
+        async with asyncio.timeout(ROWS_WAIT):
+            rows = outbox_rows()
+            return await rows if inspect.isawaitable(rows) else rows
+    except TimeoutError:
+        log.debug("outbox row count took over %g s: the writer thread is busy or stuck",
+                  ROWS_WAIT)
+        return None
     except Exception:  # logged at DEBUG: see above
         log.debug("outbox row count failed", exc_info=True)
         return None
