@@ -353,3 +353,42 @@ def test_a_prometheus_scraper_gets_openmetrics_gzipped_as_it_asks() -> None:
     text = gzip.decompress(body).decode().splitlines()
     assert "dashkanban_presses_total 7.0" in text
     assert text[-1] == "# EOF"
+
+
+def test_a_stuck_outbox_writer_leaves_the_lost_presses_scrapable(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread hangs (a hung disk): the row count never comes, yet a scrape answers
+    within ROWS_WAIT without the `outbox` value, and shows the presses the press queue lost;
+    so does the summary line (no `outbox=`)."""
+    from dashkanban import metrics as module
+    from dashkanban.writer import Writer
+
+    monkeypatch.setattr(module, "ROWS_WAIT", 0.2)
+    stuck, release = threading.Event(), threading.Event()
+    writer = Writer("stuck-test")
+
+    def hung_count() -> int:
+        stuck.set()
+        release.wait(10)
+        return 0
+
+    counted = Metrics()
+    counted.press_lost()
+    counted.press_lost()
+    server = MetricsServer(counted, 0, outbox_rows=lambda: writer.call(hung_count))
+
+    async def check() -> tuple[str, str]:
+        _, body = await scrape(server.port)
+        return body, summary_line(counted.snapshot(), await module.read_rows(
+            lambda: writer.call(hung_count)))
+
+    try:
+        body, line = serving(server, check)
+    finally:
+        release.set()
+        writer.close()
+    assert stuck.is_set()
+    assert "dashkanban_presses_lost_total 2.0" in body.splitlines()
+    assert "dashkanban_outbox_events" not in body
+    assert line.endswith(" c8y_refused=0 presses_lost=2")

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -163,3 +164,61 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "1"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
+
+
+def test_a_later_state_is_never_overwritten_by_an_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon takes each state on its loop (`snapshot`) and writes it on a thread
+    (`flush`). A flush that hangs in a slow fsync while two newer states are taken, and flushes
+    that come after the newest is in the file, never put an older state back."""
+    from dashkanban import health
+
+    outbox = tmp_path / "outbox.sqlite3"
+    state = StateFile(outbox)
+    first_entered, let_go = threading.Event(), threading.Event()
+    files: list[str] = []
+    real_write = health.write_atomic
+
+    def slow_write(path: Path, data: bytes, mode: int) -> None:
+        if not files:  # the first write hangs, as an fsync on a dying SD card would
+            first_entered.set()
+            assert let_go.wait(10)
+        real_write(path, data, mode)
+        files.append(json.loads(data)["links"][0]["state"])
+
+    monkeypatch.setattr(health, "write_atomic", slow_write)
+    connected = LinkHealth("dashkanban-gw-01", "connected", T0, 0, 0, None, None, None)
+    unreachable = LinkHealth("dashkanban-gw-01", "unreachable", T0 + 5, 1, 0, "reset", T0 + 6,
+                             None)
+    state.snapshot([refused()])
+    hung = threading.Thread(target=state.flush)
+    hung.start()
+    assert first_entered.wait(10)
+    state.snapshot([connected])
+    state.snapshot([unreachable])
+    late = threading.Thread(target=state.flush)  # waits for the hung one, then the newest
+    late.start()
+    let_go.set()
+    hung.join(10)
+    late.join(10)
+    state.flush()  # nothing newer: not written again
+    assert files == ["refused", "unreachable"]
+    written = read_state(outbox)
+    assert written is not None
+    assert written["links"][0]["state"] == "unreachable"
+
+
+def test_status_shows_the_presses_a_full_press_queue_lost(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox.sqlite3"
+    connected = LinkHealth("dashkanban-gw-01", "connected", T0 - 60, 0, 0, None, None, None)
+    StateFile(outbox).write([connected], presses_lost=2)
+    state = read_state(outbox)
+    assert status_lines(state, running=True, now=T0) == [
+        f"uplink dashkanban-gw-01: connected since {local(T0 - 60)}",
+        "presses lost: 2 (the press queue was full: the outbox writer was stuck; see the log)",
+    ]
+    assert status_lines(state, running=False, now=T0)[1:] == [
+        "presses lost: 2 (the press queue was full: the outbox writer was stuck; see the log)"]
+    StateFile(outbox).write([connected])
+    assert "presses_lost" not in (read_state(outbox) or {})

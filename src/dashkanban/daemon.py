@@ -44,10 +44,12 @@ from dashkanban.presses import Press
 
 if TYPE_CHECKING:
     from dashkanban.buttons import Registry
+    from dashkanban.c8y.link import LinkHealth
     from dashkanban.c8y.mqtt import Uplink
     from dashkanban.c8y.smartrest import SmartRestLine
     from dashkanban.capture.bpf import Program
     from dashkanban.delivery import Courier, QueuedRow
+    from dashkanban.health import StateFile
     from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
@@ -62,6 +64,11 @@ DRAIN_ON_STOP = 5.0  # seconds SIGTERM waits for PUBACKs of what is in flight
 COUNT_SYNC = 5.0  # seconds between copies of the pipeline's counters into the metrics
 OVERDUE_CHECK = 60.0  # seconds between checks for overdue bins (lead times are in days)
 HELPER_JOIN = 5.0  # seconds a stop waits for a reload or an overdue check under way
+# Presses waiting for the press writer (the outbox's writer thread). Presses are debounced per
+# button, so even a store's worth pressed at once is a few hundred; a full queue means the writer
+# is stuck (a hung disk) or a source floods. A press that does not fit is lost, counted and
+# logged (docs/architecture.md "The press queue"): memory stays bounded (a press is < 1 KiB).
+PRESS_QUEUE = 10_000
 
 
 class FrameSource(Protocol):
@@ -90,11 +97,13 @@ class Daemon:
         overdue_every: float = OVERDUE_CHECK,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         signals: bool = False,
+        press_queue: int = PRESS_QUEUE,
     ) -> None:
         """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing.
         `clock` is the wall clock of the overdue check, every `overdue_every` seconds.
         `signals`: SIGTERM/SIGINT stop and SIGHUP reloads, handled on the loop (the main thread
-        only; `dashkanban run` sets it)."""
+        only; `dashkanban run` sets it). `press_queue`: how many presses may wait for the
+        press writer (PRESS_QUEUE)."""
         self.settings = settings
         self.overdue_every = overdue_every
         self._clock = clock
@@ -124,6 +133,10 @@ class Daemon:
         self.courier: Courier | None = None
         self.button_broker: ButtonBroker | None = None  # with [mqtt_buttons] (issue 19)
         self._press_queue: asyncio.Queue[Press] | None = None  # see _write_presses
+        self._press_queue_size = press_queue
+        self._presses_lost = 0  # since the press queue last had room (one ERROR per stretch)
+        self._presses_lost_total = 0  # since start, for the state file (`outbox status`)
+        self._state_changed: Callable[[], None] | None = None  # the state listener, in `_serve`
 
     def stop(self) -> None:
         """Drain and stop: safe from a signal handler or another thread."""
@@ -221,50 +234,62 @@ class Daemon:
             self._reloading.set()
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         before = {sig: signal.getsignal(sig) for sig in handled} if self.signals else {}
-        if self.signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_stop_signal, sig)
-            loop.add_signal_handler(signal.SIGHUP, self._reloading.set)
         writer = Writer()
-        # `run` never gives up on Cumulocity: refusals and outages are retried for ever, at most
-        # every [C8YMQTT] retry_max seconds (issue 11).
-        uplink, router = wiring.make_uplink(settings, kanban, **service_options(settings))
+        # The uplink's state file has a thread of its own (health.py): a slow fsync of it never
+        # holds up the loop, nor a press's commit on the outbox's writer thread.
+        state_writer = Writer("uplink-state")
         state = StateFile(settings.outbox.path)
-        courier = Courier(outbox, uplink, writer=writer, on_delivered=self._delivered)
-        uplink.add_listener(self._count_reconnects(uplink, outbox, courier))
-        uplink.add_listener(lambda: state.write(uplink.health()))
-        if router is not None:
-            # A refill operation is handled on the writer thread: its history entry, its
-            # answer's outbox row, then "answer queued" (kanban/wiring.py), in that order.
-            router.queue = outbox.put_lines
-
-            def on_operation(line: SmartRestLine) -> None:
-                self._spawn("the operation handler",
-                            self._operation(router, line, writer, courier))
-
-            uplink.on_operation = on_operation
-        if kanban is not None and kanban.history is not None:
-            queued = await writer.call(wiring.queue_pending_clears, kanban.history,
-                                       outbox.put_lines)
-            if queued:
-                log.info("%d refill(s) from the command line queued for Cumulocity", queued)
-        # The row count off the loop: a SQLite read on the writer thread, after the writes.
-        reporting = MetricsReporting(settings.metrics, self.metrics,
-                                     lambda: writer.call(outbox.count),
-                                     uplink=lambda: _uplink_reading(uplink))
-        await reporting.open()  # a taken port is a ConfigError (exit 2) before anything starts
-        broker = self._button_broker(settings, registry, pipeline, courier)  # ConfigError: exit 2
-        presses: asyncio.Queue[Press] = asyncio.Queue()
-        self._press_queue = presses
-        log.info(
-            "dashkanban running: %s from %s, %s mode as %s to %s:%d, %s queued",
-            plural(len(registry), "button"), settings.buttons.source, settings.gateway.mode,
-            settings.gateway.serial, settings.c8y.tenant, settings.c8y.port,
-            plural(outbox.count(), "event"),
-        )
-        state.write(uplink.health())
-        self.pipeline, self.outbox, self.uplink, self.courier = pipeline, outbox, uplink, courier
+        health: Callable[[], list[LinkHealth]] | None = None  # the uplink's, once built
+        reporting: MetricsReporting | None = None
+        # Everything opened from here on is closed in the `finally` below, whichever step
+        # fails (a taken metrics port, an unusable ca_file: a ConfigError, exit 2).
         try:
+            if self.signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_stop_signal, sig)
+                loop.add_signal_handler(signal.SIGHUP, self._reloading.set)
+            # `run` never gives up on Cumulocity: refusals and outages are retried for ever, at
+            # most every [C8YMQTT] retry_max seconds (issue 11).
+            uplink, router = wiring.make_uplink(settings, kanban, **service_options(settings))
+            health = uplink.health
+            courier = Courier(outbox, uplink, writer=writer, on_delivered=self._delivered)
+            uplink.add_listener(self._count_reconnects(uplink, outbox, courier, writer))
+            self._state_changed = self._state_listener(uplink, state, state_writer)
+            uplink.add_listener(self._state_changed)
+            if router is not None:
+                # A refill operation is handled on the writer thread: its history entry, its
+                # answer's outbox row, then "answer queued" (kanban/wiring.py), in that order.
+                router.queue = outbox.put_lines
+
+                def on_operation(line: SmartRestLine) -> None:
+                    self._spawn("the operation handler",
+                                self._operation(router, line, writer, courier))
+
+                uplink.on_operation = on_operation
+            if kanban is not None and kanban.history is not None:
+                queued = await writer.call(wiring.queue_pending_clears, kanban.history,
+                                           outbox.put_lines)
+                if queued:
+                    log.info("%d refill(s) from the command line queued for Cumulocity", queued)
+            # The row count off the loop: a SQLite read on the writer thread, after the writes.
+            reporting = MetricsReporting(settings.metrics, self.metrics,
+                                         lambda: writer.call(outbox.count),
+                                         uplink=lambda: _uplink_reading(uplink))
+            await reporting.open()  # a taken port is a ConfigError (exit 2) before the group
+            broker = self._button_broker(settings, registry, pipeline, courier)  # ConfigError
+            presses: asyncio.Queue[Press] = asyncio.Queue(self._press_queue_size)
+            self._press_queue = presses
+            queued_at_start = await writer.call(outbox.count)
+            log.info(
+                "dashkanban running: %s from %s, %s mode as %s to %s:%d, %s queued",
+                plural(len(registry), "button"), settings.buttons.source, settings.gateway.mode,
+                settings.gateway.serial, settings.c8y.tenant, settings.c8y.port,
+                plural(queued_at_start, "event"),
+            )
+            state.snapshot(uplink.health(), presses_lost=self._presses_lost_total)
+            await state_writer.call(state.flush)
+            self.pipeline, self.outbox, self.uplink, self.courier = (pipeline, outbox, uplink,
+                                                                     courier)
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 tasks = {
@@ -299,6 +324,7 @@ class Daemon:
                 notify("STOPPING=1")
                 await _cancel([capture, *helpers])
                 await presses.join()  # every press seen before the stop is in the outbox
+                self._report_lost()
                 self._sync(pipeline)
                 if not await courier.drain(self.drain_on_stop):
                     left = await writer.call(outbox.count)
@@ -314,11 +340,15 @@ class Daemon:
         finally:
             self._group = None
             for sig, handler in before.items():
-                loop.remove_signal_handler(sig)
+                loop.remove_signal_handler(sig)  # False when the set-up failed before it
                 signal.signal(sig, handler)  # those of before the loop, for the way out
+            if reporting is not None:
+                reporting.close()  # its port, also when the group never ran
             self._sync(pipeline)
             writer.close()  # after every task: the last acks are written
-            state.write(uplink.health(), running=False)
+            state_writer.close()  # the last state written on it, then the final one here
+            if health is not None:
+                state.write(health(), running=False, presses_lost=self._presses_lost_total)
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("%s: stopping", sig.name)
@@ -341,7 +371,13 @@ class Daemon:
                 self.fail(part, exc)
                 raise _PartFailedError(part) from None
 
-        return group.create_task(supervised(), name=part)
+        task = supervised()
+        try:
+            return group.create_task(task, name=part)
+        except RuntimeError:  # the group is shutting down: nothing may start any more
+            task.close()
+            work.close()
+            raise
 
     # -- the press path --------------------------------------------------------------------------
 
@@ -384,9 +420,34 @@ class Daemon:
 
     def _enqueue(self, press: Press) -> None:
         """On the loop: a press of the live capture, an inventory answer or the button broker,
-        for the press writer."""
+        for the press writer. A full queue loses the press (PRESS_QUEUE): counted in the
+        metrics, one ERROR when it fills and one with the count when it has room again."""
         assert self._press_queue is not None
-        self._press_queue.put_nowait(press)
+        try:
+            self._press_queue.put_nowait(press)
+        except asyncio.QueueFull:
+            self._presses_lost += 1
+            self._presses_lost_total += 1
+            self.metrics.press_lost()
+            if self._presses_lost == 1:
+                log.error("the press queue is full (%d presses wait for the outbox writer: is "
+                          "the disk hung?); presses are lost until it has room",
+                          self._press_queue.maxsize)
+                if self._state_changed is not None:  # `outbox status` shows it
+                    self._state_changed()
+            return
+        self._report_lost()
+
+    def _report_lost(self) -> None:
+        """The end of a stretch of lost presses (the queue had room again, or the stop)."""
+        from dashkanban.outbox import plural
+
+        if self._presses_lost:
+            log.error("the press queue has room again; %s lost while it was full",
+                      plural(self._presses_lost, "press"))
+            self._presses_lost = 0
+            if self._state_changed is not None:
+                self._state_changed()
 
     async def _write_presses(self, presses: asyncio.Queue[Press], pipeline: Pipeline,
                              outbox: Outbox, courier: Courier, kanban: KanbanLoop | None,
@@ -543,8 +604,23 @@ class Daemon:
 
         return listener
 
-    def _count_reconnects(self, uplink: Uplink, outbox: Outbox,
-                          courier: Courier) -> Callable[[], None]:
+    def _state_listener(self, uplink: Uplink, state: StateFile,
+                        state_writer: Writer) -> Callable[[], None]:
+        """At each connection change: the state as of now, written on the state file's own
+        thread (its fsyncs never hold up the loop). That thread writes one at a time and always
+        the newest state (`StateFile.flush`), so an earlier state never overwrites a later one."""
+
+        def listener() -> None:
+            state.snapshot(uplink.health(), presses_lost=self._presses_lost_total)
+            if self._group is None:
+                return  # before the group or after it: `_serve` writes the state itself
+            with contextlib.suppress(RuntimeError):  # the group is ending: the last state follows
+                self._spawn("the uplink state file", state_writer.call(state.flush))
+
+        return listener
+
+    def _count_reconnects(self, uplink: Uplink, outbox: Outbox, courier: Courier,
+                          writer: Writer) -> Callable[[], None]:
         """Counts reconnects, and says once when an outage ended: how long it lasted and, when
         the backlog it left is out, how many queued events that was."""
         was = {"connected": False, "ever": False}
@@ -558,16 +634,24 @@ class Daemon:
                 was["ever"] = True
             was["connected"] = now
             outage = uplink.last_outage
-            if now and outage is not None and outage is not seen[0]:
+            if now and outage is not None and outage is not seen[0] and self._group is not None:
                 seen[0] = outage
-                self._backlog_after(outage[0], outbox.count(), courier)
+                with contextlib.suppress(RuntimeError):  # the group is ending: no line then
+                    self._spawn("the end-of-outage count",
+                                self._backlog_after(outage[0], outbox, courier, writer))
 
         return listener
 
-    def _backlog_after(self, outage: float, backlog: int, courier: Courier) -> None:
+    async def _backlog_after(self, outage: float, outbox: Outbox, courier: Courier,
+                             writer: Writer) -> None:
         from dashkanban.health import duration
 
-        target = courier.delivered + backlog
+        # The count on the writer thread, not on the loop (it waits for the outbox's lock, held
+        # through a put's fsync). `delivered` is read in the same step as the count is queued:
+        # a PUBACK counts itself and queues its row's delete in one step too, so the two agree.
+        delivered = courier.delivered
+        backlog = await writer.call(outbox.count)
+        target = delivered + backlog
         text = f"connected again after {duration(outage)}; {{}} queued events delivered"
         if backlog == 0:
             log.warning(text.format(0))

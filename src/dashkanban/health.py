@@ -1,9 +1,9 @@
 """Health you can see: the uplink's state next to the outbox, and systemd's notify protocol.
 
 `dashkanban run` writes `<outbox>.uplink.json` whenever a connection changes state (connected,
-refused, unreachable): `outbox status`, run by anyone who may read the outbox, shows it. The file
-holds states, times, counts and error lines (which never contain a password), is replaced
-atomically, and has mode 0600 like the outbox.
+refused, unreachable), on a thread of its own (`StateFile`): `outbox status`, run by anyone who
+may read the outbox, shows it. The file holds states, times, counts and error lines (which never
+contain a password), is replaced atomically, and has mode 0600 like the outbox.
 
 `notify` speaks sd_notify(3) without libsystemd: one datagram to the unix socket named by
 $NOTIFY_SOCKET (a leading `@` is the abstract namespace). With `Type=notify` systemd waits for
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -39,29 +40,67 @@ def state_path(outbox: Path) -> Path:
 
 
 class StateFile:
-    """Writes the uplink's state; called on the daemon's loop only (its uplink's listeners)."""
+    """Writes the uplink's state. `snapshot` takes the state on the daemon's loop (its uplink's
+    listeners); `flush` writes it off the loop (`run` has a thread for it: an fsync may take
+    seconds on a failing SD card, and the loop must not wait for it).
+
+    Only ever the newest snapshot is written, and never one older than what the file holds:
+    `flush` holds a lock through the write, takes the latest under it, and skips it when a later
+    or the same one is written already. So flushes may come late, twice, or from two threads,
+    and the file still only moves forward. `snapshot` never waits for a write under way (its
+    own lock is held only to swap the latest)."""
 
     def __init__(self, outbox: Path) -> None:
         self.path = state_path(outbox)
         self._failed = False
+        # Held through a write, on whichever thread writes (the state thread, the loop at the end).
+        self._writing = threading.Lock()
+        self._latest_lock = threading.Lock()  # only to hand the latest snapshot over
+        self._taken = 0  # snapshots taken, on the loop
+        self._latest: tuple[int, bytes] | None = None  # (its number, the file's bytes)
+        self._written = 0  # the number of the snapshot in the file
 
-    def write(self, links: Sequence[LinkHealth], *, running: bool = True) -> None:
-        data = {
+    def snapshot(self, links: Sequence[LinkHealth], *, running: bool = True,
+                 presses_lost: int = 0) -> None:
+        """The state as of now, for the next `flush`; cheap (no disk). `presses_lost`: presses
+        the daemon's full press queue lost since it started (daemon.py PRESS_QUEUE)."""
+        data: dict[str, Any] = {
             "format": FORMAT,
             "pid": os.getpid(),
             "running": running,
             "written": time.time(),
             "links": [asdict(link) for link in links],
         }
+        if presses_lost:
+            data["presses_lost"] = presses_lost
         text = json.dumps(data, indent=1, sort_keys=True)
-        try:
-            write_atomic(self.path, text.encode("utf-8"), STATE_MODE)
-            self._failed = False
-        except OSError as exc:
-            if not self._failed:  # once per failing stretch: a full disk logs enough
-                log.warning("cannot write the uplink state to %s: %s", self.path,
-                            exc.strerror or exc)
-            self._failed = True
+        self._taken += 1
+        with self._latest_lock:
+            self._latest = (self._taken, text.encode("utf-8"))
+
+    def flush(self) -> None:
+        """Write the newest snapshot unless it (or a later one) is in the file already."""
+        with self._writing:
+            with self._latest_lock:
+                latest = self._latest
+            if latest is None or latest[0] <= self._written:
+                return
+            try:
+                write_atomic(self.path, latest[1], STATE_MODE)
+                self._failed = False
+            except OSError as exc:
+                if not self._failed:  # once per failing stretch: a full disk logs enough
+                    log.warning("cannot write the uplink state to %s: %s", self.path,
+                                exc.strerror or exc)
+                self._failed = True
+                return
+            self._written = latest[0]
+
+    def write(self, links: Sequence[LinkHealth], *, running: bool = True,
+              presses_lost: int = 0) -> None:
+        """`snapshot` and `flush` at once, on the caller's thread."""
+        self.snapshot(links, running=running, presses_lost=presses_lost)
+        self.flush()
 
 
 def read_state(outbox: Path) -> Mapping[str, Any] | None:
@@ -97,13 +136,17 @@ def status_lines(state: Mapping[str, Any] | None, *, running: bool,
     if state is None:
         return []
     now = time.time() if now is None else now
+    lost = int(state.get("presses_lost", 0))
+    # Presses the running daemon could not even queue: its outbox writer was stuck (daemon.py).
+    lost_lines = [f"presses lost: {lost} (the press queue was full: the outbox writer was "
+                  "stuck; see the log)"] if lost else []
     if not running or not state.get("running", False):
         return [f"uplink: dashkanban run is not running (last state written "
-                f"{_clock(float(state.get('written', 0)))})"]
+                f"{_clock(float(state.get('written', 0)))})", *lost_lines]
     links = state.get("links", [])
     if not links:  # per-device mode opens a button's connection at its first press
         return ["uplink: no connection yet (per-device mode connects a button when it is "
-                "first pressed)"]
+                "first pressed)", *lost_lines]
     lines = []
     for link in links:
         who = link.get("client_id", "?")
@@ -132,7 +175,7 @@ def status_lines(state: Mapping[str, Any] | None, *, running: bool,
         lines.append(f"uplink {who}: {text}")
         if link.get("last_error") and what != "connected":
             lines.append(f"uplink last error: {link['last_error']}")
-    return lines
+    return lines + lost_lines
 
 
 # -- systemd -------------------------------------------------------------------------------------

@@ -78,10 +78,15 @@ CAPTURE_HELP: Mapping[CaptureCounterName, str] = {
     "capture_truncated": "Frames longer than a receive ring slot handed over cut to 190 bytes "
     "(the socket's receive buffer was full); logged once at WARNING.",
 }
+# The daemon's press queue (daemon.py PRESS_QUEUE): presses lost because it was full (the
+# outbox writer stuck, or a flood). Shown once one is lost, so a healthy daemon's output stays.
+PRESSES_LOST_HELP = ("Presses lost because the queue to the outbox writer was full (the disk "
+                     "hung or a source flooded); each stretch is logged at ERROR.")
 PREFIX = "dashkanban"
 LOOPBACK = "127.0.0.1"
 REQUEST_LIMIT = 16 * 1024  # bytes of a scrape's request head; more is not a scraper
 REQUEST_WAIT = 10.0  # seconds a scrape may take to send its request and read the answer
+ROWS_WAIT = 2.0  # seconds a scrape or summary line waits for the outbox's row count
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,7 @@ class MetricsSnapshot:
     c8y_refused: int = 0
     buttons: ButtonsSnapshot | None = None  # with a button broker (`[mqtt_buttons]`)
     capture: CaptureSnapshot | None = None  # with live capture (`capture_totals`)
+    presses_lost: int | None = None  # once the press queue lost one (`press_lost`)
 
     def items(self) -> Iterator[tuple[CounterName, int]]:
         for name in COUNTERS:
@@ -141,6 +147,8 @@ def summary_line(snapshot: MetricsSnapshot, outbox_rows: int | None = None) -> s
         text += f" mqtt_connected={int(buttons.connected)}"
     if snapshot.capture is not None:
         text += "".join(f" {name}={value}" for name, value in snapshot.capture.items())
+    if snapshot.presses_lost is not None:
+        text += f" presses_lost={snapshot.presses_lost}"
     return text if outbox_rows is None else f"{text} outbox={outbox_rows}"
 
 
@@ -156,6 +164,7 @@ class Metrics:
         self._buttons = False  # a button broker counts here (`track_buttons`)
         self._buttons_connected = False
         self._capture: CaptureSnapshot | None = None
+        self._presses_lost: int | None = None
 
     def add(self, name: CounterName | ButtonCounterName, amount: int = 1) -> None:
         if amount < 0:
@@ -183,6 +192,11 @@ class Metrics:
             self._capture = CaptureSnapshot(max(old.capture_dropped, dropped),
                                             max(old.capture_truncated, truncated))
 
+    def press_lost(self) -> None:
+        """A press did not fit in the daemon's press queue; shown from now on."""
+        with self._lock:
+            self._presses_lost = (self._presses_lost or 0) + 1
+
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
             values = self._values
@@ -191,10 +205,12 @@ class Metrics:
                 connected=self._buttons_connected,
             ) if self._buttons else None
             return MetricsSnapshot(**{name: values[name] for name in COUNTERS},
-                                   buttons=buttons, capture=self._capture)
+                                   buttons=buttons, capture=self._capture,
+                                   presses_lost=self._presses_lost)
 
 
-assert {f.name for f in fields(MetricsSnapshot)} == {*COUNTERS, "buttons", "capture"}
+assert {f.name for f in fields(MetricsSnapshot)} == {*COUNTERS, "buttons", "capture",
+                                                     "presses_lost"}
 assert {f.name for f in fields(CaptureSnapshot)} == set(CAPTURE_COUNTERS)
 assert {f.name for f in fields(ButtonsSnapshot)} == {*BUTTON_COUNTERS, "connected"}
 
@@ -205,13 +221,19 @@ OutboxRows = Callable[[], int | Awaitable[int]]
 
 
 async def read_rows(outbox_rows: OutboxRows | None) -> int | None:
-    """The outbox's row count, or None when unknown or failing (a closed or failing outbox must
-    cost a summary line or a scrape its `outbox` value, never the line or the scrape)."""
+    """The outbox's row count, or None when unknown, failing or slower than ROWS_WAIT (a
+    closed, failing or stuck outbox must cost a summary line or a scrape its `outbox` value,
+    never the line or the scrape: they are how a stuck writer is seen, e.g. presses_lost)."""
     if outbox_rows is None:
         return None
     try:
-        rows = outbox_rows()
-        return await rows if inspect.isawaitable(rows) else rows
+        async with asyncio.timeout(ROWS_WAIT):
+            rows = outbox_rows()
+            return await rows if inspect.isawaitable(rows) else rows
+    except TimeoutError:
+        log.debug("outbox row count took over %g s: the writer thread is busy or stuck",
+                  ROWS_WAIT)
+        return None
     except Exception:  # logged at DEBUG: see above
         log.debug("outbox row count failed", exc_info=True)
         return None
@@ -290,6 +312,9 @@ class _Reading:
             for capture_name, value in self.snapshot.capture.items():
                 yield CounterMetricFamily(f"{PREFIX}_{capture_name}", CAPTURE_HELP[capture_name],
                                           value=value)
+        if self.snapshot.presses_lost is not None:
+            yield CounterMetricFamily(f"{PREFIX}_presses_lost", PRESSES_LOST_HELP,
+                                      value=self.snapshot.presses_lost)
         if self.rows is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_outbox_events",
@@ -351,6 +376,12 @@ class MetricsServer:
         if self._server is None or not self._server.sockets:
             return self._requested_port
         return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        """Stop listening (for a start that failed between `open` and `run`). Idempotent."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     async def run(self) -> None:
         """Serve until cancelled (opening first if `open` was not awaited); then stop listening."""
@@ -423,6 +454,12 @@ class MetricsReporting:
     async def open(self) -> None:
         if self.server is not None:
             await self.server.open()
+
+    def close(self) -> None:
+        """Free the port (`run` does it when it ends; this is for a start that failed before
+        `run`). Idempotent."""
+        if self.server is not None:
+            self.server.close()
 
     async def run(self) -> None:
         """The summary timer and the endpoint, until cancelled."""

@@ -81,7 +81,9 @@ def battery_handler(settings: Settings,
     async def on_battery(level: Battery) -> None:
         button, when = level.button, datetime.fromtimestamp(level.time, UTC)
         decision = policy.report(button.serial, level.percent, time.monotonic())
-        kept.record(button, level.percent, when)
+        # On a worker thread: the file's write is fsynced, and the loop must not wait for the
+        # disk (docs/architecture.md). Awaited, so the broker's messages keep their order.
+        await asyncio.to_thread(kept.record, button, level.percent, when)
         if decision.warn:
             log.warning("%s (%s): battery at %g %%, under %g %%: replace it soon",
                         button.name, button.serial, level.percent, LOW)
