@@ -8,6 +8,7 @@ and sqlite3 are imported where presses are sent: a dry run's start-up is part of
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from array import array
@@ -56,8 +57,13 @@ def replay_command(args: ReplayOptions) -> int:
     registry = load_registry(settings)
     source = inventory_source(settings)
     pipeline = build_pipeline(settings, registry, source)
+    program = _program(args, settings, registry)
+    # What exists now (modules, settings, the pipeline) lives until the process ends: frozen,
+    # no garbage collection walks it again, the one at exit included (~6 ms of a replay's
+    # whole-process time, which issue 16 measures against tcpdump's).
+    gc.freeze()
     try:
-        return _replay(args, settings, pipeline, _program(args, settings, registry))
+        return _replay(args, settings, pipeline, program)
     finally:
         if source is not None:
             source.close()
