@@ -24,9 +24,10 @@
 Peak RSS is each method's own, as GNU time (`/usr/bin/time -f %M`) reports it for the process it
 starts. Not the ru_maxrss that wait4 gives for a child of this script: Linux carries a process's
 high-water mark across exec, so that figure starts from the pages of this (larger) Python process
-the child was forked or vforked from (tcpdump showed 20.1 MB here; its own peak is 6.2 MB). GNU
-time forks its own child from a process of under 1 MB, below any method's peak, so what it
-reports is the method's. Without /usr/bin/time (Debian's `time` package) peak RSS is not shown.
+the child was forked or vforked from (tcpdump showed 20.1 MB here, its own peak being 11.4 MB
+with this filter). GNU time forks its own child from a process of under 1 MB, below any method's
+peak, so what it reports is the method's. Without /usr/bin/time (Debian's `time` package) peak
+RSS is not shown.
 
 scapy's offline filter runs Debian's `tcpdump` (and needs `libpcap0.8`): scripts/system-deps.sh.
 """
