@@ -16,10 +16,18 @@
    Also timed: (d) `tcpdump -r CAPTURE -w /dev/null` with the same filter as (a) (the buttons'
    MACs, written as a filter expression: tcpdump takes no program), the physical limit here; and
    (e) dashkanban without libpcap (the pure reader + the BPF interpreter), the fallback.
-3. Prints frames per second and peak RSS (of the Python process, from wait4) and the ratios,
-   with the targets of issue 16: (a) at most 1.5x (d), at least 20x faster than (c). The file is
-   read once into the page cache first; each method runs --repeat times (default 3) and the
-   best wall time and the best CPU time count (the original's method runs once).
+3. Prints frames per second and peak RSS and the ratios, with the targets of issue 16: (a) at
+   most 1.5x (d), at least 20x faster than (c). The file is read once into the page cache first;
+   each method runs --repeat times (default 3) and the best wall time and the best CPU time
+   count (the original's method runs once).
+
+Peak RSS is each method's own, as GNU time (`/usr/bin/time -f %M`) reports it for the process it
+starts. Not the ru_maxrss that wait4 gives for a child of this script: Linux carries a process's
+high-water mark across exec, so that figure starts from the pages of this (larger) Python process
+the child was forked or vforked from (tcpdump showed 20.1 MB here, its own peak being 11.4 MB
+with this filter). GNU time forks its own child from a process of under 1 MB, below any method's
+peak, so what it reports is the method's. Without /usr/bin/time (Debian's `time` package) peak
+RSS is not shown.
 
 scapy's offline filter runs Debian's `tcpdump` (and needs `libpcap0.8`): scripts/system-deps.sh.
 """
@@ -222,14 +230,22 @@ sys.exit(main(sys.argv[1:]))
 # Timing
 
 
+GNU_TIME = "/usr/bin/time"  # GNU time, not the shell's keyword: it reports the peak RSS
+
+
 def measure(cmd: list[str], cwd: Path) -> tuple[float, float, str, float]:
-    """Wall seconds, peak RSS in MB (wait4 of that process), stdout, CPU seconds (user +
-    system: what the process itself spent, steadier than wall time on a shared machine)."""
+    """Wall seconds, peak RSS in MB (GNU time's %M: the method's own; NaN without it), stdout,
+    CPU seconds (user + system, from wait4: what the process spent, GNU time's share is
+    negligible; steadier than wall time on a shared machine)."""
     out_file = OUT / "stdout.tmp"
     err_file = OUT / "stderr.tmp"
+    rss_file = OUT / "rss.tmp"
+    rss_file.unlink(missing_ok=True)
+    launcher = ([GNU_TIME, "-f", "%M", "-o", str(rss_file)] if os.access(GNU_TIME, os.X_OK)
+                else [])
     with out_file.open("wb") as out, err_file.open("wb") as err:  # files: a full pipe would block
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen([*launcher, *cmd], cwd=cwd, stdout=out, stderr=err)
         _pid, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -237,7 +253,8 @@ def measure(cmd: list[str], cwd: Path) -> tuple[float, float, str, float]:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip()[-400:]}")
     cpu = usage.ru_utime + usage.ru_stime
-    return elapsed, usage.ru_maxrss / 1024, out_file.read_text(), cpu
+    rss = int(rss_file.read_text().split()[-1]) / 1024 if launcher else float("nan")
+    return elapsed, rss, out_file.read_text(), cpu
 
 
 def main() -> int:
@@ -290,8 +307,7 @@ def main() -> int:
     # tree would compile every module on every run and time that instead of the start-up.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "dashkanban")],
                    check=False, stdout=subprocess.DEVNULL)
-    # The file in the page cache for every method alike, through a small buffer: a forked
-    # child's peak RSS (wait4) starts from this process's.
+    # The file in the page cache for every method alike, through a small buffer.
     chunk = bytearray(1 << 20)
     with capture.open("rb", buffering=0) as warm:
         while warm.readinto(chunk):

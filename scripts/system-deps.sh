@@ -14,6 +14,8 @@ command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 [[ -e /usr/lib/x86_64-linux-gnu/libpcap.so.0.8 || -e /usr/lib/aarch64-linux-gnu/libpcap.so.0.8 ]] \
     || ldconfig -p 2>/dev/null | grep -q 'libpcap.so.0.8' || need+=(libpcap0.8)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# bench/decode.py: GNU time reports each method's own peak RSS (wait4's includes this parent's).
+[[ -x /usr/bin/time ]] || need+=(time)
 if ((${#need[@]} == 0)); then
     exit 0
 fi

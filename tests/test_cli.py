@@ -157,3 +157,44 @@ def test_shell_completion(tmp_path: Path) -> None:
     result = dashkanban(env=env)
     assert result.returncode == 0, result.stderr
     assert out.read_text().split() == ["drop"]
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dashkanban --help` builds the whole parser (main builds one command's for a run)."""
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    listed = out.split("\n  COMMAND\n", 1)[1].split("\n\noptions:", 1)[0]
+    assert [line.split()[0] for line in listed.splitlines() if line[4:5].strip()] == [
+        "run", "replay", "discover", "check", "register", "test-button", "outbox", "sandbox",
+        "demo", "service", "kanban"]
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    *((c, c[0]) for c in COMMANDS),
+    (["-c", "y.ini", "kanban", "-c", "x.ini", "report", "--log-level", "debug"], "kanban"),
+    (["--log-level=debug", "-cx.ini", "--log-format", "json", "replay", "x.pcap", "--dry-run"],
+     "replay"),
+    (["--config=x.ini", "outbox", "drop", "--all"], "outbox"),
+    (["kanban", "rules", "install", "--dry-run"], "kanban"),
+])
+def test_one_command_parser_parses_as_the_whole_one(argv: list[str], command: str) -> None:
+    """main() builds only the command it runs: the same arguments come out."""
+    from dashkanban.cli import _command_in
+
+    assert _command_in(argv) == command
+    whole, one = vars(build_parser().parse_args(argv)), vars(build_parser(command).parse_args(argv))
+    assert one == whole
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["--help", "replay"], None), (["-h"], None), (["--conf", "x.ini", "check"], None),
+    (["-V"], None), (["--", "check"], None), (["-c", "check"], None), ([], None),
+    (["replay", "--help"], "replay"), (["-c", "x", "check"], "check"),
+])
+def test_the_whole_parser_answers_all_but_a_plain_command(argv: list[str],
+                                                          command: str | None) -> None:
+    from dashkanban.cli import _command_in
+
+    assert _command_in(argv) == command

@@ -149,8 +149,6 @@ def open_capture(
     Raises CaptureError (with the byte offset where it applies) for a missing, unreadable,
     unknown, corrupt or non-Ethernet file. Frames before a corrupt spot are yielded first.
     """
-    from dashkanban.capture import pcap, pcapng
-
     try:
         with path.open("rb") as probe:
             magic = probe.read(4)
@@ -163,9 +161,14 @@ def open_capture(
         raise CaptureError(f"{path}: cannot read: {exc.strerror}") from None
     if program is not None:
         prefilter = True  # it passes a superset of what any program passes: only faster
+    # Only the reader of the file's format is imported: a replay's start-up is part of its time.
     if magic in PCAP_MAGICS:
+        from dashkanban.capture import pcap
+
         return CaptureFile(path, pcap.read_pcap, prefilter, program, libpcap)
     if magic == PCAPNG_MAGIC:
+        from dashkanban.capture import pcapng
+
         return CaptureFile(path, pcapng.read_pcapng, prefilter, program, libpcap)
     if len(magic) < 4:
         raise CaptureError(f"{path}: too short to be a capture file ({len(magic)} bytes)")

@@ -15,7 +15,6 @@ from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture.bpf import Program, button_programs, candidate_program
 from dashkanban.config import Settings
 from dashkanban.errors import DashkanbanError
-from dashkanban.events import check_event_text
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,8 @@ def reload_buttons(
 
     A bad file changes nothing: one ERROR line, and None. Returns the new registry.
     """
+    from dashkanban.events import check_event_text  # only here: a replay's filter needs no events
+
     try:
         registry = load_buttons(settings.buttons.file)
         check_event_text(settings, registry)  # as at start: a new name `[event] text` cannot show

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from dashkanban.capture.bpf import Program
 from dashkanban.capture.frame import LINKTYPE_ETHERNET, Frame
-from dashkanban.capture.pcapng import MAX_SECONDS, MIN_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +152,11 @@ class Reader:
         string_at = ctypes.string_at
         pcapng = self._pcapng
         scale = self._scale
+        low = high = 0
+        if pcapng:  # pcapng.py's time bounds: a pcap file's replay does not import that reader
+            from dashkanban.capture.pcapng import MAX_SECONDS, MIN_SECONDS
+
+            low, high = MIN_SECONDS, MAX_SECONDS
         while True:
             status = next_ex(handle, header_ref, data_ref)
             if status != 1:
@@ -165,7 +169,7 @@ class Reader:
                 # packet's, which may be one libpcap's filter skipped: let it go on from here.
                 self.failure = "a packet without a timestamp (simple packet block)"
                 return
-            if pcapng and not MIN_SECONDS <= h.sec < MAX_SECONDS:
+            if pcapng and not low <= h.sec < high:
                 # A time `datetime` cannot hold (a hostile timestamp or if_tsoffset): the pure
                 # reader goes on from here and refuses it with its byte offset (issue 13).
                 self.failure = f"a packet time of {h.sec} s since 1970"
