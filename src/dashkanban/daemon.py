@@ -41,6 +41,7 @@ from dashkanban.events import Event
 from dashkanban.metrics import Metrics
 from dashkanban.pipeline import Counts, Pipeline
 from dashkanban.presses import Press
+from dashkanban.values import DeviceLine
 
 if TYPE_CHECKING:
     from dashkanban.buttons import Registry
@@ -423,7 +424,7 @@ class Daemon:
         from dashkanban.outbox import OutboxError, press_key
 
         extra = tuple(self.extra_lines(press)) if self.extra_lines is not None else ()
-        others: tuple[tuple[str | None, str], ...] = ()
+        others: tuple[DeviceLine, ...] = ()
         if kanban is not None:
             own, others = wiring.press_lines(kanban, press)
             extra = own + extra

@@ -260,7 +260,8 @@ def _storable_event(event: Event, extra: tuple[str, ...]) -> tuple[Event, tuple[
 
 def _storable_lines(lines: Sequence[DeviceLine]) -> tuple[DeviceLine, ...]:
     return tuple(
-        (None if serial is None else _storable(serial), _storable(line)) for serial, line in lines
+        DeviceLine(None if serial is None else _storable(serial), _storable(line))
+        for serial, line in lines
     )
 
 
@@ -910,7 +911,8 @@ def _queued(row: tuple[object, ...]) -> QueuedEvent:
         if not isinstance(item, list) or len(item) != 2:
             raise TypeError(f"{item!r} where a [serial, line] pair was stored")
         serial_of_line, line = item
-        other_lines.append((None if serial_of_line is None else _str(serial_of_line), _str(line)))
+        child = None if serial_of_line is None else _str(serial_of_line)
+        other_lines.append(DeviceLine(child, _str(line)))
     return QueuedEvent(
         id=row_id,
         event=event,

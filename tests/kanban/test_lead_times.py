@@ -13,7 +13,7 @@ import pytest
 from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import KanbanSettings, load_settings
 from dashkanban.errors import ConfigError
-from dashkanban.kanban.alarms import DeviceLines
+from dashkanban.kanban.alarms import DevicePublish
 from dashkanban.kanban.analytics import (
     LeadTime,
     Replenishment,
@@ -145,16 +145,16 @@ def test_loop_raises_once_remembers_across_restart_and_clears_on_refill(tmp_path
         loop.on_press(Press(button["screws"], day(0), "dhcp"))
         loop.on_press(Press(button["screws-2"], day(0.2), "dhcp"))  # a repeat: not the opener
         assert loop.overdue(day(1.9)) == ()
-        assert loop.overdue(day(2.5)) == (DeviceLines("ac63be123456", (text,)),)
+        assert loop.overdue(day(2.5)) == (DevicePublish("ac63be123456", (text,)),)
         assert loop.overdue(day(3)) == ()  # once per open reorder
     with History.open(path, 36500, T0) as history:
         loop = KanbanLoop(bins, ON, history)  # a restart: the history knows it was raised
         assert loop.overdue(day(4)) == ()
         signal = loop.on_press(Press(button["screws-full"], day(5), "arp"))
         assert signal.publishes == (
-            DeviceLines("ac63be123456", ("306,c8y_KanbanReorder",)),
-            DeviceLines("ac63be123457", ("306,c8y_KanbanReorder",)),
-            DeviceLines("ac63be123456", ("306,c8y_KanbanOverdue",)),
+            DevicePublish("ac63be123456", ("306,c8y_KanbanReorder",)),
+            DevicePublish("ac63be123457", ("306,c8y_KanbanReorder",)),
+            DevicePublish("ac63be123456", ("306,c8y_KanbanOverdue",)),
         )
         assert history.open_overdue() == {}
         # The next reorder is a new open reorder: it may be flagged again, on its own button.
@@ -164,7 +164,7 @@ def test_loop_raises_once_remembers_across_restart_and_clears_on_refill(tmp_path
         # The operation clears it too, after its 503.
         outcome = loop.on_operation(SmartRestLine("9101", ("ac63be123456", "A3")), "gw", day(10))
         assert outcome is not None
-        assert outcome.publishes[-1] == DeviceLines("ac63be123457", ("306,c8y_KanbanOverdue",))
+        assert outcome.publishes[-1] == DevicePublish("ac63be123457", ("306,c8y_KanbanOverdue",))
         # Two replenishments measured: 5 days (day 0 to 5) and 4 days (day 6 to 10).
         assert loop._samples == {"A3": [5.0, 4.0]}
 
@@ -180,8 +180,8 @@ def test_cli_refill_clears_the_overdue_alarm_and_alarms_off_raises_nothing(
         assert len(loop.overdue(day(4))) == 1
         _, _, signal = refill_from_cli(bins, "b1", history, day(5))
         assert signal.publishes == (
-            DeviceLines("fca6670a0b0c", ("306,c8y_KanbanReorder",)),
-            DeviceLines("fca6670a0b0c", ("306,c8y_KanbanOverdue",)),
+            DevicePublish("fca6670a0b0c", ("306,c8y_KanbanReorder",)),
+            DevicePublish("fca6670a0b0c", ("306,c8y_KanbanOverdue",)),
         )
         assert history.open_overdue() == {}
     # While a daemon's loop runs, `kanban refilled` (another process, the same history) closes

@@ -36,7 +36,7 @@ from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.kanban.alarms import (
     OPERATIONS_TOPIC,
     TEMPLATE_TOPIC,
-    DeviceLines,
+    DevicePublish,
     supported_operations,
     template_lines,
 )
@@ -56,9 +56,9 @@ FRAGMENT_RETRY = 1.0  # seconds between passes
 QueueLines = Callable[[Sequence[DeviceLine], datetime], object]
 
 
-def device_lines(publishes: Iterable[DeviceLines]) -> tuple[DeviceLine, ...]:
-    """`DeviceLines` as the outbox's (serial, line) pairs, in order."""
-    return tuple((p.serial, line) for p in publishes for line in p.lines)
+def device_lines(publishes: Iterable[DevicePublish]) -> tuple[DeviceLine, ...]:
+    """Each `DevicePublish` as the outbox's `DeviceLine`s, in order."""
+    return tuple(DeviceLine(p.serial, line) for p in publishes for line in p.lines)
 
 
 def load_kanban_bins(settings: Settings) -> Bins:

@@ -22,6 +22,7 @@ from dashkanban.mqtt_buttons.battery import LOW, BatteryFile, BatteryPolicy, mea
 from dashkanban.mqtt_buttons.source import Battery, ButtonBroker, MqttPress
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Press
+from dashkanban.values import DeviceLine
 
 if TYPE_CHECKING:
     from dashkanban.capture import Frame
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 STOP_POLL = 0.5  # seconds; how late NoCapture.frames() sees stop() (also from a signal handler)
 
-PutLines = Callable[[Sequence[tuple[str | None, str]], datetime], object]
+PutLines = Callable[[Sequence[DeviceLine], datetime], object]
 
 
 def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
