@@ -1,5 +1,5 @@
-"""`Lookups.run()` as a task of an asyncio loop, as the daemon's TaskGroup runs it: look-ups over
-httpx.AsyncClient against the project's sandbox (real HTTP), answers handed to the pipeline on
+"""`LookupQueue.run()` as a task of an asyncio loop, as the daemon's TaskGroup runs it: look-ups
+over httpx.AsyncClient against the project's sandbox (real HTTP), answers handed to the pipeline on
 the loop's own thread through `notify`, bounded concurrency, a tenant that refuses and then
 accepts, and a bug that ends `run()` instead of silencing the look-ups."""
 
@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from dashkanban.buttons import Button
-from dashkanban.c8y.rest import InventorySource
+from dashkanban.c8y.rest import RestInventoryLookup
 from dashkanban.capture import Frame
 from dashkanban.compose import build_pipeline, load_registry
 from dashkanban.config import Settings, load_settings
-from dashkanban.inventory import Lookups
+from dashkanban.inventory import LookupQueue
 from dashkanban.pipeline import Pipeline
 from dashkanban.presses import Press
 from dashkanban.sandbox import Sandbox
@@ -66,8 +66,8 @@ class OnTheLoop:
     presses there (recording the thread it was called on)."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
-        self.source = InventorySource(settings)
-        self.lookups = Lookups(self.source, notify=self._notified, **options)
+        self.source = RestInventoryLookup(settings)
+        self.lookups = LookupQueue(self.source, notify=self._notified, **options)
         self.pipeline: Pipeline = build_pipeline(settings, load_registry(settings),
                                                  inventory=self.lookups)
         self.presses: list[Press] = []

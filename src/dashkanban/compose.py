@@ -21,8 +21,8 @@ from dashkanban.pipeline import Pipeline
 from dashkanban.presses import ButtonLookup, Press
 
 if TYPE_CHECKING:
-    from dashkanban.c8y.rest import InventorySource
-    from dashkanban.inventory import Lookups
+    from dashkanban.c8y.rest import RestInventoryLookup
+    from dashkanban.inventory import LookupQueue
     from dashkanban.kanban.bins import Bins
     from dashkanban.outbox import Outbox
 
@@ -38,14 +38,14 @@ def load_registry(settings: Settings) -> Registry:
     return registry
 
 
-def inventory_source(settings: Settings) -> InventorySource | None:
+def inventory_lookup(settings: Settings) -> RestInventoryLookup | None:
     """The Cumulocity identity look-up for `[buttons] source = inventory | both` (blocking,
     cached; raises RestError when Cumulocity cannot tell, which fails a replay)."""
     if settings.buttons.source == "csv":
         return None
-    from dashkanban.c8y.rest import InventorySource
+    from dashkanban.c8y.rest import RestInventoryLookup
 
-    return InventorySource(settings)
+    return RestInventoryLookup(settings)
 
 
 def build_pipeline(
@@ -53,14 +53,14 @@ def build_pipeline(
     registry: Registry,
     lookup: ButtonLookup | None = None,
     *,
-    inventory: Lookups | None = None,
+    inventory: LookupQueue | None = None,
     cached: Callable[[str], object] | None = None,
 ) -> Pipeline:
     """The pipeline as configured. For MACs not in MACID.csv (`[buttons] source =
     inventory|both`): `lookup` asks Cumulocity synchronously (replay: packet time is the clock,
     so waiting changes nothing and the result is deterministic), `inventory` asynchronously
     (live: capture never waits for HTTP), with `cached` its source's cache
-    (InventorySource.cached: a MAC known to be no button costs no Sighting)."""
+    (RestInventoryLookup.cached: a MAC known to be no button costs no Sighting)."""
     return Pipeline(
         registry,
         settings.event,

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from dashkanban.c8y.smartrest import SmartRestLine
     from dashkanban.capture.bpf import Program
     from dashkanban.delivery import Courier, QueuedRow
-    from dashkanban.inventory import Lookups
+    from dashkanban.inventory import LookupQueue
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
     from dashkanban.kanban.wiring import OperationRouter
@@ -168,18 +168,18 @@ class Daemon:
         return self._failure
 
     def run(self) -> int:
-        from dashkanban.compose import build_pipeline, inventory_source, load_registry
-        from dashkanban.inventory import Lookups
+        from dashkanban.compose import build_pipeline, inventory_lookup, load_registry
+        from dashkanban.inventory import LookupQueue
         from dashkanban.kanban import wiring
         from dashkanban.outbox import Outbox, delivery_lock
 
         settings = self.settings
         registry = load_registry(settings)
-        source = inventory_source(settings)
+        source = inventory_lookup(settings)
         # Inventory look-ups are a task of the loop; capture only parks the sightings of a MAC
         # being looked up, and the answers' presses come back through `_answered`. With the
         # look-ups' cache, a MAC known not to be a button is dropped before it is decoded.
-        lookups = Lookups(source) if source is not None else None
+        lookups = LookupQueue(source) if source is not None else None
         pipeline = build_pipeline(settings, registry, inventory=lookups,
                                   cached=source.cached if source is not None else None)
         with contextlib.ExitStack() as resources:  # closed in reverse order, also on errors
@@ -202,7 +202,8 @@ class Daemon:
     # -- the loop ------------------------------------------------------------------------------
 
     async def _serve(self, settings: Settings, registry: Registry, pipeline: Pipeline,
-                     lookups: Lookups | None, outbox: Outbox, kanban: KanbanLoop | None) -> None:
+                     lookups: LookupQueue | None, outbox: Outbox,
+                     kanban: KanbanLoop | None) -> None:
         """Every long-lived part as a task of one group, until stopped or one of them fails."""
         from dashkanban.c8y.mqtt import service_options
         from dashkanban.delivery import Courier
@@ -438,7 +439,7 @@ class Daemon:
             return None
 
     def _answered(self, pipeline: Pipeline) -> None:
-        """On the loop (`Lookups.notify`): the presses of the MACs the inventory just answered,
+        """On the loop (`LookupQueue.notify`): the presses of the MACs the inventory just answered,
         to the press writer in order."""
         if self._stopping is not None and self._stopping.is_set():
             return

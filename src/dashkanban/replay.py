@@ -21,7 +21,7 @@ from dashkanban.capture.filters import file_program
 from dashkanban.compose import (
     StillQueuedError,
     build_pipeline,
-    inventory_source,
+    inventory_lookup,
     load_registry,
     queue_presses,
     write_fragments,
@@ -55,7 +55,7 @@ class ReplayOptions:
 def replay_command(args: ReplayOptions) -> int:
     settings = load_settings(find_config(args.config), uplink=_connects(args))
     registry = load_registry(settings)
-    source = inventory_source(settings)
+    source = inventory_lookup(settings)
     pipeline = build_pipeline(settings, registry, source)
     try:
         return _replay(args, settings, pipeline, _program(args, settings, registry))

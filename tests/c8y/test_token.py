@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dashkanban.buttons import Button
-from dashkanban.c8y.rest import AsyncCumulocityRest, CumulocityRest, InventorySource, RestError
+from dashkanban.c8y.rest import AsyncCumulocityRest, CumulocityRest, RestError, RestInventoryLookup
 from dashkanban.c8y.token import (
     DEFAULT_LIFETIME,
     TokenSource,
@@ -166,7 +166,7 @@ def test_inventory_button_of_another_owner_is_named_by_its_serial(
         assert admin.post(f"/identity/globalIds/{made['id']}/externalIds",
                           json={"type": "c8y_Serial", "externalId": "ac63be123456"}
                           ).status_code == 201
-    source = InventorySource(settings)
+    source = RestInventoryLookup(settings)
     try:
         assert source("ac:63:be:12:34:56") == Button(name="ac63be123456", mac="ac:63:be:12:34:56")
         assert source("fc:a6:67:0a:0b:0c") is None

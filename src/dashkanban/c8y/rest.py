@@ -15,9 +15,9 @@ daemon's event loop (`AsyncCumulocityRest`, httpx.AsyncClient: inventory look-up
 fragments). Request building, auth (Basic, or a certificate device's Bearer token from
 c8y/token.py), retries and error messages therefore cannot drift apart between the two.
 
-`InventorySource` answers "is this MAC a button?" with a cache (TTL, positive and negative),
+`RestInventoryLookup` answers "is this MAC a button?" with a cache (TTL, positive and negative),
 blocking (`source(mac)`, replay) or as a coroutine (`await source.look_up(mac)`, the daemon's
-`inventory.Lookups`); live capture never waits for either.
+`inventory.LookupQueue`); live capture never waits for either.
 """
 
 from __future__ import annotations
@@ -490,12 +490,13 @@ class _Entry:
     until: float
 
 
-class InventorySource:
+class RestInventoryLookup:
     """`(mac) -> Button | None` backed by Cumulocity's identity API, with a cache.
 
     Two ways to ask, one look-up (`_look_up`, an exchange): `source(mac)` blocks (replay asks
     synchronously: packet time is its clock), `await source.look_up(mac)` runs on the daemon's
-    event loop (`inventory.Lookups`). `cached(mac)` never waits. No network until the first call.
+    event loop (`inventory.LookupQueue`). `cached(mac)` never waits. No network until the first
+    call.
     """
 
     def __init__(
