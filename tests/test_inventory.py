@@ -17,15 +17,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dashkanban.buttons import Button
+from dashkanban.c8y.inventory import PENDING, LookupQueue
 from dashkanban.c8y.rest import AsyncCumulocityRest, RestInventoryLookup
 from dashkanban.capture import Frame
 from dashkanban.compose import build_pipeline, load_registry
 from dashkanban.config import Settings, load_settings
-from dashkanban.decode import Decoder
-from dashkanban.inventory import PENDING, LookupQueue
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Press
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.decode import Decoder
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import Press
 from tests import forge
 from tests.kanban.c8y_server import Store, c8y_server
 
@@ -187,7 +187,7 @@ def test_a_failing_then_recovering_tenant_loses_no_press(
         answered = wired.collect(lambda: wired.lookups.pending == 0)
     assert answered == [Press(INVENTORY_BUTTON, at(T0), "arp")]
     assert identity_requests(store, INVENTORY_SERIAL) == 5
-    assert [r.getMessage() for r in caplog.records if r.name == "dashkanban.inventory"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "dashkanban.c8y.inventory"] == [
         "cannot tell whether fc:a6:67:0a:0b:0c is a button yet (identity look-up of "
         "fca6670a0b0c: 503 general/tooManyRequests: Requests rate exceeds the limit (GET "
         "/identity/externalIds/c8y_Serial/fca6670a0b0c, 3 attempts)); asking again in 0 s"
@@ -213,7 +213,7 @@ def test_giving_up_logs_one_error_naming_the_mac(
         ]
         assert wired.lookups.given_up == 1
         # One WARNING for the MAC, however many retries (an outage must not flood the log).
-        assert [r.levelno for r in caplog.records if r.name == "dashkanban.inventory"] == [
+        assert [r.levelno for r in caplog.records if r.name == "dashkanban.c8y.inventory"] == [
             logging.WARNING, logging.ERROR]
         # Given up is not "not a button": the next sighting asks again.
         store.fail_next = []

@@ -223,7 +223,7 @@ def test_prometheus_endpoint_serves_every_counter_on_loopback() -> None:
 def test_the_uplink_gauges_and_an_outbox_count_off_the_loop() -> None:
     """The uplink's health (issue 11) and an awaitable row count, as the daemon passes it to
     keep the SQLite read off the loop (`writer.call(outbox.count)`)."""
-    from dashkanban.writer import Writer
+    from dashkanban.outbox.writer import Writer
 
     reading = [(False, 3)]
     writer = Writer("metrics-test")

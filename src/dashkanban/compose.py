@@ -13,18 +13,18 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from dashkanban.buttons import Registry, load_buttons
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.events import Event, check_event_text
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import ButtonLookup, Press
 from dashkanban.errors import DashkanbanError
-from dashkanban.events import Event, check_event_text
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import ButtonLookup, Press
 
 if TYPE_CHECKING:
+    from dashkanban.c8y.inventory import LookupQueue
     from dashkanban.c8y.rest import RestInventoryLookup
-    from dashkanban.inventory import LookupQueue
     from dashkanban.kanban.bins import Bins
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox.store import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def deliver_explained(settings: Settings, outbox: Outbox, events: Sequence[Event
     """`delivery.deliver` for a one-shot command: when it fails, the error also says how many
     events stay queued and how to send (`outbox flush`) or discard (`outbox drop`) them, so
     nothing is left behind silently (issue 14)."""
-    from dashkanban.delivery import deliver
-    from dashkanban.outbox import plural
+    from dashkanban.outbox.courier import deliver
+    from dashkanban.outbox.store import plural
 
     try:
         if max_refusals is None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.rest import (
     CumulocityRest,
     InventoryError,
@@ -20,6 +19,7 @@ from dashkanban.c8y.rest import (
     RestRefusedError,
 )
 from dashkanban.config import Settings, load_settings
+from dashkanban.detect.buttons import Button
 from tests.brokers import TlsFiles
 
 PASSWORD = "s3cret"

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.rest import (
     AsyncCumulocityRest,
     CumulocityRest,
@@ -23,6 +22,7 @@ from dashkanban.c8y.rest import (
 )
 from dashkanban.c8y.token import TokenSource
 from dashkanban.config import Settings, load_settings
+from dashkanban.detect.buttons import Button
 from dashkanban.sandbox import Sandbox
 from tests.sandbox_fixture import SANDBOX_PASSWORD, SANDBOX_USER, rest, sandbox_options
 

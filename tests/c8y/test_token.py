@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.rest import AsyncCumulocityRest, CumulocityRest, RestError, RestInventoryLookup
 from dashkanban.c8y.token import (
     DEFAULT_LIFETIME,
@@ -25,6 +24,7 @@ from dashkanban.c8y.token import (
     token_source_for,
 )
 from dashkanban.config import Settings, load_settings
+from dashkanban.detect.buttons import Button
 from dashkanban.kanban import cumulocity
 from dashkanban.sandbox import Sandbox
 from tests.brokers import TlsFiles

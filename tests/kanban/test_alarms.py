@@ -10,9 +10,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.smartrest import decode, join_lines
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.alarms import (
     DevicePublish,
     Signal,
@@ -26,8 +27,7 @@ from dashkanban.kanban.bins import Bin, Bins, parse_bins
 from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop, refill_from_cli
 from dashkanban.kanban.wiring import OperationRouter, queue_pending_clears
-from dashkanban.outbox import Outbox, OutboxFullError
-from dashkanban.presses import Press
+from dashkanban.outbox.store import Outbox, OutboxFullError
 from tests.brokers import Mosquitto
 
 MACID = (

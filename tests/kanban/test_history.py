@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.alarms import DevicePublish
 from dashkanban.kanban.analytics import Observation
 from dashkanban.kanban.history import History, HistoryError, history_path
-from dashkanban.presses import Press
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 SCREWS = Button("screws", "ac:63:be:12:34:56", bin="A3", quantity=50)

@@ -12,6 +12,7 @@ import pytest
 
 from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import KanbanSettings, load_settings
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError
 from dashkanban.kanban.alarms import DevicePublish
 from dashkanban.kanban.analytics import (
@@ -26,7 +27,6 @@ from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop, find_overdue, refill_from_cli
 from dashkanban.kanban.rules import RuleSpec, rule_specs
 from dashkanban.kanban.wiring import queue_overdue_at_frames
-from dashkanban.presses import Press
 from dashkanban.sandbox.smartrules import fill
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -267,7 +267,7 @@ def test_an_overdue_alarm_refused_by_a_full_outbox_is_raised_at_the_next_check(
     max_rows 1) refuses it, the history does not have it, and the next check, with room again,
     queues it, once."""
     from dashkanban.kanban.wiring import queue_overdue
-    from dashkanban.outbox import Outbox, OutboxFullError
+    from dashkanban.outbox.store import Outbox, OutboxFullError
     from tests.outbox_writer import event_for
 
     registry, bins = parse_bins(MACID, Path("MACID.csv"))

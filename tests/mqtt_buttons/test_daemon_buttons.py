@@ -17,8 +17,8 @@ import aiomqtt
 import pytest
 
 from dashkanban.capture import Frame
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.brokers import Mosquitto, TlsFiles

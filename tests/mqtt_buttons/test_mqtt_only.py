@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import load_buttons
 from dashkanban.capture.filters import kernel_programs
 from dashkanban.config import load_settings
+from dashkanban.detect.buttons import load_buttons
 from dashkanban.mqtt_buttons.wiring import NoCapture, frame_source, mqtt_only
 from dashkanban.sandbox import Sandbox
 from tests.brokers import Mosquitto
@@ -37,7 +37,7 @@ CHILD = """
 import logging, signal, sys
 from pathlib import Path
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon, _on_signals
+from dashkanban.commands.run import Daemon, _on_signals
 from dashkanban.errors import DashkanbanError
 from dashkanban.mqtt_buttons.wiring import frame_source
 

@@ -38,10 +38,10 @@ from urllib.parse import quote
 import httpx
 
 from dashkanban.backoff import Backoff
-from dashkanban.buttons import Button, serial_of
 from dashkanban.c8y.smartrest import sendable
 from dashkanban.c8y.token import TokenError, TokenSource, token_source_for
 from dashkanban.config import C8yMqttSettings, Settings
+from dashkanban.detect.buttons import Button, serial_of
 from dashkanban.errors import UplinkError
 
 log = logging.getLogger(__name__)

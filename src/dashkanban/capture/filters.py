@@ -11,11 +11,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture.bpf import Program, button_programs, candidate_program
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.events import check_event_text
 from dashkanban.errors import DashkanbanError
-from dashkanban.events import check_event_text
 
 log = logging.getLogger(__name__)
 

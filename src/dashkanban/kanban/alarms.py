@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 
 from dashkanban.c8y.smartrest import SmartRestLine, encode_line
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.bins import Bin, Bins
-from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
 

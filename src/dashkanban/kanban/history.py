@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from dashkanban.detect.presses import Press
 from dashkanban.errors import DashkanbanError
 from dashkanban.kanban.alarms import KIND_REFILL, DevicePublish
 from dashkanban.kanban.analytics import Observation
-from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
 

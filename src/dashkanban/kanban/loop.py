@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError
 from dashkanban.kanban.alarms import (
     KIND_REFILL,
@@ -42,7 +43,6 @@ from dashkanban.kanban.alarms import (
 from dashkanban.kanban.analytics import SECONDS_PER_DAY, lead_time, replenishments
 from dashkanban.kanban.bins import Bins
 from dashkanban.kanban.history import History
-from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
 

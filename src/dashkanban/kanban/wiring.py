@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from dashkanban.buttons import header_fields, read_buttons_text
 from dashkanban.c8y.mqtt import BUTTON_TYPE, DeviceLine
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine, encode_line, join_lines
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import header_fields, read_buttons_text
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.kanban.alarms import (
     OPERATIONS_TOPIC,
@@ -43,7 +44,6 @@ from dashkanban.kanban.alarms import (
 from dashkanban.kanban.bins import Bins, load_bins
 from dashkanban.kanban.history import History, history_path
 from dashkanban.kanban.loop import KanbanLoop
-from dashkanban.presses import Press
 
 if TYPE_CHECKING:
     from dashkanban.c8y.mqtt import Uplink

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dashkanban.buttons import Button
+from dashkanban.detect.buttons import Button
 from dashkanban.files import write_atomic
 from dashkanban.values import DeviceLine
 

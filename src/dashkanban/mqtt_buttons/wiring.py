@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from dashkanban.buttons import Registry
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import Registry
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import Press
 from dashkanban.mqtt_buttons.battery import LOW, BatteryFile, BatteryPolicy, measurement_lines
 from dashkanban.mqtt_buttons.source import Battery, ButtonBroker, MqttPress
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Press
 from dashkanban.values import DeviceLine
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def battery_handler(settings: Settings,
                     put_lines: PutLines) -> Callable[[Battery], Awaitable[None]]:
     """An MQTT button's battery level: kept for `outbox status`, a warning once when low, and
     `c8y_Battery` through the outbox at most once an hour (battery.py)."""
-    from dashkanban.outbox import OutboxError
+    from dashkanban.outbox.store import OutboxError
 
     policy = BatteryPolicy()
     kept = BatteryFile(settings.outbox.path)
@@ -150,7 +150,7 @@ def frame_source(settings: Settings, interface: str | None) -> LiveCapture | NoC
 
     registry = None
     if settings.buttons.source == "csv":
-        from dashkanban.buttons import load_buttons
+        from dashkanban.detect.buttons import load_buttons
 
         registry = load_buttons(settings.buttons.file)
         if mqtt_only(settings, registry):

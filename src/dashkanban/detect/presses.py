@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dashkanban.buttons import Button, Registry
-from dashkanban.decode import Sighting
+from dashkanban.detect.buttons import Button, Registry
+from dashkanban.detect.decode import Sighting
 from dashkanban.values import PressKind, Trigger
 
 DEFAULT_DEAD_TIME = 30.0

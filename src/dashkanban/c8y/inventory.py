@@ -40,8 +40,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from dashkanban.backoff import Backoff
-from dashkanban.buttons import Button
-from dashkanban.decode import Sighting
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.decode import Sighting
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,16 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dashkanban.buttons import Button, Registry
 from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
-from dashkanban.decode import Decoder, Sighting
-from dashkanban.events import Event, make_event
-from dashkanban.presses import DEFAULT_DEAD_TIME, ButtonLookup, Debouncer, Press
+from dashkanban.detect.buttons import Button, Registry
+from dashkanban.detect.decode import Decoder, Sighting
+from dashkanban.detect.events import Event, make_event
+from dashkanban.detect.presses import DEFAULT_DEAD_TIME, ButtonLookup, Debouncer, Press
 from dashkanban.values import PressKind
 
 if TYPE_CHECKING:
-    from dashkanban.inventory import LookupQueue
+    from dashkanban.c8y.inventory import LookupQueue
 
 
 def _raw_macs(registry: Registry) -> dict[bytes, Button]:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dashkanban.errors import ConfigError
-from dashkanban.outbox import Outbox, delivery_lock, format_status, plural
+from dashkanban.outbox.store import Outbox, delivery_lock, format_status, plural
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
+from dashkanban.detect.events import Event
 from dashkanban.errors import ConfigError, DashkanbanError
-from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
 from dashkanban.values import DeviceLine, PressKind, Trigger
 
@@ -801,7 +801,7 @@ class Outbox:
         oldest first."""
         serial = None
         if button is not None:
-            from dashkanban.buttons import normalize_address, serial_of
+            from dashkanban.detect.buttons import normalize_address, serial_of
 
             try:  # a MAC, or a Zigbee button's EUI-64 (issue 19)
                 serial = serial_of(normalize_address(button))

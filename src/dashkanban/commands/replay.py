@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from dashkanban.buttons import Registry
 from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.filters import file_program
 from dashkanban.compose import (
@@ -27,11 +26,12 @@ from dashkanban.compose import (
     write_fragments,
 )
 from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.detect.buttons import Registry
+from dashkanban.detect.events import Event
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import Press
 from dashkanban.errors import CaptureError, DashkanbanError
-from dashkanban.events import Event
-from dashkanban.outbox import plural
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Press
+from dashkanban.outbox.store import plural
 from dashkanban.safetext import plain
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns True when they were delivered, False when queued for the running service."""
     from dashkanban.compose import deliver_explained
-    from dashkanban.outbox import Outbox, press_key
+    from dashkanban.outbox.store import Outbox, press_key
 
     with Outbox.from_settings(settings.outbox) as outbox:
         fresh = found

@@ -36,26 +36,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dashkanban.capture import Frame
 from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.detect.events import Event
+from dashkanban.detect.pipeline import Counts, Pipeline
+from dashkanban.detect.presses import Press
 from dashkanban.errors import EXIT_FAILURE, EXIT_OK, DashkanbanError
-from dashkanban.events import Event
 from dashkanban.metrics import Metrics
-from dashkanban.pipeline import Counts, Pipeline
-from dashkanban.presses import Press
 from dashkanban.values import DeviceLine
 
 if TYPE_CHECKING:
-    from dashkanban.buttons import Registry
+    from dashkanban.c8y.inventory import LookupQueue
     from dashkanban.c8y.mqtt import Uplink
     from dashkanban.c8y.smartrest import SmartRestLine
     from dashkanban.capture.bpf import Program
-    from dashkanban.delivery import Courier, QueuedRow
-    from dashkanban.inventory import LookupQueue
+    from dashkanban.detect.buttons import Registry
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
     from dashkanban.kanban.wiring import OperationRouter
     from dashkanban.mqtt_buttons.source import ButtonBroker
-    from dashkanban.outbox import Outbox
-    from dashkanban.writer import Writer
+    from dashkanban.outbox.courier import Courier, QueuedRow
+    from dashkanban.outbox.store import Outbox
+    from dashkanban.outbox.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +168,10 @@ class Daemon:
         return self._failure
 
     def run(self) -> int:
+        from dashkanban.c8y.inventory import LookupQueue
         from dashkanban.compose import build_pipeline, inventory_lookup, load_registry
-        from dashkanban.inventory import LookupQueue
         from dashkanban.kanban import wiring
-        from dashkanban.outbox import Outbox, delivery_lock
+        from dashkanban.outbox.store import Outbox, delivery_lock
 
         settings = self.settings
         registry = load_registry(settings)
@@ -206,12 +206,12 @@ class Daemon:
                      kanban: KanbanLoop | None) -> None:
         """Every long-lived part as a task of one group, until stopped or one of them fails."""
         from dashkanban.c8y.mqtt import service_options
-        from dashkanban.delivery import Courier
         from dashkanban.health import StateFile, notify
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
-        from dashkanban.outbox import plural
-        from dashkanban.writer import Writer
+        from dashkanban.outbox.courier import Courier
+        from dashkanban.outbox.store import plural
+        from dashkanban.outbox.writer import Writer
 
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -422,7 +422,7 @@ class Daemon:
         identity; in press order, since the writer runs one call at a time. Returns the row as
         the outbox will read it back (for `Courier.offer`), None when it could not be queued."""
         from dashkanban.kanban import wiring
-        from dashkanban.outbox import OutboxError, press_key
+        from dashkanban.outbox.store import OutboxError, press_key
 
         extra = tuple(self.extra_lines(press)) if self.extra_lines is not None else ()
         others: tuple[DeviceLine, ...] = ()
@@ -450,7 +450,7 @@ class Daemon:
 
     async def _operation(self, router: OperationRouter, line: SmartRestLine, writer: Writer,
                          courier: Courier) -> None:
-        from dashkanban.outbox import OutboxError
+        from dashkanban.outbox.store import OutboxError
 
         try:
             await writer.call(router, line)
@@ -479,7 +479,7 @@ class Daemon:
         the daemon was down), raise `c8y_KanbanOverdue` for each reorder open longer than its
         lead time (issue 18); the lines go through the outbox like every alarm."""
         from dashkanban.kanban.wiring import queue_overdue
-        from dashkanban.outbox import OutboxError
+        from dashkanban.outbox.store import OutboxError
 
         while True:
             try:
