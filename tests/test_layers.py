@@ -203,8 +203,9 @@ def test_outbox_is_below_the_courier() -> None:
 
 
 def test_buttons_are_below_the_mqtt_buttons_adapter() -> None:
-    """MACID.csv's columns are typed by values.py's Literals (Role, Format, LongPress); buttons.py
-    takes none of them from mqtt_buttons/, the adapter built on it (review f1, item 6)."""
+    """MACID.csv's columns are typed by values.py's Literals (Role, Format, LongPress);
+    detect/buttons.py takes none of them from mqtt_buttons/, the adapter built on it (review f1,
+    item 6)."""
     imports = graph()
     buttons = imports["dashkanban.detect.buttons"]
     assert "dashkanban.values" in buttons.module_level
@@ -238,8 +239,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Imports that point up a layer, each with its reason; the list only shrinks.
 KNOWN_UPWARD_EDGES: dict[tuple[str, str], str] = {
     ("dashkanban.config", "dashkanban.detect.buttons"): (
-        "config checks each `event_text` against sample Buttons; buttons.py itself needs only "
-        "values, errors and files"),
+        "config checks each `event_text` against sample Buttons; detect/buttons.py itself needs "
+        "only values, errors and files"),
 }
 
 
@@ -305,7 +306,7 @@ def test_the_command_modules_are_all_listed() -> None:
 def test_no_lower_layer_imports_a_command() -> None:
     """Imports point down: values, stages, adapters and the composition root never reach up
     into a command module, not even lazily (a shared helper moves down instead, as the pipeline
-    wiring moved from replay.py to compose.py)."""
+    wiring moved from commands/replay.py to compose.py)."""
     upward = {
         name: sorted((found.module_level | found.function_level) & COMMAND_MODULES)
         for name, found in graph().items() if name not in COMMAND_MODULES

@@ -149,7 +149,7 @@ class StillQueuedError(DashkanbanError):
 
 def deliver_explained(settings: Settings, outbox: Outbox, events: Sequence[Event] = (), *,
                       timeout: float, max_refusals: int | None = None) -> int | None:
-    """`delivery.deliver` for a one-shot command: when it fails, the error also says how many
+    """`outbox.courier.deliver` for a one-shot command: when it fails, the error also says how many
     events stay queued and how to send (`outbox flush`) or discard (`outbox drop`) them, so
     nothing is left behind silently (issue 14)."""
     from dashkanban.outbox.courier import deliver

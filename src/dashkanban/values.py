@@ -19,8 +19,8 @@ class DeviceLine(NamedTuple):
     line: str
 
 
-# The kinds of packet decode.py recognises as a device joining the network; `[capture] detect`
-# names some of them.
+# The kinds of packet detect/decode.py recognises as a device joining the network;
+# `[capture] detect` names some of them.
 Detect = Literal["arp", "dhcp", "ndp"]
 # How a press was seen: its first packet's kind, `test-button` ("test"), or a button that told
 # the press itself on MQTT ("mqtt", issue 19). In the event's text ({trigger}) and in `--jsonl`.

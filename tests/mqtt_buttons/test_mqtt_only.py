@@ -31,7 +31,7 @@ MQTT_ONLY = (
 MIXED = MQTT_ONLY + "dash, ac:63:be:12:34:56, ,\n"
 REPO = Path(__file__).resolve().parents[2]
 
-# `dashkanban run` as the lead wires it (daemon.py's run_command with frame_source), without
+# `dashkanban run` as the lead wires it (commands/run.py's run_command with frame_source), without
 # the interface option; a config error is printed as the command line prints it.
 CHILD = """
 import logging, signal, sys

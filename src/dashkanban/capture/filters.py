@@ -34,7 +34,7 @@ def kernel_programs(settings: Settings, registry: Registry | None = None) -> tup
         return (candidate_program(detect),)
     if registry is None:
         registry = load_buttons(settings.buttons.file)
-    # An MQTT button (a `topic` in MACID.csv) is not matched by network join (presses.py).
+    # An MQTT button (a `topic` in MACID.csv) is not matched by network join (detect/presses.py).
     return button_programs((b.mac for b in registry if b.topic is None), detect)
 
 

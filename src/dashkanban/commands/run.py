@@ -1,13 +1,13 @@
 """`dashkanban run`: live capture -> decode -> match -> debounce -> events -> outbox -> uplink.
 
-The same pipeline as `replay` (see pipeline.py); only the frame source (a raw socket) and the
+The same pipeline as `replay` (see detect/pipeline.py); only the frame source (a raw socket) and the
 clock (monotonic time for the dead time) differ. Everything runs on one asyncio loop, supervised
 by one `asyncio.TaskGroup` (docs/architecture.md): capture, the press writer, the Courier, the
 uplink, inventory look-ups, the MQTT button broker, the count sync with the systemd watchdog,
 metrics, the overdue timer, the SIGHUP reload, refill operations and the Kanban fragment writer
 are its tasks. A task that fails unexpectedly is logged once with
 its traceback and `run` exits 1, so that systemd restarts the service instead of it living on
-without that part. Blocking outbox work goes to the one writer thread (writer.py).
+without that part. Blocking outbox work goes to the one writer thread (outbox/writer.py).
 
 Capture never waits for the network: a press is committed to the outbox and the Courier carries
 it to Cumulocity. SIGTERM stops the capture, gives in-flight messages a moment to be acknowledged,

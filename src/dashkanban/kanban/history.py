@@ -98,7 +98,7 @@ class History:
     """The history file. Open with `History.open(path, history_days, now)`; close when done.
 
     Thread-safe: one connection behind a lock. In `run` presses and operations both reach it on
-    the daemon's writer thread (daemon.py).
+    the daemon's writer thread (commands/run.py).
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:

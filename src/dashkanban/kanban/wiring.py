@@ -180,7 +180,7 @@ def startup_publishes(bins: Bins) -> list[tuple[str, str]]:
 class OperationRouter:
     """The uplink's `on_operation`: refill operations to the loop, their lines to the outbox.
 
-    Runs on the daemon's writer thread (daemon.py). The status and clear lines are queued as
+    Runs on the daemon's writer thread (commands/run.py). The status and clear lines are queued as
     one row of lines (durable, in order behind earlier presses); `queue` is set once the
     Courier exists. A line that is not a refill operation is left alone.
     """

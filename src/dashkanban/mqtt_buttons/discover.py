@@ -287,7 +287,7 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
 
 
 def _refused_topic(topic: str) -> str | None:
-    """Why MACID.csv would refuse this topic (buttons.py's rules), or None."""
+    """Why MACID.csv would refuse this topic (detect/buttons.py's rules), or None."""
     from dashkanban.detect.buttons import check_topic
     from dashkanban.errors import ConfigError
 

@@ -1,8 +1,8 @@
 """The MQTT buttons wired into `run`: the ButtonBroker with its press and battery handlers, and
 the frame source of a `run` whose buttons are all MQTT buttons (no raw socket).
 
-Kept out of daemon.py so that the daemon only starts `broker.run()` (a thread of its own today,
-a task of its TaskGroup once `run` is one asyncio loop) and hands over what a press needs.
+Kept out of commands/run.py so that the daemon only starts `broker.run()` (a thread of its own
+today, a task of its TaskGroup once `run` is one asyncio loop) and hands over what a press needs.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ class RefusedByCumulocityError(DashkanbanError):
 class Courier:
     """Keeps up to `window` outbox rows in flight through `uplink`: `run()` on the event loop.
 
-    Every outbox call goes through `writer` (the outbox's one writer thread, writer.py), so the
-    loop never waits for the disk and the outbox has exactly one writer. The methods are called
+    Every outbox call goes through `writer` (the outbox's one writer thread, outbox/writer.py), so
+    the loop never waits for the disk and the outbox has exactly one writer. The methods are called
     on the loop; `run()` returns only when cancelled and raises on an unexpected failure (a bug,
     not a connection or a full disk), which ends `run` with exit 1 so that systemd restarts it.
     """

@@ -13,7 +13,7 @@ Guarantees, for the delivery loop that consumes it:
   once per crossing; refusals are counted in the file, so `outbox status` shows them.
 
 One connection guarded by a lock; in `run` every write comes from the one writer thread
-(writer.py). Counters live in a one-row table maintained by triggers inside the same
+(outbox/writer.py). Counters live in a one-row table maintained by triggers inside the same
 transactions, so they stay exact when two processes share the file (a `replay` next to the daemon).
 """
 
@@ -1165,7 +1165,7 @@ def _translate(exc: sqlite3.Error, path: Path, action: str) -> DashkanbanError:
     return OutboxError(f"{path}: {action} failed: {exc} ({name or type(exc).__name__})")
 
 
-# -- shared with the commands (outbox_commands.py) ---------------------------------------------
+# -- shared with the commands (commands/outbox.py) ---------------------------------------------
 
 
 @contextlib.contextmanager
