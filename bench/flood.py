@@ -56,11 +56,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 if TYPE_CHECKING:
-    from dashkanban.buttons import Registry
     from dashkanban.capture import Frame
     from dashkanban.capture.live import LiveCapture
-    from dashkanban.pipeline import Pipeline
-    from dashkanban.presses import Press
+    from dashkanban.detect.buttons import Registry
+    from dashkanban.detect.pipeline import Pipeline
+    from dashkanban.detect.presses import Press
 
 BUTTONS = 20
 OTHERS = 5000
@@ -91,11 +91,11 @@ def worker(kind: str, interface: str) -> None:
     if kind == "amazon-dash":
         amazon_dash(interface, buttons)
         return
-    from dashkanban.buttons import Button, Registry
     from dashkanban.capture.bpf import button_programs, candidate_program
     from dashkanban.capture.live import LiveCapture
     from dashkanban.config import EventSettings
-    from dashkanban.pipeline import Pipeline
+    from dashkanban.detect.buttons import Button, Registry
+    from dashkanban.detect.pipeline import Pipeline
 
     detect = ("arp", "dhcp")
     programs = (button_programs(buttons, detect) if kind.startswith("dashkanban-list")
@@ -135,8 +135,8 @@ def _presses_before(frames: Iterable[Frame], registry: Registry,
     """`Pipeline.run_presses` as it was at 3c16e72, kept here so that "before" stays before
     now that the pipeline matches first: every candidate decoded in full into a Sighting (MAC and
     IP as text), then matched against the registry and debounced on the monotonic clock."""
-    from dashkanban.decode import Decoder
-    from dashkanban.presses import Debouncer
+    from dashkanban.detect.decode import Decoder
+    from dashkanban.detect.presses import Debouncer
 
     decode = Decoder(detect).decode
     feed = Debouncer(registry, DEAD_TIME).feed

@@ -46,9 +46,9 @@ from tests.e2e.netns import Pair, enter, in_netns, ip, sender
 
 from bench.baseline import paho_round_trips
 from dashkanban.capture.live import LiveCapture
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
-from dashkanban.events import Event
+from dashkanban.detect.events import Event
 
 USER, PASSWORD = "t12345/bench", "bench-latency-pw"
 TARGET_P99_MS = 10.0
@@ -208,7 +208,7 @@ def bench_paho(ns: Pair, broker: Mosquitto, ca: Path, count: int) -> list[float]
 def bench_outbox_put(folder: Path, count: int) -> list[float]:
     """The durable commit alone (WAL, synchronous=FULL: an fsync a press) on the same disk, spaced
     like the presses: the part of the daemon's latency that the disk decides."""
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox.store import Outbox
 
     event = Event(datetime.now(UTC), "ac:63:be:00:00:00", "ac63be000000", "bench_0",
                   "c8y_MAC_Event", "bench_0 pressed (ac:63:be:00:00:00)", "dhcp")

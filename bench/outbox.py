@@ -30,8 +30,8 @@ from tests.brokers import Mosquitto, free_port, make_tls_files
 from tests.running import RunningCourier, RunningUplink
 
 from dashkanban.config import load_settings
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox, row_bytes
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox, row_bytes
 
 USER, PASSWORD = "t12345/bench", "bench-pw"
 DRAIN_TARGET = 1_000  # events/s
@@ -148,7 +148,7 @@ DAEMON_RSS = """
 import sys, threading, time
 from pathlib import Path
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
+from dashkanban.commands.run import Daemon
 
 class Idle:
     def __init__(self): self.stopped = threading.Event()

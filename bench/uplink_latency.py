@@ -23,8 +23,8 @@ from tests.running import RunningCourier, RunningUplink
 
 from bench.baseline import paho_round_trips
 from dashkanban.config import load_settings
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox
 
 USER, PASSWORD = "t12345/bench", "bench-pw"
 TARGET_P99_MS = 10.0

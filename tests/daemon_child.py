@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dashkanban.capture import Frame
+from dashkanban.commands.run import Daemon, _on_signals
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon, _on_signals
 
 POLL = 0.05  # seconds; how late a stop() is seen while stdin is quiet
 FAILURE = "DASHKANBAN_CHILD_FAILURE"

@@ -10,8 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox
 
 T0 = datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from dashkanban.outbox import Outbox
+from dashkanban.outbox.store import Outbox
 
 _counter = itertools.count()
 

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from dashkanban.c8y.mqtt import DeviceLine, Uplink
 from dashkanban.config import Settings
-from dashkanban.delivery import Courier, OutboxLike
-from dashkanban.events import Event
-from dashkanban.writer import Writer
+from dashkanban.detect.events import Event
+from dashkanban.outbox.courier import Courier, OutboxLike
+from dashkanban.outbox.writer import Writer
 
 T = TypeVar("T")
 

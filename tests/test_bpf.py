@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashkanban.capture import bpf
-from dashkanban.decode import Decoder
+from dashkanban.detect.decode import Decoder
 from tests import forge
 
 BUTTON = "ac:63:be:12:34:56"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button, load_buttons, normalize_mac
+from dashkanban.detect.buttons import Button, load_buttons, normalize_mac
 from dashkanban.errors import ConfigError
 
 
@@ -137,7 +137,7 @@ def test_excel_csv_semicolon_windows_1252_bom_crlf(
     Read with the umlauts intact and one warning line naming the file (issue 14)."""
     path = tmp_path / "MACID.csv"
     path.write_bytes(b"\xef\xbb\xbf" + EXCEL.encode("cp1252"))
-    with caplog.at_level("WARNING", logger="dashkanban.buttons"):
+    with caplog.at_level("WARNING", logger="dashkanban.detect.buttons"):
         buttons = list(load_buttons(path))
         load_buttons(path)  # read again (the daemon does): still one warning
     assert buttons == [

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import load_buttons
 from dashkanban.c8y.mqtt import event_messages
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES
 from dashkanban.cli import main
+from dashkanban.detect.buttons import load_buttons
+from dashkanban.detect.events import Event
 from dashkanban.errors import ConfigError
-from dashkanban.events import Event
 from tests.outbox_writer import T0
 
 CONFIG = """\

@@ -236,7 +236,7 @@ def test_pcapng_truncated(tmp_path: Path) -> None:
 @settings(max_examples=400)
 @given(st.binary(min_size=0, max_size=120), st.sampled_from([ARP, TCP, DHCP, TAGGED, b""]))
 def test_maybe_candidate_is_a_superset(noise: bytes, base: bytes) -> None:
-    from dashkanban.decode import Decoder
+    from dashkanban.detect.decode import Decoder
 
     frame = base[: len(noise)] + noise[len(base) :] if base else noise
     decoder = Decoder(("arp", "dhcp", "ndp"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dashkanban.decode import Decoder, Sighting
+from dashkanban.detect.decode import Decoder, Sighting
 from tests import forge
 
 T = 1764144001.234

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dashkanban.capture import Frame, open_capture
-from dashkanban.decode import Decoder, Sighting
+from dashkanban.detect.decode import Decoder, Sighting
 from tests import forge
 
 T = 1764144001.234

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.delivery import deliver
+from dashkanban.detect.events import Event
 from dashkanban.errors import UndeliveredError
-from dashkanban.events import Event
+from dashkanban.outbox.courier import deliver
 from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, settings_for
 from tests.recording_outbox import recording_outbox

@@ -9,7 +9,7 @@ import pytest
 
 from dashkanban.cli import main
 from dashkanban.config import load_settings
-from dashkanban.outbox import Outbox, delivery_lock
+from dashkanban.outbox.store import Outbox, delivery_lock
 from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, write_config
 from tests.test_replay import DATA, SAMPLE

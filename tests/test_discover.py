@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button, Registry
 from dashkanban.cli import main
-from dashkanban.decode import Sighting
-from dashkanban.discover import Census, csv_name, how_seen
-from dashkanban.vendors import is_amazon, vendor_of
+from dashkanban.commands.discover import Census, csv_name, how_seen
+from dashkanban.detect.buttons import Button, Registry
+from dashkanban.detect.decode import Sighting
+from dashkanban.detect.vendors import is_amazon, vendor_of
 
 DATA = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data"
 SAMPLE = DATA / "sample-store.pcapng"
@@ -105,10 +105,10 @@ def test_table_at_80_columns_never_cuts_mac_or_name() -> None:
     """Issue 14: in an 80-column terminal the MAC was cut to `ac:63:be…`."""
     import io
 
-    from dashkanban.buttons import load_buttons
     from dashkanban.capture import open_capture
-    from dashkanban.decode import TRIGGERS, Decoder
-    from dashkanban.discover import print_table
+    from dashkanban.commands.discover import print_table
+    from dashkanban.detect.buttons import load_buttons
+    from dashkanban.detect.decode import TRIGGERS, Decoder
 
     decoder, census = Decoder(TRIGGERS), Census()
     for frame in open_capture(SAMPLE, prefilter=True):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.cli import main
 from dashkanban.config import EventSettings
-from dashkanban.events import make_event
-from dashkanban.presses import Press
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.events import make_event
+from dashkanban.detect.presses import Press
 
 CONFIG = """\
 [C8YMQTT]
@@ -90,7 +90,7 @@ def test_rendering_at_press_time_never_loses_the_press(caplog: pytest.LogCapture
     """Should a template still fail (a button from the inventory), the press gets the default."""
     press = Press(Button(name="Aisle 2 screws", mac="ac:63:be:12:34:56"),
                   datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC), "dhcp")
-    with caplog.at_level(logging.WARNING, logger="dashkanban.events"):
+    with caplog.at_level(logging.WARNING, logger="dashkanban.detect.events"):
         event = make_event(press, EventSettings(type="c8y_MAC_Event", text="{quantity:d} left"))
     assert (event.name, event.type, event.text) == (
         "Aisle 2 screws", "c8y_MAC_Event", "Aisle 2 screws pressed (ac:63:be:12:34:56)"
@@ -108,7 +108,7 @@ def test_a_text_that_renders_empty_at_press_time_gets_the_default(
     (settings made without `load_settings`, which refuses it) still sends the press."""
     press = Press(Button(name="Aisle 2 screws", mac="ac:63:be:12:34:56"),
                   datetime(2026, 11, 26, 8, 0, 1, 234000, tzinfo=UTC), "dhcp")
-    with caplog.at_level(logging.WARNING, logger="dashkanban.events"):
+    with caplog.at_level(logging.WARNING, logger="dashkanban.detect.events"):
         event = make_event(press, EventSettings(type="c8y_MAC_Event", text="{bin}"))
     assert event.text == "Aisle 2 screws pressed (ac:63:be:12:34:56)"
     assert [r.getMessage() for r in caplog.records] == [

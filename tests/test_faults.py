@@ -17,8 +17,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox, OutboxError, QueuedEvent
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox, OutboxError, QueuedEvent
 from tests.brokers import Mosquitto
 from tests.conftest import BROKER_PASSWORD, BROKER_USER
 from tests.faults import ResetProxy, restart, revoke_password, small_filesystem, start_writer

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Registry
 from dashkanban.capture import Frame, bpf
 from dashkanban.capture.filters import file_program, kernel_programs, reload_buttons
 from dashkanban.capture.live import LiveCapture
 from dashkanban.config import Settings, load_settings
+from dashkanban.detect.buttons import Registry
 from tests.test_bpf import macs
 
 B1, B2 = "ac:63:be:12:34:56", "fc:a6:67:0a:0b:0c"
@@ -117,9 +117,9 @@ def test_reload_refuses_a_name_the_event_text_cannot_carry(
 
 
 def test_pipeline_uses_the_reloaded_registry() -> None:
-    from dashkanban.buttons import Button
     from dashkanban.config import EventSettings
-    from dashkanban.pipeline import Pipeline
+    from dashkanban.detect.buttons import Button
+    from dashkanban.detect.pipeline import Pipeline
     from tests import forge
 
     pipeline = Pipeline(Registry([Button("b1", B1)]), EventSettings("c8y_MAC_Event", "{name}"))

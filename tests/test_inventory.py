@@ -1,6 +1,6 @@
-"""Inventory look-ups off the capture thread: the pipeline with `inventory.Lookups` over the real
-InventorySource and REST client, against a real local HTTP server (tests/kanban/c8y_server.py)
-that can be held (a slow tenant) or made to fail and recover."""
+"""Inventory look-ups off the capture thread: the pipeline with `inventory.LookupQueue` over the
+real RestInventoryLookup and REST client, against a real local HTTP server
+(tests/kanban/c8y_server.py) that can be held (a slow tenant) or made to fail and recover."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dashkanban.buttons import Button
-from dashkanban.c8y.rest import AsyncCumulocityRest, InventorySource
+from dashkanban.c8y.inventory import PENDING, LookupQueue
+from dashkanban.c8y.rest import AsyncCumulocityRest, RestInventoryLookup
 from dashkanban.capture import Frame
 from dashkanban.compose import build_pipeline, load_registry
 from dashkanban.config import Settings, load_settings
-from dashkanban.decode import Decoder
-from dashkanban.inventory import PENDING, Lookups
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Press
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.decode import Decoder
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import Press
 from tests import forge
 from tests.kanban.c8y_server import Store, c8y_server
 
@@ -70,16 +70,16 @@ def tenant() -> Store:
 
 
 class Wired:
-    """The pipeline with `Lookups.run()` on an event loop in a thread of the test, frames fed
+    """The pipeline with `LookupQueue.run()` on an event loop in a thread of the test, frames fed
     from the test's thread (as a capture beside the loop would); the answers are collected."""
 
     def __init__(self, settings: Settings, **options: float) -> None:
         # Backoff inside one call is the client's; 0 keeps the test fast (the policy is tested
         # in tests/c8y/test_rest.py).
         rest = AsyncCumulocityRest.from_settings(settings.c8y, backoff=0.0)
-        self.source = InventorySource(settings, async_rest=rest)
+        self.source = RestInventoryLookup(settings, async_rest=rest)
         self.ready = threading.Semaphore(0)
-        self.lookups = Lookups(self.source, notify=self.ready.release, **options)  # type: ignore[arg-type]
+        self.lookups = LookupQueue(self.source, notify=self.ready.release, **options)  # type: ignore[arg-type]
         self.pipeline: Pipeline = build_pipeline(settings, load_registry(settings),
                                                  inventory=self.lookups)
         self.loop = asyncio.new_event_loop()
@@ -187,7 +187,7 @@ def test_a_failing_then_recovering_tenant_loses_no_press(
         answered = wired.collect(lambda: wired.lookups.pending == 0)
     assert answered == [Press(INVENTORY_BUTTON, at(T0), "arp")]
     assert identity_requests(store, INVENTORY_SERIAL) == 5
-    assert [r.getMessage() for r in caplog.records if r.name == "dashkanban.inventory"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "dashkanban.c8y.inventory"] == [
         "cannot tell whether fc:a6:67:0a:0b:0c is a button yet (identity look-up of "
         "fca6670a0b0c: 503 general/tooManyRequests: Requests rate exceeds the limit (GET "
         "/identity/externalIds/c8y_Serial/fca6670a0b0c, 3 attempts)); asking again in 0 s"
@@ -213,7 +213,7 @@ def test_giving_up_logs_one_error_naming_the_mac(
         ]
         assert wired.lookups.given_up == 1
         # One WARNING for the MAC, however many retries (an outage must not flood the log).
-        assert [r.levelno for r in caplog.records if r.name == "dashkanban.inventory"] == [
+        assert [r.levelno for r in caplog.records if r.name == "dashkanban.c8y.inventory"] == [
             logging.WARNING, logging.ERROR]
         # Given up is not "not a button": the next sighting asks again.
         store.fail_next = []
@@ -260,10 +260,10 @@ def test_ask_answers_from_the_cache_without_the_worker(tmp_path: Path) -> None:
     store = tenant()
     with c8y_server(store) as base:
         settings = config(tmp_path, base)
-        source = InventorySource(settings)
+        source = RestInventoryLookup(settings)
         try:
             assert source(INVENTORY_MAC) == INVENTORY_BUTTON  # fills the cache
-            lookups = Lookups(source)  # not started: a cache hit needs no worker
+            lookups = LookupQueue(source)  # not started: a cache hit needs no worker
             decode = Decoder(("arp",)).decode
             sighting = decode(arp(INVENTORY_MAC, T0).data, T0, None)
             assert sighting is not None
@@ -333,7 +333,7 @@ def test_the_source_holds_its_lock_only_around_the_cache(tmp_path: Path) -> None
     store = tenant()
     store.hold = threading.Event()
     with c8y_server(store) as base:
-        source = InventorySource(config(tmp_path, base))
+        source = RestInventoryLookup(config(tmp_path, base))
         asked = threading.Thread(target=source, args=(INVENTORY_MAC,), daemon=True)
         # A bound for a broken implementation: release the tenant after a while, so that a
         # cache blocked by the HTTP call shows up as "released first" instead of hanging.
@@ -361,7 +361,7 @@ def test_the_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(rest, "MAX_CACHED", 8)
     store = tenant()
     with c8y_server(store) as base:
-        source = InventorySource(config(tmp_path, base))
+        source = RestInventoryLookup(config(tmp_path, base))
         try:
             macs = [f"3c:22:fb:8e:41:{i:02x}" for i in range(20)]
             for mac in macs:

@@ -1,5 +1,5 @@
-"""`Lookups.run()` as a task of an asyncio loop, as the daemon's TaskGroup runs it: look-ups over
-httpx.AsyncClient against the project's sandbox (real HTTP), answers handed to the pipeline on
+"""`LookupQueue.run()` as a task of an asyncio loop, as the daemon's TaskGroup runs it: look-ups
+over httpx.AsyncClient against the project's sandbox (real HTTP), answers handed to the pipeline on
 the loop's own thread through `notify`, bounded concurrency, a tenant that refuses and then
 accepts, and a bug that ends `run()` instead of silencing the look-ups."""
 
@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from dashkanban.buttons import Button
-from dashkanban.c8y.rest import InventorySource
+from dashkanban.c8y.inventory import LookupQueue
+from dashkanban.c8y.rest import RestInventoryLookup
 from dashkanban.capture import Frame
 from dashkanban.compose import build_pipeline, load_registry
 from dashkanban.config import Settings, load_settings
-from dashkanban.inventory import Lookups
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Press
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import Press
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.kanban.c8y_server import Store, c8y_server
@@ -66,8 +66,8 @@ class OnTheLoop:
     presses there (recording the thread it was called on)."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
-        self.source = InventorySource(settings)
-        self.lookups = Lookups(self.source, notify=self._notified, **options)
+        self.source = RestInventoryLookup(settings)
+        self.lookups = LookupQueue(self.source, notify=self._notified, **options)
         self.pipeline: Pipeline = build_pipeline(settings, load_registry(settings),
                                                  inventory=self.lookups)
         self.presses: list[Press] = []
@@ -120,7 +120,7 @@ def test_a_refusing_tenant_is_asked_again_after_retry_max_and_then_answers(
     However late the password is fixed on a loaded machine, each refused try is one request and
     one log line (WARNING once, then DEBUG), and the answer two requests."""
     caplog.set_level(logging.WARNING, logger="dashkanban")
-    caplog.set_level(logging.DEBUG, logger="dashkanban.inventory")
+    caplog.set_level(logging.DEBUG, logger="dashkanban.c8y.inventory")
     with Sandbox(sandbox_options()) as sandbox:
         add_button(sandbox)
         sandbox.set_password("changed-on-the-tenant")
@@ -229,9 +229,9 @@ def test_stopping_while_the_capture_asks_about_a_new_mac_still_closes_the_client
     """run()'s way out counts the MACs still being looked up while the capture's thread may ask
     about one more (played at the worst moment: a waiting MAC whose count makes the capture
     ask): no "dictionary changed size during iteration", and the HTTP client is closed."""
-    from dashkanban.decode import Decoder
+    from dashkanban.detect.decode import Decoder
 
-    caplog.set_level(logging.WARNING, logger="dashkanban.inventory")
+    caplog.set_level(logging.WARNING, logger="dashkanban.c8y.inventory")
     store = Store("t12345/dash-gateway", SANDBOX_PASSWORD)
     store.hold = threading.Event()  # the phone's look-up stays in flight
     late = Decoder(("arp",)).decode(arp("3c:22:fb:8e:41:99", T0).data, T0, None)

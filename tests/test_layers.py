@@ -21,17 +21,17 @@ from pathlib import Path
 import pytest
 
 import dashkanban
-from dashkanban.check import ButtonTestOptions, CheckOptions
 from dashkanban.cli import build_parser
-from dashkanban.daemon import RunOptions
-from dashkanban.demo import DemoOptions
-from dashkanban.discover import DiscoverOptions
+from dashkanban.commands.check import ButtonTestOptions, CheckOptions
+from dashkanban.commands.demo import DemoOptions
+from dashkanban.commands.discover import DiscoverOptions
+from dashkanban.commands.outbox import DropOptions, FlushOptions, StatusOptions
+from dashkanban.commands.register import RegisterOptions
+from dashkanban.commands.replay import ReplayOptions
+from dashkanban.commands.run import RunOptions
+from dashkanban.commands.service import ServiceOptions
 from dashkanban.kanban.cli import RefilledOptions, ReportOptions, RulesOptions
-from dashkanban.outbox_commands import DropOptions, FlushOptions, StatusOptions
-from dashkanban.register import RegisterOptions
-from dashkanban.replay import ReplayOptions
 from dashkanban.sandbox.cli import SandboxCommandOptions
-from dashkanban.service import ServiceOptions
 
 PACKAGE = Path(dashkanban.__file__).parent
 
@@ -169,8 +169,8 @@ def _all_edges(imports: dict[str, Imports]) -> dict[str, set[str]]:
 
 
 def test_no_import_cycle_counting_lazy_imports() -> None:
-    """The outbox no longer imports the Courier (delivery.py) back: the outbox commands moved to
-    outbox_commands.py, above both."""
+    """The outbox store no longer imports the Courier (outbox/courier.py) back: the outbox
+    commands moved to commands/outbox.py, above both."""
     edges = _all_edges(graph())
     for source, target in KNOWN_LAZY_CYCLE_EDGES:
         edges[source].discard(target)
@@ -197,29 +197,98 @@ def test_readers_are_below_the_dispatcher() -> None:
 
 def test_outbox_is_below_the_courier() -> None:
     imports = graph()
-    assert "dashkanban.outbox" in imports["dashkanban.delivery"].module_level
-    outbox = imports["dashkanban.outbox"]
-    assert "dashkanban.delivery" not in outbox.module_level | outbox.function_level
+    assert "dashkanban.outbox.store" in imports["dashkanban.outbox.courier"].module_level
+    outbox = imports["dashkanban.outbox.store"]
+    assert "dashkanban.outbox.courier" not in outbox.module_level | outbox.function_level
 
 
 def test_buttons_are_below_the_mqtt_buttons_adapter() -> None:
-    """MACID.csv's columns are typed by values.py's Literals (Role, Format, LongPress); buttons.py
-    takes none of them from mqtt_buttons/, the adapter built on it (review f1, item 6)."""
+    """MACID.csv's columns are typed by values.py's Literals (Role, Format, LongPress);
+    detect/buttons.py takes none of them from mqtt_buttons/, the adapter built on it (review f1,
+    item 6)."""
     imports = graph()
-    buttons = imports["dashkanban.buttons"]
+    buttons = imports["dashkanban.detect.buttons"]
     assert "dashkanban.values" in buttons.module_level
     assert not {m for m in buttons.module_level | buttons.function_level | buttons.typing_only
                 if m.startswith("dashkanban.mqtt_buttons")}
 
 
+# The layers, bottom to top (CONTRIBUTING.md, "Where things are"). A module may import from its
+# own layer and the ones below, never from one above, not even lazily (`if TYPE_CHECKING:`
+# imports are types only and not counted). A module belongs to the layer of its longest prefix.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("values and plumbing", (
+        "dashkanban", "dashkanban.values", "dashkanban.errors", "dashkanban.secret",
+        "dashkanban.safetext", "dashkanban.backoff", "dashkanban.files", "dashkanban.config",
+        "dashkanban.credentials", "dashkanban.privileges", "dashkanban.health",
+        "dashkanban.metrics", "dashkanban.samples",
+        # A pure codec (text in, text out) that the stages use to check that a name or an
+        # event's text can be sent; it lives beside the rest of the Cumulocity adapter.
+        "dashkanban.c8y.smartrest",
+    )),
+    ("detect: frames to presses to events", ("dashkanban.detect", "dashkanban.capture")),
+    ("adapters", ("dashkanban.outbox",  # relayout: keep (the package)
+                  "dashkanban.c8y", "dashkanban.mqtt_buttons", "dashkanban.kanban",
+                  "dashkanban.sandbox")),
+    ("composition root", ("dashkanban.compose",)),
+    ("commands", ("dashkanban.commands", "dashkanban.kanban.cli", "dashkanban.sandbox.cli",
+                  "dashkanban.mqtt_buttons.discover")),
+    ("command line", ("dashkanban.cli", "dashkanban.__main__")),
+)
+
+# Imports that point up a layer, each with its reason; the list only shrinks.
+KNOWN_UPWARD_EDGES: dict[tuple[str, str], str] = {
+    ("dashkanban.config", "dashkanban.detect.buttons"): (
+        "config checks each `event_text` against sample Buttons; detect/buttons.py itself needs "
+        "only values, errors and files"),
+}
+
+
+def layer_of(module: str) -> int:
+    best = max(((len(prefix), number) for number, (_, prefixes) in enumerate(LAYERS)
+                for prefix in prefixes if module == prefix or module.startswith(prefix + ".")),
+               default=None)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best[1]
+
+
+def _upward_edges() -> set[tuple[str, str]]:
+    return {
+        (name, target)
+        for name, found in graph().items()
+        for target in found.module_level | found.function_level
+        if layer_of(target) > layer_of(name)
+    }
+
+
+def test_every_module_is_in_a_layer() -> None:
+    assert {name: layer_of(name) for name in modules()}  # layer_of fails on a module in none
+
+
+def test_imports_point_down_the_layers() -> None:
+    assert _upward_edges() - set(KNOWN_UPWARD_EDGES) == set()
+
+
+def test_known_upward_edges_still_exist() -> None:
+    assert set(KNOWN_UPWARD_EDGES) - _upward_edges() == set()
+
+
+def test_the_layer_rule_can_fail() -> None:
+    """A stage reaching up into a command is found (the rule is not vacuous)."""
+    assert layer_of("dashkanban.detect.pipeline") < layer_of("dashkanban.commands.run")
+    assert layer_of("dashkanban.c8y.smartrest") < layer_of("dashkanban.detect.events")
+    assert layer_of("dashkanban.c8y.mqtt") > layer_of("dashkanban.detect.events")
+    assert layer_of("dashkanban.kanban.cli") > layer_of("dashkanban.compose")
+
+
 # The commands: the modules holding a `*_command` handler (the test below finds them all), plus
 # cli.py above them and __main__. Nothing else may import one of them.
 COMMAND_MODULES = frozenset({
-    "dashkanban.__main__", "dashkanban.cli", "dashkanban.check", "dashkanban.daemon",
-    "dashkanban.demo", "dashkanban.discover", "dashkanban.kanban.cli",
+    "dashkanban.__main__", "dashkanban.cli", "dashkanban.commands.check", "dashkanban.commands.run",
+    "dashkanban.commands.demo", "dashkanban.commands.discover", "dashkanban.kanban.cli",
     "dashkanban.mqtt_buttons.discover",
-    "dashkanban.outbox_commands", "dashkanban.register", "dashkanban.replay",
-    "dashkanban.sandbox.cli", "dashkanban.service",
+    "dashkanban.commands.outbox", "dashkanban.commands.register", "dashkanban.commands.replay",
+    "dashkanban.sandbox.cli", "dashkanban.commands.service",
 })
 
 
@@ -237,7 +306,7 @@ def test_the_command_modules_are_all_listed() -> None:
 def test_no_lower_layer_imports_a_command() -> None:
     """Imports point down: values, stages, adapters and the composition root never reach up
     into a command module, not even lazily (a shared helper moves down instead, as the pipeline
-    wiring moved from replay.py to compose.py)."""
+    wiring moved from commands/replay.py to compose.py)."""
     upward = {
         name: sorted((found.module_level | found.function_level) & COMMAND_MODULES)
         for name, found in graph().items() if name not in COMMAND_MODULES
@@ -248,7 +317,7 @@ def test_no_lower_layer_imports_a_command() -> None:
 # A command importing another command ties two of them together; what they share belongs in
 # the composition root. These edges remain, each with its reason; the list only shrinks.
 KNOWN_COMMAND_EDGES: dict[tuple[str, str], str] = {
-    ("dashkanban.discover", "dashkanban.mqtt_buttons.discover"): (
+    ("dashkanban.commands.discover", "dashkanban.mqtt_buttons.discover"): (
         "`discover --mqtt` is discover's second mode; its listening lives beside the MQTT "
         "buttons' reader"),
 }
@@ -281,8 +350,9 @@ def test_the_pipeline_commands_share_the_composition_root() -> None:
     with copies of their own (run imports it when it starts: nothing at import time)."""
     imports = graph()
     for command in ("replay", "demo", "check"):
-        assert "dashkanban.compose" in imports[f"dashkanban.{command}"].module_level, command
-    assert "dashkanban.compose" in imports["dashkanban.daemon"].function_level
+        found = imports[f"dashkanban.commands.{command}"]
+        assert "dashkanban.compose" in found.module_level, command
+    assert "dashkanban.compose" in imports["dashkanban.commands.run"].function_level
 
 
 def _handlers(parser: argparse.ArgumentParser,
@@ -301,29 +371,30 @@ C = Path("c.ini")
 # Each command: its command line (-c c.ini is added), the function the CLI hands it to, and the
 # typed options that function must get.
 COMMANDS: dict[str, tuple[list[str], str, object]] = {
-    "run": (["run", "-i", "eth9", "--allow-root"], "dashkanban.daemon:run_command",
+    "run": (["run", "-i", "eth9", "--allow-root"], "dashkanban.commands.run:run_command",
             RunOptions(config=C, interface="eth9", allow_root=True)),
     "replay": (["replay", "x.pcap", "--dry-run", "--jsonl", "--timeout", "5", "--again"],
-               "dashkanban.replay:replay_command",
+               "dashkanban.commands.replay:replay_command",
                ReplayOptions(capture=Path("x.pcap"), dry_run=True, jsonl=True, timeout=5.0,
                              again=True, config=C)),
     "discover": (["discover", "--pcap", "x.pcap", "--seconds", "2", "--csv"],
-                 "dashkanban.discover:discover_command",
+                 "dashkanban.commands.discover:discover_command",
                  DiscoverOptions(interface=None, pcap=Path("x.pcap"), seconds=2.0, csv=True,
                                  add_to=None, config=C)),
-    "check": (["check"], "dashkanban.check:check_command", CheckOptions(config=C)),
-    "test-button": (["test-button", "A3", "--timeout", "0"], "dashkanban.check:test_button_command",
+    "check": (["check"], "dashkanban.commands.check:check_command", CheckOptions(config=C)),
+    "test-button": (["test-button", "A3", "--timeout", "0"],
+                    "dashkanban.commands.check:test_button_command",
                     ButtonTestOptions(button="A3", timeout=0.0, config=C)),
     "register": (["register", "--timeout", "9", "--force", "--certificate"],
-                 "dashkanban.register:register_command",
+                 "dashkanban.commands.register:register_command",
                  RegisterOptions(timeout=9.0, force=True, certificate=True, renew=False,
                                  config=C)),
-    "outbox status": (["outbox", "status"], "dashkanban.outbox_commands:status_command",
+    "outbox status": (["outbox", "status"], "dashkanban.commands.outbox:status_command",
                       StatusOptions(config=C)),
     "outbox flush": (["outbox", "flush", "--timeout", "7"],
-                     "dashkanban.outbox_commands:flush_command",
+                     "dashkanban.commands.outbox:flush_command",
                      FlushOptions(timeout=7.0, config=C)),
-    "outbox drop": (["outbox", "drop", "--button", "A3"], "dashkanban.outbox_commands:drop_command",
+    "outbox drop": (["outbox", "drop", "--button", "A3"], "dashkanban.commands.outbox:drop_command",
                     DropOptions(button="A3", before=None, config=C)),
     "sandbox": (["sandbox", "--mqtt-port", "0", "--http-port", "0", "--bind", "::1", "--tenant",
                  "t1", "--user", "u", "--password", "pw", "--tls-cert", "a.pem", "--tls-key",
@@ -333,13 +404,13 @@ COMMANDS: dict[str, tuple[list[str], str, object]] = {
                                       user="u", password="pw", tls_cert=Path("a.pem"),
                                       tls_key=Path("k.pem"), data=Path("d.json"),
                                       bootstrap_password="bp")),
-    "demo": (["demo", "--keep"], "dashkanban.demo:demo_command", DemoOptions(keep=True)),
+    "demo": (["demo", "--keep"], "dashkanban.commands.demo:demo_command", DemoOptions(keep=True)),
     "service install": (["service", "install", "--user", "svc", "--root", "/r", "--dry-run"],
-                        "dashkanban.service:install_command",
+                        "dashkanban.commands.service:install_command",
                         ServiceOptions(user="svc", root=Path("/r"), dry_run=True, purge=False,
                                        config=C)),
     "service uninstall": (["service", "uninstall", "--user", "svc", "--purge"],
-                          "dashkanban.service:uninstall_command",
+                          "dashkanban.commands.service:uninstall_command",
                           ServiceOptions(user="svc", root=Path("/"), dry_run=False, purge=True,
                                          config=C)),
     "kanban report": (["kanban", "report", "--since", "30d", "--out", "r.html",

@@ -22,7 +22,8 @@ def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
             raise ValueError("broken frame")
         except ValueError:
             exc_info = sys.exc_info()
-    rec = logging.LogRecord("dashkanban.daemon", logging.INFO, __file__, 1, message, args, exc_info)
+    rec = logging.LogRecord("dashkanban.commands.run", logging.INFO, __file__, 1, message, args,
+                            exc_info)
     rec.created = 1795680001.234567  # 2026-11-26T08:00:01.234567Z
     return rec
 
@@ -31,7 +32,7 @@ def test_json_shape_is_exact() -> None:
     line = JsonFormatter().format(record("press %s: %s", "dashButton_1", "delivered"))
     assert line == (
         '{"time": "2026-11-26T08:00:01.234+00:00", "level": "info", '
-        '"logger": "dashkanban.daemon", "message": "press dashButton_1: delivered"}'
+        '"logger": "dashkanban.commands.run", "message": "press dashButton_1: delivered"}'
     )
     assert list(json.loads(line)) == ["time", "level", "logger", "message"]
 
@@ -95,7 +96,8 @@ def test_cli_json_lines_on_stderr(tmp_path: Path) -> None:
     assert list(data) == ["time", "level", "logger", "message"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", data["time"])
     assert (data["level"], data["logger"], data["message"]) == (
-        "debug", "dashkanban.service", f"service uninstall: 3 steps under {root} (dry run)")
+        "debug", "dashkanban.commands.service",
+        f"service uninstall: 3 steps under {root} (dry run)")
 
 
 def test_cli_text_lines_have_no_colour_when_not_a_tty(tmp_path: Path) -> None:
@@ -104,7 +106,8 @@ def test_cli_text_lines_have_no_colour_when_not_a_tty(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "\x1b" not in result.stderr + result.stdout
     assert re.fullmatch(
-        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} DEBUG   dashkanban\.service: service uninstall: "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} DEBUG   dashkanban\.commands\.service: "
+        r"service uninstall: "
         + re.escape(f"3 steps under {root} (dry run)") + "\n",
         result.stderr,
     )
@@ -172,7 +175,7 @@ def test_text_format_drops_the_time_only_on_the_journal_stream(
     root = scratch_root(tmp_path)
     err = run_to_file(tmp_path, journal_stream, "service", "uninstall", "--dry-run",
                       "--root", str(root))
-    line = "DEBUG   dashkanban.service: " + re.escape(
+    line = "DEBUG   dashkanban.commands.service: " + re.escape(
         f"service uninstall: 3 steps under {root} (dry run)") + "\n"
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} " if stamped else ""
     assert re.fullmatch(stamp + line, err), err

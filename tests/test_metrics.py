@@ -223,7 +223,7 @@ def test_prometheus_endpoint_serves_every_counter_on_loopback() -> None:
 def test_the_uplink_gauges_and_an_outbox_count_off_the_loop() -> None:
     """The uplink's health (issue 11) and an awaitable row count, as the daemon passes it to
     keep the SQLite read off the loop (`writer.call(outbox.count)`)."""
-    from dashkanban.writer import Writer
+    from dashkanban.outbox.writer import Writer
 
     reading = [(False, 3)]
     writer = Writer("metrics-test")
@@ -362,7 +362,7 @@ def test_a_stuck_outbox_writer_leaves_the_lost_presses_scrapable(
     within ROWS_WAIT without the `outbox` value, and shows the presses the press queue lost;
     so does the summary line (no `outbox=`)."""
     from dashkanban import metrics as module
-    from dashkanban.writer import Writer
+    from dashkanban.outbox.writer import Writer
 
     monkeypatch.setattr(module, "ROWS_WAIT", 0.2)
     stuck, release = threading.Event(), threading.Event()

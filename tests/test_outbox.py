@@ -16,10 +16,10 @@ import pytest
 
 from dashkanban.cli import main
 from dashkanban.config import load_settings
+from dashkanban.detect.events import Event
 from dashkanban.errors import ConfigError
-from dashkanban.events import Event
 from dashkanban.metrics import Metrics, MetricsSnapshot
-from dashkanban.outbox import (
+from dashkanban.outbox.store import (
     Outbox,
     OutboxError,
     OutboxFullError,
@@ -157,7 +157,7 @@ def test_row_cap_keeps_the_oldest_refuses_new_and_warns_once_per_crossing(
     with open_outbox(path, max_rows=3, metrics=metrics) as outbox:
         for i in range(3):
             outbox.put(event_for(i))
-        caplog.set_level(logging.WARNING, logger="dashkanban.outbox")
+        caplog.set_level(logging.WARNING, logger="dashkanban.outbox.store")
         message = (
             f"{path}: the outbox is full (3 events, 398 bytes; cap 3 rows, 100000000 bytes): new"
             " events are refused and the oldest kept until"
@@ -538,7 +538,7 @@ def test_a_schema_1_outbox_is_migrated_keeping_its_rows(
     )
     db.commit()
     db.close()
-    caplog.set_level("INFO", logger="dashkanban.outbox")
+    caplog.set_level("INFO", logger="dashkanban.outbox.store")
     with open_outbox(path) as outbox:
         assert outbox.peek() == [QueuedEvent(1, e, ("302,c8y_KanbanReorder,x",), NOW, 0)]
         assert outbox.put_lines([("btn", "306,c8y_KanbanReorder")], NOW) == 2
@@ -591,7 +591,7 @@ def test_a_delete_does_not_wait_for_fsync_but_every_put_still_does(tmp_path: Pat
 
 
 def test_press_identity_is_serial_millisecond_and_type(tmp_path: Path) -> None:
-    from dashkanban.outbox import press_key
+    from dashkanban.outbox.store import press_key
 
     event = event_for(1)
     same_instant = dataclasses.replace(
@@ -659,7 +659,7 @@ def test_refusals_by_cumulocity_are_counted_in_the_file_with_the_last_one(tmp_pa
 def test_remember_forgets_old_identities_through_an_index(tmp_path: Path) -> None:
     """Every press prunes identities older than PRESS_IDS_DAYS: by the index on `remembered`,
     not by reading the whole table each time, and only the old ones go."""
-    from dashkanban.outbox import PRESS_IDS_DAYS, press_key
+    from dashkanban.outbox.store import PRESS_IDS_DAYS, press_key
 
     path = tmp_path / "o.sqlite3"
     now = clock()
@@ -682,7 +682,7 @@ def test_remember_forgets_old_identities_through_an_index(tmp_path: Path) -> Non
 def test_put_with_a_key_keeps_the_row_and_the_identity_in_one_commit(tmp_path: Path) -> None:
     """`put(..., key=)`: the press identity is written in the row's own transaction (one commit,
     one fsync per press instead of two), and `seen`/`drop` treat it as `remember` would."""
-    from dashkanban.outbox import press_key
+    from dashkanban.outbox.store import press_key
 
     path = tmp_path / "o.sqlite3"
     with open_outbox(path) as outbox:
@@ -704,7 +704,7 @@ def test_put_with_a_key_keeps_the_row_and_the_identity_in_one_commit(tmp_path: P
 
 
 def test_put_with_a_key_refused_by_a_full_outbox_keeps_neither(tmp_path: Path) -> None:
-    from dashkanban.outbox import press_key
+    from dashkanban.outbox.store import press_key
 
     path = tmp_path / "o.sqlite3"
     with open_outbox(path, max_rows=1) as outbox:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from dashkanban.cli import main
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox, QueuedEvent, format_status
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox, QueuedEvent, format_status
 from tests.outbox_writer import event_for
 
 NOW = datetime(2026, 11, 26, 9, 30, 0, 500000, tzinfo=UTC)
@@ -118,7 +118,7 @@ def test_a_schema_2_outbox_is_migrated_and_its_rows_read_as_single(
     path = tmp_path / "o.sqlite3"
     old = zigbee_event("long")  # queued before: only its text says "long"
     _schema_2_file(path, old)
-    caplog.set_level("INFO", logger="dashkanban.outbox")
+    caplog.set_level("INFO", logger="dashkanban.outbox.store")
     with open_outbox(path) as outbox:
         assert outbox.peek() == [
             QueuedEvent(1, dataclasses.replace(old, kind="single"), (), NOW, 0),

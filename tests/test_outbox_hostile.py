@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from dashkanban.cli import main
-from dashkanban.delivery import deliver
 from dashkanban.metrics import Metrics
-from dashkanban.outbox import Outbox
+from dashkanban.outbox.courier import deliver
+from dashkanban.outbox.store import Outbox
 from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, settings_for
 from tests.outbox_writer import event_for

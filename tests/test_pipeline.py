@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dashkanban
-from dashkanban.buttons import Button, Registry
 from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
-from dashkanban.events import Event
-from dashkanban.pipeline import Counts, Pipeline
-from dashkanban.presses import Press
+from dashkanban.detect.buttons import Button, Registry
+from dashkanban.detect.events import Event
+from dashkanban.detect.pipeline import Counts, Pipeline
+from dashkanban.detect.presses import Press
 from tests import forge
 
 B1 = Button("dashButton_1", "ac:63:be:12:34:56", bin="A3")
@@ -59,9 +59,9 @@ def test_press_handler_gives_what_run_presses_gives() -> None:
     no press on either path: its broker reports its presses."""
     from collections.abc import Iterator
 
-    from dashkanban.buttons import load_buttons
     from dashkanban.capture import open_capture
-    from dashkanban.decode import TRIGGERS
+    from dashkanban.detect.buttons import load_buttons
+    from dashkanban.detect.decode import TRIGGERS
 
     data = Path(dashkanban.__file__).parent / "data"
     registry = load_buttons(data / "MACID.csv")
@@ -128,8 +128,8 @@ def _full_path_presses(registry: Registry, stream: list[Frame], dead_time: float
                        clock: Callable[[Frame], float]) -> tuple[list[Press], Counts]:
     """The reference: every candidate decoded in full into a Sighting, then matched by its text
     MAC and debounced, as the pipeline did before it matched first (issue 16 item 3)."""
-    from dashkanban.decode import TRIGGERS, Decoder
-    from dashkanban.presses import Debouncer
+    from dashkanban.detect.decode import TRIGGERS, Decoder
+    from dashkanban.detect.presses import Debouncer
 
     decoder = Decoder(TRIGGERS)
     debouncer = Debouncer(registry, dead_time)
@@ -150,8 +150,8 @@ def _mixed_stream() -> tuple[Registry, list[Frame]]:
     relayed DHCP, NDP, malformed and cut short; the registry has an MQTT button (matched by its
     broker, never by network join) and a MAC written in capitals (no Sighting's MAC equals it),
     both of which send frames here."""
-    from dashkanban.buttons import load_buttons
     from dashkanban.capture import open_capture
+    from dashkanban.detect.buttons import load_buttons
 
     data = Path(dashkanban.__file__).parent / "data"
     mqtt = Button("mqtt_1", "68:54:fd:aa:bb:cc", topic="zigbee2mqtt/button_1")
@@ -182,7 +182,7 @@ def _mixed_stream() -> tuple[Registry, list[Frame]]:
 def test_matching_first_gives_what_the_full_path_gives() -> None:
     """press_handler, run_presses and feed (which match the sender's raw MAC before building a
     Sighting) against decode-then-match: the same presses and the same counts (the summary)."""
-    from dashkanban.decode import TRIGGERS
+    from dashkanban.detect.decode import TRIGGERS
 
     registry, stream = _mixed_stream()
     expected, counts = _full_path_presses(registry, stream, 20, lambda f: f.timestamp)
@@ -252,7 +252,7 @@ def test_press_handler_with_the_inventory_cache_matches_first(tmp_path: Path) ->
     before its Sighting is built, and nothing else changes: the same presses, parked and
     answered, and the same counts as without it (the test above)."""
     from dashkanban.compose import build_pipeline, load_registry
-    from dashkanban.pipeline import InventoryCandidates
+    from dashkanban.detect.pipeline import InventoryCandidates
     from tests.kanban.c8y_server import c8y_server
     from tests.test_inventory import (
         CSV_BUTTON,

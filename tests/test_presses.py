@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dashkanban.buttons import Button, Registry
-from dashkanban.decode import Sighting
-from dashkanban.presses import Debouncer, Press
+from dashkanban.detect.buttons import Button, Registry
+from dashkanban.detect.decode import Sighting
+from dashkanban.detect.presses import Debouncer, Press
 
 B1 = Button("dashButton_1", "ac:63:be:12:34:56")
 B3 = Button("dashButton_3", "68:54:fd:01:02:03", dead_time=20.0)

@@ -15,8 +15,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from dashkanban import credentials, register
+from dashkanban import credentials
 from dashkanban.cli import main
+from dashkanban.commands import register
 from dashkanban.config import load_settings
 from dashkanban.errors import ConfigError
 from dashkanban.sandbox import Sandbox
@@ -187,7 +188,8 @@ def test_a_lost_connection_is_made_again(tmp_path: Path, capfd: pytest.CaptureFi
         f"✓ stored in {stored(config)} (mode 0600)"]
     lost = [line for line in own(err) if "lost" in line]
     assert len(lost) == 1
-    assert f"dashkanban.register: connection to 127.0.0.1:{sandbox.mqtt_port} lost (" in lost[0]
+    assert (f"dashkanban.commands.register: connection to 127.0.0.1:{sandbox.mqtt_port} lost ("
+            in lost[0])
     assert lost[0].endswith("); connecting again in 0.05 s")
 
 
@@ -562,7 +564,7 @@ def test_parse_enrolled_reads_pem_and_pkcs7(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs7
 
-    from dashkanban.enrol import parse_enrolled
+    from dashkanban.commands.enrol import parse_enrolled
     from tests.brokers import make_tls_files
 
     files = make_tls_files(tmp_path / "tls")

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dashkanban.cli import main
-from dashkanban.enrol import renewal_due
+from dashkanban.commands.enrol import renewal_due
 from dashkanban.sandbox import Sandbox
 from dashkanban.sandbox.registration import DeviceCredentials
 from tests.brokers import TlsFiles, free_port

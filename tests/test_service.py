@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from dashkanban.service import (
+from dashkanban.commands.service import (
     CONFIG_DIR,
     UNIT_PATH,
     Command,
@@ -361,7 +361,8 @@ def test_installed_config_loads_as_the_service_user_and_no_one_else(
     python = dashkanban_exe.parent / "python"
     probe = (
         "import sys; from pathlib import Path; "
-        "from dashkanban.config import load_settings; from dashkanban.buttons import load_buttons\n"
+        "from dashkanban.config import load_settings; "
+        "from dashkanban.detect.buttons import load_buttons\n"
         "try:\n"
         "    s = load_settings(Path('/etc/dashkanban/config.ini'), {})\n"
         "except Exception as exc:\n"

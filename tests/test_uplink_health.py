@@ -24,7 +24,7 @@ from dashkanban.health import (
     status_lines,
     watchdog_interval,
 )
-from dashkanban.outbox import delivery_lock
+from dashkanban.outbox.store import delivery_lock
 from tests.e2e.faultkit import T0
 
 REFUSAL = ("127.0.0.1:8883 refused the login for t12345/dash-gateway: bad user name or "

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from dashkanban.writer import Writer
+from dashkanban.outbox.writer import Writer
 
 
 def test_calls_run_in_order_on_one_thread_that_is_not_the_loop() -> None:

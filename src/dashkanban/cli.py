@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dashkanban.errors import EXIT_FAILURE, EXIT_USAGE, DashkanbanError
 
 if TYPE_CHECKING:
-    from dashkanban.service import ServiceOptions
+    from dashkanban.commands.service import ServiceOptions
 
 log = logging.getLogger(__name__)
 
@@ -463,14 +463,14 @@ def _adder(sub: Any, prefix: str = "") -> Adder:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dashkanban.daemon import RunOptions, run_command
+    from dashkanban.commands.run import RunOptions, run_command
 
     return run_command(RunOptions(config=args.config, interface=args.interface,
                                   allow_root=args.allow_root))
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from dashkanban.replay import ReplayOptions, replay_command
+    from dashkanban.commands.replay import ReplayOptions, replay_command
 
     return replay_command(ReplayOptions(
         capture=args.capture, dry_run=args.dry_run, jsonl=args.jsonl, timeout=args.timeout,
@@ -478,7 +478,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _discover(args: argparse.Namespace) -> int:
-    from dashkanban.discover import DiscoverOptions, discover_command
+    from dashkanban.commands.discover import DiscoverOptions, discover_command
 
     return discover_command(DiscoverOptions(
         interface=args.interface, pcap=args.pcap, seconds=args.seconds, csv=args.csv,
@@ -486,20 +486,20 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from dashkanban.check import CheckOptions, check_command
+    from dashkanban.commands.check import CheckOptions, check_command
 
     return check_command(CheckOptions(config=args.config))
 
 
 def _test_button(args: argparse.Namespace) -> int:
-    from dashkanban.check import ButtonTestOptions, test_button_command
+    from dashkanban.commands.check import ButtonTestOptions, test_button_command
 
     return test_button_command(ButtonTestOptions(
         button=args.button, timeout=args.timeout, config=args.config))
 
 
 def _register(args: argparse.Namespace) -> int:
-    from dashkanban.register import RegisterOptions, register_command
+    from dashkanban.commands.register import RegisterOptions, register_command
 
     return register_command(RegisterOptions(
         timeout=args.timeout, force=args.force, certificate=args.certificate, renew=args.renew,
@@ -507,19 +507,19 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _outbox_status(args: argparse.Namespace) -> int:
-    from dashkanban.outbox_commands import StatusOptions, status_command
+    from dashkanban.commands.outbox import StatusOptions, status_command
 
     return status_command(StatusOptions(config=args.config))
 
 
 def _outbox_flush(args: argparse.Namespace) -> int:
-    from dashkanban.outbox_commands import FlushOptions, flush_command
+    from dashkanban.commands.outbox import FlushOptions, flush_command
 
     return flush_command(FlushOptions(timeout=args.timeout, config=args.config))
 
 
 def _outbox_drop(args: argparse.Namespace) -> int:
-    from dashkanban.outbox_commands import DropOptions, drop_command
+    from dashkanban.commands.outbox import DropOptions, drop_command
 
     return drop_command(DropOptions(button=args.button, before=args.before, config=args.config))
 
@@ -534,26 +534,26 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dashkanban.demo import DemoOptions, demo_command
+    from dashkanban.commands.demo import DemoOptions, demo_command
 
     return demo_command(DemoOptions(keep=args.keep))
 
 
 def _service_options(args: argparse.Namespace) -> ServiceOptions:
-    from dashkanban.service import ServiceOptions
+    from dashkanban.commands.service import ServiceOptions
 
     return ServiceOptions(user=args.user, root=args.root, dry_run=args.dry_run,
                           purge=getattr(args, "purge", False), config=args.config)
 
 
 def _service_install(args: argparse.Namespace) -> int:
-    from dashkanban.service import install_command
+    from dashkanban.commands.service import install_command
 
     return install_command(_service_options(args))
 
 
 def _service_uninstall(args: argparse.Namespace) -> int:
-    from dashkanban.service import uninstall_command
+    from dashkanban.commands.service import uninstall_command
 
     return uninstall_command(_service_options(args))
 

@@ -13,18 +13,18 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from dashkanban.buttons import Registry, load_buttons
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.events import Event, check_event_text
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import ButtonLookup, Press
 from dashkanban.errors import DashkanbanError
-from dashkanban.events import Event, check_event_text
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import ButtonLookup, Press
 
 if TYPE_CHECKING:
-    from dashkanban.c8y.rest import InventorySource
-    from dashkanban.inventory import Lookups
+    from dashkanban.c8y.inventory import LookupQueue
+    from dashkanban.c8y.rest import RestInventoryLookup
     from dashkanban.kanban.bins import Bins
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox.store import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,14 @@ def load_registry(settings: Settings) -> Registry:
     return registry
 
 
-def inventory_source(settings: Settings) -> InventorySource | None:
+def inventory_lookup(settings: Settings) -> RestInventoryLookup | None:
     """The Cumulocity identity look-up for `[buttons] source = inventory | both` (blocking,
     cached; raises RestError when Cumulocity cannot tell, which fails a replay)."""
     if settings.buttons.source == "csv":
         return None
-    from dashkanban.c8y.rest import InventorySource
+    from dashkanban.c8y.rest import RestInventoryLookup
 
-    return InventorySource(settings)
+    return RestInventoryLookup(settings)
 
 
 def build_pipeline(
@@ -53,14 +53,14 @@ def build_pipeline(
     registry: Registry,
     lookup: ButtonLookup | None = None,
     *,
-    inventory: Lookups | None = None,
+    inventory: LookupQueue | None = None,
     cached: Callable[[str], object] | None = None,
 ) -> Pipeline:
     """The pipeline as configured. For MACs not in MACID.csv (`[buttons] source =
     inventory|both`): `lookup` asks Cumulocity synchronously (replay: packet time is the clock,
     so waiting changes nothing and the result is deterministic), `inventory` asynchronously
     (live: capture never waits for HTTP), with `cached` its source's cache
-    (InventorySource.cached: a MAC known to be no button costs no Sighting)."""
+    (RestInventoryLookup.cached: a MAC known to be no button costs no Sighting)."""
     return Pipeline(
         registry,
         settings.event,
@@ -149,11 +149,11 @@ class StillQueuedError(DashkanbanError):
 
 def deliver_explained(settings: Settings, outbox: Outbox, events: Sequence[Event] = (), *,
                       timeout: float, max_refusals: int | None = None) -> int | None:
-    """`delivery.deliver` for a one-shot command: when it fails, the error also says how many
+    """`outbox.courier.deliver` for a one-shot command: when it fails, the error also says how many
     events stay queued and how to send (`outbox flush`) or discard (`outbox drop`) them, so
     nothing is left behind silently (issue 14)."""
-    from dashkanban.delivery import deliver
-    from dashkanban.outbox import plural
+    from dashkanban.outbox.courier import deliver
+    from dashkanban.outbox.store import plural
 
     try:
         if max_refusals is None:

@@ -157,7 +157,7 @@ class Metrics:
 
     def __init__(self) -> None:
         # Not a thread of its own: the outbox counts on the writer thread its blocking SQLite
-        # work is handed off to (writer.py), the rest of `run` on the loop.
+        # work is handed off to (outbox/writer.py), the rest of `run` on the loop.
         self._lock = threading.Lock()
         self._values: dict[CounterName | ButtonCounterName, int] = dict.fromkeys(
             (*COUNTERS, *BUTTON_COUNTERS), 0)

@@ -2,7 +2,7 @@
 
 Live capture needs one capability, CAP_NET_RAW (a raw AF_PACKET socket). Root holds every
 capability, so a bug or a hostile packet in a root process owns the machine; the service runs as a
-system user with only CAP_NET_RAW (see `service.py`), and `run` refuses uid 0 unless told.
+system user with only CAP_NET_RAW (see `commands/service.py`), and `run` refuses uid 0 unless told.
 """
 
 from __future__ import annotations

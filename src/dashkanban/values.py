@@ -8,14 +8,19 @@ A new press source adds its trigger to `Trigger` (and, if `[capture] detect` can
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
-# A SmartREST line for one device of the gateway: (child serial, line); None is the gateway
-# itself. The outbox stores them, the uplink sends them on `s/us/<serial>` or `s/us`.
-DeviceLine = tuple[str | None, str]
 
-# The kinds of packet decode.py recognises as a device joining the network; `[capture] detect`
-# names some of them.
+class DeviceLine(NamedTuple):
+    """One SmartREST line for one device of the gateway. The outbox stores them, the uplink
+    sends each on `s/us/<serial>` (a child button) or `s/us` (`serial=None`: the gateway)."""
+
+    serial: str | None
+    line: str
+
+
+# The kinds of packet detect/decode.py recognises as a device joining the network;
+# `[capture] detect` names some of them.
 Detect = Literal["arp", "dhcp", "ndp"]
 # How a press was seen: its first packet's kind, `test-button` ("test"), or a button that told
 # the press itself on MQTT ("mqtt", issue 19). In the event's text ({trigger}) and in `--jsonl`.

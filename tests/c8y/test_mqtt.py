@@ -22,7 +22,7 @@ from dashkanban.c8y.mqtt import (
 )
 from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import load_settings
-from dashkanban.events import Event
+from dashkanban.detect.events import Event
 from tests.brokers import Mosquitto, TlsFiles, free_port
 from tests.c8y.support import Recorder, settings_for
 from tests.conftest import _need_mosquitto

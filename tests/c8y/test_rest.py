@@ -12,9 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button
-from dashkanban.c8y.rest import CumulocityRest, InventoryError, InventorySource, RestRefusedError
+from dashkanban.c8y.rest import (
+    CumulocityRest,
+    InventoryError,
+    RestInventoryLookup,
+    RestRefusedError,
+)
 from dashkanban.config import Settings, load_settings
+from dashkanban.detect.buttons import Button
 from tests.brokers import TlsFiles
 
 PASSWORD = "s3cret"
@@ -129,10 +134,10 @@ def settings(folder: Path, rest_url: str, password: str = PASSWORD, ttl: str = "
     return load_settings(path)
 
 
-def make_source(config: Settings, clock: Clock) -> InventorySource:
+def make_source(config: Settings, clock: Clock) -> RestInventoryLookup:
     """The source with the shared client, its backoff recorded instead of slept (the jitter at
     its top: each wait is the ceiling)."""
-    return InventorySource(config, rest=CumulocityRest.from_settings(
+    return RestInventoryLookup(config, rest=CumulocityRest.from_settings(
         config.c8y, sleep=clock.sleep, jitter=lambda: 1.0), clock=clock)
 
 
@@ -206,7 +211,7 @@ def test_server_errors_are_retried_with_backoff_never_unknown(
         )
         assert clock.slept == [0.5, 1.0, 0.5, 1.0]
         # A failure is not cached as anything: the next call asks again (when to ask is the
-        # caller's business: inventory.Lookups backs off), and 404 is then "not a button".
+        # caller's business: inventory.LookupQueue backs off), and 404 is then "not a button".
         assert source.cached("fc:a6:67:0a:0b:0c") is not None
         assert source("fc:a6:67:0a:0b:0c") is None
         assert source.cached("fc:a6:67:0a:0b:0c") is None
@@ -234,7 +239,7 @@ def test_unreachable_server_is_an_error_not_unknown(tmp_path: Path) -> None:
 
 def test_wrong_password_is_a_clear_error(tmp_path: Path, tenant: FakeTenant,
                                          http_server: str) -> None:
-    source = InventorySource(settings(tmp_path, http_server, password="wrong"))
+    source = RestInventoryLookup(settings(tmp_path, http_server, password="wrong"))
     try:
         with pytest.raises(RestRefusedError) as info:
             source("ac:63:be:12:34:56")
@@ -252,7 +257,7 @@ def test_https_with_the_configured_ca(tmp_path: Path, tenant: FakeTenant,
                                       tls_files: TlsFiles) -> None:
     server, url = serve(tenant, tls_files)
     try:
-        source = InventorySource(settings(tmp_path, url, ca_file=tls_files.ca_cert))
+        source = RestInventoryLookup(settings(tmp_path, url, ca_file=tls_files.ca_cert))
         assert source("ac:63:be:12:34:56") == Button(name="Aisle 2 screws",
                                                      mac="ac:63:be:12:34:56")
         source.close()

@@ -13,16 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.rest import (
     AsyncCumulocityRest,
     CumulocityRest,
-    InventorySource,
     RestError,
+    RestInventoryLookup,
     RestRefusedError,
 )
 from dashkanban.c8y.token import TokenSource
 from dashkanban.config import Settings, load_settings
+from dashkanban.detect.buttons import Button
 from dashkanban.sandbox import Sandbox
 from tests.sandbox_fixture import SANDBOX_PASSWORD, SANDBOX_USER, rest, sandbox_options
 
@@ -157,7 +157,7 @@ def test_unreachable_is_the_same_error_in_both_clients() -> None:
 def test_the_inventory_source_on_the_loop_shares_the_cache(tmp_path: Path) -> None:
     with Sandbox(sandbox_options()) as sandbox:
         add_button(sandbox)
-        source = InventorySource(config(tmp_path, sandbox.http_url))
+        source = RestInventoryLookup(config(tmp_path, sandbox.http_url))
 
         async def main() -> list[Button | None]:
             try:

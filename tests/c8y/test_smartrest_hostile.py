@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.smartrest import (
     BACKSLASH_STAND_IN,
     decode,
@@ -23,6 +22,7 @@ from dashkanban.c8y.smartrest import (
     unsendable_reason,
 )
 from dashkanban.cli import main
+from dashkanban.detect.buttons import Button
 from dashkanban.sandbox import Sandbox
 from dashkanban.sandbox.smartrest import SmartRestProcessor
 from dashkanban.sandbox.store import Store

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from dashkanban.buttons import Button
-from dashkanban.c8y.rest import AsyncCumulocityRest, CumulocityRest, InventorySource, RestError
+from dashkanban.c8y.rest import AsyncCumulocityRest, CumulocityRest, RestError, RestInventoryLookup
 from dashkanban.c8y.token import (
     DEFAULT_LIFETIME,
     TokenSource,
@@ -25,6 +24,7 @@ from dashkanban.c8y.token import (
     token_source_for,
 )
 from dashkanban.config import Settings, load_settings
+from dashkanban.detect.buttons import Button
 from dashkanban.kanban import cumulocity
 from dashkanban.sandbox import Sandbox
 from tests.brokers import TlsFiles
@@ -166,7 +166,7 @@ def test_inventory_button_of_another_owner_is_named_by_its_serial(
         assert admin.post(f"/identity/globalIds/{made['id']}/externalIds",
                           json={"type": "c8y_Serial", "externalId": "ac63be123456"}
                           ).status_code == 201
-    source = InventorySource(settings)
+    source = RestInventoryLookup(settings)
     try:
         assert source("ac:63:be:12:34:56") == Button(name="ac63be123456", mac="ac:63:be:12:34:56")
         assert source("fc:a6:67:0a:0b:0c") is None

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.smartrest import encode_line
 from dashkanban.capture import Frame
+from dashkanban.commands.run import Daemon
 from dashkanban.config import Settings, load_settings
-from dashkanban.daemon import Daemon
+from dashkanban.detect.buttons import Button
 from tests import forge
 from tests.brokers import Mosquitto
 from tests.c8y import support

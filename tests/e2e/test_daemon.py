@@ -17,10 +17,10 @@ import pytest
 from dashkanban.capture import Frame
 from dashkanban.capture.live import LiveCapture
 from dashkanban.cli import main
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox
 from tests import forge
 from tests.brokers import Mosquitto
 from tests.c8y.support import Recorder, write_config

@@ -11,8 +11,8 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox
 from tests.brokers import Mosquitto, free_port
 from tests.c8y.support import Recorder
 from tests.e2e.faultkit import (
@@ -90,7 +90,7 @@ def test_metrics_of_a_running_daemon_and_sigterm_drains_before_exit_0(
     assert queued_serials(outbox) == []
     check_delivered(recorder.messages, presses(0, 5))  # delivered once each: nothing resent
     log = child.log_text().splitlines()
-    assert log[-1].endswith("dashkanban.daemon: dashkanban stopped")
+    assert log[-1].endswith("dashkanban.commands.run: dashkanban stopped")
     assert log[-2].endswith("counters: frames=5 candidates=5 malformed=0 presses=5 queued=5 "
                             "delivered=5 reconnects=0 refused=0 quarantined=0 c8y_refused=0 "
                             "outbox=0")
@@ -131,8 +131,9 @@ def test_dashkanban_run_on_sigterm_waits_for_in_flight_pubacks_and_exits_0(
     assert queued_serials(outbox) == []
     check_delivered(recorder.messages, presses(0, 3))
     lines = log.read_text().splitlines()
-    assert lines[-1].endswith("dashkanban.daemon: dashkanban stopped")
-    assert any(line.endswith("dashkanban.daemon: capturing on lo (arp, dhcp)") for line in lines)
+    assert lines[-1].endswith("dashkanban.commands.run: dashkanban stopped")
+    assert any(line.endswith("dashkanban.commands.run: capturing on lo (arp, dhcp)")
+               for line in lines)
 
 
 def event_of(press: Press) -> Event:

@@ -18,7 +18,7 @@ import pytest
 
 from dashkanban.capture import Frame
 from dashkanban.capture.live import LiveCapture, candidate_filter, default_interface
-from dashkanban.decode import Decoder, Sighting
+from dashkanban.detect.decode import Decoder, Sighting
 from dashkanban.privileges import grant_hint
 from tests import forge
 from tests.e2e.marks import Marks

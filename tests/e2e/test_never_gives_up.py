@@ -302,8 +302,8 @@ def test_an_unexpected_failure_ends_the_process_with_exit_1_within_seconds(
             child.kill()
     assert code == 1
     log = child.log_text()
-    assert log.count(f"CRITICAL dashkanban.daemon: {part} failed unexpectedly; exiting so that "
-                     "the service is restarted") == 1
+    assert log.count(f"CRITICAL dashkanban.commands.run: {part} failed unexpectedly; exiting so "
+                     "that the service is restarted") == 1
     assert log.count("RuntimeError: injected") == 1  # the traceback, once
     assert f"dashkanban stopped: {part} failed" in log
     queued = queued_serials(tmp_path / "state" / "outbox.sqlite3")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from dashkanban.capture import Frame, open_capture
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
-from dashkanban.delivery import WINDOW
-from dashkanban.presses import MAX_TRACKED
+from dashkanban.detect.presses import MAX_TRACKED
+from dashkanban.outbox.courier import WINDOW
 from tests import forge
 from tests.brokers import Mosquitto, TlsFiles
 from tests.c8y.support import Recorder

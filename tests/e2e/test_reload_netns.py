@@ -135,14 +135,14 @@ def test_sighup_adds_a_button_to_the_running_daemon_and_a_bad_file_keeps_the_lis
     # "date time LEVEL logger: message" -> "LEVEL logger: message"
     lines = [" ".join(line.split()[2:]) for line in text.splitlines()]
     reload_lines = [line for line in lines if "reload" in line.lower()]
-    assert reload_lines[0] == f"INFO dashkanban.daemon: SIGHUP: reloading {buttons}"
+    assert reload_lines[0] == f"INFO dashkanban.commands.run: SIGHUP: reloading {buttons}"
     assert reload_lines[1] == (f"INFO dashkanban.capture.filters: reload: 4 buttons from "
                                f"{buttons}; the button filter (4 MACs)")
-    assert reload_lines[2] == f"INFO dashkanban.daemon: SIGHUP: reloading {buttons}"
+    assert reload_lines[2] == f"INFO dashkanban.commands.run: SIGHUP: reloading {buttons}"
     assert re.fullmatch(
         re.escape(f"ERROR dashkanban.capture.filters: reload: {buttons}:2: ") + ".+"
         + re.escape("; keeping the buttons loaded before"), reload_lines[3]), reload_lines[3]
     assert len(reload_lines) == 4
     assert [line for line in lines if line.startswith(("ERROR", "CRITICAL"))] == [
         reload_lines[3]]
-    assert lines[-1] == "INFO dashkanban.daemon: dashkanban stopped"
+    assert lines[-1] == "INFO dashkanban.commands.run: dashkanban stopped"

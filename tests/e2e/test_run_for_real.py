@@ -256,7 +256,7 @@ def test_nobody_with_cap_net_raw_runs_it_for_real_and_never_shows_the_password(
     # One line per press, with the button's name and the delivery result; none for the unknown.
     per_press = [(level, logger, m) for level, logger, m in lines if " pressed at " in m]
     assert [(level, logger) for level, logger, _ in per_press] == [
-        ("INFO", "dashkanban.delivery"), ("INFO", "dashkanban.daemon")]
+        ("INFO", "dashkanban.outbox.courier"), ("INFO", "dashkanban.commands.run")]
     assert per_press[0][2] == f"dashButton_1 ({BUTTON}) pressed at {t1}: delivered"
     # ... with why: the connection just dropped, or (if a retry came first) it is refused.
     address = re.escape(f"127.0.0.1:{broker.port}")

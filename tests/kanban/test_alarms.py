@@ -10,11 +10,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.smartrest import decode, join_lines
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.alarms import (
-    DeviceLines,
+    DevicePublish,
     Signal,
     alarm_text,
     handle_operation,
@@ -26,8 +27,7 @@ from dashkanban.kanban.bins import Bin, Bins, parse_bins
 from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop, refill_from_cli
 from dashkanban.kanban.wiring import OperationRouter, queue_pending_clears
-from dashkanban.outbox import Outbox, OutboxFullError
-from dashkanban.presses import Press
+from dashkanban.outbox.store import Outbox, OutboxFullError
 from tests.brokers import Mosquitto
 
 MACID = (
@@ -77,7 +77,7 @@ def test_severity_picks_the_template(
         "reorder",
         "A3",
         (
-            DeviceLines(
+            DevicePublish(
                 "ac63be123456",
                 (
                     f"{template},c8y_KanbanReorder,Reorder 50 x M6 screws for bin A3 (Aisle 2),"
@@ -109,7 +109,7 @@ def test_raise_repeat_clear_sequence_and_history(
         # The refill button's own event carries nothing; the clear goes to the reorder button.
         assert cleared.lines_for("ac63be123458") == ()
         assert cleared.lines_elsewhere("ac63be123458") == (
-            DeviceLines("ac63be123456", ("306,c8y_KanbanReorder",)),
+            DevicePublish("ac63be123456", ("306,c8y_KanbanReorder",)),
         )
         assert again.lines_for("ac63be123456") == (alarm + "2026-11-26T10:00:01.234+00:00",)
         assert plain == Signal("press", None, ())
@@ -156,10 +156,10 @@ def test_refill_operation_by_template_clears_every_reorder_button(
     assert outcome.bin == "B1"
     # Status by operation id (504/506), never "the oldest" of the fragment (issue 15).
     assert outcome.publishes == (
-        DeviceLines("fca6670a0b0c", ("504,10042",)),
-        DeviceLines("fca6670a0b0c", ("306,c8y_KanbanReorder",)),
-        DeviceLines("fca6670a0b0d", ("306,c8y_KanbanReorder",)),
-        DeviceLines("fca6670a0b0c", ("506,10042",)),
+        DevicePublish("fca6670a0b0c", ("504,10042",)),
+        DevicePublish("fca6670a0b0c", ("306,c8y_KanbanReorder",)),
+        DevicePublish("fca6670a0b0d", ("306,c8y_KanbanReorder",)),
+        DevicePublish("fca6670a0b0c", ("506,10042",)),
     )
 
 
@@ -215,9 +215,9 @@ def test_template_and_supported_operations(setup: tuple[dict[str, Button], Bins]
     assert template_lines() == ("11,9101,,c8y_KanbanRefilled,id,c8y_KanbanRefilled.bin",
                                 "11,9102,,c8y_Command,id,c8y_Command.text")
     assert supported_operations(bins) == (
-        DeviceLines("ac63be123456", ("114,c8y_KanbanRefilled",)),
-        DeviceLines("fca6670a0b0c", ("114,c8y_KanbanRefilled",)),
-        DeviceLines("fca6670a0b0d", ("114,c8y_KanbanRefilled",)),
+        DevicePublish("ac63be123456", ("114,c8y_KanbanRefilled",)),
+        DevicePublish("fca6670a0b0c", ("114,c8y_KanbanRefilled",)),
+        DevicePublish("fca6670a0b0d", ("114,c8y_KanbanRefilled",)),
     )
 
 
@@ -238,7 +238,7 @@ def test_operation_and_cli_refills_close_the_bin(
         assert history.active_bins() == frozenset()
         [pending] = history.pending_clears()
         assert (pending.id, pending.bin, pending.source) == (row, "A3", "cli")
-        assert pending.publishes == (DeviceLines("ac63be123456", ("306,c8y_KanbanReorder",)),)
+        assert pending.publishes == (DevicePublish("ac63be123456", ("306,c8y_KanbanReorder",)),)
         history.mark_sent(row)
         assert history.pending_clears() == []
 
@@ -263,7 +263,7 @@ def listener(mosquitto: Mosquitto) -> Iterator[queue.Queue[tuple[str, str]]]:
     client.disconnect()
 
 
-def publish(mosquitto: Mosquitto, publishes: Sequence[DeviceLines]) -> None:
+def publish(mosquitto: Mosquitto, publishes: Sequence[DevicePublish]) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dashkanban-gw-01")
     client.connect(mosquitto.host, mosquitto.port)
     client.loop_start()
@@ -282,7 +282,7 @@ def test_sequence_on_the_broker(
     buttons, bins = setup
     with History.open(tmp_path / "history.sqlite3", 730, T0) as history:
         loop = KanbanLoop(bins, ON, history)
-        publishes: list[DeviceLines] = []
+        publishes: list[DevicePublish] = []
         for p in (press(buttons["screws"], 0), press(buttons["screws"], 2),
                   press(buttons["screws-full"], 30)):
             publishes.extend(loop.on_press(p).publishes)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.analytics import (
     BinInfo,
     Observation,
@@ -21,7 +22,6 @@ from dashkanban.kanban.analytics import (
 from dashkanban.kanban.bins import parse_bins
 from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop
-from dashkanban.presses import Press
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = START + timedelta(days=30)

@@ -10,12 +10,12 @@ import pytest
 
 from dashkanban.cli import main
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.bins import parse_bins
 from dashkanban.kanban.cli import parse_since
 from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop
-from dashkanban.outbox import Outbox
-from dashkanban.presses import Press
+from dashkanban.outbox.store import Outbox
 from tests.kanban.c8y_server import Store, c8y_server
 
 MACID = (

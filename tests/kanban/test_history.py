@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button
-from dashkanban.kanban.alarms import DeviceLines
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.presses import Press
+from dashkanban.kanban.alarms import DevicePublish
 from dashkanban.kanban.analytics import Observation
 from dashkanban.kanban.history import History, HistoryError, history_path
-from dashkanban.presses import Press
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 SCREWS = Button("screws", "ac:63:be:12:34:56", bin="A3", quantity=50)
@@ -30,7 +30,7 @@ def test_retention_prunes_old_rows_but_keeps_pending_clears(tmp_path: Path) -> N
         history.record_press(Press(SCREWS, NOW - timedelta(days=1), "dhcp"), "repeat", "A3")
         history.record_refill("A3", old, "operation")
         pending = history.record_refill(
-            "A3", old, "cli", [DeviceLines("ac63be123456", ("306,c8y_KanbanReorder",))]
+            "A3", old, "cli", [DevicePublish("ac63be123456", ("306,c8y_KanbanReorder",))]
         )
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o750  # made as the outbox makes it

@@ -12,8 +12,9 @@ import pytest
 
 from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import KanbanSettings, load_settings
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError
-from dashkanban.kanban.alarms import DeviceLines
+from dashkanban.kanban.alarms import DevicePublish
 from dashkanban.kanban.analytics import (
     LeadTime,
     Replenishment,
@@ -26,7 +27,6 @@ from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop, find_overdue, refill_from_cli
 from dashkanban.kanban.rules import RuleSpec, rule_specs
 from dashkanban.kanban.wiring import queue_overdue_at_frames
-from dashkanban.presses import Press
 from dashkanban.sandbox.smartrules import fill
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -145,16 +145,16 @@ def test_loop_raises_once_remembers_across_restart_and_clears_on_refill(tmp_path
         loop.on_press(Press(button["screws"], day(0), "dhcp"))
         loop.on_press(Press(button["screws-2"], day(0.2), "dhcp"))  # a repeat: not the opener
         assert loop.overdue(day(1.9)) == ()
-        assert loop.overdue(day(2.5)) == (DeviceLines("ac63be123456", (text,)),)
+        assert loop.overdue(day(2.5)) == (DevicePublish("ac63be123456", (text,)),)
         assert loop.overdue(day(3)) == ()  # once per open reorder
     with History.open(path, 36500, T0) as history:
         loop = KanbanLoop(bins, ON, history)  # a restart: the history knows it was raised
         assert loop.overdue(day(4)) == ()
         signal = loop.on_press(Press(button["screws-full"], day(5), "arp"))
         assert signal.publishes == (
-            DeviceLines("ac63be123456", ("306,c8y_KanbanReorder",)),
-            DeviceLines("ac63be123457", ("306,c8y_KanbanReorder",)),
-            DeviceLines("ac63be123456", ("306,c8y_KanbanOverdue",)),
+            DevicePublish("ac63be123456", ("306,c8y_KanbanReorder",)),
+            DevicePublish("ac63be123457", ("306,c8y_KanbanReorder",)),
+            DevicePublish("ac63be123456", ("306,c8y_KanbanOverdue",)),
         )
         assert history.open_overdue() == {}
         # The next reorder is a new open reorder: it may be flagged again, on its own button.
@@ -164,7 +164,7 @@ def test_loop_raises_once_remembers_across_restart_and_clears_on_refill(tmp_path
         # The operation clears it too, after its 503.
         outcome = loop.on_operation(SmartRestLine("9101", ("ac63be123456", "A3")), "gw", day(10))
         assert outcome is not None
-        assert outcome.publishes[-1] == DeviceLines("ac63be123457", ("306,c8y_KanbanOverdue",))
+        assert outcome.publishes[-1] == DevicePublish("ac63be123457", ("306,c8y_KanbanOverdue",))
         # Two replenishments measured: 5 days (day 0 to 5) and 4 days (day 6 to 10).
         assert loop._samples == {"A3": [5.0, 4.0]}
 
@@ -180,8 +180,8 @@ def test_cli_refill_clears_the_overdue_alarm_and_alarms_off_raises_nothing(
         assert len(loop.overdue(day(4))) == 1
         _, _, signal = refill_from_cli(bins, "b1", history, day(5))
         assert signal.publishes == (
-            DeviceLines("fca6670a0b0c", ("306,c8y_KanbanReorder",)),
-            DeviceLines("fca6670a0b0c", ("306,c8y_KanbanOverdue",)),
+            DevicePublish("fca6670a0b0c", ("306,c8y_KanbanReorder",)),
+            DevicePublish("fca6670a0b0c", ("306,c8y_KanbanOverdue",)),
         )
         assert history.open_overdue() == {}
     # While a daemon's loop runs, `kanban refilled` (another process, the same history) closes
@@ -267,7 +267,7 @@ def test_an_overdue_alarm_refused_by_a_full_outbox_is_raised_at_the_next_check(
     max_rows 1) refuses it, the history does not have it, and the next check, with room again,
     queues it, once."""
     from dashkanban.kanban.wiring import queue_overdue
-    from dashkanban.outbox import Outbox, OutboxFullError
+    from dashkanban.outbox.store import Outbox, OutboxFullError
     from tests.outbox_writer import event_for
 
     registry, bins = parse_bins(MACID, Path("MACID.csv"))

@@ -11,8 +11,9 @@ import pytest
 from dashkanban.c8y.mqtt import Outgoing, UnsendableError, event_messages, lines_messages
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine
 from dashkanban.config import KanbanSettings, load_settings
+from dashkanban.detect.events import Event
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError
-from dashkanban.events import Event
 from dashkanban.kanban.alarms import clear_lines
 from dashkanban.kanban.bins import parse_bins
 from dashkanban.kanban.history import History
@@ -23,7 +24,6 @@ from dashkanban.kanban.wiring import (
     queue_pending_clears,
     startup_publishes,
 )
-from dashkanban.presses import Press
 
 MACID = (
     "Name, MAC-Address, bin, part, quantity, location, supplier, lead_time_days, role\n"

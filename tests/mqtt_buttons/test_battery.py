@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button
+from dashkanban.detect.buttons import Button
 from dashkanban.mqtt_buttons.battery import (
     BatteryFile,
     BatteryPolicy,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from dashkanban.commands.run import Daemon
 from dashkanban.compose import build_pipeline, load_registry
 from dashkanban.config import MqttButtonsSettings, Settings, load_settings
-from dashkanban.daemon import Daemon
+from dashkanban.detect.presses import Press
 from dashkanban.metrics import ButtonsSnapshot, Metrics, MetricsServer, SummaryLogger
 from dashkanban.mqtt_buttons.source import ButtonBroker, MqttPress
 from dashkanban.mqtt_buttons.wiring import make_broker
-from dashkanban.presses import Press
 from dashkanban.sandbox import Sandbox
 from tests.brokers import Mosquitto
 from tests.mqtt_buttons.test_source import (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.check import _check_button_broker
+from dashkanban.commands.check import _check_button_broker
 from dashkanban.config import Settings, load_settings
 from tests.brokers import Mosquitto, free_port
 from tests.conftest import BROKER_PASSWORD, BROKER_USER

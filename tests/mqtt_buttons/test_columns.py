@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import Button, load_buttons, normalize_address
 from dashkanban.config import EventSettings, KanbanSettings
-from dashkanban.decode import Sighting
+from dashkanban.detect.buttons import Button, load_buttons, normalize_address
+from dashkanban.detect.decode import Sighting
+from dashkanban.detect.events import make_event
+from dashkanban.detect.presses import Debouncer, Press
 from dashkanban.errors import ConfigError
-from dashkanban.events import make_event
 from dashkanban.kanban.alarms import KIND_REFILL, KIND_REORDER, KIND_REPEAT, signal_for
 from dashkanban.kanban.bins import parse_bins
-from dashkanban.presses import Debouncer, Press
 
 HEADER = "Name, MAC-Address, topic, format, bin, long_press\n"
 MACID = HEADER + (
@@ -159,7 +159,7 @@ def test_the_columns_are_typed_by_the_literals_of_values() -> None:
     import typing
 
     from dashkanban import values
-    from dashkanban.buttons import Button
+    from dashkanban.detect.buttons import Button
 
     hints = typing.get_type_hints(Button)
     assert hints["role"] == values.Role

@@ -17,8 +17,8 @@ import aiomqtt
 import pytest
 
 from dashkanban.capture import Frame
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.brokers import Mosquitto, TlsFiles
@@ -242,7 +242,7 @@ def test_a_button_broker_failure_ends_run_with_exit_1(
         running.thread.join(timeout=WAIT)
         assert not running.thread.is_alive()
     assert running.code == 1
-    # An MQTT press is committed by the press writer, as a captured one is (daemon.py).
+    # An MQTT press is committed by the press writer, as a captured one is (commands/run.py).
     assert daemon.failure == "the press writer"
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL] == [
         "the press writer failed unexpectedly; exiting so that the service is restarted"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from dashkanban.buttons import Button, load_buttons
 from dashkanban.cli import main
+from dashkanban.detect.buttons import Button, load_buttons
 from dashkanban.mqtt_buttons.discover import (
     MqttCensus,
     TopicSeen,

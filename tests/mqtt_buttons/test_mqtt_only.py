@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.buttons import load_buttons
 from dashkanban.capture.filters import kernel_programs
 from dashkanban.config import load_settings
+from dashkanban.detect.buttons import load_buttons
 from dashkanban.mqtt_buttons.wiring import NoCapture, frame_source, mqtt_only
 from dashkanban.sandbox import Sandbox
 from tests.brokers import Mosquitto
@@ -31,13 +31,13 @@ MQTT_ONLY = (
 MIXED = MQTT_ONLY + "dash, ac:63:be:12:34:56, ,\n"
 REPO = Path(__file__).resolve().parents[2]
 
-# `dashkanban run` as the lead wires it (daemon.py's run_command with frame_source), without
+# `dashkanban run` as the lead wires it (commands/run.py's run_command with frame_source), without
 # the interface option; a config error is printed as the command line prints it.
 CHILD = """
 import logging, signal, sys
 from pathlib import Path
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon, _on_signals
+from dashkanban.commands.run import Daemon, _on_signals
 from dashkanban.errors import DashkanbanError
 from dashkanban.mqtt_buttons.wiring import frame_source
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
 from dashkanban.sandbox import Sandbox
 from tests.brokers import Mosquitto
 from tests.mqtt_buttons.test_daemon_buttons import (

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.smartrest import decode, join_lines
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.alarms import (
     OPERATIONS_TOPIC,
     TEMPLATE_TOPIC,
@@ -19,7 +20,6 @@ from dashkanban.kanban.alarms import (
 )
 from dashkanban.kanban.bins import parse_bins
 from dashkanban.kanban.loop import KanbanLoop
-from dashkanban.presses import Press
 from dashkanban.sandbox import BrokerRules, Sandbox
 from tests.sandbox_fixture import Device, Received, rest, sandbox_options
 

@@ -20,8 +20,8 @@ import pytest
 
 from dashkanban import health
 from dashkanban.capture import Frame
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
 from dashkanban.errors import ConfigError
 from dashkanban.sandbox import Sandbox
 from tests import forge

@@ -16,10 +16,10 @@ import pytest
 
 from dashkanban.capture import Frame
 from dashkanban.cli import main
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
 from dashkanban.kanban.history import History
-from dashkanban.outbox import Outbox
+from dashkanban.outbox.store import Outbox
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.brokers import free_port
@@ -130,7 +130,7 @@ def test_stopping_with_one_event_queued_says_1_event(
                    "the press queued")
     finally:
         assert running.finish() == 0
-    messages = [r.getMessage() for r in caplog.records if r.name == "dashkanban.daemon"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "dashkanban.commands.run"]
     assert messages[0] == (f"dashkanban running: 1 button from csv, gateway mode as "
                            f"{load_settings(config).gateway.serial} to 127.0.0.1:{port}, "
                            "0 events queued")

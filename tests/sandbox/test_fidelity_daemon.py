@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from dashkanban.capture import Frame
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
-from dashkanban.events import Event
+from dashkanban.detect.events import Event
 from dashkanban.kanban import wiring
 from dashkanban.kanban.bins import load_bins
 from dashkanban.sandbox import BrokerRules, Sandbox

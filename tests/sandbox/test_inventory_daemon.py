@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dashkanban.capture import Frame
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
-from dashkanban.events import Event
+from dashkanban.detect.events import Event
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.kanban.c8y_server import Store, c8y_server

@@ -19,13 +19,13 @@ import pytest
 
 from dashkanban.capture import Frame
 from dashkanban.cli import main
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
 from dashkanban.kanban.alarms import clear_lines
 from dashkanban.kanban.cli import local_report
 from dashkanban.kanban.history import History
 from dashkanban.kanban.wiring import load_kanban_bins
-from dashkanban.outbox import Outbox
+from dashkanban.outbox.store import Outbox
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.sandbox_fixture import rest, sandbox_config

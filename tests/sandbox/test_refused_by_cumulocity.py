@@ -24,10 +24,10 @@ import pytest
 
 from dashkanban.capture import Frame
 from dashkanban.cli import main
+from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
-from dashkanban.daemon import Daemon
-from dashkanban.events import Event
-from dashkanban.outbox import Outbox, press_key
+from dashkanban.detect.events import Event
+from dashkanban.outbox.store import Outbox, press_key
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.brokers import free_port

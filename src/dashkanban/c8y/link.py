@@ -65,8 +65,8 @@ from dashkanban.c8y.smartrest import SmartRestLine, decode, encode_line
 from dashkanban.c8y.tls import describe_tls_failure
 from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TOKEN_TOPIC, TokenSource, token_line
 from dashkanban.config import Settings
+from dashkanban.detect.events import Event
 from dashkanban.errors import UplinkError
-from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
 from dashkanban.values import DeviceLine
 

@@ -63,8 +63,8 @@ from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import make_tls_context
 from dashkanban.c8y.token import TOKEN_TOPIC, TokenSource
 from dashkanban.config import Settings
+from dashkanban.detect.events import Event
 from dashkanban.errors import UplinkError
-from dashkanban.events import Event
 from dashkanban.values import DeviceLine
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, decode_error, encode_line, join_lines
+from dashkanban.detect.events import Event
 from dashkanban.errors import UplinkError
-from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
 from dashkanban.values import DeviceLine
 

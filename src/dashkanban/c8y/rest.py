@@ -15,9 +15,9 @@ daemon's event loop (`AsyncCumulocityRest`, httpx.AsyncClient: inventory look-up
 fragments). Request building, auth (Basic, or a certificate device's Bearer token from
 c8y/token.py), retries and error messages therefore cannot drift apart between the two.
 
-`InventorySource` answers "is this MAC a button?" with a cache (TTL, positive and negative),
+`RestInventoryLookup` answers "is this MAC a button?" with a cache (TTL, positive and negative),
 blocking (`source(mac)`, replay) or as a coroutine (`await source.look_up(mac)`, the daemon's
-`inventory.Lookups`); live capture never waits for either.
+`inventory.LookupQueue`); live capture never waits for either.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from urllib.parse import quote
 import httpx
 
 from dashkanban.backoff import Backoff
-from dashkanban.buttons import Button, serial_of
 from dashkanban.c8y.smartrest import sendable
 from dashkanban.c8y.token import TokenError, TokenSource, token_source_for
 from dashkanban.config import C8yMqttSettings, Settings
+from dashkanban.detect.buttons import Button, serial_of
 from dashkanban.errors import UplinkError
 
 log = logging.getLogger(__name__)
@@ -490,12 +490,13 @@ class _Entry:
     until: float
 
 
-class InventorySource:
+class RestInventoryLookup:
     """`(mac) -> Button | None` backed by Cumulocity's identity API, with a cache.
 
     Two ways to ask, one look-up (`_look_up`, an exchange): `source(mac)` blocks (replay asks
     synchronously: packet time is its clock), `await source.look_up(mac)` runs on the daemon's
-    event loop (`inventory.Lookups`). `cached(mac)` never waits. No network until the first call.
+    event loop (`inventory.LookupQueue`). `cached(mac)` never waits. No network until the first
+    call.
     """
 
     def __init__(

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture.bpf import Program, button_programs, candidate_program
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import Registry, load_buttons
 from dashkanban.errors import DashkanbanError
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def kernel_programs(settings: Settings, registry: Registry | None = None) -> tup
         return (candidate_program(detect),)
     if registry is None:
         registry = load_buttons(settings.buttons.file)
-    # An MQTT button (a `topic` in MACID.csv) is not matched by network join (presses.py).
+    # An MQTT button (a `topic` in MACID.csv) is not matched by network join (detect/presses.py).
     return button_programs((b.mac for b in registry if b.topic is None), detect)
 
 
@@ -55,7 +55,9 @@ def reload_buttons(
 
     A bad file changes nothing: one ERROR line, and None. Returns the new registry.
     """
-    from dashkanban.events import check_event_text  # only here: a replay's filter needs no events
+    from dashkanban.detect.events import (
+        check_event_text,  # only here: a replay's filter needs no events
+    )
 
     try:
         registry = load_buttons(settings.buttons.file)

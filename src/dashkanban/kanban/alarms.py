@@ -5,7 +5,7 @@ count (docs/protocol.md 2.5, `handling-of-ids.md`). That makes an active alarm o
 `c8y_KanbanReorder` on a button's child device a natural Kanban card: it is "out" until the bin is
 refilled and the alarm is cleared with `306`.
 
-Nothing here sends anything. Each function returns `DeviceLines` in the order they must be
+Nothing here sends anything. Each function returns `DevicePublish` in the order they must be
 published: `serial=None` means the gateway's own topic `s/us`, a serial the child's `s/us/<serial>`.
 """
 
@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 
 from dashkanban.c8y.smartrest import SmartRestLine, encode_line
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.presses import Press
 from dashkanban.kanban.bins import Bin, Bins
-from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ KIND_NONE = "press"  # a button without a bin: an event only
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceLines:
-    """SmartREST lines for one device: the gateway (`serial=None`) or a child button."""
+class DevicePublish:
+    """One PUBLISH: SmartREST lines for one device, the gateway (`serial=None`) or a child button,
+    on its own topic (`s/us` or `s/us/<serial>`)."""
 
     serial: str | None
     lines: tuple[str, ...]
@@ -71,13 +72,13 @@ class Signal:
 
     kind: str  # reorder, repeat, refill or press
     bin: str | None
-    publishes: tuple[DeviceLines, ...] = ()
+    publishes: tuple[DevicePublish, ...] = ()
 
     def lines_for(self, serial: str | None) -> tuple[str, ...]:
         """The lines for one device: `extra_lines` next to that button's event."""
         return tuple(line for p in self.publishes if p.serial == serial for line in p.lines)
 
-    def lines_elsewhere(self, serial: str | None) -> tuple[DeviceLines, ...]:
+    def lines_elsewhere(self, serial: str | None) -> tuple[DevicePublish, ...]:
         """The lines for the other devices (a refill clears the reorder buttons' alarms)."""
         return tuple(p for p in self.publishes if p.serial != serial)
 
@@ -87,7 +88,7 @@ class OperationOutcome:
     """The handling of one `c8y_KanbanRefilled` (or shell) operation."""
 
     bin: str | None  # the bin refilled, None when the operation failed
-    publishes: tuple[DeviceLines, ...]
+    publishes: tuple[DevicePublish, ...]
     operation: str | None = None  # its id (504-506), once the loop has recorded it as handled
 
 
@@ -133,23 +134,23 @@ def overdue_text(bin_: Bin, reordered: datetime, lead_days: float, late_days: fl
 
 def overdue_lines(
     bin_: Bin, serial: str, severity: str, reordered: datetime, lead_days: float, now: datetime
-) -> DeviceLines:
+) -> DevicePublish:
     """`301,c8y_KanbanOverdue,<text>,<now>` on the device of the button that made the reorder."""
     late = (now - reordered).total_seconds() / 86_400.0 - lead_days
     template = SEVERITY_TEMPLATES[severity.upper()]
     text = overdue_text(bin_, reordered, lead_days, late)
     when = now.isoformat(timespec="milliseconds")
-    return DeviceLines(serial, (encode_line(template, OVERDUE_TYPE, text, when),))
+    return DevicePublish(serial, (encode_line(template, OVERDUE_TYPE, text, when),))
 
 
-def overdue_clear(serial: str) -> DeviceLines:
+def overdue_clear(serial: str) -> DevicePublish:
     """`306,c8y_KanbanOverdue` on the device that carries the overdue alarm."""
-    return DeviceLines(serial, (encode_line(CLEAR_TEMPLATE, OVERDUE_TYPE),))
+    return DevicePublish(serial, (encode_line(CLEAR_TEMPLATE, OVERDUE_TYPE),))
 
 
-def clear_lines(bin_: Bin) -> tuple[DeviceLines, ...]:
+def clear_lines(bin_: Bin) -> tuple[DevicePublish, ...]:
     """`306,c8y_KanbanReorder` on every reorder button of the bin (the alarm lives on each)."""
-    return tuple(DeviceLines(b.serial, (clear_line(),)) for b in bin_.reorder)
+    return tuple(DevicePublish(b.serial, (clear_line(),)) for b in bin_.reorder)
 
 
 def signal_for(
@@ -170,10 +171,10 @@ def signal_for(
     if button.role == "refill" or (button.long_press == "refill" and press.kind == "long"):
         return Signal(KIND_REFILL, bin_.name, clear_lines(bin_) if settings.alarms else ())
     kind = KIND_REPEAT if bin_.name in set(active) else KIND_REORDER
-    publishes: tuple[DeviceLines, ...] = ()
+    publishes: tuple[DevicePublish, ...] = ()
     if settings.alarms:
         line = raise_line(bin_, settings.severity, press.time)
-        publishes = (DeviceLines(button.serial, (line,)),)
+        publishes = (DevicePublish(button.serial, (line,)),)
     return Signal(kind, bin_.name, publishes)
 
 
@@ -193,10 +194,10 @@ def template_lines() -> tuple[str, ...]:
     )
 
 
-def supported_operations(bins: Bins) -> tuple[DeviceLines, ...]:
+def supported_operations(bins: Bins) -> tuple[DevicePublish, ...]:
     """`114,c8y_KanbanRefilled` on each reorder button, so the UI offers the operation there."""
     return tuple(
-        DeviceLines(button.serial, (encode_line(114, OPERATION),))
+        DevicePublish(button.serial, (encode_line(114, OPERATION),))
         for bin_ in bins
         for button in bin_.reorder
     )
@@ -243,7 +244,7 @@ def handle_operation(
     key = op_id if op_id else fragment
     executing_t, failed_t, done_t = status_lines(op_id)
     device = None if target in ("", gateway_serial) else target
-    executing = DeviceLines(device, (encode_line(executing_t, key),))
+    executing = DevicePublish(device, (encode_line(executing_t, key),))
     bin_ = bins.find(wanted) if wanted else _bin_of_serial(bins, target)
     if bin_ is None:
         if wanted:
@@ -251,10 +252,10 @@ def handle_operation(
         else:
             reason = f"device {target!r} is not a button of any bin; give the bin"
         log.warning("%s operation %s failed: %s", fragment, op_id or "", reason)
-        failed = DeviceLines(device, (encode_line(failed_t, key, reason),))
+        failed = DevicePublish(device, (encode_line(failed_t, key, reason),))
         return OperationOutcome(None, (executing, failed))
     result: tuple[object, ...] = (f"bin {bin_.name} refilled",) if fragment == "c8y_Command" else ()
-    done = DeviceLines(device, (encode_line(done_t, key, *result),))
+    done = DevicePublish(device, (encode_line(done_t, key, *result),))
     return OperationOutcome(bin_.name, (executing, *clear_lines(bin_), done))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashkanban.buttons import (
+from dashkanban.detect.buttons import (
     Button,
     Registry,
     delimiter_of,

@@ -176,7 +176,7 @@ def refilled_command(args: RefilledOptions) -> int:
     exit 0 when delivered, 3 when they stay queued (for the daemon or a later flush)."""
     from dashkanban.compose import deliver_explained
     from dashkanban.kanban.wiring import check_mode, queue_pending_clears
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox.store import Outbox
 
     settings, bins = _load(args.config)
     check_mode(settings)

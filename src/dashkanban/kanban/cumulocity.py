@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from dashkanban.buttons import Button
 from dashkanban.c8y.rest import CumulocityRest, Exchange, RestCalls, RestError
+from dashkanban.detect.buttons import Button
 from dashkanban.kanban.alarms import ALARM_TYPE
 from dashkanban.kanban.analytics import BinInfo, Observation, Replenishment, classify
 from dashkanban.kanban.bins import Bin, Bins

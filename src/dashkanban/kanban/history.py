@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from dashkanban.detect.presses import Press
 from dashkanban.errors import DashkanbanError
-from dashkanban.kanban.alarms import KIND_REFILL, DeviceLines
+from dashkanban.kanban.alarms import KIND_REFILL, DevicePublish
 from dashkanban.kanban.analytics import Observation
-from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class PendingClear:
     bin: str
     time: datetime
     source: str
-    publishes: tuple[DeviceLines, ...]
+    publishes: tuple[DevicePublish, ...]
 
 
 def history_path(outbox_path: Path) -> Path:
@@ -98,7 +98,7 @@ class History:
     """The history file. Open with `History.open(path, history_days, now)`; close when done.
 
     Thread-safe: one connection behind a lock. In `run` presses and operations both reach it on
-    the daemon's writer thread (daemon.py).
+    the daemon's writer thread (commands/run.py).
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
@@ -152,7 +152,7 @@ class History:
                 self._clear_overdue(bin_name)
 
     def record_refill(
-        self, bin_name: str, time: datetime, source: str, pending: Sequence[DeviceLines] = ()
+        self, bin_name: str, time: datetime, source: str, pending: Sequence[DevicePublish] = ()
     ) -> int:
         """Keep a refill; `pending` are the lines still to be sent (NULL when none)."""
         payload = _lines_json(pending) if pending else None
@@ -174,7 +174,7 @@ class History:
                 (bin_name, serial, reordered.timestamp(), _iso(time), time.timestamp()),
             )
 
-    def record_operation(self, op_id: str, time: datetime, publishes: Sequence[DeviceLines],
+    def record_operation(self, op_id: str, time: datetime, publishes: Sequence[DevicePublish],
                          refilled: str | None) -> None:
         """Keep an operation as handled, with its answer pending until the outbox has it
         (`answer_queued`), and the refill it made (`refilled`: the bin, None when it failed):
@@ -196,7 +196,7 @@ class History:
                 "(SELECT MAX(seq) FROM operations) - ?", (OPERATIONS_KEPT,),
             )
 
-    def operation(self, op_id: str) -> tuple[DeviceLines, ...] | None:
+    def operation(self, op_id: str) -> tuple[DevicePublish, ...] | None:
         """None for an operation not handled (or long forgotten); else its answer's lines
         while they are still to be queued, () once the outbox has them."""
         with self._lock:
@@ -212,7 +212,7 @@ class History:
         with self._transaction():
             self._db.execute("UPDATE operations SET pending = NULL WHERE id = ?", (op_id,))
 
-    def pending_answers(self) -> list[tuple[str, datetime, tuple[DeviceLines, ...]]]:
+    def pending_answers(self) -> list[tuple[str, datetime, tuple[DevicePublish, ...]]]:
         """(id, time, lines) of the operations whose answer is not in the outbox yet (a crash or
         a full outbox in between), oldest first."""
         with self._lock:
@@ -385,12 +385,12 @@ def _make_private_folders(folder: Path) -> None:
         item.chmod(0o750)  # mkdir's mode is subject to the umask
 
 
-def _lines_json(publishes: Sequence[DeviceLines]) -> str:
+def _lines_json(publishes: Sequence[DevicePublish]) -> str:
     return json.dumps([[p.serial, list(p.lines)] for p in publishes])
 
 
-def _lines_from_json(text: str) -> tuple[DeviceLines, ...]:
-    return tuple(DeviceLines(serial, tuple(lines)) for serial, lines in json.loads(text))
+def _lines_from_json(text: str) -> tuple[DevicePublish, ...]:
+    return tuple(DevicePublish(serial, tuple(lines)) for serial, lines in json.loads(text))
 
 
 def _iso(time: datetime) -> str:

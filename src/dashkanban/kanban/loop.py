@@ -24,12 +24,13 @@ from datetime import datetime, timedelta
 
 from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import KanbanSettings
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError
 from dashkanban.kanban.alarms import (
     KIND_REFILL,
     KIND_REORDER,
     KIND_REPEAT,
-    DeviceLines,
+    DevicePublish,
     OperationOutcome,
     Signal,
     clear_lines,
@@ -42,7 +43,6 @@ from dashkanban.kanban.alarms import (
 from dashkanban.kanban.analytics import SECONDS_PER_DAY, lead_time, replenishments
 from dashkanban.kanban.bins import Bins
 from dashkanban.kanban.history import History
-from dashkanban.presses import Press
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,9 @@ class KanbanLoop:
                 self._samples.setdefault(item.bin, []).append(item.days)
             self._overdue = history.open_overdue()
 
-    def overdue(self, now: datetime,
-                queue: Callable[[DeviceLines], object] | None = None) -> tuple[DeviceLines, ...]:
+    def overdue(
+        self, now: datetime, queue: Callable[[DevicePublish], object] | None = None
+    ) -> tuple[DevicePublish, ...]:
         """Raise `c8y_KanbanOverdue` for each reorder open longer than its lead time at `now`,
         once per open reorder (kept in the history, so also once across restarts). Nothing with
         alarms off.
@@ -178,7 +179,7 @@ class KanbanLoop:
                 self._refilled(bin_name, time)
                 self._open.discard(bin_name)
 
-    def _refilled(self, bin_name: str, time: datetime) -> tuple[DeviceLines, ...]:
+    def _refilled(self, bin_name: str, time: datetime) -> tuple[DevicePublish, ...]:
         """Bookkeeping of a refill: one more replenishment measured, and the overdue alarm's
         clear when one was raised."""
         opened = self._opened.pop(bin_name, None)
@@ -267,7 +268,7 @@ class KanbanLoop:
                 self._handled.popitem(last=False)
         return OperationOutcome(bin_name, outcome.publishes, op_id)
 
-    def _known(self, op_id: str) -> tuple[DeviceLines, ...] | None:
+    def _known(self, op_id: str) -> tuple[DevicePublish, ...] | None:
         """None: a new operation; (): handled and answered; else its answer still to queue."""
         if self.history is not None:
             return self.history.operation(op_id)

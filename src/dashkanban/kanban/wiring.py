@@ -28,22 +28,22 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from dashkanban.buttons import header_fields, read_buttons_text
 from dashkanban.c8y.mqtt import BUTTON_TYPE, DeviceLine
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine, encode_line, join_lines
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import header_fields, read_buttons_text
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError, DashkanbanError
 from dashkanban.kanban.alarms import (
     OPERATIONS_TOPIC,
     TEMPLATE_TOPIC,
-    DeviceLines,
+    DevicePublish,
     supported_operations,
     template_lines,
 )
 from dashkanban.kanban.bins import Bins, load_bins
 from dashkanban.kanban.history import History, history_path
 from dashkanban.kanban.loop import KanbanLoop
-from dashkanban.presses import Press
 
 if TYPE_CHECKING:
     from dashkanban.c8y.mqtt import Uplink
@@ -56,9 +56,9 @@ FRAGMENT_RETRY = 1.0  # seconds between passes
 QueueLines = Callable[[Sequence[DeviceLine], datetime], object]
 
 
-def device_lines(publishes: Iterable[DeviceLines]) -> tuple[DeviceLine, ...]:
-    """`DeviceLines` as the outbox's (serial, line) pairs, in order."""
-    return tuple((p.serial, line) for p in publishes for line in p.lines)
+def device_lines(publishes: Iterable[DevicePublish]) -> tuple[DeviceLine, ...]:
+    """Each `DevicePublish` as the outbox's `DeviceLine`s, in order."""
+    return tuple(DeviceLine(p.serial, line) for p in publishes for line in p.lines)
 
 
 def load_kanban_bins(settings: Settings) -> Bins:
@@ -180,7 +180,7 @@ def startup_publishes(bins: Bins) -> list[tuple[str, str]]:
 class OperationRouter:
     """The uplink's `on_operation`: refill operations to the loop, their lines to the outbox.
 
-    Runs on the daemon's writer thread (daemon.py). The status and clear lines are queued as
+    Runs on the daemon's writer thread (commands/run.py). The status and clear lines are queued as
     one row of lines (durable, in order behind earlier presses); `queue` is set once the
     Courier exists. A line that is not a refill operation is left alone.
     """

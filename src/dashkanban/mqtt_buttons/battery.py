@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dashkanban.buttons import Button
+from dashkanban.detect.buttons import Button
 from dashkanban.files import write_atomic
+from dashkanban.values import DeviceLine
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ class BatteryPolicy:
         return Decision(send, warn)
 
 
-def measurement_lines(button: Button, percent: float, time: datetime) -> tuple[
-    tuple[str | None, str], ...
-]:
+def measurement_lines(button: Button, percent: float, time: datetime) -> tuple[DeviceLine, ...]:
     """The outbox lines of one level: the child's `101` on the gateway (a row of lines does not
     announce it, and the button may not have been pressed yet; `101` creates the child only "if
     it does not exist", docs/protocol.md 2.3, else the measurement would create it
@@ -77,9 +76,9 @@ def measurement_lines(button: Button, percent: float, time: datetime) -> tuple[
     from dashkanban.c8y.smartrest import encode_line
 
     return (
-        (None, encode_line(101, button.serial, button.name, BUTTON_TYPE)),
-        (button.serial, encode_line(200, "c8y_Battery", "level", f"{percent:g}", "%",
-                                    time.isoformat(timespec="milliseconds"))),
+        DeviceLine(None, encode_line(101, button.serial, button.name, BUTTON_TYPE)),
+        DeviceLine(button.serial, encode_line(200, "c8y_Battery", "level", f"{percent:g}", "%",
+                                              time.isoformat(timespec="milliseconds"))),
     )
 
 

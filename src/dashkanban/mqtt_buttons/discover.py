@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dashkanban.buttons import Registry, normalize_address
 from dashkanban.config import MqttButtonsSettings
+from dashkanban.detect.buttons import Registry, normalize_address
 from dashkanban.errors import DashkanbanError
 from dashkanban.mqtt_buttons.payloads import (
     MAX_PAYLOAD,
@@ -223,7 +223,7 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
     """`discover --mqtt N --add-to MACID.csv`: append the button topics not listed yet whose
     address is known, adding `topic` and `format` to the header when it lacks them (rows before
     keep theirs empty). Prints each row added and each topic left out; returns how many."""
-    from dashkanban.buttons import (
+    from dashkanban.detect.buttons import (
         UTF8_BOM,
         delimiter_of,
         header_columns,
@@ -287,8 +287,8 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
 
 
 def _refused_topic(topic: str) -> str | None:
-    """Why MACID.csv would refuse this topic (buttons.py's rules), or None."""
-    from dashkanban.buttons import check_topic
+    """Why MACID.csv would refuse this topic (detect/buttons.py's rules), or None."""
+    from dashkanban.detect.buttons import check_topic
     from dashkanban.errors import ConfigError
 
     try:

@@ -36,8 +36,8 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from dashkanban.backoff import RETRY_MAX, uplink_backoffs
-from dashkanban.buttons import Button, Registry
 from dashkanban.config import MqttButtonsSettings
+from dashkanban.detect.buttons import Button, Registry
 from dashkanban.mqtt_buttons.payloads import (
     MAX_PAYLOAD,
     BatteryLevel,

@@ -1,8 +1,8 @@
 """The MQTT buttons wired into `run`: the ButtonBroker with its press and battery handlers, and
 the frame source of a `run` whose buttons are all MQTT buttons (no raw socket).
 
-Kept out of daemon.py so that the daemon only starts `broker.run()` (a thread of its own today,
-a task of its TaskGroup once `run` is one asyncio loop) and hands over what a press needs.
+Kept out of commands/run.py so that the daemon only starts `broker.run()` (a thread of its own
+today, a task of its TaskGroup once `run` is one asyncio loop) and hands over what a press needs.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from dashkanban.buttons import Registry
 from dashkanban.config import Settings
+from dashkanban.detect.buttons import Registry
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import Press
 from dashkanban.mqtt_buttons.battery import LOW, BatteryFile, BatteryPolicy, measurement_lines
 from dashkanban.mqtt_buttons.source import Battery, ButtonBroker, MqttPress
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Press
+from dashkanban.values import DeviceLine
 
 if TYPE_CHECKING:
     from dashkanban.capture import Frame
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 STOP_POLL = 0.5  # seconds; how late NoCapture.frames() sees stop() (also from a signal handler)
 
-PutLines = Callable[[Sequence[tuple[str | None, str]], datetime], object]
+PutLines = Callable[[Sequence[DeviceLine], datetime], object]
 
 
 def make_broker(settings: Settings, registry: Registry, pipeline: Pipeline,
@@ -73,7 +74,7 @@ def battery_handler(settings: Settings,
                     put_lines: PutLines) -> Callable[[Battery], Awaitable[None]]:
     """An MQTT button's battery level: kept for `outbox status`, a warning once when low, and
     `c8y_Battery` through the outbox at most once an hour (battery.py)."""
-    from dashkanban.outbox import OutboxError
+    from dashkanban.outbox.store import OutboxError
 
     policy = BatteryPolicy()
     kept = BatteryFile(settings.outbox.path)
@@ -151,7 +152,7 @@ def frame_source(settings: Settings, interface: str | None) -> LiveCapture | NoC
 
     registry = None
     if settings.buttons.source == "csv":
-        from dashkanban.buttons import load_buttons
+        from dashkanban.detect.buttons import load_buttons
 
         registry = load_buttons(settings.buttons.file)
         if mqtt_only(settings, registry):

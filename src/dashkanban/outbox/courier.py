@@ -22,10 +22,10 @@ from typing import Protocol
 from dashkanban.c8y.link import ConnectionLostError
 from dashkanban.c8y.mqtt import MAX_REFUSALS, DeviceLine, Refusal, UnsendableError, Uplink
 from dashkanban.config import Settings
+from dashkanban.detect.events import Event
 from dashkanban.errors import DashkanbanError, UndeliveredError, UplinkError
-from dashkanban.events import Event
-from dashkanban.outbox import OutboxError, plural
-from dashkanban.writer import Writer
+from dashkanban.outbox.store import OutboxError, plural
+from dashkanban.outbox.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class RefusedByCumulocityError(DashkanbanError):
 class Courier:
     """Keeps up to `window` outbox rows in flight through `uplink`: `run()` on the event loop.
 
-    Every outbox call goes through `writer` (the outbox's one writer thread, writer.py), so the
-    loop never waits for the disk and the outbox has exactly one writer. The methods are called
+    Every outbox call goes through `writer` (the outbox's one writer thread, outbox/writer.py), so
+    the loop never waits for the disk and the outbox has exactly one writer. The methods are called
     on the loop; `run()` returns only when cancelled and raises on an unexpected failure (a bug,
     not a connection or a full disk), which ends `run` with exit 1 so that systemd restarts it.
     """
@@ -384,7 +384,7 @@ def deliver(settings: Settings, outbox: OutboxLike, events: Iterable[Event], *,
     when the login is refused, and UndeliveredError (exit 3) when rows are still queued at the
     deadline; they stay in the outbox.
     """
-    from dashkanban.outbox import delivery_lock
+    from dashkanban.outbox.store import delivery_lock
 
     with delivery_lock(settings.outbox.path, wait=False) as ours:
         if not ours:

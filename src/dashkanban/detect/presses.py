@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dashkanban.buttons import Button, Registry
-from dashkanban.decode import Sighting
+from dashkanban.detect.buttons import Button, Registry
+from dashkanban.detect.decode import Sighting
 from dashkanban.values import PressKind, Trigger
 
 DEFAULT_DEAD_TIME = 30.0
 MAX_TRACKED = 100_000  # per-MAC state kept at most; beyond it the oldest windows are forgotten
 
-# A MAC not in MACID.csv -> its button, asked synchronously (c8y.rest.InventorySource is one).
+# A MAC not in MACID.csv -> its button, asked synchronously (c8y.rest.RestInventoryLookup is one).
 ButtonLookup = Callable[[str], Button | None]
 
 
@@ -38,7 +38,8 @@ class Debouncer:
 
     `lookup` is asked for MACs that are not in the registry; it must answer at once (a replay's
     cached inventory, a test). Live capture resolves inventory buttons asynchronously instead
-    (inventory.Lookups) and hands the answer to `feed_button` with the sighting's own clock reading.
+    (inventory.LookupQueue) and hands the answer to `feed_button` with the sighting's own clock
+    reading.
     """
 
     __slots__ = ("_dead_time", "_lookup", "_max_tracked", "_registry", "_started")

@@ -21,14 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from dashkanban.buttons import Registry, load_buttons
 from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.bpf import candidate_program
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
-from dashkanban.decode import TRIGGERS, Decoder, Sighting
+from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.decode import TRIGGERS, Decoder, Sighting
+from dashkanban.detect.vendors import is_amazon, vendor_of
 from dashkanban.errors import CaptureError, ConfigError, DashkanbanError
 from dashkanban.safetext import plain
-from dashkanban.vendors import is_amazon, vendor_of
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -179,7 +179,7 @@ def add_to(path: Path, devices: Iterable[Device], out: TextIO) -> int:
     """`--add-to MACID.csv`: append the devices not listed yet, in the file's own delimiter and
     line ends, never a second header; a missing file is made with the header. Prints each row
     added; returns how many."""
-    from dashkanban.buttons import delimiter_of, parse_buttons, read_buttons_text
+    from dashkanban.detect.buttons import delimiter_of, parse_buttons, read_buttons_text
 
     if path.exists():
         text = read_buttons_text(path)

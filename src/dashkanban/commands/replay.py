@@ -17,22 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from dashkanban.buttons import Registry
 from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.filters import file_program
 from dashkanban.compose import (
     StillQueuedError,
     build_pipeline,
-    inventory_source,
+    inventory_lookup,
     load_registry,
     queue_presses,
     write_fragments,
 )
 from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.detect.buttons import Registry
+from dashkanban.detect.events import Event
+from dashkanban.detect.pipeline import Pipeline
+from dashkanban.detect.presses import Press
 from dashkanban.errors import CaptureError, DashkanbanError
-from dashkanban.events import Event
-from dashkanban.pipeline import Pipeline
-from dashkanban.presses import Press
 
 if TYPE_CHECKING:
     from dashkanban.capture.bpf import Program
@@ -55,7 +55,7 @@ class ReplayOptions:
 def replay_command(args: ReplayOptions) -> int:
     settings = _settings(args)
     registry = load_registry(settings)
-    source = inventory_source(settings)
+    source = inventory_lookup(settings)
     pipeline = build_pipeline(settings, registry, source)
     program = _program(args, settings, registry)
     # What exists now (modules, settings, the pipeline) lives until the process ends: frozen,
@@ -130,7 +130,7 @@ def _replay(
                                    exc.exit_code) from None
         raise
     if corrupt is not None:
-        from dashkanban.outbox import plural
+        from dashkanban.outbox.store import plural
 
         were = "was" if len(found) == 1 else "were"
         how = "delivered" if delivered else "queued for the running dashkanban service"
@@ -168,7 +168,7 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
     for their PUBACKs (exit 3 when they could not all be delivered: they stay queued).
     Returns True when they were delivered, False when queued for the running service."""
     from dashkanban.compose import deliver_explained
-    from dashkanban.outbox import Outbox, plural, press_key
+    from dashkanban.outbox.store import Outbox, plural, press_key
 
     with Outbox.from_settings(settings.outbox) as outbox:
         fresh = found
@@ -193,7 +193,7 @@ def _send(settings: Settings, found: list[tuple[Press, Event]], timeout: float,
 
 def _skipped(total: int, states: list[str]) -> str:
     """e.g. "7 presses, 7 already delivered: skipped" (stderr, before sending)."""
-    from dashkanban.outbox import plural
+    from dashkanban.outbox.store import plural
 
     parts = []
     for state in ("queued", "delivered"):

@@ -1,7 +1,7 @@
 """The `dashkanban outbox` commands (status, flush, drop).
 
-They sit above both the outbox and the Courier (delivery.py), which is why they are not in
-outbox.py: the Courier consumes the outbox, so the outbox must not import the Courier back.
+They sit above both the outbox and the Courier (outbox/courier.py), which is why they are not in
+outbox/store.py: the Courier consumes the outbox, so the outbox must not import the Courier back.
 The queue-then-deliver helper the one-shot commands share (`deliver_explained`) is in compose.py.
 """
 
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dashkanban.errors import ConfigError
-from dashkanban.outbox import Outbox, delivery_lock, format_status, plural
+from dashkanban.outbox.store import Outbox, delivery_lock, format_status, plural
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from rich.table import Table
 from dashkanban.capture import open_capture
 from dashkanban.compose import build_pipeline, load_registry, queue_presses, write_fragments
 from dashkanban.config import Settings, load_settings
-from dashkanban.delivery import deliver
-from dashkanban.events import Event
+from dashkanban.detect.events import Event
+from dashkanban.detect.pipeline import Pipeline
 from dashkanban.kanban.wiring import open_loop, press_lines
-from dashkanban.outbox import Outbox, plural
-from dashkanban.pipeline import Pipeline
+from dashkanban.outbox.courier import deliver
+from dashkanban.outbox.store import Outbox, plural
 from dashkanban.safetext import plain
 from dashkanban.samples import sample_path
 
@@ -180,11 +180,11 @@ def _supplier_told(console: Console, settings: Settings, pipeline: Pipeline, las
     the next day bin A3 is refilled and emptied again: its new reorder alarm is mailed. The
     sandbox records the e-mail instead of sending it (GET /sandbox/emails)."""
     from dashkanban.c8y.rest import CumulocityRest
+    from dashkanban.detect.presses import Press
     from dashkanban.kanban.history import History, history_path
     from dashkanban.kanban.loop import refill_from_cli
     from dashkanban.kanban.rules import install
     from dashkanban.kanban.wiring import load_kanban_bins, queue_overdue, queue_pending_clears
-    from dashkanban.presses import Press
 
     bins = load_kanban_bins(settings)
     bin_ = bins.get("A3")

@@ -21,15 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dashkanban.buttons import Button, load_buttons, normalize_mac
 from dashkanban.c8y.mqtt import try_login
 from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
 from dashkanban.compose import load_registry
 from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.detect.buttons import Button, load_buttons, normalize_mac
+from dashkanban.detect.events import make_event
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError, DashkanbanError, UplinkError
-from dashkanban.events import make_event
-from dashkanban.presses import Press
 
 TICK, CROSS = "✓", "✗"
 CONNECT_TIMEOUT = 10.0
@@ -135,7 +135,7 @@ def rest_used(settings: Settings) -> bool:
     if settings.buttons.source != "csv" or settings.kanban.alarms:
         return True
     try:
-        from dashkanban.buttons import header_fields, read_buttons_text
+        from dashkanban.detect.buttons import header_fields, read_buttons_text
 
         return "bin" in header_fields(read_buttons_text(settings.buttons.file))
     except ConfigError:
@@ -305,7 +305,7 @@ def _renewal_note(pem: bytes) -> None:
     """A note, not a failure, once a third of the certificate's lifetime is left."""
     from cryptography import x509
 
-    from dashkanban.enrol import renewal_due
+    from dashkanban.commands.enrol import renewal_due
 
     leaf = x509.load_pem_x509_certificates(pem)[0]
     due = renewal_due(leaf)
@@ -375,7 +375,7 @@ def test_button_command(args: ButtonTestOptions) -> int:
     """One event as if the button had been pressed: queued in the outbox like a press, then
     delivered (exit 0), or left queued (exit 3); with `dashkanban run` running, queued for it."""
     from dashkanban.compose import deliver_explained
-    from dashkanban.outbox import Outbox
+    from dashkanban.outbox.store import Outbox
 
     settings = load_settings(find_config(args.config))
     button = find_button(settings, args.button)

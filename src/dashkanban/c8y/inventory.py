@@ -2,9 +2,9 @@
 
 Asking Cumulocity whether a MAC is a button takes an HTTP round trip, retries, and during an
 outage up to minutes. Live capture must never wait for that: every phone's ARP would stall it while
-the kernel's socket buffer overflows and drops the CSV buttons' packets. So `Lookups.ask` never
-waits: a MAC the cache cannot answer is queued for `Lookups.run()`, and its sightings are *parked*
-(with their clock readings) until the answer is collected with `answers()`:
+the kernel's socket buffer overflows and drops the CSV buttons' packets. So `LookupQueue.ask`
+never waits: a MAC the cache cannot answer is queued for `LookupQueue.run()`, and its sightings
+are *parked* (with their clock readings) until the answer is collected with `answers()`:
 
 - a button: the parked sightings are debounced in order, so the press keeps the first packet's
   time and trigger, exactly as if the answer had been there at once;
@@ -15,9 +15,9 @@ waits: a MAC the cache cannot answer is queued for `Lookups.run()`, and its sigh
   line names the MAC and says its press could not be attributed.
 
 `run()` is a task of the daemon's event loop (docs/architecture.md): the look-ups go over
-httpx.AsyncClient (`InventorySource.look_up`), at most CONCURRENCY at once, and `notify` is called
-on the loop's thread when answers are ready (the daemon then calls `pipeline.answered`). It returns
-only when cancelled; a bug raises out of it (the daemon then exits 1).
+httpx.AsyncClient (`RestInventoryLookup.look_up`), at most CONCURRENCY at once, and `notify` is
+called on the loop's thread when answers are ready (the daemon then calls `pipeline.answered`).
+It returns only when cancelled; a bug raises out of it (the daemon then exits 1).
 
 Bounded: at most `max_pending` MACs waiting (a sighting of one more MAC is not looked up, counted
 in `refused`; its next sighting tries again), at most `max_parked` sightings kept per MAC (the
@@ -40,8 +40,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from dashkanban.backoff import Backoff
-from dashkanban.buttons import Button
-from dashkanban.decode import Sighting
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.decode import Sighting
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ CONCURRENCY = 4  # look-ups in flight at once: a new store's first minutes, with
 # the tenant (Cumulocity limits requests per tenant, docs/protocol.md 3.5)
 
 
-class Source(Protocol):
-    """What `run` asks (c8y.rest.InventorySource): a cached look-up on the event loop."""
+class InventoryLookup(Protocol):
+    """Whether a MAC is a button, asked on the event loop with a cache in front
+    (c8y.rest.RestInventoryLookup is the one over Cumulocity's REST API)."""
 
     async def look_up(self, mac: str) -> Button | None: ...  # raises when it cannot tell
     def cached(self, mac: str) -> object: ...  # Button | None, or anything else for "not cached"
@@ -63,7 +64,7 @@ class Source(Protocol):
 
 
 class _LookupUnderWay:
-    """The type of `PENDING`, `Lookups.ask`'s one answer for a MAC whose look-up is under way."""
+    """The type of `PENDING`, `LookupQueue.ask`'s answer for a MAC whose look-up is under way."""
 
     __slots__ = ()
 
@@ -97,14 +98,14 @@ class _Waiting:
     last_error: str = field(default="")
 
 
-class Lookups:
-    """The asynchronous front of an inventory source. `ask` and `answers` belong to the code that
-    owns the debouncer (the pipeline, under its lock); `run()` does the look-ups on the event loop
-    and calls `notify` there whenever answers are ready to collect."""
+class LookupQueue:
+    """The MACs waiting for an inventory look-up, and the task that looks them up. `ask` and
+    `answers` belong to the code that owns the debouncer (the pipeline, under its lock); `run()`
+    does the look-ups on the event loop and calls `notify` there whenever answers are ready."""
 
     def __init__(
         self,
-        source: Source,
+        lookup: InventoryLookup,
         *,
         notify: Callable[[], None] | None = None,
         max_pending: int = MAX_PENDING,
@@ -116,7 +117,7 @@ class Lookups:
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self._source = source
+        self._lookup = lookup
         self._rand = rand
         self.notify = notify
         self._max_pending = max(1, max_pending)
@@ -151,7 +152,7 @@ class Lookups:
             else:
                 self.dropped += 1
             return PENDING
-        known = self._source.cached(mac)
+        known = self._lookup.cached(mac)
         if known is None or isinstance(known, Button):
             return known
         if len(self._waiting) >= self._max_pending:
@@ -185,8 +186,8 @@ class Lookups:
     async def run(self) -> None:
         """Look the asked MACs up, at most `concurrency` at once, until cancelled. A look-up
         that fails is retried with backoff (module doc); a bug here raises (the daemon then
-        exits 1). The source's async client is closed on the way out. Once per Lookups: look-ups
-        under way when it is cancelled are not resumed by another run."""
+        exits 1). The look-up's async client is closed on the way out. Once per LookupQueue:
+        look-ups under way when it is cancelled are not resumed by another run."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         slots = asyncio.Semaphore(self._concurrency)
@@ -206,7 +207,7 @@ class Lookups:
                     log.warning("stopping with %d MAC(s) still being looked up in the "
                                 "inventory; their sightings are not counted as presses", left)
             finally:
-                await self._source.aclose()
+                await self._lookup.aclose()
 
     def _wake_up(self) -> None:
         loop, wake = self._loop, self._wake
@@ -250,7 +251,7 @@ class Lookups:
 
         try:
             try:
-                button = await self._source.look_up(mac)
+                button = await self._lookup.look_up(mac)
             except Exception as exc:
                 if not _expected(exc):
                     log.exception("inventory look-up of %s failed unexpectedly", mac)

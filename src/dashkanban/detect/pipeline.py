@@ -3,7 +3,7 @@
 Only the frame source and the clock differ: a replay passes no clock, so each frame's own
 timestamp is the clock and a replay is deterministic; live capture passes monotonic time.
 
-Inventory buttons live (`inventory`, an `inventory.Lookups`): a MAC the cache cannot answer is
+Inventory buttons live (`inventory`, an `inventory.LookupQueue`): a MAC the cache cannot answer is
 parked and looked up by the loop's look-up task, so matching never waits for HTTP; `answered()`
 debounces the parked sightings once the answers are in. Matching then takes a lock, so a caller
 on another thread stays safe (only with `inventory`: the CSV-only hot path has none).
@@ -22,16 +22,16 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dashkanban.buttons import Button, Registry
 from dashkanban.capture import Frame
 from dashkanban.config import EventSettings
-from dashkanban.decode import Decoder, Sighting
-from dashkanban.events import Event, make_event
-from dashkanban.presses import DEFAULT_DEAD_TIME, ButtonLookup, Debouncer, Press
+from dashkanban.detect.buttons import Button, Registry
+from dashkanban.detect.decode import Decoder, Sighting
+from dashkanban.detect.events import Event, make_event
+from dashkanban.detect.presses import DEFAULT_DEAD_TIME, ButtonLookup, Debouncer, Press
 from dashkanban.values import PressKind
 
 if TYPE_CHECKING:
-    from dashkanban.inventory import Lookups
+    from dashkanban.c8y.inventory import LookupQueue
 
 
 def _raw_macs(registry: Registry) -> dict[bytes, Button]:
@@ -60,18 +60,18 @@ class InventoryCandidates:
     """`Decoder.sight`'s `wanted` with inventory look-ups (live): the MACs whose sighting
     `_match` does not drop at once. A registry button matched by network join is wanted, an
     MQTT button is not; any other MAC is wanted unless the inventory's cache knows it is no
-    button, which is the one answer `Lookups.ask` gives without parking or looking up. That
+    button, which is the one answer `LookupQueue.ask` gives without parking or looking up. That
     holds only while no look-up waits (`pending` does not say for which MAC), so then every
     unknown MAC goes the full way; the capture's own thread is the only one that adds a waiting
     MAC, so a 0 read here is still 0 when `ask` would run."""
 
     __slots__ = ("_buttons", "_cached", "_inventory")
 
-    def __init__(self, registry: Registry, inventory: Lookups,
+    def __init__(self, registry: Registry, inventory: LookupQueue,
                  cached: Callable[[str], object]) -> None:
         self._buttons = {raw: b.topic is None for raw, b in _raw_macs(registry).items()}
         self._inventory = inventory
-        self._cached = cached  # InventorySource.cached: Button, None (no button), or a miss
+        self._cached = cached  # RestInventoryLookup.cached: Button, None (no button), or a miss
 
     def __contains__(self, mac: object) -> bool:
         if not isinstance(mac, bytes):
@@ -115,12 +115,12 @@ class Pipeline:
         detect: Iterable[str] = ("arp", "dhcp"),
         dead_time: float = DEFAULT_DEAD_TIME,
         lookup: ButtonLookup | None = None,
-        inventory: Lookups | None = None,
+        inventory: LookupQueue | None = None,
         cached: Callable[[str], object] | None = None,
     ) -> None:
         """`lookup`: a synchronous look-up for MACs not in `registry` (replay); `inventory`: the
         asynchronous one (live). At most one of them. `cached`: with `inventory`, its source's
-        cached answer (InventorySource.cached), so that a MAC known to be no button is dropped
+        cached answer (RestInventoryLookup.cached), so that a MAC known to be no button is dropped
         before its Sighting is built (InventoryCandidates); without it every unknown MAC is
         decoded in full."""
         if lookup is not None and inventory is not None:

@@ -1,13 +1,13 @@
 """`dashkanban run`: live capture -> decode -> match -> debounce -> events -> outbox -> uplink.
 
-The same pipeline as `replay` (see pipeline.py); only the frame source (a raw socket) and the
+The same pipeline as `replay` (see detect/pipeline.py); only the frame source (a raw socket) and the
 clock (monotonic time for the dead time) differ. Everything runs on one asyncio loop, supervised
 by one `asyncio.TaskGroup` (docs/architecture.md): capture, the press writer, the Courier, the
 uplink, inventory look-ups, the MQTT button broker, the count sync with the systemd watchdog,
 metrics, the overdue timer, the SIGHUP reload, refill operations and the Kanban fragment writer
 are its tasks. A task that fails unexpectedly is logged once with
 its traceback and `run` exits 1, so that systemd restarts the service instead of it living on
-without that part. Blocking outbox work goes to the one writer thread (writer.py).
+without that part. Blocking outbox work goes to the one writer thread (outbox/writer.py).
 
 Capture never waits for the network: a press is committed to the outbox and the Courier carries
 it to Cumulocity. SIGTERM stops the capture, gives in-flight messages a moment to be acknowledged,
@@ -36,27 +36,28 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dashkanban.capture import Frame
 from dashkanban.config import Settings, find_config, load_settings
+from dashkanban.detect.events import Event
+from dashkanban.detect.pipeline import Counts, Pipeline
+from dashkanban.detect.presses import Press
 from dashkanban.errors import EXIT_FAILURE, EXIT_OK, DashkanbanError
-from dashkanban.events import Event
 from dashkanban.metrics import Metrics
-from dashkanban.pipeline import Counts, Pipeline
-from dashkanban.presses import Press
+from dashkanban.values import DeviceLine
 
 if TYPE_CHECKING:
-    from dashkanban.buttons import Registry
+    from dashkanban.c8y.inventory import LookupQueue
     from dashkanban.c8y.link import LinkHealth
     from dashkanban.c8y.mqtt import Uplink
     from dashkanban.c8y.smartrest import SmartRestLine
     from dashkanban.capture.bpf import Program
-    from dashkanban.delivery import Courier, QueuedRow
+    from dashkanban.detect.buttons import Registry
     from dashkanban.health import StateFile
-    from dashkanban.inventory import Lookups
     from dashkanban.kanban.bins import Bins
     from dashkanban.kanban.loop import KanbanLoop
     from dashkanban.kanban.wiring import OperationRouter
     from dashkanban.mqtt_buttons.source import ButtonBroker
-    from dashkanban.outbox import Outbox
-    from dashkanban.writer import Writer
+    from dashkanban.outbox.courier import Courier, QueuedRow
+    from dashkanban.outbox.store import Outbox
+    from dashkanban.outbox.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -180,18 +181,18 @@ class Daemon:
         return self._failure
 
     def run(self) -> int:
-        from dashkanban.compose import build_pipeline, inventory_source, load_registry
-        from dashkanban.inventory import Lookups
+        from dashkanban.c8y.inventory import LookupQueue
+        from dashkanban.compose import build_pipeline, inventory_lookup, load_registry
         from dashkanban.kanban import wiring
-        from dashkanban.outbox import Outbox, delivery_lock
+        from dashkanban.outbox.store import Outbox, delivery_lock
 
         settings = self.settings
         registry = load_registry(settings)
-        source = inventory_source(settings)
+        source = inventory_lookup(settings)
         # Inventory look-ups are a task of the loop; capture only parks the sightings of a MAC
         # being looked up, and the answers' presses come back through `_answered`. With the
         # look-ups' cache, a MAC known not to be a button is dropped before it is decoded.
-        lookups = Lookups(source) if source is not None else None
+        lookups = LookupQueue(source) if source is not None else None
         pipeline = build_pipeline(settings, registry, inventory=lookups,
                                   cached=source.cached if source is not None else None)
         with contextlib.ExitStack() as resources:  # closed in reverse order, also on errors
@@ -214,15 +215,16 @@ class Daemon:
     # -- the loop ------------------------------------------------------------------------------
 
     async def _serve(self, settings: Settings, registry: Registry, pipeline: Pipeline,
-                     lookups: Lookups | None, outbox: Outbox, kanban: KanbanLoop | None) -> None:
+                     lookups: LookupQueue | None, outbox: Outbox,
+                     kanban: KanbanLoop | None) -> None:
         """Every long-lived part as a task of one group, until stopped or one of them fails."""
         from dashkanban.c8y.mqtt import service_options
-        from dashkanban.delivery import Courier
         from dashkanban.health import StateFile, notify
         from dashkanban.kanban import wiring
         from dashkanban.metrics import MetricsReporting
-        from dashkanban.outbox import plural
-        from dashkanban.writer import Writer
+        from dashkanban.outbox.courier import Courier
+        from dashkanban.outbox.store import plural
+        from dashkanban.outbox.writer import Writer
 
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -440,7 +442,7 @@ class Daemon:
 
     def _report_lost(self) -> None:
         """The end of a stretch of lost presses (the queue had room again, or the stop)."""
-        from dashkanban.outbox import plural
+        from dashkanban.outbox.store import plural
 
         if self._presses_lost:
             log.error("the press queue has room again; %s lost while it was full",
@@ -481,10 +483,10 @@ class Daemon:
         identity; in press order, since the writer runs one call at a time. Returns the row as
         the outbox will read it back (for `Courier.offer`), None when it could not be queued."""
         from dashkanban.kanban import wiring
-        from dashkanban.outbox import OutboxError, press_key
+        from dashkanban.outbox.store import OutboxError, press_key
 
         extra = tuple(self.extra_lines(press)) if self.extra_lines is not None else ()
-        others: tuple[tuple[str | None, str], ...] = ()
+        others: tuple[DeviceLine, ...] = ()
         if kanban is not None:
             own, others = wiring.press_lines(kanban, press)
             extra = own + extra
@@ -498,7 +500,7 @@ class Daemon:
             return None
 
     def _answered(self, pipeline: Pipeline) -> None:
-        """On the loop (`Lookups.notify`): the presses of the MACs the inventory just answered,
+        """On the loop (`LookupQueue.notify`): the presses of the MACs the inventory just answered,
         to the press writer in order."""
         if self._stopping is not None and self._stopping.is_set():
             return
@@ -509,7 +511,7 @@ class Daemon:
 
     async def _operation(self, router: OperationRouter, line: SmartRestLine, writer: Writer,
                          courier: Courier) -> None:
-        from dashkanban.outbox import OutboxError
+        from dashkanban.outbox.store import OutboxError
 
         try:
             await writer.call(router, line)
@@ -538,7 +540,7 @@ class Daemon:
         the daemon was down), raise `c8y_KanbanOverdue` for each reorder open longer than its
         lead time (issue 18); the lines go through the outbox like every alarm."""
         from dashkanban.kanban.wiring import queue_overdue
-        from dashkanban.outbox import OutboxError
+        from dashkanban.outbox.store import OutboxError
 
         while True:
             try:

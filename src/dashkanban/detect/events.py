@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dashkanban.buttons import Button
 from dashkanban.config import (
     DEFAULT_EVENT_TEXT,
     EMPTY_TEXT_PROBLEM,
@@ -19,8 +18,9 @@ from dashkanban.config import (
     event_text_problem,
     render_event_text,
 )
+from dashkanban.detect.buttons import Button
+from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError
-from dashkanban.presses import Press
 from dashkanban.values import PressKind, Trigger
 
 log = logging.getLogger(__name__)

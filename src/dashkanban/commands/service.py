@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from dashkanban.buttons import load_buttons
 from dashkanban.config import Settings, _read_ini, find_config, load_settings
+from dashkanban.detect.buttons import load_buttons
 from dashkanban.errors import ConfigError, DashkanbanError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ Guarantees, for the delivery loop that consumes it:
   once per crossing; refusals are counted in the file, so `outbox status` shows them.
 
 One connection guarded by a lock; in `run` every write comes from the one writer thread
-(writer.py). Counters live in a one-row table maintained by triggers inside the same
+(outbox/writer.py). Counters live in a one-row table maintained by triggers inside the same
 transactions, so they stay exact when two processes share the file (a `replay` next to the daemon).
 """
 
@@ -34,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
+from dashkanban.detect.events import Event
 from dashkanban.errors import ConfigError, DashkanbanError
-from dashkanban.events import Event
 from dashkanban.safetext import escape_controls
 from dashkanban.values import DeviceLine, PressKind, Trigger
 
@@ -260,7 +260,8 @@ def _storable_event(event: Event, extra: tuple[str, ...]) -> tuple[Event, tuple[
 
 def _storable_lines(lines: Sequence[DeviceLine]) -> tuple[DeviceLine, ...]:
     return tuple(
-        (None if serial is None else _storable(serial), _storable(line)) for serial, line in lines
+        DeviceLine(None if serial is None else _storable(serial), _storable(line))
+        for serial, line in lines
     )
 
 
@@ -800,7 +801,7 @@ class Outbox:
         oldest first."""
         serial = None
         if button is not None:
-            from dashkanban.buttons import normalize_address, serial_of
+            from dashkanban.detect.buttons import normalize_address, serial_of
 
             try:  # a MAC, or a Zigbee button's EUI-64 (issue 19)
                 serial = serial_of(normalize_address(button))
@@ -910,7 +911,8 @@ def _queued(row: tuple[object, ...]) -> QueuedEvent:
         if not isinstance(item, list) or len(item) != 2:
             raise TypeError(f"{item!r} where a [serial, line] pair was stored")
         serial_of_line, line = item
-        other_lines.append((None if serial_of_line is None else _str(serial_of_line), _str(line)))
+        child = None if serial_of_line is None else _str(serial_of_line)
+        other_lines.append(DeviceLine(child, _str(line)))
     return QueuedEvent(
         id=row_id,
         event=event,
@@ -1163,7 +1165,7 @@ def _translate(exc: sqlite3.Error, path: Path, action: str) -> DashkanbanError:
     return OutboxError(f"{path}: {action} failed: {exc} ({name or type(exc).__name__})")
 
 
-# -- shared with the commands (outbox_commands.py) ---------------------------------------------
+# -- shared with the commands (commands/outbox.py) ---------------------------------------------
 
 
 @contextlib.contextmanager

@@ -1,0 +1,5 @@
+"""Commands: one module per `dashkanban` sub-command (`run` is the daemon). Each takes its
+typed options, builds what it needs through `compose`, and returns an exit code; cli.py parses
+the command line and calls them. Feature packages keep their own commands (kanban/cli.py,
+sandbox/cli.py, mqtt_buttons/discover.py).
+"""
