@@ -174,6 +174,83 @@ def test_inventory_button_of_another_owner_is_named_by_its_serial(
         source.close()
 
 
+# -- a request that cannot be sent -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("failure", "why"), [
+    # paho has lost the socket: what aiomqtt raises when the connection just dropped
+    ("connection", "[code:4] The client is not currently connected."),
+    # a bug in the publish: the waiter is told at once, and the uplink fails with it (exit 1)
+    ("bug", "KeyError, a bug"),
+])
+def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        failure: str, why: str) -> None:
+    """The `s/uat` publish is a task of its own: its failure reaches the caller waiting for the
+    token as the token path's own error, at once (not after `wait` seconds as "no device token
+    within 30 s"), and its exception is never left unretrieved. A bug in it also ends the
+    uplink, so that `run` exits 1."""
+    import logging
+
+    import aiomqtt
+    from aiomqtt.exceptions import MqttCodeError
+
+    from dashkanban.c8y.link import _Client
+    from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TokenError
+    from tests.running import RunningUplink
+
+    caplog.set_level(logging.INFO)
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    original = aiomqtt.Client.publish
+
+    bug = [False]  # the request at connect fails like a dropped connection; later ones maybe not
+
+    async def publish(self: _Client, topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic == TOKEN_REQUEST_TOPIC:
+            if bug[0]:
+                raise KeyError("injected")
+            raise MqttCodeError(4, "The client is not currently connected.")
+        await original(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(_Client, "publish", publish)
+    unhandled: list[str] = []
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.thread.loop.set_exception_handler(
+        lambda _loop, context: unhandled.append(str(context.get("message"))))
+    uplink.start()
+    try:
+        assert uplink.tokens is not None
+        assert uplink.wait_connected(10)
+        bug[0] = failure == "bug"
+        with pytest.raises(TokenError) as raised:
+            uplink.tokens.authorization()
+        assert str(raised.value) == (
+            f"cannot ask Cumulocity for a device token on {GW}: the s/uat publish failed ({why})")
+        if failure == "bug":
+            task = uplink.task
+            assert task is not None
+            uplink.thread.wait(asyncio.wait({task}, timeout=10))
+            assert task.done()
+            group = task.exception()
+            assert isinstance(group, BaseExceptionGroup)
+            assert [repr(e) for e in _leaves(group)] == ["KeyError('injected')"]
+        else:
+            assert uplink.wait_connected(1)  # the connection itself is fine
+    finally:
+        uplink.stop()
+    assert unhandled == []
+    assert "exception was never retrieved" not in caplog.text
+    assert cert_sandbox.stats().get("tokens", 0) == 0  # no s/uat reached it
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 # -- report paging ------------------------------------------------------------------------------
 
 def test_report_pages_with_a_fixed_date_to(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -315,7 +315,7 @@ class Uplink:
             return
         # From a thread that REST work was handed off to: the link lives on the loop. The token
         # source waits for the answer (`offer`) and asks again if none comes.
-        loop.call_soon_threadsafe(_ask_quietly, link)
+        loop.call_soon_threadsafe(_ask_quietly, link, self.tokens)
 
     @property
     def connected(self) -> bool:
@@ -350,11 +350,15 @@ class Uplink:
         return None
 
 
-def _ask_quietly(link: Link) -> None:
+def _ask_quietly(link: Link, tokens: TokenSource | None) -> None:
     try:
         link.request_token()
     except UplinkError as exc:  # the connection dropped meanwhile: the token source asks again
         log.info("cannot ask for a device token now: %s", exc)
+        if tokens is not None:
+            # Not asked after all: the next connect asks (its start-up sequence), instead of
+            # taking this request for one in flight until `wait` runs out.
+            tokens.request_not_sent()
 
 
 def try_login(settings: Settings, timeout: float = 10.0) -> str:
