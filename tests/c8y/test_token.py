@@ -244,6 +244,73 @@ def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
     assert cert_sandbox.stats().get("tokens", 0) == 0  # no s/uat reached it
 
 
+def test_a_token_request_lost_with_its_connection_is_asked_again_at_the_next_connect(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer to `s/uat` comes at QoS 0 on the connection that asked. When that connection
+    drops first, the request used to be taken for one in flight until `wait` (30 s) ran out: the
+    next connect did not ask, and REST waited for nothing. The next connect asks again."""
+    import time
+
+    from dashkanban.c8y.link import _Client
+    from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC
+    from tests.running import RunningUplink
+
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    original = _Client.publish
+    requests = [0]
+
+    async def publish(self: _Client, topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic == TOKEN_REQUEST_TOPIC:
+            requests[0] += 1
+            if requests[0] == 1:
+                return  # lost on the way, as with a connection that drops just then
+        await original(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(_Client, "publish", publish)
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        assert requests[0] == 1
+        assert cert_sandbox.drop_connection(GW)
+        deadline = time.monotonic() + 15  # bounded: the reconnect is at most 0.2 s away
+        while cert_sandbox.stats().get("tokens", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cert_sandbox.stats().get("tokens", 0) == 1, "the next connect did not ask"
+        assert requests[0] == 2
+        tokens = uplink.tokens
+        assert tokens is not None
+        bearer = tokens.authorization()  # there at once: nothing is asked or waited for
+        assert cert_sandbox.tokens.verify(bearer.removeprefix("Bearer ")) is not None
+        assert requests[0] == 2
+    finally:
+        uplink.stop()
+
+
+def test_a_token_asked_for_while_the_uplink_connects_comes_with_the_connection(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path) -> None:
+    """A REST call asks (from its worker thread) while the link is not connected yet: the loop
+    cannot send that request, and it used to be taken for one in flight, so the connect did not
+    ask either and the call failed after `wait` (30 s). The connect asks, and the call gets it."""
+    from tests.running import RunningUplink
+
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    cert_sandbox.refuse_logins(2, 3)  # "server unavailable": retried at once (FAST backoff)
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.start()
+    try:
+        tokens = uplink.tokens
+        assert tokens is not None
+        assert not uplink.connected
+        bearer = tokens.authorization()
+        assert cert_sandbox.tokens.verify(bearer.removeprefix("Bearer ")) is not None
+        assert cert_sandbox.stats()["refused"] == 2
+        assert cert_sandbox.stats()["tokens"] == 1
+    finally:
+        uplink.stop()
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     out: list[BaseException] = []
     for exc in group.exceptions:

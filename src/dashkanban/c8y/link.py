@@ -539,6 +539,9 @@ class Link:
             # Through the token source, which keeps one request in flight: a REST call that
             # asked for a token at the same moment shares this `s/uat` instead of a second one.
             if self._tokens is not None:
+                # A request of an earlier connection is void (clean session, QoS 0): taken for
+                # one in flight, it kept this connection from asking until `wait` ran out.
+                self._tokens.forget_request()
                 self._tokens.renew_if_due()
             else:
                 self.request_token()

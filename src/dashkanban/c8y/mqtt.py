@@ -358,7 +358,7 @@ def _ask_quietly(link: Link, tokens: TokenSource | None) -> None:
         if tokens is not None:
             # Not asked after all: the next connect asks (its start-up sequence), instead of
             # taking this request for one in flight until `wait` runs out.
-            tokens.request_not_sent()
+            tokens.forget_request()
 
 
 def try_login(settings: Settings, timeout: float = 10.0) -> str:

@@ -117,10 +117,11 @@ class TokenSource:
             self._failure = reason
             self._cond.notify_all()
 
-    def request_not_sent(self) -> None:
-        """The request was handed to the uplink's loop but could not be started there (the
-        connection is down): nothing is in flight, so the next `renew_if_due` (the uplink's
-        next connect) asks again; a waiter keeps waiting for that answer."""
+    def forget_request(self) -> None:
+        """No answer can come to the request in flight: it could not be started (the connection
+        is down), or its connection is gone (the answer is QoS 0 on that connection only). The
+        next `renew_if_due` (the uplink's next connect) asks again; a waiter keeps waiting for
+        that answer instead of for one that will not come."""
         with self._cond:
             self._asked_at = None
 
