@@ -547,3 +547,34 @@ def test_a_bug_in_a_publish_of_the_link_itself_ends_the_uplink(
     finally:
         uplink.stop()
     assert "exception was never retrieved" not in caplog.text
+
+
+def test_a_bug_in_the_operation_handler_ends_the_uplink(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The handler of `on_operation` raising is a bug: it used to be logged and the next
+    operation handed to the same handler; it ends `Uplink.run` (exit 1 in the daemon)."""
+    import asyncio
+
+    def on_operation(line: SmartRestLine) -> None:
+        raise ValueError(f"injected: a bug in the handler of {line.template}")
+
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), on_operation=on_operation,
+                           backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        recorder.publish("s/ds", "510,dashkanban-gw-01")
+        task = uplink.task
+        assert task is not None
+        uplink.thread.wait(asyncio.wait({task}, timeout=10))
+        assert task.done(), "the uplink lived on with a broken operation handler"
+        failure = task.exception()
+        while isinstance(failure, BaseExceptionGroup):
+            assert len(failure.exceptions) == 1
+            failure = failure.exceptions[0]
+        assert repr(failure) == "ValueError('injected: a bug in the handler of 510')"
+    finally:
+        uplink.stop()
+    assert "the operation handler failed" not in caplog.text

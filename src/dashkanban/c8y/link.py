@@ -815,10 +815,10 @@ class Link:
             log.info("operation from Cumulocity on %s: %s", topic,
                      ",".join([line.template, *line.fields]))
             if self._on_operation is not None:
-                try:
-                    self._on_operation(line)
-                except Exception:  # one bad operation must not end the connection
-                    log.exception("the operation handler failed on %s", line.template)
+                # A handler that raises has a bug (a line it cannot use is its to refuse, as
+                # the daemon's does): it fails the link and `run` (`dispatch`, `_crash`),
+                # instead of a log line and every later operation handled by a broken handler.
+                self._on_operation(line)
 
 
 async def _fail(exc: BaseException) -> None:
