@@ -803,7 +803,11 @@ class Link:
             # Subscribe to s/dc/<X-ID> only once the collection exists (smartrest-two.md; notes
             # 2.6); after its SUBACK `500` again: operations pushed for the first `500` had no
             # subscriber on it.
-            group.create_task(self._subscribe_collection(client, xid))
+            subscribing = self._subscribe_collection(client, xid)
+            try:
+                group.create_task(subscribing)
+            except RuntimeError:  # the connection is ending: the next connect asks again
+                subscribing.close()
 
     async def _subscribe_collection(self, client: _Client, xid: str) -> None:
         await client.subscribe(f"s/dc/{xid}", QOS)
