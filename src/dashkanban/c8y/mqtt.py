@@ -9,7 +9,8 @@ cancelled, and raises when a link fails unexpectedly (a bug), which ends `run` w
 Hooks for features on top (the Kanban loop uses them; this module knows nothing of it):
 `extra_subscriptions` are subscribed next to s/ds and s/e, `startup_publishes` are published after
 the SUBACK and before 114/117/500 on every connect, and `on_operation` receives each line of any
-subscribed downstream topic (everything but s/e), on the loop. An event may carry lines for other
+subscribed downstream topic (everything but s/e), on the loop (a handler that raises has a bug: it
+ends `run`; a line it cannot use is its to refuse). An event may carry lines for other
 child devices of the gateway (`other_lines`), and `send_lines` sends such lines without an event.
 
 Pure message building is c8y/protocol.py; the one-shot login probe of `check` is c8y/probe.py.
