@@ -289,3 +289,50 @@ def test_a_send_that_raises_is_sent_again_not_stranded(
     finally:
         courier.stop()
         uplink.stop()
+
+
+def test_a_bug_in_the_publish_of_rows_ends_the_courier_with_it_once(
+    tmp_path: Path, mosquitto_tls: Mosquitto, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Several rows in flight whose PUBLISHes fail with a bug: the Courier's `run` raises the
+    bug itself (it used to become ConnectionLostError: each row marked as an attempt and sent
+    again for ever), and the other carriers' failures leave no "Task exception was never
+    retrieved" (a second traceback after the one the supervisor logs)."""
+    import asyncio
+    import gc
+
+    from dashkanban.c8y.link import Link
+
+    outbox = recording_outbox(tmp_path)
+    for n in range(1, 6):
+        outbox.put(press(n))
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=(0.05, 0.2))
+    unhandled: list[str] = []
+    uplink.thread.loop.set_exception_handler(
+        lambda _loop, context: unhandled.append(str(context.get("message"))))
+    courier = RunningCourier(outbox, uplink)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+
+        async def broken(self: Link, *args: object) -> None:
+            raise TypeError("injected: a bug in a PUBLISH")
+
+        monkeypatch.setattr(Link, "_publish", broken)
+        courier.start()
+        task = courier.task
+        assert task is not None
+        uplink.thread.wait(asyncio.wait({task}, timeout=10))
+        assert task.done()
+        assert repr(task.exception()) == "TypeError('injected: a bug in a PUBLISH')"
+        assert outbox.acked == []
+        assert outbox.count() == 5
+        assert courier.resent == 0
+    finally:
+        courier.stop()
+        uplink.stop()
+    del courier, uplink, task
+    gc.collect()
+    assert unhandled == []
+    assert "never retrieved" not in caplog.text

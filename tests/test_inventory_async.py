@@ -223,6 +223,35 @@ def test_a_bug_ends_run_instead_of_silencing_the_look_ups(tmp_path: Path) -> Non
     assert [str(e) for e in info.value.exceptions] == ["a bug in the notify hook"]
 
 
+def test_a_bug_in_a_look_up_ends_run_instead_of_being_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the REST client's errors (a DashkanbanError such as RestError, an OSError) are a
+    look-up to try again; a bug in the look-up used to be logged and retried for 10 minutes,
+    the daemon living on. It ends `run()` (the daemon then exits 1), logged by the supervisor
+    only."""
+    with Sandbox(sandbox_options()) as sandbox:
+        add_button(sandbox)
+        wired = OnTheLoop(config(tmp_path, sandbox.http_url))
+
+        def broken(self: InventorySource, mac: str, button: Button | None) -> Button | None:
+            raise TypeError("injected: a bug after the inventory answered")
+
+        monkeypatch.setattr(InventorySource, "_remember", broken)
+
+        async def main() -> None:
+            run = asyncio.create_task(wired.lookups.run())
+            wired.feed(arp(MAC, T0))
+            await asyncio.wait_for(run, WAIT)
+
+        with pytest.raises(ExceptionGroup) as info:
+            asyncio.run(main())
+    assert [repr(e) for e in info.value.exceptions] == [
+        "TypeError('injected: a bug after the inventory answered')"]
+    assert "cannot tell whether" not in caplog.text  # not taken for a failed look-up
+    assert "failed unexpectedly" not in caplog.text  # the supervisor says it, once
+
+
 def test_stopping_while_the_capture_asks_about_a_new_mac_still_closes_the_client(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,10 +2,14 @@
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
-from dashkanban.c8y.link import _Client
+from dashkanban.backoff import Backoff
+from dashkanban.c8y.link import Link, LinkPlan, _Client
+from dashkanban.c8y.protocol import Outgoing
+from dashkanban.config import load_settings
 
 
 def test_a_suback_for_a_subscribe_no_longer_awaited_is_a_debug_line(
@@ -27,3 +31,30 @@ def test_a_suback_for_a_subscribe_no_longer_awaited_is_a_debug_line(
     assert [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.DEBUG
             and r.name in ("dashkanban.c8y.link", "mqtt")] == [
         (logging.DEBUG, "SUBACK 42 for a subscribe no longer awaited (the link stopped)")]
+
+
+def test_a_template_answer_while_the_connection_ends_is_not_a_bug(tmp_path: Path) -> None:
+    """`20,<X-ID>` (the collection exists: subscribe to s/dc/<X-ID>) read while the connection's
+    task group is already finishing: the subscribe is left to the next connect. It used to
+    raise "TaskGroup is shutting down" where a bug is reported, and end `run` with exit 1."""
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        "password = s3cret\nport = 1\ntls = no\nallow_insecure = yes\n"
+        "[gateway]\nserial = dashkanban-gw-01\n"
+        f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
+    config.chmod(0o600)
+    settings = load_settings(config)
+    templates = (Outgoing("s/ut/dashKanban", "10,9101,GET,,,c8y_KanbanRefilled"),)
+    plan = LinkPlan("dashkanban-gw-01", "100", (), gateway=True, templates=templates)
+
+    async def main() -> list[asyncio.Task[object]]:
+        link = Link(settings, plan, None, backoff=Backoff(0, 0), refusal_backoff=Backoff(0, 0))
+        client = _Client("127.0.0.1", 1)
+        async with asyncio.TaskGroup() as group:
+            pass  # finished: as a connection's group whose tasks have ended
+        link._on_template_status(client, group, "20,dashKanban,12345")
+        me = asyncio.current_task()
+        return [t for t in asyncio.all_tasks() if t is not me]
+
+    assert asyncio.run(main()) == []

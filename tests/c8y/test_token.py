@@ -174,6 +174,150 @@ def test_inventory_button_of_another_owner_is_named_by_its_serial(
         source.close()
 
 
+# -- a request that cannot be sent -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("failure", "why"), [
+    # paho has lost the socket: what aiomqtt raises when the connection just dropped
+    ("connection", "[code:4] The client is not currently connected."),
+    # a bug in the publish: the waiter is told at once, and the uplink fails with it (exit 1)
+    ("bug", "KeyError, a bug"),
+])
+def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        failure: str, why: str) -> None:
+    """The `s/uat` publish is a task of its own: its failure reaches the caller waiting for the
+    token as the token path's own error, at once (not after `wait` seconds as "no device token
+    within 30 s"), and its exception is never left unretrieved. A bug in it also ends the
+    uplink, so that `run` exits 1."""
+    import logging
+
+    import aiomqtt
+    from aiomqtt.exceptions import MqttCodeError
+
+    from dashkanban.c8y.link import _Client
+    from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TokenError
+    from tests.running import RunningUplink
+
+    caplog.set_level(logging.INFO)
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    original = aiomqtt.Client.publish
+
+    bug = [False]  # the request at connect fails like a dropped connection; later ones maybe not
+
+    async def publish(self: _Client, topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic == TOKEN_REQUEST_TOPIC:
+            if bug[0]:
+                raise KeyError("injected")
+            raise MqttCodeError(4, "The client is not currently connected.")
+        await original(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(_Client, "publish", publish)
+    unhandled: list[str] = []
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.thread.loop.set_exception_handler(
+        lambda _loop, context: unhandled.append(str(context.get("message"))))
+    uplink.start()
+    try:
+        assert uplink.tokens is not None
+        assert uplink.wait_connected(10)
+        bug[0] = failure == "bug"
+        with pytest.raises(TokenError) as raised:
+            uplink.tokens.authorization()
+        assert str(raised.value) == (
+            f"cannot ask Cumulocity for a device token on {GW}: the s/uat publish failed ({why})")
+        if failure == "bug":
+            task = uplink.task
+            assert task is not None
+            uplink.thread.wait(asyncio.wait({task}, timeout=10))
+            assert task.done()
+            group = task.exception()
+            assert isinstance(group, BaseExceptionGroup)
+            assert [repr(e) for e in _leaves(group)] == ["KeyError('injected')"]
+        else:
+            assert uplink.wait_connected(1)  # the connection itself is fine
+    finally:
+        uplink.stop()
+    assert unhandled == []
+    assert "exception was never retrieved" not in caplog.text
+    assert cert_sandbox.stats().get("tokens", 0) == 0  # no s/uat reached it
+
+
+def test_a_token_request_lost_with_its_connection_is_asked_again_at_the_next_connect(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer to `s/uat` comes at QoS 0 on the connection that asked. When that connection
+    drops first, the request used to be taken for one in flight until `wait` (30 s) ran out: the
+    next connect did not ask, and REST waited for nothing. The next connect asks again."""
+    import time
+
+    from dashkanban.c8y.link import _Client
+    from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC
+    from tests.running import RunningUplink
+
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    original = _Client.publish
+    requests = [0]
+
+    async def publish(self: _Client, topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic == TOKEN_REQUEST_TOPIC:
+            requests[0] += 1
+            if requests[0] == 1:
+                return  # lost on the way, as with a connection that drops just then
+        await original(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(_Client, "publish", publish)
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        assert requests[0] == 1
+        assert cert_sandbox.drop_connection(GW)
+        deadline = time.monotonic() + 15  # bounded: the reconnect is at most 0.2 s away
+        while cert_sandbox.stats().get("tokens", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cert_sandbox.stats().get("tokens", 0) == 1, "the next connect did not ask"
+        assert requests[0] == 2
+        tokens = uplink.tokens
+        assert tokens is not None
+        bearer = tokens.authorization()  # there at once: nothing is asked or waited for
+        assert cert_sandbox.tokens.verify(bearer.removeprefix("Bearer ")) is not None
+        assert requests[0] == 2
+    finally:
+        uplink.stop()
+
+
+def test_a_token_asked_for_while_the_uplink_connects_comes_with_the_connection(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path) -> None:
+    """A REST call asks (from its worker thread) while the link is not connected yet: the loop
+    cannot send that request, and it used to be taken for one in flight, so the connect did not
+    ask either and the call failed after `wait` (30 s). The connect asks, and the call gets it."""
+    from tests.running import RunningUplink
+
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    cert_sandbox.refuse_logins(2, 3)  # "server unavailable": retried at once (FAST backoff)
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.start()
+    try:
+        tokens = uplink.tokens
+        assert tokens is not None
+        assert not uplink.connected
+        bearer = tokens.authorization()
+        assert cert_sandbox.tokens.verify(bearer.removeprefix("Bearer ")) is not None
+        assert cert_sandbox.stats()["refused"] == 2
+        assert cert_sandbox.stats()["tokens"] == 1
+    finally:
+        uplink.stop()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 # -- report paging ------------------------------------------------------------------------------
 
 def test_report_pages_with_a_fixed_date_to(monkeypatch: pytest.MonkeyPatch) -> None:

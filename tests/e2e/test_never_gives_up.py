@@ -255,6 +255,39 @@ def test_an_unexpected_failure_in_the_delivery_loop_ends_run_with_exit_1(
     assert queued_serials(tmp_path / "state" / "outbox.sqlite3") == [button(0).serial]
 
 
+def test_a_bug_in_the_publish_of_a_row_ends_run_with_exit_1_and_is_not_resent(
+    tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PUBLISH task that fails with a bug (not a connection error) reaches the supervisor as
+    itself: it is not taken for a lost connection, whose row would be sent again for ever with
+    the bug never seen."""
+    from dashkanban.c8y.link import Link
+
+    caplog.set_level(logging.INFO)
+    run = RunningDaemon.from_config(plain_config(tmp_path, sandbox))
+    wait_until(lambda: run.daemon.uplink is not None and run.daemon.uplink.connected,
+               10, "the uplink")
+
+    async def broken(self: Link, *args: object) -> None:
+        raise TypeError("injected: a bug in a PUBLISH")
+
+    monkeypatch.setattr(Link, "_publish", broken)
+    run.press(presses(0, 1))
+    run._thread.join(15)
+    assert not run._thread.is_alive(), "the daemon lived on, sending the row again for ever"
+    assert run.result == [1]
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert [r.getMessage() for r in critical] == [
+        "the delivery loop failed unexpectedly; exiting so that the service is restarted"]
+    assert critical[0].exc_info is not None
+    assert caplog.text.count("TypeError: injected: a bug in a PUBLISH") == 1
+    assert "connection lost before PUBACK" not in caplog.text
+    assert "lost in flight" not in caplog.text
+    assert sandbox.events() == []
+    assert queued_serials(tmp_path / "state" / "outbox.sqlite3") == [button(0).serial]
+
+
 def test_an_unexpected_failure_in_the_capture_ends_run_with_exit_1(
     tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture,
 ) -> None:

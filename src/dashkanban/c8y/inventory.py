@@ -254,7 +254,9 @@ class LookupQueue:
                 button = await self._lookup.look_up(mac)
             except Exception as exc:
                 if not _expected(exc):
-                    log.exception("inventory look-up of %s failed unexpectedly", mac)
+                    # A bug: retried, it came back for 10 minutes with the daemon living on.
+                    # It fails the group and `run` (the daemon logs it once and exits 1).
+                    raise
                 self._failed(mac, exc, refused=isinstance(exc, RestRefusedError))
                 return
         finally:

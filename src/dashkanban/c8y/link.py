@@ -93,6 +93,11 @@ HEARTBEAT_MAX = 300.0
 # the Courier; an error comes within a round trip or two of its line.
 SENT_RING = 1000
 TEMPLATE_STATUS_TOPIC = "s/dt"
+# What a PUBLISH legitimately fails with when its connection fails or drops: aiomqtt's errors
+# (MqttCodeError "not currently connected" when paho has lost the socket, its timeouts) and the
+# socket's own (OSError; ssl.SSLError is one). Anything else is a bug: it ends `run` with exit 1
+# (issue 11) instead of becoming a lost connection whose row is sent again for ever.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (aiomqtt.MqttError, OSError)
 
 OperationHandler = Callable[[SmartRestLine], None]
 RefusalListener = Callable[[Refusal], None]
@@ -310,6 +315,11 @@ class Link:
         # The outage that ended with the last connect: (seconds it lasted, failed attempts).
         self.last_outage: tuple[float, int] | None = None
         self._outage_start: float | None = None  # monotonic, while connections fail
+        # The task group of the connection being served (`_serve`): a bug in the link's own
+        # work fails it (`_crash`). A bug seen after it ended waits in `_bug` for `run`.
+        self._group: asyncio.TaskGroup | None = None
+        self._bug: BaseException | None = None
+        self._bugged = asyncio.Event()
 
     @property
     def health(self) -> LinkHealth:
@@ -338,6 +348,7 @@ class Link:
         logged: str | None = None  # the kind of trouble last logged: log each kind once
         while True:
             error, connected = await self._connect_and_serve()
+            self._raise_bug()
             if connected:
                 attempt = refusals = 0  # a connection that came up resets the backoff
                 logged = None
@@ -375,7 +386,30 @@ class Link:
                 log.warning("%s; reconnecting in %.1f s", error, delay)
             logged = kind
             self._changed()
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._bugged.wait()
+            self._raise_bug()
+
+    def _crash(self, exc: BaseException) -> None:
+        """A bug in the link's own work (a PUBLISH, an inbound line): it fails the connection's
+        task group and with it `run`, so that the supervisor logs it and exits 1 (issue 11)."""
+        group = self._group
+        if group is not None:
+            failing = _fail(exc)
+            try:
+                group.create_task(failing)
+                return
+            except RuntimeError:  # the group is finishing: `run` raises it instead
+                failing.close()
+        if self._bug is None:
+            self._bug = exc
+        self._bugged.set()
+
+    def _raise_bug(self) -> None:
+        bug, self._bug = self._bug, None
+        if bug is not None:
+            raise bug
 
     def _new_client(self) -> _Client:
         c8y = self._settings.c8y
@@ -467,12 +501,15 @@ class Link:
         reason = "closed"
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 group.create_task(self._startup(client, group))
                 if self.plan.heartbeat:
                     group.create_task(self._heartbeat(self.plan.heartbeat))
                 await self._receive(client, group)
         except* (aiomqtt.MqttError, ConnectionLostError) as trouble:
             reason = str(trouble.exceptions[0])
+        finally:
+            self._group = None
         return reason
 
     async def _startup(self, client: _Client, group: asyncio.TaskGroup) -> None:
@@ -502,6 +539,9 @@ class Link:
             # Through the token source, which keeps one request in flight: a REST call that
             # asked for a token at the same moment shares this `s/uat` instead of a second one.
             if self._tokens is not None:
+                # A request of an earlier connection is void (clean session, QoS 0): taken for
+                # one in flight, it kept this connection from asking until `wait` ran out.
+                self._tokens.forget_request()
                 self._tokens.renew_if_due()
             else:
                 self.request_token()
@@ -528,7 +568,7 @@ class Link:
             try:
                 self._dispatch(client, group, topic, payload)
             except Exception as exc:  # noqa: BLE001 - a bug fails the link (and `run`), not the socket
-                group.create_task(_fail(exc))
+                self._crash(exc)
 
         client.dispatch = dispatch
         client.acked = self._puback
@@ -635,16 +675,19 @@ class Link:
     def _published(self, task: asyncio.Task[None], number: int, pending: _Row | None) -> None:
         self._tasks.discard(task)
         self._waiting.discard(number)
-        failed = task.cancelled() or task.exception() is not None
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None and not isinstance(exc, CONNECTION_ERRORS):
+            self._publish_bug(exc, pending)
+            return
+        failed = task.cancelled() or exc is not None
         if pending is None:
-            if not task.cancelled() and isinstance(task.exception(), MqttCodeError):
-                log.debug("a start-up PUBLISH failed: %s", task.exception())
+            if isinstance(exc, MqttCodeError):
+                log.debug("a start-up PUBLISH failed: %s", exc)
             return
         if pending.future.done():
             return
         if failed:
             self._rows.discard(pending)
-            exc = None if task.cancelled() else task.exception()
             pending.future.set_exception(ConnectionLostError(
                 f"{self.plan.client_id}: PUBLISH failed ({exc or 'connection lost'})"))
             return
@@ -652,6 +695,25 @@ class Link:
         if pending.left == 0:
             self._rows.discard(pending)
             pending.future.set_result(None)
+
+    def _publish_bug(self, exc: BaseException, pending: _Row | None) -> None:
+        """A PUBLISH failed with something no connection trouble raises: a bug. A row's goes to
+        its owner as it is (the Courier's delivery loop fails with it, and `run` exits 1: sending
+        the row again would only meet the bug again); the link's own PUBLISHes fail the link."""
+        if pending is None:
+            self._crash(exc)
+            return
+        future = pending.future
+        if not future.done():
+            self._rows.discard(pending)
+            future.set_exception(exc)
+            return
+        if not future.cancelled() and not isinstance(future.exception(), ConnectionLostError):
+            # An earlier PUBLISH of the same row already carries a bug to the row's owner: one
+            # bug ends `run` once.
+            log.debug("another PUBLISH of the same row failed: %r", exc)
+            return
+        self._crash(exc)
 
     async def _publish_now(self, client: _Client, message: Outgoing) -> None:
         """One start-up PUBLISH awaited until its PUBACK."""
@@ -685,10 +747,26 @@ class Link:
         client = self._client
         if client is None:
             raise UplinkError(f"{self.plan.client_id} is not connected")
-        task = asyncio.get_running_loop().create_task(
-            client.publish(TOKEN_REQUEST_TOPIC, b"", qos=0))
+        # `_ask_token` ends with no exception but a cancellation (`_lost`): its failure is told
+        # to the token's waiter, a bug also fails the link; nothing is left unretrieved.
+        task = asyncio.get_running_loop().create_task(self._ask_token(client))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _ask_token(self, client: _Client) -> None:
+        try:
+            await client.publish(TOKEN_REQUEST_TOPIC, b"", qos=0)
+        except CONNECTION_ERRORS as exc:
+            self._token_failed(f"the s/uat publish failed ({exc})")
+        except Exception as exc:  # noqa: BLE001 - a bug: the waiter is told, the link fails
+            self._token_failed(f"the s/uat publish failed ({type(exc).__name__}, a bug)")
+            self._crash(exc)
+
+    def _token_failed(self, why: str) -> None:
+        reason = f"cannot ask Cumulocity for a device token on {self.plan.client_id}: {why}"
+        log.warning("%s", reason)
+        if self._tokens is not None:
+            self._tokens.request_failed(reason)
 
     # -- what comes in -------------------------------------------------------------------------
 
@@ -725,7 +803,11 @@ class Link:
             # Subscribe to s/dc/<X-ID> only once the collection exists (smartrest-two.md; notes
             # 2.6); after its SUBACK `500` again: operations pushed for the first `500` had no
             # subscriber on it.
-            group.create_task(self._subscribe_collection(client, xid))
+            subscribing = self._subscribe_collection(client, xid)
+            try:
+                group.create_task(subscribing)
+            except RuntimeError:  # the connection is ending: the next connect asks again
+                subscribing.close()
 
     async def _subscribe_collection(self, client: _Client, xid: str) -> None:
         await client.subscribe(f"s/dc/{xid}", QOS)
@@ -737,13 +819,13 @@ class Link:
             log.info("operation from Cumulocity on %s: %s", topic,
                      ",".join([line.template, *line.fields]))
             if self._on_operation is not None:
-                try:
-                    self._on_operation(line)
-                except Exception:  # one bad operation must not end the connection
-                    log.exception("the operation handler failed on %s", line.template)
+                # A handler that raises has a bug (a line it cannot use is its to refuse, as
+                # the daemon's does): it fails the link and `run` (`dispatch`, `_crash`),
+                # instead of a log line and every later operation handled by a broken handler.
+                self._on_operation(line)
 
 
-async def _fail(exc: Exception) -> None:
+async def _fail(exc: BaseException) -> None:
     raise exc
 
 

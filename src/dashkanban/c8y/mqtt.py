@@ -9,7 +9,8 @@ cancelled, and raises when a link fails unexpectedly (a bug), which ends `run` w
 Hooks for features on top (the Kanban loop uses them; this module knows nothing of it):
 `extra_subscriptions` are subscribed next to s/ds and s/e, `startup_publishes` are published after
 the SUBACK and before 114/117/500 on every connect, and `on_operation` receives each line of any
-subscribed downstream topic (everything but s/e), on the loop. An event may carry lines for other
+subscribed downstream topic (everything but s/e), on the loop (a handler that raises has a bug: it
+ends `run`; a line it cannot use is its to refuse). An event may carry lines for other
 child devices of the gateway (`other_lines`), and `send_lines` sends such lines without an event.
 
 Pure message building is c8y/protocol.py; the one-shot login probe of `check` is c8y/probe.py.
@@ -315,7 +316,7 @@ class Uplink:
             return
         # From a thread that REST work was handed off to: the link lives on the loop. The token
         # source waits for the answer (`offer`) and asks again if none comes.
-        loop.call_soon_threadsafe(_ask_quietly, link)
+        loop.call_soon_threadsafe(_ask_quietly, link, self.tokens)
 
     @property
     def connected(self) -> bool:
@@ -350,11 +351,15 @@ class Uplink:
         return None
 
 
-def _ask_quietly(link: Link) -> None:
+def _ask_quietly(link: Link, tokens: TokenSource | None) -> None:
     try:
         link.request_token()
     except UplinkError as exc:  # the connection dropped meanwhile: the token source asks again
         log.info("cannot ask for a device token now: %s", exc)
+        if tokens is not None:
+            # Not asked after all: the next connect asks (its start-up sequence), instead of
+            # taking this request for one in flight until `wait` runs out.
+            tokens.forget_request()
 
 
 def try_login(settings: Settings, timeout: float = 10.0) -> str:

@@ -89,6 +89,9 @@ class TokenSource:
         self._cond = threading.Condition()
         self._token: _Token | None = None
         self._asked_at: float | None = None
+        # Why the request in flight could not be sent (`request_failed`): a waiter is told at
+        # once instead of waiting out `wait`. Cleared by the next request or token.
+        self._failure: str | None = None
         self.received = 0  # tokens offered, for `check` and tests
 
     def set_request(self, request: Callable[[], None]) -> None:
@@ -100,10 +103,27 @@ class TokenSource:
         with self._cond:
             self._token = _Token(jwt, self._clock() + lifetime * RENEW_FRACTION)
             self._asked_at = None
+            self._failure = None
             self.received += 1
             self._cond.notify_all()
         log.info("device token received (valid %d s; renewed after %d s)", lifetime,
                  lifetime * RENEW_FRACTION)
+
+    def request_failed(self, reason: str) -> None:
+        """The request just made could not be sent (its publish failed): a caller waiting in
+        `authorization` gets TokenError(reason) at once, and the next call asks again."""
+        with self._cond:
+            self._asked_at = None
+            self._failure = reason
+            self._cond.notify_all()
+
+    def forget_request(self) -> None:
+        """No answer can come to the request in flight: it could not be started (the connection
+        is down), or its connection is gone (the answer is QoS 0 on that connection only). The
+        next `renew_if_due` (the uplink's next connect) asks again; a waiter keeps waiting for
+        that answer instead of for one that will not come."""
+        with self._cond:
+            self._asked_at = None
 
     def invalidate(self) -> None:
         """Cumulocity refused the token (401): ask for a new one at once."""
@@ -129,6 +149,8 @@ class TokenSource:
         deadline = self._clock() + self._wait
         with self._cond:
             while self._token is None:
+                if self._failure is not None:
+                    raise TokenError(self._failure)
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise TokenError(
@@ -147,6 +169,7 @@ class TokenSource:
             if request is None or pending:
                 return
             self._asked_at = now
+            self._failure = None
         log.debug("asking Cumulocity for a device token (s/uat)")
         try:
             request()
