@@ -234,10 +234,10 @@ def test_a_bug_in_a_look_up_ends_run_instead_of_being_retried(
         add_button(sandbox)
         wired = OnTheLoop(config(tmp_path, sandbox.http_url))
 
-        def broken(self: InventorySource, mac: str, button: Button | None) -> Button | None:
+        def broken(self: RestInventoryLookup, mac: str, button: Button | None) -> Button | None:
             raise TypeError("injected: a bug after the inventory answered")
 
-        monkeypatch.setattr(InventorySource, "_remember", broken)
+        monkeypatch.setattr(RestInventoryLookup, "_remember", broken)
 
         async def main() -> None:
             run = asyncio.create_task(wired.lookups.run())
