@@ -228,3 +228,37 @@ def test_corrupt_files_agree(tmp_path_factory: pytest.TempPathFactory, kind: str
         # libpcap does not check everything the pure reader checks in a pcapng file (a block's
         # trailing length, for one) and may read on past a fault: what came before it is equal.
         assert in_c[0][: len(pure[0])] == pure[0]
+
+
+def raw_epb(interface: int, ticks: int, data: bytes) -> bytes:
+    body = struct.pack("<IIIII", interface, ticks >> 32, ticks & 0xFFFFFFFF, len(data),
+                       len(data)) + data
+    return forge._block(6, body, "<")
+
+
+@pytest.mark.parametrize("tsresol", range(256))
+def test_every_time_resolution_gives_the_same_times(tmp_path: Path, tsresol: int) -> None:
+    """Every if_tsresol byte, with ticks that fill 64 bits: libpcap cuts the fraction to whole
+    nanoseconds and, for 2^-35 s and finer, wraps its 64-bit product (hypothesis found one where
+    the readers differed); the pure reader computes the same, so the frames are equal."""
+    use_reader("libpcap", pytest.MonkeyPatch())
+    ticks = (0, 1, 123_456_789, 0x187B7F9F_0BFECCCD, 0x7FFF_FFFF_FFFF_FFFF, 2**64 - 1)
+    path = tmp_path / "resolution.pcapng"
+    path.write_bytes(forge.pcapng_header() + forge.pcapng_interface("eth0", tsresol=tsresol)
+                     + b"".join(raw_epb(0, t, MIXED[0]) for t in ticks))
+    in_c = read_all(path, PROGRAMS["candidates"], True)
+    pure = read_all(path, PROGRAMS["candidates"], False)
+    assert in_c == pure
+
+
+def test_a_resolution_finer_than_2_to_the_minus_34_wraps_as_in_libpcap(tmp_path: Path) -> None:
+    """The case hypothesis found (if_tsresol 0xA3, 2^-35 s): the time is libpcap's, whose
+    fraction wrapped, and the same without libpcap."""
+    use_reader("pure", pytest.MonkeyPatch())
+    ticks = 0x187B7F9F_0BFECCCD
+    path = tmp_path / "fine.pcapng"
+    path.write_bytes(forge.pcapng_header() + forge.pcapng_interface("eth0", tsresol=0xA3)
+                     + raw_epb(0, ticks, MIXED[0]))
+    [frame] = open_capture(path)
+    wrapped = ((ticks % 2**35) * 10**9) % 2**64 // 2**35
+    assert frame.timestamp == ticks // 2**35 + wrapped / 1e9 == 51343347.343986176
