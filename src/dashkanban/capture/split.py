@@ -71,12 +71,12 @@ def find_split(head: bytes, window: bytes, at: int, size: int) -> int | None:
     snaplen = struct.unpack_from(endian + "I", head, 16)[0]
     limit = min(snaplen, MAX_FRAME) if snaplen else MAX_FRAME
     first = struct.unpack_from(endian + "I", head, 24)[0]
-    low, high = first - DAY, first + SPAN
+    high = first + SPAN
     record = struct.Struct(endian + "IIII").unpack_from
     end = len(window)
 
     def plausible_chain(pos: int) -> bool:
-        sec_before = low
+        sec_before = first  # a record's time: at most a day before any earlier one's
         for count in range(CHAIN):
             if count and at + pos == size:
                 return True  # the chain ends exactly at the end of the file
