@@ -262,3 +262,17 @@ def test_corrupt_files_same_in_two_halves(tmp_path_factory: pytest.TempPathFacto
     assert (read(path, PROGRAMS[program], split_min=0)
             == read(path, PROGRAMS[program], split_min=NEVER))
     assert fds() == before
+
+
+def test_one_cpu_reads_in_one(tmp_path: Path, halves: list[split.Halves | None]) -> None:
+    timed = [(T0 + i, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1")) for i in range(300)]
+    path = write(tmp_path / "a.pcap", timed)
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # this process really on one CPU
+    try:
+        one_cpu = read(path, PROGRAMS["candidates"], split_min=0)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert halves == [None]
+    assert one_cpu == read(path, PROGRAMS["candidates"], split_min=NEVER)
+    assert len(one_cpu[0]) == 300

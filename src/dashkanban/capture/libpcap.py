@@ -123,8 +123,11 @@ def libc() -> ctypes.CDLL:
         c.fdopen.restype = ctypes.c_void_p
         c.setvbuf.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
         c.setvbuf.restype = ctypes.c_int
-        c.fseeko.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
-        c.fseeko.restype = ctypes.c_int
+        # fseeko64: a 64-bit offset also where off_t is 32 bits (32-bit Raspberry Pi OS)
+        seek = c.fseeko64 if hasattr(c, "fseeko64") else c.fseeko
+        seek.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
+        seek.restype = ctypes.c_int
+        setattr(c, "seek64", seek)  # noqa: B010 (CDLL attributes are its symbols)
         c.fclose.argtypes = (ctypes.c_void_p,)
         c.fclose.restype = ctypes.c_int
         _libc = c

@@ -15,7 +15,7 @@ the ordinary way, skipping the frames already yielded.
 
 Half A reads through `fopencookie` with a read callback that `pread`s [0, split) into stdio's
 buffer (no `mmap`: a file truncated under us would kill the process with SIGBUS); half B reads
-the file through `fdopen`, `fseeko`'d to the split once libpcap has read the 24-byte file header.
+the file through `fdopen`, `fseeko64`'d to the split once libpcap has read the file header.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class Halves:
                 os.close(b_fd)
                 raise OSError("fdopen failed")
             self._b = libpcap.Reader(path, program, False, nanoseconds, file=b_file)
-            if c.fseeko(b_file, split, os.SEEK_SET) != 0:
+            if c.seek64(b_file, split, os.SEEK_SET) != 0:
                 raise OSError(f"cannot seek to byte {split}")
         except BaseException:
             self._fd = -1  # the caller closes it
