@@ -22,6 +22,7 @@ from dashkanban.errors import CaptureError, ConfigError
 
 if TYPE_CHECKING:
     from dashkanban.capture.bpf import Program
+    from dashkanban.capture.split import Halves
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class CaptureFile:
     """
 
     __slots__ = ("_libpcap", "_reader", "cut_off", "frames_read", "in_libpcap", "passed", "path",
-                 "prefilter", "program")
+                 "prefilter", "program", "split_min", "split_queue")
 
     def __init__(
         self,
@@ -55,8 +56,14 @@ class CaptureFile:
         prefilter: bool = False,
         program: Program | None = None,
         libpcap: bool = False,
+        split_min: int | None = None,
+        split_queue: int | None = None,
     ) -> None:
         self.path = path
+        # Two halves on two threads from this size (bytes; None: split.SPLIT_MIN_BYTES), with
+        # at most split_queue bytes of the second half's frames held (None: split.QUEUE_BYTES).
+        self.split_min = split_min
+        self.split_queue = split_queue
         self.prefilter = prefilter
         self.frames_read = 0
         self.cut_off: int | None = None  # the byte where a cut-off file ends inside a record
@@ -83,24 +90,49 @@ class CaptureFile:
 
             try:
                 magic = _magic(self.path)
-                reader = libpcap.Reader(self.path, program, magic == PCAPNG_MAGIC,
-                                        magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"))
+                pcapng = magic == PCAPNG_MAGIC
+                nanoseconds = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+                halves = None if pcapng else self._halves(program, nanoseconds)
+                reader = None if halves else libpcap.Reader(self.path, program, pcapng,
+                                                             nanoseconds)
             except (libpcap.UnavailableError, OSError) as exc:  # OSError: the pure reader says
                 log.debug("%s: not read with libpcap (%s): the pure reader filters it",
                           self.path, exc)
             else:
                 self.in_libpcap = True
-                try:
-                    for frame in reader.frames():
-                        self.passed += 1
-                        yield frame
-                finally:
-                    reader.close()
-                if reader.failure is None:
-                    return
-                # The pure reader goes on from there, and reports the problem in its words.
-                log.debug("%s: libpcap stopped after %d frames (%s): the pure reader goes on",
-                          self.path, self.passed, reader.failure)
+                if halves is not None:
+                    try:
+                        for frame in halves.frames():
+                            self.passed += 1
+                            yield frame
+                    finally:
+                        halves.close()
+                    if halves.failure is None:
+                        return
+                    # Read again in one (frames already yielded are skipped): any fault, and its
+                    # message, is then exactly what the one-thread path finds.
+                    log.debug("%s: the two halves stopped after %d frames (%s): read in one",
+                              self.path, self.passed, halves.failure)
+                    skip = self.passed
+                    try:
+                        reader = libpcap.Reader(self.path, program, pcapng, nanoseconds)
+                    except (libpcap.UnavailableError, OSError) as exc:
+                        log.debug("%s: not read again with libpcap (%s)", self.path, exc)
+                if reader is not None:
+                    try:
+                        for frame in reader.frames():
+                            if skip:
+                                skip -= 1
+                                continue
+                            self.passed += 1
+                            yield frame
+                    finally:
+                        reader.close()
+                    if reader.failure is None:
+                        return
+                    # The pure reader goes on from there, and reports the problem in its words.
+                    log.debug("%s: libpcap stopped after %d frames (%s): the pure reader goes on",
+                              self.path, self.passed, reader.failure)
                 self.in_libpcap = False
                 skip = self.passed
         from dashkanban.capture.bpf import run
@@ -117,6 +149,15 @@ class CaptureFile:
                 frame = frame._replace(data=frame.data[:snap])
             self.passed += 1
             yield frame
+
+    def _halves(self, program: Program, nanoseconds: bool) -> Halves | None:
+        """A big classic pcap file in two halves on two threads (capture/split.py)."""
+        from dashkanban.capture import split
+
+        return split.open_halves(
+            self.path, program, nanoseconds,
+            min_bytes=split.SPLIT_MIN_BYTES if self.split_min is None else self.split_min,
+            queue_bytes=split.QUEUE_BYTES if self.split_queue is None else self.split_queue)
 
     def read_summary(self) -> str:
         """What was read, as the summary line starts: "1211 packets read", and with a program
@@ -140,11 +181,15 @@ def open_capture(
     prefilter: bool = False,
     program: Program | None = None,
     libpcap: bool = True,
+    split_min: int | None = None,
+    split_queue: int | None = None,
 ) -> CaptureFile:
     """Stream the frames of a pcap or pcapng file; the format is told by its first four bytes.
 
     With `program`, only the frames it passes (see CaptureFile); `libpcap = False` forces the
-    pure reader.
+    pure reader. A classic pcap file of at least `split_min` bytes is read by libpcap in two
+    halves on two threads (capture/split.py; None: its SPLIT_MIN_BYTES, 64 MiB), with the same
+    frames; `split_queue` bounds the second half's frames held meanwhile (tests make it tiny).
 
     Raises CaptureError (with the byte offset where it applies) for a missing, unreadable,
     unknown, corrupt or non-Ethernet file. Frames before a corrupt spot are yielded first.
@@ -165,7 +210,8 @@ def open_capture(
     if magic in PCAP_MAGICS:
         from dashkanban.capture import pcap
 
-        return CaptureFile(path, pcap.read_pcap, prefilter, program, libpcap)
+        return CaptureFile(path, pcap.read_pcap, prefilter, program, libpcap, split_min,
+                           split_queue)
     if magic == PCAPNG_MAGIC:
         from dashkanban.capture import pcapng
 

@@ -102,22 +102,72 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pcap_geterr.restype = ctypes.c_char_p
     lib.pcap_close.argtypes = (handle,)
     lib.pcap_close.restype = None
+    lib.pcap_fopen_offline_with_tstamp_precision.argtypes = (
+        ctypes.c_void_p, ctypes.c_uint, ctypes.c_char_p)
+    lib.pcap_fopen_offline_with_tstamp_precision.restype = handle
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def libc() -> ctypes.CDLL:
+    """The C library's stdio, for the FILE objects capture/split.py hands to libpcap."""
+    global _libc
+    if _libc is None:
+        c = ctypes.CDLL(None)  # the process's own symbols: the C library Python runs on
+        if not hasattr(c, "fopencookie"):
+            raise UnavailableError("the C library has no fopencookie")
+        c.fopencookie.argtypes = (ctypes.c_void_p, ctypes.c_char_p, CookieFunctions)
+        c.fopencookie.restype = ctypes.c_void_p
+        c.fdopen.argtypes = (ctypes.c_int, ctypes.c_char_p)
+        c.fdopen.restype = ctypes.c_void_p
+        c.setvbuf.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+        c.setvbuf.restype = ctypes.c_int
+        # fseeko64: a 64-bit offset also where off_t is 32 bits (32-bit Raspberry Pi OS)
+        seek = c.fseeko64 if hasattr(c, "fseeko64") else c.fseeko
+        seek.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
+        seek.restype = ctypes.c_int
+        setattr(c, "seek64", seek)  # noqa: B010 (CDLL attributes are its symbols)
+        c.fclose.argtypes = (ctypes.c_void_p,)
+        c.fclose.restype = ctypes.c_int
+        _libc = c
+    return _libc
+
+
+# ssize_t read(void *cookie, char *buf, size_t size), as fopencookie calls it
+COOKIE_READ = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+class CookieFunctions(ctypes.Structure):  # cookie_io_functions_t: only `read` is set
+    _fields_ = (
+        ("read", COOKIE_READ),
+        ("write", ctypes.c_void_p),
+        ("seek", ctypes.c_void_p),
+        ("close", ctypes.c_void_p),
+    )
 
 
 class Reader:
     """One file opened in libpcap with `program` set as its filter. `frames()` yields what
     passes; `failure` is libpcap's message when it stopped before the end of the file."""
 
-    def __init__(self, path: Path, program: Program, pcapng: bool, nanoseconds: bool) -> None:
+    def __init__(self, path: Path, program: Program, pcapng: bool, nanoseconds: bool,
+                 file: int | None = None) -> None:
+        """`file`: a stdio `FILE *` to read instead of opening `path` (capture/split.py); the
+        Reader owns it from here on (pcap_close closes it), also when this raises."""
         lib = library()
         # Timestamps are made exactly as the pure readers make them, so both give equal floats:
         # pcap: sec + frac * 1e-6 (or 1e-9); pcapng: sec + ns / 1e9 (= ticks / units, correctly
         # rounded both ways).
         nano = pcapng or nanoseconds
         errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
-        handle = lib.pcap_open_offline_with_tstamp_precision(
-            bytes(path), PCAP_TSTAMP_PRECISION_NANO if nano else PCAP_TSTAMP_PRECISION_MICRO,
-            errbuf)
+        precision = PCAP_TSTAMP_PRECISION_NANO if nano else PCAP_TSTAMP_PRECISION_MICRO
+        if file is None:
+            handle = lib.pcap_open_offline_with_tstamp_precision(bytes(path), precision, errbuf)
+        else:
+            handle = lib.pcap_fopen_offline_with_tstamp_precision(file, precision, errbuf)
+            if not handle:
+                libc().fclose(file)
         if not handle:
             raise UnavailableError(errbuf.value.decode("utf-8", "replace"))
         self._lib = lib

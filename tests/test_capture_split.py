@@ -1,0 +1,278 @@
+"""A classic pcap file read by libpcap in two halves on two threads (capture/split.py) gives
+exactly what the one-thread read gives: frames, times, order, errors, summaries; a wrong split
+guess, a cut file, a fault in either half fall back to the one-thread read."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dashkanban.capture import Frame, bpf, open_capture, split
+from dashkanban.cli import main
+from dashkanban.errors import CaptureError
+from tests import forge
+from tests.file_readers import use_reader
+from tests.test_bpf import BUTTON
+from tests.test_libpcap import CAPTURES, PROGRAMS, T0, pcap_bytes
+from tests.test_replay import SAMPLE, config  # noqa: F401 (the fixture)
+
+NEVER = 1 << 62
+
+
+@pytest.fixture
+def halves(monkeypatch: pytest.MonkeyPatch) -> list[split.Halves | None]:
+    """libpcap required; records what each open_halves call returned (the real Halves)."""
+    use_reader("libpcap", monkeypatch)
+    opened: list[split.Halves | None] = []
+    real = split.open_halves
+
+    def spy(*args: object, **kwargs: object) -> split.Halves | None:
+        result = real(*args, **kwargs)  # type: ignore[arg-type]  # the same arguments
+        opened.append(result)
+        return result
+
+    monkeypatch.setattr(split, "open_halves", spy)
+    return opened
+
+
+def read(path: Path, program: bpf.Program, **kwargs: int
+         ) -> tuple[list[Frame], str | None, int, str, int | None]:
+    capture = open_capture(path, program=program, **kwargs)
+    frames: list[Frame] = []
+    error: str | None = None
+    try:
+        frames.extend(capture)
+    except CaptureError as exc:
+        error = str(exc)
+    return frames, error, capture.passed, capture.read_summary(), capture.cut_off
+
+
+def write(path: Path, frames: list[tuple[float, bytes]], **kwargs: bool) -> Path:
+    buffer = io.BytesIO()
+    forge.write_pcap(buffer, frames, **kwargs)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+@pytest.mark.parametrize("capture", sorted(CAPTURES))
+def test_every_capture_same_in_two_halves(tmp_path: Path, halves: list[split.Halves | None],
+                                          capture: str, program: str) -> None:
+    kind, make = CAPTURES[capture]
+    path = tmp_path / f"{capture}.{kind}"
+    path.write_bytes(make())
+    before = fds()
+    one = read(path, PROGRAMS[program], split_min=NEVER)
+    assert all(h is None for h in halves)  # under the threshold: read in one
+    halves.clear()
+    two = read(path, PROGRAMS[program], split_min=0)
+    assert two == one
+    assert fds() == before
+    if kind == "pcapng":
+        assert halves == []  # never split
+    elif capture in ("pcap-not-ethernet", "pcap-empty", "pcap-cut-header"):
+        assert halves == [None]  # not Ethernet; no record boundary to split at: read in one
+    else:
+        assert len(halves) == 1
+        assert halves[0] is not None  # really read in two halves (or tried, then fell back)
+
+
+def test_nanosecond_pcap_splits_at_a_record_boundary(
+        tmp_path: Path, halves: list[split.Halves | None]) -> None:
+    timed = [(T0 + i * 0.000000123, forge.arp_frame(1, BUTTON, f"10.0.0.{i % 250}", "10.0.0.1"))
+             for i in range(400)]
+    path = write(tmp_path / "ns.pcap", timed, nanoseconds=True)
+    two = read(path, PROGRAMS["candidates"], split_min=0)
+    assert len(halves) == 1
+    assert halves[0] is not None
+    assert halves[0].failure is None
+    assert two == read(path, PROGRAMS["candidates"], split_min=NEVER)
+    assert [f.timestamp for f in two[0]] == [t for t, _ in timed]
+    assert two[3] == "400 packets passed the candidate filter in libpcap"
+
+
+def forged_chain() -> bytes:
+    """16 plausible record headers with their data: what find_split takes for records."""
+    record = struct.pack("<IIII", int(T0), 0, 20, 20) + b"\x01" * 20
+    return record * split.CHAIN
+
+
+def test_forged_chain_inside_a_payload_falls_back(
+        tmp_path: Path, halves: list[split.Halves | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    small = [(T0 + i, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1")) for i in range(40)]
+    payload = b"\x00" * 1700 + forged_chain() + b"\x00" * 700
+    big = forge.udp_frame(BUTTON, "ff:ff:ff:ff:ff:ff", "10.0.0.2", "10.0.0.255", 5000, 5000,
+                          payload)
+    path = write(tmp_path / "forged.pcap", [*small, (T0 + 40, big), *small])
+    data = path.read_bytes()
+    middle = int(len(data) * split.SPLIT_AT)
+    forged_at = data.index(forged_chain())
+    assert split.find_split(data[:40], data[middle:], middle, len(data)) == forged_at
+    with caplog.at_level(logging.DEBUG, "dashkanban.capture"):
+        two = read(path, PROGRAMS["candidates"], split_min=0)
+    assert len(halves) == 1
+    assert halves[0] is not None
+    assert halves[0].split == forged_at
+    assert halves[0].failure is not None
+    assert halves[0].failure.startswith("the first half: ")
+    assert "the two halves stopped after" in caplog.text
+    assert two == read(path, PROGRAMS["candidates"], split_min=NEVER)
+    assert len(two[0]) == 80
+    assert two[1] is None
+
+
+def test_cut_in_the_second_half_gives_the_one_thread_error(
+        tmp_path: Path, halves: list[split.Halves | None]) -> None:
+    timed = [(T0 + i, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1")) for i in range(300)]
+    path = write(tmp_path / "cut.pcap", timed)
+    path.write_bytes(path.read_bytes()[:-7])
+    two = read(path, PROGRAMS["buttons"], split_min=0)
+    assert halves[0] is not None
+    assert halves[0].failure is not None
+    assert halves[0].failure.startswith("the second half: ")
+    one = read(path, PROGRAMS["buttons"], split_min=NEVER)
+    assert two == one
+    assert two[4] is not None  # cut_off: the pure reader finished it, as in one thread
+    assert two[3] == "299 packets read, 299 passed the button filter (3 MACs)"
+    assert len(two[0]) == 299
+
+
+def test_every_record_passing_with_a_tiny_buffer(
+        tmp_path: Path, halves: list[split.Halves | None]) -> None:
+    timed = [(T0 + i * 0.01, forge.arp_frame(1, BUTTON, f"10.0.{i >> 8}.{i & 255}", "10.0.0.1"))
+             for i in range(3000)]
+    path = write(tmp_path / "all.pcap", timed)
+    two = read(path, PROGRAMS["candidates"], split_min=0, split_queue=1)
+    assert halves[0] is not None
+    assert halves[0].failure is None
+    assert two == read(path, PROGRAMS["candidates"], split_min=NEVER)
+    assert [f.timestamp for f in two[0]] == [t for t, _ in timed]
+    assert [f.data for f in two[0]] == [d for _, d in timed]
+
+
+def test_stopping_early_leaks_nothing(tmp_path: Path,
+                                      halves: list[split.Halves | None]) -> None:
+    timed = [(T0 + i * 0.01, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1"))
+             for i in range(3000)]
+    path = write(tmp_path / "all.pcap", timed)
+    before, threads = fds(), threading.active_count()
+    for stop_at in (0, 5, 2000):  # in A; in B's frames, B waiting on its full buffer
+        capture = open_capture(path, program=PROGRAMS["candidates"], split_min=0,
+                               split_queue=100)
+        frames = iter(capture)
+        for _ in range(stop_at):
+            next(frames)
+        next(frames)
+        frames.close()  # as a KeyboardInterrupt or an exception in the pipeline would
+        assert fds() == before
+        assert threading.active_count() == threads
+    assert all(h is not None for h in halves)
+
+
+def test_an_exception_in_the_second_half_reaches_the_caller(
+        tmp_path: Path, halves: list[split.Halves | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed = [(T0 + i * 0.01, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1"))
+             for i in range(300)]
+    path = write(tmp_path / "a.pcap", timed)
+
+    real = split.Halves._put
+
+    def broken(self: split.Halves, item: Frame | split._End) -> bool:  # not from any input
+        if isinstance(item, Frame):
+            raise MemoryError("no room for B's frame")
+        return real(self, item)
+
+    monkeypatch.setattr(split.Halves, "_put", broken)
+    before = fds()
+    capture = open_capture(path, program=PROGRAMS["candidates"], split_min=0)
+    with pytest.raises(MemoryError, match="no room for B's frame"):
+        list(capture)
+    assert fds() == before
+
+
+def test_find_split_needs_a_chain() -> None:
+    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+    head += struct.pack("<IIII", int(T0), 0, 20, 20)
+    record = struct.pack("<IIII", int(T0), 0, 20, 20) + b"\x01" * 20
+    body = b"\xff" * 10 + record * (split.CHAIN - 1) + b"\xff" * 100
+    # 15 plausible records then garbage: no candidate (the garbage is not a header).
+    assert split.find_split(head, body, 1000, 1000 + len(body)) is None
+    # A chain ending exactly at the end of the file counts.
+    assert split.find_split(head, body[:-100], 1000, 1000 + len(body) - 100) == 1010
+    # A sub-second field of a microsecond file must be under 1,000,000.
+    bad = struct.pack("<IIII", int(T0), 1_000_000, 20, 20) + b"\x01" * 20
+    assert split.find_split(head, bad + record * 20, 1000, 10**6) == 1000 + len(bad)
+
+
+def sample_as_pcap(path: Path) -> Path:
+    frames: Iterator[Frame] = iter(open_capture(SAMPLE, libpcap=False))
+    return write(path, [(f.timestamp, f.data) for f in frames])
+
+
+@pytest.mark.parametrize("cut", [0, 7])
+def test_replay_output_same_in_two_halves(
+        tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, halves: list[split.Halves | None], cut: int) -> None:
+    path = sample_as_pcap(tmp_path / "sample.pcap")
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+    outputs = []
+    for threshold in (NEVER, 0):
+        monkeypatch.setattr(split, "SPLIT_MIN_BYTES", threshold)
+        code = main(["replay", "-c", str(config), str(path), "--dry-run", "--jsonl"])
+        outputs.append((code, *capsys.readouterr()))
+    assert halves[0] is None  # under the threshold
+    assert halves[1] is not None  # in two halves
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0] == 0
+    assert len(outputs[0][1].splitlines()) == 7
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(24, 9238), st.integers(0, 255)), min_size=1, max_size=6),
+    st.integers(3000, 9239),
+    st.sampled_from(sorted(PROGRAMS)),
+)
+def test_corrupt_files_same_in_two_halves(tmp_path_factory: pytest.TempPathFactory,
+                                          flips: list[tuple[int, int]], cut: int, program: str
+                                          ) -> None:
+    use_reader("libpcap", pytest.MonkeyPatch())
+    data = bytearray(pcap_bytes())
+    for index, value in flips:
+        data[index] = value
+    path = tmp_path_factory.mktemp("corrupt") / "x.pcap"
+    path.write_bytes(bytes(data[:cut]))
+    before = fds()
+    assert (read(path, PROGRAMS[program], split_min=0)
+            == read(path, PROGRAMS[program], split_min=NEVER))
+    assert fds() == before
+
+
+def test_one_cpu_reads_in_one(tmp_path: Path, halves: list[split.Halves | None]) -> None:
+    timed = [(T0 + i, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1")) for i in range(300)]
+    path = write(tmp_path / "a.pcap", timed)
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # this process really on one CPU
+    try:
+        one_cpu = read(path, PROGRAMS["candidates"], split_min=0)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert halves == [None]
+    assert one_cpu == read(path, PROGRAMS["candidates"], split_min=NEVER)
+    assert len(one_cpu[0]) == 300
