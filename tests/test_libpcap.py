@@ -251,10 +251,12 @@ def test_every_time_resolution_gives_the_same_times(tmp_path: Path, tsresol: int
     assert in_c == pure
 
 
-def test_a_resolution_finer_than_2_to_the_minus_34_wraps_as_in_libpcap(tmp_path: Path) -> None:
+def test_a_resolution_finer_than_2_to_the_minus_34_wraps_as_in_libpcap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The case hypothesis found (if_tsresol 0xA3, 2^-35 s): the time is libpcap's, whose
     fraction wrapped, and the same without libpcap."""
-    use_reader("pure", pytest.MonkeyPatch())
+    use_reader("pure", monkeypatch)
     ticks = 0x187B7F9F_0BFECCCD
     path = tmp_path / "fine.pcapng"
     path.write_bytes(forge.pcapng_header() + forge.pcapng_interface("eth0", tsresol=0xA3)
