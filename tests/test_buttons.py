@@ -85,6 +85,22 @@ def test_duplicate_name(tmp_path: Path) -> None:
     assert error_of(path) == f"{path}:3: duplicate name 'B1' (already on line 2)"
 
 
+def test_duplicates_found_in_the_registry_keep_their_order_and_first_line(
+        tmp_path: Path) -> None:
+    # parse_buttons finds duplicates through the registry itself (issue 16: no second set of
+    # keys): a MAC wins over a name, a topic over a MAC, and the line is the first holder's.
+    both = "Name, MAC-Address\nb1, ac63be123456\nb2, ac63be123457\nB2, ac63be123456\n"
+    assert error_of(write(tmp_path, both)) == (
+        f"{tmp_path / 'MACID.csv'}:4: duplicate MAC ac:63:be:12:34:56 (already on line 2)")
+    topics = ("Name, MAC-Address, topic\n# c\nb1, ac63be123456, t/1\nb2, ac63be123457, t/2\n"
+              "b3, ac63be123456, t/2\n")
+    assert error_of(write(tmp_path, topics)) == (
+        f"{tmp_path / 'MACID.csv'}:5: duplicate topic 't/2' (already on line 4)")
+    names = "Name, MAC-Address\n\nb1, ac63be123456\n\nÄ1, ac63be123458\nä1, ac63be123459\n"
+    assert error_of(write(tmp_path, names)) == (
+        f"{tmp_path / 'MACID.csv'}:6: duplicate name 'ä1' (already on line 5)")
+
+
 def test_missing_column(tmp_path: Path) -> None:
     path = write(tmp_path, "Name\nb1\n")
     assert error_of(path) == (

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_registry(settings: Settings) -> Registry:
-    """The CSV buttons, unless `[buttons] source = inventory` (then only Cumulocity knows them)."""
+def load_registry(settings: Settings, loaded: Registry | None = None) -> Registry:
+    """The CSV buttons, unless `[buttons] source = inventory` (then only Cumulocity knows them).
+    `loaded`: MACID.csv as already read (`run` reads it once for its kernel filter and this)."""
     if settings.buttons.source == "inventory":
         return Registry()
-    registry = load_buttons(settings.buttons.file)
+    registry = loaded if loaded is not None else load_buttons(settings.buttons.file)
     check_event_text(settings, registry)  # exit 2 now rather than a lost press later
     return registry
 

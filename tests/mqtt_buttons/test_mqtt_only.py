@@ -125,6 +125,18 @@ def test_which_lists_are_mqtt_only(tmp_path: Path, sandbox: Sandbox,
     assert not mqtt_only(inventory, load_buttons(inventory.buttons.file))
 
 
+def test_frame_source_uses_the_registry_it_is_given(tmp_path: Path, sandbox: Sandbox,
+                                                   mosquitto: Mosquitto) -> None:
+    """`run` reads MACID.csv once (issue 16) and hands it to frame_source: the file is not read
+    again, so a file that now lists a network-join button changes nothing."""
+    settings = load_settings(write_config(tmp_path, sandbox, mosquitto, MQTT_ONLY))
+    registry = load_buttons(settings.buttons.file)
+    (tmp_path / "MACID.csv").write_text(MIXED)
+    source = frame_source(settings, None, registry)
+    assert isinstance(source, NoCapture)
+    source.stop()
+
+
 def test_no_capture_ends_on_stop_and_says_a_reload_with_a_network_button_needs_a_restart(
     tmp_path: Path, sandbox: Sandbox, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,6 +18,7 @@ from dashkanban.capture import Frame
 from dashkanban.cli import main
 from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
+from dashkanban.detect.buttons import load_buttons
 from dashkanban.kanban.history import History
 from dashkanban.outbox.store import Outbox
 from dashkanban.sandbox import Sandbox
@@ -138,6 +139,30 @@ def test_stopping_with_one_event_queued_says_1_event(
                              "dashkanban stopped"]
     with Outbox.open(tmp_path / "outbox.sqlite3") as outbox:
         assert outbox.count() == 1
+
+
+def test_the_registry_run_command_read_is_the_one_matched(
+    tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`run_command` reads MACID.csv once and hands the registry to the Daemon (issue 16: the
+    daemon's peak memory): the daemon matches with it and does not read the file for it again,
+    so a button written into the file after that read is not matched (until a reload)."""
+    caplog.set_level(logging.INFO, logger="dashkanban")
+    buttons = tmp_path / "MACID.csv"
+    buttons.write_text(f"Name, MAC-Address\nscrews, {BUTTON}\n")
+    config = sandbox_config(tmp_path, sandbox, buttons)
+    registry = load_buttons(buttons)
+    buttons.write_text("Name, MAC-Address\nsync, ac:63:be:00:00:01\n")
+    source = OpenSource()
+    running = Running(Daemon(load_settings(config), source, registry=registry))
+    try:
+        source.put(T0, forge.dhcp_client_frame("ac:63:be:00:00:01", forge.DISCOVER))
+        source.put(T0 + 1, forge.dhcp_client_frame(BUTTON, forge.DISCOVER))
+        wait_until(lambda: len(events_in(sandbox)) == 1, "the press")
+    finally:
+        assert running.finish() == 0
+    assert [m.split(",")[2] for m in events_in(sandbox)] == [f"screws pressed ({BUTTON})"]
+    assert "dashkanban running: 1 button from csv" in caplog.text
 
 
 def test_reload_in_process_swaps_the_matching_and_warns_of_changed_bins(

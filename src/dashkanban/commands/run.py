@@ -99,12 +99,15 @@ class Daemon:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         signals: bool = False,
         press_queue: int = PRESS_QUEUE,
+        registry: Registry | None = None,
     ) -> None:
         """`on_delivered` observes each event on its PUBACK (see `Courier`); None costs nothing.
         `clock` is the wall clock of the overdue check, every `overdue_every` seconds.
         `signals`: SIGTERM/SIGINT stop and SIGHUP reloads, handled on the loop (the main thread
         only; `dashkanban run` sets it). `press_queue`: how many presses may wait for the
-        press writer (PRESS_QUEUE)."""
+        press writer (PRESS_QUEUE). `registry`: MACID.csv as `run_command` already read it for
+        the kernel filter (read in `run()` otherwise): read once, 10,000 buttons' worth of
+        memory less at the peak (issue 16)."""
         self.settings = settings
         self.overdue_every = overdue_every
         self._clock = clock
@@ -114,6 +117,7 @@ class Daemon:
         self.drain_on_stop = drain_on_stop
         self.signals = signals
         self.metrics = Metrics()
+        self._registry = registry  # handed on in run(), not kept: a reload replaces it
         # stop() and reload() may come from another thread or a signal handler before the loop
         # exists: plain flags, handed to the loop once it runs.
         self._stop_asked = False
@@ -187,7 +191,7 @@ class Daemon:
         from dashkanban.outbox.store import Outbox, delivery_lock
 
         settings = self.settings
-        registry = load_registry(settings)
+        registry, self._registry = load_registry(settings, self._registry), None
         source = inventory_lookup(settings)
         # Inventory look-ups are a task of the loop; capture only parks the sightings of a MAC
         # being looked up, and the answers' presses come back through `_answered`. With the
@@ -745,17 +749,21 @@ class RunOptions:
 
 def run_command(args: RunOptions) -> int:
     from dashkanban.capture.live import LiveCapture
+    from dashkanban.detect.buttons import load_buttons
     from dashkanban.mqtt_buttons.wiring import frame_source
     from dashkanban.privileges import refuse_root
 
     refuse_root(args.allow_root)
     settings = load_settings(find_config(args.config))
+    # MACID.csv read once, for the kernel filter and the matching (issue 16: the daemon's peak).
+    registry = load_buttons(settings.buttons.file) if settings.buttons.source == "csv" else None
     # The raw socket with its kernel filter (`source = csv`: the button list), its permission
     # checked before connecting anywhere (exit 2 with the fix); none with MQTT buttons only.
-    capture = frame_source(settings, args.interface)
+    capture = frame_source(settings, args.interface, registry)
     # The loop takes the signals over once it runs (`signals=True`); these handlers cover the
     # start before it (opening the outbox) and the end after it.
-    daemon = Daemon(settings, capture, signals=True)
+    daemon = Daemon(settings, capture, signals=True, registry=registry)
+    del registry  # the daemon hands it on; a reload (SIGHUP) must be able to free it
     _on_signals(daemon.stop, (signal.SIGTERM, signal.SIGINT))
     # SIGHUP (`systemctl reload dashkanban`): re-read MACID.csv without a restart (issue 16).
     signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.reload())

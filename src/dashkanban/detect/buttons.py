@@ -7,7 +7,6 @@ carry a per-button dead time and, for Kanban, the bin the button belongs to.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -136,9 +135,23 @@ class Registry:
         self._by_topic: dict[str, Button] = {}
         for button in buttons:
             self._by_mac[button.mac] = button
-            self._by_name[button.name.casefold()] = button
+            self._by_name[_name_key(button.name)] = button
             if button.topic is not None:
                 self._by_topic[button.topic] = button
+
+    def _add(self, button: Button) -> Button | None:
+        """Add `button` unless its topic, MAC or name (any case) is taken, checked in that order:
+        then the button that has it, and nothing added (MACID.csv's duplicates)."""
+        key = _name_key(button.name)
+        taken = ((self._by_topic.get(button.topic) if button.topic is not None else None)
+                 or self._by_mac.get(button.mac) or self._by_name.get(key))
+        if taken is not None:
+            return taken
+        self._by_mac[button.mac] = button
+        self._by_name[key] = button
+        if button.topic is not None:
+            self._by_topic[button.topic] = button
+        return None
 
     def by_topic(self, topic: str) -> Button | None:
         """The MQTT button publishing its presses on `topic`."""
@@ -170,6 +183,13 @@ class Registry:
             return self._by_mac.get(normalize_address(name_or_mac))
         except ValueError:
             return None
+
+
+def _name_key(name: str) -> str:
+    """The name look-up's key: the name's own string when it is already case-folded (10,000
+    buttons then keep 10,000 strings fewer: the daemon's memory, issue 16)."""
+    key = name.casefold()
+    return name if key == name else key
 
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -214,11 +234,17 @@ def read_buttons_text(path: Path) -> str:
     return text
 
 
+_LINE = re.compile(r"[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")  # between splitlines()'s ends
+
+
 def delimiter_of(text: str) -> str:
     """The delimiter the header line uses: ',' (the original's), ';' (Excel where the decimal
     separator is a comma, e.g. German) or a tab; the one that splits the header most."""
-    for raw in text.splitlines():
-        line = raw.strip()
+    # The lines one at a time (10,000 buttons' lines are 0.9 MB as a list: the daemon's peak
+    # memory, issue 16), split at each of splitlines()'s line ends: "\r\n" is two of them with
+    # nothing between, and blank lines are skipped, so the first line found is splitlines()'s.
+    for found in _LINE.finditer(text):
+        line = found.group().strip()
         if line and not line.startswith("#"):
             counts = {d: line.count(d) for d in (",", ";", "\t")}
             best = max(counts, key=lambda d: counts[d])  # ties keep the first: ','
@@ -231,10 +257,21 @@ def load_buttons(path: Path) -> Registry:
     return parse_buttons(read_buttons_text(path), path)
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text` as `io.StringIO(text)` reads them (each up to and with its '\\n'),
+    one at a time: a StringIO holds a copy of the text at 4 bytes a character, 1.2 MB for
+    10,000 buttons at the daemon's start (issue 16)."""
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n", start) + 1 or end
+        yield text[start:stop]
+        start = stop
+
+
 def _rows(text: str, path: Path | None = None) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of every row that is neither blank nor a `#` comment, streamed:
     a file of 10,000 buttons is never held as a list of rows (the daemon's memory, issue 6)."""
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter_of(text), skipinitialspace=True)
+    reader = csv.reader(_lines(text), delimiter=delimiter_of(text), skipinitialspace=True)
     while True:
         try:
             row = next(reader)
@@ -272,32 +309,31 @@ def parse_buttons(text: str, path: Path) -> Registry:
         raise ConfigError("empty buttons file: expected the header 'Name, MAC-Address'", path, 1)
     header_line, header = first
     columns = _read_header(header, path, header_line)
-    buttons: list[Button] = []
-    seen_mac: dict[str, int] = {}
-    seen_name: dict[str, int] = {}
-    seen_topic: dict[str, int] = {}
+    # Straight into the registry, whose own look-ups find a duplicate: no second set of keys and
+    # line numbers for 10,000 buttons (the daemon's peak memory, issue 16). The line of the
+    # first one is looked for again only for the error.
+    registry = Registry()
     for line_no, row in rows:
         button = _read_row(row, columns, path, line_no)
-        if button.topic is not None:
-            if button.topic in seen_topic:
-                raise ConfigError(f"duplicate topic {button.topic!r} (already on line "
-                                  f"{seen_topic[button.topic]})", path, line_no)
-            seen_topic[button.topic] = line_no
-        if button.mac in seen_mac:
-            raise ConfigError(
-                f"duplicate MAC {button.mac} (already on line {seen_mac[button.mac]})",
-                path,
-                line_no,
-            )
-        key = button.name.casefold()
-        if key in seen_name:
-            raise ConfigError(
-                f"duplicate name {button.name!r} (already on line {seen_name[key]})", path, line_no
-            )
-        seen_mac[button.mac] = line_no
-        seen_name[key] = line_no
-        buttons.append(button)
-    return Registry(buttons)
+        taken = registry._add(button)  # the registry's own module: a private helper
+        if taken is not None:
+            raise ConfigError(_duplicate(button, taken, text, path, columns), path, line_no)
+    return registry
+
+
+def _duplicate(button: Button, taken: Button, text: str, path: Path, columns: list[str]) -> str:
+    """What `button` shares with `taken`, an earlier row: its topic, MAC or name (checked in
+    that order, as ever), and the line `taken` is on."""
+    if button.topic is not None and button.topic == taken.topic:
+        what = f"duplicate topic {button.topic!r}"
+    elif button.mac == taken.mac:
+        what = f"duplicate MAC {button.mac}"
+    else:
+        what = f"duplicate name {button.name!r}"
+    rows = _rows(text, path)
+    next(rows)  # the header
+    line = next(n for n, row in rows if _read_row(row, columns, path, n) == taken)
+    return f"{what} (already on line {line})"
 
 
 def _read_header(header: list[str], path: Path, line: int) -> list[str]:

@@ -39,21 +39,25 @@ def _raw_macs(registry: Registry) -> dict[bytes, Button]:
     is a button, so matching the raw bytes first gives what matching the Sighting's text gives
     (an EUI-64, or an address not in the decoder's notation, which no Sighting's MAC would equal,
     is left out)."""
-    macs = {}
+    return dict(_raw_items(registry))
+
+
+def _raw_items(registry: Registry) -> Iterator[tuple[bytes, Button]]:
     for button in registry:
         try:
             raw = bytes.fromhex(button.mac.replace(":", ""))
         except ValueError:
             continue
         if len(raw) == 6 and raw.hex(":") == button.mac:
-            macs[raw] = button
-    return macs
+            yield raw, button
 
 
-def network_macs(registry: Registry) -> frozenset[bytes]:
+def network_macs(registry: Registry) -> Container[bytes]:
     """The raw MACs of the buttons matched by network join: the registry as `Decoder.sight`'s
-    `wanted`. An MQTT button (a `topic`) is not matched by network join (Debouncer.feed)."""
-    return frozenset(raw for raw, button in _raw_macs(registry).items() if button.topic is None)
+    `wanted`. An MQTT button (a `topic`) is not matched by network join (Debouncer.feed).
+    A dict's keys, not a frozenset: its table is about half a set's (0.25 MB less for 10,000
+    buttons: the daemon's memory, issue 16), and `in` is as fast."""
+    return dict.fromkeys(raw for raw, button in _raw_items(registry) if button.topic is None)
 
 
 class InventoryCandidates:

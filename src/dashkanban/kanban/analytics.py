@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -202,6 +201,10 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     """(Q1, median, Q3), linear interpolation; a single value is its own quartiles."""
     if len(values) == 1:
         return values[0], values[0], values[0]
+    # Imported here: statistics brings fractions and decimal (0.6 MB), which the daemon, which
+    # imports this module for lead times, never needs (issue 16: its peak memory).
+    import statistics
+
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q2, q3
 

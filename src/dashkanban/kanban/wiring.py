@@ -42,11 +42,11 @@ from dashkanban.kanban.alarms import (
     template_lines,
 )
 from dashkanban.kanban.bins import Bins, load_bins
-from dashkanban.kanban.history import History, history_path
-from dashkanban.kanban.loop import KanbanLoop
 
 if TYPE_CHECKING:
     from dashkanban.c8y.mqtt import Uplink
+    from dashkanban.kanban.history import History
+    from dashkanban.kanban.loop import KanbanLoop
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ def open_loop(settings: Settings, now: datetime | None = None) -> KanbanLoop | N
     bins = load_kanban_bins(settings)
     if not len(bins):
         return None
+    # Only with bins: the loop, its history and their analytics are 0.3 MB of the daemon's
+    # memory that a MACID.csv without bins never needs (issue 16).
+    from dashkanban.kanban.history import History, history_path
+    from dashkanban.kanban.loop import KanbanLoop
+
     check_mode(settings)
     history = History.open(
         history_path(settings.outbox.path), settings.kanban.history_days, now or datetime.now(UTC)

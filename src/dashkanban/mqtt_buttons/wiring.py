@@ -142,23 +142,26 @@ class NoCapture:
         return None
 
 
-def frame_source(settings: Settings, interface: str | None) -> LiveCapture | NoCapture:
+def frame_source(settings: Settings, interface: str | None,
+                 registry: Registry | None = None) -> LiveCapture | NoCapture:
     """What `run` reads presses from: the live capture on `interface` (or `[capture]
     interface`), built as `run` built it, its permission checked now (exit 2 with the fix
     before connecting anywhere), or NoCapture when every button is an MQTT button
-    (`mqtt_only`), said in one INFO line."""
+    (`mqtt_only`), said in one INFO line. `registry`: MACID.csv when already read (else read
+    here, for `source = csv` only)."""
     from dashkanban.capture.filters import kernel_programs
     from dashkanban.capture.live import LiveCapture, resolve_interface
 
-    registry = None
-    if settings.buttons.source == "csv":
+    if settings.buttons.source != "csv":
+        registry = None
+    elif registry is None:
         from dashkanban.detect.buttons import load_buttons
 
         registry = load_buttons(settings.buttons.file)
-        if mqtt_only(settings, registry):
-            log.info("every button in %s is an MQTT button: no network capture (no raw "
-                     "socket, CAP_NET_RAW not needed)", settings.buttons.file)
-            return NoCapture()
+    if registry is not None and mqtt_only(settings, registry):
+        log.info("every button in %s is an MQTT button: no network capture (no raw "
+                 "socket, CAP_NET_RAW not needed)", settings.buttons.file)
+        return NoCapture()
     name = resolve_interface(interface or settings.capture.interface)
     capture = LiveCapture(name, settings.capture.detect,
                           promiscuous=settings.capture.promiscuous,
