@@ -63,7 +63,7 @@ class StateFile:
     def snapshot(self, links: Sequence[LinkHealth], *, running: bool = True,
                  presses_lost: int = 0) -> None:
         """The state as of now, for the next `flush`; cheap (no disk). `presses_lost`: presses
-        the daemon's full press queue lost since it started (daemon.py PRESS_QUEUE)."""
+        the daemon's full press queue lost since it started (commands/run.py PRESS_QUEUE)."""
         data: dict[str, Any] = {
             "format": FORMAT,
             "pid": os.getpid(),
@@ -137,7 +137,8 @@ def status_lines(state: Mapping[str, Any] | None, *, running: bool,
         return []
     now = time.time() if now is None else now
     lost = int(state.get("presses_lost", 0))
-    # Presses the running daemon could not even queue: its outbox writer was stuck (daemon.py).
+    # Presses the running daemon could not even queue: its outbox writer was stuck
+    # (commands/run.py).
     lost_lines = [f"presses lost: {lost} (the press queue was full: the outbox writer was "
                   "stuck; see the log)"] if lost else []
     if not running or not state.get("running", False):

@@ -78,7 +78,7 @@ CAPTURE_HELP: Mapping[CaptureCounterName, str] = {
     "capture_truncated": "Frames longer than a receive ring slot handed over cut to 190 bytes "
     "(the socket's receive buffer was full); logged once at WARNING.",
 }
-# The daemon's press queue (daemon.py PRESS_QUEUE): presses lost because it was full (the
+# The daemon's press queue (commands/run.py PRESS_QUEUE): presses lost because it was full (the
 # outbox writer stuck, or a flood). Shown once one is lost, so a healthy daemon's output stays.
 PRESSES_LOST_HELP = ("Presses lost because the queue to the outbox writer was full (the disk "
                      "hung or a source flooded); each stretch is logged at ERROR.")

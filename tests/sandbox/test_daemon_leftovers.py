@@ -142,6 +142,9 @@ def test_a_full_press_queue_loses_presses_counted_and_logged_once_per_stretch(
                 source.press(macs[n], T0 + n)
             assert queue.qsize() == 3
             assert daemon.metrics.snapshot().presses_lost == 2
+            # `outbox status` shows the stretch while it lasts, not only once it ended.
+            wait_until(lambda: (health.read_state(outbox) or {}).get("presses_lost") == 2,
+                       "the state file to show the 2 lost presses during the stretch")
         finally:
             lock.execute("ROLLBACK")
             lock.close()

@@ -141,6 +141,7 @@ class Daemon:
         self._press_queue_size = press_queue
         self._presses_lost = 0  # since the press queue last had room (one ERROR per stretch)
         self._presses_lost_total = 0  # since start, for the state file (`outbox status`)
+        self._lost_shown = 0  # the total last put in the state file
         self._state_changed: Callable[[], None] | None = None  # the state listener, in `_serve`
 
     def stop(self) -> None:
@@ -439,10 +440,18 @@ class Daemon:
                 log.error("the press queue is full (%d presses wait for the outbox writer: is "
                           "the disk hung?); presses are lost until it has room",
                           self._press_queue.maxsize)
-                if self._state_changed is not None:  # `outbox status` shows it
-                    self._state_changed()
+            # `outbox status` shows the count while the stretch lasts: at each power of two here
+            # (a few writes however long it lasts), and exactly at each count sync (`_sync`).
+            if self._presses_lost & (self._presses_lost - 1) == 0:
+                self._show_lost()
             return
         self._report_lost()
+
+    def _show_lost(self) -> None:
+        """The lost presses into the state file (a snapshot; written off the loop)."""
+        self._lost_shown = self._presses_lost_total
+        if self._state_changed is not None:
+            self._state_changed()
 
     def _report_lost(self) -> None:
         """The end of a stretch of lost presses (the queue had room again, or the stop)."""
@@ -452,8 +461,7 @@ class Daemon:
             log.error("the press queue has room again; %s lost while it was full",
                       plural(self._presses_lost, "press"))
             self._presses_lost = 0
-            if self._state_changed is not None:
-                self._state_changed()
+            self._show_lost()
 
     async def _write_presses(self, presses: asyncio.Queue[Press], pipeline: Pipeline,
                              outbox: Outbox, courier: Courier, kanban: KanbanLoop | None,
@@ -696,6 +704,8 @@ class Daemon:
         # The pipeline keeps plain counters on the hot path; the metrics get their increments.
         now = pipeline.counts()
         before, self._synced = self._synced, now
+        if self._presses_lost_total != self._lost_shown:
+            self._show_lost()
         for name, value, old in (
             ("frames", now.packets, before.packets),
             ("candidates", now.candidates, before.candidates),
