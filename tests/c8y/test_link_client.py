@@ -10,6 +10,9 @@ from dashkanban.backoff import Backoff
 from dashkanban.c8y.link import Link, LinkPlan, _Client
 from dashkanban.c8y.protocol import Outgoing
 from dashkanban.config import load_settings
+from tests.brokers import Mosquitto
+from tests.c8y.support import settings_for
+from tests.running import RunningUplink
 
 
 def test_a_suback_for_a_subscribe_no_longer_awaited_is_a_debug_line(
@@ -58,3 +61,34 @@ def test_a_template_answer_while_the_connection_ends_is_not_a_bug(tmp_path: Path
         return [t for t in asyncio.all_tasks() if t is not me]
 
     assert asyncio.run(main()) == []
+
+
+
+def test_a_bug_reported_while_connecting_ends_run_at_the_connect(
+    tmp_path: Path, mosquitto_tls: Mosquitto, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug reported while no connection's group exists (the link is connecting) ends `run`
+    as soon as the connection is up; it used to wait until that connection ended."""
+    original = Link._connect_and_serve
+
+    async def connect(self: Link) -> object:
+        if not self._client:  # the first connect: no connection's group to fail yet
+            self._crash(TypeError("injected: a bug while connecting"))
+        return await original(self)
+
+    monkeypatch.setattr(Link, "_connect_and_serve", connect)
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=Backoff(0.05, 0.2))
+    uplink.start()
+    try:
+        task = uplink.task
+        assert task is not None
+        uplink.thread.wait(asyncio.wait({task}, timeout=10))
+        assert task.done(), "the uplink served on with a bug waiting"
+        failure = task.exception()
+        while isinstance(failure, BaseExceptionGroup):
+            assert len(failure.exceptions) == 1
+            failure = failure.exceptions[0]
+        assert repr(failure) == "TypeError('injected: a bug while connecting')"
+    finally:
+        uplink.stop()
+    assert "New client connected" in mosquitto_tls.log_text()  # it was up when it ended

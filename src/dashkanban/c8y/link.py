@@ -492,6 +492,9 @@ class Link:
     async def _serve(self, client: _Client) -> str:
         """The connection is up: start-up sequence, inbound lines, heartbeat; returns why it
         ended (it ends only by the broker, the network or a cancellation)."""
+        # A bug reported while this connection was being made (no group to fail then) ends
+        # `run` now, not when this connection ends, which may be hours away.
+        self._raise_bug()
         self.last_error = None
         if self._outage_start is not None:
             self.last_outage = (time.monotonic() - self._outage_start, self._health.attempts)
