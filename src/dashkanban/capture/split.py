@@ -52,7 +52,7 @@ SEARCH = 64 << 10  # candidate offsets tried (from the window's start)
 CHAIN = 16  # consecutive plausible record headers that make a candidate
 # A's stdio buffer, a real one: glibc's setvbuf ignores the size when given no buffer (8 KiB).
 # The larger, the fewer calls of A's read callback, each of which must take the GIL (about
-# 900 for 44 % of the 503 MB benchmark file; 27,000 with 8 KiB).
+# 840 for 44 % of the 503 MB benchmark file; 27,000 with 8 KiB).
 STDIO_BUFFER = 256 << 10
 # Where to look for the split, as a fraction of the file: A reads through a Python callback,
 # about 30 % slower per byte than B's plain stdio (0.139 s against 0.110 s for each half of the
