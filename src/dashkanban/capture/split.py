@@ -31,6 +31,7 @@ import ctypes
 import logging
 import os
 import queue
+import signal
 import struct
 import threading
 from collections.abc import Generator, Iterator
@@ -60,6 +61,11 @@ STDIO_BUFFER = 256 << 10
 SPLIT_AT = 0.44
 DAY = 86_400
 SPAN = 400 * DAY  # a record's time at most this long after the first record's
+
+# Signals blocked while a half's thread starts (and so in that thread): all but the
+# synchronous ones, which the kernel sends to the thread that faulted.
+_ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
 
 _MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
@@ -288,8 +294,15 @@ class Halves:
     def _start(self, half: _Half) -> None:
         thread = threading.Thread(target=self._read, args=(half,), daemon=True,
                                   name=f"pcap-{half.name}-half")
-        thread.start()
-        half.thread = thread  # only now: close() joins it (a thread not started cannot be)
+        # No signal handler inside start(): one raising right after the thread was made leaves
+        # CPython's bookkeeping half done (the thread dies with "Exception ignored in thread
+        # started by"). The thread inherits the mask: it never takes a process signal either.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        try:
+            thread.start()
+            half.thread = thread  # only now: close() joins it (a thread not started cannot be)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _take(self, half: _Half) -> Generator[Frame, None, _End]:
         """Yield `half`'s frames as its thread reads them; return its end. Waits in C
