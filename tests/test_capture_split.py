@@ -343,8 +343,8 @@ def test_a_signal_during_a_two_halves_read_is_raised_or_changes_nothing(
     assert "Exception ignored" not in capfd.readouterr().err
     assert raised > 0  # the signals did land during reads
     assert any(h is not None for h in halves)  # (a signal may stop open_halves itself)
-    # Descriptors are not compared here: a signal between a constructor's return and the
-    # assignment of its result can still lose a Reader (docs/capture.md).
+    # Descriptors are not compared here: a signal right after os.dup() returns in Halves'
+    # constructor, before its result is assigned, can still lose one (docs/capture.md).
 
 
 @pytest.mark.parametrize("half", ["first", "second"])
@@ -546,4 +546,17 @@ def test_a_bug_in_the_second_half_is_raised_when_the_first_fails(
         read(path, PROGRAMS["candidates"], split_min=0)
     assert halves[0] is not None
     assert halves[0].failed == "first"
+    assert fds() == before
+
+
+def test_a_reader_lost_without_close_closes_its_file(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As when a signal's exception comes between a Reader's constructor and the assignment."""
+    use_reader("libpcap", monkeypatch)
+    path = many(tmp_path / "a.pcap", 10)
+    before = fds()
+    file = libpcap.libc().fdopen(os.open(path, os.O_RDONLY), b"rb")
+    reader = libpcap.Reader(path, PROGRAMS["buttons"], False, False, file=file)
+    assert fds() == before + 1
+    del reader
     assert fds() == before

@@ -251,3 +251,9 @@ class Reader:
         if self._handle is not None:
             self._lib.pcap_close(self._handle)
             self._handle = None
+
+    def __del__(self) -> None:
+        # A Reader lost without close(): a signal handler's exception (Ctrl-C) raised between
+        # its constructor's return and the assignment of the result (capture/split.py).
+        if getattr(self, "_handle", None) is not None:
+            self.close()
