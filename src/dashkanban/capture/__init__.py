@@ -109,15 +109,22 @@ class CaptureFile:
                         halves.close()
                     if halves.failure is None:
                         return
-                    # Read again in one (frames already yielded are skipped): any fault, and its
-                    # message, is then exactly what the one-thread path finds.
-                    log.debug("%s: the two halves stopped after %d frames (%s): read in one",
-                              self.path, self.passed, halves.failure)
                     skip = self.passed
-                    try:
-                        reader = libpcap.Reader(self.path, program, pcapng, nanoseconds)
-                    except (libpcap.UnavailableError, OSError) as exc:
-                        log.debug("%s: not read again with libpcap (%s)", self.path, exc)
+                    if halves.failed == "second":
+                        # A ended cleanly at a record boundary and libpcap stopped in B: it
+                        # would stop at the same record in one thread, which then hands over
+                        # to the pure reader, as here, without reading the file a third time.
+                        log.debug("%s: libpcap stopped after %d frames (%s): the pure reader "
+                                  "goes on", self.path, self.passed, halves.failure)
+                    else:
+                        # Read again in one (frames already yielded are skipped): any fault,
+                        # and its message, is then exactly what the one-thread path finds.
+                        log.debug("%s: the two halves stopped after %d frames (%s): read in one",
+                                  self.path, self.passed, halves.failure)
+                        try:
+                            reader = libpcap.Reader(self.path, program, pcapng, nanoseconds)
+                        except (libpcap.UnavailableError, OSError) as exc:
+                            log.debug("%s: not read again with libpcap (%s)", self.path, exc)
                 if reader is not None:
                     try:
                         for frame in reader.frames():

@@ -66,6 +66,14 @@ def library() -> ctypes.CDLL:
         return _library
     if _missing is not None:
         raise UnavailableError(_missing)
+    if _pointer_bytes() != 8:
+        # 32-bit Debian trixie / Raspberry Pi OS build libpcap0.8t64 with a 64-bit time_t:
+        # `struct pcap_pkthdr` is then 24 bytes with two 64-bit time fields, where c_long reads
+        # two 32-bit ones (caplen from the wrong word). Which one a library has cannot be asked
+        # at run time, so a 32-bit build uses the pure reader (same frames, slower).
+        _missing = ("a 32-bit build: the packet header's layout depends on how libpcap was "
+                    "built")
+        raise UnavailableError(_missing)
     for name in (*NAMES, None):
         if name is None:
             from ctypes.util import find_library  # only now: it imports subprocess
@@ -84,6 +92,10 @@ def library() -> ctypes.CDLL:
         return lib
     _missing = f"libpcap is not installed ({' or '.join(NAMES)}; Debian: libpcap0.8)"
     raise UnavailableError(_missing)
+
+
+def _pointer_bytes() -> int:
+    return ctypes.sizeof(ctypes.c_void_p)
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -155,33 +167,39 @@ class Reader:
                  file: int | None = None) -> None:
         """`file`: a stdio `FILE *` to read instead of opening `path` (capture/split.py); the
         Reader owns it from here on (pcap_close closes it), also when this raises."""
-        lib = library()
-        # Timestamps are made exactly as the pure readers make them, so both give equal floats:
-        # pcap: sec + frac * 1e-6 (or 1e-9); pcapng: sec + ns / 1e9 (= ticks / units, correctly
-        # rounded both ways).
-        nano = pcapng or nanoseconds
-        errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
-        precision = PCAP_TSTAMP_PRECISION_NANO if nano else PCAP_TSTAMP_PRECISION_MICRO
-        if file is None:
-            handle = lib.pcap_open_offline_with_tstamp_precision(bytes(path), precision, errbuf)
-        else:
-            handle = lib.pcap_fopen_offline_with_tstamp_precision(file, precision, errbuf)
+        self._handle: int | None = None
+        try:
+            lib = library()
+            self._lib = lib
+            # Timestamps are made exactly as the pure readers make them, so both give equal
+            # floats: pcap: sec + frac * 1e-6 (or 1e-9); pcapng: sec + ns / 1e9 (= ticks / units,
+            # correctly rounded both ways).
+            nano = pcapng or nanoseconds
+            errbuf = ctypes.create_string_buffer(PCAP_ERRBUF_SIZE)
+            precision = PCAP_TSTAMP_PRECISION_NANO if nano else PCAP_TSTAMP_PRECISION_MICRO
+            if file is None:
+                handle = lib.pcap_open_offline_with_tstamp_precision(bytes(path), precision,
+                                                                     errbuf)
+            else:
+                handle = lib.pcap_fopen_offline_with_tstamp_precision(file, precision, errbuf)
             if not handle:
+                raise UnavailableError(errbuf.value.decode("utf-8", "replace"))
+            self._handle = handle  # from here pcap_close closes `file`
+            linktype = lib.pcap_datalink(handle)
+            if linktype != LINKTYPE_ETHERNET:
+                raise UnavailableError(f"link type {linktype}")
+            insns = (_Insn * len(program.instructions))(
+                *(_Insn(*i) for i in program.instructions))
+            fprog = _Program(len(program.instructions), insns)
+            if lib.pcap_setfilter(handle, ctypes.byref(fprog)) != 0:
+                raise UnavailableError(f"pcap_setfilter: {self._error()}")
+        except BaseException:
+            # Whatever stops it (libpcap missing, a bad program, Ctrl-C): nothing left open.
+            if self._handle is not None:
+                self.close()
+            elif file is not None:
                 libc().fclose(file)
-        if not handle:
-            raise UnavailableError(errbuf.value.decode("utf-8", "replace"))
-        self._lib = lib
-        self._handle: int | None = handle
-        linktype = lib.pcap_datalink(handle)
-        if linktype != LINKTYPE_ETHERNET:
-            self.close()
-            raise UnavailableError(f"link type {linktype}")
-        insns = (_Insn * len(program.instructions))(*(_Insn(*i) for i in program.instructions))
-        fprog = _Program(len(program.instructions), insns)
-        if lib.pcap_setfilter(handle, ctypes.byref(fprog)) != 0:
-            message = self._error()
-            self.close()
-            raise UnavailableError(f"pcap_setfilter: {message}")
+            raise
         self._pcapng = pcapng
         self._scale = 1e-9 if nano else 1e-6
         self.failure: str | None = None
@@ -233,3 +251,9 @@ class Reader:
         if self._handle is not None:
             self._lib.pcap_close(self._handle)
             self._handle = None
+
+    def __del__(self) -> None:
+        # A Reader lost without close(): a signal handler's exception (Ctrl-C) raised between
+        # its constructor's return and the assignment of the result (capture/split.py).
+        if getattr(self, "_handle", None) is not None:
+            self.close()

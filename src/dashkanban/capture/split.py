@@ -3,8 +3,8 @@
 Why: replaying a big file is the kernel copying it from the page cache into libpcap's buffer
 (tcpdump's whole time on the same file); the button program costs little next to it. Two cores
 copy twice as fast, and ctypes releases the GIL inside `pcap_next_ex`, so half A (from the
-file's start to the split) is read on the calling thread while half B (the split to the end) is
-read on a second one (docs/capture.md, "Replay in two halves").
+file's start to the split) and half B (the split to the end) are read on two threads while the
+calling thread takes their frames, A's first (docs/capture.md, "Replay in two halves").
 
 The split offset is only a guess (a chain of plausible record headers found near the middle), and
 need not be proved before reading: half A walks the records from the file's start, and its input
@@ -16,19 +16,27 @@ the ordinary way, skipping the frames already yielded.
 Half A reads through `fopencookie` with a read callback that `pread`s [0, split) into stdio's
 buffer (no `mmap`: a file truncated under us would kill the process with SIGBUS); half B reads
 the file through `fdopen`, `fseeko64`'d to the split once libpcap has read the file header.
+
+The read callback never runs on the main thread: Python runs a pending signal handler (Ctrl-C's
+KeyboardInterrupt) at a function's first instruction, so on the main thread the handler's
+exception would escape the callback before its `try`; ctypes would print "Exception ignored on
+calling ctypes callback function" and hand stdio an undefined return value (wrong frames). Only
+the main thread runs signal handlers: there it lands in ordinary Python code, which closes all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import queue
+import signal
 import struct
 import threading
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from dashkanban.capture import libpcap
 from dashkanban.capture.frame import MAX_FRAME, Frame
@@ -43,8 +51,9 @@ QUEUE_BYTES = 16 << 20  # B's frames (bytes) held while A is read; then B waits 
 WINDOW = 256 << 10  # read at the middle to look for a record boundary
 SEARCH = 64 << 10  # candidate offsets tried (from the window's start)
 CHAIN = 16  # consecutive plausible record headers that make a candidate
-# A's stdio buffer: 8 KiB to 256 KiB read alike (4 KiB slower); the larger, the fewer calls of
-# A's read callback, each of which must take the GIL (about 1,000 for half of a 503 MB file).
+# A's stdio buffer, a real one: glibc's setvbuf ignores the size when given no buffer (8 KiB).
+# The larger, the fewer calls of A's read callback, each of which must take the GIL (about
+# 840 for 44 % of the 503 MB benchmark file; 27,000 with 8 KiB).
 STDIO_BUFFER = 256 << 10
 # Where to look for the split, as a fraction of the file: A reads through a Python callback,
 # about 30 % slower per byte than B's plain stdio (0.139 s against 0.110 s for each half of the
@@ -52,6 +61,11 @@ STDIO_BUFFER = 256 << 10
 SPLIT_AT = 0.44
 DAY = 86_400
 SPAN = 400 * DAY  # a record's time at most this long after the first record's
+
+# Signals blocked while a half's thread starts (and so in that thread): all but the
+# synchronous ones, which the kernel sends to the thread that faulted.
+_ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
 
 _MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
@@ -109,8 +123,8 @@ def open_halves(path: Path, program: Program, nanoseconds: bool, *,
                 min_bytes: int = SPLIT_MIN_BYTES, queue_bytes: int = QUEUE_BYTES
                 ) -> Halves | None:
     """Two halves of the classic pcap file at `path`, or None where it is not worth it or not
-    possible (smaller than `min_bytes`, one core, no record boundary found, no fopencookie):
-    then the caller reads the file in one, as ever."""
+    possible (smaller than `min_bytes`, one core, no record boundary found, no fopencookie, no
+    libpcap): then the caller reads the file in one, as ever."""
     if _cores() < 2:
         return None
     try:
@@ -128,11 +142,15 @@ def open_halves(path: Path, program: Program, nanoseconds: bool, *,
             log.debug("%s: no record boundary found near the middle: read in one", path)
             os.close(fd)
             return None
+        libpcap.library()  # before any FILE is made: none to close when it is missing
         return Halves(path, fd, split, program, nanoseconds, queue_bytes)
     except (libpcap.UnavailableError, OSError) as exc:
         log.debug("%s: not read in two halves (%s)", path, exc)
         os.close(fd)
         return None
+    except BaseException:  # Ctrl-C, MemoryError: the descriptor is still ours
+        os.close(fd)
+        raise
 
 
 class _Window:
@@ -145,6 +163,9 @@ class _Window:
         self.error: BaseException | None = None
         self._views: dict[tuple[int, int], memoryview] = {}
         self.callback = libpcap.COOKIE_READ(self._read)  # kept: C holds only its address
+        # stdio's buffer, kept with the callback until the FILE is closed (glibc does not free
+        # a buffer it was given).
+        self.buffer = ctypes.create_string_buffer(STDIO_BUFFER)
 
     def _read(self, _cookie: int | None, buffer: int | None, size: int) -> int:
         try:
@@ -168,7 +189,7 @@ class _Window:
 
 
 class _End:
-    """B's last item: how its read ended."""
+    """A half's last item: how its read ended."""
 
     __slots__ = ("exception", "failure")
 
@@ -177,128 +198,212 @@ class _End:
         self.exception = exception
 
 
+class _Half:
+    """One half: its reader, the frames it read not yet taken, and who closes its reader:
+    whoever takes it first, its thread or `Halves.close()` (under `Halves._lock`)."""
+
+    def __init__(self, name: Literal["first", "second"], reader: libpcap.Reader,
+                 fd: int = -1) -> None:
+        self.name = name
+        self.reader: libpcap.Reader | None = reader
+        self.fd = fd  # half A's descriptor (its callback preads it); B's is inside its FILE
+        # C queues only: the main thread never holds a lock written in Python, which a signal
+        # handler's exception could leave held (and the other threads stuck on it).
+        self.items: queue.SimpleQueue[Frame | _End] = queue.SimpleQueue()
+        self.credits: queue.SimpleQueue[int] = queue.SimpleQueue()  # bytes taken by the caller
+        self.held = 0  # the thread's count of bytes of frames in `items`
+        self.taken = False
+        self.thread: threading.Thread | None = None  # set once start() has returned
+        self.end: _End | None = None
+        self.crash: BaseException | None = None  # the thread could not even hand over its end
+
+    def release(self) -> None:
+        """Close the reader (and A's descriptor); only by whoever took the half."""
+        reader, self.reader = self.reader, None
+        try:
+            if reader is not None:
+                reader.close()
+        finally:
+            fd, self.fd = self.fd, -1
+            if fd >= 0:
+                os.close(fd)
+
+
 class Halves:
-    """Half A (read on the caller's thread as `frames()` is iterated) and half B (read on a
-    thread into a buffer of at most `queue_bytes`); `frames()` yields A's frames, then B's.
-    `failure` says why the caller must read on the ordinary way; `close()` always."""
+    """Half A and half B, each read on its own thread into a buffer of at most `queue_bytes` of
+    frames; `frames()` (on the caller's thread) yields A's frames, then B's. `failure` says why
+    the caller must read on the ordinary way, `failed` in which half; `close()` always."""
 
     def __init__(self, path: Path, fd: int, split: int, program: Program, nanoseconds: bool,
                  queue_bytes: int) -> None:
         c = libpcap.libc()
-        self._fd = fd  # the caller's until this constructor returns
+        # `fd` stays the caller's until this constructor returns.
         self.path = path
         self.split = split
         self.failure: str | None = None
+        self.failed: Literal["first", "second"] | None = None
         self._queue_bytes = queue_bytes
         self._window = _Window(fd, split)
-        self._stop = threading.Event()
-        self._ready = threading.Condition()
-        self._items: deque[Frame | _End] = deque()
-        self._held = 0
-        self._thread: threading.Thread | None = None
-        self._b: libpcap.Reader | None = None
-        self._crash: BaseException | None = None  # B's thread could not even hand over its end
+        self._lock = threading.Lock()  # a C lock: `with` it is safe from signals
+        self._stopped = False
         cookie = c.fopencookie(None, b"r", libpcap.CookieFunctions(self._window.callback))
         if not cookie:
             raise OSError(ctypes.get_errno(), "fopencookie failed")
-        c.setvbuf(cookie, None, 0, STDIO_BUFFER)  # _IOFBF
-        self._a = libpcap.Reader(path, program, False, nanoseconds, file=cookie)
+        c.setvbuf(cookie, self._window.buffer, 0, STDIO_BUFFER)  # _IOFBF
+        a = libpcap.Reader(path, program, False, nanoseconds, file=cookie)  # closes cookie
         try:
             b_fd = os.dup(fd)
             b_file = c.fdopen(b_fd, b"rb")
             if not b_file:
                 os.close(b_fd)
                 raise OSError("fdopen failed")
-            self._b = libpcap.Reader(path, program, False, nanoseconds, file=b_file)
-            if c.seek64(b_file, split, os.SEEK_SET) != 0:
-                raise OSError(f"cannot seek to byte {split}")
+            b = libpcap.Reader(path, program, False, nanoseconds, file=b_file)
+            try:
+                if c.seek64(b_file, split, os.SEEK_SET) != 0:
+                    raise OSError(f"cannot seek to byte {split}")
+            except BaseException:
+                b.close()
+                raise
         except BaseException:
-            self._fd = -1  # the caller closes it
-            self._close_readers()
+            a.close()  # the caller closes `fd`
             raise
+        self._a = _Half("first", a, fd)
+        self._b = _Half("second", b)
 
     def frames(self) -> Iterator[Frame]:
-        b = self._b
-        assert b is not None
-        self._thread = threading.Thread(target=self._read_b, args=(b,), name="pcap-half-b",
-                                        daemon=True)
-        self._thread.start()
-        yield from self._a.frames()
-        error = self._window.error
-        if error is not None and not isinstance(error, OSError):
-            raise error  # KeyboardInterrupt, MemoryError: inside the read callback
-        if self._a.failure is not None:
+        a, b = self._a, self._b
+        self._start(a)
+        self._start(b)
+        end = yield from self._take(a)
+        if end.exception is not None:
+            raise end.exception  # MemoryError, a bug: in A's thread or its read callback
+        if end.failure is not None:
             # Not a record boundary (or the file changed): B's frames are not to be trusted.
-            self.failure = f"the first half: {error or self._a.failure}"
+            self.failure = f"the first half: {end.failure}"
+            self.failed = "first"
+            self._stop_second()
             return
         # A ended cleanly exactly at the split: a record boundary, B's frames follow A's.
-        ready = self._ready
-        items = self._items
+        end = yield from self._take(b)
+        if end.exception is not None:
+            raise end.exception
+        if end.failure is not None:
+            self.failure = f"the second half: {end.failure}"
+            self.failed = "second"
+
+    def _start(self, half: _Half) -> None:
+        thread = threading.Thread(target=self._read, args=(half,), daemon=True,
+                                  name=f"pcap-{half.name}-half")
+        # No signal handler inside start(): one raising right after the thread was made leaves
+        # CPython's bookkeeping half done (the thread dies with "Exception ignored in thread
+        # started by"). The thread inherits the mask: it never takes a process signal either.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        try:
+            thread.start()
+            half.thread = thread  # only now: close() joins it (a thread not started cannot be)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _take(self, half: _Half) -> Generator[Frame, None, _End]:
+        """Yield `half`'s frames as its thread reads them; return its end. Waits in C
+        (SimpleQueue.get), which runs a signal handler and raises its exception (Ctrl-C)."""
+        get = half.items.get
+        credit = half.credits.put
+        thread = half.thread
+        assert thread is not None
         while True:
-            with ready:
-                while not items:
-                    if not ready.wait(1.0) and not self._thread.is_alive() and not items:
-                        raise self._crash or RuntimeError(
-                            f"{self.path}: the second half's reader stopped")
-                item = items.popleft()
-                if not isinstance(item, _End):
-                    self._held -= len(item.data) + 64
-                ready.notify()
+            try:
+                item = get(timeout=1.0)
+            except queue.Empty:
+                if thread.is_alive() or not half.items.empty():
+                    continue
+                raise half.crash or RuntimeError(
+                    f"{self.path}: the {half.name} half's reader stopped") from None
             if isinstance(item, _End):
-                if item.exception is not None:
-                    raise item.exception
-                if item.failure is not None:
-                    self.failure = f"the second half: {item.failure}"
-                return
+                return item
+            credit(len(item.data) + 64)
             yield item
 
-    def _read_b(self, b: libpcap.Reader) -> None:
+    def _stop_second(self) -> None:
+        """After A's failure: stop B; a bug in B (not a libpcap or I/O error) is raised, not
+        replaced by the one-thread read (docs/capture.md)."""
+        b = self._b
+        self._stopped = True
+        b.credits.put(0)  # wakes B if it waits for room
+        if b.thread is not None:
+            b.thread.join()
+        end = b.end
+        if end is not None and end.exception is not None:
+            if not isinstance(end.exception, (OSError, libpcap.UnavailableError)):
+                raise end.exception
+            log.debug("%s: the second half also failed: %r", self.path, end.exception)
+        elif end is not None and end.failure is not None:
+            log.debug("%s: the second half also failed: %s", self.path, end.failure)
+
+    def _read(self, half: _Half) -> None:
+        with self._lock:
+            taken, half.taken = half.taken, True
+        if taken:
+            return  # close() took it first and closes it
         end = _End(None)
         try:
-            for frame in b.frames():
-                if not self._put(frame):
-                    return
-            end = _End(b.failure)
+            reader = half.reader
+            assert reader is not None
+            if not self._stopped:
+                for frame in reader.frames():
+                    if not self._put(half, frame):
+                        break
+                else:
+                    error = self._window.error if half is self._a else None
+                    if error is not None and not isinstance(error, OSError):
+                        end = _End(None, error)
+                    elif reader.failure is not None:
+                        end = _End(f"{error or reader.failure}")
         except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which raises it)
             end = _End(None, exc)
         finally:
-            b.close()
             try:
-                self._put(end)
+                half.release()
+            except BaseException as exc:  # noqa: BLE001 (as above)
+                end = _End(None, exc)
+            half.end = end
+            try:
+                half.items.put(end)
             except BaseException as exc:  # noqa: BLE001 (the main thread raises it)
-                self._crash = exc
+                half.crash = exc
 
-    def _put(self, item: Frame | _End) -> bool:
-        """Hold `item` for the main thread, waiting while the buffer is full (a hostile file
-        where every record passes must not be held whole); False once closed."""
-        ready = self._ready
-        with ready:
-            if isinstance(item, Frame):
-                while self._held >= self._queue_bytes and not self._stop.is_set():
-                    ready.wait(0.5)
-                self._held += len(item.data) + 64
-            if self._stop.is_set():
+    def _put(self, half: _Half, frame: Frame) -> bool:
+        """Hold `frame` for the main thread, then wait while the half's buffer is full (a
+        hostile file where every record passes must not be held whole); False once closed."""
+        if self._stopped:
+            return False
+        half.held += len(frame.data) + 64
+        half.items.put(frame)
+        while half.held >= self._queue_bytes:
+            if self._stopped:
                 return False
-            self._items.append(item)
-            ready.notify()
+            with contextlib.suppress(queue.Empty):
+                half.held -= half.credits.get(timeout=0.5)
         return True
 
     def close(self) -> None:
-        """Stop B's thread and close both handles and the file; idempotent."""
-        self._stop.set()
-        with self._ready:
-            self._items.clear()
-            self._ready.notify_all()
-        thread = self._thread
-        if thread is not None:
-            thread.join()
-        self._close_readers()
-
-    def _close_readers(self) -> None:
-        self._a.close()  # the cookie FILE: its callback does not close the descriptor
-        if self._b is not None and self._thread is None:
-            self._b.close()  # else B's thread closed it
-        self._b = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Stop both threads and close both handles and the file; idempotent. A half its
+        thread has not taken is closed here; a thread closes its own half."""
+        a, b = self._a, self._b
+        self._stopped = True
+        with self._lock:  # plain stores only: no Python call a signal could cut
+            mine_a, a.taken = not a.taken, True
+            mine_b, b.taken = not b.taken, True
+        a.credits.put(0)  # wakes a thread waiting for room
+        b.credits.put(0)
+        try:
+            if mine_a:
+                a.release()
+        finally:
+            try:
+                if mine_b:
+                    b.release()
+            finally:
+                for half in (a, b):
+                    if half.thread is not None:
+                        half.thread.join()
