@@ -138,8 +138,9 @@ class RunningCourier:
         return getattr(self.courier, name)
 
     def start(self) -> None:
-        self._task = self.thread.task(self.courier.run())
-        self.thread.wait(_until(lambda: self.courier.running))
+        task = self._task = self.thread.task(self.courier.run())
+        # Or done: a Courier that fails at once (a test's injected bug) may never be seen running.
+        self.thread.wait(_until(lambda: self.courier.running or task.done()))
 
     @property
     def task(self) -> asyncio.Task[None] | None:

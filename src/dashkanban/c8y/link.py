@@ -257,6 +257,10 @@ class _Client(aiomqtt.Client):
         if not self._connected.done():
             self.closed_before_connack = reason_code
             self._connected.set_exception(aiomqtt.MqttError("closed before CONNACK"))
+            # Marked as read: a connect that already gave up (its timeout replaced the future,
+            # or a stop abandoned it) no longer awaits it, and asyncio would log "Future
+            # exception was never retrieved" at ERROR; a connect still waiting gets it as ever.
+            self._connected.exception()
             return
         if self._connected.cancelled():
             # A stop while waiting for the CONNACK cancelled it (asyncio.wait_for cancels what it
