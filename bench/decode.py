@@ -13,8 +13,9 @@
    (c) amazon-dash's method: scapy `sniff(offline=..., filter=<its BPF>)` with
        `arp or (udp and src port 68 and dst port 67 and src host 0.0.0.0)`.
    The baselines get the same 30 s dead time, so all three must find the same presses (checked).
-   Also timed: (d) `tcpdump -r CAPTURE -w /dev/null` with the same filter as (a) (the buttons'
-   MACs, written as a filter expression: tcpdump takes no program), the physical limit here; and
+   Also timed: (d) `tcpdump -r CAPTURE -w bench/out/tcpdump.pcap` with the same filter as (a)
+   (the buttons' MACs, written as a filter expression: tcpdump takes no program), the physical
+   limit here; and
    (e) dashkanban without libpcap (the pure reader + the BPF interpreter), the fallback.
 3. Prints frames per second and peak RSS and the ratios, with the targets of issue 16: (a) at
    most 1.5x (d), at least 20x faster than (c). The file is read once into the page cache first;
@@ -302,7 +303,10 @@ def main() -> int:
     if tcpdump is not None:
         expression = tcpdump_filter([button_mac(b) for b in range(BUTTONS)])
         methods.append(("tcpdump -r, same filter", [tcpdump, "-r", str(capture), "-w",
-                                                     os.devnull, expression]))
+                                                     # A file, not /dev/null: tcpdump, started
+                                                     # as root, chowns what -w names to its
+                                                     # user (it did so to /dev/null).
+                                                     str(OUT / "tcpdump.pcap"), expression]))
     # Byte code written as pip writes it at install: with PYTHONDONTWRITEBYTECODE set, a source
     # tree would compile every module on every run and time that instead of the start-up.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "dashkanban")],
