@@ -99,6 +99,19 @@ class RunningUplink:
     def wait_connected(self, timeout: float, event: Event | None = None) -> bool:
         return self.thread.wait(self.uplink.wait_connected(timeout, event))
 
+    def failure(self, timeout: float) -> BaseException | None:
+        """How `Uplink.run` ended (waiting up to `timeout`): its exception, out of the task
+        groups that wrap it one inside the other (each with that one exception only)."""
+        task = self._task
+        assert task is not None
+        self.thread.wait(asyncio.wait({task}, timeout=timeout))
+        assert task.done(), "the uplink lived on"
+        failure = task.exception()
+        while isinstance(failure, BaseExceptionGroup):
+            assert len(failure.exceptions) == 1
+            failure = failure.exceptions[0]
+        return failure
+
     def send(self, event: Event, extra_lines: Sequence[str] = (), *,
              on_delivered: Callable[[], None] | None = None,
              on_lost: Callable[[], None] | None = None,

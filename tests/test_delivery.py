@@ -7,16 +7,14 @@ import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dashkanban.c8y.protocol import Outgoing
 from dashkanban.detect.events import Event
 from dashkanban.errors import UndeliveredError
 from dashkanban.outbox.courier import deliver
 from tests.brokers import Mosquitto
-from tests.c8y.support import Recorder, settings_for
+from tests.c8y.support import Recorder, break_row_publishes, settings_for
 from tests.recording_outbox import recording_outbox
 from tests.running import RunningCourier, RunningUplink
 
@@ -304,7 +302,6 @@ def test_a_bug_in_the_publish_of_rows_ends_the_courier_with_it_once(
     import asyncio
     import gc
 
-    from dashkanban.c8y.link import Link
 
     outbox = recording_outbox(tmp_path)
     for n in range(1, 6):
@@ -318,17 +315,7 @@ def test_a_bug_in_the_publish_of_rows_ends_the_courier_with_it_once(
     try:
         assert uplink.wait_connected(10)
 
-        original = Link._publish
-
-        async def broken(self: Link, client: Any, message: Outgoing) -> None:
-            # Only the rows' PUBLISHes: the link's own start-up lines may still be under way
-            # when it reports ready (they are tasks), and a bug there fails the link instead.
-            if "c8y_MAC_Event" not in message.payload:
-                await original(self, client, message)
-                return
-            raise TypeError("injected: a bug in a PUBLISH")
-
-        monkeypatch.setattr(Link, "_publish", broken)
+        break_row_publishes(monkeypatch, TypeError("injected: a bug in a PUBLISH"))
         courier.start()
         task = courier.task
         assert task is not None

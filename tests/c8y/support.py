@@ -6,10 +6,14 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from dashkanban.c8y.link import Link
+from dashkanban.c8y.protocol import Outgoing
 from dashkanban.config import Settings, load_settings
 from tests.brokers import Mosquitto, TlsFiles
 from tests.conftest import BROKER_PASSWORD, BROKER_USER
@@ -117,3 +121,18 @@ class Recorder:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def break_row_publishes(monkeypatch: pytest.MonkeyPatch, bug: BaseException) -> None:
+    """`Link._publish` raises `bug` for the rows' PUBLISHes (the events) and sends the rest.
+    Only those: the link's own start-up lines may still be under way when it reports ready
+    (they are tasks), and a bug there fails the link instead."""
+    original = Link._publish
+
+    async def broken(self: Link, client: Any, message: Outgoing) -> None:
+        if "c8y_MAC_Event" not in message.payload:
+            await original(self, client, message)
+            return
+        raise bug
+
+    monkeypatch.setattr(Link, "_publish", broken)

@@ -80,15 +80,7 @@ def test_a_bug_reported_while_connecting_ends_run_at_the_connect(
     uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=Backoff(0.05, 0.2))
     uplink.start()
     try:
-        task = uplink.task
-        assert task is not None
-        uplink.thread.wait(asyncio.wait({task}, timeout=10))
-        assert task.done(), "the uplink served on with a bug waiting"
-        failure = task.exception()
-        while isinstance(failure, BaseExceptionGroup):
-            assert len(failure.exceptions) == 1
-            failure = failure.exceptions[0]
-        assert repr(failure) == "TypeError('injected: a bug while connecting')"
+        assert repr(uplink.failure(10)) == "TypeError('injected: a bug while connecting')"
     finally:
         uplink.stop()
     assert "New client connected" in mosquitto_tls.log_text()  # it was up when it ended

@@ -16,14 +16,13 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dashkanban.c8y.protocol import Outgoing
 from dashkanban.health import read_state, state_path
 from dashkanban.sandbox import Sandbox, SandboxOptions
 from tests.brokers import TlsFiles
+from tests.c8y.support import break_row_publishes
 from tests.e2e.faultkit import (
     ChildDaemon,
     RunningDaemon,
@@ -264,24 +263,13 @@ def test_a_bug_in_the_publish_of_a_row_ends_run_with_exit_1_and_is_not_resent(
     """A PUBLISH task that fails with a bug (not a connection error) reaches the supervisor as
     itself: it is not taken for a lost connection, whose row would be sent again for ever with
     the bug never seen."""
-    from dashkanban.c8y.link import Link
 
     caplog.set_level(logging.INFO)
     run = RunningDaemon.from_config(plain_config(tmp_path, sandbox))
     wait_until(lambda: run.daemon.uplink is not None and run.daemon.uplink.connected,
                10, "the uplink")
 
-    original = Link._publish
-
-    async def broken(self: Link, client: Any, message: Outgoing) -> None:
-        # Only the row's PUBLISH: the link's own start-up lines may still be under way when it
-        # reports connected (they are tasks), and a bug there ends the uplink instead.
-        if "c8y_MAC_Event" not in message.payload:
-            await original(self, client, message)
-            return
-        raise TypeError("injected: a bug in a PUBLISH")
-
-    monkeypatch.setattr(Link, "_publish", broken)
+    break_row_publishes(monkeypatch, TypeError("injected: a bug in a PUBLISH"))
     run.press(presses(0, 1))
     run._thread.join(15)
     assert not run._thread.is_alive(), "the daemon lived on, sending the row again for ever"
