@@ -115,14 +115,20 @@ def forged_chain() -> bytes:
     return record * split.CHAIN
 
 
-def test_forged_chain_inside_a_payload_falls_back(
-        tmp_path: Path, halves: list[split.Halves | None], caplog: pytest.LogCaptureFixture
-) -> None:
+def forged_file(tmp_path: Path) -> Path:
+    """A pcap whose one big frame carries `forged_chain` near the split point, between 40 small
+    frames on each side."""
     small = [(T0 + i, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1")) for i in range(40)]
     payload = b"\x00" * 1700 + forged_chain() + b"\x00" * 700
     big = forge.udp_frame(BUTTON, "ff:ff:ff:ff:ff:ff", "10.0.0.2", "10.0.0.255", 5000, 5000,
                           payload)
-    path = write(tmp_path / "forged.pcap", [*small, (T0 + 40, big), *small])
+    return write(tmp_path / "forged.pcap", [*small, (T0 + 40, big), *small])
+
+
+def test_forged_chain_inside_a_payload_falls_back(
+        tmp_path: Path, halves: list[split.Halves | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = forged_file(tmp_path)
     data = path.read_bytes()
     middle = int(len(data) * split.SPLIT_AT)
     forged_at = data.index(forged_chain())
@@ -518,11 +524,7 @@ def test_a_cut_second_half_goes_to_the_pure_reader_directly(
 def test_a_bug_in_the_second_half_is_raised_when_the_first_fails(
         tmp_path: Path, halves: list[split.Halves | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    small = [(T0 + i, forge.arp_frame(1, BUTTON, "10.0.0.2", "10.0.0.1")) for i in range(40)]
-    payload = b"\x00" * 1700 + forged_chain() + b"\x00" * 700
-    big = forge.udp_frame(BUTTON, "ff:ff:ff:ff:ff:ff", "10.0.0.2", "10.0.0.255", 5000, 5000,
-                          payload)
-    path = write(tmp_path / "forged.pcap", [*small, (T0 + 40, big), *small])
+    path = forged_file(tmp_path)
     real_read, real_put = split.Halves._read, split.Halves._put
 
     def read_(self: split.Halves, half: split._Half) -> None:
