@@ -262,9 +262,7 @@ class ButtonBroker:
                 group.create_task(self._follow(client, subscribed))
                 await self._read(client)
         except BaseExceptionGroup as failed:
-            # One failure ends the group (the other task is cancelled, and a cancelled task
-            # adds nothing); raise it as itself, so `run`'s `except MqttError` still sees it.
-            raise failed.exceptions[0] from None
+            raise _outcome(failed) from None
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -323,6 +321,26 @@ class ButtonBroker:
     async def _battery(self, level: Battery) -> None:
         if self.on_battery is not None:
             await _call(self.on_battery, level)
+
+
+def _outcome(failed: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What `_listen` raises for its TaskGroup's errors, as itself (so `run`'s `except
+    MqttError` sees a lost connection). Usually one: a failure cancels the other task, and a
+    cancelled task adds nothing. Both fail in the same loop iteration now and then (a lost
+    connection that also breaks the other task), and the group lists them in no useful order:
+    a bug (anything but an MqttError) wins, so it ends `run` instead of being dropped for a
+    reconnect; further bugs are logged. With MqttErrors only, a cancel from outside that
+    arrived in that iteration is in none of them (TaskGroup lets errors take priority over
+    it, Python 3.11's taskgroups.py) and must still end `run`: a CancelledError then."""
+    bugs = [e for e in failed.exceptions if not isinstance(e, aiomqtt.MqttError)]
+    for other in bugs[1:]:
+        log.error("button broker: a further failure at the same moment", exc_info=other)
+    if bugs:
+        return bugs[0]
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return asyncio.CancelledError()
+    return failed.exceptions[0]
 
 
 async def _call(callback: Callable[[T], Awaitable[None] | None], value: T) -> None:
