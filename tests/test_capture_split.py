@@ -349,8 +349,9 @@ def test_a_signal_during_a_two_halves_read_is_raised_or_changes_nothing(
     assert "Exception ignored" not in capfd.readouterr().err
     assert raised > 0  # the signals did land during reads
     assert any(h is not None for h in halves)  # (a signal may stop open_halves itself)
-    # Descriptors are not compared here: a signal right after os.dup() returns in Halves'
-    # constructor, before its result is assigned, can still lose one (docs/capture.md).
+    # Descriptors are not compared here: a signal at the return of open_halves' os.open(),
+    # or between open_halves' return and the caller's assignment, can still lose one
+    # (docs/capture.md).
 
 
 @pytest.mark.parametrize("half", ["first", "second"])
@@ -460,6 +461,64 @@ def test_ctrl_c_while_opening_the_halves_leaks_nothing(
     with pytest.raises(KeyboardInterrupt):
         split.open_halves(path, PROGRAMS["buttons"], False, min_bytes=0)
     assert fds() == before
+
+
+def test_ctrl_c_right_after_the_dup_leaks_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step after Halves' os.dup() raises: the duplicate, owned by nothing else, is closed."""
+    use_reader("libpcap", monkeypatch)
+    path = many(tmp_path / "a.pcap", 3000)
+    dups: list[int] = []
+    real_dup = os.dup
+
+    def dup(fd: int) -> int:
+        dups.append(real_dup(fd))
+        return dups[-1]
+
+    def interrupted(*_args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "dup", dup)
+    monkeypatch.setattr(libpcap.libc(), "fdopen", interrupted)
+    before = fds()
+    with pytest.raises(KeyboardInterrupt):
+        split.open_halves(path, PROGRAMS["buttons"], False, min_bytes=0)
+    assert len(dups) == 1
+    assert fds() == before
+
+
+def test_a_signal_during_the_dup_hand_off_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real signal between os.dup() and B's Reader: Python would run its handler at the
+    return of the call that was running, before the result is stored anywhere (the descriptor
+    lost). It runs once B's Reader owns the duplicate instead, and nothing leaks."""
+    use_reader("libpcap", monkeypatch)
+    path = many(tmp_path / "a.pcap", 3000)
+    c = libpcap.libc()
+    real = c.fdopen
+    made: list[int] = []
+
+    def fdopen(*args: object) -> int:
+        signal.pthread_kill(threading.get_ident(), signal.SIGALRM)  # to this thread only
+        file: int = real(*args)
+        made.append(file)
+        return file
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise AlarmError
+
+    monkeypatch.setattr(c, "fdopen", fdopen)
+    before = fds()
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with pytest.raises(AlarmError):
+            split.open_halves(path, PROGRAMS["buttons"], False, min_bytes=0)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    assert len(made) == 1  # the handler waited for the hand-off
+    assert made[0]
+    assert fds() == before
+    assert signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
 
 def test_no_fopencookie_without_libpcap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

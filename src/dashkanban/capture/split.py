@@ -153,6 +153,24 @@ def open_halves(path: Path, program: Program, nanoseconds: bool, *,
         raise
 
 
+class _SignalsHeld:
+    """`with _SignalsHeld():` the asynchronous signals are blocked for this thread inside, so
+    no signal handler (only the main thread runs them) raises in the block; one that came
+    meanwhile runs as the block ends. The mask is restored whatever raises, also a handler
+    already pending on entry (it runs at the return of the call that blocks)."""
+
+    def __enter__(self) -> None:
+        self._before = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # unchanged: only read
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+
+
 class _Window:
     """[0, end) of a file as a stdio FILE (fopencookie): libpcap sees the end of file at `end`."""
 
@@ -251,21 +269,29 @@ class Halves:
             raise OSError(ctypes.get_errno(), "fopencookie failed")
         c.setvbuf(cookie, self._window.buffer, 0, STDIO_BUFFER)  # _IOFBF
         a = libpcap.Reader(path, program, False, nanoseconds, file=cookie)  # closes cookie
+        b: libpcap.Reader | None = None
+        b_fd = -1  # the duplicate while nothing else owns it
         try:
-            b_fd = os.dup(fd)
-            b_file = c.fdopen(b_fd, b"rb")
-            if not b_file:
-                os.close(b_fd)
-                raise OSError("fdopen failed")
-            b = libpcap.Reader(path, program, False, nanoseconds, file=b_file)
-            try:
-                if c.seek64(b_file, split, os.SEEK_SET) != 0:
-                    raise OSError(f"cannot seek to byte {split}")
-            except BaseException:
-                b.close()
-                raise
+            # From the dup to B's Reader the duplicate is owned by a local, then a FILE, then
+            # the Reader: a signal handler's exception at a call's return (where Python runs
+            # it) would lose the one just made, so signals wait until the Reader has it.
+            with _SignalsHeld():
+                b_fd = os.dup(fd)
+                b_file = c.fdopen(b_fd, b"rb")
+                if not b_file:
+                    raise OSError("fdopen failed")
+                b_fd = -1  # the FILE's now: fclose closes it
+                b = libpcap.Reader(path, program, False, nanoseconds, file=b_file)  # owns it
+            if c.seek64(b_file, split, os.SEEK_SET) != 0:
+                raise OSError(f"cannot seek to byte {split}")
         except BaseException:
-            a.close()  # the caller closes `fd`
+            try:
+                if b_fd >= 0:
+                    os.close(b_fd)
+                if b is not None:
+                    b.close()
+            finally:
+                a.close()  # the caller closes `fd`
             raise
         self._a = _Half("first", a, fd)
         self._b = _Half("second", b)
