@@ -398,6 +398,41 @@ def test_ctrl_c_while_a_thread_starts_leaks_nothing(
     assert fds() == before
 
 
+def test_ctrl_c_at_the_return_of_the_blocking_call_leaves_the_signal_mask_alone(
+        tmp_path: Path, halves: list[split.Halves | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler already pending when a thread's start blocks the signals runs at the return of
+    that call: the main thread's mask must not stay blocked (Ctrl-C and SIGTERM ignored)."""
+    path = many(tmp_path / "a.pcap", 3000)
+    real = signal.pthread_sigmask
+    blocks: list[int] = []
+
+    def pthread_sigmask(how: int, mask: object) -> set[signal.Signals]:
+        before: set[signal.Signals] = real(how, mask)  # type: ignore[arg-type]  # as given
+        if how == signal.SIG_BLOCK and signal.SIGINT in mask:  # type: ignore[operator]
+            blocks.append(1)
+            if len(blocks) == 2:  # the first is Halves' constructor; the second, A's start
+                raise KeyboardInterrupt
+        return before
+
+    original = real(signal.SIG_BLOCK, ())
+    assert signal.SIGINT not in original
+    before, threads = fds(), threading.active_count()
+    try:
+        monkeypatch.setattr(signal, "pthread_sigmask", pthread_sigmask)
+        with pytest.raises(KeyboardInterrupt):
+            read(path, PROGRAMS["buttons"], split_min=0)
+        monkeypatch.undo()
+        left = real(signal.SIG_BLOCK, ())
+    finally:
+        real(signal.SIG_SETMASK, original)  # whatever happened: the next tests need signals
+    wait_for_threads(threads)
+    assert len(blocks) == 2
+    assert left == original
+    assert halves[0] is not None
+    assert fds() == before
+
+
 def test_the_first_half_reads_through_the_whole_stdio_buffer(
         tmp_path: Path, halves: list[split.Halves | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -323,12 +323,11 @@ class Halves:
         # No signal handler inside start(): one raising right after the thread was made leaves
         # CPython's bookkeeping half done (the thread dies with "Exception ignored in thread
         # started by"). The thread inherits the mask: it never takes a process signal either.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
-        try:
+        # (_SignalsHeld, not a bare SIG_BLOCK before `try`: a handler pending already runs at
+        # that call's return, which left the main thread's signals blocked for good.)
+        with _SignalsHeld():
             thread.start()
             half.thread = thread  # only now: close() joins it (a thread not started cannot be)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _take(self, half: _Half) -> Generator[Frame, None, _End]:
         """Yield `half`'s frames as its thread reads them; return its end. Waits in C
