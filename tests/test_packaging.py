@@ -1,7 +1,8 @@
 """The project builds a wheel with the setuptools of the test's own environment, without build
 isolation (nothing fetched): what `pip wheel --no-build-isolation .` and Debian's packaging do.
-pyproject.toml's licence was once the SPDX string form, which setuptools before 77 refuses (a
-Python 3.11 venv has 65.5, Debian 12 66.1): the build failed on `project.license`."""
+pyproject.toml's licence is the SPDX string form, which setuptools before 77 refuses (a Python
+3.11 venv comes with 65.5, Debian 12 has 66.1): the dev extra brings a setuptools that reads it,
+without which this build failed on `project.license`."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_a_wheel_builds_without_build_isolation(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read("dashkanban-0.1.0.dist-info/METADATA").decode()
-    assert "License: Apache-2.0" in metadata.splitlines()
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
     # The package and its data only: no tests, benchmarks or scripts of the repository.
     assert {n.split("/")[0] for n in names} == {"dashkanban", "dashkanban-0.1.0.dist-info"}
     assert not [n for n in names if "test" in n.lower() or "conftest" in n]
