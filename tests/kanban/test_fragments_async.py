@@ -151,12 +151,16 @@ def test_an_unreachable_tenant_is_retried_until_it_answers(
     assert lines[1:] == ["c8y_Kanban fragment written on 2 button(s)"]
 
 
-def test_cancelled_while_retrying_it_ends_at_once(tmp_path: Path) -> None:
+def test_cancelled_while_retrying_it_ends_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = config(tmp_path, f"http://127.0.0.1:{free_port()}")
 
     async def main() -> bool:
         task = asyncio.create_task(publish_fragments(settings, bins()))
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(WAIT):
+            while not messages(caplog):  # unreachable once: its WARNING, then the backoff
+                await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, WAIT)
