@@ -84,6 +84,9 @@ def test_in_flight_rows_are_resent_after_the_connection_drops(
     try:
         courier.put(press(1))
         assert courier.drain(10)
+        # The first connection's six messages reach the recorder before the broker is frozen
+        # (its PUBACK to the uplink may go out first): the slice below counts on all six.
+        assert len(recorder.wait_for(6)) == 6
         assert mosquitto_tls.process is not None
         # Freeze the broker: the next presses go out but no PUBACK comes back.
         os.kill(mosquitto_tls.process.pid, signal.SIGSTOP)
