@@ -29,7 +29,7 @@ from tests.brokers import TlsFiles
 SANDBOX_TENANT = "t12345"
 SANDBOX_USER = "t12345/dash-gateway"
 SANDBOX_PASSWORD = "s3cret-sandbox-pw"
-WAIT = 5.0
+WAIT = 10.0  # a hang guard (connects, TLS, PUBACKs, REST calls): never waited out when all is well
 BARRIER_TOPIC = "test/barrier"  # never subscribed: Device.nothing_more's round trip
 BOOTSTRAP_USER = "management/devicebootstrap"
 BOOTSTRAP_PASSWORD = "b00tstrap-sandbox-pw"
