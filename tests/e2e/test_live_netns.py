@@ -153,7 +153,7 @@ def test_reopens_when_the_interface_comes_back(veth_pair: Pair, caplog: pytest.L
         _sync(frames_out, receiver)
         ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "name", "dkgone")
         ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "down")
-        for _ in range(100):  # bounded: until the capture noticed
+        for _ in range(400):  # bounded (20 s): until the capture noticed
             if receiver.capture.reopened or "failed" in caplog.text or "cannot capture" in (
                 caplog.text
             ):
