@@ -221,7 +221,12 @@ def test_discover_live_in_a_namespace(veth_pair: Pair, tmp_path: Path) -> None:
     )
     frames_out = sender(veth_pair)
     try:
-        for _ in range(50):  # bounded: 2.5 s of probes, the capture opens within the first
+        # Probes until it has listened its 3 s and ended (bounded: 30 s): its 3 s start once
+        # the capture is open, which on a loaded machine (Python's start, the imports) may be
+        # later than a fixed 2.5 s of probes lasted.
+        for _ in range(600):
+            if proc.poll() is not None:
+                break
             frames_out.send(probe)
             time.sleep(0.05)
         out, err = proc.communicate(timeout=30)
