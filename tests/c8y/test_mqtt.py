@@ -113,7 +113,13 @@ def test_gateway_sequence_over_tls(tmp_path: Path, mosquitto_tls: Mosquitto,
 def test_reconnect_repeats_hello_and_announces_children_again(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto_tls)
+    from tests.faults import ResetProxy
+
+    # Through a proxy that refuses until the recorder is subscribed again: with full jitter
+    # the uplink's retry may come at once, and a hello routed to nobody would look lost.
+    proxy = ResetProxy(mosquitto_tls.port)
+    proxy.start()
+    settings = settings_for(tmp_path, mosquitto_tls, port=proxy.port)
     uplink = RunningUplink(settings, backoff=(1.0, 1.0))
     uplink.start()
     try:
@@ -122,9 +128,11 @@ def test_reconnect_repeats_hello_and_announces_children_again(
         send(uplink, event(1), acks, "a")
         assert acks.wait(1) == ["a"]
         recorder.wait_for(6)
+        proxy.refuse(True)
         mosquitto_tls.stop()
         mosquitto_tls.start()
-        recorder.wait_subscribed(2)  # before the uplink's first retry (0.5 s at the earliest)
+        recorder.wait_subscribed(2)
+        proxy.refuse(False)
         assert recorder.wait_for(10)[6:] == GATEWAY_HELLO_BARE
         send(uplink, event(1), acks, "b")
         assert acks.wait(2) == ["a", "b"]
@@ -138,6 +146,7 @@ def test_reconnect_repeats_hello_and_announces_children_again(
         ]
     finally:
         uplink.stop()
+        proxy.stop()
 
 
 def test_per_device_mode_one_client_per_button(tmp_path: Path, mosquitto_tls: Mosquitto,
