@@ -29,7 +29,8 @@ from tests.brokers import TlsFiles
 SANDBOX_TENANT = "t12345"
 SANDBOX_USER = "t12345/dash-gateway"
 SANDBOX_PASSWORD = "s3cret-sandbox-pw"
-WAIT = 5.0
+WAIT = 10.0  # a hang guard (connects, TLS, PUBACKs, REST calls): never waited out when all is well
+BARRIER_TOPIC = "test/barrier"  # never subscribed: Device.nothing_more's round trip
 BOOTSTRAP_USER = "management/devicebootstrap"
 BOOTSTRAP_PASSWORD = "b00tstrap-sandbox-pw"
 
@@ -150,9 +151,19 @@ class Device:
     def expect(self, timeout: float = WAIT) -> Received:
         return self.received.get(timeout=timeout)
 
-    def nothing_more(self, wait: float = 0.3) -> bool:
+    def nothing_more(self) -> bool:
+        """No message beyond those taken: proved by a round trip rather than a pause, which a
+        slow machine outlasts. The sandbox handles a connection's packets in order and writes
+        what each one causes before it reads the next, and paho hands packets over in order:
+        once the UNSUBACK for a topic never subscribed is back, every message the sandbox sent
+        before is in `received`. (An UNSUBSCRIBE leaves no trace in the sandbox's logs.)"""
+        unsubscribed = threading.Event()
+        self.client.on_unsubscribe = lambda *args: unsubscribed.set()
+        result, _ = self.client.unsubscribe(BARRIER_TOPIC)
+        assert result == mqtt.MQTT_ERR_SUCCESS, f"UNSUBSCRIBE not sent ({result})"
+        assert unsubscribed.wait(WAIT), "no UNSUBACK"
         try:
-            got = self.received.get(timeout=wait)
+            got = self.received.get_nowait()
         except queue.Empty:
             return True
         raise AssertionError(f"unexpected message {got}")

@@ -236,10 +236,12 @@ def test_test_button_wrong_host_name(tmp_path: Path, mosquitto_other_name: Mosqu
 def test_test_button_broker_down_exits_3(tmp_path: Path, mosquitto_tls: Mosquitto) -> None:
     config = write_config(tmp_path, mosquitto_tls)
     mosquitto_tls.stop()
-    result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "1")
+    # 2 s: the first attempt (TLS context, refused connect) must have failed by then, on a
+    # loaded machine too (its error is in the message).
+    result = run("test-button", "-c", str(config), "dashButton_1", "--timeout", "2")
     assert result.returncode == 3
     assert result.stderr.splitlines()[-1] == (
-        "error: not delivered within 1 s (cannot connect to "
+        "error: not delivered within 2 s (cannot connect to "
         f"127.0.0.1:{mosquitto_tls.port}: Connection refused)"
         f"; 1 event stays queued in {tmp_path / 'outbox.sqlite3'}: "
         "`dashkanban outbox flush` delivers it, `dashkanban outbox drop --all` (or --button "

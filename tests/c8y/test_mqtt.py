@@ -113,7 +113,13 @@ def test_gateway_sequence_over_tls(tmp_path: Path, mosquitto_tls: Mosquitto,
 def test_reconnect_repeats_hello_and_announces_children_again(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto_tls)
+    from tests.faults import ResetProxy
+
+    # Through a proxy that refuses until the recorder is subscribed again: with full jitter
+    # the uplink's retry may come at once, and a hello routed to nobody would look lost.
+    proxy = ResetProxy(mosquitto_tls.port)
+    proxy.start()
+    settings = settings_for(tmp_path, mosquitto_tls, port=proxy.port)
     uplink = RunningUplink(settings, backoff=(1.0, 1.0))
     uplink.start()
     try:
@@ -122,9 +128,11 @@ def test_reconnect_repeats_hello_and_announces_children_again(
         send(uplink, event(1), acks, "a")
         assert acks.wait(1) == ["a"]
         recorder.wait_for(6)
+        proxy.refuse(True)
         mosquitto_tls.stop()
         mosquitto_tls.start()
-        recorder.wait_subscribed(2)  # before the uplink's first retry (0.5 s at the earliest)
+        recorder.wait_subscribed(2)
+        proxy.refuse(False)
         assert recorder.wait_for(10)[6:] == GATEWAY_HELLO_BARE
         send(uplink, event(1), acks, "b")
         assert acks.wait(2) == ["a", "b"]
@@ -138,6 +146,7 @@ def test_reconnect_repeats_hello_and_announces_children_again(
         ]
     finally:
         uplink.stop()
+        proxy.stop()
 
 
 def test_per_device_mode_one_client_per_button(tmp_path: Path, mosquitto_tls: Mosquitto,
@@ -258,8 +267,13 @@ def test_wrong_password_gives_up_after_a_few_attempts(tmp_path: Path,
             "connect devices (with a certificate: that its CN equals [gateway] "
             "serial and the tenant trusts its CA)"
         )
-        # exactly max_refusals attempts reached the broker, and no more came after a while
-        time.sleep(0.5)  # more than the test backoff's ceiling
+        # Exactly max_refusals attempts reached the broker. No third can come: the link sets
+        # `failed` as it returns from run(). mosquitto logs a refusal after its CONNACK, so its
+        # second line may still be on its way: waited for, not slept for.
+        deadline = time.monotonic() + 10
+        while mosquitto_tls.log_text().count("disconnected, not authorised.") < 2:
+            assert time.monotonic() < deadline, mosquitto_tls.log_text()
+            time.sleep(0.02)
         assert mosquitto_tls.log_text().count("disconnected, not authorised.") == 2
     finally:
         uplink.stop()
@@ -397,8 +411,16 @@ def test_heartbeat_keeps_an_idle_gateway_available(tmp_path: Path, mosquitto_tls
         acks = Acks()
         send(uplink, event(1), acks, "a")
         assert acks.wait(1) == ["a"]
-        messages = recorder.wait_for(10)
-        start = messages.index(("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton"))
+        # Until two messages after the event: more beats may come before the 101 (one each
+        # 0.3 s while this thread is slow), so an absolute count could end before them.
+        announce = ("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton")
+        messages = recorder.wait_for(8)
+        while announce not in messages or len(messages) < messages.index(announce) + 4:
+            assert len(messages) < 50, messages  # bounded: the beats go on
+            more = recorder.wait_for(len(messages) + 1)
+            assert len(more) > len(messages), messages
+            messages = more
+        start = messages.index(announce)
         assert messages[start + 1][0] == "s/us/ac63be123456"
         assert messages[start + 2:start + 4] == [("s/us", "125"), ("s/us", "125")]
         assert {m for m in messages[4:] if m[0] == "s/us"} == {

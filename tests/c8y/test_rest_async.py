@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,26 +202,39 @@ def test_a_cancelled_call_aborts_the_request_under_way() -> None:
 
 def test_waiting_for_a_device_token_does_not_block_the_loop() -> None:
     """A certificate device's first call waits for its token (it comes over MQTT, here from a
-    timer thread after 0.3 s): the loop keeps running meanwhile, then the call carries it."""
+    thread once the loop has ticked 5 times since the request, bounded): the loop keeps running
+    meanwhile, then the call carries it. (A 0.3 s timer could come before 5 ticks of a loop
+    starved on a loaded machine; a blocked loop never ticks, and then gets it after 10 s.)"""
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJpYXQiOjAsImV4cCI6NjAwfQ.c2ln"
     tokens = TokenSource()
-    tokens.set_request(lambda: threading.Timer(0.3, tokens.offer, (jwt,)).start())
+    ticks = [0]
+    asked: list[int] = []
+
+    def offer_after_ticks() -> None:
+        deadline = time.monotonic() + 10
+        while ticks[0] < asked[0] + 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tokens.offer(jwt)
+
+    def request() -> None:
+        asked.append(ticks[0])
+        threading.Thread(target=offer_after_ticks, daemon=True).start()
+
+    tokens.set_request(request)
 
     async def main() -> tuple[str | None, list[tuple[int, str]]]:
-        ticks = 0
         seen: list[tuple[int, str]] = []
 
         async def tick() -> None:
-            nonlocal ticks
             while True:
                 await asyncio.sleep(0.01)
-                ticks += 1
+                ticks[0] += 1
 
         async def tenant(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             head = (await reader.readuntil(b"\r\n\r\n")).decode()
             auth = [line.split(": ", 1)[1] for line in head.split("\r\n")
                     if line.lower().startswith("authorization:")]
-            seen.append((ticks, auth[0] if auth else ""))
+            seen.append((ticks[0], auth[0] if auth else ""))
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}")
             await writer.drain()
             writer.close()
@@ -237,7 +251,8 @@ def test_waiting_for_a_device_token_does_not_block_the_loop() -> None:
     found, seen = asyncio.run(main())
     assert found is None
     assert [auth for _, auth in seen] == [f"Bearer {jwt}"]
-    assert seen[0][0] >= 5  # ticks while the token was awaited: a blocked loop has none
+    assert len(asked) == 1
+    assert seen[0][0] - asked[0] >= 5  # ticks while the token was awaited: a blocked loop has none
 
 
 def test_one_constructor_for_both_clients() -> None:

@@ -190,7 +190,7 @@ def test_run_reopens_a_socket_whose_interface_went_away(
             delivered.sync(out)
             ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "name", "dkgone")
             ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "down")
-            for _ in range(100):  # bounded: until the task noticed
+            for _ in range(400):  # bounded (20 s): until the task noticed
                 if capture.reopened:
                     break
                 time.sleep(0.05)
@@ -220,7 +220,7 @@ def test_run_raises_what_the_handler_raises(veth_pair: Pair) -> None:
     out = sender(veth_pair)
     try:
         with running(veth_pair, capture, handle) as (_loop, task):
-            for _ in range(100):  # bounded: until the socket is bound and reads the mark
+            for _ in range(400):  # bounded (20 s): until the socket is bound and reads the mark
                 out.send(MARK)
                 if task.done():
                     break
@@ -266,7 +266,7 @@ def synced_frames(pair: Pair, capture: LiveCapture, out: socket.socket
 
 
 def _wait_for(capture: LiveCapture, packets: int) -> Statistics:
-    for _ in range(100):  # bounded: until the kernel has counted them all
+    for _ in range(500):  # bounded (10 s): until the kernel has counted them all
         counts = capture.statistics()
         if counts.packets >= packets:
             return counts
@@ -420,7 +420,7 @@ def test_run_waits_for_an_interface_that_is_not_there_yet(
     try:
         with caplog.at_level(logging.INFO, "dashkanban.capture.live"), \
                 running(veth_pair, capture, delivered.handle) as (_loop, task):
-            for _ in range(100):  # bounded: until the first attempt failed
+            for _ in range(400):  # bounded (20 s): until the first attempt failed
                 if "cannot capture" in caplog.text:
                     break
                 time.sleep(0.05)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,12 +55,29 @@ def wait_delivered(recorder: Recorder, count: int, timeout: float = 30.0) -> Non
     wait_until(lambda: delivered(recorder) >= count, timeout, f"{count} presses on the broker")
 
 
-def settle(recorder: Recorder, quiet: float = 0.3) -> list[Message]:
-    """Wait until the subscriber got nothing new for `quiet` s: what the broker routed is in."""
-    before = -1
-    while len(recorder.messages) != before:
-        before = len(recorder.messages)
-        time.sleep(quiet)
+GATEWAY = "dashkanban-gw-01"  # the daemon's client id
+
+
+def ended(broker: Mosquitto, client_id: str = GATEWAY) -> int:
+    """How many connections of `client_id` mosquitto has logged the end of (a reset, a closed
+    socket or a DISCONNECT): it logs that once it has read what the connection sent."""
+    return sum(1 for line in broker.log_text().splitlines()
+               if f"Client {client_id} disconnected" in line
+               or f"Client {client_id} closed its connection" in line
+               or f"Socket error on client {client_id}," in line)
+
+
+def settle(recorder: Recorder, broker: Mosquitto, connections: int) -> list[Message]:
+    """Everything the broker routed from the daemon's first `connections` connections, now
+    ended: mosquitto routes each message as it reads it, so once it has logged the end of the
+    last one, a marker published after that reaches the subscriber behind all of them. (A pause
+    with nothing new was not proof: a loaded mosquitto could route one later, which then came
+    twice, resent, without being counted as a lost PUBACK.)"""
+    wait_until(lambda: ended(broker) >= connections, what=f"mosquitto to end connection "
+               f"{connections} of the daemon")
+    marker = ("test/settled", f"after connection {connections}")
+    recorder.publish(*marker)
+    wait_until(lambda: marker in recorder.messages, what="the marker")
     return list(recorder.messages)
 
 
@@ -121,7 +137,7 @@ def test_connections_reset_during_a_burst_lose_nothing(
         # Three cuts, each while messages are surely in flight: the PUBACKs of a third of the
         # burst are held back when the cut comes (a fast daemon could otherwise have had all of
         # them acknowledged before the subscriber, which lags it, saw the first forty).
-        for chunk in (burst[:100], burst[100:200], burst[200:]):
+        for cut, chunk in enumerate((burst[:100], burst[100:200], burst[200:]), start=1):
             wait_until(lambda: run.daemon.uplink.connected, what="the uplink (again)")
             proxy.hold(True)
             run.press(chunk)
@@ -129,7 +145,7 @@ def test_connections_reset_during_a_burst_lose_nothing(
             proxy.refuse(True)  # the network is down: no reconnect until we have looked
             assert proxy.cut() == 1
             wait_until(lambda: not run.daemon.uplink.connected, what="the daemon to see it")
-            lost |= lost_pubacks(outbox, settle(recorder), burst)
+            lost |= lost_pubacks(outbox, settle(recorder, mosquitto_tls, cut), burst)
             proxy.hold(False)  # nothing held is left: it died with the connection
             proxy.refuse(False)
         wait_delivered(recorder, len(burst))
@@ -170,7 +186,7 @@ def test_sigkill_between_queueing_and_puback_then_restart(
     finally:
         child.kill()
     assert child.process.returncode == -signal.SIGKILL
-    lost = lost_pubacks(outbox, settle(recorder), presses(0, 20))
+    lost = lost_pubacks(outbox, settle(recorder, mosquitto_tls, 1), presses(0, 20))
     assert lost == {p.message for p in presses(10, 20)}
     assert proxy.hold(False) == 0  # the PUBACKs died with the connection
 
@@ -213,7 +229,7 @@ def test_killed_during_a_burst_the_outbox_is_intact_and_every_queued_press_is_de
     db.close()
     queued = queued_serials(outbox)
     assert set(queued) <= set(by_serial(burst[: done + 1]))  # nothing never pressed
-    lost = lost_pubacks(outbox, settle(recorder), burst)
+    lost = lost_pubacks(outbox, settle(recorder, mosquitto_tls, 1), burst)
 
     again = ChildDaemon(config, tmp_path / "again.log")
     try:

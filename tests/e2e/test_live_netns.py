@@ -153,7 +153,7 @@ def test_reopens_when_the_interface_comes_back(veth_pair: Pair, caplog: pytest.L
         _sync(frames_out, receiver)
         ip("-n", veth_pair.ns_b, "link", "set", veth_pair.if_b, "name", "dkgone")
         ip("-n", veth_pair.ns_b, "link", "set", "dkgone", "down")
-        for _ in range(100):  # bounded: until the capture noticed
+        for _ in range(400):  # bounded (20 s): until the capture noticed
             if receiver.capture.reopened or "failed" in caplog.text or "cannot capture" in (
                 caplog.text
             ):
@@ -221,7 +221,12 @@ def test_discover_live_in_a_namespace(veth_pair: Pair, tmp_path: Path) -> None:
     )
     frames_out = sender(veth_pair)
     try:
-        for _ in range(50):  # bounded: 2.5 s of probes, the capture opens within the first
+        # Probes until it has listened its 3 s and ended (bounded: 30 s): its 3 s start once
+        # the capture is open, which on a loaded machine (Python's start, the imports) may be
+        # later than a fixed 2.5 s of probes lasted.
+        for _ in range(600):
+            if proc.poll() is not None:
+                break
             frames_out.send(probe)
             time.sleep(0.05)
         out, err = proc.communicate(timeout=30)

@@ -119,6 +119,13 @@ def test_an_unreachable_tenant_is_retried_until_it_answers(
 ) -> None:
     port = free_port()
     started: list[Sandbox] = []
+    # The tenant has both buttons the moment it answers: were they added once it is up, a pass
+    # in between (the retry comes 1 s after the WARNING, whenever the sandbox is up on a slow
+    # machine) would find one missing, and the passes run out 0.15 s later.
+    tenant = tmp_path / "tenant.json"
+    with Sandbox(sandbox_options(data_file=tenant)) as before:
+        add_child(before, SCREWS)
+        add_child(before, TIES)
 
     async def main() -> None:
         task = asyncio.create_task(publish_fragments(
@@ -126,10 +133,8 @@ def test_an_unreachable_tenant_is_retried_until_it_answers(
         async with asyncio.timeout(WAIT):
             while not messages(caplog):
                 await asyncio.sleep(0.01)
-        sandbox = await asyncio.to_thread(Sandbox(sandbox_options(http_port=port)).start)
-        started.append(sandbox)
-        await asyncio.to_thread(add_child, sandbox, SCREWS)
-        await asyncio.to_thread(add_child, sandbox, TIES)
+        options = sandbox_options(http_port=port, data_file=tenant)
+        started.append(await asyncio.to_thread(Sandbox(options).start))
         await asyncio.wait_for(task, WAIT)
 
     try:
@@ -146,12 +151,16 @@ def test_an_unreachable_tenant_is_retried_until_it_answers(
     assert lines[1:] == ["c8y_Kanban fragment written on 2 button(s)"]
 
 
-def test_cancelled_while_retrying_it_ends_at_once(tmp_path: Path) -> None:
+def test_cancelled_while_retrying_it_ends_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = config(tmp_path, f"http://127.0.0.1:{free_port()}")
 
     async def main() -> bool:
         task = asyncio.create_task(publish_fragments(settings, bins()))
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(WAIT):
+            while not messages(caplog):  # unreachable once: its WARNING, then the backoff
+                await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, WAIT)

@@ -74,7 +74,7 @@ def test_banner_messages_persistence_and_sigterm(tmp_path: Path) -> None:
         client.loop_start()
         try:
             client.publish("s/us", "100,CLI gateway\n400,c8y_MAC_Event,from the CLI test",
-                           qos=1).wait_for_publish(5)
+                           qos=1).wait_for_publish(20)
         finally:
             client.disconnect()
             client.loop_stop()
@@ -108,7 +108,7 @@ def test_tls(tls_files: TlsFiles) -> None:
         client.connect("localhost", int(info["mqtt"]))
         client.loop_start()
         try:
-            client.publish("s/us", "100,TLS gateway", qos=1).wait_for_publish(5)
+            client.publish("s/us", "100,TLS gateway", qos=1).wait_for_publish(20)
         finally:
             client.disconnect()
             client.loop_stop()

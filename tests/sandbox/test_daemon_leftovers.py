@@ -23,6 +23,7 @@ from dashkanban.capture import Frame
 from dashkanban.commands.run import Daemon
 from dashkanban.config import load_settings
 from dashkanban.errors import ConfigError
+from dashkanban.outbox import store
 from dashkanban.sandbox import Sandbox
 from tests import forge
 from tests.brokers import Mosquitto, free_port
@@ -115,13 +116,17 @@ class _LiveSource:
 
 
 def test_a_full_press_queue_loses_presses_counted_and_logged_once_per_stretch(
-    tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The outbox writer is stuck (another connection holds the SQLite file's write lock): a
     queue of 3 takes three presses behind the one being written, the next two are lost, one
     ERROR says so, the metrics count 2; once the writer is free every queued press is delivered
     and the next press fits again, with one ERROR giving the count."""
     caplog.set_level(logging.INFO, logger="dashkanban")
+    # The writer must stay stuck until the test lets it go: with the 5 s busy timeout a loaded
+    # machine's slow stretch let its put fail instead (an ERROR, and the queue emptied).
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 60_000)
     macs = _macs(8)
     config = sandbox_config(tmp_path, sandbox, _buttons(tmp_path, 8))
     outbox = tmp_path / "state" / "outbox.sqlite3"
@@ -133,7 +138,7 @@ def test_a_full_press_queue_loses_presses_counted_and_logged_once_per_stretch(
         wait_until(lambda: len(events_in(sandbox)) == 1, "the first press delivered")
         lock = sqlite3.connect(outbox, isolation_level=None)
         try:
-            lock.execute("BEGIN IMMEDIATE")  # the writer's next put waits (busy timeout 5 s)
+            lock.execute("BEGIN IMMEDIATE")  # the writer's next put waits (busy timeout)
             source.press(macs[1], T0 + 1)
             queue = daemon._press_queue
             assert queue is not None

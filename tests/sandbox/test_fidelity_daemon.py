@@ -136,7 +136,8 @@ def test_a_2000_button_start_up_stays_within_max_inflight(tmp_path: Path) -> Non
         assert 1 < sandbox.unacknowledged_peak("dashkanban-gw-01") <= 20
 
 
-def test_a_refill_operation_delivered_twice_is_answered_once_by_id(tmp_path: Path) -> None:
+def test_a_refill_operation_delivered_twice_is_answered_once_by_id(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An operation created while the gateway was offline reaches it twice at the reconnect
     (pushed when it subscribes, and again for its `500`): the bin is cleared and the operation
     reported once, by its id (504/506)."""
@@ -146,6 +147,7 @@ def test_a_refill_operation_delivered_twice_is_answered_once_by_id(tmp_path: Pat
     from tests.sandbox.test_kanban_wired import write_config as kanban_config
     from tests.sandbox_fixture import Device
 
+    caplog.set_level(logging.INFO, logger="dashkanban")
     rules = BrokerRules(push_pending_on_subscribe=True)
     with Sandbox(sandbox_options(rules=rules)) as sandbox:
         before = Device(sandbox, GATEWAY)  # the gateway's earlier life: devices and collection
@@ -169,7 +171,10 @@ def test_a_refill_operation_delivered_twice_is_answered_once_by_id(tmp_path: Pat
             wait_until(lambda: sum(1 for m in sandbox.messages()
                                    if m.topic == "s/dc/dashkanban-v2") == 2,
                        "the operation twice")
-            time.sleep(0.5)  # a second answer would come now
+            # The daemon has handled the second delivery (and queued nothing for it): a
+            # second answer would be queued by now, and the stop's drain would send it.
+            wait_until(lambda: f"operation {op['id']} delivered again: already handled"
+                       in caplog.messages, "the second delivery handled")
         finally:
             daemon.stop()
             runner.join(timeout=20)

@@ -57,6 +57,15 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
+def looked_up(daemon: Daemon) -> bool:
+    """Every MAC the capture asked the inventory about is answered and its parked sightings
+    are handled (`Pipeline.answered` takes them off `pending` and hands any press to the press
+    queue in one step, and the stop empties that queue into the outbox and drains it)."""
+    pipeline = daemon.pipeline
+    inventory = None if pipeline is None else pipeline._inventory
+    return inventory is not None and inventory.pending == 0
+
+
 def test_daemon_sends_presses_of_inventory_and_csv_buttons(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
@@ -81,7 +90,9 @@ def test_daemon_sends_presses_of_inventory_and_csv_buttons(
         source.put(Frame(t0 + 0.002, forge.dhcp_client_frame(INVENTORY_MAC, forge.DISCOVER)))
         source.put(Frame(t0 + 0.003, forge.dhcp_client_frame(CSV_MAC, forge.DISCOVER)))
         wait_until(lambda: len(delivered) >= 2, "two events acknowledged")
-        time.sleep(0.3)  # nothing more may come (the phone is no button)
+        # Nothing more may come (the phone is no button): its look-up is answered, so a press
+        # of it would be queued now and delivered by the stop's drain.
+        wait_until(lambda: looked_up(daemon), "the phone's look-up answered")
     finally:
         daemon.stop()
         runner.join(timeout=20)
@@ -125,7 +136,9 @@ def test_a_slow_tenant_does_not_hold_up_the_csv_press_in_the_daemon(
             assert [(e.name, e.mac) for e in delivered] == [("screws", CSV_MAC)]
             store.hold.set()
             wait_until(lambda: len(delivered) >= 2, "the inventory press acknowledged")
-            time.sleep(0.3)  # and no second press from the parked DHCP packet
+            # And no second press from the parked DHCP packet: every parked sighting is
+            # handled, so one would be queued now and delivered by the stop's drain.
+            wait_until(lambda: looked_up(daemon), "the parked sightings handled")
         finally:
             store.hold.set()
             daemon.stop()

@@ -326,6 +326,10 @@ def test_an_operation_answered_before_a_restart_is_answered_once_after_it(
     def dc_subscriptions() -> int:
         return [r.topics for r in sandbox.subscriptions()].count(("s/dc/dashkanban-v2",))
 
+    # Its SUBSCRIBE may still be on its way when the thread has ended: the sandbox reads a
+    # connection's packets in order, so once it has ended the session it has recorded them all.
+    wait_until(lambda: not sandbox.call(lambda: GATEWAY in sandbox.broker.sessions),
+               "the sandbox to end the first daemon's session")
     before = dc_subscriptions()
     # A source of its own: the first daemon's stop() ended its source, and a daemon whose source
     # has ended drains and stops by itself.
