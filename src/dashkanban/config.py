@@ -69,7 +69,7 @@ class C8yMqttSettings:
     bootstrap_user: str = BOOTSTRAP_USER
     bootstrap_password: Secret | None = None
     # QoS 1 messages unacknowledged at once: Cumulocity disconnects a client over its queue limit
-    # (smartrest-two.md), so start-up lines and a drained backlog go through this window.
+    # (docs/protocol.md 1.6), so start-up lines and a drained backlog go through this window.
     max_inflight: int = 20
     # Seconds: the longest wait between two connection attempts of `run` (it never gives up).
     retry_max: int = 300

@@ -34,7 +34,7 @@ CLEAR_TEMPLATE = 306
 # The operation arrives through a custom SmartREST 2.0 template collection: static templates exist
 # only for Cumulocity's own fragments (510 c8y_Restart, 511 c8y_Command, ...), so a fragment of
 # our own needs a response template. docs/kanban.md explains the choice and its sources.
-# A collection "can no longer be modified through MQTT" once created (smartrest-two.md), so the
+# A collection "can no longer be modified through MQTT" once created (docs/protocol.md 2.6), so the
 # X-ID carries a version: bump it whenever template_lines() changes (v1 was `dashkanban`, whose
 # template gave no operation id).
 TEMPLATE_XID = "dashkanban-v2"
@@ -42,8 +42,9 @@ TEMPLATE_TOPIC = f"s/ut/{TEMPLATE_XID}"  # publish template_lines() here once
 OPERATIONS_TOPIC = f"s/dc/{TEMPLATE_XID}"  # subscribe: `9101,<serial>,<op id>,<bin>` arrives here
 REFILLED_TEMPLATE_ID = "9101"
 # The device shell's c8y_Command `kanban refilled A3`, with its operation id: `9102,<serial>,<op
-# id>,<text>`. Response templates apply to every operation (smartrest-two.md), so the command
-# also arrives as static `511` on s/ds, which has no id and is left alone.
+# id>,<text>`. Response templates apply to every operation (docs/sandbox.md, "Custom template
+# collections"), so the command also arrives as static `511` on s/ds, which has no id and is left
+# alone.
 COMMAND_TEMPLATE_ID = "9102"
 _COMMAND = re.compile(r"\s*kanban\s+refilled\s+(\S.*?)\s*", re.IGNORECASE)
 
