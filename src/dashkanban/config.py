@@ -859,8 +859,8 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
     found = credentials.read(path)
     tenant_id = v.raw(s, "tenantID").strip()
     # `register --certificate` leaves a key and a certificate next to it instead.
-    key_file = outbox_path.parent / "device-key.pem"  # dashkanban.commands.enrol.KEY_NAME
-    cert_file = outbox_path.parent / "device-cert.pem"  # dashkanban.commands.enrol.CERT_NAME
+    key_file = outbox_path.parent / "device-key.pem"  # dashkanban.c8y.est.KEY_NAME
+    cert_file = outbox_path.parent / "device-cert.pem"  # dashkanban.c8y.est.CERT_NAME
     enrolled = found is None and key_file.is_file() and cert_file.is_file()
     if enrolled:
         user, password = "", None
