@@ -32,7 +32,9 @@ from dashkanban.values import (
     ButtonSource,
     Detect,
     GatewayMode,
+    PressKind,
     Severity,
+    Trigger,
 )
 
 DEFAULT_PATHS = (Path("config.ini"), Path("/etc/dashkanban/config.ini"))
@@ -416,7 +418,8 @@ def _detect(text: str) -> frozenset[Detect]:
 MAX_FORMAT_NUMBER = 1000
 
 
-def render_event_text(template: str, button: Button, trigger: str, kind: str = "single") -> str:
+def render_event_text(template: str, button: Button, trigger: Trigger,
+                      kind: PressKind = "single") -> str:
     """The event text for a press of `button` (raises what `str.format` raises); `kind`:
     single, double or long (issue 19)."""
     return template.format(
