@@ -1,5 +1,5 @@
 """Press latency of `dashkanban run`: a frame's arrival at the live capture to the PUBACK of its
-event from mosquitto over TLS (design section 5: p99 under 10 ms).
+event from mosquitto over TLS (README.md, Performance: p99 under 10 ms).
 
 Everything runs on the daemon's real path, in network namespaces this script makes and removes:
 frames are sent on a veth pair from namespace A into namespace B, where the `Daemon` (the one

@@ -3,7 +3,8 @@
 Run: .venv/bin/python bench/sandbox_roundtrip.py [N]
 Prints median and p99 in microseconds for each broker and the sandbox/mosquitto ratio. The
 sandbox does more per message (SmartREST parsing, the store), so a ratio above 1 is expected;
-what matters is that it stays far below the 40 ms a missing TCP_NODELAY costs (field notes).
+what matters is that it stays far below the 40 ms a missing TCP_NODELAY costs (docs/sandbox.md,
+"TCP_NODELAY").
 """
 
 from __future__ import annotations

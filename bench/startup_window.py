@@ -4,7 +4,7 @@ gateway has unacknowledged at once, and how often the limit throws it out, per w
 Run: .venv/bin/python bench/startup_window.py [BUTTONS] [LIMIT]   (defaults 2000 and 20)
 For `max_inflight` 20 (the default) and 1000 (the window before issue 15) it prints the start-up
 time, the sandbox's peak of unacknowledged messages and its count of queue-limit disconnects.
-Cumulocity disconnects a client over its queue limit (smartrest-two.md); its number is not
+Cumulocity disconnects a client over its queue limit (docs/protocol.md 1.6); its number is not
 published, so LIMIT is a stand-in.
 """
 

@@ -1,8 +1,8 @@
 """Uplink latency: from `Courier.put` (an event queued) to its PUBACK, over TLS on loopback.
 
-The MQTT half of the live latency target (design section 5: frame arrival to PUBACK, p99 under
-10 ms). Baseline: a bare paho client publishing QoS 1 to the same broker and waiting for PUBACK,
-so the ratio shows what the outbox, the Courier thread and the uplink add. Needs Debian's
+The MQTT half of the live latency target (README.md, Performance: frame arrival to PUBACK, p99
+under 10 ms). Baseline: a bare paho client publishing QoS 1 to the same broker and waiting for
+PUBACK, so the ratio shows what the outbox, the Courier thread and the uplink add. Needs Debian's
 mosquitto. Run: .venv/bin/python bench/uplink_latency.py [N]
 """
 

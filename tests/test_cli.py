@@ -44,7 +44,7 @@ def test_usage_error_exits_2() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
 def test_every_command_takes_config(command: list[str]) -> None:
-    """Design section 2: every command takes -c/--config FILE."""
+    """Every command takes -c/--config FILE (docs/cli.md, Conventions)."""
     args = build_parser().parse_args([*command, "-c", "x.ini"])
     assert str(args.config) == "x.ini"
 

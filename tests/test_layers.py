@@ -220,16 +220,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("values and plumbing", (
         "dashkanban", "dashkanban.values", "dashkanban.errors", "dashkanban.secret",
         "dashkanban.safetext", "dashkanban.backoff", "dashkanban.files", "dashkanban.config",
-        "dashkanban.credentials", "dashkanban.privileges", "dashkanban.health",
-        "dashkanban.metrics", "dashkanban.samples",
+        "dashkanban.credentials", "dashkanban.privileges", "dashkanban.samples",
         # A pure codec (text in, text out) that the stages use to check that a name or an
         # event's text can be sent; it lives beside the rest of the Cumulocity adapter.
         "dashkanban.c8y.smartrest",
     )),
     ("detect: frames to presses to events", ("dashkanban.detect", "dashkanban.capture")),
+    # metrics.py serves HTTP and health.py writes a state file and talks to systemd: I/O at the
+    # edge, beside the other adapters (nothing below imports them).
     ("adapters", ("dashkanban.outbox",  # relayout: keep (the package)
                   "dashkanban.c8y", "dashkanban.mqtt_buttons", "dashkanban.kanban",
-                  "dashkanban.sandbox")),
+                  "dashkanban.sandbox", "dashkanban.metrics", "dashkanban.health")),
     ("composition root", ("dashkanban.compose",)),
     ("commands", ("dashkanban.commands", "dashkanban.kanban.cli", "dashkanban.sandbox.cli",
                   "dashkanban.mqtt_buttons.discover")),
@@ -279,6 +280,7 @@ def test_the_layer_rule_can_fail() -> None:
     assert layer_of("dashkanban.c8y.smartrest") < layer_of("dashkanban.detect.events")
     assert layer_of("dashkanban.c8y.mqtt") > layer_of("dashkanban.detect.events")
     assert layer_of("dashkanban.kanban.cli") > layer_of("dashkanban.compose")
+    assert layer_of("dashkanban.metrics") > layer_of("dashkanban.detect.pipeline")
 
 
 # The commands: the modules holding a `*_command` handler (the test below finds them all), plus

@@ -16,6 +16,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The names of the test tooling modules in tests/ (not test_*.py): frame forging, brokers, the
+# fault kit, the sandbox fixture, helpers. No module of the package may be named like one.
+TOOLING = frozenset(
+    p.stem for p in (ROOT / "tests").rglob("*.py")
+    if not p.stem.startswith("test_") and p.stem not in ("__init__", "conftest"))
+
+
+def test_the_tooling_list_is_not_empty() -> None:
+    """The wheel check below is only as good as this set."""
+    assert {"forge", "brokers", "faults", "faultkit", "sandbox_fixture", "netns"} <= TOOLING
 
 
 def test_a_wheel_builds_without_build_isolation(tmp_path: Path) -> None:
@@ -43,6 +53,8 @@ def test_a_wheel_builds_without_build_isolation(tmp_path: Path) -> None:
     # The package and its data only: no tests, benchmarks or scripts of the repository.
     assert {n.split("/")[0] for n in names} == {"dashkanban", "dashkanban-0.1.0.dist-info"}
     assert not [n for n in names if "test" in n.lower() or "conftest" in n]
+    # Nor the test tooling, whose names say nothing of tests (capture/forge.py shipped once).
+    assert not [n for n in names if Path(n).stem in TOOLING], sorted(TOOLING)
     for data in ("dashkanban/py.typed", "dashkanban/data/MACID.csv",
                  "dashkanban/data/sample-store.pcapng", "dashkanban/sandbox/static/openapi.json"):
         assert data in names

@@ -566,7 +566,7 @@ def test_parse_enrolled_reads_pem_and_pkcs7(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs7
 
-    from dashkanban.commands.enrol import parse_enrolled
+    from dashkanban.c8y.est import parse_enrolled
     from tests.brokers import make_tls_files
 
     files = make_tls_files(tmp_path / "tls")

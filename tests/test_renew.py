@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dashkanban.c8y.est import renewal_due
 from dashkanban.cli import main
-from dashkanban.commands.enrol import renewal_due
 from dashkanban.sandbox import Sandbox
 from dashkanban.sandbox.registration import DeviceCredentials
 from tests.brokers import TlsFiles, free_port

@@ -32,7 +32,9 @@ from dashkanban.values import (
     ButtonSource,
     Detect,
     GatewayMode,
+    PressKind,
     Severity,
+    Trigger,
 )
 
 DEFAULT_PATHS = (Path("config.ini"), Path("/etc/dashkanban/config.ini"))
@@ -69,7 +71,7 @@ class C8yMqttSettings:
     bootstrap_user: str = BOOTSTRAP_USER
     bootstrap_password: Secret | None = None
     # QoS 1 messages unacknowledged at once: Cumulocity disconnects a client over its queue limit
-    # (smartrest-two.md), so start-up lines and a drained backlog go through this window.
+    # (docs/protocol.md 1.6), so start-up lines and a drained backlog go through this window.
     max_inflight: int = 20
     # Seconds: the longest wait between two connection attempts of `run` (it never gives up).
     retry_max: int = 300
@@ -416,7 +418,8 @@ def _detect(text: str) -> frozenset[Detect]:
 MAX_FORMAT_NUMBER = 1000
 
 
-def render_event_text(template: str, button: Button, trigger: str, kind: str = "single") -> str:
+def render_event_text(template: str, button: Button, trigger: Trigger,
+                      kind: PressKind = "single") -> str:
     """The event text for a press of `button` (raises what `str.format` raises); `kind`:
     single, double or long (issue 19)."""
     return template.format(
@@ -859,8 +862,8 @@ def _registered_settings(v: _Values, environ: Mapping[str, str], tenant: str,
     found = credentials.read(path)
     tenant_id = v.raw(s, "tenantID").strip()
     # `register --certificate` leaves a key and a certificate next to it instead.
-    key_file = outbox_path.parent / "device-key.pem"  # dashkanban.commands.enrol.KEY_NAME
-    cert_file = outbox_path.parent / "device-cert.pem"  # dashkanban.commands.enrol.CERT_NAME
+    key_file = outbox_path.parent / "device-key.pem"  # dashkanban.c8y.est.KEY_NAME
+    cert_file = outbox_path.parent / "device-cert.pem"  # dashkanban.c8y.est.CERT_NAME
     enrolled = found is None and key_file.is_file() and cert_file.is_file()
     if enrolled:
         user, password = "", None

@@ -338,7 +338,7 @@ def cert_config(folder: Path, broker: Mosquitto, tls: TlsFiles, *, with_cert: bo
     path.write_text(
         f"[C8YMQTT]\ntenant = localhost\ntenantID = t12345\nuser = dash-gateway\n"
         f"port = {broker.port}\nca_file = {tls.ca_cert}\n{cert}"
-        # With a certificate the client id must equal its CN (protocol notes 1.3).
+        # With a certificate the client id must equal its CN (docs/protocol.md 1.3).
         "[gateway]\nserial = dashkanban-gw-test\nname = cert gateway\n"
     )
     path.chmod(0o600)
@@ -399,7 +399,7 @@ def test_connack_refusals_in_words(code: int, text: str) -> None:
 
 def test_heartbeat_keeps_an_idle_gateway_available(tmp_path: Path, mosquitto_tls: Mosquitto,
                                                    recorder: Recorder) -> None:
-    """Nothing on s/us for `heartbeat` seconds: a `125` (protocol notes 2.3). Events on a child's
+    """Nothing on s/us for `heartbeat` seconds: a `125` (docs/protocol.md 2.3). Events on a child's
     topic do not count as the gateway's own traffic; a `101` on s/us does."""
     settings = settings_for(tmp_path, mosquitto_tls)
     uplink = RunningUplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST,

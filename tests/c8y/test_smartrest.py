@@ -1,4 +1,5 @@
-"""The SmartREST 2.0 codec, table-driven with the examples of the protocol notes."""
+"""The SmartREST 2.0 codec, table-driven with the examples of docs/protocol.md (2.2 quoting,
+2.7 errors, 1.6 the size limit)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""What design section 4 says Cumulocity receives for the bundled sample capture: shared by the
-contract tests against mosquitto and against the sandbox."""
+"""What docs/cumulocity.md ("The exact message sequence") says Cumulocity receives for the
+bundled sample capture: shared by the contract tests against mosquitto and against the sandbox."""
 
 from __future__ import annotations
 

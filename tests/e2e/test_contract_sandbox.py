@@ -1,7 +1,8 @@
-"""`dashkanban replay CAPTURE` (no --dry-run) against the Cumulocity sandbox: design section 4,
-checked where mosquitto's `#` subscriber cannot look. The sandbox records each message with the
-client id that sent it and each SUBSCRIBE in its place among them, and its REST API shows what
-Cumulocity would have made of the lines (devices, child devices, events).
+"""`dashkanban replay CAPTURE` (no --dry-run) against the Cumulocity sandbox: docs/cumulocity.md,
+"The exact message sequence", checked where mosquitto's `#` subscriber cannot look. The sandbox
+records each message with the client id that sent it and each SUBSCRIBE in its place among them,
+and its REST API shows what Cumulocity would have made of the lines (devices, child devices,
+events).
 """
 
 from __future__ import annotations

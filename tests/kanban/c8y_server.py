@@ -1,5 +1,5 @@
 """A real local HTTP server answering the few Cumulocity REST calls the Kanban code makes, with
-Cumulocity's JSON shapes (protocol notes 3.2 to 3.5). In-memory, 127.0.0.1 only, one per test."""
+Cumulocity's JSON shapes (docs/protocol.md 3.2 to 3.5). In-memory, 127.0.0.1 only, one per test."""
 
 from __future__ import annotations
 

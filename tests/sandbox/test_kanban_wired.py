@@ -258,7 +258,7 @@ def test_daemon_answers_a_refill_operation_created_over_rest(
         assert answers == [f"504,{op_id}\n306,c8y_KanbanReorder\n506,{op_id}"]
 
         # A reconnect asks whether the collection exists (empty s/ut) and creates nothing: a
-        # collection cannot be changed once created (smartrest-two.md; issue 15).
+        # collection cannot be changed once created (docs/protocol.md 2.6; issue 15).
         assert sandbox.drop_connection(GATEWAY)
         wait_until(lambda: sum(m.startswith("Cumulocity: template collection dashkanban-v2 "
                                             "exists") for m in caplog.messages) == 2,

@@ -206,7 +206,8 @@ def test_events_newest_first_filters_and_paging(client: httpx.Client, gateway: D
 
 
 def test_raw_plus_in_a_date_is_refused(sandbox: Sandbox, client: httpx.Client) -> None:
-    # A raw `+` is a space in a query string: the platform wants %2B (openapi, notes 3.1).
+    # A raw `+` is a space in a query string: the platform wants %2B (openapi; docs/protocol.md
+    # 3.1).
     response = client.get(f"{sandbox.http_url}/event/events?dateFrom=2026-11-26T09:30:00+01:00")
     assert response.status_code == 422
     assert response.json()["error"] == "undefined/validationError"

@@ -111,7 +111,7 @@ def test_existence_then_creation_then_existence(store: Store, proc: SmartRestPro
         }],
     }
     assert send(proc, "s/ut/dashkanban", "") == [Downlink("s/dt", "20,dashkanban,10000")]
-    # Once created it cannot be changed over MQTT (smartrest-two.md).
+    # Once created it cannot be changed over MQTT (docs/protocol.md 2.6).
     assert send(proc, "s/ut/dashkanban", "11,9102,,c8y_Other,c8y_Other.x") == [
         Downlink("s/e", "41,dashkanban,Cannot create templates for already existing template "
                         "object")

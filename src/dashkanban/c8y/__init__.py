@@ -1,1 +1,1 @@
-"""Cumulocity: SmartREST codec, MQTT uplink, REST identity look-up."""
+"""Cumulocity: SmartREST codec, MQTT uplink, REST identity look-up, the EST client (est.py)."""

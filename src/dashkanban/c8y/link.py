@@ -167,7 +167,7 @@ def ensure_collections(startup: Sequence[Outgoing]) -> tuple[tuple[Outgoing, ...
     """(start-up publishes, templates): each `s/ut/<X-ID>` with templates becomes the empty
     existence question, and its templates are kept for when the answer is `41,<X-ID>`. A
     collection "can no longer be modified through MQTT" after it is created, and an empty publish
-    on `s/ut/<X-ID>` answers `20,<X-ID>,<id>` or `41,<X-ID>` on `s/dt` (smartrest-two.md)."""
+    on `s/ut/<X-ID>` answers `20,<X-ID>,<id>` or `41,<X-ID>` on `s/dt` (docs/protocol.md 2.1)."""
     asked = tuple(Outgoing(m.topic, "") if m.topic.startswith("s/ut/") else m for m in startup)
     templates = tuple(m for m in startup if m.topic.startswith("s/ut/") and m.payload)
     return asked, templates
@@ -427,7 +427,7 @@ class Link:
             keepalive=c8y.keepalive,
             tls_context=self._context,
             timeout=CONNECT_TIMEOUT,
-            # Cumulocity disconnects a client whose queue limit is exceeded (smartrest-two.md):
+            # Cumulocity disconnects a client whose queue limit is exceeded (docs/protocol.md 1.6):
             # paho holds back what is over this window until PUBACKs come.
             max_inflight_messages=c8y.max_inflight,
             # Without TCP_NODELAY every QoS 1 publish waited 44 ms for Nagle against a broker
@@ -807,7 +807,7 @@ class Link:
             self._start(client, message)
             self._start(client, Outgoing(message.topic, ""))  # ask again: `20` once it exists
         for xid in collections_existing(text, self.plan.templates):
-            # Subscribe to s/dc/<X-ID> only once the collection exists (smartrest-two.md; notes
+            # Subscribe to s/dc/<X-ID> only once the collection exists (docs/protocol.md
             # 2.6); after its SUBACK `500` again: operations pushed for the first `500` had no
             # subscriber on it.
             subscribing = self._subscribe_collection(client, xid)

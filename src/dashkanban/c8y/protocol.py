@@ -177,9 +177,9 @@ def blame(payload: str, sent: Sequence[SentLine], waiting: Collection[int],
 
     The error names a template, not a message (`<code>,<template>,<message>`, docs/protocol.md
     2.7). Among our lines with that template not yet blamed for an error: the latest one
-    acknowledged (Cumulocity acknowledges on acceptance and processes afterwards, protocol
-    notes 1.5, so the error of a line follows its PUBACK and comes before the PUBACKs of the
-    lines sent after it that are still `waiting`), else the oldest still waiting for its
+    acknowledged (Cumulocity acknowledges on acceptance and processes afterwards,
+    docs/protocol.md 1.5, so the error of a line follows its PUBACK and comes before the PUBACKs
+    of the lines sent after it that are still `waiting`), else the oldest still waiting for its
     PUBACK (a broker that processes before acknowledging). With several lines of one template
     in flight it is the best guess the protocol allows."""
     template = decode_error(payload).template

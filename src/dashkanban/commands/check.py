@@ -305,7 +305,7 @@ def _renewal_note(pem: bytes) -> None:
     """A note, not a failure, once a third of the certificate's lifetime is left."""
     from cryptography import x509
 
-    from dashkanban.commands.enrol import renewal_due
+    from dashkanban.c8y.est import renewal_due
 
     leaf = x509.load_pem_x509_certificates(pem)[0]
     due = renewal_due(leaf)

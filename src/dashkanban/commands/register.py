@@ -204,7 +204,7 @@ def operator_instructions(serial: str, tenant: str, timeout: float) -> str:
 
 def _enrolled(settings: Settings) -> bool:
     """Whether the login is the certificate of an earlier `register --certificate`."""
-    from dashkanban.commands.enrol import certificate_paths
+    from dashkanban.c8y.est import certificate_paths
 
     return settings.c8y.cert_file == certificate_paths(settings.outbox.path)[1]
 
@@ -277,7 +277,7 @@ def register_command(args: RegisterOptions) -> int:
 
 
 def _certificate(settings: Settings, args: RegisterOptions, configured: str | None) -> int:
-    from dashkanban.commands.enrol import enrol
+    from dashkanban.c8y.est import enrol
 
     c8y, serial = settings.c8y, settings.gateway.serial
     one_time = os.environ.get(ONE_TIME_PASSWORD_ENV, "")
@@ -311,8 +311,8 @@ def _renew(settings: Settings, args: RegisterOptions) -> int:
     left (at once with --force), authenticated with the device token of `s/uat`."""
     from cryptography import x509
 
+    from dashkanban.c8y.est import RenewError, renew, renewal_due
     from dashkanban.c8y.token import WAIT, fetch_token
-    from dashkanban.commands.enrol import RenewError, renew, renewal_due
 
     c8y = settings.c8y
     if args.certificate:

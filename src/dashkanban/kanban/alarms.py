@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final, Literal
 
 from dashkanban.c8y.smartrest import SmartRestLine, encode_line
 from dashkanban.config import KanbanSettings
@@ -34,7 +35,7 @@ CLEAR_TEMPLATE = 306
 # The operation arrives through a custom SmartREST 2.0 template collection: static templates exist
 # only for Cumulocity's own fragments (510 c8y_Restart, 511 c8y_Command, ...), so a fragment of
 # our own needs a response template. docs/kanban.md explains the choice and its sources.
-# A collection "can no longer be modified through MQTT" once created (smartrest-two.md), so the
+# A collection "can no longer be modified through MQTT" once created (docs/protocol.md 2.6), so the
 # X-ID carries a version: bump it whenever template_lines() changes (v1 was `dashkanban`, whose
 # template gave no operation id).
 TEMPLATE_XID = "dashkanban-v2"
@@ -42,15 +43,21 @@ TEMPLATE_TOPIC = f"s/ut/{TEMPLATE_XID}"  # publish template_lines() here once
 OPERATIONS_TOPIC = f"s/dc/{TEMPLATE_XID}"  # subscribe: `9101,<serial>,<op id>,<bin>` arrives here
 REFILLED_TEMPLATE_ID = "9101"
 # The device shell's c8y_Command `kanban refilled A3`, with its operation id: `9102,<serial>,<op
-# id>,<text>`. Response templates apply to every operation (smartrest-two.md), so the command
-# also arrives as static `511` on s/ds, which has no id and is left alone.
+# id>,<text>`. Response templates apply to every operation (docs/sandbox.md, "Custom template
+# collections"), so the command also arrives as static `511` on s/ds, which has no id and is left
+# alone.
 COMMAND_TEMPLATE_ID = "9102"
 _COMMAND = re.compile(r"\s*kanban\s+refilled\s+(\S.*?)\s*", re.IGNORECASE)
 
-KIND_REORDER = "reorder"
-KIND_REPEAT = "repeat"
-KIND_REFILL = "refill"
-KIND_NONE = "press"  # a button without a bin: an event only
+# What a press means for its bin: it orders (reorder), orders again while the bin's reorder is
+# open (repeat), says the bin is full again (refill), or has no bin (press: an event only). The
+# history stores it per press (kanban/history.py); it is Kanban's word, so it lives here, not in
+# values.py.
+SignalKind = Literal["reorder", "repeat", "refill", "press"]
+KIND_REORDER: Final = "reorder"
+KIND_REPEAT: Final = "repeat"
+KIND_REFILL: Final = "refill"
+KIND_NONE: Final = "press"  # a button without a bin: an event only
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +77,7 @@ class DevicePublish:
 class Signal:
     """What a press means for its bin, and the lines that say so to Cumulocity."""
 
-    kind: str  # reorder, repeat, refill or press
+    kind: SignalKind
     bin: str | None
     publishes: tuple[DevicePublish, ...] = ()
 
@@ -170,7 +177,7 @@ def signal_for(
     # bin is refilled, as a press of a refill button or `kanban refilled` would.
     if button.role == "refill" or (button.long_press == "refill" and press.kind == "long"):
         return Signal(KIND_REFILL, bin_.name, clear_lines(bin_) if settings.alarms else ())
-    kind = KIND_REPEAT if bin_.name in set(active) else KIND_REORDER
+    kind: SignalKind = KIND_REPEAT if bin_.name in set(active) else KIND_REORDER
     publishes: tuple[DevicePublish, ...] = ()
     if settings.alarms:
         line = raise_line(bin_, settings.severity, press.time)

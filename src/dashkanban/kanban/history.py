@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dashkanban.detect.presses import Press
 from dashkanban.errors import DashkanbanError
-from dashkanban.kanban.alarms import KIND_REFILL, DevicePublish
+from dashkanban.kanban.alarms import KIND_REFILL, DevicePublish, SignalKind
 from dashkanban.kanban.analytics import Observation
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class History:
 
     # -- writing
 
-    def record_press(self, press: Press, kind: str, bin_name: str | None) -> None:
+    def record_press(self, press: Press, kind: SignalKind, bin_name: str | None) -> None:
         """Keep a press; a refill-button press also closes its bin's open reorder."""
         button = press.button
         with self._transaction():

@@ -3,8 +3,8 @@ processes them (pure-ish).
 
 A store and one upstream message in, the downstream lines (`s/ds`, `s/dc/<X-ID>`, `s/dt`, `s/e`)
 for the publishing client out; the broker does all I/O. Behaviour and texts follow
-docs/protocol.md, section 2 and the list in 6.1, and for collections `smartrest-two.md`
-(templates.py); each rule names its source.
+docs/protocol.md, section 2 and the list in 6.1, and for collections Cumulocity's `smartrest-two.md`
+(templates.py); each rule names its source, and docs/sandbox.md lists them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DOWN_CUSTOM = "s/dc/"  # + X-ID
 # `s/us` and `s/us/<child>`, and the transient/quiescent/CEP forms (docs/protocol.md 2.1). The
 # sandbox stores t/q/c data like s: it has no real-time notifications to skip.
 _UPSTREAM = re.compile(r"^([stqc])/us(?:/(.+))?$")
-# `s/ut/<X-ID>` creates a template collection or asks whether it exists (smartrest-two.md).
+# `s/ut/<X-ID>` creates a template collection or asks whether it exists (docs/protocol.md 2.1).
 _TEMPLATES_UP = re.compile(r"^s/ut/([^/]+)$")
 
 # Error texts (docs/protocol.md 2.7; built-in response messages).
@@ -169,7 +169,7 @@ class SmartRestProcessor:
     def template_collection(self, root_xid: str, xid: str, payload: bytes) -> list[Downlink]:
         """`s/ut/<X-ID>`: empty asks (`20,<X-ID>,<id>` / `41,<X-ID>` on `s/dt`), else creates.
 
-        A collection cannot be changed over MQTT once created (smartrest-two.md); a bad line
+        A collection cannot be changed over MQTT once created (docs/protocol.md 2.6); a bad line
         creates nothing and each bad line gets its `41` on `s/e` (built-in-messages.md).
         """
         lines = decode(payload)
@@ -213,9 +213,9 @@ class SmartRestProcessor:
         line of every response template whose condition it meets, on `s/dc/<X-ID>`.
 
         The two are independent: response templates "will be used for every operation"
-        (smartrest-two.md), static templates only for their fragments (docs/protocol.md 2.6). The
-        broker
-        delivers each line only to a client subscribed to its topic.
+        (smartrest-two.md; docs/sandbox.md, "Custom template collections"), static templates only
+        for their fragments (docs/protocol.md 2.6). The broker delivers each line only to a client
+        subscribed to its topic.
         """
         downlinks = []
         line = self.operation_line(op)

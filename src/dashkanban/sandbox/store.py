@@ -282,7 +282,8 @@ class Store:
     def _open_alarm(self, source: str, alarm_type: str) -> Doc | None:
         """The alarm a template for (source, type) acts on: the ACTIVE one, else the
         ACKNOWLEDGED one ("It will first check the ACTIVE alarms and, if there is no ACTIVE
-        alarm, it will check the ACKNOWLEDGED alarms", smartrest-two.md). Caller holds the lock."""
+        alarm, it will check the ACKNOWLEDGED alarms", smartrest-two.md; docs/protocol.md 2.5).
+        Caller holds the lock."""
         for status in ("ACTIVE", "ACKNOWLEDGED"):
             for alarm in self.alarms:
                 if (alarm["source"], alarm["type"], alarm["status"]) == (

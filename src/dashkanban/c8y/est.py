@@ -1,5 +1,6 @@
-"""`dashkanban register --certificate`: a device certificate from the tenant's certificate
-authority over EST (docs/cumulocity.md, "Certificates from Cumulocity's CA").
+"""The EST client: a device certificate from the tenant's certificate authority, and its renewal
+(docs/cumulocity.md, "Certificates from Cumulocity's CA"). An adapter, not a command: `register
+--certificate` and `register --renew` call it, and `check` asks it whether a renewal is due.
 
 The gateway makes its own key (kept 0600, never sent), a CSR whose CN is `[gateway] serial`, and
 POSTs it to `/.well-known/est/simpleenroll` with HTTP Basic auth `<serial>:<one-time password>`,
