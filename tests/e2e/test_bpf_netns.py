@@ -84,8 +84,8 @@ def test_kernel_passes_the_buttons_and_drops_the_others(veth_pair: Pair, step: s
     expected_kind = {"exact": "buttons", "exact-large": "buttons", "last4": "buttons-last4",
                      "candidates": "candidates"}[step]
     assert chain[0].kind == expected_kind
-    mine = [*presses(BUTTON, vlans), relayed(BUTTON)]
-    others = [*noise(BUTTON, vlans), relayed(STRANGER)]
+    mine = [*presses(BUTTON, vlans), relayed(BUTTON, vlans)]
+    others = [*noise(BUTTON, vlans), relayed(STRANGER, vlans)]
     out = sender(veth_pair)
     receiver = Receiver(veth_pair, LiveCapture(veth_pair.if_b, ALL, programs=chain))
     try:
