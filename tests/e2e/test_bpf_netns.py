@@ -106,6 +106,40 @@ def test_kernel_passes_the_buttons_and_drops_the_others(veth_pair: Pair, step: s
     assert [(f.data, f.vlan) for f in got] == [as_received(f) for f in wanted]
 
 
+# What LiveCapture._open says at INFO when the button list is too long for a program: the
+# whole-MAC one (BPF_MAXINSNS) and then the last-4-bytes one. Nothing when it fits.
+NOTES = {
+    "exact": None,
+    "last4": "1400 buttons: too many to compare whole MACs in the kernel filter (at least 4200 "
+             "instructions, at most 4096); it compares their last 4 bytes and Python the whole "
+             "MAC",
+    "candidates": "4100 buttons: too many for the kernel filter even by the last 4 bytes of "
+                  "their MACs (at least 4100 instructions, at most 4096); it passes every "
+                  "candidate and Python matches",
+}
+
+
+@pytest.mark.parametrize("step", sorted(NOTES))
+def test_opening_the_socket_says_why_at_info(veth_pair: Pair, step: str,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    chain = bpf.button_programs([BUTTON, SYNC, *macs(STEPS[step] - 2)], ALL)
+    out = sender(veth_pair)
+    with caplog.at_level(logging.INFO, "dashkanban.capture.live"):
+        receiver = Receiver(veth_pair, LiveCapture(veth_pair.if_b, ALL, programs=chain))
+        try:
+            receiver.sync(out)  # the socket is open, its filter attached
+            got = receiver.exchange(out, presses(BUTTON))
+        finally:
+            receiver.stop()
+            out.close()
+    assert [f.data for f in got] == presses(BUTTON)
+    note = NOTES[step]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"capturing on {veth_pair.if_b} (arp, dhcp, ndp)"),
+        *([("INFO", note)] if note else []),
+    ]
+
+
 def test_enomem_falls_back_to_the_next_program(veth_pair: Pair, caplog: pytest.LogCaptureFixture
                                                ) -> None:
     """A small net.core.optmem_max (20480 on older kernels) refuses the exact list of 1,000
