@@ -17,6 +17,7 @@ from dashkanban.capture import Frame, bpf
 from dashkanban.capture.filters import kernel_programs, reload_buttons
 from dashkanban.capture.live import LiveCapture
 from dashkanban.config import load_settings
+from dashkanban.detect.buttons import Registry
 from tests import forge
 from tests.e2e.marks import SYNC, Marks
 from tests.e2e.netns import Pair, enter, ip, sender
@@ -226,3 +227,57 @@ def test_reload_adds_a_button_to_the_open_socket(veth_pair: Pair, tmp_path: Path
     assert messages[1][1].startswith(f"reload: {buttons}:2: ")
     assert messages[1][1].endswith("; keeping the buttons loaded before")
     assert len(messages) == 2
+
+
+def test_reload_racing_a_reopen_reaches_the_next_socket(veth_pair: Pair, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A reload while the reading thread closes its socket to reopen it: the attach finds the
+    socket closed (EBADF). The matching has the new list already, so the socket reopened next
+    must get the new program too, or the kernel drops the new button's frames without a word;
+    one WARNING says what happened."""
+    buttons = tmp_path / "MACID.csv"
+    buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\n")
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
+        "user = t12345/dash-gateway\npassword = secret\n\n"
+        f"[buttons]\nfile = {buttons}\n\n[capture]\ndetect = arp, dhcp\n")
+    config.chmod(0o600)
+    settings = load_settings(config)
+    probe = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.10.51")
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), programs=kernel_programs(settings))
+    reloaded: list[object] = []
+
+    def race() -> None:
+        enter(veth_pair.ns_b)
+        sock = capture._open()
+        assert isinstance(sock, socket.socket)
+        assert capture.program == kernel_programs(settings)[0]
+        sock.close()  # the reading thread's close, before it forgets the socket
+        buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\ndashButton_1,{BUTTON}\n")
+        reloaded.append(reload_buttons(settings, capture, lambda registry: None))
+        capture._close_socket(sock)  # ... and now it does
+
+    racer = threading.Thread(target=race)
+    with caplog.at_level(logging.INFO, "dashkanban.capture.filters"):
+        racer.start()
+        racer.join(timeout=10)
+    assert not racer.is_alive()
+    registry = reloaded[0]
+    assert isinstance(registry, Registry)
+    assert BUTTON in registry
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "dashkanban.capture.filters"] == [
+        ("WARNING", f"reload: 2 buttons from {buttons}; the kernel refused the button filter "
+                    "(2 MACs) on the open socket (Bad file descriptor): it filters with the old "
+                    "one until the capture reopens it")]
+    out = sender(veth_pair)
+    receiver = Receiver(veth_pair, capture)  # the socket reopened
+    try:
+        receiver.sync(out)
+        assert capture.program == bpf.button_programs([SYNC, BUTTON], ("arp", "dhcp"))[0]
+        got = receiver.exchange(out, [probe])
+    finally:
+        receiver.stop()
+        out.close()
+    assert [f.data for f in got] == [probe]
