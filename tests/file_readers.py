@@ -24,3 +24,14 @@ def use_reader(reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
         raise libpcap.UnavailableError(MISSING)
 
     monkeypatch.setattr(libpcap, "library", missing)
+
+
+def installed_reader() -> str:
+    """The reader a child process (a `dashkanban` command a test runs) uses here: `libpcap`
+    when it can be loaded, else `pure`. The project has no switch to force the pure reader in
+    a child, so a subprocess test expects the summary line of this one."""
+    try:
+        libpcap.library()
+    except libpcap.UnavailableError:
+        return "pure"
+    return "libpcap"

@@ -26,11 +26,12 @@ def macs(n: int, seed: int = 1) -> list[str]:
                      for i in range(6)) for _ in range(n)]
 
 
-def relayed(chaddr: str) -> bytes:
-    """A DHCP REQUEST as a relay agent forwards it: the relay's MACs and IPs outside."""
+def relayed(chaddr: str, vlans: tuple[int, ...] = ()) -> bytes:
+    """A DHCP REQUEST as a relay agent forwards it: the relay's MACs and IPs outside (in the
+    VLAN `vlans` names, outer tag first, when the relay sends it tagged)."""
     payload = forge.dhcp(1, chaddr, forge.REQUEST, giaddr="192.168.30.1", hops=1)
     return forge.udp_frame(RELAY, "00:0d:b9:4a:10:01", "192.168.30.1", "192.168.10.1", 67, 67,
-                           payload)
+                           payload, vlans=vlans)
 
 
 def presses(mac: str, vlans: tuple[int, ...] = ()) -> list[bytes]:
@@ -175,9 +176,9 @@ def program(request: pytest.FixtureRequest) -> bpf.Program:
 
 @pytest.mark.parametrize("vlans", [(), (20,), (300, 30)], ids=["untagged", "802.1Q", "QinQ"])
 def test_button_passes_and_others_do_not(program: bpf.Program, vlans: tuple[int, ...]) -> None:
-    for frame in [*presses(BUTTON, vlans), relayed(BUTTON)]:
+    for frame in [*presses(BUTTON, vlans), relayed(BUTTON, vlans)]:
         assert passes(program, frame)
-    for frame in [*noise(BUTTON, vlans), relayed(STRANGER)]:
+    for frame in [*noise(BUTTON, vlans), relayed(STRANGER, vlans)]:
         assert not passes(program, frame), frame.hex()
 
 
@@ -197,7 +198,7 @@ def test_detect_limits_the_kinds() -> None:
 # Any frame: what the decoder would sight from a button, the program passes; and it passes
 # nothing the candidate program drops.
 BASES = [*presses(BUTTON), *presses(BUTTON, (20,)), *presses(BUTTON, (300, 30)), relayed(BUTTON),
-         *noise(BUTTON)]
+         relayed(BUTTON, (20,)), relayed(BUTTON, (300, 30)), *noise(BUTTON)]
 
 
 @settings(max_examples=500, deadline=None)

@@ -36,6 +36,8 @@ PROGRAMS = {
 MIXED = [
     *presses(BUTTON), *presses(BUTTON, (20,)), *presses(BUTTON, (300, 30)), relayed(BUTTON),
     *noise(BUTTON), *noise(BUTTON, (20,)), *noise(BUTTON, (300, 30)), relayed(STRANGER),
+    relayed(BUTTON, (20,)), relayed(BUTTON, (300, 30)),  # a relay agent on a trunk port
+    relayed(STRANGER, (20,)), relayed(STRANGER, (300, 30)),
     forge.ndp_frame(135, STRANGER, "::", target="fe80::1", with_option=False),
     b"\x00" * 5,  # too short for anything: the decoder counts it as malformed
     forge.arp_frame(1, BUTTON, "0.0.0.0", "10.0.0.1", vlans=(1, 2, 3)),  # three tags
@@ -136,11 +138,11 @@ def test_only_matching_records_leave_libpcap(tmp_path: Path) -> None:
     capture = open_capture(path, program=PROGRAMS["buttons"])
     frames = list(capture)
     assert capture.in_libpcap
-    # 6 kinds of press x 3 tag depths, the relayed request and a stranger's duplicate address
-    # detection (no option: Python decides); not the press with three tags.
-    assert len(frames) == capture.passed == 20
+    # 6 kinds of press x 3 tag depths, the relayed request x 3 tag depths and a stranger's
+    # duplicate address detection (no option: Python decides); not the press with three tags.
+    assert len(frames) == capture.passed == 22
     assert capture.read_summary() == (
-        "20 packets passed the button filter (3 MACs) in libpcap")
+        "22 packets passed the button filter (3 MACs) in libpcap")
     assert [f.timestamp for f in frames[:2]] == [T0, T0 + 0.123457]
 
 
@@ -167,11 +169,11 @@ def test_without_libpcap_one_debug_line(tmp_path: Path, monkeypatch: pytest.Monk
     capture = open_capture(path, program=PROGRAMS["buttons"])
     with caplog.at_level(logging.DEBUG, "dashkanban.capture"):
         frames = list(capture)
-    assert len(frames) == 20
+    assert len(frames) == 22
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("DEBUG", f"{path}: not read with libpcap ({MISSING}): the pure reader filters it")]
     assert capture.read_summary() == (
-        f"{len(MIXED)} packets read, 20 passed the button filter (3 MACs)")
+        f"{len(MIXED)} packets read, 22 passed the button filter (3 MACs)")
 
 
 def test_library_missing_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> None:

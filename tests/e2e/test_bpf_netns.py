@@ -17,6 +17,7 @@ from dashkanban.capture import Frame, bpf
 from dashkanban.capture.filters import kernel_programs, reload_buttons
 from dashkanban.capture.live import LiveCapture
 from dashkanban.config import load_settings
+from dashkanban.detect.buttons import Registry
 from tests import forge
 from tests.e2e.marks import SYNC, Marks
 from tests.e2e.netns import Pair, enter, ip, sender
@@ -84,8 +85,8 @@ def test_kernel_passes_the_buttons_and_drops_the_others(veth_pair: Pair, step: s
     expected_kind = {"exact": "buttons", "exact-large": "buttons", "last4": "buttons-last4",
                      "candidates": "candidates"}[step]
     assert chain[0].kind == expected_kind
-    mine = [*presses(BUTTON, vlans), relayed(BUTTON)]
-    others = [*noise(BUTTON, vlans), relayed(STRANGER)]
+    mine = [*presses(BUTTON, vlans), relayed(BUTTON, vlans)]
+    others = [*noise(BUTTON, vlans), relayed(STRANGER, vlans)]
     out = sender(veth_pair)
     receiver = Receiver(veth_pair, LiveCapture(veth_pair.if_b, ALL, programs=chain))
     try:
@@ -104,6 +105,40 @@ def test_kernel_passes_the_buttons_and_drops_the_others(veth_pair: Pair, step: s
     else:
         wanted = mine
     assert [(f.data, f.vlan) for f in got] == [as_received(f) for f in wanted]
+
+
+# What LiveCapture._open says at INFO when the button list is too long for a program: the
+# whole-MAC one (BPF_MAXINSNS) and then the last-4-bytes one. Nothing when it fits.
+NOTES = {
+    "exact": None,
+    "last4": "1400 buttons: too many to compare whole MACs in the kernel filter (at least 4200 "
+             "instructions, at most 4096); it compares their last 4 bytes and Python the whole "
+             "MAC",
+    "candidates": "4100 buttons: too many for the kernel filter even by the last 4 bytes of "
+                  "their MACs (at least 4100 instructions, at most 4096); it passes every "
+                  "candidate and Python matches",
+}
+
+
+@pytest.mark.parametrize("step", sorted(NOTES))
+def test_opening_the_socket_says_why_at_info(veth_pair: Pair, step: str,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    chain = bpf.button_programs([BUTTON, SYNC, *macs(STEPS[step] - 2)], ALL)
+    out = sender(veth_pair)
+    with caplog.at_level(logging.INFO, "dashkanban.capture.live"):
+        receiver = Receiver(veth_pair, LiveCapture(veth_pair.if_b, ALL, programs=chain))
+        try:
+            receiver.sync(out)  # the socket is open, its filter attached
+            got = receiver.exchange(out, presses(BUTTON))
+        finally:
+            receiver.stop()
+            out.close()
+    assert [f.data for f in got] == presses(BUTTON)
+    note = NOTES[step]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"capturing on {veth_pair.if_b} (arp, dhcp, ndp)"),
+        *([("INFO", note)] if note else []),
+    ]
 
 
 def test_enomem_falls_back_to_the_next_program(veth_pair: Pair, caplog: pytest.LogCaptureFixture
@@ -192,3 +227,57 @@ def test_reload_adds_a_button_to_the_open_socket(veth_pair: Pair, tmp_path: Path
     assert messages[1][1].startswith(f"reload: {buttons}:2: ")
     assert messages[1][1].endswith("; keeping the buttons loaded before")
     assert len(messages) == 2
+
+
+def test_reload_racing_a_reopen_reaches_the_next_socket(veth_pair: Pair, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A reload while the reading thread closes its socket to reopen it: the attach finds the
+    socket closed (EBADF). The matching has the new list already, so the socket reopened next
+    must get the new program too, or the kernel drops the new button's frames without a word;
+    one WARNING says what happened."""
+    buttons = tmp_path / "MACID.csv"
+    buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\n")
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
+        "user = t12345/dash-gateway\npassword = secret\n\n"
+        f"[buttons]\nfile = {buttons}\n\n[capture]\ndetect = arp, dhcp\n")
+    config.chmod(0o600)
+    settings = load_settings(config)
+    probe = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.10.51")
+    capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), programs=kernel_programs(settings))
+    reloaded: list[object] = []
+
+    def race() -> None:
+        enter(veth_pair.ns_b)
+        sock = capture._open()
+        assert isinstance(sock, socket.socket)
+        assert capture.program == kernel_programs(settings)[0]
+        sock.close()  # the reading thread's close, before it forgets the socket
+        buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\ndashButton_1,{BUTTON}\n")
+        reloaded.append(reload_buttons(settings, capture, lambda registry: None))
+        capture._close_socket(sock)  # ... and now it does
+
+    racer = threading.Thread(target=race)
+    with caplog.at_level(logging.INFO, "dashkanban.capture.filters"):
+        racer.start()
+        racer.join(timeout=10)
+    assert not racer.is_alive()
+    registry = reloaded[0]
+    assert isinstance(registry, Registry)
+    assert BUTTON in registry
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "dashkanban.capture.filters"] == [
+        ("WARNING", f"reload: 2 buttons from {buttons}; the kernel refused the button filter "
+                    "(2 MACs) on the open socket (Bad file descriptor): it filters with the old "
+                    "one until the capture reopens it")]
+    out = sender(veth_pair)
+    receiver = Receiver(veth_pair, capture)  # the socket reopened
+    try:
+        receiver.sync(out)
+        assert capture.program == bpf.button_programs([SYNC, BUTTON], ("arp", "dhcp"))[0]
+        got = receiver.exchange(out, [probe])
+    finally:
+        receiver.stop()
+        out.close()
+    assert [f.data for f in got] == [probe]

@@ -70,10 +70,13 @@ def reload_buttons(
     try:
         attached = capture.set_filter(programs)
     except OSError as exc:
-        # The matching has the new list; the kernel keeps the old program, which passes the
-        # old buttons (and, for a removed one, what Python now ignores).
-        log.error("reload: the kernel refused the new filter: %s; it keeps the old one",
-                  exc.strerror or exc)
+        # The matching has the new list and the capture keeps the new programs for its next
+        # socket; the open one filters with the old program meanwhile, which passes the old
+        # buttons only (a removed one's frames Python now ignores).
+        log.warning("reload: %d buttons from %s; the kernel refused %s on the open socket "
+                    "(%s): it filters with the old one until the capture reopens it",
+                    len(registry), settings.buttons.file, programs[0].describe(),
+                    exc.strerror or exc)
         return registry
     what = attached.describe() if attached is not None else programs[0].describe()
     log.info("reload: %d buttons from %s; %s", len(registry), settings.buttons.file, what)

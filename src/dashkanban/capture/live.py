@@ -211,6 +211,8 @@ class LiveCapture:
         # statistics() runs on the reading thread (closing a socket) and on whoever reports the
         # counts (the daemon's metrics): its additions must not be lost between the two.
         self._statistics_lock = threading.RLock()  # _close_socket calls statistics()
+        # Between a reload's set_filter (a worker thread) and opening a socket (the reading one).
+        self._filter_lock = threading.Lock()
         self._wall_clock = wall_clock
         # A plain flag and a pipe, not a threading.Event: stop() may run in a signal handler,
         # which must not take a lock the interrupted thread could hold.
@@ -296,17 +298,24 @@ class LiveCapture:
         """Use these programs from now on (most selective first): attached to the open socket at
         once, where the kernel swaps the old one out atomically (no frame is lost or let through
         unfiltered), and to every socket reopened later. Returns the program attached, None when
-        no socket is open. An error other than ENOMEM keeps the old program and raises."""
+        no socket is open. When the kernel refuses every one of them on the open socket (or the
+        socket was closed meanwhile, EBADF), that socket keeps the old program and the OSError is
+        raised; the next socket opened gets the new ones all the same."""
         chain = (programs,) if isinstance(programs, Program) else tuple(programs)
         if not chain:
             raise ValueError("no program to attach")
-        sock = self._sock
-        attached: Program | None = None
-        if sock is not None:
+        with self._filter_lock:
+            # Kept before the attach, whatever it does: the caller has switched its matching to
+            # the new list already, so a socket opened after a failure (or the one the reading
+            # thread is reopening now) must not get the old program, which would drop a new
+            # button's frames in the kernel without a word.
+            self._programs = chain
+            sock = self._sock
+            if sock is None:
+                return None
             attached = attach_first(sock, chain, bridge=chain[-1])
             self.program = attached
-        self._programs = chain
-        return attached
+            return attached
 
     def statistics(self) -> Statistics:
         """PACKET_STATISTICS added up over every socket opened so far: frames the kernel filter
@@ -360,7 +369,11 @@ class LiveCapture:
     def _open(self) -> socket.socket | float:
         """Open the socket, or say how long to wait before the next attempt (logged)."""
         try:
-            sock = self._open_socket()
+            # With the lock from the attach to `_sock`: a set_filter meanwhile would find no
+            # socket open and the new socket would keep the programs it was opened with.
+            with self._filter_lock:
+                sock = self._open_socket()
+                self._sock = sock
         except PermissionDeniedError:
             raise
         except OSError as exc:
@@ -376,7 +389,6 @@ class LiveCapture:
         log.info("capturing on %s (%s)", self.interface, ", ".join(sorted(self.detect)))
         if self.program is not None and self.program.note:
             log.info("%s", self.program.note)
-        self._sock = sock
         return sock
 
     def _failed(self, failure: SocketFailedError) -> float:
