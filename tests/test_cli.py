@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 
 from dashkanban import __version__
 from dashkanban.cli import build_parser, main
+from tests.file_readers import READERS, child_prefix
+from tests.test_replay import EXPECTED
 
 COMMANDS = [
     ["run"], ["replay", "x.pcap"], ["discover"], ["check"], ["test-button", "b1"],
@@ -54,9 +57,11 @@ def test_every_command_takes_config(command: list[str]) -> None:
 
 
 def dashkanban(*args: str, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dashkanban", *args], capture_output=True,
-                          text=True, check=False, timeout=60, env=env, cwd=cwd)
+               cwd: Path | None = None, prefix: tuple[str, ...] = ()
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, sys.executable, "-m", "dashkanban", *args],
+                          capture_output=True, text=True, check=False, timeout=60, env=env,
+                          cwd=cwd)
 
 
 @pytest.mark.parametrize("argv", [
@@ -125,17 +130,48 @@ def test_every_command_help_has_a_description_and_an_example(
     )
 
 
-def test_commands_that_do_not_connect_need_no_c8ymqtt(tmp_path: Path) -> None:
-    """replay --dry-run and discover read only [buttons] (issue 14)."""
+# What each reader counted (issue 16: libpcap does not count what its filter skips).
+REPLAY_READ = {
+    "libpcap": "34 packets passed the button filter (3 MACs) in libpcap",
+    "pure": "1211 packets read, 34 passed the button filter (3 MACs)",
+}
+DISCOVER_READ = {
+    "libpcap": "174 packets passed the candidate filter in libpcap",
+    "pure": "1211 packets read, 174 passed the candidate filter",
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_commands_that_do_not_connect_need_no_c8ymqtt(tmp_path: Path, reader: str) -> None:
+    """replay --dry-run and discover read only [buttons] (issue 14); as commands on a machine
+    with libpcap and on one without, with the same presses and devices (issue 16)."""
+    prefix = tuple(child_prefix(reader))
     data = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data"
     config = tmp_path / "config.ini"
     config.write_text(f"[buttons]\nfile = {data / 'MACID.csv'}\n")
     sample = data / "sample-store.pcapng"
-    result = dashkanban("replay", str(sample), "--dry-run", "--jsonl", "-c", str(config))
+    result = dashkanban("replay", str(sample), "--dry-run", "--jsonl", "-c", str(config),
+                        prefix=prefix)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 7
-    result = dashkanban("discover", "--pcap", str(sample), "--csv", "-c", str(config))
+    assert [json.loads(line) for line in result.stdout.splitlines()] == EXPECTED
+    assert result.stderr.splitlines() == [
+        f"{sample}: {REPLAY_READ[reader]}, 34 candidates, 0 malformed, 7 presses"]
+    result = dashkanban("discover", "--pcap", str(sample), "--csv", "-c", str(config),
+                        prefix=prefix)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [  # the sample's devices, its 3 known buttons left out
+        "Name, MAC-Address",
+        "iPhone-Kasse,3c:22:fb:8e:41:07",
+        "DESKTOP-7Q2LK4M,9c:b6:d0:4f:2d:11",
+        "MacBook-Filiale,f8:ff:c2:19:72:3a",
+        "iPad-Lager,a4:83:e7:05:6b:e2",
+        "raspberrypi,b8:27:eb:3d:52:c0",
+        "button_4a1001,00:0d:b9:4a:10:01",
+        "label-printer,00:e0:4c:68:01:9a",
+    ]
+    assert result.stderr.splitlines() == [
+        f"10 devices, {DISCOVER_READ[reader]}, 0 malformed"]
     config.write_text(config.read_text() + f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
     result = dashkanban("kanban", "report", "-c", str(config))  # read the config, then no history
     assert (result.returncode, result.stderr.splitlines()[-1]) == (1, (
