@@ -13,7 +13,7 @@ import pytest
 
 from dashkanban.cli import main
 from tests import forge
-from tests.file_readers import READERS, use_reader
+from tests.file_readers import MISSING, READERS, child_prefix, use_reader
 
 DATA = Path(__file__).resolve().parent.parent / "src" / "dashkanban" / "data"
 SAMPLE = DATA / "sample-store.pcapng"
@@ -215,10 +215,22 @@ def test_malformed_frames_are_counted(
         f"{path}: {read[reader]}, 2 candidates, 1 malformed, 1 presses")
 
 
-def test_console_script(config: Path) -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_console_script(config: Path, reader: str) -> None:
+    """The installed command, on a machine with libpcap and on one without: the same presses;
+    without it, one DEBUG line says why the pure reader filters the file."""
     exe = shutil.which("dashkanban", path=str(Path(sys.executable).parent))
     assert exe is not None
-    result = subprocess.run([exe, "replay", "-c", str(config), str(SAMPLE), "--dry-run",
-                             "--jsonl"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*child_prefix(reader), exe, "--log-level", "debug", "replay", "-c",
+                             str(config), str(SAMPLE), "--dry-run", "--jsonl"],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert [json.loads(line) for line in result.stdout.splitlines()] == EXPECTED
+    lines = [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "", line)
+             for line in result.stderr.splitlines()]
+    why = [f"DEBUG   dashkanban.capture: {SAMPLE}: not read with libpcap ({MISSING}): the pure "
+           "reader filters it"]
+    assert lines == [
+        *(why if reader == "pure" else []),
+        f"{SAMPLE}: {READ[reader]}, 34 candidates, 0 malformed, 7 presses",
+    ]
