@@ -12,7 +12,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from dashkanban.c8y.link import Link
+from dashkanban.c8y.link import Link, _Client
 from dashkanban.c8y.protocol import Outgoing
 from dashkanban.config import Settings, load_settings
 from tests.brokers import Mosquitto, TlsFiles
@@ -136,3 +136,20 @@ def break_row_publishes(monkeypatch: pytest.MonkeyPatch, bug: BaseException) -> 
         raise bug
 
     monkeypatch.setattr(Link, "_publish", broken)
+
+
+def break_client_publishes(monkeypatch: pytest.MonkeyPatch, faults: list[BaseException],
+                           topic: str = "s/us") -> list[BaseException]:
+    """The client's PUBLISHes on `topic` raise `faults`, one each in order, then go out as
+    ever; the others are untouched. A fault is raised before the packet reaches paho, so the
+    broker sees nothing of it. Returns the faults not raised yet (the list given, emptied as they
+    are used)."""
+    original = _Client.publish
+
+    async def broken(self: _Client, to: str, *args: Any, **kwargs: Any) -> None:
+        if to == topic and faults:
+            raise faults.pop(0)
+        await original(self, to, *args, **kwargs)
+
+    monkeypatch.setattr(_Client, "publish", broken)
+    return faults

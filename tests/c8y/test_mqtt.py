@@ -24,7 +24,7 @@ from dashkanban.c8y.smartrest import SmartRestLine
 from dashkanban.config import load_settings
 from dashkanban.detect.events import Event
 from tests.brokers import Mosquitto, TlsFiles, free_port
-from tests.c8y.support import Recorder, settings_for
+from tests.c8y.support import Recorder, break_client_publishes, settings_for
 from tests.conftest import _need_mosquitto
 from tests.running import RunningUplink
 
@@ -147,6 +147,61 @@ def test_reconnect_repeats_hello_and_announces_children_again(
     finally:
         uplink.stop()
         proxy.stop()
+
+
+def test_a_socket_error_from_the_hello_is_a_lost_connection_retried(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An OSError from the awaited hello (the start-up, not a row) is what a dropped socket
+    raises: the link reconnects and delivers, as for a row's PUBLISH. It used to end
+    `Uplink.run` with the ConnectionResetError (in the daemon, exit 1 instead of a reconnect)."""
+    faults = break_client_publishes(
+        monkeypatch, [ConnectionResetError(104, "Connection reset by peer")])
+    caplog.set_level(logging.INFO, logger="dashkanban.c8y")
+    settings = settings_for(tmp_path, mosquitto_tls)
+    uplink = RunningUplink(settings, supported_operations=["c8y_KanbanRefilled"], backoff=FAST)
+    uplink.start()
+    try:
+        assert uplink.wait_connected(10)
+        assert faults == []
+        acks = Acks()
+        send(uplink, event(1), acks, "a")
+        assert acks.wait(1) == ["a"]
+        assert recorder.wait_for(6) == [
+            *GATEWAY_HELLO,
+            ("s/us", "101,ac63be123456,dashButton_1,c8y_DashButton"),
+            ("s/us/ac63be123456",
+             "400,c8y_MAC_Event,dashButton_1 pressed (ac:63:be:12:34:56),"
+             "2026-11-26T08:00:01.234+00:00"),
+        ]
+        task = uplink.task
+        assert task is not None
+        assert not task.done()
+        assert acks.lost == []
+    finally:
+        uplink.stop()
+    lost = [r.getMessage().split("; reconnecting in")[0] for r in caplog.records
+            if "; reconnecting in" in r.getMessage()]
+    assert lost == [f"connection to 127.0.0.1:{mosquitto_tls.port} lost "
+                    "([Errno 104] Connection reset by peer)"]
+
+
+def test_a_bug_in_the_hello_publish_still_ends_run(
+    tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the same place, anything but a connection error is a bug: `Uplink.run` ends with it
+    (exit 1 in the daemon) instead of reconnecting for ever into the same bug."""
+    break_client_publishes(monkeypatch, [KeyError("injected: a bug in the hello")])
+    uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), backoff=FAST)
+    uplink.start()
+    try:
+        assert repr(uplink.failure(10)) == "KeyError('injected: a bug in the hello')"
+        assert not uplink.connected
+    finally:
+        uplink.stop()
+    assert recorder.messages == []
 
 
 def test_per_device_mode_one_client_per_button(tmp_path: Path, mosquitto_tls: Mosquitto,

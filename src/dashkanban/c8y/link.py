@@ -95,9 +95,11 @@ SENT_RING = 1000
 TEMPLATE_STATUS_TOPIC = "s/dt"
 # What a PUBLISH legitimately fails with when its connection fails or drops: aiomqtt's errors
 # (MqttCodeError "not currently connected" when paho has lost the socket, its timeouts) and the
-# socket's own (OSError; ssl.SSLError is one). Anything else is a bug: it ends `run` with exit 1
-# (issue 11) instead of becoming a lost connection whose row is sent again for ever.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (aiomqtt.MqttError, OSError)
+# socket's own (OSError; ssl.SSLError is one). The same everywhere: a row's PUBLISH, the link's own
+# start-up PUBLISHes and SUBSCRIBEs (`_serve`), the token request. Anything else is a bug: it ends
+# `run` with exit 1 (issue 11) instead of becoming a lost connection whose row is sent again for
+# ever.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError)
 
 OperationHandler = Callable[[SmartRestLine], None]
 RefusalListener = Callable[[Refusal], None]
@@ -124,6 +126,10 @@ def availability_lines(required_interval: int) -> tuple[str, ...]:
 class ConnectionLostError(UplinkError):
     """The connection ended before every PUBLISH of a row had its PUBACK: its fate is unknown,
     and the Courier sends the row again from the outbox."""
+
+
+# What ends one connection, and only it, when the link's work on it fails (`_serve`).
+CONNECTION_ENDED: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, ConnectionLostError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,7 +519,10 @@ class Link:
                 if self.plan.heartbeat:
                     group.create_task(self._heartbeat(self.plan.heartbeat))
                 await self._receive(client, group)
-        except* (aiomqtt.MqttError, ConnectionLostError) as trouble:
+        except* CONNECTION_ENDED as trouble:
+            # The same errors as a row's PUBLISH (`_published`): a socket error from the awaited
+            # hello or a SUBSCRIBE is a lost connection too, retried with backoff, not a bug
+            # that ends `run` (exit 1). Anything else still ends `run`.
             reason = str(trouble.exceptions[0])
         finally:
             self._group = None
