@@ -177,23 +177,15 @@ def test_inventory_button_of_another_owner_is_named_by_its_serial(
 # -- a request that cannot be sent -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("failure", "why"), [
-    # paho has lost the socket: what aiomqtt raises when the connection just dropped
-    ("connection", "[code:4] The client is not currently connected."),
-    # a bug in the publish: the waiter is told at once, and the uplink fails with it (exit 1)
-    ("bug", "KeyError, a bug"),
-])
 def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
         cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        failure: str, why: str) -> None:
-    """The `s/uat` publish is a task of its own: its failure reaches the caller waiting for the
-    token as the token path's own error, at once (not after `wait` seconds as "no device token
-    within 30 s"), and its exception is never left unretrieved. A bug in it also ends the
-    uplink, so that `run` exits 1."""
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in the `s/uat` publish (a task of its own): the caller waiting for the token is
+    told at once as the token path's own error (not after `wait` seconds as "no device token
+    within 30 s"), the uplink fails with the bug (`run` exits 1), and its exception is never
+    left unretrieved. (A connection error is the next test's: the reconnect answers.)"""
     import logging
 
-    import aiomqtt
     from aiomqtt.exceptions import MqttCodeError
 
     from dashkanban.c8y.link import _Client
@@ -202,9 +194,9 @@ def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
 
     caplog.set_level(logging.INFO)
     settings = cert_settings(tmp_path, cert_sandbox, tls_files)
-    original = aiomqtt.Client.publish
+    original = _Client.publish
 
-    bug = [False]  # the request at connect fails like a dropped connection; later ones maybe not
+    bug = [False]  # the request at connect fails like a dropped connection; the next is a bug
 
     async def publish(self: _Client, topic: str, *args: Any, **kwargs: Any) -> None:
         if topic == TOKEN_REQUEST_TOPIC:
@@ -222,26 +214,95 @@ def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
     try:
         assert uplink.tokens is not None
         assert uplink.wait_connected(10)
-        bug[0] = failure == "bug"
+        bug[0] = True
         with pytest.raises(TokenError) as raised:
             uplink.tokens.authorization()
         assert str(raised.value) == (
-            f"cannot ask Cumulocity for a device token on {GW}: the s/uat publish failed ({why})")
-        if failure == "bug":
-            task = uplink.task
-            assert task is not None
-            uplink.thread.wait(asyncio.wait({task}, timeout=10))
-            assert task.done()
-            group = task.exception()
-            assert isinstance(group, BaseExceptionGroup)
-            assert [repr(e) for e in _leaves(group)] == ["KeyError('injected')"]
-        else:
-            assert uplink.wait_connected(1)  # the connection itself is fine
+            f"cannot ask Cumulocity for a device token on {GW}: the s/uat publish failed "
+            "(KeyError, a bug)")
+        task = uplink.task
+        assert task is not None
+        uplink.thread.wait(asyncio.wait({task}, timeout=10))
+        assert task.done()
+        group = task.exception()
+        assert isinstance(group, BaseExceptionGroup)
+        assert [repr(e) for e in _leaves(group)] == ["KeyError('injected')"]
     finally:
         uplink.stop()
     assert unhandled == []
     assert "exception was never retrieved" not in caplog.text
     assert cert_sandbox.stats().get("tokens", 0) == 0  # no s/uat reached it
+
+
+@pytest.mark.parametrize("fault", [
+    # paho has lost the socket: what aiomqtt raises when the connection just dropped
+    "[code:4] The client is not currently connected.",
+    # the socket's own error
+    "[Errno 32] Broken pipe",
+])
+def test_a_token_request_lost_to_a_dropping_connection_is_answered_after_the_reconnect(
+        cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fault: str) -> None:
+    """The connection drops just as a REST call asks for the token: the `s/uat` publish fails
+    with a connection error. The call used to fail at once (TokenError) although the reconnect
+    asks again; it now waits (within its own `wait`) and gets the token the reconnect brings."""
+    import concurrent.futures
+    import logging
+    import time
+
+    from aiomqtt.exceptions import MqttCodeError
+
+    from dashkanban.c8y.link import _Client
+    from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC
+    from tests.running import RunningUplink
+
+    caplog.set_level(logging.INFO)
+    settings = cert_settings(tmp_path, cert_sandbox, tls_files)
+    original = _Client.publish
+    requests = [0]
+
+    async def publish(self: _Client, topic: str, *args: Any, **kwargs: Any) -> None:
+        if topic == TOKEN_REQUEST_TOPIC:
+            requests[0] += 1
+            if requests[0] <= 2:  # the request at connect and the REST call's
+                if fault.startswith("[code:4]"):
+                    raise MqttCodeError(4, "The client is not currently connected.")
+                raise BrokenPipeError(32, "Broken pipe")
+        await original(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(_Client, "publish", publish)
+    unhandled: list[str] = []
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.thread.loop.set_exception_handler(
+        lambda _loop, context: unhandled.append(str(context.get("message"))))
+    uplink.start()
+    try:
+        tokens = uplink.tokens
+        assert tokens is not None
+        assert uplink.wait_connected(10)
+        assert requests[0] == 1
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiter = pool.submit(tokens.authorization)  # a REST call's worker thread
+            deadline = time.monotonic() + 10  # bounded: the request is one loop step away
+            while requests[0] < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert requests[0] == 2
+            assert cert_sandbox.drop_connection(GW)  # the drop that failed the publish
+            bearer = waiter.result(timeout=20)
+        assert cert_sandbox.tokens.verify(bearer.removeprefix("Bearer ")) is not None
+        assert requests[0] == 3  # asked once more, by the reconnect
+        assert cert_sandbox.stats()["tokens"] == 1
+        task = uplink.task
+        assert task is not None
+        assert not task.done()
+    finally:
+        uplink.stop()
+    assert unhandled == []
+    assert "exception was never retrieved" not in caplog.text
+    lines = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("cannot ask Cumulocity for a device token")]
+    assert lines == [f"cannot ask Cumulocity for a device token on {GW} now ({fault}); the "
+                     "next connect asks again"] * 2
 
 
 def test_a_token_request_lost_with_its_connection_is_asked_again_at_the_next_connect(

@@ -763,8 +763,9 @@ class Link:
         client = self._client
         if client is None:
             raise UplinkError(f"{self.plan.client_id} is not connected")
-        # `_ask_token` ends with no exception but a cancellation (`_lost`): its failure is told
-        # to the token's waiter, a bug also fails the link; nothing is left unretrieved.
+        # `_ask_token` ends with no exception but a cancellation (`_lost`): a connection error
+        # leaves the request to the next connect, a bug is told to the token's waiter and fails
+        # the link; nothing is left unretrieved.
         task = asyncio.get_running_loop().create_task(self._ask_token(client))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -773,16 +774,20 @@ class Link:
         try:
             await client.publish(TOKEN_REQUEST_TOPIC, b"", qos=0)
         except CONNECTION_ERRORS as exc:
-            self._token_failed(f"the s/uat publish failed ({exc})")
+            # The connection is dropping: its reconnect asks again (`_startup`), and a REST call
+            # waiting for the token gets it then, within its own `wait`, instead of failing now
+            # (as `_ask_quietly` does when the link is already down).
+            log.info("cannot ask Cumulocity for a device token on %s now (%s); the next "
+                     "connect asks again", self.plan.client_id, exc)
+            if self._tokens is not None:
+                self._tokens.forget_request()
         except Exception as exc:  # noqa: BLE001 - a bug: the waiter is told, the link fails
-            self._token_failed(f"the s/uat publish failed ({type(exc).__name__}, a bug)")
+            reason = (f"cannot ask Cumulocity for a device token on {self.plan.client_id}: "
+                      f"the s/uat publish failed ({type(exc).__name__}, a bug)")
+            log.warning("%s", reason)
+            if self._tokens is not None:
+                self._tokens.request_failed(reason)
             self._crash(exc)
-
-    def _token_failed(self, why: str) -> None:
-        reason = f"cannot ask Cumulocity for a device token on {self.plan.client_id}: {why}"
-        log.warning("%s", reason)
-        if self._tokens is not None:
-            self._tokens.request_failed(reason)
 
     # -- what comes in -------------------------------------------------------------------------
 

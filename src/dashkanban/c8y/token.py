@@ -89,8 +89,9 @@ class TokenSource:
         self._cond = threading.Condition()
         self._token: _Token | None = None
         self._asked_at: float | None = None
-        # Why the request in flight could not be sent (`request_failed`): a waiter is told at
-        # once instead of waiting out `wait`. Cleared by the next request or token.
+        # Why the request in flight could not be sent because of a bug (`request_failed`): a
+        # waiter is told at once instead of waiting out `wait`. Cleared by the next request or
+        # token. A request lost with its connection is `forget_request` instead.
         self._failure: str | None = None
         self.received = 0  # tokens offered, for `check` and tests
 
@@ -110,18 +111,20 @@ class TokenSource:
                  lifetime * RENEW_FRACTION)
 
     def request_failed(self, reason: str) -> None:
-        """The request just made could not be sent (its publish failed): a caller waiting in
-        `authorization` gets TokenError(reason) at once, and the next call asks again."""
+        """The request just made could not be sent, and no reconnect will change that (its
+        publish failed with a bug): a caller waiting in `authorization` gets TokenError(reason)
+        at once, and the next call asks again. A connection error is `forget_request`."""
         with self._cond:
             self._asked_at = None
             self._failure = reason
             self._cond.notify_all()
 
     def forget_request(self) -> None:
-        """No answer can come to the request in flight: it could not be started (the connection
-        is down), or its connection is gone (the answer is QoS 0 on that connection only). The
-        next `renew_if_due` (the uplink's next connect) asks again; a waiter keeps waiting for
-        that answer instead of for one that will not come."""
+        """No answer can come to the request in flight: it could not be started or sent (the
+        connection is down or dropping), or its connection is gone (the answer is QoS 0 on that
+        connection only). The next `renew_if_due` (the uplink's next connect) asks again; a
+        waiter keeps waiting, up to its `wait`, for that answer instead of for one that will
+        not come."""
         with self._cond:
             self._asked_at = None
 
