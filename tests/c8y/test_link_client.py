@@ -64,6 +64,33 @@ def test_a_template_answer_while_the_connection_ends_is_not_a_bug(tmp_path: Path
 
 
 
+def test_a_bug_that_ended_run_leaves_no_wake_up_behind(tmp_path: Path) -> None:
+    """A bug reported with no connection's group (`_crash`) ends `run`, and goes with it: the
+    wake-up that cut the backoff wait short for it used to stay set, so every backoff wait of a
+    later `run` of the same link would have returned at once."""
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        "password = s3cret\nport = 1\ntls = no\nallow_insecure = yes\n"
+        "[gateway]\nserial = dashkanban-gw-01\n"
+        f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
+    config.chmod(0o600)
+    plan = LinkPlan("dashkanban-gw-01", "100", (), gateway=True)
+
+    async def main() -> tuple[str, bool, bool]:
+        link = Link(load_settings(config), plan, None, backoff=Backoff(0, 0),
+                    refusal_backoff=Backoff(0, 0))
+        link._crash(KeyError("injected"))
+        raised = ""
+        try:
+            await link.run()  # port 1: refused, then the bug is raised
+        except KeyError as exc:
+            raised = repr(exc)
+        return raised, link._bug is None, link._bugged.is_set()
+
+    assert asyncio.run(main()) == ("KeyError('injected')", True, False)
+
+
 def test_a_bug_reported_while_connecting_ends_run_at_the_connect(
     tmp_path: Path, mosquitto_tls: Mosquitto, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -326,7 +326,9 @@ class Link:
         self.last_outage: tuple[float, int] | None = None
         self._outage_start: float | None = None  # monotonic, while connections fail
         # The task group of the connection being served (`_serve`): a bug in the link's own
-        # work fails it (`_crash`). A bug seen after it ended waits in `_bug` for `run`.
+        # work fails it (`_crash`). A bug seen after it ended waits in `_bug` for `run`, and
+        # `_bugged` wakes `run` from its backoff wait for it; both are cleared when `run` raises
+        # it (`_raise_bug`).
         self._group: asyncio.TaskGroup | None = None
         self._bug: BaseException | None = None
         self._bugged = asyncio.Event()
@@ -419,6 +421,9 @@ class Link:
     def _raise_bug(self) -> None:
         bug, self._bug = self._bug, None
         if bug is not None:
+            # The wake-up goes with the bug it announced: left set, every backoff wait of a later
+            # `run` of this link would return at once (a reconnect storm).
+            self._bugged.clear()
             raise bug
 
     def _new_client(self) -> _Client:
