@@ -20,6 +20,7 @@ from dashkanban.kanban.history import History
 from dashkanban.kanban.loop import KanbanLoop
 from dashkanban.kanban.wiring import (
     OperationRouter,
+    make_uplink,
     press_lines,
     queue_pending_clears,
     startup_publishes,
@@ -88,6 +89,25 @@ def test_operation_router_queues_status_and_clears_as_one_row() -> None:
     assert queued == [(((None, "504,10042"),
                         ("ac63be123456", "306,c8y_KanbanReorder"),
                         (None, "506,10042")), T0)]
+
+
+def test_make_uplink_leaves_the_operation_handler_to_the_caller(tmp_path: Path) -> None:
+    """The router is not the uplink's `on_operation`: it raises OutboxError, and a handler that
+    raises ends the link (a bug). The daemon sets a handler that runs it off the loop and logs
+    that error (commands/run.py); `make_uplink` used to pass the raw router, which the daemon
+    always replaced."""
+    config = tmp_path / "config.ini"
+    config.touch(mode=0o600)
+    config.write_text("[C8YMQTT]\ntenant = example.com\ntenantID = t1\nuser = u\npassword = pw\n"
+                      "[gateway]\nserial = gw-1\n[kanban]\nalarms = yes\n")
+    settings = load_settings(config)
+    _, bins = parse_bins(MACID, Path("MACID.csv"))
+    uplink, router = make_uplink(settings, KanbanLoop(bins, ON, None))
+    assert uplink.on_operation is None
+    assert router is not None
+    assert router.gateway_serial == "gw-1"
+    assert uplink.extra_subscriptions == ("s/dc/dashkanban-v2",)
+    assert uplink.startup_publishes == tuple(Outgoing(t, p) for t, p in startup_publishes(bins))
 
 
 def test_lines_messages_group_consecutive_lines_of_one_device() -> None:

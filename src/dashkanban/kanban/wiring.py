@@ -183,11 +183,13 @@ def startup_publishes(bins: Bins) -> list[tuple[str, str]]:
 
 
 class OperationRouter:
-    """The uplink's `on_operation`: refill operations to the loop, their lines to the outbox.
+    """Refill operations to the loop, their lines to the outbox.
 
-    Runs on the daemon's writer thread (commands/run.py). The status and clear lines are queued as
-    one row of lines (durable, in order behind earlier presses); `queue` is set once the
-    Courier exists. A line that is not a refill operation is left alone.
+    Runs on the daemon's writer thread: the daemon's `on_operation` (commands/run.py) hands each
+    line to it there and logs an OutboxError; it is not an `on_operation` of its own (the link
+    takes a handler that raises for a bug, and ends `run`). The status and clear lines are
+    queued as one row of lines (durable, in order behind earlier presses); `queue` is set once
+    the Courier exists. A line that is not a refill operation is left alone.
     """
 
     def __init__(self, loop: KanbanLoop, gateway_serial: str,
@@ -213,9 +215,11 @@ class OperationRouter:
 def make_uplink(settings: Settings, loop: KanbanLoop | None, **options: Any) -> tuple[
     Uplink, OperationRouter | None
 ]:
-    """The uplink, with the Kanban hooks when there are bins and alarms are on, and the router
-    whose `queue` the caller sets once the Courier exists. `options` go to `Uplink` as they
-    are (the daemon's never-give-up retry policy)."""
+    """The uplink, with the Kanban subscriptions and start-up publishes when there are bins and
+    alarms are on, and the router whose `queue` the caller sets once the Courier exists. The
+    caller also sets the uplink's `on_operation`, which hands each line to the router off the
+    loop (commands/run.py): the router itself is not one. `options` go to `Uplink` as they are
+    (the daemon's never-give-up retry policy)."""
     from dashkanban.c8y.mqtt import Uplink
 
     if loop is None or not settings.kanban.alarms:
@@ -223,7 +227,6 @@ def make_uplink(settings: Settings, loop: KanbanLoop | None, **options: Any) -> 
     router = OperationRouter(loop, settings.gateway.serial)
     uplink = Uplink(
         settings,
-        on_operation=router,
         extra_subscriptions=(OPERATIONS_TOPIC,),
         startup_publishes=startup_publishes(loop.bins),
         **options,
