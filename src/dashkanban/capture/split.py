@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dashkanban.capture import libpcap
-from dashkanban.capture.frame import MAX_FRAME, Frame
+from dashkanban.capture.frame import MAX_FRAME, PCAP_MAGICS, Frame
 
 if TYPE_CHECKING:
     from dashkanban.capture.bpf import Program
@@ -73,23 +73,15 @@ SPAN = 400 * DAY  # a record's time at most this long after the first record's
 _ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
     signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
 
-_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
-    b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
-    b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000),
-    b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000),
-}
-
-
 def find_split(head: bytes, window: bytes, at: int, size: int) -> int | None:
     """The first offset in `window` (read at file offset `at`) where CHAIN consecutive record
     headers (or fewer that end exactly at the file's end) look like real ones, judged by the
     file's header and first record (`head`: the file's first 40 bytes); None if there is none.
 
     Only a guess: Halves proves it by half A's clean end."""
-    if len(head) < 40 or head[:4] not in _MAGICS:
+    if len(head) < 40 or head[:4] not in PCAP_MAGICS:
         return None
-    endian, units = _MAGICS[head[:4]]
+    endian, units = PCAP_MAGICS[head[:4]]
     snaplen = struct.unpack_from(endian + "I", head, 16)[0]
     limit = min(snaplen, MAX_FRAME) if snaplen else MAX_FRAME
     first = struct.unpack_from(endian + "I", head, 24)[0]
