@@ -26,8 +26,9 @@ ignored on calling ctypes callback function" and hands stdio an undefined return
 frames), or inside it be caught as a read error (the replay going on in one thread, the Ctrl-C
 lost). Blocking signals around it would not do: a signal another thread takes is still handled
 on the main thread. Only the main thread runs signal handlers: there it lands in ordinary Python
-code, which closes all. Once A's Reader exists, the main thread only closes it (`pcap_close`:
-stdio's `fclose` never reads).
+code, which closes all. The main thread never calls libpcap on A's handle: A's thread makes it
+and closes it (a half `close()` takes before its thread does has no handle yet); and `fclose`
+would not read anyway (of the cookie's functions only `read` is set).
 """
 
 from __future__ import annotations
