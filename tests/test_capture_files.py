@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dashkanban import capture
 from dashkanban.capture import Frame, maybe_candidate, open_capture
 from dashkanban.errors import CaptureError, ConfigError
 from tests import forge
@@ -33,6 +34,15 @@ def write_pcap(path: Path, frames: list[tuple[float, bytes]], **kwargs: bool) ->
 
 def read(path: Path, prefilter: bool = False) -> list[Frame]:
     return list(open_capture(path, prefilter=prefilter))
+
+
+def test_the_pcap_magic_table_is_written_once() -> None:
+    """The pure reader, open_capture and the two-halves split take capture/frame.py's
+    PCAP_MAGICS: copies of it (there were three) could drift apart."""
+    package = Path(capture.__file__).parent
+    holders = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if "\\xa1\\xb2" in path.read_text(encoding="utf-8"))
+    assert holders == ["frame.py"]
 
 
 @pytest.mark.parametrize("big_endian", [False, True])

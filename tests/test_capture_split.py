@@ -324,7 +324,10 @@ def test_a_signal_during_a_two_halves_read_is_raised_or_changes_nothing(
     took = time.monotonic() - start  # only to spread the signals over a read
     threads = threading.active_count()
 
-    def handler(_signum: int, _frame: object) -> None:
+    handled: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        handled.append(signum)
         raise AlarmError
 
     rng = random.Random(16)
@@ -348,10 +351,101 @@ def test_a_signal_during_a_two_halves_read_is_raised_or_changes_nothing(
     wait_for_threads(threads)
     assert "Exception ignored" not in capfd.readouterr().err
     assert raised > 0  # the signals did land during reads
+    # A signal handled is raised, always: one caught on its way (in A's read callback, say, the
+    # replay then going on in one thread) would still leave `two == one`.
+    assert len(handled) == raised
     assert any(h is not None for h in halves)  # (a signal may stop open_halves itself)
     # Descriptors are not compared here: a signal at the return of open_halves' os.open(),
     # or between open_halves' return and the caller's assignment, can still lose one
     # (docs/capture.md).
+
+
+@pytest.mark.parametrize("where", ["pread", "callback"])
+def test_ctrl_c_while_the_first_half_reads_the_file_header_is_raised(
+        tmp_path: Path, halves: list[split.Halves | None], monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str], where: str) -> None:
+    """Ctrl-C while libpcap reads half A's file header (the read callback's first read, at
+    offset 0), in its `pread` or as the callback starts. On the main thread the callback would
+    catch the handler's KeyboardInterrupt (the replay going on in one thread, the Ctrl-C lost),
+    or ctypes would print and ignore it: the callback runs on A's thread only, and the main
+    thread raises."""
+    path = many(tmp_path / "a.pcap", 3000)
+    on_main: list[bool] = []
+
+    def interrupt(offset: int) -> None:
+        if offset == 0 and not on_main:
+            on_main.append(threading.current_thread() is threading.main_thread())
+            main = threading.main_thread().ident
+            assert main is not None
+            signal.pthread_kill(main, signal.SIGINT)
+
+    real_preadv, real_read = os.preadv, split._Window._read
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        interrupt(offset)
+        return real_preadv(fd, buffers, offset)
+
+    def callback(self: split._Window, cookie: int | None, buffer: int | None, size: int) -> int:
+        interrupt(self.offset)  # outside the callback's `try`
+        return real_read(self, cookie, buffer, size)
+
+    handled: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        handled.append(signum)
+        raise KeyboardInterrupt
+
+    if where == "pread":
+        monkeypatch.setattr(os, "preadv", preadv)
+    else:
+        monkeypatch.setattr(split._Window, "_read", callback)
+    before, threads = fds(), threading.active_count()
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            read(path, PROGRAMS["buttons"], split_min=0)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    wait_for_threads(threads)
+    assert on_main == [False]
+    assert handled == [signal.SIGINT]
+    assert halves[0] is not None
+    assert threading.active_count() == threads
+    assert fds() == before
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), MemoryError("a bug")])
+def test_an_error_reading_the_first_half_s_file_header(
+        tmp_path: Path, halves: list[split.Halves | None], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, error: BaseException) -> None:
+    """An I/O error in A's header read: read in one, as after any fault in A. Anything else in
+    the read callback (MemoryError, a bug) is raised, not read around."""
+    path = many(tmp_path / "a.pcap", 3000)
+    one = read(path, PROGRAMS["buttons"], split_min=NEVER)
+    halves.clear()
+    real = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if offset == 0 and threading.current_thread().name == "pcap-first-half":
+            raise error
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    before, threads = fds(), threading.active_count()
+    if isinstance(error, OSError):
+        with caplog.at_level(logging.DEBUG, "dashkanban.capture"):
+            assert read(path, PROGRAMS["buttons"], split_min=0) == one
+        assert halves[0] is not None
+        assert halves[0].failed == "first"
+        assert (f"{path}: the two halves stopped after 0 frames (the first half: "
+                "[Errno 5] Input/output error): read in one") in caplog.messages
+    else:
+        with pytest.raises(MemoryError, match=r"^a bug$"):
+            read(path, PROGRAMS["buttons"], split_min=0)
+        assert halves[0] is not None
+    wait_for_threads(threads)
+    assert fds() == before
 
 
 @pytest.mark.parametrize("half", ["first", "second"])
@@ -441,8 +535,11 @@ def test_the_first_half_reads_through_the_whole_stdio_buffer(
     sizes: list[int] = []
     real = split._Window._read
 
+    names: set[str] = set()
+
     def spy(self: split._Window, cookie: int | None, buffer: int | None, size: int) -> int:
         sizes.append(size)
+        names.add(threading.current_thread().name)
         return real(self, cookie, buffer, size)
 
     monkeypatch.setattr(split._Window, "_read", spy)
@@ -453,6 +550,7 @@ def test_the_first_half_reads_through_the_whole_stdio_buffer(
     assert two == read(path, PROGRAMS["buttons"], split_min=NEVER)
     assert sizes
     assert set(sizes) == {split.STDIO_BUFFER}
+    assert names == {"pcap-first-half"}  # never the main thread (the module's docstring)
 
 
 def test_reader_closes_the_file_it_is_handed_when_libpcap_is_missing(

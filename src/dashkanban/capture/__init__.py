@@ -14,6 +14,8 @@ from dashkanban.capture.frame import (
     CHUNK,
     LINKTYPE_ETHERNET,
     MAX_FRAME,
+    NANOSECONDS,
+    PCAP_MAGICS,
     CutOffError,
     Frame,
     maybe_candidate,
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PCAP_MAGICS = frozenset(
-    (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-)
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
@@ -91,7 +90,7 @@ class CaptureFile:
             try:
                 magic = _magic(self.path)
                 pcapng = magic == PCAPNG_MAGIC
-                nanoseconds = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+                nanoseconds = magic in PCAP_MAGICS and PCAP_MAGICS[magic][1] == NANOSECONDS
                 halves = None if pcapng else self._halves(program, nanoseconds)
                 reader = None if halves else libpcap.Reader(self.path, program, pcapng,
                                                              nanoseconds)

@@ -7,8 +7,9 @@ live capture depend only on this module, not on the dispatcher that picks them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from dashkanban.errors import CaptureError
 
@@ -24,6 +25,17 @@ class CutOffError(CaptureError):
 LINKTYPE_ETHERNET = 1
 CHUNK = 1 << 20  # file read size: large enough to amortise the read, small enough to stay flat
 MAX_FRAME = 1 << 18  # 262144, libpcap's largest snapshot length; a bigger record is corruption
+NANOSECONDS = 1_000_000_000
+# A classic pcap file's first four bytes -> the byte order of its header fields and how many
+# units of a second its records' sub-second field counts (draft-ietf-opsawg-pcap, "File
+# Header": 0xA1B2C3D4 microseconds, 0xA1B23C4D nanoseconds, each in either byte order). The
+# one table: the pure reader, open_capture's dispatch and the two-halves split all read it.
+PCAP_MAGICS: Final[Mapping[bytes, tuple[Literal["<", ">"], int]]] = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
+    b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
+    b"\x4d\x3c\xb2\xa1": ("<", NANOSECONDS),
+    b"\xa1\xb2\x3c\x4d": (">", NANOSECONDS),
+}
 
 
 class Frame(NamedTuple):

@@ -15,6 +15,7 @@ from dashkanban.capture.frame import (
     CHUNK,
     LINKTYPE_ETHERNET,
     MAX_FRAME,
+    PCAP_MAGICS,
     CutOffError,
     Frame,
 )
@@ -22,14 +23,6 @@ from dashkanban.errors import CaptureError
 
 if TYPE_CHECKING:
     from dashkanban.capture import CaptureFile
-
-_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
-}
-
 
 # EtherTypes (as read little-endian) the prefilter hands on to the decoder: ARP, IPv4 with
 # options, 802.1Q (a second tag), 802.1ad, old QinQ.
@@ -43,9 +36,10 @@ def read_pcap(source: CaptureFile) -> Iterator[Frame]:
         header = f.read(24)
         if len(header) < 24:
             raise CaptureError(f"{path}: pcap file header cut short at byte {len(header)}")
-        if header[:4] not in _MAGICS:
+        if header[:4] not in PCAP_MAGICS:
             raise CaptureError(f"{path}: not a pcap file (bad magic at byte 0)")
-        endian, scale = _MAGICS[header[:4]]
+        endian, units = PCAP_MAGICS[header[:4]]
+        scale = 1 / units  # exactly 1e-6 or 1e-9 (a correctly rounded division)
         linktype = struct.unpack_from(endian + "I", header, 20)[0] & 0xFFFF
         if linktype != LINKTYPE_ETHERNET:
             raise CaptureError(

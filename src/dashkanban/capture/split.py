@@ -17,11 +17,18 @@ Half A reads through `fopencookie` with a read callback that `pread`s [0, split)
 buffer (no `mmap`: a file truncated under us would kill the process with SIGBUS); half B reads
 the file through `fdopen`, `fseeko64`'d to the split once libpcap has read the file header.
 
-The read callback never runs on the main thread: Python runs a pending signal handler (Ctrl-C's
-KeyboardInterrupt) at a function's first instruction, so on the main thread the handler's
-exception would escape the callback before its `try`; ctypes would print "Exception ignored on
-calling ctypes callback function" and hand stdio an undefined return value (wrong frames). Only
-the main thread runs signal handlers: there it lands in ordinary Python code, which closes all.
+The read callback never runs on the main thread, so half A's FILE and Reader are made on A's own
+thread (libpcap reads the file header through the callback as the Reader is made; B's Reader,
+made on the caller's thread, has already read the same header). Python runs a pending signal
+handler (Ctrl-C's KeyboardInterrupt) at a function's first instruction, so on the main thread
+the handler's exception would escape the callback before its `try` (ctypes prints "Exception
+ignored on calling ctypes callback function" and hands stdio an undefined return value: wrong
+frames), or inside it be caught as a read error (the replay going on in one thread, the Ctrl-C
+lost). Blocking signals around it would not do: a signal another thread takes is still handled
+on the main thread. Only the main thread runs signal handlers: there it lands in ordinary Python
+code, which closes all. The main thread never calls libpcap on A's handle: A's thread makes it
+and closes it (a half `close()` takes before its thread does has no handle yet); and `fclose`
+would not read anyway (of the cookie's functions only `read` is set).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dashkanban.capture import libpcap
-from dashkanban.capture.frame import MAX_FRAME, Frame
+from dashkanban.capture.frame import MAX_FRAME, PCAP_MAGICS, Frame
 
 if TYPE_CHECKING:
     from dashkanban.capture.bpf import Program
@@ -67,23 +74,15 @@ SPAN = 400 * DAY  # a record's time at most this long after the first record's
 _ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
     signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
 
-_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
-    b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
-    b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000),
-    b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000),
-}
-
-
 def find_split(head: bytes, window: bytes, at: int, size: int) -> int | None:
     """The first offset in `window` (read at file offset `at`) where CHAIN consecutive record
     headers (or fewer that end exactly at the file's end) look like real ones, judged by the
     file's header and first record (`head`: the file's first 40 bytes); None if there is none.
 
     Only a guess: Halves proves it by half A's clean end."""
-    if len(head) < 40 or head[:4] not in _MAGICS:
+    if len(head) < 40 or head[:4] not in PCAP_MAGICS:
         return None
-    endian, units = _MAGICS[head[:4]]
+    endian, units = PCAP_MAGICS[head[:4]]
     snaplen = struct.unpack_from(endian + "I", head, 16)[0]
     limit = min(snaplen, MAX_FRAME) if snaplen else MAX_FRAME
     first = struct.unpack_from(endian + "I", head, 24)[0]
@@ -220,10 +219,10 @@ class _Half:
     """One half: its reader, the frames it read not yet taken, and who closes its reader:
     whoever takes it first, its thread or `Halves.close()` (under `Halves._lock`)."""
 
-    def __init__(self, name: Literal["first", "second"], reader: libpcap.Reader,
+    def __init__(self, name: Literal["first", "second"], reader: libpcap.Reader | None,
                  fd: int = -1) -> None:
         self.name = name
-        self.reader: libpcap.Reader | None = reader
+        self.reader = reader  # None for A until its thread has made it
         self.fd = fd  # half A's descriptor (its callback preads it); B's is inside its FILE
         # C queues only: the main thread never holds a lock written in Python, which a signal
         # handler's exception could leave held (and the other threads stuck on it).
@@ -260,15 +259,13 @@ class Halves:
         self.split = split
         self.failure: str | None = None
         self.failed: Literal["first", "second"] | None = None
+        self._program = program
+        self._nanoseconds = nanoseconds
         self._queue_bytes = queue_bytes
         self._window = _Window(fd, split)
         self._lock = threading.Lock()  # a C lock: `with` it is safe from signals
         self._stopped = False
-        cookie = c.fopencookie(None, b"r", libpcap.CookieFunctions(self._window.callback))
-        if not cookie:
-            raise OSError(ctypes.get_errno(), "fopencookie failed")
-        c.setvbuf(cookie, self._window.buffer, 0, STDIO_BUFFER)  # _IOFBF
-        a = libpcap.Reader(path, program, False, nanoseconds, file=cookie)  # closes cookie
+        # Half A's Reader is made on A's thread (_open_first): its read callback never runs here.
         b: libpcap.Reader | None = None
         b_fd = -1  # the duplicate while nothing else owns it
         try:
@@ -288,12 +285,11 @@ class Halves:
             try:
                 if b_fd >= 0:
                     os.close(b_fd)
-                if b is not None:
-                    b.close()
             finally:
-                a.close()  # the caller closes `fd`
+                if b is not None:
+                    b.close()  # the caller closes `fd`
             raise
-        self._a = _Half("first", a, fd)
+        self._a = _Half("first", None, fd)
         self._b = _Half("second", b)
 
     def frames(self) -> Iterator[Frame]:
@@ -373,17 +369,20 @@ class Halves:
         end = _End(None)
         try:
             reader = half.reader
-            assert reader is not None
-            if not self._stopped:
+            if reader is None and not self._stopped:
+                try:
+                    reader = half.reader = self._open_first()
+                except (libpcap.UnavailableError, OSError) as exc:
+                    end = self._window_end(str(exc))  # read in one, as after any A failure
+            if reader is not None and not self._stopped:
                 for frame in reader.frames():
                     if not self._put(half, frame):
                         break
                 else:
-                    error = self._window.error if half is self._a else None
-                    if error is not None and not isinstance(error, OSError):
-                        end = _End(None, error)
+                    if half is self._a:
+                        end = self._window_end(reader.failure)
                     elif reader.failure is not None:
-                        end = _End(f"{error or reader.failure}")
+                        end = _End(reader.failure)
         except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which raises it)
             end = _End(None, exc)
         finally:
@@ -396,6 +395,25 @@ class Halves:
                 half.items.put(end)
             except BaseException as exc:  # noqa: BLE001 (the main thread raises it)
                 half.crash = exc
+
+    def _open_first(self) -> libpcap.Reader:
+        """Half A's FILE and Reader, on A's thread: libpcap reads the file header through the
+        read callback right away (the module's docstring says why never on the main thread)."""
+        c = libpcap.libc()
+        cookie = c.fopencookie(None, b"r", libpcap.CookieFunctions(self._window.callback))
+        if not cookie:
+            raise OSError("fopencookie failed")
+        c.setvbuf(cookie, self._window.buffer, 0, STDIO_BUFFER)  # _IOFBF
+        return libpcap.Reader(self.path, self._program, False, self._nanoseconds,
+                              file=cookie)  # closes cookie, also when it raises
+
+    def _window_end(self, failure: str | None) -> _End:
+        """How half A ended, libpcap's `failure` (None: cleanly) judged by its read callback's
+        error: one that is not an I/O error (MemoryError, a bug) is raised, not read around."""
+        error = self._window.error
+        if error is not None and not isinstance(error, OSError):
+            return _End(None, error)
+        return _End(None if failure is None else f"{error or failure}")
 
     def _put(self, half: _Half, frame: Frame) -> bool:
         """Hold `frame` for the main thread, then wait while the half's buffer is full (a
