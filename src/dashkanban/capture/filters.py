@@ -13,8 +13,9 @@ from typing import Protocol
 
 from dashkanban.capture.bpf import Program, button_programs, candidate_program
 from dashkanban.config import Settings
-from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.buttons import Registry, parse_buttons
 from dashkanban.errors import DashkanbanError
+from dashkanban.files import read_buttons_text
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,11 @@ class Filterable(Protocol):
     def set_filter(self, programs: Program | Sequence[Program]) -> Program | None: ...
 
 
+def _read_buttons(settings: Settings) -> Registry:
+    """MACID.csv, as compose.load_buttons reads it (compose is a layer above capture)."""
+    return parse_buttons(read_buttons_text(settings.buttons.file), settings.buttons.file)
+
+
 def kernel_programs(settings: Settings, registry: Registry | None = None) -> tuple[Program, ...]:
     """The programs to try on a live socket, most selective first. `registry`: the buttons of
     MACID.csv when already loaded (read here otherwise, for `source = csv` only)."""
@@ -32,7 +38,7 @@ def kernel_programs(settings: Settings, registry: Registry | None = None) -> tup
     if settings.buttons.source != "csv":
         return (candidate_program(detect),)
     if registry is None:
-        registry = load_buttons(settings.buttons.file)
+        registry = _read_buttons(settings)
     # An MQTT button (a `topic` in MACID.csv) is not matched by network join (detect/presses.py).
     return button_programs((b.mac for b in registry if b.topic is None), detect)
 
@@ -60,7 +66,7 @@ def reload_buttons(
     )
 
     try:
-        registry = load_buttons(settings.buttons.file)
+        registry = _read_buttons(settings)
         check_event_text(settings, registry)  # as at start: a new name `[event] text` cannot show
         programs = kernel_programs(settings, registry)
     except DashkanbanError as exc:

@@ -759,7 +759,7 @@ class RunOptions:
 
 def run_command(args: RunOptions) -> int:
     from dashkanban.capture.live import LiveCapture
-    from dashkanban.detect.buttons import load_buttons
+    from dashkanban.compose import load_buttons
     from dashkanban.mqtt_buttons.wiring import frame_source
     from dashkanban.privileges import refuse_root
 
