@@ -735,6 +735,7 @@ class _SourceFilter:
     filter (frames from stdin, a test's) has the matching changed only."""
 
     def __init__(self, source: object) -> None:
+        self._source = source
         self._set_filter = getattr(source, "set_filter", None)
 
     def set_filter(self, programs: Program | Sequence[Program]) -> Program | None:
@@ -742,6 +743,12 @@ class _SourceFilter:
             return None
         attached: Program | None = self._set_filter(programs)
         return attached
+
+    def reopen(self) -> None:
+        """After a set_filter the open socket refused (only LiveCapture's can refuse one)."""
+        reopen = getattr(self._source, "reopen", None)
+        if reopen is not None:
+            reopen()
 
 
 def _uplink_reading(uplink: Uplink) -> tuple[bool, int]:
