@@ -197,6 +197,12 @@ class Metrics:
         with self._lock:
             self._presses_lost = (self._presses_lost or 0) + 1
 
+    def presses_lost(self) -> int:
+        """Presses lost since start (`press_lost`): the one count, which the state file shows
+        too (`outbox status`)."""
+        with self._lock:
+            return self._presses_lost or 0
+
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
             values = self._values
