@@ -376,7 +376,8 @@ class LiveCapture:
             self._reopen_wanted = False
             try:
                 new, ring, program = self._new_socket()
-            except OSError as exc:  # PermissionDeniedError included: the old socket goes on
+            except (OSError, PermissionDeniedError) as exc:  # the old socket goes on
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 kept = self.program
                 if kept is None or kept.kind == "candidates":
                     meaning = "which passes every candidate: Python matches the new list"
@@ -385,15 +386,21 @@ class LiveCapture:
                                "(systemctl reload dashkanban) tries again")
                 log.error(
                     "cannot open a new capture socket on %s for the new button list (%s): the "
-                    "open one keeps filtering with %s, %s", self.interface, exc.strerror or exc,
+                    "open one keeps filtering with %s, %s", self.interface, reason,
                     kept.describe() if kept else "the candidate filter", meaning)
                 return old
-            with contextlib.suppress(OSError):
-                attach_filter(old, PASS_NOTHING)
-            with contextlib.suppress(SocketFailedError):
-                for _ in range(RETIRE_BATCHES):
-                    if not self._drain(old, handle, BATCH):
-                        break
+            try:
+                with contextlib.suppress(OSError):
+                    attach_filter(old, PASS_NOTHING)
+                with contextlib.suppress(SocketFailedError):
+                    for _ in range(RETIRE_BATCHES):
+                        if not self._drain(old, handle, BATCH):
+                            break
+            except BaseException:  # `handle` failed: that ends the reading, old socket and all
+                if ring is not None:
+                    ring.close()
+                new.close()
+                raise
             self._close_socket(old)
             self._sock, self._ring, self.program = new, ring, program
         log.info("reopened the capture socket on %s with %s", self.interface,
