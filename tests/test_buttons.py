@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dashkanban.detect.buttons import Button, load_buttons, normalize_mac
+from dashkanban.compose import load_buttons
+from dashkanban.detect.buttons import Button, normalize_mac
 from dashkanban.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ import pytest
 from dashkanban.c8y.mqtt import event_messages
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES
 from dashkanban.cli import main
-from dashkanban.detect.buttons import load_buttons
+from dashkanban.compose import load_buttons
 from dashkanban.detect.events import Event
 from dashkanban.errors import ConfigError
 from tests.outbox_writer import T0

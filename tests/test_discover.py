@@ -118,7 +118,7 @@ def test_table_at_80_columns_never_cuts_mac_or_name() -> None:
 
     from dashkanban.capture import open_capture
     from dashkanban.commands.discover import print_table
-    from dashkanban.detect.buttons import load_buttons
+    from dashkanban.compose import load_buttons
     from dashkanban.detect.decode import TRIGGERS, Decoder
 
     decoder, census = Decoder(TRIGGERS), Census()

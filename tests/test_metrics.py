@@ -392,3 +392,64 @@ def test_a_stuck_outbox_writer_leaves_the_lost_presses_scrapable(
     assert "dashkanban_presses_lost_total 2.0" in body.splitlines()
     assert "dashkanban_outbox_events" not in body
     assert line.endswith(" c8y_refused=0 presses_lost=2")
+
+
+def test_a_stuck_writer_gets_one_row_count_however_often_it_is_asked(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread hangs on the outbox count: three scrapes and three summary lines, each
+    giving up after ROWS_WAIT, queue no further count behind it (each would wait there for as
+    long as the writer hangs); they wait on the one pending. Once the writer is free, a scrape
+    shows the count again."""
+    from dashkanban import metrics as module
+    from dashkanban.outbox.writer import Writer
+
+    monkeypatch.setattr(module, "ROWS_WAIT", 0.2)
+    release = threading.Event()
+    writer = Writer("stuck-test")
+    asked: list[int] = []
+
+    def count() -> int:
+        release.wait(10)
+        return 7
+
+    def outbox_rows() -> Awaitable[int]:
+        asked.append(1)
+        return writer.call(count)
+
+    reporting = MetricsReporting(MetricsSettings(port=0, log_interval=300), Metrics(),
+                                 outbox_rows)
+
+    async def main() -> tuple[list[str], int, int, str]:
+        await reporting.open()
+        assert reporting.server is not None
+        port = reporting.server.port
+        task = asyncio.create_task(reporting.run())
+        bodies = []
+        for _ in range(3):
+            bodies.append((await scrape(port))[1])
+            await reporting.summary.log_now()
+        executor = writer._executor
+        assert executor is not None
+        queued, asked_stuck = executor._work_queue.qsize(), len(asked)
+        release.set()
+        body = ""
+        for _ in range(100):  # bounded: the count's answer reaches the loop
+            body = (await scrape(port))[1]
+            if "dashkanban_outbox_events 7.0" in body.splitlines():
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return bodies, queued, asked_stuck, body
+
+    try:
+        bodies, queued, asked_stuck, body = asyncio.run(main())
+    finally:
+        release.set()
+        writer.close()
+    assert all("dashkanban_outbox_events" not in b for b in bodies)
+    assert asked_stuck == 1  # one count for six readings
+    assert queued == 0  # nothing waits behind the stuck count
+    assert "dashkanban_outbox_events 7.0" in body.splitlines()

@@ -60,7 +60,7 @@ def test_press_handler_gives_what_run_presses_gives() -> None:
     from collections.abc import Iterator
 
     from dashkanban.capture import open_capture
-    from dashkanban.detect.buttons import load_buttons
+    from dashkanban.compose import load_buttons
     from dashkanban.detect.decode import TRIGGERS
 
     data = Path(dashkanban.__file__).parent / "data"
@@ -151,7 +151,7 @@ def _mixed_stream() -> tuple[Registry, list[Frame]]:
     broker, never by network join) and a MAC written in capitals (no Sighting's MAC equals it),
     both of which send frames here."""
     from dashkanban.capture import open_capture
-    from dashkanban.detect.buttons import load_buttons
+    from dashkanban.compose import load_buttons
 
     data = Path(dashkanban.__file__).parent / "data"
     mqtt = Button("mqtt_1", "68:54:fd:aa:bb:cc", topic="zigbee2mqtt/button_1")

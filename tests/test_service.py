@@ -362,7 +362,7 @@ def test_installed_config_loads_as_the_service_user_and_no_one_else(
     probe = (
         "import sys; from pathlib import Path; "
         "from dashkanban.config import load_settings; "
-        "from dashkanban.detect.buttons import load_buttons\n"
+        "from dashkanban.compose import load_buttons\n"
         "try:\n"
         "    s = load_settings(Path('/etc/dashkanban/config.ini'), {})\n"
         "except Exception as exc:\n"

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dashkanban.config import Settings
-from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.buttons import Registry, parse_buttons
 from dashkanban.detect.events import Event, check_event_text
 from dashkanban.detect.pipeline import Pipeline
 from dashkanban.detect.presses import ButtonLookup, Press
 from dashkanban.errors import DashkanbanError
+from dashkanban.files import read_buttons_text
 
 if TYPE_CHECKING:
     from dashkanban.c8y.inventory import LookupQueue
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
     from dashkanban.outbox.store import Outbox
 
 log = logging.getLogger(__name__)
+
+
+def load_buttons(path: Path) -> Registry:
+    """Read MACID.csv. Errors name the file and line; nothing is silently dropped."""
+    return parse_buttons(read_buttons_text(path), path)
 
 
 def load_registry(settings: Settings, loaded: Registry | None = None) -> Registry:

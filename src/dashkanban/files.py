@@ -11,6 +11,7 @@ swapped between the check and the read.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
 import stat
@@ -18,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dashkanban.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1 << 20  # config.ini: a few KiB in practice
 MAX_BUTTONS_BYTES = 64 << 20  # MACID.csv: 10,000 buttons are about 1 MiB
@@ -121,3 +124,47 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+# MACID.csv's bytes to text: the file read here, its rows parsed by detect/buttons.py's
+# parse_buttons (text in, Buttons out); compose.load_buttons does both.
+UTF8_BOM = b"\xef\xbb\xbf"
+_warned_cp1252: set[Path] = set()  # one warning per file and process (the daemon reads it twice)
+
+
+def read_buttons_text(path: Path) -> str:
+    """The text of MACID.csv, or a ConfigError naming the file (and the line of a bad byte).
+
+    UTF-8, with or without a BOM, is the norm. Anything else is read as Windows-1252, which is
+    what Excel writes for "CSV" on a German or Western European Windows (one warning line naming
+    the file). Byte offsets in errors count from the start of the file, BOM included."""
+    try:
+        data = read_regular(path, "buttons file", MAX_BUTTONS_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(
+            "buttons file not found (set [buttons] file in config.ini)", path
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read buttons file: {exc.strerror}", path) from None
+    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = start + exc.start  # the decoder counts from after the BOM; people from byte 0
+    try:
+        text = data[start:].decode("cp1252")
+    except UnicodeDecodeError as exc:  # bytes Windows-1252 leaves undefined (0x81, 0x8d, ...)
+        offset = start + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise ConfigError(
+            f"neither UTF-8 nor Windows-1252 text (byte 0x{data[offset]:02x} at offset "
+            f"{offset}); save MACID.csv as \"CSV UTF-8\"", path, line
+        ) from None
+    if path not in _warned_cp1252:
+        _warned_cp1252.add(path)
+        line = data.count(b"\n", 0, bad) + 1
+        log.warning(
+            "%s: not UTF-8 (byte 0x%02x at offset %d, line %d): read as Windows-1252; save it "
+            "as \"CSV UTF-8\" to be sure", path, data[bad], bad, line,
+        )
+    return text

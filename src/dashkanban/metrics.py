@@ -197,6 +197,12 @@ class Metrics:
         with self._lock:
             self._presses_lost = (self._presses_lost or 0) + 1
 
+    def presses_lost(self) -> int:
+        """Presses lost since start (`press_lost`): the one count, which the state file shows
+        too (`outbox status`)."""
+        with self._lock:
+            return self._presses_lost or 0
+
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
             values = self._values
@@ -218,6 +224,36 @@ assert {f.name for f in fields(ButtonsSnapshot)} == {*BUTTON_COUNTERS, "connecte
 # How many events wait in the outbox: a plain call (tests, a cheap count) or an awaitable one,
 # e.g. `lambda: writer.call(outbox.count)` so that the SQLite read never runs on the loop.
 OutboxRows = Callable[[], int | Awaitable[int]]
+
+
+class OneCount:
+    """`outbox_rows` asked once at a time: while a count is pending (a busy or stuck writer
+    thread), a scrape or summary line waits on that same count instead of queueing one more on
+    the writer thread, where each would wait behind the stuck call (one per line and scrape,
+    for as long as it hangs). Callable as an OutboxRows; read_rows' timeout leaves the pending
+    count running for the next caller."""
+
+    def __init__(self, outbox_rows: OutboxRows) -> None:
+        self._rows = outbox_rows
+        self._pending: asyncio.Future[int] | None = None
+
+    def __call__(self) -> int | Awaitable[int]:
+        if self._pending is None or self._pending.done():
+            rows = self._rows()
+            if not inspect.isawaitable(rows):
+                return rows
+            self._pending = asyncio.ensure_future(rows)
+            # Read here too: a count that fails after its callers gave up is not an
+            # "exception never retrieved" on the loop (read_rows logs those it sees).
+            self._pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return asyncio.shield(self._pending)
+
+
+def one_count(outbox_rows: OutboxRows | None) -> OneCount | None:
+    """`outbox_rows` as a OneCount (the same one when it is already)."""
+    if outbox_rows is None or isinstance(outbox_rows, OneCount):
+        return outbox_rows
+    return OneCount(outbox_rows)
 
 
 async def read_rows(outbox_rows: OutboxRows | None) -> int | None:
@@ -250,7 +286,7 @@ class SummaryLogger:
     ) -> None:
         self._metrics = metrics
         self._interval = interval
-        self._outbox_rows = outbox_rows
+        self._outbox_rows = one_count(outbox_rows)
 
     async def log_now(self) -> None:
         rows = await read_rows(self._outbox_rows)
@@ -349,7 +385,7 @@ class MetricsServer:
     ) -> None:
         self._metrics = metrics
         self._requested_port = port
-        self._outbox_rows = outbox_rows
+        self._outbox_rows = one_count(outbox_rows)
         self._uplink = uplink
         self._server: asyncio.Server | None = None
 
@@ -446,6 +482,8 @@ class MetricsReporting:
         outbox_rows: OutboxRows | None = None,
         uplink: UplinkReading | None = None,
     ) -> None:
+        # One pending count shared by the summary line and the scrapes (OneCount).
+        outbox_rows = one_count(outbox_rows)
         self.summary = SummaryLogger(metrics, settings.log_interval, outbox_rows)
         self.server: MetricsServer | None = None
         if settings.port is not None:

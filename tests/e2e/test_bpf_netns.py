@@ -9,6 +9,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from dashkanban.capture import Frame, bpf
 from dashkanban.capture.filters import kernel_programs, reload_buttons
 from dashkanban.capture.live import LiveCapture
-from dashkanban.config import load_settings
+from dashkanban.config import Settings, load_settings
 from dashkanban.detect.buttons import Registry
 from tests import forge
 from tests.e2e.marks import SYNC, Marks
@@ -268,9 +269,9 @@ def test_reload_racing_a_reopen_reaches_the_next_socket(veth_pair: Pair, tmp_pat
     assert BUTTON in registry
     assert [(r.levelname, r.getMessage()) for r in caplog.records
             if r.name == "dashkanban.capture.filters"] == [
-        ("WARNING", f"reload: 2 buttons from {buttons}; the kernel refused the button filter "
-                    "(2 MACs) on the open socket (Bad file descriptor): it filters with the old "
-                    "one until the capture reopens it")]
+        ("WARNING", f"reload: 2 buttons from {buttons}; the capture was reopening its socket "
+                    "(Bad file descriptor): the new socket gets the button filter (2 MACs), as "
+                    "at start")]
     out = sender(veth_pair)
     receiver = Receiver(veth_pair, capture)  # the socket reopened
     try:
@@ -281,3 +282,95 @@ def test_reload_racing_a_reopen_reaches_the_next_socket(veth_pair: Pair, tmp_pat
         receiver.stop()
         out.close()
     assert [f.data for f in got] == [probe]
+
+
+def _big_list(tmp_path: Path, rows: list[str]) -> tuple[Path, Settings]:
+    buttons = tmp_path / "MACID.csv"
+    buttons.write_text("Name, MAC-Address\n" + "".join(f"{row}\n" for row in rows))
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
+        "user = t12345/dash-gateway\npassword = secret\n\n"
+        f"[buttons]\nfile = {buttons}\n\n[capture]\ndetect = arp, dhcp, ndp\n")
+    config.chmod(0o600)
+    return buttons, load_settings(config)
+
+
+@pytest.mark.parametrize("optmem", [10000, 1000])
+def test_reload_refused_on_the_open_socket_reopens_it(veth_pair: Pair, tmp_path: Path,
+                                                      optmem: int,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """999 buttons (their last 4 bytes: 18 kB) on the open socket, then `optmem_max` lowered
+    and a reload adding BUTTON: the open socket takes nothing (18 kB + the new program), so the
+    capture opens a new socket with the new list, which falls back down the chain as at start
+    (10000: the candidate filter) and BUTTON's press arrives. With room for no program at all
+    (1000), the old socket goes on with its filter and one ERROR says BUTTON is not heard."""
+    others = [f"b{i},{mac}" for i, mac in enumerate(macs(998))]
+    buttons, settings = _big_list(tmp_path, [f"sync,{SYNC}", *others])
+    ip("netns", "exec", veth_pair.ns_b, "sysctl", "-q", "-w", "net.core.optmem_max=30000")
+    old = kernel_programs(settings)
+    capture = LiveCapture(veth_pair.if_b, ALL, programs=old)
+    out = sender(veth_pair)
+    receiver = Receiver(veth_pair, capture)
+    try:
+        receiver.sync(out)
+        assert capture.program == old[1]  # 999 whole MACs (43 kB) do not fit in 30000
+        before = receiver.exchange(out, presses(BUTTON))
+        ip("netns", "exec", veth_pair.ns_b, "sysctl", "-q", "-w",
+           f"net.core.optmem_max={optmem}")
+        buttons.write_text(buttons.read_text() + f"dashButton_1,{BUTTON}\n")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "dashkanban.capture"):
+            registry = reload_buttons(settings, capture, lambda registry: None)
+            # The reading thread replaces the socket (or keeps it) when it next wakes.
+            for _ in range(200):
+                if any(r.name == "dashkanban.capture.live" and r.levelname in ("INFO", "ERROR")
+                       for r in caplog.records):
+                    break
+                time.sleep(0.05)
+            receiver.sync(out)
+        after = receiver.exchange(out, presses(BUTTON))
+    finally:
+        receiver.stop()
+        out.close()
+    assert before == []
+    assert registry is not None
+    assert BUTTON in registry
+    new = kernel_programs(settings, registry)
+    assert [p.kind for p in new] == ["buttons", "buttons-last4", "candidates"]
+    records = [(r.name.rpartition(".")[2], r.levelname, r.getMessage()) for r in caplog.records]
+    reload_line = ("filters", "WARNING",
+                   f"reload: 1000 buttons from {buttons}; the kernel refused the button filter "
+                   "(1000 MACs) on the open socket (Cannot allocate memory), which filters with "
+                   "the button filter (999 MACs by their last 4 bytes) meanwhile: reopening the "
+                   "capture socket")
+    refused = [("live", "WARNING",
+                f"the kernel refused the button filter (1000 MACs) ({len(new[0])} instructions): "
+                "Cannot allocate memory (net.core.optmem_max); trying the button filter (1000 "
+                "MACs by their last 4 bytes)")] * 4
+    refused_last4 = [("live", "WARNING",
+                      "the kernel refused the button filter (1000 MACs by their last 4 bytes) "
+                      f"({len(new[1])} instructions): Cannot allocate memory (net.core."
+                      "optmem_max); trying the candidate filter")] * 2
+    if optmem == 10000:
+        assert capture.program == new[2]
+        assert [f.data for f in after] == presses(BUTTON)  # heard: the candidate filter
+        # set_filter on the open socket (bridge and direct, each refused), then the new socket.
+        assert records == [
+            *refused[:1], *refused_last4[:1], reload_line,
+            *refused[:1], *refused_last4[:1],
+            ("live", "INFO", f"reopened the capture socket on {veth_pair.if_b} with the "
+                             "candidate filter"),
+        ]
+    else:
+        assert capture.program == old[1]
+        assert after == []  # the kernel still drops BUTTON's frames: said at ERROR
+        assert records == [
+            *refused[:1], *refused_last4[:1], reload_line,
+            *refused[:1], *refused_last4[:1],
+            ("live", "ERROR", f"cannot open a new capture socket on {veth_pair.if_b} for the "
+                              "new button list (Cannot allocate memory): the open one keeps "
+                              "filtering with the button filter (999 MACs by their last 4 "
+                              "bytes), so a button only the new list has is not heard; a "
+                              "reload (systemctl reload dashkanban) tries again"),
+        ]

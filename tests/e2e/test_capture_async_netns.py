@@ -477,3 +477,67 @@ def test_long_frames_cut_short_when_the_receive_buffer_is_full_are_counted_and_l
         f"a frame of {len(sent[0])} bytes was handed over cut to its first 190: the socket's "
         "receive buffer was full, so the kernel could not queue it whole; further ones are "
         "logged at DEBUG and counted (capture statistics: truncated)")
+
+
+def test_reopen_on_the_loop_hands_over_the_old_socket_frames(
+    veth_pair: Pair, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload the open socket refused (ENOMEM: 18 kB of last-4-bytes program on it, 10000
+    bytes of `optmem_max`), then reopen(): the loop opens a socket with the new list (here its
+    candidate fallback, as at start) and retires the old one. The old button's frames the old
+    socket still held when the loop replaced it are handed over, once, before the new
+    button's."""
+    from dashkanban.capture import live
+    from dashkanban.capture.live import FilterRefusedError
+    from tests.test_bpf import macs, presses
+
+    # 4 frames a wake-up: the wake-up that sees the reopen leaves 2 of the 6 below in the old
+    # socket, for the replacement to hand over.
+    monkeypatch.setattr(live, "BATCH", 4)
+    detect = ("arp", "dhcp", "ndp")
+    others = macs(998)
+    old_button = others[0]
+    ip("netns", "exec", veth_pair.ns_b, "sysctl", "-q", "-w", "net.core.optmem_max=30000")
+    old = bpf.button_programs([SYNC, *others], detect)
+    new = bpf.button_programs([SYNC, BUTTON, *others], detect)
+    capture = LiveCapture(veth_pair.if_b, detect, programs=old)
+    delivered = Delivered()
+    out = sender(veth_pair)
+    try:
+        with running(veth_pair, capture, delivered.handle) as (loop, task):
+            delivered.sync(out)
+            assert capture.program == old[1]
+            ip("netns", "exec", veth_pair.ns_b, "sysctl", "-q", "-w",
+               "net.core.optmem_max=10000")
+            with pytest.raises(FilterRefusedError) as refused:
+                capture.set_filter(new)
+            assert refused.value.filtering == old[1]
+            # The loop held up while the reopen is asked and the old button's frames arrive,
+            # so they wait in the old socket when the loop replaces it.
+            held, holding = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                holding.set()
+                held.wait(10)
+
+            loop.loop.call_soon_threadsafe(hold)
+            assert holding.wait(10)
+            with caplog.at_level(logging.INFO, "dashkanban.capture.live"):
+                capture.reopen()
+                for frame in presses(old_button):  # more than one wake-up reads (BATCH)
+                    out.send(frame)  # queued in the old socket (its filter passes them)
+                held.set()
+                for _ in range(200):
+                    if capture.program == new[2]:
+                        break
+                    time.sleep(0.05)
+            got = delivered.exchange(out, presses(BUTTON))
+            assert not task.done()
+    finally:
+        out.close()
+    assert capture.program == new[2]
+    assert [f.data for f in got] == [*presses(old_button), *presses(BUTTON)]
+    assert len(delivered.threads) == 1  # all on the loop's thread
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "dashkanban.capture.live"][-1] == (
+        "INFO", f"reopened the capture socket on {veth_pair.if_b} with the candidate filter")

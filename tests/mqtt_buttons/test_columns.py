@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dashkanban.compose import load_buttons
 from dashkanban.config import EventSettings, KanbanSettings
-from dashkanban.detect.buttons import Button, load_buttons, normalize_address
+from dashkanban.detect.buttons import Button, normalize_address
 from dashkanban.detect.decode import Sighting
 from dashkanban.detect.events import make_event
 from dashkanban.detect.presses import Debouncer, Press

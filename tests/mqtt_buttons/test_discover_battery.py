@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dashkanban.cli import main
-from dashkanban.detect.buttons import load_buttons
+from dashkanban.compose import load_buttons
 from dashkanban.mqtt_buttons.battery import BatteryFile
 
 DATA = Path(__file__).resolve().parents[2] / "src" / "dashkanban" / "data"

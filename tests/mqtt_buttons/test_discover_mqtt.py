@@ -10,7 +10,8 @@ import aiomqtt
 import pytest
 
 from dashkanban.cli import main
-from dashkanban.detect.buttons import Button, load_buttons
+from dashkanban.compose import load_buttons
+from dashkanban.detect.buttons import Button
 from dashkanban.mqtt_buttons.discover import (
     MqttCensus,
     TopicSeen,

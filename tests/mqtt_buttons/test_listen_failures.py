@@ -13,8 +13,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from dashkanban.compose import load_buttons
 from dashkanban.config import MqttButtonsSettings
-from dashkanban.detect.buttons import load_buttons
 from dashkanban.mqtt_buttons.source import ButtonBroker
 from tests.brokers import Mosquitto
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from dashkanban.capture.filters import kernel_programs
+from dashkanban.compose import load_buttons
 from dashkanban.config import load_settings
-from dashkanban.detect.buttons import load_buttons
 from dashkanban.mqtt_buttons.wiring import NoCapture, frame_source, mqtt_only
 from dashkanban.sandbox import Sandbox
 from tests.brokers import Mosquitto

@@ -12,8 +12,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from dashkanban.compose import load_buttons
 from dashkanban.config import MqttButtonsSettings
-from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.buttons import Registry
 from dashkanban.mqtt_buttons.payloads import MAX_PAYLOAD
 from dashkanban.mqtt_buttons.source import Battery, ButtonBroker, MqttPress
 from tests.brokers import Mosquitto

@@ -17,8 +17,8 @@ import pytest
 from dashkanban.capture import Frame
 from dashkanban.cli import main
 from dashkanban.commands.run import Daemon
+from dashkanban.compose import load_buttons
 from dashkanban.config import load_settings
-from dashkanban.detect.buttons import load_buttons
 from dashkanban.kanban.history import History
 from dashkanban.outbox.store import Outbox
 from dashkanban.sandbox import Sandbox

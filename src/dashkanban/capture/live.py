@@ -59,6 +59,11 @@ RECEIVE_BUFFER = 65536  # the largest frame a candidate can be (the filter accep
 # Frames read per wake-up at most: about 1 ms of work at saturation, so that the event loop's
 # other tasks (the uplink, timers) get their turn during a flood; the rest waits in the ring.
 BATCH = 256
+# A socket retired by reopen(): its filter swapped for this one (BPF_RET|BPF_K 0: pass nothing),
+# so the frames it still holds are finite; read in at most this many batches (the 2 MiB ring
+# holds 8,192 frames), then closed.
+PASS_NOTHING: tuple[Instruction, ...] = ((0x06, 0, 0, 0),)
+RETIRE_BATCHES = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,11 +83,23 @@ def attach_filter(sock: socket.socket, program: Sequence[Instruction]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
 
 
+class FilterRefusedError(OSError):
+    """The kernel took no program of the chain (errno and strerror as it said). `filtering`: the
+    program the socket filters with now, when that is no longer the one it had (the bridge,
+    swapped in before the refusal); None when the socket kept its old program, or when it had
+    none (a fresh socket) or was closed (EBADF)."""
+
+    def __init__(self, error: OSError, filtering: Program | None = None) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.filtering = filtering
+
+
 def attach_first(
     sock: socket.socket, programs: Sequence[Program], bridge: Program | None = None
 ) -> Program:
     """Attach the first program the kernel takes; on ENOMEM (a filter is charged to the socket's
     `net.core.optmem_max`, 20480 bytes on older kernels) try the next, less selective one.
+    Raises FilterRefusedError when none is taken (another error than ENOMEM at once).
 
     SO_ATTACH_FILTER on a socket that has a filter swaps the old one out atomically, but charges
     both for a moment: with `bridge` (a small program), a refused one is tried again after the
@@ -97,7 +114,7 @@ def attach_first(
             return program
         except OSError as exc:
             if exc.errno != errno.ENOMEM:
-                raise
+                raise FilterRefusedError(exc, bridge if bridged else None) from exc
             failure = exc
         if bridge is not None and bridge is not program:
             try:
@@ -108,9 +125,9 @@ def attach_first(
                 return program
             except OSError as exc:
                 if exc.errno != errno.ENOMEM:
-                    raise
+                    raise FilterRefusedError(exc, bridge if bridged else None) from exc
         if index == len(programs) - 1:
-            raise failure
+            raise FilterRefusedError(failure, bridge if bridged else None) from failure
         log.warning(
             "the kernel refused %s (%d instructions): %s (net.core.optmem_max); trying %s",
             program.describe(), len(program), failure.strerror, programs[index + 1].describe(),
@@ -218,7 +235,9 @@ class LiveCapture:
         # which must not take a lock the interrupted thread could hold.
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._reopen_wanted = False  # reopen(): a plain flag too, set from the reload's thread
         self._closed = False
 
     # -- the two places that touch the system (tests may swap exactly these) --------------------
@@ -238,14 +257,20 @@ class LiveCapture:
             raise self._refused() from None
 
     def _open_socket(self) -> socket.socket:
+        sock, self._ring, self.program = self._new_socket()
+        return sock
+
+    def _new_socket(self) -> tuple[socket.socket, Ring | None, Program]:
+        """A socket bound to the interface with the first program of the chain the kernel
+        takes, and its ring."""
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError:
             raise self._refused() from None
         ring: Ring | None = None
         try:
-            self.program = attach_first(sock, self._programs)
-            ring = self._make_ring(sock)
+            program = attach_first(sock, self._programs)
+            ring = self._make_ring(sock, program)
             if ring is None:
                 sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             sock.bind((self.interface, ETH_P_ALL))
@@ -259,15 +284,14 @@ class LiveCapture:
                 ring.close()
             sock.close()
             raise
-        self._ring = ring
-        return sock
+        return sock, ring, program
 
-    def _make_ring(self, sock: socket.socket) -> Ring | None:
+    def _make_ring(self, sock: socket.socket, program: Program) -> Ring | None:
         """The socket's receive ring; None (read with recvmsg) when `ring_bytes` is 0 or the
         kernel refuses one (said once, at WARNING: the capture works, at a higher cost)."""
         size = self.ring_bytes
         if size is None:
-            buttons = self.program is not None and self.program.kind != "candidates"
+            buttons = program.kind != "candidates"
             size = BUTTON_RING_BYTES if buttons else RING_BYTES
         if not size:
             return None
@@ -299,8 +323,9 @@ class LiveCapture:
         once, where the kernel swaps the old one out atomically (no frame is lost or let through
         unfiltered), and to every socket reopened later. Returns the program attached, None when
         no socket is open. When the kernel refuses every one of them on the open socket (or the
-        socket was closed meanwhile, EBADF), that socket keeps the old program and the OSError is
-        raised; the next socket opened gets the new ones all the same."""
+        socket was closed meanwhile, EBADF), FilterRefusedError is raised, its `filtering` the
+        program that socket filters with now (None: closed); the next socket opened gets the new
+        ones all the same, and reopen() opens one now."""
         chain = (programs,) if isinstance(programs, Program) else tuple(programs)
         if not chain:
             raise ValueError("no program to attach")
@@ -313,9 +338,76 @@ class LiveCapture:
             sock = self._sock
             if sock is None:
                 return None
-            attached = attach_first(sock, chain, bridge=chain[-1])
+            try:
+                attached = attach_first(sock, chain, bridge=chain[-1])
+            except FilterRefusedError as exc:
+                if exc.errno == errno.EBADF:
+                    exc.filtering = None  # closed: the reading side opens the next with `chain`
+                else:
+                    exc.filtering = exc.filtering or self.program
+                    self.program = exc.filtering
+                raise
             self.program = attached
             return attached
+
+    def reopen(self) -> None:
+        """Open a new socket with the programs set last, as soon as the reading side wakes
+        (run() or frames()), and retire the open one without losing what it holds (see
+        _replace). For a set_filter the open socket refused: callable from any thread."""
+        self._reopen_wanted = True
+        with contextlib.suppress(OSError):  # a full pipe wakes the reader all the same
+            os.write(self._wake_w, b"r")
+
+    def _clear_wake(self) -> None:
+        with contextlib.suppress(OSError):  # empty (BlockingIOError) or closed
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _replace(self, old: socket.socket, handle: Callable[[Frame], None]) -> socket.socket:
+        """reopen(), on the reading side: a new socket with the programs set last (falling back
+        down the chain as at start), bound before the old one stops receiving; then the old
+        one's filter is swapped for PASS_NOTHING, the frames it still holds are handed to
+        `handle`, and it is closed. A frame arriving between the bind and the swap may be read
+        from both sockets (a press's frames are debounced: docs/capture.md); none is lost. Under
+        the filter lock throughout, so a set_filter meanwhile reaches the socket that stays.
+        When no new socket can be had, the old one stays (one ERROR saying what it filters
+        with). Returns the socket to read."""
+        with self._filter_lock:
+            self._reopen_wanted = False
+            try:
+                new, ring, program = self._new_socket()
+            except (OSError, PermissionDeniedError) as exc:  # the old socket goes on
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                kept = self.program
+                if kept is None or kept.kind == "candidates":
+                    meaning = "which passes every candidate: Python matches the new list"
+                else:
+                    meaning = ("so a button only the new list has is not heard; a reload "
+                               "(systemctl reload dashkanban) tries again")
+                log.error(
+                    "cannot open a new capture socket on %s for the new button list (%s): the "
+                    "open one keeps filtering with %s, %s", self.interface, reason,
+                    kept.describe() if kept else "the candidate filter", meaning)
+                return old
+            try:
+                with contextlib.suppress(OSError):
+                    attach_filter(old, PASS_NOTHING)
+                with contextlib.suppress(SocketFailedError):
+                    for _ in range(RETIRE_BATCHES):
+                        if not self._drain(old, handle, BATCH):
+                            break
+            except BaseException:  # `handle` failed: that ends the reading, old socket and all
+                if ring is not None:
+                    ring.close()
+                new.close()
+                raise
+            self._close_socket(old)
+            self._sock, self._ring, self.program = new, ring, program
+        log.info("reopened the capture socket on %s with %s", self.interface,
+                 program.describe())
+        if program.note:
+            log.info("%s", program.note)
+        return new
 
     def statistics(self) -> Statistics:
         """PACKET_STATISTICS added up over every socket opened so far: frames the kernel filter
@@ -372,6 +464,7 @@ class LiveCapture:
             # With the lock from the attach to `_sock`: a set_filter meanwhile would find no
             # socket open and the new socket would keep the programs it was opened with.
             with self._filter_lock:
+                self._reopen_wanted = False  # a fresh socket: it has the programs set last
                 sock = self._open_socket()
                 self._sock = sock
         except PermissionDeniedError:
@@ -418,33 +511,55 @@ class LiveCapture:
         wake-up drains up to BATCH waiting frames. A failed socket is reopened with backoff;
         PermissionDeniedError, and whatever `handle` raises, end it (raised here)."""
         loop = asyncio.get_running_loop()
-        while True:
-            opened = self._open()
-            if not isinstance(opened, socket.socket):
-                await asyncio.sleep(opened)
-                continue
-            sock = opened
-            fd = sock.fileno()
-            outcome: asyncio.Future[None] = loop.create_future()
+        sock: socket.socket | None = None
+        try:
+            while True:
+                if sock is None:
+                    opened = self._open()
+                    if not isinstance(opened, socket.socket):
+                        await asyncio.sleep(opened)
+                        continue
+                    sock = opened
+                reading, fd = sock, sock.fileno()
+                # Done with None: reopen() was called; with an exception: the socket failed.
+                outcome: asyncio.Future[None] = loop.create_future()
 
-            def readable(sock: socket.socket = sock, fd: int = fd,
-                         outcome: asyncio.Future[None] = outcome) -> None:
+                def readable(sock: socket.socket = reading, fd: int = fd,
+                             outcome: asyncio.Future[None] = outcome) -> None:
+                    try:
+                        self._drain(sock, handle, BATCH)
+                    except Exception as exc:  # noqa: BLE001 - raised again by `await outcome`
+                        loop.remove_reader(fd)
+                        if not outcome.done():
+                            outcome.set_exception(exc)
+
+                def woken(outcome: asyncio.Future[None] = outcome) -> None:
+                    self._clear_wake()
+                    if self._reopen_wanted and not outcome.done():
+                        outcome.set_result(None)
+
+                loop.add_reader(fd, readable)
+                loop.add_reader(self._wake_r, woken)
+                if self._reopen_wanted:  # asked before the reader was watching the pipe
+                    outcome.set_result(None)
+                failure: SocketFailedError | None = None
                 try:
-                    self._drain(sock, handle, BATCH)
-                except Exception as exc:  # noqa: BLE001 - raised again by `await outcome`
+                    await outcome
+                except SocketFailedError as exc:
+                    failure = exc
+                finally:
                     loop.remove_reader(fd)
-                    if not outcome.done():
-                        outcome.set_exception(exc)
-
-            loop.add_reader(fd, readable)
-            try:
-                await outcome
-            except SocketFailedError as failure:
+                    loop.remove_reader(self._wake_r)
+                if failure is None:
+                    sock = self._replace(sock, handle)
+                    continue
                 delay = self._failed(failure)
-            finally:
-                loop.remove_reader(fd)
                 self._close_socket(sock)
-            await asyncio.sleep(delay)
+                sock = None
+                await asyncio.sleep(delay)
+        finally:
+            if sock is not None:
+                self._close_socket(sock)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -459,8 +574,16 @@ class LiveCapture:
         return self._stopping
 
     def _sleep(self, seconds: float) -> None:
-        """Wait for the backoff, or less when stop() is called."""
-        select.select([self._wake_r], [], [], seconds)
+        """Wait for the backoff, or less when stop() is called. A reopen() meanwhile does not
+        shorten it: the socket opened after it has the programs set last anyway."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ready, _, _ = select.select([self._wake_r], [], [], left)
+            if ready:
+                self._clear_wake()
 
     def close(self) -> None:
         if not self._closed:
@@ -487,6 +610,15 @@ class LiveCapture:
             try:
                 while not self._stopping:
                     ready, _, _ = select.select([sock, self._wake_r], [], [], POLL_SECONDS)
+                    if self._wake_r in ready:
+                        self._clear_wake()
+                        if self._reopen_wanted and not self._stopping:
+                            sock = self._replace(sock, batch.append)
+                            try:
+                                yield from batch
+                            finally:
+                                batch.clear()
+                            continue
                     if sock not in ready:
                         continue
                     # Drain on each wake-up, not one select per frame: a burst costs no

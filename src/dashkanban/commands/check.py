@@ -24,9 +24,9 @@ from typing import Any
 from dashkanban.c8y.mqtt import try_login
 from dashkanban.c8y.smartrest import encode_line
 from dashkanban.c8y.tls import describe_tls_failure, make_tls_context
-from dashkanban.compose import load_registry
+from dashkanban.compose import load_buttons, load_registry
 from dashkanban.config import Settings, find_config, load_settings
-from dashkanban.detect.buttons import Button, load_buttons, normalize_mac
+from dashkanban.detect.buttons import Button, normalize_mac
 from dashkanban.detect.events import make_event
 from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError, DashkanbanError, UplinkError
@@ -135,7 +135,8 @@ def rest_used(settings: Settings) -> bool:
     if settings.buttons.source != "csv" or settings.kanban.alarms:
         return True
     try:
-        from dashkanban.detect.buttons import header_fields, read_buttons_text
+        from dashkanban.detect.buttons import header_fields
+        from dashkanban.files import read_buttons_text
 
         return "bin" in header_fields(read_buttons_text(settings.buttons.file))
     except ConfigError:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 from dashkanban.capture import Frame, open_capture
 from dashkanban.capture.bpf import candidate_program
 from dashkanban.config import DEFAULT_PATHS, Settings, load_settings
-from dashkanban.detect.buttons import Registry, load_buttons
+from dashkanban.detect.buttons import Registry
 from dashkanban.detect.decode import TRIGGERS, Decoder, Sighting
 from dashkanban.detect.vendors import is_amazon, vendor_of
 from dashkanban.errors import CaptureError, ConfigError, DashkanbanError
@@ -179,7 +179,8 @@ def add_to(path: Path, devices: Iterable[Device], out: TextIO) -> int:
     """`--add-to MACID.csv`: append the devices not listed yet, in the file's own delimiter and
     line ends, never a second header; a missing file is made with the header. Prints each row
     added; returns how many."""
-    from dashkanban.detect.buttons import delimiter_of, parse_buttons, read_buttons_text
+    from dashkanban.detect.buttons import delimiter_of, parse_buttons
+    from dashkanban.files import read_buttons_text
 
     if path.exists():
         text = read_buttons_text(path)
@@ -248,6 +249,8 @@ class DiscoverOptions:
 
 
 def discover_command(args: DiscoverOptions) -> int:
+    from dashkanban.compose import load_buttons
+
     settings = _settings(args.config)
     registry = load_buttons(settings.buttons.file) if settings else Registry()
     if args.mqtt is not None:  # MQTT buttons' topics (issue 19)

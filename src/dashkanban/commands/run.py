@@ -140,8 +140,9 @@ class Daemon:
         self._press_queue: asyncio.Queue[Press] | None = None  # see _write_presses
         self._press_queue_size = press_queue
         self._presses_lost = 0  # since the press queue last had room (one ERROR per stretch)
-        self._presses_lost_total = 0  # since start, for the state file (`outbox status`)
-        self._lost_shown = 0  # the total last put in the state file
+        # Since start: self.metrics.presses_lost(), the one count. The total last put in the
+        # state file (`outbox status`):
+        self._lost_shown = 0
         self._state_changed: Callable[[], None] | None = None  # the state listener, in `_serve`
 
     def stop(self) -> None:
@@ -293,7 +294,7 @@ class Daemon:
                 settings.gateway.serial, settings.c8y.tenant, settings.c8y.port,
                 plural(queued_at_start, "event"),
             )
-            state.snapshot(uplink.health(), presses_lost=self._presses_lost_total)
+            state.snapshot(uplink.health(), presses_lost=self.metrics.presses_lost())
             await state_writer.call(state.flush)
             self.pipeline, self.outbox, self.uplink, self.courier = (pipeline, outbox, uplink,
                                                                      courier)
@@ -355,7 +356,7 @@ class Daemon:
             writer.close()  # after every task: the last acks are written
             state_writer.close()  # the last state written on it, then the final one here
             if health is not None:
-                state.write(health(), running=False, presses_lost=self._presses_lost_total)
+                state.write(health(), running=False, presses_lost=self.metrics.presses_lost())
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("%s: stopping", sig.name)
@@ -434,7 +435,6 @@ class Daemon:
             self._press_queue.put_nowait(press)
         except asyncio.QueueFull:
             self._presses_lost += 1
-            self._presses_lost_total += 1
             self.metrics.press_lost()
             if self._presses_lost == 1:
                 log.error("the press queue is full (%d presses wait for the outbox writer: is "
@@ -449,7 +449,7 @@ class Daemon:
 
     def _show_lost(self) -> None:
         """The lost presses into the state file (a snapshot; written off the loop)."""
-        self._lost_shown = self._presses_lost_total
+        self._lost_shown = self.metrics.presses_lost()
         if self._state_changed is not None:
             self._state_changed()
 
@@ -625,7 +625,7 @@ class Daemon:
         the newest state (`StateFile.flush`), so an earlier state never overwrites a later one."""
 
         def listener() -> None:
-            state.snapshot(uplink.health(), presses_lost=self._presses_lost_total)
+            state.snapshot(uplink.health(), presses_lost=self.metrics.presses_lost())
             if self._group is None:
                 return  # before the group or after it: `_serve` writes the state itself
             with contextlib.suppress(RuntimeError):  # the group is ending: the last state follows
@@ -704,7 +704,7 @@ class Daemon:
         # The pipeline keeps plain counters on the hot path; the metrics get their increments.
         now = pipeline.counts()
         before, self._synced = self._synced, now
-        if self._presses_lost_total != self._lost_shown:
+        if self.metrics.presses_lost() != self._lost_shown:
             self._show_lost()
         for name, value, old in (
             ("frames", now.packets, before.packets),
@@ -735,6 +735,7 @@ class _SourceFilter:
     filter (frames from stdin, a test's) has the matching changed only."""
 
     def __init__(self, source: object) -> None:
+        self._source = source
         self._set_filter = getattr(source, "set_filter", None)
 
     def set_filter(self, programs: Program | Sequence[Program]) -> Program | None:
@@ -742,6 +743,12 @@ class _SourceFilter:
             return None
         attached: Program | None = self._set_filter(programs)
         return attached
+
+    def reopen(self) -> None:
+        """After a set_filter the open socket refused (only LiveCapture's can refuse one)."""
+        reopen = getattr(self._source, "reopen", None)
+        if reopen is not None:
+            reopen()
 
 
 def _uplink_reading(uplink: Uplink) -> tuple[bool, int]:
@@ -759,7 +766,7 @@ class RunOptions:
 
 def run_command(args: RunOptions) -> int:
     from dashkanban.capture.live import LiveCapture
-    from dashkanban.detect.buttons import load_buttons
+    from dashkanban.compose import load_buttons
     from dashkanban.mqtt_buttons.wiring import frame_source
     from dashkanban.privileges import refuse_root
 

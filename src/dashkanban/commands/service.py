@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from dashkanban.config import Settings, _read_ini, find_config, load_settings
-from dashkanban.detect.buttons import load_buttons
 from dashkanban.errors import ConfigError, DashkanbanError
 
 log = logging.getLogger(__name__)
@@ -524,6 +523,8 @@ def gather_install(args: ServiceOptions) -> InstallInputs:
     config_path = find_config(args.config)
     # The service does not see the caller's environment: the password must be in its files.
     settings = load_settings(config_path, environ={})
+    from dashkanban.compose import load_buttons
+
     buttons = None
     if settings.buttons.source in ("csv", "both") or settings.buttons.file.exists():
         load_buttons(settings.buttons.file)  # refuse to install a buttons file the daemon rejects

@@ -7,7 +7,6 @@ carry a per-button dead time and, for Kanban, the bin the button belongs to.
 from __future__ import annotations
 
 import csv
-import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -15,10 +14,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from dashkanban.errors import ConfigError
-from dashkanban.files import MAX_BUTTONS_BYTES, read_regular
+from dashkanban.files import read_buttons_text as read_buttons_text  # for kanban/wiring.py
 from dashkanban.values import FORMATS, LONG_PRESSES, ROLES, Format, LongPress, Role
-
-log = logging.getLogger(__name__)
 
 # Column names as a user may spell them -> our field. Matching ignores case, spaces, '-' and '_'.
 _COLUMN_ALIASES: Mapping[str, str] = {
@@ -192,48 +189,6 @@ def _name_key(name: str) -> str:
     return name if key == name else key
 
 
-UTF8_BOM = b"\xef\xbb\xbf"
-_warned_cp1252: set[Path] = set()  # one warning per file and process (the daemon reads it twice)
-
-
-def read_buttons_text(path: Path) -> str:
-    """The text of MACID.csv, or a ConfigError naming the file (and the line of a bad byte).
-
-    UTF-8, with or without a BOM, is the norm. Anything else is read as Windows-1252, which is
-    what Excel writes for "CSV" on a German or Western European Windows (one warning line naming
-    the file). Byte offsets in errors count from the start of the file, BOM included."""
-    try:
-        data = read_regular(path, "buttons file", MAX_BUTTONS_BYTES)
-    except FileNotFoundError:
-        raise ConfigError(
-            "buttons file not found (set [buttons] file in config.ini)", path
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read buttons file: {exc.strerror}", path) from None
-    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad = start + exc.start  # the decoder counts from after the BOM; people from byte 0
-    try:
-        text = data[start:].decode("cp1252")
-    except UnicodeDecodeError as exc:  # bytes Windows-1252 leaves undefined (0x81, 0x8d, ...)
-        offset = start + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise ConfigError(
-            f"neither UTF-8 nor Windows-1252 text (byte 0x{data[offset]:02x} at offset "
-            f"{offset}); save MACID.csv as \"CSV UTF-8\"", path, line
-        ) from None
-    if path not in _warned_cp1252:
-        _warned_cp1252.add(path)
-        line = data.count(b"\n", 0, bad) + 1
-        log.warning(
-            "%s: not UTF-8 (byte 0x%02x at offset %d, line %d): read as Windows-1252; save it "
-            "as \"CSV UTF-8\" to be sure", path, data[bad], bad, line,
-        )
-    return text
-
-
 _LINE = re.compile(r"[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")  # between splitlines()'s ends
 
 
@@ -250,11 +205,6 @@ def delimiter_of(text: str) -> str:
             best = max(counts, key=lambda d: counts[d])  # ties keep the first: ','
             return best if counts[best] else ","
     return ","
-
-
-def load_buttons(path: Path) -> Registry:
-    """Read MACID.csv. Errors name the file and line; nothing is silently dropped."""
-    return parse_buttons(read_buttons_text(path), path)
 
 
 def _lines(text: str) -> Iterator[str]:

@@ -43,9 +43,9 @@ TEMPLATE_TOPIC = f"s/ut/{TEMPLATE_XID}"  # publish template_lines() here once
 OPERATIONS_TOPIC = f"s/dc/{TEMPLATE_XID}"  # subscribe: `9101,<serial>,<op id>,<bin>` arrives here
 REFILLED_TEMPLATE_ID = "9101"
 # The device shell's c8y_Command `kanban refilled A3`, with its operation id: `9102,<serial>,<op
-# id>,<text>`. Response templates apply to every operation (docs/sandbox.md, "Custom template
-# collections"), so the command also arrives as static `511` on s/ds, which has no id and is left
-# alone.
+# id>,<text>`. Response templates apply to every operation (docs/protocol.md 2.6, from
+# smartrest-two.md), so the command also arrives as static `511` on s/ds, which has no id and is
+# left alone.
 COMMAND_TEMPLATE_ID = "9102"
 _COMMAND = re.compile(r"\s*kanban\s+refilled\s+(\S.*?)\s*", re.IGNORECASE)
 

@@ -20,9 +20,9 @@ from dashkanban.detect.buttons import (
     Registry,
     delimiter_of,
     parse_buttons,
-    read_buttons_text,
 )
 from dashkanban.errors import ConfigError
+from dashkanban.files import read_buttons_text
 
 # The Kanban columns a button may carry, and the Bin attribute each one fills.
 _BIN_FIELDS = (

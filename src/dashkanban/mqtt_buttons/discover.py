@@ -223,13 +223,8 @@ def add_to(path: Path, topics: Iterable[TopicSeen], census: MqttCensus, out: Tex
     """`discover --mqtt N --add-to MACID.csv`: append the button topics not listed yet whose
     address is known, adding `topic` and `format` to the header when it lacks them (rows before
     keep theirs empty). Prints each row added and each topic left out; returns how many."""
-    from dashkanban.detect.buttons import (
-        UTF8_BOM,
-        delimiter_of,
-        header_columns,
-        parse_buttons,
-        read_buttons_text,
-    )
+    from dashkanban.detect.buttons import delimiter_of, header_columns, parse_buttons
+    from dashkanban.files import UTF8_BOM, read_buttons_text
 
     if path.exists():
         text = read_buttons_text(path)

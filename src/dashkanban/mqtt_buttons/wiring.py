@@ -155,9 +155,10 @@ def frame_source(settings: Settings, interface: str | None,
     if settings.buttons.source != "csv":
         registry = None
     elif registry is None:
-        from dashkanban.detect.buttons import load_buttons
+        from dashkanban.detect.buttons import parse_buttons
+        from dashkanban.files import read_buttons_text
 
-        registry = load_buttons(settings.buttons.file)
+        registry = parse_buttons(read_buttons_text(settings.buttons.file), settings.buttons.file)
     if registry is not None and mqtt_only(settings, registry):
         log.info("every button in %s is an MQTT button: no network capture (no raw "
                  "socket, CAP_NET_RAW not needed)", settings.buttons.file)
