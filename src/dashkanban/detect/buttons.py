@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from dashkanban.errors import ConfigError
-from dashkanban.files import read_buttons_text as read_buttons_text  # for kanban/wiring.py
 from dashkanban.values import FORMATS, LONG_PRESSES, ROLES, Format, LongPress, Role
 
 # Column names as a user may spell them -> our field. Matching ignores case, spaces, '-' and '_'.

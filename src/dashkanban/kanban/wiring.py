@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 from dashkanban.c8y.mqtt import BUTTON_TYPE, DeviceLine
 from dashkanban.c8y.smartrest import MAX_MESSAGE_BYTES, SmartRestLine, encode_line, join_lines
 from dashkanban.config import Settings
-from dashkanban.detect.buttons import header_fields, read_buttons_text
+from dashkanban.detect.buttons import header_fields
 from dashkanban.detect.presses import Press
 from dashkanban.errors import ConfigError, DashkanbanError
+from dashkanban.files import read_buttons_text
 from dashkanban.kanban.alarms import (
     OPERATIONS_TOPIC,
     TEMPLATE_TOPIC,
