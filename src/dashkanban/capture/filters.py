@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from dashkanban.capture.bpf import Program, button_programs, candidate_program
-from dashkanban.capture.live import FilterRefusedError
 from dashkanban.config import Settings
 from dashkanban.detect.buttons import Registry, parse_buttons
 from dashkanban.errors import DashkanbanError
@@ -70,9 +69,10 @@ def reload_buttons(
 
     A bad file changes nothing: one ERROR line, and None. Returns the new registry.
     """
-    from dashkanban.detect.events import (
-        check_event_text,  # only here: a replay's filter needs no events
-    )
+    # Only here: a replay's filter needs neither the events nor the live capture (asyncio, ssl:
+    # about 0.09 s of a replay's start-up).
+    from dashkanban.capture.live import FilterRefusedError
+    from dashkanban.detect.events import check_event_text
 
     try:
         registry = _read_buttons(settings)
