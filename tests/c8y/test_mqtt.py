@@ -617,15 +617,18 @@ def test_a_bug_in_a_publish_of_the_link_itself_ends_the_uplink(
     assert "exception was never retrieved" not in caplog.text
 
 
+@pytest.mark.parametrize("bug", [ValueError, PermissionError])
 def test_a_bug_in_the_operation_handler_ends_the_uplink(
     tmp_path: Path, mosquitto_tls: Mosquitto, recorder: Recorder,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, bug: type[Exception],
 ) -> None:
     """The handler of `on_operation` raising is a bug: it used to be logged and the next
-    operation handed to the same handler; it ends `Uplink.run` (exit 1 in the daemon)."""
+    operation handed to the same handler; it ends `Uplink.run` (exit 1 in the daemon). Also
+    when the bug is an OSError (PermissionError): only the link's own PUBLISHes and SUBSCRIBEs
+    take an OSError for a lost connection, so it is not retried for ever."""
 
     def on_operation(line: SmartRestLine) -> None:
-        raise ValueError(f"injected: a bug in the handler of {line.template}")
+        raise bug(f"injected: a bug in the handler of {line.template}")
 
     uplink = RunningUplink(settings_for(tmp_path, mosquitto_tls), on_operation=on_operation,
                            backoff=FAST)
@@ -633,7 +636,9 @@ def test_a_bug_in_the_operation_handler_ends_the_uplink(
     try:
         assert uplink.wait_connected(10)
         recorder.publish("s/ds", "510,dashkanban-gw-01")
-        assert repr(uplink.failure(10)) == "ValueError('injected: a bug in the handler of 510')"
+        assert repr(uplink.failure(10)) == (
+            f"{bug.__name__}('injected: a bug in the handler of 510')")
     finally:
         uplink.stop()
     assert "the operation handler failed" not in caplog.text
+    assert "lost" not in caplog.text  # not taken for a lost connection

@@ -31,7 +31,7 @@ import ssl
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -96,9 +96,9 @@ TEMPLATE_STATUS_TOPIC = "s/dt"
 # What a PUBLISH legitimately fails with when its connection fails or drops: aiomqtt's errors
 # (MqttCodeError "not currently connected" when paho has lost the socket, its timeouts) and the
 # socket's own (OSError; ssl.SSLError is one). The same everywhere: a row's PUBLISH, the link's own
-# start-up PUBLISHes and SUBSCRIBEs (`_serve`), the token request. Anything else is a bug: it ends
-# `run` with exit 1 (issue 11) instead of becoming a lost connection whose row is sent again for
-# ever.
+# start-up PUBLISHes and SUBSCRIBEs (`_on_this_connection`), the token request. Anything else is a
+# bug: it ends `run` with exit 1 (issue 11) instead of becoming a lost connection whose row is sent
+# again for ever.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (aiomqtt.MqttError, OSError)
 
 OperationHandler = Callable[[SmartRestLine], None]
@@ -128,8 +128,16 @@ class ConnectionLostError(UplinkError):
     and the Courier sends the row again from the outbox."""
 
 
-# What ends one connection, and only it, when the link's work on it fails (`_serve`).
-CONNECTION_ENDED: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, ConnectionLostError)
+@contextlib.asynccontextmanager
+async def _on_this_connection() -> AsyncIterator[None]:
+    """Around the link's own awaited PUBLISHes and SUBSCRIBEs: a socket error there (OSError) is
+    a lost connection, as for a row's PUBLISH (CONNECTION_ERRORS), retried with backoff. Only
+    here: `_serve` cannot tell an OSError from a bug that `_crash` put into its group (a
+    PermissionError of a handler, say), which must end `run` (issue 11)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConnectionLostError(str(exc) or type(exc).__name__) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,10 +532,9 @@ class Link:
                 if self.plan.heartbeat:
                     group.create_task(self._heartbeat(self.plan.heartbeat))
                 await self._receive(client, group)
-        except* CONNECTION_ENDED as trouble:
-            # The same errors as a row's PUBLISH (`_published`): a socket error from the awaited
-            # hello or a SUBSCRIBE is a lost connection too, retried with backoff, not a bug
-            # that ends `run` (exit 1). Anything else still ends `run`.
+        except* (aiomqtt.MqttError, ConnectionLostError) as trouble:
+            # A socket error of the awaited hello or a SUBSCRIBE arrives as ConnectionLostError
+            # (`_on_this_connection`); anything else still ends `run` (exit 1).
             reason = str(trouble.exceptions[0])
         finally:
             self._group = None
@@ -536,9 +543,12 @@ class Link:
     async def _startup(self, client: _Client, group: asyncio.TaskGroup) -> None:
         # Create (or confirm) the device first: Cumulocity refuses subscriptions of a client id
         # that has no device yet (docs/protocol.md 1.10).
-        await self._publish_now(client, Outgoing("s/us", self.plan.hello))
+        async with _on_this_connection():
+            await self._publish_now(client, Outgoing("s/us", self.plan.hello))
         for attempt in range(1, SUBSCRIBE_ATTEMPTS + 1):
-            codes = await client.subscribe([(topic, QOS) for topic in self.plan.subscriptions])
+            async with _on_this_connection():
+                codes = await client.subscribe(
+                    [(topic, QOS) for topic in self.plan.subscriptions])
             refused = [c for c in codes if (isinstance(c, ReasonCode) and c.is_failure)
                        or (isinstance(c, int) and c >= 0x80)]
             if not refused:
@@ -836,7 +846,8 @@ class Link:
                 subscribing.close()
 
     async def _subscribe_collection(self, client: _Client, xid: str) -> None:
-        await client.subscribe(f"s/dc/{xid}", QOS)
+        async with _on_this_connection():
+            await client.subscribe(f"s/dc/{xid}", QOS)
         self._start(client, Outgoing("s/us", "500"))
 
     def _on_operations(self, topic: str, text: str) -> None:
