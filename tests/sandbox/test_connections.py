@@ -116,3 +116,54 @@ def test_a_connection_closing_as_the_listener_stops_ends_quietly(
 
     assert asyncio.run(main())
     assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_stop_is_not_held_up_by_a_peer_that_does_not_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that takes the stop's cancel itself, as the broker's and the HTTP server's
+    do, then closes while its peer reads nothing: close_all() still ends (the connection is
+    aborted after CLOSING_WAIT)."""
+    import asyncio
+
+    from dashkanban.sandbox.connections import Connections
+
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+
+    async def main() -> list[str]:
+        connections = Connections()
+        writing = asyncio.Event()
+        ended: list[str] = []
+
+        async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            async with connections.serving(writer):
+                try:
+                    writer.write(b"x" * (64 << 20))
+                    writing.set()
+                    await writer.drain()  # never done: the peer reads nothing
+                except asyncio.CancelledError:
+                    ended.append("cancelled in the handler")  # the stop, taken here
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.pause_reading()
+        await asyncio.wait_for(writing.wait(), 10)
+        server.close()
+        await asyncio.wait_for(connections.close_all(), 10)  # the hang guard; 1 s when right
+        await server.wait_closed()
+        writer.transport.resume_reading()
+        try:
+            async with asyncio.timeout(10):
+                while await reader.read(1 << 20):
+                    pass
+            ended.append("the peer saw the end")
+        except ConnectionResetError:
+            ended.append("the peer saw the end")
+        writer.close()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return ended
+
+    assert asyncio.run(main()) == ["cancelled in the handler", "the peer saw the end"]
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
