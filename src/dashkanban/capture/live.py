@@ -394,7 +394,11 @@ class LiveCapture:
                     attach_filter(old, PASS_NOTHING)
                 with contextlib.suppress(SocketFailedError):
                     for _ in range(RETIRE_BATCHES):
-                        if not self._drain(old, handle, BATCH):
+                        # Until the old ring is empty, not until a batch hands nothing over: on
+                        # a kernel before 4.20 a batch may hold only our own frames, and a
+                        # button's behind them would be lost with the old socket.
+                        if not self._drain(old, handle, BATCH) and not (
+                                self._ring is not None and self._ring.waiting()):
                             break
             except BaseException:  # `handle` failed: that ends the reading, old socket and all
                 if ring is not None:

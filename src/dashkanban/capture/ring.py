@@ -171,6 +171,11 @@ class Ring:
             self._next = index  # also when `handle` raised: its slot is given back already
         return done - skipped
 
+    def waiting(self) -> bool:
+        """Whether the next slot holds a frame for us (read() returns 0 also after a batch of
+        only this host's own frames, with more behind them)."""
+        return bool(self._words[self._next * (FRAME_SIZE >> 2)] & TP_STATUS_USER)
+
     def _whole(self, data: bytes, status: int, length: int) -> bytes:
         """The whole frame of a slot that holds only its start: the copy queued on the socket
         (in the same order as the slots), else the start."""
