@@ -265,6 +265,26 @@ def synced_frames(pair: Pair, capture: LiveCapture, out: socket.socket
     return frames
 
 
+def own_sender(pair: Pair) -> socket.socket:
+    """A raw socket in namespace B: the frames it sends are that host's own (PACKET_OUTGOING)."""
+
+    def own() -> socket.socket:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        sock.bind((pair.if_b, 0))
+        return sock
+
+    return in_netns(pair.ns_b, own)
+
+
+def as_before_4_20(capture: LiveCapture) -> None:
+    """The open socket as on a kernel before 4.20 (no PACKET_IGNORE_OUTGOING): its ring holds
+    the host's own frames too, told apart by their slot's sll_pkttype."""
+    assert capture._sock is not None
+    assert capture._ring is not None
+    capture._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 0)
+    capture._ring._outgoing = True
+
+
 def _wait_for(capture: LiveCapture, packets: int) -> Statistics:
     for _ in range(500):  # bounded (10 s): until the kernel has counted them all
         counts = capture.statistics()
@@ -311,12 +331,7 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
     frames: Generator[Frame, None, None] = (f for f in ())
     out = sender(veth_pair)
 
-    def own() -> socket.socket:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        sock.bind((veth_pair.if_b, 0))
-        return sock
-
-    mine = in_netns(veth_pair.ns_b, own)
+    mine = own_sender(veth_pair)
     rounds: list[list[Frame]] = []
     sent: list[list[tuple[bytes, int | None]]] = []
     try:
@@ -359,19 +374,11 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
     out = sender(veth_pair)
 
-    def own() -> socket.socket:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        sock.bind((veth_pair.if_b, 0))
-        return sock
-
-    mine = in_netns(veth_pair.ns_b, own)
+    mine = own_sender(veth_pair)
     frames: Generator[Frame, None, None] = (f for f in ())
     try:
         frames = synced_frames(veth_pair, capture, out)
-        assert capture._sock is not None
-        assert capture._ring is not None
-        capture._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 0)
-        capture._ring._outgoing = True
+        as_before_4_20(capture)
         before = capture.received
         ours = forge.arp_frame(1, "02:dd:00:00:00:0b", "10.8.8.8", "10.8.8.1")
         for _ in range(3):
@@ -555,20 +562,12 @@ def test_a_reopen_hands_over_a_button_frame_behind_a_batch_of_our_own(
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
     out = sender(veth_pair)
 
-    def own() -> socket.socket:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        sock.bind((veth_pair.if_b, 0))
-        return sock
-
-    mine = in_netns(veth_pair.ns_b, own)
+    mine = own_sender(veth_pair)
     frames: Generator[Frame, None, None] = (f for f in ())
     button = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.1.50")
     try:
         frames = synced_frames(veth_pair, capture, out)
-        assert capture._sock is not None
-        assert capture._ring is not None
-        capture._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 0)
-        capture._ring._outgoing = True
+        as_before_4_20(capture)
         before = capture.statistics().packets
         for _ in range(6):  # more than a batch (4) of our own, then the button's
             mine.send(forge.arp_frame(1, "02:dd:00:00:00:0b", "10.8.8.8", "10.8.8.1"))
