@@ -17,14 +17,16 @@ from tests.test_bpf import macs
 B1, B2 = "ac:63:be:12:34:56", "fc:a6:67:0a:0b:0c"
 
 
-def settings_for(tmp_path: Path, rows: list[str], source: str = "csv") -> Settings:
+def settings_for(tmp_path: Path, rows: list[str], source: str = "csv",
+                 detect: str = "arp, dhcp") -> Settings:
+    """config.ini with `tmp_path / "MACID.csv"` holding `rows` (also what the netns tests use)."""
     buttons = tmp_path / "MACID.csv"
     buttons.write_text("Name, MAC-Address\n" + "".join(f"{row}\n" for row in rows))
     config = tmp_path / "config.ini"
     config.write_text(
         "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
         "user = t12345/dash-gateway\npassword = secret\n\n"
-        f"[buttons]\nfile = {buttons}\nsource = {source}\n\n[capture]\ndetect = arp, dhcp\n")
+        f"[buttons]\nfile = {buttons}\nsource = {source}\n\n[capture]\ndetect = {detect}\n")
     config.chmod(0o600)
     return load_settings(config)
 

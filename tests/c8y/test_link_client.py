@@ -9,10 +9,22 @@ import pytest
 from dashkanban.backoff import Backoff
 from dashkanban.c8y.link import Link, LinkPlan, _Client
 from dashkanban.c8y.protocol import Outgoing
-from dashkanban.config import load_settings
+from dashkanban.config import Settings, load_settings
 from tests.brokers import Mosquitto
 from tests.c8y.support import settings_for
 from tests.running import RunningUplink
+
+
+def unreachable(tmp_path: Path) -> Settings:
+    """Settings for a link that is never connected here (port 1): for what a link does alone."""
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
+        "password = s3cret\nport = 1\ntls = no\nallow_insecure = yes\n"
+        "[gateway]\nserial = dashkanban-gw-01\n"
+        f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
+    config.chmod(0o600)
+    return load_settings(config)
 
 
 def test_a_suback_for_a_subscribe_no_longer_awaited_is_a_debug_line(
@@ -40,14 +52,7 @@ def test_a_template_answer_while_the_connection_ends_is_not_a_bug(tmp_path: Path
     """`20,<X-ID>` (the collection exists: subscribe to s/dc/<X-ID>) read while the connection's
     task group is already finishing: the subscribe is left to the next connect. It used to
     raise "TaskGroup is shutting down" where a bug is reported, and end `run` with exit 1."""
-    config = tmp_path / "config.ini"
-    config.write_text(
-        "[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
-        "password = s3cret\nport = 1\ntls = no\nallow_insecure = yes\n"
-        "[gateway]\nserial = dashkanban-gw-01\n"
-        f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
-    config.chmod(0o600)
-    settings = load_settings(config)
+    settings = unreachable(tmp_path)
     templates = (Outgoing("s/ut/dashKanban", "10,9101,GET,,,c8y_KanbanRefilled"),)
     plan = LinkPlan("dashkanban-gw-01", "100", (), gateway=True, templates=templates)
 
@@ -68,17 +73,11 @@ def test_a_bug_that_ended_run_leaves_no_wake_up_behind(tmp_path: Path) -> None:
     """A bug reported with no connection's group (`_crash`) ends `run`, and goes with it: the
     wake-up that cut the backoff wait short for it used to stay set, so every backoff wait of a
     later `run` of the same link would have returned at once."""
-    config = tmp_path / "config.ini"
-    config.write_text(
-        "[C8YMQTT]\ntenant = 127.0.0.1\ntenantID = t12345\nuser = dash-gateway\n"
-        "password = s3cret\nport = 1\ntls = no\nallow_insecure = yes\n"
-        "[gateway]\nserial = dashkanban-gw-01\n"
-        f"[outbox]\npath = {tmp_path / 'outbox.sqlite3'}\n")
-    config.chmod(0o600)
+    settings = unreachable(tmp_path)
     plan = LinkPlan("dashkanban-gw-01", "100", (), gateway=True)
 
     async def main() -> tuple[str, bool, bool]:
-        link = Link(load_settings(config), plan, None, backoff=Backoff(0, 0),
+        link = Link(settings, plan, None, backoff=Backoff(0, 0),
                     refusal_backoff=Backoff(0, 0))
         link._crash(KeyError("injected"))
         raised = ""

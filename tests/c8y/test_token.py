@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -29,6 +29,9 @@ from dashkanban.kanban import cumulocity
 from dashkanban.sandbox import Sandbox
 from tests.brokers import TlsFiles
 from tests.sandbox_fixture import rest, sandbox_options
+
+if TYPE_CHECKING:
+    from tests.running import RunningUplink
 
 GW = "dashkanban-gw-test"  # the CN of tls_files' client certificate
 
@@ -177,6 +180,19 @@ def test_inventory_button_of_another_owner_is_named_by_its_serial(
 # -- a request that cannot be sent -------------------------------------------------------------
 
 
+def watched_uplink(settings: Settings) -> tuple[RunningUplink, list[str]]:
+    """A started uplink (fast backoff) and the messages of what its loop left unhandled (an
+    exception never retrieved, a callback that raised): a test asserts the list stays empty."""
+    from tests.running import RunningUplink
+
+    unhandled: list[str] = []
+    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
+    uplink.thread.loop.set_exception_handler(
+        lambda _loop, context: unhandled.append(str(context.get("message"))))
+    uplink.start()
+    return uplink, unhandled
+
+
 def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
         cert_sandbox: Sandbox, tls_files: TlsFiles, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -190,7 +206,6 @@ def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
 
     from dashkanban.c8y.link import _Client
     from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC, TokenError
-    from tests.running import RunningUplink
 
     caplog.set_level(logging.INFO)
     settings = cert_settings(tmp_path, cert_sandbox, tls_files)
@@ -206,11 +221,7 @@ def test_a_token_request_that_cannot_be_sent_fails_the_waiter_at_once(
         await original(self, topic, *args, **kwargs)
 
     monkeypatch.setattr(_Client, "publish", publish)
-    unhandled: list[str] = []
-    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
-    uplink.thread.loop.set_exception_handler(
-        lambda _loop, context: unhandled.append(str(context.get("message"))))
-    uplink.start()
+    uplink, unhandled = watched_uplink(settings)
     try:
         assert uplink.tokens is not None
         assert uplink.wait_connected(10)
@@ -254,7 +265,6 @@ def test_a_token_request_lost_to_a_dropping_connection_is_answered_after_the_rec
 
     from dashkanban.c8y.link import _Client
     from dashkanban.c8y.token import TOKEN_REQUEST_TOPIC
-    from tests.running import RunningUplink
 
     caplog.set_level(logging.INFO)
     settings = cert_settings(tmp_path, cert_sandbox, tls_files)
@@ -271,11 +281,7 @@ def test_a_token_request_lost_to_a_dropping_connection_is_answered_after_the_rec
         await original(self, topic, *args, **kwargs)
 
     monkeypatch.setattr(_Client, "publish", publish)
-    unhandled: list[str] = []
-    uplink = RunningUplink(settings, backoff=(0.05, 0.2))
-    uplink.thread.loop.set_exception_handler(
-        lambda _loop, context: unhandled.append(str(context.get("message"))))
-    uplink.start()
+    uplink, unhandled = watched_uplink(settings)
     try:
         tokens = uplink.tokens
         assert tokens is not None

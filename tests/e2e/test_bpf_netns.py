@@ -17,12 +17,13 @@ import pytest
 from dashkanban.capture import Frame, bpf
 from dashkanban.capture.filters import kernel_programs, reload_buttons
 from dashkanban.capture.live import LiveCapture
-from dashkanban.config import Settings, load_settings
+from dashkanban.config import Settings
 from dashkanban.detect.buttons import Registry
 from tests import forge
 from tests.e2e.marks import SYNC, Marks
 from tests.e2e.netns import Pair, enter, ip, sender
 from tests.test_bpf import BUTTON, STRANGER, macs, noise, presses, relayed
+from tests.test_filters import settings_for
 
 pytestmark = pytest.mark.netns
 
@@ -187,15 +188,8 @@ def test_reload_adds_a_button_to_the_open_socket(veth_pair: Pair, tmp_path: Path
                                                  caplog: pytest.LogCaptureFixture) -> None:
     """What SIGHUP does: re-read MACID.csv, hand the registry over, re-attach the filter on the
     open socket; a bad file keeps the old list."""
-    buttons = tmp_path / "MACID.csv"
-    buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\n")
-    config = tmp_path / "config.ini"
-    config.write_text(
-        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
-        "user = t12345/dash-gateway\npassword = secret\n\n"
-        f"[buttons]\nfile = {buttons}\n\n[capture]\ndetect = arp, dhcp\n")
-    config.chmod(0o600)
-    settings = load_settings(config)
+    settings = settings_for(tmp_path, [f"sync,{SYNC}"])
+    buttons = settings.buttons.file
     probe = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.10.51")
     registries: list[object] = []
     out = sender(veth_pair)
@@ -236,15 +230,8 @@ def test_reload_racing_a_reopen_reaches_the_next_socket(veth_pair: Pair, tmp_pat
     socket closed (EBADF). The matching has the new list already, so the socket reopened next
     must get the new program too, or the kernel drops the new button's frames without a word;
     one WARNING says what happened."""
-    buttons = tmp_path / "MACID.csv"
-    buttons.write_text(f"Name, MAC-Address\nsync,{SYNC}\n")
-    config = tmp_path / "config.ini"
-    config.write_text(
-        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
-        "user = t12345/dash-gateway\npassword = secret\n\n"
-        f"[buttons]\nfile = {buttons}\n\n[capture]\ndetect = arp, dhcp\n")
-    config.chmod(0o600)
-    settings = load_settings(config)
+    settings = settings_for(tmp_path, [f"sync,{SYNC}"])
+    buttons = settings.buttons.file
     probe = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.10.51")
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"), programs=kernel_programs(settings))
     reloaded: list[object] = []
@@ -285,15 +272,8 @@ def test_reload_racing_a_reopen_reaches_the_next_socket(veth_pair: Pair, tmp_pat
 
 
 def _big_list(tmp_path: Path, rows: list[str]) -> tuple[Path, Settings]:
-    buttons = tmp_path / "MACID.csv"
-    buttons.write_text("Name, MAC-Address\n" + "".join(f"{row}\n" for row in rows))
-    config = tmp_path / "config.ini"
-    config.write_text(
-        "[C8YMQTT]\ntenant = example.cumulocity.com\ntenantID = t12345\n"
-        "user = t12345/dash-gateway\npassword = secret\n\n"
-        f"[buttons]\nfile = {buttons}\n\n[capture]\ndetect = arp, dhcp, ndp\n")
-    config.chmod(0o600)
-    return buttons, load_settings(config)
+    settings = settings_for(tmp_path, rows, detect="arp, dhcp, ndp")
+    return settings.buttons.file, settings
 
 
 @pytest.mark.parametrize("optmem", [10000, 1000])

@@ -265,6 +265,17 @@ def synced_frames(pair: Pair, capture: LiveCapture, out: socket.socket
     return frames
 
 
+def shut(capture: LiveCapture, frames: Generator[Frame, None, None],
+         *sockets: socket.socket) -> None:
+    """A frames() test's end: the capture stopped, its generator and socket closed, then the
+    test's own sockets."""
+    capture.stop()
+    frames.close()
+    capture.close()
+    for sock in sockets:
+        sock.close()
+
+
 def own_sender(pair: Pair) -> socket.socket:
     """A raw socket in namespace B: the frames it sends are that host's own (PACKET_OUTGOING)."""
 
@@ -315,10 +326,7 @@ def test_a_full_ring_drops_and_packet_statistics_count_them(veth_pair: Pair) -> 
         out.send(MARK)
         got.append(next(frames))
     finally:
-        capture.stop()
-        frames.close()
-        capture.close()
-        out.close()
+        shut(capture, frames, out)
     assert [f.data for f in got] == [*sent[:16], MARK]
 
 
@@ -355,11 +363,7 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
                          for f, tag in zip(batch, [*tags[:4], tags[r % 2]], strict=True)])
         counts = capture.statistics()
     finally:
-        capture.stop()
-        frames.close()
-        capture.close()
-        out.close()
-        mine.close()
+        shut(capture, frames, out, mine)
     assert [[(f.data, f.vlan) for f in got] for got in rounds] == sent
     assert [len(batch[-1][0]) > 1000 for batch in sent] == [False, True, True] * 2 + [False, True]
     assert counts.drops == 0
@@ -403,11 +407,7 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
             long_got.append(frame.data)
         truncated = capture._ring.truncated
     finally:
-        capture.stop()
-        frames.close()
-        capture.close()
-        out.close()
-        mine.close()
+        shut(capture, frames, out, mine)
     assert got.data == MARK  # our three frames were in the ring (below), and skipped
     assert received == 1
     assert packets >= 3 + 1  # the kernel put them in the ring: the check is what left them out
@@ -467,10 +467,7 @@ def test_long_frames_cut_short_when_the_receive_buffer_is_full_are_counted_and_l
                 got.append(frame.data)
         counts = capture.statistics()
     finally:
-        capture.stop()
-        frames.close()
-        capture.close()
-        out.close()
+        shut(capture, frames, out)
     assert len(got) == len(sent)
     assert [g if g == s else s[:190] for g, s in zip(got, sent, strict=True)] == got
     cut = sum(1 for g, s in zip(got, sent, strict=True) if g != s)
@@ -579,9 +576,5 @@ def test_a_reopen_hands_over_a_button_frame_behind_a_batch_of_our_own(
         while (frame := next(frames)).data != MARK:
             got.append(frame)
     finally:
-        capture.stop()
-        frames.close()
-        capture.close()
-        out.close()
-        mine.close()
+        shut(capture, frames, out, mine)
     assert [f.data for f in got] == [button]
