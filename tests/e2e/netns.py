@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import pytest
 
@@ -91,12 +91,16 @@ def veth_pair() -> Iterator[Pair]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
-def sender(pair: Pair) -> socket.socket:
+def sender(pair: Pair, side: Literal["a", "b"] = "a") -> socket.socket:
+    """A raw socket on one end of the pair: "a" sends to namespace B's capture; "b" sends from
+    B itself (its frames are B's own, PACKET_OUTGOING there)."""
+    ns, interface = (pair.ns_a, pair.if_a) if side == "a" else (pair.ns_b, pair.if_b)
+
     def make() -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        sock.bind((pair.if_a, 0))
+        sock.bind((interface, 0))
         return sock
 
-    return in_netns(pair.ns_a, make)
+    return in_netns(ns, make)
 
 

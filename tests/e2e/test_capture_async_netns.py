@@ -276,17 +276,6 @@ def shut(capture: LiveCapture, frames: Generator[Frame, None, None],
         sock.close()
 
 
-def own_sender(pair: Pair) -> socket.socket:
-    """A raw socket in namespace B: the frames it sends are that host's own (PACKET_OUTGOING)."""
-
-    def own() -> socket.socket:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        sock.bind((pair.if_b, 0))
-        return sock
-
-    return in_netns(pair.ns_b, own)
-
-
 def as_before_4_20(capture: LiveCapture) -> None:
     """The open socket as on a kernel before 4.20 (no PACKET_IGNORE_OUTGOING): its ring holds
     the host's own frames too, told apart by their slot's sll_pkttype."""
@@ -339,7 +328,7 @@ def test_the_ring_wraps_across_blocks_in_order_and_skips_our_own_frames(
     frames: Generator[Frame, None, None] = (f for f in ())
     out = sender(veth_pair)
 
-    mine = own_sender(veth_pair)
+    mine = sender(veth_pair, "b")
     rounds: list[list[Frame]] = []
     sent: list[list[tuple[bytes, int | None]]] = []
     try:
@@ -378,7 +367,7 @@ def test_without_ignore_outgoing_our_frames_are_told_by_sll_pkttype(veth_pair: P
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
     out = sender(veth_pair)
 
-    mine = own_sender(veth_pair)
+    mine = sender(veth_pair, "b")
     frames: Generator[Frame, None, None] = (f for f in ())
     try:
         frames = synced_frames(veth_pair, capture, out)
@@ -559,7 +548,7 @@ def test_a_reopen_hands_over_a_button_frame_behind_a_batch_of_our_own(
     capture = LiveCapture(veth_pair.if_b, ("arp", "dhcp"))
     out = sender(veth_pair)
 
-    mine = own_sender(veth_pair)
+    mine = sender(veth_pair, "b")
     frames: Generator[Frame, None, None] = (f for f in ())
     button = forge.arp_frame(1, BUTTON, "0.0.0.0", "192.168.1.50")
     try:
